@@ -1,0 +1,3 @@
+from edgistry.cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""The ``edgistry`` command.
+
+One root group; each subsystem keeps its commands next to its code and is
+listed in ``COMMANDS`` (imported lazily, so ``edgistry --help`` stays fast).
+User errors raise :class:`UserError` (exit 1 with one line), usage errors are
+click's (exit 2). Library code never calls ``sys.exit``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+# command name -> "module:attribute"
+COMMANDS: dict[str, str] = {
+    "init": "edgistry.abci_app.cli:init_cmd",
+    "node": "edgistry.abci_app.cli:node_cmd",
+    "up": "edgistry.abci_app.cli:up_cmd",
+    "registry": "edgistry.abci_app.cli:registry_group",
+    "token": "edgistry.firmware.caplets.cli:token_group",
+}
+
+
+class UserError(click.ClickException):
+    """A failure the user can fix: printed as one line, exit status 1."""
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported only when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"auto_envvar_prefix": "EDGISTRY", "help_option_names": ["-h", "--help"]},
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="edgistry")
+def main(verbose: int) -> None:
+    """Edgistry: a distributed edge registry for the Internet of Things."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,1 @@
+"""CAPLets capability tokens (chained HMAC-SHA256)."""

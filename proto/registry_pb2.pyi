@@ -1,0 +1,275 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SignedTx(_message.Message):
+    __slots__ = ("body", "signer", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signer: bytes
+    signature: bytes
+    def __init__(self, body: _Optional[bytes] = ..., signer: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class TxBody(_message.Message):
+    __slots__ = ("chain_id", "nonce", "register_gateway", "update_gateway", "remove_gateway", "register_device", "update_device", "unregister_device", "revoke_token", "report_liveness", "set_validator")
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    UNREGISTER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REPORT_LIVENESS_FIELD_NUMBER: _ClassVar[int]
+    SET_VALIDATOR_FIELD_NUMBER: _ClassVar[int]
+    chain_id: str
+    nonce: int
+    register_gateway: RegisterGateway
+    update_gateway: UpdateGateway
+    remove_gateway: RemoveGateway
+    register_device: RegisterDevice
+    update_device: UpdateDevice
+    unregister_device: UnregisterDevice
+    revoke_token: RevokeToken
+    report_liveness: ReportLiveness
+    set_validator: SetValidator
+    def __init__(self, chain_id: _Optional[str] = ..., nonce: _Optional[int] = ..., register_gateway: _Optional[_Union[RegisterGateway, _Mapping]] = ..., update_gateway: _Optional[_Union[UpdateGateway, _Mapping]] = ..., remove_gateway: _Optional[_Union[RemoveGateway, _Mapping]] = ..., register_device: _Optional[_Union[RegisterDevice, _Mapping]] = ..., update_device: _Optional[_Union[UpdateDevice, _Mapping]] = ..., unregister_device: _Optional[_Union[UnregisterDevice, _Mapping]] = ..., revoke_token: _Optional[_Union[RevokeToken, _Mapping]] = ..., report_liveness: _Optional[_Union[ReportLiveness, _Mapping]] = ..., set_validator: _Optional[_Union[SetValidator, _Mapping]] = ...) -> None: ...
+
+class RegisterGateway(_message.Message):
+    __slots__ = ("pubkey", "endpoint", "operator")
+    PUBKEY_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    pubkey: bytes
+    endpoint: str
+    operator: str
+    def __init__(self, pubkey: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., operator: _Optional[str] = ...) -> None: ...
+
+class UpdateGateway(_message.Message):
+    __slots__ = ("endpoint", "operator")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    operator: str
+    def __init__(self, endpoint: _Optional[str] = ..., operator: _Optional[str] = ...) -> None: ...
+
+class RemoveGateway(_message.Message):
+    __slots__ = ("gateway_id",)
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    def __init__(self, gateway_id: _Optional[str] = ...) -> None: ...
+
+class ServiceMethod(_message.Message):
+    __slots__ = ("name", "cache_max_age_s", "mutating")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MAX_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    MUTATING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cache_max_age_s: int
+    mutating: bool
+    def __init__(self, name: _Optional[str] = ..., cache_max_age_s: _Optional[int] = ..., mutating: _Optional[bool] = ...) -> None: ...
+
+class ServiceDescriptor(_message.Message):
+    __slots__ = ("type", "methods")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    methods: _containers.RepeatedCompositeFieldContainer[ServiceMethod]
+    def __init__(self, type: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[ServiceMethod, _Mapping]]] = ...) -> None: ...
+
+class PrivacyPolicy(_message.Message):
+    __slots__ = ("resolution", "k")
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    resolution: int
+    k: int
+    def __init__(self, resolution: _Optional[int] = ..., k: _Optional[int] = ...) -> None: ...
+
+class RegisterDevice(_message.Message):
+    __slots__ = ("pseudonym", "services", "cell", "policy", "duty_cycle_s")
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    DUTY_CYCLE_S_FIELD_NUMBER: _ClassVar[int]
+    pseudonym: bytes
+    services: _containers.RepeatedCompositeFieldContainer[ServiceDescriptor]
+    cell: int
+    policy: PrivacyPolicy
+    duty_cycle_s: int
+    def __init__(self, pseudonym: _Optional[bytes] = ..., services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ..., cell: _Optional[int] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., duty_cycle_s: _Optional[int] = ...) -> None: ...
+
+class UpdateDevice(_message.Message):
+    __slots__ = ("pseudonym", "services", "cell", "policy", "duty_cycle_s")
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    DUTY_CYCLE_S_FIELD_NUMBER: _ClassVar[int]
+    pseudonym: bytes
+    services: _containers.RepeatedCompositeFieldContainer[ServiceDescriptor]
+    cell: int
+    policy: PrivacyPolicy
+    duty_cycle_s: int
+    def __init__(self, pseudonym: _Optional[bytes] = ..., services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ..., cell: _Optional[int] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., duty_cycle_s: _Optional[int] = ...) -> None: ...
+
+class UnregisterDevice(_message.Message):
+    __slots__ = ("pseudonym",)
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
+    pseudonym: bytes
+    def __init__(self, pseudonym: _Optional[bytes] = ...) -> None: ...
+
+class RevokeToken(_message.Message):
+    __slots__ = ("tag", "expires_at")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    tag: bytes
+    expires_at: int
+    def __init__(self, tag: _Optional[bytes] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class LivenessEntry(_message.Message):
+    __slots__ = ("pseudonym", "last_seen")
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    pseudonym: bytes
+    last_seen: int
+    def __init__(self, pseudonym: _Optional[bytes] = ..., last_seen: _Optional[int] = ...) -> None: ...
+
+class ReportLiveness(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[LivenessEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[LivenessEntry, _Mapping]]] = ...) -> None: ...
+
+class SetValidator(_message.Message):
+    __slots__ = ("pubkey", "power")
+    PUBKEY_FIELD_NUMBER: _ClassVar[int]
+    POWER_FIELD_NUMBER: _ClassVar[int]
+    pubkey: bytes
+    power: int
+    def __init__(self, pubkey: _Optional[bytes] = ..., power: _Optional[int] = ...) -> None: ...
+
+class GatewayRecord(_message.Message):
+    __slots__ = ("id", "pubkey", "endpoint", "operator", "registered_height")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PUBKEY_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    pubkey: bytes
+    endpoint: str
+    operator: str
+    registered_height: int
+    def __init__(self, id: _Optional[str] = ..., pubkey: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., operator: _Optional[str] = ..., registered_height: _Optional[int] = ...) -> None: ...
+
+class DeviceRecord(_message.Message):
+    __slots__ = ("pseudonym", "gateway_id", "services", "cell", "policy", "duty_cycle_s", "last_seen", "registered_height")
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    DUTY_CYCLE_S_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    pseudonym: bytes
+    gateway_id: str
+    services: _containers.RepeatedCompositeFieldContainer[ServiceDescriptor]
+    cell: int
+    policy: PrivacyPolicy
+    duty_cycle_s: int
+    last_seen: int
+    registered_height: int
+    def __init__(self, pseudonym: _Optional[bytes] = ..., gateway_id: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ..., cell: _Optional[int] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., duty_cycle_s: _Optional[int] = ..., last_seen: _Optional[int] = ..., registered_height: _Optional[int] = ...) -> None: ...
+
+class RevocationRecord(_message.Message):
+    __slots__ = ("tag", "expires_at")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    tag: bytes
+    expires_at: int
+    def __init__(self, tag: _Optional[bytes] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class ValidatorRecord(_message.Message):
+    __slots__ = ("pubkey", "power")
+    PUBKEY_FIELD_NUMBER: _ClassVar[int]
+    POWER_FIELD_NUMBER: _ClassVar[int]
+    pubkey: bytes
+    power: int
+    def __init__(self, pubkey: _Optional[bytes] = ..., power: _Optional[int] = ...) -> None: ...
+
+class DeviceQuery(_message.Message):
+    __slots__ = ("service_type", "cell", "gateway_id", "pseudonym", "start_after", "limit")
+    SERVICE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
+    START_AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    service_type: str
+    cell: int
+    gateway_id: str
+    pseudonym: bytes
+    start_after: bytes
+    limit: int
+    def __init__(self, service_type: _Optional[str] = ..., cell: _Optional[int] = ..., gateway_id: _Optional[str] = ..., pseudonym: _Optional[bytes] = ..., start_after: _Optional[bytes] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class GatewayList(_message.Message):
+    __slots__ = ("gateways",)
+    GATEWAYS_FIELD_NUMBER: _ClassVar[int]
+    gateways: _containers.RepeatedCompositeFieldContainer[GatewayRecord]
+    def __init__(self, gateways: _Optional[_Iterable[_Union[GatewayRecord, _Mapping]]] = ...) -> None: ...
+
+class DeviceList(_message.Message):
+    __slots__ = ("devices", "next")
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceRecord]
+    next: bytes
+    def __init__(self, devices: _Optional[_Iterable[_Union[DeviceRecord, _Mapping]]] = ..., next: _Optional[bytes] = ...) -> None: ...
+
+class RevocationList(_message.Message):
+    __slots__ = ("revocations", "next")
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    revocations: _containers.RepeatedCompositeFieldContainer[RevocationRecord]
+    next: bytes
+    def __init__(self, revocations: _Optional[_Iterable[_Union[RevocationRecord, _Mapping]]] = ..., next: _Optional[bytes] = ...) -> None: ...
+
+class NodeSummary(_message.Message):
+    __slots__ = ("height", "app_hash", "gateways", "devices", "revocations", "chain_id")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    APP_HASH_FIELD_NUMBER: _ClassVar[int]
+    GATEWAYS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    app_hash: bytes
+    gateways: int
+    devices: int
+    revocations: int
+    chain_id: str
+    def __init__(self, height: _Optional[int] = ..., app_hash: _Optional[bytes] = ..., gateways: _Optional[int] = ..., devices: _Optional[int] = ..., revocations: _Optional[int] = ..., chain_id: _Optional[str] = ...) -> None: ...
+
+class StoredBlock(_message.Message):
+    __slots__ = ("height", "time_ns", "txs", "hash", "finalize_response")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    TXS_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    FINALIZE_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    time_ns: int
+    txs: _containers.RepeatedScalarFieldContainer[bytes]
+    hash: bytes
+    finalize_response: bytes
+    def __init__(self, height: _Optional[int] = ..., time_ns: _Optional[int] = ..., txs: _Optional[_Iterable[bytes]] = ..., hash: _Optional[bytes] = ..., finalize_response: _Optional[bytes] = ...) -> None: ...

@@ -101,7 +101,7 @@ class NodeConfig:
 
 def write_secret_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a new file readable by its owner only (0600 from creation)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)

@@ -245,20 +245,24 @@ class RevocationList(_message.Message):
     def __init__(self, revocations: _Optional[_Iterable[_Union[RevocationRecord, _Mapping]]] = ..., next: _Optional[bytes] = ...) -> None: ...
 
 class NodeSummary(_message.Message):
-    __slots__ = ("height", "app_hash", "gateways", "devices", "revocations", "chain_id")
+    __slots__ = ("height", "app_hash", "gateways", "chain_id", "oldest_height")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     APP_HASH_FIELD_NUMBER: _ClassVar[int]
     GATEWAYS_FIELD_NUMBER: _ClassVar[int]
-    DEVICES_FIELD_NUMBER: _ClassVar[int]
-    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
     CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     height: int
     app_hash: bytes
     gateways: int
-    devices: int
-    revocations: int
     chain_id: str
-    def __init__(self, height: _Optional[int] = ..., app_hash: _Optional[bytes] = ..., gateways: _Optional[int] = ..., devices: _Optional[int] = ..., revocations: _Optional[int] = ..., chain_id: _Optional[str] = ...) -> None: ...
+    oldest_height: int
+    def __init__(self, height: _Optional[int] = ..., app_hash: _Optional[bytes] = ..., gateways: _Optional[int] = ..., chain_id: _Optional[str] = ..., oldest_height: _Optional[int] = ...) -> None: ...
+
+class KeyList(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class StoredBlock(_message.Message):
     __slots__ = ("height", "time_ns", "txs", "hash", "finalize_response")

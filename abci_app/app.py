@@ -1,0 +1,204 @@
+"""The registry as an ABCI 2.0 application: one thin method per ABCI call.
+
+Theory of operation. Committed state lives in the :class:`Store`. InitChain
+and FinalizeBlock stage their writes in a block :class:`Overlay`; FinalizeBlock
+returns the app hash of the staged state (LtHash of all primary records), and
+Commit persists the overlay, height and app hash in one LMDB transaction. If
+the process dies before Commit the staged block is simply lost: Info reports
+the last committed height and CometBFT replays the block. CheckTx runs every
+tx against a separate check overlay (committed state plus the mempool's
+effects), reset at Commit so the RECHECK pass sees the new state. The proposal
+and vote methods never touch committed state.
+
+Methods receive and return the generated protobuf messages (the socket server
+and the embedded node call them the same way); nothing here does I/O except
+through the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from edgistry import __version__
+from edgistry.abci_app import keys, lthash, snapshots
+from edgistry.abci_app.codes import Code, TxError
+from edgistry.abci_app.genesis import Genesis, GenesisError
+from edgistry.abci_app.handlers import prune_revocations
+from edgistry.abci_app.overlay import Overlay
+from edgistry.abci_app.queries import answer_query
+from edgistry.abci_app.state import TxResult, execute_tx
+from edgistry.abci_app.store import DEFAULT_RETAIN_HEIGHTS, Store
+from edgistry.abci_app.txs import MAX_TX_BYTES, decode_tx
+from edgistry.proto import abci_pb2 as abci
+
+log = logging.getLogger(__name__)
+
+APP_VERSION = 1
+ACCEPT = abci.ResponseProcessProposal.ACCEPT
+REJECT = abci.ResponseProcessProposal.REJECT
+
+
+class FatalAppError(Exception):
+    """A broken invariant: the node must halt rather than diverge."""
+
+
+class RegistryApp:
+    """The replicated registry state machine behind CometBFT."""
+
+    def __init__(self, store_dir: Path | str, retain_heights: int = DEFAULT_RETAIN_HEIGHTS,
+                 snapshot_interval: int = 0, snapshot_dir: Path | str | None = None) -> None:
+        self.store = Store(store_dir, retain_heights)
+        self.chain_id = (self.store.get(keys.meta("chain_id")) or b"").decode()
+        self._acc = lthash.from_bytes(self.store.lthash) if self.store.lthash else 0
+        self._block: Overlay | None = None  # staged by InitChain/FinalizeBlock
+        self._staged: tuple[int, bytes, int] | None = None  # (height, app_hash, acc)
+        self._genesis_height = 0
+        self._check = Overlay(self.store)
+        self.snapshots = snapshots.SnapshotManager(
+            self.store, Path(snapshot_dir) if snapshot_dir else Path(store_dir).parent / "snapshots",
+            interval=snapshot_interval,
+        )
+
+    def close(self) -> None:
+        self.store.close()
+
+    @property
+    def height(self) -> int:
+        return self.store.height
+
+    @property
+    def app_hash(self) -> bytes:
+        return self.store.app_hash
+
+    # ---- info/query connection ----
+
+    def echo(self, req: abci.RequestEcho) -> abci.ResponseEcho:
+        return abci.ResponseEcho(message=req.message)
+
+    def info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
+        log.info("Info from CometBFT %s (ABCI %s): at height %d", req.version, req.abci_version, self.height)
+        return abci.ResponseInfo(
+            data="edgistry registry",
+            version=__version__,
+            app_version=APP_VERSION,
+            last_block_height=self.height,
+            last_block_app_hash=self.app_hash,
+        )
+
+    def query(self, req: abci.RequestQuery) -> abci.ResponseQuery:
+        return answer_query(self.store, self.chain_id, req)
+
+    # ---- consensus connection ----
+
+    def init_chain(self, req: abci.RequestInitChain) -> abci.ResponseInitChain:
+        if self.height:
+            raise FatalAppError(f"InitChain at committed height {self.height}")
+        try:
+            genesis = Genesis.from_bytes(req.app_state_bytes)
+        except GenesisError as exc:
+            raise FatalAppError(f"invalid genesis: {exc}") from exc
+        self.chain_id = req.chain_id
+        self._block = Overlay(self.store)
+        self._genesis_height = max(req.initial_height, 1)
+        genesis.init(self._block, req.chain_id, list(req.validators), self._genesis_height)
+        app_hash = lthash.digest(self._block.fold_hash(self._acc, self.store))
+        self._check = Overlay(self._block)  # txs may reach the mempool before block 1
+        log.info("InitChain %s: %d admins, %d gateways, %d devices", req.chain_id,
+                 len(genesis.admins), len(genesis.gateways), len(genesis.devices))
+        return abci.ResponseInitChain(app_hash=app_hash)
+
+    def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
+        """Keep mempool order; drop txs that can never be valid; respect max_tx_bytes."""
+        out, total = [], 0
+        for tx in req.txs:
+            if total + len(tx) > req.max_tx_bytes:
+                break
+            try:
+                decode_tx(tx)
+            except TxError:
+                continue
+            out.append(tx)
+            total += len(tx)
+        return abci.ResponsePrepareProposal(txs=out)
+
+    def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
+        """Accept exactly what an honest PrepareProposal could produce."""
+        for tx in req.txs:
+            try:
+                decode_tx(tx)
+            except TxError as err:
+                log.warning("rejecting proposal at height %d: %s", req.height, err)
+                return abci.ResponseProcessProposal(status=REJECT)
+        return abci.ResponseProcessProposal(status=ACCEPT)
+
+    def extend_vote(self, req: abci.RequestExtendVote) -> abci.ResponseExtendVote:
+        return abci.ResponseExtendVote()  # the registry uses no vote extensions
+
+    def verify_vote_extension(self, req: abci.RequestVerifyVoteExtension) -> abci.ResponseVerifyVoteExtension:
+        ok = not req.vote_extension
+        status = abci.ResponseVerifyVoteExtension.ACCEPT if ok else abci.ResponseVerifyVoteExtension.REJECT
+        return abci.ResponseVerifyVoteExtension(status=status)
+
+    def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
+        if req.height != self.height + 1 and not (self.height == 0 and req.height == self._genesis_height):
+            raise FatalAppError(f"FinalizeBlock for height {req.height} after committed height {self.height}")
+        if self._block is None or req.height != self._genesis_height or self.height:
+            self._block = Overlay(self.store)  # a replayed height starts from committed state
+        block = self._block
+        time_s = req.time.seconds
+        block.put(keys.BLOCK_TIME, keys.be64(max(time_s, 0)))  # not hashed: for CheckTx
+        prune_revocations(block, time_s)
+        results, updates = [], []
+        for raw in req.txs:
+            result = execute_tx(block, raw, self.chain_id, req.height, time_s)
+            results.append(result.to_exec())
+            updates.extend(result.outcome.validator_updates)
+        acc = block.fold_hash(self._acc, self.store)
+        app_hash = lthash.digest(acc)
+        self._staged = (req.height, app_hash, acc)
+        return abci.ResponseFinalizeBlock(tx_results=results, validator_updates=updates, app_hash=app_hash)
+
+    def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
+        if self._staged is None or self._block is None:
+            raise FatalAppError("Commit without FinalizeBlock")
+        height, app_hash, acc = self._staged
+        self.store.commit(height, self._block.writes, app_hash, lthash.to_bytes(acc))
+        self._acc, self._block, self._staged, self._genesis_height = acc, None, None, 0
+        self._check = Overlay(self.store)
+        self.snapshots.maybe_take(height)
+        return abci.ResponseCommit(retain_height=0)
+
+    # ---- mempool connection ----
+
+    def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
+        if len(req.tx) > MAX_TX_BYTES:  # before any decoding work
+            return TxResult(Code.TX_TOO_LARGE, f"tx of {len(req.tx)} bytes exceeds {MAX_TX_BYTES}").to_check()
+        # CheckTx sees the last committed block time: the next block's is not
+        # known yet, and FinalizeBlock repeats every time-dependent check.
+        time_s = self._last_block_time()
+        result = execute_tx(self._check, req.tx, self.chain_id, self.height + 1, time_s)
+        return result.to_check()
+
+    def _last_block_time(self) -> int:
+        raw = self.store.get(keys.BLOCK_TIME)
+        return keys.from_be64(raw) if raw else 0
+
+    # ---- snapshot connection ----
+
+    def list_snapshots(self, req: abci.RequestListSnapshots) -> abci.ResponseListSnapshots:
+        return abci.ResponseListSnapshots(snapshots=self.snapshots.list())
+
+    def offer_snapshot(self, req: abci.RequestOfferSnapshot) -> abci.ResponseOfferSnapshot:
+        return abci.ResponseOfferSnapshot(result=self.snapshots.offer(req.snapshot, req.app_hash))
+
+    def load_snapshot_chunk(self, req: abci.RequestLoadSnapshotChunk) -> abci.ResponseLoadSnapshotChunk:
+        return abci.ResponseLoadSnapshotChunk(chunk=self.snapshots.load_chunk(req.height, req.format, req.chunk))
+
+    def apply_snapshot_chunk(self, req: abci.RequestApplySnapshotChunk) -> abci.ResponseApplySnapshotChunk:
+        result = self.snapshots.apply_chunk(req.index, req.chunk)
+        if result == abci.ResponseApplySnapshotChunk.ACCEPT and self.snapshots.restored:
+            self.chain_id = (self.store.get(keys.meta("chain_id")) or b"").decode()
+            self._acc = lthash.from_bytes(self.store.lthash)
+            self._check = Overlay(self.store)
+        return abci.ResponseApplySnapshotChunk(result=result)

@@ -1,0 +1,131 @@
+"""The registry's genesis state: default, validate, init, export.
+
+It travels as the ``app_state`` object of CometBFT's genesis.json::
+
+    {"admins": ["<hex ed25519 pubkey>", ...],
+     "gateways": [{"pubkey": "<hex>", "endpoint": "HOST:PORT", "operator": "..."}],
+     "devices": [<DeviceRecord as protobuf JSON>, ...]}
+
+Devices in genesis are for exports and bulk loads; normally they register
+through transactions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+
+from edgistry.abci_app import keys, txs
+from edgistry.abci_app.codes import TxError
+from edgistry.abci_app.handlers import put_device, put_gateway
+from edgistry.abci_app.overlay import Overlay, Reader
+from edgistry.proto import abci_pb2 as abci
+from edgistry.proto import registry_pb2 as pb
+
+
+class GenesisError(ValueError):
+    """The genesis app_state is malformed; the chain must not start with it."""
+
+
+@dataclass
+class GatewaySpec:
+    pubkey: bytes
+    endpoint: str
+    operator: str = ""
+
+
+@dataclass
+class Genesis:
+    admins: list[bytes] = field(default_factory=list)
+    gateways: list[GatewaySpec] = field(default_factory=list)
+    devices: list[pb.DeviceRecord] = field(default_factory=list)
+
+    # ---- JSON ----
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "admins": [a.hex() for a in self.admins],
+            "gateways": [
+                {"pubkey": g.pubkey.hex(), "endpoint": g.endpoint, "operator": g.operator} for g in self.gateways
+            ],
+            "devices": [json_format.MessageToDict(d) for d in self.devices],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Genesis:
+        if not isinstance(data, dict):
+            raise GenesisError("app_state must be a JSON object")
+        try:
+            admins = [bytes.fromhex(a) for a in data.get("admins", [])]
+            gateways = [
+                GatewaySpec(bytes.fromhex(g["pubkey"]), g["endpoint"], g.get("operator", ""))
+                for g in data.get("gateways", [])
+            ]
+            devices = [json_format.ParseDict(d, pb.DeviceRecord()) for d in data.get("devices", [])]
+        except (KeyError, TypeError, ValueError, json_format.ParseError) as exc:
+            raise GenesisError(f"malformed app_state: {exc}") from exc
+        genesis = cls(admins, gateways, devices)
+        genesis.validate()
+        return genesis
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Genesis:
+        if not raw.strip():
+            return cls()
+        try:
+            return cls.from_json(json.loads(raw))
+        except json.JSONDecodeError as exc:
+            raise GenesisError(f"app_state is not JSON: {exc}") from exc
+
+    # ---- validate / init / export ----
+    def validate(self) -> None:
+        for admin in self.admins:
+            if len(admin) != 32:
+                raise GenesisError("an admin key is 32 bytes")
+        if len(set(self.admins)) != len(self.admins):
+            raise GenesisError("duplicate admin key")
+        ids = set()
+        try:
+            for g in self.gateways:
+                txs.VALIDATORS["register_gateway"](pb.RegisterGateway(pubkey=g.pubkey, endpoint=g.endpoint, operator=g.operator))
+                ids.add(txs.gateway_id_for(g.pubkey))
+            for d in self.devices:
+                msg = pb.RegisterDevice(pseudonym=d.pseudonym, services=d.services, cell=d.cell, policy=d.policy, duty_cycle_s=d.duty_cycle_s)
+                txs.VALIDATORS["register_device"](msg)
+                if d.gateway_id not in ids:
+                    raise GenesisError(f"device {d.pseudonym.hex()} names unknown gateway {d.gateway_id}")
+        except TxError as err:
+            raise GenesisError(err.log) from err
+        if len(ids) != len(self.gateways):
+            raise GenesisError("duplicate gateway key")
+        if len({d.pseudonym for d in self.devices}) != len(self.devices):
+            raise GenesisError("duplicate device pseudonym")
+
+    def init(self, kv: Overlay, chain_id: str, validators: list[abci.ValidatorUpdate], height: int) -> None:
+        """Write this genesis into ``kv`` (staged; persisted by the first Commit)."""
+        kv.put(keys.meta("chain_id"), chain_id.encode())
+        for admin in self.admins:
+            kv.put(keys.admin(admin), b"1")
+        for g in self.gateways:
+            put_gateway(kv, g.pubkey, g.endpoint, g.operator, height)
+        for d in self.devices:
+            record = pb.DeviceRecord()
+            record.CopyFrom(d)
+            record.registered_height = height
+            put_device(kv, record)
+        for v in validators:
+            if v.pub_key.WhichOneof("sum") == "ed25519" and v.power > 0:
+                record = pb.ValidatorRecord(pubkey=v.pub_key.ed25519, power=v.power)
+                kv.put(keys.validator(v.pub_key.ed25519), record.SerializeToString(deterministic=True))
+
+    @classmethod
+    def export(cls, reader: Reader) -> Genesis:
+        genesis = cls(admins=[k[len(keys.ADMIN):] for k, _ in reader.scan(keys.ADMIN)])
+        for _, raw in reader.scan(keys.GATEWAY):
+            g = pb.GatewayRecord.FromString(raw)
+            genesis.gateways.append(GatewaySpec(g.pubkey, g.endpoint, g.operator))
+        for _, raw in reader.scan(keys.DEVICE):
+            genesis.devices.append(pb.DeviceRecord.FromString(raw))
+        return genesis

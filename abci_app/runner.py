@@ -1,0 +1,111 @@
+"""Running a whole node in one process (``edgistry up``).
+
+Embedded mode: RegistryApp + EmbeddedNode (block producer) + the RPC subset.
+CometBFT mode (the home names a CometBFT home): the ABCI server plus a
+``cometbft start`` child process. Every background piece is started and
+stopped here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+
+from edgistry.abci_app.app import RegistryApp
+from edgistry.abci_app.embedded import EmbeddedNode
+from edgistry.abci_app.home import load_genesis_doc
+from edgistry.abci_app.rpc import create_app
+from edgistry.abci_app.server import AbciServer
+from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
+from edgistry.config import HomeError, NodeConfig
+
+log = logging.getLogger(__name__)
+
+BANNER = (
+    "Edgistry embedded single-node mode: ONE node decides every block. There is NO fault tolerance\n"
+    "and no replication; use it for development only. For a replicated registry run CometBFT\n"
+    "validators beside `edgistry node` (README: \"Running on CometBFT\")."
+)
+
+
+async def wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def run_node(cfg: NodeConfig, demo_devices: int = 0, announce: Callable[[str], None] = print) -> None:
+    app = RegistryApp(cfg.registry_dir, snapshot_interval=int(cfg.extra.get("snapshot_interval", 0)))
+    try:
+        if cfg.cometbft_home:
+            await _run_with_cometbft(cfg, app, announce)
+        else:
+            await _run_embedded(cfg, app, announce)
+    finally:
+        app.close()
+
+
+async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[str], None]) -> None:
+    announce(BANNER)
+    node = EmbeddedNode(app, cfg.embedded_dir, load_genesis_doc(cfg),
+                        block_interval_s=cfg.block_interval_ms / 1000,
+                        empty_block_interval_s=cfg.empty_block_interval_s)
+    node.start()
+    runner = web.AppRunner(create_app(node, cfg.moniker), access_log=None)
+    await runner.setup()
+    host, port = _host_port(cfg.rpc_listen)
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await node.stop()
+        await runner.cleanup()
+        raise HomeError(f"cannot listen on {cfg.rpc_listen} for RPC: {exc}") from exc
+    announce(f"chain {node.chain_id} at height {app.height}; RPC on http://{host}:{port}")
+    try:
+        await wait_for_signal()
+    finally:
+        announce("stopping")
+        await runner.cleanup()
+        await node.stop()
+
+
+async def _run_with_cometbft(cfg: NodeConfig, app: RegistryApp, announce: Callable[[str], None]) -> None:
+    binary = find_cometbft()
+    if binary is None:
+        raise HomeError(HOW_TO_GET)
+    server = AbciServer(app)
+    await server.start(cfg.abci_listen)
+    logfile = open(cfg.home / "cometbft.log", "ab")
+    proc = await asyncio.create_subprocess_exec(
+        binary, "start", "--home", cfg.cometbft_home, "--proxy_app", cfg.abci_listen,
+        stdout=logfile, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    announce(f"ABCI on {cfg.abci_listen}; cometbft (pid {proc.pid}) from {binary}; RPC at {cfg.rpc_url}")
+    try:
+        waiter = asyncio.ensure_future(proc.wait())
+        sig = asyncio.ensure_future(wait_for_signal())
+        await asyncio.wait({waiter, sig}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter.done():
+            announce(f"cometbft exited with status {proc.returncode}; see {cfg.home / 'cometbft.log'}")
+        sig.cancel()
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except asyncio.TimeoutError:
+                os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        logfile.close()
+        await server.close()

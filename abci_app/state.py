@@ -1,0 +1,76 @@
+"""Executing one transaction against a staged view of the registry.
+
+``execute_tx`` is the whole per-tx pipeline shared by CheckTx and
+FinalizeBlock: stateless validation, signature, chain id, signer role, nonce,
+then the handler in a child overlay that is merged only on success. A tx that
+authenticates consumes its nonce even if the handler rejects it, so an old
+signed intent can never be replayed later when it would succeed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgistry.abci_app import keys
+from edgistry.abci_app.codes import Code, TxError
+from edgistry.abci_app.handlers import HANDLERS, Outcome, TxContext
+from edgistry.abci_app.overlay import Overlay
+from edgistry.abci_app.txs import DecodedTx, decode_tx, verify_signature
+from edgistry.proto import abci_pb2 as abci
+
+
+@dataclass
+class TxResult:
+    code: Code
+    log: str = ""
+    outcome: Outcome = field(default_factory=Outcome)
+
+    def to_exec(self) -> abci.ExecTxResult:
+        return abci.ExecTxResult(
+            code=int(self.code),
+            data=self.outcome.data,
+            log=self.log,
+            events=self.outcome.events,
+            codespace="edgistry" if self.code else "",
+        )
+
+    def to_check(self) -> abci.ResponseCheckTx:
+        return abci.ResponseCheckTx(
+            code=int(self.code), data=self.outcome.data, log=self.log, codespace="edgistry" if self.code else ""
+        )
+
+
+def authenticate(kv: Overlay, tx: DecodedTx, chain_id: str) -> tuple[bool, str | None]:
+    """Check chain, signature, signer and nonce; return (is_admin, gateway_id)."""
+    if tx.chain_id != chain_id:
+        raise TxError(Code.WRONG_CHAIN, f"tx is for chain {tx.chain_id!r}, this is {chain_id!r}")
+    is_admin = kv.get(keys.admin(tx.signer)) is not None
+    gid = kv.get(keys.gateway_by_key(tx.signer))
+    if not is_admin and gid is None:
+        raise TxError(Code.UNKNOWN_SIGNER, f"signer {tx.signer.hex()[:16]}... is neither an admin nor a gateway")
+    verify_signature(tx)
+    last = kv.get(keys.nonce(tx.signer))
+    last_nonce = keys.from_be64(last) if last else 0
+    if tx.nonce == last_nonce:
+        raise TxError(Code.NONCE_REUSED, f"nonce {tx.nonce} was already used")
+    if tx.nonce < last_nonce:
+        raise TxError(Code.STALE_NONCE, f"nonce {tx.nonce} is below the last nonce {last_nonce}")
+    return is_admin, gid.decode() if gid else None
+
+
+def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int) -> TxResult:
+    """Run one transaction; its writes land in ``kv`` only if it authenticates."""
+    try:
+        tx = decode_tx(raw)
+        is_admin, gid = authenticate(kv, tx, chain_id)
+    except TxError as err:
+        return TxResult(err.code, err.log)
+    kv.put(keys.nonce(tx.signer), keys.be64(tx.nonce))
+    scratch = kv.child()
+    ctx = TxContext(scratch, height, time_s, tx.signer, is_admin, gid)
+    try:
+        outcome = HANDLERS[tx.kind](ctx, tx.msg)
+    except TxError as err:
+        return TxResult(err.code, err.log)
+    scratch.merge_into_parent()
+    return TxResult(Code.OK, "", outcome)

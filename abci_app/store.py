@@ -1,0 +1,218 @@
+"""The registry's durable store: LMDB, with history for queries at a height.
+
+Why LMDB rather than SQLite: Commit must make a whole block durable in one
+atomic step, and queries scan ordered key prefixes (devices by cell and
+type). LMDB is a copy-on-write B+tree whose write transaction commits with a
+single fsync'd meta-page flip, so a kill -9 at any instant leaves either the
+old or the new state; its ordered cursors make prefix scans O(log n + k); and
+readers never block the writer. SQLite would add SQL parsing and a page cache
+on a key-value workload.
+
+Sub-databases:
+
+    state    key -> value                     the latest committed state
+    hist     key || be64(h) -> 0x00 | 0x01 value
+             the value ``key`` had *before* it changed at height ``h``
+             (0x00: absent). A read at height q takes the first entry with
+             h > q, else the latest value.
+    changes  be64(h) || key -> b""            which keys changed at h (pruning)
+    meta     b"height", b"app_hash", b"lthash", b"ah/" || be64(h) -> app hash
+
+History is kept for ``retain_heights`` heights; older heights cannot be queried.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import lmdb
+
+from edgistry.abci_app.keys import be64, from_be64
+
+MAP_SIZE = 1 << 38  # 256 GiB of address space; LMDB files grow only as used
+DEFAULT_RETAIN_HEIGHTS = 1000
+_ABSENT = b"\x00"
+_PRESENT = b"\x01"
+
+
+class StoreError(Exception):
+    """The store cannot answer (e.g. a height outside the retained window)."""
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix``."""
+    p = bytearray(prefix)
+    while p and p[-1] == 0xFF:
+        p.pop()
+    if not p:
+        return None
+    p[-1] += 1
+    return bytes(p)
+
+
+class Store:
+    """Committed registry state in one LMDB environment (one process at a time)."""
+
+    def __init__(self, path: Path | str, retain_heights: int = DEFAULT_RETAIN_HEIGHTS) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=4, sync=True, metasync=True)
+        self._state = self.env.open_db(b"state")
+        self._hist = self.env.open_db(b"hist")
+        self._changes = self.env.open_db(b"changes")
+        self._meta = self.env.open_db(b"meta")
+        self.retain_heights = retain_heights
+        with self.env.begin() as txn:
+            height = txn.get(b"height", db=self._meta)
+            self.height = from_be64(height) if height else 0
+            self.app_hash = txn.get(b"app_hash", db=self._meta) or b""
+            self.lthash = txn.get(b"lthash", db=self._meta) or b""
+        self._rtxn = self.env.begin(buffers=False)
+
+    def close(self) -> None:
+        self._rtxn.abort()
+        self.env.close()
+
+    # ---- reads of the latest committed state (hot path of block execution) ----
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._rtxn.get(key, db=self._state)
+
+    def scan(self, prefix: bytes, start_after: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Latest committed (key, value) pairs under ``prefix`` in key order."""
+        return _scan(self._rtxn.cursor(db=self._state), prefix, start_after)
+
+    # ---- reads at a height (queries) ----
+
+    def reader(self, height: int = 0) -> HeightReader:
+        """A consistent view at ``height`` (0: the latest committed height)."""
+        if height == 0 or height == self.height:
+            return HeightReader(self, self.env.begin(), self.height, latest=True)
+        floor = self.oldest_height
+        if not floor <= height <= self.height:
+            raise StoreError(f"height {height} is outside the retained window {floor}..{self.height}")
+        return HeightReader(self, self.env.begin(), height, latest=False)
+
+    @property
+    def oldest_height(self) -> int:
+        return max(1, self.height - self.retain_heights + 1) if self.height else 0
+
+    def app_hash_at(self, height: int) -> bytes | None:
+        return self._rtxn.get(b"ah/" + be64(height), db=self._meta)
+
+    # ---- the one write path ----
+
+    def commit(self, height: int, writes: Mapping[bytes, bytes | None], app_hash: bytes, lthash: bytes) -> None:
+        """Persist one block atomically: its writes, history, height and app hash."""
+        if height <= self.height:
+            raise StoreError(f"commit of height {height} at or below committed height {self.height}")
+        h = be64(height)
+        with self.env.begin(write=True) as txn:
+            for key in sorted(writes):
+                value = writes[key]
+                old = txn.get(key, db=self._state)
+                if old == value:
+                    continue  # skip writes that change nothing
+                txn.put(key + h, _ABSENT if old is None else _PRESENT + old, db=self._hist)
+                txn.put(h + key, b"", db=self._changes)
+                if value is None:
+                    txn.delete(key, db=self._state)
+                else:
+                    txn.put(key, value, db=self._state)
+            txn.put(b"height", h, db=self._meta)
+            txn.put(b"app_hash", app_hash, db=self._meta)
+            txn.put(b"lthash", lthash, db=self._meta)
+            txn.put(b"ah/" + h, app_hash, db=self._meta)
+            self._prune(txn, height - self.retain_heights)
+        self.height, self.app_hash, self.lthash = height, app_hash, lthash
+        self._rtxn.abort()
+        self._rtxn = self.env.begin(buffers=False)
+
+    def _prune(self, txn: lmdb.Transaction, floor: int) -> None:
+        """Drop history needed only for heights below ``floor + 1``."""
+        if floor <= 0:
+            return
+        cursor = txn.cursor(db=self._changes)
+        if not cursor.first():
+            return
+        end = be64(floor + 1)
+        while (key := cursor.key()) and key < end:
+            txn.delete(key[8:] + key[:8], db=self._hist)
+            txn.delete(b"ah/" + key[:8], db=self._meta)
+            if not cursor.delete():
+                break
+
+    def restore(self, height: int, items: Iterator[tuple[bytes, bytes]], app_hash: bytes, lthash: bytes) -> None:
+        """Replace the whole state with ``items`` at ``height`` (state sync)."""
+        with self.env.begin(write=True) as txn:
+            for db in (self._state, self._hist, self._changes, self._meta):
+                txn.drop(db, delete=False)
+            for key, value in items:
+                txn.put(key, value, db=self._state)
+            h = be64(height)
+            txn.put(b"height", h, db=self._meta)
+            txn.put(b"app_hash", app_hash, db=self._meta)
+            txn.put(b"lthash", lthash, db=self._meta)
+            txn.put(b"ah/" + h, app_hash, db=self._meta)
+        self.height, self.app_hash, self.lthash = height, app_hash, lthash
+        self._rtxn.abort()
+        self._rtxn = self.env.begin(buffers=False)
+
+
+class HeightReader:
+    """Reads at one height; use as a context manager so the read txn ends."""
+
+    def __init__(self, store: Store, txn: lmdb.Transaction, height: int, latest: bool) -> None:
+        self._store, self._txn, self.height, self._latest = store, txn, height, latest
+
+    def __enter__(self) -> HeightReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._txn.abort()
+
+    def get(self, key: bytes) -> bytes | None:
+        if not self._latest:
+            cursor = self._txn.cursor(db=self._store._hist)
+            if cursor.set_range(key + be64(self.height + 1)):
+                k = cursor.key()
+                if len(k) == len(key) + 8 and k.startswith(key):
+                    v = cursor.value()
+                    return None if v == _ABSENT else v[1:]
+        return self._txn.get(key, db=self._store._state)
+
+    def scan(self, prefix: bytes, start_after: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        latest = _scan(self._txn.cursor(db=self._store._state), prefix, start_after)
+        if self._latest:
+            yield from latest
+            return
+        # Keys changed since this height may have been deleted from `state`:
+        # take them from history too, then resolve every key at the height.
+        changed = set()
+        for k, _ in _scan(self._txn.cursor(db=self._store._hist), prefix, b""):
+            if from_be64(k[-8:]) > self.height and k[:-8] > start_after:
+                changed.add(k[:-8])
+        keys = heapq.merge((k for k, _ in latest), sorted(changed))
+        last = None
+        for key in keys:
+            if key == last:
+                continue
+            last = key
+            value = self.get(key)
+            if value is not None:
+                yield key, value
+
+
+def _scan(cursor: lmdb.Cursor, prefix: bytes, start_after: bytes) -> Iterator[tuple[bytes, bytes]]:
+    start = max(prefix, start_after)
+    if not cursor.set_range(start):
+        return
+    if cursor.key() == start_after:
+        if not cursor.next():
+            return
+    end = _prefix_end(prefix)
+    for key, value in cursor:
+        if end is not None and key >= end:
+            return
+        yield key, value

@@ -1,0 +1,227 @@
+"""Registry transactions: build and sign, decode and validate statelessly.
+
+``validate_basic`` is the cheap stateless check shared by CheckTx,
+ProcessProposal, FinalizeBlock and the gateway before it broadcasts; the
+signature check is separate so callers can order the cheap checks first.
+Bodies must be canonical protobuf encodings (re-encoding gives the same
+bytes): no unknown fields, no alternative varint forms, so a signed body has
+exactly one meaning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from google.protobuf.message import DecodeError, Message
+from h3.api import basic_int as h3i
+
+from edgistry.abci_app import keys
+from edgistry.abci_app.codes import Code, TxError
+from edgistry.proto import registry_pb2 as pb
+
+MAX_TX_BYTES = 64 * 1024  # a registry tx is a few hundred bytes; 64 KiB leaves room for batches
+SIGN_DOMAIN = b"edgistry/tx/v1\0"
+MAX_ENDPOINT = 255
+MAX_OPERATOR = 128
+MAX_SERVICES = 16
+MAX_METHODS = 32
+MAX_LIVENESS_ENTRIES = 1000
+MAX_K = 10_000
+MAX_DUTY_CYCLE_S = 7 * 24 * 3600
+LIVENESS_GRANULARITY_S = 300  # liveness is coarse on purpose: 5-minute buckets
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):([0-9]{1,5})$")
+
+MESSAGE_NAMES = tuple(f.name for f in pb.TxBody.DESCRIPTOR.oneofs_by_name["msg"].fields)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedTx:
+    """A transaction that passed validate_basic (not yet the signature check)."""
+
+    raw_body: bytes
+    signer: bytes
+    signature: bytes
+    chain_id: str
+    nonce: int
+    kind: str  # the TxBody.msg oneof field name, e.g. "register_device"
+    msg: Message
+
+
+def gateway_id_for(pubkey: bytes) -> str:
+    """A gateway's id: derived from its key, so nobody picks someone else's."""
+    return hashlib.sha256(pubkey).digest()[:16].hex()
+
+
+def sign_tx(key: Ed25519PrivateKey, chain_id: str, nonce: int, msg: Message) -> bytes:
+    """Encode and sign one transaction carrying ``msg`` (a registry_pb2 message)."""
+    body = pb.TxBody(chain_id=chain_id, nonce=nonce)
+    field = _field_for(type(msg))
+    getattr(body, field).CopyFrom(msg)
+    raw = body.SerializeToString(deterministic=True)
+    signer = key.public_key().public_bytes_raw()
+    tx = pb.SignedTx(body=raw, signer=signer, signature=key.sign(SIGN_DOMAIN + raw))
+    return tx.SerializeToString(deterministic=True)
+
+
+@lru_cache(maxsize=None)
+def _field_for(msg_type: type) -> str:
+    for f in pb.TxBody.DESCRIPTOR.oneofs_by_name["msg"].fields:
+        if f.message_type.full_name == msg_type.DESCRIPTOR.full_name:
+            return f.name
+    raise TypeError(f"{msg_type.__name__} is not a registry transaction message")
+
+
+def _parse_canonical(cls: type[Message], raw: bytes, what: str) -> Message:
+    msg = cls()
+    try:
+        msg.ParseFromString(raw)
+    except DecodeError as exc:
+        raise TxError(Code.MALFORMED_TX, f"{what} does not decode: {exc}") from exc
+    if msg.SerializeToString(deterministic=True) != raw:
+        raise TxError(Code.MALFORMED_TX, f"{what} is not canonically encoded (unknown fields?)")
+    return msg
+
+
+def decode_tx(raw: bytes) -> DecodedTx:
+    """Decode and validate a transaction statelessly (validate_basic)."""
+    if len(raw) > MAX_TX_BYTES:
+        raise TxError(Code.TX_TOO_LARGE, f"tx of {len(raw)} bytes exceeds {MAX_TX_BYTES}")
+    tx = _parse_canonical(pb.SignedTx, raw, "SignedTx")
+    if len(tx.signer) != 32:
+        raise TxError(Code.MALFORMED_TX, "signer must be a 32-byte Ed25519 public key")
+    if len(tx.signature) != 64:
+        raise TxError(Code.MALFORMED_TX, "signature must be 64 bytes")
+    body = _parse_canonical(pb.TxBody, tx.body, "TxBody")
+    kind = body.WhichOneof("msg")
+    if kind is None:
+        raise TxError(Code.NO_MESSAGE, "the tx carries no message")
+    if not body.chain_id:
+        raise TxError(Code.INVALID_FIELD, "chain_id is empty")
+    if body.nonce == 0:
+        raise TxError(Code.INVALID_FIELD, "nonce must be positive")
+    msg = getattr(body, kind)
+    VALIDATORS[kind](msg)
+    return DecodedTx(tx.body, tx.signer, tx.signature, body.chain_id, body.nonce, kind, msg)
+
+
+@lru_cache(maxsize=4096)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def verify_signature(tx: DecodedTx) -> None:
+    try:
+        _public_key(tx.signer).verify(tx.signature, SIGN_DOMAIN + tx.raw_body)
+    except (InvalidSignature, ValueError) as exc:
+        raise TxError(Code.BAD_SIGNATURE, "signature does not verify for the signer key") from exc
+
+
+# ---- per-message stateless checks ----
+
+
+def _bad(log: str) -> TxError:
+    return TxError(Code.INVALID_FIELD, log)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    m = HOSTPORT_RE.match(endpoint)
+    if len(endpoint) > MAX_ENDPOINT or not m or not 0 < int(m.group(2)) < 65536:
+        raise _bad(f"endpoint {endpoint[:64]!r} is not HOST:PORT")
+
+
+def _check_operator(operator: str) -> None:
+    if len(operator) > MAX_OPERATOR:
+        raise _bad(f"operator longer than {MAX_OPERATOR} characters")
+
+
+def _check_pubkey(pubkey: bytes, what: str = "pubkey") -> None:
+    if len(pubkey) != 32:
+        raise _bad(f"{what} must be 32 bytes")
+
+
+def _check_pseudonym(pseudonym: bytes) -> None:
+    if len(pseudonym) != keys.PSEUDONYM_LEN:
+        raise _bad(f"pseudonym must be {keys.PSEUDONYM_LEN} bytes")
+
+
+def _check_device_fields(msg: Message) -> None:
+    _check_pseudonym(msg.pseudonym)
+    if not 0 < len(msg.services) <= MAX_SERVICES:
+        raise _bad(f"a device offers 1..{MAX_SERVICES} services")
+    seen: set[str] = set()
+    for svc in msg.services:
+        if not NAME_RE.match(svc.type) or svc.type in seen:
+            raise _bad(f"service type {svc.type[:64]!r} is malformed or repeated")
+        seen.add(svc.type)
+        names = [m.name for m in svc.methods]
+        if not 0 < len(names) <= MAX_METHODS or len(set(names)) != len(names):
+            raise _bad(f"service {svc.type} needs 1..{MAX_METHODS} distinct methods")
+        if not all(NAME_RE.match(n) for n in names):
+            raise _bad(f"service {svc.type} has a malformed method name")
+    policy = msg.policy
+    if not msg.HasField("policy") or not 0 <= policy.resolution <= 15 or not 1 <= policy.k <= MAX_K:
+        raise _bad(f"policy needs resolution 0..15 and k 1..{MAX_K}")
+    if not h3i.is_valid_cell(msg.cell):
+        raise _bad(f"cell {msg.cell:x} is not a valid H3 cell")
+    if keys.h3_resolution(msg.cell) != policy.resolution:
+        raise _bad("cell resolution differs from the policy resolution")
+    if msg.duty_cycle_s > MAX_DUTY_CYCLE_S:
+        raise _bad(f"duty cycle above {MAX_DUTY_CYCLE_S} s")
+
+
+def _check_liveness(msg: pb.ReportLiveness) -> None:
+    if not 0 < len(msg.entries) <= MAX_LIVENESS_ENTRIES:
+        raise _bad(f"a liveness report holds 1..{MAX_LIVENESS_ENTRIES} entries")
+    for entry in msg.entries:
+        _check_pseudonym(entry.pseudonym)
+        if entry.last_seen <= 0 or entry.last_seen % LIVENESS_GRANULARITY_S:
+            raise _bad(f"last_seen must be a positive multiple of {LIVENESS_GRANULARITY_S} s")
+
+
+def _check_revoke(msg: pb.RevokeToken) -> None:
+    if len(msg.tag) != 32:
+        raise _bad("a revoked tag is 32 bytes")
+    if msg.expires_at <= 0:
+        raise _bad("a revocation needs a positive expiry")
+
+
+def _check_validator(msg: pb.SetValidator) -> None:
+    _check_pubkey(msg.pubkey)
+    if msg.power < 0:
+        raise _bad("validator power cannot be negative")
+
+
+def _check_register_gateway(msg: pb.RegisterGateway) -> None:
+    _check_pubkey(msg.pubkey)
+    _check_endpoint(msg.endpoint)
+    _check_operator(msg.operator)
+
+
+def _check_update_gateway(msg: pb.UpdateGateway) -> None:
+    _check_endpoint(msg.endpoint)
+    _check_operator(msg.operator)
+
+
+def _check_remove_gateway(msg: pb.RemoveGateway) -> None:
+    if len(msg.gateway_id) != keys.GATEWAY_ID_LEN:
+        raise _bad("gateway_id must be 32 hex characters")
+
+
+VALIDATORS = {
+    "register_gateway": _check_register_gateway,
+    "update_gateway": _check_update_gateway,
+    "remove_gateway": _check_remove_gateway,
+    "register_device": _check_device_fields,
+    "update_device": _check_device_fields,
+    "unregister_device": lambda msg: _check_pseudonym(msg.pseudonym),
+    "revoke_token": _check_revoke,
+    "report_liveness": _check_liveness,
+    "set_validator": _check_validator,
+}
+assert set(VALIDATORS) == set(MESSAGE_NAMES), "every tx message needs a stateless check"

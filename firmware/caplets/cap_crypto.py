@@ -1,0 +1,69 @@
+"""HMAC-SHA256 and constant-time comparison (MicroPython-compatible core).
+
+CPython's ``hmac.digest`` (one-shot, OpenSSL) is used when present. MicroPython
+ships an ``hmac`` module with only ``new``/``HMAC``, so there the pure
+construction below (RFC 2104 over ``hashlib.sha256``) is used instead. Digests
+are compared with ``hmac.compare_digest`` when present, otherwise with an
+XOR-accumulate loop whose running time depends only on the length.
+"""
+
+import hashlib
+
+try:
+    import hmac as _hmac
+except ImportError:  # pragma: no cover - MicroPython builds without hmac
+    _hmac = None
+
+_sha256 = hashlib.sha256
+
+TAG_SIZE = 32
+_BLOCK = 64
+_IPAD = bytes([0x36] * _BLOCK)  # only for documentation of the constants
+_OPAD = bytes([0x5C] * _BLOCK)
+
+# Module-level hooks: tests set these to None to exercise the fallbacks on CPython.
+FAST_DIGEST = getattr(_hmac, "digest", None)
+FAST_COMPARE = getattr(_hmac, "compare_digest", None)
+
+
+def hmac_sha256_pure(key, msg):
+    """HMAC-SHA256 from ``hashlib.sha256`` alone (RFC 2104)."""
+    if len(key) > _BLOCK:
+        key = _sha256(key).digest()
+    key = key + bytes(_BLOCK - len(key))
+    inner = _sha256(bytes([b ^ 0x36 for b in key]))
+    inner.update(msg)
+    outer = _sha256(bytes([b ^ 0x5C for b in key]))
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def hmac_sha256(key, msg):
+    """HMAC-SHA256 of ``msg`` under ``key`` (32 bytes)."""
+    fast = FAST_DIGEST
+    if fast is not None:
+        return fast(key, msg, "sha256")
+    return hmac_sha256_pure(key, msg)
+
+
+def equal_pure(a, b):
+    """Compare two byte strings in time independent of where they differ."""
+    if len(a) != len(b):
+        return False
+    acc = 0
+    for i in range(len(a)):
+        acc |= a[i] ^ b[i]
+    return acc == 0
+
+
+def equal(a, b):
+    """Constant-time equality of two byte strings."""
+    fast = FAST_COMPARE
+    if fast is not None:
+        return fast(a, b)
+    return equal_pure(a, b)
+
+
+def sha256(data):
+    """SHA-256 digest of ``data``."""
+    return _sha256(data).digest()

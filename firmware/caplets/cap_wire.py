@@ -1,0 +1,85 @@
+"""Varint and length-prefixed field codec (MicroPython-compatible core).
+
+Varints are unsigned LEB128 (as in protobuf), at most 64 bits, and must be
+minimal: a value has exactly one encoding, so a token's bytes and its meaning
+correspond one to one (no malleability around the tags).
+"""
+
+try:
+    from .cap_errors import MalformedToken
+except ImportError:
+    from cap_errors import MalformedToken
+
+_U64 = 1 << 64
+
+
+def put_varint(out, value):
+    """Append the varint of ``value`` (0 <= value < 2**64) to bytearray ``out``."""
+    if value < 0 or value >= _U64:
+        raise ValueError("varint out of range")
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def varint(value):
+    """The varint encoding of ``value`` as bytes."""
+    out = bytearray()
+    put_varint(out, value)
+    return bytes(out)
+
+
+def get_varint(buf, pos, end):
+    """Read a varint at ``pos``; return ``(value, new_pos)``."""
+    if pos >= end:
+        raise MalformedToken("truncated varint")
+    b = buf[pos]
+    if b < 0x80:  # the common one-byte case
+        return b, pos + 1
+    result = 0
+    shift = 0
+    while True:
+        if pos >= end:
+            raise MalformedToken("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            if b == 0:
+                raise MalformedToken("non-minimal varint")
+            if result >= _U64:
+                raise MalformedToken("varint exceeds 64 bits")
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise MalformedToken("varint too long")
+
+
+def put_bytes(out, data):
+    """Append ``data`` with a varint length prefix."""
+    put_varint(out, len(data))
+    out.extend(data)
+
+
+def get_bytes(buf, pos, end):
+    """Read a length-prefixed byte string; return ``(bytes, new_pos)``."""
+    n, pos = get_varint(buf, pos, end)
+    stop = pos + n
+    if stop > end:
+        raise MalformedToken("truncated field")
+    return bytes(buf[pos:stop]), stop
+
+
+def put_str(out, text):
+    """Append a length-prefixed UTF-8 string."""
+    put_bytes(out, text.encode("utf-8"))
+
+
+def get_str(buf, pos, end):
+    """Read a length-prefixed UTF-8 string; return ``(str, new_pos)``."""
+    raw, pos = get_bytes(buf, pos, end)
+    try:
+        return raw.decode("utf-8"), pos
+    except UnicodeError:
+        raise MalformedToken("invalid UTF-8 in string field")

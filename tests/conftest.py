@@ -1,0 +1,48 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+MICROPYTHON_DIR = Path(__file__).parent / "micropython"
+NPM_CI_TIMEOUT = 300  # seconds; one small package from the npm registry
+
+
+class MicroPython:
+    """Runs Python scripts under the MicroPython WebAssembly port (Node.js)."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
+    def run(self, script: str, modules: list[Path] = (), timeout: float = 120) -> str:
+        """Run ``script`` with ``modules`` copied unchanged onto MicroPython's
+        sys.path; return stdout, or fail the test with stderr."""
+        script_file = MICROPYTHON_DIR / ".script.py"
+        script_file.write_text(script)
+        try:
+            proc = subprocess.run(
+                [self.node, "run.mjs", str(script_file), *map(str, modules)],
+                cwd=MICROPYTHON_DIR, capture_output=True, text=True, timeout=timeout)
+        finally:
+            script_file.unlink(missing_ok=True)
+        if proc.returncode != 0:
+            pytest.fail(f"MicroPython failed ({proc.returncode}):\n{proc.stderr}\n{proc.stdout}")
+        return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def micropython() -> MicroPython:
+    """The MicroPython WebAssembly runner; installs its npm package if needed."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        pytest.skip("node and npm are needed to run MicroPython (WebAssembly port)")
+    if not (MICROPYTHON_DIR / "node_modules").is_dir():
+        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=MICROPYTHON_DIR,
+                              capture_output=True, text=True, timeout=NPM_CI_TIMEOUT)
+        if proc.returncode != 0:
+            pytest.fail(f"npm ci failed in {MICROPYTHON_DIR}:\n{proc.stderr}")
+    return MicroPython(node)

@@ -55,6 +55,7 @@ class RegistryApp:
         self._staged: tuple[int, bytes, int] | None = None  # (height, app_hash, acc)
         self._genesis_height = 0
         self._check = Overlay(self.store)
+        self.stats = {"check": 0, "recheck": 0}
         self.snapshots = snapshots.SnapshotManager(
             self.store, Path(snapshot_dir) if snapshot_dir else Path(store_dir).parent / "snapshots",
             interval=snapshot_interval,
@@ -176,8 +177,13 @@ class RegistryApp:
             return TxResult(Code.TX_TOO_LARGE, f"tx of {len(req.tx)} bytes exceeds {MAX_TX_BYTES}").to_check()
         # CheckTx sees the last committed block time: the next block's is not
         # known yet, and FinalizeBlock repeats every time-dependent check.
+        # v0.38 sends the type in field 2, v1.x in field 3. A recheck re-runs
+        # the stateful checks against the new state; signatures cannot have
+        # changed, so they are not verified again.
+        recheck = req.type == abci.RECHECK or req.type_v1 == abci.CHECK_TX_TYPE_RECHECK
+        self.stats["recheck" if recheck else "check"] += 1
         time_s = self._last_block_time()
-        result = execute_tx(self._check, req.tx, self.chain_id, self.height + 1, time_s)
+        result = execute_tx(self._check, req.tx, self.chain_id, self.height + 1, time_s, verify=not recheck)
         return result.to_check()
 
     def _last_block_time(self) -> int:

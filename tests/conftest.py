@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,9 @@ class MicroPython:
     def run(self, script: str, modules: list[Path] = (), timeout: float = 120) -> str:
         """Run ``script`` with ``modules`` copied unchanged onto MicroPython's
         sys.path; return stdout, or fail the test with stderr."""
-        script_file = MICROPYTHON_DIR / ".script.py"
-        script_file.write_text(script)
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
+            fh.write(script)
+        script_file = Path(fh.name)
         try:
             proc = subprocess.run(
                 [self.node, "run.mjs", str(script_file), *map(str, modules)],

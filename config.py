@@ -108,12 +108,17 @@ def write_secret_file(path: Path, data: bytes) -> None:
     os.chmod(path, 0o600)
 
 
-def new_ed25519_pem(path: Path) -> Ed25519PrivateKey:
-    key = Ed25519PrivateKey.generate()
+def write_ed25519_pem(path: Path, key: Ed25519PrivateKey) -> None:
+    """Write ``key`` as unencrypted PKCS#8 PEM, readable by its owner only."""
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     write_secret_file(path, pem)
+
+
+def new_ed25519_pem(path: Path) -> Ed25519PrivateKey:
+    key = Ed25519PrivateKey.generate()
+    write_ed25519_pem(path, key)
     return key
 
 

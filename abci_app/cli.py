@@ -89,8 +89,7 @@ def node_cmd(home: Path, listen: str | None) -> None:
 @home_option
 @click.option("--chain-id", default=None, help="Chain id when the home is created now.")
 @click.option("--rpc-listen", default=None, help="Embedded RPC address (default 127.0.0.1:26657).")
-@click.option("--demo-devices", type=int, default=0, help="Start N demo devices (needs the gateway).")
-def up_cmd(home: Path, chain_id: str | None, rpc_listen: str | None, demo_devices: int) -> None:
+def up_cmd(home: Path, chain_id: str | None, rpc_listen: str | None) -> None:
     """Run one whole node: the registry with its block producer and RPC.
 
     Uses the embedded single-node block producer unless the home names a
@@ -110,7 +109,7 @@ def up_cmd(home: Path, chain_id: str | None, rpc_listen: str | None, demo_device
     from edgistry.abci_app.runner import run_node
 
     try:
-        asyncio.run(run_node(cfg, demo_devices=demo_devices, announce=lambda m: click.echo(m, err=True)))
+        asyncio.run(run_node(cfg, announce=lambda m: click.echo(m, err=True)))
     except HomeError as exc:
         raise UserError(str(exc)) from exc
 

@@ -15,10 +15,13 @@ import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from edgistry.abci_app.genesis import Genesis, GatewaySpec
 from edgistry.cluster.cometbft import HOW_TO_GET, cometbft_init, find_cometbft
 from edgistry.config import (
     DEFAULT_CHAIN_ID, HomeError, NodeConfig, load_ed25519_pem, new_ed25519_pem, new_secret, public_bytes,
+    write_ed25519_pem,
 )
 
 CHAIN_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,50}$")
@@ -28,8 +31,14 @@ def now_rfc3339() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def init_home(home: Path, chain_id: str | None = None, cometbft_home: Path | None = None,
-              moniker: str = "node0") -> NodeConfig:
+def prepare_home(home: Path, chain_id: str | None = None, moniker: str = "node0",
+                 admin: Ed25519PrivateKey | None = None) -> tuple[NodeConfig, Ed25519PrivateKey, Ed25519PrivateKey]:
+    """Create a home directory and its keys (0600); write neither config.toml nor genesis.
+
+    Returns the (unsaved) config, the admin key and the gateway key. ``admin``
+    given, that key becomes keys/admin.pem (a cluster shares one admin);
+    otherwise a new one is made. Callers finish the home with ``cfg.save()``.
+    """
     home = home.expanduser().resolve()
     if (home / "config.toml").exists():
         raise HomeError(f"{home} is already initialised (config.toml exists)")
@@ -37,9 +46,18 @@ def init_home(home: Path, chain_id: str | None = None, cometbft_home: Path | Non
         raise HomeError(f"chain id {chain_id!r} must be 1-50 characters of A-Z a-z 0-9 . _ -")
     home.mkdir(parents=True, exist_ok=True)
     cfg = NodeConfig(home=home, chain_id=chain_id or DEFAULT_CHAIN_ID, moniker=moniker)
-    admin = new_ed25519_pem(cfg.keys_dir / "admin.pem")
+    if admin is None:
+        admin = new_ed25519_pem(cfg.keys_dir / "admin.pem")
+    else:
+        write_ed25519_pem(cfg.keys_dir / "admin.pem", admin)
     gateway = new_ed25519_pem(cfg.keys_dir / "gateway.pem")
     new_secret(cfg.keys_dir / "gateway.secret")
+    return cfg, admin, gateway
+
+
+def init_home(home: Path, chain_id: str | None = None, cometbft_home: Path | None = None,
+              moniker: str = "node0") -> NodeConfig:
+    cfg, admin, gateway = prepare_home(home, chain_id, moniker)
     genesis = Genesis(
         admins=[public_bytes(admin)],
         gateways=[GatewaySpec(public_bytes(gateway), cfg.grpc_listen, moniker)],

@@ -46,7 +46,7 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def run_node(cfg: NodeConfig, demo_devices: int = 0, announce: Callable[[str], None] = print) -> None:
+async def run_node(cfg: NodeConfig, announce: Callable[[str], None] = print) -> None:
     app = RegistryApp(cfg.registry_dir, snapshot_interval=int(cfg.extra.get("snapshot_interval", 0)))
     try:
         if cfg.cometbft_home:

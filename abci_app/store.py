@@ -108,14 +108,17 @@ class Store:
         if height <= self.height:
             raise StoreError(f"commit of height {height} at or below committed height {self.height}")
         h = be64(height)
+        # The first commit needs no history: there is no earlier height to read.
+        history = self.height > 0
         with self.env.begin(write=True) as txn:
             for key in sorted(writes):
                 value = writes[key]
                 old = txn.get(key, db=self._state)
                 if old == value:
                     continue  # skip writes that change nothing
-                txn.put(key + h, _ABSENT if old is None else _PRESENT + old, db=self._hist)
-                txn.put(h + key, b"", db=self._changes)
+                if history:
+                    txn.put(key + h, _ABSENT if old is None else _PRESENT + old, db=self._hist)
+                    txn.put(h + key, b"", db=self._changes)
                 if value is None:
                     txn.delete(key, db=self._state)
                 else:

@@ -83,6 +83,7 @@ def _parse_canonical(cls: type[Message], raw: bytes, what: str) -> Message:
         msg.ParseFromString(raw)
     except DecodeError as exc:
         raise TxError(Code.MALFORMED_TX, f"{what} does not decode: {exc}") from exc
+    msg.DiscardUnknownFields()  # recursive; re-encoding must then give the same bytes
     if msg.SerializeToString(deterministic=True) != raw:
         raise TxError(Code.MALFORMED_TX, f"{what} is not canonically encoded (unknown fields?)")
     return msg

@@ -48,3 +48,33 @@ def micropython() -> MicroPython:
         if proc.returncode != 0:
             pytest.fail(f"npm ci failed in {MICROPYTHON_DIR}:\n{proc.stderr}")
     return MicroPython(node)
+
+
+# ---- multi-process tests (tests/cluster_helpers.py) ----
+# Tests run with --import-mode=importlib, so the tests directory is not on
+# sys.path by itself; put it there for `import cluster_helpers`.
+import sys  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture
+def procs(tmp_path: Path):
+    """Processes a test starts (cluster_helpers.Procs); every one killed at teardown."""
+    from cluster_helpers import Procs
+
+    group = Procs(tmp_path / "logs")
+    try:
+        yield group
+    finally:
+        group.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Attach the tails of a failing test's process logs to its report."""
+    outcome = yield
+    report = outcome.get_result()
+    group = getattr(item, "funcargs", {}).get("procs")
+    if report.failed and group is not None:
+        report.sections.append(("process logs", group.tails()))

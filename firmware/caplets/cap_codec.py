@@ -91,6 +91,8 @@ class Frame:
 
 def parse_frame(raw):
     """Parse a frame's bytes (the entries, without the length prefix)."""
+    if not isinstance(raw, bytes):
+        raw = bytes(raw)
     frame = _cache.get(raw)
     if frame is not None:
         return frame
@@ -133,15 +135,18 @@ class Token:
     __slots__ = ("_frames", "_tag", "_raw")
 
     def __init__(self, frames, tag, raw=None):
-        frames = tuple(frames)
-        if not frames or len(frames) > MAX_FRAMES:
-            raise ValueError("a token has 1..%d frames" % MAX_FRAMES)
-        if len(tag) != TAG_SIZE:
-            raise ValueError("a tag is %d bytes" % TAG_SIZE)
+        if raw is None:  # built by the API: check; decode() has checked already
+            frames = tuple(frames)
+            if not frames or len(frames) > MAX_FRAMES:
+                raise ValueError("a token has 1..%d frames" % MAX_FRAMES)
+            tag = bytes(tag)
+            if len(tag) != TAG_SIZE:
+                raise ValueError("a tag is %d bytes" % TAG_SIZE)
+            raw = encode_body(frames) + tag
         s = object.__setattr__
         s(self, "_frames", frames)
-        s(self, "_tag", bytes(tag))
-        s(self, "_raw", raw if raw is not None else encode_body(frames) + bytes(tag))
+        s(self, "_tag", tag)
+        s(self, "_raw", raw)
 
     def __setattr__(self, name, value):
         raise AttributeError("tokens are immutable; derive a new one")
@@ -212,12 +217,19 @@ def _split(data, end):
     """Parse version, count and frames of ``data[:end]``; return the frames."""
     if end < 3 or data[0] != VERSION:
         raise MalformedToken("not a version-%d token" % VERSION)
-    count, pos = get_varint(data, 1, end)
+    count = data[1]
+    pos = 2
+    if count >= 0x80:
+        count, pos = get_varint(data, 1, end)
     if count == 0 or count > MAX_FRAMES:
         raise MalformedToken("frame count %d outside 1..%d" % (count, MAX_FRAMES))
     frames = []
     for _ in range(count):
-        n, pos = get_varint(data, pos, end)
+        n = data[pos] if pos < end else 0x80
+        if n < 0x80:  # one-byte frame length: the common case
+            pos += 1
+        else:
+            n, pos = get_varint(data, pos, end)
         stop = pos + n
         if stop > end:
             raise MalformedToken("truncated frame")

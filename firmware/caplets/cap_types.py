@@ -626,11 +626,16 @@ def parse_entry(buf, pos, end):
     as :class:`UnknownConstraint` and fail closed at verification.
     """
     code = buf[pos]
-    n, p = get_varint(buf, pos + 1, end)
+    p = pos + 1
+    if p < end and buf[p] < 0x80:  # one-byte length: the common case
+        n = buf[p]
+        p += 1
+    else:
+        n, p = get_varint(buf, p, end)
     stop = p + n
     if stop > end:
         raise MalformedToken("truncated entry")
-    raw = bytes(buf[pos:stop])
+    raw = buf[pos:stop]  # buf is bytes, so this is already a bytes copy
     parser = _PARSERS.get(code)
     if parser is None:
         if code < CONSTRAINT_BIT:

@@ -85,7 +85,7 @@ def check_derivation(prev, new, index):
     """Raise InvalidDerivation unless frame ``new`` (at ``index``) may follow ``prev``."""
     if prev._leaf:
         raise InvalidDerivation(
-            "frame %d follows a %s frame, which cannot be derived"
+            "frame %d follows a leaf (%s) frame, which cannot be derived"
             % (index, prev._caps[0].name), index)
     if not prev._cset <= new._cset:
         raise InvalidDerivation(

@@ -64,7 +64,11 @@ def put_bytes(out, data):
 
 def get_bytes(buf, pos, end):
     """Read a length-prefixed byte string; return ``(bytes, new_pos)``."""
-    n, pos = get_varint(buf, pos, end)
+    if pos < end and buf[pos] < 0x80:  # one-byte length: the common case
+        n = buf[pos]
+        pos += 1
+    else:
+        n, pos = get_varint(buf, pos, end)
     stop = pos + n
     if stop > end:
         raise MalformedToken("truncated field")
@@ -78,7 +82,14 @@ def put_str(out, text):
 
 def get_str(buf, pos, end):
     """Read a length-prefixed UTF-8 string; return ``(str, new_pos)``."""
-    raw, pos = get_bytes(buf, pos, end)
+    if pos < end and buf[pos] < 0x80:  # one-byte length: the common case
+        stop = pos + 1 + buf[pos]
+        if stop > end:
+            raise MalformedToken("truncated field")
+        raw = buf[pos + 1:stop]
+        pos = stop
+    else:
+        raw, pos = get_bytes(buf, pos, end)
     try:
         return raw.decode("utf-8"), pos
     except UnicodeError:

@@ -1,0 +1,240 @@
+"""An N-validator CometBFT testnet on loopback, generated in pure Python.
+
+``generate_localnet(DIR, N, chain_id)`` writes, for every node i::
+
+    DIR/localnet.json                      manifest: chain id, base port, every node's layout
+    DIR/node{i}/cometbft/config/config.toml          ports, peers, timeouts of node i
+    DIR/node{i}/cometbft/config/genesis.json         one genesis, identical on every node
+    DIR/node{i}/cometbft/config/priv_validator_key.json  (0600)
+    DIR/node{i}/cometbft/config/node_key.json            (0600)
+    DIR/node{i}/cometbft/data/priv_validator_state.json  (0600)
+    DIR/node{i}/edgistry/                  an Edgistry node home (keys 0600, config.toml)
+
+Every node is a validator of power 10. The genesis app_state names one admin
+key, shared by the cluster and written to every home as keys/admin.pem, and
+registers every node's gateway (its key, its gRPC endpoint, operator node{i}).
+
+Ports: node i owns the block ``base_port + 10*i .. base_port + 10*i + 9``
+(offsets in :class:`NodePorts`), so nodes never collide, and everything
+listens on 127.0.0.1 only. Nothing here starts a process or needs the binary;
+``edgistry cluster up`` and the integration tests start what this writes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgistry.abci_app.genesis import GatewaySpec, Genesis
+from edgistry.abci_app.home import CHAIN_ID_RE, now_rfc3339, prepare_home
+from edgistry.cluster.cometbft_files import (
+    ConsensusSettings, GenesisValidator, address_of, config_toml, genesis_doc, node_id_of, node_key_json,
+    priv_validator_key_json, priv_validator_state_json, render_config,
+)
+from edgistry.config import DEFAULT_CHAIN_ID, HomeError, public_bytes, write_secret_file
+
+HOST = "127.0.0.1"  # a localnet never listens anywhere else
+DEFAULT_BASE_PORT = 26600
+PORTS_PER_NODE = 10
+MANIFEST = "localnet.json"
+MAX_NODES = 100
+
+
+class LocalnetError(Exception):
+    """The localnet cannot be generated or read (bad arguments, existing files)."""
+
+
+@dataclass(frozen=True)
+class NodePorts:
+    """The loopback ports of one node: ``base_port + 10*index + offset``."""
+
+    p2p: int  # offset 0: CometBFT p2p
+    rpc: int  # offset 1: CometBFT RPC
+    abci: int  # offset 2: `edgistry node` ABCI socket
+    grpc: int  # offset 3: gateway gRPC
+    link: int  # offset 4: gateway device link
+    http: int  # offset 5: gateway HTTP
+    prometheus: int  # offset 6: CometBFT metrics (off unless enabled)
+
+    @classmethod
+    def for_node(cls, base_port: int, index: int) -> NodePorts:
+        start = base_port + PORTS_PER_NODE * index
+        return cls(*(start + offset for offset in range(7)))
+
+    def all(self) -> list[int]:
+        return list(asdict(self).values())
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    """Where one node's files live and how to reach it."""
+
+    index: int
+    moniker: str
+    root: Path  # DIR/node{i}
+    node_id: str  # CometBFT p2p ID (lower-case hex)
+    validator_address: str  # upper-case hex
+    validator_pubkey: bytes
+    gateway_pubkey: bytes
+    ports: NodePorts
+
+    @property
+    def cometbft_home(self) -> Path:
+        return self.root / "cometbft"
+
+    @property
+    def edgistry_home(self) -> Path:
+        return self.root / "edgistry"
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://{HOST}:{self.ports.rpc}"
+
+    @property
+    def proxy_app(self) -> str:
+        return f"tcp://{HOST}:{self.ports.abci}"
+
+    @property
+    def p2p_address(self) -> str:
+        """``id@host:port``, as persistent_peers names this node."""
+        return f"{self.node_id}@{HOST}:{self.ports.p2p}"
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"{HOST}:{self.ports.grpc}"
+
+    def to_json(self, directory: Path) -> dict[str, Any]:
+        return {
+            "index": self.index, "moniker": self.moniker, "root": str(self.root.relative_to(directory)),
+            "node_id": self.node_id, "validator_address": self.validator_address,
+            "validator_pubkey": self.validator_pubkey.hex(), "gateway_pubkey": self.gateway_pubkey.hex(),
+            "ports": asdict(self.ports),
+        }
+
+    @classmethod
+    def from_json(cls, directory: Path, data: dict[str, Any]) -> NodeLayout:
+        return cls(
+            index=int(data["index"]), moniker=data["moniker"], root=directory / data["root"],
+            node_id=data["node_id"], validator_address=data["validator_address"],
+            validator_pubkey=bytes.fromhex(data["validator_pubkey"]),
+            gateway_pubkey=bytes.fromhex(data["gateway_pubkey"]), ports=NodePorts(**data["ports"]),
+        )
+
+
+def generate_localnet(directory: Path, nodes: int, chain_id: str = DEFAULT_CHAIN_ID,
+                      base_port: int = DEFAULT_BASE_PORT, consensus: ConsensusSettings = ConsensusSettings(),
+                      pex: bool = True, log_level: str = "info", genesis_time: str | None = None,
+                      power: int = 10) -> list[NodeLayout]:
+    """Write an N-validator loopback testnet into ``directory``; return the node layouts.
+
+    ``consensus`` sets the timeouts and create_empty_blocks (``ConsensusSettings.fast()``
+    for tests); ``base_port`` the first port of node 0's block of ten. Refuses to
+    overwrite an existing localnet or node directory.
+    """
+    _check_arguments(nodes, chain_id, base_port)
+    directory = directory.expanduser().resolve()
+    if (directory / MANIFEST).exists():
+        raise LocalnetError(f"{directory} already holds a localnet ({MANIFEST} exists)")
+    for i in range(nodes):
+        if (directory / f"node{i}").exists():
+            raise LocalnetError(f"{directory / f'node{i}'} already exists")
+    directory.mkdir(parents=True, exist_ok=True)
+
+    admin = Ed25519PrivateKey.generate()
+    layouts: list[NodeLayout] = []
+    validator_keys: list[Ed25519PrivateKey] = []
+    for i in range(nodes):
+        layout, validator_key = _make_node(directory, i, chain_id, base_port, admin)
+        layouts.append(layout)
+        validator_keys.append(validator_key)
+
+    app_state = Genesis(
+        admins=[public_bytes(admin)],
+        gateways=[GatewaySpec(n.gateway_pubkey, n.grpc_endpoint, n.moniker) for n in layouts],
+    ).to_json()
+    validators = [GenesisValidator(n.validator_pubkey, n.moniker, power) for n in layouts]
+    genesis = genesis_doc(chain_id, genesis_time or now_rfc3339(), validators, app_state)
+    genesis_text = json.dumps(genesis, indent=2) + "\n"
+
+    for node, validator_key in zip(layouts, validator_keys):
+        config = node.cometbft_home / "config"
+        write_secret_file(config / "priv_validator_key.json",
+                          _json_bytes(priv_validator_key_json(validator_key)))
+        (config / "genesis.json").write_text(genesis_text)
+        peers = [other.p2p_address for other in layouts if other.index != node.index]
+        settings = config_toml(
+            moniker=node.moniker, proxy_app=node.proxy_app, rpc_laddr=f"tcp://{HOST}:{node.ports.rpc}",
+            p2p_laddr=f"tcp://{HOST}:{node.ports.p2p}", persistent_peers=peers, consensus=consensus,
+            pex=pex, prometheus_laddr=f"{HOST}:{node.ports.prometheus}", log_level=log_level)
+        (config / "config.toml").write_text(render_config(settings))
+        write_secret_file(node.cometbft_home / "data" / "priv_validator_state.json",
+                          _json_bytes(priv_validator_state_json()))
+        (node.edgistry_home / "genesis.json").write_text(genesis_text)
+
+    manifest = {"chain_id": chain_id, "base_port": base_port,
+                "nodes": [n.to_json(directory) for n in layouts]}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return layouts
+
+
+def load_localnet(directory: Path) -> list[NodeLayout]:
+    """The node layouts of a localnet written by :func:`generate_localnet`."""
+    directory = directory.expanduser().resolve()
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        return [NodeLayout.from_json(directory, n) for n in manifest["nodes"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LocalnetError(f"cannot read the localnet manifest {path}: {exc}") from exc
+
+
+def _check_arguments(nodes: int, chain_id: str, base_port: int) -> None:
+    if not 1 <= nodes <= MAX_NODES:
+        raise LocalnetError(f"a localnet has 1..{MAX_NODES} nodes, not {nodes}")
+    if not CHAIN_ID_RE.match(chain_id):
+        raise LocalnetError(f"chain id {chain_id!r} must be 1-50 characters of A-Z a-z 0-9 . _ -")
+    last = base_port + PORTS_PER_NODE * nodes - 1
+    if base_port < 1024 or last > 65535:
+        raise LocalnetError(f"ports {base_port}..{last} are outside 1024..65535")
+
+
+def _make_node(directory: Path, index: int, chain_id: str, base_port: int,
+               admin: Ed25519PrivateKey) -> tuple[NodeLayout, Ed25519PrivateKey]:
+    """Node i's key files, CometBFT directories and Edgistry home (config saved)."""
+    moniker = f"node{index}"
+    root = directory / moniker
+    ports = NodePorts.for_node(base_port, index)
+    validator_key, node_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    for sub in ("config", "data"):
+        (root / "cometbft" / sub).mkdir(mode=0o700, parents=True)
+    write_secret_file(root / "cometbft" / "config" / "node_key.json", _json_bytes(node_key_json(node_key)))
+
+    try:
+        cfg, _, gateway = prepare_home(root / "edgistry", chain_id, moniker, admin=admin)
+    except HomeError as exc:
+        raise LocalnetError(str(exc)) from exc
+    cfg.abci_listen = f"tcp://{HOST}:{ports.abci}"
+    cfg.rpc_listen = f"{HOST}:{ports.rpc}"
+    cfg.rpc_url = f"http://{HOST}:{ports.rpc}"
+    cfg.grpc_listen = f"{HOST}:{ports.grpc}"
+    cfg.link_listen = f"{HOST}:{ports.link}"
+    cfg.http_listen = f"{HOST}:{ports.http}"
+    cfg.cometbft_home = str(root / "cometbft")
+    cfg.save()
+
+    validator_pub = validator_key.public_key().public_bytes_raw()
+    layout = NodeLayout(
+        index=index, moniker=moniker, root=root,
+        node_id=node_id_of(node_key.public_key().public_bytes_raw()),
+        validator_address=address_of(validator_pub), validator_pubkey=validator_pub,
+        gateway_pubkey=public_bytes(gateway), ports=ports,
+    )
+    return layout, validator_key
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()

@@ -1,0 +1,89 @@
+"""Shared helpers for registry tests: keys, genesis, messages, a block driver."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import h3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from edgistry.abci_app import txs
+from edgistry.abci_app.app import RegistryApp
+from edgistry.abci_app.genesis import Genesis, GatewaySpec
+from edgistry.proto import abci_pb2 as abci
+from edgistry.proto import registry_pb2 as pb
+
+CHAIN = "test-chain"
+T0 = 1_800_000_000  # block time of height 1 (unix seconds)
+
+
+def pub(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes_raw()
+
+
+def cell_at(lat: float, lon: float, res: int) -> int:
+    return h3.str_to_int(h3.latlng_to_cell(lat, lon, res))
+
+
+def device_msg(pseudonym: bytes, cell: int | None = None, types: tuple[str, ...] = ("sensor",),
+               res: int = 6, k: int = 2, cls=pb.RegisterDevice):
+    return cls(
+        pseudonym=pseudonym,
+        services=[pb.ServiceDescriptor(type=t, methods=[pb.ServiceMethod(name="read", cache_max_age_s=5)]) for t in types],
+        cell=cell if cell is not None else cell_at(52.52, 13.40, res),
+        policy=pb.PrivacyPolicy(resolution=res, k=k),
+        duty_cycle_s=30,
+    )
+
+
+@dataclass
+class Actors:
+    admin: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    gw1: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    gw2: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    stranger: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    nonces: dict = field(default_factory=dict)
+
+    def genesis(self) -> Genesis:
+        return Genesis(admins=[pub(self.admin)],
+                       gateways=[GatewaySpec(pub(self.gw1), "127.0.0.1:26670", "one"),
+                                 GatewaySpec(pub(self.gw2), "127.0.0.1:26680", "two")])
+
+    def tx(self, key: Ed25519PrivateKey, msg, nonce: int | None = None, chain: str = CHAIN) -> bytes:
+        if nonce is None:
+            nonce = self.nonces.get(pub(key), 0) + 1
+        self.nonces[pub(key)] = max(nonce, self.nonces.get(pub(key), 0))
+        return txs.sign_tx(key, chain, nonce, msg)
+
+    @property
+    def gw1_id(self) -> str:
+        return txs.gateway_id_for(pub(self.gw1))
+
+    @property
+    def gw2_id(self) -> str:
+        return txs.gateway_id_for(pub(self.gw2))
+
+
+class Driver:
+    """Drives a RegistryApp in CometBFT's call order (no sockets)."""
+
+    def __init__(self, app: RegistryApp, genesis: Genesis, chain: str = CHAIN) -> None:
+        self.app = app
+        self.time = T0
+        if app.height == 0:
+            app.init_chain(abci.RequestInitChain(chain_id=chain, initial_height=1,
+                                                 app_state_bytes=json.dumps(genesis.to_json()).encode()))
+
+    def block(self, txs_: list[bytes], dt: int = 5) -> abci.ResponseFinalizeBlock:
+        self.time += dt
+        height = self.app.height + 1
+        prep = self.app.prepare_proposal(abci.RequestPrepareProposal(max_tx_bytes=1 << 22, txs=txs_, height=height))
+        assert self.app.process_proposal(abci.RequestProcessProposal(txs=prep.txs, height=height)).status == 1
+        resp = self.app.finalize_block(abci.RequestFinalizeBlock(txs=txs_, height=height, time=Timestamp(seconds=self.time)))
+        self.app.commit(abci.RequestCommit())
+        return resp
+
+    def query(self, path: str, data: bytes = b"", height: int = 0) -> abci.ResponseQuery:
+        return self.app.query(abci.RequestQuery(path=path, data=data, height=height))

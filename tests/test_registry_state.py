@@ -1,0 +1,229 @@
+"""Registry state machine behaviour: devices, indexes, revocations, history, recovery."""
+
+from __future__ import annotations
+
+import json
+
+import h3
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from edgistry.abci_app import keys, lthash, txs
+from edgistry.abci_app.app import RegistryApp
+from edgistry.abci_app.codes import Code
+from edgistry.abci_app.genesis import Genesis, GenesisError
+from edgistry.proto import abci_pb2 as abci
+from edgistry.proto import registry_pb2 as pb
+from registry_helpers import CHAIN, T0, Actors, Driver, cell_at, device_msg, pub
+
+
+@pytest.fixture
+def env(tmp_path):
+    actors = Actors()
+    app = RegistryApp(tmp_path / "reg")
+    driver = Driver(app, actors.genesis())
+    yield actors, app, driver
+    app.close()
+
+
+def by_cell(driver, service, cell, height=0):
+    resp = driver.query("/devices/by_cell", pb.DeviceQuery(service_type=service, cell=cell).SerializeToString(), height)
+    assert resp.code == 0, resp.log
+    return [d.pseudonym for d in pb.DeviceList.FromString(resp.value).devices]
+
+
+def ok(resp):
+    assert [r.code for r in resp.tx_results] == [0] * len(resp.tx_results), [r.log for r in resp.tx_results]
+    return resp
+
+
+def test_device_found_in_every_ancestor_cell_but_not_siblings(env):
+    """A device registered at res 7 is found from res 0..7 ancestors, for its types only."""
+    a, app, d = env
+    cell = cell_at(48.85, 2.35, 7)
+    ok(d.block([a.tx(a.gw1, device_msg(b"A" * 16, cell, ("sensor", "valve"), res=7))]))
+    for res in range(0, 8):
+        assert by_cell(d, "sensor", h3.str_to_int(h3.cell_to_parent(h3.int_to_str(cell), res))) == [b"A" * 16]
+    sibling = next(c for c in h3.grid_disk(h3.int_to_str(cell), 1) if c != h3.int_to_str(cell))
+    assert by_cell(d, "sensor", h3.str_to_int(sibling)) == []
+    assert by_cell(d, "valve", cell) == [b"A" * 16]
+    assert by_cell(d, "camera", cell) == []
+
+
+def test_update_moves_indexes_and_unregister_removes_them(env):
+    """Updating a device's cell and services rewrites its index entries; unregistering drops all."""
+    a, app, d = env
+    berlin, paris = cell_at(52.52, 13.40, 6), cell_at(48.85, 2.35, 6)
+    ok(d.block([a.tx(a.gw1, device_msg(b"B" * 16, berlin))]))
+    ok(d.block([a.tx(a.gw1, device_msg(b"B" * 16, paris, ("camera",), cls=pb.UpdateDevice))]))
+    assert by_cell(d, "sensor", berlin) == [] and by_cell(d, "camera", paris) == [b"B" * 16]
+    ok(d.block([a.tx(a.gw1, pb.UnregisterDevice(pseudonym=b"B" * 16))]))
+    with app.store.reader() as r:
+        leftovers = [k for k, _ in r.scan(b"d") if b"B" * 16 in k]
+    assert leftovers == []
+
+
+def test_queries_at_past_heights_see_past_state(env):
+    """Reads at a height return that height's state, including later-deleted records."""
+    a, app, d = env
+    cell = cell_at(52.52, 13.40, 6)
+    ok(d.block([a.tx(a.gw1, device_msg(b"C" * 16, cell))]))
+    h_registered = app.height
+    ok(d.block([a.tx(a.gw1, pb.UnregisterDevice(pseudonym=b"C" * 16))]))
+    assert by_cell(d, "sensor", cell) == []
+    assert by_cell(d, "sensor", cell, h_registered) == [b"C" * 16]
+    assert by_cell(d, "sensor", cell, h_registered - 1) == []
+    resp = d.query("/device", pb.DeviceQuery(pseudonym=b"C" * 16).SerializeToString(), h_registered)
+    assert resp.code == 0 and resp.height == h_registered
+
+
+def test_pagination_returns_each_device_once(env):
+    """Paging with the next cursor walks all devices exactly once, in order."""
+    a, app, d = env
+    cell = cell_at(52.52, 13.40, 6)
+    names = sorted(bytes([i]) * 16 for i in range(1, 26))
+    ok(d.block([a.tx(a.gw1, device_msg(p, cell)) for p in names]))
+    seen, q = [], pb.DeviceQuery(service_type="sensor", cell=cell, limit=7)
+    while True:
+        page = pb.DeviceList.FromString(d.query("/devices/by_cell", q.SerializeToString()).value)
+        seen += [x.pseudonym for x in page.devices]
+        if not page.next:
+            break
+        q.start_after = page.next
+    assert seen == names
+    gw = pb.DeviceList.FromString(d.query("/devices/by_gateway", pb.DeviceQuery(gateway_id=a.gw1_id).SerializeToString()).value)
+    assert len(gw.devices) == 25
+
+
+def test_revocations_expire_with_block_time(env):
+    """A revocation is kept until block time passes its expiry, then pruned; extensions move it."""
+    a, app, d = env
+    tag = b"T" * 32
+    ok(d.block([a.tx(a.gw1, pb.RevokeToken(tag=tag, expires_at=T0 + 100))]))
+    ok(d.block([a.tx(a.gw2, pb.RevokeToken(tag=tag, expires_at=T0 + 200))]))  # extends
+    d.block([], dt=150)  # past the first expiry, before the second
+    assert d.query("/revocation", tag).code == 0
+    d.block([], dt=100)
+    assert d.query("/revocation", tag).code == Code.NOT_FOUND
+    with app.store.reader() as r:
+        assert list(r.scan(keys.REVOCATION_BY_EXPIRY)) == []
+
+
+def test_liveness_is_coarse_and_only_moves_forward(env):
+    """Liveness reports must be bucketed and never move a device's last_seen back."""
+    a, app, d = env
+    ok(d.block([a.tx(a.gw1, device_msg(b"L" * 16))]))
+    bucket = (T0 // 300) * 300
+    ok(d.block([a.tx(a.gw1, pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=b"L" * 16, last_seen=bucket)]))]))
+    ok(d.block([a.tx(a.gw1, pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=b"L" * 16, last_seen=bucket - 300)]))]))
+    rec = pb.DeviceRecord.FromString(d.query("/device", pb.DeviceQuery(pseudonym=b"L" * 16).SerializeToString()).value)
+    assert rec.last_seen == bucket
+    odd = d.block([a.tx(a.gw1, pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=b"L" * 16, last_seen=bucket + 7)]))])
+    assert odd.tx_results[0].code == Code.INVALID_FIELD
+
+
+def test_non_canonical_body_is_malformed(env):
+    """A body with an unknown field is refused even when correctly signed."""
+    a, app, d = env
+    body = pb.TxBody(chain_id=CHAIN, nonce=5, update_gateway=pb.UpdateGateway(endpoint="h:1")).SerializeToString()
+    body += b"\xf8\x07\x01"  # field 127, varint 1: unknown
+    raw = pb.SignedTx(body=body, signer=pub(a.gw1), signature=a.gw1.sign(txs.SIGN_DOMAIN + body)).SerializeToString()
+    assert app.check_tx(abci.RequestCheckTx(tx=raw)).code == Code.MALFORMED_TX
+
+
+def test_failed_handler_consumes_the_nonce(env):
+    """A signed tx that authenticates but fails cannot be replayed later to succeed."""
+    a, app, d = env
+    intent = a.tx(a.gw1, pb.UnregisterDevice(pseudonym=b"R" * 16))
+    assert d.block([intent]).tx_results[0].code == Code.DEVICE_NOT_FOUND
+    ok(d.block([a.tx(a.gw1, device_msg(b"R" * 16))]))
+    assert d.block([intent]).tx_results[0].code in (Code.STALE_NONCE, Code.NONCE_REUSED)
+
+
+def test_recheck_drops_txs_invalidated_by_a_block(env):
+    """After Commit, RECHECK (v0.38 field 2 and v1.x field 3) re-runs checks against the new state."""
+    a, app, d = env
+    pending = [a.tx(a.gw2, device_msg(p)) for p in (b"Q" * 16, b"S" * 16)]
+    assert [app.check_tx(abci.RequestCheckTx(tx=t)).code for t in pending] == [0, 0]
+    ok(d.block([a.tx(a.gw1, device_msg(b"Q" * 16)), a.tx(a.gw1, device_msg(b"S" * 16))]))
+    assert app.check_tx(abci.RequestCheckTx(tx=pending[0], type=abci.RECHECK)).code == Code.DEVICE_EXISTS
+    assert app.check_tx(abci.RequestCheckTx(tx=pending[1], type_v1=abci.CHECK_TX_TYPE_RECHECK)).code == Code.DEVICE_EXISTS
+    assert app.stats == {"check": 2, "recheck": 2}
+
+
+def test_validator_updates_are_returned(env):
+    """An admin's SetValidator comes back as a ValidatorUpdate from FinalizeBlock."""
+    a, app, d = env
+    resp = ok(d.block([a.tx(a.admin, pb.SetValidator(pubkey=b"V" * 32, power=7))]))
+    (update,) = resp.validator_updates
+    assert update.pub_key.ed25519 == b"V" * 32 and update.power == 7
+
+
+def test_app_hash_commits_to_the_whole_state(env):
+    """The app hash equals an LtHash recomputed from every primary record, and changes with any record."""
+    a, app, d = env
+    ok(d.block([a.tx(a.gw1, device_msg(b"H" * 16))]))
+    acc = 0
+    with app.store.reader() as r:
+        for key, value in r.scan(b""):
+            if keys.is_hashed(key):
+                acc = lthash.add(acc, lthash.element(key, value))
+    assert lthash.digest(acc) == app.app_hash
+    before = app.app_hash
+    ok(d.block([a.tx(a.gw1, pb.UpdateGateway(endpoint="other:1"))]))
+    assert app.app_hash != before
+
+
+def test_idle_blocks_keep_the_app_hash(env):
+    """Empty blocks do not change the app hash (the height is not hashed)."""
+    a, app, d = env
+    d.block([])
+    h = app.app_hash
+    d.block([])
+    assert app.app_hash == h
+
+
+def test_uncommitted_block_is_lost_and_replays_to_same_hash(tmp_path):
+    """A crash between FinalizeBlock and Commit loses the block; replaying it gives the same hash."""
+    a = Actors()
+    app = RegistryApp(tmp_path / "reg")
+    d = Driver(app, a.genesis())
+    d.block([])
+    tx = a.tx(a.gw1, device_msg(b"Z" * 16))
+    req = abci.RequestFinalizeBlock(txs=[tx], height=app.height + 1, time=Timestamp(seconds=T0 + 100))
+    expected = app.finalize_block(req).app_hash
+    height = app.height
+    app.close()  # "crash": no Commit
+    app = RegistryApp(tmp_path / "reg")
+    info = app.info(abci.RequestInfo())
+    assert info.last_block_height == height
+    assert app.finalize_block(req).app_hash == expected
+    app.commit(abci.RequestCommit())
+    app.close()
+    app = RegistryApp(tmp_path / "reg")
+    assert app.info(abci.RequestInfo()).last_block_app_hash == expected
+    app.close()
+
+
+@pytest.mark.parametrize("bad", [
+    {"admins": ["zz"]},
+    {"admins": ["00" * 31]},
+    {"gateways": [{"pubkey": "00" * 32, "endpoint": "nope"}]},
+    {"gateways": [{"endpoint": "h:1"}]},
+    "not an object",
+])
+def test_bad_genesis_is_refused(bad):
+    """Malformed app_state never initialises a chain."""
+    with pytest.raises(GenesisError):
+        Genesis.from_bytes(json.dumps(bad).encode())
+
+
+def test_genesis_export_round_trips(env):
+    """Exporting the state and re-importing it gives the same records."""
+    a, app, d = env
+    ok(d.block([a.tx(a.gw1, device_msg(b"E" * 16))]))
+    with app.store.reader() as r:
+        exported = Genesis.export(r)
+    again = Genesis.from_json(json.loads(json.dumps(exported.to_json())))
+    assert again.to_json() == exported.to_json()
+    assert len(again.devices) == 1 and len(again.gateways) == 2

@@ -21,7 +21,8 @@ import logging
 from pathlib import Path
 
 from edgistry import __version__
-from edgistry.abci_app import keys, lthash, snapshots
+from edgistry.abci_app import keys, snapshots
+from edgistry.abci_app.lthash import LtHash
 from edgistry.abci_app.codes import Code, TxError
 from edgistry.abci_app.genesis import Genesis, GenesisError
 from edgistry.abci_app.handlers import prune_revocations
@@ -50,9 +51,9 @@ class RegistryApp:
                  snapshot_interval: int = 0, snapshot_dir: Path | str | None = None) -> None:
         self.store = Store(store_dir, retain_heights)
         self.chain_id = (self.store.get(keys.meta("chain_id")) or b"").decode()
-        self._acc = lthash.from_bytes(self.store.lthash) if self.store.lthash else 0
+        self._acc = LtHash.from_bytes(self.store.lthash)
         self._block: Overlay | None = None  # staged by InitChain/FinalizeBlock
-        self._staged: tuple[int, bytes, int] | None = None  # (height, app_hash, acc)
+        self._staged: tuple[int, bytes, LtHash] | None = None  # (height, app_hash, acc)
         self._genesis_height = 0
         self._check = Overlay(self.store)
         self.stats = {"check": 0, "recheck": 0}
@@ -103,7 +104,7 @@ class RegistryApp:
         self._block = Overlay(self.store)
         self._genesis_height = max(req.initial_height, 1)
         genesis.init(self._block, req.chain_id, list(req.validators), self._genesis_height)
-        app_hash = lthash.digest(self._block.fold_hash(self._acc, self.store))
+        app_hash = self._block.fold_hash(self._acc, self.store).digest()
         self._check = Overlay(self._block)  # txs may reach the mempool before block 1
         log.info("InitChain %s: %d admins, %d gateways, %d devices", req.chain_id,
                  len(genesis.admins), len(genesis.gateways), len(genesis.devices))
@@ -150,21 +151,21 @@ class RegistryApp:
         time_s = req.time.seconds
         block.put(keys.BLOCK_TIME, keys.be64(max(time_s, 0)))  # not hashed: for CheckTx
         prune_revocations(block, time_s)
-        results, updates = [], []
+        resp = abci.ResponseFinalizeBlock()
         for raw in req.txs:
             result = execute_tx(block, raw, self.chain_id, req.height, time_s)
-            results.append(result.to_exec())
-            updates.extend(result.outcome.validator_updates)
+            result.fill(resp.tx_results.add())
+            resp.validator_updates.extend(result.outcome.validator_updates)
         acc = block.fold_hash(self._acc, self.store)
-        app_hash = lthash.digest(acc)
-        self._staged = (req.height, app_hash, acc)
-        return abci.ResponseFinalizeBlock(tx_results=results, validator_updates=updates, app_hash=app_hash)
+        resp.app_hash = acc.digest()
+        self._staged = (req.height, resp.app_hash, acc)
+        return resp
 
     def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
         if self._staged is None or self._block is None:
             raise FatalAppError("Commit without FinalizeBlock")
         height, app_hash, acc = self._staged
-        self.store.commit(height, self._block.writes, app_hash, lthash.to_bytes(acc))
+        self.store.commit(height, self._block.writes, app_hash, acc.to_bytes())
         self._acc, self._block, self._staged, self._genesis_height = acc, None, None, 0
         self._check = Overlay(self.store)
         self.snapshots.maybe_take(height)
@@ -205,6 +206,6 @@ class RegistryApp:
         result = self.snapshots.apply_chunk(req.index, req.chunk)
         if result == abci.ResponseApplySnapshotChunk.ACCEPT and self.snapshots.restored:
             self.chain_id = (self.store.get(keys.meta("chain_id")) or b"").decode()
-            self._acc = lthash.from_bytes(self.store.lthash)
+            self._acc = LtHash.from_bytes(self.store.lthash)
             self._check = Overlay(self.store)
         return abci.ResponseApplySnapshotChunk(result=result)

@@ -23,7 +23,7 @@ from edgistry.proto import registry_pb2 as pb
 LIVENESS_DRIFT_S = 600  # a gateway clock may run this far ahead of block time
 
 
-@dataclass
+@dataclass(slots=True)
 class TxContext:
     kv: Overlay
     height: int
@@ -33,18 +33,19 @@ class TxContext:
     gateway_id: str | None  # set when the signer is a registered gateway
 
 
+Event = tuple[str, tuple[tuple[str, str], ...]]  # (type, ((key, value), ...)): built into protobuf once, in place
+
+
 @dataclass
 class Outcome:
     data: bytes = b""
-    events: list[abci.Event] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     validator_updates: list[abci.ValidatorUpdate] = field(default_factory=list)
 
 
-def event(kind: str, **attrs: str) -> abci.Event:
-    return abci.Event(
-        type=kind,
-        attributes=[abci.EventAttribute(key=k, value=v, index=True) for k, v in sorted(attrs.items())],
-    )
+def event(kind: str, **attrs: str) -> Event:
+    """An indexed event; attributes in keyword order (callers keep it fixed)."""
+    return kind, tuple(attrs.items())
 
 
 def _ser(msg: Message) -> bytes:

@@ -19,7 +19,7 @@ Indexes (derived from primary records; not hashed, rebuilt with them):
     x/block_time                -> be64         (last block time, for CheckTx)
 
 ``h3path`` is an H3 cell written as its base cell and one byte per resolution
-digit, so every descendant of a cell shares the cell's path as a prefix: one
+digit (ASCII octal), so every descendant of a cell shares the cell's path as a prefix: one
 prefix scan answers "devices of type T anywhere in cell C" at any resolution.
 """
 
@@ -46,6 +46,7 @@ PSEUDONYM_LEN = 16
 GATEWAY_ID_LEN = 32  # hex of the first 16 bytes of sha256(pubkey)
 
 _BE64 = struct.Struct(">Q")
+_DIGITS = (1 << 45) - 1
 
 
 def is_hashed(key: bytes) -> bool:
@@ -65,11 +66,10 @@ def h3_resolution(cell: int) -> int:
 
 
 def h3_path(cell: int) -> bytes:
-    """Base cell and resolution digits of an H3 cell index, one byte each."""
-    res = h3_resolution(cell)
-    base = (cell >> 45) & 0x7F
-    digits = [(cell >> (3 * (15 - r))) & 0x7 for r in range(1, res + 1)]
-    return bytes([base, *digits])
+    """Base cell, then one ASCII octal digit per resolution digit (prefix-ordered)."""
+    res = (cell >> 52) & 0xF
+    # the 15 resolution digits are the low 45 bits: exactly 15 octal digits
+    return bytes(((cell >> 45) & 0x7F,)) + f"{cell & _DIGITS:015o}"[:res].encode()
 
 
 def meta(name: str) -> bytes:

@@ -3,16 +3,18 @@
 The app hash must commit to the whole canonical state, yet recomputing a hash
 over a million records per block is too slow. LtHash (Bellare-Micciancio
 lattice hash, as used by Facebook's and Solana's state hashing) maps every
-element to a vector of 1024 16-bit lanes with an extendable-output hash and
-sums the vectors lane-wise mod 2**16. Adding or removing a record is one
-vector addition or subtraction, and the sum is independent of insertion order
-yet identifies the set (collision resistance reduces to the short integer
-solution problem; 1024x16 bits is the parameter set analysed for ~200-bit
-security). The final app hash is SHA-256 of the 2048-byte sum.
+element to a vector of 1024 16-bit lanes with an extendable-output hash
+(SHAKE-128) and sums the vectors lane-wise mod 2**16. Adding or removing a
+record is one vector addition or subtraction, and the sum is independent of
+insertion order yet identifies the set (collision resistance reduces to the
+short integer solution problem; 1024x16 bits is the parameter set analysed
+for ~200-bit security). The app hash is SHA-256 of the 2048-byte sum.
 
-Lanes are packed into one Python int. To add lane-wise without carries
-spilling into neighbours, even and odd lanes are added separately, each with a
-16-bit zero gap above every lane, and masked back.
+Representation: lanes are packed into two Python ints, even lanes and odd
+lanes, each lane in a 32-bit slot. A slot holds 16 bits of lane plus 16 bits
+of headroom, so up to 2**16 - 1 additions can be summed without carrying into
+the neighbour; the sum is reduced mod 2**16 per lane only when it is read
+(or when the headroom runs out). Subtraction adds the lane-wise complement.
 """
 
 from __future__ import annotations
@@ -23,45 +25,67 @@ LANES = 1024
 LANE_BITS = 16
 NBYTES = LANES * LANE_BITS // 8
 _DOMAIN = b"edgistry/lthash16/v1\0"
-
-_EVEN = int.from_bytes(b"\xff\xff\x00\x00" * (LANES // 2), "little")
-_ODD = _EVEN << LANE_BITS
-_ONE_EVEN = int.from_bytes(b"\x01\x00\x00\x00" * (LANES // 2), "little")
-_ONE_ODD = _ONE_EVEN << LANE_BITS
+_MASK = int.from_bytes(b"\xff\xff\x00\x00" * (LANES // 2), "little")  # low 16 bits of each slot
+_ONE = int.from_bytes(b"\x01\x00\x00\x00" * (LANES // 2), "little")
+_HEADROOM = (1 << 16) - 2  # additions a slot can absorb before it must be reduced
 
 
-def element(key: bytes, value: bytes) -> int:
-    """The lane vector of one record; key and value are length-delimited."""
-    h = hashlib.shake_128(_DOMAIN)
-    h.update(len(key).to_bytes(4, "big"))
-    h.update(key)
-    h.update(value)
-    return int.from_bytes(h.digest(NBYTES), "little")
+def element(key: bytes, value: bytes) -> tuple[int, int]:
+    """The lane vector of one record, split into (even, odd) slots."""
+    raw = hashlib.shake_128(_DOMAIN + len(key).to_bytes(4, "big") + key + value).digest(NBYTES)
+    v = int.from_bytes(raw, "little")
+    return v & _MASK, (v >> LANE_BITS) & _MASK
 
 
-def add(acc: int, vec: int) -> int:
-    even = ((acc & _EVEN) + (vec & _EVEN)) & _EVEN
-    odd = ((acc & _ODD) + (vec & _ODD)) & _ODD
-    return even | odd
+class LtHash:
+    """A mutable LtHash16 accumulator."""
 
+    __slots__ = ("even", "odd", "pending")
 
-def sub(acc: int, vec: int) -> int:
-    # per lane: a - b = a + (~b & 0xffff) + 1  (mod 2**16)
-    even = ((acc & _EVEN) + ((vec & _EVEN) ^ _EVEN) + _ONE_EVEN) & _EVEN
-    odd = ((acc & _ODD) + ((vec & _ODD) ^ _ODD) + _ONE_ODD) & _ODD
-    return even | odd
+    def __init__(self, even: int = 0, odd: int = 0) -> None:
+        self.even, self.odd, self.pending = even, odd, 0
 
+    def copy(self) -> LtHash:
+        other = LtHash(self.even, self.odd)
+        other.pending = self.pending
+        return other
 
-def to_bytes(acc: int) -> bytes:
-    return acc.to_bytes(NBYTES, "little")
+    def add(self, key: bytes, value: bytes) -> None:
+        e, o = element(key, value)
+        self.even += e
+        self.odd += o
+        self._count()
 
+    def remove(self, key: bytes, value: bytes) -> None:
+        e, o = element(key, value)
+        # per lane: a - b = a + (0xffff - b) + 1  (mod 2**16)
+        self.even += (e ^ _MASK) + _ONE
+        self.odd += (o ^ _MASK) + _ONE
+        self._count()
 
-def from_bytes(data: bytes) -> int:
-    if len(data) != NBYTES:
-        raise ValueError(f"an LtHash16 state is {NBYTES} bytes, got {len(data)}")
-    return int.from_bytes(data, "little")
+    def _count(self) -> None:
+        self.pending += 1
+        if self.pending >= _HEADROOM:
+            self._reduce()
 
+    def _reduce(self) -> None:
+        self.even &= _MASK
+        self.odd &= _MASK
+        self.pending = 0
 
-def digest(acc: int) -> bytes:
-    """The 32-byte app hash of a state sum."""
-    return hashlib.sha256(b"edgistry/apphash/v1\0" + to_bytes(acc)).digest()
+    def to_bytes(self) -> bytes:
+        self._reduce()
+        return (self.even | (self.odd << LANE_BITS)).to_bytes(NBYTES, "little")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LtHash:
+        if not data:
+            return cls()
+        if len(data) != NBYTES:
+            raise ValueError(f"an LtHash16 state is {NBYTES} bytes, got {len(data)}")
+        v = int.from_bytes(data, "little")
+        return cls(v & _MASK, (v >> LANE_BITS) & _MASK)
+
+    def digest(self) -> bytes:
+        """The 32-byte app hash of this sum."""
+        return hashlib.sha256(b"edgistry/apphash/v1\0" + self.to_bytes()).digest()

@@ -13,7 +13,8 @@ import heapq
 from collections.abc import Iterator
 from typing import Protocol
 
-from edgistry.abci_app import keys, lthash
+from edgistry.abci_app import keys
+from edgistry.abci_app.lthash import LtHash
 
 
 class Reader(Protocol):
@@ -60,8 +61,9 @@ class Overlay:
         self.base.writes.update(self.writes)
         self.writes = {}
 
-    def fold_hash(self, acc: int, committed: Reader) -> int:
-        """Update the LtHash sum of ``committed`` with this overlay's net changes."""
+    def fold_hash(self, acc: LtHash, committed: Reader) -> LtHash:
+        """A copy of ``acc`` (the hash of ``committed``) updated with this overlay's net changes."""
+        acc = acc.copy()
         for key, new in self.writes.items():
             if not keys.is_hashed(key):
                 continue
@@ -69,7 +71,7 @@ class Overlay:
             if old == new:
                 continue
             if old is not None:
-                acc = lthash.sub(acc, lthash.element(key, old))
+                acc.remove(key, old)
             if new is not None:
-                acc = lthash.add(acc, lthash.element(key, new))
+                acc.add(key, new)
         return acc

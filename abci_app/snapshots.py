@@ -17,7 +17,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgistry.abci_app import keys, lthash
+from edgistry.abci_app import keys
+from edgistry.abci_app.lthash import LtHash
 from edgistry.abci_app.framing import decode_uvarint, encode_uvarint
 from edgistry.abci_app.store import Store
 from edgistry.proto import abci_pb2 as abci
@@ -141,14 +142,14 @@ class SnapshotManager:
             items = [kv for i in range(restore["snap"].chunks) for kv in decode_records(restore["chunks"][i])]
         except ValueError:
             return Apply.REJECT_SNAPSHOT
-        acc = 0
+        acc = LtHash()
         for key, value in items:
             if keys.is_hashed(key):
-                acc = lthash.add(acc, lthash.element(key, value))
-        if lthash.digest(acc) != restore["app_hash"]:
+                acc.add(key, value)
+        if acc.digest() != restore["app_hash"]:
             log.error("snapshot at height %d does not match the verified app hash", restore["snap"].height)
             return Apply.REJECT_SNAPSHOT
-        self.store.restore(restore["snap"].height, iter(items), restore["app_hash"], lthash.to_bytes(acc))
+        self.store.restore(restore["snap"].height, iter(items), restore["app_hash"], acc.to_bytes())
         self.restored = True
         log.info("restored snapshot at height %d", restore["snap"].height)
         return Apply.ACCEPT

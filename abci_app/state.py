@@ -12,32 +12,34 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from edgistry.abci_app import keys
-from edgistry.abci_app.codes import Code, TxError
+from edgistry.abci_app.codes import CODESPACE, Code, TxError
 from edgistry.abci_app.handlers import HANDLERS, Outcome, TxContext
 from edgistry.abci_app.overlay import Overlay
 from edgistry.abci_app.txs import DecodedTx, decode_tx, verify_signature
 from edgistry.proto import abci_pb2 as abci
 
 
-@dataclass
+@dataclass(slots=True)
 class TxResult:
     code: Code
     log: str = ""
     outcome: Outcome = field(default_factory=Outcome)
 
-    def to_exec(self) -> abci.ExecTxResult:
-        return abci.ExecTxResult(
-            code=int(self.code),
-            data=self.outcome.data,
-            log=self.log,
-            events=self.outcome.events,
-            codespace="edgistry" if self.code else "",
-        )
+    def fill(self, out: abci.ExecTxResult | abci.ResponseCheckTx) -> None:
+        """Write this result into a (freshly added) protobuf result in place."""
+        out.code = int(self.code)
+        out.data = self.outcome.data
+        if self.code:
+            out.log, out.codespace = self.log, CODESPACE
+        for kind, attrs in self.outcome.events:
+            ev = out.events.add(type=kind)
+            for key, value in attrs:
+                ev.attributes.add(key=key, value=value, index=True)
 
     def to_check(self) -> abci.ResponseCheckTx:
-        return abci.ResponseCheckTx(
-            code=int(self.code), data=self.outcome.data, log=self.log, codespace="edgistry" if self.code else ""
-        )
+        resp = abci.ResponseCheckTx()
+        self.fill(resp)
+        return resp
 
 
 def authenticate(kv: Overlay, tx: DecodedTx, chain_id: str, verify: bool = True) -> tuple[bool, str | None]:

@@ -40,7 +40,7 @@ HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):([0-9]{1,5
 MESSAGE_NAMES = tuple(f.name for f in pb.TxBody.DESCRIPTOR.oneofs_by_name["msg"].fields)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen dataclass construction is slow on the hot path
 class DecodedTx:
     """A transaction that passed validate_basic (not yet the signature check)."""
 
@@ -151,26 +151,35 @@ def _check_pseudonym(pseudonym: bytes) -> None:
         raise _bad(f"pseudonym must be {keys.PSEUDONYM_LEN} bytes")
 
 
+@lru_cache(maxsize=8192)
+def _name_ok(name: str) -> bool:
+    return NAME_RE.match(name) is not None  # names repeat across devices: cache the verdict
+
+
 def _check_device_fields(msg: Message) -> None:
     _check_pseudonym(msg.pseudonym)
-    if not 0 < len(msg.services) <= MAX_SERVICES:
+    services = msg.services
+    if not 0 < len(services) <= MAX_SERVICES:
         raise _bad(f"a device offers 1..{MAX_SERVICES} services")
-    seen: set[str] = set()
-    for svc in msg.services:
-        if not NAME_RE.match(svc.type) or svc.type in seen:
-            raise _bad(f"service type {svc.type[:64]!r} is malformed or repeated")
-        seen.add(svc.type)
+    types = [svc.type for svc in services]
+    if len(set(types)) != len(types):
+        raise _bad("a service type is repeated")
+    for svc, kind in zip(services, types):
         names = [m.name for m in svc.methods]
+        if not _name_ok(kind):
+            raise _bad(f"service type {kind[:64]!r} is malformed")
         if not 0 < len(names) <= MAX_METHODS or len(set(names)) != len(names):
-            raise _bad(f"service {svc.type} needs 1..{MAX_METHODS} distinct methods")
-        if not all(NAME_RE.match(n) for n in names):
-            raise _bad(f"service {svc.type} has a malformed method name")
+            raise _bad(f"service {kind} needs 1..{MAX_METHODS} distinct methods")
+        for name in names:
+            if not _name_ok(name):
+                raise _bad(f"service {kind} has a malformed method name {name[:64]!r}")
     policy = msg.policy
     if not msg.HasField("policy") or not 0 <= policy.resolution <= 15 or not 1 <= policy.k <= MAX_K:
         raise _bad(f"policy needs resolution 0..15 and k 1..{MAX_K}")
-    if not h3i.is_valid_cell(msg.cell):
-        raise _bad(f"cell {msg.cell:x} is not a valid H3 cell")
-    if keys.h3_resolution(msg.cell) != policy.resolution:
+    cell = msg.cell
+    if not h3i.is_valid_cell(cell):
+        raise _bad(f"cell {cell:x} is not a valid H3 cell")
+    if keys.h3_resolution(cell) != policy.resolution:
         raise _bad("cell resolution differs from the policy resolution")
     if msg.duty_cycle_s > MAX_DUTY_CYCLE_S:
         raise _bad(f"duty cycle above {MAX_DUTY_CYCLE_S} s")

@@ -8,7 +8,8 @@ import h3
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from edgistry.abci_app import keys, lthash, txs
+from edgistry.abci_app import keys, txs
+from edgistry.abci_app.lthash import LtHash
 from edgistry.abci_app.app import RegistryApp
 from edgistry.abci_app.codes import Code
 from edgistry.abci_app.genesis import Genesis, GenesisError
@@ -163,12 +164,12 @@ def test_app_hash_commits_to_the_whole_state(env):
     """The app hash equals an LtHash recomputed from every primary record, and changes with any record."""
     a, app, d = env
     ok(d.block([a.tx(a.gw1, device_msg(b"H" * 16))]))
-    acc = 0
+    acc = LtHash()
     with app.store.reader() as r:
         for key, value in r.scan(b""):
             if keys.is_hashed(key):
-                acc = lthash.add(acc, lthash.element(key, value))
-    assert lthash.digest(acc) == app.app_hash
+                acc.add(key, value)
+    assert acc.digest() == app.app_hash
     before = app.app_hash
     ok(d.block([a.tx(a.gw1, pb.UpdateGateway(endpoint="other:1"))]))
     assert app.app_hash != before

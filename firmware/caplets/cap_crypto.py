@@ -18,8 +18,6 @@ _sha256 = hashlib.sha256
 
 TAG_SIZE = 32
 _BLOCK = 64
-_IPAD = bytes([0x36] * _BLOCK)  # only for documentation of the constants
-_OPAD = bytes([0x5C] * _BLOCK)
 
 # Module-level hooks: tests set these to None to exercise the fallbacks on CPython.
 FAST_DIGEST = getattr(_hmac, "digest", None)

@@ -1,0 +1,232 @@
+"""Registry benchmarks: FinalizeBlock and CheckTx against the Ed25519 floor; query scaling.
+
+Run: python benchmarks/registry.py [--block-txs N] [--blocks N] [--sizes 100000,1000000]
+
+1. FinalizeBlock throughput for blocks of signed RegisterDevice txs, beside
+   raw Ed25519 verification of the same txs measured in the same run (the
+   floor: every validator must verify every signature). Target <= 1.5x.
+2. CheckTx rate, same floor.
+3. Registry query latency with N registered devices (100k and 1M): device
+   lookups and "devices of type T in cell C" pages. Target: cost growing no
+   faster than logarithmically with N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.timestamp_pb2 import Timestamp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from edgistry.abci_app import lthash, txs  # noqa: E402
+from edgistry.abci_app.app import RegistryApp  # noqa: E402
+from edgistry.abci_app.genesis import Genesis, GatewaySpec  # noqa: E402
+from edgistry.abci_app.handlers import put_device  # noqa: E402
+from edgistry.abci_app.overlay import Overlay  # noqa: E402
+from edgistry.proto import abci_pb2 as abci  # noqa: E402
+from edgistry.proto import registry_pb2 as pb  # noqa: E402
+
+CHAIN = "bench"
+PAGE = 20
+TYPES = ("sensor", "valve", "camera")
+
+
+def pub(k: Ed25519PrivateKey) -> bytes:
+    return k.public_key().public_bytes_raw()
+
+
+def device(rng: random.Random, pseudonym: bytes, res: int = 7) -> pb.RegisterDevice:
+    cell = h3.str_to_int(h3.latlng_to_cell(rng.uniform(36, 60), rng.uniform(-10, 30), res))
+    services = [pb.ServiceDescriptor(type=t, methods=[pb.ServiceMethod(name="read", cache_max_age_s=10),
+                                                      pb.ServiceMethod(name="write", mutating=True)])
+                for t in rng.sample(TYPES, 2)]
+    return pb.RegisterDevice(pseudonym=pseudonym, services=services, cell=cell,
+                             policy=pb.PrivacyPolicy(resolution=res, k=5), duty_cycle_s=60)
+
+
+def fresh_app(tmp: Path, name: str, gateways: list[Ed25519PrivateKey]) -> RegistryApp:
+    app = RegistryApp(tmp / name)
+    genesis = Genesis(admins=[b"\x01" * 32], gateways=[GatewaySpec(pub(g), "127.0.0.1:1") for g in gateways])
+    app.init_chain(abci.RequestInitChain(chain_id=CHAIN, initial_height=1, app_state_bytes=json.dumps(genesis.to_json()).encode()))
+    app.finalize_block(abci.RequestFinalizeBlock(height=1, time=Timestamp(seconds=1_800_000_000)))
+    app.commit(abci.RequestCommit())
+    return app
+
+
+def bench_finalize(tmp: Path, block_txs: int, blocks: int) -> dict:
+    rng = random.Random(1)
+    gateways = [Ed25519PrivateKey.generate() for _ in range(8)]
+    nonces = {pub(g): 0 for g in gateways}
+    all_blocks = []
+    for _ in range(blocks):
+        block = []
+        for _ in range(block_txs):
+            g = rng.choice(gateways)
+            nonces[pub(g)] += 1
+            block.append(txs.sign_tx(g, CHAIN, nonces[pub(g)], device(rng, rng.randbytes(16))))
+        all_blocks.append(block)
+    decoded = [[pb.SignedTx.FromString(t) for t in b] for b in all_blocks]
+    keys = {k: txs._public_key(k) for k in nonces}
+
+    def floor() -> float:
+        t0 = time.perf_counter()
+        for block in decoded:
+            for t in block:
+                keys[t.signer].verify(t.signature, txs.SIGN_DOMAIN + t.body)
+        return time.perf_counter() - t0
+
+    def finalize(app: RegistryApp) -> tuple[float, float]:
+        fin = 0.0
+        t_commit = 0.0
+        for i, block in enumerate(all_blocks):
+            req = abci.RequestFinalizeBlock(txs=block, height=app.height + 1, time=Timestamp(seconds=1_800_000_100 + i))
+            t0 = time.perf_counter()
+            resp = app.finalize_block(req)
+            fin += time.perf_counter() - t0
+            assert all(r.code == 0 for r in resp.tx_results), resp.tx_results[0].log
+            t0 = time.perf_counter()
+            app.commit(abci.RequestCommit())
+            t_commit += time.perf_counter() - t0
+        return fin, t_commit
+
+    def check(app: RegistryApp) -> float:
+        t0 = time.perf_counter()
+        for block in all_blocks:
+            for tx in block:
+                assert app.check_tx(abci.RequestCheckTx(tx=tx)).code == 0
+        return time.perf_counter() - t0
+
+    n = block_txs * blocks
+    floors, fins, commits, checks = [], [], [], []
+    for rep in range(3):  # interleave the measurements so machine noise hits both sides
+        floors.append(floor())
+        app = fresh_app(tmp, f"fin{rep}", gateways)
+        f, c = finalize(app)
+        fins.append(f)
+        commits.append(c)
+        app.close()
+        app = fresh_app(tmp, f"chk{rep}", gateways)
+        checks.append(check(app))
+        app.close()
+    fl, fi, ch, co = min(floors), min(fins), min(checks), min(commits)
+    return {
+        "txs": n, "block_txs": block_txs,
+        "ed25519_floor_tx_per_s": round(n / fl), "finalize_tx_per_s": round(n / fi),
+        "checktx_per_s": round(n / ch), "commit_ms_per_block": round(1000 * co / blocks, 2),
+        "finalize_vs_floor": round(fi / fl, 3), "checktx_vs_floor": round(ch / fl, 3),
+    }
+
+
+def bulk_load(tmp: Path, n: int) -> RegistryApp:
+    """n devices committed at height 1 through the genesis path (same records as txs)."""
+    rng = random.Random(n)
+    gw = Ed25519PrivateKey.generate()
+    app = RegistryApp(tmp / f"load{n}")
+    genesis = Genesis(admins=[b"\x01" * 32], gateways=[GatewaySpec(pub(gw), "127.0.0.1:1")])
+    app.init_chain(abci.RequestInitChain(chain_id=CHAIN, initial_height=1, app_state_bytes=json.dumps(genesis.to_json()).encode()))
+    block: Overlay = app._block
+    gid = txs.gateway_id_for(pub(gw))
+    for i in range(n):
+        m = device(rng, i.to_bytes(16, "big"))
+        put_device(block, pb.DeviceRecord(pseudonym=m.pseudonym, gateway_id=gid, services=m.services, cell=m.cell,
+                                          policy=m.policy, duty_cycle_s=60, registered_height=1))
+    app.finalize_block(abci.RequestFinalizeBlock(height=1, time=Timestamp(seconds=1_800_000_000)))
+    app.commit(abci.RequestCommit())
+    return app
+
+
+def bench_queries(app: RegistryApp, n: int, samples: int = 3000) -> dict:
+    rng = random.Random(7)
+    lookups, cells = [], []
+    # Same-size answers at every registry size: pages of PAGE devices from
+    # resolution-2 cells around a random registered device (dense enough to
+    # fill a page at 100k devices), so cost differences come from the index.
+    with app.store.reader() as r:
+        for _ in range(samples):
+            i = rng.randrange(n)
+            lookups.append(pb.DeviceQuery(pseudonym=i.to_bytes(16, "big")).SerializeToString())
+            rec = pb.DeviceRecord.FromString(r.get(b"d/" + i.to_bytes(16, "big")))
+            parent = h3.str_to_int(h3.cell_to_parent(h3.int_to_str(rec.cell), 2))
+            cells.append(pb.DeviceQuery(service_type=rec.services[0].type, cell=parent, limit=PAGE).SerializeToString())
+
+    sizes = []
+
+    def run(path: str, datas: list[bytes]) -> list[float]:
+        out = []
+        for data in datas:
+            t0 = time.perf_counter()
+            resp = app.query(abci.RequestQuery(path=path, data=data))
+            out.append(time.perf_counter() - t0)
+            assert resp.code == 0, resp.log
+            if path == "/devices/by_cell":
+                sizes.append(len(pb.DeviceList.FromString(resp.value).devices))
+        return out
+
+    dev = run("/device", lookups)
+    cel = run("/devices/by_cell", cells)
+    assert statistics.mean(sizes) > PAGE * 0.9, f"pages not full ({statistics.mean(sizes):.1f}); compare like with like"
+    q = lambda xs, p: statistics.quantiles(xs, n=100)[p - 1] * 1e6  # noqa: E731
+    return {"devices": n, "lookup_p50_us": round(q(dev, 50), 1), "lookup_p99_us": round(q(dev, 99), 1),
+            "by_cell_p50_us": round(q(cel, 50), 1), "by_cell_p99_us": round(q(cel, 99), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--block-txs", type=int, default=500)
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--sizes", default="100000,1000000")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        fin = bench_finalize(tmp, args.block_txs, args.blocks)
+        print("== Block execution (same signed RegisterDevice txs, best of 3) ==")
+        print(f"{'what':34} {'tx/s':>10} {'vs Ed25519 floor':>18}")
+        print(f"{'raw Ed25519 verify (floor)':34} {fin['ed25519_floor_tx_per_s']:>10} {'1.00x':>18}")
+        print(f"{'FinalizeBlock':34} {fin['finalize_tx_per_s']:>10} {fin['finalize_vs_floor']:>17.2f}x")
+        print(f"{'CheckTx':34} {fin['checktx_per_s']:>10} {fin['checktx_vs_floor']:>17.2f}x")
+        print(f"Commit: {fin['commit_ms_per_block']} ms per {args.block_txs}-tx block (fsync'd LMDB txn)")
+        scale = []
+        for n in [int(s) for s in args.sizes.split(",")]:
+            t0 = time.perf_counter()
+            app = bulk_load(tmp, n)
+            load_s = time.perf_counter() - t0
+            r = bench_queries(app, n)
+            r["load_s"] = round(load_s, 1)
+            app.close()
+            scale.append(r)
+        print(f"\n== Registry queries through ABCI Query (3000 random each; cell pages of {PAGE} devices) ==")
+        print(f"{'devices':>9} {'lookup p50':>11} {'lookup p99':>11} {'cell page p50':>14} {'cell page p99':>14}  (us)")
+        for r in scale:
+            print(f"{r['devices']:>9} {r['lookup_p50_us']:>11} {r['lookup_p99_us']:>11} {r['by_cell_p50_us']:>14} {r['by_cell_p99_us']:>14}")
+        ratios = {}
+        if len(scale) >= 2:
+            a, b = scale[0], scale[-1]
+            import math
+            ratios = {
+                "size_ratio": b["devices"] / a["devices"],
+                "log_ratio": round(math.log(b["devices"]) / math.log(a["devices"]), 3),
+                "lookup_p50_growth": round(b["lookup_p50_us"] / a["lookup_p50_us"], 3),
+                "by_cell_p50_growth": round(b["by_cell_p50_us"] / a["by_cell_p50_us"], 3),
+            }
+            print(f"\n{b['devices']}/{a['devices']} devices: lookup cost x{ratios['lookup_p50_growth']}, "
+                  f"cell page cost x{ratios['by_cell_p50_growth']} (log n grows x{ratios['log_ratio']})")
+        targets = {"finalize_within_1_5x_floor": fin["finalize_vs_floor"] <= 1.5,
+                   "checktx_within_1_5x_floor": fin["checktx_vs_floor"] <= 1.5}
+        if ratios:
+            targets["query_growth_logarithmic"] = max(ratios["lookup_p50_growth"], ratios["by_cell_p50_growth"]) <= ratios["log_ratio"] * 1.25
+        print("targets:", ", ".join(f"{k}={'met' if v else 'MISSED'}" for k, v in targets.items()))
+        print("RESULT " + json.dumps({"execution": fin, "queries": scale, "ratios": ratios, "targets": targets}))
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,7 @@ import h3
 import pytest
 
 import edgistry.firmware.caplets as cl
-from edgistry.firmware.caplets import cap_codec, cap_crypto, cap_h3, cap_types, cap_verify, cap_wire
+from edgistry.firmware.caplets import cap_codec, cap_crypto, cap_h3, cap_verify, cap_wire
 
 SECRET = b"core-test-secret-0123456789abcde"
 NOW = 1_700_000_000
@@ -182,7 +182,7 @@ ENC = cl.Encryption(bytes(16))
     (cl.Identity("t"), cl.Service("t", ["*"]), False),
 ])
 def test_subset_relation(child, parent, expected: bool) -> None:
-    """The subset table of cap_types; undefined pairs are not subsets."""
+    """The subset table of cap_caps; undefined pairs are not subsets."""
     assert child.within(parent) is expected
 
 

@@ -3,8 +3,9 @@
 Two layers:
 
 * the verification core (``cap_*`` modules), pure and MicroPython-compatible:
-  ``cap_codec`` (binary format, theory of operation), ``cap_types``
-  (capabilities, constraints, subset relation), ``cap_verify`` (verification),
+  ``cap_codec`` (binary format, theory of operation), ``cap_caps``
+  (entry codes, capabilities, subset relation), ``cap_cons`` (constraints),
+  ``cap_verify`` (verification),
   ``cap_crypto``, ``cap_h3``, ``cap_wire``, ``cap_errors``. On a device copy
   these files as top-level modules; they import each other either way.
 * the CPython API: ``mint`` (root, derive, request and encryption tokens,
@@ -24,10 +25,10 @@ from .cap_codec import (MAX_ENTRIES, MAX_FRAME_SIZE, MAX_FRAMES, MAX_TOKEN_SIZE,
                         Token, decode, decode_body, encode_body, make_frame)
 from .cap_errors import (BadTag, ClockDrift, ConstraintFailed, InvalidDerivation,
                          MalformedToken, NotPermitted, Replayed, Revoked, TokenError)
-from .cap_types import (ADMIN, INVOKE, READ, WRITE, BoundTo, Encryption, Endpoint,
-                        ExpiresAt, Gateway, Identity, NotBefore, Region, Request,
-                        RequireIdentity, Resource, Root, SequenceWindow, Service,
-                        UnknownConstraint)
+from .cap_caps import (ADMIN, INVOKE, READ, WRITE, Encryption, Identity, Region, Request,
+                       Resource, Root, Service)
+from .cap_cons import (BoundTo, Endpoint, ExpiresAt, Gateway, NotBefore, RequireIdentity,
+                       SequenceWindow, UnknownConstraint)
 from .cap_verify import (Context, authenticate, chain_tags, compute_tag, encryption_tag,
                          permits)
 from .mint import (derive, encryption_token, flatten, from_text, load, mint, new_secret,

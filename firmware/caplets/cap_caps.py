@@ -110,13 +110,13 @@ class Entry:
         """The entry's fields as a dict (for inspection and JSON)."""
         return {}
 
-    def value(self):
+    def value_tuple(self):
         """The entry's value tuple ``(code, raw, field, ...)``."""
         return (self.code, self._raw)
 
     def within(self, parent):
         """True when this capability is a subset of ``parent``."""
-        return within(self.value(), parent.value())
+        return within(self.value_tuple(), parent.value_tuple())
 
 
 class Root(Entry):
@@ -157,7 +157,7 @@ class Service(Entry):
     def fields(self):
         return {"service": self._type, "methods": list(self._methods)}
 
-    def value(self):
+    def value_tuple(self):
         return (SERVICE, self._raw, self._type, self._methods)
 
 
@@ -198,7 +198,7 @@ class Resource(Entry):
     def fields(self):
         return {"prefix": self._prefix, "rights": rights_text(self._rights)}
 
-    def value(self):
+    def value_tuple(self):
         return (RESOURCE, self._raw, self._prefix, self._rights)
 
 
@@ -245,7 +245,7 @@ class Region(Entry):
     def fields(self):
         return {"cell": "%x" % self._cell}
 
-    def value(self):
+    def value_tuple(self):
         return (REGION, self._raw, self._cell)
 
 
@@ -271,7 +271,7 @@ class Identity(Entry):
     def fields(self):
         return {"identity": self._identity}
 
-    def value(self):
+    def value_tuple(self):
         return (IDENTITY, self._raw, self._identity)
 
 
@@ -311,7 +311,7 @@ class Request(Entry):
         return {"service": self._service, "method": self._method,
                 "digest": hexstr(self._digest), "sequence": self._sequence}
 
-    def value(self):
+    def value_tuple(self):
         return (REQUEST, self._raw, self._service, self._method, self._digest, self._sequence)
 
 
@@ -337,7 +337,7 @@ class Encryption(Entry):
     def fields(self):
         return {"nonce": hexstr(self._nonce)}
 
-    def value(self):
+    def value_tuple(self):
         return (ENCRYPTION, self._raw, self._nonce)
 
 
@@ -470,6 +470,10 @@ _CLASSES = {
     REQUEST: lambda t: Request(t[2], t[3], t[4], t[5], t[1]),
     ENCRYPTION: lambda t: Encryption(t[2], t[1]),
 }
+
+
+CAP_NAMES = {ROOT: "root", SERVICE: "service", RESOURCE: "resource", REGION: "region",
+             IDENTITY: "identity", REQUEST: "request", ENCRYPTION: "encryption"}
 
 
 def cap_from_value(t):

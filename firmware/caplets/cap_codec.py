@@ -6,7 +6,7 @@ A token is a chain of frames closed by one 32-byte tag::
 
     token  = version:u8 (0x01) | count:varint | frame{count} | tag[32]
     frame  = length:varint | entry+            (the frame's bytes are hashed)
-    entry  = code:u8 | length:varint | payload (see cap_types)
+    entry  = code:u8 | length:varint | payload (see cap_caps, cap_cons)
     body   = token without its tag (sent in the key exchange)
 
 ``tag_0 = HMAC-SHA256(secret, frame_0)`` and ``tag_i = HMAC-SHA256(tag_{i-1},
@@ -22,6 +22,17 @@ Every frame holds at least one capability. A frame holding a REQUEST or an
 ENCRYPTION capability holds no other capability and ends the chain.
 
 Limits (a MalformedToken beyond them) keep a device's work and memory bounded.
+
+Decoding is one pass over the bytes that validates everything (every entry of
+every frame, all limits) but builds no object per entry: each frame becomes a
+*record* ``(caps, cons, run, leaf)`` of value tuples (see cap_caps), where
+``run`` is the frame's constraint bytes (from its first constraint to its end)
+when no capability follows a constraint, ``b""`` without constraints and None
+otherwise. A frame usually starts its constraints with the previous frame's
+constraint run verbatim; the scanner then reuses the previous record's
+(already validated) constraint values for those identical bytes instead of
+parsing them again, and the verifier checks carry-over by one byte comparison.
+``Frame`` and entry objects are built from the records only when asked for.
 """
 
 import sys
@@ -29,12 +40,16 @@ import sys
 try:
     from .cap_errors import MalformedToken
     from .cap_wire import put_varint, get_varint
-    from .cap_types import parse_entry, ExpiresAt, EXPIRES_AT
+    from .cap_caps import (SCANNERS as _CAP_SCANNERS, CAP_NAMES, REQUEST, ENCRYPTION,
+                           EXPIRES_AT, cap_from_value)
+    from .cap_cons import SCANNERS as _CON_SCANNERS, scan_unknown, con_from_value
     from .cap_crypto import TAG_SIZE
 except ImportError:
     from cap_errors import MalformedToken
     from cap_wire import put_varint, get_varint
-    from cap_types import parse_entry, ExpiresAt, EXPIRES_AT
+    from cap_caps import (SCANNERS as _CAP_SCANNERS, CAP_NAMES, REQUEST, ENCRYPTION,
+                          EXPIRES_AT, cap_from_value)
+    from cap_cons import SCANNERS as _CON_SCANNERS, scan_unknown, con_from_value
     from cap_crypto import TAG_SIZE
 
 VERSION = 0x01
@@ -47,34 +62,137 @@ MAX_FRAME_SIZE = 1024
 MAX_ENTRIES = 32
 # Fits a few radio packets and a small receive buffer.
 MAX_TOKEN_SIZE = 4096
-# Parsed frames are cached by their exact bytes (a pure function of them), so
-# the chain prefix a client reuses for every request is parsed once. None on
-# MicroPython, where RAM matters more than the parse.
+# Frame records are cached by their exact bytes (a pure function of them), so
+# the chain prefix a client reuses for every request is scanned once. None on
+# MicroPython, where RAM matters more than the scan.
 FRAME_CACHE_SIZE = 0 if sys.implementation.name == "micropython" else 512
 
 _cache = {}
 
 
+def clear_cache():
+    """Forget every cached frame record (the next decode is a cold one)."""
+    _cache.clear()
+
+
+def scan_frame(raw, hint=None):
+    """Validate a frame's bytes (the entries, without the length prefix) and
+    return its record ``(caps, cons, run, leaf)``; raise MalformedToken.
+
+    ``hint`` (optional) is the previous frame's record: where this frame's
+    constraints begin with the same bytes as its constraint run, those entries
+    (already validated there, and parsed identically from an entry boundary)
+    take the hint's values. The result never depends on the hint.
+    """
+    end = len(raw)
+    if end == 0 or end > MAX_FRAME_SIZE:
+        raise MalformedToken("frame size %d outside 1..%d" % (end, MAX_FRAME_SIZE))
+    caps = []
+    cons = []
+    cstart = -1
+    mixed = False
+    count = 0
+    pos = 0
+    while pos < end:
+        if count >= MAX_ENTRIES:
+            raise MalformedToken("more than %d entries in a frame" % MAX_ENTRIES)
+        code = raw[pos]
+        p = pos + 1
+        if p < end and raw[p] < 0x80:  # one-byte length: the common case
+            stop = p + 1 + raw[p]
+            p += 1
+        else:
+            n, p = get_varint(raw, p, end)
+            stop = p + n
+        if stop > end:
+            raise MalformedToken("truncated entry")
+        if code < 0x80:
+            scanner = _CAP_SCANNERS.get(code)
+            if scanner is None:
+                raise MalformedToken("unknown capability type 0x%02x" % code)
+            caps.append(scanner(raw, p, stop, raw[pos:stop]))
+            if cstart >= 0:
+                mixed = True
+        else:
+            if cstart < 0:
+                cstart = pos
+                if hint is not None:
+                    hrun = hint[2]
+                    if hrun and raw.startswith(hrun, pos):
+                        hcons = hint[1]
+                        cons.extend(hcons)
+                        count += len(hcons)
+                        if count > MAX_ENTRIES:
+                            raise MalformedToken("more than %d entries in a frame" % MAX_ENTRIES)
+                        pos += len(hrun)
+                        continue
+            scanner = _CON_SCANNERS.get(code, scan_unknown)
+            cons.append(scanner(raw, p, stop, raw[pos:stop]))
+        count += 1
+        pos = stop
+    if not caps:
+        raise MalformedToken("a frame needs at least one capability")
+    first = caps[0][0]
+    leaf = first == REQUEST or first == ENCRYPTION
+    if len(caps) > 1:
+        for c in caps:
+            if c[0] == REQUEST or c[0] == ENCRYPTION:
+                raise MalformedToken("a %s capability stands alone in its frame"
+                                     % CAP_NAMES[c[0]])
+    if cstart < 0:
+        run = b""
+    elif mixed:
+        run = None
+    else:
+        run = raw[cstart:]
+    return (caps, cons, run, leaf)
+
+
+def frame_record(raw, hint=None):
+    """The record of a frame's bytes, from the cache when it was seen before."""
+    rec = _cache.get(raw)
+    if rec is None:
+        rec = scan_frame(raw, hint)
+        if FRAME_CACHE_SIZE:
+            if len(_cache) >= FRAME_CACHE_SIZE:
+                _cache.clear()  # crude but bounded; refills with the hot frames
+            _cache[raw] = rec
+    return rec
+
+
 class Frame:
     """One immutable frame: capabilities and constraints, with its bytes."""
 
-    __slots__ = ("_raw", "_caps", "_constraints", "_cset", "_leaf")
+    __slots__ = ("_raw", "_rec", "_caps", "_constraints")
 
-    def __init__(self, raw, caps, constraints):
+    def __init__(self, raw, rec):
         s = object.__setattr__
         s(self, "_raw", raw)
-        s(self, "_caps", caps)
-        s(self, "_constraints", constraints)
-        s(self, "_cset", frozenset([c._raw for c in constraints]))
-        s(self, "_leaf", caps[0].is_leaf)
+        s(self, "_rec", rec)
+        s(self, "_caps", None)
+        s(self, "_constraints", None)
 
     def __setattr__(self, name, value):
         raise AttributeError("frames are immutable")
 
     raw = property(lambda self: self._raw)
-    capabilities = property(lambda self: self._caps)
-    constraints = property(lambda self: self._constraints)
-    is_leaf = property(lambda self: self._leaf)
+    is_leaf = property(lambda self: self._rec[3])
+
+    @property
+    def capabilities(self):
+        caps = self._caps
+        if caps is None:
+            caps = tuple([cap_from_value(t) for t in self._rec[0]])
+            object.__setattr__(self, "_caps", caps)
+        return caps
+
+    @property
+    def constraints(self):
+        cons = self._constraints
+        if cons is None:
+            cons = tuple([con_from_value(t) for t in self._rec[1]])
+            object.__setattr__(self, "_constraints", cons)
+        return cons
 
     def __eq__(self, other):
         return isinstance(other, Frame) and self._raw == other._raw
@@ -86,42 +204,14 @@ class Frame:
         return hash(self._raw)
 
     def __repr__(self):
-        return "Frame(%r, %r)" % (list(self._caps), list(self._constraints))
+        return "Frame(%r, %r)" % (list(self.capabilities), list(self.constraints))
 
 
 def parse_frame(raw):
     """Parse a frame's bytes (the entries, without the length prefix)."""
     if not isinstance(raw, bytes):
         raw = bytes(raw)
-    frame = _cache.get(raw)
-    if frame is not None:
-        return frame
-    end = len(raw)
-    if end == 0 or end > MAX_FRAME_SIZE:
-        raise MalformedToken("frame size %d outside 1..%d" % (end, MAX_FRAME_SIZE))
-    caps = []
-    cons = []
-    pos = 0
-    while pos < end:
-        if len(caps) + len(cons) >= MAX_ENTRIES:
-            raise MalformedToken("more than %d entries in a frame" % MAX_ENTRIES)
-        entry, pos = parse_entry(raw, pos, end)
-        if entry.is_constraint:
-            cons.append(entry)
-        else:
-            caps.append(entry)
-    if not caps:
-        raise MalformedToken("a frame needs at least one capability")
-    if len(caps) > 1:
-        for c in caps:
-            if c.is_leaf:
-                raise MalformedToken("a %s capability stands alone in its frame" % c.name)
-    frame = Frame(raw, tuple(caps), tuple(cons))
-    if FRAME_CACHE_SIZE:
-        if len(_cache) >= FRAME_CACHE_SIZE:
-            _cache.clear()  # crude but bounded; refills with the hot frames
-        _cache[raw] = frame
-    return frame
+    return Frame(raw, frame_record(raw))
 
 
 def make_frame(entries):
@@ -130,32 +220,48 @@ def make_frame(entries):
 
 
 class Token:
-    """An immutable token: frames (root first, leaf last) and the tag."""
+    """An immutable token: frames (root first, leaf last) and the tag.
 
-    __slots__ = ("_frames", "_tag", "_raw")
+    ``slices`` (frame bytes) and ``recs`` (frame records) are what the
+    verifier uses; ``frames`` (Frame objects) are built from them on demand.
+    """
 
-    def __init__(self, frames, tag, raw=None):
-        if raw is None:  # built by the API: check; decode() has checked already
+    __slots__ = ("_frames", "_tag", "_raw", "_slices", "_recs")
+
+    def __init__(self, frames, tag, raw=None, slices=None, recs=None):
+        if slices is None:  # built by the API: check; decode() has checked already
             frames = tuple(frames)
             if not frames or len(frames) > MAX_FRAMES:
                 raise ValueError("a token has 1..%d frames" % MAX_FRAMES)
             tag = bytes(tag)
             if len(tag) != TAG_SIZE:
                 raise ValueError("a tag is %d bytes" % TAG_SIZE)
-            raw = encode_body(frames) + tag
+            slices = tuple([f._raw for f in frames])
+            recs = tuple([f._rec for f in frames])
+            if raw is None:
+                raw = encode_body(slices) + tag
         s = object.__setattr__
         s(self, "_frames", frames)
         s(self, "_tag", tag)
         s(self, "_raw", raw)
+        s(self, "_slices", slices)
+        s(self, "_recs", recs)
 
     def __setattr__(self, name, value):
         raise AttributeError("tokens are immutable; derive a new one")
 
-    frames = property(lambda self: self._frames)
+    @property
+    def frames(self):
+        frames = self._frames
+        if frames is None:
+            frames = tuple([Frame(s, r) for s, r in zip(self._slices, self._recs)])
+            object.__setattr__(self, "_frames", frames)
+        return frames
+
     tag = property(lambda self: self._tag)
-    leaf = property(lambda self: self._frames[-1])
-    capabilities = property(lambda self: self._frames[-1]._caps)
-    constraints = property(lambda self: self._frames[-1]._constraints)
+    leaf = property(lambda self: self.frames[-1])
+    capabilities = property(lambda self: self.frames[-1].capabilities)
+    constraints = property(lambda self: self.frames[-1].constraints)
 
     def to_bytes(self):
         """The token's binary encoding."""
@@ -169,16 +275,17 @@ class Token:
     @property
     def request(self):
         """The leaf's request capability, or None."""
-        cap = self._frames[-1]._caps[0]
-        return cap if cap.code == 0x06 else None
+        if self._recs[-1][0][0][0] != REQUEST:
+            return None
+        return self.frames[-1].capabilities[0]
 
     @property
     def expires_at(self):
         """Earliest expiry (Unix seconds) among the leaf's constraints, or None."""
         best = None
-        for c in self._frames[-1]._constraints:
-            if c.code == EXPIRES_AT and (best is None or c.value < best):
-                best = c.value
+        for c in self._recs[-1][1]:
+            if c[0] == EXPIRES_AT and (best is None or c[2] < best):
+                best = c[2]
         return best
 
     def __eq__(self, other):
@@ -191,10 +298,10 @@ class Token:
         return hash(self._raw)
 
     def __len__(self):
-        return len(self._frames)
+        return len(self._slices)
 
     def __repr__(self):
-        return "Token(%d frames, tag=%s...)" % (len(self._frames), _hex(self._tag[:4]))
+        return "Token(%d frames, tag=%s...)" % (len(self._slices), _hex(self._tag[:4]))
 
 
 def _hex(data):
@@ -214,7 +321,8 @@ def encode_body(frames):
 
 
 def _split(data, end):
-    """Parse version, count and frames of ``data[:end]``; return the frames."""
+    """Parse version, count and frames of ``data[:end]``; return the frame
+    bytes and the frame records (two lists)."""
     if end < 3 or data[0] != VERSION:
         raise MalformedToken("not a version-%d token" % VERSION)
     count = data[1]
@@ -223,7 +331,10 @@ def _split(data, end):
         count, pos = get_varint(data, 1, end)
     if count == 0 or count > MAX_FRAMES:
         raise MalformedToken("frame count %d outside 1..%d" % (count, MAX_FRAMES))
-    frames = []
+    slices = []
+    recs = []
+    prev = None
+    cache = _cache
     for _ in range(count):
         n = data[pos] if pos < end else 0x80
         if n < 0x80:  # one-byte frame length: the common case
@@ -233,11 +344,21 @@ def _split(data, end):
         stop = pos + n
         if stop > end:
             raise MalformedToken("truncated frame")
-        frames.append(parse_frame(data[pos:stop]))
+        raw = data[pos:stop]
+        rec = cache.get(raw)
+        if rec is None:
+            rec = scan_frame(raw, prev)
+            if FRAME_CACHE_SIZE:
+                if len(cache) >= FRAME_CACHE_SIZE:
+                    cache.clear()  # crude but bounded; refills with the hot frames
+                cache[raw] = rec
+        slices.append(raw)
+        recs.append(rec)
+        prev = rec
         pos = stop
     if pos != end:
         raise MalformedToken("trailing bytes after the last frame")
-    return tuple(frames)
+    return slices, recs
 
 
 def decode(data):
@@ -250,8 +371,8 @@ def decode(data):
     if n > MAX_TOKEN_SIZE:
         raise MalformedToken("token larger than %d bytes" % MAX_TOKEN_SIZE)
     end = n - TAG_SIZE
-    frames = _split(data, end)
-    return Token(frames, data[end:], data)
+    slices, recs = _split(data, end)
+    return Token(None, data[end:], data, slices, recs)
 
 
 def decode_body(data):
@@ -260,4 +381,5 @@ def decode_body(data):
         data = bytes(data)
     if len(data) > MAX_TOKEN_SIZE:
         raise MalformedToken("body larger than %d bytes" % MAX_TOKEN_SIZE)
-    return _split(data, len(data))
+    slices, recs = _split(data, len(data))
+    return tuple([Frame(s, r) for s, r in zip(slices, recs)])

@@ -22,17 +22,17 @@ try:
     from .cap_errors import (TokenError, BadTag, InvalidDerivation, ConstraintFailed,
                              Revoked, Replayed, NotPermitted)
     from .cap_codec import Token, decode, decode_body
-    from .cap_types import (ROOT, SERVICE, IDENTITY, REQUEST, ENCRYPTION, EXPIRES_AT,
-                            NOT_BEFORE, ENDPOINT, GATEWAY, REQUIRE_IDENTITY, BOUND_TO,
-                            SEQUENCE_WINDOW, WILDCARD)
+    from .cap_caps import (ROOT, SERVICE, IDENTITY, REQUEST, ENCRYPTION, EXPIRES_AT,
+                           NOT_BEFORE, ENDPOINT, GATEWAY, REQUIRE_IDENTITY, BOUND_TO,
+                           SEQUENCE_WINDOW, WILDCARD, CAP_NAMES, within)
 except ImportError:
     import cap_crypto
     from cap_errors import (TokenError, BadTag, InvalidDerivation, ConstraintFailed,
                             Revoked, Replayed, NotPermitted)
     from cap_codec import Token, decode, decode_body
-    from cap_types import (ROOT, SERVICE, IDENTITY, REQUEST, ENCRYPTION, EXPIRES_AT,
-                           NOT_BEFORE, ENDPOINT, GATEWAY, REQUIRE_IDENTITY, BOUND_TO,
-                           SEQUENCE_WINDOW, WILDCARD)
+    from cap_caps import (ROOT, SERVICE, IDENTITY, REQUEST, ENCRYPTION, EXPIRES_AT,
+                          NOT_BEFORE, ENDPOINT, GATEWAY, REQUIRE_IDENTITY, BOUND_TO,
+                          SEQUENCE_WINDOW, WILDCARD, CAP_NAMES, within)
 
 
 class Context:
@@ -81,30 +81,48 @@ def compute_tag(secret, frames):
     return chain_tags(secret, frames)[-1]
 
 
-def check_derivation(prev, new, index):
-    """Raise InvalidDerivation unless frame ``new`` (at ``index``) may follow ``prev``."""
-    if prev._leaf:
+def check_pair(prev, new, index):
+    """Raise InvalidDerivation unless the frame with record ``new`` (at
+    ``index``) may follow the frame with record ``prev`` (records: cap_codec)."""
+    if prev[3]:
         raise InvalidDerivation(
             "frame %d follows a leaf (%s) frame, which cannot be derived"
-            % (index, prev._caps[0].name), index)
-    if not prev._cset <= new._cset:
-        raise InvalidDerivation(
-            "frame %d drops a constraint of frame %d" % (index, index - 1), index)
-    pcaps = prev._caps
-    for cap in new._caps:
+            % (index, CAP_NAMES[prev[0][0][0]]), index)
+    pcons = prev[1]
+    if pcons:
+        # Every constraint of prev must be an entry of new, byte for byte. The
+        # usual layout has new's constraint run start with prev's run: both
+        # start at an entry boundary, so the same bytes are the same entries.
+        prun = prev[2]
+        nrun = new[2]
+        if prun is None or nrun is None or not nrun.startswith(prun):
+            have = set([c[1] for c in new[1]])
+            for c in pcons:
+                if c[1] not in have:
+                    raise InvalidDerivation(
+                        "frame %d drops a constraint of frame %d" % (index, index - 1), index)
+    pcaps = prev[0]
+    for cap in new[0]:
+        craw = cap[1]
         for parent in pcaps:
-            if cap.within(parent):
+            # identical bytes: within (the relation is reflexive on non-leaves)
+            if parent[1] == craw or within(cap, parent):
                 break
         else:
             raise InvalidDerivation(
                 "frame %d: %s is not within any capability of frame %d"
-                % (index, cap.name, index - 1), index)
+                % (index, CAP_NAMES[cap[0]], index - 1), index)
+
+
+def check_derivation(prev, new, index):
+    """Raise InvalidDerivation unless Frame ``new`` (at ``index``) may follow ``prev``."""
+    check_pair(prev._rec, new._rec, index)
 
 
 def check_chain(frames):
     """Check every adjacent pair of frames."""
     for i in range(1, len(frames)):
-        check_derivation(frames[i - 1], frames[i], i)
+        check_pair(frames[i - 1]._rec, frames[i]._rec, i)
 
 
 def _fail(constraint, why):
@@ -112,38 +130,38 @@ def _fail(constraint, why):
 
 
 def _check_constraints(token, ctx, secret):
-    leaf = token._frames[-1]
-    cap = leaf._caps[0]
-    seq = cap._sequence if cap.code == REQUEST else ctx.sequence
-    for c in leaf._constraints:
-        code = c.code
+    leaf = token._recs[-1]
+    cap = leaf[0][0]
+    seq = cap[5] if cap[0] == REQUEST else ctx.sequence
+    for c in leaf[1]:
+        code = c[0]
         if code == EXPIRES_AT:
             if ctx.now is None:
                 _fail("expires_at", "no clock to check against")
-            if ctx.now >= c._value:
+            if ctx.now >= c[2]:
                 _fail("expires_at", "expired")
         elif code == NOT_BEFORE:
             if ctx.now is None:
                 _fail("not_before", "no clock to check against")
-            if ctx.now < c._value:
+            if ctx.now < c[2]:
                 _fail("not_before", "not yet valid")
         elif code == ENDPOINT:
-            if ctx.endpoint != c._value:
+            if ctx.endpoint != c[2]:
                 _fail("endpoint", "presented from another endpoint")
         elif code == GATEWAY:
-            if ctx.gateway != c._value:
+            if ctx.gateway != c[2]:
                 _fail("gateway", "presented at another gateway")
         elif code == BOUND_TO:
-            if ctx.bound_tag is None or not cap_crypto.equal(ctx.bound_tag, c._tag):
+            if ctx.bound_tag is None or not cap_crypto.equal(ctx.bound_tag, c[2]):
                 _fail("bound_to", "not presented beside the token it names")
         elif code == SEQUENCE_WINDOW:
             if seq is None:
                 _fail("sequence_window", "no request sequence")
-            if not c._low <= seq < c._high:
+            if not c[2] <= seq < c[3]:
                 _fail("sequence_window", "sequence outside the window")
         elif code == REQUIRE_IDENTITY:
-            if not _identity_presented(c._value, token, ctx, secret, seq):
-                _fail("require_identity", "no bound identity token for %s" % c._value)
+            if not _identity_presented(c[2], token, ctx, secret, seq):
+                _fail("require_identity", "no bound identity token for %s" % c[2])
         else:
             _fail("unknown:0x%02x" % code, "unknown constraint type")
 
@@ -161,15 +179,15 @@ def _identity_presented(identity, token, ctx, secret, seq):
             verified = verify(aux, secret, sub)
         except TokenError:
             continue
-        leaf = verified._frames[-1]
+        leaf = verified._recs[-1]
         bound = False
-        for c in leaf._constraints:
-            if c.code == BOUND_TO:
+        for c in leaf[1]:
+            if c[0] == BOUND_TO:
                 bound = True
         if not bound:
             continue
-        for cap in leaf._caps:
-            if cap.code == IDENTITY and cap._identity == identity:
+        for cap in leaf[0]:
+            if cap[0] == IDENTITY and cap[2] == identity:
                 return True
     return False
 
@@ -179,10 +197,11 @@ def authenticate(token, secret):
     and well derived. Constraints are not checked. Returns the Token."""
     if not isinstance(token, Token):
         token = decode(token)
-    frames = token._frames
-    if not cap_crypto.equal(compute_tag(secret, frames), token._tag):
+    if not cap_crypto.equal(compute_tag(secret, token._slices), token._tag):
         raise BadTag("tag does not match the chain from this origin's secret")
-    check_chain(frames)
+    recs = token._recs
+    for i in range(1, len(recs)):
+        check_pair(recs[i - 1], recs[i], i)
     return token
 
 
@@ -192,54 +211,61 @@ def verify(token, secret, ctx=None):
     Returns the decoded Token; raises a TokenError subclass on any failure.
     """
     if not isinstance(token, Token):
-        token = decode(token)
-    frames = token._frames
+        token = decode(token)  # validates every frame; builds no entry objects
+    slices = token._slices
     fast = cap_crypto.FAST_DIGEST
     tag = secret
     revoked = ctx.revoked if ctx is not None else None
-    tags = [] if revoked else None
-    if fast is not None:
-        for f in frames:
-            tag = fast(tag, f._raw, "sha256")
-            if tags is not None:
-                tags.append(tag)
+    if revoked:
+        tags = []
+        for raw in slices:
+            tag = cap_crypto.hmac_sha256(tag, raw)
+            tags.append(tag)
+    elif fast is not None:
+        for raw in slices:
+            tag = fast(tag, raw, "sha256")
     else:
-        for f in frames:
-            tag = cap_crypto.hmac_sha256_pure(tag, f._raw)
-            if tags is not None:
-                tags.append(tag)
+        pure = cap_crypto.hmac_sha256_pure
+        for raw in slices:
+            tag = pure(tag, raw)
     if not cap_crypto.equal(tag, token._tag):
         raise BadTag("tag does not match the chain from this origin's secret")
-    for i in range(1, len(frames)):
-        check_derivation(frames[i - 1], frames[i], i)
+    recs = token._recs
+    n = len(recs)
+    if n > 1:
+        prev = recs[0]
+        for i in range(1, n):
+            rec = recs[i]
+            check_pair(prev, rec, i)
+            prev = rec
     if ctx is None:
         ctx = _EMPTY
-    if tags:
+    if revoked:
         for t in tags:
             if t in revoked:
                 raise Revoked("token derives from a revoked tag", t)
-    if frames[-1]._constraints:
+    leaf = recs[-1]
+    if leaf[1]:
         _check_constraints(token, ctx, secret)
     last = ctx.last_sequence
     if last is not None:
-        cap = frames[-1]._caps[0]
-        if cap.code == REQUEST and cap._sequence <= last:
-            raise Replayed("sequence %d is not above %d" % (cap._sequence, last),
-                           cap._sequence, last)
+        cap = leaf[0][0]
+        if cap[0] == REQUEST and cap[5] <= last:
+            raise Replayed("sequence %d is not above %d" % (cap[5], last), cap[5], last)
     return token
 
 
 def permits(token, service, method):
     """Raise NotPermitted unless the leaf of ``token`` (already verified)
     grants calling ``method`` of ``service``."""
-    for cap in token._frames[-1]._caps:
-        code = cap.code
+    for cap in token._recs[-1][0]:
+        code = cap[0]
         if code == ROOT:
             return
-        if code == SERVICE and cap._type == service and (
-                cap._methods[0] == WILDCARD or method in cap._methods):
+        if code == SERVICE and cap[2] == service and (
+                cap[3][0] == WILDCARD or method in cap[3]):
             return
-        if code == REQUEST and cap._service == service and cap._method == method:
+        if code == REQUEST and cap[2] == service and cap[3] == method:
             return
     raise NotPermitted("token does not grant %s:%s" % (service, method))
 
@@ -251,7 +277,7 @@ def encryption_tag(secret, body, ctx=None):
     secret of the exchange. Raises a TokenError subclass otherwise."""
     frames = decode_body(body)
     check_chain(frames)
-    if frames[-1]._caps[0].code != ENCRYPTION:
+    if frames[-1]._rec[0][0][0] != ENCRYPTION:
         raise NotPermitted("not an encryption token")
     tags = chain_tags(secret, frames)
     if ctx is not None:

@@ -20,9 +20,9 @@ from edgistry.cli import UserError
 from . import cap_h3
 from .cap_codec import Token, decode
 from .cap_errors import MalformedToken, TokenError
-from .cap_types import (RIGHT_LETTERS, BoundTo, Endpoint, Entry, ExpiresAt, Gateway,
-                        Identity, NotBefore, Region, RequireIdentity, Resource,
-                        SequenceWindow, Service)
+from .cap_caps import RIGHT_LETTERS, Entry, Identity, Region, Resource, Service
+from .cap_cons import (BoundTo, Endpoint, ExpiresAt, Gateway, NotBefore, RequireIdentity,
+                       SequenceWindow)
 from .cap_verify import Context, permits
 from .cap_verify import verify as core_verify
 from .mint import (MIN_SECRET_SIZE, derive, from_text, new_secret, parse_time,

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from .cap_codec import MAX_FRAMES, Token, decode, make_frame
 from .cap_crypto import hmac_sha256, sha256
 from .cap_errors import InvalidDerivation, MalformedToken
-from .cap_types import Encryption, Entry, Request, Root
+from .cap_caps import Encryption, Entry, Request, Root
 from .cap_verify import Context, authenticate, check_derivation
 from .cap_verify import verify as _core_verify
 

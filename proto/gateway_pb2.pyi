@@ -1,0 +1,162 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RequestState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STATE_UNKNOWN: _ClassVar[RequestState]
+    QUEUED: _ClassVar[RequestState]
+    DELIVERED: _ClassVar[RequestState]
+    DONE: _ClassVar[RequestState]
+    EXPIRED: _ClassVar[RequestState]
+    CANCELLED: _ClassVar[RequestState]
+    FAILED: _ClassVar[RequestState]
+STATE_UNKNOWN: RequestState
+QUEUED: RequestState
+DELIVERED: RequestState
+DONE: RequestState
+EXPIRED: RequestState
+CANCELLED: RequestState
+FAILED: RequestState
+
+class InvokeRequest(_message.Message):
+    __slots__ = ("target", "method", "args", "token", "timeout_ms", "ttl_s", "service")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    method: str
+    args: bytes
+    token: bytes
+    timeout_ms: int
+    ttl_s: int
+    service: str
+    def __init__(self, target: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., token: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., ttl_s: _Optional[int] = ..., service: _Optional[str] = ...) -> None: ...
+
+class Result(_message.Message):
+    __slots__ = ("request_id", "state", "payload", "error", "expected_at_ms", "expires_at_ms", "from_cache", "device_status")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    state: RequestState
+    payload: bytes
+    error: str
+    expected_at_ms: int
+    expires_at_ms: int
+    from_cache: bool
+    device_status: int
+    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[_Union[RequestState, str]] = ..., payload: _Optional[bytes] = ..., error: _Optional[str] = ..., expected_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., from_cache: _Optional[bool] = ..., device_status: _Optional[int] = ...) -> None: ...
+
+class ResultRequest(_message.Message):
+    __slots__ = ("request_id", "token")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    token: bytes
+    def __init__(self, request_id: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...
+
+class PairBegin(_message.Message):
+    __slots__ = ("client_x25519",)
+    CLIENT_X25519_FIELD_NUMBER: _ClassVar[int]
+    client_x25519: bytes
+    def __init__(self, client_x25519: _Optional[bytes] = ...) -> None: ...
+
+class PairOffer(_message.Message):
+    __slots__ = ("gateway_x25519", "gateway_pubkey", "signature", "gateway_id", "session", "chain_id")
+    GATEWAY_X25519_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_PUBKEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    gateway_x25519: bytes
+    gateway_pubkey: bytes
+    signature: bytes
+    gateway_id: str
+    session: str
+    chain_id: str
+    def __init__(self, gateway_x25519: _Optional[bytes] = ..., gateway_pubkey: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., gateway_id: _Optional[str] = ..., session: _Optional[str] = ..., chain_id: _Optional[str] = ...) -> None: ...
+
+class PairComplete(_message.Message):
+    __slots__ = ("session", "nonce", "ciphertext")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    nonce: bytes
+    ciphertext: bytes
+    def __init__(self, session: _Optional[str] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class PairPayload(_message.Message):
+    __slots__ = ("root_token", "manifest", "cell", "resolution", "k", "encrypt", "link_id", "commission_code", "unpair")
+    ROOT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPT_FIELD_NUMBER: _ClassVar[int]
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMISSION_CODE_FIELD_NUMBER: _ClassVar[int]
+    UNPAIR_FIELD_NUMBER: _ClassVar[int]
+    root_token: bytes
+    manifest: bytes
+    cell: int
+    resolution: int
+    k: int
+    encrypt: bool
+    link_id: bytes
+    commission_code: str
+    unpair: bool
+    def __init__(self, root_token: _Optional[bytes] = ..., manifest: _Optional[bytes] = ..., cell: _Optional[int] = ..., resolution: _Optional[int] = ..., k: _Optional[int] = ..., encrypt: _Optional[bool] = ..., link_id: _Optional[bytes] = ..., commission_code: _Optional[str] = ..., unpair: _Optional[bool] = ...) -> None: ...
+
+class PairResult(_message.Message):
+    __slots__ = ("pseudonym", "identity_token", "app_token", "owner_handle", "link_endpoint", "gateway_id", "height")
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    APP_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OWNER_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    LINK_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    pseudonym: bytes
+    identity_token: bytes
+    app_token: bytes
+    owner_handle: str
+    link_endpoint: str
+    gateway_id: str
+    height: int
+    def __init__(self, pseudonym: _Optional[bytes] = ..., identity_token: _Optional[bytes] = ..., app_token: _Optional[bytes] = ..., owner_handle: _Optional[str] = ..., link_endpoint: _Optional[str] = ..., gateway_id: _Optional[str] = ..., height: _Optional[int] = ...) -> None: ...
+
+class PairSealed(_message.Message):
+    __slots__ = ("nonce", "ciphertext")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    ciphertext: bytes
+    def __init__(self, nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class Forwarded(_message.Message):
+    __slots__ = ("request", "from_id", "sent_at_ms", "signature")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    FROM_ID_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    request: InvokeRequest
+    from_id: str
+    sent_at_ms: int
+    signature: bytes
+    def __init__(self, request: _Optional[_Union[InvokeRequest, _Mapping]] = ..., from_id: _Optional[str] = ..., sent_at_ms: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...

@@ -30,12 +30,19 @@ def load_config(home: Path) -> NodeConfig:
 @click.option("--cometbft-home", type=click.Path(path_type=Path), default=None,
               help="A CometBFT home whose genesis.json gets the registry's app_state.")
 @click.option("--moniker", default="node0", show_default=True, help="Human-readable node name.")
-def init_cmd(home: Path, chain_id: str | None, cometbft_home: Path | None, moniker: str) -> None:
+@click.option("--rpc-listen", default=None, help="Embedded node RPC HOST:PORT (default 127.0.0.1:26657).")
+@click.option("--grpc-listen", default=None, help="Gateway gRPC HOST:PORT, registered on chain (default 127.0.0.1:26670).")
+@click.option("--link-listen", default=None, help="Device link HOST:PORT (default 127.0.0.1:26671).")
+@click.option("--http-listen", default=None, help="Gateway HTTP HOST:PORT (default 127.0.0.1:26672).")
+def init_cmd(home: Path, chain_id: str | None, cometbft_home: Path | None, moniker: str, rpc_listen: str | None,
+             grpc_listen: str | None, link_listen: str | None, http_listen: str | None) -> None:
     """Create a node home: keys (0600), config.toml and genesis."""
     from edgistry.abci_app.home import init_home
 
+    listen = {"rpc_listen": rpc_listen, "grpc_listen": grpc_listen, "link_listen": link_listen,
+              "http_listen": http_listen}
     try:
-        cfg = init_home(home, chain_id, cometbft_home, moniker)
+        cfg = init_home(home, chain_id, cometbft_home, moniker, listen)
     except HomeError as exc:
         raise UserError(str(exc)) from exc
     click.echo(f"initialised {cfg.home} (chain {cfg.chain_id})")

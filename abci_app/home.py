@@ -56,8 +56,14 @@ def prepare_home(home: Path, chain_id: str | None = None, moniker: str = "node0"
 
 
 def init_home(home: Path, chain_id: str | None = None, cometbft_home: Path | None = None,
-              moniker: str = "node0") -> NodeConfig:
+              moniker: str = "node0", listen: dict[str, str] | None = None) -> NodeConfig:
+    """Create a complete home; ``listen`` overrides addresses (grpc_listen, link_listen, ...)."""
     cfg, admin, gateway = prepare_home(home, chain_id, moniker)
+    for name, value in (listen or {}).items():
+        if value:
+            setattr(cfg, name, value)
+    if listen and listen.get("rpc_listen"):
+        cfg.rpc_url = "http://" + cfg.rpc_listen
     genesis = Genesis(
         admins=[public_bytes(admin)],
         gateways=[GatewaySpec(public_bytes(gateway), cfg.grpc_listen, moniker)],

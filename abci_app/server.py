@@ -75,6 +75,7 @@ class AbciServer:
         self.app = app
         self.max_frame_size = max_frame_size
         self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task] = set()
         self.connections = 0
 
     async def start(self, address: str) -> list[str]:
@@ -86,12 +87,20 @@ class AbciServer:
         return [f"tcp://{s.getsockname()[0]}:{s.getsockname()[1]}" for s in self._server.sockets]
 
     async def close(self) -> None:
+        """Stop listening, end every connection, and wait for them to finish."""
         if self._server is not None:
             self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or "unix"
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         self.connections += 1
         log.info("ABCI connection from %s", peer)
         decoder = FrameDecoder(self.max_frame_size)
@@ -107,13 +116,12 @@ class AbciServer:
             log.error("ABCI connection %s sent a bad frame (%s); closing that connection", peer, exc)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("ABCI connection %s dropped: %s", peer, exc)
+        except asyncio.CancelledError:
+            log.info("ABCI connection %s closed: shutting down", peer)
         finally:
             self.connections -= 1
+            self._tasks.discard(task)
             writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
 
 
 def _parse_request(frame: bytes) -> abci.Request:

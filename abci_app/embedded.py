@@ -181,8 +181,15 @@ class EmbeddedNode:
 
     async def wait_for_tx(self, h: bytes, timeout: float = TIMEOUT_BROADCAST_TX_COMMIT_S) -> tuple[int, abci.ExecTxResult]:
         fut = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(h, []).append(fut)
-        return await asyncio.wait_for(fut, timeout)
+        waiting = self._waiters.setdefault(h, [])
+        waiting.append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:  # a timed-out or cancelled waiter must not linger
+            if fut in waiting:
+                waiting.remove(fut)
+            if not waiting and self._waiters.get(h) is waiting:
+                del self._waiters[h]
 
     # ---- block production ----
 

@@ -148,7 +148,11 @@ class RpcHandlers:
         h = tx_hash(tx)
         waiter = asyncio.ensure_future(self.node.wait_for_tx(h))
         await asyncio.sleep(0)  # register the waiter before the tx can be included
-        check = self._check(tx)
+        try:
+            check = self._check(tx)
+        except RpcError:
+            waiter.cancel()
+            raise
         result: dict[str, Any] = {"check_tx": tx_result_json(check), "tx_result": tx_result_json(abci.ExecTxResult()),
                                   "hash": h.hex().upper(), "height": "0"}
         if check.code != 0:

@@ -164,7 +164,7 @@ def _check_device_fields(msg: Message) -> None:
     types = [svc.type for svc in services]
     if len(set(types)) != len(types):
         raise _bad("a service type is repeated")
-    for svc, kind in zip(services, types):
+    for svc, kind in zip(services, types, strict=True):
         names = [m.name for m in svc.methods]
         if not _name_ok(kind):
             raise _bad(f"service type {kind[:64]!r} is malformed")

@@ -24,7 +24,7 @@ CANCELLED: RequestState
 FAILED: RequestState
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("target", "method", "args", "token", "timeout_ms", "ttl_s", "service")
+    __slots__ = ("target", "method", "args", "token", "timeout_ms", "ttl_s", "service", "request_id")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class InvokeRequest(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     TTL_S_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     target: str
     method: str
     args: bytes
@@ -39,7 +40,8 @@ class InvokeRequest(_message.Message):
     timeout_ms: int
     ttl_s: int
     service: str
-    def __init__(self, target: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., token: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., ttl_s: _Optional[int] = ..., service: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, target: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., token: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., ttl_s: _Optional[int] = ..., service: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("request_id", "state", "payload", "error", "expected_at_ms", "expires_at_ms", "from_cache", "device_status")
@@ -150,13 +152,17 @@ class PairSealed(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class Forwarded(_message.Message):
-    __slots__ = ("request", "from_id", "sent_at_ms", "signature")
+    __slots__ = ("request", "from_id", "sent_at_ms", "signature", "call", "result")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     FROM_ID_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_MS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
     request: InvokeRequest
     from_id: str
     sent_at_ms: int
     signature: bytes
-    def __init__(self, request: _Optional[_Union[InvokeRequest, _Mapping]] = ..., from_id: _Optional[str] = ..., sent_at_ms: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    call: str
+    result: ResultRequest
+    def __init__(self, request: _Optional[_Union[InvokeRequest, _Mapping]] = ..., from_id: _Optional[str] = ..., sent_at_ms: _Optional[int] = ..., signature: _Optional[bytes] = ..., call: _Optional[str] = ..., result: _Optional[_Union[ResultRequest, _Mapping]] = ...) -> None: ...

@@ -43,7 +43,7 @@ def test_many_updates_reduce_correctly_and_round_trip():
     """Past the headroom the sum is reduced; serialisation round-trips."""
     rng = random.Random(5)
     acc, ref = LtHash(), LtHash()
-    for i in range(70_000 // 100):
+    for _ in range(70_000 // 100):
         k, v = rng.randbytes(8), rng.randbytes(8)
         for _ in range(100):
             acc.add(k, v)

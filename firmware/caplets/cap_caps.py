@@ -395,6 +395,46 @@ def _s_root(buf, p, stop, raw):
 
 
 def _s_service(buf, p, stop, raw):
+    # Fast path: a pure-ASCII payload (then every length byte is one byte, and
+    # the decoded text indexes like the bytes) is decoded once and sliced.
+    try:
+        text = buf[p:stop].decode("utf-8")
+    except UnicodeError:
+        text = None
+    if text is None or len(text) != stop - p:
+        return _s_service_slow(buf, p, stop, raw)
+    k = buf[p] + 1
+    q = p + k
+    if q >= stop:
+        raise MalformedToken("truncated field")
+    stype = text[1:k]
+    n = buf[q]
+    q += 1
+    if n > stop - q:
+        raise MalformedToken("method count exceeds entry")
+    methods = []
+    prev = None
+    for _ in range(n):
+        if q >= stop:
+            raise MalformedToken("truncated field")
+        a = q + 1 - p
+        q += buf[q] + 1
+        if q > stop:
+            raise MalformedToken("truncated field")
+        m = text[a:q - p]
+        if not m or (prev is not None and m <= prev):
+            raise MalformedToken("methods must be non-empty, sorted and distinct")
+        methods.append(m)
+        prev = m
+    if not stype or not methods:
+        raise MalformedToken("service needs a type and at least one method")
+    if n > 1 and WILDCARD in methods:
+        raise MalformedToken("'*' stands alone in a method set")
+    _trailing(q, stop, "service")
+    return (SERVICE, raw, stype, tuple(methods))
+
+
+def _s_service_slow(buf, p, stop, raw):
     stype, p = get_str(buf, p, stop)
     n, p = get_varint(buf, p, stop)
     if n > stop - p:

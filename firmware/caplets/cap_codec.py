@@ -40,14 +40,14 @@ import sys
 try:
     from .cap_errors import MalformedToken
     from .cap_wire import put_varint, get_varint
-    from .cap_caps import (SCANNERS as _CAP_SCANNERS, CAP_NAMES, REQUEST, ENCRYPTION,
+    from .cap_caps import (SCANNERS as _CAP_SCANNERS, CAP_NAMES, ROOT, REQUEST, ENCRYPTION,
                            EXPIRES_AT, cap_from_value)
     from .cap_cons import SCANNERS as _CON_SCANNERS, scan_unknown, con_from_value
     from .cap_crypto import TAG_SIZE
 except ImportError:
     from cap_errors import MalformedToken
     from cap_wire import put_varint, get_varint
-    from cap_caps import (SCANNERS as _CAP_SCANNERS, CAP_NAMES, REQUEST, ENCRYPTION,
+    from cap_caps import (SCANNERS as _CAP_SCANNERS, CAP_NAMES, ROOT, REQUEST, ENCRYPTION,
                           EXPIRES_AT, cap_from_value)
     from cap_cons import SCANNERS as _CON_SCANNERS, scan_unknown, con_from_value
     from cap_crypto import TAG_SIZE
@@ -68,6 +68,7 @@ MAX_TOKEN_SIZE = 4096
 FRAME_CACHE_SIZE = 0 if sys.implementation.name == "micropython" else 512
 
 _cache = {}
+_ROOT_VALUE = (ROOT, bytes([ROOT, 0]))
 
 
 def clear_cache():
@@ -79,10 +80,11 @@ def scan_frame(raw, hint=None):
     """Validate a frame's bytes (the entries, without the length prefix) and
     return its record ``(caps, cons, run, leaf)``; raise MalformedToken.
 
-    ``hint`` (optional) is the previous frame's record: where this frame's
-    constraints begin with the same bytes as its constraint run, those entries
-    (already validated there, and parsed identically from an entry boundary)
-    take the hint's values. The result never depends on the hint.
+    ``hint`` (optional) is the previous frame's record. Entries whose bytes
+    equal entries of the hint (a capability kept as it was; the constraint run
+    carried over verbatim) take the hint's values: the hint validated those
+    very bytes, and an entry parses the same wherever it starts. The result
+    never depends on the hint, only the work does.
     """
     end = len(raw)
     if end == 0 or end > MAX_FRAME_SIZE:
@@ -93,6 +95,12 @@ def scan_frame(raw, hint=None):
     mixed = False
     count = 0
     pos = 0
+    if hint is not None:
+        hcaps = hint[0]
+        hrun = hint[2]
+    else:
+        hcaps = ()
+        hrun = None
     while pos < end:
         if count >= MAX_ENTRIES:
             raise MalformedToken("more than %d entries in a frame" % MAX_ENTRIES)
@@ -107,27 +115,33 @@ def scan_frame(raw, hint=None):
         if stop > end:
             raise MalformedToken("truncated entry")
         if code < 0x80:
-            scanner = _CAP_SCANNERS.get(code)
-            if scanner is None:
-                raise MalformedToken("unknown capability type 0x%02x" % code)
-            caps.append(scanner(raw, p, stop, raw[pos:stop]))
             if cstart >= 0:
                 mixed = True
+            if code == ROOT and p == stop:
+                caps.append(_ROOT_VALUE)
+            else:
+                eraw = raw[pos:stop]
+                for t in hcaps:
+                    if t[1] == eraw:
+                        caps.append(t)
+                        break
+                else:
+                    scanner = _CAP_SCANNERS.get(code)
+                    if scanner is None:
+                        raise MalformedToken("unknown capability type 0x%02x" % code)
+                    caps.append(scanner(raw, p, stop, eraw))
         else:
             if cstart < 0:
                 cstart = pos
-                if hint is not None:
-                    hrun = hint[2]
-                    if hrun and raw.startswith(hrun, pos):
-                        hcons = hint[1]
-                        cons.extend(hcons)
-                        count += len(hcons)
-                        if count > MAX_ENTRIES:
-                            raise MalformedToken("more than %d entries in a frame" % MAX_ENTRIES)
-                        pos += len(hrun)
-                        continue
-            scanner = _CON_SCANNERS.get(code, scan_unknown)
-            cons.append(scanner(raw, p, stop, raw[pos:stop]))
+                if hrun and raw.startswith(hrun, pos):
+                    hcons = hint[1]
+                    cons.extend(hcons)
+                    count += len(hcons)
+                    if count > MAX_ENTRIES:
+                        raise MalformedToken("more than %d entries in a frame" % MAX_ENTRIES)
+                    pos += len(hrun)
+                    continue
+            cons.append(_CON_SCANNERS.get(code, scan_unknown)(raw, p, stop, raw[pos:stop]))
         count += 1
         pos = stop
     if not caps:
@@ -224,6 +238,8 @@ class Token:
 
     ``slices`` (frame bytes) and ``recs`` (frame records) are what the
     verifier uses; ``frames`` (Frame objects) are built from them on demand.
+    Every public attribute is a read-only property (and there is no instance
+    dict), so a token cannot be changed: derive a new one.
     """
 
     __slots__ = ("_frames", "_tag", "_raw", "_slices", "_recs")
@@ -240,22 +256,18 @@ class Token:
             recs = tuple([f._rec for f in frames])
             if raw is None:
                 raw = encode_body(slices) + tag
-        s = object.__setattr__
-        s(self, "_frames", frames)
-        s(self, "_tag", tag)
-        s(self, "_raw", raw)
-        s(self, "_slices", slices)
-        s(self, "_recs", recs)
-
-    def __setattr__(self, name, value):
-        raise AttributeError("tokens are immutable; derive a new one")
+        self._frames = frames
+        self._tag = tag
+        self._raw = raw
+        self._slices = slices
+        self._recs = recs
 
     @property
     def frames(self):
         frames = self._frames
         if frames is None:
             frames = tuple([Frame(s, r) for s, r in zip(self._slices, self._recs)])
-            object.__setattr__(self, "_frames", frames)
+            self._frames = frames
         return frames
 
     tag = property(lambda self: self._tag)

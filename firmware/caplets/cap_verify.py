@@ -212,39 +212,37 @@ def verify(token, secret, ctx=None):
     """
     if not isinstance(token, Token):
         token = decode(token)  # validates every frame; builds no entry objects
-    slices = token._slices
-    fast = cap_crypto.FAST_DIGEST
-    tag = secret
     revoked = ctx.revoked if ctx is not None else None
+    tag = secret
+    fast = cap_crypto.FAST_DIGEST
     if revoked:
         tags = []
-        for raw in slices:
+        for raw in token._slices:
             tag = cap_crypto.hmac_sha256(tag, raw)
             tags.append(tag)
     elif fast is not None:
-        for raw in slices:
+        for raw in token._slices:
             tag = fast(tag, raw, "sha256")
     else:
         pure = cap_crypto.hmac_sha256_pure
-        for raw in slices:
+        for raw in token._slices:
             tag = pure(tag, raw)
     if not cap_crypto.equal(tag, token._tag):
         raise BadTag("tag does not match the chain from this origin's secret")
     recs = token._recs
-    n = len(recs)
-    if n > 1:
-        prev = recs[0]
-        for i in range(1, n):
-            rec = recs[i]
-            check_pair(prev, rec, i)
-            prev = rec
+    leaf = recs[0]
+    i = 0
+    for rec in recs:
+        if i:
+            check_pair(leaf, rec, i)
+        leaf = rec
+        i += 1
     if ctx is None:
         ctx = _EMPTY
     if revoked:
         for t in tags:
             if t in revoked:
                 raise Revoked("token derives from a revoked tag", t)
-    leaf = recs[-1]
     if leaf[1]:
         _check_constraints(token, ctx, secret)
     last = ctx.last_sequence

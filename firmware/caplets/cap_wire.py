@@ -37,23 +37,24 @@ def get_varint(buf, pos, end):
     b = buf[pos]
     if b < 0x80:  # the common one-byte case
         return b, pos + 1
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise MalformedToken("truncated varint")
+    result = b & 0x7F
+    shift = 7
+    pos += 1
+    while pos < end:
         b = buf[pos]
         pos += 1
-        result |= (b & 0x7F) << shift
         if b < 0x80:
             if b == 0:
                 raise MalformedToken("non-minimal varint")
+            result |= b << shift
             if result >= _U64:
                 raise MalformedToken("varint exceeds 64 bits")
             return result, pos
+        result |= (b & 0x7F) << shift
         shift += 7
         if shift > 63:
             raise MalformedToken("varint too long")
+    raise MalformedToken("truncated varint")
 
 
 def put_bytes(out, data):

@@ -8,9 +8,13 @@ targets of issue 3, then one line ``RESULT {json}``.
 "sign" for a token is minting/deriving it from the origin's root (N-1 derive
 steps for N frames); "verify" decodes the token from bytes and runs the full
 verification (tag chain, derivations, leaf constraints) as a server would.
-``verify (cold)`` empties the frame parse cache before each call, i.e. a token
-never seen before; ``verify`` is the steady state in which the chain prefix
-(shared by a client's requests) was parsed before.
+
+For our tokens the "verify" column is the COLD path: every parse cache is
+emptied before each call (the cost of emptying it is measured separately and
+subtracted), i.e. a token never seen before, which is what a device or
+gateway usually gets. The issue's targets are judged on it. The "steady"
+column is the steady state, in which the frames of the chain prefix (shared by
+a client's requests) were scanned before and come from the frame cache.
 """
 
 from __future__ import annotations
@@ -97,14 +101,14 @@ def bench_ours() -> dict[int, dict[str, float]]:
         cap_verify.verify(raw, SECRET, CTX)  # must be valid
 
         def cold(raw=raw):
-            cap_codec._cache.clear()
+            cap_codec.clear_cache()
             cap_verify.verify(raw, SECRET, CTX)
 
-        cold_us = best_us(cold) - best_us(cap_codec._cache.clear)
+        cold_us = best_us(cold) - best_us(cap_codec.clear_cache)
         out[depth] = {
             "sign": best_us(lambda d=depth: make_chain(d).to_bytes()),
-            "verify": best_us(lambda raw=raw: cap_verify.verify(raw, SECRET, CTX)),
-            "verify_cold": cold_us,
+            "verify": cold_us,
+            "verify_steady": best_us(lambda raw=raw: cap_verify.verify(raw, SECRET, CTX)),
             "bytes": len(raw),
         }
         frames = [f.raw for f in token.frames]
@@ -190,28 +194,35 @@ def main() -> None:
     ours = bench_ours()
     macs = bench_macaroons()
     bis = bench_biscuits()
-    rows: list[tuple[str, float, float, str]] = []
+    nan = float("nan")
+    rows: list[tuple[str, float, float, float, str]] = []
     for name, (s, v) in sigs.items():
-        rows.append((name, s, v, "32-byte message"))
+        rows.append((name, s, v, nan, "32-byte message"))
     for d in DEPTHS:
         o = ours[d]
-        rows.append((f"CAPLets token, {d} frame(s)", o["sign"], o["verify"],
-                     f"{o['bytes']} B; cold verify {o['verify_cold']:.2f} us"))
+        rows.append((f"CAPLets token, {d} frame(s)", o["sign"], o["verify"], o["verify_steady"],
+                     f"{o['bytes']} B"))
     for d in DEPTHS:
-        rows.append((f"bare HMAC chain, {d} link(s)", float("nan"), ours[d]["bare_chain"], "floor"))
+        rows.append((f"bare HMAC chain, {d} link(s)", nan, ours[d]["bare_chain"], nan, "floor"))
     if macs:
         for d in DEPTHS:
-            rows.append((f"pymacaroons, {d} caveat(s)", macs[d]["sign"], macs[d]["verify"], ""))
+            rows.append((f"pymacaroons, {d} caveat(s)", macs[d]["sign"], macs[d]["verify"], nan,
+                         ""))
     if bis:
         for d in DEPTHS:
-            rows.append((f"biscuit-python, {d} block(s)", bis[d]["sign"], bis[d]["verify"], ""))
+            rows.append((f"biscuit-python, {d} block(s)", bis[d]["sign"], bis[d]["verify"], nan,
+                         ""))
+
+    def cell(x: float) -> str:
+        return "-" if x != x else f"{x:.2f}"
 
     print(f"Token benchmark (Python {sys.version.split()[0]}; best of {REPEAT}; microseconds)")
-    print(f"{'Algorithm':34} {'Sign us':>12} {'Verify us':>12}  Notes")
+    print("CAPLets 'Verify' is cold (token never seen: parse cache emptied before each call); "
+          "'Steady' reuses cached frames")
+    print(f"{'Algorithm':34} {'Sign us':>10} {'Verify us':>10} {'Steady us':>10}  Notes")
     print("-" * 90)
-    for name, s, v, note in rows:
-        sign = "-" if s != s else f"{s:12.2f}"
-        print(f"{name:34} {sign:>12} {v:12.2f}  {note}")
+    for name, s, v, st, note in rows:
+        print(f"{name:34} {cell(s):>10} {cell(v):>10} {cell(st):>10}  {note}")
     if not macs:
         print("(pymacaroons not installed: pip install -e .[bench])")
     if not bis:
@@ -219,29 +230,32 @@ def main() -> None:
 
     ed_verify = sigs["Ed25519"][1]
     ratios = {"verify3_over_ed25519": ours[3]["verify"] / ed_verify,
-              "verify3_cold_over_ed25519": ours[3]["verify_cold"] / ed_verify}
+              "verify3_steady_over_ed25519": ours[3]["verify_steady"] / ed_verify}
     for d in DEPTHS:
         ratios[f"ours_over_bare_chain_{d}"] = ours[d]["verify"] / ours[d]["bare_chain"]
-        ratios[f"ours_cold_over_bare_chain_{d}"] = ours[d]["verify_cold"] / ours[d]["bare_chain"]
+        ratios[f"ours_steady_over_bare_chain_{d}"] = (ours[d]["verify_steady"]
+                                                      / ours[d]["bare_chain"])
         if macs:
             ratios[f"pymacaroons_over_ours_{d}"] = macs[d]["verify"] / ours[d]["verify"]
-            ratios[f"pymacaroons_over_ours_cold_{d}"] = macs[d]["verify"] / ours[d]["verify_cold"]
-    targets = {
+            ratios[f"pymacaroons_over_ours_steady_{d}"] = (macs[d]["verify"]
+                                                           / ours[d]["verify_steady"])
+    targets = {  # judged on the cold path
         "3-frame verify <= 0.25 x Ed25519 verify": ratios["verify3_over_ed25519"] <= 0.25,
         "faster than pymacaroons at every depth": bool(macs) and all(
-            ratios[f"pymacaroons_over_ours_cold_{d}"] > 1 for d in DEPTHS),
+            ratios[f"pymacaroons_over_ours_{d}"] > 1 for d in DEPTHS),
         "within 2x of the bare HMAC chain": all(
             ratios[f"ours_over_bare_chain_{d}"] <= 2 for d in DEPTHS),
     }
     print()
+    print("Targets are judged on the cold verify:")
     print(f"3-frame verify / Ed25519 verify: {ratios['verify3_over_ed25519']:.3f} "
-          f"(cold {ratios['verify3_cold_over_ed25519']:.3f}; target <= 0.25)")
+          f"(steady {ratios['verify3_steady_over_ed25519']:.3f}; target <= 0.25)")
     for d in DEPTHS:
         line = (f"{d} frame(s): ours / bare HMAC chain {ratios[f'ours_over_bare_chain_{d}']:.2f}x "
-                f"(cold {ratios[f'ours_cold_over_bare_chain_{d}']:.2f}x; target <= 2)")
+                f"(steady {ratios[f'ours_steady_over_bare_chain_{d}']:.2f}x; target <= 2)")
         if macs:
             line += (f"; pymacaroons / ours {ratios[f'pymacaroons_over_ours_{d}']:.1f}x "
-                     f"(cold {ratios[f'pymacaroons_over_ours_cold_{d}']:.1f}x; target > 1)")
+                     f"(steady {ratios[f'pymacaroons_over_ours_steady_{d}']:.1f}x; target > 1)")
         print(line)
     for name, ok in targets.items():
         print(f"  [{'met' if ok else 'MISSED'}] {name}")
@@ -254,6 +268,7 @@ def main() -> None:
         "biscuit_us": bis and {str(d): {k: round(v, 3) for k, v in bis[d].items()}
                                for d in DEPTHS},
         "ratios": {k: round(v, 4) for k, v in ratios.items()},
+        "verify_is_cold": True,
         "targets_met": targets,
     }
     print("RESULT " + json.dumps(result, sort_keys=True))

@@ -395,42 +395,43 @@ def _s_root(buf, p, stop, raw):
 
 
 def _s_service(buf, p, stop, raw):
-    # Fast path: a pure-ASCII payload (then every length byte is one byte, and
-    # the decoded text indexes like the bytes) is decoded once and sliced.
+    # Fast path: a pure-ASCII payload (then every length byte is a one-byte
+    # varint and the decoded text indexes like the bytes) is decoded once and
+    # sliced. Anything else takes the general parser.
+    pl = buf[p:stop]
     try:
-        text = buf[p:stop].decode("utf-8")
+        text = pl.decode("utf-8")
     except UnicodeError:
-        text = None
-    if text is None or len(text) != stop - p:
         return _s_service_slow(buf, p, stop, raw)
-    k = buf[p] + 1
-    q = p + k
-    if q >= stop:
+    e = len(pl)
+    if not e or len(text) != e:
+        return _s_service_slow(buf, p, stop, raw)
+    q = pl[0] + 1
+    if q >= e:
         raise MalformedToken("truncated field")
-    stype = text[1:k]
-    n = buf[q]
+    stype = text[1:q]
+    n = pl[q]
     q += 1
-    if n > stop - q:
+    if n > e - q:
         raise MalformedToken("method count exceeds entry")
     methods = []
-    prev = None
+    prev = ""
     for _ in range(n):
-        if q >= stop:
+        if q >= e:
             raise MalformedToken("truncated field")
-        a = q + 1 - p
-        q += buf[q] + 1
-        if q > stop:
-            raise MalformedToken("truncated field")
-        m = text[a:q - p]
-        if not m or (prev is not None and m <= prev):
+        a = q + 1
+        q = a + pl[q]
+        m = text[a:q]
+        if m <= prev:  # empty, unsorted or repeated
             raise MalformedToken("methods must be non-empty, sorted and distinct")
         methods.append(m)
         prev = m
-    if not stype or not methods:
+    if q != e:
+        raise MalformedToken("truncated field" if q > e else "trailing bytes in service entry")
+    if not stype or not n:
         raise MalformedToken("service needs a type and at least one method")
     if n > 1 and WILDCARD in methods:
         raise MalformedToken("'*' stands alone in a method set")
-    _trailing(q, stop, "service")
     return (SERVICE, raw, stype, tuple(methods))
 
 

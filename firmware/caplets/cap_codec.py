@@ -68,7 +68,10 @@ MAX_TOKEN_SIZE = 4096
 FRAME_CACHE_SIZE = 0 if sys.implementation.name == "micropython" else 512
 
 _cache = {}
-_ROOT_VALUE = (ROOT, bytes([ROOT, 0]))
+_ROOT_FRAME = bytes([ROOT, 0])
+_ROOT_VALUE = (ROOT, _ROOT_FRAME)
+# the record scan_frame returns for _ROOT_FRAME (records are never mutated)
+_ROOT_REC = ((_ROOT_VALUE,), (), b"", False)
 
 
 def clear_cache():
@@ -86,6 +89,8 @@ def scan_frame(raw, hint=None):
     very bytes, and an entry parses the same wherever it starts. The result
     never depends on the hint, only the work does.
     """
+    if raw == _ROOT_FRAME:  # the first frame of most tokens: a constant record
+        return _ROOT_REC
     end = len(raw)
     if end == 0 or end > MAX_FRAME_SIZE:
         raise MalformedToken("frame size %d outside 1..%d" % (end, MAX_FRAME_SIZE))
@@ -93,7 +98,6 @@ def scan_frame(raw, hint=None):
     cons = []
     cstart = -1
     mixed = False
-    count = 0
     pos = 0
     if hint is not None:
         hcaps = hint[0]
@@ -102,48 +106,40 @@ def scan_frame(raw, hint=None):
         hcaps = ()
         hrun = None
     while pos < end:
-        if count >= MAX_ENTRIES:
-            raise MalformedToken("more than %d entries in a frame" % MAX_ENTRIES)
         code = raw[pos]
-        p = pos + 1
-        if p < end and raw[p] < 0x80:  # one-byte length: the common case
-            stop = p + 1 + raw[p]
-            p += 1
+        p = pos + 2
+        if p <= end and raw[p - 1] < 0x80:  # one-byte length: the common case
+            stop = p + raw[p - 1]
         else:
-            n, p = get_varint(raw, p, end)
+            n, p = get_varint(raw, pos + 1, end)
             stop = p + n
         if stop > end:
             raise MalformedToken("truncated entry")
         if code < 0x80:
             if cstart >= 0:
                 mixed = True
-            if code == ROOT and p == stop:
-                caps.append(_ROOT_VALUE)
+            eraw = raw[pos:stop]
+            for t in hcaps:
+                if t[1] == eraw:
+                    caps.append(t)
+                    break
             else:
-                eraw = raw[pos:stop]
-                for t in hcaps:
-                    if t[1] == eraw:
-                        caps.append(t)
-                        break
-                else:
-                    scanner = _CAP_SCANNERS.get(code)
-                    if scanner is None:
-                        raise MalformedToken("unknown capability type 0x%02x" % code)
-                    caps.append(scanner(raw, p, stop, eraw))
+                scanner = _CAP_SCANNERS.get(code)
+                if scanner is None:
+                    raise MalformedToken("unknown capability type 0x%02x" % code)
+                caps.append(scanner(raw, p, stop, eraw))
         else:
             if cstart < 0:
                 cstart = pos
                 if hrun and raw.startswith(hrun, pos):
-                    hcons = hint[1]
-                    cons.extend(hcons)
-                    count += len(hcons)
-                    if count > MAX_ENTRIES:
-                        raise MalformedToken("more than %d entries in a frame" % MAX_ENTRIES)
+                    cons.extend(hint[1])
                     pos += len(hrun)
                     continue
             cons.append(_CON_SCANNERS.get(code, scan_unknown)(raw, p, stop, raw[pos:stop]))
-        count += 1
         pos = stop
+    # (bounded work even beyond the limit: a frame is at most MAX_FRAME_SIZE bytes)
+    if len(caps) + len(cons) > MAX_ENTRIES:
+        raise MalformedToken("more than %d entries in a frame" % MAX_ENTRIES)
     if not caps:
         raise MalformedToken("a frame needs at least one capability")
     first = caps[0][0]

@@ -213,7 +213,8 @@ def _trailing(p, stop, name):
 def _s_int(name):
     def scan(buf, p, stop, raw):
         value, p = get_varint(buf, p, stop)
-        _trailing(p, stop, name)
+        if p != stop:
+            raise MalformedToken("trailing bytes in %s entry" % name)
         return (raw[0], raw, value)
     return scan
 
@@ -223,7 +224,8 @@ def _s_str(name):
         value, p = get_str(buf, p, stop)
         if not value:
             raise MalformedToken("empty %s" % name)
-        _trailing(p, stop, name)
+        if p != stop:
+            raise MalformedToken("trailing bytes in %s entry" % name)
         return (raw[0], raw, value)
     return scan
 

@@ -43,17 +43,18 @@ def get_varint(buf, pos, end):
     while pos < end:
         b = buf[pos]
         pos += 1
-        if b < 0x80:
-            if b == 0:
-                raise MalformedToken("non-minimal varint")
-            result |= b << shift
-            if result >= _U64:
-                raise MalformedToken("varint exceeds 64 bits")
-            return result, pos
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if shift > 63:
-            raise MalformedToken("varint too long")
+        if b & 0x80:
+            result |= (b & 0x7F) << shift
+            shift += 7
+            if shift > 63:
+                raise MalformedToken("varint too long")
+            continue
+        if b == 0:
+            raise MalformedToken("non-minimal varint")
+        result |= b << shift
+        if result >= _U64:
+            raise MalformedToken("varint exceeds 64 bits")
+        return result, pos
     raise MalformedToken("truncated varint")
 
 

@@ -125,3 +125,26 @@ def test_node_serves_abci_on_its_listen_address(tmp_path):
         assert asyncio.run(info()).last_block_height == 0
     finally:
         assert stop(proc) == 0
+
+
+def test_token_revoke_on_the_registry(tmp_path):
+    """`token revoke --home` records the tag on chain with the token's expiry."""
+    home, port = tmp_path / "home", free_port()
+    proc = edgistry("up", "--home", str(home), "--rpc-listen", f"127.0.0.1:{port}", log=tmp_path / "up.log")
+    try:
+        wait_for_port(port, proc=proc)
+        wait_height(port, 1)
+        secret = tmp_path / "dev.secret"
+        code, root = cli("token", "root", "--secret-file", str(secret), "--generate")
+        assert code == 0
+        code, child = cli("token", "derive", root.strip(), "--service", "sensor:read", "--expires", "+1h")
+        assert code == 0
+        code, out = cli("token", "revoke", child.strip(), "--home", str(home), "--rpc", f"http://127.0.0.1:{port}")
+        assert code == 0, out
+        tag = out.split()[-1]
+        resp = rpc(port, "abci_query", path="/revocation", data=tag)["result"]["response"]
+        assert resp["code"] == 0
+        code, out = cli("token", "revoke", child.strip())
+        assert code == 2  # neither --list nor --home
+    finally:
+        kill9(proc)

@@ -274,22 +274,67 @@ def _load_list(path: str) -> RevocationSet:
         raise UserError(f"revocation list: {exc}") from exc
 
 
+# A revocation on chain needs an expiry; a token that never expires is revoked
+# until this far-future time (the registry prunes records only after it).
+CHAIN_FOREVER = 2**62
+
+
 @token_group.command("revoke")
 @click.argument("tokens", nargs=-1)
-@click.option("--list", "list_file", required=True, type=click.Path(dir_okay=False),
-              help="The revocation list file to update (created if missing).")
-@click.option("--prune", is_flag=True, help="Drop entries whose tokens have expired.")
-def revoke_cmd(tokens: tuple[str, ...], list_file: str, prune: bool) -> None:
-    """Revoke TOKENS (and every token derived from them) in a local list file."""
+@click.option("--list", "list_file", default=None, type=click.Path(dir_okay=False),
+              help="A local revocation list file to update (created if missing).")
+@click.option("--home", type=click.Path(file_okay=False), default=None,
+              help="Node home: revoke on the registry, signed by this home's gateway key.")
+@click.option("--rpc", default=None, help="Node RPC URL (default: from the home's config).")
+@click.option("--prune", is_flag=True, help="Drop expired entries from the --list file.")
+def revoke_cmd(tokens: tuple[str, ...], list_file: str | None, home: str | None, rpc: str | None,
+               prune: bool) -> None:
+    """Revoke TOKENS and every token derived from them.
+
+    With --list, in a local list file; with --home, on the replicated registry
+    (gateways learn it from there and devices on their next wake).
+    """
+    if not list_file and not home:
+        raise click.UsageError("give --list FILE and/or --home DIR")
     if not tokens and not prune:
         raise click.UsageError("give TOKENS to revoke and/or --prune")
-    revoked = _load_list(list_file)
-    for value in tokens:
-        tag = revoked.revoke_token(read_token(value))
-        click.echo(f"revoked {tag.hex()}")
-    if prune:
-        click.echo(f"pruned {revoked.prune()} expired entr(ies)")
+    parsed = [read_token(value) for value in tokens]
+    if home:
+        _revoke_on_chain(parsed, home, rpc)
+    if list_file:
+        revoked = _load_list(list_file)
+        for token in parsed:
+            revoked.revoke_token(token)
+        if prune:
+            click.echo(f"pruned {revoked.prune()} expired entr(ies)")
+        try:
+            revoked.save(list_file)
+        except OSError as exc:
+            raise UserError(f"cannot write {list_file}: {exc}") from exc
+    for token in parsed:
+        click.echo(f"revoked {token.tag.hex()}")
+
+
+def _revoke_on_chain(tokens: list, home: str, rpc: str | None) -> None:
+    import asyncio
+
+    from edgistry.config import HomeError, NodeConfig, load_ed25519_pem
+    from edgistry.gateway.chain import ChainClient, ChainError
+    from edgistry.proto import registry_pb2 as pb
+
     try:
-        revoked.save(list_file)
-    except OSError as exc:
-        raise UserError(f"cannot write {list_file}: {exc}") from exc
+        cfg = NodeConfig.load(home)
+        key = load_ed25519_pem(cfg.keys_dir / "gateway.pem")
+    except HomeError as exc:
+        raise UserError(str(exc)) from exc
+
+    async def submit() -> None:
+        async with ChainClient(rpc or cfg.rpc_url) as chain:
+            for token in tokens:
+                expires = token.expires_at if token.expires_at is not None else CHAIN_FOREVER
+                await chain.submit(key, pb.RevokeToken(tag=token.tag, expires_at=int(expires)))
+
+    try:
+        asyncio.run(submit())
+    except ChainError as exc:
+        raise UserError(str(exc)) from exc

@@ -73,12 +73,33 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
         await runner.cleanup()
         raise HomeError(f"cannot listen on {cfg.rpc_listen} for RPC: {exc}") from exc
     announce(f"chain {node.chain_id} at height {app.height}; RPC on http://{host}:{port}")
+    gateway = None
     try:
+        gateway = await _start_gateway(cfg, f"http://{host}:{port}", announce)
         await wait_for_signal()
     finally:
         announce("stopping")
+        if gateway is not None:
+            await gateway.stop()
         await runner.cleanup()
         await node.stop()
+
+
+async def _start_gateway(cfg: NodeConfig, rpc_url: str, announce: Callable[[str], None]):
+    """The node's gateway (gateway/app.py) beside the embedded node. A gateway
+    that cannot listen (a port in use) is reported loudly but does not take the
+    registry down; ``[gateway] enabled = false`` in config.toml turns it off."""
+    if not cfg.extra.get("gateway", {}).get("enabled", True):
+        return None
+    from edgistry.gateway.app import create_gateway
+
+    gateway = create_gateway(cfg, rpc_url, announce)
+    try:
+        await gateway.start()
+    except OSError as exc:
+        announce(f"gateway NOT started: {exc}")
+        return None
+    return gateway
 
 
 async def _run_with_cometbft(cfg: NodeConfig, app: RegistryApp, announce: Callable[[str], None]) -> None:

@@ -23,6 +23,7 @@ listens on 127.0.0.1 only. Nothing here starts a process or needs the binary;
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from edgistry.cluster.cometbft_files import (
     ConsensusSettings, GenesisValidator, address_of, config_toml, genesis_doc, node_id_of, node_key_json,
     priv_validator_key_json, priv_validator_state_json, render_config,
 )
-from edgistry.config import DEFAULT_CHAIN_ID, HomeError, public_bytes, write_secret_file
+from edgistry.config import DEFAULT_CHAIN_ID, HomeError, load_ed25519_pem, public_bytes, write_secret_file
 
 HOST = "127.0.0.1"  # a localnet never listens anywhere else
 DEFAULT_BASE_PORT = 26600
@@ -128,12 +129,16 @@ class NodeLayout:
 def generate_localnet(directory: Path, nodes: int, chain_id: str = DEFAULT_CHAIN_ID,
                       base_port: int = DEFAULT_BASE_PORT, consensus: ConsensusSettings = ConsensusSettings(),
                       pex: bool = True, log_level: str = "info", genesis_time: str | None = None,
-                      power: int = 10) -> list[NodeLayout]:
+                      power: int = 10, snapshot_interval: int = 0,
+                      extra_gateways: Sequence[GatewaySpec] = ()) -> list[NodeLayout]:
     """Write an N-validator loopback testnet into ``directory``; return the node layouts.
 
     ``consensus`` sets the timeouts and create_empty_blocks (``ConsensusSettings.fast()``
-    for tests); ``base_port`` the first port of node 0's block of ten. Refuses to
-    overwrite an existing localnet or node directory.
+    for tests); ``base_port`` the first port of node 0's block of ten. Every app
+    takes a state-sync snapshot each ``snapshot_interval`` blocks (0: never);
+    ``extra_gateways`` are registered in genesis beside the nodes' own (load
+    generators sign with them). Refuses to overwrite an existing localnet or
+    node directory.
     """
     _check_arguments(nodes, chain_id, base_port)
     directory = directory.expanduser().resolve()
@@ -148,37 +153,72 @@ def generate_localnet(directory: Path, nodes: int, chain_id: str = DEFAULT_CHAIN
     layouts: list[NodeLayout] = []
     validator_keys: list[Ed25519PrivateKey] = []
     for i in range(nodes):
-        layout, validator_key = _make_node(directory, i, chain_id, base_port, admin)
+        layout, validator_key = _make_node(directory, i, chain_id, base_port, admin, snapshot_interval)
         layouts.append(layout)
         validator_keys.append(validator_key)
 
     app_state = Genesis(
         admins=[public_bytes(admin)],
-        gateways=[GatewaySpec(n.gateway_pubkey, n.grpc_endpoint, n.moniker) for n in layouts],
+        gateways=[GatewaySpec(n.gateway_pubkey, n.grpc_endpoint, n.moniker) for n in layouts] + list(extra_gateways),
     ).to_json()
     validators = [GenesisValidator(n.validator_pubkey, n.moniker, power) for n in layouts]
     genesis = genesis_doc(chain_id, genesis_time or now_rfc3339(), validators, app_state)
     genesis_text = json.dumps(genesis, indent=2) + "\n"
 
     for node, validator_key in zip(layouts, validator_keys):
-        config = node.cometbft_home / "config"
-        write_secret_file(config / "priv_validator_key.json",
-                          _json_bytes(priv_validator_key_json(validator_key)))
-        (config / "genesis.json").write_text(genesis_text)
         peers = [other.p2p_address for other in layouts if other.index != node.index]
-        settings = config_toml(
-            moniker=node.moniker, proxy_app=node.proxy_app, rpc_laddr=f"tcp://{HOST}:{node.ports.rpc}",
-            p2p_laddr=f"tcp://{HOST}:{node.ports.p2p}", persistent_peers=peers, consensus=consensus,
-            pex=pex, prometheus_laddr=f"{HOST}:{node.ports.prometheus}", log_level=log_level)
-        (config / "config.toml").write_text(render_config(settings))
-        write_secret_file(node.cometbft_home / "data" / "priv_validator_state.json",
-                          _json_bytes(priv_validator_state_json()))
-        (node.edgistry_home / "genesis.json").write_text(genesis_text)
+        _write_node_files(node, validator_key, genesis_text, peers, consensus, pex, log_level)
 
     manifest = {"chain_id": chain_id, "base_port": base_port,
                 "nodes": [n.to_json(directory) for n in layouts]}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return layouts
+
+
+def _write_node_files(node: NodeLayout, validator_key: Ed25519PrivateKey, genesis_text: str, peers: list[str],
+                      consensus: ConsensusSettings, pex: bool, log_level: str,
+                      statesync: dict[str, Any] | None = None) -> None:
+    """Node i's validator key, genesis (both homes), config.toml and signing state."""
+    config = node.cometbft_home / "config"
+    write_secret_file(config / "priv_validator_key.json", _json_bytes(priv_validator_key_json(validator_key)))
+    (config / "genesis.json").write_text(genesis_text)
+    settings = config_toml(
+        moniker=node.moniker, proxy_app=node.proxy_app, rpc_laddr=f"tcp://{HOST}:{node.ports.rpc}",
+        p2p_laddr=f"tcp://{HOST}:{node.ports.p2p}", persistent_peers=peers, consensus=consensus,
+        pex=pex, prometheus_laddr=f"{HOST}:{node.ports.prometheus}", log_level=log_level)
+    if statesync:
+        settings["statesync"].update(statesync)
+    (config / "config.toml").write_text(render_config(settings))
+    write_secret_file(node.cometbft_home / "data" / "priv_validator_state.json",
+                      _json_bytes(priv_validator_state_json()))
+    (node.edgistry_home / "genesis.json").write_text(genesis_text)
+
+
+def add_localnet_node(directory: Path, statesync: dict[str, Any], consensus: ConsensusSettings,
+                      snapshot_interval: int = 0, pex: bool = True, log_level: str = "info") -> NodeLayout:
+    """Add node{N} to an existing localnet: same genesis and admin key, its own keys and
+    ports, every existing node as a persistent peer, and the given ``[statesync]``
+    settings (enable, rpc_servers, trust_height, trust_hash, ...). It is not a
+    validator until promoted. The manifest lists it afterwards."""
+    directory = directory.expanduser().resolve()
+    manifest = json.loads((directory / MANIFEST).read_text())
+    layouts = load_localnet(directory)
+    index = max(n.index for n in layouts) + 1
+    _check_arguments(index + 1, manifest["chain_id"], manifest["base_port"])
+    if (directory / f"node{index}").exists():
+        raise LocalnetError(f"{directory / f'node{index}'} already exists")
+    first = layouts[0]
+    admin = load_ed25519_pem(first.edgistry_home / "keys" / "admin.pem")
+    node, validator_key = _make_node(directory, index, manifest["chain_id"], manifest["base_port"], admin,
+                                     snapshot_interval)
+    genesis_text = (first.cometbft_home / "config" / "genesis.json").read_text()
+    _write_node_files(node, validator_key, genesis_text, [n.p2p_address for n in layouts], consensus, pex,
+                      log_level, statesync)
+    manifest["nodes"].append(node.to_json(directory))
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(directory / MANIFEST)
+    return node
 
 
 def load_localnet(directory: Path) -> list[NodeLayout]:
@@ -202,8 +242,8 @@ def _check_arguments(nodes: int, chain_id: str, base_port: int) -> None:
         raise LocalnetError(f"ports {base_port}..{last} are outside 1024..65535")
 
 
-def _make_node(directory: Path, index: int, chain_id: str, base_port: int,
-               admin: Ed25519PrivateKey) -> tuple[NodeLayout, Ed25519PrivateKey]:
+def _make_node(directory: Path, index: int, chain_id: str, base_port: int, admin: Ed25519PrivateKey,
+               snapshot_interval: int = 0) -> tuple[NodeLayout, Ed25519PrivateKey]:
     """Node i's key files, CometBFT directories and Edgistry home (config saved)."""
     moniker = f"node{index}"
     root = directory / moniker
@@ -224,6 +264,8 @@ def _make_node(directory: Path, index: int, chain_id: str, base_port: int,
     cfg.link_listen = f"{HOST}:{ports.link}"
     cfg.http_listen = f"{HOST}:{ports.http}"
     cfg.cometbft_home = str(root / "cometbft")
+    if snapshot_interval:
+        cfg.extra["snapshot_interval"] = snapshot_interval
     cfg.save()
 
     validator_pub = validator_key.public_key().public_bytes_raw()

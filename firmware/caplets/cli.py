@@ -338,3 +338,8 @@ def _revoke_on_chain(tokens: list, home: str, rpc: str | None) -> None:
         asyncio.run(submit())
     except ChainError as exc:
         raise UserError(str(exc)) from exc
+
+
+from edgistry.gateway.app_tokens import app_cmd  # noqa: E402  (the gateway is the origin of app tokens)
+
+token_group.add_command(app_cmd)

@@ -1,0 +1,317 @@
+"""Cluster benchmark: committed registry txs/s and commit latency on a 4-validator
+local CometBFT cluster, beside CometBFT's built-in kvstore app on the same cluster
+configuration, in the same run.
+
+Run: EDGISTRY_COMETBFT=/path/to/cometbft python benchmarks/cluster.py [--duration 20] [--submitters 16]
+
+Both runs use one generated localnet shape (same validators, ports scheme,
+consensus timeouts, mempool settings) and one load generator: S submitters,
+each sending pre-built txs with ``broadcast_tx_sync`` one after another, with at
+most W of its txs sent but not yet committed; a poller reads every new block
+from node 0 and marks its txs committed. Latency is from the broadcast call to
+the poller seeing the block (poll period 20 ms). Throughput counts txs in the
+blocks committed during the measured window, divided by the window.
+
+Registry txs are RegisterDevice txs pre-signed by S gateway keys that are in
+genesis (one key per submitter, nonces 1, 2, 3, ... in order), so signing is
+not measured; kvstore txs are ``key=value`` of the same size. Ends with one
+``RESULT {json}`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aiohttp
+import h3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgistry.abci_app import txs as registry_txs
+from edgistry.abci_app.genesis import GatewaySpec
+from edgistry.cluster import ops
+from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
+from edgistry.cluster.cometbft_files import ConsensusSettings
+from edgistry.cluster.launcher import Launcher
+from edgistry.cluster.localnet import NodeLayout, generate_localnet
+from edgistry.proto import registry_pb2 as pb
+
+CHAIN = "edg-bench"
+POLL_S = 0.02
+LOST_AFTER_S = 20.0  # a tx not committed this long after broadcast counts as lost (slot freed)
+
+
+@dataclass
+class RunResult:
+    app: str
+    duration_s: float
+    committed: int
+    tx_per_s: float
+    p50_ms: float
+    p99_ms: float
+    blocks: int
+    max_block_txs: int
+    rejected: int
+    lost: int
+    exhausted: bool
+    tx_bytes: int
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds used in the run, by role
+    latencies: list[float] = field(default_factory=list, repr=False)
+
+
+# ---- transactions ----
+
+
+def registry_load(keys: list[Ed25519PrivateKey], per_submitter: int) -> list[list[bytes]]:
+    out = []
+    for k, key in enumerate(keys):
+        batch = []
+        for n in range(1, per_submitter + 1):
+            cell = h3.str_to_int(h3.latlng_to_cell(30 + (n % 3000) / 100, k + (n // 3000) / 100, 7))
+            msg = pb.RegisterDevice(
+                pseudonym=hashlib.sha256(f"{k}/{n}".encode()).digest()[:16],
+                services=[pb.ServiceDescriptor(type="meter", methods=[pb.ServiceMethod(name="read")])],
+                cell=cell, policy=pb.PrivacyPolicy(resolution=7, k=1), duty_cycle_s=60)
+            batch.append(registry_txs.sign_tx(key, CHAIN, n, msg))
+        out.append(batch)
+    return out
+
+
+def kvstore_load(submitters: int, per_submitter: int, size: int) -> list[list[bytes]]:
+    out = []
+    for k in range(submitters):
+        batch = []
+        for n in range(per_submitter):
+            key = f"k{k}-{n}=".encode()
+            batch.append(key + os.urandom(max(1, (size - len(key)) // 2)).hex().encode()[: max(1, size - len(key))])
+        out.append(batch)
+    return out
+
+
+def tx_key(tx: bytes) -> str:
+    return hashlib.sha256(tx).hexdigest().upper()
+
+
+# ---- the load generator ----
+
+
+class LoadRun:
+    """S closed-loop submitters (window W each) and one block poller."""
+
+    def __init__(self, urls: list[str], poll_url: str, loads: list[list[bytes]], window: int,
+                 duration: float, warmup: float) -> None:
+        self.urls, self.poll_url, self.loads = urls, poll_url, loads
+        self.window, self.duration, self.warmup = window, duration, warmup
+        self.sent: dict[str, tuple[float, int]] = {}
+        self.slots = [asyncio.Semaphore(window) for _ in loads]
+        self.latencies: list[float] = []
+        self.committed = self.rejected = self.lost = self.blocks = self.max_block = 0
+        self.exhausted = False
+        self.t_start = self.t_measure = self.t_end = 0.0
+
+    async def _rpc(self, session: aiohttp.ClientSession, url: str, method: str, **params) -> dict:
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        async with session.post(url + "/", json=body) as resp:
+            msg = await resp.json(content_type=None)
+        if "error" in msg:
+            raise RuntimeError(f"{method}: {msg['error']}")
+        return msg["result"]
+
+    async def _submitter(self, session: aiohttp.ClientSession, k: int) -> None:
+        url = self.urls[k % len(self.urls)]
+        for tx in self.loads[k]:
+            await self.slots[k].acquire()
+            now = time.monotonic()
+            if now >= self.t_end:
+                return
+            try:
+                res = await self._rpc(session, url, "broadcast_tx_sync", tx=base64.b64encode(tx).decode())
+            except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError):
+                res = {"code": -1}
+            if res.get("code", 0) != 0:
+                self.rejected += 1
+                self.slots[k].release()
+                continue
+            self.sent[tx_key(tx)] = (now, k)
+        self.exhausted = True
+
+    async def _poller(self, session: aiohttp.ClientSession) -> None:
+        last = int((await self._rpc(session, self.poll_url, "status"))["sync_info"]["latest_block_height"])
+        while time.monotonic() < self.t_end:
+            await asyncio.sleep(POLL_S)
+            top = int((await self._rpc(session, self.poll_url, "status"))["sync_info"]["latest_block_height"])
+            for h in range(last + 1, top + 1):
+                block = (await self._rpc(session, self.poll_url, "block", height=str(h)))["block"]
+                seen = time.monotonic()
+                txs = block["data"]["txs"] or []
+                measured = seen >= self.t_measure
+                if measured:
+                    self.blocks += 1
+                    self.max_block = max(self.max_block, len(txs))
+                for b64 in txs:
+                    entry = self.sent.pop(tx_key(base64.b64decode(b64)), None)
+                    if entry is None:
+                        continue
+                    sent_at, k = entry
+                    self.slots[k].release()
+                    if measured and seen <= self.t_end:
+                        self.committed += 1
+                        self.latencies.append(seen - sent_at)
+            last = top
+            self._reap()
+
+    def _reap(self) -> None:
+        old = time.monotonic() - LOST_AFTER_S
+        for key, (sent_at, k) in list(self.sent.items()):
+            if sent_at < old:
+                del self.sent[key]
+                self.lost += 1
+                self.slots[k].release()
+
+    async def run(self) -> None:
+        self.t_start = time.monotonic()
+        self.t_measure = self.t_start + self.warmup
+        self.t_end = self.t_measure + self.duration
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as session:
+            poller = asyncio.create_task(self._poller(session))
+            subs = [asyncio.create_task(self._submitter(session, k)) for k in range(len(self.loads))]
+            await poller
+            for k, task in enumerate(subs):
+                for _ in range(self.window):  # unblock submitters waiting on a slot
+                    self.slots[k].release()
+            await asyncio.gather(*subs)
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+# ---- one cluster run ----
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def cpu_by_role(launcher: Launcher) -> dict[str, float]:
+    """CPU seconds so far of the cluster's processes (cometbft, app) and of this load generator."""
+    out = {"cometbft": 0.0, "app": 0.0, "loadgen": _cpu_seconds(os.getpid())}
+    for rec in launcher.records():
+        out["cometbft" if rec.name.endswith("-cmt") else "app"] += _cpu_seconds(rec.pid)
+    return out
+
+
+def run_cluster(kind: str, binary: str, root: Path, args, consensus: ConsensusSettings,
+                loads: list[list[bytes]], extra_gateways: list[GatewaySpec], base_port: int) -> RunResult:
+    directory = root / kind
+    nodes = generate_localnet(directory, args.nodes, CHAIN, base_port=base_port, consensus=consensus,
+                              log_level="error", extra_gateways=extra_gateways)
+    launcher = Launcher(directory)
+    try:
+        for node in nodes:
+            if kind == "registry":
+                ops.start_node(launcher, node, binary, gateway=False)
+            else:
+                launcher.start(ops.proc_name(node, "cmt"),
+                               [binary, "start", "--home", str(node.cometbft_home), "--proxy_app", "kvstore"])
+        ops.wait_agreement(nodes, 2, 120, launcher=launcher)
+        load = LoadRun([n.rpc_url for n in nodes], nodes[0].rpc_url, loads, args.window, args.duration, args.warmup)
+        before = cpu_by_role(launcher)
+        asyncio.run(load.run())
+        after = cpu_by_role(launcher)
+        cpu = {role: round(after[role] - before.get(role, 0.0), 2) for role in after}
+    finally:
+        ops.down(directory)
+    tx_bytes = round(statistics.mean(len(tx) for tx in loads[0][:100]))
+    return RunResult(kind, args.duration, load.committed, load.committed / args.duration,
+                     percentile(load.latencies, 50) * 1000, percentile(load.latencies, 99) * 1000,
+                     load.blocks, load.max_block, load.rejected, load.lost, load.exhausted, tx_bytes,
+                     cpu, load.latencies)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per app")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
+    parser.add_argument("--submitters", type=int, default=16)
+    parser.add_argument("--window", type=int, default=64, help="max uncommitted txs per submitter")
+    parser.add_argument("--per-submitter", type=int, default=4000, help="pre-built txs per submitter")
+    parser.add_argument("--timeout-commit", default="500ms")
+    parser.add_argument("--base-port", type=int, default=28000)
+    parser.add_argument("--only", choices=["kvstore", "registry"], default=None)
+    args = parser.parse_args()
+
+    binary = find_cometbft()
+    if binary is None:
+        print(HOW_TO_GET, file=sys.stderr)
+        return 1
+    consensus = ConsensusSettings(timeout_commit=args.timeout_commit)
+    keys = [Ed25519PrivateKey.generate() for _ in range(args.submitters)]
+    extra = [GatewaySpec(k.public_key().public_bytes_raw(), f"127.0.0.1:{40000 + i}", f"load{i}")
+             for i, k in enumerate(keys)]
+    t0 = time.perf_counter()
+    registry_txs_ = registry_load(keys, args.per_submitter)
+    print(f"pre-signed {args.submitters * args.per_submitter} registry txs in {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr)
+    size = len(registry_txs_[0][0])
+    kv_txs = kvstore_load(args.submitters, args.per_submitter, size)
+
+    results: list[RunResult] = []
+    with tempfile.TemporaryDirectory(prefix="edg-bench-") as tmp:
+        for kind, loads in (("kvstore", kv_txs), ("registry", registry_txs_)):
+            if args.only and kind != args.only:
+                continue
+            print(f"running {kind} for {args.warmup:.0f}+{args.duration:.0f} s ...", file=sys.stderr)
+            results.append(run_cluster(kind, binary, Path(tmp), args, consensus, loads, extra, args.base_port))
+
+    settings = asdict(consensus)
+    print(f"\n{args.nodes} validators on 127.0.0.1, CometBFT {binary}; {args.submitters} submitters x window "
+          f"{args.window} (broadcast_tx_sync + block polling); {args.duration:.0f} s measured after "
+          f"{args.warmup:.0f} s warm-up")
+    print("consensus: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    print(f"{'app':<10} {'tx bytes':>8} {'committed':>10} {'tx/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'blocks':>7} {'max txs/blk':>11} {'rejected':>9} {'lost':>5}")
+    for r in results:
+        print(f"{r.app:<10} {r.tx_bytes:>8} {r.committed:>10} {r.tx_per_s:>8.1f} {r.p50_ms:>8.0f} {r.p99_ms:>8.0f} "
+              f"{r.blocks:>7} {r.max_block_txs:>11} {r.rejected:>9} {r.lost:>5}"
+              + ("  (ran out of pre-built txs)" if r.exhausted else ""))
+    print(f"CPU seconds during warm-up + run ({os.cpu_count()} CPUs), per committed tx:")
+    for r in results:
+        total = sum(r.cpu_s.values())
+        print(f"  {r.app:<10} " + "  ".join(f"{role} {sec:.1f} s ({1e3 * sec / max(r.committed, 1):.2f} ms/tx)"
+                                            for role, sec in r.cpu_s.items()) + f"  total {total:.1f} s")
+    by = {r.app: r for r in results}
+    ratio = by["registry"].tx_per_s / by["kvstore"].tx_per_s if len(by) == 2 and by["kvstore"].tx_per_s else None
+    if ratio is not None:
+        print(f"registry / kvstore = {ratio:.2f} (target >= 0.8)")
+    result = {
+        "nodes": args.nodes, "submitters": args.submitters, "window": args.window, "duration_s": args.duration,
+        "consensus": settings, "ratio": round(ratio, 3) if ratio is not None else None, "target_ratio": 0.8,
+        **{r.app: {k: (round(v, 1) if isinstance(v, float) else v) for k, v in asdict(r).items()
+                   if k not in ("latencies", "app", "duration_s")} for r in results},
+    }
+    print("RESULT " + json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""``edgistry device init|run``: make a device home, and run the device.
+
+The device only ever connects out (to the gateway named in ``paired.json``,
+written by ``edgistry pair``); it never listens on a port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from edgistry.cli import UserError
+
+from .runtime.device import Device, WakeFailed
+from .runtime.home import DeviceHome, HomeError
+from .runtime.services import DEMO_SERVICES, ServiceRegistry, add_actuator, add_sensor
+
+home_option = click.option("--home", type=click.Path(path_type=Path), required=True,
+                           help="Device home directory.")
+
+
+@click.group("device")
+def device_group() -> None:
+    """Device runtime: create a device home, run it (outbound link only)."""
+
+
+def _parse_service(spec: str) -> tuple[str, list[str] | None]:
+    kind, _, methods = spec.partition(":")
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    return kind.strip(), names
+
+
+def _parse_location(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        lat, lon = (float(x) for x in text.split(","))
+    except ValueError as exc:
+        raise click.BadParameter("expected LAT,LON, e.g. 34.41,-119.85") from exc
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise click.BadParameter("latitude within -90..90, longitude within -180..180")
+    return {"lat": lat, "lon": lon}
+
+
+@device_group.command("init")
+@home_option
+@click.option("--service", "services", multiple=True, required=True, metavar="TYPE[:m1,m2]",
+              help=f"A service to offer (demo types: {', '.join(DEMO_SERVICES)}), optionally "
+                   "only some methods. Repeatable.")
+@click.option("--location", default=None, metavar="LAT,LON",
+              help="Where the device is (stays on the device; pairing discloses a coarse cell).")
+@click.option("--duty-cycle", type=click.IntRange(0, 86400), default=10, show_default=True,
+              help="Seconds asleep between wakes.")
+@click.option("--encrypt", is_flag=True, help="Require encrypted link payloads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def init_cmd(home: Path, services: tuple[str, ...], location: str | None, duty_cycle: int,
+             encrypt: bool, as_json: bool) -> None:
+    """Create a device home: secret (0600), root token, link id, manifest."""
+    loc = _parse_location(location)
+    dev_home = DeviceHome(home)
+    reg = ServiceRegistry()
+    for spec in services:
+        kind, methods = _parse_service(spec)
+        try:
+            if kind == "sensor":
+                add_sensor(reg, b"", methods)
+            elif kind == "actuator":
+                add_actuator(reg, home, methods)
+            else:
+                raise UserError(f"unknown service type {kind!r} (demo types: "
+                                f"{', '.join(DEMO_SERVICES)})")
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+    manifest = {"services": reg.manifest_services(), "duty_cycle_s": duty_cycle,
+                "encrypt": encrypt, "location": loc}
+    try:
+        dev_home.create(manifest)
+    except HomeError as exc:
+        raise UserError(str(exc)) from exc
+    summary = {"home": str(home), "link_id": dev_home.link_id().hex(),
+               "services": {s["type"]: [m["name"] for m in s["methods"]]
+                            for s in manifest["services"]},
+               "duty_cycle_s": duty_cycle, "encrypt": encrypt, "location": loc,
+               "root_token": str(dev_home.root_path), "paired": False}
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    click.echo(f"device home {home}")
+    click.echo(f"  link id     {summary['link_id']}")
+    for kind, names in summary["services"].items():
+        click.echo(f"  service     {kind}: {', '.join(names)}")
+    click.echo(f"  duty cycle  {duty_cycle} s{', encrypted link' if encrypt else ''}")
+    click.echo(f"next: edgistry pair --device {home} --gateway HOST:PORT")
+
+
+@device_group.command("run")
+@home_option
+@click.option("--once", is_flag=True, help="One wake, then exit (status 1 if it failed).")
+@click.option("--linger", type=float, default=0.0, show_default=True,
+              help="Seconds to stay connected for pushed work before saying BYE.")
+def run_cmd(home: Path, once: bool, linger: float) -> None:
+    """Run the device: wake on its duty cycle, connect out, serve requests."""
+    try:
+        device = Device(home, linger_s=linger)
+        device.home.paired()
+    except HomeError as exc:
+        raise UserError(str(exc)) from exc
+    except ValueError as exc:
+        raise UserError(f"{home}: {exc}") from exc
+    logging.getLogger("edgistry").setLevel(min(logging.getLogger().level, logging.INFO))
+    try:
+        asyncio.run(_run(device, once))
+    except WakeFailed as exc:
+        raise UserError(f"wake failed: {exc}") from exc
+
+
+async def _run(device: Device, once: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    await device.run(once=once, stop=stop)

@@ -1,0 +1,120 @@
+"""Key derivation, frame MACs and the keystream cipher (MicroPython-compatible core).
+
+Everything is HMAC-SHA256 (``cap_crypto``: CPython's OpenSSL HMAC when there,
+the pure RFC 2104 construction on MicroPython), so a device needs nothing
+beyond ``hashlib.sha256``:
+
+* ``hkdf`` is RFC 5869 HKDF-SHA256.
+* ``frame_mac`` is ``HMAC(k, u8(type) || u64be(seq) || body)[:16]``.
+* ``crypt`` XORs with the keystream ``HMAC(k, u64be(seq) || u32be(i))`` for
+  ``i = 0, 1, ...`` (HMAC as a PRF in counter mode). Each (key, seq) pair is
+  used once, so the keystream never repeats; bodies are encrypted, then MACed.
+
+X25519 is optional: ``x25519()`` returns a provider when the ``cryptography``
+package imports (CPython), else None; the handshake then runs without it.
+"""
+
+try:
+    from ..caplets import cap_crypto
+except (ImportError, ValueError):
+    import cap_crypto
+
+hmac_sha256 = cap_crypto.hmac_sha256
+equal = cap_crypto.equal
+sha256 = cap_crypto.sha256
+
+MAC_SIZE = 16       # frame MAC (truncated HMAC-SHA256): 128 bits
+KEY_SIZE = 32
+KEYS_INFO = b"edgistry/link/v1 keys"
+RESUMPTION_INFO = b"edgistry/link/v1 resumption"
+
+
+def u32be(n):
+    return bytes([(n >> 24) & 255, (n >> 16) & 255, (n >> 8) & 255, n & 255])
+
+
+def u64be(n):
+    return u32be((n >> 32) & 0xFFFFFFFF) + u32be(n & 0xFFFFFFFF)
+
+
+def hkdf(ikm, salt, info, length):
+    """HKDF-SHA256 (RFC 5869): extract with ``salt``, expand to ``length`` bytes."""
+    prk = hmac_sha256(salt if salt else bytes(32), ikm)
+    out = b""
+    block = b""
+    i = 1
+    while len(out) < length:
+        block = hmac_sha256(prk, block + info + bytes([i]))
+        out += block
+        i += 1
+    return out[:length]
+
+
+def session_keys(ikm, salt):
+    """The four data-phase keys: (mac_d2g, mac_g2d, enc_d2g, enc_g2d)."""
+    k = hkdf(ikm, salt, KEYS_INFO, 4 * KEY_SIZE)
+    return k[0:32], k[32:64], k[64:96], k[96:128]
+
+
+def resumption_secret(ikm, salt):
+    """The secret a ticket resumes with (the next one on each resumption)."""
+    return hkdf(ikm, salt, RESUMPTION_INFO, KEY_SIZE)
+
+
+def frame_mac(key, ftype, seq, body):
+    """The 16-byte MAC of a data-phase frame."""
+    return hmac_sha256(key, bytes([ftype & 255]) + u64be(seq) + body)[:MAC_SIZE]
+
+
+def crypt(key, seq, data):
+    """Encrypt or decrypt ``data`` (XOR with the (key, seq) keystream)."""
+    if not data:
+        return b""
+    out = bytearray(len(data))
+    base = u64be(seq)
+    pos = 0
+    i = 0
+    n = len(data)
+    while pos < n:
+        block = hmac_sha256(key, base + u32be(i))
+        stop = pos + 32
+        if stop > n:
+            stop = n
+        j = 0
+        while pos < stop:
+            out[pos] = data[pos] ^ block[j]
+            pos += 1
+            j += 1
+        i += 1
+    return bytes(out)
+
+
+class _X25519:
+    """X25519 via the ``cryptography`` package (CPython only)."""
+
+    def __init__(self, priv_cls, pub_cls, encoding, fmt):
+        self._priv = priv_cls
+        self._pub = pub_cls
+        self._raw = (encoding.Raw, fmt.Raw)
+
+    def keypair(self):
+        """A fresh ephemeral key: (private object, 32-byte public key)."""
+        priv = self._priv.generate()
+        return priv, priv.public_key().public_bytes(*self._raw)
+
+    def shared(self, priv, peer_public):
+        """The shared secret; raises ValueError for a bad or low-order key."""
+        if len(peer_public) != 32:
+            raise ValueError("an X25519 public key is 32 bytes")
+        return priv.exchange(self._pub.from_public_bytes(peer_public))
+
+
+def x25519():
+    """An X25519 provider, or None where ``cryptography`` is unavailable."""
+    try:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import (X25519PrivateKey,
+                                                                      X25519PublicKey)
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    except ImportError:
+        return None
+    return _X25519(X25519PrivateKey, X25519PublicKey, Encoding, PublicFormat)

@@ -1,0 +1,191 @@
+"""The gateway side of the link (sans-I/O; runs on CPython, written in the core's dialect).
+
+Theory of operation
+-------------------
+::
+
+    AWAIT_HELLO --HELLO / CHALLENGE--> AWAIT_PROOF --PROOF / ACCEPT--> OPEN
+         `--------RESUME / RESUMED----------------------------------> OPEN
+    OPEN: receive RESPONSES, ACK; receive BYE -> CLOSED; send REQUESTS, ACK
+    any live state: receive ERROR -> CLOSED; protocol failure -> ERROR
+
+HELLO names a link id and carries the identity token this gateway issued at
+pairing (origin: the gateway's identity secret, leaf capability
+``Identity("link:<hex link id>")``): an unknown link id or a token naming
+another link ends the handshake before any work. CHALLENGE is the body of a
+fresh encryption token derived from the device's root token (root frame +
+one encryption frame); only the holder of the device secret can compute its
+tag ``T`` and so answer PROOF. A RESUME spends a single-use ticket (taken
+from the store whether or not it then verifies, so a replayed RESUME always
+fails) and proves the resumption secret.
+
+The session reaches its stores through ``keys``, any object with::
+
+    identity_secret() -> bytes
+    device(link_id) -> (root_token: bytes, encrypt: bool) or None
+    store_ticket(ticket_id, link_id, secret, expires_at_ms) -> None
+    take_ticket(ticket_id) -> (link_id, secret, expires_at_ms) or None
+
+so it stays pure; gateway/link_server.py adapts a LinkBackend to it.
+"""
+
+try:
+    from . import link_wire as wire
+    from . import link_crypto as lc
+    from .link_errors import RemoteProtocolError
+    from .link_session import Session, Established, OPEN, CLOSED_STATE
+    from .link_device import (VERSION, NONCE_SIZE, LINK_ID_SIZE, TICKET_ID_SIZE, DEVICE_LABEL,
+                              GATEWAY_LABEL, RESUMED_LABEL, accept_mac, resume_mac)
+    from ..caplets import cap_verify, cap_codec, cap_caps
+    from ..caplets.cap_errors import TokenError
+except (ImportError, ValueError):
+    import link_wire as wire
+    import link_crypto as lc
+    from link_errors import RemoteProtocolError
+    from link_session import Session, Established, OPEN, CLOSED_STATE
+    from link_device import (VERSION, NONCE_SIZE, LINK_ID_SIZE, TICKET_ID_SIZE, DEVICE_LABEL,
+                             GATEWAY_LABEL, RESUMED_LABEL, accept_mac, resume_mac)
+    import cap_verify
+    import cap_codec
+    import cap_caps
+    from cap_errors import TokenError
+
+AWAIT_HELLO = "AWAIT_HELLO"
+AWAIT_PROOF = "AWAIT_PROOF"
+DEFAULT_TICKET_TTL_S = 7 * 24 * 3600  # a week: covers long duty cycles
+
+
+def identity_name(link_id):
+    """The identity an identity token names for ``link_id``."""
+    return "link:" + "".join(["%02x" % b for b in link_id])
+
+
+def encryption_body(root_token, nonce):
+    """(body, T) of a fresh encryption token: the root's frame + Encryption(nonce)."""
+    root = cap_codec.decode(root_token)
+    if len(root._slices) != 1:
+        raise ValueError("a device root token has one frame")
+    frame = cap_codec.make_frame([cap_caps.Encryption(nonce)] + list(root.frames[0].constraints))
+    body = cap_codec.encode_body([root._slices[0], frame.raw])
+    return body, lc.hmac_sha256(root.tag, frame.raw)
+
+
+class GatewaySession(Session):
+    """One device connection at the gateway. ``now_ms()``: the clock;
+    ``rand(n)``: random bytes; ``x25519``: provider or None."""
+
+    SIDE = "gateway"
+    RECV = {
+        (AWAIT_HELLO, wire.HELLO): ("_on_hello", AWAIT_PROOF),
+        (AWAIT_HELLO, wire.RESUME): ("_on_resume", OPEN),
+        (AWAIT_HELLO, wire.ERROR): ("_on_error", CLOSED_STATE),
+        (AWAIT_PROOF, wire.PROOF): ("_on_proof", OPEN),
+        (AWAIT_PROOF, wire.ERROR): ("_on_error", CLOSED_STATE),
+        (OPEN, wire.RESPONSES): ("_on_responses", OPEN),
+        (OPEN, wire.ACK): ("_on_ack", OPEN),
+        (OPEN, wire.BYE): ("_on_bye", CLOSED_STATE),
+        (OPEN, wire.ERROR): ("_on_error", CLOSED_STATE),
+    }
+    SEND = {
+        (OPEN, wire.REQUESTS): OPEN,
+        (OPEN, wire.ACK): OPEN,
+        (OPEN, wire.ERROR): CLOSED_STATE,
+    }
+
+    def __init__(self, keys, rand, now_ms, x25519=None, ticket_ttl_s=DEFAULT_TICKET_TTL_S):
+        Session.__init__(self, AWAIT_HELLO)
+        self._keys_store = keys
+        self._rand = rand
+        self._now_ms = now_ms
+        self._x = x25519
+        self._ttl = ticket_ttl_s
+        self.link_id = None        # set once HELLO/RESUME names a known device
+        self.resumed = False
+        self.forward_secret = False
+
+    def _device(self, link_id):
+        found = self._keys_store.device(link_id)
+        if found is None:
+            raise RemoteProtocolError("unknown_link", "link %s is not paired here"
+                                      % identity_name(link_id)[5:21])
+        return found
+
+    def _on_hello(self, msg, body):
+        if msg["version"] != VERSION:
+            raise RemoteProtocolError("version", "version %d" % msg["version"])
+        link_id = msg["link_id"]
+        if len(link_id) != LINK_ID_SIZE or len(msg["nonce"]) != NONCE_SIZE:
+            raise RemoteProtocolError("malformed", "link id or nonce size")
+        root_token, encrypt = self._device(link_id)
+        self.link_id = link_id
+        try:
+            token = cap_verify.verify(msg["identity_token"], self._keys_store.identity_secret(),
+                                      cap_verify.Context(now=self._now_ms() // 1000))
+        except TokenError as exc:
+            raise RemoteProtocolError("bad_identity", str(exc))
+        want = identity_name(link_id)
+        if not any(c[0] == cap_caps.IDENTITY and c[2] == want for c in token._recs[-1][0]):
+            raise RemoteProtocolError("bad_identity", "identity token names another link")
+        nonce_g = self._rand(NONCE_SIZE)
+        enc_body, tag = encryption_body(root_token, self._rand(NONCE_SIZE))
+        challenge = {"enc_token_body": enc_body, "nonce": nonce_g}
+        ikm = tag
+        if msg["x25519"] and self._x is not None:
+            priv, challenge["x25519"] = self._x.keypair()
+            try:
+                ikm = tag + self._x.shared(priv, msg["x25519"])
+            except ValueError as exc:
+                raise RemoteProtocolError("bad_key", str(exc))
+            self.forward_secret = True
+        self._encrypt = encrypt
+        self._tag = tag
+        self._ikm = ikm
+        self._salt = msg["nonce"] + nonce_g
+        self._transcript = lc.sha256(body + self._queue(wire.CHALLENGE, "Challenge", challenge))
+        return None
+
+    def _on_proof(self, msg, body):
+        if not lc.equal(msg["mac"], lc.hmac_sha256(self._tag, DEVICE_LABEL + self._transcript)):
+            raise RemoteProtocolError("bad_proof", "device failed to prove its secret")
+        ticket_id = self._new_ticket(self._ikm)
+        self._queue(wire.ACCEPT, "Accept", {
+            "mac": accept_mac(self._tag, GATEWAY_LABEL, self._transcript, ticket_id,
+                              self._ttl, self._encrypt),
+            "ticket_id": ticket_id, "ticket_ttl_s": self._ttl, "encrypt": self._encrypt})
+        return self._establish(self._ikm, False)
+
+    def _on_resume(self, msg, body):
+        link_id, ticket_id, nonce_d = msg["link_id"], msg["ticket_id"], msg["nonce"]
+        if (len(link_id) != LINK_ID_SIZE or len(ticket_id) != TICKET_ID_SIZE
+                or len(nonce_d) != NONCE_SIZE):
+            raise RemoteProtocolError("malformed", "resume field sizes")
+        ticket = self._keys_store.take_ticket(ticket_id)  # single use, whatever follows
+        if ticket is None or ticket[0] != link_id or ticket[2] <= self._now_ms():
+            raise RemoteProtocolError("bad_ticket", "unknown, used or expired ticket")
+        _, secret, _ = ticket
+        _, encrypt = self._device(link_id)
+        self.link_id = link_id
+        if not lc.equal(msg["mac"], resume_mac(secret, link_id, ticket_id, nonce_d)):
+            raise RemoteProtocolError("bad_proof", "resume MAC does not verify")
+        nonce_g = self._rand(NONCE_SIZE)
+        self._salt = nonce_d + nonce_g
+        self._encrypt = encrypt
+        next_id = self._new_ticket(secret)
+        self._queue(wire.RESUMED, "Resumed", {
+            "nonce": nonce_g, "ticket_id": next_id, "ticket_ttl_s": self._ttl, "encrypt": encrypt,
+            "mac": accept_mac(secret, RESUMED_LABEL, ticket_id + nonce_d + nonce_g, next_id,
+                              self._ttl, encrypt)})
+        return self._establish(secret, True)
+
+    def _new_ticket(self, ikm):
+        ticket_id = self._rand(TICKET_ID_SIZE)
+        self._keys_store.store_ticket(ticket_id, self.link_id, lc.resumption_secret(ikm, self._salt),
+                                      self._now_ms() + self._ttl * 1000)
+        return ticket_id
+
+    def _establish(self, ikm, resumed):
+        k = lc.session_keys(ikm, self._salt)
+        # gateway receives on d2g, sends on g2d
+        self._install((k[0], k[1], k[2], k[3]), self._encrypt)
+        self.resumed = resumed
+        return Established(self.link_id, resumed, self._encrypt, self.forward_secret)

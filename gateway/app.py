@@ -1,0 +1,295 @@
+"""Assembling and running one gateway: every part and background loop, in one place.
+
+``create_gateway(cfg)`` builds a :class:`Gateway`; ``await gw.start()`` opens
+the store, starts the device link server, the gRPC server (Gateway,
+Commissioning, Peer, health, reflection), the HTTP side (/healthz,
+/metrics) and three loops: the expiry sweeper, the liveness batcher and the
+revocation refresher; ``await gw.stop()`` undoes all of it in reverse.
+
+Settings come from the node config's ``[gateway]`` table (all optional):
+``max_queue_depth``, ``default_ttl_s``, ``liveness_interval_s``,
+``revocation_interval_s``, ``sweep_interval_s``, ``grpc_advertise`` and
+``link_advertise`` (what the registry and devices are told, default: the
+listen addresses), ``revocation_file`` (a local list written by
+``edgistry token revoke --list FILE``; default ``<home>/revoked.json``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from edgistry.abci_app.txs import LIVENESS_GRANULARITY_S, MAX_LIVENESS_ENTRIES, gateway_id_for
+from edgistry.config import NodeConfig, load_ed25519_pem, public_bytes
+from edgistry.firmware.caplets import RevocationSet
+from edgistry.gateway.backend import StoreLinkBackend
+from edgistry.gateway.chain import ChainClient, ChainError
+from edgistry.gateway.commissioner import Commissioner
+from edgistry.gateway.grpc_api import GRACE_S, from_pb, start_grpc, to_request
+from edgistry.gateway.link_server import LinkMetrics, LinkServer
+from edgistry.gateway.metrics import GatewayMetrics
+from edgistry.gateway.pairing import CommissionCode, Offers
+from edgistry.gateway.peer import Directory, ForwardChecker, PeerClient
+from edgistry.gateway.service import Call, GatewayService, Result, Settings
+from edgistry.gateway.store import GatewayStore
+from edgistry.proto import gateway_pb2 as gw
+from edgistry.proto import registry_pb2 as pb
+
+log = logging.getLogger(__name__)
+FORWARD_SLACK_S = 10.0  # a forwarded Invoke may take this much longer than the client's own timeout
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class PeerForwarder:
+    """The service's view of other gateways (service.Forwarder) over PeerClient."""
+
+    def __init__(self, client: PeerClient, directory: Directory) -> None:
+        self.client, self.directory = client, directory
+
+    async def owner_of(self, pseudonym: bytes) -> str | None:
+        rec = await self.directory.device(pseudonym)
+        return rec.gateway_id if rec is not None else None
+
+    async def call(self, gateway_id: str, kind: str, call: Call | None = None, request_id: str = "",
+                   token: bytes = b"") -> Result:
+        if call is not None:
+            timeout = (call.timeout_ms / 1000 if call.timeout_ms else 30.0) + FORWARD_SLACK_S
+            res = await self.client.forward(gateway_id, kind, request=to_request(call), timeout=timeout)
+        else:
+            res = await self.client.forward(gateway_id, kind,
+                                            result=gw.ResultRequest(request_id=request_id, token=token))
+        return from_pb(res)
+
+    async def watch(self, gateway_id: str, request_id: str, token: bytes) -> AsyncIterator[Result]:
+        async for msg in self.client.watch(gateway_id, gw.ResultRequest(request_id=request_id, token=token)):
+            yield from_pb(msg)
+
+
+class Gateway:
+    def __init__(self, cfg: NodeConfig, rpc_url: str | None = None,
+                 announce: Callable[[str], None] = log.warning) -> None:
+        self.cfg = cfg
+        self.opts: dict = dict(cfg.extra.get("gateway", {}))
+        self.announce = announce
+        self.key = load_ed25519_pem(cfg.keys_dir / "gateway.pem")
+        self.secret = (cfg.keys_dir / "gateway.secret").read_bytes()
+        self.gateway_id = gateway_id_for(public_bytes(self.key))
+        self.chain = ChainClient(rpc_url or cfg.rpc_url)
+        self.metrics = GatewayMetrics()
+        self.grpc_endpoint = str(self.opts.get("grpc_advertise") or cfg.grpc_listen)
+        self.link_endpoint = str(self.opts.get("link_advertise") or cfg.link_listen)
+        self.revocation_file = Path(self.opts.get("revocation_file") or cfg.home / "revoked.json")
+        self.store: GatewayStore | None = None
+        self.service: GatewayService | None = None
+        self.link: LinkServer | None = None
+        self.code: CommissionCode | None = None
+        self._grpc = None
+        self._http: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._peer: PeerClient | None = None
+        self.ports: dict[str, int] = {}
+        self.chain_ok_at = 0.0
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        self.store = GatewayStore(self.cfg.gateway_dir)
+        try:
+            await self._start_parts()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_parts(self) -> None:
+        cfg, o = self.cfg, self.opts
+        revoked = RevocationSet.load(self.revocation_file)
+        settings = Settings(max_queue_depth=int(o.get("max_queue_depth", Settings.max_queue_depth)),
+                            default_ttl_s=int(o.get("default_ttl_s", Settings.default_ttl_s)))
+        directory = Directory(self.chain)
+        self._peer = PeerClient(self.key, self.gateway_id, directory)
+        self.service = GatewayService(self.store, self.gateway_id, self.secret, self.metrics, revoked, settings,
+                                      PeerForwarder(self._peer, directory))
+        self.service.bind_loop(asyncio.get_running_loop())
+        self.metrics.watch_queues(self.store.depths)
+
+        host, port = host_port(cfg.link_listen)
+        self.link = LinkServer(StoreLinkBackend(self.store, self.secret, self.metrics), host, port,
+                               metrics=LinkMetrics())
+        await self.link.start()
+        self.ports["link"] = self.link.port
+        self.service.on_queued = self.link.notify
+        self.metrics.watch_link(self._link_snapshot)
+
+        self.code = CommissionCode(cfg.home / "commission.code")
+        commissioner = Commissioner(self.store, Offers(self.key, cfg.chain_id), self.code, self.chain, self.key,
+                                    self.secret, self.link_endpoint, self.metrics)
+        self._grpc, self.ports["grpc"] = await start_grpc(cfg.grpc_listen, self.service, commissioner,
+                                                          ForwardChecker(directory), self.metrics)
+        host, port = host_port(cfg.http_listen)
+        self._http = web.AppRunner(self._http_app(), access_log=None)
+        await self._http.setup()
+        site = web.TCPSite(self._http, host, port)
+        await site.start()
+        self.ports["http"] = site._server.sockets[0].getsockname()[1]
+
+        interval = lambda name, default: float(o.get(name, default))  # noqa: E731
+        self._tasks = [asyncio.create_task(coro, name=name) for name, coro in (
+            ("sweeper", self._every(interval("sweep_interval_s", 1.0), self._sweep)),
+            ("liveness", self._every(interval("liveness_interval_s", 60.0), self.report_liveness)),
+            ("revocations", self._every(interval("revocation_interval_s", 10.0), self.refresh_revocations)),
+            ("registration", self._check_registration()),
+        )]
+        self.announce(f"gateway {self.gateway_id}: gRPC {cfg.grpc_listen}, device link {cfg.link_listen}, "
+                      f"HTTP {cfg.http_listen}; chain RPC {self.chain.url}")
+        self.announce(f"commissioning code: {self.code.code} (one-time; also in {self.code.path})")
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._grpc is not None:
+            await self._grpc.stop(GRACE_S)
+            self._grpc = None
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        if self.link is not None:
+            await self.link.close()
+            self.link = None
+        if self._peer is not None:
+            await self._peer.close()
+        await self.chain.close()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def _link_snapshot(self) -> dict:
+        if self.link is None:
+            return {}
+        snap = self.link.metrics.snapshot()
+        snap["sessions_open"] = len(self.link.connected())
+        snap["sessions_total"] = snap.get("handshakes_full", 0) + snap.get("handshakes_resumed", 0)
+        return snap
+
+    # ---- HTTP ----
+
+    def _http_app(self) -> web.Application:
+        app = web.Application()
+
+        async def healthz(request: web.Request) -> web.Response:
+            ok = self.store is not None and self.link is not None
+            body = {"status": "ok" if ok else "starting", "gateway_id": self.gateway_id,
+                    "devices": len(self.store.devices()) if self.store else 0,
+                    "chain_seen_s_ago": round(time.time() - self.chain_ok_at, 1) if self.chain_ok_at else None}
+            return web.json_response(body, status=200 if ok else 503)
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8",
+                                headers={"X-Prometheus-Format": "0.0.4"})
+
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/metrics", metrics)
+        return app
+
+    # ---- background loops ----
+
+    async def _every(self, seconds: float, step: Callable) -> None:
+        """Run ``step`` every ``seconds`` (jittered 10%); a failing step is logged, never fatal."""
+        while True:
+            await asyncio.sleep(seconds * random.uniform(0.9, 1.1))
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except ChainError as exc:
+                log.info("%s: registry unreachable: %s", getattr(step, "__name__", step), exc)
+            except Exception:
+                log.exception("background step %s failed", getattr(step, "__name__", step))
+
+    async def _sweep(self) -> None:
+        now = int(time.time() * 1000)
+        expired = self.store.expire_due(now)
+        if expired:
+            self.metrics.expired.inc(len(expired))
+            log.info("dead-lettered %d expired request(s)", len(expired))
+        self.store.purge_finished(now)
+        self.store.purge_tickets(now)
+
+    async def report_liveness(self) -> int:
+        """One ReportLiveness tx for all devices seen in a new 5-minute bucket (not one per wake)."""
+        due = self.store.liveness_due(LIVENESS_GRANULARITY_S)[:MAX_LIVENESS_ENTRIES]
+        if not due:
+            return 0
+        msg = pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=ps, last_seen=bucket) for _, ps, bucket in due])
+        await self.chain.submit(self.key, msg)
+        self.store.liveness_reported(due)
+        self.chain_ok_at = time.time()
+        return len(due)
+
+    async def refresh_revocations(self) -> int:
+        """Merge the registry's revocations into the local set and the devices' notice log."""
+        records, q = [], pb.DeviceQuery()
+        while True:
+            page = await self.chain.query_msg("/revocations", pb.RevocationList, q.SerializeToString())
+            records.extend((r.tag, r.expires_at) for r in page.revocations)
+            if not page.next:
+                break
+            q.start_after = page.next
+        self.chain_ok_at = time.time()
+        local = RevocationSet.load(self.revocation_file).records()
+        self.service.revoked.merge(records + local)
+        self.service.revoked.prune()
+        return self.store.add_revocations([(t, e if e is not None else 2**62) for t, e in records + local])
+
+    async def _check_registration(self) -> None:
+        """Make the registry's endpoint for this gateway the one it serves (peers forward there)."""
+        delay = 0.5
+        while True:
+            try:
+                res = await self.chain.query("/gateway", self.gateway_id.encode())
+                if res.code != 0:
+                    self.announce(f"gateway {self.gateway_id} is not in the registry: pairing will fail until an "
+                                  f"admin runs `edgistry registry add-gateway --pubkey {public_bytes(self.key).hex()} "
+                                  f"--endpoint {self.grpc_endpoint}`")
+                else:
+                    rec = pb.GatewayRecord.FromString(res.value)
+                    if rec.endpoint != self.grpc_endpoint:
+                        await self.chain.submit(self.key, pb.UpdateGateway(endpoint=self.grpc_endpoint,
+                                                                           operator=rec.operator))
+                        log.info("registry endpoint updated to %s", self.grpc_endpoint)
+                self.chain_ok_at = time.time()
+                return
+            except ChainError as exc:
+                log.info("registry not reachable yet (%s); retrying", exc)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 30.0)
+
+
+def create_gateway(cfg: NodeConfig, rpc_url: str | None = None,
+                   announce: Callable[[str], None] = log.warning) -> Gateway:
+    """A gateway for this node home (not started)."""
+    return Gateway(cfg, rpc_url, announce)
+
+
+async def serve(cfg: NodeConfig, rpc_url: str | None = None, announce: Callable[[str], None] = print) -> None:
+    """Run a gateway until SIGINT/SIGTERM (``edgistry gateway``)."""
+    from edgistry.abci_app.runner import wait_for_signal
+
+    gateway = create_gateway(cfg, rpc_url, announce)
+    await gateway.start()
+    try:
+        await wait_for_signal()
+    finally:
+        announce("stopping gateway")
+        await gateway.stop()

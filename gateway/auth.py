@@ -1,0 +1,121 @@
+"""Authorising client calls with CAPLets tokens, and minting the gateway's tokens.
+
+A client token has one of two origins:
+
+* the device. The gateway holds the device's *root token* ``(frame_0, tag_0)``
+  but not its secret. Because ``tag_1 = HMAC(tag_0, frame_1)``, a token
+  derived from that root is verified by checking that its first frame is the
+  root's frame and running the rest of the chain keyed by ``tag_0``: the
+  root tag acts as the secret of the sub-chain. (Every root frame is the same
+  single ROOT entry; what ties a token to one device is the HMAC chain.)
+* the gateway itself (its HMAC secret, keys/gateway.secret): application
+  tokens it issues for regional access (issue 5) and the devices' identity
+  tokens (which grant no service and so never authorise a call).
+
+Then: revocation of every chain tag (registry + local set), the leaf's
+constraints (expiry, gateway), and ``permits(service, method)``. Leaf tokens
+(request, encryption) are never client credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from edgistry.firmware import caplets as cl
+from edgistry.firmware.caplets import cap_crypto
+from edgistry.firmware.caplets.cap_verify import check_derivation
+from edgistry.gateway.errors import Unauthorized
+
+PSEUDONYM_DOMAIN = b"edgistry/pseudonym/v1"
+
+
+@dataclass(frozen=True)
+class Authorised:
+    origin: str  # "device" | "gateway"
+    token: cl.Token
+
+
+def token_digest(token: bytes) -> bytes:
+    """What a request remembers of the token that made it (GetResult needs the same one)."""
+    return hashlib.sha256(b"edgistry/token/v1\0" + token).digest()
+
+
+def pseudonym_for(root_token: bytes) -> bytes:
+    """A device's chain pseudonym: keyed by its root tag, which only the device
+    and its gateway know, so nobody else can link it to anything; and the same
+    for any gateway given the root token, which is how a second gateway learns
+    that the device is already paired elsewhere."""
+    return cl.compute_tag(cl.load(root_token).tag, [PSEUDONYM_DOMAIN])[:16]
+
+
+def verify_from_root(token: cl.Token, root: cl.Token, ctx: cl.Context) -> cl.Token:
+    """Verify ``token`` as derived from ``root`` using only the root's tag."""
+    if token.frames[0].raw != root.frames[0].raw:
+        raise cl.BadTag("not derived from this device's root token")
+    if len(token) == 1:
+        if not cap_crypto.equal(token.tag, root.tag):
+            raise cl.BadTag("not this device's root token")
+    else:
+        check_derivation(token.frames[0], token.frames[1], 1)
+        # the sub-chain frames[1:] keyed by tag_0 is a token whose "secret" is tag_0
+        sub = cl.Token(token.frames[1:], token.tag)
+        cl.verify(sub, root.tag, ctx)
+    if ctx.revoked is not None and root.tag in ctx.revoked:
+        raise cl.Revoked("the device's root token is revoked", root.tag)
+    return token
+
+
+def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, gateway_secret: bytes,
+              gateway_id: str, revoked: cl.RevocationSet | None, now: int | None = None) -> Authorised:
+    """Check a client token for ``service:method`` on a device; raise Unauthorized."""
+    if not raw:
+        raise Unauthorized("no token: pass the application token printed by `edgistry pair` (--token FILE)")
+    try:
+        token = cl.load(raw)
+    except cl.TokenError as exc:
+        raise Unauthorized(f"malformed token: {exc}") from exc
+    if token.leaf.is_leaf:
+        raise Unauthorized("a request or encryption token is not a client credential")
+    ctx = cl.Context(now=int(time.time()) if now is None else now, gateway=gateway_id, revoked=revoked)
+    errors = []
+    for origin, check in (("device", lambda: verify_from_root(token, cl.load(root_token), ctx) if root_token else None),
+                          ("gateway", lambda: cl.verify(token, gateway_secret, ctx))):
+        try:
+            if check() is None:
+                continue
+        except cl.BadTag:
+            continue
+        except cl.TokenError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            break
+        try:
+            cl.permits(token, service, method)
+        except cl.NotPermitted as exc:
+            raise Unauthorized(f"token does not permit {service}:{method} "
+                               "(application tokens are read-only unless the owner derived more)") from exc
+        return Authorised(origin, token)
+    if errors:
+        raise Unauthorized(f"token refused: {errors[0]}")
+    raise Unauthorized("token was not issued for this device nor by this gateway (wrong origin or forged)")
+
+
+def app_token(root_token: bytes, services: dict[str, list[str]]) -> cl.Token:
+    """The least-privilege application token made at pairing: the listed
+    (read-only) methods of each service, derived from the device's root."""
+    caps = [cl.Service(t, methods) for t, methods in sorted(services.items()) if methods]
+    if not caps:
+        raise ValueError("the device offers no read-only method")
+    return cl.derive(cl.load(root_token), caps)
+
+
+def identity_token(gateway_secret: bytes, link_id: bytes) -> cl.Token:
+    """The gateway-issued token a device presents in HELLO (origin: this gateway;
+    identity ``link:<hex link id>``, as firmware/link/link_gateway.py checks it)."""
+    return cl.mint(gateway_secret, [cl.Identity("link:" + link_id.hex())])
+
+
+def request_token(root_token: bytes, service: str, method: str, args: bytes, sequence: int) -> bytes:
+    """The leaf the device verifies on its own: service, method, args digest, sequence."""
+    return cl.request_token(cl.load(root_token), service, method, args, sequence).to_bytes()

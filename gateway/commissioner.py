@@ -1,0 +1,164 @@
+"""Pairing, re-pairing and unpairing a device (the domain side of Commissioning).
+
+Pairing: check the one-time code, read the root token and manifest, reduce
+the location to the coarse cell of the device's policy (the exact cell stays
+in this gateway's store, never on chain), derive the pseudonym from the root
+tag (auth.pseudonym_for), and register it on chain, refusing a device whose
+pseudonym belongs to another gateway. Then store the device durably and
+return the identity token (for the link), a read-only application token and
+the owner handle. Re-pairing with the same gateway keeps the link id, the
+pseudonym and the queue and updates the record; unpairing unregisters it and
+cancels its queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import h3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgistry.abci_app.codes import Code, TxError
+from edgistry.abci_app.txs import VALIDATORS
+from edgistry.firmware import caplets as cl
+from edgistry.gateway import auth
+from edgistry.gateway.chain import ChainClient, ChainError, TxRejected
+from edgistry.gateway.errors import BadRequest, NotFound, Precondition, Unavailable
+from edgistry.gateway.manifest import Manifest
+from edgistry.gateway.metrics import GatewayMetrics
+from edgistry.gateway.pairing import AAD_RESULT, CommissionCode, Offers, seal
+from edgistry.gateway.service import owner_handle
+from edgistry.gateway.store import Device, GatewayStore
+from edgistry.proto import gateway_pb2 as gw
+from edgistry.proto import registry_pb2 as pb
+
+log = logging.getLogger(__name__)
+LINK_ID_LEN = 16
+
+
+class Commissioner:
+    def __init__(self, store: GatewayStore, offers: Offers, code: CommissionCode, chain: ChainClient,
+                 key: Ed25519PrivateKey, secret: bytes, link_endpoint: str,
+                 metrics: GatewayMetrics | None = None, clock=None) -> None:
+        self.store, self.offers, self.code, self.chain = store, offers, code, chain
+        self.key, self.secret, self.link_endpoint = key, secret, link_endpoint
+        self.gateway_id = offers.gateway_id
+        self.metrics = metrics or GatewayMetrics()
+        self.clock = clock or (lambda: int(time.time() * 1000))
+
+    def begin(self, msg: gw.PairBegin) -> gw.PairOffer:
+        return self.offers.begin(msg)
+
+    async def complete(self, msg: gw.PairComplete) -> gw.PairSealed:
+        payload, key = self.offers.open(msg)
+        try:
+            result = await (self._unpair(payload) if payload.unpair else self._pair(payload))
+        except Exception as exc:
+            self.metrics.pairings.labels(type(exc).__name__).inc()
+            raise
+        self.metrics.pairings.labels("unpaired" if payload.unpair else "paired").inc()
+        nonce, ct = seal(key, result.SerializeToString(), AAD_RESULT)
+        return gw.PairSealed(nonce=nonce, ciphertext=ct)
+
+    # ---- pairing ----
+
+    async def _pair(self, p: gw.PairPayload) -> gw.PairResult:
+        self.code.check(p.commission_code)
+        root = _root_token(p.root_token)
+        manifest = Manifest.parse(p.manifest)
+        res, k = p.resolution, p.k
+        if not 0 <= res <= 15 or k < 1:
+            raise BadRequest("policy needs resolution 0..15 and k >= 1")
+        if not p.cell or not h3.is_valid_cell(h3.int_to_str(p.cell)):
+            raise BadRequest("the device needs a location (an H3 cell); give --location at `device init`")
+        if h3.get_resolution(h3.int_to_str(p.cell)) < res:
+            raise BadRequest(f"the device gave a cell coarser than resolution {res}")
+        coarse = h3.str_to_int(h3.cell_to_parent(h3.int_to_str(p.cell), res))
+        pseudonym = auth.pseudonym_for(root)
+        existing = self.store.device_by_pseudonym(pseudonym)
+        link_id = self._link_id(p.link_id, root)
+        descriptor = dict(pseudonym=pseudonym, services=manifest.descriptors(), cell=coarse,
+                          policy=pb.PrivacyPolicy(resolution=res, k=k), duty_cycle_s=manifest.duty_cycle_s)
+        record = await self._registered(pseudonym)
+        if record is not None and record.gateway_id != self.gateway_id:
+            raise Precondition(f"this device is already paired with gateway {record.gateway_id}; "
+                               "unpair it there first (edgistry pair --unpair --gateway THAT_GATEWAY)")
+        msg = pb.UpdateDevice(**descriptor) if record is not None else pb.RegisterDevice(**descriptor)
+        height = await self._submit(msg)
+        dev = Device(link_id, pseudonym, root, manifest.to_json(), coarse, res, k, manifest.duty_cycle_s,
+                     p.encrypt, owner_handle(pseudonym), p.cell, self.clock())
+        if existing is not None and existing.link_id != link_id:
+            self.store.remove_device(existing.link_id, self.clock(), "the device was re-paired under a new link id")
+        self.store.put_device(dev)
+        self.code.rotate()  # one-time: the next device needs the next code
+        read_only = {t: manifest.read_only(t) for t in manifest.services}
+        try:
+            app = auth.app_token(root, read_only).to_bytes()
+        except ValueError:
+            app = b""  # only mutating methods: the owner derives a token deliberately
+        log.info("paired device %s (%s) at cell %x", pseudonym.hex(), "re-paired" if record else "new", coarse)
+        return gw.PairResult(pseudonym=pseudonym, identity_token=auth.identity_token(self.secret, link_id).to_bytes(),
+                             app_token=app, owner_handle=dev.owner, link_endpoint=self.link_endpoint,
+                             gateway_id=self.gateway_id, height=height)
+
+    def _link_id(self, given: bytes, root: bytes) -> bytes:
+        """The device's own link id (its home keeps it across re-pairing)."""
+        if len(given) != LINK_ID_LEN:
+            raise BadRequest(f"a link id is {LINK_ID_LEN} bytes")
+        other = self.store.device(given)
+        if other is not None and other.root_token != root:
+            raise Precondition("that link id belongs to another device paired here")
+        return given
+
+    # ---- unpairing ----
+
+    async def _unpair(self, p: gw.PairPayload) -> gw.PairResult:
+        root = _root_token(p.root_token)
+        pseudonym = auth.pseudonym_for(root)
+        dev = self.store.device_by_pseudonym(pseudonym)
+        record = await self._registered(pseudonym)
+        if record is not None and record.gateway_id != self.gateway_id:
+            raise Precondition(f"this device is paired with gateway {record.gateway_id}, not this one")
+        if dev is None and record is None:
+            raise NotFound("this device is not paired here")
+        height = await self._submit(pb.UnregisterDevice(pseudonym=pseudonym)) if record is not None else 0
+        if dev is not None:
+            self.store.remove_device(dev.link_id, self.clock())
+        return gw.PairResult(pseudonym=pseudonym, gateway_id=self.gateway_id, height=height,
+                             owner_handle=owner_handle(pseudonym))
+
+    # ---- chain ----
+
+    async def _registered(self, pseudonym: bytes) -> pb.DeviceRecord | None:
+        try:
+            res = await self.chain.query("/device", pb.DeviceQuery(pseudonym=pseudonym).SerializeToString())
+        except ChainError as exc:
+            raise Unavailable(f"the registry is unreachable: {exc}") from exc
+        return pb.DeviceRecord.FromString(res.value) if res.code == 0 else None
+
+    async def _submit(self, msg) -> int:
+        kind = {pb.RegisterDevice: "register_device", pb.UpdateDevice: "update_device",
+                pb.UnregisterDevice: "unregister_device"}[type(msg)]
+        try:
+            VALIDATORS[kind](msg)  # the chain's own stateless check, before broadcasting
+            return (await self.chain.submit(self.key, msg)).height
+        except TxError as exc:
+            raise BadRequest(f"the registry would refuse the device: {exc}") from exc
+        except TxRejected as exc:
+            if exc.code in (Code.DEVICE_EXISTS, Code.NOT_DEVICE_OWNER):
+                raise Precondition(f"the registry refused: {exc.log}") from exc
+            raise Unavailable(str(exc)) from exc
+        except ChainError as exc:
+            raise Unavailable(f"the registry is unreachable: {exc}") from exc
+
+
+def _root_token(raw: bytes) -> bytes:
+    """Check that ``raw`` is a root token (one frame, the ROOT capability)."""
+    try:
+        token = cl.load(raw)
+    except cl.TokenError as exc:
+        raise BadRequest(f"root token does not decode: {exc}") from exc
+    if len(token) != 1 or not isinstance(token.capabilities[0], cl.Root):
+        raise BadRequest("that is not a device root token (one frame holding the root capability)")
+    return token.to_bytes()

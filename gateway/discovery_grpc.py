@@ -1,0 +1,198 @@
+"""The Discovery gRPC service (proto/discovery.proto): a thin adapter.
+
+Handlers parse, authenticate the application token, call the pure
+:class:`~edgistry.gateway.discovery.DiscoveryService`, and map domain errors to
+status codes in one place (:func:`edgistry.gateway.errors.grpc_code`).
+
+Invoke-any design: the client never sees even a handle. ``InvokeAny`` picks a
+device with ``DiscoveryService.pick_any`` and hands the call to an
+:class:`Invoker`: the gateway's own invoke path for its devices, and the
+owning gateway's ``Peer.Forward`` for others (:class:`RoutingInvoker`). Both
+are injected, so tests fake them; the answer is stripped of anything naming
+the device. Gateway.Invoke with a *discovery handle* as target resolves it in
+process with ``DiscoveryService.resolve`` (the Resolve RPC only checks a handle).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+
+from edgistry.firmware.caplets import Token, TokenError, from_text
+from edgistry.gateway.app_tokens import AppClient, authenticate
+from edgistry.gateway.discovery import DiscoveryService, Filters, Latency, Target, WatchSession
+from edgistry.gateway.errors import BadRequest, GatewayError, grpc_code
+from edgistry.gateway.handles import HandleCodec, derive_key
+from edgistry.gateway.regions import Region, RegionError
+from edgistry.proto import discovery_pb2 as dpb
+from edgistry.proto import discovery_pb2_grpc as dgrpc
+from edgistry.proto import gateway_pb2 as gpb
+
+WATCH_TICK_S = 60.0  # re-evaluate a watch at least this often (latency classes age)
+
+
+class PeerForward(Protocol):
+    """Gateway-to-gateway forwarding (helper G's Peer.Forward client)."""
+
+    async def forward(self, gateway_id: str, endpoint: str, request: gpb.InvokeRequest) -> gpb.Result: ...
+
+
+LocalInvoke = Callable[[bytes, gpb.InvokeRequest], Awaitable[gpb.Result]]  # (pseudonym, request)
+
+
+class Invoker(Protocol):
+    async def invoke(self, target: Target, request: gpb.InvokeRequest) -> gpb.Result: ...
+
+
+class RoutingInvoker:
+    """Local devices through the gateway's invoke path, others through their owning gateway."""
+
+    def __init__(self, gateway_id: str, local: LocalInvoke, peer: PeerForward | None) -> None:
+        self.gateway_id, self.local, self.peer = gateway_id, local, peer
+
+    async def invoke(self, target: Target, request: gpb.InvokeRequest) -> gpb.Result:
+        if target.gateway_id == self.gateway_id:
+            return await self.local(target.pseudonym, request)
+        if self.peer is None:
+            raise GatewayError("this gateway cannot forward to other gateways")
+        return await self.peer.forward(target.gateway_id, target.endpoint, request)
+
+
+def anonymous(result: gpb.Result) -> gpb.Result:
+    """The result without anything that could name the device."""
+    out = gpb.Result()
+    out.CopyFrom(result)
+    out.device_status = 0
+    return out
+
+
+def region_of(msg: dpb.Region) -> Region:
+    try:
+        if msg.cells:
+            return Region.of_cells(msg.cells)
+        if msg.radius_km > 0:
+            return Region.disk(msg.lat, msg.lon, msg.radius_km)
+    except RegionError as exc:
+        raise BadRequest(str(exc)) from exc
+    raise BadRequest("a region needs cells, or a centre and a positive radius")
+
+
+def filters_of(msg: dpb.Filters) -> Filters:
+    try:
+        return Filters(Latency(msg.max_latency), msg.seen_within_s)
+    except ValueError as exc:
+        raise BadRequest(f"unknown latency class {msg.max_latency}") from exc
+
+
+def _token(raw: bytes) -> bytes | Token:
+    """Tokens arrive as binary or as their text form (what `--token FILE` holds)."""
+    try:
+        return from_text(raw.decode("ascii"))
+    except (UnicodeDecodeError, TokenError):
+        return raw
+
+
+def _handle_pb(h) -> dpb.Handle:
+    return dpb.Handle(handle=h.handle, cell=h.cell, latency=int(h.latency), gateway=h.gateway,
+                      expires_at_ms=h.expires_at_ms)
+
+
+class DiscoveryServicer(dgrpc.DiscoveryServicer):
+    """gRPC handlers over one DiscoveryService."""
+
+    def __init__(self, service: DiscoveryService, secret: bytes, invoker: Invoker | None = None,
+                 follower=None, clock: Callable[[], float] = time.time, revoked: object = None,
+                 watch_tick_s: float = WATCH_TICK_S) -> None:
+        self.service, self.secret, self.invoker, self.follower = service, secret, invoker, follower
+        self.clock, self.revoked, self.watch_tick_s = clock, revoked, watch_tick_s
+
+    def _client(self, token: bytes) -> AppClient:
+        return authenticate(_token(token), self.secret, now=int(self.clock()), revoked=self.revoked)
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def _fail(self, context: grpc.aio.ServicerContext, err: GatewayError) -> None:
+        await context.abort(grpc_code(err), str(err))
+
+    async def Discover(self, request: dpb.DiscoverRequest, context) -> dpb.DiscoverResponse:
+        try:
+            ans = self.service.discover(self._client(request.token), request.service_type,
+                                        region_of(request.region), filters_of(request.filters),
+                                        request.page_size, request.page_token, self._now_ms())
+        except GatewayError as err:
+            await self._fail(context, err)
+        return dpb.DiscoverResponse(handles=[_handle_pb(h) for h in ans.handles], next_page_token=ans.next_page)
+
+    async def Resolve(self, request: dpb.ResolveRequest, context) -> dpb.ResolveResponse:
+        try:
+            client = self._client(request.token)
+        except GatewayError as err:
+            await self._fail(context, err)
+        try:
+            t = self.service.resolve(client, request.handle, self._now_ms())
+        except GatewayError:
+            return dpb.ResolveResponse(valid=False)
+        exp = self.service.codec.open(client.client_id, request.handle, self._now_ms()).expires_at_ms
+        return dpb.ResolveResponse(valid=True, cell=t.cell, service_type=t.service_type,
+                                   gateway=self.service.endpoint, expires_at_ms=exp)
+
+    async def InvokeAny(self, request: dpb.InvokeAnyRequest, context) -> gpb.Result:
+        try:
+            if self.invoker is None:
+                raise GatewayError("invoke-any is not available at this gateway")
+            client = self._client(request.token)
+            target = self.service.pick_any(client, request.service_type, region_of(request.region),
+                                           request.method, filters_of(request.filters), self._now_ms())
+            fwd = gpb.InvokeRequest(target="", method=request.method, args=request.args, token=request.token,
+                                    timeout_ms=request.timeout_ms, ttl_s=request.ttl_s,
+                                    service=request.service_type)
+            result = await self.invoker.invoke(target, fwd)
+        except GatewayError as err:
+            await self._fail(context, err)
+        return anonymous(result)
+
+    async def Watch(self, request: dpb.WatchRequest, context) -> AsyncIterator[dpb.WatchEvent]:
+        try:
+            client = self._client(request.token)
+            session = WatchSession(self.service, client, request.service_type, region_of(request.region),
+                                   filters_of(request.filters))
+            index = self.service.index
+            while True:
+                version = index.version
+                for kind, info in session.step(self._now_ms()):
+                    k = dpb.WatchEvent.APPEAR if kind == WatchSession.APPEAR else dpb.WatchEvent.LEAVE
+                    yield dpb.WatchEvent(kind=k, handle=_handle_pb(info), height=index.height)
+                if self.follower is None:
+                    return
+                await self.follower.wait_changed(version, timeout=self.watch_tick_s)
+        except GatewayError as err:
+            await self._fail(context, err)
+
+
+def discovery_servicer(service: DiscoveryService, secret: bytes, invoker: Invoker | None = None,
+                       follower=None, **kw) -> DiscoveryServicer:
+    """The servicer to register on the gateway's gRPC server (see :func:`add_to_server`)."""
+    return DiscoveryServicer(service, secret, invoker, follower, **kw)
+
+
+def add_to_server(server: grpc.aio.Server, servicer: DiscoveryServicer) -> None:
+    dgrpc.add_DiscoveryServicer_to_server(servicer, server)
+
+
+def create_discovery(home: Path, chain, gateway_id: str, endpoint: str):
+    """(DiscoveryService, ReplicaFollower, secret) for a node home: the gateway app's one call.
+
+    Start ``follower.run()`` as a background task; register
+    ``discovery_servicer(service, secret, invoker, follower)`` on the server.
+    """
+    from edgistry.gateway.replica import ReplicaFollower
+
+    secret = (Path(home) / "keys" / "gateway.secret").read_bytes()
+    follower = ReplicaFollower(chain)
+    service = DiscoveryService(follower.index, HandleCodec(derive_key(secret), gateway_id), gateway_id, endpoint)
+    return service, follower, secret

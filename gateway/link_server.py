@@ -1,0 +1,450 @@
+"""The device-link TCP server: a thin asyncio adapter over the sans-I/O core.
+
+All protocol logic is in ``edgistry.firmware.link`` (GatewaySession); this
+module moves bytes, enforces time limits, and drives the delivery flow of
+docs/LINK_PROTOCOL.md ("Data phase") against a :class:`LinkBackend`:
+
+1. handshake within ``handshake_timeout`` (an absolute deadline: trickling
+   bytes does not extend it);
+2. send REQUESTS at once (possibly empty: "nothing queued"), with the tags
+   revoked since the last wake;
+3. ACK from the device -> ``backend.delivered``; RESPONSES ->
+   ``backend.answered`` then ACK the stored ids, then send any new work;
+4. BYE -> ``backend.contact(sleep_s)`` and close. A data-phase connection
+   with no complete frame for ``idle_timeout`` is closed.
+
+:meth:`LinkServer.notify` pushes new work to a device connected right now.
+Every connection runs in its own task; whatever one does (garbage, floods,
+stalls, exceptions in the backend) ends that connection only. Rejections are
+logged (``edgistry.gateway.link``) and counted in :class:`LinkMetrics` by
+reason word (link_errors.REASONS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from ..firmware.caplets import Identity, mint
+from ..firmware.link import link_wire as wire
+from ..firmware.link import (CLOSED, MAX_LINK_FRAME, NEED_DATA, Ack, BAD_ARGUMENTS, Bye, Error,
+                             Established, GatewaySession, LinkError, Requests, Responses,
+                             identity_name, x25519)
+from ..firmware.link.link_errors import RemoteProtocolError
+from .link_backend import DeviceAnswer, LinkBackend, QueuedRequest, Ticket
+
+log = logging.getLogger("edgistry.gateway.link")
+
+DEFAULT_PORT = 26671
+HANDSHAKE_TIMEOUT_S = 10.0
+IDLE_TIMEOUT_S = 30.0
+WRITE_TIMEOUT_S = 10.0  # a peer that stops reading is a half-open peer too
+READ_CHUNK = 16384
+# A REQUESTS frame carries at most this much: MAX_LINK_FRAME less room for the
+# frame header, MAC and the revocation list.
+BATCH_BYTES = MAX_LINK_FRAME - 8192
+
+
+def issue_identity_token(identity_secret: bytes, link_id: bytes) -> bytes:
+    """The identity token a gateway gives a device at pairing (binary):
+    origin the gateway's identity secret, ``Identity("link:<hex>")``."""
+    return mint(identity_secret, [Identity(identity_name(link_id))]).to_bytes()
+
+
+class LinkMetrics:
+    """Counters of the link server, for the gateway's Prometheus exporter."""
+
+    def __init__(self) -> None:
+        self.sessions_open = 0
+        self.sessions_total = 0
+        self.connections_total = 0
+        self.handshakes_full = 0
+        self.handshakes_resumed = 0
+        self.rejections: Counter[str] = Counter()
+        self.requests_sent = 0
+        self.responses_received = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def snapshot(self) -> dict:
+        """Plain numbers (``rejections`` is a dict reason -> count)."""
+        out = {k: v for k, v in vars(self).items() if k != "rejections"}
+        out["rejections"] = dict(self.rejections)
+        return out
+
+
+class BackendKeys:
+    """Adapts a LinkBackend to the key-store interface GatewaySession needs."""
+
+    def __init__(self, backend: LinkBackend) -> None:
+        self.backend = backend
+
+    def identity_secret(self) -> bytes:
+        return self.backend.identity_secret()
+
+    def device(self, link_id: bytes) -> tuple[bytes, bool] | None:
+        dev = self.backend.device_for_link(link_id)
+        return None if dev is None else (dev.root_token, dev.encrypt)
+
+    def store_ticket(self, ticket_id: bytes, link_id: bytes, secret: bytes,
+                     expires_at_ms: int) -> None:
+        self.backend.store_ticket(ticket_id, Ticket(link_id, secret, expires_at_ms))
+
+    def take_ticket(self, ticket_id: bytes) -> tuple[bytes, bytes, int] | None:
+        t = self.backend.take_ticket(ticket_id)
+        return None if t is None else (t.link_id, t.resumption_secret, t.expires_at_ms)
+
+
+class _Closed(Exception):
+    """The connection ended (EOF, BYE, ERROR, timeout): leave the loop."""
+
+
+class _Connection:
+    """One device connection: reads, the session, the delivery flow."""
+
+    def __init__(self, server: LinkServer, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        s = server
+        self.session = GatewaySession(s.keys, s.rand, s.now_ms, s.x25519, s.ticket_ttl_s)
+        self.link_id: bytes | None = None
+        self.sent: set[bytes] = set()     # request ids sent this session
+        self.told_more = False
+        self.wakeup = asyncio.Event()
+        self.read_task: asyncio.Task | None = None
+
+    @property
+    def name(self) -> str:
+        lid = self.link_id or self.session.link_id
+        lid = lid.hex()[:12] if lid else "?"
+        return f"link {lid} from {self.peer}"
+
+    # -- bytes in and out --
+
+    async def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.server.metrics.bytes_out += len(data)
+        self.writer.write(data)
+        await asyncio.wait_for(self.writer.drain(), self.server.write_timeout)
+
+    async def _read(self, timeout: float) -> bytes | None:
+        """Bytes, b"" at EOF, or None when ``timeout`` passed (or woken by notify)."""
+        if self.read_task is None:
+            self.read_task = asyncio.ensure_future(self.reader.read(READ_CHUNK))
+        wake = asyncio.ensure_future(self.wakeup.wait())
+        try:
+            done, _ = await asyncio.wait({self.read_task, wake}, timeout=max(timeout, 0),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+        if self.read_task not in done:
+            return None
+        task, self.read_task = self.read_task, None
+        data = task.result()
+        self.server.metrics.bytes_in += len(data)
+        return data
+
+    # -- the flow --
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        s = self.server
+        deadline = loop.time() + s.handshake_timeout
+        try:
+            while self.session.state != "OPEN":
+                data = await self._read(deadline - loop.time())
+                if data is None:
+                    if loop.time() >= deadline:
+                        await self._reject("timeout", "no handshake within %.1f s" % s.handshake_timeout)
+                        return
+                    continue
+                if not data:
+                    raise _Closed("EOF during the handshake")
+                await self._feed(data)
+            last = loop.time()
+            while True:
+                if self.wakeup.is_set():
+                    self.wakeup.clear()
+                    await self._push(force=False)
+                data = await self._read(last + s.idle_timeout - loop.time())
+                if data is None:
+                    if loop.time() >= last + s.idle_timeout:
+                        await self._reject("timeout", "idle for %.1f s" % s.idle_timeout)
+                        return
+                    continue
+                if not data:
+                    raise _Closed("EOF")
+                if await self._feed(data):
+                    last = loop.time()
+        except _Closed as exc:
+            log.debug("%s: closed (%s)", self.name, exc)
+        except RemoteProtocolError as exc:
+            await self._reject(exc.reason, exc.detail, already_failed=True)
+        except (ConnectionError, asyncio.TimeoutError, OSError) as exc:
+            log.info("%s: transport error: %r", self.name, exc)
+        finally:
+            if self.read_task is not None:
+                self.read_task.cancel()
+
+    async def _feed(self, data: bytes) -> bool:
+        """Feed bytes; handle every event; True when a complete frame arrived."""
+        session = self.session
+        session.receive_data(data)
+        got = False
+        while True:
+            event = session.next_event()  # on a RemoteProtocolError the ERROR frame stays queued
+            out = session.data_to_send()
+            if out:
+                await self._write(out)
+            if event is NEED_DATA:
+                return got
+            if event is CLOSED:
+                raise _Closed("session closed")
+            got = True
+            await self._handle(event)
+
+    async def _handle(self, event) -> None:
+        s = self.server
+        b = s.backend
+        if isinstance(event, Established):
+            self.link_id = event.link_id
+            if event.resumed:
+                s.metrics.handshakes_resumed += 1
+            else:
+                s.metrics.handshakes_full += 1
+            s._register(self)
+            s.metrics.sessions_total += 1
+            s.metrics.sessions_open += 1
+            log.info("%s: session up (%s%s%s)", self.name,
+                     "resumed" if event.resumed else "full handshake",
+                     ", forward secret" if event.forward_secret else "",
+                     ", encrypted" if event.encrypt else "")
+            b.contact(self.link_id, s.now_ms(), None)
+            await self._push(force=True, revoked=b.revoked_since_last_wake(self.link_id))
+        elif isinstance(event, Ack):
+            b.delivered(self.link_id, list(event.ids))
+        elif isinstance(event, Responses):
+            answers = [DeviceAnswer(r["request_id"], r["status"], r["payload"], r["error"])
+                       for r in event.items]
+            s.metrics.responses_received += len(answers)
+            stored = b.answered(self.link_id, answers)
+            await self._write(self.session.send(Ack(stored)))  # one ACK per RESPONSES, even empty
+            await self._push(force=self.told_more)
+        elif isinstance(event, Bye):
+            b.contact(self.link_id, s.now_ms(), event.sleep_s)
+            log.debug("%s: bye, sleeping %d s", self.name, event.sleep_s)
+        elif isinstance(event, Error):
+            log.info("%s: device reported error %d (%s)", self.name, event.code, event.reason)
+
+    async def _push(self, force: bool, revoked: list[bytes] = ()) -> None:
+        """Send REQUESTS with work not yet sent this session; with ``force``
+        also when there is none (so the device learns "nothing queued")."""
+        b = self.server.backend
+        pending, more = b.pending(self.link_id, BATCH_BYTES)
+        fresh = [r for r in pending if r.request_id not in self.sent]
+        items = [_item(r) for r in fresh]
+        # trim to what one frame holds; an item that alone is too big is refused
+        while items and _size(items) > BATCH_BYTES:
+            if len(items) == 1:
+                r = fresh[0]
+                log.warning("%s: request %s too large for the link", self.name, r.request_id.hex())
+                b.answered(self.link_id, [DeviceAnswer(r.request_id, BAD_ARGUMENTS,
+                                                       error="request too large for the link")])
+                items, fresh = [], []
+                break
+            items.pop()
+            fresh.pop()
+            more = True
+        if not items and not force and not revoked:
+            return
+        if not items and more and not revoked:
+            return  # in-flight work fills the window; wait for its responses
+        self.sent.update(r.request_id for r in fresh)
+        self.told_more = more
+        self.server.metrics.requests_sent += len(items)
+        await self._write(self.session.send(
+            Requests(items, more, list(revoked), self.server.now_ms())))
+
+    async def _reject(self, reason: str, detail: str, already_failed: bool = False) -> None:
+        """Log, count, send ERROR when possible; the caller then closes."""
+        self.server.metrics.rejections[reason] += 1
+        log.warning("%s: rejected: %s (%s)", self.name, reason, detail)
+        out = self.session.data_to_send() if already_failed else self.session.fail(reason, detail)
+        try:
+            await self._write(out)
+        except (ConnectionError, asyncio.TimeoutError, OSError):
+            pass
+
+    async def shutdown(self) -> None:
+        """Tell the device the gateway is going away (best effort)."""
+        try:
+            await self._write(self.session.fail("shutdown"))
+        except (ConnectionError, asyncio.TimeoutError, OSError, LinkError):
+            pass
+
+
+def _item(r: QueuedRequest) -> dict:
+    return {"request_id": r.request_id, "service": r.service, "method": r.method,
+            "args": r.args, "request_token": r.request_token, "expires_at_ms": r.expires_at_ms}
+
+
+def _size(items: list[dict]) -> int:
+    return len(wire.encode("Requests", {"items": items, "gateway_now_ms": 1 << 62}))
+
+
+class LinkServer:
+    """Accepts device connections and runs their sessions against ``backend``.
+
+    ``clock()`` (seconds) and ``rand(n)`` are injectable; the timeouts are
+    seconds. Use ``async with LinkServer(...)`` or :meth:`start` / :meth:`close`.
+    """
+
+    def __init__(self, backend: LinkBackend, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
+                 idle_timeout: float = IDLE_TIMEOUT_S, write_timeout: float = WRITE_TIMEOUT_S,
+                 ticket_ttl_s: int = 7 * 24 * 3600, forward_secrecy: bool = True,
+                 clock: Callable[[], float] = time.time,
+                 rand: Callable[[int], bytes] = os.urandom,
+                 metrics: LinkMetrics | None = None) -> None:
+        self.backend = backend
+        self.keys = BackendKeys(backend)
+        self.host, self.port = host, port
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
+        self.ticket_ttl_s = ticket_ttl_s
+        self.x25519 = x25519() if forward_secrecy else None
+        self.clock = clock
+        self.rand = rand
+        self.metrics = metrics or LinkMetrics()
+        self._server: asyncio.base_events.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._by_link: dict[bytes, _Connection] = {}
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def start(self) -> None:
+        """Listen (``port`` 0 picks a free port; see :attr:`address`)."""
+        self._loop = asyncio.get_running_loop()
+        self._server = await asyncio.start_server(self._accept, self.host, self.port,
+                                                  limit=MAX_LINK_FRAME)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("device link listening on %s:%d", self.host, self.port)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def connected(self) -> list[bytes]:
+        """Link ids with an established session right now."""
+        return list(self._by_link)
+
+    def notify(self, link_id: bytes) -> bool:
+        """New work for ``link_id``: push it now if the device is connected
+        (True), else it waits for the next wake (False). Thread-safe."""
+        conn = self._by_link.get(link_id)
+        if conn is None or self._loop is None:
+            return False
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            conn.wakeup.set()
+        else:
+            self._loop.call_soon_threadsafe(conn.wakeup.set)
+        return True
+
+    def _register(self, conn: _Connection) -> None:
+        old = self._by_link.get(conn.link_id)
+        if old is not None and old is not conn:
+            log.info("%s: replaces an older connection of the same device", conn.name)
+            old.writer.close()  # its read fails and its task ends
+        self._by_link[conn.link_id] = conn
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        conn = _Connection(self, reader, writer)
+        self.metrics.connections_total += 1
+        try:
+            await conn.run()
+        except asyncio.CancelledError:
+            await conn.shutdown()
+            raise
+        except Exception:  # a bug or a backend failure: this connection only
+            log.exception("%s: connection failed", conn.name)
+            self.metrics.rejections["internal"] += 1
+            try:
+                await conn._write(conn.session.fail("internal"))
+            except (ConnectionError, asyncio.TimeoutError, OSError):
+                pass
+        finally:
+            if conn.link_id is not None and self._by_link.get(conn.link_id) is conn:
+                del self._by_link[conn.link_id]
+            if conn.session.established:
+                self.metrics.sessions_open -= 1
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            except (ConnectionError, asyncio.TimeoutError, OSError):
+                pass
+            self._tasks.discard(task)
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop listening, tell connected devices, end every connection."""
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), grace)
+            except asyncio.TimeoutError:
+                pass
+            self._server = None
+        log.info("device link closed")
+
+    async def __aenter__(self) -> LinkServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class LinkServerThread:
+    """Runs a LinkServer on its own event loop in a background thread (for
+    synchronous callers and tests). ``start()`` returns once listening."""
+
+    def __init__(self, server: LinkServer) -> None:
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                        name="link-server")
+
+    def start(self) -> LinkServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self.server
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()

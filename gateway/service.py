@@ -1,0 +1,367 @@
+"""The gateway's client-facing domain logic (no gRPC here).
+
+Theory of operation. A call names a target (a handle), a method, JSON args
+and a token. The target resolves to a pseudonym; a device paired here is
+served locally, any other is forwarded to its owning gateway (peer.py). A
+local call is authorised (auth.py), answered from the response cache when
+the method is cacheable and a fresh answer is stored (the device is not
+woken), or turned into a request token and appended to the device's durable
+queue (store.py), which refuses at once beyond the maximum depth. The link
+server hands the queue to the device when it wakes; responses land in the
+store, whose change notifications wake Invoke and Watch waiters here.
+Expiry is the sweeper's job (app.py); a client learns of it as EXPIRED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from edgistry.firmware.caplets import RevocationSet
+from edgistry.gateway import auth
+from edgistry.gateway.errors import BadRequest, GatewayError, InvokeTimeout, NotFound, Unauthorized
+from edgistry.gateway.metrics import GatewayMetrics
+from edgistry.gateway.store import ACTIVE_WINDOW_MS, Device, GatewayStore, RequestRecord, State, new_id
+
+log = logging.getLogger(__name__)
+
+OWNER_HANDLE_PREFIX = "dev-"  # owner handle: "dev-" + pseudonym hex
+
+
+@dataclass
+class Settings:
+    max_queue_depth: int = 100
+    default_ttl_s: int = 600
+    max_ttl_s: int = 7 * 24 * 3600
+    max_args_bytes: int = 16 * 1024  # fits a link frame with room for the token
+    max_invoke_timeout_s: float = 600.0
+    default_invoke_timeout_s: float = 30.0
+
+
+@dataclass
+class Call:
+    target: str
+    method: str
+    args: bytes = b""
+    token: bytes = b""
+    timeout_ms: int = 0
+    ttl_s: int = 0
+    service: str = ""
+    request_id: str = ""
+
+
+@dataclass
+class Result:
+    request_id: str
+    state: int
+    payload: bytes = b""
+    error: str = ""
+    expected_at_ms: int = 0
+    expires_at_ms: int = 0
+    from_cache: bool = False
+    device_status: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.state not in (State.QUEUED, State.DELIVERED)
+
+
+def owner_handle(pseudonym: bytes) -> str:
+    return OWNER_HANDLE_PREFIX + pseudonym.hex()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _result(rec: RequestRecord, expected_at_ms: int = 0) -> Result:
+    return Result(rec.request_id.hex(), rec.state, rec.payload, rec.error, expected_at_ms, rec.expires_at_ms,
+                  rec.from_cache, rec.status)
+
+
+class Forwarder:
+    """What the service needs to reach another gateway (peer.PeerClient wrapped by app.py)."""
+
+    async def owner_of(self, pseudonym: bytes) -> str | None: ...
+    async def call(self, gateway_id: str, kind: str, call: Call | None = None,
+                   request_id: str = "", token: bytes = b"") -> Result: ...
+    def watch(self, gateway_id: str, request_id: str, token: bytes) -> AsyncIterator[Result]: ...
+
+
+@dataclass
+class GatewayService:
+    store: GatewayStore
+    gateway_id: str
+    secret: bytes
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    revoked: RevocationSet = field(default_factory=RevocationSet)
+    settings: Settings = field(default_factory=Settings)
+    forwarder: Forwarder | None = None
+    clock: Callable[[], int] = _now_ms
+    on_queued: Callable[[bytes], object] | None = None  # link server: push to a device connected now
+    # issue 5: discovery handles resolve here, at the gateway that issued them
+    resolvers: list[Callable[[str], bytes | None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._waiters: dict[bytes, list[asyncio.Future]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
+        self.store.listeners.append(self._changed)
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Notifications from other threads are handed to this loop."""
+        self._loop, self._thread = loop, threading.get_ident()
+
+    # ---- notifications ----
+
+    def _changed(self, rec: RequestRecord) -> None:
+        if self._loop is not None and threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self._wake, rec)
+        else:
+            self._wake(rec)
+
+    def _wake(self, rec: RequestRecord) -> None:
+        for fut in self._waiters.pop(rec.request_id, []):
+            if not fut.done():
+                fut.set_result(rec)
+
+    async def _next_change(self, rid: bytes, timeout: float) -> RequestRecord | None:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(rid, []).append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            waiting = self._waiters.get(rid)
+            if waiting and fut in waiting:
+                waiting.remove(fut)
+                if not waiting:
+                    del self._waiters[rid]
+
+    # ---- resolution ----
+
+    def _pseudonym(self, target: str) -> bytes:
+        for resolve in self.resolvers:
+            found = resolve(target)
+            if found is not None:
+                return found
+        text = target[len(OWNER_HANDLE_PREFIX):] if target.startswith(OWNER_HANDLE_PREFIX) else target
+        try:
+            ps = bytes.fromhex(text)
+        except ValueError:
+            ps = b""
+        if len(ps) != 16:
+            raise NotFound(f"unknown handle {target[:80]!r}")
+        return ps
+
+    async def _locate(self, call: Call) -> tuple[Device | None, str | None]:
+        """(local device, None) or (None, owning gateway id). A call to be
+        forwarded gets its target rewritten to the owner handle: discovery
+        handles mean something only at the gateway that issued them."""
+        ps = self._pseudonym(call.target)
+        dev = self.store.device_by_pseudonym(ps)
+        if dev is not None:
+            return dev, None
+        owner = await self.forwarder.owner_of(ps) if self.forwarder is not None else None
+        if owner is None or owner == self.gateway_id:
+            raise NotFound("no such device (not paired here and not in the registry)")
+        call.target = owner_handle(ps)
+        return None, owner
+
+    def _local(self, call: Call) -> Device:
+        dev = self.store.device_by_pseudonym(self._pseudonym(call.target))
+        if dev is None:
+            raise NotFound("the device is not paired with this gateway")
+        return dev
+
+    def expected_at(self, dev: Device, now: int) -> int:
+        """When the device should next be able to answer (duty cycle, last contact)."""
+        c = self.store.last_contact(dev.link_id)
+        duty = max(dev.duty_cycle_s, 0) * 1000
+        if c is None:
+            return now + duty
+        if c.sleep_s is None and now - c.last_ms < ACTIVE_WINDOW_MS:
+            return now + 1000  # in a session now (or just left without BYE)
+        period = c.sleep_s * 1000 if c.sleep_s is not None else duty
+        nxt = c.last_ms + period
+        if nxt >= now:
+            return nxt
+        return now + (duty - (now - c.last_ms) % duty if duty else 0)  # overdue: next slot of its cycle
+
+    # ---- calls ----
+
+    async def submit(self, call: Call) -> Result:
+        """Queue a call (or answer it from cache); the answer comes later."""
+        try:
+            dev, owner = await self._locate(call)
+            if owner is not None:
+                if not call.request_id:  # the forwarding stub and the peer's record share one id
+                    call.request_id = new_id().hex()
+                res = await self.forwarder.call(owner, "submit", call)
+                self._remember_forward(call, owner, res)
+                return res
+            result = self._submit_local(dev, call)
+        except GatewayError as err:
+            self.metrics.rejections.labels(err.reason).inc()
+            raise
+        return result
+
+    def _submit_local(self, dev: Device, call: Call, store_cached: bool = True) -> Result:
+        now = self.clock()
+        manifest = dev.parsed_manifest
+        service, method = manifest.resolve(call.service, call.method)
+        auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
+                       self.revoked, now // 1000)
+        args = call.args or b""
+        if len(args) > self.settings.max_args_bytes:
+            raise BadRequest(f"arguments larger than {self.settings.max_args_bytes} bytes")
+        if args:
+            try:
+                json.loads(args)
+            except ValueError as exc:
+                raise BadRequest(f"arguments are not JSON: {exc}") from exc
+        rid = _request_id(call.request_id)
+        ttl = call.ttl_s or self.settings.default_ttl_s
+        if not 0 < ttl <= self.settings.max_ttl_s:
+            raise BadRequest(f"ttl_s must be 1..{self.settings.max_ttl_s}")
+        rec = RequestRecord(rid, dev.link_id, service, method.name, args, b"", auth.token_digest(call.token),
+                            State.QUEUED, now, now + ttl * 1000)
+        if method.cache_max_age_s and not method.mutating:
+            hit = self.store.cached(dev.link_id, service, method.name, args, now)
+            if hit is not None:
+                rec.state, rec.payload, rec.done_ms, rec.from_cache = State.DONE, hit.payload, now, True
+                if store_cached:
+                    self.store.put_finished(rec)  # so GetResult works for an async cached read
+                self.metrics.cache_hits.inc()
+                return _result(rec, now)
+        root = dev.root_token
+        rec, new = self.store.enqueue(
+            rec, self.settings.max_queue_depth, now,
+            lambda seq: auth.request_token(root, service, method.name, args, seq))
+        if new:
+            self.metrics.requests.labels("queued").inc()
+            if self.on_queued is not None:
+                self.on_queued(dev.link_id)
+        return _result(rec, self.expected_at(dev, now) if rec.st.active else rec.done_ms)
+
+    async def invoke(self, call: Call) -> Result:
+        """Queue a call and wait for its answer up to the call's timeout."""
+        started = time.monotonic()
+        try:
+            dev, owner = await self._locate(call)
+            if owner is not None:
+                call.request_id = call.request_id or new_id().hex()  # a replayed forward is then idempotent
+                return await self.forwarder.call(owner, "invoke", call)
+            res = await self._invoke_local(dev, call)
+        except GatewayError as err:
+            self.metrics.rejections.labels(err.reason).inc()
+            raise
+        self.metrics.invoke_latency.observe(time.monotonic() - started)
+        return res
+
+    async def _invoke_local(self, dev: Device, call: Call) -> Result:
+        timeout = (call.timeout_ms / 1000) if call.timeout_ms else self.settings.default_invoke_timeout_s
+        timeout = min(timeout, self.settings.max_invoke_timeout_s)
+        res = self._submit_local(dev, call, store_cached=False)
+        if not res.terminal:
+            res = await self._wait(bytes.fromhex(res.request_id), timeout, res)
+        return res
+
+    async def serve_forward(self, kind: str, call: Call | None = None, request_id: str = "",
+                            token: bytes = b"") -> Result:
+        """A peer gateway's call (signature already checked): local devices only, never re-forwarded."""
+        try:
+            if kind == "submit":
+                return self._submit_local(self._local(call), call)
+            if kind == "invoke":
+                return await self._invoke_local(self._local(call), call)
+            rec = self._owned(request_id, token)
+            if rec.forwarded_to:
+                raise NotFound("the request is not held by this gateway")
+            if kind == "cancel":
+                return _result(self.store.cancel(rec.request_id, self.clock()))
+            return await self.get_result(request_id, token)
+        except GatewayError as err:
+            self.metrics.rejections.labels(err.reason).inc()
+            raise
+
+    async def _wait(self, rid: bytes, timeout: float, first: Result) -> Result:
+        deadline = time.monotonic() + timeout
+        while True:
+            rec = self.store.get(rid)
+            if rec is not None and not rec.st.active:
+                return _result(rec)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                when = time.strftime("%H:%M:%S", time.localtime(first.expected_at_ms / 1000))
+                raise InvokeTimeout(
+                    f"no answer within {timeout:g} s; request {first.request_id} stays queued (device expected "
+                    f"about {when}); fetch it later with `edgistry result {first.request_id}`", first.request_id)
+            await self._next_change(rid, min(left, 5.0))  # re-read at least every 5 s
+
+    def _owned(self, request_id: str, token: bytes) -> RequestRecord:
+        rec = self.store.get(_request_id(request_id, required=True))
+        if rec is None:
+            raise NotFound(f"no request {request_id} (unknown or purged)")
+        if not hmac.compare_digest(rec.token_digest, auth.token_digest(token)):
+            raise Unauthorized("only the token the request was made with can read or cancel it")
+        return rec
+
+    def _remember_forward(self, call: Call, owner: str, res: Result) -> None:
+        now = self.clock()
+        stub = RequestRecord(bytes.fromhex(res.request_id), b"", call.service, call.method, b"", b"",
+                             auth.token_digest(call.token), State.DONE, now, res.expires_at_ms or now,
+                             done_ms=max(res.expires_at_ms, now), forwarded_to=owner)
+        self.store.put_finished(stub)
+
+    async def get_result(self, request_id: str, token: bytes) -> Result:
+        rec = self._owned(request_id, token)
+        if rec.forwarded_to:
+            return await self.forwarder.call(rec.forwarded_to, "result", request_id=request_id, token=token)
+        dev = self.store.device(rec.link_id)
+        return _result(rec, self.expected_at(dev, self.clock()) if dev is not None and rec.st.active else 0)
+
+    async def cancel(self, request_id: str, token: bytes) -> Result:
+        rec = self._owned(request_id, token)
+        if rec.forwarded_to:
+            return await self.forwarder.call(rec.forwarded_to, "cancel", request_id=request_id, token=token)
+        return _result(self.store.cancel(rec.request_id, self.clock()))
+
+    async def watch(self, request_id: str, token: bytes) -> AsyncIterator[Result]:
+        """The current state, then every change, until a terminal state."""
+        rec = self._owned(request_id, token)
+        if rec.forwarded_to:
+            async for res in self.forwarder.watch(rec.forwarded_to, request_id, token):
+                yield res
+            return
+        last = None
+        while True:
+            rec = self.store.get(rec.request_id) or rec
+            if last is None or rec.state != last:
+                last = rec.state
+                dev = self.store.device(rec.link_id)
+                yield _result(rec, self.expected_at(dev, self.clock()) if dev is not None and rec.st.active else 0)
+            if not rec.st.active:
+                return
+            await self._next_change(rec.request_id, 5.0)
+
+
+def _request_id(text: str, required: bool = False) -> bytes:
+    if not text:
+        if required:
+            raise BadRequest("request id missing")
+        return new_id()
+    try:
+        rid = bytes.fromhex(text)
+    except ValueError:
+        rid = b""
+    if len(rid) != 16:
+        raise BadRequest("a request id is 32 hex characters")
+    return rid

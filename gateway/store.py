@@ -1,0 +1,553 @@
+"""The gateway's durable store: paired devices, request queues, response slots.
+
+Why LMDB: it is already the registry's store (one dependency, one set of
+operational habits); a write transaction is atomic and, with ``sync=True``,
+fsync'd before ``commit()`` returns, so "acknowledged" can mean "on disk" at
+the price of one fsync per acknowledged write; it is a copy-on-write B+tree,
+so a kill -9 at any instant leaves the last committed state with no recovery
+pass; reads never block the single writer, and ordered keys give per-device
+queues and expiry indexes as plain prefix scans.
+
+Every method that changes state runs in one write transaction and returns
+only after the commit, so when the gateway acknowledges a request, a device
+ACK or a response, it survives kill -9.
+
+Key prefixes (all of them, here only)::
+
+    d/<link16>                      Device (JSON)
+    p/<pseudonym16>                 link16                      device by pseudonym
+    q/<link16><be64 seq>            request id                  active queue (QUEUED, DELIVERED), in order
+    n/<link16>                      be64                        queue depth (active requests)
+    s/<link16>                      be64                        last request sequence (monotonic)
+    r/<rid16>                       RequestRecord (JSON)        request state and response slot
+    x/<be64 expires_ms><rid16>      b""                         active requests by expiry (sweeper)
+    g/<be64 purge_ms><rid16>        b""                         finished requests by purge time
+    c/<link16><sha256(svc, m, args)>  CacheEntry (JSON)         cacheable responses
+    t/<ticket id>                   Ticket (JSON)               resumption tickets (single use)
+    l/<link16>                      Contact (JSON)              last contact, announced sleep, liveness sent
+    v/<be64 n>                      tag32 + be64 expiry         revocation log, in arrival order
+    vt/<tag32>                      b""                         tags already in the log
+    vc/<link16>                     be64                        last log entry the device was told about
+    m/<name>                        bytes                       metadata
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+import lmdb
+
+from edgistry.gateway.errors import Conflict, NotFound, QueueFull
+from edgistry.gateway.link_backend import DeviceAnswer, QueuedRequest, Ticket
+from edgistry.gateway.manifest import Manifest
+
+DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space; LMDB only uses what it writes
+_BE64 = struct.Struct(">Q")
+ACTIVE_WINDOW_MS = 30_000  # a device seen this recently with no BYE is in a session
+
+
+class State(IntEnum):
+    """Request states; the numbers are gateway.proto's RequestState."""
+
+    QUEUED = 1
+    DELIVERED = 2
+    DONE = 3
+    EXPIRED = 4
+    CANCELLED = 5
+    FAILED = 6
+
+    @property
+    def active(self) -> bool:
+        return self in (State.QUEUED, State.DELIVERED)
+
+
+DEVICE_EXPIRED_STATUS = 5  # docs/LINK_PROTOCOL.md: "expired before it ran"
+
+
+def be64(n: int) -> bytes:
+    return _BE64.pack(n)
+
+
+def _b(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+class _Record:
+    """JSON (de)serialisation for the flat dataclasses below; bytes as base64."""
+
+    _bytes: tuple[str, ...] = ()
+
+    def dump(self) -> bytes:
+        d = dataclasses.asdict(self)
+        for k in self._bytes:
+            d[k] = _b(d[k])
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def load(cls, raw: bytes):
+        d = json.loads(raw)
+        for k in cls._bytes:
+            d[k] = _unb(d[k])
+        return cls(**d)
+
+
+@dataclass
+class Device(_Record):
+    """A paired device as the gateway keeps it (never on chain: root token, exact cell)."""
+
+    link_id: bytes
+    pseudonym: bytes
+    root_token: bytes
+    manifest: dict
+    cell: int  # coarse, at policy resolution: what the chain sees
+    resolution: int
+    k: int
+    duty_cycle_s: int = 0
+    encrypt: bool = False
+    owner: str = ""  # owner handle
+    exact_cell: int = 0  # as given at pairing; stays here
+    paired_at_ms: int = 0
+    _bytes = ("link_id", "pseudonym", "root_token")
+
+    @property
+    def parsed_manifest(self) -> Manifest:
+        return Manifest.parse(self.manifest)
+
+
+@dataclass
+class RequestRecord(_Record):
+    request_id: bytes
+    link_id: bytes
+    service: str
+    method: str
+    args: bytes
+    request_token: bytes
+    token_digest: bytes  # SHA-256 of the client's token: GetResult needs the same token
+    state: int
+    created_ms: int
+    expires_at_ms: int
+    seq: int = 0
+    status: int = 0
+    payload: bytes = b""
+    error: str = ""
+    done_ms: int = 0
+    from_cache: bool = False
+    forwarded_to: str = ""  # set on a forwarding gateway's stub: the peer that holds it
+    _bytes = ("request_id", "link_id", "args", "request_token", "token_digest", "payload")
+
+    @property
+    def st(self) -> State:
+        return State(self.state)
+
+    def queued(self) -> QueuedRequest:
+        return QueuedRequest(self.request_id, self.service, self.method, self.args, self.request_token,
+                             self.expires_at_ms)
+
+
+@dataclass
+class CacheEntry(_Record):
+    payload: bytes
+    stored_ms: int
+    max_age_s: int
+    _bytes = ("payload",)
+
+
+@dataclass
+class Contact(_Record):
+    last_ms: int = 0
+    sleep_s: int | None = None  # announced at BYE; None while a session is open
+    reported_s: int = 0  # last liveness bucket put on chain
+
+
+def cache_key(link_id: bytes, service: str, method: str, args: bytes) -> bytes:
+    digest = hashlib.sha256(b"\0".join([service.encode(), method.encode(), hashlib.sha256(args).digest()])).digest()
+    return b"c/" + link_id + digest
+
+
+@dataclass
+class Changes:
+    """What a write changed, for the caller's notifications and metrics."""
+
+    records: list[RequestRecord] = field(default_factory=list)
+
+
+class GatewayStore:
+    """The LMDB store. Synchronous and fast; callers on an event loop call it inline."""
+
+    def __init__(self, path: Path | str, map_size: int = DEFAULT_MAP_SIZE,
+                 result_retention_ms: int = 24 * 3600 * 1000) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # sync + metasync: commit() returns after fsync (kill -9 loses nothing committed)
+        self.env = lmdb.open(str(path), map_size=map_size, sync=True, metasync=True, subdir=True,
+                             max_dbs=0, lock=True)
+        self.retention_ms = result_retention_ms
+        self.listeners: list[Callable[[RequestRecord], None]] = []
+
+    def close(self) -> None:
+        self.env.close()
+
+    def _notify(self, records: Iterable[RequestRecord]) -> None:
+        for rec in records:
+            for fn in self.listeners:
+                fn(rec)
+
+    # ---- devices ----
+
+    def put_device(self, dev: Device) -> None:
+        with self.env.begin(write=True) as txn:
+            old = txn.get(b"d/" + dev.link_id)
+            if old is not None:
+                txn.delete(b"p/" + Device.load(old).pseudonym)
+            txn.put(b"d/" + dev.link_id, dev.dump())
+            txn.put(b"p/" + dev.pseudonym, dev.link_id)
+
+    def device(self, link_id: bytes) -> Device | None:
+        with self.env.begin() as txn:
+            raw = txn.get(b"d/" + link_id)
+        return Device.load(raw) if raw is not None else None
+
+    def device_by_pseudonym(self, pseudonym: bytes) -> Device | None:
+        with self.env.begin() as txn:
+            link = txn.get(b"p/" + pseudonym)
+            raw = txn.get(b"d/" + link) if link is not None else None
+        return Device.load(raw) if raw is not None else None
+
+    def devices(self) -> list[Device]:
+        return [Device.load(v) for _, v in self._scan(b"d/")]
+
+    def remove_device(self, link_id: bytes, now_ms: int, why: str = "the device was unpaired") -> Device | None:
+        """Unpair: cancel its active requests (clients are told why), drop its cache and state."""
+        changed: list[RequestRecord] = []
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(b"d/" + link_id)
+            if raw is None:
+                return None
+            dev = Device.load(raw)
+            for _, rid in list(_prefix(txn, b"q/" + link_id)):
+                rec = RequestRecord.load(txn.get(b"r/" + rid))
+                rec.state, rec.error, rec.done_ms = State.CANCELLED, why, now_ms
+                self._finish(txn, rec)
+                changed.append(rec)
+            for prefix in (b"c/" + link_id, b"n/" + link_id, b"s/" + link_id, b"l/" + link_id, b"vc/" + link_id):
+                for key, _ in list(_prefix(txn, prefix)):
+                    txn.delete(key)
+            txn.delete(b"d/" + link_id)
+            txn.delete(b"p/" + dev.pseudonym)
+        self._notify(changed)
+        return dev
+
+    # ---- requests ----
+
+    def enqueue(self, rec: RequestRecord, max_depth: int, now_ms: int,
+                token_for_seq: Callable[[int], bytes]) -> tuple[RequestRecord, bool]:
+        """Append a request to its device's queue (durable before return).
+
+        The request sequence is ``max(now_ms, last + 1)`` per device, chosen in
+        the same transaction, so sequences rise in queue order (the device
+        refuses a sequence not above the last it accepted). Returns the record
+        and whether it is new: a known request id returns the stored record
+        (idempotence) when the same token made it, else raises Conflict.
+        Raises QueueFull at ``max_depth`` active requests.
+        """
+        link = rec.link_id
+        with self.env.begin(write=True) as txn:
+            old = txn.get(b"r/" + rec.request_id)
+            if old is not None:
+                prev = RequestRecord.load(old)
+                same = (prev.link_id, prev.service, prev.method, prev.args, prev.token_digest) == \
+                    (link, rec.service, rec.method, rec.args, rec.token_digest)
+                if not same:
+                    raise Conflict("request id already used for a different call")
+                return prev, False
+            if txn.get(b"d/" + link) is None:
+                raise NotFound("no such device")
+            depth = _int(txn.get(b"n/" + link))
+            if depth >= max_depth:
+                raise QueueFull(f"the device's queue is full ({depth} of {max_depth} requests waiting); "
+                                "retry after it wakes")
+            seq = max(now_ms, _int(txn.get(b"s/" + link)) + 1)
+            rec.seq, rec.state = seq, State.QUEUED
+            rec.request_token = token_for_seq(seq)
+            txn.put(b"s/" + link, be64(seq))
+            txn.put(b"n/" + link, be64(depth + 1))
+            txn.put(b"q/" + link + be64(seq), rec.request_id)
+            txn.put(b"x/" + be64(rec.expires_at_ms) + rec.request_id, b"")
+            txn.put(b"r/" + rec.request_id, rec.dump())
+        self._notify([rec])
+        return rec, True
+
+    def put_finished(self, rec: RequestRecord) -> None:
+        """Store a request that is already finished (a cache hit, a forwarding stub)."""
+        with self.env.begin(write=True) as txn:
+            txn.put(b"r/" + rec.request_id, rec.dump())
+            txn.put(b"g/" + be64(rec.done_ms + self.retention_ms) + rec.request_id, b"")
+
+    def get(self, request_id: bytes) -> RequestRecord | None:
+        with self.env.begin() as txn:
+            raw = txn.get(b"r/" + request_id)
+        return RequestRecord.load(raw) if raw is not None else None
+
+    def depth(self, link_id: bytes) -> int:
+        with self.env.begin() as txn:
+            return _int(txn.get(b"n/" + link_id))
+
+    def depths(self) -> dict[bytes, int]:
+        return {k[2:]: _int(v) for k, v in self._scan(b"n/") if _int(v)}
+
+    def _finish(self, txn: lmdb.Transaction, rec: RequestRecord) -> None:
+        """Move an active request to a terminal state inside ``txn``."""
+        txn.delete(b"q/" + rec.link_id + be64(rec.seq))
+        txn.delete(b"x/" + be64(rec.expires_at_ms) + rec.request_id)
+        depth = _int(txn.get(b"n/" + rec.link_id))
+        txn.put(b"n/" + rec.link_id, be64(max(depth - 1, 0)))
+        txn.put(b"r/" + rec.request_id, rec.dump())
+        txn.put(b"g/" + be64(rec.done_ms + self.retention_ms) + rec.request_id, b"")
+
+    def cancel(self, request_id: bytes, now_ms: int) -> RequestRecord:
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(b"r/" + request_id)
+            if raw is None:
+                raise NotFound("no such request")
+            rec = RequestRecord.load(raw)
+            if not rec.st.active:
+                return rec
+            rec.state, rec.error, rec.done_ms = State.CANCELLED, "cancelled by the client", now_ms
+            self._finish(txn, rec)
+        self._notify([rec])
+        return rec
+
+    def expire_due(self, now_ms: int, limit: int = 1000) -> list[RequestRecord]:
+        """Dead-letter active requests whose TTL passed; return them (clients are told)."""
+        out: list[RequestRecord] = []
+        with self.env.begin(write=True) as txn:
+            for key, _ in list(_prefix(txn, b"x/")):
+                if len(out) >= limit or _BE64.unpack(key[2:10])[0] > now_ms:
+                    break
+                rec = RequestRecord.load(txn.get(b"r/" + key[10:]))
+                rec.state, rec.done_ms = State.EXPIRED, now_ms
+                rec.error = "expired before the device answered (dead-lettered)"
+                self._finish(txn, rec)
+                out.append(rec)
+        self._notify(out)
+        return out
+
+    def purge_finished(self, now_ms: int, limit: int = 10_000) -> int:
+        """Forget response slots older than the retention period."""
+        n = 0
+        with self.env.begin(write=True) as txn:
+            for key, _ in list(_prefix(txn, b"g/")):
+                if n >= limit or _BE64.unpack(key[2:10])[0] > now_ms:
+                    break
+                raw = txn.get(b"r/" + key[10:])
+                if raw is not None and not RequestRecord.load(raw).st.active:
+                    txn.delete(b"r/" + key[10:])
+                txn.delete(key)
+                n += 1
+        return n
+
+    # ---- the link side ----
+
+    def pending(self, link_id: bytes, max_bytes: int, now_ms: int) -> tuple[list[QueuedRequest], bool]:
+        """Active, unexpired requests in queue order (delivered-but-unanswered
+        ones again: at-least-once, the device drops duplicates)."""
+        out: list[QueuedRequest] = []
+        size = 0
+        with self.env.begin() as txn:
+            for _, rid in _prefix(txn, b"q/" + link_id):
+                rec = RequestRecord.load(txn.get(b"r/" + rid))
+                if rec.expires_at_ms <= now_ms:
+                    continue  # the sweeper dead-letters it
+                cost = len(rec.args) + len(rec.request_token) + len(rec.service) + len(rec.method) + 64
+                if out and size + cost > max_bytes:
+                    return out, True
+                out.append(rec.queued())
+                size += cost
+        return out, False
+
+    def delivered(self, link_id: bytes, request_ids: list[bytes], now_ms: int) -> list[RequestRecord]:
+        changed = []
+        with self.env.begin(write=True) as txn:
+            for rid in request_ids:
+                raw = txn.get(b"r/" + rid)
+                if raw is None:
+                    continue
+                rec = RequestRecord.load(raw)
+                if rec.link_id == link_id and rec.st == State.QUEUED:
+                    rec.state = State.DELIVERED
+                    txn.put(b"r/" + rid, rec.dump())
+                    changed.append(rec)
+        self._notify(changed)
+        return changed
+
+    def answered(self, link_id: bytes, answers: list[DeviceAnswer], now_ms: int) -> tuple[list[bytes], list[RequestRecord]]:
+        """Store responses (durable before return). Every id is acknowledged;
+        answers for unknown, finished or another device's requests are dropped."""
+        changed = []
+        with self.env.begin(write=True) as txn:
+            raw_dev = txn.get(b"d/" + link_id)
+            manifest = Manifest.parse(Device.load(raw_dev).manifest) if raw_dev is not None else None
+            for ans in answers:
+                raw = txn.get(b"r/" + ans.request_id)
+                if raw is None:
+                    continue
+                rec = RequestRecord.load(raw)
+                if rec.link_id != link_id or not rec.st.active:
+                    continue  # a device never answers for another's requests
+                rec.status, rec.payload, rec.error, rec.done_ms = ans.status, ans.payload, ans.error, now_ms
+                rec.state = State.DONE if ans.status == 0 else (
+                    State.EXPIRED if ans.status == DEVICE_EXPIRED_STATUS else State.FAILED)
+                self._finish(txn, rec)
+                changed.append(rec)
+                method = manifest.method(rec.service, rec.method) if manifest else None
+                if ans.status == 0 and method is not None and method.cache_max_age_s and not method.mutating:
+                    entry = CacheEntry(ans.payload, now_ms, method.cache_max_age_s)
+                    txn.put(cache_key(link_id, rec.service, rec.method, rec.args), entry.dump())
+        self._notify(changed)
+        return [a.request_id for a in answers], changed
+
+    def cached(self, link_id: bytes, service: str, method: str, args: bytes, now_ms: int) -> CacheEntry | None:
+        with self.env.begin() as txn:
+            raw = txn.get(cache_key(link_id, service, method, args))
+        if raw is None:
+            return None
+        entry = CacheEntry.load(raw)
+        return entry if now_ms < entry.stored_ms + entry.max_age_s * 1000 else None
+
+    # ---- tickets ----
+
+    def store_ticket(self, ticket_id: bytes, ticket: Ticket) -> None:
+        value = json.dumps({"link_id": _b(ticket.link_id), "r": _b(ticket.resumption_secret),
+                            "exp": ticket.expires_at_ms}).encode()
+        with self.env.begin(write=True) as txn:
+            txn.put(b"t/" + ticket_id, value)
+
+    def take_ticket(self, ticket_id: bytes, now_ms: int) -> Ticket | None:
+        with self.env.begin(write=True) as txn:
+            raw = txn.pop(b"t/" + ticket_id)
+        if raw is None:
+            return None
+        d = json.loads(raw)
+        if d["exp"] <= now_ms:
+            return None
+        return Ticket(_unb(d["link_id"]), _unb(d["r"]), d["exp"])
+
+    def purge_tickets(self, now_ms: int) -> int:
+        n = 0
+        with self.env.begin(write=True) as txn:
+            for key, raw in list(_prefix(txn, b"t/")):
+                if json.loads(raw)["exp"] <= now_ms:
+                    txn.delete(key)
+                    n += 1
+        return n
+
+    # ---- contact and liveness ----
+
+    def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(b"l/" + link_id)
+            c = Contact.load(raw) if raw is not None else Contact()
+            c.last_ms, c.sleep_s = now_ms, sleep_s
+            txn.put(b"l/" + link_id, c.dump())
+
+    def last_contact(self, link_id: bytes) -> Contact | None:
+        with self.env.begin() as txn:
+            raw = txn.get(b"l/" + link_id)
+        return Contact.load(raw) if raw is not None else None
+
+    def liveness_due(self, granularity_s: int) -> list[tuple[bytes, bytes, int]]:
+        """(link id, pseudonym, bucket) for devices seen in a bucket not yet reported."""
+        out = []
+        with self.env.begin() as txn:
+            for key, raw in _prefix(txn, b"l/"):
+                c = Contact.load(raw)
+                bucket = c.last_ms // 1000 // granularity_s * granularity_s
+                dev = txn.get(b"d/" + key[2:])
+                if bucket > c.reported_s and dev is not None:
+                    out.append((key[2:], Device.load(dev).pseudonym, bucket))
+        return out
+
+    def liveness_reported(self, entries: list[tuple[bytes, bytes, int]]) -> None:
+        with self.env.begin(write=True) as txn:
+            for link, _, bucket in entries:
+                raw = txn.get(b"l/" + link)
+                if raw is not None:
+                    c = Contact.load(raw)
+                    c.reported_s = max(c.reported_s, bucket)
+                    txn.put(b"l/" + link, c.dump())
+
+    # ---- revocations ----
+
+    def add_revocations(self, records: Iterable[tuple[bytes, int]]) -> int:
+        """Append new revoked tags to the log devices are told from; returns how many were new."""
+        n = 0
+        with self.env.begin(write=True) as txn:
+            last = _int(txn.get(b"m/revlog"))
+            for tag, expires in records:
+                if txn.get(b"vt/" + tag) is not None:
+                    continue
+                last += 1
+                txn.put(b"v/" + be64(last), tag + be64(max(expires, 0)))
+                txn.put(b"vt/" + tag, b"")
+                n += 1
+            if n:
+                txn.put(b"m/revlog", be64(last))
+        return n
+
+    def revoked_since_last_wake(self, link_id: bytes, now_s: int) -> list[bytes]:
+        """Unexpired tags logged since the device was last told; advances its cursor."""
+        with self.env.begin(write=True) as txn:
+            cursor = _int(txn.get(b"vc/" + link_id))
+            tags, last = [], cursor
+            for key, value in _prefix(txn, b"v/", start=b"v/" + be64(cursor + 1)):
+                last = _BE64.unpack(key[2:])[0]
+                if _BE64.unpack(value[32:])[0] > now_s:
+                    tags.append(value[:32])
+            if last != cursor:
+                txn.put(b"vc/" + link_id, be64(last))
+        return tags
+
+    # ---- metadata ----
+
+    def meta(self, name: str) -> bytes | None:
+        with self.env.begin() as txn:
+            return txn.get(b"m/" + name.encode())
+
+    def put_meta(self, name: str, value: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(b"m/" + name.encode(), value)
+
+    def _scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        with self.env.begin() as txn:
+            return list(_prefix(txn, prefix))
+
+
+def _int(raw: bytes | None) -> int:
+    return _BE64.unpack(raw)[0] if raw else 0
+
+
+def _prefix(txn: lmdb.Transaction, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+    cur = txn.cursor()
+    if not cur.set_range(start or prefix):
+        return
+    for key, value in cur:
+        if not key.startswith(prefix):
+            return
+        yield bytes(key), bytes(value)
+
+
+def new_id() -> bytes:
+    return os.urandom(16)

@@ -1,0 +1,239 @@
+"""The gateway with real processes on loopback: pairing against the embedded node, the
+device link, durability across kill -9, expiry and overflow, and two gateways.
+
+The device side is a scripted device (gateway_helpers.ScriptedDevice) speaking the real
+link through helper L's sans-I/O DeviceSession, one wake at a time, so each test decides
+exactly when the device is awake.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgistry.cli import main
+from edgistry.config import load_ed25519_pem, public_bytes
+from edgistry.gateway.peer import sign_forward
+from edgistry.proto import gateway_pb2 as gw
+from edgistry.proto import gateway_pb2_grpc as gw_grpc
+from gateway_helpers import ScriptedDevice, make_device_home, node_home, wait_file
+from proc_helpers import edgistry, kill9, stop, wait_for_port
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def cli_json(*args: str) -> dict:
+    code, out = cli(*args, "--json")
+    assert code == 0, out
+    return json.loads(out)
+
+
+def start_up(cfg, log: Path):
+    proc = edgistry("up", "--home", str(cfg.home), log=log)
+    wait_for_port(int(cfg.grpc_listen.rsplit(":", 1)[1]), proc=proc)
+    return proc
+
+
+def pair(cfg, dev, *extra: str) -> tuple[int, str]:
+    code = wait_file(cfg.home / "commission.code")
+    return cli("pair", "--device", str(dev.path), "--gateway", cfg.grpc_listen, "--code", code, *extra)
+
+
+def devices_on_chain(cfg) -> list[dict]:
+    code, out = cli("registry", "ls", "devices", "--rpc", cfg.rpc_url, "--json")
+    assert code == 0, out
+    return json.loads(out[:out.rindex("]") + 1])
+
+
+def http_get(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def until(check, timeout: float = 10.0, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(every)
+
+
+def test_pair_queue_durability_expiry_overflow_and_unpair(tmp_path):
+    """Pair (wrong code refused), queue while asleep, kill -9 with queued work and stored
+    responses, restart, nothing lost; expiry reported; overflow refused; metrics; re-pair; unpair."""
+    cfg, ports = node_home(tmp_path / "node")
+    cfg.extra["gateway"]["max_queue_depth"] = 3
+    cfg.save()
+    proc = start_up(cfg, tmp_path / "up.log")
+    try:
+        dev = make_device_home(tmp_path / "dev")
+        code, out = cli("pair", "--device", str(dev.path), "--gateway", cfg.grpc_listen, "--code", "AAAA-BBBB")
+        assert code == 1 and "wrong commissioning code" in out
+        code, out = pair(cfg, dev, "--json")
+        assert code == 0, out
+        paired = json.loads(out)
+        token = paired["app_token_file"]
+        handle = paired["owner_handle"]
+        [record] = devices_on_chain(cfg)
+        assert record["pseudonym"] == _b64(paired["pseudonym"]) and record["policy"]["resolution"] == 7
+        assert int(record["cell"]) >> 52 & 0xF == 7  # coarse cell only: the exact one stays at the gateway
+
+        device = ScriptedDevice(dev, paired["link_endpoint"])
+        assert device.wake() == []  # "nothing queued": straight back to sleep
+        submit = lambda *a: cli("invoke", handle, *a, "--async", "--gateway", cfg.grpc_listen, "--token", token)
+        r1 = submit("sensor.info")[1].strip()
+        r2 = submit("valve.get", "--arg", '{"x": 1}')[1].strip()
+        assert len(device.wake()) == 2  # queued while it slept, answered now
+        r3 = submit("sensor.info")[1].strip()
+        until(lambda: devices_on_chain(cfg)[0].get("last_seen"))  # batched liveness reached the chain
+
+        kill9(proc)
+        proc = start_up(cfg, tmp_path / "up2.log")
+        for rid, method in ((r1, "info"), (r2, "get")):
+            res = cli_json("result", rid, "--gateway", cfg.grpc_listen, "--token", token)
+            assert res["state"] == "DONE" and res["payload"]["method"] == method
+        assert cli_json("result", r3, "--gateway", cfg.grpc_listen, "--token", token)["state"] == "QUEUED"
+        got = device.wake()
+        assert [g["request_id"].hex() for g in got] == [r3]  # answered ones are not redelivered
+        assert cli_json("result", r3, "--gateway", cfg.grpc_listen, "--token", token)["state"] == "DONE"
+
+        rid = cli("invoke", handle, "sensor.info", "--async", "--ttl", "1", "--gateway", cfg.grpc_listen,
+                  "--token", token)[1].strip()
+        time.sleep(1.5)
+        code, out = cli("result", rid, "--gateway", cfg.grpc_listen, "--token", token)
+        assert code == 1 and "EXPIRED" in out and "dead-lettered" in out
+        for _ in range(3):
+            assert submit("sensor.info")[0] == 0
+        code, out = submit("sensor.info")
+        assert code == 1 and "RESOURCE_EXHAUSTED" in out and "queue is full" in out
+        code, out = cli("invoke", handle, "valve.set", "--gateway", cfg.grpc_listen, "--token", token)
+        assert code == 1 and "PERMISSION_DENIED" in out
+
+        assert json.loads(http_get(ports["http"], "/healthz"))["status"] == "ok"
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+        with grpc.insecure_channel(cfg.grpc_listen) as chan:
+            check = health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+            answers = reflection_pb2_grpc.ServerReflectionStub(chan).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+            names = {s.name for s in next(answers).list_services_response.service}
+            assert {"edgistry.gateway.v1.Gateway", "edgistry.gateway.v1.Commissioning"} <= names
+        metrics = http_get(ports["http"], "/metrics")
+        for line in ("edgistry_queue_depth_total 3.0", 'edgistry_rejections_total{reason="queue_full"} 1.0',
+                     "edgistry_requests_expired_total 1.0", 'edgistry_link_handshakes_total{kind="full"}'):
+            assert line in metrics, line
+
+        code, out = pair(cfg, dev, "--json")  # re-pair: same pseudonym, record updated, queue kept
+        assert code == 0 and json.loads(out)["pseudonym"] == paired["pseudonym"], out
+        assert len(device.wake()) == 3
+        code, out = cli("pair", "--device", str(dev.path), "--gateway", cfg.grpc_listen, "--unpair")
+        assert code == 0 and "unpaired" in out and not dev.paired_path.exists()
+        assert devices_on_chain(cfg) == []
+    finally:
+        stop(proc)
+
+
+def _b64(hex_text: str) -> str:
+    import base64
+
+    return base64.b64encode(bytes.fromhex(hex_text)).decode()
+
+
+def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):
+    """A client at gateway A invokes a device paired with gateway B (only B talks to it);
+    pairing the device at A is refused; forged, stale and replayed forwards are refused."""
+    a, _ = node_home(tmp_path / "a")
+    b, b_ports = node_home(tmp_path / "b")
+    proc_a = start_up(a, tmp_path / "a.log")
+    proc_b = None
+    try:
+        b_pub = public_bytes(load_ed25519_pem(b.keys_dir / "gateway.pem")).hex()
+        code, out = cli("registry", "add-gateway", "--home", str(a.home), "--endpoint", b.grpc_listen,
+                        "--pubkey", b_pub, "--rpc", a.rpc_url)
+        assert code == 0, out
+        proc_b = edgistry("gateway", "--home", str(b.home), "--rpc", a.rpc_url, log=tmp_path / "b.log")
+        wait_for_port(b_ports["grpc"], proc=proc_b)
+        dev = make_device_home(tmp_path / "dev")
+        code, out = pair(b, dev, "--json")
+        assert code == 0, out
+        paired = json.loads(out)
+        token, handle = paired["app_token_file"], paired["owner_handle"]
+
+        code, out = pair(a, dev)  # the device home says gateway B: refused locally
+        assert code == 1 and paired["gateway_id"] in out
+        shutil.move(dev.paired_path, tmp_path / "paired.json")
+        code, out = pair(a, dev)  # and by gateway A itself, from the registry
+        assert code == 1 and "FAILED_PRECONDITION" in out and "already paired with gateway" in out
+        shutil.move(tmp_path / "paired.json", dev.paired_path)
+
+        device = ScriptedDevice(dev, paired["link_endpoint"])
+        assert paired["link_endpoint"] == b.link_listen
+        box: dict = {}
+        t = threading.Thread(target=lambda: box.update(r=cli_json(
+            "invoke", handle, "sensor.info", "--timeout", "20", "--gateway", a.grpc_listen, "--token", token)))
+        t.start()
+        until(lambda: device.wake(), timeout=15, every=0.2)
+        t.join(25)
+        assert box["r"]["state"] == "DONE" and box["r"]["payload"]["method"] == "info"
+
+        rid = cli("invoke", handle, "valve.get", "--async", "--gateway", a.grpc_listen, "--token", token)[1].strip()
+        assert cli_json("result", rid, "--gateway", a.grpc_listen, "--token", token)["state"] == "QUEUED"
+        device.wake()
+        assert cli_json("result", rid, "--gateway", a.grpc_listen, "--token", token)["state"] == "DONE"
+
+        a_key = load_ed25519_pem(a.keys_dir / "gateway.pem")
+        a_id = paired_gateway_id(a_key)
+        req = gw.InvokeRequest(target=handle, method="info", service="sensor", token=Path(token).read_bytes())
+        with grpc.insecure_channel(b.grpc_listen) as chan:
+            peer = gw_grpc.PeerStub(chan)
+            forged = sign_forward(Ed25519PrivateKey.generate(), a_id, "submit", req)
+            stale = sign_forward(a_key, a_id, "submit", req, now_ms=int(time.time() * 1000) - 120_000)
+            for msg, why in ((forged, "signature"), (stale, "stale")):
+                with pytest.raises(grpc.RpcError) as exc:
+                    peer.Forward(msg, timeout=10)
+                assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED and why in exc.value.details()
+            good = sign_forward(a_key, a_id, "submit", _with_token(req, token))
+            assert peer.Forward(good, timeout=10).state == gw.QUEUED
+            with pytest.raises(grpc.RpcError) as exc:
+                peer.Forward(good, timeout=10)
+            assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED and "replayed" in exc.value.details()
+        metrics = http_get(b_ports["http"], "/metrics")
+        assert 'edgistry_peer_forwards_total{direction="in",outcome="refused"} 3.0' in metrics
+    finally:
+        if proc_b is not None:
+            stop(proc_b)
+        stop(proc_a)
+
+
+def paired_gateway_id(key) -> str:
+    from edgistry.abci_app.txs import gateway_id_for
+
+    return gateway_id_for(public_bytes(key))
+
+
+def _with_token(req: gw.InvokeRequest, token_file: str) -> gw.InvokeRequest:
+    from edgistry.firmware.caplets import from_text
+
+    out = gw.InvokeRequest()
+    out.CopyFrom(req)
+    out.token = from_text(Path(token_file).read_text()).to_bytes()
+    return out

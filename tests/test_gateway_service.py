@@ -1,0 +1,175 @@
+"""Gateway domain logic in-process: token checks, cache, expiry, deadlines, watch, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from edgistry.firmware import caplets as cl
+from edgistry.gateway import auth
+from edgistry.gateway.backend import StoreLinkBackend
+from edgistry.gateway.errors import InvokeTimeout, NotFound, QueueFull, Unauthorized
+from edgistry.gateway.link_backend import DeviceAnswer
+from edgistry.gateway.service import Call, GatewayService, Settings, owner_handle
+from edgistry.gateway.store import Device, GatewayStore, State, new_id
+
+MANIFEST = {"duty_cycle_s": 5, "services": [
+    {"type": "sensor", "methods": [{"name": "read", "cache_max_age_s": 30}, "info"]},
+    {"type": "valve", "methods": ["get", {"name": "set", "mutating": True}]}]}
+GATEWAY_SECRET = b"g" * 32
+
+
+@pytest.fixture
+def env(tmp_path):
+    store = GatewayStore(tmp_path / "gw")
+    service = GatewayService(store, "gw-a", GATEWAY_SECRET, settings=Settings(max_queue_depth=3))
+    secret = cl.new_secret()
+    root = cl.root(secret)
+    dev = Device(new_id(), auth.pseudonym_for(root.to_bytes()), root.to_bytes(), MANIFEST, 0, 7, 1, duty_cycle_s=5)
+    store.put_device(dev)
+    app = auth.app_token(root.to_bytes(), {"sensor": ["info", "read"], "valve": ["get"]})
+    yield store, service, dev, secret, app
+    store.close()
+
+
+def call(dev, method, token, **kw) -> Call:
+    return Call(owner_handle(dev.pseudonym), method, token=token.to_bytes() if isinstance(token, cl.Token) else token,
+                **kw)
+
+
+def answer(store, dev, payload=b'{"t": 21}', status=0):
+    backend = StoreLinkBackend(store, GATEWAY_SECRET)
+    items, _ = backend.pending(dev.link_id, 1 << 16)
+    backend.delivered(dev.link_id, [i.request_id for i in items])
+    backend.answered(dev.link_id, [DeviceAnswer(i.request_id, status, payload) for i in items])
+    return items
+
+
+@pytest.mark.parametrize("make,why", [
+    (lambda secret, root, app: cl.derive(cl.root(cl.new_secret()), [cl.Service("sensor", ["read"])]), "origin"),
+    (lambda secret, root, app: app, "permit"),  # read-only token, mutating method
+    (lambda secret, root, app: cl.Token(app.frames, bytes(32)), "origin"),  # forged tag
+    (lambda secret, root, app: cl.request_token(root, "valve", "set", b"", 1), "request"),  # a captured leaf
+    (lambda secret, root, app: cl.mint(GATEWAY_SECRET, [cl.Identity("link:00")]), "permit"),  # identity token
+    (lambda secret, root, app: cl.derive(root, [cl.Service("valve", ["*"])], [cl.ExpiresAt(1)]), "Constraint"),
+    (lambda secret, root, app: cl.derive(root, [cl.Service("valve", ["*"])], [cl.Gateway("gw-b")]), "Constraint"),
+    (lambda secret, root, app: b"\x01garbage", "malformed"),
+])
+async def test_bad_tokens_are_refused_for_a_mutating_call(env, make, why):
+    """Wrong origin, read-only, forged, leaf, identity, expired, other-gateway and garbage tokens are refused."""
+    store, service, dev, secret, app = env
+    token = make(secret, cl.load(dev.root_token), app)
+    with pytest.raises(Unauthorized, match=f"(?i){why}"):
+        await service.submit(call(dev, "set", token, service="valve"))
+    assert store.depth(dev.link_id) == 0
+
+
+async def test_owner_and_gateway_tokens_are_accepted(env):
+    """A token the owner derived with the write right, and a gateway-origin token, both authorise."""
+    store, service, dev, secret, app = env
+    owner = cl.derive(cl.load(dev.root_token), [cl.Service("valve", ["*"])])
+    regional = cl.mint(GATEWAY_SECRET, [cl.Service("valve", ["set"])])
+    for token in (owner, regional):
+        res = await service.submit(call(dev, "set", token, args=b'{"open": true}'))
+        assert res.state == State.QUEUED and res.expected_at_ms > 0
+    items = store.pending(dev.link_id, 1 << 16, int(time.time() * 1000))[0]
+    tok = cl.verify(items[0].request_token, secret, now=int(time.time()))
+    assert tok.request.method == "set" and tok.request.digest == cl.request_digest(b'{"open": true}')
+
+
+async def test_revoked_app_token_is_refused(env):
+    """Revoking the application token's tag stops it at the gateway."""
+    store, service, dev, secret, app = env
+    service.revoked.revoke_token(app)
+    with pytest.raises(Unauthorized, match="Revoked"):
+        await service.submit(call(dev, "read", app))
+
+
+async def test_cached_read_does_not_wake_the_device(env):
+    """After one answer, a cacheable read is served from cache with nothing queued."""
+    store, service, dev, secret, app = env
+    first = await service.submit(call(dev, "read", app))
+    assert first.state == State.QUEUED
+    answer(store, dev)
+    again = await service.invoke(call(dev, "read", app, timeout_ms=100))
+    assert again.state == State.DONE and again.from_cache and again.payload == b'{"t": 21}'
+    assert store.depth(dev.link_id) == 0 and store.pending(dev.link_id, 1 << 16, 0) == ([], False)
+    other = await service.submit(call(dev, "read", app, args=b"[1]"))  # other args: not cached
+    assert other.state == State.QUEUED
+
+
+async def test_invoke_waits_for_the_answer_and_deadline_keeps_request(env):
+    """Invoke returns when the device answers; past its deadline it says how to fetch the result later."""
+    store, service, dev, secret, app = env
+    task = asyncio.create_task(service.invoke(call(dev, "info", app, timeout_ms=5000)))
+    await asyncio.sleep(0.05)
+    answer(store, dev, b'"v1"')
+    res = await asyncio.wait_for(task, 5)
+    assert res.state == State.DONE and res.payload == b'"v1"'
+    with pytest.raises(InvokeTimeout) as exc:
+        await service.invoke(call(dev, "info", app, timeout_ms=100))
+    assert exc.value.request_id and "edgistry result" in str(exc.value)
+    assert (await service.get_result(exc.value.request_id, app.to_bytes())).state == State.QUEUED
+
+
+async def test_expiry_is_reported_to_a_waiting_client(env):
+    """A request whose TTL passes while a client waits comes back EXPIRED (dead-lettered)."""
+    store, service, dev, secret, app = env
+    task = asyncio.create_task(service.invoke(call(dev, "info", app, timeout_ms=5000, ttl_s=1)))
+    await asyncio.sleep(0.05)
+    store.expire_due(int(time.time() * 1000) + 2000)
+    res = await asyncio.wait_for(task, 5)
+    assert res.state == State.EXPIRED and "dead-lettered" in res.error
+
+
+async def test_overflow_is_refused_at_once(env):
+    """The fourth request for a depth-3 queue is refused immediately."""
+    store, service, dev, secret, app = env
+    for _ in range(3):
+        await service.submit(call(dev, "info", app))
+    with pytest.raises(QueueFull):
+        await service.submit(call(dev, "info", app))
+    assert service.metrics.rejections.labels("queue_full")._value.get() == 1
+
+
+async def test_result_needs_the_same_token_and_watch_streams(env):
+    """GetResult/Cancel with another token are refused; WatchResult yields each state until DONE."""
+    store, service, dev, secret, app = env
+    res = await service.submit(call(dev, "info", app))
+    other = cl.derive(cl.load(dev.root_token), [cl.Service("sensor", ["info"])])
+    with pytest.raises(Unauthorized):
+        await service.get_result(res.request_id, other.to_bytes())
+    with pytest.raises(Unauthorized):
+        await service.cancel(res.request_id, other.to_bytes())
+    with pytest.raises(NotFound):
+        await service.get_result(new_id().hex(), app.to_bytes())
+    seen = []
+
+    async def watch():
+        async for r in service.watch(res.request_id, app.to_bytes()):
+            seen.append(r.state)
+
+    task = asyncio.create_task(watch())
+    await asyncio.sleep(0.05)
+    answer(store, dev)
+    await asyncio.wait_for(task, 5)
+    assert seen[0] == State.QUEUED and seen[-1] == State.DONE
+
+
+async def test_cancel(env):
+    """A cancelled request leaves the queue and reports CANCELLED."""
+    store, service, dev, secret, app = env
+    res = await service.submit(call(dev, "info", app))
+    done = await service.cancel(res.request_id, app.to_bytes())
+    assert done.state == State.CANCELLED and store.depth(dev.link_id) == 0
+
+
+async def test_unknown_method_and_handle(env):
+    """Unknown methods and handles are refused before anything is queued."""
+    store, service, dev, secret, app = env
+    with pytest.raises(Exception, match="no method"):
+        await service.submit(call(dev, "nope", app))
+    with pytest.raises(NotFound):
+        await service.submit(Call("dev-" + "00" * 16, "read", token=app.to_bytes()))

@@ -1,0 +1,153 @@
+"""The gateway's durable store: queues, states, expiry, backpressure, cache, tickets, notices."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgistry.firmware import caplets as cl
+from edgistry.gateway.errors import Conflict, QueueFull
+from edgistry.gateway.link_backend import DeviceAnswer, Ticket
+from edgistry.gateway.store import Device, GatewayStore, RequestRecord, State, new_id
+
+MANIFEST = {"services": [{"type": "sensor", "methods": [{"name": "read", "cache_max_age_s": 10},
+                                                       {"name": "set", "mutating": True, "cache_max_age_s": 10}]}]}
+NOW = 1_800_000_000_000
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = GatewayStore(tmp_path / "gw")
+    yield s
+    s.close()
+
+
+def add_device(store: GatewayStore, link: bytes | None = None) -> Device:
+    link = link or new_id()
+    dev = Device(link, new_id(), cl.root(cl.new_secret()).to_bytes(), MANIFEST, 0, 7, 1, duty_cycle_s=10)
+    store.put_device(dev)
+    return dev
+
+
+def enqueue(store: GatewayStore, dev: Device, method: str = "read", ttl_ms: int = 60_000, depth: int = 10,
+            rid: bytes | None = None, digest: bytes = b"d" * 32, args: bytes = b"") -> RequestRecord:
+    rec = RequestRecord(rid or new_id(), dev.link_id, "sensor", method, args, b"", digest, State.QUEUED, NOW,
+                        NOW + ttl_ms)
+    return store.enqueue(rec, depth, NOW, lambda seq: seq.to_bytes(8, "big"))[0]
+
+
+def test_queue_lifecycle_and_redelivery(store):
+    """Requests come out in order; delivered-but-unanswered ones are offered again; answers finish them."""
+    dev = add_device(store)
+    a, b = enqueue(store, dev), enqueue(store, dev)
+    assert a.seq < b.seq and a.request_token == a.seq.to_bytes(8, "big")
+    items, more = store.pending(dev.link_id, 1 << 16, NOW)
+    assert [i.request_id for i in items] == [a.request_id, b.request_id] and not more
+    store.delivered(dev.link_id, [a.request_id], NOW)
+    assert store.get(a.request_id).st == State.DELIVERED
+    assert len(store.pending(dev.link_id, 1 << 16, NOW)[0]) == 2  # at-least-once
+    ids, changed = store.answered(dev.link_id, [DeviceAnswer(a.request_id, 0, b'{"t":1}'),
+                                                DeviceAnswer(b.request_id, 4, error="boom")], NOW)
+    assert set(ids) == {a.request_id, b.request_id}
+    assert store.get(a.request_id).st == State.DONE and store.get(a.request_id).payload == b'{"t":1}'
+    assert store.get(b.request_id).st == State.FAILED and store.depth(dev.link_id) == 0
+    assert store.pending(dev.link_id, 1 << 16, NOW) == ([], False)
+
+
+def test_pending_respects_max_bytes(store):
+    """A batch stops at max_bytes and says more are waiting."""
+    dev = add_device(store)
+    for _ in range(3):
+        enqueue(store, dev, args=b'"' + b"x" * 500 + b'"')
+    items, more = store.pending(dev.link_id, 700, NOW)
+    assert len(items) == 1 and more
+
+
+def test_overflow_is_an_immediate_error(store):
+    """Beyond the maximum depth the store refuses at once; finishing one frees a slot."""
+    dev = add_device(store)
+    first = enqueue(store, dev, depth=2)
+    enqueue(store, dev, depth=2)
+    with pytest.raises(QueueFull):
+        enqueue(store, dev, depth=2)
+    store.cancel(first.request_id, NOW)
+    enqueue(store, dev, depth=2)
+
+
+def test_expiry_dead_letters_and_reports(store):
+    """Expired requests leave the queue and stay readable as EXPIRED with a reason."""
+    dev = add_device(store)
+    short, long = enqueue(store, dev, ttl_ms=1000), enqueue(store, dev, ttl_ms=100_000)
+    assert [i.request_id for i in store.pending(dev.link_id, 1 << 16, NOW + 2000)[0]] == [long.request_id]
+    expired = store.expire_due(NOW + 2000)
+    assert [r.request_id for r in expired] == [short.request_id]
+    rec = store.get(short.request_id)
+    assert rec.st == State.EXPIRED and "dead-lettered" in rec.error and store.depth(dev.link_id) == 1
+    # a late answer for the expired request is acknowledged and dropped
+    ids, changed = store.answered(dev.link_id, [DeviceAnswer(short.request_id, 0, b"1")], NOW + 3000)
+    assert ids == [short.request_id] and changed == [] and store.get(short.request_id).st == State.EXPIRED
+
+
+def test_idempotent_request_ids(store):
+    """The same request id with the same call returns the stored request; a different call conflicts."""
+    dev = add_device(store)
+    rid = new_id()
+    a = enqueue(store, dev, rid=rid)
+    rec = RequestRecord(rid, dev.link_id, "sensor", "read", b"", b"", b"d" * 32, State.QUEUED, NOW, NOW + 1000)
+    again, new = store.enqueue(rec, 10, NOW, lambda s: b"x")
+    assert not new and again.seq == a.seq and store.depth(dev.link_id) == 1
+    with pytest.raises(Conflict):
+        enqueue(store, dev, rid=rid, digest=b"e" * 32)
+
+
+def test_answers_of_another_device_are_dropped_and_cache_only_reads(store):
+    """A device cannot answer another's request; only non-mutating cacheable answers are cached."""
+    dev, other = add_device(store), add_device(store)
+    read, write = enqueue(store, dev), enqueue(store, dev, method="set")
+    _, changed = store.answered(other.link_id, [DeviceAnswer(read.request_id, 0, b"evil")], NOW)
+    assert changed == [] and store.get(read.request_id).st == State.QUEUED
+    store.answered(dev.link_id, [DeviceAnswer(read.request_id, 0, b"21"), DeviceAnswer(write.request_id, 0, b"ok")], NOW)
+    assert store.cached(dev.link_id, "sensor", "read", b"", NOW + 1000).payload == b"21"
+    assert store.cached(dev.link_id, "sensor", "read", b"", NOW + 11_000) is None  # max-age passed
+    assert store.cached(dev.link_id, "sensor", "set", b"", NOW + 1000) is None
+
+
+def test_tickets_are_single_use_and_expire(store):
+    """A ticket is returned once; an expired one is refused."""
+    t = Ticket(b"l" * 16, b"r" * 32, NOW + 1000)
+    store.store_ticket(b"t1", t)
+    assert store.take_ticket(b"t1", NOW) == t
+    assert store.take_ticket(b"t1", NOW) is None
+    store.store_ticket(b"t2", t)
+    assert store.take_ticket(b"t2", NOW + 5000) is None
+
+
+def test_revocation_notices_once_per_device(store):
+    """Each device is told each unexpired revoked tag once."""
+    a, b = add_device(store), add_device(store)
+    assert store.add_revocations([(b"1" * 32, 2**40), (b"2" * 32, 10)]) == 2
+    assert store.add_revocations([(b"1" * 32, 2**40)]) == 0
+    assert store.revoked_since_last_wake(a.link_id, 1000) == [b"1" * 32]
+    assert store.revoked_since_last_wake(a.link_id, 1000) == []
+    store.add_revocations([(b"3" * 32, 2**40)])
+    assert store.revoked_since_last_wake(a.link_id, 1000) == [b"3" * 32]
+    assert store.revoked_since_last_wake(b.link_id, 1000) == [b"1" * 32, b"3" * 32]
+
+
+def test_liveness_buckets_are_coarse_and_reported_once(store):
+    """Contacts become 5-minute buckets; a bucket is due once."""
+    dev = add_device(store)
+    store.contact(dev.link_id, 1_000_123_456, None)
+    due = store.liveness_due(300)
+    assert due == [(dev.link_id, dev.pseudonym, 1_000_123_456 // 1000 // 300 * 300)]
+    store.liveness_reported(due)
+    store.contact(dev.link_id, 1_000_123_999, 5)
+    assert store.liveness_due(300) == []
+
+
+def test_unpair_cancels_the_queue(store):
+    """Removing a device cancels its waiting requests with a reason."""
+    dev = add_device(store)
+    rec = enqueue(store, dev)
+    store.remove_device(dev.link_id, NOW)
+    assert store.get(rec.request_id).st == State.CANCELLED and store.device(dev.link_id) is None
+    assert store.device_by_pseudonym(dev.pseudonym) is None

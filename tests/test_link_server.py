@@ -1,0 +1,224 @@
+"""The device-link server over real loopback sockets: sessions, attacks, timeouts, push, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from runtime_helpers import (GATEWAY_SECRET, Queue, device, frame_types, make_home, read_to_eof,
+                             start_server)
+
+from edgistry.firmware.link import (NEED_DATA, Ack, DeviceSession, Established, LinkError,
+                                    MAX_LINK_FRAME, Requests)
+from edgistry.firmware.link import link_wire as wire
+from edgistry.firmware.runtime.home import DeviceHome
+from edgistry.gateway.link_backend import MemoryBackend
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def gw(tmp_path: Path):
+    """A link server over a MemoryBackend with two paired devices, A and B."""
+    backend = MemoryBackend(GATEWAY_SECRET)
+    srv = await start_server(backend, handshake_timeout=0.5, idle_timeout=0.5)
+    a = make_home(tmp_path / "a", backend, srv.port, encrypt=True)
+    b = make_home(tmp_path / "b", backend, srv.port)
+    try:
+        yield srv, backend, a, b
+    finally:
+        await srv.close()
+
+
+async def raw_session(port: int, home: DeviceHome, *, secret: bytes | None = None,
+                      link_id: bytes | None = None, identity: bytes | None = None):
+    """Open a connection and run the handshake with the core directly (attacks start here)."""
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    s = DeviceSession(secret or home.secret(), home.root_token(), link_id or home.link_id(),
+                      identity or home.paired().identity_token, os.urandom)
+    w.write(s.initiate())
+    evs = []
+    while not any(isinstance(e, Requests) for e in evs):
+        data = await asyncio.wait_for(r.read(65536), 5)
+        if not data:
+            break
+        s.receive_data(data)
+        try:
+            while (ev := s.next_event()) is not NEED_DATA:
+                evs.append(ev)
+                if not isinstance(ev, (Established, Requests)):
+                    break
+        except LinkError as exc:
+            evs.append(exc)
+            break
+        w.write(s.data_to_send())
+    return r, w, s, evs
+
+
+async def test_handshake_and_resume_over_socket(gw) -> None:
+    """A device runtime wakes twice: a full (forward-secret, encrypted) handshake, then a resumption."""
+    srv, backend, a, _ = gw
+    q = Queue(backend, a)
+    rid = q.add("sensor", "read")
+    dev = device(a)
+    first = await dev.wake_with_fallback()
+    assert (first.resumed, first.forward_secret, first.encrypted) == (False, True, True)
+    assert backend.answers[rid].status == 0 and b"temperature_c" in backend.answers[rid].payload
+    assert rid in backend.acked and first.delivered == 1 and first.sleep_s == 7
+    second = await dev.wake_with_fallback()
+    assert second.resumed and second.received == 0
+    m = srv.metrics.snapshot()
+    assert m["handshakes_full"] == 1 and m["handshakes_resumed"] == 1 and m["rejections"] == {}
+    assert m["sessions_total"] == 2 and m["sessions_open"] == 0
+    assert backend.contacts[-1][2] == 7  # BYE told the gateway the next wake
+
+
+async def _attack(kind: str, srv, a: DeviceHome, b: DeviceHome) -> list[int]:
+    """Run one attack; return the frame types the server sent after the handshake
+    (ERROR events the handshake itself received count as ERROR frames)."""
+    port = srv.port
+    evs: list = []
+    if kind == "wrong_secret":
+        r, w, s, evs = await raw_session(port, a, secret=os.urandom(32))
+    elif kind == "impersonation":  # A's valid identity token with B's link id
+        r, w, s, evs = await raw_session(port, b, identity=a.paired().identity_token)
+    elif kind == "unknown_link":
+        r, w, s, evs = await raw_session(port, a, link_id=os.urandom(16))
+    elif kind in ("replayed", "reordered", "bad_mac", "idle"):
+        r, w, s, evs = await raw_session(port, a)
+        assert isinstance(evs[0], Established)
+        f1, f2 = s.send(Ack([b"1" * 16])), s.send(Ack([b"2" * 16]))
+        if kind == "replayed":
+            w.write(f1 + f1)
+        elif kind == "reordered":
+            w.write(f2 + f1)
+        elif kind == "bad_mac":
+            w.write(f1[:-1] + bytes([f1[-1] ^ 0x40]))
+    else:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        if kind == "oversized":
+            big = bytearray()
+            wire.put_uvarint(big, MAX_LINK_FRAME + 1)
+            w.write(bytes(big) + bytes(1000))
+        elif kind == "malformed":
+            w.write(b"\x08\x07\x07\x07\x07\x07\x07\x07\x07")
+        elif kind == "dribble":  # a slow loris: one byte of HELLO every 100 ms
+            s = DeviceSession(a.secret(), a.root_token(), a.link_id(), a.paired().identity_token,
+                              os.urandom)
+            hello = s.initiate()
+            got = b""
+            for i in range(len(hello)):
+                try:
+                    w.write(hello[i:i + 1])
+                    got += await asyncio.wait_for(r.read(65536), 0.1)
+                except asyncio.TimeoutError:
+                    continue
+                except ConnectionError:
+                    break
+                if got:
+                    break
+            w.close()
+            return frame_types(got)
+        # "silent": say nothing at all
+    try:
+        seen = [wire.ERROR for e in evs if type(e).__name__ == "Error"]
+        return seen + frame_types(await read_to_eof(r, 5))
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("wrong_secret", "bad_proof"),
+    ("impersonation", "bad_identity"),
+    ("unknown_link", "unknown_link"),
+    ("replayed", "replayed"),
+    ("reordered", "reordered"),
+    ("bad_mac", "bad_mac"),
+    ("oversized", "oversized"),
+    ("malformed", "malformed"),
+    ("silent", "timeout"),
+    ("dribble", "timeout"),
+    ("idle", "timeout"),
+])
+async def test_attacks_rejected_logged_closed_others_unaffected(gw, caplog, kind, reason) -> None:
+    """Each attack is rejected (ERROR frame), logged, counted, the connection closed,
+    and a device working at the same time is served normally."""
+    caplog.set_level(logging.INFO, logger="edgistry.gateway.link")
+    srv, backend, a, b = gw
+    q = Queue(backend, b)
+    rid = q.add("actuator", "toggle")
+    good = device(b)
+    sent, report = await asyncio.gather(_attack(kind, srv, a, b), good.wake_with_fallback())
+    assert sent[-1] == wire.ERROR
+    assert srv.metrics.rejections[reason] == 1
+    assert f"rejected: {reason}" in caplog.text
+    assert report.executed == 1 and backend.answers[rid].status == 0
+    # and the victim device still connects afterwards
+    assert (await device(a).wake_with_fallback()).received == 0
+    assert srv.connected() == []
+
+
+async def test_timeouts_are_bounded(gw) -> None:
+    """A silent connection is closed at the handshake deadline, not later."""
+    srv, *_ = gw
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    r, w = await asyncio.open_connection("127.0.0.1", srv.port)
+    await read_to_eof(r, 5)
+    w.close()
+    assert 0.4 <= loop.time() - t0 < 2.0
+
+
+async def test_notify_pushes_work_to_a_connected_device(gw) -> None:
+    """A device lingering on its connection gets new work at once when the gateway notifies."""
+    srv, backend, a, _ = gw
+    srv.idle_timeout = 5.0
+    dev = device(a, linger_s=1.0)
+    task = asyncio.ensure_future(dev.wake_with_fallback())
+    for _ in range(100):
+        if a.link_id() in srv.connected():
+            break
+        await asyncio.sleep(0.02)
+    assert srv.notify(a.link_id()) is True
+    rid = Queue(backend, a).add("sensor", "info")
+    assert srv.notify(a.link_id())
+    for _ in range(100):
+        if rid in backend.answers:
+            break
+        await asyncio.sleep(0.02)
+    assert backend.answers[rid].status == 0
+    assert srv.notify(os.urandom(16)) is False
+    report = await asyncio.wait_for(task, 10)
+    assert report.executed == 1
+
+
+async def test_shutdown_tells_connected_devices(gw) -> None:
+    """Closing the server ends live sessions with an ERROR and stops listening."""
+    srv, backend, a, _ = gw
+    srv.idle_timeout = 5.0
+    r, w, s, evs = await raw_session(srv.port, a)
+    assert isinstance(evs[0], Established)
+    await srv.close()
+    assert frame_types(await read_to_eof(r, 5))[-1] == wire.ERROR
+    w.close()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", srv.port)
+
+
+async def test_backend_failure_ends_only_that_connection(gw, tmp_path) -> None:
+    """An exception in the backend for one device is logged and closes only its connection."""
+    srv, backend, a, b = gw
+    real = backend.pending
+
+    def pending(link_id, max_bytes):
+        if link_id == a.link_id():
+            raise RuntimeError("disk on fire")
+        return real(link_id, max_bytes)
+
+    backend.pending = pending
+    bad, good = await asyncio.gather(device(a).wake(), device(b).wake(), return_exceptions=True)
+    assert isinstance(bad, Exception) and not isinstance(good, Exception)
+    assert srv.metrics.rejections["internal"] == 1

@@ -1,0 +1,289 @@
+"""The device side of the link core runs unchanged under MicroPython and agrees with CPython.
+
+A CPython gateway (GatewaySession) and a CPython device hold real conversations
+with deterministic randomness; the gateway's bytes are recorded. The same
+device logic (STEP, below) then replays each conversation under the MicroPython
+WebAssembly port and under CPython with the core modules copied flat (as on a
+device); every line (events, request-token verdicts, errors, and the exact
+bytes the device sends back) must match. Scenarios: full handshake with an
+encrypted data phase and request tokens verified on the device, resumption
+with the ticket, and tampered, replayed and reordered frames.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from link_helpers import Dev, DetRand, Keys, gateway
+
+import edgistry.firmware.caplets as cl
+import edgistry.firmware.link as link
+from edgistry.firmware.link import Requests, link_device, link_session
+
+CAPLETS = sorted(Path(cl.__file__).parent.glob("cap_*.py"))
+LINK = sorted(Path(link.__file__).parent.glob("link_*.py"))
+MODULES = CAPLETS + LINK
+NOW = 1_700_000_000
+
+# The device application logic of the test: MicroPython dialect, no imports of
+# its own (the prelude provides the names).
+STEP = r'''
+def hx(b):
+    return binascii.hexlify(b).decode()
+
+
+def step(s, data, st):
+    lines = []
+    out = b""
+    s.receive_data(data)
+    while True:
+        try:
+            ev = s.next_event()
+        except LinkError as e:
+            lines.append("ERR %s %s %d" % (type(e).__name__, e.reason, e.code))
+            out += s.data_to_send()
+            break
+        out += s.data_to_send()
+        if ev is NEED_DATA or ev is CLOSED:
+            break
+        name = type(ev).__name__
+        if name == "Established":
+            lines.append("EST resumed=%d enc=%d ticket=%s" % (ev.resumed, ev.encrypt, hx(ev.ticket_id)))
+            st["ticket"] = (ev.ticket_id, ev.ticket_secret)
+        elif name == "Requests":
+            lines.append("REQ n=%d more=%d revoked=%d now=%d" % (
+                len(ev.items), ev.more, len(ev.revoked), ev.gateway_now_ms))
+            for tag in ev.revoked:
+                st["revoked"].add(tag)
+            out += s.send(Ack([it["request_id"] for it in ev.items]))
+            resp = []
+            for it in ev.items:
+                try:
+                    seq = check_request(it, SECRET, now_s=NOW, last_sequence=st["last"],
+                                        revoked=st["revoked"])
+                    st["last"] = seq
+                    verdict, status = "ok", 0
+                except TokenError as e:
+                    verdict, status = type(e).__name__, 2
+                lines.append("CHECK %s %s %s" % (hx(it["request_id"]), it["args"].decode(), verdict))
+                resp.append({"request_id": it["request_id"], "status": status,
+                             "payload": it["args"], "error": verdict})
+            out += s.send(Responses(resp))
+            if not ev.more:
+                out += s.send(Bye(5))
+        elif name == "Ack":
+            lines.append("ACK n=%d" % len(ev.ids))
+        elif name == "Error":
+            lines.append("PEERERR %d %s" % (ev.code, ev.reason))
+    lines.append("OUT " + hx(out) + " state=" + s.state)
+    return lines
+'''
+
+PRELUDE_FLAT = r'''
+import binascii
+import hashlib
+from link_device import DeviceSession, check_request
+from link_session import NEED_DATA, CLOSED, Ack, Responses, Bye
+from link_errors import LinkError
+from cap_errors import TokenError
+
+
+class DetRand:
+    def __init__(self, seed):
+        self.seed = seed
+        self.n = 0
+
+    def __call__(self, k):
+        out = b""
+        while len(out) < k:
+            self.n += 1
+            out += hashlib.sha256(self.seed + bytes([0, 0, self.n >> 8, self.n & 255])).digest()
+        return out[:k]
+'''
+
+DRIVER = r'''
+h = binascii.unhexlify
+for sc in SCENARIOS:
+    name, seed, ticket, chunks = sc
+    st = {"last": None, "revoked": set(), "ticket": None}
+    if ticket:
+        ticket = (h(ticket[0]), h(ticket[1]))
+    s = DeviceSession(SECRET, ROOT, LINK_ID, IDENTITY, DetRand(seed.encode()), ticket=ticket)
+    print("SC", name)
+    print("OUT", hx(s.initiate()))
+    for c in chunks:
+        for line in step(s, h(c), st):
+            print(line)
+'''
+
+
+def _step_ns() -> dict:
+    """STEP bound to the package classes (for recording the conversations)."""
+    from edgistry.firmware.caplets import TokenError
+    from edgistry.firmware.link import LinkError
+    import binascii
+    ns = {"binascii": binascii, "NEED_DATA": link_session.NEED_DATA, "CLOSED": link_session.CLOSED,
+          "Ack": link_session.Ack, "Responses": link_session.Responses, "Bye": link_session.Bye,
+          "LinkError": LinkError, "TokenError": TokenError, "check_request": link_device.check_request,
+          "NOW": NOW}
+    exec(STEP, ns)
+    return ns
+
+
+class MpRand(DetRand):
+    """DetRand with the counter encoding the MicroPython prelude uses."""
+
+    def __call__(self, k: int) -> bytes:
+        import hashlib
+        out = b""
+        while len(out) < k:
+            self.n += 1
+            out += hashlib.sha256(self.seed + bytes([0, 0, self.n >> 8, self.n & 255])).digest()
+        return out[:k]
+
+
+def record(dev: Dev) -> tuple[list, dict]:
+    """Hold the conversations in CPython; return the scenarios (gateway chunks) and the ticket."""
+    ns = _step_ns()
+    ns["SECRET"] = dev.secret
+    keys = Keys()
+    keys.add(dev, encrypt=True)
+    clock = lambda: NOW * 1000  # noqa: E731
+    app = cl.derive(dev.root, [cl.Service("sensor", ["read"])])
+    revoked_app = cl.derive(dev.root, [cl.Service("sensor", ["read"])], [cl.ExpiresAt(NOW + 999)])
+
+    def item(rid: int, args: bytes, seq: int, token_from=app, token_args=None, secret=None):
+        src = cl.derive(cl.root(secret), [cl.Service("sensor", ["read"])]) if secret else token_from
+        tok = cl.request_token(src, "sensor", "read", args if token_args is None else token_args, seq)
+        return {"request_id": bytes([rid]) * 16, "service": "sensor", "method": "read", "args": args,
+                "request_token": tok.to_bytes(), "expires_at_ms": 0}
+
+    # -- full handshake, two REQUESTS frames --
+    st = {"last": None, "revoked": set(), "ticket": None}
+    d = dev.session(rand=MpRand(b"full"))
+    g = gateway(keys, rand=DetRand(b"gw-full"), now_ms=clock)
+    g.receive_data(d.initiate())
+    assert g.next_event() is link.NEED_DATA
+    g1 = g.data_to_send()
+    g.receive_data(_out(ns["step"](d, g1, st)))
+    assert isinstance(g.next_event(), link.Established)
+    g2 = g.data_to_send()
+    g3 = g.send(Requests([item(1, b'"ok"', 10), item(2, b'"tampered-args"', 11, token_args=b"x"),
+                          item(3, b'"wrong-secret"', 12, secret=bytes(32))], True, [], NOW * 1000))
+    g4 = g.send(Requests([item(4, b'"revoked"', 13, token_from=revoked_app),
+                          item(5, b'"replayed"', 10), item(6, b'"ok2"', 14)],
+                         False, [revoked_app.tag], NOW * 1000))
+    replies = b""
+    for c in (g2, g3, g4):
+        replies += _out(ns["step"](d, c, st))
+    g.receive_data(replies)
+    seen = link_helpers_events(g)
+    assert [type(e).__name__ for e in seen] == ["Ack", "Responses", "Ack", "Responses", "Bye"]
+    ticket = st["ticket"]
+    # -- resumption --
+    d2 = dev.session(rand=MpRand(b"resume"), ticket=ticket)
+    g5 = gateway(keys, rand=DetRand(b"gw-resume"), now_ms=clock)
+    g5.receive_data(d2.initiate())
+    assert isinstance(g5.next_event(), link.Established)
+    r1 = g5.data_to_send()
+    r2 = g5.send(Requests([item(7, b'"after-resume"', 15)], False, [], NOW * 1000))
+
+    fr = link.FrameReader()
+    fr.feed(g1)
+    ch = link.decode("Challenge", fr.next_frame()["body"])
+    ch["enc_token_body"] = cl.derive(dev.root, [cl.Service("x", ["*"])]).body  # not an encryption leaf
+    bad_g1 = link.encode_frame(2, 0, link.encode("Challenge", ch))
+    flip = bytearray(g3)
+    flip[len(flip) // 2] ^= 0x01
+    hx = lambda b: b.hex()  # noqa: E731
+    scenarios = [
+        ("full", "full", None, [hx(g1), hx(g2), hx(g3), hx(g4)]),
+        ("resume", "resume", [ticket[0].hex(), ticket[1].hex()], [hx(r1), hx(r2)]),
+        ("tampered", "full", None, [hx(g1), hx(g2), hx(bytes(flip))]),
+        ("replayed", "full", None, [hx(g1), hx(g2), hx(g3), hx(g3)]),
+        ("reordered", "full", None, [hx(g1), hx(g2), hx(g4), hx(g3)]),
+        ("bad_challenge", "full", None, [hx(bad_g1)]),
+    ]
+    return scenarios, ticket
+
+
+def _out(lines: list[str]) -> bytes:
+    """The bytes of STEP's last line, ``OUT <hex> state=S``."""
+    return bytes.fromhex(lines[-1][4:].rsplit(" state=", 1)[0])
+
+
+def link_helpers_events(g) -> list:
+    from link_helpers import events
+    return events(g)
+
+
+def script_for(dev: Dev, scenarios: list) -> str:
+    consts = (f"SECRET = binascii.unhexlify({dev.secret.hex()!r})\n"
+              f"ROOT = binascii.unhexlify({dev.root.to_bytes().hex()!r})\n"
+              f"LINK_ID = binascii.unhexlify({dev.link_id.hex()!r})\n"
+              f"IDENTITY = binascii.unhexlify({dev.identity.hex()!r})\n"
+              f"NOW = {NOW}\nSCENARIOS = {scenarios!r}\n")
+    return PRELUDE_FLAT + consts + STEP + DRIVER
+
+
+def run_cpython_flat(script: str, tmp: Path) -> str:
+    """The same script under CPython with the core modules copied flat (as on a device)."""
+    lib = tmp / "lib"
+    lib.mkdir()
+    for m in MODULES:
+        shutil.copy(m, lib / m.name)
+    (tmp / "script.py").write_text(script)
+    proc = subprocess.run([sys.executable, str(tmp / "script.py")], check=False, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(lib)}, timeout=60, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_device_link_core_under_micropython(micropython, tmp_path: Path) -> None:
+    """Handshake, resumption, request checks and rejections give identical results on
+    MicroPython, on flat-copied CPython, and in the package itself."""
+    dev = Dev.make(11)
+    scenarios, _ = record(dev)
+    script = script_for(dev, scenarios)
+    expected = run_cpython_flat(script, tmp_path)
+    got = micropython.run(script, MODULES, timeout=180)
+    assert got.splitlines() == expected.splitlines()
+    by = {}
+    cur = None
+    for line in expected.splitlines():
+        if line.startswith("SC "):
+            cur = line.split()[1]
+            by[cur] = []
+        else:
+            by[cur].append(line)
+    # the outcomes themselves
+    full = by["full"]
+    assert any(x.startswith("EST resumed=0 enc=1") for x in full)
+    verdicts = [x.split()[2:] for x in full if x.startswith("CHECK")]
+    assert verdicts == [['"ok"', "ok"], ['"tampered-args"', "NotPermitted"],
+                        ['"wrong-secret"', "BadTag"], ['"revoked"', "Revoked"],
+                        ['"replayed"', "Replayed"], ['"ok2"', "ok"]]
+    assert full[-1].endswith("state=CLOSED")  # said BYE
+    assert any(x.startswith("EST resumed=1 enc=1") for x in by["resume"])
+    assert [x.split()[3] for x in by["resume"] if x.startswith("CHECK")] == ["ok"]
+    for name, reason in [("tampered", "bad_mac"), ("replayed", "replayed"),
+                         ("reordered", "reordered"), ("bad_challenge", "bad_challenge")]:
+        errs = [x for x in by[name] if x.startswith("ERR")]
+        assert errs and errs[0].split()[2] == reason, (name, by[name])
+        assert by[name][-1].endswith("state=ERROR")
+    # the package (in-process) device agrees with the flat copy
+    ns = _step_ns()
+    ns["SECRET"] = dev.secret
+    lines = []
+    for name, seed, ticket, chunks in scenarios:
+        st = {"last": None, "revoked": set(), "ticket": None}
+        t = (bytes.fromhex(ticket[0]), bytes.fromhex(ticket[1])) if ticket else None
+        s = dev.session(rand=MpRand(seed.encode()), ticket=t)
+        lines += ["SC " + name, "OUT " + s.initiate().hex()]
+        for c in chunks:
+            lines += ns["step"](s, bytes.fromhex(c), st)
+    assert lines == expected.splitlines()

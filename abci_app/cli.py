@@ -96,7 +96,13 @@ def node_cmd(home: Path, listen: str | None) -> None:
 @home_option
 @click.option("--chain-id", default=None, help="Chain id when the home is created now.")
 @click.option("--rpc-listen", default=None, help="Embedded RPC address (default 127.0.0.1:26657).")
-def up_cmd(home: Path, chain_id: str | None, rpc_listen: str | None) -> None:
+@click.option("--grpc-listen", default=None, help="Gateway gRPC address (default 127.0.0.1:26670).")
+@click.option("--link-listen", default=None, help="Device link address (default 127.0.0.1:26671).")
+@click.option("--http-listen", default=None, help="Gateway HTTP address (default 127.0.0.1:26672).")
+@click.option("--demo-devices", type=click.IntRange(0, 1000), default=0,
+              help="Start N demo devices (sensor/actuator) paired with this node's gateway.")
+def up_cmd(home: Path, chain_id: str | None, rpc_listen: str | None, grpc_listen: str | None,
+           link_listen: str | None, http_listen: str | None, demo_devices: int) -> None:
     """Run one whole node: the registry with its block producer and RPC.
 
     Uses the embedded single-node block producer unless the home names a
@@ -104,19 +110,24 @@ def up_cmd(home: Path, chain_id: str | None, rpc_listen: str | None) -> None:
     """
     from edgistry.abci_app.home import init_home
 
+    listen = {"rpc_listen": rpc_listen, "grpc_listen": grpc_listen, "link_listen": link_listen,
+              "http_listen": http_listen}
     if not (home / "config.toml").exists():
         try:
-            init_home(home, chain_id)
+            init_home(home, chain_id, listen=listen)
         except HomeError as exc:
             raise UserError(str(exc)) from exc
         click.echo(f"initialised {home.resolve()}", err=True)
     cfg = load_config(home)
+    for name, value in listen.items():  # flags override the config for this run
+        if value:
+            setattr(cfg, name, value)
     if rpc_listen:
-        cfg.rpc_listen, cfg.rpc_url = rpc_listen, "http://" + rpc_listen
+        cfg.rpc_url = "http://" + rpc_listen
     from edgistry.abci_app.runner import run_node
 
     try:
-        asyncio.run(run_node(cfg, announce=lambda m: click.echo(m, err=True)))
+        asyncio.run(run_node(cfg, announce=lambda m: click.echo(m, err=True), demo_devices=demo_devices))
     except HomeError as exc:
         raise UserError(str(exc)) from exc
 

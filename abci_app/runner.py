@@ -46,18 +46,19 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def run_node(cfg: NodeConfig, announce: Callable[[str], None] = print) -> None:
+async def run_node(cfg: NodeConfig, announce: Callable[[str], None] = print, demo_devices: int = 0) -> None:
     app = RegistryApp(cfg.registry_dir, snapshot_interval=int(cfg.extra.get("snapshot_interval", 0)))
     try:
         if cfg.cometbft_home:
             await _run_with_cometbft(cfg, app, announce)
         else:
-            await _run_embedded(cfg, app, announce)
+            await _run_embedded(cfg, app, announce, demo_devices)
     finally:
         app.close()
 
 
-async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[str], None]) -> None:
+async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[str], None],
+                        demo_devices: int = 0) -> None:
     announce(BANNER)
     node = EmbeddedNode(app, cfg.embedded_dir, load_genesis_doc(cfg),
                         block_interval_s=cfg.block_interval_ms / 1000,
@@ -73,12 +74,24 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
         await runner.cleanup()
         raise HomeError(f"cannot listen on {cfg.rpc_listen} for RPC: {exc}") from exc
     announce(f"chain {node.chain_id} at height {app.height}; RPC on http://{host}:{port}")
-    gateway = None
+    gateway, demo_stop, demo_tasks = None, asyncio.Event(), []
     try:
         gateway = await _start_gateway(cfg, f"http://{host}:{port}", announce)
+        if demo_devices and gateway is not None:
+            from edgistry.gateway.demo import start_demo_devices
+
+            grpc_addr = f"{_host_port(cfg.grpc_listen)[0]}:{gateway.ports['grpc']}"
+            demo_tasks = await start_demo_devices(cfg.home, demo_devices, grpc_addr, lambda: gateway.code.code,
+                                                  demo_stop, announce)
+        elif demo_devices:
+            announce("demo devices need the gateway, which is not running")
         await wait_for_signal()
     finally:
         announce("stopping")
+        demo_stop.set()
+        for task in demo_tasks:
+            task.cancel()
+        await asyncio.gather(*demo_tasks, return_exceptions=True)
         if gateway is not None:
             await gateway.stop()
         await runner.cleanup()

@@ -65,6 +65,7 @@ class RunResult:
     lost: int
     exhausted: bool
     tx_bytes: int
+    sync_rtt_p50_ms: float = 0.0  # broadcast_tx_sync round trip (the node's CheckTx included)
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds used in the run, by role
     latencies: list[float] = field(default_factory=list, repr=False)
 
@@ -115,6 +116,7 @@ class LoadRun:
         self.sent: dict[str, tuple[float, int]] = {}
         self.slots = [asyncio.Semaphore(window) for _ in loads]
         self.latencies: list[float] = []
+        self.rtts: list[float] = []  # broadcast_tx_sync round trips (CheckTx included)
         self.committed = self.rejected = self.lost = self.blocks = self.max_block = 0
         self.exhausted = False
         self.t_start = self.t_measure = self.t_end = 0.0
@@ -138,6 +140,8 @@ class LoadRun:
                 res = await self._rpc(session, url, "broadcast_tx_sync", tx=base64.b64encode(tx).decode())
             except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError):
                 res = {"code": -1}
+            if now >= self.t_measure:
+                self.rtts.append(time.monotonic() - now)
             if res.get("code", 0) != 0:
                 self.rejected += 1
                 self.slots[k].release()
@@ -244,7 +248,7 @@ def run_cluster(kind: str, binary: str, root: Path, args, consensus: ConsensusSe
     return RunResult(kind, args.duration, load.committed, load.committed / args.duration,
                      percentile(load.latencies, 50) * 1000, percentile(load.latencies, 99) * 1000,
                      load.blocks, load.max_block, load.rejected, load.lost, load.exhausted, tx_bytes,
-                     cpu, load.latencies)
+                     percentile(load.rtts, 50) * 1000, cpu, load.latencies)
 
 
 def main() -> int:
@@ -289,10 +293,10 @@ def main() -> int:
           f"{args.warmup:.0f} s warm-up")
     print("consensus: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     print(f"{'app':<10} {'tx bytes':>8} {'committed':>10} {'tx/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'blocks':>7} {'max txs/blk':>11} {'rejected':>9} {'lost':>5}")
+          f"{'blocks':>7} {'max txs/blk':>11} {'rejected':>9} {'lost':>5} {'sync RTT ms':>11}")
     for r in results:
         print(f"{r.app:<10} {r.tx_bytes:>8} {r.committed:>10} {r.tx_per_s:>8.1f} {r.p50_ms:>8.0f} {r.p99_ms:>8.0f} "
-              f"{r.blocks:>7} {r.max_block_txs:>11} {r.rejected:>9} {r.lost:>5}"
+              f"{r.blocks:>7} {r.max_block_txs:>11} {r.rejected:>9} {r.lost:>5} {r.sync_rtt_p50_ms:>11.1f}"
               + ("  (ran out of pre-built txs)" if r.exhausted else ""))
     print(f"CPU seconds during warm-up + run ({os.cpu_count()} CPUs), per committed tx:")
     for r in results:

@@ -18,7 +18,7 @@ from edgistry.cli import UserError
 
 from .runtime.device import Device, WakeFailed
 from .runtime.home import DeviceHome, HomeError
-from .runtime.services import DEMO_SERVICES, ServiceRegistry, add_actuator, add_sensor
+from .runtime.services import DEMO_SERVICES, demo_manifest
 
 home_option = click.option("--home", type=click.Path(path_type=Path), required=True,
                            help="Device home directory.")
@@ -63,21 +63,10 @@ def init_cmd(home: Path, services: tuple[str, ...], location: str | None, duty_c
     """Create a device home: secret (0600), root token, link id, manifest."""
     loc = _parse_location(location)
     dev_home = DeviceHome(home)
-    reg = ServiceRegistry()
-    for spec in services:
-        kind, methods = _parse_service(spec)
-        try:
-            if kind == "sensor":
-                add_sensor(reg, b"", methods)
-            elif kind == "actuator":
-                add_actuator(reg, home, methods)
-            else:
-                raise UserError(f"unknown service type {kind!r} (demo types: "
-                                f"{', '.join(DEMO_SERVICES)})")
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
-    manifest = {"services": reg.manifest_services(), "duty_cycle_s": duty_cycle,
-                "encrypt": encrypt, "location": loc}
+    try:
+        manifest = demo_manifest(home, [_parse_service(spec) for spec in services], duty_cycle, encrypt, loc)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     try:
         dev_home.create(manifest)
     except HomeError as exc:

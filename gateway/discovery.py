@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import struct
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from enum import IntEnum
 
 from edgistry.gateway.app_tokens import AppClient
 from edgistry.gateway.errors import BadRequest, NotFound, Unauthorized
-from edgistry.gateway.handles import BadHandle, HandleCodec
+from edgistry.gateway.handles import NONCE_LEN, BadHandle, HandleCodec
 from edgistry.gateway.regions import Region
 from edgistry.gateway.replica_index import DeviceEntry, Group, Plan, RegistryIndex
 
@@ -248,11 +249,13 @@ class DiscoveryService:
                 pos += 1
         expires = now_ms + HANDLE_TTL_MS
         cid, mint = client.client_id, self.codec.mint
-        out = [HandleInfo(mint(cid, p, cell, stype, expires), cell, lab, self.endpoint, expires)
-               for p, cell, lab in picked]
-        if self.pad:  # the same work whether candidates are disclosed or hidden
-            for _ in range(min(plan.candidates, page_size) - len(out)):
-                mint(cid, _DUMMY_PSEUDONYM, 0, stype, expires)
+        n_mint = max(len(picked), min(plan.candidates, page_size)) if self.pad else len(picked)
+        nonces = os.urandom(NONCE_LEN * n_mint)  # one system call per answer
+        out = [HandleInfo(mint(cid, p, cell, stype, expires, nonces[i * NONCE_LEN:(i + 1) * NONCE_LEN]), cell, lab,
+                          self.endpoint, expires)
+               for i, (p, cell, lab) in enumerate(picked)]
+        for i in range(len(out), n_mint):  # padding: the same work whether candidates are disclosed or hidden
+            mint(cid, _DUMMY_PSEUDONYM, 0, stype, expires, nonces[i * NONCE_LEN:(i + 1) * NONCE_LEN])
         self.rng.shuffle(out)
         nxt = (self.codec.seal_cursor(cid, _CURSOR.pack(fp, seed, pos, sub)) if pos < total else "")
         return Answer(out, nxt)

@@ -66,8 +66,11 @@ def client_id_of(*parts: bytes) -> bytes:
     return h.digest()[:16]
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
@@ -83,9 +86,16 @@ class HandleCodec:
     def __init__(self, key: bytes, gateway_id: str) -> None:
         self._aead = ChaCha20Poly1305(key)
         self._gid = gateway_id.encode()
+        self._aads: dict[bytes, bytes] = {}
 
     def _aad(self, purpose: bytes, client_id: bytes) -> bytes:
-        return purpose + len(self._gid).to_bytes(1, "big") + self._gid + client_id
+        key = purpose + client_id
+        aad = self._aads.get(key)
+        if aad is None:
+            if len(self._aads) > 4096:
+                self._aads.clear()
+            aad = self._aads[key] = purpose + len(self._gid).to_bytes(1, "big") + self._gid + client_id
+        return aad
 
     def _seal(self, purpose: bytes, client_id: bytes, body: bytes, nonce: bytes | None) -> str:
         nonce = os.urandom(NONCE_LEN) if nonce is None else nonce

@@ -214,6 +214,24 @@ def _add(reg: ServiceRegistry, service: str, offered: dict, methods: list[str] |
 DEMO_SERVICES = ("sensor", "actuator")
 
 
+def demo_manifest(home: Path, specs: list[tuple[str, list[str] | None]], duty_cycle_s: int,
+                  encrypt: bool = False, location: dict | None = None) -> dict:
+    """A device manifest offering demo services: ``specs`` is [(type, methods or None)].
+
+    Raises ValueError for an unknown type or method.
+    """
+    reg = ServiceRegistry()
+    for kind, methods in specs:
+        if kind == "sensor":
+            add_sensor(reg, b"", methods)
+        elif kind == "actuator":
+            add_actuator(reg, home, methods)
+        else:
+            raise ValueError(f"unknown service type {kind!r} (demo types: {', '.join(DEMO_SERVICES)})")
+    return {"services": reg.manifest_services(), "duty_cycle_s": duty_cycle_s, "encrypt": encrypt,
+            "location": location}
+
+
 def build_registry(home: Path, device_id: bytes, manifest: dict,
                    clock: Callable[[], float] = time.time) -> ServiceRegistry:
     """The registry a manifest describes (demo service types only)."""

@@ -1,0 +1,105 @@
+"""The gateway's replica follower against a real embedded node (`edgistry up` subprocess)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from edgistry.abci_app.home import gateway_key
+from edgistry.config import NodeConfig
+from edgistry.gateway.chain import ChainClient
+from edgistry.gateway.replica import ReplicaFollower
+from edgistry.gateway.replica_index import RegistryIndex, entry_from_record
+from edgistry.proto import registry_pb2 as pb
+from proc_helpers import edgistry, free_port, stop, wait_for_port
+from registry_helpers import cell_at, device_msg
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """One embedded node on free ports; yields (rpc url, home)."""
+    tmp = tmp_path_factory.mktemp("replica")
+    home, rpc = tmp / "home", free_port()
+    proc = edgistry("up", "--home", str(home), "--rpc-listen", f"127.0.0.1:{rpc}",
+                    "--grpc-listen", f"127.0.0.1:{free_port()}", "--link-listen", f"127.0.0.1:{free_port()}",
+                    "--http-listen", f"127.0.0.1:{free_port()}", log=tmp / "up.log",
+                    env={"EDGISTRY_BLOCK_INTERVAL_MS": "50"})
+    try:
+        wait_for_port(rpc, timeout=30, proc=proc)
+        yield f"http://127.0.0.1:{rpc}", home
+    finally:
+        stop(proc)
+
+
+async def _settled(chain: ChainClient, index: RegistryIndex) -> None:
+    """The index equals a fresh read of the registry at the index's height."""
+    records = await chain.devices("/devices", pb.DeviceQuery(limit=1000), index.height)
+    assert {r.pseudonym: entry_from_record(r) for r in records} == index.entries
+    fresh = RegistryIndex()
+    fresh.load(entry_from_record(r) for r in records)
+    for t, ti in fresh.types.items():
+        assert {k: g.members for k, g in ti.groups.items()} == {k: g.members for k, g in index.types[t].groups.items()}
+
+
+async def test_load_then_follow_device_events(node):
+    """Initial load pages /devices at one height; new heights' events re-read exactly the changed devices."""
+    url, home = node
+    key = gateway_key(NodeConfig.load(home))
+    ps = [os.urandom(16) for _ in range(8)]
+    async with ChainClient(url) as chain:
+        for p in ps[:5]:
+            await chain.submit(key, device_msg(p, cell_at(52.52, 13.40, 7), res=7, k=2))
+        follower = ReplicaFollower(chain, liveness_resync_s=0)
+        height = await follower.load()
+        assert height >= 1 and set(ps[:5]) <= set(follower.index.entries)
+        assert follower.index.disclosure_cell("sensor", ps[0]) == cell_at(52.52, 13.40, 7)
+        await _settled(chain, follower.index)
+
+        for p in ps[5:]:
+            await chain.submit(key, device_msg(p, cell_at(48.85, 2.35, 6), res=6, k=3))
+        moved = device_msg(ps[0], cell_at(48.85, 2.35, 6), types=("sensor", "valve"), res=6, k=3,
+                           cls=pb.UpdateDevice)
+        await chain.submit(key, moved)
+        await chain.submit(key, pb.UnregisterDevice(pseudonym=ps[1]))
+        assert await follower.step() >= 3
+        idx = follower.index
+        assert ps[1] not in idx.entries and set(ps[5:]) <= set(idx.entries)
+        assert idx.entries[ps[0]].types == ("sensor", "valve")
+        assert idx.disclosure_cell("sensor", ps[0]) == cell_at(48.85, 2.35, 6)  # 4 devices of k=3 there now
+        await _settled(chain, idx)
+
+        now = int(time.time()) // 300 * 300
+        await chain.submit(key, pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=ps[2], last_seen=now)]))
+        await follower.step()
+        assert idx.entries[ps[2]].last_seen == now
+        await _settled(chain, idx)
+
+
+async def test_run_loop_follows_and_notifies_watchers(node):
+    """The run loop loads, follows new blocks, and wakes waiters on change."""
+    url, home = node
+    key = gateway_key(NodeConfig.load(home))
+    async with ChainClient(url) as chain:
+        follower = ReplicaFollower(chain, poll_s=0.05)
+        task = asyncio.ensure_future(follower.run())
+        try:
+            for _ in range(200):
+                if follower.loaded:
+                    break
+                await asyncio.sleep(0.05)
+            version = follower.index.version
+            p = os.urandom(16)
+            await chain.submit(key, device_msg(p, cell_at(40.0, -3.7, 7), res=7, k=1))
+            await asyncio.wait_for(follower.wait_changed(version), 10)
+            for _ in range(100):
+                if p in follower.index.entries:
+                    break
+                await asyncio.sleep(0.05)
+            assert follower.index.disclosure_cell("sensor", p) == cell_at(40.0, -3.7, 7)
+        finally:
+            task.cancel()

@@ -68,8 +68,12 @@ def verify_from_root(token: cl.Token, root: cl.Token, ctx: cl.Context) -> cl.Tok
 
 
 def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, gateway_secret: bytes,
-              gateway_id: str, revoked: cl.RevocationSet | None, now: int | None = None) -> Authorised:
-    """Check a client token for ``service:method`` on a device; raise Unauthorized."""
+              gateway_id: str, revoked: cl.RevocationSet | None, now: int | None = None,
+              check_permits: bool = True) -> Authorised:
+    """Check a client token for ``service:method`` on a device; raise Unauthorized.
+
+    ``check_permits=False`` checks only that the token is valid for the device
+    (used before telling a caller that a method does not exist)."""
     if not raw:
         raise Unauthorized("no token: pass the application token printed by `edgistry pair` (--token FILE)")
     try:
@@ -91,7 +95,8 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
             errors.append(f"{type(exc).__name__}: {exc}")
             break
         try:
-            cl.permits(token, service, method)
+            if check_permits:
+                cl.permits(token, service, method)
         except cl.NotPermitted as exc:
             raise Unauthorized(f"token does not permit {service}:{method} "
                                "(application tokens are read-only unless the owner derived more)") from exc

@@ -216,7 +216,12 @@ class GatewayService:
     def _submit_local(self, dev: Device, call: Call, store_cached: bool = True) -> Result:
         now = self.clock()
         manifest = dev.parsed_manifest
-        service, method = manifest.resolve(call.service, call.method)
+        try:
+            service, method = manifest.resolve(call.service, call.method)
+        except NotFound:  # only a valid token holder may learn which methods exist
+            auth.authorise(call.token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
+                           now // 1000, check_permits=False)
+            raise
         auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
                        self.revoked, now // 1000)
         args = call.args or b""

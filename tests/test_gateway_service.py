@@ -173,3 +173,12 @@ async def test_unknown_method_and_handle(env):
         await service.submit(call(dev, "nope", app))
     with pytest.raises(NotFound):
         await service.submit(Call("dev-" + "00" * 16, "read", token=app.to_bytes()))
+
+
+async def test_method_names_are_not_revealed_without_a_valid_token(env):
+    """Asking for an unknown method with a foreign or missing token is refused as unauthorised."""
+    store, service, dev, secret, app = env
+    stranger = cl.derive(cl.root(cl.new_secret()), [cl.Service("sensor", ["read"])])
+    for token in (stranger, b""):
+        with pytest.raises(Unauthorized):
+            await service.submit(call(dev, "nope", token))

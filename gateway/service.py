@@ -218,7 +218,7 @@ class GatewayService:
         manifest = dev.parsed_manifest
         try:
             service, method = manifest.resolve(call.service, call.method)
-        except NotFound:  # only a valid token holder may learn which methods exist
+        except (NotFound, BadRequest):  # only a valid token holder may learn which methods exist
             auth.authorise(call.token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
                            now // 1000, check_permits=False)
             raise

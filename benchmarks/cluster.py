@@ -110,7 +110,7 @@ class LoadRun:
     """S closed-loop submitters (window W each) and one block poller."""
 
     def __init__(self, urls: list[str], poll_url: str, loads: list[list[bytes]], window: int,
-                 duration: float, warmup: float) -> None:
+                 duration: float, warmup: float, cpu_probe=dict) -> None:
         self.urls, self.poll_url, self.loads = urls, poll_url, loads
         self.window, self.duration, self.warmup = window, duration, warmup
         self.sent: dict[str, tuple[float, int]] = {}
@@ -119,6 +119,9 @@ class LoadRun:
         self.rtts: list[float] = []  # broadcast_tx_sync round trips (CheckTx included)
         self.committed = self.rejected = self.lost = self.blocks = self.max_block = 0
         self.exhausted = False
+        self.cpu_probe = cpu_probe  # called at the start and at the end of the measured window
+        self.cpu_start: dict[str, float] | None = None
+        self.cpu_used: dict[str, float] = {}
         self.t_start = self.t_measure = self.t_end = 0.0
 
     async def _rpc(self, session: aiohttp.ClientSession, url: str, method: str, **params) -> dict:
@@ -153,6 +156,8 @@ class LoadRun:
         last = int((await self._rpc(session, self.poll_url, "status"))["sync_info"]["latest_block_height"])
         while time.monotonic() < self.t_end:
             await asyncio.sleep(POLL_S)
+            if self.cpu_start is None and time.monotonic() >= self.t_measure:
+                self.cpu_start = self.cpu_probe()
             top = int((await self._rpc(session, self.poll_url, "status"))["sync_info"]["latest_block_height"])
             for h in range(last + 1, top + 1):
                 block = (await self._rpc(session, self.poll_url, "block", height=str(h)))["block"]
@@ -173,6 +178,8 @@ class LoadRun:
                         self.latencies.append(seen - sent_at)
             last = top
             self._reap()
+        end = self.cpu_probe()
+        self.cpu_used = {k: round(v - (self.cpu_start or {}).get(k, 0.0), 2) for k, v in end.items()}
 
     def _reap(self) -> None:
         old = time.monotonic() - LOST_AFTER_S
@@ -237,11 +244,10 @@ def run_cluster(kind: str, binary: str, root: Path, args, consensus: ConsensusSe
                 launcher.start(ops.proc_name(node, "cmt"),
                                [binary, "start", "--home", str(node.cometbft_home), "--proxy_app", "kvstore"])
         ops.wait_agreement(nodes, 2, 120, launcher=launcher)
-        load = LoadRun([n.rpc_url for n in nodes], nodes[0].rpc_url, loads, args.window, args.duration, args.warmup)
-        before = cpu_by_role(launcher)
+        load = LoadRun([n.rpc_url for n in nodes], nodes[0].rpc_url, loads, args.window, args.duration, args.warmup,
+                       cpu_probe=lambda: cpu_by_role(launcher))
         asyncio.run(load.run())
-        after = cpu_by_role(launcher)
-        cpu = {role: round(after[role] - before.get(role, 0.0), 2) for role in after}
+        cpu = load.cpu_used
     finally:
         ops.down(directory)
     tx_bytes = round(statistics.mean(len(tx) for tx in loads[0][:100]))
@@ -256,9 +262,9 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per app")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
-    parser.add_argument("--submitters", type=int, default=16)
-    parser.add_argument("--window", type=int, default=64, help="max uncommitted txs per submitter")
-    parser.add_argument("--per-submitter", type=int, default=4000, help="pre-built txs per submitter")
+    parser.add_argument("--submitters", type=int, default=64)
+    parser.add_argument("--window", type=int, default=16, help="max uncommitted txs per submitter")
+    parser.add_argument("--per-submitter", type=int, default=1500, help="pre-built txs per submitter")
     parser.add_argument("--timeout-commit", default="500ms")
     parser.add_argument("--base-port", type=int, default=28000)
     parser.add_argument("--only", choices=["kvstore", "registry"], default=None)
@@ -298,7 +304,8 @@ def main() -> int:
         print(f"{r.app:<10} {r.tx_bytes:>8} {r.committed:>10} {r.tx_per_s:>8.1f} {r.p50_ms:>8.0f} {r.p99_ms:>8.0f} "
               f"{r.blocks:>7} {r.max_block_txs:>11} {r.rejected:>9} {r.lost:>5} {r.sync_rtt_p50_ms:>11.1f}"
               + ("  (ran out of pre-built txs)" if r.exhausted else ""))
-    print(f"CPU seconds during warm-up + run ({os.cpu_count()} CPUs), per committed tx:")
+    print(f"CPU seconds used in the measured window ({os.cpu_count()} CPUs = {os.cpu_count() * args.duration:.0f} "
+          f"CPU-seconds available), per committed tx:")
     for r in results:
         total = sum(r.cpu_s.values())
         print(f"  {r.app:<10} " + "  ".join(f"{role} {sec:.1f} s ({1e3 * sec / max(r.committed, 1):.2f} ms/tx)"

@@ -110,9 +110,11 @@ def gateway_cmd(home: Path, rpc: str | None, grpc_listen: str | None, link_liste
 @click.option("--code", default=None, help="The gateway's one-time commissioning code (its log, <home>/commission.code).")
 @click.option("--unpair", is_flag=True, help="Unpair the device from this gateway instead.")
 @click.option("--expect-gateway", default=None, help="Refuse unless the gateway has this id.")
+@click.option("--rpc", default=None,
+              help="A node RPC URL: refuse unless the gateway's key is the one the registry holds for it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str | None, unpair: bool,
-             expect_gateway: str | None, as_json: bool) -> None:
+             expect_gateway: str | None, rpc: str | None, as_json: bool) -> None:
     """Pair a device with a gateway (or unpair it) over the one-time commissioning channel.
 
     Writes paired.json (link endpoint, identity token, pseudonym, gateway id)
@@ -124,7 +126,7 @@ def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str
         raise UserError("give --code: the gateway prints its one-time commissioning code at start "
                         "(also in <gateway home>/commission.code)")
     try:
-        out = asyncio.run(pair_device(device_home, gateway, code or "", resolution, k, unpair, expect_gateway))
+        out = asyncio.run(pair_device(device_home, gateway, code or "", resolution, k, unpair, expect_gateway, rpc))
     except PairError as exc:
         raise UserError(str(exc)) from exc
     if as_json:

@@ -31,6 +31,20 @@ class PairError(Exception):
     """Pairing failed; the message says why (one line)."""
 
 
+async def check_registered(offer: gw.PairOffer, rpc_url: str) -> None:
+    """Refuse a gateway whose signing key is not the one the registry holds for its id."""
+    from edgistry.gateway.chain import ChainClient, ChainError
+    from edgistry.proto import registry_pb2 as pb
+
+    try:
+        async with ChainClient(rpc_url) as chain:
+            record = await chain.query_msg("/gateway", pb.GatewayRecord, offer.gateway_id.encode())
+    except ChainError as exc:
+        raise PairError(f"gateway {offer.gateway_id} is not in the registry at {rpc_url}: {exc}") from exc
+    if record.pubkey != offer.gateway_pubkey:
+        raise PairError(f"gateway {offer.gateway_id} presents a key the registry does not hold for it")
+
+
 def location_cell(manifest: dict) -> int:
     """The device's H3 cell at the finest resolution (0 without a location)."""
     loc = manifest.get("location")
@@ -42,7 +56,8 @@ def location_cell(manifest: dict) -> int:
 
 
 async def pair_device(device_home: Path | str, gateway: str, code: str = "", resolution: int = DEFAULT_RESOLUTION,
-                      k: int = DEFAULT_K, unpair: bool = False, expect_gateway: str | None = None) -> dict:
+                      k: int = DEFAULT_K, unpair: bool = False, expect_gateway: str | None = None,
+                      registry_rpc: str | None = None) -> dict:
     """Pair (or unpair) the device at ``device_home`` with the gateway at ``gateway`` (gRPC HOST:PORT).
 
     Returns {pseudonym, owner_handle, app_token_file, gateway_id, link_endpoint, height}
@@ -63,6 +78,8 @@ async def pair_device(device_home: Path | str, gateway: str, code: str = "", res
             stub = gw_grpc.CommissioningStub(chan)
             offer = await stub.Begin(tool.begin(), timeout=15)
             tool.accept(offer, expect_gateway)
+            if registry_rpc:
+                await check_registered(offer, registry_rpc)
             if previous is not None and previous.gateway_id and previous.gateway_id != offer.gateway_id:
                 raise PairError(f"this device is paired with gateway {previous.gateway_id}; unpair it there first "
                                 f"(`edgistry pair --unpair --device {home.path} --gateway THAT_HOST:PORT`)")

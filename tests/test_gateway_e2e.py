@@ -86,7 +86,7 @@ def test_pair_queue_durability_expiry_overflow_and_unpair(tmp_path):
         dev = make_device_home(tmp_path / "dev")
         code, out = cli("pair", "--device", str(dev.path), "--gateway", cfg.grpc_listen, "--code", "AAAA-BBBB")
         assert code == 1 and "wrong commissioning code" in out
-        code, out = pair(cfg, dev, "--json")
+        code, out = pair(cfg, dev, "--json", "--rpc", cfg.rpc_url)  # key checked against the registry
         assert code == 0, out
         paired = json.loads(out)
         token = paired["app_token_file"]

@@ -107,7 +107,7 @@ class EtcdServer:
         return f"127.0.0.1:{self.client_port}"
 
     def version(self) -> str:
-        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([self.binary, "--version"], check=False, capture_output=True, text=True, timeout=10).stdout
         return out.splitlines()[0].split(":")[-1].strip() if out else "?"
 
     def start(self) -> None:
@@ -118,8 +118,8 @@ class EtcdServer:
                 "--initial-cluster", f"bench={pu}", "--max-txn-ops", str(self.max_txn_ops),
                 "--max-request-bytes", str(16 * 1024 * 1024), "--quota-backend-bytes", str(8 * 1024 ** 3),
                 "--snapshot-count", "1000000", "--log-level", "error"]
-        log = open(self.workdir / "etcd.log", "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.workdir / "etcd.log", "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

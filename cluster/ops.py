@@ -33,6 +33,7 @@ EDGISTRY = [sys.executable, "-m", "edgistry"]
 ROLES = ("app", "cmt", "gw")  # start order; stop order is the reverse
 APP_READY_TIMEOUT = 30.0
 DEFAULT_WAIT = 120.0
+GATEWAY_WAIT = 60.0
 PROGRESS_EVERY = 2.0
 
 Progress = Callable[[str], None]
@@ -154,11 +155,45 @@ def up(directory: Path, nodes: int = 4, binary: str = "", base_port: int | None 
     launcher = Launcher(directory)
     before = {n.moniker: _height(n) for n in layouts}
     for node in layouts:
-        started = start_node(launcher, node, binary, gateway)
+        started = start_node(launcher, node, binary, gateway=False)
         if started:
             progress(f"{node.moniker}: started {', '.join(started)}")
     target = max([h for h in before.values() if h is not None] + [1]) + 1  # one new block at least
-    return layouts, wait_agreement(layouts, target, timeout, progress, launcher)
+    agreed = wait_agreement(layouts, target, timeout, progress, launcher)
+    if gateway_command_exists() if gateway is None else gateway:  # gateways once their registry is live
+        for node in layouts:
+            started = start_node(launcher, node, binary, gateway=True)
+            if started:
+                progress(f"{node.moniker}: started {', '.join(started)}")
+        wait_gateways(layouts, launcher, min(timeout, GATEWAY_WAIT), progress)
+    return layouts, agreed
+
+
+def gateway_health(node: NodeLayout) -> tuple[bool, str]:
+    return rpc.http_ok(f"http://{HOST}:{node.ports.http}/healthz", timeout=2.0)
+
+
+def wait_gateways(layouts: list[NodeLayout], launcher: Launcher, timeout: float, progress: Progress = _quiet) -> None:
+    """Wait until every node's gateway answers /healthz; fail early if one exits."""
+    deadline = time.monotonic() + timeout
+    last_report = 0.0
+    while True:
+        health = {n.moniker: gateway_health(n) for n in layouts}
+        if all(ok for ok, _ in health.values()):
+            return
+        for node in layouts:
+            name = proc_name(node, "gw")
+            if not launcher.alive(name):
+                raise ClusterError(f"{name} is not running; its log ({launcher.log_path(name)}):\n"
+                                   f"{log_tail(launcher, name)}")
+        now = time.monotonic()
+        waiting = ", ".join(f"{m} ({detail})" for m, (ok, detail) in health.items() if not ok)
+        if now > deadline:
+            raise ClusterError(f"gateways not healthy after {timeout:.0f} s: {waiting}")
+        if now - last_report >= PROGRESS_EVERY:
+            progress(f"waiting for gateways: {waiting}")
+            last_report = now
+        time.sleep(0.25)
 
 
 def _height(node: NodeLayout) -> int | None:
@@ -236,7 +271,7 @@ def status(directory: Path) -> dict[str, Any]:
             entry.update(height=None, app_hash=None, catching_up=None, voting_power=None, peers=None,
                          rpc_error=str(exc))
         if "gw" in entry["processes"]:
-            ok, detail = rpc.http_ok(f"http://{HOST}:{node.ports.http}/healthz")
+            ok, detail = gateway_health(node)
             entry["gateway"] = {"healthy": ok, "detail": detail}
         out.append(entry)
     return {"dir": str(directory), "nodes": out, "agreement": _agreement(layouts, out)}

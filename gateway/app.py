@@ -133,8 +133,14 @@ class Gateway:
         self.code = CommissionCode(cfg.home / "commission.code")
         commissioner = Commissioner(self.store, Offers(self.key, cfg.chain_id), self.code, self.chain, self.key,
                                     self.secret, self.link_endpoint, self.metrics)
+        # issue 5: discovery, its replica of the registry, invoke-any
+        from edgistry.gateway import discovery_grpc as dg
+
+        self.discovery, replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id, self.grpc_endpoint)
+        discovery = dg.discovery_servicer(self.discovery, self.secret, dg.GatewayInvoker(self.service), replica,
+                                          revoked=revoked)
         self._grpc, self.ports["grpc"] = await start_grpc(cfg.grpc_listen, self.service, commissioner,
-                                                          ForwardChecker(directory), self.metrics)
+                                                          ForwardChecker(directory), self.metrics, discovery)
         host, port = host_port(cfg.http_listen)
         self._http = web.AppRunner(self._http_app(), access_log=None)
         await self._http.setup()
@@ -148,6 +154,7 @@ class Gateway:
             ("liveness", self._every(interval("liveness_interval_s", 60.0), self.report_liveness)),
             ("revocations", self._every(interval("revocation_interval_s", 10.0), self.refresh_revocations)),
             ("registration", self._check_registration()),
+            ("replica", replica.run()),
         )]
         self.announce(f"gateway {self.gateway_id}: gRPC {cfg.grpc_listen}, device link {cfg.link_listen}, "
                       f"HTTP {cfg.http_listen}; chain RPC {self.chain.url}")

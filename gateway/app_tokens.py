@@ -20,10 +20,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-
-from edgistry.firmware.caplets import (READ, ExpiresAt, Identity, Region, Resource, Service, Token,
-                                       TokenError, chain_tags, mint, to_text, verify)
-from edgistry.firmware.caplets.cap_caps import IDENTITY, REGION, RESOURCE, ROOT, SERVICE, WILDCARD, prefix_within
+from edgistry.firmware.caplets import (
+    READ,
+    ExpiresAt,
+    Identity,
+    Region,
+    Resource,
+    Service,
+    Token,
+    TokenError,
+    chain_tags,
+    mint,
+    to_text,
+    verify,
+)
+from edgistry.firmware.caplets.cap_caps import (
+    IDENTITY,
+    REGION,
+    RESOURCE,
+    ROOT,
+    SERVICE,
+    WILDCARD,
+    prefix_within,
+)
 from edgistry.gateway.errors import Unauthorized
 from edgistry.gateway.handles import client_id_of
 

@@ -146,7 +146,11 @@ def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str
 
 @click.command("invoke")
 @click.argument("handle")
-@click.argument("method")
+@click.argument("method", required=False)
+@click.option("--any", "any_type", default=None, metavar="TYPE", help="Let the Edgistry pick a device of TYPE "
+              "(then the only argument is METHOD).")
+@click.option("--near", default=None, metavar="LAT,LON", help="With --any: centre of the region.")
+@click.option("--radius-km", type=float, default=1.0, show_default=True, help="With --any: radius of the region.")
 @click.option("--arg", "arg", default=None, help="Arguments as JSON.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the answer.")
 @click.option("--async", "is_async", is_flag=True, help="Queue and print the request id; fetch with `edgistry result`.")
@@ -156,11 +160,20 @@ def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str
 @click.option("--ttl", type=int, default=0, help="Seconds the request may wait for the device (default: gateway's).")
 @click.option("--request-id", default="", help="Client-chosen request id (32 hex) making retries idempotent.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def invoke_cmd(handle: str, method: str, arg: str | None, timeout: float, is_async: bool, gateway: str,
-               token_file: str | None, service: str, ttl: int, request_id: str, as_json: bool) -> None:
+def invoke_cmd(handle: str, method: str | None, any_type: str | None, near: str | None, radius_km: float,
+               arg: str | None, timeout: float, is_async: bool, gateway: str, token_file: str | None, service: str,
+               ttl: int, request_id: str, as_json: bool) -> None:
     """Invoke METHOD of the device HANDLE (waits up to --timeout for a sleeping device)."""
     from edgistry.proto import gateway_pb2 as gw
 
+    if any_type or near:  # issue 5: `invoke --any TYPE --near LAT,LON METHOD`
+        if not (any_type and near) or method is not None:
+            raise click.UsageError("use: invoke --any TYPE --near LAT,LON METHOD")
+        from edgistry.gateway.discovery_cli import run_invoke_any
+
+        return run_invoke_any(gateway, token_file, any_type, near, radius_km, handle, arg or "{}", timeout, as_json)
+    if method is None:
+        raise click.UsageError("missing METHOD (invoke HANDLE METHOD)")
     if arg is not None:
         try:
             json.loads(arg)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 import grpc
-
 from edgistry.cli import UserError
 from edgistry.gateway.discovery import Latency
 from edgistry.proto import discovery_pb2 as dpb

@@ -21,10 +21,15 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
-
 from edgistry.firmware.caplets import Token, TokenError, from_text
 from edgistry.gateway.app_tokens import AppClient, authenticate
-from edgistry.gateway.discovery import DiscoveryService, Filters, Latency, Target, WatchSession
+from edgistry.gateway.discovery import (
+    DiscoveryService,
+    Filters,
+    Latency,
+    Target,
+    WatchSession,
+)
 from edgistry.gateway.errors import BadRequest, GatewayError, grpc_code
 from edgistry.gateway.handles import HandleCodec, derive_key
 from edgistry.gateway.regions import Region, RegionError
@@ -60,6 +65,21 @@ class RoutingInvoker:
         if self.peer is None:
             raise GatewayError("this gateway cannot forward to other gateways")
         return await self.peer.forward(target.gateway_id, target.endpoint, request)
+
+
+class GatewayInvoker:
+    """The production invoker: the gateway's own invoke path (GatewayService.invoke), which
+    serves its devices locally and forwards others to their owner with Peer.Forward."""
+
+    def __init__(self, gateway_service) -> None:
+        self.gateway_service = gateway_service
+
+    async def invoke(self, target: Target, request: gpb.InvokeRequest) -> gpb.Result:
+        from edgistry.gateway.grpc_api import to_call, to_pb
+        from edgistry.gateway.service import owner_handle
+
+        request.target = owner_handle(target.pseudonym)
+        return to_pb(await self.gateway_service.invoke(to_call(request)))
 
 
 def anonymous(result: gpb.Result) -> gpb.Result:
@@ -172,6 +192,21 @@ class DiscoveryServicer(dgrpc.DiscoveryServicer):
                 await self.follower.wait_changed(version, timeout=self.watch_tick_s)
         except GatewayError as err:
             await self._fail(context, err)
+
+
+def handle_resolver(service: DiscoveryService, secret: bytes,
+                    clock: Callable[[], float] = time.time) -> Callable[[str, bytes], bytes | None]:
+    """For GatewayService.resolvers: (target, client token) -> pseudonym, or None when the
+    target is not a valid discovery handle of this client (the caller then reports NotFound)."""
+
+    def resolve(target: str, token: bytes) -> bytes | None:
+        try:
+            client = authenticate(_token(token), secret, now=int(clock()))
+            return service.resolve(client, target, int(clock() * 1000)).pseudonym
+        except GatewayError:
+            return None
+
+    return resolve
 
 
 def discovery_servicer(service: DiscoveryService, secret: bytes, invoker: Invoker | None = None,

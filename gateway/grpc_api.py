@@ -140,11 +140,17 @@ class PeerServicer(gw_grpc.PeerServicer):
 
 
 async def start_grpc(listen: str, service: GatewayService, commissioner: Commissioner | None,
-                     checker: ForwardChecker | None, metrics: GatewayMetrics) -> tuple[grpc.aio.Server, int]:
+                     checker: ForwardChecker | None, metrics: GatewayMetrics,
+                     discovery=None) -> tuple[grpc.aio.Server, int]:
     """Create, bind and start the server; returns it and the bound port."""
     server = grpc.aio.server()
     gw_grpc.add_GatewayServicer_to_server(GatewayServicer(service), server)
     names = [gw.DESCRIPTOR.services_by_name["Gateway"].full_name]
+    if discovery is not None:  # issue 5: gateway/discovery_grpc.py
+        from edgistry.gateway.discovery_grpc import add_to_server
+
+        add_to_server(server, discovery)
+        names.append("edgistry.discovery.v1.Discovery")
     if commissioner is not None:
         gw_grpc.add_CommissioningServicer_to_server(CommissioningServicer(commissioner), server)
         names.append(gw.DESCRIPTOR.services_by_name["Commissioning"].full_name)

@@ -25,9 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import h3
-from h3.api import basic_int as h3i
-
 from edgistry.firmware.caplets import cap_h3
+from h3.api import basic_int as h3i
 
 MAX_RES = 15
 KEY_MASK = (1 << 52) - 1
@@ -161,7 +160,7 @@ def disk_cover(lat: float, lon: float, radius_km: float, res: int | None = None)
     edge = h3.average_hexagon_edge_length(res, "km")
     centre = h3i.latlng_to_cell(lat, lon, res)
     # H3 cells vary ~2x in size: a generous ring count and margin keep a superset.
-    rings = int(math.ceil(radius_km / (1.5 * edge * 0.9))) + 1
+    rings = math.ceil(radius_km / (1.5 * edge * 0.9)) + 1
     limit = radius_km + 2.0 * edge
     # rings this close are inside the disk whatever the distortion: no distance check needed
     inner = int(radius_km / (2.0 * math.sqrt(3) * edge))

@@ -29,7 +29,7 @@ from edgistry.gateway.chain import ChainClient, ChainError
 from edgistry.gateway.replica_index import DeviceEntry, RegistryIndex, entry_from_record
 from edgistry.proto import registry_pb2 as pb
 
-__all__ = ["ReplicaFollower", "RegistryIndex", "DeviceEntry"]
+__all__ = ["DeviceEntry", "RegistryIndex", "ReplicaFollower"]
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,6 @@ class ReplicaFollower:
         async with self._changed:
             try:
                 await asyncio.wait_for(self._changed.wait_for(lambda: self.index.version != version), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return self.index.version

@@ -33,7 +33,14 @@ import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from edgistry.gateway.regions import KEY_MASK, MAX_RES, Region, parent, resolution, subtree_range
+from edgistry.gateway.regions import (
+    KEY_MASK,
+    MAX_RES,
+    Region,
+    parent,
+    resolution,
+    subtree_range,
+)
 from edgistry.proto import registry_pb2 as pb
 
 
@@ -87,7 +94,7 @@ def entry_from_record(rec: pb.DeviceRecord) -> DeviceEntry:
 class Group:
     """Devices of one type disclosed together at one cell (at least max k of them)."""
 
-    __slots__ = ("cell", "key", "members", "max_k", "cache")
+    __slots__ = ("cache", "cell", "key", "max_k", "members")
 
     def __init__(self, cell: int, members: tuple[bytes, ...], max_k: int) -> None:
         self.cell, self.key, self.members, self.max_k = cell, cell & KEY_MASK, members, max_k

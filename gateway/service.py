@@ -112,6 +112,8 @@ class GatewayService:
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
+        self._batch: list[tuple[RequestRecord, int, Callable[[int], bytes], asyncio.Future]] = []
+        self._committer: asyncio.Task | None = None
         self.store.listeners.append(self._changed)
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -207,13 +209,13 @@ class GatewayService:
                 res = await self.forwarder.call(owner, "submit", call)
                 self._remember_forward(call, owner, res)
                 return res
-            result = self._submit_local(dev, call)
+            result = await self._submit_local(dev, call)
         except GatewayError as err:
             self.metrics.rejections.labels(err.reason).inc()
             raise
         return result
 
-    def _submit_local(self, dev: Device, call: Call, store_cached: bool = True) -> Result:
+    async def _submit_local(self, dev: Device, call: Call, store_cached: bool = True) -> Result:
         now = self.clock()
         manifest = dev.parsed_manifest
         try:
@@ -247,14 +249,54 @@ class GatewayService:
                 self.metrics.cache_hits.inc()
                 return _result(rec, now)
         root = dev.root_token
-        rec, new = self.store.enqueue(
-            rec, self.settings.max_queue_depth, now,
-            lambda seq: auth.request_token(root, service, method.name, args, seq))
+        rec, new = await self._enqueue(
+            rec, now, lambda seq: auth.request_token(root, service, method.name, args, seq))
         if new:
             self.metrics.requests.labels("queued").inc()
             if self.on_queued is not None:
                 self.on_queued(dev.link_id)
         return _result(rec, self.expected_at(dev, now) if rec.st.active else rec.done_ms)
+
+    async def _enqueue(self, rec: RequestRecord, now: int,
+                       token_for_seq: Callable[[int], bytes]) -> tuple[RequestRecord, bool]:
+        """Durably enqueue with group commit: requests submitted while a commit
+        runs (or in the same loop turn) are written by the next one in a single
+        transaction, so one fsync serves them all (store.enqueue_many). Each
+        caller returns only after the commit holding its request, so an
+        acknowledged request is on disk exactly as with one commit per request."""
+        fut = asyncio.get_running_loop().create_future()
+        self._batch.append((rec, now, token_for_seq, fut))
+        if self._committer is None:
+            self._committer = asyncio.get_running_loop().create_task(self._commit_batches())
+        return await fut
+
+    async def _commit_batches(self) -> None:
+        try:
+            while self._batch:
+                await asyncio.sleep(0)  # submits ready in this loop turn join the batch
+                batch, self._batch = self._batch, []
+                depth = self.settings.max_queue_depth
+                try:
+                    results = self.store.enqueue_many([(rec, depth, now, fn) for rec, now, fn, _ in batch])
+                except Exception as exc:  # the commit failed: nothing of the batch is stored or acknowledged
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (*_, fut), res in zip(batch, results):
+                    if fut.done():
+                        continue  # the caller went away; its request is queued all the same
+                    if isinstance(res, Exception):
+                        fut.set_exception(res)
+                    else:
+                        fut.set_result(res)
+        except asyncio.CancelledError:  # loop shutdown: callers not yet committed get no answer
+            for *_, fut in self._batch:
+                fut.cancel()
+            self._batch = []
+            raise
+        finally:
+            self._committer = None
 
     async def invoke(self, call: Call) -> Result:
         """Queue a call and wait for its answer up to the call's timeout."""
@@ -274,7 +316,7 @@ class GatewayService:
     async def _invoke_local(self, dev: Device, call: Call) -> Result:
         timeout = (call.timeout_ms / 1000) if call.timeout_ms else self.settings.default_invoke_timeout_s
         timeout = min(timeout, self.settings.max_invoke_timeout_s)
-        res = self._submit_local(dev, call, store_cached=False)
+        res = await self._submit_local(dev, call, store_cached=False)
         if not res.terminal:
             res = await self._wait(bytes.fromhex(res.request_id), timeout, res)
         return res
@@ -284,7 +326,7 @@ class GatewayService:
         """A peer gateway's call (signature already checked): local devices only, never re-forwarded."""
         try:
             if kind == "submit":
-                return self._submit_local(self._local(call), call)
+                return await self._submit_local(self._local(call), call)
             if kind == "invoke":
                 return await self._invoke_local(self._local(call), call)
             rec = self._owned(request_id, token)

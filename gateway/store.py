@@ -263,31 +263,61 @@ class GatewayStore:
         (idempotence) when the same token made it, else raises Conflict.
         Raises QueueFull at ``max_depth`` active requests.
         """
-        link = rec.link_id
         with self.env.begin(write=True) as txn:
-            old = txn.get(b"r/" + rec.request_id)
-            if old is not None:
-                prev = RequestRecord.load(old)
-                same = (prev.link_id, prev.service, prev.method, prev.args, prev.token_digest) == \
-                    (link, rec.service, rec.method, rec.args, rec.token_digest)
-                if not same:
-                    raise Conflict("request id already used for a different call")
-                return prev, False
-            if txn.get(b"d/" + link) is None:
-                raise NotFound("no such device")
-            depth = _int(txn.get(b"n/" + link))
-            if depth >= max_depth:
-                raise QueueFull(f"the device's queue is full ({depth} of {max_depth} requests waiting); "
-                                "retry after it wakes")
-            seq = max(now_ms, _int(txn.get(b"s/" + link)) + 1)
-            rec.seq, rec.state = seq, State.QUEUED
-            rec.request_token = token_for_seq(seq)
-            txn.put(b"s/" + link, be64(seq))
-            txn.put(b"n/" + link, be64(depth + 1))
-            txn.put(b"q/" + link + be64(seq), rec.request_id)
-            txn.put(b"x/" + be64(rec.expires_at_ms) + rec.request_id, b"")
-            txn.put(b"r/" + rec.request_id, rec.dump())
-        self._notify([rec])
+            out = self._enqueue_in(txn, rec, max_depth, now_ms, token_for_seq)
+        if out[1]:
+            self._notify([out[0]])
+        return out
+
+    def enqueue_many(self, items: list[tuple[RequestRecord, int, int, Callable[[int], bytes]]]
+                     ) -> list[tuple[RequestRecord, bool] | Exception]:
+        """:meth:`enqueue` for several requests in ONE write transaction (one
+        commit, one fsync: group commit), each with the semantics of
+        :meth:`enqueue` in list order. Per item: ``(record, new)`` or the
+        exception refusing it (QueueFull, Conflict, NotFound, a failing
+        ``token_for_seq``); a refused item writes nothing. Everything returned
+        is durable: this returns only after the commit, and a failing commit
+        raises (then nothing of the batch was stored)."""
+        out: list[tuple[RequestRecord, bool] | Exception] = []
+        with self.env.begin(write=True) as txn:
+            for rec, max_depth, now_ms, token_for_seq in items:
+                try:
+                    out.append(self._enqueue_in(txn, rec, max_depth, now_ms, token_for_seq))
+                except lmdb.Error:
+                    raise  # a failed write: the whole batch fails, nothing of it is acknowledged
+                except Exception as exc:  # raised before any write of this item (see _enqueue_in)
+                    out.append(exc)
+        self._notify([r[0] for r in out if not isinstance(r, Exception) and r[1]])
+        return out
+
+    def _enqueue_in(self, txn: lmdb.Transaction, rec: RequestRecord, max_depth: int, now_ms: int,
+                    token_for_seq: Callable[[int], bytes]) -> tuple[RequestRecord, bool]:
+        """Checks first, then the writes: an exception leaves ``txn`` untouched
+        (apart from writes of the caller's own earlier items)."""
+        link = rec.link_id
+        old = txn.get(b"r/" + rec.request_id)
+        if old is not None:
+            prev = RequestRecord.load(old)
+            same = (prev.link_id, prev.service, prev.method, prev.args, prev.token_digest) == \
+                (link, rec.service, rec.method, rec.args, rec.token_digest)
+            if not same:
+                raise Conflict("request id already used for a different call")
+            return prev, False
+        if txn.get(b"d/" + link) is None:
+            raise NotFound("no such device")
+        depth = _int(txn.get(b"n/" + link))
+        if depth >= max_depth:
+            raise QueueFull(f"the device's queue is full ({depth} of {max_depth} requests waiting); "
+                            "retry after it wakes")
+        seq = max(now_ms, _int(txn.get(b"s/" + link)) + 1)
+        token = token_for_seq(seq)
+        rec.seq, rec.state, rec.request_token = seq, State.QUEUED, token
+        raw = rec.dump()
+        txn.put(b"s/" + link, be64(seq))
+        txn.put(b"n/" + link, be64(depth + 1))
+        txn.put(b"q/" + link + be64(seq), rec.request_id)
+        txn.put(b"x/" + be64(rec.expires_at_ms) + rec.request_id, b"")
+        txn.put(b"r/" + rec.request_id, raw)
         return rec, True
 
     def put_finished(self, rec: RequestRecord) -> None:

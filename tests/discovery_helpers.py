@@ -6,7 +6,6 @@ import os
 import random
 
 import h3
-
 from edgistry.gateway.app_tokens import AppClient, authenticate, mint_app_token
 from edgistry.gateway.discovery import DiscoveryService
 from edgistry.gateway.handles import HandleCodec, derive_key

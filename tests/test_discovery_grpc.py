@@ -10,12 +10,15 @@ import threading
 import grpc
 import pytest
 from click.testing import CliRunner
-
 from discovery_helpers import GW, GW2, NOW_MS, World, entry
 from edgistry.cli import main
 from edgistry.firmware.caplets import from_text, verify
 from edgistry.gateway.app_tokens import mint_app_token
-from edgistry.gateway.discovery_grpc import DiscoveryServicer, RoutingInvoker, add_to_server
+from edgistry.gateway.discovery_grpc import (
+    DiscoveryServicer,
+    RoutingInvoker,
+    add_to_server,
+)
 from edgistry.proto import discovery_pb2 as dpb
 from edgistry.proto import discovery_pb2_grpc as dgrpc
 from edgistry.proto import gateway_pb2 as gpb
@@ -147,10 +150,13 @@ async def test_watch_streams_appear_and_leave_within_k(server):
         assert {e.kind for e in first} == {dpb.WatchEvent.APPEAR}
         victims = [p for p, e in server.world.index.entries.items() if e.gateway_id == GW2]
         server.call_soon(lambda: server.world.index.remove(victims[0]))
-        leaves = [await stream.read() for _ in range(7)]
+        gone = await stream.read()
+        assert gone.kind == dpb.WatchEvent.LEAVE and gone.handle.handle in {e.handle.handle for e in first}
+        rest = [p for p in server.world.index.entries if p != victims[0]][:4]  # 2 devices of k=3 stay: below k
+        server.call_soon(lambda: [server.world.index.remove(p) for p in rest])
+        leaves = [await stream.read() for _ in range(6)]
         stream.cancel()
-    # 6 remain (3 k=3 ... ) -> regrouped; every event is about a whole group at least k
-    assert sum(e.kind == dpb.WatchEvent.LEAVE for e in leaves) >= 1
+    assert {e.kind for e in leaves} == {dpb.WatchEvent.LEAVE}
 
 
 def test_cli_discover_and_token_app(server, tmp_path):
@@ -174,4 +180,18 @@ def test_cli_discover_and_token_app(server, tmp_path):
                                f"127.0.0.1:{server.port}"])
     assert res.exit_code == 1 and "--token" in res.output
     res = runner.invoke(main, ["discover", "sensor", "--near", "nowhere", "--gateway", "x:1", "--token", str(tok)])
+    assert res.exit_code == 2
+
+
+def test_cli_invoke_any(server, tmp_path):
+    """`invoke --any TYPE --near LAT,LON METHOD` returns one device's answer and nothing naming it."""
+    tok = tmp_path / "app.token"
+    tok.write_bytes(_token(server.world))
+    args = ["invoke", "--any", "sensor", "--near", "48.85,2.35", "read", "--gateway", f"127.0.0.1:{server.port}",
+            "--token", str(tok)]
+    res = CliRunner().invoke(main, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["state"] == "DONE" and out["payload"] in ({"t": 21.5}, {"from": "peer"})
+    res = CliRunner().invoke(main, ["invoke", "--any", "sensor", "read", "--gateway", "x:1"])
     assert res.exit_code == 2

@@ -14,9 +14,7 @@ from collections import Counter, defaultdict
 
 import h3
 import pytest
-
 from discovery_helpers import GW2, NOW_MS, World, cell_at, entry, population
-from edgistry.gateway import discovery as disc
 from edgistry.gateway.discovery import Filters, Latency, WatchSession
 from edgistry.gateway.errors import NotFound, Unauthorized
 from edgistry.gateway.regions import Region, cover_resolution

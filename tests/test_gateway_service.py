@@ -182,3 +182,22 @@ async def test_method_names_are_not_revealed_without_a_valid_token(env):
     for token in (stranger, b""):
         with pytest.raises(Unauthorized):
             await service.submit(call(dev, "nope", token))
+
+
+async def test_concurrent_submits_share_a_commit_and_keep_queue_order(env):
+    """Submits arriving together are written by one transaction (group commit); each keeps its own
+    outcome (the depth-3 queue refuses the rest) and sequences rise in queue order."""
+    store, service, dev, secret, app = env
+    commits = []
+    real = store.enqueue_many
+    store.enqueue_many = lambda items: commits.append(len(items)) or real(items)
+    results = await asyncio.gather(*(service.submit(call(dev, "info", app, args=b'{"n": %d}' % i))
+                                     for i in range(5)), return_exceptions=True)
+    assert commits == [5]
+    assert sum(1 for r in results if isinstance(r, QueueFull)) == 2
+    queued = [r for r in results if not isinstance(r, Exception)]
+    assert len(queued) == 3 and all(r.state == State.QUEUED for r in queued)
+    items = store.pending(dev.link_id, 1 << 16, int(time.time() * 1000))[0]
+    seqs = [cl.verify(i.request_token, secret, now=int(time.time())).request.sequence for i in items]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert [i.request_id.hex() for i in items] == [r.request_id for r in queued]

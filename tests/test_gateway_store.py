@@ -151,3 +151,68 @@ def test_unpair_cancels_the_queue(store):
     store.remove_device(dev.link_id, NOW)
     assert store.get(rec.request_id).st == State.CANCELLED and store.device(dev.link_id) is None
     assert store.device_by_pseudonym(dev.pseudonym) is None
+
+
+def test_enqueue_many_is_one_commit_with_per_item_outcomes(tmp_path):
+    """Group commit: one transaction, each item with enqueue's own outcome; refused items write
+    nothing; sequences rise in queue order; everything returned survives a reopen."""
+    from edgistry.gateway.errors import NotFound
+
+    store = GatewayStore(tmp_path / "gw")
+    a, b = add_device(store), add_device(store)
+    ghost = Device(new_id(), new_id(), b"", MANIFEST, 0, 7, 1)
+
+    def rec(dev, rid=None, digest=b"d" * 32):
+        return RequestRecord(rid or new_id(), dev.link_id, "sensor", "read", b"", b"", digest, State.QUEUED, NOW,
+                             NOW + 60_000)
+
+    def tok(seq):
+        return seq.to_bytes(8, "big")
+
+    def boom(seq):
+        raise ValueError("no token")
+
+    first = rec(a)
+    items = [(first, 2, NOW, tok), (rec(a, first.request_id), 2, NOW, tok),
+             (rec(a, first.request_id, b"x" * 32), 2, NOW, tok), (rec(b), 5, NOW, boom), (rec(a), 2, NOW, tok),
+             (rec(a), 2, NOW, tok), (rec(ghost), 2, NOW, tok), (rec(b), 5, NOW, tok)]
+    out = store.enqueue_many(items)
+    assert out[0][1] is True and out[1][1] is False and out[1][0].request_id == first.request_id
+    assert isinstance(out[2], Conflict) and isinstance(out[3], ValueError)
+    assert out[4][1] is True and isinstance(out[5], QueueFull) and isinstance(out[6], NotFound)
+    assert out[7][1] is True
+    assert out[0][0].seq < out[4][0].seq and out[4][0].request_token == tok(out[4][0].seq)
+    store.close()
+    store = GatewayStore(tmp_path / "gw")  # what was returned is committed
+    assert store.depth(a.link_id) == 2 and store.depth(b.link_id) == 1
+    ids = [r.request_id for r in store.pending(a.link_id, 1 << 16, NOW)[0]]
+    assert ids == [first.request_id, out[4][0].request_id]
+    assert store.get(items[3][0].request_id) is None and store.get(items[5][0].request_id) is None
+    store.close()
+
+
+def test_group_committed_requests_survive_kill9(tmp_path):
+    """A request acknowledged by enqueue_many survives kill -9 of the process right after."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        from edgistry.firmware import caplets as cl
+        from edgistry.gateway.store import Device, GatewayStore, RequestRecord, State
+        s = GatewayStore({str(tmp_path / 'gw')!r})
+        dev = Device(b"L" * 16, b"P" * 16, cl.root(cl.new_secret()).to_bytes(), {MANIFEST!r}, 0, 7, 1)
+        s.put_device(dev)
+        recs = [RequestRecord(bytes([i]) * 16, dev.link_id, "sensor", "read", b"", b"", b"d" * 32, 1, 1, 2**50)
+                for i in range(1, 21)]
+        out = s.enqueue_many([(r, 100, 1000, lambda q: q.to_bytes(8, "big")) for r in recs])
+        print("acked", sum(1 for o in out if o[1]), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == -9 and "acked 20" in res.stdout, res.stderr
+    store = GatewayStore(tmp_path / "gw")
+    assert store.depth(b"L" * 16) == 20
+    assert all(store.get(bytes([i]) * 16) is not None for i in range(1, 21))
+    store.close()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 
 import pytest
-
 from edgistry.abci_app.home import gateway_key
 from edgistry.config import NodeConfig
 from edgistry.gateway.chain import ChainClient
@@ -22,16 +22,16 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    """One embedded node on free ports; yields (rpc url, home)."""
+    """One embedded node on free ports; yields (rpc url, home, gateway gRPC address)."""
     tmp = tmp_path_factory.mktemp("replica")
-    home, rpc = tmp / "home", free_port()
+    home, rpc, grpc_port = tmp / "home", free_port(), free_port()
     proc = edgistry("up", "--home", str(home), "--rpc-listen", f"127.0.0.1:{rpc}",
-                    "--grpc-listen", f"127.0.0.1:{free_port()}", "--link-listen", f"127.0.0.1:{free_port()}",
+                    "--grpc-listen", f"127.0.0.1:{grpc_port}", "--link-listen", f"127.0.0.1:{free_port()}",
                     "--http-listen", f"127.0.0.1:{free_port()}", log=tmp / "up.log",
                     env={"EDGISTRY_BLOCK_INTERVAL_MS": "50"})
     try:
         wait_for_port(rpc, timeout=30, proc=proc)
-        yield f"http://127.0.0.1:{rpc}", home
+        yield f"http://127.0.0.1:{rpc}", home, f"127.0.0.1:{grpc_port}"
     finally:
         stop(proc)
 
@@ -48,7 +48,7 @@ async def _settled(chain: ChainClient, index: RegistryIndex) -> None:
 
 async def test_load_then_follow_device_events(node):
     """Initial load pages /devices at one height; new heights' events re-read exactly the changed devices."""
-    url, home = node
+    url, home, _ = node
     key = gateway_key(NodeConfig.load(home))
     ps = [os.urandom(16) for _ in range(8)]
     async with ChainClient(url) as chain:
@@ -82,7 +82,7 @@ async def test_load_then_follow_device_events(node):
 
 async def test_run_loop_follows_and_notifies_watchers(node):
     """The run loop loads, follows new blocks, and wakes waiters on change."""
-    url, home = node
+    url, home, _ = node
     key = gateway_key(NodeConfig.load(home))
     async with ChainClient(url) as chain:
         follower = ReplicaFollower(chain, poll_s=0.05)
@@ -103,3 +103,33 @@ async def test_run_loop_follows_and_notifies_watchers(node):
             assert follower.index.disclosure_cell("sensor", p) == cell_at(40.0, -3.7, 7)
         finally:
             task.cancel()
+
+
+async def test_discover_end_to_end_through_up(node, tmp_path):
+    """`edgistry up` serves Discovery from its replica: `token app` + `discover` find new devices."""
+    from click.testing import CliRunner
+
+    from edgistry.cli import main
+
+    url, home, gateway = node
+    key = gateway_key(NodeConfig.load(home))
+    async with ChainClient(url) as chain:
+        for _ in range(3):
+            await chain.submit(key, device_msg(os.urandom(16), cell_at(-33.86, 151.21, 7), res=7, k=3))
+    runner = CliRunner()
+    res = runner.invoke(main, ["token", "app", "--home", str(home), "--name", "e2e"])
+    assert res.exit_code == 0, res.output
+    tok = tmp_path / "app.token"
+    tok.write_text(res.stdout)
+    wait_for_port(int(gateway.rsplit(":", 1)[1]), timeout=30)
+    rows = []
+    for _ in range(100):
+        res = await asyncio.to_thread(runner.invoke, main, [
+            "discover", "sensor", "--near", "-33.86,151.21", "--radius-km", "3", "--gateway", gateway,
+            "--token", str(tok), "--json"])
+        rows = json.loads(res.stdout) if res.exit_code == 0 else []
+        if len(rows) == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert len(rows) == 3, res.output
+    assert {r["cell"] for r in rows} == {f"{cell_at(-33.86, 151.21, 7):x}"}

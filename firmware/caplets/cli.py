@@ -340,6 +340,6 @@ def _revoke_on_chain(tokens: list, home: str, rpc: str | None) -> None:
         raise UserError(str(exc)) from exc
 
 
-from edgistry.gateway.app_tokens import app_cmd  # noqa: E402  (the gateway is the origin of app tokens)
+from edgistry.gateway.app_tokens import app_cmd  # the gateway is the origin of app tokens
 
 token_group.add_command(app_cmd)

@@ -1,0 +1,359 @@
+"""Bytes on the wire and round trips from a device's wake to its first delivered request.
+
+Issue 4 item 8a. Side by side, in one run, on loopback:
+
+* **edgistry link, full handshake**: a real LinkServer (MemoryBackend) and a real
+  DeviceSession over TCP; a request (real gateway-derived request token) is queued
+  before the wake; the device connects, HELLO / CHALLENGE / PROOF / ACCEPT, receives
+  REQUESTS and sends ACK. The runtime's defaults: X25519 forward secrecy on, no payload
+  encryption (a row without X25519 is shown too).
+* **edgistry link, resumed**: the next wake with the ticket from the previous one
+  (RESUME / RESUMED, REQUESTS, ACK).
+* **MQTT 3.1.1 over TLS 1.3, full TLS handshake**: a local mosquitto (persistence on,
+  password file), ECDSA P-256 server certificate signed by a throwaway CA (the client
+  verifies it). The subscriber has a persistent session (clean_session=0, QoS 1
+  subscription); the request is published (QoS 1) while it is offline. Wake = TCP
+  connect, TLS handshake, CONNECT(clean_session=0) / CONNACK(session present),
+  receive the queued PUBLISH, send PUBACK.
+* **MQTT 3.1.1 over TLS 1.3, resumed TLS session** (the same with a TLS 1.3 session
+  ticket from the previous connection: PSK resumption, ``session_reused`` checked).
+
+The MQTT payload is the very DeviceRequest the link carries (same request id, service,
+method, args and request token), so both carry the same application bytes; the
+topic is ``d/<16 hex>/rq``, the client id 16 hex characters.
+
+Counting stops when the device has sent its acknowledgement of the first request
+(link ACK frame; MQTT PUBACK). Payload bytes are counted exactly by the client's own
+I/O loop (both directions; TLS records included for MQTT); segments come from Linux
+TCP_INFO of the client socket at that moment (SYN, pure ACKs and all), and the wire
+estimate adds IPv4 + TCP headers with timestamps (52 bytes a segment, SYNs +8).
+Loopback's MSS is 64 KiB, so on a real link (MSS 1460) large flights (the
+certificate flight) would take a few more segments than shown. A round trip is
+defined in bench_util.Counter (TCP connect = 1; then each client flight that must
+wait for the server's reply = 1).
+
+Usage: python benchmarks/wake.py [--reps N] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import mqtt_min as mq  # noqa: E402
+from bench_util import Counter, Mosquitto, result_line, table  # noqa: E402
+
+import edgistry.firmware.caplets as cl  # noqa: E402
+from edgistry.firmware.link import (CLOSED, NEED_DATA, Ack, Bye, DeviceSession, Established,  # noqa: E402
+                                    Requests, x25519)
+from edgistry.firmware.link import link_wire as wire  # noqa: E402
+from edgistry.gateway import auth  # noqa: E402
+from edgistry.gateway.link_backend import DeviceAnswer, MemoryBackend, PairedDevice, QueuedRequest  # noqa: E402
+from edgistry.gateway.link_server import LinkServer, LinkServerThread, issue_identity_token  # noqa: E402
+
+GATEWAY_SECRET = os.urandom(32)
+ARGS = b'{"unit":"C"}'
+
+
+# ---- our link ----------------------------------------------------------------------
+
+class LinkDevice:
+    def __init__(self, backend: MemoryBackend) -> None:
+        self.secret = cl.new_secret()
+        self.root = cl.root(self.secret).to_bytes()
+        self.link_id = os.urandom(16)
+        self.identity = issue_identity_token(GATEWAY_SECRET, self.link_id)
+        backend.devices[self.link_id] = PairedDevice(self.link_id, os.urandom(16), self.root, False)
+        self.backend = backend
+        self.ticket: tuple[bytes, bytes] | None = None
+        self.seq = int(time.time() * 1000)
+
+    def queue(self) -> dict:
+        """Queue one request with a real request token, as the gateway does; return its wire item."""
+        self.seq += 1
+        rid = os.urandom(16)
+        tok = auth.request_token(self.root, "sensor", "read", ARGS, self.seq)
+        req = QueuedRequest(rid, "sensor", "read", ARGS, tok, int(time.time() * 1000) + 600_000)
+        self.backend.queues.setdefault(self.link_id, []).append(req)
+        return {"request_id": rid, "service": req.service, "method": req.method, "args": req.args,
+                "request_token": req.request_token, "expires_at_ms": req.expires_at_ms}
+
+    def wake(self, addr: tuple[str, int], resume: bool, fs: bool) -> dict:
+        s = DeviceSession(self.secret, self.root, self.link_id, self.identity, os.urandom,
+                          ticket=self.ticket if resume else None, x25519=x25519() if fs else None)
+        c = Counter()
+        sock = socket.create_connection(addr, timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.connected()
+
+        def send(data: bytes) -> None:
+            if data:
+                sock.sendall(data)
+                c.wrote(len(data))
+
+        snap = None
+        try:
+            send(s.initiate())
+            while snap is None:
+                data = sock.recv(65536)
+                if not data:
+                    raise RuntimeError("gateway closed the connection")
+                c.read(len(data))
+                s.receive_data(data)
+                while snap is None:
+                    ev = s.next_event()
+                    send(s.data_to_send())
+                    if ev is NEED_DATA:
+                        break
+                    if ev is CLOSED:
+                        raise RuntimeError("session closed")
+                    if isinstance(ev, Established):
+                        assert ev.resumed == resume, "expected a %s handshake" % ("resumed" if resume else "full")
+                        self.ticket = (ev.ticket_id, ev.ticket_secret)
+                    elif isinstance(ev, Requests):
+                        if not ev.items:
+                            raise RuntimeError("no request delivered")
+                        send(s.send(Ack([i["request_id"] for i in ev.items])))
+                        snap = c.close(sock)
+                        # handled (not counted): answered, so the next wake does not redeliver it
+                        self.backend.answered(self.link_id, [DeviceAnswer(i["request_id"], 0, b"{}")
+                                                             for i in ev.items])
+            sock.sendall(s.send(Bye(60)))  # not counted: the job is done
+        finally:
+            sock.close()
+        return snap
+
+
+# ---- MQTT over TLS -----------------------------------------------------------------
+
+class TlsMqtt:
+    """One MQTT connection over TLS with all I/O on a raw socket we count (ssl.SSLObject + BIOs)."""
+
+    def __init__(self, port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None) -> None:
+        self.c = Counter()
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.c.connected()
+        self.inb, self.outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.inb, self.outb, server_hostname="localhost", session=session)
+        self.reader = mq.PacketReader()
+
+    def _flush(self) -> None:
+        data = self.outb.read()
+        if data:
+            self.sock.sendall(data)
+            self.c.wrote(len(data))
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise RuntimeError("broker closed the connection")
+        self.c.read(len(data))
+        self.inb.write(data)
+
+    def handshake(self) -> None:
+        while True:
+            try:
+                self.tls.do_handshake()
+                self._flush()
+                return
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._fill()
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self._flush()
+
+    def packet(self) -> tuple[int, int, bytes]:
+        while True:
+            p = self.reader.next()
+            if p is not None:
+                return p
+            try:
+                self.reader.feed(self.tls.read(65536))
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._fill()
+            self._flush()  # key updates, alerts
+
+    def expect(self, ptype: int) -> tuple[int, bytes]:
+        t, flags, body = self.packet()
+        if t != ptype:
+            raise RuntimeError(f"expected {mq.NAMES.get(ptype)}, got {mq.NAMES.get(t, t)}")
+        return flags, body
+
+    def connect(self, client_id: str, clean: bool) -> bool:
+        self.handshake()
+        self.send(mq.connect(client_id, clean, 60, Mosquitto.USER, Mosquitto.PASSWORD))
+        present, rc = mq.connack(self.expect(mq.CONNACK)[1])
+        if rc:
+            raise RuntimeError(f"CONNACK return code {rc}")
+        return present
+
+    def close(self) -> None:
+        try:
+            self.send(mq.disconnect())
+        finally:
+            self.sock.close()
+
+
+def mqtt_rows(reps: int, payload: bytes, workdir: Path) -> tuple[list[dict], list[dict], str, int]:
+    broker = Mosquitto(workdir / "mosquitto", tls=True).start()
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_verify_locations(str(broker.certs["ca"]))
+        client_id = os.urandom(8).hex()
+        topic = f"d/{client_id}/rq"
+        # setup (not counted): persistent session with a QoS 1 subscription, then offline
+        m = TlsMqtt(broker.port, ctx)
+        m.connect(client_id, clean=False)
+        m.send(mq.subscribe(1, [(topic, 1)]))
+        m.expect(mq.SUBACK)
+        session = m.tls.session
+        m.close()
+        full, resumed = [], []
+        for i in range(reps):
+            for kind in ("full", "resumed"):
+                pub = TlsMqtt(broker.port, ctx)  # the application publishes while the device sleeps
+                pub.connect(os.urandom(8).hex(), clean=True)
+                pub.send(mq.publish(topic, payload, qos=1, pid=1))
+                pub.expect(mq.PUBACK)
+                pub.close()
+                m = TlsMqtt(broker.port, ctx, session if kind == "resumed" else None)
+                present = m.connect(client_id, clean=False)
+                assert present, "mosquitto lost the persistent session"
+                flags, body = m.expect(mq.PUBLISH)
+                _, pid, got, qos = mq.parse_publish(flags, body)
+                assert got == payload and qos == 1
+                m.send(mq.puback(pid))
+                snap = m.c.close(m.sock)
+                assert m.tls.session_reused == (kind == "resumed"), "TLS session resumption did not happen"
+                snap["tls"] = f"{m.tls.version()} {m.tls.cipher()[0]}"
+                session = m.tls.session or session
+                m.close()
+                (full if kind == "full" else resumed).append(snap)
+        return full, resumed, broker.version(), len(topic)
+    finally:
+        broker.stop()
+
+
+# ---- main ----------------------------------------------------------------------------
+
+def median_row(snaps: list[dict]) -> dict:
+    out = {}
+    for k in ("payload_bytes", "sent", "received", "rtts", "segments", "wire_bytes_est", "ms", "writes", "reads",
+              "tcp_info_bytes"):
+        out[k] = statistics.median(s[k] for s in snaps)
+    out["flights"] = snaps[0]["flights"]
+    out["rtts_all_equal"] = len({s["rtts"] for s in snaps}) == 1
+    out["bytes_all_equal"] = len({s["payload_bytes"] for s in snaps}) == 1
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=5, help="wakes per row (medians are reported)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (mosquitto config, certs, log)")
+    a = ap.parse_args()
+    t0 = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="edgistry-wake-"))
+
+    backend = MemoryBackend(GATEWAY_SECRET)
+    thread = LinkServerThread(LinkServer(backend, "127.0.0.1", 0))
+    server = thread.start()
+    try:
+        rows: dict[str, list[dict]] = {"link_full": [], "link_full_nofs": [], "link_resumed": []}
+        item = None
+        for _ in range(a.reps):
+            dev = LinkDevice(backend)
+            item = dev.queue()
+            rows["link_full"].append(dev.wake(server.address, resume=False, fs=True))
+            dev.queue()
+            rows["link_resumed"].append(dev.wake(server.address, resume=True, fs=True))
+            dev2 = LinkDevice(backend)
+            dev2.queue()
+            rows["link_full_nofs"].append(dev2.wake(server.address, resume=False, fs=False))
+    finally:
+        thread.stop()
+    payload = wire.encode("DeviceRequest", item)  # the same application bytes over MQTT
+    mfull, mres, version, topic_len = mqtt_rows(a.reps, payload, workdir)
+    rows["mqtt_tls_full"], rows["mqtt_tls_resumed"] = mfull, mres
+    tls = mfull[0]["tls"]
+
+    med = {k: median_row(v) for k, v in rows.items()}
+    labels = {"link_full": "edgistry link, full handshake (X25519 FS)",
+              "link_full_nofs": "edgistry link, full handshake (no X25519)",
+              "link_resumed": "edgistry link, resumed (ticket)",
+              "mqtt_tls_full": "MQTT 3.1.1 + TLS 1.3, full TLS handshake",
+              "mqtt_tls_resumed": "MQTT 3.1.1 + TLS 1.3, TLS resumption (PSK)"}
+    out = []
+    for k in ("link_full", "link_full_nofs", "link_resumed", "mqtt_tls_full", "mqtt_tls_resumed"):
+        r = med[k]
+        out.append([labels[k], int(r["sent"]), int(r["received"]), int(r["payload_bytes"]), int(r["segments"]),
+                    int(r["wire_bytes_est"]), int(r["rtts"]), r["ms"], r["flights"]])
+    print(f"wake -> first delivered request (median of {a.reps} wakes each; loopback; {version}; {tls})")
+    print(f"request: DeviceRequest of {len(payload)} bytes (service sensor, method read, args {len(ARGS)} B, "
+          f"request token {len(item['request_token'])} B); MQTT topic {topic_len} B, "
+          f"client id 16 B, user/password {len(Mosquitto.USER)}+{len(Mosquitto.PASSWORD)} B")
+    print()
+    print(table(["row", "dev->gw B", "gw->dev B", "payload B", "segments", "wire B est", "RTT", "ms", "flights"],
+                out))
+    print()
+    print("RTT: TCP connect = 1, then each client flight that waits for the server's reply = 1; the final ACK/PUBACK")
+    print("needs no reply. Counting ends when the device has sent its ACK (link) / PUBACK (MQTT). payload B = TCP")
+    print("payload both ways (TLS records included); segments = TCP_INFO segs_in + segs_out of the device socket")
+    print("(SYN, pure ACKs included); wire B est = payload + 52 B IPv4/TCP(+timestamps) header a segment (+8 per SYN).")
+    print()
+    ratios = {
+        "full_vs_full_payload": med["link_full"]["payload_bytes"] / med["mqtt_tls_full"]["payload_bytes"],
+        "full_vs_full_wire": med["link_full"]["wire_bytes_est"] / med["mqtt_tls_full"]["wire_bytes_est"],
+        "resumed_vs_resumed_payload": med["link_resumed"]["payload_bytes"] / med["mqtt_tls_resumed"]["payload_bytes"],
+        "resumed_vs_resumed_wire": med["link_resumed"]["wire_bytes_est"] / med["mqtt_tls_resumed"]["wire_bytes_est"],
+        "full_nofs_vs_full_payload": med["link_full_nofs"]["payload_bytes"] / med["mqtt_tls_full"]["payload_bytes"],
+    }
+    ratios = {k: round(v, 3) for k, v in ratios.items()}
+    checks = {
+        "bytes_full_le_third": ratios["full_vs_full_payload"] <= 1 / 3,
+        "bytes_resumed_le_third": ratios["resumed_vs_resumed_payload"] <= 1 / 3,
+        "rtt_full_fewer": med["link_full"]["rtts"] < med["mqtt_tls_full"]["rtts"],
+        "rtt_resumed_fewer": med["link_resumed"]["rtts"] < med["mqtt_tls_resumed"]["rtts"],
+    }
+    summary = [
+        ["full vs full", f"{ratios['full_vs_full_payload']:.3f}", f"{ratios['full_vs_full_wire']:.3f}",
+         f"{int(med['link_full']['rtts'])} vs {int(med['mqtt_tls_full']['rtts'])}",
+         "yes" if checks["bytes_full_le_third"] else "NO", "yes" if checks["rtt_full_fewer"] else "NO"],
+        ["resumed vs resumed", f"{ratios['resumed_vs_resumed_payload']:.3f}",
+         f"{ratios['resumed_vs_resumed_wire']:.3f}",
+         f"{int(med['link_resumed']['rtts'])} vs {int(med['mqtt_tls_resumed']['rtts'])}",
+         "yes" if checks["bytes_resumed_le_third"] else "NO", "yes" if checks["rtt_resumed_fewer"] else "NO"],
+    ]
+    print(table(["link / MQTT+TLS", "payload ratio", "wire ratio est", "RTT", "bytes <= 1/3", "fewer RTT"], summary))
+    figures = {k: {"sent": int(v["sent"]), "received": int(v["received"]), "payload_bytes": int(v["payload_bytes"]),
+                   "segments": int(v["segments"]), "wire_bytes_est": int(v["wire_bytes_est"]), "rtts": int(v["rtts"]),
+                   "ms": v["ms"]} for k, v in med.items()}
+    for k, v in med.items():
+        if not (v["rtts_all_equal"] and v["bytes_all_equal"]):
+            print(f"note: {k}: bytes or RTT varied between wakes (medians shown)")
+    print(f"\n({time.monotonic() - t0:.1f} s)")
+    print(result_line({"bench": "wake", "reps": a.reps, "tls": tls, "broker": version,
+                       "request_bytes": len(payload), "rows": figures, "ratios": ratios, "targets_met": checks}))
+    if not a.keep:
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"kept {workdir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

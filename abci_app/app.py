@@ -30,7 +30,7 @@ from edgistry.abci_app.overlay import Overlay
 from edgistry.abci_app.queries import answer_query
 from edgistry.abci_app.state import TxResult, execute_tx
 from edgistry.abci_app.store import DEFAULT_RETAIN_HEIGHTS, Store
-from edgistry.abci_app.txs import MAX_TX_BYTES, decode_tx
+from edgistry.abci_app.txs import MAX_TX_BYTES, VerifiedCache, decode_tx
 from edgistry.proto import abci_pb2 as abci
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ class RegistryApp:
     """The replicated registry state machine behind CometBFT."""
 
     def __init__(self, store_dir: Path | str, retain_heights: int = DEFAULT_RETAIN_HEIGHTS,
-                 snapshot_interval: int = 0, snapshot_dir: Path | str | None = None) -> None:
+                 snapshot_interval: int = 0, snapshot_dir: Path | str | None = None,
+                 snapshot_keep: int = snapshots.KEEP_SNAPSHOTS) -> None:
         self.store = Store(store_dir, retain_heights)
         self.chain_id = (self.store.get(keys.meta("chain_id")) or b"").decode()
         self._acc = LtHash.from_bytes(self.store.lthash)
@@ -57,10 +58,17 @@ class RegistryApp:
         self._genesis_height = 0
         self._check = Overlay(self.store)
         self.stats = {"check": 0, "recheck": 0}
+        self.verified = VerifiedCache()  # signatures checked in CheckTx are not checked again
         self.snapshots = snapshots.SnapshotManager(
             self.store, Path(snapshot_dir) if snapshot_dir else Path(store_dir).parent / "snapshots",
-            interval=snapshot_interval,
+            interval=snapshot_interval, keep=snapshot_keep,
         )
+
+    @classmethod
+    def from_config(cls, cfg) -> RegistryApp:
+        """The app of a node home (NodeConfig): store and snapshot settings."""
+        return cls(cfg.registry_dir, snapshot_interval=int(cfg.extra.get("snapshot_interval", 0)),
+                   snapshot_keep=int(cfg.extra.get("snapshot_keep", snapshots.KEEP_SNAPSHOTS)))
 
     def close(self) -> None:
         self.store.close()
@@ -153,7 +161,7 @@ class RegistryApp:
         prune_revocations(block, time_s)
         resp = abci.ResponseFinalizeBlock()
         for raw in req.txs:
-            result = execute_tx(block, raw, self.chain_id, req.height, time_s)
+            result = execute_tx(block, raw, self.chain_id, req.height, time_s, verified=self.verified)
             result.fill(resp.tx_results.add())
             resp.validator_updates.extend(result.outcome.validator_updates)
         acc = block.fold_hash(self._acc, self.store)
@@ -184,7 +192,8 @@ class RegistryApp:
         recheck = req.type == abci.RECHECK or req.type_v1 == abci.CHECK_TX_TYPE_RECHECK
         self.stats["recheck" if recheck else "check"] += 1
         time_s = self._last_block_time()
-        result = execute_tx(self._check, req.tx, self.chain_id, self.height + 1, time_s, verify=not recheck)
+        result = execute_tx(self._check, req.tx, self.chain_id, self.height + 1, time_s, verify=not recheck,
+                            verified=self.verified, remember=True)
         return result.to_check()
 
     def _last_block_time(self) -> int:

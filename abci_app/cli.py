@@ -58,7 +58,7 @@ def _open_app(cfg: NodeConfig):
     from edgistry.abci_app.app import RegistryApp
 
     try:
-        return RegistryApp(cfg.registry_dir, snapshot_interval=int(cfg.extra.get("snapshot_interval", 0)))
+        return RegistryApp.from_config(cfg)
     except Exception as exc:  # lmdb.Error and friends: the store is unusable
         raise UserError(f"cannot open the registry store in {cfg.registry_dir}: {exc}") from exc
 

@@ -47,7 +47,7 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 async def run_node(cfg: NodeConfig, announce: Callable[[str], None] = print, demo_devices: int = 0) -> None:
-    app = RegistryApp(cfg.registry_dir, snapshot_interval=int(cfg.extra.get("snapshot_interval", 0)))
+    app = RegistryApp.from_config(cfg)
     try:
         if cfg.cometbft_home:
             await _run_with_cometbft(cfg, app, announce)

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 CHUNK_BYTES = 4 * 1024 * 1024  # CometBFT requires < 16 MB per chunk
-KEEP_SNAPSHOTS = 2
+# Peers discover snapshots every few seconds and then fetch chunks from the one
+# they chose: keep enough that a chosen snapshot outlives a join (see README).
+KEEP_SNAPSHOTS = 4
 Offer = abci.ResponseOfferSnapshot
 Apply = abci.ResponseApplySnapshotChunk
 
@@ -63,8 +65,8 @@ def decode_records(chunk: bytes) -> Iterator[tuple[bytes, bytes]]:
 class SnapshotManager:
     """Takes snapshots after Commit and restores one during state sync."""
 
-    def __init__(self, store: Store, directory: Path, interval: int = 0) -> None:
-        self.store, self.dir, self.interval = store, directory, interval
+    def __init__(self, store: Store, directory: Path, interval: int = 0, keep: int = KEEP_SNAPSHOTS) -> None:
+        self.store, self.dir, self.interval, self.keep = store, directory, interval, max(1, keep)
         self._restore: dict | None = None
         self.restored = False
 
@@ -90,7 +92,7 @@ class SnapshotManager:
         (tmp / "snapshot.pb").write_bytes(snap.SerializeToString(deterministic=True))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
-        for old in sorted(self._heights())[:-KEEP_SNAPSHOTS]:
+        for old in sorted(self._heights())[:-self.keep]:
             shutil.rmtree(self.dir / str(old), ignore_errors=True)
         log.info("snapshot at height %d: %d chunks", height, snap.chunks)
         return snap

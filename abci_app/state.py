@@ -15,7 +15,7 @@ from edgistry.abci_app import keys
 from edgistry.abci_app.codes import CODESPACE, Code, TxError
 from edgistry.abci_app.handlers import HANDLERS, Outcome, TxContext
 from edgistry.abci_app.overlay import Overlay
-from edgistry.abci_app.txs import DecodedTx, decode_tx, verify_signature
+from edgistry.abci_app.txs import DecodedTx, VerifiedCache, decode_tx, verify_signature
 from edgistry.proto import abci_pb2 as abci
 
 
@@ -61,11 +61,20 @@ def authenticate(kv: Overlay, tx: DecodedTx, chain_id: str, verify: bool = True)
     return is_admin, gid.decode() if gid else None
 
 
-def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int, verify: bool = True) -> TxResult:
-    """Run one transaction; its writes land in ``kv`` only if it authenticates."""
+def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int, verify: bool = True,
+               verified: VerifiedCache | None = None, remember: bool = False) -> TxResult:
+    """Run one transaction; its writes land in ``kv`` only if it authenticates.
+
+    ``verify=False`` skips the signature (a recheck); with ``verified``, a tx
+    whose bytes this node already verified skips it too (``remember`` adds
+    newly verified txs: CheckTx does, FinalizeBlock does not).
+    """
     try:
         tx = decode_tx(raw)
-        is_admin, gid = authenticate(kv, tx, chain_id, verify)
+        skip = not verify or (verified is not None and not remember and verified.take(raw))
+        is_admin, gid = authenticate(kv, tx, chain_id, not skip)
+        if remember and verified is not None and not skip:
+            verified.add(raw)
     except TxError as err:
         return TxResult(err.code, err.log)
     kv.put(keys.nonce(tx.signer), keys.be64(tx.nonce))

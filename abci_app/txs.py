@@ -116,6 +116,36 @@ def _public_key(raw: bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
+class VerifiedCache:
+    """Txs (exact bytes) whose signature this node has already verified.
+
+    CheckTx verifies a tx's signature and remembers its bytes; FinalizeBlock
+    then skips the second Ed25519 verification of the very same bytes. The
+    verdict depends only on the bytes, so results stay deterministic; a tx this
+    node never saw in its mempool is verified in FinalizeBlock as usual.
+    Bounded (oldest forgotten first).
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self._seen: dict[bytes, None] = {}
+        self.capacity = capacity
+
+    def add(self, raw: bytes) -> None:
+        self._seen[raw] = None
+        if len(self._seen) > self.capacity:
+            del self._seen[next(iter(self._seen))]
+
+    def take(self, raw: bytes) -> bool:
+        """True (and forget it) if ``raw`` was verified before."""
+        if raw in self._seen:
+            del self._seen[raw]
+            return True
+        return False
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
 def verify_signature(tx: DecodedTx) -> None:
     try:
         _public_key(tx.signer).verify(tx.signature, SIGN_DOMAIN + tx.raw_body)

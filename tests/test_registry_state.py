@@ -228,3 +228,27 @@ def test_genesis_export_round_trips(env):
     again = Genesis.from_json(json.loads(json.dumps(exported.to_json())))
     assert again.to_json() == exported.to_json()
     assert len(again.devices) == 1 and len(again.gateways) == 2
+
+
+def test_signatures_checked_in_check_tx_are_not_verified_again(env, monkeypatch):
+    """FinalizeBlock skips Ed25519 for bytes CheckTx verified, and verifies everything else."""
+    a, app, d = env
+    seen = a.tx(a.gw1, device_msg(b"V" * 16))
+    unseen = a.tx(a.gw1, device_msg(b"W" * 16))
+    assert app.check_tx(abci.RequestCheckTx(tx=seen)).code == 0
+    calls = []
+    real = txs.verify_signature
+    monkeypatch.setattr("edgistry.abci_app.state.verify_signature", lambda tx: (calls.append(tx.raw_body), real(tx)))
+    ok(d.block([seen, unseen]))
+    assert calls == [pb.SignedTx.FromString(unseen).body]
+    assert len(app.verified) == 0
+
+
+def test_a_forged_tx_is_never_remembered_as_verified(env):
+    """A tx whose signature fails CheckTx still fails in FinalizeBlock."""
+    a, app, d = env
+    raw = pb.SignedTx.FromString(a.tx(a.gw1, device_msg(b"X" * 16)))
+    raw.signature = bytes(64)
+    forged = raw.SerializeToString()
+    assert app.check_tx(abci.RequestCheckTx(tx=forged)).code == Code.BAD_SIGNATURE
+    assert d.block([forged]).tx_results[0].code == Code.BAD_SIGNATURE

@@ -183,7 +183,7 @@ def apply_unregister_device(ctx: TxContext, msg: pb.UnregisterDevice) -> Outcome
 
 def apply_report_liveness(ctx: TxContext, msg: pb.ReportLiveness) -> Outcome:
     _require_gateway(ctx)
-    updated = 0
+    seen = []
     for entry in msg.entries:
         if entry.last_seen > ctx.time_s + LIVENESS_DRIFT_S:
             raise TxError(Code.FUTURE_LIVENESS, f"last_seen {entry.last_seen} is ahead of block time {ctx.time_s}")
@@ -191,8 +191,8 @@ def apply_report_liveness(ctx: TxContext, msg: pb.ReportLiveness) -> Outcome:
         if entry.last_seen > record.last_seen:  # liveness only moves forward
             record.last_seen = entry.last_seen
             ctx.kv.put(keys.device(record.pseudonym), _ser(record))
-            updated += 1
-    return Outcome(str(updated).encode(), [event("liveness", updated=str(updated))])
+            seen.append(event("device_seen", pseudonym=record.pseudonym.hex()))  # replicas re-read just these
+    return Outcome(str(len(seen)).encode(), [event("liveness", updated=str(len(seen))), *seen])
 
 
 # ---- revocations ----

@@ -137,6 +137,7 @@ class Gateway:
         from edgistry.gateway import discovery_grpc as dg
 
         self.discovery, replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id, self.grpc_endpoint)
+        self.service.resolvers.append(dg.handle_resolver(self.discovery, self.secret))  # Invoke takes handles
         discovery = dg.discovery_servicer(self.discovery, self.secret, dg.GatewayInvoker(self.service), replica,
                                           revoked=revoked)
         self._grpc, self.ports["grpc"] = await start_grpc(cfg.grpc_listen, self.service, commissioner,

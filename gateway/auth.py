@@ -69,7 +69,7 @@ def verify_from_root(token: cl.Token, root: cl.Token, ctx: cl.Context) -> cl.Tok
 
 def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, gateway_secret: bytes,
               gateway_id: str, revoked: cl.RevocationSet | None, now: int | None = None,
-              check_permits: bool = True) -> Authorised:
+              check_permits: bool = True, mutating: bool = True) -> Authorised:
     """Check a client token for ``service:method`` on a device; raise Unauthorized.
 
     ``check_permits=False`` checks only that the token is valid for the device
@@ -95,7 +95,7 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
             errors.append(f"{type(exc).__name__}: {exc}")
             break
         try:
-            if check_permits:
+            if check_permits and not (not mutating and _resource_read(token, service, method)):
                 cl.permits(token, service, method)
         except cl.NotPermitted as exc:
             raise Unauthorized(f"token does not permit {service}:{method} "
@@ -104,6 +104,19 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
     if errors:
         raise Unauthorized(f"token refused: {errors[0]}")
     raise Unauthorized("token was not issued for this device nor by this gateway (wrong origin or forged)")
+
+
+SERVICE_PATH = "/svc"  # application tokens grant reads as Resource("/svc[/<type>[/<method>]]", READ)
+
+
+def _resource_read(token: cl.Token, service: str, method: str) -> bool:
+    """A read-only method is allowed by a READ right on a prefix of /svc/<type>/<method>."""
+    path = f"{SERVICE_PATH}/{service}/{method}"
+    for cap in token.capabilities:
+        if isinstance(cap, cl.Resource) and cap.rights & cl.READ and path.startswith(cap.prefix) \
+                and (len(path) == len(cap.prefix) or cap.prefix.endswith("/") or path[len(cap.prefix)] == "/"):
+            return True
+    return False
 
 
 def app_token(root_token: bytes, services: dict[str, list[str]]) -> cl.Token:

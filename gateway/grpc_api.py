@@ -26,14 +26,16 @@ log = logging.getLogger(__name__)
 GRACE_S = 5.0  # in-flight calls get this long at shutdown
 
 
-def to_call(req: gw.InvokeRequest) -> Call:
-    return Call(req.target, req.method, req.args, req.token, req.timeout_ms, req.ttl_s, req.service, req.request_id)
+def to_call(req: gw.InvokeRequest, from_peer: bool = False) -> Call:
+    """A call from a request; ``attested`` is honoured only from a signed peer forward."""
+    return Call(req.target, req.method, req.args, req.token, req.timeout_ms, req.ttl_s, req.service, req.request_id,
+                attested=from_peer and req.attested)
 
 
 def to_request(call: Call) -> gw.InvokeRequest:
     return gw.InvokeRequest(target=call.target, method=call.method, args=call.args, token=call.token,
                             timeout_ms=call.timeout_ms, ttl_s=call.ttl_s, service=call.service,
-                            request_id=call.request_id)
+                            request_id=call.request_id, attested=call.attested)
 
 
 def to_pb(res: Result) -> gw.Result:
@@ -120,7 +122,7 @@ class PeerServicer(gw_grpc.PeerServicer):
         try:
             await self._checked(request)
             if request.call in ("invoke", "submit"):
-                res = await self.service.serve_forward(request.call, to_call(request.request))
+                res = await self.service.serve_forward(request.call, to_call(request.request, from_peer=True))
             else:
                 res = await self.service.serve_forward(request.call, request_id=request.result.request_id,
                                                        token=request.result.token)

@@ -7,10 +7,9 @@ Theory of operation: a small state loop over the gateway's own node.
   build the :class:`~edgistry.gateway.replica_index.RegistryIndex`.
 * FOLLOW: for every new height h, read ``block_results`` and, for each device
   event (device_registered/updated/unregistered), re-read that device *at h*
-  (or drop it) and apply it; gateway events re-read ``/gateways`` at h. The
-  ``liveness`` event does not name devices, so it only marks liveness dirty; a
-  liveness resync (paging ``/devices``) runs at most every ``liveness_resync_s``
-  (the chain's liveness is 5-minute buckets anyway).
+  (or drop it) and apply it; gateway events re-read ``/gateways`` at h.
+  Liveness reports emit one ``device_seen`` event per device they move, so
+  liveness is followed the same way, device by device.
 * Any read failure backs off (jittered) and retries; a height the node no longer
   has (pruned) sends the loop back to LOAD.
 
@@ -34,7 +33,7 @@ __all__ = ["DeviceEntry", "RegistryIndex", "ReplicaFollower"]
 log = logging.getLogger(__name__)
 
 PAGE = 1000  # the registry's MAX_PAGE
-DEVICE_EVENTS = {"device_registered", "device_updated", "device_unregistered"}
+DEVICE_EVENTS = {"device_registered", "device_updated", "device_unregistered", "device_seen"}
 GATEWAY_EVENTS = {"gateway_registered", "gateway_updated", "gateway_removed"}
 
 
@@ -42,16 +41,14 @@ class ReplicaFollower:
     """Keeps a RegistryIndex equal to the node's committed registry, height by height."""
 
     def __init__(self, chain: ChainClient, index: RegistryIndex | None = None, *, poll_s: float = 0.25,
-                 liveness_resync_s: float = 300.0, max_backoff_s: float = 10.0,
+                 max_backoff_s: float = 10.0,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
         self.chain = chain
         self.index = index if index is not None else RegistryIndex()
-        self.poll_s, self.liveness_resync_s, self.max_backoff_s = poll_s, liveness_resync_s, max_backoff_s
+        self.poll_s, self.max_backoff_s = poll_s, max_backoff_s
         self.sleep, self.clock, self.rng = sleep, clock, rng or random.Random()
         self.loaded = False
-        self._liveness_dirty = False
-        self._last_resync = -1e18
         self._changed = asyncio.Condition()
 
     # ---- reads ----
@@ -69,7 +66,6 @@ class ReplicaFollower:
         await self._gateways(height)
         self.index.load((entry_from_record(r) for r in records), height)
         self.loaded = True
-        self._last_resync = self.clock()
         await self._notify()
         log.info("replica loaded %d devices at height %d", len(records), height)
         return height
@@ -87,8 +83,6 @@ class ReplicaFollower:
                 changed[bytes.fromhex(attrs["pseudonym"])] = kind
             elif kind in GATEWAY_EVENTS:
                 await self._gateways(height)
-            elif kind == "liveness":
-                self._liveness_dirty = True
         for ps, kind in changed.items():
             q = await self.chain.query("/device", pb.DeviceQuery(pseudonym=ps).SerializeToString(), height)
             if q.code == 0:
@@ -98,23 +92,12 @@ class ReplicaFollower:
         self.index.height = height
         return len(changed)
 
-    async def resync_liveness(self) -> None:
-        """Page every device at the current height and apply liveness changes."""
-        height = self.index.height
-        for rec in await self._all_devices(height):
-            self.index.upsert(entry_from_record(rec))
-        self._liveness_dirty = False
-        self._last_resync = self.clock()
-
     async def step(self) -> int:
         """Catch up to the node's latest height; returns how many heights were applied."""
         latest = await self.chain.height()
         applied = 0
         for h in range(self.index.height + 1, latest + 1):
             await self.apply_height(h)
-            applied += 1
-        if self._liveness_dirty and self.clock() - self._last_resync >= self.liveness_resync_s:
-            await self.resync_liveness()
             applied += 1
         if applied:
             await self._notify()

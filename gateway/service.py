@@ -54,6 +54,7 @@ class Call:
     ttl_s: int = 0
     service: str = ""
     request_id: str = ""
+    attested: bool = False  # a peer gateway vouches it authorised the client (read-only calls only)
 
 
 @dataclass
@@ -106,7 +107,8 @@ class GatewayService:
     clock: Callable[[], int] = _now_ms
     on_queued: Callable[[bytes], object] | None = None  # link server: push to a device connected now
     # issue 5: discovery handles resolve here, at the gateway that issued them
-    resolvers: list[Callable[[str], bytes | None]] = field(default_factory=list)
+    # (target, client token) -> pseudonym: discovery handles open only with the client's token
+    resolvers: list[Callable[[str, bytes], bytes | None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
@@ -149,10 +151,12 @@ class GatewayService:
 
     # ---- resolution ----
 
-    def _pseudonym(self, target: str) -> bytes:
+    def _pseudonym(self, call: Call) -> bytes:
+        target = call.target
         for resolve in self.resolvers:
-            found = resolve(target)
+            found = resolve(target, call.token)
             if found is not None:
+                call.attested = True  # the resolver authenticated the client with this gateway's secret
                 return found
         text = target[len(OWNER_HANDLE_PREFIX):] if target.startswith(OWNER_HANDLE_PREFIX) else target
         try:
@@ -167,7 +171,8 @@ class GatewayService:
         """(local device, None) or (None, owning gateway id). A call to be
         forwarded gets its target rewritten to the owner handle: discovery
         handles mean something only at the gateway that issued them."""
-        ps = self._pseudonym(call.target)
+        call.attested = False  # never taken from a client
+        ps = self._pseudonym(call)
         dev = self.store.device_by_pseudonym(ps)
         if dev is not None:
             return dev, None
@@ -178,7 +183,7 @@ class GatewayService:
         return None, owner
 
     def _local(self, call: Call) -> Device:
-        dev = self.store.device_by_pseudonym(self._pseudonym(call.target))
+        dev = self.store.device_by_pseudonym(self._pseudonym(call))
         if dev is None:
             raise NotFound("the device is not paired with this gateway")
         return dev
@@ -224,8 +229,11 @@ class GatewayService:
             auth.authorise(call.token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
                            now // 1000, check_permits=False)
             raise
-        auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
-                       self.revoked, now // 1000)
+        if call.attested and not method.mutating:
+            pass  # a registered peer gateway authorised this client for a read (signed forward)
+        else:
+            auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
+                           self.revoked, now // 1000, mutating=method.mutating)
         args = call.args or b""
         if len(args) > self.settings.max_args_bytes:
             raise BadRequest(f"arguments larger than {self.settings.max_args_bytes} bytes")

@@ -24,7 +24,7 @@ CANCELLED: RequestState
 FAILED: RequestState
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("target", "method", "args", "token", "timeout_ms", "ttl_s", "service", "request_id")
+    __slots__ = ("target", "method", "args", "token", "timeout_ms", "ttl_s", "service", "request_id", "attested")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class InvokeRequest(_message.Message):
     TTL_S_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTESTED_FIELD_NUMBER: _ClassVar[int]
     target: str
     method: str
     args: bytes
@@ -41,7 +42,8 @@ class InvokeRequest(_message.Message):
     ttl_s: int
     service: str
     request_id: str
-    def __init__(self, target: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., token: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., ttl_s: _Optional[int] = ..., service: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    attested: bool
+    def __init__(self, target: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., token: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., ttl_s: _Optional[int] = ..., service: _Optional[str] = ..., request_id: _Optional[str] = ..., attested: _Optional[bool] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("request_id", "state", "payload", "error", "expected_at_ms", "expires_at_ms", "from_cache", "device_status")

@@ -201,3 +201,27 @@ async def test_concurrent_submits_share_a_commit_and_keep_queue_order(env):
     seqs = [cl.verify(i.request_token, secret, now=int(time.time())).request.sequence for i in items]
     assert seqs == sorted(seqs) and len(set(seqs)) == 3
     assert [i.request_id.hex() for i in items] == [r.request_id for r in queued]
+
+
+async def test_gateway_app_tokens_read_through_resource_rights(env):
+    """A gateway-origin application token with READ on /svc reads, and never writes."""
+    store, service, dev, secret, app = env
+    reader = cl.mint(GATEWAY_SECRET, [cl.Identity("app-1"), cl.Resource("/svc", cl.READ)])
+    res = await service.submit(call(dev, "info", reader, service="sensor"))
+    assert res.state == State.QUEUED
+    with pytest.raises(Unauthorized, match="permit"):
+        await service.submit(call(dev, "set", reader, service="valve"))
+    narrow = cl.mint(GATEWAY_SECRET, [cl.Identity("app-2"), cl.Resource("/svc/valve", cl.READ)])
+    with pytest.raises(Unauthorized):
+        await service.submit(call(dev, "info", narrow, service="sensor"))
+
+
+async def test_attestation_comes_only_from_signed_peer_forwards(env):
+    """A client cannot claim a peer's attestation; a peer's attestation covers reads only."""
+    store, service, dev, secret, app = env
+    with pytest.raises(Unauthorized):
+        await service.submit(call(dev, "info", b"", service="sensor", attested=True))
+    forwarded = call(dev, "info", b"", service="sensor", attested=True, request_id=new_id().hex())
+    assert (await service.serve_forward("submit", forwarded)).state == State.QUEUED
+    with pytest.raises(Unauthorized):
+        await service.serve_forward("submit", call(dev, "set", b"", service="valve", attested=True))

@@ -54,7 +54,7 @@ async def test_load_then_follow_device_events(node):
     async with ChainClient(url) as chain:
         for p in ps[:5]:
             await chain.submit(key, device_msg(p, cell_at(52.52, 13.40, 7), res=7, k=2))
-        follower = ReplicaFollower(chain, liveness_resync_s=0)
+        follower = ReplicaFollower(chain)
         height = await follower.load()
         assert height >= 1 and set(ps[:5]) <= set(follower.index.entries)
         assert follower.index.disclosure_cell("sensor", ps[0]) == cell_at(52.52, 13.40, 7)
@@ -108,7 +108,6 @@ async def test_run_loop_follows_and_notifies_watchers(node):
 async def test_discover_end_to_end_through_up(node, tmp_path):
     """`edgistry up` serves Discovery from its replica: `token app` + `discover` find new devices."""
     from click.testing import CliRunner
-
     from edgistry.cli import main
 
     url, home, gateway = node

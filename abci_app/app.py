@@ -30,7 +30,7 @@ from edgistry.abci_app.overlay import Overlay
 from edgistry.abci_app.queries import answer_query
 from edgistry.abci_app.state import TxResult, execute_tx
 from edgistry.abci_app.store import DEFAULT_RETAIN_HEIGHTS, Store
-from edgistry.abci_app.txs import MAX_TX_BYTES, VerifiedCache, decode_tx
+from edgistry.abci_app.txs import MAX_TX_BYTES, DecodeCache, VerifiedCache
 from edgistry.proto import abci_pb2 as abci
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class RegistryApp:
         self._check = Overlay(self.store)
         self.stats = {"check": 0, "recheck": 0}
         self.verified = VerifiedCache()  # signatures checked in CheckTx are not checked again
+        self.decoded = DecodeCache()  # one decode per tx across CheckTx, proposals and FinalizeBlock
         self.snapshots = snapshots.SnapshotManager(
             self.store, Path(snapshot_dir) if snapshot_dir else Path(store_dir).parent / "snapshots",
             interval=snapshot_interval, keep=snapshot_keep,
@@ -125,7 +126,7 @@ class RegistryApp:
             if total + len(tx) > req.max_tx_bytes:
                 break
             try:
-                decode_tx(tx)
+                self.decoded.decode(tx)
             except TxError:
                 continue
             out.append(tx)
@@ -136,7 +137,7 @@ class RegistryApp:
         """Accept exactly what an honest PrepareProposal could produce."""
         for tx in req.txs:
             try:
-                decode_tx(tx)
+                self.decoded.decode(tx)
             except TxError as err:
                 log.warning("rejecting proposal at height %d: %s", req.height, err)
                 return abci.ResponseProcessProposal(status=REJECT)
@@ -161,7 +162,8 @@ class RegistryApp:
         prune_revocations(block, time_s)
         resp = abci.ResponseFinalizeBlock()
         for raw in req.txs:
-            result = execute_tx(block, raw, self.chain_id, req.height, time_s, verified=self.verified)
+            result = execute_tx(block, raw, self.chain_id, req.height, time_s, verified=self.verified,
+                                decode=self.decoded.decode)
             result.fill(resp.tx_results.add())
             resp.validator_updates.extend(result.outcome.validator_updates)
         acc = block.fold_hash(self._acc, self.store)
@@ -193,7 +195,7 @@ class RegistryApp:
         self.stats["recheck" if recheck else "check"] += 1
         time_s = self._last_block_time()
         result = execute_tx(self._check, req.tx, self.chain_id, self.height + 1, time_s, verify=not recheck,
-                            verified=self.verified, remember=True)
+                            verified=self.verified, remember=True, decode=self.decoded.decode)
         return result.to_check()
 
     def _last_block_time(self) -> int:

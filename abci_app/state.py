@@ -15,6 +15,8 @@ from edgistry.abci_app import keys
 from edgistry.abci_app.codes import CODESPACE, Code, TxError
 from edgistry.abci_app.handlers import HANDLERS, Outcome, TxContext
 from edgistry.abci_app.overlay import Overlay
+from collections.abc import Callable
+
 from edgistry.abci_app.txs import DecodedTx, VerifiedCache, decode_tx, verify_signature
 from edgistry.proto import abci_pb2 as abci
 
@@ -62,7 +64,8 @@ def authenticate(kv: Overlay, tx: DecodedTx, chain_id: str, verify: bool = True)
 
 
 def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int, verify: bool = True,
-               verified: VerifiedCache | None = None, remember: bool = False) -> TxResult:
+               verified: VerifiedCache | None = None, remember: bool = False,
+               decode: Callable[[bytes], DecodedTx] = decode_tx) -> TxResult:
     """Run one transaction; its writes land in ``kv`` only if it authenticates.
 
     ``verify=False`` skips the signature (a recheck); with ``verified``, a tx
@@ -70,7 +73,7 @@ def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int,
     newly verified txs: CheckTx does, FinalizeBlock does not).
     """
     try:
-        tx = decode_tx(raw)
+        tx = decode(raw)
         skip = not verify or (verified is not None and not remember and verified.take(raw))
         is_admin, gid = authenticate(kv, tx, chain_id, not skip)
         if remember and verified is not None and not skip:

@@ -116,6 +116,29 @@ def _public_key(raw: bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
+class DecodeCache:
+    """Recently decoded txs by their exact bytes, so one tx is decoded once per node.
+
+    CometBFT hands the same bytes to CheckTx, PrepareProposal, ProcessProposal
+    and FinalizeBlock; decoding and validate_basic are pure functions of the
+    bytes, so reusing the result cannot change any outcome. Failures are not
+    cached (they are cheap to reproduce and attacker-controlled). Bounded.
+    """
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        self._items: dict[bytes, DecodedTx] = {}
+        self.capacity = capacity
+
+    def decode(self, raw: bytes) -> DecodedTx:
+        tx = self._items.get(raw)
+        if tx is None:
+            tx = decode_tx(raw)
+            self._items[raw] = tx
+            if len(self._items) > self.capacity:
+                del self._items[next(iter(self._items))]
+        return tx
+
+
 class VerifiedCache:
     """Txs (exact bytes) whose signature this node has already verified.
 

@@ -79,7 +79,10 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
     try:
         token = cl.load(raw)
     except cl.TokenError as exc:
-        raise Unauthorized(f"malformed token: {exc}") from exc
+        try:  # the text form, as token files hold it
+            token = cl.from_text(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, cl.TokenError):
+            raise Unauthorized(f"malformed token: {exc}") from exc
     if token.leaf.is_leaf:
         raise Unauthorized("a request or encryption token is not a client credential")
     ctx = cl.Context(now=int(time.time()) if now is None else now, gateway=gateway_id, revoked=revoked)

@@ -80,6 +80,8 @@ def run_invoke_any(gateway: str, token_file: str | None, stype: str, near: str, 
                    args: str = "{}", timeout_s: float = 30.0, as_json: bool = False) -> None:
     """What ``edgistry invoke --any TYPE --near LAT,LON METHOD`` does (called by gateway/cli.py)."""
     lat, lon = parse_near(near)
+    if method.startswith(stype + "."):  # "sensor.read" as with a handle, or just "read"
+        method = method[len(stype) + 1:]
     res = asyncio.run(invoke_any(gateway, read_token_file(token_file), stype, lat, lon, radius_km, method,
                                  args.encode(), timeout_s))
     state = gpb.RequestState.Name(res.state)

@@ -79,7 +79,9 @@ class GatewayInvoker:
         from edgistry.gateway.service import owner_handle
 
         request.target = owner_handle(target.pseudonym)
-        return to_pb(await self.gateway_service.invoke(to_call(request)))
+        # discovery has authenticated the client with this gateway's own token:
+        # vouch for it (read-only) if the device lives at another gateway
+        return to_pb(await self.gateway_service.invoke(to_call(request), attested=True))
 
 
 def anonymous(result: gpb.Result) -> gpb.Result:

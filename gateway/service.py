@@ -167,11 +167,11 @@ class GatewayService:
             raise NotFound(f"unknown handle {target[:80]!r}")
         return ps
 
-    async def _locate(self, call: Call) -> tuple[Device | None, str | None]:
+    async def _locate(self, call: Call, attested: bool = False) -> tuple[Device | None, str | None]:
         """(local device, None) or (None, owning gateway id). A call to be
         forwarded gets its target rewritten to the owner handle: discovery
         handles mean something only at the gateway that issued them."""
-        call.attested = False  # never taken from a client
+        call.attested = attested  # never taken from the client's request
         ps = self._pseudonym(call)
         dev = self.store.device_by_pseudonym(ps)
         if dev is not None:
@@ -204,10 +204,14 @@ class GatewayService:
 
     # ---- calls ----
 
-    async def submit(self, call: Call) -> Result:
-        """Queue a call (or answer it from cache); the answer comes later."""
+    async def submit(self, call: Call, attested: bool = False) -> Result:
+        """Queue a call (or answer it from cache); the answer comes later.
+
+        ``attested``: a trusted in-process caller (discovery's invoke-any)
+        vouches that it authenticated the client itself; honoured for
+        read-only methods only, and carried to a peer in the signed forward."""
         try:
-            dev, owner = await self._locate(call)
+            dev, owner = await self._locate(call, attested)
             if owner is not None:
                 if not call.request_id:  # the forwarding stub and the peer's record share one id
                     call.request_id = new_id().hex()
@@ -306,11 +310,11 @@ class GatewayService:
         finally:
             self._committer = None
 
-    async def invoke(self, call: Call) -> Result:
+    async def invoke(self, call: Call, attested: bool = False) -> Result:
         """Queue a call and wait for its answer up to the call's timeout."""
         started = time.monotonic()
         try:
-            dev, owner = await self._locate(call)
+            dev, owner = await self._locate(call, attested)
             if owner is not None:
                 call.request_id = call.request_id or new_id().hex()  # a replayed forward is then idempotent
                 return await self.forwarder.call(owner, "invoke", call)

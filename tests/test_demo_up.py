@@ -41,6 +41,20 @@ def test_demo_devices_answer_invokes(tmp_path):
         devices = runner.invoke(main, ["registry", "ls", "devices", "--rpc", f"http://127.0.0.1:{ports['rpc']}", "--json"])
         listed = json.loads(devices.output.rsplit("\n3 devices", 1)[0])
         assert len(listed) == 3 and all(d["policy"]["resolution"] == 6 for d in listed)
+
+        # an application: a gateway token, discovery by region, invoke-any
+        app_token = tmp_path / "app.token"
+        minted = runner.invoke(main, ["token", "app", "--home", str(tmp_path / "home"), "--name", "demo-app"])
+        assert minted.exit_code == 0
+        app_token.write_text(minted.output.strip() + "\n")
+        near = ["--near", "52.52,13.405", "--radius-km", "8", "--gateway", f"127.0.0.1:{ports['grpc']}",
+                "--token", str(app_token)]
+        found = runner.invoke(main, ["discover", "sensor", *near, "--json"])
+        assert found.exit_code == 0, found.output
+        assert "52.52" not in found.output and "13.40" not in found.output  # no coordinates leave
+        any_read = runner.invoke(main, ["invoke", "--any", "sensor", *near, "sensor.read", "--timeout", "30", "--json"])
+        assert any_read.exit_code == 0, any_read.output
+        assert json.loads(any_read.output)["state"] == "DONE"
         assert stop(proc) == 0
     finally:
         kill9(proc)

@@ -4,9 +4,11 @@ Issue 4 item 8a. Side by side, in one run, on loopback:
 
 * **edgistry link, full handshake**: a real LinkServer (MemoryBackend) and a real
   DeviceSession over TCP; a request (real gateway-derived request token) is queued
-  before the wake; the device connects, HELLO / CHALLENGE / PROOF / ACCEPT, receives
-  REQUESTS and sends ACK. The runtime's defaults: X25519 forward secrecy on, no payload
-  encryption (a row without X25519 is shown too).
+  before the wake; the device connects and sends HELLO; the gateway answers CHALLENGE +
+  ACCEPT + REQUESTS in one flight. With payload encryption that REQUESTS carries the
+  request (0.5-RTT data) and the device answers PROOF + ACK in one flight: two round
+  trips. Without encryption (the runtime's default) the early REQUESTS only says work
+  waits, the work follows PROOF: three. X25519 forward secrecy on (a row without it too).
 * **edgistry link, resumed**: the next wake with the ticket from the previous one
   (RESUME / RESUMED, REQUESTS, ACK).
 * **MQTT 3.1.1 over TLS 1.3, full TLS handshake**: a local mosquitto (persistence on,
@@ -38,6 +40,7 @@ Usage: python benchmarks/wake.py [--reps N] [--keep]
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import ssl
@@ -67,12 +70,12 @@ ARGS = b'{"unit":"C"}'
 # ---- our link ----------------------------------------------------------------------
 
 class LinkDevice:
-    def __init__(self, backend: MemoryBackend) -> None:
+    def __init__(self, backend: MemoryBackend, encrypt: bool = False) -> None:
         self.secret = cl.new_secret()
         self.root = cl.root(self.secret).to_bytes()
         self.link_id = os.urandom(16)
         self.identity = issue_identity_token(GATEWAY_SECRET, self.link_id)
-        backend.devices[self.link_id] = PairedDevice(self.link_id, os.urandom(16), self.root, False)
+        backend.devices[self.link_id] = PairedDevice(self.link_id, os.urandom(16), self.root, encrypt)
         self.backend = backend
         self.ticket: tuple[bytes, bytes] | None = None
         self.seq = int(time.time() * 1000)
@@ -109,9 +112,10 @@ class LinkDevice:
                     raise RuntimeError("gateway closed the connection")
                 c.read(len(data))
                 s.receive_data(data)
+                out = b""  # the device answers a flight in one write (as the runtime does)
                 while snap is None:
                     ev = s.next_event()
-                    send(s.data_to_send())
+                    out += s.data_to_send()
                     if ev is NEED_DATA:
                         break
                     if ev is CLOSED:
@@ -121,12 +125,16 @@ class LinkDevice:
                         self.ticket = (ev.ticket_id, ev.ticket_secret)
                     elif isinstance(ev, Requests):
                         if not ev.items:
+                            if ev.more:
+                                continue  # in clear: "work waits", it follows PROOF
                             raise RuntimeError("no request delivered")
-                        send(s.send(Ack([i["request_id"] for i in ev.items])))
+                        send(out + s.send(Ack([i["request_id"] for i in ev.items])))
+                        out = b""
                         snap = c.close(sock)
                         # handled (not counted): answered, so the next wake does not redeliver it
-                        self.backend.answered(self.link_id, [DeviceAnswer(i["request_id"], 0, b"{}")
-                                                             for i in ev.items])
+                        asyncio.run(self.backend.answered(self.link_id, [DeviceAnswer(i["request_id"], 0, b"{}")
+                                                                         for i in ev.items]))
+                send(out)
             sock.sendall(s.send(Bye(60)))  # not counted: the job is done
         finally:
             sock.close()
@@ -273,7 +281,8 @@ def main() -> None:
     thread = LinkServerThread(LinkServer(backend, "127.0.0.1", 0))
     server = thread.start()
     try:
-        rows: dict[str, list[dict]] = {"link_full": [], "link_full_nofs": [], "link_resumed": []}
+        rows: dict[str, list[dict]] = {"link_full_enc": [], "link_full": [], "link_full_nofs": [],
+                                       "link_resumed": [], "link_resumed_enc": []}
         item = None
         for _ in range(a.reps):
             dev = LinkDevice(backend)
@@ -284,6 +293,11 @@ def main() -> None:
             dev2 = LinkDevice(backend)
             dev2.queue()
             rows["link_full_nofs"].append(dev2.wake(server.address, resume=False, fs=False))
+            dev3 = LinkDevice(backend, encrypt=True)
+            dev3.queue()
+            rows["link_full_enc"].append(dev3.wake(server.address, resume=False, fs=True))
+            dev3.queue()
+            rows["link_resumed_enc"].append(dev3.wake(server.address, resume=True, fs=True))
     finally:
         thread.stop()
     payload = wire.encode("DeviceRequest", item)  # the same application bytes over MQTT
@@ -292,13 +306,16 @@ def main() -> None:
     tls = mfull[0]["tls"]
 
     med = {k: median_row(v) for k, v in rows.items()}
-    labels = {"link_full": "edgistry link, full handshake (X25519 FS)",
-              "link_full_nofs": "edgistry link, full handshake (no X25519)",
-              "link_resumed": "edgistry link, resumed (ticket)",
+    labels = {"link_full_enc": "edgistry link, full, encrypted (X25519 FS, 0.5-RTT)",
+              "link_full": "edgistry link, full, in clear (X25519 FS)",
+              "link_full_nofs": "edgistry link, full, in clear (no X25519)",
+              "link_resumed": "edgistry link, resumed (ticket), in clear",
+              "link_resumed_enc": "edgistry link, resumed (ticket), encrypted",
               "mqtt_tls_full": "MQTT 3.1.1 + TLS 1.3, full TLS handshake",
               "mqtt_tls_resumed": "MQTT 3.1.1 + TLS 1.3, TLS resumption (PSK)"}
     out = []
-    for k in ("link_full", "link_full_nofs", "link_resumed", "mqtt_tls_full", "mqtt_tls_resumed"):
+    for k in ("link_full_enc", "link_full", "link_full_nofs", "link_resumed", "link_resumed_enc", "mqtt_tls_full",
+              "mqtt_tls_resumed"):
         r = med[k]
         out.append([labels[k], int(r["sent"]), int(r["received"]), int(r["payload_bytes"]), int(r["segments"]),
                     int(r["wire_bytes_est"]), int(r["rtts"]), r["ms"], r["flights"]])
@@ -316,6 +333,7 @@ def main() -> None:
     print("(SYN, pure ACKs included); wire B est = payload + 52 B IPv4/TCP(+timestamps) header a segment (+8 per SYN).")
     print()
     ratios = {
+        "full_enc_vs_full_payload": med["link_full_enc"]["payload_bytes"] / med["mqtt_tls_full"]["payload_bytes"],
         "full_vs_full_payload": med["link_full"]["payload_bytes"] / med["mqtt_tls_full"]["payload_bytes"],
         "full_vs_full_wire": med["link_full"]["wire_bytes_est"] / med["mqtt_tls_full"]["wire_bytes_est"],
         "resumed_vs_resumed_payload": med["link_resumed"]["payload_bytes"] / med["mqtt_tls_resumed"]["payload_bytes"],
@@ -325,14 +343,20 @@ def main() -> None:
     ratios = {k: round(v, 3) for k, v in ratios.items()}
     checks = {
         "bytes_full_le_third": ratios["full_vs_full_payload"] <= 1 / 3,
+        "bytes_full_enc_le_third": ratios["full_enc_vs_full_payload"] <= 1 / 3,
         "bytes_resumed_le_third": ratios["resumed_vs_resumed_payload"] <= 1 / 3,
-        "rtt_full_fewer": med["link_full"]["rtts"] < med["mqtt_tls_full"]["rtts"],
+        "rtt_full_enc_fewer": med["link_full_enc"]["rtts"] < med["mqtt_tls_full"]["rtts"],
+        "rtt_full_clear_fewer": med["link_full"]["rtts"] < med["mqtt_tls_full"]["rtts"],
         "rtt_resumed_fewer": med["link_resumed"]["rtts"] < med["mqtt_tls_resumed"]["rtts"],
     }
     summary = [
-        ["full vs full", f"{ratios['full_vs_full_payload']:.3f}", f"{ratios['full_vs_full_wire']:.3f}",
+        ["full (encrypted) vs full", f"{ratios['full_enc_vs_full_payload']:.3f}",
+         f"{med['link_full_enc']['wire_bytes_est'] / med['mqtt_tls_full']['wire_bytes_est']:.3f}",
+         f"{int(med['link_full_enc']['rtts'])} vs {int(med['mqtt_tls_full']['rtts'])}",
+         "yes" if checks["bytes_full_enc_le_third"] else "NO", "yes" if checks["rtt_full_enc_fewer"] else "NO"],
+        ["full (in clear) vs full", f"{ratios['full_vs_full_payload']:.3f}", f"{ratios['full_vs_full_wire']:.3f}",
          f"{int(med['link_full']['rtts'])} vs {int(med['mqtt_tls_full']['rtts'])}",
-         "yes" if checks["bytes_full_le_third"] else "NO", "yes" if checks["rtt_full_fewer"] else "NO"],
+         "yes" if checks["bytes_full_le_third"] else "NO", "yes" if checks["rtt_full_clear_fewer"] else "NO"],
         ["resumed vs resumed", f"{ratios['resumed_vs_resumed_payload']:.3f}",
          f"{ratios['resumed_vs_resumed_wire']:.3f}",
          f"{int(med['link_resumed']['rtts'])} vs {int(med['mqtt_tls_resumed']['rtts'])}",

@@ -56,7 +56,8 @@ def _parse_location(text: str | None) -> dict | None:
               help="Where the device is (stays on the device; pairing discloses a coarse cell).")
 @click.option("--duty-cycle", type=click.IntRange(0, 86400), default=10, show_default=True,
               help="Seconds asleep between wakes.")
-@click.option("--encrypt", is_flag=True, help="Require encrypted link payloads.")
+@click.option("--encrypt/--no-encrypt", default=True, show_default=True,
+              help="Encrypt link payloads (also lets a full handshake carry the first requests: 2 round trips).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def init_cmd(home: Path, services: tuple[str, ...], location: str | None, duty_cycle: int,
              encrypt: bool, as_json: bool) -> None:

@@ -1,9 +1,14 @@
 """The :class:`LinkBackend` the link server uses, over the durable store.
 
-Thin on purpose: the store does the work (and the fsyncs); this adapter
-supplies the clock, refuses tickets of devices unpaired since, and counts
-stored responses by outcome. Link sessions and handshakes are counted by the
-link server itself (LinkMetrics, exported by metrics.py).
+Thin on purpose: the store does the work; this adapter supplies the clock,
+refuses tickets of devices unpaired since, and counts stored responses by
+outcome. Reads are LMDB read transactions (inline, microseconds); durable
+writes go through the store's group-commit writer thread (the event loop
+never waits for an fsync, and the writes one device flight starts - ticket,
+delivered, answered, revocation cursor - share one transaction, with other
+devices' writes too); last contact is a hint (GatewayStore.note_contact).
+Link sessions and handshakes are counted by the link server itself
+(LinkMetrics, exported by metrics.py).
 """
 
 from __future__ import annotations
@@ -35,11 +40,8 @@ class StoreLinkBackend:
             return None
         return PairedDevice(dev.link_id, dev.pseudonym, dev.root_token, dev.encrypt, dev.duty_cycle_s)
 
-    def store_ticket(self, ticket_id: bytes, ticket: Ticket) -> None:
-        self.store.store_ticket(ticket_id, ticket)
-
-    def take_ticket(self, ticket_id: bytes) -> Ticket | None:
-        ticket = self.store.take_ticket(ticket_id, self.clock())
+    def ticket(self, ticket_id: bytes) -> Ticket | None:
+        ticket = self.store.ticket(ticket_id, self.clock())
         if ticket is not None and self.store.device(ticket.link_id) is None:
             return None  # unpaired since the ticket was issued
         return ticket
@@ -47,17 +49,24 @@ class StoreLinkBackend:
     def pending(self, link_id: bytes, max_bytes: int) -> tuple[list[QueuedRequest], bool]:
         return self.store.pending(link_id, max_bytes, self.clock())
 
-    def delivered(self, link_id: bytes, request_ids: list[bytes]) -> None:
-        self.store.delivered(link_id, request_ids, self.clock())
+    def revocations(self, link_id: bytes) -> tuple[list[bytes], int]:
+        return self.store.revocations(link_id, self.clock() // 1000)
 
-    def answered(self, link_id: bytes, answers: list[DeviceAnswer]) -> list[bytes]:
-        ids, changed = self.store.answered(link_id, answers, self.clock())
+    def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
+        self.store.note_contact(link_id, now_ms, sleep_s)
+
+    async def rotate_ticket(self, spent: bytes | None, ticket_id: bytes | None,
+                            ticket: Ticket | None) -> None:
+        await self.store.rotate_ticket_async(spent, ticket_id, ticket)
+
+    async def delivered(self, link_id: bytes, request_ids: list[bytes]) -> None:
+        await self.store.delivered_async(link_id, request_ids, self.clock())
+
+    async def answered(self, link_id: bytes, answers: list[DeviceAnswer]) -> list[bytes]:
+        ids, changed = await self.store.answered_async(link_id, answers, self.clock())
         for rec in changed:
             self.metrics.responses.labels(State(rec.state).name.lower()).inc()
         return ids
 
-    def revoked_since_last_wake(self, link_id: bytes) -> list[bytes]:
-        return self.store.revoked_since_last_wake(link_id, self.clock() // 1000)
-
-    def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
-        self.store.contact(link_id, now_ms, sleep_s)
+    async def revocations_sent(self, link_id: bytes, position: int) -> None:
+        await self.store.revocations_sent_async(link_id, position)

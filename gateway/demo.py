@@ -55,7 +55,7 @@ async def ensure_demo_device(root: Path, i: int, gateway_grpc: str, code: Callab
     path = root / f"dev{i}"
     home = DeviceHome(path)
     if not home.exists():
-        home.create(demo_manifest(path, _services(i), DUTY_CYCLE_S, location=_location(i)))
+        home.create(demo_manifest(path, _services(i), DUTY_CYCLE_S, encrypt=True, location=_location(i)))
     try:
         paired = home.paired() if home.paired_path.exists() else None
     except HomeError:

@@ -255,8 +255,10 @@ class DiscoveryService:
                           self.endpoint, expires)
                for i, (p, cell, lab) in enumerate(picked)]
         for i in range(len(out), n_mint):  # padding: the same work whether candidates are disclosed or hidden
-            mint(cid, _DUMMY_PSEUDONYM, 0, stype, expires, nonces[i * NONCE_LEN:(i + 1) * NONCE_LEN])
+            out.append(HandleInfo(mint(cid, _DUMMY_PSEUDONYM, 0, stype, expires,
+                                       nonces[i * NONCE_LEN:(i + 1) * NONCE_LEN]), 0, Latency.ANY, "", expires))
         self.rng.shuffle(out)
+        out = [h for h in out if h.cell]  # dummies carry cell 0 (never a valid cell)
         nxt = (self.codec.seal_cursor(cid, _CURSOR.pack(fp, seed, pos, sub)) if pos < total else "")
         return Answer(out, nxt)
 

@@ -2,9 +2,26 @@
 
 The link server (``gateway/link_server.py``) speaks the device link
 (docs/LINK_PROTOCOL.md) and knows nothing of queues, the chain or gRPC; the
-gateway service implements :class:`LinkBackend` over its durable store. Tests
-use :class:`MemoryBackend`. All methods are synchronous and fast (LMDB or
-memory); durability guarantees are stated per method.
+gateway implements :class:`LinkBackend` over its durable store
+(``gateway/backend.py``: StoreLinkBackend). Tests use :class:`MemoryBackend`.
+
+The contract has three kinds of method:
+
+* **reads** (plain methods): fast and non-blocking (memory, or an LMDB read
+  transaction: microseconds, no fsync), so the link server calls them inline
+  on its event loop;
+* **hints** (plain methods): ``contact`` records what is worth knowing but
+  not worth an fsync; it is kept in memory and persisted later (periodically,
+  or with the next durable write). A crash may lose the last few seconds of
+  hints, never anything acknowledged;
+* **durable writes** (``async``): they return once the write is on disk.
+  Writes *started* in the same event-loop turn (e.g. tasks created one after
+  the other before awaiting any) are applied in the order they were started
+  and may share one transaction and one fsync (group commit), with the writes
+  of other connections too; a failing commit fails every write of it. The
+  link server awaits them before it sends whatever acknowledges them (ACK of
+  RESPONSES, RESUMED after a ticket rotation). A durable write must not block
+  the event loop (StoreLinkBackend runs them on the store's writer thread).
 """
 
 from __future__ import annotations
@@ -48,34 +65,49 @@ class Ticket:
 
 
 class LinkBackend(Protocol):
+    # ---- reads ----
+
     def identity_secret(self) -> bytes:
         """The gateway's HMAC secret: origin of the identity tokens it gave devices."""
 
     def device_for_link(self, link_id: bytes) -> PairedDevice | None:
         """The paired device with this link id, or None."""
 
-    def store_ticket(self, ticket_id: bytes, ticket: Ticket) -> None:
-        """Remember a resumption ticket (durable: survives a gateway restart)."""
-
-    def take_ticket(self, ticket_id: bytes) -> Ticket | None:
-        """Return and delete a ticket (single use), or None if unknown."""
+    def ticket(self, ticket_id: bytes) -> Ticket | None:
+        """The resumption ticket with this id (unexpired, of a device still
+        paired), or None. Does not spend it: single use is enforced by the link
+        server, and made durable by :meth:`rotate_ticket` before it answers."""
 
     def pending(self, link_id: bytes, max_bytes: int) -> tuple[list[QueuedRequest], bool]:
         """Unanswered, unexpired requests for the device in queue order, at most
         ``max_bytes`` of them; the bool says whether more are waiting."""
 
-    def delivered(self, link_id: bytes, request_ids: list[bytes]) -> None:
-        """The device acknowledged receipt (durable)."""
+    def revocations(self, link_id: bytes) -> tuple[list[bytes], int]:
+        """Revoked tags the device has not been told about yet, and the position
+        to pass to :meth:`revocations_sent` once it has been."""
 
-    def answered(self, link_id: bytes, answers: list[DeviceAnswer]) -> list[bytes]:
-        """Store responses durably; return the ids stored (then ACKed to the device).
-        Answers for unknown, cancelled or expired requests are acknowledged and dropped."""
-
-    def revoked_since_last_wake(self, link_id: bytes) -> list[bytes]:
-        """Revoked tags the device has not been told about yet."""
+    # ---- hints ----
 
     def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
-        """The device was seen now; ``sleep_s`` is its announced next wake (BYE)."""
+        """The device was seen now; ``sleep_s`` is its announced next wake (BYE).
+        A hint: in memory at once, on disk later."""
+
+    # ---- durable writes ----
+
+    async def rotate_ticket(self, spent: bytes | None, ticket_id: bytes | None,
+                            ticket: Ticket | None) -> None:
+        """In one transaction: delete ticket ``spent`` (when not None) and store
+        ``ticket`` under ``ticket_id`` (when not None)."""
+
+    async def delivered(self, link_id: bytes, request_ids: list[bytes]) -> None:
+        """The device acknowledged receipt."""
+
+    async def answered(self, link_id: bytes, answers: list[DeviceAnswer]) -> list[bytes]:
+        """Store responses; return the ids stored (then ACKed to the device).
+        Answers for unknown, cancelled or expired requests are acknowledged and dropped."""
+
+    async def revocations_sent(self, link_id: bytes, position: int) -> None:
+        """The device was told the revocations up to ``position`` (from :meth:`revocations`)."""
 
 
 @dataclass
@@ -90,6 +122,7 @@ class MemoryBackend:
     acked: set[bytes] = field(default_factory=set)
     revoked: dict[bytes, list[bytes]] = field(default_factory=dict)
     contacts: list[tuple[bytes, int, int | None]] = field(default_factory=list)
+    commits: int = 0  # durable writes called (each would be a transaction)
 
     def identity_secret(self) -> bytes:
         return self.secret
@@ -97,11 +130,8 @@ class MemoryBackend:
     def device_for_link(self, link_id: bytes) -> PairedDevice | None:
         return self.devices.get(link_id)
 
-    def store_ticket(self, ticket_id: bytes, ticket: Ticket) -> None:
-        self.tickets[ticket_id] = ticket
-
-    def take_ticket(self, ticket_id: bytes) -> Ticket | None:
-        return self.tickets.pop(ticket_id, None)
+    def ticket(self, ticket_id: bytes) -> Ticket | None:
+        return self.tickets.get(ticket_id)
 
     def pending(self, link_id: bytes, max_bytes: int) -> tuple[list[QueuedRequest], bool]:
         out, size = [], 0
@@ -114,16 +144,31 @@ class MemoryBackend:
             size += cost
         return out, False
 
-    def delivered(self, link_id: bytes, request_ids: list[bytes]) -> None:
+    def revocations(self, link_id: bytes) -> tuple[list[bytes], int]:
+        tags = list(self.revoked.get(link_id, []))
+        return tags, len(tags)
+
+    def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
+        self.contacts.append((link_id, now_ms, sleep_s))
+
+    async def rotate_ticket(self, spent: bytes | None, ticket_id: bytes | None,
+                            ticket: Ticket | None) -> None:
+        self.commits += 1
+        if spent is not None:
+            self.tickets.pop(spent, None)
+        if ticket_id is not None and ticket is not None:
+            self.tickets[ticket_id] = ticket
+
+    async def delivered(self, link_id: bytes, request_ids: list[bytes]) -> None:
+        self.commits += 1
         self.acked.update(request_ids)
 
-    def answered(self, link_id: bytes, answers: list[DeviceAnswer]) -> list[bytes]:
+    async def answered(self, link_id: bytes, answers: list[DeviceAnswer]) -> list[bytes]:
+        self.commits += 1
         for a in answers:
             self.answers.setdefault(a.request_id, a)
         return [a.request_id for a in answers]
 
-    def revoked_since_last_wake(self, link_id: bytes) -> list[bytes]:
-        return self.revoked.pop(link_id, [])
-
-    def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
-        self.contacts.append((link_id, now_ms, sleep_s))
+    async def revocations_sent(self, link_id: bytes, position: int) -> None:
+        self.commits += 1
+        del self.revoked.get(link_id, [])[:position]

@@ -5,13 +5,22 @@ module moves bytes, enforces time limits, and drives the delivery flow of
 docs/LINK_PROTOCOL.md ("Data phase") against a :class:`LinkBackend`:
 
 1. handshake within ``handshake_timeout`` (an absolute deadline: trickling
-   bytes does not extend it);
-2. send REQUESTS at once (possibly empty: "nothing queued"), with the tags
-   revoked since the last wake;
-3. ACK from the device -> ``backend.delivered``; RESPONSES ->
-   ``backend.answered`` then ACK the stored ids, then send any new work;
-4. BYE -> ``backend.contact(sleep_s)`` and close. A data-phase connection
+   bytes does not extend it). A full handshake answers HELLO with one flight:
+   CHALLENGE + ACCEPT + the first REQUESTS (0.5-RTT: the queued work when the
+   session encrypts, else only whether work waits); a RESUME is answered with
+   RESUMED + REQUESTS once the ticket rotation is durable;
+2. nothing the device says counts before PROOF verifies (Established): then
+   the ticket is stored, and ACK -> ``backend.delivered``, RESPONSES ->
+   ``backend.answered`` then ACK the stored ids, then any new work;
+3. BYE -> ``backend.contact(sleep_s)`` and close. A data-phase connection
    with no complete frame for ``idle_timeout`` is closed.
+
+Flights: every frame a read brings is handled before anything is written;
+the durable writes they started are awaited together (so PROOF + ACK +
+RESPONSES cost one transaction: ticket, delivered, answered), then every
+reply goes out in one write (one TCP segment: e.g. RESUMED + REQUESTS,
+ACK + REQUESTS). Rule: no reply is written before every durable write its
+flight started is on disk.
 
 :meth:`LinkServer.notify` pushes new work to a device connected right now.
 Every connection runs in its own task; whatever one does (garbage, floods,
@@ -32,8 +41,8 @@ from collections.abc import Callable
 
 from ..firmware.caplets import Identity, mint
 from ..firmware.link import link_wire as wire
-from ..firmware.link import (CLOSED, MAX_LINK_FRAME, NEED_DATA, Ack, BAD_ARGUMENTS, Bye, Error,
-                             Established, GatewaySession, LinkError, Requests, Responses,
+from ..firmware.link import (CLOSED, MAX_LINK_FRAME, NEED_DATA, Ack, BAD_ARGUMENTS, Bye, Challenged,
+                             Error, Established, GatewaySession, LinkError, Requests, Responses,
                              identity_name, x25519)
 from ..firmware.link.link_errors import RemoteProtocolError
 from .link_backend import DeviceAnswer, LinkBackend, QueuedRequest, Ticket
@@ -78,11 +87,20 @@ class LinkMetrics:
         return out
 
 
-class BackendKeys:
-    """Adapts a LinkBackend to the key-store interface GatewaySession needs."""
+class _ConnKeys:
+    """The key store one GatewaySession sees. Reads go to the backend; ticket
+    writes are only recorded here, and the connection makes them durable: the
+    ticket of a full handshake once PROOF verifies (never for an impostor),
+    the rotation of a resumption (spent ticket out, next ticket in, one
+    transaction) before RESUMED is written. Single use across concurrent
+    connections is the server's in-memory ``spending`` set, which holds a
+    ticket id from the moment it is presented until its deletion is durable."""
 
-    def __init__(self, backend: LinkBackend) -> None:
-        self.backend = backend
+    def __init__(self, server: LinkServer) -> None:
+        self.server = server
+        self.backend = server.backend
+        self.spent: bytes | None = None
+        self.new: tuple[bytes, Ticket] | None = None
 
     def identity_secret(self) -> bytes:
         return self.backend.identity_secret()
@@ -93,10 +111,15 @@ class BackendKeys:
 
     def store_ticket(self, ticket_id: bytes, link_id: bytes, secret: bytes,
                      expires_at_ms: int) -> None:
-        self.backend.store_ticket(ticket_id, Ticket(link_id, secret, expires_at_ms))
+        self.new = (ticket_id, Ticket(link_id, secret, expires_at_ms))
 
     def take_ticket(self, ticket_id: bytes) -> tuple[bytes, bytes, int] | None:
-        t = self.backend.take_ticket(ticket_id)
+        spending = self.server.spending
+        if ticket_id in spending:
+            return None  # presented on another connection a moment ago
+        spending.add(ticket_id)
+        self.spent = ticket_id
+        t = self.backend.ticket(ticket_id)
         return None if t is None else (t.link_id, t.resumption_secret, t.expires_at_ms)
 
 
@@ -115,12 +138,19 @@ class _Connection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         s = server
-        self.session = GatewaySession(s.keys, s.rand, s.now_ms, s.x25519, s.ticket_ttl_s)
-        self.link_id: bytes | None = None
+        self.keys = _ConnKeys(server)
+        self.session = GatewaySession(self.keys, s.rand, s.now_ms, s.x25519, s.ticket_ttl_s)
+        self.link_id: bytes | None = None  # set once the device has proved itself
         self.sent: set[bytes] = set()     # request ids sent this session
         self.told_more = False
         self.wakeup = asyncio.Event()
         self.read_task: asyncio.Task | None = None
+        self._out = bytearray()            # replies of the flight being handled
+        self._writes: list[asyncio.Future] = []  # durable writes the flight started
+        self._early_revoked = 0            # revocation position sent before PROOF
+        self._flight_t0 = 0.0
+        self._items_sent = False           # this flight's replies carry request items
+        self._in_handshake = True
 
     @property
     def name(self) -> str:
@@ -154,6 +184,52 @@ class _Connection:
         self.server.metrics.bytes_in += len(data)
         return data
 
+    # -- durable writes and the reply of a flight --
+
+    def _start(self, coro) -> asyncio.Future:
+        """Start a durable backend write now (writes started in one loop turn
+        share a transaction, in start order); :meth:`_flush` awaits it."""
+        fut = asyncio.ensure_future(coro)
+        self._writes.append(fut)
+        return fut
+
+    def _start_ticket_writes(self) -> None:
+        """Make the session's ticket changes durable: a presented ticket is
+        deleted whatever followed; a new one is stored only once established."""
+        k = self.keys
+        spent = k.spent
+        new = k.new if self.session.established else None
+        if spent is None and new is None:
+            return
+        k.spent = None
+        if new is not None:
+            k.new = None
+        self._start(self._rotate(spent, new))
+
+    async def _rotate(self, spent: bytes | None, new: tuple[bytes, Ticket] | None) -> None:
+        tid, ticket = new if new is not None else (None, None)
+        await self.server.backend.rotate_ticket(spent, tid, ticket)
+        if spent is not None:
+            self.server.spending.discard(spent)  # deleted for good now
+
+    async def _flush(self) -> None:
+        """Settle the flight's durable writes, then send its replies in one write."""
+        self._start_ticket_writes()
+        if self._writes:
+            writes, self._writes = self._writes, []
+            results = await asyncio.gather(*writes, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    self._out = bytearray()  # nothing of this flight is acknowledged
+                    raise r
+        out, self._out = bytes(self._out), bytearray()
+        await self._write(out)
+        if self._items_sent:
+            self._items_sent = False
+            if self.server.on_requests_written is not None:
+                self.server.on_requests_written(time.perf_counter() - self._flight_t0,
+                                                self._in_handshake)
+
     # -- the flow --
 
     async def run(self) -> None:
@@ -171,11 +247,14 @@ class _Connection:
                 if not data:
                     raise _Closed("EOF during the handshake")
                 await self._feed(data)
+            self._in_handshake = False
             last = loop.time()
             while True:
                 if self.wakeup.is_set():
                     self.wakeup.clear()
-                    await self._push(force=False)
+                    self._flight_t0 = time.perf_counter()
+                    self._push(force=False)
+                    await self._flush()
                 data = await self._read(last + s.idle_timeout - loop.time())
                 if data is None:
                     if loop.time() >= last + s.idle_timeout:
@@ -197,31 +276,39 @@ class _Connection:
                 self.read_task.cancel()
 
     async def _feed(self, data: bytes) -> bool:
-        """Feed bytes; handle every event; True when a complete frame arrived."""
+        """Feed bytes; handle every event they complete; then settle and reply
+        (also when a frame fails: what came before it still counts).
+        True when a complete frame arrived."""
         session = self.session
         session.receive_data(data)
+        self._flight_t0 = time.perf_counter()
         got = False
-        while True:
-            event = session.next_event()  # on a RemoteProtocolError the ERROR frame stays queued
-            out = session.data_to_send()
-            if out:
-                await self._write(out)
-            if event is NEED_DATA:
-                return got
-            if event is CLOSED:
-                raise _Closed("session closed")
-            got = True
-            await self._handle(event)
+        try:
+            while True:
+                event = session.next_event()  # on a RemoteProtocolError the ERROR frame stays queued
+                if event is NEED_DATA:
+                    self._out += session.data_to_send()
+                    return got
+                if event is CLOSED:
+                    raise _Closed("session closed")
+                self._out += session.data_to_send()
+                got = True
+                await self._handle(event)
+        finally:
+            await self._flush()
 
     async def _handle(self, event) -> None:
         s = self.server
         b = s.backend
-        if isinstance(event, Established):
+        if isinstance(event, Challenged):
+            self._early(event)
+        elif isinstance(event, Established):
             self.link_id = event.link_id
             if event.resumed:
                 s.metrics.handshakes_resumed += 1
             else:
                 s.metrics.handshakes_full += 1
+            self._start_ticket_writes()
             s._register(self)
             s.metrics.sessions_total += 1
             s.metrics.sessions_open += 1
@@ -230,36 +317,58 @@ class _Connection:
                      ", forward secret" if event.forward_secret else "",
                      ", encrypted" if event.encrypt else "")
             b.contact(self.link_id, s.now_ms(), None)
-            await self._push(force=True, revoked=b.revoked_since_last_wake(self.link_id))
+            if self._early_revoked:  # told before PROOF: counts now
+                self._start(b.revocations_sent(self.link_id, self._early_revoked))
+                self._early_revoked = 0
+                self._push(force=self.told_more)
+            else:
+                self._push(force=event.resumed or self.told_more, revocations=True)
         elif isinstance(event, Ack):
-            b.delivered(self.link_id, list(event.ids))
+            self._start(b.delivered(self.link_id, list(event.ids)))
         elif isinstance(event, Responses):
             answers = [DeviceAnswer(r["request_id"], r["status"], r["payload"], r["error"])
                        for r in event.items]
             s.metrics.responses_received += len(answers)
-            stored = b.answered(self.link_id, answers)
-            await self._write(self.session.send(Ack(stored)))  # one ACK per RESPONSES, even empty
-            await self._push(force=self.told_more)
+            stored = await self._start(b.answered(self.link_id, answers))
+            self._out += self.session.send(Ack(stored))  # one ACK per RESPONSES, even empty
+            self._push(force=self.told_more)
         elif isinstance(event, Bye):
             b.contact(self.link_id, s.now_ms(), event.sleep_s)
             log.debug("%s: bye, sleeping %d s", self.name, event.sleep_s)
         elif isinstance(event, Error):
             log.info("%s: device reported error %d (%s)", self.name, event.code, event.reason)
 
-    async def _push(self, force: bool, revoked: list[bytes] = ()) -> None:
-        """Send REQUESTS with work not yet sent this session; with ``force``
-        also when there is none (so the device learns "nothing queued")."""
+    def _early(self, event: Challenged) -> None:
+        """The first REQUESTS, in the flight of CHALLENGE + ACCEPT (0.5-RTT).
+        Encrypted: the work itself and the revocations (only the device can
+        read them; none of it counts as delivered before PROOF). In clear:
+        only whether work waits, so a device with nothing to do can say BYE
+        with its PROOF."""
         b = self.server.backend
-        pending, more = b.pending(self.link_id, BATCH_BYTES)
+        if event.encrypt:
+            self._push(force=True, revocations=True, early=True)
+            return
+        pending, more = b.pending(event.link_id, BATCH_BYTES)
+        self.told_more = bool(pending) or more
+        self._out += self.session.send(Requests([], self.told_more, [], self.server.now_ms()))
+
+    def _push(self, force: bool, revocations: bool = False, early: bool = False) -> None:
+        """Queue REQUESTS with work not yet sent this session; with ``force``
+        also when there is none (so the device learns "nothing queued");
+        with ``revocations`` the tags revoked since the device was last told."""
+        b = self.server.backend
+        link_id = self.link_id or self.session.link_id
+        revoked, position = b.revocations(link_id) if revocations else ([], 0)
+        pending, more = b.pending(link_id, BATCH_BYTES)
         fresh = [r for r in pending if r.request_id not in self.sent]
         items = [_item(r) for r in fresh]
         # trim to what one frame holds; an item that alone is too big is refused
-        while items and _size(items) > BATCH_BYTES:
+        while items and _size(items, revoked) > BATCH_BYTES:
             if len(items) == 1:
                 r = fresh[0]
                 log.warning("%s: request %s too large for the link", self.name, r.request_id.hex())
-                b.answered(self.link_id, [DeviceAnswer(r.request_id, BAD_ARGUMENTS,
-                                                       error="request too large for the link")])
+                self._start(b.answered(link_id, [DeviceAnswer(r.request_id, BAD_ARGUMENTS,
+                                                              error="request too large for the link")]))
                 items, fresh = [], []
                 break
             items.pop()
@@ -267,13 +376,18 @@ class _Connection:
             more = True
         if not items and not force and not revoked:
             return
-        if not items and more and not revoked:
+        if not items and more and not revoked and not early:
             return  # in-flight work fills the window; wait for its responses
         self.sent.update(r.request_id for r in fresh)
         self.told_more = more
         self.server.metrics.requests_sent += len(items)
-        await self._write(self.session.send(
-            Requests(items, more, list(revoked), self.server.now_ms())))
+        self._items_sent = self._items_sent or bool(items)
+        self._out += self.session.send(Requests(items, more, list(revoked), self.server.now_ms()))
+        if position:
+            if early:
+                self._early_revoked = position
+            else:
+                self._start(b.revocations_sent(link_id, position))
 
     async def _reject(self, reason: str, detail: str, already_failed: bool = False) -> None:
         """Log, count, send ERROR when possible; the caller then closes."""
@@ -298,8 +412,9 @@ def _item(r: QueuedRequest) -> dict:
             "args": r.args, "request_token": r.request_token, "expires_at_ms": r.expires_at_ms}
 
 
-def _size(items: list[dict]) -> int:
-    return len(wire.encode("Requests", {"items": items, "gateway_now_ms": 1 << 62}))
+def _size(items: list[dict], revoked: list[bytes] = ()) -> int:
+    return len(wire.encode("Requests", {"items": items, "revoked": list(revoked),
+                                        "gateway_now_ms": 1 << 62}))
 
 
 class LinkServer:
@@ -315,9 +430,13 @@ class LinkServer:
                  ticket_ttl_s: int = 7 * 24 * 3600, forward_secrecy: bool = True,
                  clock: Callable[[], float] = time.time,
                  rand: Callable[[int], bytes] = os.urandom,
-                 metrics: LinkMetrics | None = None) -> None:
+                 metrics: LinkMetrics | None = None,
+                 on_requests_written: Callable[[float, bool], None] | None = None) -> None:
         self.backend = backend
-        self.keys = BackendKeys(backend)
+        self.spending: set[bytes] = set()  # ticket ids presented, deletion not yet durable
+        # observer: (seconds from the device's flight read to REQUESTS with work
+        # written, during the handshake?) - for benchmarks and metrics
+        self.on_requests_written = on_requests_written
         self.host, self.port = host, port
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout

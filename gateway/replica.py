@@ -72,7 +72,7 @@ class ReplicaFollower:
 
     async def apply_height(self, height: int) -> int:
         """FOLLOW one height: apply its device and gateway events; returns devices changed."""
-        res = await self.chain.call("block_results", height=height)
+        res = await self.chain.call("block_results", height=str(height))  # CometBFT wants 64-bit ints as strings
         events = [e for t in (res.get("txs_results") or []) for e in (t.get("events") or [])]
         events += res.get("finalize_block_events") or []
         changed: dict[bytes, str] = {}

@@ -273,7 +273,7 @@ class GatewayService:
                        token_for_seq: Callable[[int], bytes]) -> tuple[RequestRecord, bool]:
         """Durably enqueue with group commit: requests submitted while a commit
         runs (or in the same loop turn) are written by the next one in a single
-        transaction, so one fsync serves them all (store.enqueue_many). Each
+        transaction, so one fsync serves them all (store.enqueue_many_async, on the store's writer thread). Each
         caller returns only after the commit holding its request, so an
         acknowledged request is on disk exactly as with one commit per request."""
         fut = asyncio.get_running_loop().create_future()
@@ -289,7 +289,7 @@ class GatewayService:
                 batch, self._batch = self._batch, []
                 depth = self.settings.max_queue_depth
                 try:
-                    results = self.store.enqueue_many([(rec, depth, now, fn) for rec, now, fn, _ in batch])
+                    results = await self.store.enqueue_many_async([(rec, depth, now, fn) for rec, now, fn, _ in batch])
                 except Exception as exc:  # the commit failed: nothing of the batch is stored or acknowledged
                     for *_, fut in batch:
                         if not fut.done():

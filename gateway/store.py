@@ -12,6 +12,21 @@ Every method that changes state runs in one write transaction and returns
 only after the commit, so when the gateway acknowledges a request, a device
 ACK or a response, it survives kill -9.
 
+Two ways to write: the plain methods commit inline (one fsync each, on the
+caller's thread), and the ``*_async`` methods (the link server's path, via
+StoreLinkBackend) hand the write to :class:`GroupWriter`, a single writer
+thread with group commit: writes submitted while a commit is in progress (or
+in the same event-loop turn) share the next transaction, each in a nested
+transaction of its own (a write that raises is rolled back alone), and each
+caller's future resolves only after the commit holding its write is durable.
+So the event loop never waits for an fsync, and one fsync serves many writes.
+LMDB serialises the two kinds of writers (one write transaction at a time).
+
+Last contact is a hint (:meth:`GatewayStore.note_contact`): kept in memory,
+seen by every read at once, persisted with the next group commit or at most
+``contact_flush_s`` later, and at close. A crash loses at most that much of
+it; nothing acknowledged depends on it.
+
 Key prefixes (all of them, here only)::
 
     d/<link16>                      Device (JSON)
@@ -38,7 +53,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import asyncio
+import logging
+import queue
 import struct
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -50,9 +70,12 @@ from edgistry.gateway.errors import Conflict, NotFound, QueueFull
 from edgistry.gateway.link_backend import DeviceAnswer, QueuedRequest, Ticket
 from edgistry.gateway.manifest import Manifest
 
+log = logging.getLogger("edgistry.gateway.store")
+
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space; LMDB only uses what it writes
 _BE64 = struct.Struct(">Q")
 ACTIVE_WINDOW_MS = 30_000  # a device seen this recently with no BYE is in a session
+CONTACT_FLUSH_S = 5.0  # contact hints reach the disk at most this late (when no other write carries them)
 
 
 class State(IntEnum):
@@ -184,11 +207,141 @@ class Changes:
     records: list[RequestRecord] = field(default_factory=list)
 
 
+class GroupWriter:
+    """One writer thread, group commit (see the module docstring).
+
+    :meth:`submit` (on an event loop) stages ``fn``; everything staged in one
+    loop turn is handed to the thread together, and the thread takes whatever
+    has been handed over since its last commit into the next transaction.
+    ``fn(txn)`` runs in a nested transaction on the writer thread; its result
+    (or exception) resolves the future after the commit. A failed commit
+    fails every future of it. ``before_commit(txn)`` runs first in every
+    transaction (the store flushes its contact hints there); ``idle()`` runs
+    when nothing was written for ``idle_s``.
+    """
+
+    def __init__(self, env: lmdb.Environment, before_commit: Callable[[lmdb.Transaction], None],
+                 idle: Callable[[], None], idle_s: float = 1.0) -> None:
+        self.env = env
+        self.before_commit = before_commit
+        self.idle = idle
+        self.idle_s = idle_s
+        self.commits = 0        # transactions committed
+        self.writes = 0         # writes they held
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._staged: dict[asyncio.AbstractEventLoop, list] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+                self._thread.start()
+
+    def submit(self, fn: Callable[[lmdb.Transaction], object]) -> asyncio.Future:
+        """Stage a write; the future resolves with ``fn``'s result once durable."""
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        self.start()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._lock:
+            staged = self._staged.get(loop)
+            if staged is None:
+                staged = self._staged[loop] = []
+                loop.call_soon(self._hand_over, loop)
+            staged.append((fn, fut, loop))
+        return fut
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            ops = self._staged.pop(loop, None)
+        if ops:
+            self._q.put(ops)
+
+    def close(self) -> None:
+        """Commit what was handed over, then stop the thread."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._q.put(None)
+            thread.join(30)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._q.get(timeout=self.idle_s)
+            except queue.Empty:
+                self._safely(self.idle)
+                continue
+            stop = first is None
+            ops = [] if stop else list(first)
+            while True:  # group commit: everything handed over meanwhile
+                try:
+                    more = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                else:
+                    ops.extend(more)
+            if ops:
+                self._commit(ops)
+            if stop:
+                return
+
+    def _commit(self, ops: list) -> None:
+        done = []
+        try:
+            with self.env.begin(write=True) as txn:
+                self.before_commit(txn)
+                for fn, fut, loop in ops:
+                    try:
+                        with self.env.begin(write=True, parent=txn) as child:
+                            res = fn(child)
+                        done.append((fut, loop, res, None))
+                    except lmdb.Error:
+                        raise  # the transaction is unusable: the whole group fails
+                    except Exception as exc:  # this write only (its nested transaction aborted)
+                        done.append((fut, loop, None, exc))
+            self.commits += 1
+            self.writes += len(ops)
+        except Exception as exc:
+            log.exception("group commit of %d writes failed", len(ops))
+            done = [(fut, loop, None, exc) for _, fut, loop in ops]
+        for fut, loop, res, exc in done:
+            try:
+                loop.call_soon_threadsafe(_resolve, fut, res, exc)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                pass
+
+    @staticmethod
+    def _safely(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("store writer: idle task failed")
+
+
+def _resolve(fut: asyncio.Future, res: object, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(res)
+
+
 class GatewayStore:
-    """The LMDB store. Synchronous and fast; callers on an event loop call it inline."""
+    """The LMDB store. Plain methods are synchronous and fast (one fsync per
+    write); the ``*_async`` ones go through the group-commit writer thread."""
 
     def __init__(self, path: Path | str, map_size: int = DEFAULT_MAP_SIZE,
-                 result_retention_ms: int = 24 * 3600 * 1000) -> None:
+                 result_retention_ms: int = 24 * 3600 * 1000,
+                 contact_flush_s: float = CONTACT_FLUSH_S) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         # sync + metasync: commit() returns after fsync (kill -9 loses nothing committed)
@@ -196,9 +349,28 @@ class GatewayStore:
                              max_dbs=0, lock=True)
         self.retention_ms = result_retention_ms
         self.listeners: list[Callable[[RequestRecord], None]] = []
+        self.contact_flush_s = contact_flush_s
+        self._contacts: dict[bytes, tuple[int, int | None]] = {}  # hints: link -> (last_ms, sleep_s)
+        self._dirty: dict[bytes, float] = {}  # hints not on disk yet: link -> monotonic time noted
+        self._hint_lock = threading.Lock()
+        self.writer = GroupWriter(self.env, self._flush_contacts_in, self._flush_contacts_if_old)
+        self._open = True
 
     def close(self) -> None:
-        self.env.close()
+        """Finish the writer's work, persist the contact hints, close (idempotent)."""
+        if self._open:
+            self._open = False
+            self.writer.close()
+            self.flush_contacts()
+            self.env.close()
+
+    async def write(self, fn: Callable[[lmdb.Transaction], tuple[object, list[RequestRecord]]]) -> object:
+        """Run ``fn(txn) -> (result, changed records)`` on the writer thread;
+        return the result once durable (listeners then hear of the records, on
+        the caller's thread)."""
+        result, changed = await self.writer.submit(fn)
+        self._notify(changed)
+        return result
 
     def _notify(self, records: Iterable[RequestRecord]) -> None:
         for rec in records:
@@ -247,6 +419,9 @@ class GatewayStore:
                     txn.delete(key)
             txn.delete(b"d/" + link_id)
             txn.delete(b"p/" + dev.pseudonym)
+        with self._hint_lock:
+            self._contacts.pop(link_id, None)
+            self._dirty.pop(link_id, None)
         self._notify(changed)
         return dev
 
@@ -289,6 +464,24 @@ class GatewayStore:
                     out.append(exc)
         self._notify([r[0] for r in out if not isinstance(r, Exception) and r[1]])
         return out
+
+    async def enqueue_many_async(self, items: list[tuple[RequestRecord, int, int, Callable[[int], bytes]]]
+                                 ) -> list[tuple[RequestRecord, bool] | Exception]:
+        """:meth:`enqueue_many` on the group-commit writer thread: same semantics
+        and per-item results, but the event loop does not wait for the fsync, and
+        batches submitted meanwhile (and link writes) share the next commit.
+        ``token_for_seq`` runs on the writer thread."""
+        def fn(txn):
+            out: list[tuple[RequestRecord, bool] | Exception] = []
+            for rec, max_depth, now_ms, token_for_seq in items:
+                try:
+                    out.append(self._enqueue_in(txn, rec, max_depth, now_ms, token_for_seq))
+                except lmdb.Error:
+                    raise
+                except Exception as exc:  # raised before any write of this item
+                    out.append(exc)
+            return out, [r[0] for r in out if not isinstance(r, Exception) and r[1]]
+        return await self.write(fn)
 
     def _enqueue_in(self, txn: lmdb.Transaction, rec: RequestRecord, max_depth: int, now_ms: int,
                     token_for_seq: Callable[[int], bytes]) -> tuple[RequestRecord, bool]:
@@ -409,45 +602,69 @@ class GatewayStore:
         return out, False
 
     def delivered(self, link_id: bytes, request_ids: list[bytes], now_ms: int) -> list[RequestRecord]:
-        changed = []
         with self.env.begin(write=True) as txn:
-            for rid in request_ids:
-                raw = txn.get(b"r/" + rid)
-                if raw is None:
-                    continue
-                rec = RequestRecord.load(raw)
-                if rec.link_id == link_id and rec.st == State.QUEUED:
-                    rec.state = State.DELIVERED
-                    txn.put(b"r/" + rid, rec.dump())
-                    changed.append(rec)
+            changed = self._delivered_in(txn, link_id, request_ids)
         self._notify(changed)
+        return changed
+
+    async def delivered_async(self, link_id: bytes, request_ids: list[bytes], now_ms: int) -> list[RequestRecord]:
+        """:meth:`delivered` through the group-commit writer."""
+        def fn(txn):
+            changed = self._delivered_in(txn, link_id, request_ids)
+            return changed, changed
+        return await self.write(fn)
+
+    def _delivered_in(self, txn: lmdb.Transaction, link_id: bytes, request_ids: list[bytes]) -> list[RequestRecord]:
+        changed = []
+        for rid in request_ids:
+            raw = txn.get(b"r/" + rid)
+            if raw is None:
+                continue
+            rec = RequestRecord.load(raw)
+            if rec.link_id == link_id and rec.st == State.QUEUED:
+                rec.state = State.DELIVERED
+                txn.put(b"r/" + rid, rec.dump())
+                changed.append(rec)
         return changed
 
     def answered(self, link_id: bytes, answers: list[DeviceAnswer], now_ms: int) -> tuple[list[bytes], list[RequestRecord]]:
         """Store responses (durable before return). Every id is acknowledged;
         answers for unknown, finished or another device's requests are dropped."""
-        changed = []
         with self.env.begin(write=True) as txn:
-            raw_dev = txn.get(b"d/" + link_id)
-            manifest = Manifest.parse(Device.load(raw_dev).manifest) if raw_dev is not None else None
-            for ans in answers:
-                raw = txn.get(b"r/" + ans.request_id)
-                if raw is None:
-                    continue
-                rec = RequestRecord.load(raw)
-                if rec.link_id != link_id or not rec.st.active:
-                    continue  # a device never answers for another's requests
-                rec.status, rec.payload, rec.error, rec.done_ms = ans.status, ans.payload, ans.error, now_ms
-                rec.state = State.DONE if ans.status == 0 else (
-                    State.EXPIRED if ans.status == DEVICE_EXPIRED_STATUS else State.FAILED)
-                self._finish(txn, rec)
-                changed.append(rec)
-                method = manifest.method(rec.service, rec.method) if manifest else None
-                if ans.status == 0 and method is not None and method.cache_max_age_s and not method.mutating:
-                    entry = CacheEntry(ans.payload, now_ms, method.cache_max_age_s)
-                    txn.put(cache_key(link_id, rec.service, rec.method, rec.args), entry.dump())
+            changed = self._answered_in(txn, link_id, answers, now_ms)
         self._notify(changed)
         return [a.request_id for a in answers], changed
+
+    async def answered_async(self, link_id: bytes, answers: list[DeviceAnswer],
+                             now_ms: int) -> tuple[list[bytes], list[RequestRecord]]:
+        """:meth:`answered` through the group-commit writer."""
+        def fn(txn):
+            changed = self._answered_in(txn, link_id, answers, now_ms)
+            return ([a.request_id for a in answers], changed), changed
+        return await self.write(fn)
+
+    def _answered_in(self, txn: lmdb.Transaction, link_id: bytes, answers: list[DeviceAnswer],
+                     now_ms: int) -> list[RequestRecord]:
+        changed = []
+        raw_dev = txn.get(b"d/" + link_id)
+        manifest = Manifest.parse(Device.load(raw_dev).manifest) if raw_dev is not None else None
+        for ans in answers:
+            raw = txn.get(b"r/" + ans.request_id)
+            if raw is None:
+                continue
+            rec = RequestRecord.load(raw)
+            if rec.link_id != link_id or not rec.st.active:
+                continue  # a device never answers for another's requests
+            rec.status, rec.payload, rec.error, rec.done_ms = ans.status, ans.payload, ans.error, now_ms
+            rec.state = State.DONE if ans.status == 0 else (
+                State.EXPIRED if ans.status == DEVICE_EXPIRED_STATUS else State.FAILED)
+            self._finish(txn, rec)
+            changed.append(rec)
+            method = manifest.method(rec.service, rec.method) if manifest else None
+            if ans.status == 0 and method is not None and method.cache_max_age_s and not method.mutating:
+                entry = CacheEntry(ans.payload, now_ms, method.cache_max_age_s)
+                txn.put(cache_key(link_id, rec.service, rec.method, rec.args), entry.dump())
+        return changed
 
     def cached(self, link_id: bytes, service: str, method: str, args: bytes, now_ms: int) -> CacheEntry | None:
         with self.env.begin() as txn:
@@ -460,20 +677,32 @@ class GatewayStore:
     # ---- tickets ----
 
     def store_ticket(self, ticket_id: bytes, ticket: Ticket) -> None:
-        value = json.dumps({"link_id": _b(ticket.link_id), "r": _b(ticket.resumption_secret),
-                            "exp": ticket.expires_at_ms}).encode()
         with self.env.begin(write=True) as txn:
-            txn.put(b"t/" + ticket_id, value)
+            self._rotate_ticket_in(txn, None, ticket_id, ticket)
 
     def take_ticket(self, ticket_id: bytes, now_ms: int) -> Ticket | None:
         with self.env.begin(write=True) as txn:
             raw = txn.pop(b"t/" + ticket_id)
-        if raw is None:
-            return None
-        d = json.loads(raw)
-        if d["exp"] <= now_ms:
-            return None
-        return Ticket(_unb(d["link_id"]), _unb(d["r"]), d["exp"])
+        return _ticket(raw, now_ms)
+
+    def ticket(self, ticket_id: bytes, now_ms: int) -> Ticket | None:
+        """Read a ticket without spending it (None when unknown or expired)."""
+        with self.env.begin() as txn:
+            return _ticket(txn.get(b"t/" + ticket_id), now_ms)
+
+    async def rotate_ticket_async(self, spent: bytes | None, ticket_id: bytes | None,
+                                  ticket: Ticket | None) -> None:
+        """Delete ``spent`` and store ``ticket`` in one transaction (group commit)."""
+        await self.write(lambda txn: (self._rotate_ticket_in(txn, spent, ticket_id, ticket), []))
+
+    def _rotate_ticket_in(self, txn: lmdb.Transaction, spent: bytes | None, ticket_id: bytes | None,
+                          ticket: Ticket | None) -> None:
+        if spent is not None:
+            txn.delete(b"t/" + spent)
+        if ticket_id is not None and ticket is not None:
+            txn.put(b"t/" + ticket_id, json.dumps({
+                "link_id": _b(ticket.link_id), "r": _b(ticket.resumption_secret),
+                "exp": ticket.expires_at_ms}).encode())
 
     def purge_tickets(self, now_ms: int) -> int:
         n = 0
@@ -487,31 +716,83 @@ class GatewayStore:
     # ---- contact and liveness ----
 
     def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
+        """Record a contact durably now (one commit). The link path uses
+        :meth:`note_contact` (a hint) instead."""
         with self.env.begin(write=True) as txn:
-            raw = txn.get(b"l/" + link_id)
-            c = Contact.load(raw) if raw is not None else Contact()
-            c.last_ms, c.sleep_s = now_ms, sleep_s
-            txn.put(b"l/" + link_id, c.dump())
+            self._put_contact(txn, link_id, now_ms, sleep_s)
+        with self._hint_lock:
+            self._contacts.pop(link_id, None)
+            self._dirty.pop(link_id, None)
+
+    def note_contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
+        """Record a contact as a hint: visible to reads at once, on disk with the
+        next group commit or within ``contact_flush_s`` (see the module docstring)."""
+        with self._hint_lock:
+            self._contacts[link_id] = (now_ms, sleep_s)
+            self._dirty.setdefault(link_id, time.monotonic())
+        self.writer.start()  # its idle tick persists hints when nothing else does
+
+    def flush_contacts(self) -> int:
+        """Persist the contact hints now (one commit); returns how many."""
+        with self.env.begin(write=True) as txn:
+            return self._flush_contacts_in(txn)
+
+    def _flush_contacts_if_old(self) -> None:
+        with self._hint_lock:
+            due = bool(self._dirty) and time.monotonic() - min(self._dirty.values()) >= self.contact_flush_s
+        if due:
+            self.flush_contacts()
+
+    def _flush_contacts_in(self, txn: lmdb.Transaction) -> int:
+        with self._hint_lock:
+            dirty, self._dirty = self._dirty, {}
+            hints = {link: self._contacts[link] for link in dirty if link in self._contacts}
+        for link, (last_ms, sleep_s) in hints.items():
+            if txn.get(b"d/" + link) is not None:  # not for a device unpaired meanwhile
+                self._put_contact(txn, link, last_ms, sleep_s)
+        return len(hints)
+
+    def _put_contact(self, txn: lmdb.Transaction, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
+        raw = txn.get(b"l/" + link_id)
+        c = Contact.load(raw) if raw is not None else Contact()
+        if now_ms < c.last_ms:
+            return  # an older hint
+        c.last_ms, c.sleep_s = now_ms, sleep_s
+        txn.put(b"l/" + link_id, c.dump())
+
+    def _with_hint(self, link_id: bytes, c: Contact | None) -> Contact | None:
+        hint = self._contacts.get(link_id)
+        if hint is None or (c is not None and c.last_ms > hint[0]):
+            return c
+        out = Contact(reported_s=c.reported_s) if c is not None else Contact()
+        out.last_ms, out.sleep_s = hint
+        return out
 
     def last_contact(self, link_id: bytes) -> Contact | None:
         with self.env.begin() as txn:
             raw = txn.get(b"l/" + link_id)
-        return Contact.load(raw) if raw is not None else None
+        return self._with_hint(link_id, Contact.load(raw) if raw is not None else None)
 
     def liveness_due(self, granularity_s: int) -> list[tuple[bytes, bytes, int]]:
         """(link id, pseudonym, bucket) for devices seen in a bucket not yet reported."""
         out = []
         with self.env.begin() as txn:
-            for key, raw in _prefix(txn, b"l/"):
-                c = Contact.load(raw)
+            contacts = {key[2:]: Contact.load(raw) for key, raw in _prefix(txn, b"l/")}
+            for link in list(self._contacts):
+                contacts.setdefault(link, None)
+            for link, c in contacts.items():
+                c = self._with_hint(link, c)
+                if c is None:
+                    continue
                 bucket = c.last_ms // 1000 // granularity_s * granularity_s
-                dev = txn.get(b"d/" + key[2:])
+                dev = txn.get(b"d/" + link)
                 if bucket > c.reported_s and dev is not None:
-                    out.append((key[2:], Device.load(dev).pseudonym, bucket))
+                    out.append((link, Device.load(dev).pseudonym, bucket))
         return out
 
     def liveness_reported(self, entries: list[tuple[bytes, bytes, int]]) -> None:
         with self.env.begin(write=True) as txn:
+            self._flush_contacts_in(txn)  # so the records below exist
             for link, _, bucket in entries:
                 raw = txn.get(b"l/" + link)
                 if raw is not None:
@@ -540,15 +821,31 @@ class GatewayStore:
     def revoked_since_last_wake(self, link_id: bytes, now_s: int) -> list[bytes]:
         """Unexpired tags logged since the device was last told; advances its cursor."""
         with self.env.begin(write=True) as txn:
-            cursor = _int(txn.get(b"vc/" + link_id))
-            tags, last = [], cursor
-            for key, value in _prefix(txn, b"v/", start=b"v/" + be64(cursor + 1)):
-                last = _BE64.unpack(key[2:])[0]
-                if _BE64.unpack(value[32:])[0] > now_s:
-                    tags.append(value[:32])
-            if last != cursor:
-                txn.put(b"vc/" + link_id, be64(last))
+            tags, last = self._revocations_in(txn, link_id, now_s)
+            self._revocations_sent_in(txn, link_id, last)
         return tags
+
+    def revocations(self, link_id: bytes, now_s: int) -> tuple[list[bytes], int]:
+        """Unexpired tags logged since the device was last told, and the log
+        position to pass to :meth:`revocations_sent_async` once it has been."""
+        with self.env.begin() as txn:
+            return self._revocations_in(txn, link_id, now_s)
+
+    async def revocations_sent_async(self, link_id: bytes, position: int) -> None:
+        await self.write(lambda txn: (self._revocations_sent_in(txn, link_id, position), []))
+
+    def _revocations_in(self, txn: lmdb.Transaction, link_id: bytes, now_s: int) -> tuple[list[bytes], int]:
+        cursor = _int(txn.get(b"vc/" + link_id))
+        tags, last = [], cursor
+        for key, value in _prefix(txn, b"v/", start=b"v/" + be64(cursor + 1)):
+            last = _BE64.unpack(key[2:])[0]
+            if _BE64.unpack(value[32:])[0] > now_s:
+                tags.append(value[:32])
+        return tags, last
+
+    def _revocations_sent_in(self, txn: lmdb.Transaction, link_id: bytes, position: int) -> None:
+        if position > _int(txn.get(b"vc/" + link_id)) and txn.get(b"d/" + link_id) is not None:
+            txn.put(b"vc/" + link_id, be64(position))
 
     # ---- metadata ----
 
@@ -563,6 +860,15 @@ class GatewayStore:
     def _scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         with self.env.begin() as txn:
             return list(_prefix(txn, prefix))
+
+
+def _ticket(raw: bytes | None, now_ms: int) -> Ticket | None:
+    if raw is None:
+        return None
+    d = json.loads(raw)
+    if d["exp"] <= now_ms:
+        return None
+    return Ticket(_unb(d["link_id"]), _unb(d["r"]), d["exp"])
 
 
 def _int(raw: bytes | None) -> int:

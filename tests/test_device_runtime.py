@@ -35,11 +35,11 @@ class ForgetfulBackend(MemoryBackend):
 
     dropped = 0
 
-    def answered(self, link_id, answers):
+    async def answered(self, link_id, answers):
         if not self.dropped:
             self.dropped = len(answers)
             return []
-        return super().answered(link_id, answers)
+        return await super().answered(link_id, answers)
 
 
 async def test_redelivery_answered_from_store_without_rerun(tmp_path: Path) -> None:

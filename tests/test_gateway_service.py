@@ -39,11 +39,13 @@ def call(dev, method, token, **kw) -> Call:
                 **kw)
 
 
-def answer(store, dev, payload=b'{"t": 21}', status=0):
+async def answer(store, dev, payload=b'{"t": 21}', status=0):
+    """What the link server does for a device flight of ACK + RESPONSES (one group commit)."""
     backend = StoreLinkBackend(store, GATEWAY_SECRET)
     items, _ = backend.pending(dev.link_id, 1 << 16)
-    backend.delivered(dev.link_id, [i.request_id for i in items])
-    backend.answered(dev.link_id, [DeviceAnswer(i.request_id, status, payload) for i in items])
+    await asyncio.gather(backend.delivered(dev.link_id, [i.request_id for i in items]),
+                         backend.answered(dev.link_id, [DeviceAnswer(i.request_id, status, payload)
+                                                        for i in items]))
     return items
 
 
@@ -92,7 +94,7 @@ async def test_cached_read_does_not_wake_the_device(env):
     store, service, dev, secret, app = env
     first = await service.submit(call(dev, "read", app))
     assert first.state == State.QUEUED
-    answer(store, dev)
+    await answer(store, dev)
     again = await service.invoke(call(dev, "read", app, timeout_ms=100))
     assert again.state == State.DONE and again.from_cache and again.payload == b'{"t": 21}'
     assert store.depth(dev.link_id) == 0 and store.pending(dev.link_id, 1 << 16, 0) == ([], False)
@@ -105,7 +107,7 @@ async def test_invoke_waits_for_the_answer_and_deadline_keeps_request(env):
     store, service, dev, secret, app = env
     task = asyncio.create_task(service.invoke(call(dev, "info", app, timeout_ms=5000)))
     await asyncio.sleep(0.05)
-    answer(store, dev, b'"v1"')
+    await answer(store, dev, b'"v1"')
     res = await asyncio.wait_for(task, 5)
     assert res.state == State.DONE and res.payload == b'"v1"'
     with pytest.raises(InvokeTimeout) as exc:
@@ -153,7 +155,7 @@ async def test_result_needs_the_same_token_and_watch_streams(env):
 
     task = asyncio.create_task(watch())
     await asyncio.sleep(0.05)
-    answer(store, dev)
+    await answer(store, dev)
     await asyncio.wait_for(task, 5)
     assert seen[0] == State.QUEUED and seen[-1] == State.DONE
 
@@ -189,8 +191,13 @@ async def test_concurrent_submits_share_a_commit_and_keep_queue_order(env):
     outcome (the depth-3 queue refuses the rest) and sequences rise in queue order."""
     store, service, dev, secret, app = env
     commits = []
-    real = store.enqueue_many
-    store.enqueue_many = lambda items: commits.append(len(items)) or real(items)
+    real = store.enqueue_many_async
+
+    async def counting(items):
+        commits.append(len(items))
+        return await real(items)
+
+    store.enqueue_many_async = counting
     results = await asyncio.gather(*(service.submit(call(dev, "info", app, args=b'{"n": %d}' % i))
                                      for i in range(5)), return_exceptions=True)
     assert commits == [5]

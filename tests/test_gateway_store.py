@@ -216,3 +216,103 @@ def test_group_committed_requests_survive_kill9(tmp_path):
     assert store.depth(b"L" * 16) == 20
     assert all(store.get(bytes([i]) * 16) is not None for i in range(1, 21))
     store.close()
+
+
+# ---- the group-commit writer thread and contact hints ------------------------------------
+
+async def test_writes_of_one_loop_turn_share_one_commit_off_the_loop(store, tmp_path):
+    """Ticket rotation, delivered and answered started together commit in ONE transaction (on
+    the writer thread), in start order; each caller resumes only once it is durable."""
+    import asyncio
+    import threading
+
+    dev = add_device(store)
+    a, b = enqueue(store, dev), enqueue(store, dev)
+    store.store_ticket(b"old-ticket-00000", Ticket(dev.link_id, b"r" * 32, NOW + 60_000))
+    heard = []
+    store.listeners.append(lambda rec: heard.append((rec.state, threading.get_ident())))
+    before = store.writer.commits
+    rot, dlv, ans = await asyncio.gather(
+        store.rotate_ticket_async(b"old-ticket-00000", b"new-ticket-00000",
+                                  Ticket(dev.link_id, b"s" * 32, NOW + 60_000)),
+        store.delivered_async(dev.link_id, [a.request_id, b.request_id], NOW),
+        store.answered_async(dev.link_id, [DeviceAnswer(a.request_id, 0, b"1")], NOW))
+    assert store.writer.commits == before + 1 and store.writer.writes >= 3
+    assert [r.request_id for r in dlv] == [a.request_id, b.request_id]  # delivered ran first
+    assert ans[0] == [a.request_id] and store.get(a.request_id).st == State.DONE
+    assert store.get(b.request_id).st == State.DELIVERED
+    assert store.ticket(b"old-ticket-00000", NOW) is None
+    assert store.ticket(b"new-ticket-00000", NOW).resumption_secret == b"s" * 32
+    assert {t for _, t in heard} == {threading.get_ident()}  # listeners hear on the caller's thread
+    # durable: a fresh environment sees it all
+    store.close()
+    again = GatewayStore(tmp_path / "gw")
+    try:
+        assert again.get(a.request_id).st == State.DONE and again.ticket(b"new-ticket-00000", NOW)
+    finally:
+        again.close()
+
+
+async def test_a_failing_write_is_rolled_back_alone(store):
+    """One write of a group raising leaves no trace; the others commit."""
+    import asyncio
+
+    dev = add_device(store)
+    a = enqueue(store, dev)
+
+    def bad(txn):
+        txn.put(b"m/half-done", b"x")
+        raise ValueError("boom")
+
+    res = await asyncio.gather(store.write(bad), store.delivered_async(dev.link_id, [a.request_id], NOW),
+                               return_exceptions=True)
+    assert isinstance(res[0], ValueError) and store.meta("half-done") is None
+    assert store.get(a.request_id).st == State.DELIVERED
+
+
+async def test_contact_is_a_hint_persisted_later_and_never_for_an_unpaired_device(tmp_path):
+    """note_contact is visible at once, reaches the disk with the next group commit (or the
+    periodic flush, or close), and an unpaired device's hint is dropped."""
+    store = GatewayStore(tmp_path / "gw", contact_flush_s=0.05)
+    try:
+        dev, gone = add_device(store), add_device(store)
+        store.note_contact(dev.link_id, NOW, None)
+        store.note_contact(gone.link_id, NOW, 30)
+        assert store.last_contact(dev.link_id).last_ms == NOW  # at once, from memory
+        assert {e[0] for e in store.liveness_due(60)} == {dev.link_id, gone.link_id}
+        with store.env.begin() as txn:
+            assert txn.get(b"l/" + dev.link_id) is None  # not on disk yet
+        store.remove_device(gone.link_id, NOW)
+        store.note_contact(dev.link_id, NOW + 5, 60)
+        await store.delivered_async(dev.link_id, [], NOW)  # any group commit carries the hints
+        with store.env.begin() as txn:
+            assert txn.get(b"l/" + dev.link_id) is not None and txn.get(b"l/" + gone.link_id) is None
+        assert store.last_contact(dev.link_id).sleep_s == 60
+        store.note_contact(dev.link_id, NOW + 9, 7)  # no other write: the idle flush persists it
+        import asyncio
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            with store.env.begin() as txn:
+                raw = txn.get(b"l/" + dev.link_id)
+            if b'"sleep_s":7' in raw:
+                break
+        assert b'"sleep_s":7' in raw
+        store.note_contact(dev.link_id, NOW + 10, 8)
+    finally:
+        store.close()
+    again = GatewayStore(tmp_path / "gw")
+    try:
+        assert again.last_contact(dev.link_id).sleep_s == 8  # close() flushed the last hint
+    finally:
+        again.close()
+
+
+async def test_enqueue_many_async_matches_enqueue_many(store):
+    """The writer-thread enqueue keeps the per-item semantics (order, sequences, QueueFull)."""
+    dev = add_device(store)
+    tok = lambda seq: seq.to_bytes(8, "big")  # noqa: E731
+    recs = [RequestRecord(new_id(), dev.link_id, "sensor", "read", b"", b"", b"d" * 32, State.QUEUED, NOW,
+                          NOW + 60_000) for _ in range(3)]
+    out = await store.enqueue_many_async([(r, 2, NOW, tok) for r in recs])
+    assert [o[1] for o in out[:2]] == [True, True] and isinstance(out[2], QueueFull)
+    assert out[0][0].seq < out[1][0].seq and store.depth(dev.link_id) == 2

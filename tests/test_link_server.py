@@ -5,17 +5,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 
+import edgistry.firmware.caplets as cl
 import pytest
-from runtime_helpers import (GATEWAY_SECRET, Queue, device, frame_types, make_home, read_to_eof,
-                             start_server)
-
-from edgistry.firmware.link import (NEED_DATA, Ack, DeviceSession, Established, LinkError,
-                                    MAX_LINK_FRAME, Requests)
+from edgistry.firmware.link import (
+    MAX_LINK_FRAME,
+    NEED_DATA,
+    Ack,
+    DeviceSession,
+    Established,
+    LinkError,
+    Requests,
+)
 from edgistry.firmware.link import link_wire as wire
 from edgistry.firmware.runtime.home import DeviceHome
 from edgistry.gateway.link_backend import MemoryBackend
+from runtime_helpers import (
+    GATEWAY_SECRET,
+    Queue,
+    device,
+    frame_types,
+    make_home,
+    read_to_eof,
+    start_server,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,6 +68,7 @@ async def raw_session(port: int, home: DeviceHome, *, secret: bytes | None = Non
                     break
         except LinkError as exc:
             evs.append(exc)
+            w.write(s.data_to_send())  # as a device does: what it owes (PROOF), then ERROR
             break
         w.write(s.data_to_send())
     return r, w, s, evs
@@ -158,6 +174,10 @@ async def test_attacks_rejected_logged_closed_others_unaffected(gw, caplog, kind
     assert report.executed == 1 and backend.answers[rid].status == 0
     # and the victim device still connects afterwards
     assert (await device(a).wake_with_fallback()).received == 0
+    for _ in range(100):  # the device's last flight (PROOF + BYE) may still be in the server's hands
+        if not srv.connected():
+            break
+        await asyncio.sleep(0.01)
     assert srv.connected() == []
 
 
@@ -222,3 +242,161 @@ async def test_backend_failure_ends_only_that_connection(gw, tmp_path) -> None:
     bad, good = await asyncio.gather(device(a).wake(), device(b).wake(), return_exceptions=True)
     assert isinstance(bad, Exception) and not isinstance(good, Exception)
     assert srv.metrics.rejections["internal"] == 1
+
+
+# ---- the 0.5-RTT flight, coalesced writes, commits per wake --------------------------------
+
+async def _read_frames(r: asyncio.StreamReader, n: int) -> bytes:
+    data = b""
+    while len(frame_types(data)) < n:
+        chunk = await asyncio.wait_for(r.read(65536), 5)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def test_device_failing_proof_never_gets_its_requests_delivered(gw) -> None:
+    """The encrypted early flight carries the work, but a PROOF changed in transit ends the
+    session before the (genuine) ACK behind it counts: nothing delivered, no ticket stored,
+    and the device gets the request on its next wake."""
+    srv, backend, a, _ = gw
+    rid = Queue(backend, a).add("sensor", "read", b"\"PRIVATE\"")
+    r, w = await asyncio.open_connection("127.0.0.1", srv.port)
+    s = DeviceSession(a.secret(), a.root_token(), a.link_id(), a.paired().identity_token, os.urandom)
+    w.write(s.initiate())
+    flight = await _read_frames(r, 3)
+    assert frame_types(flight) == [wire.CHALLENGE, wire.ACCEPT, wire.REQUESTS]
+    assert b"PRIVATE" not in flight
+    s.receive_data(flight)
+    est, req = s.next_event(), s.next_event()
+    assert isinstance(est, Established) and req.items[0]["request_id"] == rid
+    proof = bytearray(s.data_to_send())
+    proof[-1] ^= 1  # the PROOF MAC, changed in transit
+    w.write(bytes(proof) + s.send(Ack([rid])))
+    assert frame_types(await read_to_eof(r, 5))[-1] == wire.ERROR
+    w.close()
+    assert srv.metrics.rejections["bad_proof"] == 1
+    assert not backend.acked and not backend.tickets and rid not in backend.answers
+    report = await device(a).wake_with_fallback()
+    assert report.executed == 1 and rid in backend.acked and backend.answers[rid].status == 0
+
+
+class _Recorder:
+    """A StreamWriter proxy recording the frame types of each write."""
+
+    def __init__(self, writer, log: list) -> None:
+        self._w, self._log = writer, log
+
+    def write(self, data: bytes) -> None:
+        self._log.append(frame_types(data))
+        self._w.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._w, name)
+
+
+def _recording_device(home, log: list, **kw):
+    async def open_connection(host, port):
+        r, w = await asyncio.open_connection(host, port)
+        return r, _Recorder(w, log)
+    return device(home, open_connection=open_connection, **kw)
+
+
+@pytest.mark.parametrize("encrypt", [True, False])
+async def test_each_flight_is_one_write(tmp_path, monkeypatch, encrypt: bool) -> None:
+    """Gateway: CHALLENGE + ACCEPT + REQUESTS, RESUMED + REQUESTS, each in one write; device:
+    PROOF + ACK + RESPONSES (encrypted) in one write. Two round trips for a full encrypted
+    handshake to its first delivered request; in clear, PROOF waits for the work (three)."""
+    from edgistry.gateway import link_server as ls
+
+    gw_log: list = []
+    real_write = ls._Connection._write
+
+    async def write(self, data):
+        if data:
+            gw_log.append(frame_types(data))
+        await real_write(self, data)
+    monkeypatch.setattr(ls._Connection, "_write", write)
+    backend = MemoryBackend(GATEWAY_SECRET)
+    srv = await start_server(backend)
+    try:
+        home = make_home(tmp_path / "d", backend, srv.port, encrypt=encrypt)
+        q = Queue(backend, home)
+        q.add("sensor", "read")
+        dev_log: list = []
+        rep = await _recording_device(home, dev_log).wake_with_fallback()
+        assert rep.executed == 1 and not rep.resumed
+        C, A, RQ, RS, K, P, H, B = (wire.CHALLENGE, wire.ACCEPT, wire.REQUESTS, wire.RESPONSES, wire.ACK,
+                                    wire.PROOF, wire.HELLO, wire.BYE)
+        if encrypt:
+            assert dev_log == [[H], [P, K, RS], [B]]
+            assert gw_log == [[C, A, RQ], [K]]
+        else:
+            assert dev_log == [[H], [P], [K, RS], [B]]
+            assert gw_log == [[C, A, RQ], [RQ], [K]]
+        dev_log.clear()
+        gw_log.clear()
+        q.add("sensor", "read")
+        rep = await _recording_device(home, dev_log).wake_with_fallback()
+        assert rep.resumed and rep.executed == 1
+        assert dev_log == [[wire.RESUME], [K, RS], [B]] and gw_log == [[wire.RESUMED, RQ], [K]]
+        dev_log.clear()
+        gw_log.clear()
+        await asyncio.sleep(0.1)
+        rep = await _recording_device(home, dev_log, forward_secrecy=False).wake()
+        assert dev_log == [[wire.RESUME], [B]]  # nothing queued: BYE at once
+        home.write_paired(*_unticketed(home))
+        dev_log.clear()
+        rep = await _recording_device(home, dev_log).wake()
+        assert not rep.resumed and dev_log == [[H], [P, B]]  # full handshake, nothing queued: 2 flights
+    finally:
+        await srv.close()
+
+
+def _unticketed(home):
+    """Forget the device's ticket (next wake: full handshake)."""
+    from edgistry.firmware.runtime.state import DeviceState
+    st = DeviceState(home.state_path)
+    st.take_ticket(0)
+    st.save()
+    p = home.paired()
+    return p.host + ":" + str(p.port), p.identity_token, p.pseudonym, p.gateway_id
+
+
+async def test_store_commits_per_wake(tmp_path) -> None:
+    """Over the durable store: a full encrypted handshake with one request costs ONE group
+    commit (ticket + delivered + answered), a resumed wake two (ticket rotation before
+    RESUMED; delivered + answered), and contact is a hint (no commit of its own)."""
+    from edgistry.gateway.backend import StoreLinkBackend
+    from edgistry.gateway.store import Device as StoredDevice
+    from edgistry.gateway.store import GatewayStore, RequestRecord, State, new_id
+
+    store = GatewayStore(tmp_path / "gw")
+    backend = StoreLinkBackend(store, GATEWAY_SECRET)
+    srv = await start_server(backend)
+    try:
+        home = make_home(tmp_path / "d", None, srv.port, encrypt=True)
+        root = home.root_token()
+        store.put_device(StoredDevice(home.link_id(), new_id(), root, {"services": [{"type": "sensor", "methods": ["read"]}]}, 0, 7, 1,
+                                      duty_cycle_s=7, encrypt=True))
+        app = cl.derive(root, [cl.Service("sensor", ["*"])])
+
+        def enqueue() -> bytes:
+            rec = RequestRecord(new_id(), home.link_id(), "sensor", "read", b"", b"", b"d" * 32,
+                                State.QUEUED, 0, 2**62)
+            tok = lambda seq: cl.request_token(app, "sensor", "read", b"", seq).to_bytes()  # noqa: E731
+            return store.enqueue(rec, 10, int(time.time() * 1000), tok)[0].request_id
+
+        counts = []
+        for _ in range(3):
+            rid = enqueue()
+            before = store.writer.commits
+            rep = await device(home).wake_with_fallback()
+            assert rep.executed == 1 and store.get(rid).st == State.DONE
+            counts.append((rep.resumed, store.writer.commits - before))
+        assert counts == [(False, 1), (True, 2), (True, 2)]
+        assert store.last_contact(home.link_id()).sleep_s == 7  # the BYE, as a hint
+    finally:
+        await srv.close()
+        store.close()

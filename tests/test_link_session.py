@@ -8,8 +8,9 @@ import pytest
 from link_helpers import Dev, DetRand, Keys, events, gateway, handshake
 
 import edgistry.firmware.caplets as cl
-from edgistry.firmware.link import (Ack, Bye, Error, Established, GatewaySession, LocalProtocolError,
-                                    RemoteProtocolError, Requests, Responses, check_request)
+from edgistry.firmware.link import (Ack, Bye, Challenged, Error, Established, GatewaySession,
+                                    LocalProtocolError, RemoteProtocolError, Requests, Responses,
+                                    check_request)
 from edgistry.firmware.link import link_crypto as lc
 from edgistry.firmware.link import link_wire as wire
 from edgistry.firmware.link.link_errors import E_AUTH, E_INTEGRITY, E_TICKET
@@ -29,7 +30,8 @@ def established(fs=False, encrypt=False, ticket=None, dev=None, keys=None):
 def test_full_handshake_then_resume(fs: bool, encrypt: bool) -> None:
     """Both sides establish; the ticket resumes once in one round trip with fresh keys."""
     dev, keys, d, g, dev_ev, gw_ev = established(fs, encrypt)
-    (de,), (ge,) = dev_ev, gw_ev
+    (de,), (gc, ge) = dev_ev, gw_ev
+    assert isinstance(gc, Challenged) and (gc.encrypt, gc.forward_secret) == (encrypt, fs)
     assert isinstance(de, Established) and isinstance(ge, Established)
     assert (de.resumed, de.encrypt, de.forward_secret) == (False, encrypt, fs)
     assert ge.link_id == dev.link_id and len(keys.tickets) == 1
@@ -112,9 +114,10 @@ def test_wrong_secret_fails_at_proof() -> None:
     impostor = Dev(Dev.make(2).secret, dev.link_id, dev.root, dev.identity)  # knows all but the secret
     d, g = impostor.session(), gateway(keys)
     dev_ev, gw_ev, _ = handshake(d, g)
-    # the impostor answers the challenge with a key from its own secret: refused
+    # the impostor answers the challenge with a key from its own secret: refused (and
+    # the gateway's ACCEPT, sent with CHALLENGE, does not verify under that key either)
     assert gw_ev[-1].reason == "bad_proof" and g.state == "ERROR" and not keys.tickets
-    assert isinstance(dev_ev[-1], Error) and dev_ev[-1].code == E_AUTH
+    assert isinstance(dev_ev[-1], RemoteProtocolError) and dev_ev[-1].reason == "bad_accept"
     # a cheating impostor that forges some PROOF directly is refused the same way
     g = gateway(keys)
     d = dev.session()
@@ -197,16 +200,13 @@ def test_encrypt_flag_cannot_be_stripped() -> None:
     d, g = dev.session(), gateway(keys)
     g.receive_data(d.initiate())
     events(g)
-    d.receive_data(g.data_to_send())
-    events(d)
-    g.receive_data(d.data_to_send())
-    events(g)
     fr = wire.FrameReader()
-    fr.feed(g.data_to_send())
-    f = fr.next_frame()
-    m = wire.decode("Accept", f["body"])
+    fr.feed(g.data_to_send())  # CHALLENGE + ACCEPT, one flight
+    challenge, accept = fr.next_frame(), fr.next_frame()
+    m = wire.decode("Accept", accept["body"])
     m["encrypt"] = False
-    d.receive_data(wire.encode_frame(wire.ACCEPT, 0, wire.encode("Accept", m)))
+    d.receive_data(wire.encode_frame(wire.CHALLENGE, 0, challenge["body"])
+                   + wire.encode_frame(wire.ACCEPT, 0, wire.encode("Accept", m)))
     err = events(d)[-1]
     assert isinstance(err, RemoteProtocolError) and err.reason == "bad_accept"
 
@@ -318,3 +318,166 @@ def test_check_request(mutation, verdict) -> None:
     except cl.TokenError as exc:
         got = type(exc).__name__
     assert got == verdict
+
+
+# ---- the 0.5-RTT flight: CHALLENGE + ACCEPT + REQUESTS ---------------------------------
+
+def _early_flight(encrypt: bool, items=None, fs=False):
+    """HELLO in; the gateway's one flight out (CHALLENGE + ACCEPT + first REQUESTS)."""
+    dev = Dev.make()
+    keys = Keys()
+    keys.add(dev, encrypt)
+    d, g = dev.session(fs=fs), gateway(keys, fs=fs)
+    g.receive_data(d.initiate())
+    (ch,) = events(g)
+    assert isinstance(ch, Challenged) and g.state == "AWAIT_PROOF" and not g.established
+    if items is None:
+        items = [dev.request("s", "m", b"EARLY-ARGS", 5)]
+    flight = g.data_to_send() + g.send(Requests(items, False, [b"t" * 32] if encrypt else [], 7))
+    return dev, keys, d, g, flight
+
+
+def _frames(data: bytes) -> list[dict]:
+    fr = wire.FrameReader()
+    fr.feed(data)
+    out = []
+    while (f := fr.next_frame()) is not None:
+        out.append(f)
+    return out
+
+
+@pytest.mark.parametrize("fs", [False, True])
+def test_full_handshake_in_two_round_trips_with_encryption(fs: bool) -> None:
+    """With encryption the gateway sends its proof and the queued work with CHALLENGE; the
+    device answers PROOF + ACK + RESPONSES in one flight; the gateway accepts them after PROOF."""
+    dev, keys, d, g, flight = _early_flight(True, fs=fs)
+    assert [f["type"] for f in _frames(flight)] == [wire.CHALLENGE, wire.ACCEPT, wire.REQUESTS]
+    assert b"EARLY-ARGS" not in flight and b"t" * 32 not in flight  # encrypted
+    assert not keys.tickets  # stored only once PROOF verifies
+    d.receive_data(flight)
+    est, req = events(d)
+    assert isinstance(est, Established) and not est.resumed and est.encrypt and est.forward_secret == fs
+    assert req.items[0]["args"] == b"EARLY-ARGS" and req.revoked == [b"t" * 32]
+    reply = d.data_to_send() + d.send(Ack([req.items[0]["request_id"]])) + d.send(Responses(
+        [{"request_id": req.items[0]["request_id"], "status": 0, "payload": b"1", "error": ""}]))
+    assert [f["type"] for f in _frames(reply)] == [wire.PROOF, wire.ACK, wire.RESPONSES]
+    g.receive_data(reply)
+    ge, ack, resp = events(g)
+    assert isinstance(ge, Established) and g.established and g.state == "OPEN"
+    assert ack.ids == [req.items[0]["request_id"]] and resp.items[0]["payload"] == b"1"
+    assert list(keys.tickets) == [est.ticket_id]
+    # and the session goes on: the gateway's next frame continues the g2d sequence
+    d.receive_data(g.send(Ack([req.items[0]["request_id"]])))
+    assert isinstance(events(d)[0], Ack)
+
+
+def test_without_encryption_no_request_contents_before_proof() -> None:
+    """In clear, the early flight may only say whether work waits; contents wait for PROOF."""
+    dev = Dev.make()
+    keys = Keys()
+    keys.add(dev, False)
+    d, g = dev.session(), gateway(keys)
+    g.receive_data(d.initiate())
+    assert isinstance(events(g)[0], Challenged)
+    with pytest.raises(LocalProtocolError):
+        g.send(Requests([dev.request("s", "m", b"ARGS", 5)]))
+    g = gateway(keys)
+    d = dev.session()
+    g.receive_data(d.initiate())
+    events(g)
+    with pytest.raises(LocalProtocolError):
+        g.send(Requests([], False, [b"t" * 32]))  # revocations wait too
+    g = gateway(keys)
+    d = dev.session()
+    g.receive_data(d.initiate())
+    events(g)
+    flight = g.data_to_send() + g.send(Requests([], True, [], 7))  # "work waits"
+    d.receive_data(flight)
+    est, req = events(d)
+    assert isinstance(est, Established) and req.items == [] and req.more
+    g.receive_data(d.data_to_send())
+    assert isinstance(events(g)[0], Established)
+    data = g.send(Requests([dev.request("s", "m", b"ARGS", 5)]))  # after PROOF: fine
+    d.receive_data(data)
+    assert events(d)[0].items[0]["args"] == b"ARGS"
+
+
+@pytest.mark.parametrize("target,reason", [
+    ("requests_body", "bad_mac"),
+    ("requests_mac", "bad_mac"),
+    ("accept_mac", "bad_accept"),
+    ("accept_ticket", "bad_accept"),
+    ("challenge_nonce", "bad_accept"),
+    ("drop_accept", "malformed"),
+])
+def test_tampered_early_flight_is_refused(target: str, reason: str) -> None:
+    """Any change to CHALLENGE, ACCEPT or the early REQUESTS is caught by the device before it
+    acts on a request: the ACCEPT MAC covers the transcript and the ticket, the REQUESTS MAC
+    (keys from T) covers the work."""
+    dev, keys, d, g, flight = _early_flight(True)
+    ch, acc, req = _frames(flight)
+    if target == "requests_body":
+        req["body"] = bytes([req["body"][0] ^ 1]) + req["body"][1:]
+    elif target == "requests_mac":
+        req["mac"] = bytes(16)
+    elif target == "accept_mac":
+        m = wire.decode("Accept", acc["body"])
+        m["mac"] = bytes(32)
+        acc["body"] = wire.encode("Accept", m)
+    elif target == "accept_ticket":
+        m = wire.decode("Accept", acc["body"])
+        m["ticket_id"] = bytes(16)
+        acc["body"] = wire.encode("Accept", m)
+    elif target == "challenge_nonce":
+        m = wire.decode("Challenge", ch["body"])
+        m["nonce"] = bytes(16)
+        ch["body"] = wire.encode("Challenge", m)
+    frames = [ch, acc, req] if target != "drop_accept" else [ch, req]
+    d.receive_data(b"".join(wire.encode_frame(f["type"], f["seq"], f["body"], f["mac"]) for f in frames))
+    evs = events(d)
+    assert not any(isinstance(e, Requests) for e in evs)
+    assert isinstance(evs[-1], RemoteProtocolError) and evs[-1].reason == reason and d.state == "ERROR"
+
+
+def test_gateway_takes_nothing_but_proof_before_proof() -> None:
+    """Before PROOF the gateway refuses data frames (they cannot stand in for PROOF), and a
+    PROOF that fails ends the session before the frames behind it (ACK) are looked at."""
+    dev, keys, d, g, flight = _early_flight(True)
+    d.receive_data(flight)
+    _, req = events(d)
+    d.data_to_send()  # the PROOF is withheld: only the (validly MACed) ACK arrives
+    g.receive_data(d.send(Ack([req.items[0]["request_id"]])))
+    err = events(g)[-1]
+    assert isinstance(err, RemoteProtocolError) and err.reason == "malformed"
+    # a PROOF changed in transit, followed by the genuine ACK: no ACK event
+    dev, keys, d, g, flight = _early_flight(True)
+    d.receive_data(flight)
+    _, req = events(d)
+    assert [f["type"] for f in _frames(d.data_to_send())] == [wire.PROOF]
+    bad = wire.encode_frame(wire.PROOF, 0, wire.encode("Proof", {"mac": bytes(32)}))
+    g.receive_data(bad + d.send(Ack([req.items[0]["request_id"]])))
+    evs = events(g)
+    assert [type(e).__name__ for e in evs] == ["RemoteProtocolError"] and evs[0].reason == "bad_proof"
+    assert not keys.tickets and not g.established
+    # the gateway's ERROR is keyed (the device holds the g2d keys since ACCEPT) and verifies
+    d.receive_data(g.data_to_send())
+    (e,) = events(d)
+    assert isinstance(e, Error) and e.code == E_AUTH and d.state == "CLOSED"
+
+
+def test_replayed_hello_learns_nothing() -> None:
+    """Someone replaying a device's HELLO (identity tokens travel in clear) gets an early flight
+    it cannot read (encrypted) or one without request contents (clear), and cannot prove."""
+    for encrypt in (True, False):
+        dev = Dev.make()
+        keys = Keys()
+        keys.add(dev, encrypt)
+        hello = dev.session().initiate()
+        g = gateway(keys)
+        g.receive_data(hello)
+        events(g)
+        items = [dev.request("s", "m", b"PRIVATE-ARGS", 5)] if encrypt else []
+        flight = g.data_to_send() + g.send(Requests(items, True, [], 7))
+        assert b"PRIVATE-ARGS" not in flight
+        g.receive_data(wire.encode_frame(wire.PROOF, 0, wire.encode("Proof", {"mac": os.urandom(32)})))
+        assert events(g)[-1].reason == "bad_proof" and not keys.tickets

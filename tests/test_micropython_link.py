@@ -5,9 +5,11 @@ with deterministic randomness; the gateway's bytes are recorded. The same
 device logic (STEP, below) then replays each conversation under the MicroPython
 WebAssembly port and under CPython with the core modules copied flat (as on a
 device); every line (events, request-token verdicts, errors, and the exact
-bytes the device sends back) must match. Scenarios: full handshake with an
-encrypted data phase and request tokens verified on the device, resumption
-with the ticket, and tampered, replayed and reordered frames.
+bytes the device sends back) must match. Scenarios: full handshake in two
+round trips (the gateway's CHALLENGE + ACCEPT + encrypted 0.5-RTT REQUESTS in
+one flight, answered by PROOF + ACK + RESPONSES) with request tokens verified
+on the device, resumption with the ticket (RESUMED + REQUESTS in one flight),
+and tampered, replayed and reordered frames.
 """
 
 from __future__ import annotations
@@ -162,34 +164,33 @@ def record(dev: Dev) -> tuple[list, dict]:
         return {"request_id": bytes([rid]) * 16, "service": "sensor", "method": "read", "args": args,
                 "request_token": tok.to_bytes(), "expires_at_ms": 0}
 
-    # -- full handshake, two REQUESTS frames --
+    # -- full handshake in two round trips: the gateway's first flight is CHALLENGE +
+    # ACCEPT + the first REQUESTS (0.5-RTT, encrypted); the device answers PROOF + ACK +
+    # RESPONSES in one flight --
     st = {"last": None, "revoked": set(), "ticket": None}
     d = dev.session(rand=MpRand(b"full"))
     g = gateway(keys, rand=DetRand(b"gw-full"), now_ms=clock)
     g.receive_data(d.initiate())
-    assert g.next_event() is link.NEED_DATA
-    g1 = g.data_to_send()
-    g.receive_data(_out(ns["step"](d, g1, st)))
-    assert isinstance(g.next_event(), link.Established)
-    g2 = g.data_to_send()
+    assert isinstance(g.next_event(), link.Challenged)
+    g1 = g.data_to_send()  # CHALLENGE + ACCEPT
     g3 = g.send(Requests([item(1, b'"ok"', 10), item(2, b'"tampered-args"', 11, token_args=b"x"),
                           item(3, b'"wrong-secret"', 12, secret=bytes(32))], True, [], NOW * 1000))
+    r1 = _out(ns["step"](d, g1 + g3, st))
+    g.receive_data(r1)
+    assert [type(e).__name__ for e in link_helpers_events(g)] == ["Established", "Ack", "Responses"]
     g4 = g.send(Requests([item(4, b'"revoked"', 13, token_from=revoked_app),
                           item(5, b'"replayed"', 10), item(6, b'"ok2"', 14)],
                          False, [revoked_app.tag], NOW * 1000))
-    replies = b""
-    for c in (g2, g3, g4):
-        replies += _out(ns["step"](d, c, st))
-    g.receive_data(replies)
+    g.receive_data(_out(ns["step"](d, g4, st)))
     seen = link_helpers_events(g)
-    assert [type(e).__name__ for e in seen] == ["Ack", "Responses", "Ack", "Responses", "Bye"]
+    assert [type(e).__name__ for e in seen] == ["Ack", "Responses", "Bye"]
     ticket = st["ticket"]
     # -- resumption --
     d2 = dev.session(rand=MpRand(b"resume"), ticket=ticket)
     g5 = gateway(keys, rand=DetRand(b"gw-resume"), now_ms=clock)
     g5.receive_data(d2.initiate())
     assert isinstance(g5.next_event(), link.Established)
-    r1 = g5.data_to_send()
+    r1 = g5.data_to_send()  # RESUMED and the REQUESTS go out in one write
     r2 = g5.send(Requests([item(7, b'"after-resume"', 15)], False, [], NOW * 1000))
 
     fr = link.FrameReader()
@@ -201,11 +202,11 @@ def record(dev: Dev) -> tuple[list, dict]:
     flip[len(flip) // 2] ^= 0x01
     hx = lambda b: b.hex()  # noqa: E731
     scenarios = [
-        ("full", "full", None, [hx(g1), hx(g2), hx(g3), hx(g4)]),
-        ("resume", "resume", [ticket[0].hex(), ticket[1].hex()], [hx(r1), hx(r2)]),
-        ("tampered", "full", None, [hx(g1), hx(g2), hx(bytes(flip))]),
-        ("replayed", "full", None, [hx(g1), hx(g2), hx(g3), hx(g3)]),
-        ("reordered", "full", None, [hx(g1), hx(g2), hx(g4), hx(g3)]),
+        ("full", "full", None, [hx(g1 + g3), hx(g4)]),
+        ("resume", "resume", [ticket[0].hex(), ticket[1].hex()], [hx(r1 + r2)]),
+        ("tampered", "full", None, [hx(g1 + bytes(flip))]),
+        ("replayed", "full", None, [hx(g1 + g3), hx(g3)]),
+        ("reordered", "full", None, [hx(g1 + g4), hx(g3)]),
         ("bad_challenge", "full", None, [hx(bad_g1)]),
     ]
     return scenarios, ticket

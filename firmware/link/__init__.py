@@ -29,12 +29,12 @@ from .link_device import (BAD_ARGUMENTS, EXPIRED, OK, SERVICE_ERROR, TOKEN_REFUS
 from .link_errors import (DecodeError, FrameTooLarge, LinkError, LocalProtocolError,
                           RemoteProtocolError)
 from .link_gateway import GatewaySession, encryption_body, identity_name
-from .link_session import (CLOSED, NEED_DATA, Ack, Bye, Error, Established, Requests,
-                           Responses)
+from .link_session import (CLOSED, NEED_DATA, Ack, Bye, Challenged, Error, Established,
+                           Requests, Responses)
 from .link_wire import MAX_LINK_FRAME, FrameReader, decode, encode, encode_frame
 
 __all__ = [
-    "BAD_ARGUMENTS", "CLOSED", "EXPIRED", "MAX_LINK_FRAME", "NEED_DATA", "OK",
+    "BAD_ARGUMENTS", "CLOSED", "Challenged", "EXPIRED", "MAX_LINK_FRAME", "NEED_DATA", "OK",
     "SERVICE_ERROR", "TOKEN_REFUSED", "UNKNOWN_METHOD", "Ack", "Bye", "DecodeError",
     "DeviceSession", "Error", "Established", "FrameReader", "FrameTooLarge",
     "GatewaySession", "LinkError", "LocalProtocolError", "RemoteProtocolError", "Requests",

@@ -16,8 +16,12 @@ must be exactly *our* root frame plus one encryption frame; its tag ``T`` is
 recomputed from our secret (``cap_verify.encryption_tag``) and answers the
 transcript (``PROOF``). ACCEPT proves the gateway knew ``T`` too (it derived
 the token), and its MAC also covers the ticket and the ``encrypt`` flag, so an
-attacker can neither fake a gateway nor strip encryption. With a ticket from
-an earlier session the device sends RESUME instead (one round trip).
+attacker can neither fake a gateway nor strip encryption. The gateway sends
+ACCEPT in the same flight as CHALLENGE, often followed by REQUESTS (0.5-RTT
+data, docs/LINK_PROTOCOL.md): fed that flight at once, the session yields
+Established then Requests, and ``data_to_send()`` holds PROOF, to be written
+before (best: together with) the ACK and RESPONSES. With a ticket from an
+earlier session the device sends RESUME instead (one round trip).
 
 ``check_request`` is what the device runs on every delivered request before
 executing it: the request token must verify against our own secret (origin),

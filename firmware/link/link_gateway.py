@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 ::
 
-    AWAIT_HELLO --HELLO / CHALLENGE--> AWAIT_PROOF --PROOF / ACCEPT--> OPEN
-         `--------RESUME / RESUMED----------------------------------> OPEN
+    AWAIT_HELLO --HELLO / CHALLENGE + ACCEPT [+ early REQUESTS]--> AWAIT_PROOF --PROOF--> OPEN
+         `--------RESUME / RESUMED-------------------------------------------------> OPEN
+    AWAIT_PROOF: send REQUESTS (0.5-RTT; with encryption only may they carry work)
     OPEN: receive RESPONSES, ACK; receive BYE -> CLOSED; send REQUESTS, ACK
     any live state: receive ERROR -> CLOSED; protocol failure -> ERROR
 
@@ -15,7 +16,11 @@ pairing (origin: the gateway's identity secret, leaf capability
 another link ends the handshake before any work. CHALLENGE is the body of a
 fresh encryption token derived from the device's root token (root frame +
 one encryption frame); only the holder of the device secret can compute its
-tag ``T`` and so answer PROOF. A RESUME spends a single-use ticket (taken
+tag ``T`` and so answer PROOF. The gateway knows ``T`` already, so it proves
+itself (ACCEPT) in the same flight as CHALLENGE and keys its sending direction
+at once (event :class:`Challenged`); it keys its receiving direction, and
+stores the ticket it announced, only once PROOF verifies (:class:`Established`).
+A RESUME spends a single-use ticket (taken
 from the store whether or not it then verifies, so a replayed RESUME always
 fails) and proves the resumption secret.
 
@@ -33,7 +38,8 @@ try:
     from . import link_wire as wire
     from . import link_crypto as lc
     from .link_errors import RemoteProtocolError
-    from .link_session import Session, Established, OPEN, CLOSED_STATE
+    from .link_errors import LocalProtocolError
+    from .link_session import Session, Challenged, Established, OPEN, CLOSED_STATE, ERROR_STATE
     from .link_device import (VERSION, NONCE_SIZE, LINK_ID_SIZE, TICKET_ID_SIZE, DEVICE_LABEL,
                               GATEWAY_LABEL, RESUMED_LABEL, accept_mac, resume_mac)
     from ..caplets import cap_verify, cap_codec, cap_caps
@@ -42,7 +48,8 @@ except (ImportError, ValueError):
     import link_wire as wire
     import link_crypto as lc
     from link_errors import RemoteProtocolError
-    from link_session import Session, Established, OPEN, CLOSED_STATE
+    from link_errors import LocalProtocolError
+    from link_session import Session, Challenged, Established, OPEN, CLOSED_STATE, ERROR_STATE
     from link_device import (VERSION, NONCE_SIZE, LINK_ID_SIZE, TICKET_ID_SIZE, DEVICE_LABEL,
                              GATEWAY_LABEL, RESUMED_LABEL, accept_mac, resume_mac)
     import cap_verify
@@ -87,6 +94,7 @@ class GatewaySession(Session):
         (OPEN, wire.ERROR): ("_on_error", CLOSED_STATE),
     }
     SEND = {
+        (AWAIT_PROOF, wire.REQUESTS): AWAIT_PROOF,  # 0.5-RTT (see send())
         (OPEN, wire.REQUESTS): OPEN,
         (OPEN, wire.ACK): OPEN,
         (OPEN, wire.ERROR): CLOSED_STATE,
@@ -142,17 +150,36 @@ class GatewaySession(Session):
         self._ikm = ikm
         self._salt = msg["nonce"] + nonce_g
         self._transcript = lc.sha256(body + self._queue(wire.CHALLENGE, "Challenge", challenge))
-        return None
+        # ACCEPT in the same flight: it depends on T and the transcript only. The
+        # ticket it names is stored once PROOF verifies (never for an impostor).
+        self._ticket_id = self._rand(TICKET_ID_SIZE)
+        self._queue(wire.ACCEPT, "Accept", {
+            "mac": accept_mac(tag, GATEWAY_LABEL, self._transcript, self._ticket_id,
+                              self._ttl, encrypt),
+            "ticket_id": self._ticket_id, "ticket_ttl_s": self._ttl, "encrypt": encrypt})
+        k = lc.session_keys(ikm, self._salt)
+        self._install_out((k[0], k[1], k[2], k[3]), encrypt)  # g2d keyed: 0.5-RTT frames
+        return Challenged(link_id, encrypt, self.forward_secret)
 
     def _on_proof(self, msg, body):
         if not lc.equal(msg["mac"], lc.hmac_sha256(self._tag, DEVICE_LABEL + self._transcript)):
             raise RemoteProtocolError("bad_proof", "device failed to prove its secret")
-        ticket_id = self._new_ticket(self._ikm)
-        self._queue(wire.ACCEPT, "Accept", {
-            "mac": accept_mac(self._tag, GATEWAY_LABEL, self._transcript, ticket_id,
-                              self._ttl, self._encrypt),
-            "ticket_id": ticket_id, "ticket_ttl_s": self._ttl, "encrypt": self._encrypt})
-        return self._establish(self._ikm, False)
+        self._store_ticket(self._ticket_id, self._ikm)
+        self._install_in()
+        self.resumed = False
+        return Established(self.link_id, False, self._encrypt, self.forward_secret)
+
+    def send(self, event):
+        """As Session.send; before PROOF (state AWAIT_PROOF) a REQUESTS may carry
+        items or revoked tags only when the session encrypts: otherwise their
+        contents would reach a peer that has not authenticated."""
+        if (self.state == AWAIT_PROOF and event.ftype == wire.REQUESTS and not self.encrypt
+                and (event.items or event.revoked)):
+            exc = LocalProtocolError("unexpected", "request contents before PROOF need encryption")
+            self.state = ERROR_STATE
+            self.error = exc
+            raise exc
+        return Session.send(self, event)
 
     def _on_resume(self, msg, body):
         link_id, ticket_id, nonce_d = msg["link_id"], msg["ticket_id"], msg["nonce"]
@@ -179,9 +206,12 @@ class GatewaySession(Session):
 
     def _new_ticket(self, ikm):
         ticket_id = self._rand(TICKET_ID_SIZE)
+        self._store_ticket(ticket_id, ikm)
+        return ticket_id
+
+    def _store_ticket(self, ticket_id, ikm):
         self._keys_store.store_ticket(ticket_id, self.link_id, lc.resumption_secret(ikm, self._salt),
                                       self._now_ms() + self._ttl * 1000)
-        return ticket_id
 
     def _establish(self, ikm, resumed):
         k = lc.session_keys(ikm, self._salt)

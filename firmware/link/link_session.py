@@ -16,13 +16,18 @@ Each side's lifecycle is a transition table in one place: ``RECV`` maps
 a remote error also queues an ERROR frame for the peer. Receiving ERROR or
 sending/receiving BYE moves it to ``CLOSED`` (terminal).
 
-Handshake frames have ``seq`` 0 and no MAC. Once keys are installed (ACCEPT or
-RESUMED) every frame must carry the next sequence number of its direction
+Handshake frames have ``seq`` 0 and no MAC. Once keys are installed for a
+direction every frame in that direction must carry its next sequence number
 (1, 2, 3, ...) and ``mac = HMAC(k_mac_dir, u8(type) || u64be(seq) || body)[:16]``;
 the MAC is checked first (tampered -> "bad_mac"), then the sequence (lower:
 "replayed", higher: "reordered"), then the body is decrypted when the session
 encrypts. Data frames are checked before the table is consulted, so nothing
 unauthenticated is ever acted on after the handshake.
+
+The two directions are keyed separately: the device keys both at ACCEPT or
+RESUMED; the gateway keys its sending direction when it sends ACCEPT (in the
+same flight as CHALLENGE, so it can send 0.5-RTT REQUESTS) and its receiving
+direction only once PROOF verifies (``established`` is then True).
 """
 
 try:
@@ -72,6 +77,24 @@ class Established:
     def __repr__(self):
         return "Established(resumed=%r, encrypt=%r, forward_secret=%r)" % (
             self.resumed, self.encrypt, self.forward_secret)
+
+
+class Challenged:
+    """Gateway only: HELLO verified, CHALLENGE and ACCEPT are queued, and the
+    session may send REQUESTS before the device has proved anything (0.5-RTT
+    data, docs/LINK_PROTOCOL.md). With ``encrypt`` they may carry work (only
+    the device can decrypt them); without, only an empty REQUESTS whose
+    ``more`` says whether work waits (GatewaySession.send enforces it). The
+    device is NOT authenticated yet: nothing sent now counts as delivered, and
+    nothing is received before :class:`Established` (PROOF verified)."""
+
+    def __init__(self, link_id, encrypt, forward_secret=False):
+        self.link_id = link_id
+        self.encrypt = encrypt
+        self.forward_secret = forward_secret
+
+    def __repr__(self):
+        return "Challenged(encrypt=%r, forward_secret=%r)" % (self.encrypt, self.forward_secret)
 
 
 class Requests:
@@ -205,7 +228,9 @@ class Session:
         self._reader = wire.FrameReader()
         self._out = []
         self._events = []
-        self._keys = None          # (mac_in, mac_out, enc_in, enc_out) once established
+        self._keys = None          # (mac_in, mac_out, enc_in, enc_out) once keyed
+        self._keyed_in = False     # incoming frames carry seq + MAC
+        self._keyed_out = False    # outgoing frames carry seq + MAC
         self.established = False
         self._seq_in = 0
         self._seq_out = 0
@@ -278,7 +303,7 @@ class Session:
 
     def _frame(self, ftype, body):
         """Frame (and protect, once keyed) one outgoing body."""
-        if self._keys is None:
+        if not self._keyed_out:
             data = wire.encode_frame(ftype, 0, body)
         else:
             seq = self._seq_out + 1
@@ -299,17 +324,28 @@ class Session:
         return body
 
     def _install(self, keys, encrypt):
+        """Key both directions (the session is established)."""
+        self._install_out(keys, encrypt)
+        self._install_in()
+
+    def _install_out(self, keys, encrypt):
+        """Key the sending direction only (the gateway's 0.5-RTT flight)."""
         self._keys = keys
-        self.established = True
         self.encrypt = encrypt
-        self._seq_in = 0
+        self._keyed_out = True
         self._seq_out = 0
+
+    def _install_in(self):
+        """Key the receiving direction too: the session is established."""
+        self._keyed_in = True
+        self._seq_in = 0
+        self.established = True
 
     def _process(self, frame):
         ftype = frame["type"]
         seq = frame["seq"]
         body = frame["body"]
-        if self._keys is None:
+        if not self._keyed_in:
             if seq != 0 or frame["mac"]:
                 raise RemoteProtocolError("malformed", "handshake frames carry no seq or mac")
         else:

@@ -20,6 +20,11 @@ store (at-least-once delivery, no second run). The device says BYE when the
 gateway has nothing more and every response it sent was ACKed (or after
 ``linger_s`` more seconds of waiting for pushed work).
 
+Flights: everything the device answers to one read (PROOF, ACK, RESPONSES,
+BYE) goes out in one write, so a full handshake with encryption costs two
+round trips: HELLO, then PROOF + ACK + RESPONSES answering the gateway's
+CHALLENGE + ACCEPT + REQUESTS (docs/LINK_PROTOCOL.md).
+
 Clock, sleep, randomness and the network (``open_connection``) are
 parameters, so tests run without real sleeps or sockets.
 """
@@ -50,6 +55,7 @@ WAKE_TIMEOUT_S = 20.0
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
 RESPONSE_BATCH_BYTES = MAX_LINK_FRAME - 4096
+EAGER_FLUSH_S = 0.05  # services running longer than this: send the flight's replies so far first
 
 OpenConnection = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
@@ -184,7 +190,8 @@ class Device:
                                 x25519=self.x25519, require_encrypt=self.require_encrypt)
         w = _Wake(self, session, writer, WakeReport())
         try:
-            await w.write(session.initiate())
+            w.write(session.initiate())
+            await w.flush()
             while True:
                 data = await w.read(reader)
                 if data is None:  # lingered with nothing new: go to sleep
@@ -196,7 +203,8 @@ class Device:
                 if await w.pump():
                     return w.report
         except LinkError as exc:
-            await w.write_quietly(session.data_to_send())
+            w.write(session.data_to_send())  # e.g. PROOF, then our ERROR
+            await w.flush_quietly()
             failed = WakeFailed(f"link error: {exc}")
             failed.resumed_with_ticket = ticket is not None
             raise failed from exc
@@ -225,15 +233,22 @@ class _Wake:
         self.unacked_frames = 0     # RESPONSES frames sent and not yet ACKed
         self.gateway_skew_ms = 0    # gateway clock - our clock
         self.idle_since: float | None = None
+        self.out = bytearray()      # this flight's replies, sent by flush()
+        self.flight_t0 = time.monotonic()
 
-    async def write(self, data: bytes) -> None:
-        if data:
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the flight's single write (flush)."""
+        self.out += data
+
+    async def flush(self) -> None:
+        if self.out:
+            data, self.out = bytes(self.out), bytearray()
             self.writer.write(data)
             await self.writer.drain()
 
-    async def write_quietly(self, data: bytes) -> None:
+    async def flush_quietly(self) -> None:
         try:
-            await self.write(data)
+            await self.flush()
         except (ConnectionError, OSError):
             pass
 
@@ -250,11 +265,13 @@ class _Wake:
         return self.got_requests and not self.more and self.unacked_frames == 0
 
     async def pump(self) -> bool:
-        """Handle every buffered event; True once BYE was sent."""
+        """Handle every buffered event, then send the flight's replies in one
+        write; True once BYE was sent."""
         s = self.session
+        self.flight_t0 = time.monotonic()
         while True:
             event = s.next_event()
-            await self.write(s.data_to_send())
+            self.write(s.data_to_send())
             if event is NEED_DATA:
                 break
             if event is CLOSED:
@@ -263,11 +280,13 @@ class _Wake:
         if self._idle() and not self.d.linger_s:
             await self.bye()
             return True
+        await self.flush()
         return False
 
     async def bye(self) -> None:
         self.report.sleep_s = self.d.duty_cycle_s
-        await self.write(self.session.send(Bye(self.d.duty_cycle_s)))
+        self.write(self.session.send(Bye(self.d.duty_cycle_s)))
+        await self.flush()
 
     async def handle(self, event) -> None:
         d, st = self.d, self.d.state
@@ -315,15 +334,20 @@ class _Wake:
             ack.append(item["request_id"])
         st.save()  # stored durably before the ACK says so
         if ack:
-            await self.write(self.session.send(Ack(ack)))
-        done = self.run_pending()
+            self.write(self.session.send(Ack(ack)))
+        done = await self.run_pending()
         await self.send_responses(again + done)
 
-    def run_pending(self) -> list[str]:
-        """Run stored requests (and ones a crash interrupted) in sequence order."""
+    async def run_pending(self) -> list[str]:
+        """Run stored requests (and ones a crash interrupted) in sequence order.
+        Replies queued so far (PROOF, ACK) wait for the RESPONSES, unless the
+        services take long: then they go first (the gateway's handshake
+        deadline runs until PROOF)."""
         st = self.d.state
         out = []
         for rid in st.with_state(STORED, RUNNING):
+            if self.out and time.monotonic() - self.flight_t0 > EAGER_FLUSH_S:
+                await self.flush()
             self.execute(rid)
             out.append(rid)
         return out
@@ -378,5 +402,5 @@ class _Wake:
             await self._send_batch(batch)
 
     async def _send_batch(self, batch: list[dict]) -> None:
-        await self.write(self.session.send(Responses(batch)))
+        self.write(self.session.send(Responses(batch)))
         self.unacked_frames += 1

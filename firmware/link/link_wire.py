@@ -20,6 +20,10 @@ before any of the body is buffered.
 """
 
 try:
+    from ..caplets.cap_wire import put_varint
+except (ImportError, ValueError):
+    from cap_wire import put_varint
+try:
     from .link_errors import DecodeError, FrameTooLarge
 except ImportError:
     from link_errors import DecodeError, FrameTooLarge
@@ -99,14 +103,7 @@ _DEFAULTS = {UINT: 0, INT64: 0, BOOL: False, BYTES: b"", STRING: ""}
 
 # ---- varints -------------------------------------------------------------------
 
-def put_uvarint(out, value):
-    """Append the (minimal) varint of ``0 <= value < 2**64`` to bytearray ``out``."""
-    if value < 0 or value >= _U64:
-        raise ValueError("varint out of range")
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
+put_uvarint = put_varint  # one varint writer for tokens and link frames (cap_wire)
 
 
 def get_uvarint(buf, pos, end):

@@ -38,9 +38,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from cluster_helpers import (
-    EDGISTRY, Procs, free_base_port, header_app_hashes, height, summary_app_hash, wait_until,
+    EDGISTRY,
+    Procs,
+    free_base_port,
+    header_app_hashes,
+    height,
+    summary_app_hash,
+    wait_until,
 )
 from edgistry.cli import main
 from edgistry.cluster import ops
@@ -52,7 +57,7 @@ BINARY = find_cometbft()
 pytestmark = [
     pytest.mark.cometbft,
     pytest.mark.slow,
-    pytest.mark.timeout(300),
+    pytest.mark.timeout(240),
     pytest.mark.skipif(BINARY is None, reason=HOW_TO_GET),
 ]
 
@@ -154,11 +159,13 @@ def fails_fast(device: Device, via: NodeLayout) -> str:
     argv = [*EDGISTRY, "invoke", device.handle, "actuator.get", "--gateway", via.grpc_endpoint,
             "--token", device.token, "--timeout", str(INVOKE_TIMEOUT_S), "--json"]
     started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=INVOKE_TIMEOUT_S + 30)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=INVOKE_TIMEOUT_S + 30,
+                          check=False)
     took = time.monotonic() - started
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1 and "UNAVAILABLE" in out, f"through {via.moniker}: {proc.returncode} {out}"
     assert took < FAIL_FAST_S, f"through {via.moniker} it took {took:.1f} s to fail: {out}"
+    print(f"invoke of {device.name} through {via.moniker}: exit 1 after {took:.1f} s: {out.strip()}")
     return out
 
 
@@ -222,7 +229,7 @@ def test_devices_survive_a_node_kill_and_return_with_it(cluster, procs: Procs, t
     # (c) the device wakes (its sleep is over): it cannot reach its gateway and backs off (full
     # jitter, up to 2**failures s: it is resumed only now so that the backoff stays short)
     dev_log = procs.log_of("dev2")
-    failed_wakes = lambda: dev_log.read_text(errors="replace").count("wake failed")  # noqa: E731
+    failed_wakes = lambda: dev_log.read_text(errors="replace").count("wake failed")
     before = failed_wakes()
     procs.running["dev2"].send_signal(signal.SIGCONT)
     wait_until(lambda: failed_wakes() > before, 15, "dev2 to fail a wake")
@@ -233,8 +240,6 @@ def test_devices_survive_a_node_kill_and_return_with_it(cluster, procs: Procs, t
     assert "resuming" in result.stderr and f"{victim.moniker}: started" in result.stderr, result.output
     assert not any(f"{n.moniker}: started" in result.stderr for n in rest), result.output
     assert all(launcher.alive(ops.proc_name(n, r)) for n in nodes for r in ops.ROLES)
-    for role in ("app", "cmt", "gw"):
-        procs.logs.append(launcher.log_path(ops.proc_name(victim, role)))
 
     # the request queued before the kill is answered once the device reconnects
     out = cli_ok("result", rid, "--gateway", victim.grpc_endpoint, "--token", dev2.token,

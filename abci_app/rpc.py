@@ -25,6 +25,7 @@ from edgistry.proto import abci_pb2 as abci
 log = logging.getLogger(__name__)
 
 MAX_RPC_BODY = 2 * 1024 * 1024
+INT64_PARAMS = {"height"}  # CometBFT's JSON-RPC wants int64 params as strings (URI calls may be bare)
 
 
 class RpcError(Exception):
@@ -205,6 +206,12 @@ def create_app(node: EmbeddedNode, moniker: str = "embedded") -> web.Application
         except (ValueError, KeyError, TypeError) as exc:
             return web.json_response({"jsonrpc": "2.0", "id": -1,
                                       "error": {"code": -32700, "message": "Parse error", "data": str(exc)}})
+        for name in INT64_PARAMS & params.keys():
+            if not isinstance(params[name], str):  # as CometBFT: int64 travels as a JSON string
+                return web.json_response({"jsonrpc": "2.0", "id": req_id, "error": {
+                    "code": -32602, "message": "Invalid params",
+                    "data": f"error converting json params to arguments: {name}: invalid 64-bit integer "
+                            f"encoding {json.dumps(params[name])}, expected string"}})
         return await call(method, params, req_id)
 
     async def get_method(request: web.Request) -> web.Response:

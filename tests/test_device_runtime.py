@@ -242,3 +242,17 @@ def test_device_run_needs_pairing(tmp_path: Path) -> None:
                                 "--service", "sensor"]).exit_code == 0
     res = runner.invoke(main, ["device", "run", "--home", str(tmp_path / "d"), "--once"])
     assert res.exit_code == 1 and "edgistry pair" in res.output
+
+
+def test_backoff_cap_follows_the_duty_cycle(tmp_path: Path) -> None:
+    """After many failures a fast-cycling device retries within seconds; a slow one within its cap."""
+    import random as _random
+
+    from edgistry.firmware.runtime import device as device_mod
+
+    for duty, expect_cap in ((2, device_mod.BACKOFF_MIN_CAP_S), (60, 120.0), (3600, device_mod.BACKOFF_CAP_S)):
+        dev = device_mod.Device.__new__(device_mod.Device)
+        dev.backoff_cap, dev.backoff_base, dev.duty_cycle_s = device_mod.BACKOFF_CAP_S, 1.0, duty
+        dev.rng, dev.failures = _random.Random(1), 30
+        delays = [dev.backoff_delay() for _ in range(200)]
+        assert max(delays) <= expect_cap and max(delays) > expect_cap * 0.8

@@ -148,3 +148,17 @@ def test_token_revoke_on_the_registry(tmp_path):
         assert code == 2  # neither --list nor --home
     finally:
         kill9(proc)
+
+
+def test_rpc_wants_int64_params_as_strings_like_cometbft(tmp_path):
+    """A JSON number for `height` is refused, as CometBFT refuses it; a string is fine."""
+    home, port = tmp_path / "home", free_port()
+    proc = edgistry("up", "--home", str(home), "--rpc-listen", f"127.0.0.1:{port}", log=tmp_path / "up.log")
+    try:
+        wait_for_port(port, proc=proc)
+        wait_height(port, 1)
+        bad = rpc(port, "block_results", height=1)
+        assert "expected string" in bad["error"]["data"]
+        assert rpc(port, "block_results", height="1")["result"]["height"] == "1"
+    finally:
+        kill9(proc)

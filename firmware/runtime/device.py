@@ -54,6 +54,7 @@ log = logging.getLogger("edgistry.device")
 WAKE_TIMEOUT_S = 20.0
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
+BACKOFF_MIN_CAP_S = 10.0
 RESPONSE_BATCH_BYTES = MAX_LINK_FRAME - 4096
 EAGER_FLUSH_S = 0.05  # services running longer than this: send the flight's replies so far first
 
@@ -145,8 +146,13 @@ class Device:
             await self._pause(delay, stop)
 
     def backoff_delay(self) -> float:
-        """Full jitter: uniform(0, min(cap, base * 2**failures))."""
-        return self.rng.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** self.failures))
+        """Full jitter: uniform(0, min(cap, base * 2**failures)).
+
+        The cap follows the duty cycle (twice it, at least 10 s, at most
+        ``backoff_cap``): a device that wakes every few seconds comes back
+        within seconds of its gateway, one that sleeps for hours does not spin."""
+        cap = min(self.backoff_cap, max(BACKOFF_MIN_CAP_S, 2 * self.duty_cycle_s))
+        return self.rng.uniform(0, min(cap, self.backoff_base * 2 ** self.failures))
 
     async def _pause(self, delay: float, stop: asyncio.Event | None) -> None:
         if stop is None:

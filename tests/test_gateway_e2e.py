@@ -173,7 +173,7 @@ def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):
         proc_b = edgistry("gateway", "--home", str(b.home), "--rpc", a.rpc_url, log=tmp_path / "b.log")
         wait_for_port(b_ports["grpc"], proc=proc_b)
         dev = make_device_home(tmp_path / "dev")
-        code, out = pair(b, dev, "--json")
+        code, out = pair(b, dev, "--json", "--k", "1")
         assert code == 0, out
         paired = json.loads(out)
         token, handle = paired["app_token_file"], paired["owner_handle"]
@@ -216,8 +216,26 @@ def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):
             with pytest.raises(grpc.RpcError) as exc:
                 peer.Forward(good, timeout=10)
             assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED and "replayed" in exc.value.details()
+            # a peer's attestation ("I authorised this client") covers reads, never writes
+            write = gw.InvokeRequest(target=handle, method="set", service="valve", attested=True, args=b"{}")
+            with pytest.raises(grpc.RpcError) as exc:
+                peer.Forward(sign_forward(a_key, a_id, "submit", write), timeout=10)
+            assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
         metrics = http_get(b_ports["http"], "/metrics")
         assert 'edgistry_peer_forwards_total{direction="in",outcome="refused"} 3.0' in metrics
+
+        # an application of gateway A finds and invokes B's device by region (invoke-any)
+        app_token = tmp_path / "app.token"
+        app_token.write_text(cli("token", "app", "--home", str(a.home), "--name", "roamer")[1].strip() + "\n")
+        near = ["--near", "46.52,6.57", "--radius-km", "10", "--gateway", a.grpc_listen, "--token", str(app_token)]
+        until(lambda: cli("discover", "sensor", *near)[1].count("cell=") == 1, timeout=15, every=0.3)
+        box.clear()
+        t = threading.Thread(target=lambda: box.update(r=cli_json(
+            "invoke", "--any", "sensor", *near, "sensor.info", "--timeout", "20")))
+        t.start()
+        until(lambda: device.wake(), timeout=15, every=0.2)
+        t.join(25)
+        assert box["r"]["state"] == "DONE" and box["r"]["payload"]["method"] == "info"
     finally:
         if proc_b is not None:
             stop(proc_b)

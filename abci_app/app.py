@@ -163,7 +163,7 @@ class RegistryApp:
         resp = abci.ResponseFinalizeBlock()
         for raw in req.txs:
             result = execute_tx(block, raw, self.chain_id, req.height, time_s, verified=self.verified,
-                                decode=self.decoded.decode)
+                                decode=self.decoded.decode_last)
             result.fill(resp.tx_results.add())
             resp.validator_updates.extend(result.outcome.validator_updates)
         acc = block.fold_hash(self._acc, self.store)

@@ -138,6 +138,11 @@ class DecodeCache:
                 del self._items[next(iter(self._items))]
         return tx
 
+    def decode_last(self, raw: bytes) -> DecodedTx:
+        """Decode for the last time (FinalizeBlock): use and drop a cached entry, cache nothing."""
+        tx = self._items.pop(raw, None)
+        return tx if tx is not None else decode_tx(raw)
+
 
 class VerifiedCache:
     """Txs (exact bytes) whose signature this node has already verified.

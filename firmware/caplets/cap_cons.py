@@ -36,14 +36,16 @@ class Constraint(Entry):
         return False
 
 
-class _IntConstraint(Constraint):
+class _ValueConstraint(Constraint):
+    """A constraint holding one value, encoded by the subclass's ``_put``."""
+
     __slots__ = ("_value",)
     key = "value"
 
     def __init__(self, value, raw=None):
         if raw is None:
             out = bytearray()
-            put_varint(out, value)
+            self._put(out, value)
             raw = entry_bytes(self.code, out)
         self._value = value
         self._raw = raw
@@ -55,6 +57,13 @@ class _IntConstraint(Constraint):
 
     def value_tuple(self):
         return (self.code, self._raw, self._value)
+
+
+class _IntConstraint(_ValueConstraint):
+    __slots__ = ()
+
+    def _put(self, out, value):
+        put_varint(out, value)
 
 
 class ExpiresAt(_IntConstraint):
@@ -73,27 +82,13 @@ class NotBefore(_IntConstraint):
     name = "not_before"
 
 
-class _StrConstraint(Constraint):
-    __slots__ = ("_value",)
-    key = "value"
+class _StrConstraint(_ValueConstraint):
+    __slots__ = ()
 
-    def __init__(self, value, raw=None):
-        if raw is None:
-            if not value:
-                raise ValueError("empty %s" % self.name)
-            out = bytearray()
-            put_str(out, value)
-            raw = entry_bytes(self.code, out)
-        self._value = value
-        self._raw = raw
-
-    value = property(lambda self: self._value)
-
-    def fields(self):
-        return {self.key: self._value}
-
-    def value_tuple(self):
-        return (self.code, self._raw, self._value)
+    def _put(self, out, value):
+        if not value:
+            raise ValueError("empty %s" % self.name)
+        put_str(out, value)
 
 
 class Endpoint(_StrConstraint):

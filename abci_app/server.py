@@ -96,6 +96,26 @@ class AbciServer:
         if self._server is not None:
             await self._server.wait_closed()
 
+    async def _answer(self, decoder: FrameDecoder, writer: asyncio.StreamWriter) -> None:
+        """Answer every whole frame received so far, in order. Responses are
+        written together (one send for a pipelined burst of CheckTx) and the
+        writer is drained at each Flush; whatever was answered before a bad
+        frame is still sent before the connection closes."""
+        out: list[bytes] = []
+        try:
+            while (frame := decoder.next_frame()) is not None:
+                req = _parse_request(frame)
+                out.append(encode_frame(dispatch(self.app, req).SerializeToString()))
+                if req.WhichOneof("value") == "flush":
+                    writer.write(b"".join(out))
+                    out.clear()
+                    await writer.drain()
+        finally:
+            if out:
+                writer.write(b"".join(out))
+        if writer.transport.get_write_buffer_size() > DRAIN_ABOVE:
+            await writer.drain()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or "unix"
         task = asyncio.current_task()
@@ -107,11 +127,7 @@ class AbciServer:
         try:
             while data := await reader.read(READ_CHUNK):
                 decoder.receive_data(data)
-                while (frame := decoder.next_frame()) is not None:
-                    req = _parse_request(frame)
-                    writer.write(encode_frame(dispatch(self.app, req).SerializeToString()))
-                    if req.WhichOneof("value") == "flush" or writer.transport.get_write_buffer_size() > DRAIN_ABOVE:
-                        await writer.drain()
+                await self._answer(decoder, writer)
         except FramingError as exc:
             log.error("ABCI connection %s sent a bad frame (%s); closing that connection", peer, exc)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:

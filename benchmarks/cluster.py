@@ -263,8 +263,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per app")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     parser.add_argument("--submitters", type=int, default=64)
-    parser.add_argument("--window", type=int, default=16, help="max uncommitted txs per submitter")
-    parser.add_argument("--per-submitter", type=int, default=1500, help="pre-built txs per submitter")
+    parser.add_argument("--window", type=int, default=48,
+                        help="max uncommitted txs per submitter (large enough that kvstore is not capped by the load)")
+    parser.add_argument("--per-submitter", type=int, default=2500, help="pre-built txs per submitter")
     parser.add_argument("--timeout-commit", default="500ms")
     parser.add_argument("--base-port", type=int, default=28000)
     parser.add_argument("--only", choices=["kvstore", "registry"], default=None)

@@ -264,7 +264,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     parser.add_argument("--submitters", type=int, default=64)
     parser.add_argument("--window", type=int, default=48,
-                        help="max uncommitted txs per submitter (large enough that kvstore is not capped by the load)")
+                        help="max uncommitted txs per submitter (kvstore may still be capped by it: see max txs/blk)")
     parser.add_argument("--per-submitter", type=int, default=2500, help="pre-built txs per submitter")
     parser.add_argument("--timeout-commit", default="500ms")
     parser.add_argument("--base-port", type=int, default=28000)

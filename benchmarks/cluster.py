@@ -43,7 +43,7 @@ from edgistry.cluster import ops
 from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
 from edgistry.cluster.cometbft_files import ConsensusSettings
 from edgistry.cluster.launcher import Launcher
-from edgistry.cluster.localnet import NodeLayout, generate_localnet
+from edgistry.cluster.localnet import generate_localnet
 from edgistry.proto import registry_pb2 as pb
 
 CHAIN = "edg-bench"

@@ -125,7 +125,7 @@ class Timers:
 
 
 async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
-    from edgistry.gateway import auth, link_server, service as service_mod
+    from edgistry.gateway import auth, link_server
     from edgistry.gateway.backend import StoreLinkBackend
     from edgistry.gateway.grpc_api import start_grpc
     from edgistry.gateway.link_server import LinkMetrics, LinkServer

@@ -28,7 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from edgistry.abci_app import lthash, txs  # noqa: E402
+from edgistry.abci_app import txs  # noqa: E402
 from edgistry.abci_app.app import RegistryApp  # noqa: E402
 from edgistry.abci_app.genesis import Genesis, GatewaySpec  # noqa: E402
 from edgistry.abci_app.handlers import put_device  # noqa: E402

@@ -233,9 +233,9 @@ class GatewayService:
             auth.authorise(call.token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
                            now // 1000, check_permits=False)
             raise
-        if call.attested and not method.mutating:
-            pass  # a registered peer gateway authorised this client for a read (signed forward)
-        else:
+        # A read vouched for by discovery or by a registered peer's signed forward
+        # needs no device token; everything else is authorised here.
+        if not (call.attested and not method.mutating):
             auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
                            self.revoked, now // 1000, mutating=method.mutating)
         args = call.args or b""

@@ -26,28 +26,14 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+# the tests' process helpers (free ports, bounded waits) serve the benchmarks too
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from proc_helpers import free_port, wait_for_port  # noqa: E402
+
 # IPv4 (20) + TCP with the timestamp option Linux uses by default (20 + 12); SYN / SYN-ACK
 # carry more options (MSS, SACK-permitted, window scale: +8) which the estimate adds.
 HEADER_BYTES = 52
 SYN_EXTRA = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.pid} exited ({proc.returncode}) before listening on {port}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.03)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def stop_pid(proc: subprocess.Popen, timeout: float = 5.0) -> None:
@@ -202,7 +188,7 @@ class Mosquitto:
         out = open(self.dir / "stdout.log", "ab")
         self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        wait_port(self.port, proc=self.proc)
+        wait_for_port(self.port, proc=self.proc)
         return self
 
     def version(self) -> str:

@@ -7,8 +7,11 @@ Issue 4 item 8b. One run, loopback, two processes besides mosquitto:
   GatewayService (authorise the client token, derive the request token, durable
   enqueue) + StoreLinkBackend + LinkServer, and the gRPC Gateway service
   (grpc_api.start_grpc). Devices are paired by writing their records to the store.
-* **the driver** (this process): gRPC clients calling ``Gateway.Submit`` (end to end,
-  one channel, a window of concurrent calls) and the simulated devices: real
+* **the driver** (this process): gRPC clients (end to end, one channel) calling
+  ``Gateway.SubmitBatch`` with ``--batch`` requests per call and ``window / batch``
+  calls in flight, i.e. the same number of unacknowledged requests as mosquitto's
+  unacknowledged PUBLISHes (``--batch 1``: unary ``Gateway.Submit`` calls, a window of
+  them), and the simulated devices: real
   DeviceSession over asyncio TCP, one wake = handshake (resumed with the ticket of
   the previous wake; every device made one full-handshake wake when "paired", not
   measured), take the queued requests, ACK, answer them (RESPONSES), wait for the
@@ -321,8 +324,25 @@ def submit_request(dev: SimDevice, pb):
                             token=dev.app_token, ttl_s=3600)
 
 
+async def submit_all(stub, pb, reqs: list, window: int, batch: int) -> list:
+    """Submit every request with at most ``window`` unacknowledged: unary Submit
+    calls (batch 1), or SubmitBatch calls of ``batch`` requests, window // batch
+    of them in flight (the same number of unacknowledged requests)."""
+    if batch <= 1:
+        return await gather_limited(window, [lambda r=r: stub.Submit(r) for r in reqs])
+
+    async def one(chunk):
+        reply = await stub.SubmitBatch(pb.SubmitBatchRequest(requests=chunk))
+        bad = [it.error for it in reply.items if it.code]
+        assert not bad, f"batch items refused: {bad[:3]}"
+        return [it.result for it in reply.items]
+    chunks = [reqs[i:i + batch] for i in range(0, len(reqs), batch)]
+    done = await gather_limited(max(1, window // batch), [lambda c=c: one(c) for c in chunks])
+    return [r for rs in done for r in rs]
+
+
 async def gateway_throughput(gw: Gw, devs: list[SimDevice], per: int, window: int, wake_conc: int,
-                             xp, rng: random.Random) -> dict:
+                             xp, rng: random.Random, batch: int = 1) -> dict:
     import grpc
     from edgistry.proto import gateway_pb2 as pb
     from edgistry.proto import gateway_pb2_grpc as pbg
@@ -336,7 +356,7 @@ async def gateway_throughput(gw: Gw, devs: list[SimDevice], per: int, window: in
         reqs = [submit_request(d, pb) for d in order]
         gw.cmd("reset")
         t0 = time.perf_counter()
-        results = await gather_limited(window, [lambda r=r: stub.Submit(r) for r in reqs])
+        results = await submit_all(stub, pb, reqs, window, batch)
         t_submit = time.perf_counter() - t0
         assert all(r.state == 1 for r in results), "a Submit was not queued"
         s_submit = gw.stats()
@@ -354,8 +374,49 @@ async def gateway_throughput(gw: Gw, devs: list[SimDevice], per: int, window: in
             "stats_enqueue": s_submit, "stats_drain": s_drain}
 
 
+class Coalescer:
+    """The client of the latency phase with --batch > 1: every arrival is sent at
+    once when fewer than ``calls`` SubmitBatch calls are in flight, otherwise it
+    joins the next call (up to ``batch`` items). No waiting for a batch to fill:
+    at low rates every call carries one request. Latency counts from arrival."""
+
+    def __init__(self, stub, pb, calls: int, batch: int, done) -> None:
+        self.stub, self.pb, self.calls, self.batch, self.done = stub, pb, calls, batch, done
+        self.pending: list[tuple[float, object]] = []
+        self.flying = 0
+        self.tasks: list[asyncio.Task] = []
+
+    def add(self, arrived: float, request) -> None:
+        self.pending.append((arrived, request))
+        self._pump()
+
+    def _pump(self) -> None:
+        while self.pending and self.flying < self.calls:
+            chunk, self.pending = self.pending[:self.batch], self.pending[self.batch:]
+            self.flying += 1
+            self.tasks.append(asyncio.get_running_loop().create_task(self._send(chunk)))
+
+    async def _send(self, chunk) -> None:
+        try:
+            reply = await self.stub.SubmitBatch(self.pb.SubmitBatchRequest(requests=[r for _, r in chunk]))
+            t = time.perf_counter()
+            for (arrived, _), item in zip(chunk, reply.items):
+                self.done(t - arrived, bool(item.code))
+        except Exception:  # noqa: BLE001 - counted as errors, the run goes on
+            for _ in chunk:
+                self.done(None, True)
+        finally:
+            self.flying -= 1
+            self._pump()
+
+    async def drain(self) -> None:
+        while self.tasks:
+            tasks, self.tasks = self.tasks, []
+            await asyncio.gather(*tasks)
+
+
 async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, seconds: float, xp,
-                          rng: random.Random) -> dict:
+                          rng: random.Random, window: int = 64, batch: int = 1) -> dict:
     import grpc
     from edgistry.proto import gateway_pb2 as pb
     from edgistry.proto import gateway_pb2_grpc as pbg
@@ -372,10 +433,21 @@ async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, 
         tasks: list[asyncio.Task] = []
         awake: set[int] = set()
 
+        def finished(latency: float | None, failed: bool) -> None:
+            nonlocal errors
+            if failed:
+                errors += 1
+            elif latency is not None:
+                rpc_lat.append(latency)
+        coalescer = Coalescer(stub, pb, max(1, window // batch), batch, finished) if batch > 1 else None
+
         async def one_submit(dev, due):
             nonlocal errors
             t = time.perf_counter()
             lag.append(t - due)
+            if coalescer is not None:
+                coalescer.add(t, submit_request(dev, pb))
+                return
             try:
                 await stub.Submit(submit_request(dev, pb))
                 rpc_lat.append(time.perf_counter() - t)
@@ -412,6 +484,8 @@ async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, 
             coro = one_submit(dev, start + t) if kind == "submit" else one_wake(dev)
             tasks.append(loop.create_task(coro))
         await asyncio.gather(*tasks)
+        if coalescer is not None:
+            await coalescer.drain()
         # drain what is left so the run ends clean (not measured)
         stats = gw.stats()
         await gather_limited(32, [lambda d=d: wake(d, gw.link, xp) for d in devs])
@@ -536,6 +610,8 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=500)
     ap.add_argument("--per-device", type=int, default=4, help="messages queued per device per phase")
     ap.add_argument("--submit-window", type=int, default=64, help="concurrent Submit RPCs / unacked PUBLISHes")
+    ap.add_argument("--batch", type=int, default=16,
+                    help="requests per SubmitBatch call in the throughput phase (1: unary Submit calls)")
     ap.add_argument("--wake-concurrency", type=int, default=32, help="devices awake at once in the drain phase")
     ap.add_argument("--latency-s", type=float, default=20.0, help="open-loop latency phase length")
     ap.add_argument("--no-x25519", action="store_true", help="devices without forward secrecy")
@@ -564,7 +640,8 @@ def main() -> None:
     gw = broker = None
     try:
         gw = Gw(workdir, devices_file)
-        g = asyncio.run(gateway_throughput(gw, devs, a.per_device, a.submit_window, a.wake_concurrency, xp, rng))
+        g = asyncio.run(gateway_throughput(gw, devs, a.per_device, a.submit_window, a.wake_concurrency, xp, rng,
+                                              a.batch))
         broker = Mosquitto(workdir / "mosquitto", tls=False).start()
         from edgistry.firmware.link import link_wire as wire
         payload = wire.encode("DeviceRequest", {"request_id": os.urandom(16), "service": "sensor", "method": "read",
@@ -575,7 +652,8 @@ def main() -> None:
         version = broker.version()
         broker.stop()
         half = g["rate"] / 2
-        lat = asyncio.run(gateway_latency(gw, devs, half, a.per_device, a.latency_s, xp, rng))
+        lat = asyncio.run(gateway_latency(gw, devs, half, a.per_device, a.latency_s, xp, rng, a.submit_window,
+                                          a.batch))
     finally:
         if gw is not None:
             gw.stop()
@@ -586,6 +664,10 @@ def main() -> None:
     print(f"queued invokes to {a.devices} sleeping devices x {a.per_device} messages = {g['messages']} messages "
           f"per system; submit window {a.submit_window}, {a.wake_concurrency} devices awake at once; loopback; "
           f"{os.cpu_count()} CPUs")
+    path = (f"gRPC SubmitBatch of {a.batch} ({max(1, a.submit_window // a.batch)} calls in flight; the latency "
+            "phase sends each arrival at once, coalescing only while calls are in flight)"
+            if a.batch > 1 else "unary gRPC Submit")
+    print(f"client path: {path}")
     print("gateway: gRPC Submit end to end (authorise + request token + LMDB fsync'd enqueue), devices on the real "
           f"link ({'no X25519' if a.no_x25519 else 'X25519 on'}; wakes resumed with tickets), devices ACK + answer")
     print(f"mosquitto: {version}, plain TCP, password auth, persistence on, QoS 1, clean_session=0; "
@@ -605,7 +687,7 @@ def main() -> None:
     est = [x * 1000 for x in lat["stats"]["samples"].get("link.established_to_requests", [])]
     lagms = [x * 1000 for x in lat["lag"]]
     lrows = [
-        ["submit -> durable ack, gRPC Submit (client)", len(rpc), f"{pct(rpc, 50):.2f}", f"{pct(rpc, 99):.2f}",
+        ["submit -> durable ack, gRPC (client)", len(rpc), f"{pct(rpc, 50):.2f}", f"{pct(rpc, 99):.2f}",
          f"{max(rpc, default=0):.2f}"],
         ["submit -> durable ack, in gateway (service.submit)", len(inner), f"{pct(inner, 50):.2f}",
          f"{pct(inner, 99):.2f}", f"{max(inner, default=0):.2f}"],
@@ -651,7 +733,7 @@ def main() -> None:
     r2 = lambda x: round(x, 2)  # noqa: E731
     print(result_line({
         "bench": "invoke", "devices": a.devices, "per_device": a.per_device, "messages": g["messages"],
-        "client_path": "grpc Submit", "mosquitto_transport": "tcp", "x25519": not a.no_x25519,
+        "client_path": "grpc SubmitBatch" if a.batch > 1 else "grpc Submit", "batch": a.batch, "mosquitto_transport": "tcp", "x25519": not a.no_x25519,
         "gateway": {"msgs_per_s": r2(g["rate"]), "enqueue_per_s": r2(g["enqueue_rate"]),
                     "drain_per_s": r2(g["drain_rate"])},
         "mosquitto": {"msgs_per_s": r2(mqr["rate"]), "enqueue_per_s": r2(mqr["enqueue_rate"]),

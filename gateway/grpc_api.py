@@ -49,6 +49,12 @@ def from_pb(msg: gw.Result) -> Result:
                   msg.from_cache, msg.device_status)
 
 
+def _item(res: Result | GatewayError) -> gw.BatchItem:
+    if isinstance(res, GatewayError):
+        return gw.BatchItem(code=grpc_code(res).value[0], error=str(res))
+    return gw.BatchItem(result=to_pb(res))
+
+
 async def _abort(context: grpc.aio.ServicerContext, err: GatewayError) -> None:
     await context.abort(grpc_code(err), str(err))
 
@@ -68,6 +74,14 @@ class GatewayServicer(gw_grpc.GatewayServicer):
             return to_pb(await self.service.submit(to_call(request)))
         except GatewayError as err:
             await _abort(context, err)
+
+    async def SubmitBatch(self, request, context):
+        try:
+            results = await self.service.submit_many([to_call(r) for r in request.requests])
+        except GatewayError as err:
+            await _abort(context, err)
+            return
+        return gw.SubmitBatchResponse(items=[_item(r) for r in results])
 
     async def GetResult(self, request, context):
         try:

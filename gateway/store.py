@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -92,6 +93,7 @@ class State(IntEnum):
         return self in (State.QUEUED, State.DELIVERED)
 
 
+DEVICE_CACHE_SIZE = 4096  # parsed device records kept (a few MB at most)
 DEVICE_EXPIRED_STATUS = 5  # docs/LINK_PROTOCOL.md: "expired before it ran"
 
 
@@ -107,16 +109,30 @@ def _unb(text: str) -> bytes:
     return base64.b64decode(text)
 
 
+_DUMPS = json.JSONEncoder(separators=(",", ":")).encode
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 class _Record:
-    """JSON (de)serialisation for the flat dataclasses below; bytes as base64."""
+    """JSON (de)serialisation for the flat dataclasses below; bytes as base64.
+
+    Fields are read directly (not with ``dataclasses.asdict``, which deep-copies
+    every value): a record is dumped on every durable queue change."""
 
     _bytes: tuple[str, ...] = ()
 
     def dump(self) -> bytes:
-        d = dataclasses.asdict(self)
+        d = {f: getattr(self, f) for f in _field_names(type(self))}
         for k in self._bytes:
             d[k] = _b(d[k])
-        return json.dumps(d, separators=(",", ":")).encode()
+        return _DUMPS(d).encode()
 
     @classmethod
     def load(cls, raw: bytes):
@@ -144,9 +160,9 @@ class Device(_Record):
     paired_at_ms: int = 0
     _bytes = ("link_id", "pseudonym", "root_token")
 
-    @property
+    @functools.cached_property
     def parsed_manifest(self) -> Manifest:
-        return Manifest.parse(self.manifest)
+        return Manifest.parse(self.manifest)  # once per loaded record (it is read on every call)
 
 
 @dataclass
@@ -219,6 +235,7 @@ class GatewayStore:
         self.env = lmdb.open(str(path), map_size=map_size, sync=True, metasync=True, subdir=True,
                              max_dbs=0, lock=True)
         self.retention_ms = result_retention_ms
+        self._device_cache: dict[bytes, Device] = {}
         self.listeners: list[Callable[[RequestRecord], None]] = []
         self.contact_flush_s = contact_flush_s
         self._contacts: dict[bytes, tuple[int, int | None]] = {}  # hints: link -> (last_ms, sleep_s)
@@ -261,13 +278,25 @@ class GatewayStore:
     def device(self, link_id: bytes) -> Device | None:
         with self.env.begin() as txn:
             raw = txn.get(b"d/" + link_id)
-        return Device.load(raw) if raw is not None else None
+        return self._device_of(raw) if raw is not None else None
 
     def device_by_pseudonym(self, pseudonym: bytes) -> Device | None:
         with self.env.begin() as txn:
             link = txn.get(b"p/" + pseudonym)
             raw = txn.get(b"d/" + link) if link is not None else None
-        return Device.load(raw) if raw is not None else None
+        return self._device_of(raw) if raw is not None else None
+
+    def _device_of(self, raw: bytes) -> Device:
+        """The Device of a stored record, parsed (with its manifest) once per distinct
+        record: every call and every wake reads one. Keyed by the record's bytes, so a
+        re-paired device is a new entry; Device records are values (never changed in
+        place: put_device writes a new one)."""
+        dev = self._device_cache.get(raw)
+        if dev is None:
+            if len(self._device_cache) >= DEVICE_CACHE_SIZE:
+                self._device_cache.clear()  # bounded; refills with the devices in use
+            dev = self._device_cache[raw] = Device.load(raw)
+        return dev
 
     def devices(self) -> list[Device]:
         return [Device.load(v) for _, v in self._scan(b"d/")]

@@ -44,6 +44,11 @@ class GatewayStub:
                 request_serializer=edgistry_dot_proto_dot_gateway__pb2.InvokeRequest.SerializeToString,
                 response_deserializer=edgistry_dot_proto_dot_gateway__pb2.Result.FromString,
                 _registered_method=True)
+        self.SubmitBatch = channel.unary_unary(
+                '/edgistry.gateway.v1.Gateway/SubmitBatch',
+                request_serializer=edgistry_dot_proto_dot_gateway__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=edgistry_dot_proto_dot_gateway__pb2.SubmitBatchResponse.FromString,
+                _registered_method=True)
         self.GetResult = channel.unary_unary(
                 '/edgistry.gateway.v1.Gateway/GetResult',
                 request_serializer=edgistry_dot_proto_dot_gateway__pb2.ResultRequest.SerializeToString,
@@ -71,6 +76,12 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Submit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitBatch(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,6 +117,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=edgistry_dot_proto_dot_gateway__pb2.InvokeRequest.FromString,
                     response_serializer=edgistry_dot_proto_dot_gateway__pb2.Result.SerializeToString,
+            ),
+            'SubmitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitBatch,
+                    request_deserializer=edgistry_dot_proto_dot_gateway__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=edgistry_dot_proto_dot_gateway__pb2.SubmitBatchResponse.SerializeToString,
             ),
             'GetResult': grpc.unary_unary_rpc_method_handler(
                     servicer.GetResult,
@@ -177,6 +193,33 @@ class Gateway:
             '/edgistry.gateway.v1.Gateway/Submit',
             edgistry_dot_proto_dot_gateway__pb2.InvokeRequest.SerializeToString,
             edgistry_dot_proto_dot_gateway__pb2.Result.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgistry.gateway.v1.Gateway/SubmitBatch',
+            edgistry_dot_proto_dot_gateway__pb2.SubmitBatchRequest.SerializeToString,
+            edgistry_dot_proto_dot_gateway__pb2.SubmitBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,8 +7,9 @@ Commit persists the overlay, height and app hash in one LMDB transaction. If
 the process dies before Commit the staged block is simply lost: Info reports
 the last committed height and CometBFT replays the block. CheckTx runs every
 tx against a separate check overlay (committed state plus the mempool's
-effects), reset at Commit so the RECHECK pass sees the new state. The proposal
-and vote methods never touch committed state.
+effects), reset at Commit so the RECHECK pass sees the new state; a recheck
+whose reads the block did not touch is a nonce lookup (``recheck.py``). The
+proposal and vote methods never touch committed state.
 
 Methods receive and return the generated protobuf messages (the socket server
 and the embedded node call them the same way); nothing here does I/O except
@@ -28,6 +29,7 @@ from edgistry.abci_app.genesis import Genesis, GenesisError
 from edgistry.abci_app.handlers import prune_revocations
 from edgistry.abci_app.overlay import Overlay
 from edgistry.abci_app.queries import answer_query
+from edgistry.abci_app.recheck import TIME_DEPENDENT, CheckedTx, CheckedTxs, TrackingOverlay
 from edgistry.abci_app.state import TxResult, execute_tx
 from edgistry.abci_app.store import DEFAULT_RETAIN_HEIGHTS, Store
 from edgistry.abci_app.txs import MAX_TX_BYTES, DecodeCache, VerifiedCache
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 APP_VERSION = 1
 ACCEPT = abci.ResponseProcessProposal.ACCEPT
 REJECT = abci.ResponseProcessProposal.REJECT
+
+
+def _nonce_of(raw: bytes | None) -> int:
+    return keys.from_be64(raw) if raw else 0
 
 
 class FatalAppError(Exception):
@@ -57,6 +63,8 @@ class RegistryApp:
         self._staged: tuple[int, bytes, LtHash] | None = None  # (height, app_hash, acc)
         self._genesis_height = 0
         self._check = Overlay(self.store)
+        self._block_time = self._last_block_time()  # of the last committed block: CheckTx's clock
+        self.checked = CheckedTxs()  # what CheckTx learnt about accepted txs: cheap rechecks
         self.stats = {"check": 0, "recheck": 0}
         self.verified = VerifiedCache()  # signatures checked in CheckTx are not checked again
         self.decoded = DecodeCache()  # one decode per tx across CheckTx, proposals and FinalizeBlock
@@ -115,6 +123,7 @@ class RegistryApp:
         genesis.init(self._block, req.chain_id, list(req.validators), self._genesis_height)
         app_hash = self._block.fold_hash(self._acc, self.store).digest()
         self._check = Overlay(self._block)  # txs may reach the mempool before block 1
+        self.checked.reset()
         log.info("InitChain %s: %d admins, %d gateways, %d devices", req.chain_id,
                  len(genesis.admins), len(genesis.gateways), len(genesis.devices))
         return abci.ResponseInitChain(app_hash=app_hash)
@@ -161,7 +170,9 @@ class RegistryApp:
         block.put(keys.BLOCK_TIME, keys.be64(max(time_s, 0)))  # not hashed: for CheckTx
         prune_revocations(block, time_s)
         resp = abci.ResponseFinalizeBlock()
+        forget = self.checked.forget
         for raw in req.txs:
+            forget(raw)  # leaves the mempool
             result = execute_tx(block, raw, self.chain_id, req.height, time_s, verified=self.verified,
                                 decode=self.decoded.decode_last)
             result.fill(resp.tx_results.add())
@@ -176,26 +187,55 @@ class RegistryApp:
             raise FatalAppError("Commit without FinalizeBlock")
         height, app_hash, acc = self._staged
         self.store.commit(height, self._block.writes, app_hash, acc.to_bytes())
+        self.checked.block_committed(self._block.writes)
         self._acc, self._block, self._staged, self._genesis_height = acc, None, None, 0
         self._check = Overlay(self.store)
+        self._block_time = self._last_block_time()
         self.snapshots.maybe_take(height)
         return abci.ResponseCommit(retain_height=0)
 
     # ---- mempool connection ----
 
     def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
-        if len(req.tx) > MAX_TX_BYTES:  # before any decoding work
-            return TxResult(Code.TX_TOO_LARGE, f"tx of {len(req.tx)} bytes exceeds {MAX_TX_BYTES}").to_check()
+        raw = req.tx
+        if len(raw) > MAX_TX_BYTES:  # before any decoding work
+            return TxResult(Code.TX_TOO_LARGE, f"tx of {len(raw)} bytes exceeds {MAX_TX_BYTES}").to_check()
+        # v0.38 sends the type in field 2, v1.x in field 3. A recheck re-runs
+        # the stateful checks against the new state (by a nonce lookup when
+        # the block touched nothing the tx read: recheck.py); signatures
+        # cannot have changed, so they are not verified again.
+        recheck = req.type == abci.RECHECK or req.type_v1 == abci.CHECK_TX_TYPE_RECHECK
+        checked, check = self.checked, self._check
+        if recheck:
+            self.stats["recheck"] += 1
+            entry = checked.get(raw)
+            if entry is not None and checked.still_valid(entry, check, _nonce_of):
+                check.writes.update(entry.writes)
+                return abci.ResponseCheckTx(code=0, data=entry.data)
+        else:
+            self.stats["check"] += 1
         # CheckTx sees the last committed block time: the next block's is not
         # known yet, and FinalizeBlock repeats every time-dependent check.
-        # v0.38 sends the type in field 2, v1.x in field 3. A recheck re-runs
-        # the stateful checks against the new state; signatures cannot have
-        # changed, so they are not verified again.
-        recheck = req.type == abci.RECHECK or req.type_v1 == abci.CHECK_TX_TYPE_RECHECK
-        self.stats["recheck" if recheck else "check"] += 1
-        time_s = self._last_block_time()
-        result = execute_tx(self._check, req.tx, self.chain_id, self.height + 1, time_s, verify=not recheck,
+        view = TrackingOverlay(check)
+        result = execute_tx(view, raw, self.chain_id, self.height + 1, self._block_time, verify=not recheck,
                             verified=self.verified, remember=True, decode=self.decoded.decode)
+        check.writes.update(view.writes)  # an authenticated tx consumed its nonce even if it failed
+        if recheck and checked.changed is not None:
+            # later rechecks may have read this tx's earlier effects: re-run them if they do
+            old = checked.forget(raw)
+            if old is not None:
+                checked.changed.update(old.writes)
+            checked.changed.update(view.writes)
+        tx = result.tx
+        if tx is None:
+            checked.forget(raw)
+            return result.to_check()
+        nonce_key = keys.nonce(tx.signer)
+        reads = None
+        if not view.scanned and tx.kind not in TIME_DEPENDENT:
+            view.reads.discard(nonce_key)
+            reads = frozenset(view.reads)
+        checked.remember(raw, CheckedTx(nonce_key, tx.nonce, reads, view.writes, result.outcome.data))
         return result.to_check()
 
     def _last_block_time(self) -> int:
@@ -219,4 +259,6 @@ class RegistryApp:
             self.chain_id = (self.store.get(keys.meta("chain_id")) or b"").decode()
             self._acc = LtHash.from_bytes(self.store.lthash)
             self._check = Overlay(self.store)
+            self._block_time = self._last_block_time()
+            self.checked.reset()
         return abci.ResponseApplySnapshotChunk(result=result)

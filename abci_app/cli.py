@@ -73,9 +73,10 @@ def node_cmd(home: Path, listen: str | None) -> None:
 
     cfg = load_config(home)
     app = _open_app(cfg)
+    profile = _start_profile(app)
 
     async def main() -> None:
-        server = AbciServer(app)
+        server = AbciServer(profile.app if profile is not None else app)
         try:
             addrs = await server.start(listen or cfg.abci_listen)
         except OSError as exc:
@@ -90,6 +91,22 @@ def node_cmd(home: Path, listen: str | None) -> None:
         asyncio.run(main())
     finally:
         app.close()
+        if profile is not None:
+            profile.dump()
+
+
+def _start_profile(app):
+    """``EDGISTRY_PROFILE=PREFIX`` (benchmarks): CPU seconds by ABCI method and the
+    process's total go to ``PREFIX.PID.json`` at exit; with ``EDGISTRY_CPROFILE=1``
+    also cProfile stats to ``PREFIX.PID.prof``."""
+    import os
+
+    prefix = os.environ.get("EDGISTRY_PROFILE")
+    if not prefix:
+        return None
+    from edgistry.abci_app.profiling import MethodProfile
+
+    return MethodProfile(app, prefix, cprofile=os.environ.get("EDGISTRY_CPROFILE") == "1")
 
 
 @click.command("up")

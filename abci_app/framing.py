@@ -52,22 +52,47 @@ def decode_uvarint(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[i
 
 
 def encode_frame(body: bytes) -> bytes:
-    return encode_uvarint(len(body)) + body
+    n = len(body)
+    return (_ONE_BYTE[n] if n < 0x80 else encode_uvarint(n)) + body
+
+
+_ONE_BYTE = [bytes([i]) for i in range(0x80)]
 
 
 class FrameDecoder:
-    """Incremental decoder: feed bytes, take whole frames out in order."""
+    """Incremental decoder: feed bytes, take whole frames out in order.
+
+    Received chunks are parsed in place (a read position, no per-frame
+    compaction); only a frame that straddles chunks is joined, once, when
+    all of it has arrived, so a 20 MB FinalizeBlock read in 256 KiB pieces
+    is copied once rather than once per piece.
+    """
 
     def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
-        self._buf = bytearray()
+        self._buf = b""  # the chunk being parsed
+        self._pos = 0  # next unparsed byte of _buf
+        self._more: list[bytes] = []  # chunks received after _buf
+        self._more_len = 0
         self._max = max_frame_size
 
     def receive_data(self, data: bytes) -> None:
-        self._buf += data
+        if not data:
+            return
+        if self._pos >= len(self._buf) and not self._more:
+            self._buf, self._pos = bytes(data), 0
+        else:
+            self._more.append(bytes(data))
+            self._more_len += len(data)
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos + self._more_len
+
+    def _gather(self) -> None:
+        """Join everything buffered into one chunk (a frame or varint straddles chunks)."""
+        self._buf = b"".join([self._buf[self._pos :], *self._more])
+        self._pos = 0
+        self._more, self._more_len = [], 0
 
     def next_frame(self) -> bytes | None:
         """The next complete frame body, or ``None`` if more data is needed.
@@ -75,15 +100,29 @@ class FrameDecoder:
         Raises :class:`FramingError` for a malformed or oversized length prefix
         as soon as the prefix is readable, before the body arrives.
         """
-        head = decode_uvarint(self._buf)
-        if head is None:
-            return None
-        length, start = head
+        buf, pos = self._buf, self._pos
+        if pos < len(buf) and buf[pos] < 0x80:  # the usual case: a frame under 128 bytes
+            start, length = pos + 1, buf[pos]
+        else:
+            head = decode_uvarint(buf, pos)
+            if head is None:
+                if not self._more:
+                    return None
+                self._gather()
+                buf, pos = self._buf, 0
+                head = decode_uvarint(buf, 0)
+                if head is None:
+                    return None
+            length, start = head
         if length > self._max:
             raise FramingError(f"frame of {length} bytes exceeds the {self._max}-byte limit")
         end = start + length
-        if len(self._buf) < end:
-            return None
-        body = bytes(self._buf[start:end])
-        del self._buf[:end]
-        return body
+        if end > len(buf):
+            if end - len(buf) > self._more_len:
+                return None
+            self._gather()
+            buf, end, start = self._buf, end - pos, start - pos
+        self._pos = end
+        if end == len(buf) and not self._more:
+            self._buf, self._pos = b"", 0
+        return buf[start:end]

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 from edgistry.abci_app import keys
 from edgistry.abci_app.codes import CODESPACE, Code, TxError
-from edgistry.abci_app.handlers import HANDLERS, Outcome, TxContext
-from edgistry.abci_app.overlay import Overlay
 from collections.abc import Callable
 
+from edgistry.abci_app.handlers import HANDLERS, Outcome, TxContext
+from edgistry.abci_app.overlay import Overlay
 from edgistry.abci_app.txs import DecodedTx, VerifiedCache, decode_tx, verify_signature
 from edgistry.proto import abci_pb2 as abci
 
@@ -26,6 +26,7 @@ class TxResult:
     code: Code
     log: str = ""
     outcome: Outcome = field(default_factory=Outcome)
+    tx: DecodedTx | None = None  # set when the tx succeeded
 
     def fill(self, out: abci.ExecTxResult | abci.ResponseCheckTx) -> None:
         """Write this result into a (freshly added) protobuf result in place."""
@@ -39,9 +40,13 @@ class TxResult:
                 ev.attributes.add(key=key, value=value, index=True)
 
     def to_check(self) -> abci.ResponseCheckTx:
-        resp = abci.ResponseCheckTx()
-        self.fill(resp)
-        return resp
+        """The CheckTx answer: code, data and, on failure, log. No events: CometBFT
+        (v0.38 and v1.x) neither indexes nor returns CheckTx events; FinalizeBlock's
+        results carry them."""
+        if self.code:
+            return abci.ResponseCheckTx(code=int(self.code), data=self.outcome.data, log=self.log,
+                                        codespace=CODESPACE)
+        return abci.ResponseCheckTx(code=0, data=self.outcome.data)
 
 
 def authenticate(kv: Overlay, tx: DecodedTx, chain_id: str, verify: bool = True) -> tuple[bool, str | None]:
@@ -88,4 +93,4 @@ def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int,
     except TxError as err:
         return TxResult(err.code, err.log)
     scratch.merge_into_parent()
-    return TxResult(Code.OK, "", outcome)
+    return TxResult(Code.OK, "", outcome, tx)

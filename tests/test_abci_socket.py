@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from edgistry.abci_app.app import RegistryApp
 from edgistry.abci_app.client import AbciClient
 from edgistry.abci_app.framing import encode_frame, encode_uvarint
-from edgistry.abci_app.server import AbciServer, dispatch
+from edgistry.abci_app.server import AbciServer, _parse_request, answer_frame, dispatch
 from edgistry.proto import abci_pb2 as abci
 from registry_helpers import CHAIN, T0, Actors, device_msg
 
@@ -155,3 +155,38 @@ async def test_app_exception_becomes_an_exception_response(served):
     with pytest.raises(Exception, match="Commit without FinalizeBlock"):
         await client.call("commit", abci.RequestCommit())
     await client.close()
+
+
+class _Canned:
+    """Answers every method with a fixed non-empty response of its type (or raises)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+    def __getattr__(self, name):
+        def method(req):
+            if self.fail:
+                raise RuntimeError("boom")
+            resp = getattr(abci.Response(), name).__class__()
+            for field in resp.DESCRIPTOR.fields:
+                if field.type == field.TYPE_BYTES and not field.label == field.LABEL_REPEATED:
+                    setattr(resp, field.name, b"x" * 200)
+            return resp
+        return method
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["answer", "exception"])
+def test_fast_path_answers_exactly_like_the_general_path(fail):
+    """answer_frame (the method's message parsed straight from the frame, the response
+    wrapped by its tag) gives the very bytes of parse + dispatch + Response."""
+    app = _Canned(fail)
+    for field in abci.Request.DESCRIPTOR.oneofs_by_name["value"].fields:
+        req = abci.Request()
+        getattr(req, field.name).SetInParent()
+        if field.name == "check_tx":
+            req.check_tx.tx = b"t" * 300
+        frame = req.SerializeToString()
+        expected = encode_frame(dispatch(app, _parse_request(frame)).SerializeToString())
+        assert answer_frame(app, frame) == expected, field.name
+    two = abci.Request(echo=abci.RequestEcho(message="a")).SerializeToString() * 2  # two fields: general path
+    assert answer_frame(app, two) == encode_frame(dispatch(app, _parse_request(two)).SerializeToString())

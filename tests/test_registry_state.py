@@ -152,6 +152,68 @@ def test_recheck_drops_txs_invalidated_by_a_block(env):
     assert app.stats == {"check": 2, "recheck": 2}
 
 
+def _recheck(app, tx):
+    return app.check_tx(abci.RequestCheckTx(tx=tx, type=abci.RECHECK)).code
+
+
+def _count_handler_runs(monkeypatch):
+    from edgistry.abci_app import handlers
+
+    runs = []
+    for kind, fn in list(handlers.HANDLERS.items()):
+        monkeypatch.setitem(handlers.HANDLERS, kind, lambda ctx, msg, fn=fn, kind=kind: (runs.append(kind), fn(ctx, msg))[1])
+    return runs
+
+
+def test_recheck_of_an_untouched_tx_is_a_nonce_lookup(env, monkeypatch):
+    """A pending tx whose reads the block did not touch is rechecked without re-running
+    its handler, and its effects stay in the check state (a duplicate is still refused)."""
+    a, app, d = env
+    d.block([])  # past genesis: the genesis block wrote every gateway key
+    pending = [a.tx(a.gw2, device_msg(p)) for p in (b"K" * 16, b"L" * 16)]
+    assert [app.check_tx(abci.RequestCheckTx(tx=t)).code for t in pending] == [0, 0]
+    ok(d.block([a.tx(a.gw1, device_msg(b"M" * 16))]))  # touches neither K nor L
+    runs = _count_handler_runs(monkeypatch)
+    assert [_recheck(app, t) for t in pending] == [0, 0]
+    assert runs == []
+    dup = a.tx(a.gw1, device_msg(b"K" * 16))  # K is pending in the mempool: refused at CheckTx
+    assert app.check_tx(abci.RequestCheckTx(tx=dup)).code == Code.DEVICE_EXISTS
+    ok(d.block(pending))
+
+
+def test_recheck_reruns_txs_that_read_what_a_dropped_tx_wrote(env):
+    """Rechecks follow mempool order: when an earlier pending tx fails its recheck, a later
+    one that read its effects is re-run against the new state (and fails too)."""
+    a, app, d = env
+    register = a.tx(a.gw2, device_msg(b"N" * 16))
+    update = a.tx(a.gw2, device_msg(b"N" * 16, cls=pb.UpdateDevice))
+    assert [app.check_tx(abci.RequestCheckTx(tx=t)).code for t in (register, update)] == [0, 0]
+    ok(d.block([a.tx(a.gw1, device_msg(b"N" * 16))]))  # gw1 takes N first
+    assert _recheck(app, register) == Code.DEVICE_EXISTS
+    assert _recheck(app, update) == Code.NOT_DEVICE_OWNER
+
+
+def test_recheck_after_the_signers_nonce_moved_fails(env):
+    """The short path still checks the nonce: a pending tx whose nonce a block used is dropped."""
+    a, app, d = env
+    first = a.tx(a.gw2, device_msg(b"P" * 16))
+    assert app.check_tx(abci.RequestCheckTx(tx=first)).code == 0
+    rival = a.tx(a.gw2, device_msg(b"O" * 16), nonce=a.nonces[pub(a.gw2)])  # same nonce, other device
+    ok(d.block([rival]))
+    assert _recheck(app, first) == Code.NONCE_REUSED
+
+
+def test_time_dependent_kinds_are_listed():
+    """Every handler that reads block time is rechecked in full (recheck.TIME_DEPENDENT)."""
+    import inspect
+
+    from edgistry.abci_app import handlers
+    from edgistry.abci_app.recheck import TIME_DEPENDENT
+
+    reads_time = {kind for kind, fn in handlers.HANDLERS.items() if "time_s" in inspect.getsource(fn)}
+    assert reads_time <= TIME_DEPENDENT
+
+
 def test_validator_updates_are_returned(env):
     """An admin's SetValidator comes back as a ValidatorUpdate from FinalizeBlock."""
     a, app, d = env

@@ -1,21 +1,37 @@
-"""Cluster benchmark: committed registry txs/s and commit latency on a 4-validator
-local CometBFT cluster, beside CometBFT's built-in kvstore app on the same cluster
-configuration, in the same run.
+"""Cluster benchmark: committed txs/s and commit latency on a 4-validator local
+CometBFT cluster for the registry, beside CometBFT's built-in kvstore app and two
+ceilings, all on the same cluster configuration, in the same run.
 
-Run: EDGISTRY_COMETBFT=/path/to/cometbft python benchmarks/cluster.py [--duration 20] [--submitters 16]
+Run: EDGISTRY_COMETBFT=/path/to/cometbft python benchmarks/cluster.py [--duration 20] [--rounds 1]
+     [EDGISTRY_ABCI_CLI=/path/to/abci-cli for the Go socket kvstore row]
 
-Both runs use one generated localnet shape (same validators, ports scheme,
-consensus timeouts, mempool settings) and one load generator: S submitters,
-each sending pre-built txs with ``broadcast_tx_sync`` one after another, with at
-most W of its txs sent but not yet committed; a poller reads every new block
-from node 0 and marks its txs committed. Latency is from the broadcast call to
-the poller seeing the block (poll period 20 ms). Throughput counts txs in the
-blocks committed during the measured window, divided by the window.
+Rows (each its own fresh cluster from one generated localnet shape: same
+validators, port scheme, consensus timeouts, mempool and p2p settings):
 
-Registry txs are RegisterDevice txs pre-signed by S gateway keys that are in
-genesis (one key per submitter, nonces 1, 2, 3, ... in order), so signing is
-not measured; kvstore txs are ``key=value`` of the same size. Ends with one
-``RESULT {json}`` line.
+* kvstore   -- ``cometbft start --proxy_app kvstore``: CometBFT's in-process
+               kvstore (no socket), the reference of the target ratio;
+* registry  -- ``edgistry node`` over the ABCI socket, every tx an Ed25519-signed
+               RegisterDevice (CheckTx verifies it, FinalizeBlock applies it);
+* null      -- a Python ABCI app on Edgistry's own socket server
+               (abci_app/server.py) that accepts every tx and does no work: the
+               ceiling of any Python socket app on this machine;
+* kvstore-go-socket -- CometBFT's Go kvstore behind the same socket protocol
+               (``abci-cli kvstore``, which persists to goleveldb), when
+               EDGISTRY_ABCI_CLI names an abci-cli binary: the cost of the
+               socket itself, without Python.
+
+One load generator for all: S submitters, each sending pre-built txs with
+``broadcast_tx_sync`` one after another, with at most W of its txs sent but not
+yet committed; a poller reads every new block from node 0 and marks its txs
+committed. Latency is from the broadcast call to the poller seeing the block
+(poll period 20 ms). Throughput counts txs in the blocks committed during the
+measured window, divided by the window. Registry txs are pre-signed by S
+gateway keys that are in genesis (one key per submitter, nonces 1, 2, 3, ... in
+order), so signing is not measured; the other rows get ``key=value`` txs of
+the same size. With ``--rounds N`` every row runs N times, interleaved, and
+the table shows medians. CPU seconds by role (cometbft, app, load generator)
+are read from /proc over the measured window. Ends with one ``RESULT {json}``
+line.
 """
 
 from __future__ import annotations
@@ -37,18 +53,28 @@ import aiohttp
 import h3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench_util import wait_for_port
 from edgistry.abci_app import txs as registry_txs
 from edgistry.abci_app.genesis import GatewaySpec
 from edgistry.cluster import ops
 from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
-from edgistry.cluster.cometbft_files import ConsensusSettings
+from edgistry.cluster.cometbft_files import ConsensusSettings, config_toml
 from edgistry.cluster.launcher import Launcher
 from edgistry.cluster.localnet import generate_localnet
+from edgistry.proto import abci_pb2 as abci
 from edgistry.proto import registry_pb2 as pb
 
 CHAIN = "edg-bench"
 POLL_S = 0.02
 LOST_AFTER_S = 20.0  # a tx not committed this long after broadcast counts as lost (slot freed)
+ABCI_CLI_ENV = "EDGISTRY_ABCI_CLI"
+APPS = ("kvstore", "registry", "null", "kvstore-go-socket")
+DESCRIPTION = {
+    "kvstore": "CometBFT's kvstore, in process (--proxy_app kvstore)",
+    "registry": "edgistry node over the ABCI socket (Ed25519-signed RegisterDevice txs)",
+    "null": "Python null app on abci_app/server.py: accepts every tx, no work (Python socket ceiling)",
+    "kvstore-go-socket": "CometBFT's Go kvstore over the ABCI socket (abci-cli kvstore, persists to goleveldb)",
+}
 
 
 @dataclass
@@ -230,19 +256,33 @@ def cpu_by_role(launcher: Launcher) -> dict[str, float]:
     return out
 
 
-def run_cluster(kind: str, binary: str, root: Path, args, consensus: ConsensusSettings,
-                loads: list[list[bytes]], extra_gateways: list[GatewaySpec], base_port: int) -> RunResult:
-    directory = root / kind
-    nodes = generate_localnet(directory, args.nodes, CHAIN, base_port=base_port, consensus=consensus,
+def _start_socket_app(launcher: Launcher, node, argv: list[str], binary: str) -> None:
+    """An ABCI socket app for ``node``, then its cometbft once the app listens."""
+    app = ops.proc_name(node, "app")
+    launcher.start(app, argv)
+    wait_for_port(node.ports.abci, timeout=30)
+    launcher.start(ops.proc_name(node, "cmt"), [binary, "start", "--home", str(node.cometbft_home)])
+
+
+def run_cluster(kind: str, binary: str, directory: Path, args, consensus: ConsensusSettings,
+                loads: list[list[bytes]], extra_gateways: list[GatewaySpec], abci_cli: str | None) -> RunResult:
+    nodes = generate_localnet(directory, args.nodes, CHAIN, base_port=args.base_port, consensus=consensus,
                               log_level="error", extra_gateways=extra_gateways)
     launcher = Launcher(directory)
     try:
         for node in nodes:
             if kind == "registry":
                 ops.start_node(launcher, node, binary, gateway=False)
-            else:
+            elif kind == "kvstore":
                 launcher.start(ops.proc_name(node, "cmt"),
                                [binary, "start", "--home", str(node.cometbft_home), "--proxy_app", "kvstore"])
+            elif kind == "null":
+                _start_socket_app(launcher, node, [sys.executable, str(Path(__file__).resolve()), "--serve-null",
+                                                   node.proxy_app], binary)
+            elif kind == "kvstore-go-socket":
+                _start_socket_app(launcher, node, [abci_cli, "kvstore", "--address", node.proxy_app, "--persist",
+                                                   str(node.root / "abci-cli-kvstore"), "--log_level", "error"],
+                                  binary)
         ops.wait_agreement(nodes, 2, 120, launcher=launcher)
         load = LoadRun([n.rpc_url for n in nodes], nodes[0].rpc_url, loads, args.window, args.duration, args.warmup,
                        cpu_probe=lambda: cpu_by_role(launcher))
@@ -257,7 +297,108 @@ def run_cluster(kind: str, binary: str, root: Path, args, consensus: ConsensusSe
                      percentile(load.rtts, 50) * 1000, cpu, load.latencies)
 
 
+# ---- the null app: a Python socket app that does nothing ----
+
+
+class NullApp:
+    """Accepts every tx and keeps no state beyond its height: the least any ABCI app
+    can do per request, served by Edgistry's own socket server. Not restartable
+    (Info forgets nothing only while the process lives), which a benchmark does not need."""
+
+    APP_HASH = b"\x00" * 32
+
+    def __init__(self) -> None:
+        self.height = 0
+
+    def info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
+        return abci.ResponseInfo(data="null", last_block_height=self.height,
+                                 last_block_app_hash=self.APP_HASH if self.height else b"")
+
+    def init_chain(self, req: abci.RequestInitChain) -> abci.ResponseInitChain:
+        return abci.ResponseInitChain()
+
+    def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
+        return abci.ResponseCheckTx()
+
+    def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
+        out, total = [], 0
+        for tx in req.txs:
+            total += len(tx)
+            if total > req.max_tx_bytes:
+                break
+            out.append(tx)
+        return abci.ResponsePrepareProposal(txs=out)
+
+    def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
+        return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
+
+    def verify_vote_extension(self, req) -> abci.ResponseVerifyVoteExtension:
+        return abci.ResponseVerifyVoteExtension(status=abci.ResponseVerifyVoteExtension.ACCEPT)
+
+    def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
+        resp = abci.ResponseFinalizeBlock(app_hash=self.APP_HASH)
+        add = resp.tx_results.add
+        for _ in range(len(req.txs)):
+            add()
+        return resp
+
+    def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
+        self.height += 1
+        return abci.ResponseCommit()
+
+    def __getattr__(self, name: str):
+        """Every other method: an empty response of the method's type."""
+        response = getattr(abci, "Response" + "".join(w.title() for w in name.split("_")), None)
+        if response is None:
+            raise AttributeError(name)
+        return lambda req: response()
+
+
+def serve_null(address: str) -> int:
+    """Run the null app on ``address`` until SIGTERM or SIGINT."""
+    from edgistry.abci_app.runner import wait_for_signal
+    from edgistry.abci_app.server import AbciServer
+
+    async def main() -> None:
+        server = AbciServer(NullApp())
+        await server.start(address)
+        try:
+            await wait_for_signal()
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+    return 0
+
+
+# ---- the whole run ----
+
+
+def settings_statement(consensus: ConsensusSettings) -> dict[str, dict]:
+    """The CometBFT settings every row shares that bear on throughput (from the generated config)."""
+    cfg = config_toml(moniker="x", proxy_app="x", rpc_laddr="x", p2p_laddr="x", consensus=consensus)
+    pick = {
+        "consensus": ("timeout_propose", "timeout_prevote", "timeout_precommit", "timeout_commit",
+                      "create_empty_blocks"),
+        "mempool": ("type", "recheck", "broadcast", "size", "cache_size", "max_tx_bytes"),
+        "p2p": ("send_rate", "recv_rate", "flush_throttle_timeout", "max_packet_msg_payload_size"),
+        "tx_index": ("indexer",),
+        "storage": ("discard_abci_responses",),
+    }
+    out = {section: {k: cfg[section][k] for k in names} for section, names in pick.items()}
+    out["genesis"] = {"block.max_bytes": 22020096, "validators": 4}
+    return out
+
+
+def median_result(runs: list[RunResult]) -> RunResult:
+    """The run with the median throughput (its own latencies and CPU figures)."""
+    ordered = sorted(runs, key=lambda r: r.tx_per_s)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-null":  # one node's null app (started by this benchmark)
+        return serve_null(sys.argv[2])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per app")
@@ -268,56 +409,88 @@ def main() -> int:
     parser.add_argument("--per-submitter", type=int, default=2500, help="pre-built txs per submitter")
     parser.add_argument("--timeout-commit", default="500ms")
     parser.add_argument("--base-port", type=int, default=28000)
-    parser.add_argument("--only", choices=["kvstore", "registry"], default=None)
+    parser.add_argument("--apps", default=",".join(APPS), help=f"rows to run, in order (of {', '.join(APPS)})")
+    parser.add_argument("--only", choices=APPS, default=None, help="run one row (same as --apps NAME)")
+    parser.add_argument("--rounds", type=int, default=1, help="run every row this many times, interleaved; medians")
     args = parser.parse_args()
 
     binary = find_cometbft()
     if binary is None:
         print(HOW_TO_GET, file=sys.stderr)
         return 1
+    apps = [args.only] if args.only else [a.strip() for a in args.apps.split(",") if a.strip()]
+    unknown = [a for a in apps if a not in APPS]
+    if unknown:
+        parser.error(f"unknown app(s) {', '.join(unknown)}; choose from {', '.join(APPS)}")
+    skipped: dict[str, str] = {}
+    abci_cli = os.environ.get(ABCI_CLI_ENV)
+    if "kvstore-go-socket" in apps and not (abci_cli and Path(abci_cli).is_file() and os.access(abci_cli, os.X_OK)):
+        skipped["kvstore-go-socket"] = (f"{ABCI_CLI_ENV} does not name an abci-cli binary (build it from the CometBFT "
+                                        "source: go build ./abci/cmd/abci-cli)")
+        apps.remove("kvstore-go-socket")
+
     consensus = ConsensusSettings(timeout_commit=args.timeout_commit)
     keys = [Ed25519PrivateKey.generate() for _ in range(args.submitters)]
     extra = [GatewaySpec(k.public_key().public_bytes_raw(), f"127.0.0.1:{40000 + i}", f"load{i}")
              for i, k in enumerate(keys)]
     t0 = time.perf_counter()
-    registry_txs_ = registry_load(keys, args.per_submitter)
-    print(f"pre-signed {args.submitters * args.per_submitter} registry txs in {time.perf_counter() - t0:.1f} s",
-          file=sys.stderr)
-    size = len(registry_txs_[0][0])
+    registry_txs_ = registry_load(keys, args.per_submitter) if "registry" in apps else []
+    if registry_txs_:
+        print(f"pre-signed {args.submitters * args.per_submitter} registry txs in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
+    size = len(registry_txs_[0][0]) if registry_txs_ else len(registry_load(keys[:1], 1)[0][0])
     kv_txs = kvstore_load(args.submitters, args.per_submitter, size)
 
-    results: list[RunResult] = []
+    runs: dict[str, list[RunResult]] = {a: [] for a in apps}
     with tempfile.TemporaryDirectory(prefix="edg-bench-") as tmp:
-        for kind, loads in (("kvstore", kv_txs), ("registry", registry_txs_)):
-            if args.only and kind != args.only:
-                continue
-            print(f"running {kind} for {args.warmup:.0f}+{args.duration:.0f} s ...", file=sys.stderr)
-            results.append(run_cluster(kind, binary, Path(tmp), args, consensus, loads, extra, args.base_port))
+        for rnd in range(args.rounds):
+            for kind in apps:
+                label = f" (round {rnd + 1}/{args.rounds})" if args.rounds > 1 else ""
+                print(f"running {kind} for {args.warmup:.0f}+{args.duration:.0f} s{label} ...", file=sys.stderr)
+                loads = registry_txs_ if kind == "registry" else kv_txs
+                runs[kind].append(run_cluster(kind, binary, Path(tmp) / f"{kind}-{rnd}", args, consensus, loads,
+                                              extra, abci_cli))
+    results = [median_result(runs[a]) for a in apps]
+    by = {r.app: r for r in results}
+    base = by.get("kvstore")
+    ratio = {r.app: r.tx_per_s / base.tx_per_s for r in results if base is not None and base.tx_per_s}
 
-    settings = asdict(consensus)
+    settings = settings_statement(consensus)
     print(f"\n{args.nodes} validators on 127.0.0.1, CometBFT {binary}; {args.submitters} submitters x window "
           f"{args.window} (broadcast_tx_sync + block polling); {args.duration:.0f} s measured after "
-          f"{args.warmup:.0f} s warm-up")
-    print("consensus: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-    print(f"{'app':<10} {'tx bytes':>8} {'committed':>10} {'tx/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'blocks':>7} {'max txs/blk':>11} {'rejected':>9} {'lost':>5} {'sync RTT ms':>11}")
+          f"{args.warmup:.0f} s warm-up" + (f"; medians of {args.rounds} interleaved rounds" if args.rounds > 1 else ""))
+    print("every row runs the same generated CometBFT config (defaults of `cometbft init` v0.38 except ports, peers, "
+          "timeouts):")
+    for section, values in settings.items():
+        print(f"  [{section}] " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    for a in APPS:
+        if a in by or a in skipped:
+            print(f"  {a:<18} {DESCRIPTION[a]}" + (f"  -- SKIPPED: {skipped[a]}" if a in skipped else ""))
+    print(f"{'app':<18} {'tx bytes':>8} {'committed':>10} {'tx/s':>8} {'vs kvstore':>10} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'blocks':>6} {'max txs/blk':>11} {'rejected':>8} {'lost':>5} {'sync RTT ms':>11}")
     for r in results:
-        print(f"{r.app:<10} {r.tx_bytes:>8} {r.committed:>10} {r.tx_per_s:>8.1f} {r.p50_ms:>8.0f} {r.p99_ms:>8.0f} "
-              f"{r.blocks:>7} {r.max_block_txs:>11} {r.rejected:>9} {r.lost:>5} {r.sync_rtt_p50_ms:>11.1f}"
-              + ("  (ran out of pre-built txs)" if r.exhausted else ""))
+        rel = f"{ratio[r.app]:.2f}x" if r.app in ratio else "-"
+        print(f"{r.app:<18} {r.tx_bytes:>8} {r.committed:>10} {r.tx_per_s:>8.1f} {rel:>10} {r.p50_ms:>7.0f} "
+              f"{r.p99_ms:>7.0f} {r.blocks:>6} {r.max_block_txs:>11} {r.rejected:>8} {r.lost:>5} "
+              f"{r.sync_rtt_p50_ms:>11.1f}" + ("  (ran out of pre-built txs)" if r.exhausted else ""))
+    if args.rounds > 1:
+        for a in apps:
+            print(f"  {a:<18} tx/s by round: " + ", ".join(f"{r.tx_per_s:.0f}" for r in runs[a]))
     print(f"CPU seconds used in the measured window ({os.cpu_count()} CPUs = {os.cpu_count() * args.duration:.0f} "
           f"CPU-seconds available), per committed tx:")
     for r in results:
         total = sum(r.cpu_s.values())
-        print(f"  {r.app:<10} " + "  ".join(f"{role} {sec:.1f} s ({1e3 * sec / max(r.committed, 1):.2f} ms/tx)"
+        print(f"  {r.app:<18} " + "  ".join(f"{role} {sec:.1f} s ({1e3 * sec / max(r.committed, 1):.2f} ms/tx)"
                                             for role, sec in r.cpu_s.items()) + f"  total {total:.1f} s")
-    by = {r.app: r for r in results}
-    ratio = by["registry"].tx_per_s / by["kvstore"].tx_per_s if len(by) == 2 and by["kvstore"].tx_per_s else None
-    if ratio is not None:
-        print(f"registry / kvstore = {ratio:.2f} (target >= 0.8)")
+    if "registry" in ratio:
+        print(f"registry / kvstore = {ratio['registry']:.2f} (target >= 0.8)")
     result = {
         "nodes": args.nodes, "submitters": args.submitters, "window": args.window, "duration_s": args.duration,
-        "consensus": settings, "ratio": round(ratio, 3) if ratio is not None else None, "target_ratio": 0.8,
+        "rounds": args.rounds, "settings": settings, "consensus": asdict(consensus),
+        "ratio": round(ratio["registry"], 3) if "registry" in ratio else None, "target_ratio": 0.8,
+        "ratios_vs_kvstore": {a: round(v, 3) for a, v in ratio.items()},
+        "skipped": skipped,
+        "tx_per_s_by_round": {a: [round(r.tx_per_s, 1) for r in runs[a]] for a in apps},
         **{r.app: {k: (round(v, 1) if isinstance(v, float) else v) for k, v in asdict(r).items()
                    if k not in ("latencies", "app", "duration_s")} for r in results},
     }

@@ -20,7 +20,7 @@ from edgistry.abci_app.app import RegistryApp
 from edgistry.abci_app.embedded import EmbeddedNode
 from edgistry.abci_app.home import load_genesis_doc
 from edgistry.abci_app.rpc import create_app
-from edgistry.abci_app.server import AbciServer
+from edgistry.abci_app.server import AbciServer, tune_gc
 from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
 from edgistry.config import HomeError, NodeConfig
 
@@ -121,6 +121,7 @@ async def _run_with_cometbft(cfg: NodeConfig, app: RegistryApp, announce: Callab
         raise HomeError(HOW_TO_GET)
     server = AbciServer(app)
     await server.start(cfg.abci_listen)
+    tune_gc()
     logfile = open(cfg.home / "cometbft.log", "ab")
     proc = await asyncio.create_subprocess_exec(
         binary, "start", "--home", cfg.cometbft_home, "--proxy_app", cfg.abci_listen,

@@ -33,6 +33,12 @@ constraint run verbatim; the scanner then reuses the previous record's
 (already validated) constraint values for those identical bytes instead of
 parsing them again, and the verifier checks carry-over by one byte comparison.
 ``Frame`` and entry objects are built from the records only when asked for.
+
+On CPython an optional C accelerator (``_capscan.c``, built at install when a
+compiler is present) does the same scan: ``scan_frame`` and ``_split`` below
+stay the reference, and the only path on MicroPython; the accelerator must
+give equal records and the same MalformedToken messages (a differential test
+checks both). ``FAST_SCAN`` is None when it is absent, or set so by tests.
 """
 
 import sys
@@ -72,6 +78,17 @@ _ROOT_FRAME = bytes([ROOT, 0])
 _ROOT_VALUE = (ROOT, _ROOT_FRAME)
 # the record scan_frame returns for _ROOT_FRAME (records are never mutated)
 _ROOT_REC = ((_ROOT_VALUE,), (), b"", False)
+
+# The C scanner when it was built (CPython only); the module-level switch
+# tests set to None to force the pure-Python scan.
+try:
+    from . import _capscan as FAST_SCAN
+    from . import cap_h3 as _h3
+except ImportError:  # MicroPython, or installed without a C compiler
+    FAST_SCAN = None
+if FAST_SCAN is not None:
+    FAST_SCAN.init(MalformedToken, _h3.is_valid_cell, _ROOT_FRAME, _ROOT_REC, VERSION,
+                   MAX_FRAMES, MAX_FRAME_SIZE, MAX_ENTRIES)
 
 
 def clear_cache():
@@ -162,7 +179,8 @@ def frame_record(raw, hint=None):
     """The record of a frame's bytes, from the cache when it was seen before."""
     rec = _cache.get(raw)
     if rec is None:
-        rec = scan_frame(raw, hint)
+        fast = FAST_SCAN
+        rec = scan_frame(raw, hint) if fast is None else fast.scan_frame(raw, hint)
         if FRAME_CACHE_SIZE:
             if len(_cache) >= FRAME_CACHE_SIZE:
                 _cache.clear()  # crude but bounded; refills with the hot frames
@@ -328,9 +346,17 @@ def encode_body(frames):
     return bytes(out)
 
 
+def _frames(data, end):
+    """``_split`` by the C scanner when present (same results)."""
+    fast = FAST_SCAN
+    if fast is not None:
+        return fast.split(data, end, _cache, FRAME_CACHE_SIZE)
+    return _split(data, end)
+
+
 def _split(data, end):
     """Parse version, count and frames of ``data[:end]``; return the frame
-    bytes and the frame records (two lists)."""
+    bytes and the frame records (two lists). The reference for the C scanner."""
     if end < 3 or data[0] != VERSION:
         raise MalformedToken("not a version-%d token" % VERSION)
     count = data[1]
@@ -379,7 +405,11 @@ def decode(data):
     if n > MAX_TOKEN_SIZE:
         raise MalformedToken("token larger than %d bytes" % MAX_TOKEN_SIZE)
     end = n - TAG_SIZE
-    slices, recs = _split(data, end)
+    fast = FAST_SCAN  # (_frames inlined: this is the cold verification path)
+    if fast is not None:
+        slices, recs = fast.split(data, end, _cache, FRAME_CACHE_SIZE)
+    else:
+        slices, recs = _split(data, end)
     return Token(None, data[end:], data, slices, recs)
 
 
@@ -389,5 +419,5 @@ def decode_body(data):
         data = bytes(data)
     if len(data) > MAX_TOKEN_SIZE:
         raise MalformedToken("body larger than %d bytes" % MAX_TOKEN_SIZE)
-    slices, recs = _split(data, len(data))
+    slices, recs = _frames(data, len(data))
     return tuple([Frame(s, r) for s, r in zip(slices, recs)])

@@ -72,7 +72,7 @@ class CheckedTx:
 class CheckedTxs:
     """Accepted txs by their bytes (bounded: the oldest are forgotten first)."""
 
-    def __init__(self, capacity: int = 50_000) -> None:
+    def __init__(self, capacity: int = 20_000) -> None:  # 4x CometBFT's default mempool size
         self._items: dict[bytes, CheckedTx] = {}
         self.capacity = capacity
         self.changed: set[bytes] | None = None  # None: no short path (nothing known about the last block)

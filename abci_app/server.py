@@ -187,6 +187,10 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(b"".join(out))
             self.transport.close()
             return
+        except Exception:  # a bug outside the app call: this connection cannot go on in order
+            log.exception("ABCI connection %s: failed to answer; closing that connection", self.peer)
+            self.transport.abort()
+            return
         if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 

@@ -9,12 +9,11 @@ signed intent can never be replayed later when it would succeed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgistry.abci_app import keys
 from edgistry.abci_app.codes import CODESPACE, Code, TxError
-from collections.abc import Callable
-
 from edgistry.abci_app.handlers import HANDLERS, Outcome, TxContext
 from edgistry.abci_app.overlay import Overlay
 from edgistry.abci_app.txs import DecodedTx, VerifiedCache, decode_tx, verify_signature

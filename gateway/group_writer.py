@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import sys
 import threading
 from collections.abc import Callable
 
 import lmdb
 
 log = logging.getLogger("edgistry.gateway.store")
-SWITCH_INTERVAL_S = 0.001
 
 
 class GroupWriter:
@@ -50,12 +48,6 @@ class GroupWriter:
         self._closed = False
 
     def start(self) -> None:
-        # The writer thread needs the GIL several times per commit. With Python's
-        # default switch interval (5 ms) a busy event loop holds it that long at
-        # every hand-over, which showed as commit-latency tails of hundreds of ms
-        # under load; 1 ms keeps them an order of magnitude lower (only lowered).
-        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
-            sys.setswitchinterval(SWITCH_INTERVAL_S)
         with self._lock:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)

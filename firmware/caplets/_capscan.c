@@ -385,19 +385,14 @@ s_region(const uint8_t *buf, Py_ssize_t p, Py_ssize_t stop, PyObject *raw)
     return Py_BuildValue("(iON)", REGION, raw, cell);
 }
 
+static PyObject *s_str(int code, const char *name, const uint8_t *buf, Py_ssize_t p,
+                       Py_ssize_t stop, PyObject *raw);
+
+/* cap_caps._s_identity: the same checks and messages as a string constraint. */
 static PyObject *
 s_identity(const uint8_t *buf, Py_ssize_t p, Py_ssize_t stop, PyObject *raw)
 {
-    PyObject *ident = get_str(buf, &p, stop);
-    if (ident == NULL)
-        return NULL;
-    int bad = PyUnicode_GET_LENGTH(ident) == 0 ? fail("empty identity")
-                                               : trailing(p, stop, "identity");
-    if (bad < 0) {
-        Py_DECREF(ident);
-        return NULL;
-    }
-    return Py_BuildValue("(iON)", IDENTITY, raw, ident);
+    return s_str(IDENTITY, "identity", buf, p, stop, raw);
 }
 
 static PyObject *

@@ -147,3 +147,16 @@ class ScriptedDevice:
                             done = True
                             break
         return got
+
+
+def count_group_commits(store) -> list[int]:
+    """Wrap ``store.enqueue_many_async``: the returned list gets the size of every group commit."""
+    commits: list[int] = []
+    real = store.enqueue_many_async
+
+    async def counting(items):
+        commits.append(len(items))
+        return await real(items)
+
+    store.enqueue_many_async = counting
+    return commits

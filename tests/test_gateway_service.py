@@ -14,6 +14,7 @@ from edgistry.gateway.errors import InvokeTimeout, NotFound, QueueFull, Unauthor
 from edgistry.gateway.link_backend import DeviceAnswer
 from edgistry.gateway.service import Call, GatewayService, Settings, owner_handle
 from edgistry.gateway.store import Device, GatewayStore, State, new_id
+from gateway_helpers import count_group_commits
 
 MANIFEST = {"duty_cycle_s": 5, "services": [
     {"type": "sensor", "methods": [{"name": "read", "cache_max_age_s": 30}, "info"]},
@@ -190,14 +191,7 @@ async def test_concurrent_submits_share_a_commit_and_keep_queue_order(env):
     """Submits arriving together are written by one transaction (group commit); each keeps its own
     outcome (the depth-3 queue refuses the rest) and sequences rise in queue order."""
     store, service, dev, secret, app = env
-    commits = []
-    real = store.enqueue_many_async
-
-    async def counting(items):
-        commits.append(len(items))
-        return await real(items)
-
-    store.enqueue_many_async = counting
+    commits = count_group_commits(store)
     results = await asyncio.gather(*(service.submit(call(dev, "info", app, args=b'{"n": %d}' % i))
                                      for i in range(5)), return_exceptions=True)
     assert commits == [5]

@@ -20,6 +20,7 @@ from edgistry.gateway.service import GatewayService, Settings, owner_handle
 from edgistry.gateway.store import Device, GatewayStore, new_id
 from edgistry.proto import gateway_pb2 as pb
 from edgistry.proto import gateway_pb2_grpc as pbg
+from gateway_helpers import count_group_commits
 
 MANIFEST = {"duty_cycle_s": 5, "services": [
     {"type": "sensor", "methods": ["read"]}, {"type": "valve", "methods": [{"name": "set", "mutating": True}]}]}
@@ -53,14 +54,7 @@ def req(dev, token, method="read", service="sensor", **kw) -> pb.InvokeRequest:
 async def test_items_fail_independently_with_submit_codes(gateway):
     stub, store, service, devs, _ = gateway
     (d1, t1), (d2, t2) = devs
-    commits = []
-    real = store.enqueue_many_async
-
-    async def counting(items):
-        commits.append(len(items))
-        return await real(items)
-
-    store.enqueue_many_async = counting
+    commits = count_group_commits(store)
     batch = [req(d1, t1), req(d2, t2), req(d1, t2),  # t2 is d2's token: wrong origin for d1
              req(d1, t1, method="set", service="valve"),  # read-only token, mutating method
              pb.InvokeRequest(target="own-" + "00" * 16, method="read", token=t1),  # nobody

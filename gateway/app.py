@@ -7,7 +7,7 @@ Commissioning, Peer, health, reflection), the HTTP side (/healthz,
 revocation refresher; ``await gw.stop()`` undoes all of it in reverse.
 
 Settings come from the node config's ``[gateway]`` table (all optional):
-``max_queue_depth``, ``default_ttl_s``, ``liveness_interval_s``,
+``max_queue_depth``, ``default_ttl_s``, ``max_batch`` (SubmitBatch items), ``liveness_interval_s``,
 ``revocation_interval_s``, ``sweep_interval_s``, ``grpc_advertise`` and
 ``link_advertise`` (what the registry and devices are told, default: the
 listen addresses), ``revocation_file`` (a local list written by
@@ -114,7 +114,8 @@ class Gateway:
         cfg, o = self.cfg, self.opts
         revoked = RevocationSet.load(self.revocation_file)
         settings = Settings(max_queue_depth=int(o.get("max_queue_depth", Settings.max_queue_depth)),
-                            default_ttl_s=int(o.get("default_ttl_s", Settings.default_ttl_s)))
+                            default_ttl_s=int(o.get("default_ttl_s", Settings.default_ttl_s)),
+                            max_batch=int(o.get("max_batch", Settings.max_batch)))
         directory = Directory(self.chain)
         self._peer = PeerClient(self.key, self.gateway_id, directory)
         self.service = GatewayService(self.store, self.gateway_id, self.secret, self.metrics, revoked, settings,

@@ -205,21 +205,32 @@ class RegistryApp:
         # the block touched nothing the tx read: recheck.py); signatures
         # cannot have changed, so they are not verified again.
         recheck = req.type == abci.RECHECK or req.type_v1 == abci.CHECK_TX_TYPE_RECHECK
-        checked, check = self.checked, self._check
+        self.stats["recheck" if recheck else "check"] += 1
         if recheck:
-            self.stats["recheck"] += 1
-            entry = checked.get(raw)
-            if entry is not None and checked.still_valid(entry, check, _nonce_of):
-                check.writes.update(entry.writes)
-                return abci.ResponseCheckTx(code=0, data=entry.data)
-        else:
-            self.stats["check"] += 1
+            short = self._recheck_unchanged(raw)
+            if short is not None:
+                return short
         # CheckTx sees the last committed block time: the next block's is not
         # known yet, and FinalizeBlock repeats every time-dependent check.
-        view = TrackingOverlay(check)
+        view = TrackingOverlay(self._check)
         result = execute_tx(view, raw, self.chain_id, self.height + 1, self._block_time, verify=not recheck,
                             verified=self.verified, remember=True, decode=self.decoded.decode)
-        check.writes.update(view.writes)  # an authenticated tx consumed its nonce even if it failed
+        self._check.writes.update(view.writes)  # an authenticated tx consumed its nonce even if it failed
+        self._note_checked(raw, result, view, recheck)
+        return result.to_check()
+
+    def _recheck_unchanged(self, raw: bytes) -> abci.ResponseCheckTx | None:
+        """The short recheck (recheck.py): the remembered verdict when nothing the
+        tx read has changed and its nonce is still fresh; None to run it in full."""
+        entry = self.checked.get(raw)
+        if entry is None or not self.checked.still_valid(entry, self._check, _nonce_of):
+            return None
+        self._check.writes.update(entry.writes)
+        return abci.ResponseCheckTx(code=0, data=entry.data)
+
+    def _note_checked(self, raw: bytes, result: TxResult, view: TrackingOverlay, recheck: bool) -> None:
+        """Remember what an accepted tx read and wrote (for the next short recheck)."""
+        checked = self.checked
         if recheck and checked.changed is not None:
             # later rechecks may have read this tx's earlier effects: re-run them if they do
             old = checked.forget(raw)
@@ -229,14 +240,13 @@ class RegistryApp:
         tx = result.tx
         if tx is None:
             checked.forget(raw)
-            return result.to_check()
+            return
         nonce_key = keys.nonce(tx.signer)
         reads = None
         if not view.scanned and tx.kind not in TIME_DEPENDENT:
             view.reads.discard(nonce_key)
             reads = frozenset(view.reads)
         checked.remember(raw, CheckedTx(nonce_key, tx.nonce, reads, view.writes, result.outcome.data))
-        return result.to_check()
 
     def _last_block_time(self) -> int:
         raw = self.store.get(keys.BLOCK_TIME)

@@ -86,17 +86,19 @@ class Timers:
         self.samples: dict[str, list[float]] = defaultdict(list)
         self.keep = False
 
+    def add(self, name: str, d: float, sample: bool) -> None:
+        self.total[name] += d
+        self.count[name] += 1
+        if sample and self.keep:
+            self.samples[name].append(d)
+
     def wrap(self, name: str, fn, sample: bool = False):
         def timed(*a, **kw):
             t = time.perf_counter()
             try:
                 return fn(*a, **kw)
             finally:
-                d = time.perf_counter() - t
-                self.total[name] += d
-                self.count[name] += 1
-                if sample and self.keep:
-                    self.samples[name].append(d)
+                self.add(name, time.perf_counter() - t, sample)
         return timed
 
     def wrap_async(self, name: str, fn, sample: bool = False):
@@ -105,11 +107,7 @@ class Timers:
             try:
                 return await fn(*a, **kw)
             finally:
-                d = time.perf_counter() - t
-                self.total[name] += d
-                self.count[name] += 1
-                if sample and self.keep:
-                    self.samples[name].append(d)
+                self.add(name, time.perf_counter() - t, sample)
         return timed
 
     def reset(self, keep: bool) -> None:
@@ -160,10 +158,7 @@ async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
     svc.submit = tm.wrap_async("submit.total", svc.submit, sample=True)
     def requests_written(d: float, in_handshake: bool) -> None:
         if in_handshake:
-            tm.total["link.established_to_requests"] += d
-            tm.count["link.established_to_requests"] += 1
-            if tm.keep:
-                tm.samples["link.established_to_requests"].append(d)
+            tm.add("link.established_to_requests", d, sample=True)
     orig_run = link_server._Connection.run
     link_server._Connection.run = tm.wrap_async("link.connection", orig_run)
 

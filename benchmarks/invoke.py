@@ -79,6 +79,33 @@ ARGS = b'{"unit":"C"}'
 # the gateway process
 # =====================================================================================
 
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread of this process, by Python thread name (others: the
+    grpc core's and the like, by OS name). Linux /proc; empty elsewhere."""
+    import threading
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = defaultdict(float)
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return {}
+    for tid in tids:
+        try:
+            comm = names.get(int(tid)) or Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        out[comm + " user"] += int(fields[11]) / tick
+        out[comm + " sys"] += int(fields[12]) / tick
+    return dict(out)
+
+
 class Timers:
     def __init__(self) -> None:
         self.total = defaultdict(float)
@@ -116,13 +143,38 @@ class Timers:
         self.samples.clear()
         self.keep = keep
         self.base = self.counters() if hasattr(self, "counters") else {}
+        self.cpu0 = _cpu_s()
+        self.threads0 = _thread_cpu()
 
     def dump(self) -> dict:
-        ru = resource.getrusage(resource.RUSAGE_SELF)
         now = self.counters() if hasattr(self, "counters") else {}
         return {"total": dict(self.total), "count": dict(self.count), "samples": dict(self.samples),
-                "cpu_s": ru.ru_utime + ru.ru_stime,
+                "cpu_s": _cpu_s() - getattr(self, "cpu0", 0.0),
+                "thread_cpu_s": {k: round(v - getattr(self, "threads0", {}).get(k, 0.0), 3)
+                                 for k, v in _thread_cpu().items()},
                 "counters": {k: v - getattr(self, "base", {}).get(k, 0) for k, v in now.items()}}
+
+
+_PROF: list = []
+
+
+def _profile(store, arg: str) -> None:
+    """BENCH_PROFILE=DIR: cProfile the event loop thread and the store writer per phase."""
+    out = os.environ.get("BENCH_PROFILE")
+    if not out:
+        return
+    import cProfile
+    if _PROF:
+        main, writer, orig = _PROF.pop()
+        main.disable()
+        store.writer._commit = orig
+        n = len(list(Path(out).glob("main-*.prof")))
+        main.dump_stats(f"{out}/main-{n}.prof")
+        writer.dump_stats(f"{out}/writer-{n}.prof")
+    main, writer, orig = cProfile.Profile(), cProfile.Profile(), store.writer._commit
+    store.writer._commit = lambda ops: writer.runcall(orig, ops)
+    main.enable()
+    _PROF.append((main, writer, orig))
 
 
 async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
@@ -134,6 +186,11 @@ async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
     from edgistry.gateway.service import GatewayService, Settings
     from edgistry.gateway.store import Device, GatewayStore
 
+    if os.environ.get("BENCH_INLINE") in ("2", "3"):
+        import lmdb
+        _open = lmdb.open
+        _flags = {"sync": False} if os.environ["BENCH_INLINE"] == "2" else {"metasync": False}
+        lmdb.open = lambda *a, **kw: _open(*a, **{**kw, **_flags})
     tm = Timers()
     secret = bytes.fromhex(json.loads(devices_file.read_text())["gateway_secret"])
     store = GatewayStore(workdir / "gateway-store")
@@ -141,6 +198,50 @@ async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
         root = bytes.fromhex(d["root"])
         store.put_device(Device(bytes.fromhex(d["link_id"]), auth.pseudonym_for(root), root, MANIFEST, 0, 7, 1,
                                 duty_cycle_s=60))
+    if os.environ.get("BENCH_INLINE"):  # experiment: group commit on the event loop thread
+        w = store.writer
+        staged: list = []
+        def _inline_submit(fn):
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            if not staged:
+                loop.call_soon(_flush)
+            staged.append((fn, fut, loop))
+            return fut
+        import queue, threading
+        syncq = queue.SimpleQueue()
+        def _sync_thread():
+            from edgistry.gateway.group_writer import _resolve_all
+            while True:
+                batch = [syncq.get()]
+                while True:
+                    try:
+                        batch.append(syncq.get_nowait())
+                    except queue.Empty:
+                        break
+                store.env.sync(True)
+                by = {}
+                for loop, items in batch:
+                    by.setdefault(loop, []).extend(items)
+                for loop, items in by.items():
+                    loop.call_soon_threadsafe(_resolve_all, items)
+        if os.environ.get("BENCH_INLINE") in ("2", "3"):
+            threading.Thread(target=_sync_thread, daemon=True, name="syncer").start()
+            class _Fake:
+                def __init__(self): self.items = None
+                def call_soon_threadsafe(self, fn, items): self.items = items
+        def _flush():
+            ops = staged[:]
+            staged.clear()
+            if os.environ.get("BENCH_INLINE") in ("2", "3"):
+                # commit (no fsync) here, fsync + resolve on the syncer
+                fake = _Fake()
+                loop = ops[0][2]
+                w._commit([(fn, fut, fake) for fn, fut, _ in ops])
+                syncq.put((loop, fake.items))
+            else:
+                w._commit(ops)
+        w.submit = _inline_submit
     metrics = GatewayMetrics()
     svc = GatewayService(store, "gw-bench", secret, metrics, settings=Settings(max_queue_depth=1000))
     svc.bind_loop(asyncio.get_running_loop())
@@ -176,6 +277,7 @@ async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
             cmd, _, arg = line.partition(" ")
             if cmd == "reset":
                 tm.reset(keep=arg == "keep")
+                _profile(store, arg)
             elif cmd == "dump":
                 Path(arg).write_text(json.dumps(tm.dump()))
             print("ok", flush=True)
@@ -350,23 +452,24 @@ async def gateway_throughput(gw: Gw, devs: list[SimDevice], per: int, window: in
         rng.shuffle(order)
         reqs = [submit_request(d, pb) for d in order]
         gw.cmd("reset")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         results = await submit_all(stub, pb, reqs, window, batch)
-        t_submit = time.perf_counter() - t0
+        t_submit, c_submit = time.perf_counter() - t0, _cpu_s() - c0
         assert all(r.state == 1 for r in results), "a Submit was not queued"
         s_submit = gw.stats()
         gw.cmd("reset")
         wake_order = devs[:]
         rng.shuffle(wake_order)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         got = await gather_limited(wake_conc, [lambda d=d: wake(d, gw.link, xp) for d in wake_order])
-        t_drain = time.perf_counter() - t0
+        t_drain, c_drain = time.perf_counter() - t0, _cpu_s() - c0
         s_drain = gw.stats()
     m = len(reqs)
     assert sum(got) == m, f"delivered {sum(got)} of {m}"
     return {"messages": m, "t_enqueue": t_submit, "t_drain": t_drain, "enqueue_rate": m / t_submit,
             "drain_rate": m / t_drain, "rate": m / (t_submit + t_drain), "wakes": len(devs),
-            "stats_enqueue": s_submit, "stats_drain": s_drain}
+            "stats_enqueue": s_submit, "stats_drain": s_drain, "driver_cpu_enqueue": c_submit,
+            "driver_cpu_drain": c_drain}
 
 
 class Coalescer:
@@ -615,6 +718,11 @@ def main() -> None:
     ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
+        if os.environ.get("BENCH_SWITCH"):
+            sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
+        if os.environ.get("BENCH_UVLOOP"):
+            import uvloop
+            uvloop.install()
         asyncio.run(serve(Path(a.serve[0]), Path(a.serve[1]), Path(a.serve[2])))
         return
 
@@ -710,6 +818,12 @@ def main() -> None:
         brows.append([phase, "phase wall time", f"{wall / g['messages'] * 1e6:.0f}", ""])
         brows.append([phase, "gateway process CPU", f"{st['cpu_s'] / g['messages'] * 1e6:.0f}",
                       f"{st['cpu_s'] / wall * 100:.0f}% of one CPU"])
+        for tname, tc in sorted(st.get("thread_cpu_s", {}).items(), key=lambda kv: -kv[1])[:5]:
+            brows.append([phase, f"  thread {tname}", f"{tc / g['messages'] * 1e6:.0f}",
+                          f"{tc / wall * 100:.0f}% of one CPU"])
+        dc = g["driver_cpu_" + phase]
+        brows.append([phase, "(driver process CPU: clients, devices)", f"{dc / g['messages'] * 1e6:.0f}",
+                      f"{dc / wall * 100:.0f}% of one CPU"])
     print(table(["phase", "where the gateway's time goes", "µs / message", "calls"], brows,
                 title="gateway process, throughput phases (store reads/hints and the service's enqueue commit: "
                       "wall time on the event loop; link.await.*: time awaiting a group commit on the writer "

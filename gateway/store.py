@@ -29,21 +29,27 @@ it; nothing acknowledged depends on it.
 
 Key prefixes (all of them, here only)::
 
-    d/<link16>                      Device (JSON)
+    d/<link16>                      Device (record)
     p/<pseudonym16>                 link16                      device by pseudonym
     q/<link16><be64 seq>            request id                  active queue (QUEUED, DELIVERED), in order
     n/<link16>                      be64                        queue depth (active requests)
     s/<link16>                      be64                        last request sequence (monotonic)
-    r/<rid16>                       RequestRecord (JSON)        request state and response slot
+    r/<rid16>                       RequestRecord (record)      request state and response slot
     x/<be64 expires_ms><rid16>      b""                         active requests by expiry (sweeper)
     g/<be64 purge_ms><rid16>        b""                         finished requests by purge time
-    c/<link16><sha256(svc, m, args)>  CacheEntry (JSON)         cacheable responses
-    t/<ticket id>                   Ticket (JSON)               resumption tickets (single use)
-    l/<link16>                      Contact (JSON)              last contact, announced sleep, liveness sent
+    c/<link16><sha256(svc, m, args)>  CacheEntry (record)       cacheable responses
+    t/<ticket id>                   Ticket (record)             resumption tickets (single use)
+    l/<link16>                      Contact (record)            last contact, announced sleep, liveness sent
     v/<be64 n>                      tag32 + be64 expiry         revocation log, in arrival order
     vt/<tag32>                      b""                         tags already in the log
     vc/<link16>                     be64                        last log entry the device was told about
     m/<name>                        bytes                       metadata
+
+A "record" is a format byte (0x01) and a MessagePack array of the dataclass's
+fields in declaration order (new fields are only ever appended, with defaults,
+so an older record still loads). Stores written before this format hold JSON
+objects (bytes as base64), which still load; they are rewritten as records
+when next changed.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ from enum import IntEnum
 from pathlib import Path
 
 import lmdb
+import msgspec
 
 from edgistry.gateway.errors import Conflict, NotFound, QueueFull
 from edgistry.gateway.group_writer import GroupWriter
@@ -101,15 +108,15 @@ def be64(n: int) -> bytes:
     return _BE64.pack(n)
 
 
-def _b(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 def _unb(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-_DUMPS = json.JSONEncoder(separators=(",", ":")).encode
+# MessagePack via msgspec: binary (no base64), and ~5x cheaper than JSON per record,
+# which matters because a request's record is rewritten at every step of its life
+RECORD_FORMAT = b"\x01"
+_PACK = msgspec.msgpack.Encoder().encode
+_UNPACK = msgspec.msgpack.Decoder().decode
 _FIELDS: dict[type, tuple[str, ...]] = {}
 
 
@@ -121,21 +128,24 @@ def _field_names(cls: type) -> tuple[str, ...]:
 
 
 class _Record:
-    """JSON (de)serialisation for the flat dataclasses below; bytes as base64.
+    """(De)serialisation of the flat dataclasses below as records (see the
+    module docstring); the JSON of older stores (bytes as base64) still loads.
 
     Fields are read directly (not with ``dataclasses.asdict``, which deep-copies
     every value): a record is dumped on every durable queue change."""
 
-    _bytes: tuple[str, ...] = ()
+    _bytes: tuple[str, ...] = ()  # the fields that were base64 in the JSON form
 
     def dump(self) -> bytes:
-        d = {f: getattr(self, f) for f in _field_names(type(self))}
-        for k in self._bytes:
-            d[k] = _b(d[k])
-        return _DUMPS(d).encode()
+        return RECORD_FORMAT + _PACK([getattr(self, f) for f in _field_names(type(self))])
 
     @classmethod
     def load(cls, raw: bytes):
+        if raw[:1] == RECORD_FORMAT:
+            try:
+                return cls(*_UNPACK(raw[1:]))
+            except (msgspec.DecodeError, TypeError) as exc:
+                raise ValueError(f"corrupt {cls.__name__} record: {exc}") from exc
         d = json.loads(raw)
         for k in cls._bytes:
             d[k] = _unb(d[k])
@@ -600,15 +610,14 @@ class GatewayStore:
         if spent is not None:
             txn.delete(b"t/" + spent)
         if ticket_id is not None and ticket is not None:
-            txn.put(b"t/" + ticket_id, json.dumps({
-                "link_id": _b(ticket.link_id), "r": _b(ticket.resumption_secret),
-                "exp": ticket.expires_at_ms}).encode())
+            txn.put(b"t/" + ticket_id, RECORD_FORMAT + _PACK(
+                [ticket.link_id, ticket.resumption_secret, ticket.expires_at_ms]))
 
     def purge_tickets(self, now_ms: int) -> int:
         n = 0
         with self.env.begin(write=True) as txn:
             for key, raw in list(_prefix(txn, b"t/")):
-                if json.loads(raw)["exp"] <= now_ms:
+                if _ticket_fields(raw)[2] <= now_ms:
                     txn.delete(key)
                     n += 1
         return n
@@ -762,13 +771,22 @@ class GatewayStore:
             return list(_prefix(txn, prefix))
 
 
+def _ticket_fields(raw: bytes) -> tuple[bytes, bytes, int]:
+    """(link id, resumption secret, expiry ms) of a stored ticket (record or older JSON)."""
+    if raw[:1] == RECORD_FORMAT:
+        link_id, secret, exp = _UNPACK(raw[1:])
+        return link_id, secret, exp
+    d = json.loads(raw)
+    return _unb(d["link_id"]), _unb(d["r"]), d["exp"]
+
+
 def _ticket(raw: bytes | None, now_ms: int) -> Ticket | None:
     if raw is None:
         return None
-    d = json.loads(raw)
-    if d["exp"] <= now_ms:
+    link_id, secret, exp = _ticket_fields(raw)
+    if exp <= now_ms:
         return None
-    return Ticket(_unb(d["link_id"]), _unb(d["r"]), d["exp"])
+    return Ticket(link_id, secret, exp)
 
 
 def _int(raw: bytes | None) -> int:

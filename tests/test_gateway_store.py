@@ -7,7 +7,7 @@ import pytest
 from edgistry.firmware import caplets as cl
 from edgistry.gateway.errors import Conflict, QueueFull
 from edgistry.gateway.link_backend import DeviceAnswer, Ticket
-from edgistry.gateway.store import Device, GatewayStore, RequestRecord, State, new_id
+from edgistry.gateway.store import Contact, Device, GatewayStore, RequestRecord, State, new_id
 
 MANIFEST = {"services": [{"type": "sensor", "methods": [{"name": "read", "cache_max_age_s": 10},
                                                        {"name": "set", "mutating": True, "cache_max_age_s": 10}]}]}
@@ -294,9 +294,9 @@ async def test_contact_is_a_hint_persisted_later_and_never_for_an_unpaired_devic
             await asyncio.sleep(0.05)
             with store.env.begin() as txn:
                 raw = txn.get(b"l/" + dev.link_id)
-            if b'"sleep_s":7' in raw:
+            if Contact.load(raw).sleep_s == 7:
                 break
-        assert b'"sleep_s":7' in raw
+        assert Contact.load(raw).sleep_s == 7
         store.note_contact(dev.link_id, NOW + 10, 8)
     finally:
         store.close()
@@ -316,3 +316,60 @@ async def test_enqueue_many_async_matches_enqueue_many(store):
     out = await store.enqueue_many_async([(r, 2, NOW, tok) for r in recs])
     assert [o[1] for o in out[:2]] == [True, True] and isinstance(out[2], QueueFull)
     assert out[0][0].seq < out[1][0].seq and store.depth(dev.link_id) == 2
+
+
+def _json_form(rec) -> bytes:
+    """A record as stores written before the MessagePack format held it."""
+    import base64
+    import dataclasses
+    import json
+    d = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}
+    for k in rec._bytes:
+        d[k] = base64.b64encode(d[k]).decode()
+    return json.dumps(d).encode()
+
+
+def test_records_round_trip_and_older_json_records_still_load(tmp_path):
+    """Records are MessagePack with a format byte; a store written in the older JSON
+    form opens, its requests are delivered and answered, and changed records are
+    rewritten in the new form."""
+    store = GatewayStore(tmp_path / "gw")
+    try:
+        dev = add_device(store)
+        rec = enqueue(store, dev)
+        with store.env.begin() as txn:
+            raw = txn.get(b"r/" + rec.request_id)
+        assert raw[:1] == b"\x01" and RequestRecord.load(raw) == rec
+        assert Device.load(dev.dump()) == dev and Contact.load(Contact(5, None, 2).dump()) == Contact(5, None, 2)
+        with store.env.begin(write=True) as txn:  # turn both back into the older JSON form
+            txn.put(b"r/" + rec.request_id, _json_form(rec))
+            txn.put(b"d/" + dev.link_id, _json_form(dev))
+            txn.put(b"t/" + b"T" * 16, json_ticket(dev.link_id, NOW + 60_000))
+    finally:
+        store.close()
+    store = GatewayStore(tmp_path / "gw")
+    try:
+        assert store.device(dev.link_id) == dev
+        assert store.ticket(b"T" * 16, NOW) == Ticket(dev.link_id, b"s" * 32, NOW + 60_000)
+        pending, more = store.pending(dev.link_id, 65536, NOW)
+        assert [r.request_id for r in pending] == [rec.request_id] and not more
+        store.delivered(dev.link_id, [rec.request_id], NOW)
+        store.answered(dev.link_id, [DeviceAnswer(rec.request_id, 0, b"ok")], NOW)
+        with store.env.begin() as txn:
+            raw = txn.get(b"r/" + rec.request_id)
+        assert raw[:1] == b"\x01" and RequestRecord.load(raw).payload == b"ok"
+    finally:
+        store.close()
+
+
+def json_ticket(link_id: bytes, exp: int) -> bytes:
+    import base64
+    import json
+    return json.dumps({"link_id": base64.b64encode(link_id).decode(), "r": base64.b64encode(b"s" * 32).decode(),
+                       "exp": exp}).encode()
+
+
+@pytest.mark.parametrize("raw", [b"\x01", b"\x01\xc1", b"\x01\x93\x01\x02", b"\x01\xdc\x00\x12" + b"\x00" * 18])
+def test_a_corrupt_record_is_a_clear_error(raw):
+    with pytest.raises(ValueError, match="corrupt RequestRecord record"):
+        RequestRecord.load(raw)

@@ -15,6 +15,12 @@ A client token has one of two origins:
 Then: revocation of every chain tag (registry + local set), the leaf's
 constraints (expiry, gateway), and ``permits(service, method)``. Leaf tokens
 (request, encryption) are never client credentials.
+
+A client presents the same token on every call, so a token that passed is
+remembered (keyed by its exact bytes and the keys it was checked with) with
+its chain tags: a later call skips decoding and the HMAC chain but re-checks
+revocation, the leaf's constraints (expiry, gateway) and the rights. Any
+failure there re-runs the full check, so errors read the same either way.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from edgistry.firmware import caplets as cl
 from edgistry.firmware.caplets import cap_crypto
@@ -67,6 +74,16 @@ def verify_from_root(token: cl.Token, root: cl.Token, ctx: cl.Context) -> cl.Tok
     return token
 
 
+class _Verified(NamedTuple):
+    origin: str
+    token: cl.Token
+    tags: tuple[bytes, ...]  # every tag of the chain from the origin's key (revocation)
+
+
+VERIFIED_CACHE_SIZE = 4096  # distinct client tokens remembered (bounded: cleared when full)
+_verified: dict[tuple[bytes, bytes, bytes], _Verified] = {}
+
+
 def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, gateway_secret: bytes,
               gateway_id: str, revoked: cl.RevocationSet | None, now: int | None = None,
               check_permits: bool = True, mutating: bool = True) -> Authorised:
@@ -74,6 +91,41 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
 
     ``check_permits=False`` checks only that the token is valid for the device
     (used before telling a caller that a method does not exist)."""
+    now = int(time.time()) if now is None else now
+    key = (bytes(raw), root_token or b"", gateway_secret)
+    hit = _verified.get(key)
+    if hit is not None and _still_valid(hit, service, method, gateway_id, revoked, now, check_permits, mutating):
+        return Authorised(hit.origin, hit.token)
+    result = _authorise(raw, service, method, root_token, gateway_secret, gateway_id, revoked, now,
+                        check_permits, mutating)
+    if hit is None:
+        if len(_verified) >= VERIFIED_CACHE_SIZE:
+            _verified.clear()
+        root = cl.load(root_token) if result.origin == "device" else None
+        tags = ([root.tag, *cl.chain_tags(root.tag, result.token.frames[1:])] if root is not None
+                else cl.chain_tags(gateway_secret, result.token.frames))
+        _verified[key] = _Verified(result.origin, result.token, tuple(tags))
+    return result
+
+
+def _still_valid(hit: _Verified, service: str, method: str, gateway_id: str, revoked: cl.RevocationSet | None,
+                 now: int, check_permits: bool, mutating: bool) -> bool:
+    """The per-call checks of a remembered token: not revoked, constraints hold now, rights."""
+    if revoked is not None and len(revoked) and any(t in revoked for t in hit.tags):
+        return False
+    try:
+        cl.check_constraints(hit.token, cl.Context(now=now, gateway=gateway_id, revoked=revoked))
+        if check_permits and not (not mutating and _resource_read(hit.token, service, method)):
+            cl.permits(hit.token, service, method)
+    except cl.TokenError:
+        return False
+    return True
+
+
+def _authorise(raw: bytes, service: str, method: str, root_token: bytes | None, gateway_secret: bytes,
+               gateway_id: str, revoked: cl.RevocationSet | None, now: int,
+               check_permits: bool, mutating: bool) -> Authorised:
+    """The full check (decode, HMAC chain, derivations, revocation, constraints, rights)."""
     if not raw:
         raise Unauthorized("no token: pass the application token printed by `edgistry pair` (--token FILE)")
     try:
@@ -85,7 +137,7 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
             raise Unauthorized(f"malformed token: {exc}") from exc
     if token.leaf.is_leaf:
         raise Unauthorized("a request or encryption token is not a client credential")
-    ctx = cl.Context(now=int(time.time()) if now is None else now, gateway=gateway_id, revoked=revoked)
+    ctx = cl.Context(now=now, gateway=gateway_id, revoked=revoked)
     errors = []
     for origin, check in (("device", lambda: verify_from_root(token, cl.load(root_token), ctx) if root_token else None),
                           ("gateway", lambda: cl.verify(token, gateway_secret, ctx))):

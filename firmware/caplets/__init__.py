@@ -29,8 +29,8 @@ from .cap_caps import (ADMIN, INVOKE, READ, WRITE, Encryption, Identity, Region,
                        Resource, Root, Service)
 from .cap_cons import (BoundTo, Endpoint, ExpiresAt, Gateway, NotBefore, RequireIdentity,
                        SequenceWindow, UnknownConstraint)
-from .cap_verify import (Context, authenticate, chain_tags, compute_tag, encryption_tag,
-                         permits)
+from .cap_verify import (Context, authenticate, chain_tags, check_constraints, compute_tag,
+                         encryption_tag, permits)
 from .mint import (derive, encryption_token, flatten, from_text, load, mint, new_secret,
                    parse_time, request_digest, request_token, root, sequence_now, to_text,
                    verify)
@@ -44,7 +44,7 @@ __all__ = [
     "InvalidDerivation", "MalformedToken", "NotBefore", "NotPermitted", "Region",
     "Replayed", "Request", "RequireIdentity", "Resource", "RevocationSet",
     "RevocationSource", "Revoked", "Root", "SequenceVerifier", "SequenceWindow", "Service",
-    "Token", "TokenError", "UnknownConstraint", "authenticate", "chain_tags",
+    "Token", "TokenError", "UnknownConstraint", "authenticate", "chain_tags", "check_constraints",
     "compute_tag", "decode", "decode_body", "derive", "encode_body", "encryption_tag",
     "encryption_token", "flatten", "from_text", "load", "make_frame", "mint",
     "new_secret", "parse_time", "permits", "request_digest", "request_token", "root",

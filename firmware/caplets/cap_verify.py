@@ -129,6 +129,15 @@ def _fail(constraint, why):
     raise ConstraintFailed("%s: %s" % (constraint, why), constraint)
 
 
+def check_constraints(token, ctx, secret=None):
+    """Step 5 alone: the leaf's constraints in ``ctx``, for a token already
+    verified (a verifier that remembers verified tokens re-checks only this,
+    revocation and rights on each use). ``secret``: the origin's, needed only
+    by REQUIRE_IDENTITY."""
+    if token._recs[-1][1]:
+        _check_constraints(token, ctx, secret)
+
+
 def _check_constraints(token, ctx, secret):
     leaf = token._recs[-1]
     cap = leaf[0][0]

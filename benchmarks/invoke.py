@@ -718,6 +718,14 @@ def main() -> None:
     ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
+        if os.environ.get("BENCH_DROPGIL"):
+            import lmdb
+            lmdb.enable_drop_gil()
+        if os.environ.get("BENCH_HMACNEW"):
+            import _hashlib
+            from edgistry.firmware.caplets import cap_crypto
+            _hn = _hashlib.hmac_new
+            cap_crypto.FAST_DIGEST = lambda k, m, d: _hn(k, m, d).digest()
         if os.environ.get("BENCH_SWITCH"):
             sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
         if os.environ.get("BENCH_UVLOOP"):

@@ -84,6 +84,15 @@ def _cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _proc_cpu_ms(pid: int | None) -> int:
+    """CPU ms used so far by process ``pid`` (Linux /proc; 0 when unknown)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (OSError, TypeError):
+        return 0
+    return (int(fields[11]) + int(fields[12])) * 1000 // os.sysconf("SC_CLK_TCK")
+
+
 def _thread_cpu() -> dict[str, float]:
     """CPU seconds per thread of this process, by Python thread name (others: the
     grpc core's and the like, by OS name). Linux /proc; empty elsewhere."""
@@ -158,23 +167,19 @@ class Timers:
 _PROF: list = []
 
 
-def _profile(store, arg: str) -> None:
-    """BENCH_PROFILE=DIR: cProfile the event loop thread and the store writer per phase."""
+def _profile(arg: str) -> None:
+    """BENCH_PROFILE=DIR: cProfile the event loop thread, one file per phase (main-N.prof)."""
     out = os.environ.get("BENCH_PROFILE")
     if not out:
         return
     import cProfile
     if _PROF:
-        main, writer, orig = _PROF.pop()
-        main.disable()
-        store.writer._commit = orig
-        n = len(list(Path(out).glob("main-*.prof")))
-        main.dump_stats(f"{out}/main-{n}.prof")
-        writer.dump_stats(f"{out}/writer-{n}.prof")
-    main, writer, orig = cProfile.Profile(), cProfile.Profile(), store.writer._commit
-    store.writer._commit = lambda ops: writer.runcall(orig, ops)
-    main.enable()
-    _PROF.append((main, writer, orig))
+        prof = _PROF.pop()
+        prof.disable()
+        prof.dump_stats(f"{out}/main-{len(list(Path(out).glob('main-*.prof')))}.prof")
+    prof = cProfile.Profile()
+    prof.enable()
+    _PROF.append(prof)
 
 
 async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
@@ -186,62 +191,13 @@ async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
     from edgistry.gateway.service import GatewayService, Settings
     from edgistry.gateway.store import Device, GatewayStore
 
-    if os.environ.get("BENCH_INLINE") in ("2", "3"):
-        import lmdb
-        _open = lmdb.open
-        _flags = {"sync": False} if os.environ["BENCH_INLINE"] == "2" else {"metasync": False}
-        lmdb.open = lambda *a, **kw: _open(*a, **{**kw, **_flags})
     tm = Timers()
     secret = bytes.fromhex(json.loads(devices_file.read_text())["gateway_secret"])
-    store = GatewayStore(workdir / "gateway-store")
+    store = GatewayStore(workdir / "gateway-store", writer="process")  # as gateway/app.py runs it
     for d in json.loads(devices_file.read_text())["devices"]:
         root = bytes.fromhex(d["root"])
         store.put_device(Device(bytes.fromhex(d["link_id"]), auth.pseudonym_for(root), root, MANIFEST, 0, 7, 1,
                                 duty_cycle_s=60))
-    if os.environ.get("BENCH_INLINE"):  # experiment: group commit on the event loop thread
-        w = store.writer
-        staged: list = []
-        def _inline_submit(fn):
-            loop = asyncio.get_running_loop()
-            fut = loop.create_future()
-            if not staged:
-                loop.call_soon(_flush)
-            staged.append((fn, fut, loop))
-            return fut
-        import queue, threading
-        syncq = queue.SimpleQueue()
-        def _sync_thread():
-            from edgistry.gateway.group_writer import _resolve_all
-            while True:
-                batch = [syncq.get()]
-                while True:
-                    try:
-                        batch.append(syncq.get_nowait())
-                    except queue.Empty:
-                        break
-                store.env.sync(True)
-                by = {}
-                for loop, items in batch:
-                    by.setdefault(loop, []).extend(items)
-                for loop, items in by.items():
-                    loop.call_soon_threadsafe(_resolve_all, items)
-        if os.environ.get("BENCH_INLINE") in ("2", "3"):
-            threading.Thread(target=_sync_thread, daemon=True, name="syncer").start()
-            class _Fake:
-                def __init__(self): self.items = None
-                def call_soon_threadsafe(self, fn, items): self.items = items
-        def _flush():
-            ops = staged[:]
-            staged.clear()
-            if os.environ.get("BENCH_INLINE") in ("2", "3"):
-                # commit (no fsync) here, fsync + resolve on the syncer
-                fake = _Fake()
-                loop = ops[0][2]
-                w._commit([(fn, fut, fake) for fn, fut, _ in ops])
-                syncq.put((loop, fake.items))
-            else:
-                w._commit(ops)
-        w.submit = _inline_submit
     metrics = GatewayMetrics()
     svc = GatewayService(store, "gw-bench", secret, metrics, settings=Settings(max_queue_depth=1000))
     svc.bind_loop(asyncio.get_running_loop())
@@ -252,10 +208,9 @@ async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
         setattr(backend, name, tm.wrap("link." + name, getattr(backend, name)))
     for name in ("rotate_ticket", "delivered", "answered", "revocations_sent"):
         setattr(backend, name, tm.wrap_async("link.await." + name, getattr(backend, name)))
-    tm.counters = lambda: {"store_group_commits": store.writer.commits, "store_group_writes": store.writer.writes}
-    store.enqueue_many = tm.wrap("submit.store_commit (group)", store.enqueue_many)
+    tm.counters = lambda: {"store_group_commits": store.writer.commits, "store_group_writes": store.writer.writes,
+                           "writer_process_cpu_ms": _proc_cpu_ms(getattr(store.writer, "pid", None))}
     auth.authorise = tm.wrap("submit.authorise", auth.authorise)
-    auth.request_token = tm.wrap("submit.request_token", auth.request_token)
     svc.submit = tm.wrap_async("submit.total", svc.submit, sample=True)
     def requests_written(d: float, in_handshake: bool) -> None:
         if in_handshake:
@@ -277,7 +232,7 @@ async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
             cmd, _, arg = line.partition(" ")
             if cmd == "reset":
                 tm.reset(keep=arg == "keep")
-                _profile(store, arg)
+                _profile(arg)
             elif cmd == "dump":
                 Path(arg).write_text(json.dumps(tm.dump()))
             print("ok", flush=True)
@@ -718,19 +673,6 @@ def main() -> None:
     ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
-        if os.environ.get("BENCH_DROPGIL"):
-            import lmdb
-            lmdb.enable_drop_gil()
-        if os.environ.get("BENCH_HMACNEW"):
-            import _hashlib
-            from edgistry.firmware.caplets import cap_crypto
-            _hn = _hashlib.hmac_new
-            cap_crypto.FAST_DIGEST = lambda k, m, d: _hn(k, m, d).digest()
-        if os.environ.get("BENCH_SWITCH"):
-            sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
-        if os.environ.get("BENCH_UVLOOP"):
-            import uvloop
-            uvloop.install()
         asyncio.run(serve(Path(a.serve[0]), Path(a.serve[1]), Path(a.serve[2])))
         return
 

@@ -103,7 +103,8 @@ class Gateway:
     # ---- lifecycle ----
 
     async def start(self) -> None:
-        self.store = GatewayStore(self.cfg.gateway_dir)
+        # group commits in a child process: off this process's GIL (gateway/store_process.py)
+        self.store = GatewayStore(self.cfg.gateway_dir, writer="process")
         try:
             await self._start_parts()
         except BaseException:

@@ -23,19 +23,21 @@ log = logging.getLogger("edgistry.gateway.store")
 class GroupWriter:
     """One writer thread, group commit (see the module docstring).
 
-    :meth:`submit` (on an event loop) stages ``fn``; everything staged in one
-    loop turn is handed to the thread together, and the thread takes whatever
-    has been handed over since its last commit into the next transaction.
-    ``fn(txn)`` runs in a nested transaction on the writer thread; its result
-    (or exception) resolves the future after the commit. A failed commit
-    fails every future of it. ``before_commit(txn)`` runs first in every
-    transaction (the store flushes its contact hints there); ``idle()`` runs
-    when nothing was written for ``idle_s``.
+    :meth:`submit` (on an event loop) stages an operation; everything staged
+    in one loop turn is handed to the thread together, and the thread takes
+    whatever has been handed over since its last commit into the next
+    transaction. ``apply(txn, op)`` runs it in a nested transaction on the
+    writer thread; its result (or exception) resolves the future after the
+    commit. A failed commit fails every future of it. ``before_commit(txn)``
+    runs first in every transaction (the store flushes its contact hints
+    there); ``idle()`` runs when nothing was written for ``idle_s``.
     """
 
-    def __init__(self, env: lmdb.Environment, before_commit: Callable[[lmdb.Transaction], None],
+    def __init__(self, env: lmdb.Environment, apply: Callable[[lmdb.Transaction, object], object],
+                 before_commit: Callable[[lmdb.Transaction], None],
                  idle: Callable[[], None], idle_s: float = 1.0) -> None:
         self.env = env
+        self.apply = apply
         self.before_commit = before_commit
         self.idle = idle
         self.idle_s = idle_s
@@ -53,8 +55,8 @@ class GroupWriter:
                 self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
                 self._thread.start()
 
-    def submit(self, fn: Callable[[lmdb.Transaction], object]) -> asyncio.Future:
-        """Stage a write; the future resolves with ``fn``'s result once durable."""
+    def submit(self, op: object) -> asyncio.Future:
+        """Stage a write; the future resolves with its result once durable."""
         if self._closed:
             raise RuntimeError("the store is closed")
         self.start()
@@ -65,7 +67,7 @@ class GroupWriter:
             if staged is None:
                 staged = self._staged[loop] = []
                 loop.call_soon(self._hand_over, loop)
-            staged.append((fn, fut, loop))
+            staged.append((op, fut, loop))
         return fut
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -111,10 +113,10 @@ class GroupWriter:
         try:
             with self.env.begin(write=True) as txn:
                 self.before_commit(txn)
-                for fn, fut, loop in ops:
+                for op, fut, loop in ops:
                     try:
                         with self.env.begin(write=True, parent=txn) as child:
-                            res = fn(child)
+                            res = self.apply(child, op)
                         done.append((fut, loop, res, None))
                     except lmdb.Error:
                         raise  # the transaction is unusable: the whole group fails

@@ -277,9 +277,7 @@ class GatewayService:
                     self.store.put_finished(rec)  # so GetResult works for an async cached read
                 self.metrics.cache_hits.inc()
                 return _result(rec, now)
-        root = dev.root_token
-        rec, new = await self._enqueue(
-            rec, now, lambda seq: auth.request_token(root, service, method.name, args, seq))
+        rec, new = await self._enqueue(rec, now, auth.RequestTokenFor(dev.root_token, service, method.name, args))
         if new:
             self.metrics.requests.labels("queued").inc()
             if self.on_queued is not None:

@@ -74,6 +74,7 @@ import msgspec
 
 from edgistry.gateway.errors import Conflict, NotFound, QueueFull
 from edgistry.gateway.group_writer import GroupWriter
+from edgistry.gateway.store_process import ProcessWriter
 from edgistry.gateway.link_backend import DeviceAnswer, QueuedRequest, Ticket
 from edgistry.gateway.manifest import Manifest
 
@@ -100,6 +101,7 @@ class State(IntEnum):
         return self in (State.QUEUED, State.DELIVERED)
 
 
+Op = tuple[str, tuple]  # a writer operation: ("name", args), see GatewayStore.apply
 DEVICE_CACHE_SIZE = 4096  # parsed device records kept (a few MB at most)
 DEVICE_EXPIRED_STATUS = 5  # docs/LINK_PROTOCOL.md: "expired before it ran"
 
@@ -238,12 +240,17 @@ class GatewayStore:
 
     def __init__(self, path: Path | str, map_size: int = DEFAULT_MAP_SIZE,
                  result_retention_ms: int = 24 * 3600 * 1000,
-                 contact_flush_s: float = CONTACT_FLUSH_S) -> None:
+                 contact_flush_s: float = CONTACT_FLUSH_S, writer: str = "thread") -> None:
+        """``writer``: who runs the group commits of the ``*_async`` methods:
+        "thread" (a thread of this process), "process" (a child process of its
+        own, gateway/store_process.py: the gateway's choice), or "none" (that
+        child itself, which runs the operations it is sent)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         # sync + metasync: commit() returns after fsync (kill -9 loses nothing committed)
         self.env = lmdb.open(str(path), map_size=map_size, sync=True, metasync=True, subdir=True,
                              max_dbs=0, lock=True)
+        self.path, self.map_size = path, map_size
         self.retention_ms = result_retention_ms
         self._device_cache: dict[bytes, Device] = {}
         self.listeners: list[Callable[[RequestRecord], None]] = []
@@ -251,24 +258,78 @@ class GatewayStore:
         self._contacts: dict[bytes, tuple[int, int | None]] = {}  # hints: link -> (last_ms, sleep_s)
         self._dirty: dict[bytes, float] = {}  # hints not on disk yet: link -> monotonic time noted
         self._hint_lock = threading.Lock()
-        self.writer = GroupWriter(self.env, self._flush_contacts_in, self._flush_contacts_if_old)
+        self.writer: GroupWriter | ProcessWriter | None
+        if writer == "thread":
+            self.writer = GroupWriter(self.env, self.apply, self._flush_contacts_in, self._flush_contacts_if_old)
+        elif writer == "process":
+            self.writer = ProcessWriter(self, self._take_hints, self._flush_contacts_if_old)
+        elif writer == "none":
+            self.writer = None
+        else:
+            raise ValueError(f"writer must be thread, process or none, not {writer!r}")
         self._open = True
 
     def close(self) -> None:
         """Finish the writer's work, persist the contact hints, close (idempotent)."""
         if self._open:
             self._open = False
-            self.writer.close()
-            self.flush_contacts()
+            if self.writer is not None:
+                self.writer.close()
+                self.flush_contacts()
             self.env.close()
 
-    async def write(self, fn: Callable[[lmdb.Transaction], tuple[object, list[RequestRecord]]]) -> object:
-        """Run ``fn(txn) -> (result, changed records)`` on the writer thread;
-        return the result once durable (listeners then hear of the records, on
-        the caller's thread)."""
-        result, changed = await self.writer.submit(fn)
+    async def write(self, op: Op) -> object:
+        """Have the writer run ``op`` (see :meth:`apply`) in its next group commit;
+        return the result once durable (listeners then hear of the changed
+        records, on the caller's thread)."""
+        if self.writer is None:
+            raise RuntimeError("this store has no writer")
+        result, changed = await self.writer.submit(op)
         self._notify(changed)
         return result
+
+    # ---- the writer's operations ----
+    # An operation is data, ("name", args), not a closure, so that a writer
+    # thread or a writer process can run it: apply() calls _op_<name>(txn, *args),
+    # which returns (result, changed records).
+
+    def apply(self, txn: lmdb.Transaction, op: Op) -> tuple[object, list[RequestRecord]]:
+        name, args = op
+        fn = getattr(self, "_op_" + name, None)
+        if fn is None:
+            raise ValueError(f"no store operation {name!r}")
+        return fn(txn, *args)
+
+    def _op_enqueue(self, txn: lmdb.Transaction, items: list[tuple[RequestRecord, int, int, Callable[[int], bytes]]]
+                    ) -> tuple[list[tuple[RequestRecord, bool] | Exception], list[RequestRecord]]:
+        out: list[tuple[RequestRecord, bool] | Exception] = []
+        for rec, max_depth, now_ms, token_for_seq in items:
+            try:
+                out.append(self._enqueue_in(txn, rec, max_depth, now_ms, token_for_seq))
+            except lmdb.Error:
+                raise  # a failed write: the whole batch fails, nothing of it is acknowledged
+            except Exception as exc:  # raised before any write of this item (see _enqueue_in)
+                out.append(exc)
+        return out, [r[0] for r in out if not isinstance(r, Exception) and r[1]]
+
+    def _op_delivered(self, txn: lmdb.Transaction, link_id: bytes, request_ids: list[bytes]):
+        changed = self._delivered_in(txn, link_id, request_ids)
+        return changed, changed
+
+    def _op_answered(self, txn: lmdb.Transaction, link_id: bytes, answers: list[DeviceAnswer], now_ms: int):
+        changed = self._answered_in(txn, link_id, answers, now_ms)
+        return ([a.request_id for a in answers], changed), changed
+
+    def _op_rotate_ticket(self, txn: lmdb.Transaction, spent: bytes | None, ticket_id: bytes | None,
+                          ticket: Ticket | None):
+        return self._rotate_ticket_in(txn, spent, ticket_id, ticket), []
+
+    def _op_revocations_sent(self, txn: lmdb.Transaction, link_id: bytes, position: int):
+        return self._revocations_sent_in(txn, link_id, position), []
+
+    def _op_contacts(self, txn: lmdb.Transaction, hints: dict[bytes, tuple[int, int | None]]):
+        """Contact hints taken from another process's memory (the process writer's case)."""
+        return self._put_hints_in(txn, hints), []
 
     def _notify(self, records: Iterable[RequestRecord]) -> None:
         for rec in records:
@@ -380,18 +441,9 @@ class GatewayStore:
         """:meth:`enqueue_many` on the group-commit writer thread: same semantics
         and per-item results, but the event loop does not wait for the fsync, and
         batches submitted meanwhile (and link writes) share the next commit.
-        ``token_for_seq`` runs on the writer thread."""
-        def fn(txn):
-            out: list[tuple[RequestRecord, bool] | Exception] = []
-            for rec, max_depth, now_ms, token_for_seq in items:
-                try:
-                    out.append(self._enqueue_in(txn, rec, max_depth, now_ms, token_for_seq))
-                except lmdb.Error:
-                    raise
-                except Exception as exc:  # raised before any write of this item
-                    out.append(exc)
-            return out, [r[0] for r in out if not isinstance(r, Exception) and r[1]]
-        return await self.write(fn)
+        ``token_for_seq`` runs in the writer (a process writer needs it picklable,
+        as auth.RequestTokenFor is)."""
+        return await self.write(("enqueue", (items,)))
 
     def _enqueue_in(self, txn: lmdb.Transaction, rec: RequestRecord, max_depth: int, now_ms: int,
                     token_for_seq: Callable[[int], bytes]) -> tuple[RequestRecord, bool]:
@@ -519,10 +571,7 @@ class GatewayStore:
 
     async def delivered_async(self, link_id: bytes, request_ids: list[bytes], now_ms: int) -> list[RequestRecord]:
         """:meth:`delivered` through the group-commit writer."""
-        def fn(txn):
-            changed = self._delivered_in(txn, link_id, request_ids)
-            return changed, changed
-        return await self.write(fn)
+        return await self.write(("delivered", (link_id, request_ids)))
 
     def _delivered_in(self, txn: lmdb.Transaction, link_id: bytes, request_ids: list[bytes]) -> list[RequestRecord]:
         changed = []
@@ -548,10 +597,7 @@ class GatewayStore:
     async def answered_async(self, link_id: bytes, answers: list[DeviceAnswer],
                              now_ms: int) -> tuple[list[bytes], list[RequestRecord]]:
         """:meth:`answered` through the group-commit writer."""
-        def fn(txn):
-            changed = self._answered_in(txn, link_id, answers, now_ms)
-            return ([a.request_id for a in answers], changed), changed
-        return await self.write(fn)
+        return await self.write(("answered", (link_id, answers, now_ms)))
 
     def _answered_in(self, txn: lmdb.Transaction, link_id: bytes, answers: list[DeviceAnswer],
                      now_ms: int) -> list[RequestRecord]:
@@ -603,7 +649,7 @@ class GatewayStore:
     async def rotate_ticket_async(self, spent: bytes | None, ticket_id: bytes | None,
                                   ticket: Ticket | None) -> None:
         """Delete ``spent`` and store ``ticket`` in one transaction (group commit)."""
-        await self.write(lambda txn: (self._rotate_ticket_in(txn, spent, ticket_id, ticket), []))
+        await self.write(("rotate_ticket", (spent, ticket_id, ticket)))
 
     def _rotate_ticket_in(self, txn: lmdb.Transaction, spent: bytes | None, ticket_id: bytes | None,
                           ticket: Ticket | None) -> None:
@@ -639,7 +685,8 @@ class GatewayStore:
         with self._hint_lock:
             self._contacts[link_id] = (now_ms, sleep_s)
             self._dirty.setdefault(link_id, time.monotonic())
-        self.writer.start()  # its idle tick persists hints when nothing else does
+        if self.writer is not None:
+            self.writer.start()  # its idle tick persists hints when nothing else does
 
     def flush_contacts(self) -> int:
         """Persist the contact hints now (one commit); returns how many."""
@@ -652,10 +699,16 @@ class GatewayStore:
         if due:
             self.flush_contacts()
 
-    def _flush_contacts_in(self, txn: lmdb.Transaction) -> int:
+    def _take_hints(self) -> dict[bytes, tuple[int, int | None]]:
+        """The hints not on disk yet (they count as on disk from here on)."""
         with self._hint_lock:
             dirty, self._dirty = self._dirty, {}
-            hints = {link: self._contacts[link] for link in dirty if link in self._contacts}
+            return {link: self._contacts[link] for link in dirty if link in self._contacts}
+
+    def _flush_contacts_in(self, txn: lmdb.Transaction) -> int:
+        return self._put_hints_in(txn, self._take_hints())
+
+    def _put_hints_in(self, txn: lmdb.Transaction, hints: dict[bytes, tuple[int, int | None]]) -> int:
         for link, (last_ms, sleep_s) in hints.items():
             if txn.get(b"d/" + link) is not None:  # not for a device unpaired meanwhile
                 self._put_contact(txn, link, last_ms, sleep_s)
@@ -741,7 +794,7 @@ class GatewayStore:
             return self._revocations_in(txn, link_id, now_s)
 
     async def revocations_sent_async(self, link_id: bytes, position: int) -> None:
-        await self.write(lambda txn: (self._revocations_sent_in(txn, link_id, position), []))
+        await self.write(("revocations_sent", (link_id, position)))
 
     def _revocations_in(self, txn: lmdb.Transaction, link_id: bytes, now_s: int) -> tuple[list[bytes], int]:
         cursor = _int(txn.get(b"vc/" + link_id))

@@ -260,11 +260,12 @@ async def test_a_failing_write_is_rolled_back_alone(store):
     dev = add_device(store)
     a = enqueue(store, dev)
 
-    def bad(txn):
+    def half_done(txn):
         txn.put(b"m/half-done", b"x")
         raise ValueError("boom")
+    store._op_half_done = half_done  # an operation that fails after writing
 
-    res = await asyncio.gather(store.write(bad), store.delivered_async(dev.link_id, [a.request_id], NOW),
+    res = await asyncio.gather(store.write(("half_done", ())), store.delivered_async(dev.link_id, [a.request_id], NOW),
                                return_exceptions=True)
     assert isinstance(res[0], ValueError) and store.meta("half-done") is None
     assert store.get(a.request_id).st == State.DELIVERED

@@ -1,0 +1,186 @@
+"""The store's writer as a child process (gateway/store_process.py): same results as
+the writer thread, durable before acknowledged, and a crashed child loses nothing
+acknowledged, fails only what was in flight, and is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from edgistry.firmware import caplets as cl
+from edgistry.gateway import auth
+from edgistry.gateway.errors import Conflict, NotFound, QueueFull
+from edgistry.gateway.link_backend import DeviceAnswer, Ticket
+from edgistry.gateway.store import Device, GatewayStore, RequestRecord, State, new_id
+from edgistry.gateway.store_process import WriterDied
+
+MANIFEST = {"services": [{"type": "sensor", "methods": [{"name": "read", "cache_max_age_s": 10}]}]}
+NOW = 1_800_000_000_000
+
+
+def device(store: GatewayStore) -> Device:
+    dev = Device(new_id(), new_id(), cl.root(cl.new_secret()).to_bytes(), MANIFEST, 0, 7, 1, duty_cycle_s=10)
+    store.put_device(dev)
+    return dev
+
+
+def item(dev: Device, rid: bytes | None = None, depth: int = 10, args: bytes = b"{}"):
+    rec = RequestRecord(rid or new_id(), dev.link_id, "sensor", "read", args, b"", b"d" * 32, State.QUEUED, NOW,
+                        NOW + 60_000)
+    return rec, depth, NOW, auth.RequestTokenFor(dev.root_token, "sensor", "read", args)
+
+
+async def script(store: GatewayStore) -> list:
+    """A life of requests through every operation; returns what a caller sees."""
+    dev = device(store)
+    seen = []
+    first = await store.enqueue_many_async([item(dev), item(dev), item(dev, depth=2)])
+    seen.append([type(r).__name__ if isinstance(r, Exception) else (r[0].state, r[1]) for r in first])
+    a, b = first[0][0], first[1][0]
+    token = cl.load(a.request_token)
+    seen.append((token.leaf.is_leaf, a.seq < b.seq))
+    again = await store.enqueue_many_async([item(dev, rid=a.request_id)])  # the same id: idempotent
+    seen.append(again[0][1])
+    clash = await store.enqueue_many_async([item(dev, rid=a.request_id, args=b'{"x":1}')])
+    unknown = await store.enqueue_many_async([(RequestRecord(new_id(), new_id(), "sensor", "read", b"", b"", b"d" * 32,
+                                                             State.QUEUED, NOW, NOW + 1), 10, NOW,
+                                               auth.RequestTokenFor(dev.root_token, "sensor", "read", b""))])
+    seen.append((type(clash[0]).__name__, type(unknown[0]).__name__))
+    seen.append([r.state for r in await store.delivered_async(dev.link_id, [a.request_id], NOW)])
+    ids, changed = await store.answered_async(dev.link_id, [DeviceAnswer(a.request_id, 0, b"21.5")], NOW + 5)
+    seen.append((ids == [a.request_id], [r.state for r in changed], store.get(a.request_id).payload))
+    await store.rotate_ticket_async(None, b"T" * 16, Ticket(dev.link_id, b"s" * 32, NOW + 60_000))
+    await store.rotate_ticket_async(b"T" * 16, None, None)
+    seen.append(store.ticket(b"T" * 16, NOW))
+    store.note_contact(dev.link_id, NOW + 7, 30)
+    await store.revocations_sent_async(dev.link_id, 0)  # any commit carries the contact hints
+    with store.env.begin() as txn:
+        seen.append(txn.get(b"l/" + dev.link_id) is not None)
+    seen.append(store.depth(dev.link_id))
+    return seen
+
+
+async def test_the_process_writer_gives_what_the_thread_writer_gives(tmp_path):
+    outcomes = {}
+    for kind in ("thread", "process"):
+        store = GatewayStore(tmp_path / kind, writer=kind)
+        try:
+            outcomes[kind] = await script(store)
+        finally:
+            store.close()
+    assert outcomes["process"] == outcomes["thread"]
+    assert outcomes["process"][0] == [(State.QUEUED, True), (State.QUEUED, True), "QueueFull"]
+    assert outcomes["process"][3] == ("Conflict", "NotFound")
+
+
+async def test_per_operation_errors_keep_their_types(tmp_path):
+    store = GatewayStore(tmp_path / "gw", writer="process")
+    try:
+        dev = device(store)
+        out = await store.enqueue_many_async([item(dev, depth=0)])
+        assert isinstance(out[0], QueueFull) and "queue is full" in str(out[0])
+        first = (await store.enqueue_many_async([item(dev)]))[0][0]
+        out = await store.enqueue_many_async([item(dev, rid=first.request_id, args=b'{"y":2}')])
+        assert isinstance(out[0], Conflict)
+        store.note_contact(dev.link_id, NOW + 3, 9)
+        bad, good = await asyncio.gather(  # not data: refused before it is sent, alone
+            store.enqueue_many_async([(item(dev)[0], 10, NOW, lambda seq: b"")]),
+            store.delivered_async(dev.link_id, [first.request_id], NOW), return_exceptions=True)
+        assert isinstance(bad, TypeError) and "plain data" in str(bad)
+        assert [r.request_id for r in good] == [first.request_id]
+        assert store.last_contact(dev.link_id).sleep_s == 9
+        with store.env.begin() as txn:
+            assert txn.get(b"l/" + dev.link_id) is not None  # the hints went with the good write
+        assert store.get(first.request_id).st == State.DELIVERED
+        out = await store.enqueue_many_async([(RequestRecord(new_id(), new_id(), "sensor", "read", b"", b"",
+                                                             b"d" * 32, State.QUEUED, NOW, NOW + 1), 10, NOW,
+                                               auth.RequestTokenFor(dev.root_token, "sensor", "read", b""))])
+        assert isinstance(out[0], NotFound) and "no such device" in str(out[0])
+    finally:
+        store.close()
+
+
+async def test_a_killed_writer_fails_only_what_was_in_flight_and_is_replaced(tmp_path):
+    store = GatewayStore(tmp_path / "gw", writer="process")
+    try:
+        dev = device(store)
+        acked = (await store.enqueue_many_async([item(dev)]))[0][0]
+        pid = store.writer.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # hold it mid-exchange, then kill it
+        pending = asyncio.ensure_future(store.enqueue_many_async([item(dev)]))
+        await asyncio.sleep(0.2)
+        assert not pending.done()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WriterDied, match="not acknowledged"):
+            await asyncio.wait_for(pending, 10)
+        after = (await asyncio.wait_for(store.enqueue_many_async([item(dev)]), 20))[0][0]
+        assert store.writer.pid not in (None, pid)
+        assert store.get(acked.request_id).st == State.QUEUED and store.get(after.request_id).st == State.QUEUED
+        assert store.depth(dev.link_id) in (2, 3)  # the failed one may or may not have committed
+    finally:
+        store.close()
+
+
+async def test_close_stops_the_child(tmp_path):
+    store = GatewayStore(tmp_path / "gw", writer="process")
+    dev = device(store)
+    await store.enqueue_many_async([item(dev)])
+    pid = store.writer.pid
+    store.close()
+    assert store.writer.pid is None
+    assert not _alive(pid)
+
+
+def test_the_child_exits_when_the_gateway_dies(tmp_path):
+    """kill -9 of the gateway: its writer sees EOF and exits; what was acknowledged is on disk."""
+    code = textwrap.dedent(f"""
+        import asyncio, os, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_store_process import device, item
+        from edgistry.gateway.store import GatewayStore
+        async def main():
+            store = GatewayStore({str(tmp_path / "gw")!r}, writer="process")
+            rec = (await store.enqueue_many_async([item(device(store))]))[0][0]
+            print(store.writer.pid, rec.request_id.hex(), flush=True)
+            await asyncio.sleep(60)
+        asyncio.run(main())
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().split()
+        assert line, "the gateway stand-in did not start"
+        child, rid = int(line[0]), bytes.fromhex(line[1])
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+    store = GatewayStore(tmp_path / "gw")
+    try:
+        assert store.get(rid).st == State.QUEUED
+    finally:
+        store.close()
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False

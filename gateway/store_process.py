@@ -11,32 +11,40 @@ fsync, and a future resolves only after the commit holding its write.
 
 The parent side: :meth:`ProcessWriter.submit` stages an operation (the data
 form of GatewayStore.apply); everything staged in one loop turn is pickled on
-the loop and handed to an I/O thread, which sends whatever was handed over
-since the last exchange as one message and waits for the reply (the thread
-does only pipe I/O: it holds the GIL for microseconds). Results are unpickled
-on the loop that staged them.
+the loop and handed to a sending thread, which writes whatever was handed
+over since its last message as one message, without waiting for replies; a
+reply thread reads the replies in order and hands each chunk's outcomes to
+the loop that staged it, where they are unpickled. The child runs everything
+that arrived while it was committing in its next transaction (group commit),
+so the next commit never waits for a reply to travel back first. Neither
+thread does more than pipe I/O and queue handling: each holds the GIL for
+microseconds.
 
 Wire, over the child's stdin/stdout: a message is a 4-byte big-endian length
 and a pickle (the child is our own program; nothing else writes these pipes).
 Parent to child: a list of chunks, each the list of one hand-over's
-operations, each pickled on its own. Child to parent: one pickled list per chunk of ``(True, result)``
-or ``(False, exception)``. The child runs all chunks in one write transaction,
-each operation in a nested transaction of its own (one that raises is rolled
-back alone), commits, then replies; a failed commit fails every operation.
+operations, each pickled on its own. Child to parent, one reply per message
+in order: ``(first of its transaction, [per chunk: the pickled list of
+(True, result) or (False, exception)])``. Each operation runs in a nested
+transaction of its own (one that raises is rolled back alone); a failed
+commit fails every operation of the transaction.
 
-Failures: if the child dies, the operations of the exchange in flight fail
+Failures: if the child dies, every message sent to it and not answered fails
 with :class:`WriterDied` (nothing of them is acknowledged; some may have been
 committed, which at-least-once handling absorbs: every operation is
-idempotent for its caller's retry), and the next exchange starts a new child.
+idempotent for its caller's retry), and the next message starts a new child.
 The child exits at EOF on its stdin, so it never outlives the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import os
 import pickle
 import queue
+import select
 import signal
 import struct
 import subprocess
@@ -64,19 +72,20 @@ class ProcessWriter:
         self.take_hints = take_hints
         self.idle = idle
         self.idle_s = idle_s
-        self.commits = 0        # exchanges committed
+        self.commits = 0        # transactions committed
         self.writes = 0         # operations they held
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._staged: dict[asyncio.AbstractEventLoop, list] = {}
         self._thread: threading.Thread | None = None
-        self._proc: subprocess.Popen | None = None
+        self._child: _Child | None = None
         self._closed = False
 
     @property
     def pid(self) -> int | None:
         """The child's pid while it runs (tests kill it)."""
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+        child = self._child
+        return child.proc.pid if child is not None and child.proc.poll() is None else None
 
     def start(self) -> None:
         with self._lock:
@@ -128,9 +137,11 @@ class ProcessWriter:
         if thread is not None:
             self._q.put(None)
             thread.join(30)
-        self._stop_child()
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop()
 
-    # -- the I/O thread --
+    # -- the sending thread: everything handed over since the last send, as one message --
 
     def _run(self) -> None:
         while True:
@@ -141,7 +152,7 @@ class ProcessWriter:
                 continue
             stop = first is None
             batch = [] if stop else [first]
-            while True:  # group commit: everything handed over meanwhile
+            while True:
                 try:
                     more = self._q.get_nowait()
                 except queue.Empty:
@@ -151,55 +162,108 @@ class ProcessWriter:
                 else:
                     batch.append(more)
             if batch:
-                self._exchange(batch)
+                self._send(batch)
             if stop:
                 return
 
-    def _exchange(self, batch: list) -> None:
-        try:
-            proc = self._child()
-            _write_message(proc.stdin, pickle.dumps([blob for blob, _, _ in batch], protocol=5))
-            body = _read_message(proc.stdout)
-            if body is None:
-                raise EOFError("no reply")
-            replies = pickle.loads(body)
-            if len(replies) != len(batch):
-                raise EOFError(f"{len(replies)} replies for {len(batch)} chunks")
-        except Exception as exc:  # noqa: BLE001 - the child failed: this exchange is not acknowledged
-            code = self._proc.poll() if self._proc is not None else None
-            log.error("store writer process failed (%r, exit %s); %d writes not acknowledged",
-                      exc, code, sum(len(f) for _, f, _ in batch))
-            self._stop_child()
-            err = WriterDied(f"the store's writer process failed ({exc!r}, exit {code}); "
-                             "the write was not acknowledged")
-            for _, futs, loop in batch:
-                _call(loop, _fail_all, futs, err)
-            return
-        self.commits += 1
+    def _send(self, batch: list) -> None:
+        for _ in range(2):  # a dead child is replaced once per message
+            child = self._child
+            if child is None or child.dead:
+                if child is not None:
+                    child.stop()
+                try:
+                    child = self._child = _Child(self.args, self._replied)
+                except OSError as exc:
+                    _fail_batch(batch, WriterDied(f"cannot start the store's writer process: {exc}"))
+                    return
+            if child.send(batch):
+                return
+        _fail_batch(batch, WriterDied("the store's writer process keeps failing; the write was not acknowledged"))
+
+    def _replied(self, batch: list, new_txn: bool, replies: list[bytes]) -> None:
+        """On the reply thread: count, and hand each chunk's outcomes to its loop."""
+        self.commits += new_txn
         self.writes += sum(len(futs) for _, futs, _ in batch)
         for (_, futs, loop), reply in zip(batch, replies):
             _call(loop, _deliver, futs, reply)
 
-    def _child(self) -> subprocess.Popen:
-        if self._proc is None or self._proc.poll() is not None:
-            self._proc = subprocess.Popen([sys.executable, "-m", "edgistry.gateway.store_process", *self.args],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-        return self._proc
 
-    def _stop_child(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
+class _Child:
+    """One writer process, what was sent to it and not answered yet, and the
+    thread that reads its replies (in the order the messages were sent)."""
+
+    def __init__(self, args: list[str], on_reply: Callable[[list, bool, list[bytes]], None]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgistry.gateway.store_process", *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.on_reply = on_reply
+        self.inflight: collections.deque[list] = collections.deque()
+        self.lock = threading.Lock()
+        self.dead = False
+        self.stopping = False
+        self.reader = threading.Thread(target=self._read_replies, name="store-writer-replies", daemon=True)
+        self.reader.start()
+
+    def send(self, batch: list) -> bool:
+        """Send one message; False when this child is dead (nothing was sent)."""
+        body = pickle.dumps([blobs for blobs, _, _ in batch], protocol=5)
+        with self.lock:
+            if self.dead:
+                return False
+            self.inflight.append(batch)
         try:
-            proc.stdin.close()  # EOF: the child finishes and exits
+            _write_message(self.proc.stdin, body)
+        except OSError:
+            pass  # the reader meets EOF and fails everything in flight, this message too
+        return True
+
+    def _read_replies(self) -> None:
+        batch = None
+        try:
+            while True:
+                body = _read_message(self.proc.stdout)
+                if body is None:
+                    raise EOFError("the writer process exited")
+                new_txn, replies = pickle.loads(body)
+                with self.lock:
+                    batch = self.inflight.popleft()
+                if len(replies) != len(batch):
+                    raise EOFError(f"{len(replies)} replies for {len(batch)} chunks")
+                self.on_reply(batch, new_txn, replies)
+                batch = None
+        except Exception as exc:  # noqa: BLE001 - the child is gone: what it held is not acknowledged
+            with self.lock:
+                self.dead = True
+                lost = ([batch] if batch is not None else []) + list(self.inflight)
+                self.inflight.clear()
+            if lost or not self.stopping:
+                code = self.proc.poll()
+                log.error("store writer process failed (%r, exit %s); %d writes not acknowledged",
+                          exc, code, sum(len(f) for b in lost for _, f, _ in b))
+                err = WriterDied(f"the store's writer process failed ({exc!r}, exit {code}); "
+                                 "the write was not acknowledged")
+                for b in lost:
+                    _fail_batch(b, err)
+
+    def stop(self) -> None:
+        """EOF to the child: it commits what it has, replies, exits."""
+        self.stopping = True
+        try:
+            self.proc.stdin.close()
         except OSError:
             pass
         try:
-            proc.wait(10)
+            self.proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        proc.stdout.close()
+            self.proc.kill()
+            self.proc.wait(10)
+        self.reader.join(10)
+        self.proc.stdout.close()
+
+
+def _fail_batch(batch: list, exc: BaseException) -> None:
+    for _, futs, loop in batch:
+        _call(loop, _fail_all, futs, exc)
 
 
 def _call(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
@@ -301,6 +365,45 @@ def _sendable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
+MAX_MERGE = 64  # messages one transaction may take (they arrived while the last one committed)
+
+
+class _MessageReader:
+    """Messages from a pipe, blocking for the first, then whatever else already arrived."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.eof = False
+
+    def _parse(self) -> bytes | None:
+        if len(self.buf) < 4:
+            return None
+        (n,) = _LEN.unpack_from(self.buf)
+        if n > MAX_MESSAGE:
+            raise EOFError(f"message of {n} bytes")
+        if len(self.buf) < 4 + n:
+            return None
+        body = bytes(self.buf[4:4 + n])
+        del self.buf[:4 + n]
+        return body
+
+    def next(self, block: bool) -> bytes | None:
+        """A message; None when none is complete yet (``block=False``) or at EOF."""
+        while True:
+            body = self._parse()
+            if body is not None or self.eof:
+                if body is None and self.buf:
+                    raise EOFError("truncated message")
+                return body
+            if not block and not select.select([self.fd], [], [], 0)[0]:
+                return None
+            data = os.read(self.fd, 1 << 20)
+            if not data:
+                self.eof = True
+            self.buf += data
+
+
 def main(argv: list[str]) -> int:
     from edgistry.gateway.store import GatewayStore
 
@@ -308,15 +411,26 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     path, map_size, retention_ms = argv
     store = GatewayStore(path, map_size=int(map_size), result_retention_ms=int(retention_ms), writer="none")
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    reader, out = _MessageReader(sys.stdin.fileno()), sys.stdout.buffer
     try:
         while True:
-            body = _read_message(inp)
-            if body is None:
+            first = reader.next(block=True)
+            if first is None:
                 return 0
-            chunks = [[pickle.loads(op) for op in chunk] for chunk in pickle.loads(body)]
-            replies = [pickle.dumps(o, protocol=5) for o in run_chunks(store, chunks)]
-            _write_message(out, pickle.dumps(replies, protocol=5))
+            messages = [first]
+            while len(messages) < MAX_MERGE:  # group commit: everything that arrived meanwhile
+                more = reader.next(block=False)
+                if more is None:
+                    break
+                messages.append(more)
+            per_message = [[[pickle.loads(op) for op in chunk] for chunk in pickle.loads(m)] for m in messages]
+            outcomes = run_chunks(store, [chunk for chunks in per_message for chunk in chunks])
+            at = 0
+            for i, chunks in enumerate(per_message):
+                part = outcomes[at:at + len(chunks)]
+                at += len(chunks)
+                _write_message(out, pickle.dumps((i == 0, [pickle.dumps(o, protocol=5) for o in part]),
+                                                 protocol=5))
             out.flush()
     except (BrokenPipeError, EOFError):
         return 0  # the gateway is gone

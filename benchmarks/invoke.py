@@ -3,7 +3,8 @@
 Issue 4 item 8b. One run, loopback, two processes besides mosquitto:
 
 * **the gateway** (this file with ``--serve``, its own process): the real parts as
-  gateway/app.py wires them, minus the chain: GatewayStore (LMDB, fsync per commit) +
+  gateway/app.py wires them, minus the chain: GatewayStore (LMDB, fsync per commit,
+  group commits in its writer process, gateway/store_process.py, as the gateway runs it) +
   GatewayService (authorise the client token, derive the request token, durable
   enqueue) + StoreLinkBackend + LinkServer, and the gRPC Gateway service
   (grpc_api.start_grpc). Devices are paired by writing their records to the store.
@@ -32,8 +33,9 @@ the response durably, and every gateway acknowledgement is fsync'd (mosquitto's
 persistence is a periodic snapshot: its PUBACK does not mean "on disk").
 
 Latency (open loop at 50 % of the gateway's measured peak rate, Poisson arrivals,
-requests to random devices, device wakes Poisson at rate / per-device messages), two
-definitions of "added latency", both measured:
+requests to random devices, device wakes Poisson at rate / per-device messages; the
+waking devices run in a process of their own, ``--waker``, so the client's loop is
+not slowed by their crypto), two definitions of "added latency", both measured:
 
 * **submit -> durable ack**: the Submit RPC as the client sees it (gRPC on loopback
   included), and inside the gateway ``GatewayService.submit`` (authorise, derive the
@@ -41,7 +43,7 @@ definitions of "added latency", both measured:
 * **session established -> REQUESTS written**: inside the gateway, from the read of
   the device's flight that establishes the session (RESUME; HELLO for a full
   handshake with 0.5-RTT data) to the REQUESTS with work written to the socket
-  (verify, the durable ticket rotation - group commit on the store's writer thread -,
+  (verify, the durable ticket rotation - group commit by the store's writer process -,
   revocations, read the queue, encode + MAC, write: LinkServer.on_requests_written).
 
 Usage: python benchmarks/invoke.py [--devices 500] [--per-device 4] [--latency-s 20]
@@ -203,7 +205,7 @@ async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
     svc.bind_loop(asyncio.get_running_loop())
     backend = StoreLinkBackend(store, secret, metrics)
     # instrumentation (timing wrappers only; behaviour unchanged). Reads and hints run on
-    # the event loop; durable writes are awaited (group commit on the store's writer thread)
+    # the event loop; durable writes are awaited (group commit by the store's writer process)
     for name in ("ticket", "pending", "revocations", "contact", "device_for_link"):
         setattr(backend, name, tm.wrap("link." + name, getattr(backend, name)))
     for name in ("rotate_ticket", "delivered", "answered", "revocations_sent"):
@@ -299,6 +301,20 @@ class SimDevice:
         self.ticket = None
         self.identity = b""
         self.received = 0
+
+    def to_json(self) -> dict:
+        return {"i": self.i, "secret": self.secret.hex(), "root": self.root.hex(), "link_id": self.link_id.hex(),
+                "identity": self.identity.hex(),
+                "ticket": [self.ticket[0].hex(), self.ticket[1].hex()] if self.ticket else None}
+
+    @classmethod
+    def from_json(cls, d: dict) -> SimDevice:
+        dev = cls.__new__(cls)
+        dev.i, dev.received = d["i"], 0
+        dev.secret, dev.root = bytes.fromhex(d["secret"]), bytes.fromhex(d["root"])
+        dev.link_id, dev.identity = bytes.fromhex(d["link_id"]), bytes.fromhex(d["identity"])
+        dev.ticket = (bytes.fromhex(d["ticket"][0]), bytes.fromhex(d["ticket"][1])) if d["ticket"] else None
+        return dev
 
 
 async def wake(dev: SimDevice, port: int, x25519_provider, deliveries: list | None = None) -> int:
@@ -484,7 +500,6 @@ async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, 
         gw.cmd("reset keep")
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task] = []
-        awake: set[int] = set()
 
         def finished(latency: float | None, failed: bool) -> None:
             nonlocal errors
@@ -507,19 +522,9 @@ async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, 
             except grpc.aio.AioRpcError:
                 errors += 1
 
-        async def one_wake(dev):
-            nonlocal errors
-            if dev.i in awake:
-                return  # already awake: this wake moment is skipped
-            awake.add(dev.i)
-            try:
-                await wake(dev, gw.link, xp)
-            except (RuntimeError, OSError, asyncio.TimeoutError):
-                errors += 1
-            finally:
-                awake.discard(dev.i)
-
-        # two Poisson processes: submits at `rate`, wakes at rate / per
+        # two Poisson processes: submits at `rate` (here), wakes at rate / per (in a
+        # process of their own, as devices are not the client: the client's loop
+        # is not slowed by the devices' crypto, nor theirs by its gRPC)
         events = []
         for kind, lam in (("submit", rate), ("wake", rate / per)):
             t = 0.0
@@ -529,22 +534,87 @@ async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, 
                     break
                 events.append((t, kind, rng.choice(devs)))
         events.sort(key=lambda e: e[0])
-        start = time.perf_counter()
-        for t, kind, dev in events:
-            delay = start + t - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            coro = one_submit(dev, start + t) if kind == "submit" else one_wake(dev)
-            tasks.append(loop.create_task(coro))
-        await asyncio.gather(*tasks)
-        if coalescer is not None:
-            await coalescer.drain()
-        # drain what is left so the run ends clean (not measured)
+        wakes = [(t, dev.i) for t, kind, dev in events if kind == "wake"]
+        start_wall = time.time() + 1.0  # both processes schedule from this instant
+        waker = start_waker(gw, devs, wakes, start_wall)
+        try:
+            await asyncio.sleep(max(0.0, start_wall - time.time()))
+            start = time.perf_counter()
+            for t, kind, dev in events:
+                if kind != "submit":
+                    continue
+                delay = start + t - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(loop.create_task(one_submit(dev, start + t)))
+            await asyncio.gather(*tasks)
+            if coalescer is not None:
+                await coalescer.drain()
+            waker_out = await loop.run_in_executor(None, finish_waker, waker, seconds + 120)
+        finally:
+            if waker.poll() is None:
+                stop_pid(waker)
         stats = gw.stats()
+        for d in devs:  # the waker's last tickets, then drain what is left so the run ends clean (not measured)
+            last = waker_out["tickets"][str(d.i)]
+            if last:
+                d.ticket = (bytes.fromhex(last[0]), bytes.fromhex(last[1]))
         await gather_limited(32, [lambda d=d: wake(d, gw.link, xp) for d in devs])
     n_sub = sum(1 for e in events if e[1] == "submit")
-    return {"rate": rate, "seconds": seconds, "submits": n_sub, "wakes": sum(1 for e in events if e[1] == "wake"),
-            "rpc": rpc_lat, "lag": lag, "errors": errors, "stats": stats}
+    return {"rate": rate, "seconds": seconds, "submits": n_sub, "wakes": len(wakes),
+            "rpc": rpc_lat, "lag": lag, "errors": errors + waker_out["errors"], "stats": stats}
+
+
+def start_waker(gw: Gw, devs: list[SimDevice], wakes: list[tuple[float, int]], start_wall: float):
+    """The latency phase's devices: this file with --waker, fed the devices and the wake schedule."""
+    path = gw.dir / "wakes.json"
+    path.write_text(json.dumps({"port": gw.link, "start": start_wall, "wakes": wakes,
+                                "devices": [d.to_json() for d in devs]}))
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--waker", str(path)],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish_waker(proc, timeout: float) -> dict:
+    out, _ = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the waker failed (exit {proc.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+async def run_waker(path: Path, no_x25519: bool) -> None:
+    """--waker: the devices of the latency phase, waking on their schedule; prints
+    one JSON line (errors, the devices' last tickets)."""
+    from edgistry.firmware.link import x25519
+    spec = json.loads(path.read_text())
+    devs = {d["i"]: SimDevice.from_json(d) for d in spec["devices"]}
+    xp = None if no_x25519 else x25519()
+    loop = asyncio.get_running_loop()
+    awake: set[int] = set()
+    errors = 0
+
+    async def one_wake(dev):
+        nonlocal errors
+        if dev.i in awake:
+            return  # already awake: this wake moment is skipped
+        awake.add(dev.i)
+        try:
+            await wake(dev, spec["port"], xp)
+        except (RuntimeError, OSError, asyncio.TimeoutError):
+            errors += 1
+        finally:
+            awake.discard(dev.i)
+
+    await asyncio.sleep(max(0.0, spec["start"] - time.time()))
+    start = time.perf_counter()
+    tasks = []
+    for t, i in spec["wakes"]:
+        delay = start + t - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(loop.create_task(one_wake(devs[i])))
+    await asyncio.gather(*tasks)
+    print(json.dumps({"errors": errors, "tickets": {i: [d.ticket[0].hex(), d.ticket[1].hex()] if d.ticket else None
+                                                    for i, d in devs.items()}}), flush=True)
 
 
 # ---- mosquitto ------------------------------------------------------------------------
@@ -671,7 +741,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=4)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--waker", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.waker:
+        asyncio.run(run_waker(Path(a.waker), a.no_x25519))
+        return
     if a.serve:
         asyncio.run(serve(Path(a.serve[0]), Path(a.serve[1]), Path(a.serve[2])))
         return
@@ -775,9 +849,10 @@ def main() -> None:
         brows.append([phase, "(driver process CPU: clients, devices)", f"{dc / g['messages'] * 1e6:.0f}",
                       f"{dc / wall * 100:.0f}% of one CPU"])
     print(table(["phase", "where the gateway's time goes", "µs / message", "calls"], brows,
-                title="gateway process, throughput phases (store reads/hints and the service's enqueue commit: "
-                      "wall time on the event loop; link.await.*: time awaiting a group commit on the writer "
-                      "thread, overlapping; the rest is gRPC, link crypto/framing, asyncio)"))
+                title="gateway process, throughput phases (store reads/hints, authorise: wall time on the "
+                      "event loop; link.await.*: time awaiting a group commit by the store's writer process, "
+                      "overlapping; writer_process_cpu_ms: that process's CPU (records, request tokens, LMDB, "
+                      "fsync); the rest is gRPC, link crypto/framing, asyncio)"))
     p99_sub = max(pct(rpc, 99), pct(inner, 99))
     p99_est = pct(est, 99)
     checks = {"rate_ge_quarter_mosquitto": ratio >= 0.25, "p99_submit_le_20ms": p99_sub <= 20.0,

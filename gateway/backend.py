@@ -3,7 +3,7 @@
 Thin on purpose: the store does the work; this adapter supplies the clock,
 refuses tickets of devices unpaired since, and counts stored responses by
 outcome. Reads are LMDB read transactions (inline, microseconds); durable
-writes go through the store's group-commit writer thread (the event loop
+writes go through the store's group-commit writer (the event loop
 never waits for an fsync, and the writes one device flight starts - ticket,
 delivered, answered, revocation cursor - share one transaction, with other
 devices' writes too); last contact is a hint (GatewayStore.note_contact).

@@ -21,7 +21,7 @@ The contract has three kinds of method:
   of other connections too; a failing commit fails every write of it. The
   link server awaits them before it sends whatever acknowledges them (ACK of
   RESPONSES, RESUMED after a ticket rotation). A durable write must not block
-  the event loop (StoreLinkBackend runs them on the store's writer thread).
+  the event loop (StoreLinkBackend hands them to the store's group-commit writer).
 """
 
 from __future__ import annotations

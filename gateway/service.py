@@ -288,7 +288,7 @@ class GatewayService:
                        token_for_seq: Callable[[int], bytes]) -> tuple[RequestRecord, bool]:
         """Durably enqueue with group commit: requests submitted while a commit
         runs (or in the same loop turn) are written by the next one in a single
-        transaction, so one fsync serves them all (store.enqueue_many_async, on the store's writer thread). Each
+        transaction, so one fsync serves them all (store.enqueue_many_async, by the store's group-commit writer). Each
         caller returns only after the commit holding its request, so an
         acknowledged request is on disk exactly as with one commit per request."""
         fut = asyncio.get_running_loop().create_future()

@@ -13,14 +13,17 @@ only after the commit, so when the gateway acknowledges a request, a device
 ACK or a response, it survives kill -9.
 
 Two ways to write: the plain methods commit inline (one fsync each, on the
-caller's thread), and the ``*_async`` methods (the link server's path, via
-StoreLinkBackend) hand the write to :class:`GroupWriter` (gateway/group_writer.py), a single writer
-thread with group commit: writes submitted while a commit is in progress (or
-in the same event-loop turn) share the next transaction, each in a nested
-transaction of its own (a write that raises is rolled back alone), and each
-caller's future resolves only after the commit holding its write is durable.
-So the event loop never waits for an fsync, and one fsync serves many writes.
-LMDB serialises the two kinds of writers (one write transaction at a time).
+caller's thread), and the ``*_async`` methods (the service's enqueue and the
+link server's path) hand the write, as data (an operation, see
+:meth:`GatewayStore.apply`), to a single group-commit writer: writes submitted
+while a commit is in progress (or in the same event-loop turn) share the next
+transaction, each in a nested transaction of its own (a write that raises is
+rolled back alone), and each caller's future resolves only after the commit
+holding its write is durable. So the event loop never waits for an fsync, and
+one fsync serves many writes. The writer is a thread (:class:`GroupWriter`,
+gateway/group_writer.py) or, as the gateway runs it, a child process
+(gateway/store_process.py) whose Python runs off the gateway's GIL. LMDB
+serialises all writers, across processes too (one write transaction at a time).
 
 Last contact is a hint (:meth:`GatewayStore.note_contact`): kept in memory,
 seen by every read at once, persisted with the next group commit or at most
@@ -236,7 +239,7 @@ class Changes:
 
 class GatewayStore:
     """The LMDB store. Plain methods are synchronous and fast (one fsync per
-    write); the ``*_async`` ones go through the group-commit writer thread."""
+    write); the ``*_async`` ones go through the group-commit writer (thread or process)."""
 
     def __init__(self, path: Path | str, map_size: int = DEFAULT_MAP_SIZE,
                  result_retention_ms: int = 24 * 3600 * 1000,
@@ -438,7 +441,7 @@ class GatewayStore:
 
     async def enqueue_many_async(self, items: list[tuple[RequestRecord, int, int, Callable[[int], bytes]]]
                                  ) -> list[tuple[RequestRecord, bool] | Exception]:
-        """:meth:`enqueue_many` on the group-commit writer thread: same semantics
+        """:meth:`enqueue_many` by the group-commit writer: same semantics
         and per-item results, but the event loop does not wait for the fsync, and
         batches submitted meanwhile (and link writes) share the next commit.
         ``token_for_seq`` runs in the writer (a process writer needs it picklable,

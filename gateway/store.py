@@ -265,7 +265,7 @@ class GatewayStore:
         if writer == "thread":
             self.writer = GroupWriter(self.env, self.apply, self._flush_contacts_in, self._flush_contacts_if_old)
         elif writer == "process":
-            self.writer = ProcessWriter(self, self._take_hints, self._flush_contacts_if_old)
+            self.writer = ProcessWriter(self, self._take_hints, self._hints_due)
         elif writer == "none":
             self.writer = None
         else:
@@ -696,10 +696,13 @@ class GatewayStore:
         with self.env.begin(write=True) as txn:
             return self._flush_contacts_in(txn)
 
-    def _flush_contacts_if_old(self) -> None:
+    def _hints_due(self) -> bool:
+        """Some hint has waited ``contact_flush_s`` for the disk."""
         with self._hint_lock:
-            due = bool(self._dirty) and time.monotonic() - min(self._dirty.values()) >= self.contact_flush_s
-        if due:
+            return bool(self._dirty) and time.monotonic() - min(self._dirty.values()) >= self.contact_flush_s
+
+    def _flush_contacts_if_old(self) -> None:
+        if self._hints_due():
             self.flush_contacts()
 
     def _take_hints(self) -> dict[bytes, tuple[int, int | None]]:

@@ -9,16 +9,15 @@ its own core; the event loop only pickles operations and unpickles results.
 Durability is unchanged: LMDB is multi-process safe, the child commits with
 fsync, and a future resolves only after the commit holding its write.
 
-The parent side: :meth:`ProcessWriter.submit` stages an operation (the data
-form of GatewayStore.apply); everything staged in one loop turn is pickled on
-the loop and handed to a sending thread, which writes whatever was handed
-over since its last message as one message, without waiting for replies; a
-reply thread reads the replies in order and hands each chunk's outcomes to
-the loop that staged it, where they are unpickled. The child runs everything
-that arrived while it was committing in its next transaction (group commit),
-so the next commit never waits for a reply to travel back first. Neither
-thread does more than pipe I/O and queue handling: each holds the GIL for
-microseconds.
+The parent side lives on the event loop, with no thread of its own (on a
+small machine every thread hop is a scheduling delay): :meth:`ProcessWriter.submit`
+stages an operation (the data form of GatewayStore.apply); everything staged
+in one loop turn is pickled and written to the child's stdin at once
+(non-blocking; buffered while the pipe is full), and the loop reads the
+replies from the child's stdout as they come, in order, resolving each
+caller's future. The child runs everything that arrived while it was
+committing in its next transaction (group commit), so no commit waits for a
+reply to travel back first. One writer serves one event loop (the gateway's).
 
 Wire, over the child's stdin/stdout: a message is a 4-byte big-endian length
 and a pickle (the child is our own program; nothing else writes these pipes).
@@ -43,13 +42,11 @@ import collections
 import logging
 import os
 import pickle
-import queue
 import select
 import signal
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -64,21 +61,21 @@ class WriterDied(RuntimeError):
 
 
 class ProcessWriter:
-    """Group commit in a child process; the interface of GroupWriter."""
+    """Group commit in a child process, driven from one event loop; the
+    interface of GroupWriter (``submit``, ``start``, ``close``, counters)."""
 
-    def __init__(self, store, take_hints: Callable[[], dict], idle: Callable[[], None],
+    def __init__(self, store, take_hints: Callable[[], dict], hints_due: Callable[[], bool],
                  idle_s: float = 1.0) -> None:
         self.args = [str(store.path), str(store.map_size), str(store.retention_ms)]
         self.take_hints = take_hints
-        self.idle = idle
+        self.hints_due = hints_due
         self.idle_s = idle_s
         self.commits = 0        # transactions committed
         self.writes = 0         # operations they held
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._staged: dict[asyncio.AbstractEventLoop, list] = {}
-        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._staged: list = []
         self._child: _Child | None = None
+        self._idle: asyncio.TimerHandle | None = None
         self._closed = False
 
     @property
@@ -88,31 +85,38 @@ class ProcessWriter:
         return child.proc.pid if child is not None and child.proc.poll() is None else None
 
     def start(self) -> None:
-        with self._lock:
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name="store-writer-io", daemon=True)
-                self._thread.start()
+        """Arm the idle tick (contact hints reach the disk when nothing else is written)."""
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = self._bind()
+            except RuntimeError:
+                return  # no running loop here: hints go with the next write, or at close
+        if self._idle is None and not self._closed:
+            self._idle = loop.call_later(self.idle_s, self._idle_tick)
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("a store's writer process serves one event loop")
+        return loop
 
     def submit(self, op: object) -> asyncio.Future:
         """Stage a write; the future resolves with its result once durable."""
         if self._closed:
             raise RuntimeError("the store is closed")
-        self.start()
-        loop = asyncio.get_running_loop()
+        loop = self._bind()
         fut = loop.create_future()
-        with self._lock:
-            staged = self._staged.get(loop)
-            if staged is None:
-                staged = self._staged[loop] = []
-                loop.call_soon(self._hand_over, loop)
-            staged.append((op, fut))
+        if not self._staged:
+            loop.call_soon(self._hand_over)
+        self._staged.append((op, fut))
         return fut
 
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._lock:
-            staged = self._staged.pop(loop, None)
-        if not staged:
-            return
+    def _hand_over(self) -> None:
+        """Everything staged this loop turn, as one message to the child."""
+        staged, self._staged = self._staged, []
         blobs, futs = [], []
         hints = self.take_hints()
         if hints:  # contact hints ride along (no caller waits for them)
@@ -122,155 +126,194 @@ class ProcessWriter:
             try:
                 blobs.append(pickle.dumps(op, protocol=5))
             except Exception as exc:  # noqa: BLE001 - not data: fails its caller alone
-                fut.set_exception(TypeError(f"a store operation must be plain data to reach the writer "
-                                            f"process: {exc}"))
+                if not fut.done():
+                    fut.set_exception(TypeError(f"a store operation must be plain data to reach the "
+                                                f"writer process: {exc}"))
                 continue
             futs.append(fut)
         if blobs:
-            self._q.put((blobs, futs, loop))
+            self._send([blobs], futs)
+
+    def _send(self, chunks: list[list[bytes]], futs: list) -> None:
+        child = self._child
+        if child is None or child.dead:
+            try:
+                child = self._child = _Child(self.args, self._loop, self._replied)
+            except OSError as exc:
+                _fail_all(futs, WriterDied(f"cannot start the store's writer process: {exc}"))
+                return
+        child.send(pickle.dumps(chunks, protocol=5), [futs])
+
+    def _replied(self, new_txn: bool, futs_per_chunk: list, replies: list[bytes]) -> None:
+        self.commits += new_txn
+        for futs, reply in zip(futs_per_chunk, replies):
+            self.writes += len(futs)
+            _deliver(futs, reply)
+
+    def _idle_tick(self) -> None:
+        self._idle = None
+        if self._closed:
+            return
+        if not self._staged and self.hints_due():
+            hints = self.take_hints()
+            if hints:
+                self._send([[pickle.dumps(("contacts", (hints,)), protocol=5)]], [None])
+        self.start()
 
     def close(self) -> None:
-        """Commit what was handed over, then stop the thread and the child."""
-        with self._lock:
-            self._closed = True
-            thread = self._thread
-        if thread is not None:
-            self._q.put(None)
-            thread.join(30)
+        """Send what is staged, let the child commit it and exit, deliver its replies."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self._staged:
+            self._hand_over()
         child, self._child = self._child, None
         if child is not None:
             child.stop()
 
-    # -- the sending thread: everything handed over since the last send, as one message --
-
-    def _run(self) -> None:
-        while True:
-            try:
-                first = self._q.get(timeout=self.idle_s)
-            except queue.Empty:
-                _safely(self.idle)
-                continue
-            stop = first is None
-            batch = [] if stop else [first]
-            while True:
-                try:
-                    more = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                else:
-                    batch.append(more)
-            if batch:
-                self._send(batch)
-            if stop:
-                return
-
-    def _send(self, batch: list) -> None:
-        for _ in range(2):  # a dead child is replaced once per message
-            child = self._child
-            if child is None or child.dead:
-                if child is not None:
-                    child.stop()
-                try:
-                    child = self._child = _Child(self.args, self._replied)
-                except OSError as exc:
-                    _fail_batch(batch, WriterDied(f"cannot start the store's writer process: {exc}"))
-                    return
-            if child.send(batch):
-                return
-        _fail_batch(batch, WriterDied("the store's writer process keeps failing; the write was not acknowledged"))
-
-    def _replied(self, batch: list, new_txn: bool, replies: list[bytes]) -> None:
-        """On the reply thread: count, and hand each chunk's outcomes to its loop."""
-        self.commits += new_txn
-        self.writes += sum(len(futs) for _, futs, _ in batch)
-        for (_, futs, loop), reply in zip(batch, replies):
-            _call(loop, _deliver, futs, reply)
-
 
 class _Child:
-    """One writer process, what was sent to it and not answered yet, and the
-    thread that reads its replies (in the order the messages were sent)."""
+    """One writer process, driven by the event loop: messages go out through a
+    non-blocking pipe (buffered when the pipe is full), replies come back in
+    order and are matched to what was sent."""
 
-    def __init__(self, args: list[str], on_reply: Callable[[list, bool, list[bytes]], None]) -> None:
+    def __init__(self, args: list[str], loop: asyncio.AbstractEventLoop,
+                 on_reply: Callable[[bool, list, list[bytes]], None]) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "edgistry.gateway.store_process", *args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.loop = loop
         self.on_reply = on_reply
-        self.inflight: collections.deque[list] = collections.deque()
-        self.lock = threading.Lock()
+        self.out_fd, self.in_fd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        os.set_blocking(self.out_fd, False)
+        os.set_blocking(self.in_fd, False)
+        self.outbuf = bytearray()
+        self.inbuf = bytearray()
+        self.inflight: collections.deque[list] = collections.deque()  # per message: futures per chunk
         self.dead = False
-        self.stopping = False
-        self.reader = threading.Thread(target=self._read_replies, name="store-writer-replies", daemon=True)
-        self.reader.start()
+        self.writing = False
+        loop.add_reader(self.in_fd, self._readable)
 
-    def send(self, batch: list) -> bool:
-        """Send one message; False when this child is dead (nothing was sent)."""
-        body = pickle.dumps([blobs for blobs, _, _ in batch], protocol=5)
-        with self.lock:
-            if self.dead:
-                return False
-            self.inflight.append(batch)
-        try:
-            _write_message(self.proc.stdin, body)
-        except OSError:
-            pass  # the reader meets EOF and fails everything in flight, this message too
-        return True
+    def send(self, body: bytes, futs_per_chunk: list) -> None:
+        self.inflight.append(futs_per_chunk)
+        self.outbuf += _LEN.pack(len(body)) + body
+        if not self.writing:
+            self._writable()
 
-    def _read_replies(self) -> None:
-        batch = None
+    def _writable(self) -> None:
         try:
-            while True:
-                body = _read_message(self.proc.stdout)
-                if body is None:
-                    raise EOFError("the writer process exited")
+            while self.outbuf:
+                n = os.write(self.out_fd, self.outbuf)
+                del self.outbuf[:n]
+        except BlockingIOError:
+            if not self.writing:
+                self.writing = True
+                self.loop.add_writer(self.out_fd, self._writable)
+            return
+        except OSError as exc:
+            self._died(exc)
+            return
+        if self.writing:
+            self.writing = False
+            self.loop.remove_writer(self.out_fd)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.in_fd, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._died(exc)
+            return
+        if not data:
+            self._died(EOFError("the writer process exited"))
+            return
+        self.inbuf += data
+        self._replies()
+
+    def _replies(self) -> None:
+        while len(self.inbuf) >= 4:
+            (n,) = _LEN.unpack_from(self.inbuf)
+            if len(self.inbuf) < 4 + n:
+                return
+            body = bytes(self.inbuf[4:4 + n])
+            del self.inbuf[:4 + n]
+            try:
                 new_txn, replies = pickle.loads(body)
-                with self.lock:
-                    batch = self.inflight.popleft()
-                if len(replies) != len(batch):
-                    raise EOFError(f"{len(replies)} replies for {len(batch)} chunks")
-                self.on_reply(batch, new_txn, replies)
-                batch = None
-        except Exception as exc:  # noqa: BLE001 - the child is gone: what it held is not acknowledged
-            with self.lock:
-                self.dead = True
-                lost = ([batch] if batch is not None else []) + list(self.inflight)
-                self.inflight.clear()
-            if lost or not self.stopping:
-                code = self.proc.poll()
-                log.error("store writer process failed (%r, exit %s); %d writes not acknowledged",
-                          exc, code, sum(len(f) for b in lost for _, f, _ in b))
-                err = WriterDied(f"the store's writer process failed ({exc!r}, exit {code}); "
-                                 "the write was not acknowledged")
-                for b in lost:
-                    _fail_batch(b, err)
+                futs_per_chunk = self.inflight.popleft()
+                if len(replies) != len(futs_per_chunk):
+                    raise EOFError(f"{len(replies)} replies for {len(futs_per_chunk)} chunks")
+            except Exception as exc:  # noqa: BLE001 - a broken reply: treat the child as dead
+                self._died(exc)
+                return
+            self.on_reply(new_txn, futs_per_chunk, replies)
+
+    def _died(self, exc: BaseException) -> None:
+        """What was sent and not answered is not acknowledged."""
+        if self.dead:
+            return
+        self.dead = True
+        self._unwatch()
+        lost = list(self.inflight)
+        self.inflight.clear()
+        code = self.proc.poll()
+        if lost:
+            log.error("store writer process failed (%r, exit %s); %d writes not acknowledged",
+                      exc, code, sum(len(f) for chunks in lost for f in chunks))
+        err = WriterDied(f"the store's writer process failed ({exc!r}, exit {code}); "
+                         "the write was not acknowledged")
+        for chunks in lost:
+            for futs in chunks:
+                _fail_all(futs, err)
+        self._reap()
+
+    def _unwatch(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.remove_reader(self.in_fd)
+        if self.writing:
+            self.writing = False
+            self.loop.remove_writer(self.out_fd)
 
     def stop(self) -> None:
-        """EOF to the child: it commits what it has, replies, exits."""
-        self.stopping = True
+        """Flush, EOF, then read the remaining replies (blocking: closing time) and reap."""
+        if self.dead:
+            return
+        self._unwatch()
         try:
+            os.set_blocking(self.out_fd, True)
+            while self.outbuf:
+                n = os.write(self.out_fd, self.outbuf)
+                del self.outbuf[:n]
             self.proc.stdin.close()
-        except OSError:
-            pass
+            os.set_blocking(self.in_fd, True)
+            while self.inflight:
+                data = os.read(self.in_fd, 1 << 20)
+                if not data:
+                    break
+                self.inbuf += data
+                self._replies()
+        except OSError as exc:
+            log.warning("store writer process: %r while closing", exc)
+        if self.inflight:
+            self._died(EOFError("the writer process exited before answering"))
+            return
+        self.dead = True
+        self._reap()
+
+    def _reap(self) -> None:
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-        self.reader.join(10)
-        self.proc.stdout.close()
-
-
-def _fail_batch(batch: list, exc: BaseException) -> None:
-    for _, futs, loop in batch:
-        _call(loop, _fail_all, futs, exc)
-
-
-def _call(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # that loop is closed: nobody waits any more
-        pass
 
 
 def _deliver(futs: list, reply: bytes) -> None:
@@ -295,41 +338,8 @@ def _fail_all(futs: list, exc: BaseException) -> None:
             fut.set_exception(exc)
 
 
-def _safely(fn: Callable[[], None]) -> None:
-    try:
-        fn()
-    except Exception:
-        log.exception("store writer: idle task failed")
-
-
 def _write_message(out: BinaryIO, body: bytes) -> None:
     out.write(_LEN.pack(len(body)) + body)
-
-
-def _read_message(inp: BinaryIO) -> bytes | None:
-    """One message, or None at a clean EOF; raises EOFError on a truncated one."""
-    head = _read_exactly(inp, 4)
-    if head is None:
-        return None
-    (n,) = _LEN.unpack(head)
-    if n > MAX_MESSAGE:
-        raise EOFError(f"message of {n} bytes")
-    body = _read_exactly(inp, n)
-    if body is None:
-        raise EOFError("truncated message")
-    return body
-
-
-def _read_exactly(inp: BinaryIO, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = inp.read(n - len(buf))
-        if not chunk:
-            if buf:
-                raise EOFError("truncated message")
-            return None
-        buf += chunk
-    return bytes(buf)
 
 
 # ---- the child ----

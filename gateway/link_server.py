@@ -243,8 +243,13 @@ class _Connection:
             self.server.spending.discard(spent)  # deleted for good now
 
     async def _flush(self) -> None:
-        """Settle the flight's durable writes, then send its replies in one write."""
+        """Settle the flight's durable writes, then send its replies in one write.
+        A flight with nothing to answer (a lone ACK) does not wait for its writes:
+        nothing is promised on them, so the next flight's reply (or the end of the
+        connection) settles them, and reading goes on meanwhile."""
         self._start_ticket_writes()
+        if not self._out:
+            return
         if self._writes:
             writes, self._writes = self._writes, []
             results = await asyncio.gather(*writes, return_exceptions=True)
@@ -304,6 +309,14 @@ class _Connection:
         finally:
             if self.read_task is not None:
                 self.read_task.cancel()
+            await self._settle_writes()
+
+    async def _settle_writes(self) -> None:
+        """Writes no reply waited for (a lone ACK's) finish before the connection is done."""
+        writes, self._writes = self._writes, []
+        for r in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(r, BaseException):
+                log.warning("%s: a durable write failed after the device's last flight: %r", self.name, r)
 
     async def _feed(self, data: bytes) -> bool:
         """Feed bytes; handle every event they complete; then settle and reply

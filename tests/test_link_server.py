@@ -14,6 +14,7 @@ from edgistry.firmware.link import (
     MAX_LINK_FRAME,
     NEED_DATA,
     Ack,
+    Bye,
     DeviceSession,
     Established,
     LinkError,
@@ -400,3 +401,56 @@ async def test_store_commits_per_wake(tmp_path) -> None:
     finally:
         await srv.close()
         store.close()
+
+
+async def test_a_lone_ack_does_not_hold_up_the_link_and_its_write_still_lands(gw, caplog) -> None:
+    """A flight of only an ACK needs no answer, so the gateway reads on while its durable
+    write runs; the write lands even when the device leaves at once, and one that fails
+    is logged (nothing had been promised on it)."""
+    srv, backend, a, _ = gw
+    srv.idle_timeout = 5.0
+    real = backend.delivered
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_delivered(link_id, request_ids):
+        started.set()
+        await release.wait()
+        await real(link_id, request_ids)
+
+    backend.delivered = slow_delivered
+    rid = Queue(backend, a).add("sensor", "info")
+    r, w, s, evs = await raw_session(srv.port, a)
+    reqs = [e for e in evs if isinstance(e, Requests)]
+    assert reqs and reqs[0].items[0]["request_id"] == rid
+    w.write(s.send(Ack([rid])))
+    await asyncio.wait_for(started.wait(), 5)
+    w.write(s.send(Bye(42)))  # the next flight is read and handled while that write is held
+    for _ in range(100):
+        if (a.link_id(), 42) in [(c[0], c[2]) for c in backend.contacts]:
+            break
+        await asyncio.sleep(0.02)
+    assert (a.link_id(), 42) in [(c[0], c[2]) for c in backend.contacts]
+    assert rid not in backend.acked  # still held
+    w.close()  # the device leaves; the held write must still land
+    release.set()
+    for _ in range(100):
+        if rid in backend.acked:
+            break
+        await asyncio.sleep(0.02)
+    assert rid in backend.acked
+
+    async def failing(link_id, request_ids):
+        raise RuntimeError("disk on fire")
+
+    backend.delivered = failing
+    rid2 = Queue(backend, a).add("sensor", "info")
+    r, w, s, evs = await raw_session(srv.port, a)
+    w.write(s.send(Ack([rid2])))
+    await asyncio.sleep(0.1)
+    w.close()
+    with caplog.at_level(logging.WARNING, logger="edgistry.gateway.link"):
+        for _ in range(100):
+            if "durable write failed" in caplog.text:
+                break
+            await asyncio.sleep(0.02)
+    assert "disk on fire" in caplog.text and rid2 not in backend.acked

@@ -1,10 +1,6 @@
 """HMAC-SHA256 and constant-time comparison (MicroPython-compatible core).
 
-On CPython, OpenSSL's HMAC through ``_hashlib.hmac_new`` is used: about twice
-as fast as ``hmac.digest`` for short messages, and it keeps the GIL, where
-``hmac.digest`` releases and re-takes it on every call, so in a threaded
-process (the gateway's store writer) each MAC could wait for another thread's
-turn. ``hmac.digest`` is the next choice. MicroPython
+CPython's ``hmac.digest`` (one-shot, OpenSSL) is used when present. MicroPython
 ships an ``hmac`` module with only ``new``/``HMAC``, so there the pure
 construction below (RFC 2104 over ``hashlib.sha256``) is used instead. Digests
 are compared with ``hmac.compare_digest`` when present, otherwise with an
@@ -23,27 +19,20 @@ _sha256 = hashlib.sha256
 TAG_SIZE = 32
 _BLOCK = 64
 
-try:
-    from _hashlib import hmac_new as _openssl_hmac  # CPython with OpenSSL only
-except ImportError:  # MicroPython, or CPython without OpenSSL
-    _openssl_hmac = None
+# Module-level hooks: tests set these to None to exercise the fallbacks on CPython.
+FAST_DIGEST = getattr(_hmac, "digest", None)
 
 
-def _openssl_digest(key, msg, name):
-    return _openssl_hmac(key, msg, name).digest()
-
-
-def _openssl_chain(tag, slices):
-    new = _openssl_hmac
+def _digest_chain(tag, slices):
+    digest = _hmac.digest
     for raw in slices:
-        tag = new(tag, raw, "sha256").digest()
+        tag = digest(tag, raw, "sha256")
     return tag
 
 
-# Module-level hooks: tests set these to None to exercise the fallbacks on CPython.
-FAST_DIGEST = _openssl_digest if _openssl_hmac is not None else getattr(_hmac, "digest", None)
-# The last tag of an HMAC chain over ``slices`` from ``tag``, in one call (None: loop on FAST_DIGEST).
-FAST_CHAIN = _openssl_chain if _openssl_hmac is not None else None
+# The last tag of an HMAC chain over ``slices`` from ``tag``, in one call (verify
+# uses it while FAST_DIGEST is set; None: loop on FAST_DIGEST or the pure HMAC).
+FAST_CHAIN = _digest_chain if FAST_DIGEST is not None else None
 FAST_COMPARE = getattr(_hmac, "compare_digest", None)
 
 

@@ -47,6 +47,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -54,6 +55,7 @@ log = logging.getLogger("edgistry.gateway.store")
 
 _LEN = struct.Struct("!I")
 MAX_MESSAGE = 1 << 30  # a bound on what either side will read
+CLOSE_TIMEOUT_S = 30.0  # closing waits this long at most for the child's last replies
 
 
 class WriterDied(RuntimeError):
@@ -278,25 +280,31 @@ class _Child:
             self.loop.remove_writer(self.out_fd)
 
     def stop(self) -> None:
-        """Flush, EOF, then read the remaining replies (blocking: closing time) and reap."""
+        """Flush, EOF, then read the remaining replies (closing time: waiting at
+        most CLOSE_TIMEOUT_S for a child that stopped reading or answering) and reap."""
         if self.dead:
             return
         self._unwatch()
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
         try:
-            os.set_blocking(self.out_fd, True)
             while self.outbuf:
+                if not select.select([], [self.out_fd], [], max(0.0, deadline - time.monotonic()))[1]:
+                    raise TimeoutError("the writer process stopped reading")
                 n = os.write(self.out_fd, self.outbuf)
                 del self.outbuf[:n]
             self.proc.stdin.close()
-            os.set_blocking(self.in_fd, True)
             while self.inflight:
+                if not select.select([self.in_fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                    raise TimeoutError("the writer process did not answer")
                 data = os.read(self.in_fd, 1 << 20)
                 if not data:
                     break
                 self.inbuf += data
                 self._replies()
-        except OSError as exc:
+        except OSError as exc:  # TimeoutError included
             log.warning("store writer process: %r while closing", exc)
+            if isinstance(exc, TimeoutError):
+                self.proc.kill()  # hung (or stopped): what it held is not acknowledged
         if self.inflight:
             self._died(EOFError("the writer process exited before answering"))
             return

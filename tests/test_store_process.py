@@ -129,6 +129,26 @@ async def test_a_killed_writer_fails_only_what_was_in_flight_and_is_replaced(tmp
         store.close()
 
 
+async def test_close_gives_up_on_a_hung_child_in_bounded_time(tmp_path, monkeypatch):
+    """A child that stopped answering: close() fails what it held (not acknowledged),
+    kills it and returns within CLOSE_TIMEOUT_S."""
+    from edgistry.gateway import store_process
+    monkeypatch.setattr(store_process, "CLOSE_TIMEOUT_S", 0.5)
+    store = GatewayStore(tmp_path / "gw", writer="process")
+    dev = device(store)
+    await store.enqueue_many_async([item(dev)])
+    pid = store.writer.pid
+    os.kill(pid, signal.SIGSTOP)
+    pending = asyncio.ensure_future(store.enqueue_many_async([item(dev)]))
+    await asyncio.sleep(0.1)
+    t = time.monotonic()
+    store.close()
+    assert time.monotonic() - t < 5
+    with pytest.raises(WriterDied, match="not acknowledged"):
+        await asyncio.wait_for(pending, 5)
+    assert not _alive(pid)
+
+
 async def test_close_stops_the_child(tmp_path):
     store = GatewayStore(tmp_path / "gw", writer="process")
     dev = device(store)

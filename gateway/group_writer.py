@@ -77,10 +77,14 @@ class GroupWriter:
             self._q.put(ops)
 
     def close(self) -> None:
-        """Commit what was handed over, then stop the thread."""
+        """Commit what was staged or handed over, then stop the thread."""
         with self._lock:
             self._closed = True
             thread = self._thread
+            staged = [ops for ops in self._staged.values() if ops]
+            self._staged.clear()  # (their scheduled hand-overs then find nothing)
+        for ops in staged:
+            self._q.put(ops)
         if thread is not None:
             self._q.put(None)
             thread.join(30)

@@ -276,10 +276,12 @@ class GatewayStore:
         """Finish the writer's work, persist the contact hints, close (idempotent)."""
         if self._open:
             self._open = False
-            if self.writer is not None:
-                self.writer.close()
-                self.flush_contacts()
-            self.env.close()
+            try:
+                if self.writer is not None:
+                    self.writer.close()
+                    self.flush_contacts()
+            finally:
+                self.env.close()
 
     async def write(self, op: Op) -> object:
         """Have the writer run ``op`` (see :meth:`apply`) in its next group commit;

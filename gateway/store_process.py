@@ -118,6 +118,8 @@ class ProcessWriter:
 
     def _hand_over(self) -> None:
         """Everything staged this loop turn, as one message to the child."""
+        if not self._staged:
+            return  # close() sent it already
         staged, self._staged = self._staged, []
         blobs, futs = [], []
         hints = self.take_hints()
@@ -138,6 +140,9 @@ class ProcessWriter:
 
     def _send(self, chunks: list[list[bytes]], futs: list) -> None:
         child = self._child
+        if self._closed and child is None:
+            _fail_all(futs, RuntimeError("the store is closed"))
+            return
         if child is None or child.dead:
             try:
                 child = self._child = _Child(self.args, self._loop, self._replied)
@@ -170,8 +175,7 @@ class ProcessWriter:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        if self._staged:
-            self._hand_over()
+        self._hand_over()  # what is staged goes now (the scheduled hand-over then finds nothing)
         child, self._child = self._child, None
         if child is not None:
             child.stop()
@@ -184,7 +188,8 @@ class _Child:
 
     def __init__(self, args: list[str], loop: asyncio.AbstractEventLoop,
                  on_reply: Callable[[bool, list, list[bytes]], None]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgistry.gateway.store_process", *args],
+        # -P: nothing from the working directory is imported
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "edgistry.gateway.store_process", *args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         self.loop = loop
         self.on_reply = on_reply
@@ -280,31 +285,49 @@ class _Child:
             self.loop.remove_writer(self.out_fd)
 
     def stop(self) -> None:
-        """Flush, EOF, then read the remaining replies (closing time: waiting at
-        most CLOSE_TIMEOUT_S for a child that stopped reading or answering) and reap."""
+        """Send what is buffered, EOF, read the remaining replies (both at once: the
+        child may be writing a large reply while we write), waiting at most
+        CLOSE_TIMEOUT_S for a child that stopped reading or answering; then reap."""
         if self.dead:
             return
         self._unwatch()
         deadline = time.monotonic() + CLOSE_TIMEOUT_S
-        try:
-            while self.outbuf:
-                if not select.select([], [self.out_fd], [], max(0.0, deadline - time.monotonic()))[1]:
-                    raise TimeoutError("the writer process stopped reading")
-                n = os.write(self.out_fd, self.outbuf)
-                del self.outbuf[:n]
+        poll = select.poll()
+        poll.register(self.in_fd, select.POLLIN)
+        if self.outbuf:
+            poll.register(self.out_fd, select.POLLOUT)
+        else:
             self.proc.stdin.close()
+        try:
             while self.inflight:
-                if not select.select([self.in_fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                    raise TimeoutError("the writer process did not answer")
-                data = os.read(self.in_fd, 1 << 20)
-                if not data:
-                    break
-                self.inbuf += data
-                self._replies()
-        except OSError as exc:  # TimeoutError included
+                left = deadline - time.monotonic()
+                ready = poll.poll(max(0, int(left * 1000))) if left > 0 else []
+                if not ready:
+                    raise TimeoutError("the writer process stopped reading or answering")
+                for fd, _ in ready:
+                    if fd == self.out_fd:
+                        n = os.write(self.out_fd, self.outbuf)
+                        del self.outbuf[:n]
+                        if not self.outbuf:
+                            poll.unregister(self.out_fd)
+                            self.proc.stdin.close()  # EOF: the child commits what it has and exits
+                    else:
+                        data = os.read(self.in_fd, 1 << 20)
+                        if not data:
+                            raise EOFError("the writer process exited")
+                        self.inbuf += data
+                        self._replies()
+                        if self.dead:
+                            return
+        except (OSError, EOFError) as exc:  # TimeoutError included
             log.warning("store writer process: %r while closing", exc)
             if isinstance(exc, TimeoutError):
                 self.proc.kill()  # hung (or stopped): what it held is not acknowledged
+        if not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
         if self.inflight:
             self._died(EOFError("the writer process exited before answering"))
             return
@@ -332,18 +355,22 @@ def _deliver(futs: list, reply: bytes) -> None:
         _fail_all(futs, exc)
         return
     for fut, (ok, value) in zip(futs, outcomes):
-        if fut is None or fut.done():
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+        if _waiting(fut):
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
 
 
 def _fail_all(futs: list, exc: BaseException) -> None:
     for fut in futs:
-        if fut is not None and not fut.done():
+        if _waiting(fut):
             fut.set_exception(exc)
+
+
+def _waiting(fut: asyncio.Future | None) -> bool:
+    """Someone may still await ``fut`` (not done, its loop not closed)."""
+    return fut is not None and not fut.done() and not fut.get_loop().is_closed()
 
 
 def _write_message(out: BinaryIO, body: bytes) -> None:
@@ -393,6 +420,8 @@ class _MessageReader:
         self.fd = fd
         self.buf = bytearray()
         self.eof = False
+        self.poll = select.poll()
+        self.poll.register(fd, select.POLLIN)
 
     def _parse(self) -> bytes | None:
         if len(self.buf) < 4:
@@ -414,7 +443,7 @@ class _MessageReader:
                 if body is None and self.buf:
                     raise EOFError("truncated message")
                 return body
-            if not block and not select.select([self.fd], [], [], 0)[0]:
+            if not block and not self.poll.poll(0):
                 return None
             data = os.read(self.fd, 1 << 20)
             if not data:
@@ -425,7 +454,10 @@ class _MessageReader:
 def main(argv: list[str]) -> int:
     from edgistry.gateway.store import GatewayStore
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway stops us (EOF), not a terminal's Ctrl-C
+    # the gateway stops us (EOF on stdin), not a signal to its process group (Ctrl-C, a
+    # service manager's SIGTERM): what it sends before it exits is still committed
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     path, map_size, retention_ms = argv
     store = GatewayStore(path, map_size=int(map_size), result_retention_ms=int(retention_ms), writer="none")

@@ -204,3 +204,76 @@ def _alive(pid: int | None) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
+
+
+async def test_close_with_large_writes_both_ways_does_not_deadlock(tmp_path, monkeypatch):
+    """close() while the child sends a reply larger than a pipe and more than a pipe's worth
+    waits to be sent: it writes and reads at once, and every write is acknowledged."""
+    from edgistry.gateway import store_process
+    monkeypatch.setattr(store_process, "CLOSE_TIMEOUT_S", 20.0)
+    store = GatewayStore(tmp_path / "gw", writer="process")
+    dev = device(store)
+    big = b'{"blob":"' + b"x" * 16_000 + b'"}'
+    queued = await store.enqueue_many_async([item(dev, depth=1000, args=big) for _ in range(40)])
+    # a small message whose reply is large (the 40 records, ~650 KB) ...
+    delivered = asyncio.ensure_future(store.delivered_async(dev.link_id, [r[0].request_id for r in queued], NOW))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # sent
+    time.sleep(0.5)  # (the loop is not reading: the child is blocked writing its reply)
+    # ... and a large message (~650 KB) staged when close() is called
+    more = asyncio.ensure_future(store.enqueue_many_async([item(dev, depth=1000, args=big) for _ in range(40)]))
+    await asyncio.sleep(0)
+    t = time.monotonic()
+    store.close()
+    assert time.monotonic() - t < 15
+    d, m = await asyncio.wait_for(asyncio.gather(delivered, more), 5)
+    assert len(d) == 40 and all(r[1] for r in m)
+    again = GatewayStore(tmp_path / "gw")
+    try:
+        assert again.depth(dev.link_id) == 80
+    finally:
+        again.close()
+
+
+async def test_nothing_starts_a_writer_after_close(tmp_path):
+    store = GatewayStore(tmp_path / "gw", writer="process")
+    dev = device(store)
+    await store.enqueue_many_async([item(dev)])  # the child runs
+    pending = asyncio.ensure_future(store.enqueue_many_async([item(dev)]))
+    await asyncio.sleep(0)  # staged, its hand-over scheduled: close() sends it
+    store.note_contact(dev.link_id, NOW, 4)  # a hint waiting when close() runs
+    store.close()
+    store.note_contact(dev.link_id, NOW + 1, 5)  # a late one, before the scheduled hand-over runs
+    assert (await asyncio.wait_for(pending, 5))[0][1]
+    await asyncio.sleep(0.05)  # the hand-over scheduled before close() runs: nothing to send
+    assert store.writer.pid is None and store.writer._child is None
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.enqueue_many_async([item(dev)])
+
+
+def test_closing_after_the_event_loop_is_closed(tmp_path):
+    """A loop closed with a write still awaited: close() still stops the child and closes."""
+    store = GatewayStore(tmp_path / "gw", writer="process")
+    dev = device(store)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(store.enqueue_many_async([item(dev)]))
+        pid = store.writer.pid
+        fut = store.enqueue_many_async  # a write left in flight when the loop closes
+        task = loop.create_task(fut([item(dev)]))
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+    store.close()
+    assert not _alive(pid) and not store._open
+    assert not task.done() or task.cancelled() or task.exception() is None
+
+
+async def test_the_thread_writer_commits_what_was_staged_when_closed(tmp_path):
+    store = GatewayStore(tmp_path / "gw", writer="thread")
+    dev = device(store)
+    await store.enqueue_many_async([item(dev)])  # the writer thread runs
+    pending = asyncio.ensure_future(store.enqueue_many_async([item(dev)]))
+    await asyncio.sleep(0)  # staged this turn, not handed over yet
+    store.close()
+    assert (await asyncio.wait_for(pending, 5))[0][1]

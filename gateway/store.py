@@ -429,16 +429,9 @@ class GatewayStore:
         ``token_for_seq``); a refused item writes nothing. Everything returned
         is durable: this returns only after the commit, and a failing commit
         raises (then nothing of the batch was stored)."""
-        out: list[tuple[RequestRecord, bool] | Exception] = []
         with self.env.begin(write=True) as txn:
-            for rec, max_depth, now_ms, token_for_seq in items:
-                try:
-                    out.append(self._enqueue_in(txn, rec, max_depth, now_ms, token_for_seq))
-                except lmdb.Error:
-                    raise  # a failed write: the whole batch fails, nothing of it is acknowledged
-                except Exception as exc:  # raised before any write of this item (see _enqueue_in)
-                    out.append(exc)
-        self._notify([r[0] for r in out if not isinstance(r, Exception) and r[1]])
+            out, changed = self._op_enqueue(txn, items)
+        self._notify(changed)
         return out
 
     async def enqueue_many_async(self, items: list[tuple[RequestRecord, int, int, Callable[[int], bytes]]]

@@ -21,18 +21,6 @@ _BLOCK = 64
 
 # Module-level hooks: tests set these to None to exercise the fallbacks on CPython.
 FAST_DIGEST = getattr(_hmac, "digest", None)
-
-
-def _digest_chain(tag, slices):
-    digest = _hmac.digest
-    for raw in slices:
-        tag = digest(tag, raw, "sha256")
-    return tag
-
-
-# The last tag of an HMAC chain over ``slices`` from ``tag``, in one call (verify
-# uses it while FAST_DIGEST is set; None: loop on FAST_DIGEST or the pure HMAC).
-FAST_CHAIN = _digest_chain if FAST_DIGEST is not None else None
 FAST_COMPARE = getattr(_hmac, "compare_digest", None)
 
 

@@ -229,8 +229,6 @@ def verify(token, secret, ctx=None):
         for raw in token._slices:
             tag = cap_crypto.hmac_sha256(tag, raw)
             tags.append(tag)
-    elif cap_crypto.FAST_CHAIN is not None and fast is not None:
-        tag = cap_crypto.FAST_CHAIN(tag, token._slices)
     elif fast is not None:
         for raw in token._slices:
             tag = fast(tag, raw, "sha256")

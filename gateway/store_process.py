@@ -21,10 +21,10 @@ reply to travel back first. One writer serves one event loop (the gateway's).
 
 Wire, over the child's stdin/stdout: a message is a 4-byte big-endian length
 and a pickle (the child is our own program; nothing else writes these pipes).
-Parent to child: a list of chunks, each the list of one hand-over's
-operations, each pickled on its own. Child to parent, one reply per message
-in order: ``(first of its transaction, [per chunk: the pickled list of
-(True, result) or (False, exception)])``. Each operation runs in a nested
+Parent to child, one message per hand-over: the list of its operations, each
+pickled on its own (one that cannot be pickled fails alone). Child to parent,
+one reply per message in order: ``(first of its transaction, the pickled list
+of (True, result) or (False, exception))``. Each operation runs in a nested
 transaction of its own (one that raises is rolled back alone); a failed
 commit fails every operation of the transaction.
 
@@ -136,9 +136,9 @@ class ProcessWriter:
                 continue
             futs.append(fut)
         if blobs:
-            self._send([blobs], futs)
+            self._send(blobs, futs)
 
-    def _send(self, chunks: list[list[bytes]], futs: list) -> None:
+    def _send(self, blobs: list[bytes], futs: list) -> None:
         child = self._child
         if self._closed and child is None:
             _fail_all(futs, RuntimeError("the store is closed"))
@@ -149,13 +149,12 @@ class ProcessWriter:
             except OSError as exc:
                 _fail_all(futs, WriterDied(f"cannot start the store's writer process: {exc}"))
                 return
-        child.send(pickle.dumps(chunks, protocol=5), [futs])
+        child.send(pickle.dumps(blobs, protocol=5), futs)
 
-    def _replied(self, new_txn: bool, futs_per_chunk: list, replies: list[bytes]) -> None:
+    def _replied(self, new_txn: bool, futs: list, outcomes: bytes) -> None:
         self.commits += new_txn
-        for futs, reply in zip(futs_per_chunk, replies):
-            self.writes += len(futs)
-            _deliver(futs, reply)
+        self.writes += len(futs)
+        _deliver(futs, outcomes)
 
     def _idle_tick(self) -> None:
         self._idle = None
@@ -164,7 +163,7 @@ class ProcessWriter:
         if not self._staged and self.hints_due():
             hints = self.take_hints()
             if hints:
-                self._send([[pickle.dumps(("contacts", (hints,)), protocol=5)]], [None])
+                self._send([pickle.dumps(("contacts", (hints,)), protocol=5)], [None])
         self.start()
 
     def close(self) -> None:
@@ -187,7 +186,7 @@ class _Child:
     order and are matched to what was sent."""
 
     def __init__(self, args: list[str], loop: asyncio.AbstractEventLoop,
-                 on_reply: Callable[[bool, list, list[bytes]], None]) -> None:
+                 on_reply: Callable[[bool, list, bytes], None]) -> None:
         # -P: nothing from the working directory is imported
         self.proc = subprocess.Popen([sys.executable, "-P", "-m", "edgistry.gateway.store_process", *args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
@@ -198,13 +197,13 @@ class _Child:
         os.set_blocking(self.in_fd, False)
         self.outbuf = bytearray()
         self.inbuf = bytearray()
-        self.inflight: collections.deque[list] = collections.deque()  # per message: futures per chunk
+        self.inflight: collections.deque[list] = collections.deque()  # per message sent: its futures
         self.dead = False
         self.writing = False
         loop.add_reader(self.in_fd, self._readable)
 
-    def send(self, body: bytes, futs_per_chunk: list) -> None:
-        self.inflight.append(futs_per_chunk)
+    def send(self, body: bytes, futs: list) -> None:
+        self.inflight.append(futs)
         self.outbuf += _LEN.pack(len(body)) + body
         if not self.writing:
             self._writable()
@@ -248,14 +247,12 @@ class _Child:
             body = bytes(self.inbuf[4:4 + n])
             del self.inbuf[:4 + n]
             try:
-                new_txn, replies = pickle.loads(body)
-                futs_per_chunk = self.inflight.popleft()
-                if len(replies) != len(futs_per_chunk):
-                    raise EOFError(f"{len(replies)} replies for {len(futs_per_chunk)} chunks")
+                new_txn, outcomes = pickle.loads(body)
+                futs = self.inflight.popleft()
             except Exception as exc:  # noqa: BLE001 - a broken reply: treat the child as dead
                 self._died(exc)
                 return
-            self.on_reply(new_txn, futs_per_chunk, replies)
+            self.on_reply(new_txn, futs, outcomes)
 
     def _died(self, exc: BaseException) -> None:
         """What was sent and not answered is not acknowledged."""
@@ -268,12 +265,11 @@ class _Child:
         code = self.proc.poll()
         if lost:
             log.error("store writer process failed (%r, exit %s); %d writes not acknowledged",
-                      exc, code, sum(len(f) for chunks in lost for f in chunks))
+                      exc, code, sum(len(f) for f in lost))
         err = WriterDied(f"the store's writer process failed ({exc!r}, exit {code}); "
                          "the write was not acknowledged")
-        for chunks in lost:
-            for futs in chunks:
-                _fail_all(futs, err)
+        for futs in lost:
+            _fail_all(futs, err)
         self._reap()
 
     def _unwatch(self) -> None:
@@ -379,14 +375,14 @@ def _write_message(out: BinaryIO, body: bytes) -> None:
 
 # ---- the child ----
 
-def run_chunks(store, chunks: list[list]) -> list[list]:
-    """Run every chunk's operations in one transaction (nested per operation);
-    return their outcomes per chunk. A failed commit fails them all."""
+def run_messages(store, messages: list[list]) -> list[list]:
+    """Run every message's operations in one transaction (nested per operation);
+    return their outcomes per message. A failed commit fails them all."""
     import lmdb
-    outcomes: list[list] = [[] for _ in chunks]
+    outcomes: list[list] = [[] for _ in messages]
     try:
         with store.env.begin(write=True) as txn:
-            for ops, out in zip(chunks, outcomes):
+            for ops, out in zip(messages, outcomes):
                 for op in ops:
                     try:
                         with store.env.begin(write=True, parent=txn) as child:
@@ -396,9 +392,9 @@ def run_chunks(store, chunks: list[list]) -> list[list]:
                     except Exception as exc:  # noqa: BLE001 - this operation only (rolled back)
                         out.append((False, _sendable(exc)))
     except Exception as exc:  # noqa: BLE001 - the commit failed: nothing is acknowledged
-        log.exception("group commit of %d operations failed", sum(len(c) for c in chunks))
+        log.exception("group commit of %d operations failed", sum(len(m) for m in messages))
         err = _sendable(exc)
-        return [[(False, err)] * len(ops) for ops in chunks]
+        return [[(False, err)] * len(ops) for ops in messages]
     return outcomes
 
 
@@ -473,14 +469,9 @@ def main(argv: list[str]) -> int:
                 if more is None:
                     break
                 messages.append(more)
-            per_message = [[[pickle.loads(op) for op in chunk] for chunk in pickle.loads(m)] for m in messages]
-            outcomes = run_chunks(store, [chunk for chunks in per_message for chunk in chunks])
-            at = 0
-            for i, chunks in enumerate(per_message):
-                part = outcomes[at:at + len(chunks)]
-                at += len(chunks)
-                _write_message(out, pickle.dumps((i == 0, [pickle.dumps(o, protocol=5) for o in part]),
-                                                 protocol=5))
+            ops = [[pickle.loads(op) for op in pickle.loads(m)] for m in messages]
+            for i, outcomes in enumerate(run_messages(store, ops)):
+                _write_message(out, pickle.dumps((i == 0, pickle.dumps(outcomes, protocol=5)), protocol=5))
             out.flush()
     except (BrokenPipeError, EOFError):
         return 0  # the gateway is gone

@@ -86,13 +86,21 @@ def _cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _stat_cpu_s(path: str) -> tuple[float, float]:
+    """(user, system) CPU seconds of a /proc/.../stat file (Linux; OSError elsewhere)."""
+    fields = Path(path).read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def _proc_cpu_ms(pid: int | None) -> int:
-    """CPU ms used so far by process ``pid`` (Linux /proc; 0 when unknown)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except (OSError, TypeError):
+    """CPU ms used so far by process ``pid`` (0 when unknown)."""
+    if pid is None:
         return 0
-    return (int(fields[11]) + int(fields[12])) * 1000 // os.sysconf("SC_CLK_TCK")
+    try:
+        return int(sum(_stat_cpu_s(f"/proc/{pid}/stat")) * 1000)
+    except OSError:
+        return 0
 
 
 def _thread_cpu() -> dict[str, float]:
@@ -101,7 +109,6 @@ def _thread_cpu() -> dict[str, float]:
     import threading
     names = {t.native_id: t.name for t in threading.enumerate()}
     out: dict[str, float] = defaultdict(float)
-    tick = os.sysconf("SC_CLK_TCK")
     try:
         tids = os.listdir("/proc/self/task")
     except OSError:
@@ -109,11 +116,11 @@ def _thread_cpu() -> dict[str, float]:
     for tid in tids:
         try:
             comm = names.get(int(tid)) or Path(f"/proc/self/task/{tid}/comm").read_text().strip()
-            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rpartition(")")[2].split()
+            user, system = _stat_cpu_s(f"/proc/self/task/{tid}/stat")
         except OSError:
             continue
-        out[comm + " user"] += int(fields[11]) / tick
-        out[comm + " sys"] += int(fields[12]) / tick
+        out[comm + " user"] += user
+        out[comm + " sys"] += system
     return dict(out)
 
 

@@ -24,7 +24,7 @@ from link_helpers import Dev, DetRand, Keys, gateway
 
 import edgistry.firmware.caplets as cl
 import edgistry.firmware.link as link
-from edgistry.firmware.link import Requests, link_device, link_session
+from edgistry.firmware.link import Requests, link_crypto as lc, link_device, link_session
 
 CAPLETS = sorted(Path(cl.__file__).parent.glob("cap_*.py"))
 LINK = sorted(Path(link.__file__).parent.glob("link_*.py"))
@@ -288,3 +288,26 @@ def test_device_link_core_under_micropython(micropython, tmp_path: Path) -> None
         for c in chunks:
             lines += ns["step"](s, bytes.fromhex(c), st)
     assert lines == expected.splitlines()
+
+
+CRYPT_SCRIPT = r'''
+import binascii
+import link_crypto as lc
+print("fast", lc.FAST_CRYPT is not None)
+key = bytes(range(32))
+for n in (0, 1, 31, 32, 33, 100):
+    data = bytes([(7 * i + n) & 255 for i in range(n)])
+    a = lc.crypt_pure(key, 2**63 + 5, data)
+    b = lc.crypt(key, 2**63 + 5, data)
+    print(n, binascii.hexlify(a).decode(), a == b)
+'''
+
+
+def test_keystream_cipher_paths_under_micropython(micropython) -> None:
+    """Both XOR paths of the keystream cipher run on MicroPython and give CPython's bytes."""
+    got = micropython.run(CRYPT_SCRIPT, MODULES, timeout=120).splitlines()
+    assert got[0] in ("fast True", "fast False")  # True where ints are arbitrary precision
+    key = bytes(range(32))
+    want = [f"{n} {lc.crypt_pure(key, 2**63 + 5, bytes((7 * i + n) & 255 for i in range(n))).hex()} True"
+            for n in (0, 1, 31, 32, 33, 100)]
+    assert got[1:] == want

@@ -66,27 +66,55 @@ def frame_mac(key, ftype, seq, body):
     return hmac_sha256(key, bytes([ftype & 255]) + u64be(seq) + body)[:MAC_SIZE]
 
 
-def crypt(key, seq, data):
-    """Encrypt or decrypt ``data`` (XOR with the (key, seq) keystream)."""
+def _keystream(key, seq, n):
+    """The first ``n`` bytes of the (key, seq) keystream."""
+    base = u64be(seq)
+    blocks = []
+    for i in range((n + 31) // 32):
+        blocks.append(hmac_sha256(key, base + u32be(i)))
+    return b"".join(blocks)[:n]
+
+
+def crypt_pure(key, seq, data):
+    """:func:`crypt` XORing byte by byte (any MicroPython build)."""
     if not data:
         return b""
+    stream = _keystream(key, seq, len(data))
     out = bytearray(len(data))
-    base = u64be(seq)
-    pos = 0
-    i = 0
-    n = len(data)
-    while pos < n:
-        block = hmac_sha256(key, base + u32be(i))
-        stop = pos + 32
-        if stop > n:
-            stop = n
-        j = 0
-        while pos < stop:
-            out[pos] = data[pos] ^ block[j]
-            pos += 1
-            j += 1
-        i += 1
+    for i in range(len(data)):
+        out[i] = data[i] ^ stream[i]
     return bytes(out)
+
+
+def crypt_bigint(key, seq, data):
+    """:func:`crypt` XORing as two big integers: one C-level operation on CPython
+    (and on MicroPython builds with arbitrary-precision ints) instead of a
+    Python-level loop per byte, which dominated an encrypted flight's cost."""
+    n = len(data)
+    if not n:
+        return b""
+    stream = _keystream(key, seq, n)
+    return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+
+
+def _bigint_xor_works():
+    try:  # boards whose ints stop at 64 bits raise OverflowError here
+        a = bytes(range(1, 41))
+        return crypt_bigint(b"k" * 32, 1, crypt_bigint(b"k" * 32, 1, a)) == a
+    except Exception:
+        return False
+
+
+# Module-level hook (tests set it to crypt_pure to exercise the fallback on CPython).
+FAST_CRYPT = crypt_bigint if _bigint_xor_works() else None
+
+
+def crypt(key, seq, data):
+    """Encrypt or decrypt ``data`` (XOR with the (key, seq) keystream)."""
+    fast = FAST_CRYPT
+    if fast is not None:
+        return fast(key, seq, data)
+    return crypt_pure(key, seq, data)
 
 
 class _X25519:

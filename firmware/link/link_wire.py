@@ -13,6 +13,11 @@ fields of any wire type, and raises :class:`DecodeError` on truncation or a
 known field with the wrong wire type. Only the wire types this schema needs
 (varint, length-delimited) carry known fields; fixed32/64 are skipped.
 
+On CPython an optional C accelerator (``_linkwire.c``, built at install when a
+compiler is there) does the same for well-formed input; the Python functions
+stay the reference, and tests/test_linkwire_c.py holds the two to the same
+results.
+
 A frame on the wire is ``uvarint(len) || LinkFrame``. :class:`FrameReader`
 buffers partial input and yields decoded ``LinkFrame`` dicts one at a time; a
 length above ``MAX_LINK_FRAME`` is rejected as soon as the prefix is read,
@@ -147,14 +152,14 @@ def _put_value(out, number, kind, value, msg_name, field_name):
         put_uvarint(out, number << 3)
         put_uvarint(out, value)
     else:  # nested message
-        body = encode(kind, value)
+        body = _encode_py(kind, value)
         put_uvarint(out, (number << 3) | 2)
         put_uvarint(out, len(body))
         out.extend(body)
 
 
-def encode(name, msg):
-    """Encode dict ``msg`` as message ``name`` (proto3: defaults omitted)."""
+def _encode_py(name, msg):
+    """:func:`encode` in Python: the reference (and the only path on MicroPython)."""
     out = bytearray()
     for number, field, kind, repeated in SCHEMAS[name]:
         value = msg.get(field)
@@ -197,8 +202,8 @@ def _index(name):
 _INDEX = {}
 
 
-def decode(name, data, start=0, end=None):
-    """Decode message ``name`` from ``data[start:end]`` into a dict."""
+def _decode_py(name, data, start=0, end=None):
+    """:func:`decode` in Python: the reference (and the only path on MicroPython)."""
     if end is None:
         end = len(data)
     msg = {}
@@ -243,7 +248,7 @@ def decode(name, data, start=0, end=None):
                 except UnicodeError:
                     raise DecodeError("%s.%s: invalid UTF-8" % (name, field))
             else:
-                value = decode(kind, data, pos, stop)
+                value = _decode_py(kind, data, pos, stop)
             pos = stop
         if repeated:
             msg[field].append(value)
@@ -252,6 +257,37 @@ def decode(name, data, start=0, end=None):
     if pos != end:
         raise DecodeError("truncated message %s" % name)
     return msg
+
+
+# The C codec when the install built it (CPython only); the module-level switch
+# tests set to None to force the Python path. It answers None for anything but
+# a plain success, and the reference then runs (and raises its own error).
+try:
+    from . import _linkwire as FAST_WIRE
+except (ImportError, ValueError):  # MicroPython, or installed without a C compiler
+    FAST_WIRE = None
+if FAST_WIRE is not None:
+    FAST_WIRE.init(SCHEMAS, _UINT64_FIELDS, _DEFAULTS)
+
+
+def encode(name, msg):
+    """Encode dict ``msg`` as message ``name`` (proto3: defaults omitted)."""
+    fast = FAST_WIRE
+    if fast is not None:
+        out = fast.encode(name, msg)
+        if out is not None:
+            return out
+    return _encode_py(name, msg)
+
+
+def decode(name, data, start=0, end=None):
+    """Decode message ``name`` from ``data[start:end]`` into a dict."""
+    fast = FAST_WIRE
+    if fast is not None:
+        msg = fast.decode(name, data, start, end)
+        if msg is not None:
+            return msg
+    return _decode_py(name, data, start, end)
 
 
 # ---- framing -------------------------------------------------------------------

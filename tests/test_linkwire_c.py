@@ -1,0 +1,211 @@
+"""The optional C link codec (firmware/link/_linkwire.c) against the pure-Python
+reference (link_wire._encode_py / _decode_py).
+
+The C codec's contract: whenever it returns something, it is exactly what the
+reference returns (and the reference does not raise); for anything else it
+returns None and link_wire runs the reference, which raises its own error. So
+valid messages of every schema must go through C, and random, truncated or
+mutated bytes and out-of-range or oddly typed values must either agree or be
+handed back. The link test modules are also run once more with C switched off.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from test_link_wire import strategy
+
+from edgistry.firmware.link import link_wire as wire
+from edgistry.firmware.link.link_errors import DecodeError
+
+try:
+    from edgistry.firmware.link import _linkwire
+except ImportError:
+    _linkwire = None
+
+pytestmark = pytest.mark.skipif(
+    _linkwire is None, reason="the C accelerator _linkwire was not built (no C compiler when "
+    "installed): only the pure-Python codec exists, and the other link tests cover it")
+
+TESTS = Path(__file__).resolve().parent
+MANY = settings(max_examples=300, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+NAMES = sorted(wire.SCHEMAS)
+ERR = "DecodeError"
+
+
+def ref_decode(name, data, start=0, end=None):
+    try:
+        return wire._decode_py(name, data, start, end)
+    except DecodeError:
+        return ERR
+
+
+def agree_decode(name, data, start=0, end=None):
+    """C's answer is None or the reference's result; returns C's answer."""
+    got = _linkwire.decode(name, data, start, end)
+    want = ref_decode(name, data, start, end)
+    if got is not None:
+        assert want != ERR, (name, bytes(data).hex())
+        assert got == want and list(got) == list(want)
+        for k, v in got.items():  # same types, not only equal values (True == 1, b"" == "")
+            assert type(v) is type(want[k]), (name, k)
+    return got
+
+
+def test_link_wire_uses_the_c_codec() -> None:
+    assert wire.FAST_WIRE is _linkwire
+
+
+@MANY
+@given(st.sampled_from(NAMES).flatmap(lambda n: st.tuples(st.just(n), strategy(n))))
+def test_valid_messages_go_through_c_and_agree(case) -> None:
+    name, msg = case
+    raw = _linkwire.encode(name, msg)
+    assert raw is not None and raw == wire._encode_py(name, msg)
+    got = agree_decode(name, raw)
+    assert got is not None  # well-formed input is decoded in C
+    assert wire.decode(name, raw) == wire._decode_py(name, raw)
+
+
+@MANY
+@given(st.sampled_from(NAMES), st.binary(max_size=80))
+@example("LinkFrame", b"\x08\x80\x80\x80\x80\x10")            # uint32 truncated (1 << 32 -> 0)
+@example("LinkFrame", b"\x10\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01")  # the largest uint64
+@example("LinkFrame", b"\x10\xff\xff\xff\xff\xff\xff\xff\xff\xff\x02")  # exceeds 64 bits
+@example("LinkFrame", b"\x10\xff\xff\xff\xff\xff\xff\xff\xff\xff\x81\x00")  # 11 bytes: too long
+@example("LinkFrame", b"\x08\x81\x00")                        # non-minimal varint (accepted)
+@example("LinkFrame", b"\x00\x01")                            # field number 0
+@example("LinkFrame", b"\x0a\x00")                            # uint field as length-delimited
+@example("LinkFrame", b"\x18\x01")                            # bytes field as varint
+@example("LinkFrame", b"\x1a\x05abc")                         # truncated field
+@example("Error", b"\x12\x02\xc3\x28")                        # invalid UTF-8
+@example("Error", b"\x12\x02\xed\xa0")                        # a surrogate half
+@example("Requests", b"\x20\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01")  # int64 -1
+@example("Hello", b"\x79\x01\x02\x03\x04\x05\x06\x07\x08\x0d\x01\x02\x03\x04")  # fixed64, fixed32
+@example("Hello", b"\x79\x01\x02")                            # truncated fixed64
+@example("Hello", b"\x7b\x7c")                                # group wire types
+@example("Requests", b"\x0a\x03\x0a\x01")                     # truncated nested message
+def test_random_bytes_agree_or_are_handed_back(name, data) -> None:
+    agree_decode(name, data)
+    agree_decode(name, bytearray(data))
+    agree_decode(name, memoryview(data))
+
+
+@MANY
+@given(st.sampled_from(NAMES).flatmap(lambda n: st.tuples(st.just(n), strategy(n))), st.data())
+def test_mutated_encodings_agree_or_are_handed_back(case, data) -> None:
+    name, msg = case
+    raw = bytearray(wire._encode_py(name, msg))
+    op = data.draw(st.sampled_from(["flip", "cut", "insert", "slice"]))
+    if op == "flip" and raw:
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif op == "cut":
+        raw = raw[:data.draw(st.integers(0, len(raw)))]
+    elif op == "insert":
+        i = data.draw(st.integers(0, len(raw)))
+        raw[i:i] = data.draw(st.binary(min_size=1, max_size=4))
+    elif op == "slice" and raw:
+        start = data.draw(st.integers(0, len(raw)))
+        end = data.draw(st.integers(start, len(raw)))
+        agree_decode(name, bytes(raw), start, end)
+        return
+    agree_decode(name, bytes(raw))
+
+
+def test_bounds_and_odd_arguments_are_handed_back() -> None:
+    raw = wire._encode_py("Bye", {"sleep_s": 5})
+    for start, end in [(-1, None), (0, len(raw) + 1), (2, 1), (0, -1)]:
+        assert _linkwire.decode("Bye", raw, start, end) is None
+    assert _linkwire.decode("NoSuchMessage", raw, 0, None) is None
+    assert _linkwire.decode("Bye", "text", 0, None) is None
+    assert _linkwire.decode("Bye", raw, 0.0, None) is None
+    assert _linkwire.decode("Bye", raw, 0, None) == {"sleep_s": 5}
+    assert agree_decode("Bye", b"xx" + raw, 2, 2 + len(raw)) == {"sleep_s": 5}
+    with pytest.raises(TypeError):
+        _linkwire.decode("Bye", raw)
+    with pytest.raises(TypeError):
+        _linkwire.encode("Bye")
+
+
+@pytest.mark.parametrize("name,msg", [
+    ("Bye", {"sleep_s": 2**32}),                      # uint32 out of range
+    ("Bye", {"sleep_s": -1}),
+    ("Bye", {"sleep_s": 1.0}),
+    ("Bye", {"sleep_s": "5"}),
+    ("LinkFrame", {"seq": 2**64}),                    # uint64 out of range
+    ("Requests", {"gateway_now_ms": 2**63}),          # int64 out of range
+    ("Requests", {"gateway_now_ms": -(2**63) - 1}),
+    ("Requests", {"revoked": [b"a", "b"]}),          # str in a bytes field
+    ("Requests", {"revoked": range(97, 98)}),          # an iterable, not a list
+    ("Requests", {"items": [{"service": 5}]}),        # int in a string field
+    ("Requests", {"items": [["not", "a", "dict"]]}),
+    ("Error", {"reason": "\ud800"}),                  # a lone surrogate: not UTF-8
+    ("Hello", {"nonce": memoryview(b"ab")}),          # bytes-like, not bytes
+    ("NoSuchMessage", {}),
+])
+def test_unusual_values_are_handed_back_to_the_reference(name, msg) -> None:
+    """C answers None; link_wire.encode then gives exactly the reference's outcome."""
+    assert _linkwire.encode(name, msg) is None
+    try:
+        want = wire._encode_py(name, msg)
+    except Exception as exc:  # noqa: BLE001 - the reference's own error
+        with pytest.raises(type(exc)):
+            wire.encode(name, msg)
+    else:
+        assert wire.encode(name, msg) == want
+
+
+def test_plain_but_unusual_values_agree() -> None:
+    """Values the reference accepts and C handles too: bools as ints, tuples,
+    bytearrays, defaults and missing fields."""
+    cases = [
+        ("Bye", {"sleep_s": True}), ("Bye", {"sleep_s": False}), ("Bye", {}), ("Bye", {"sleep_s": None}),
+        ("Accept", {"encrypt": 7, "mac": bytearray(b"m"), "ticket_ttl_s": 0}),
+        ("Requests", {"revoked": (b"a", bytearray(b"b")), "items": (), "more": 0}),
+        ("Requests", {"items": [{}], "gateway_now_ms": -1}),
+        ("Ack", {"ids": [b"", b"x"]}),
+        ("Error", {"reason": "é\u2603\U0001F600", "extra": 1}),
+    ]
+    for name, msg in cases:
+        raw = _linkwire.encode(name, msg)
+        assert raw is not None and raw == wire._encode_py(name, msg), (name, msg)
+        assert agree_decode(name, raw) is not None
+
+
+# ---- the existing link tests, on the pure path ---------------------------------
+
+PURE_RUN = r"""
+import sys
+import pytest
+from edgistry.firmware.link import link_wire
+link_wire.FAST_WIRE = None
+calls = [0]
+reference = link_wire._decode_py
+def counted(*a):
+    calls[0] += 1
+    return reference(*a)
+link_wire._decode_py = counted
+code = pytest.main(sys.argv[1:])
+assert link_wire.FAST_WIRE is None and calls[0] > 0, "the Python codec did not run"
+sys.exit(code)
+"""
+
+
+def test_link_test_modules_pass_on_the_pure_path() -> None:
+    """test_link_wire and test_link_session again, with the C codec switched off
+    (the default run above them uses it)."""
+    modules = [str(TESTS / f"test_link_{m}.py") for m in ("wire", "session")]
+    proc = subprocess.run(
+        [sys.executable, "-c", PURE_RUN, "-q", "-x", "-p", "no:cacheprovider", *modules],
+        cwd=TESTS.parent, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout

@@ -232,17 +232,62 @@ class GatewayService:
         one group commit: the batch costs one fsync, and each item is
         acknowledged only once it is on disk. A domain error answers its own
         item; anything else fails the whole call (items already queued stay
-        queued: a retry with the same request ids is idempotent)."""
+        queued: a retry with the same request ids is idempotent).
+
+        Items for devices paired here are checked inline, in list order, with
+        no task each (a batch is the hot path of bulk submission); the others
+        (forwarded to their gateway) take :meth:`submit`'s path."""
         if len(calls) > self.settings.max_batch:
             raise BadRequest(f"a batch holds at most {self.settings.max_batch} requests, not {len(calls)}")
-        out = await asyncio.gather(*[self.submit(c) for c in calls], return_exceptions=True)
-        for res in out:
+        now = self.clock()
+        out: list = [None] * len(calls)
+        staged: list[tuple[int, Device, asyncio.Future]] = []
+        elsewhere: list[int] = []
+        for i, call in enumerate(calls):
+            try:
+                call.attested = False  # as _locate: never taken from the client's request
+                dev = self.store.device_by_pseudonym(self._pseudonym(call))
+                if dev is None:
+                    elsewhere.append(i)
+                    continue
+                prepared = self._prepare(dev, call, now)
+            except GatewayError as err:
+                self.metrics.rejections.labels(err.reason).inc()
+                out[i] = err
+                continue
+            if isinstance(prepared, Result):
+                out[i] = prepared
+            else:
+                staged.append((i, dev, self._stage(prepared[0], now, prepared[1])))
+        others = [self.submit(calls[i]) for i in elsewhere]
+        done = await asyncio.gather(*[f for *_, f in staged], *others, return_exceptions=True)
+        for (i, dev, _), res in zip(staged, done):
+            if isinstance(res, GatewayError):
+                self.metrics.rejections.labels(res.reason).inc()
+                out[i] = res
+            elif isinstance(res, BaseException):
+                raise res
+            else:
+                out[i] = self._queued(dev, *res, now)
+        for i, res in zip(elsewhere, done[len(staged):]):
             if isinstance(res, BaseException) and not isinstance(res, GatewayError):
                 raise res
+            out[i] = res
         return out
 
     async def _submit_local(self, dev: Device, call: Call, store_cached: bool = True) -> Result:
         now = self.clock()
+        prepared = self._prepare(dev, call, now, store_cached)
+        if isinstance(prepared, Result):
+            return prepared
+        rec, new = await self._stage(prepared[0], now, prepared[1])
+        return self._queued(dev, rec, new, now)
+
+    def _prepare(self, dev: Device, call: Call, now: int, store_cached: bool = True
+                 ) -> Result | tuple[RequestRecord, auth.RequestTokenFor]:
+        """Everything before the durable enqueue: authorise, validate, and
+        answer a cacheable read from cache (a Result); else the record to
+        queue and its request token's recipe."""
         manifest = dev.parsed_manifest
         try:
             service, method = manifest.resolve(call.service, call.method)
@@ -277,25 +322,30 @@ class GatewayService:
                     self.store.put_finished(rec)  # so GetResult works for an async cached read
                 self.metrics.cache_hits.inc()
                 return _result(rec, now)
-        rec, new = await self._enqueue(rec, now, auth.RequestTokenFor(dev.root_token, service, method.name, args))
+        return rec, auth.RequestTokenFor(dev.root_token, service, method.name, args)
+
+    def _queued(self, dev: Device, rec: RequestRecord, new: bool, now: int) -> Result:
+        """The answer for an enqueued (or, by its id, already known) request."""
         if new:
             self.metrics.requests.labels("queued").inc()
             if self.on_queued is not None:
                 self.on_queued(dev.link_id)
         return _result(rec, self.expected_at(dev, now) if rec.st.active else rec.done_ms)
 
-    async def _enqueue(self, rec: RequestRecord, now: int,
-                       token_for_seq: Callable[[int], bytes]) -> tuple[RequestRecord, bool]:
-        """Durably enqueue with group commit: requests submitted while a commit
-        runs (or in the same loop turn) are written by the next one in a single
-        transaction, so one fsync serves them all (store.enqueue_many_async, by the store's group-commit writer). Each
-        caller returns only after the commit holding its request, so an
+    def _stage(self, rec: RequestRecord, now: int, token_for_seq: Callable[[int], bytes]) -> asyncio.Future:
+        """Add a request to the next group commit; the future gives (record, new).
+
+        Requests staged while a commit runs (or in the same loop turn) are
+        written by the next one in a single transaction, so one fsync serves
+        them all (store.enqueue_many_async, by the store's group-commit writer).
+        The future resolves only after the commit holding its request, so an
         acknowledged request is on disk exactly as with one commit per request."""
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._batch.append((rec, now, token_for_seq, fut))
         if self._committer is None:
-            self._committer = asyncio.get_running_loop().create_task(self._commit_batches())
-        return await fut
+            self._committer = loop.create_task(self._commit_batches())
+        return fut
 
     async def _commit_batches(self) -> None:
         try:

@@ -66,6 +66,9 @@ async def test_items_fail_independently_with_submit_codes(gateway):
                      sc.NOT_FOUND.value[0], sc.OK.value[0], sc.OK.value[0], sc.RESOURCE_EXHAUSTED.value[0]]
     assert "queue is full" in reply.items[7].error and reply.items[2].error
     assert commits == [5]  # every item that reached the queue (4 for d1, 1 for d2) went in one transaction
+    rejected = {s.labels["reason"]: s.value for m in service.metrics.rejections.collect() for s in m.samples
+                if s.name.endswith("_total")}
+    assert sum(rejected.values()) == 4 and len(rejected) == 3  # each refused item counted once, by reason
     ok = [it.result for it in reply.items if not it.code]
     assert all(r.state == pb.QUEUED and len(r.request_id) == 32 for r in ok)
     now = int(time.time() * 1000)

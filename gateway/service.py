@@ -243,6 +243,7 @@ class GatewayService:
         out: list = [None] * len(calls)
         staged: list[tuple[int, Device, asyncio.Future]] = []
         elsewhere: list[int] = []
+        failure: BaseException | None = None  # the first unexpected error: raised once all are settled
         for i, call in enumerate(calls):
             try:
                 call.attested = False  # as _locate: never taken from the client's request
@@ -255,6 +256,9 @@ class GatewayService:
                 self.metrics.rejections.labels(err.reason).inc()
                 out[i] = err
                 continue
+            except Exception as exc:  # noqa: BLE001 - fails the call, after the others are settled
+                failure = failure or exc
+                continue
             if isinstance(prepared, Result):
                 out[i] = prepared
             else:
@@ -266,13 +270,15 @@ class GatewayService:
                 self.metrics.rejections.labels(res.reason).inc()
                 out[i] = res
             elif isinstance(res, BaseException):
-                raise res
-            else:
+                failure = failure or res
+            else:  # queued: counted and announced even when the call fails as a whole
                 out[i] = self._queued(dev, *res, now)
         for i, res in zip(elsewhere, done[len(staged):]):
             if isinstance(res, BaseException) and not isinstance(res, GatewayError):
-                raise res
+                failure = failure or res
             out[i] = res
+        if failure is not None:
+            raise failure
         return out
 
     async def _submit_local(self, dev: Device, call: Call, store_cached: bool = True) -> Result:
@@ -308,6 +314,8 @@ class GatewayService:
                 json.loads(args)
             except ValueError as exc:
                 raise BadRequest(f"arguments are not JSON: {exc}") from exc
+            except RecursionError as exc:  # valid JSON, but nested deeper than the parser goes
+                raise BadRequest("arguments are nested too deeply") from exc
         rid = _request_id(call.request_id)
         ttl = call.ttl_s or self.settings.default_ttl_s
         if not 0 < ttl <= self.settings.max_ttl_s:

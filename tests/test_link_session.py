@@ -301,9 +301,10 @@ def test_crypt_paths_agree_and_fixed_vectors_hold(monkeypatch) -> None:
         stream = b"".join(lc.hmac_sha256(key, (2**63 + 5).to_bytes(8, "big") + i.to_bytes(4, "big"))
                           for i in range((n + 31) // 32))[:n]
         want = bytes(a ^ b for a, b in zip(data, stream))
-        assert lc.crypt_pure(key, 2**63 + 5, data) == lc.crypt_bigint(key, 2**63 + 5, data) == want
+        assert lc.crypt_pure(key, 2**63 + 5, data) == lc.crypt(key, 2**63 + 5, data) == want
         assert lc.crypt(key, 2**63 + 5, want) == data
-    assert lc.FAST_CRYPT is lc.crypt_bigint  # chosen on CPython
+        assert lc.xor_bigint(data, stream) == lc.xor_pure(data, stream) == want
+    assert lc.FAST_XOR is lc.xor_bigint  # chosen on CPython
 
     def transcript():
         dev = Dev.make()
@@ -313,7 +314,12 @@ def test_crypt_paths_agree_and_fixed_vectors_hold(monkeypatch) -> None:
         _, _, chunks = handshake(d, g)
         return chunks, g.send(Requests([dev.request("s", "m", b"x" * 300, 1)]))
     fast = transcript()
-    monkeypatch.setattr(lc, "FAST_CRYPT", None)
+    monkeypatch.setattr(lc, "FAST_XOR", None)
+    assert transcript() == fast
+
+    def no_memory(data, stream):
+        raise MemoryError
+    monkeypatch.setattr(lc, "FAST_XOR", no_memory)  # a board whose heap is too small for it
     assert transcript() == fast
 
 

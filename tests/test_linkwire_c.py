@@ -120,6 +120,17 @@ def test_mutated_encodings_agree_or_are_handed_back(case, data) -> None:
     agree_decode(name, bytes(raw))
 
 
+def test_buffers_of_other_item_formats_are_handed_back() -> None:
+    """Only unsigned-byte buffers are read in C: for another format the reference
+    indexes items that are not the message's bytes."""
+    from array import array
+    raw = wire._encode_py("Bye", {"sleep_s": 5})  # 08 05
+    assert agree_decode("Bye", array("B", raw)) == {"sleep_s": 5}
+    for odd in (array("H", [0x0508]), memoryview(raw).cast("b"), memoryview(raw).cast("c"),
+                memoryview(b"\x08\x05\x08\x05").cast("B", (2, 2)), memoryview(b"\x08_\x05")[::2]):
+        assert _linkwire.decode("Bye", odd, 0, None) is None
+
+
 def test_bounds_and_odd_arguments_are_handed_back() -> None:
     raw = wire._encode_py("Bye", {"sleep_s": 5})
     for start, end in [(-1, None), (0, len(raw) + 1), (2, 1), (0, -1)]:
@@ -133,6 +144,24 @@ def test_bounds_and_odd_arguments_are_handed_back() -> None:
         _linkwire.decode("Bye", raw)
     with pytest.raises(TypeError):
         _linkwire.encode("Bye")
+
+
+class _Int(int):
+    def __and__(self, other):
+        return 7
+
+
+class _Hostile:
+    """Mutates the message it sits in when compared or tested for truth."""
+    victim: dict = {}
+
+    def __ne__(self, other):
+        self.victim.clear()
+        return True
+
+    def __bool__(self):
+        self.victim.clear()
+        return True
 
 
 @pytest.mark.parametrize("name,msg", [
@@ -150,10 +179,21 @@ def test_bounds_and_odd_arguments_are_handed_back() -> None:
     ("Error", {"reason": "\ud800"}),                  # a lone surrogate: not UTF-8
     ("Hello", {"nonce": memoryview(b"ab")}),          # bytes-like, not bytes
     ("NoSuchMessage", {}),
+    ("Bye", {"sleep_s": _Int(5)}),                     # an int subclass (its operators are its own)
+    ("Accept", {"encrypt": "yes"}),                   # truthy, but not a bool or int
+    ("Requests", {"items": [_Hostile()]}),            # its __ne__/__bool__ must not run in C
+    ("Accept", {"mac": _Hostile()}),
 ])
 def test_unusual_values_are_handed_back_to_the_reference(name, msg) -> None:
     """C answers None; link_wire.encode then gives exactly the reference's outcome."""
+    hostile = [h for v in msg.values() for h in (v if isinstance(v, list) else [v]) if isinstance(h, _Hostile)]
+    for h in hostile:
+        h.victim = msg  # so that running its methods would pull the message from under C
+    keys = list(msg)
     assert _linkwire.encode(name, msg) is None
+    assert list(msg) == keys  # its methods did not run in C
+    for h in hostile:
+        h.victim = {}  # the reference may run them: leave the message as it is
     try:
         want = wire._encode_py(name, msg)
     except Exception as exc:  # noqa: BLE001 - the reference's own error

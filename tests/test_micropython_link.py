@@ -293,7 +293,7 @@ def test_device_link_core_under_micropython(micropython, tmp_path: Path) -> None
 CRYPT_SCRIPT = r'''
 import binascii
 import link_crypto as lc
-print("fast", lc.FAST_CRYPT is not None)
+print("fast", lc.FAST_XOR is not None)
 key = bytes(range(32))
 for n in (0, 1, 31, 32, 33, 100):
     data = bytes([(7 * i + n) & 255 for i in range(n)])

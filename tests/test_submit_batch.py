@@ -111,3 +111,42 @@ async def test_retried_batch_with_request_ids_is_idempotent(gateway):
     again = await stub.SubmitBatch(batch, timeout=10)
     assert [i.result.request_id for i in first.items] == [i.result.request_id for i in again.items]
     assert store.depth(d1.link_id) == 2
+
+
+async def test_deeply_nested_arguments_are_refused_alone(gateway):
+    """Valid JSON nested beyond the parser's depth is a bad argument of its item, not a failed call."""
+    stub, store, service, devs, _ = gateway
+    (d1, t1), _ = devs
+    deep = req(d1, t1)
+    deep.args = b"[" * 5000 + b"]" * 5000
+    reply = await stub.SubmitBatch(pb.SubmitBatchRequest(requests=[req(d1, t1), deep]), timeout=10)
+    assert not reply.items[0].code
+    assert reply.items[1].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "nested too deeply" in reply.items[1].error
+    assert store.depth(d1.link_id) == 1
+
+
+async def test_an_unexpected_error_fails_the_call_but_queued_items_are_announced(gateway, monkeypatch):
+    """An error that is not the caller's (a bug, a failing dependency) fails the whole call,
+    yet every item queued before and after it is counted and announced to the link server."""
+    stub, store, service, devs, _ = gateway
+    (d1, t1), (d2, t2) = devs
+    announced = []
+    service.on_queued = announced.append
+    prepare = service._prepare
+
+    def flaky(dev, call, now, *a):
+        if call.args == b'{"n": 2}':
+            raise RuntimeError("boom")
+        return prepare(dev, call, now, *a)
+    monkeypatch.setattr(service, "_prepare", flaky)
+    bad = req(d1, t1)
+    bad.args = b'{"n": 2}'
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.SubmitBatch(pb.SubmitBatchRequest(requests=[req(d1, t1), bad, req(d2, t2)]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNKNOWN
+    assert (store.depth(d1.link_id), store.depth(d2.link_id)) == (1, 1)
+    assert announced == [d1.link_id, d2.link_id]
+    queued = [s.value for m in service.metrics.requests.collect() for s in m.samples
+              if s.name.endswith("_total") and s.labels["kind"] == "queued"]
+    assert queued == [2.0]

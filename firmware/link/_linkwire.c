@@ -96,52 +96,70 @@ put_span(buf_t *b, uint64_t key, const void *data, size_t n)
 
 static int encode_msg(const msg_t *m, PyObject *msg, buf_t *out);
 
+/* Whether v is of an exact built-in type this field takes. Only such values
+ * are compared or tested for truth here, so no Python code of the caller's
+ * objects (__ne__, __bool__, an int subclass's operators) runs inside this
+ * module; anything else goes back to the reference. */
+static int
+plain(const field_t *f, PyObject *v)
+{
+    switch (f->kind) {
+    case K_BYTES:
+        return PyBytes_CheckExact(v) || PyByteArray_CheckExact(v);
+    case K_STRING:
+        return PyUnicode_CheckExact(v);
+    case K_UINT:
+    case K_INT64:
+    case K_BOOL:
+        return PyLong_CheckExact(v) || PyBool_Check(v);
+    case K_MSG:
+        return PyDict_CheckExact(v);
+    }
+    return 0;
+}
+
 static int
 put_value(const field_t *f, PyObject *v, buf_t *out)
 {
     uint64_t key = f->number << 3;
+    if (!plain(f, v))
+        return 1;
     switch (f->kind) {
     case K_BYTES:
         if (PyBytes_CheckExact(v))
             return put_span(out, key | 2, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
-        if (PyByteArray_CheckExact(v))
-            return put_span(out, key | 2, PyByteArray_AS_STRING(v), (size_t)PyByteArray_GET_SIZE(v));
-        return 1;
+        return put_span(out, key | 2, PyByteArray_AS_STRING(v), (size_t)PyByteArray_GET_SIZE(v));
     case K_STRING: {
-        if (!PyUnicode_CheckExact(v))
-            return 1;
         Py_ssize_t n;
         const char *s = PyUnicode_AsUTF8AndSize(v, &n);
         if (s == NULL) {  /* e.g. a lone surrogate: the reference raises */
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+                return -1;
             PyErr_Clear();
             return 1;
         }
         return put_span(out, key | 2, s, (size_t)n);
     }
     case K_BOOL: {
-        int t = PyObject_IsTrue(v);
-        if (t < 0) {
-            PyErr_Clear();
-            return 1;
-        }
+        int t = PyObject_IsTrue(v);  /* an exact int or bool: no Python code runs */
+        if (t < 0)
+            return -1;
         return put_varint(out, key) < 0 || put_varint(out, (uint64_t)t) < 0 ? -1 : 0;
     }
     case K_INT64: {
-        if (!PyLong_Check(v))
-            return 1;
         int overflow;
         long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-        if (overflow || (x == -1 && PyErr_Occurred())) {
-            PyErr_Clear();
+        if (x == -1 && PyErr_Occurred())
+            return -1;
+        if (overflow)
             return 1;
-        }
         return put_varint(out, key) < 0 || put_varint(out, (uint64_t)x) < 0 ? -1 : 0;
     }
     case K_UINT: {
-        if (!PyLong_Check(v))
-            return 1;
         unsigned long long x = PyLong_AsUnsignedLongLong(v);
         if (x == (unsigned long long)-1 && PyErr_Occurred()) {  /* negative, or >= 2**64 */
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                return -1;
             PyErr_Clear();
             return 1;
         }
@@ -150,8 +168,6 @@ put_value(const field_t *f, PyObject *v, buf_t *out)
         return put_varint(out, key) < 0 || put_varint(out, x) < 0 ? -1 : 0;
     }
     case K_MSG: {
-        if (!PyDict_CheckExact(v))
-            return 1;
         buf_t body = {NULL, 0, 0};
         int r = encode_msg(&Msgs[f->sub], v, &body);
         if (r == 0)
@@ -164,43 +180,48 @@ put_value(const field_t *f, PyObject *v, buf_t *out)
 }
 
 static int
+encode_field(const field_t *f, PyObject *v, buf_t *out)
+{
+    if (f->repeated) {
+        if (v == Py_None)
+            return 0;
+        if (!PyList_CheckExact(v) && !PyTuple_CheckExact(v))
+            return 1;  /* another iterable: the reference iterates it */
+        /* re-read the size each pass: a nested dict lookup may run a key's __eq__ */
+        for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(v); j++) {
+            PyObject *item = PySequence_Fast_GET_ITEM(v, j);
+            Py_INCREF(item);
+            int r = put_value(f, item, out);
+            Py_DECREF(item);
+            if (r)
+                return r;
+        }
+        return 0;
+    }
+    if (v == Py_None)
+        return 0;
+    if (!plain(f, v))
+        return 1;
+    int ne = PyObject_RichCompareBool(v, f->dflt, Py_NE);  /* built-in types only */
+    if (ne <= 0)
+        return ne;
+    return put_value(f, v, out);
+}
+
+static int
 encode_msg(const msg_t *m, PyObject *msg, buf_t *out)
 {
     for (Py_ssize_t i = 0; i < m->nfields; i++) {
         const field_t *f = &m->fields[i];
         PyObject *v = PyDict_GetItemWithError(msg, f->name);  /* msg.get(field) */
         if (v == NULL) {
-            if (PyErr_Occurred()) {
-                PyErr_Clear();
-                return 1;
-            }
+            if (PyErr_Occurred())
+                return -1;
             continue;
         }
-        int r;
-        if (f->repeated) {
-            if (v == Py_None)
-                continue;
-            if (!PyList_CheckExact(v) && !PyTuple_CheckExact(v))
-                return 1;  /* another iterable: the reference iterates it */
-            PyObject *seq = v;
-            Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-            for (Py_ssize_t j = 0; j < n; j++) {
-                r = put_value(f, PySequence_Fast_GET_ITEM(seq, j), out);
-                if (r)
-                    return r;
-            }
-            continue;
-        }
-        if (v == Py_None)
-            continue;
-        int ne = PyObject_RichCompareBool(v, f->dflt, Py_NE);
-        if (ne < 0) {
-            PyErr_Clear();
-            return 1;
-        }
-        if (!ne)
-            continue;
-        r = put_value(f, v, out);
+        Py_INCREF(v);  /* held: nothing the lookups below run may free it */
+        int r = encode_field(f, v, out);
+        Py_DECREF(v);
         if (r)
             return r;
     }
@@ -369,7 +390,7 @@ error:
 static const msg_t *
 msg_named(PyObject *name)
 {
-    if (Index == NULL)
+    if (Index == NULL || !PyUnicode_CheckExact(name))
         return NULL;
     PyObject *i = PyDict_GetItemWithError(Index, name);
     if (i == NULL) {
@@ -423,14 +444,26 @@ linkwire_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (m == NULL || !PyLong_CheckExact(args[2]) || !(args[3] == Py_None || PyLong_CheckExact(args[3])))
         Py_RETURN_NONE;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_BufferError))
+            return NULL;
         PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    /* unsigned bytes only: the reference indexes items, which for another
+     * format ('H', 'b', 'c') are not these bytes */
+    if (view.ndim != 1 || view.itemsize != 1 || (view.format != NULL && strcmp(view.format, "B"))) {
+        PyBuffer_Release(&view);
         Py_RETURN_NONE;
     }
     Py_ssize_t start = PyLong_AsSsize_t(args[2]);
     Py_ssize_t end = args[3] == Py_None ? view.len : PyLong_AsSsize_t(args[3]);
     PyObject *res = NULL;
-    if (PyErr_Occurred()) {
+    if (PyErr_Occurred()) {  /* start or end beyond Py_ssize_t */
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
         PyErr_Clear();
         res = Py_NewRef(Py_None);
     } else if (start < 0 || end < start || end > view.len) {

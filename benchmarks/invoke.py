@@ -24,6 +24,10 @@ Issue 4 item 8b. One run, loopback, two processes besides mosquitto:
   the same window of unacknowledged PUBLISHes), then connecting (CONNECT/CONNACK, the
   queued PUBLISHes, one PUBACK each, DISCONNECT) with the same wake concurrency.
 
+Throughput runs in ``--rounds`` rounds (3), gateway and mosquitto alternating, so
+each round's ratio compares runs seconds apart on a shared, noisy machine; the
+round with the median ratio is the one reported (every round is printed).
+
 Phases (throughput): **enqueue** (all devices asleep; M = devices x per-device
 messages submitted / published), then **drain** (every device wakes once, in random
 order, ``--wake-concurrency`` at a time, until every message is delivered). Rate =
@@ -428,15 +432,15 @@ async def submit_all(stub, pb, reqs: list, window: int, batch: int) -> list:
 
 
 async def gateway_throughput(gw: Gw, devs: list[SimDevice], per: int, window: int, wake_conc: int,
-                             xp, rng: random.Random, batch: int = 1) -> dict:
+                             xp, rng: random.Random, batch: int = 1, pair: bool = True) -> dict:
     import grpc
     from edgistry.proto import gateway_pb2 as pb
     from edgistry.proto import gateway_pb2_grpc as pbg
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.grpc}") as ch:
         stub = pbg.GatewayStub(ch)
-        # pairing wake (full handshake, nothing queued; gets the ticket) - not measured
-        await gather_limited(wake_conc, [lambda d=d: wake(d, gw.link, xp) for d in devs])
+        if pair:  # pairing wake (full handshake, nothing queued; gets the ticket) - not measured
+            await gather_limited(wake_conc, [lambda d=d: wake(d, gw.link, xp) for d in devs])
         order = [d for d in devs for _ in range(per)]
         rng.shuffle(order)
         reqs = [submit_request(d, pb) for d in order]
@@ -755,6 +759,8 @@ def main() -> None:
                     help="requests per SubmitBatch call in the throughput phase (1: unary Submit calls)")
     ap.add_argument("--wake-concurrency", type=int, default=32, help="devices awake at once in the drain phase")
     ap.add_argument("--latency-s", type=float, default=20.0, help="open-loop latency phase length")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="throughput rounds, gateway and mosquitto alternating; the median round is reported")
     ap.add_argument("--no-x25519", action="store_true", help="devices without forward secrecy")
     ap.add_argument("--seed", type=int, default=4)
     ap.add_argument("--keep", action="store_true")
@@ -785,15 +791,20 @@ def main() -> None:
     gw = broker = None
     try:
         gw = Gw(workdir, devices_file)
-        g = asyncio.run(gateway_throughput(gw, devs, a.per_device, a.submit_window, a.wake_concurrency, xp, rng,
-                                              a.batch))
         broker = Mosquitto(workdir / "mosquitto", tls=False).start()
         from edgistry.firmware.link import link_wire as wire
         payload = wire.encode("DeviceRequest", {"request_id": os.urandom(16), "service": "sensor", "method": "read",
                                                 "args": ARGS, "request_token": os.urandom(90),
                                                 "expires_at_ms": int(time.time() * 1000)})
-        mqr = asyncio.run(mqtt_throughput(broker.port, a.devices, a.per_device, a.submit_window,
-                                          a.wake_concurrency, payload, rng))
+        # interleaved rounds, side by side: each round's ratio compares runs seconds apart
+        rounds = []
+        for k in range(a.rounds):
+            gr = asyncio.run(gateway_throughput(gw, devs, a.per_device, a.submit_window, a.wake_concurrency, xp,
+                                                rng, a.batch, pair=k == 0))
+            mr = asyncio.run(mqtt_throughput(broker.port, a.devices, a.per_device, a.submit_window,
+                                             a.wake_concurrency, payload, rng))
+            rounds.append((gr, mr))
+        g, mqr = sorted(rounds, key=lambda r: r[0]["rate"] / r[1]["rate"])[len(rounds) // 2]  # the median round
         version = broker.version()
         broker.stop()
         half = g["rate"] / 2
@@ -819,12 +830,18 @@ def main() -> None:
           f"payload {len(payload)} B (same size as the link's DeviceRequest)")
     print()
     rows = []
-    for name, r in (("edgistry gateway", g), ("mosquitto", mqr)):
-        rows.append([name, r["messages"], f"{r['t_enqueue']:.2f}", f"{r['enqueue_rate']:.0f}", f"{r['t_drain']:.2f}",
-                     f"{r['drain_rate']:.0f}", f"{r['rate']:.0f}"])
-    rows.append(["ratio gateway / mosquitto", "", "", f"{g['enqueue_rate'] / mqr['enqueue_rate']:.3f}", "",
-                 f"{g['drain_rate'] / mqr['drain_rate']:.3f}", f"{ratio:.3f}"])
+    for k, (gr, mr) in enumerate(rounds, 1):
+        median = " (median)" if gr is g else ""
+        for name, r in (("edgistry gateway", gr), ("mosquitto", mr)):
+            rows.append([f"round {k}{median}: {name}", r["messages"], f"{r['t_enqueue']:.2f}",
+                         f"{r['enqueue_rate']:.0f}", f"{r['t_drain']:.2f}", f"{r['drain_rate']:.0f}",
+                         f"{r['rate']:.0f}"])
+        rows.append([f"round {k}{median}: ratio gateway / mosquitto", "", "",
+                     f"{gr['enqueue_rate'] / mr['enqueue_rate']:.3f}", "",
+                     f"{gr['drain_rate'] / mr['drain_rate']:.3f}", f"{gr['rate'] / mr['rate']:.3f}"])
     print(table(["throughput", "msgs", "enqueue s", "enqueue msg/s", "drain s", "drain msg/s", "msg/s"], rows))
+    print(f"(rounds alternate gateway and mosquitto; the round with the median ratio is reported below "
+          f"and in the final JSON line)")
     print()
 
     rpc = [x * 1000 for x in lat["rpc"]]
@@ -891,6 +908,8 @@ def main() -> None:
         "mosquitto": {"msgs_per_s": r2(mqr["rate"]), "enqueue_per_s": r2(mqr["enqueue_rate"]),
                       "drain_per_s": r2(mqr["drain_rate"])},
         "ratio": round(ratio, 3),
+        "rounds": [{"gateway_msgs_per_s": round(gr["rate"], 2), "mosquitto_msgs_per_s": round(mr["rate"], 2),
+                    "ratio": round(gr["rate"] / mr["rate"], 3)} for gr, mr in rounds],
         "ratio_enqueue": round(g["enqueue_rate"] / mqr["enqueue_rate"], 3),
         "ratio_drain": round(g["drain_rate"] / mqr["drain_rate"], 3),
         "latency_at_half_peak": {"rate": r2(lat["rate"]), "submit_rpc_p50_ms": r2(pct(rpc, 50)),

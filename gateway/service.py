@@ -321,7 +321,7 @@ class GatewayService:
         if not 0 < ttl <= self.settings.max_ttl_s:
             raise BadRequest(f"ttl_s must be 1..{self.settings.max_ttl_s}")
         rec = RequestRecord(rid, dev.link_id, service, method.name, args, b"", auth.token_digest(call.token),
-                            State.QUEUED, now, now + ttl * 1000)
+                            State.QUEUED, now, now + ttl * 1000, attested=bool(call.attested and not method.mutating))
         if method.cache_max_age_s and not method.mutating:
             hit = self.store.cached(dev.link_id, service, method.name, args, now)
             if hit is not None:
@@ -439,11 +439,24 @@ class GatewayService:
             await self._next_change(rid, min(left, 5.0))  # re-read at least every 5 s
 
     def _owned(self, request_id: str, token: bytes) -> RequestRecord:
+        """The request, for the token it was made with, if that token is still good.
+
+        Here, where the device is paired, the token is checked again as on a call
+        (revocation, expiry, gateway; not the method's right): a revoked or expired
+        token can neither read nor cancel what it asked for. Not checked here: a
+        forwarding stub's (the device's gateway checks it), an invoke-any request's
+        (made on the forwarding gateway's word, which checked the client), and a
+        request of a device since unpaired (its answer is that failure)."""
         rec = self.store.get(_request_id(request_id, required=True))
         if rec is None:
             raise NotFound(f"no request {request_id} (unknown or purged)")
         if not hmac.compare_digest(rec.token_digest, auth.token_digest(token)):
             raise Unauthorized("only the token the request was made with can read or cancel it")
+        if not rec.forwarded_to and not rec.attested:
+            dev = self.store.device(rec.link_id)
+            if dev is not None:
+                auth.authorise(token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
+                               self.clock() // 1000, check_permits=False)
         return rec
 
     def _remember_forward(self, call: Call, owner: str, res: Result) -> None:

@@ -199,6 +199,7 @@ class RequestRecord(_Record):
     done_ms: int = 0
     from_cache: bool = False
     forwarded_to: str = ""  # set on a forwarding gateway's stub: the peer that holds it
+    attested: bool = False  # made on a trusted caller's word (invoke-any), not checked against the device
     _bytes = ("request_id", "link_id", "args", "request_token", "token_digest", "payload")
 
     @property

@@ -161,6 +161,44 @@ async def test_result_needs_the_same_token_and_watch_streams(env):
     assert seen[0] == State.QUEUED and seen[-1] == State.DONE
 
 
+async def test_revoked_or_expired_token_can_no_longer_read_watch_or_cancel(env):
+    """Result, watch and cancel check the request's token again: once it is revoked (or has
+    expired) it reaches nothing, not even what it asked for while it was good."""
+    store, service, dev, secret, app = env
+    res = await service.submit(call(dev, "info", app))
+    assert (await service.get_result(res.request_id, app.to_bytes())).state == State.QUEUED
+    service.revoked.revoke_token(app)
+    for attempt in (service.get_result(res.request_id, app.to_bytes()),
+                    service.cancel(res.request_id, app.to_bytes()), _first(service.watch(res.request_id, app.to_bytes()))):
+        with pytest.raises(Unauthorized, match="Revoked"):
+            await attempt
+    assert store.depth(dev.link_id) == 1  # not cancelled
+    now = int(time.time())
+    brief = cl.derive(cl.load(dev.root_token), [cl.Service("sensor", ["info"])], [cl.ExpiresAt(now + 60)])
+    res = await service.submit(call(dev, "info", brief))
+    service.clock = lambda: (now + 120) * 1000
+    with pytest.raises(Unauthorized, match="(?i)constraint"):
+        await service.get_result(res.request_id, brief.to_bytes())
+
+
+async def test_results_of_attested_requests_and_unpaired_devices_stay_readable(env):
+    """A request made on a peer's word is read with the digest check alone (the forwarding
+    gateway checked the client); so is the failure of a device since unpaired."""
+    store, service, dev, secret, app = env
+    forwarded = call(dev, "info", b"peer-vouched", service="sensor", attested=True, request_id=new_id().hex())
+    res = await service.serve_forward("submit", forwarded)
+    assert (await service.get_result(res.request_id, b"peer-vouched")).state == State.QUEUED
+    mine = await service.submit(call(dev, "info", app))
+    store.remove_device(dev.link_id, int(time.time() * 1000))
+    gone = await service.get_result(mine.request_id, app.to_bytes())
+    assert gone.state == State.CANCELLED and gone.error == "the device was unpaired"
+
+
+async def _first(agen):
+    async for item in agen:
+        return item
+
+
 async def test_cancel(env):
     """A cancelled request leaves the queue and reports CANCELLED."""
     store, service, dev, secret, app = env

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from edgistry.firmware import caplets as cl
@@ -370,7 +372,11 @@ def json_ticket(link_id: bytes, exp: int) -> bytes:
                        "exp": exp}).encode()
 
 
-@pytest.mark.parametrize("raw", [b"\x01", b"\x01\xc1", b"\x01\x93\x01\x02", b"\x01\xdc\x00\x12" + b"\x00" * 18])
+_TOO_MANY = len(dataclasses.fields(RequestRecord)) + 1  # one field more than the record has
+
+
+@pytest.mark.parametrize("raw", [b"\x01", b"\x01\xc1", b"\x01\x93\x01\x02",
+                                 b"\x01\xdc" + _TOO_MANY.to_bytes(2, "big") + b"\x00" * _TOO_MANY])
 def test_a_corrupt_record_is_a_clear_error(raw):
     with pytest.raises(ValueError, match="corrupt RequestRecord record"):
         RequestRecord.load(raw)

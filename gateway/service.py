@@ -97,6 +97,18 @@ class Forwarder:
 
 
 @dataclass
+class _Batch:
+    """A SubmitBatch in progress: answers by position, items staged for the group
+    commit (position, device, future), positions left to submit(), the first
+    unexpected error."""
+
+    out: list
+    staged: list = field(default_factory=list)
+    elsewhere: list[int] = field(default_factory=list)
+    failure: BaseException | None = None
+
+
+@dataclass
 class GatewayService:
     store: GatewayStore
     gateway_id: str
@@ -240,46 +252,53 @@ class GatewayService:
         if len(calls) > self.settings.max_batch:
             raise BadRequest(f"a batch holds at most {self.settings.max_batch} requests, not {len(calls)}")
         now = self.clock()
-        out: list = [None] * len(calls)
-        staged: list[tuple[int, Device, asyncio.Future]] = []
-        elsewhere: list[int] = []
-        failure: BaseException | None = None  # the first unexpected error: raised once all are settled
+        batch = _Batch([None] * len(calls))
         for i, call in enumerate(calls):
-            try:
-                call.attested = False  # as _locate: never taken from the client's request
-                dev = self.store.device_by_pseudonym(self._pseudonym(call))
-                if dev is None:
-                    elsewhere.append(i)
-                    continue
-                prepared = self._prepare(dev, call, now)
-            except GatewayError as err:
-                self.metrics.rejections.labels(err.reason).inc()
-                out[i] = err
-                continue
-            except Exception as exc:  # noqa: BLE001 - fails the call, after the others are settled
-                failure = failure or exc
-                continue
-            if isinstance(prepared, Result):
-                out[i] = prepared
-            else:
-                staged.append((i, dev, self._stage(prepared[0], now, prepared[1])))
-        others = [self.submit(calls[i]) for i in elsewhere]
-        done = await asyncio.gather(*[f for *_, f in staged], *others, return_exceptions=True)
-        for (i, dev, _), res in zip(staged, done):
+            self._stage_item(batch, i, call, now)
+        others = [self.submit(calls[i]) for i in batch.elsewhere]
+        done = await asyncio.gather(*[f for *_, f in batch.staged], *others, return_exceptions=True)
+        self._settle(batch, done, now)
+        if batch.failure is not None:
+            raise batch.failure
+        return batch.out
+
+    def _stage_item(self, batch: _Batch, i: int, call: Call, now: int) -> None:
+        """Check item ``i`` of a batch and stage it for the next group commit
+        (or answer it: a refusal, a cached read; or leave it to submit())."""
+        try:
+            call.attested = False  # as _locate: never taken from the client's request
+            dev = self.store.device_by_pseudonym(self._pseudonym(call))
+            if dev is None:
+                batch.elsewhere.append(i)
+                return
+            prepared = self._prepare(dev, call, now)
+        except GatewayError as err:
+            self.metrics.rejections.labels(err.reason).inc()
+            batch.out[i] = err
+            return
+        except Exception as exc:  # noqa: BLE001 - fails the call, once the others are settled
+            batch.failure = batch.failure or exc
+            return
+        if isinstance(prepared, Result):
+            batch.out[i] = prepared
+        else:
+            batch.staged.append((i, dev, self._stage(prepared[0], now, prepared[1])))
+
+    def _settle(self, batch: _Batch, done: list, now: int) -> None:
+        """Answer every item from its commit (or submit()) outcome; a queued item
+        is counted and announced even when the call fails as a whole."""
+        for (i, dev, _), res in zip(batch.staged, done):
             if isinstance(res, GatewayError):
                 self.metrics.rejections.labels(res.reason).inc()
-                out[i] = res
+                batch.out[i] = res
             elif isinstance(res, BaseException):
-                failure = failure or res
-            else:  # queued: counted and announced even when the call fails as a whole
-                out[i] = self._queued(dev, *res, now)
-        for i, res in zip(elsewhere, done[len(staged):]):
+                batch.failure = batch.failure or res
+            else:
+                batch.out[i] = self._queued(dev, *res, now)
+        for i, res in zip(batch.elsewhere, done[len(batch.staged):]):
             if isinstance(res, BaseException) and not isinstance(res, GatewayError):
-                failure = failure or res
-            out[i] = res
-        if failure is not None:
-            raise failure
-        return out
+                batch.failure = batch.failure or res
+            batch.out[i] = res
 
     async def _submit_local(self, dev: Device, call: Call, store_cached: bool = True) -> Result:
         now = self.clock()

@@ -840,8 +840,8 @@ def main() -> None:
                      f"{gr['enqueue_rate'] / mr['enqueue_rate']:.3f}", "",
                      f"{gr['drain_rate'] / mr['drain_rate']:.3f}", f"{gr['rate'] / mr['rate']:.3f}"])
     print(table(["throughput", "msgs", "enqueue s", "enqueue msg/s", "drain s", "drain msg/s", "msg/s"], rows))
-    print(f"(rounds alternate gateway and mosquitto; the round with the median ratio is reported below "
-          f"and in the final JSON line)")
+    print("(rounds alternate gateway and mosquitto; the round with the median ratio is reported below "
+          "and in the final JSON line)")
     print()
 
     rpc = [x * 1000 for x in lat["rpc"]]

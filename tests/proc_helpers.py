@@ -54,3 +54,35 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
         except subprocess.TimeoutExpired:
             kill9(proc)
     return proc.returncode
+
+
+PURE_RUN = r"""
+import importlib
+import sys
+import pytest
+module = importlib.import_module(sys.argv[1])
+switch, reference_name = sys.argv[2], sys.argv[3]
+setattr(module, switch, None)
+calls = [0]
+reference = getattr(module, reference_name)
+def counted(*a):
+    calls[0] += 1
+    return reference(*a)
+setattr(module, reference_name, counted)
+code = pytest.main(sys.argv[4:])
+assert getattr(module, switch) is None and calls[0] > 0, "the Python reference did not run"
+sys.exit(code)
+"""
+
+
+def run_tests_on_the_pure_path(module: str, switch: str, reference: str, test_files: list[Path]) -> None:
+    """Run ``test_files`` in a fresh interpreter with ``module.<switch>`` (a C
+    accelerator) set to None, checking that ``module.<reference>`` (the Python
+    path) ran; fails the calling test with pytest's output otherwise."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-c", PURE_RUN, module, switch, reference, "-q", "-x", "-p", "no:cacheprovider",
+         *map(str, test_files)],
+        cwd=root, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout

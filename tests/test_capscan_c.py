@@ -9,15 +9,13 @@ existing token test modules are also run once more with the C scanner off.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h3
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from proc_helpers import run_tests_on_the_pure_path
 
 import edgistry.firmware.caplets as cl
 from edgistry.firmware.caplets import cap_caps, cap_codec, cap_verify, cap_wire
@@ -524,30 +522,8 @@ def test_bad_arguments_are_type_errors() -> None:
 
 # ---- the existing token tests, on the pure path --------------------------------
 
-PURE_RUN = r"""
-import sys
-import pytest
-from edgistry.firmware.caplets import cap_codec
-cap_codec.FAST_SCAN = None
-calls = [0]
-reference = cap_codec._split
-def counted(data, end):
-    calls[0] += 1
-    return reference(data, end)
-cap_codec._split = counted
-code = pytest.main(sys.argv[1:])
-assert cap_codec.FAST_SCAN is None and calls[0] > 0, "the pure scanner did not run"
-sys.exit(code)
-"""
-
-
 def test_token_test_modules_pass_on_the_pure_path() -> None:
     """test_tokens_core/properties/api again, with the C scanner switched off
     (the default run above them uses it)."""
     modules = [str(TESTS / f"test_tokens_{m}.py") for m in ("core", "properties", "api")]
-    proc = subprocess.run(
-        [sys.executable, "-c", PURE_RUN, "-q", "-x", "-p", "no:cacheprovider", *modules],
-        cwd=TESTS.parent, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout
+    run_tests_on_the_pure_path("edgistry.firmware.caplets.cap_codec", "FAST_SCAN", "_split", modules)

@@ -279,16 +279,19 @@ def test_illegal_sends_and_unexpected_frames() -> None:
     assert events(g4)[-1].reason == "malformed"
 
 
+def transcript(args: bytes = b""):
+    """An encrypted handshake and one REQUESTS frame with deterministic randomness."""
+    dev = Dev.make()
+    keys = Keys()
+    keys.add(dev, True)
+    d, g = dev.session(rand=DetRand(b"d")), gateway(keys, rand=DetRand(b"g"), now_ms=lambda: 10**12)
+    _, _, chunks = handshake(d, g)
+    return chunks, g.send(Requests([dev.request("s", "m", args, 1)]))
+
+
 def test_deterministic_given_randomness() -> None:
     """With the same randomness both sides produce the same bytes (transcripts are reproducible)."""
-    def run():
-        dev = Dev.make()
-        keys = Keys()
-        keys.add(dev, True)
-        d, g = dev.session(rand=DetRand(b"d")), gateway(keys, rand=DetRand(b"g"), now_ms=lambda: 10**12)
-        _, _, chunks = handshake(d, g)
-        return chunks, g.send(Requests([dev.request("s", "m", b"", 1)]))
-    assert run() == run()
+    assert transcript() == transcript()
 
 
 def test_crypt_paths_agree_and_fixed_vectors_hold(monkeypatch) -> None:
@@ -306,21 +309,14 @@ def test_crypt_paths_agree_and_fixed_vectors_hold(monkeypatch) -> None:
         assert lc.xor_bigint(data, stream) == lc.xor_pure(data, stream) == want
     assert lc.FAST_XOR is lc.xor_bigint  # chosen on CPython
 
-    def transcript():
-        dev = Dev.make()
-        keys = Keys()
-        keys.add(dev, True)
-        d, g = dev.session(rand=DetRand(b"d")), gateway(keys, rand=DetRand(b"g"), now_ms=lambda: 10**12)
-        _, _, chunks = handshake(d, g)
-        return chunks, g.send(Requests([dev.request("s", "m", b"x" * 300, 1)]))
-    fast = transcript()
+    fast = transcript(b"x" * 300)
     monkeypatch.setattr(lc, "FAST_XOR", None)
-    assert transcript() == fast
+    assert transcript(b"x" * 300) == fast
 
     def no_memory(data, stream):
         raise MemoryError
     monkeypatch.setattr(lc, "FAST_XOR", no_memory)  # a board whose heap is too small for it
-    assert transcript() == fast
+    assert transcript(b"x" * 300) == fast
 
 
 @pytest.mark.parametrize("mutation,verdict", [

@@ -11,14 +11,12 @@ handed back. The link test modules are also run once more with C switched off.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from proc_helpers import run_tests_on_the_pure_path
 from test_link_wire import strategy
 
 from edgistry.firmware.link import link_wire as wire
@@ -222,30 +220,8 @@ def test_plain_but_unusual_values_agree() -> None:
 
 # ---- the existing link tests, on the pure path ---------------------------------
 
-PURE_RUN = r"""
-import sys
-import pytest
-from edgistry.firmware.link import link_wire
-link_wire.FAST_WIRE = None
-calls = [0]
-reference = link_wire._decode_py
-def counted(*a):
-    calls[0] += 1
-    return reference(*a)
-link_wire._decode_py = counted
-code = pytest.main(sys.argv[1:])
-assert link_wire.FAST_WIRE is None and calls[0] > 0, "the Python codec did not run"
-sys.exit(code)
-"""
-
-
 def test_link_test_modules_pass_on_the_pure_path() -> None:
     """test_link_wire and test_link_session again, with the C codec switched off
     (the default run above them uses it)."""
     modules = [str(TESTS / f"test_link_{m}.py") for m in ("wire", "session")]
-    proc = subprocess.run(
-        [sys.executable, "-c", PURE_RUN, "-q", "-x", "-p", "no:cacheprovider", *modules],
-        cwd=TESTS.parent, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout
+    run_tests_on_the_pure_path("edgistry.firmware.link.link_wire", "FAST_WIRE", "_decode_py", modules)

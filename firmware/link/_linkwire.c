@@ -40,7 +40,6 @@ typedef struct {
 } msg_t;
 
 static msg_t *Msgs;
-static Py_ssize_t NMsgs;
 static PyObject *Index; /* message name -> index (int) */
 
 /* ---- a growable output buffer ------------------------------------------- */
@@ -265,11 +264,6 @@ lookup(const msg_t *m, uint64_t number)
             return &m->fields[i];
     return NULL;
 }
-
-static PyObject *new_default(const field_t *f);
-
-static int decode_msg(const msg_t *m, const uint8_t *p, Py_ssize_t start, Py_ssize_t end,
-                      PyObject **result);
 
 static PyObject *
 new_default(const field_t *f)
@@ -515,7 +509,6 @@ build(PyObject *schemas, PyObject *u64, PyObject *defaults)
     if (msgs == NULL)
         goto error;
     Msgs = msgs;
-    NMsgs = n;
     pos = 0;
     for (Py_ssize_t mi = 0; PyDict_Next(schemas, &pos, &name, &fields); mi++) {
         if (!PyTuple_Check(fields)) {

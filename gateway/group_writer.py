@@ -55,8 +55,10 @@ class GroupWriter:
                 self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
                 self._thread.start()
 
-    def submit(self, op: object) -> asyncio.Future:
-        """Stage a write; the future resolves with its result once durable."""
+    def submit(self, op: object, urgent: bool = False) -> asyncio.Future:
+        """Stage a write; the future resolves with its result once durable.
+        ``urgent``: hand it (and what this loop staged before it) over now,
+        not at the end of the loop turn (see GatewayStore.write)."""
         if self._closed:
             raise RuntimeError("the store is closed")
         self.start()
@@ -66,8 +68,11 @@ class GroupWriter:
             staged = self._staged.get(loop)
             if staged is None:
                 staged = self._staged[loop] = []
-                loop.call_soon(self._hand_over, loop)
+                if not urgent:
+                    loop.call_soon(self._hand_over, loop)
             staged.append((op, fut, loop))
+        if urgent:
+            self._hand_over(loop)
         return fut
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:

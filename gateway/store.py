@@ -284,13 +284,21 @@ class GatewayStore:
             finally:
                 self.env.close()
 
-    async def write(self, op: Op) -> object:
+    async def write(self, op: Op, urgent: bool = False) -> object:
         """Have the writer run ``op`` (see :meth:`apply`) in its next group commit;
         return the result once durable (listeners then hear of the changed
-        records, on the caller's thread)."""
+        records, on the caller's thread).
+
+        ``urgent``: hand ``op`` to the writer now rather than with the rest of
+        this loop turn's writes. For a caller that has gathered a batch already
+        (a SubmitBatch call): the writer starts on it while the loop works on
+        the next call, so commits and the loop's work overlap instead of taking
+        turns (at a window of a few calls in flight they would otherwise stay
+        in lockstep: every call of the window in one commit, nothing to stage
+        while it runs)."""
         if self.writer is None:
             raise RuntimeError("this store has no writer")
-        result, changed = await self.writer.submit(op)
+        result, changed = await self.writer.submit(op, urgent)
         self._notify(changed)
         return result
 
@@ -435,14 +443,14 @@ class GatewayStore:
         self._notify(changed)
         return out
 
-    async def enqueue_many_async(self, items: list[tuple[RequestRecord, int, int, Callable[[int], bytes]]]
-                                 ) -> list[tuple[RequestRecord, bool] | Exception]:
+    async def enqueue_many_async(self, items: list[tuple[RequestRecord, int, int, Callable[[int], bytes]]],
+                                 urgent: bool = False) -> list[tuple[RequestRecord, bool] | Exception]:
         """:meth:`enqueue_many` by the group-commit writer: same semantics
         and per-item results, but the event loop does not wait for the fsync, and
         batches submitted meanwhile (and link writes) share the next commit.
         ``token_for_seq`` runs in the writer (a process writer needs it picklable,
-        as auth.RequestTokenFor is)."""
-        return await self.write(("enqueue", (items,)))
+        as auth.RequestTokenFor is). ``urgent``: see :meth:`write`."""
+        return await self.write(("enqueue", (items,)), urgent)
 
     def _enqueue_in(self, txn: lmdb.Transaction, rec: RequestRecord, max_depth: int, now_ms: int,
                     token_for_seq: Callable[[int], bytes]) -> tuple[RequestRecord, bool]:

@@ -105,15 +105,19 @@ class ProcessWriter:
             raise RuntimeError("a store's writer process serves one event loop")
         return loop
 
-    def submit(self, op: object) -> asyncio.Future:
-        """Stage a write; the future resolves with its result once durable."""
+    def submit(self, op: object, urgent: bool = False) -> asyncio.Future:
+        """Stage a write; the future resolves with its result once durable.
+        ``urgent``: hand it (and what is staged before it) over now, not at
+        the end of the loop turn (see GatewayStore.write)."""
         if self._closed:
             raise RuntimeError("the store is closed")
         loop = self._bind()
         fut = loop.create_future()
-        if not self._staged:
+        if not self._staged and not urgent:
             loop.call_soon(self._hand_over)
         self._staged.append((op, fut))
+        if urgent:
+            self._hand_over()
         return fut
 
     def _hand_over(self) -> None:

@@ -150,13 +150,14 @@ class ScriptedDevice:
 
 
 def count_group_commits(store) -> list[int]:
-    """Wrap ``store.enqueue_many_async``: the returned list gets the size of every group commit."""
+    """Wrap ``store.enqueue_many_async``: the returned list gets the size of every
+    enqueue operation (the writer may still commit several in one transaction)."""
     commits: list[int] = []
     real = store.enqueue_many_async
 
-    async def counting(items):
+    async def counting(items, urgent=False):
         commits.append(len(items))
-        return await real(items)
+        return await real(items, urgent)
 
     store.enqueue_many_async = counting
     return commits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from edgistry.firmware import caplets as cl
 from edgistry.gateway import auth
 from edgistry.gateway.backend import StoreLinkBackend
-from edgistry.gateway.errors import InvokeTimeout, NotFound, QueueFull, Unauthorized
+from edgistry.gateway.errors import BadRequest, InvokeTimeout, NotFound, QueueFull, Unauthorized
 from edgistry.gateway.link_backend import DeviceAnswer
 from edgistry.gateway.service import Call, GatewayService, Settings, owner_handle
 from edgistry.gateway.store import Device, GatewayStore, State, new_id
@@ -225,14 +226,49 @@ async def test_method_names_are_not_revealed_without_a_valid_token(env):
             await service.submit(call(dev, "nope", token))
 
 
+async def test_a_batch_goes_to_the_writer_while_an_earlier_commit_runs(env):
+    """Nothing waits for an earlier commit: a batch is handed to the writer while the
+    commit before it is still running (so their work overlaps), and each batch is
+    acknowledged only after its own commit."""
+    store, service, dev, secret, app = env
+    service.settings.max_queue_depth = 10
+    inside, release = threading.Event(), threading.Event()
+    real_apply = store.writer.apply
+
+    def gated(txn, op):  # the writer thread holds the first commit open until released
+        if not release.is_set():
+            inside.set()
+            release.wait(10)
+        return real_apply(txn, op)
+    store.writer.apply = gated
+    handed: list[int] = []
+    real_submit = store.writer.submit
+    store.writer.submit = lambda op, urgent=False: (handed.append(len(op[1][0])), real_submit(op, urgent))[1]
+    try:
+        first = asyncio.ensure_future(service.submit_many([call(dev, "info", app)] * 2))
+        assert await asyncio.to_thread(inside.wait, 10)  # the first batch's commit is running
+        second = asyncio.ensure_future(service.submit_many([call(dev, "info", app)] * 3))
+        for _ in range(200):
+            if handed == [2, 3]:
+                break
+            await asyncio.sleep(0.01)
+        assert handed == [2, 3] and not first.done() and not second.done()
+    finally:
+        release.set()
+    assert [r.state for r in await asyncio.wait_for(first, 10)] == [State.QUEUED] * 2
+    assert [r.state for r in await asyncio.wait_for(second, 10)] == [State.QUEUED] * 3
+    assert store.depth(dev.link_id) == 5
+
+
 async def test_concurrent_submits_share_a_commit_and_keep_queue_order(env):
     """Submits arriving together are written by one transaction (group commit); each keeps its own
     outcome (the depth-3 queue refuses the rest) and sequences rise in queue order."""
     store, service, dev, secret, app = env
-    commits = count_group_commits(store)
+    ops = count_group_commits(store)
+    before = store.writer.commits
     results = await asyncio.gather(*(service.submit(call(dev, "info", app, args=b'{"n": %d}' % i))
                                      for i in range(5)), return_exceptions=True)
-    assert commits == [5]
+    assert ops == [1] * 5 and store.writer.commits == before + 1  # five operations, one transaction
     assert sum(1 for r in results if isinstance(r, QueueFull)) == 2
     queued = [r for r in results if not isinstance(r, Exception)]
     assert len(queued) == 3 and all(r.state == State.QUEUED for r in queued)
@@ -264,3 +300,18 @@ async def test_attestation_comes_only_from_signed_peer_forwards(env):
     assert (await service.serve_forward("submit", forwarded)).state == State.QUEUED
     with pytest.raises(Unauthorized):
         await service.serve_forward("submit", call(dev, "set", b"", service="valve", attested=True))
+
+
+@pytest.mark.parametrize("args,ok", [
+    (b'{"unit": "C"}', True), (b"[1e400]", True), (b'"\\ud800"', True), (b"NaN", True),  # json's verdict
+    (b"{", False), (b"{'a': 1}", False), (b"\xff", False), (b"[" * 5000 + b"]" * 5000, False)],
+    ids=["object", "huge-number", "lone-surrogate", "nan", "truncated", "quotes", "not-utf8", "deep"])
+async def test_arguments_must_be_json_as_python_reads_it(env, args, ok):
+    """The fast JSON check never refuses what json.loads accepts, and refuses what it refuses."""
+    store, service, dev, secret, app = env
+    sub = service.submit(call(dev, "info", app, args=args))
+    if ok:
+        assert (await sub).state == State.QUEUED
+    else:
+        with pytest.raises(BadRequest, match="not JSON|nested too deeply"):
+            await sub

@@ -281,3 +281,25 @@ async def test_the_thread_writer_commits_what_was_staged_when_closed(tmp_path):
     await asyncio.sleep(0)  # staged this turn, not handed over yet
     store.close()
     assert (await asyncio.wait_for(pending, 5))[0][1]
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+async def test_an_urgent_write_is_handed_over_at_once_and_in_order(tmp_path, kind):
+    """``urgent``: the writer gets the operation (and what was staged before it) when it is
+    submitted, not at the end of the loop turn; order is kept; results are the same."""
+    store = GatewayStore(tmp_path / "gw", writer=kind)
+    try:
+        dev = device(store)
+        await store.enqueue_many_async([item(dev)])  # the writer runs
+        w = store.writer
+        first = w.submit(("enqueue", ([item(dev)],)))            # staged for the end of this turn
+        second = w.submit(("enqueue", ([item(dev)],)), urgent=True)
+        # handed over already, both, before this coroutine yields once
+        assert (not w._staged) if kind == "process" else (not w._staged.get(asyncio.get_running_loop()))
+        third = w.submit(("enqueue", ([item(dev)],)))            # a later turn's hand-over still works
+        outs = await asyncio.wait_for(asyncio.gather(first, second, third), 10)
+        seqs = [out[0][0][0].seq for out in outs]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 3  # queue order is submit order
+        assert store.depth(dev.link_id) == 4
+    finally:
+        store.close()

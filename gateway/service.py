@@ -145,6 +145,7 @@ class GatewayService:
     # issue 5: discovery handles resolve here, at the gateway that issued them
     # (target, client token) -> pseudonym: discovery handles open only with the client's token
     resolvers: list[Callable[[str, bytes], bytes | None]] = field(default_factory=list)
+    watch_recheck_s: float = 5.0  # a watch re-reads its request (and re-checks its token) this often
 
     def __post_init__(self) -> None:
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
@@ -466,12 +467,16 @@ class GatewayService:
             raise NotFound(f"no request {request_id} (unknown or purged)")
         if not hmac.compare_digest(rec.token_digest, auth.token_digest(token)):
             raise Unauthorized("only the token the request was made with can read or cancel it")
+        self._token_still_good(rec, token)
+        return rec
+
+    def _token_still_good(self, rec: RequestRecord, token: bytes) -> None:
+        """The re-check of :meth:`_owned` (raises Unauthorized)."""
         if not rec.forwarded_to and not rec.attested:
             dev = self.store.device(rec.link_id)
             if dev is not None:
                 auth.authorise(token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
                                self.clock() // 1000, check_permits=False)
-        return rec
 
     def _remember_forward(self, call: Call, owner: str, res: Result) -> None:
         now = self.clock()
@@ -494,7 +499,11 @@ class GatewayService:
         return _result(self.store.cancel(rec.request_id, self.clock()))
 
     async def watch(self, request_id: str, token: bytes) -> AsyncIterator[Result]:
-        """The current state, then every change, until a terminal state."""
+        """The current state, then every change, until a terminal state.
+
+        The token is checked again before every update and at least every
+        ``watch_recheck_s``: once it is revoked or expires, the stream ends
+        with Unauthorized (the device's gateway does the same for a forward)."""
         rec = self._owned(request_id, token)
         if rec.forwarded_to:
             async for res in self.forwarder.watch(rec.forwarded_to, request_id, token):
@@ -503,13 +512,15 @@ class GatewayService:
         last = None
         while True:
             rec = self.store.get(rec.request_id) or rec
+            if last is not None:
+                self._token_still_good(rec, token)
             if last is None or rec.state != last:
                 last = rec.state
                 dev = self.store.device(rec.link_id)
                 yield _result(rec, self.expected_at(dev, self.clock()) if dev is not None and rec.st.active else 0)
             if not rec.st.active:
                 return
-            await self._next_change(rec.request_id, 5.0)
+            await self._next_change(rec.request_id, self.watch_recheck_s)
 
 
 def _request_id(text: str, required: bool = False) -> bytes:

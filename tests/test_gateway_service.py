@@ -182,6 +182,20 @@ async def test_revoked_or_expired_token_can_no_longer_read_watch_or_cancel(env):
         await service.get_result(res.request_id, brief.to_bytes())
 
 
+async def test_a_watch_ends_when_its_token_is_revoked_while_it_streams(env):
+    """A WatchResult already streaming stops with Unauthorized once its token is revoked
+    (checked at the next change, and at least every watch_recheck_s)."""
+    store, service, dev, secret, app = env
+    service.watch_recheck_s = 0.1
+    res = await service.submit(call(dev, "info", app))
+    stream = service.watch(res.request_id, app.to_bytes())
+    assert (await asyncio.wait_for(stream.__anext__(), 5)).state == State.QUEUED
+    service.revoked.revoke_token(app)
+    with pytest.raises(Unauthorized, match="Revoked"):
+        await asyncio.wait_for(stream.__anext__(), 5)
+    assert store.depth(dev.link_id) == 1  # the request itself goes on
+
+
 async def test_results_of_attested_requests_and_unpaired_devices_stay_readable(env):
     """A request made on a peer's word is read with the digest check alone (the forwarding
     gateway checked the client); so is the failure of a device since unpaired."""

@@ -149,7 +149,7 @@ class ScriptedDevice:
         return got
 
 
-def count_group_commits(store) -> list[int]:
+def count_enqueue_ops(store) -> list[int]:
     """Wrap ``store.enqueue_many_async``: the returned list gets the size of every
     enqueue operation (the writer may still commit several in one transaction)."""
     commits: list[int] = []

@@ -15,7 +15,7 @@ from edgistry.gateway.errors import BadRequest, InvokeTimeout, NotFound, QueueFu
 from edgistry.gateway.link_backend import DeviceAnswer
 from edgistry.gateway.service import Call, GatewayService, Settings, owner_handle
 from edgistry.gateway.store import Device, GatewayStore, State, new_id
-from gateway_helpers import count_group_commits
+from gateway_helpers import count_enqueue_ops
 
 MANIFEST = {"duty_cycle_s": 5, "services": [
     {"type": "sensor", "methods": [{"name": "read", "cache_max_age_s": 30}, "info"]},
@@ -255,9 +255,13 @@ async def test_a_batch_goes_to_the_writer_while_an_earlier_commit_runs(env):
             release.wait(10)
         return real_apply(txn, op)
     store.writer.apply = gated
-    handed: list[int] = []
+    handed: list[int] = []  # items of each enqueue operation, as it reaches the writer
     real_submit = store.writer.submit
-    store.writer.submit = lambda op, urgent=False: (handed.append(len(op[1][0])), real_submit(op, urgent))[1]
+
+    def recording(op, urgent=False):
+        handed.append(len(op[1][0]))
+        return real_submit(op, urgent)
+    store.writer.submit = recording
     try:
         first = asyncio.ensure_future(service.submit_many([call(dev, "info", app)] * 2))
         assert await asyncio.to_thread(inside.wait, 10)  # the first batch's commit is running
@@ -278,7 +282,7 @@ async def test_concurrent_submits_share_a_commit_and_keep_queue_order(env):
     """Submits arriving together are written by one transaction (group commit); each keeps its own
     outcome (the depth-3 queue refuses the rest) and sequences rise in queue order."""
     store, service, dev, secret, app = env
-    ops = count_group_commits(store)
+    ops = count_enqueue_ops(store)
     before = store.writer.commits
     results = await asyncio.gather(*(service.submit(call(dev, "info", app, args=b'{"n": %d}' % i))
                                      for i in range(5)), return_exceptions=True)

@@ -37,6 +37,15 @@ def item(dev: Device, rid: bytes | None = None, depth: int = 10, args: bytes = b
     return rec, depth, NOW, auth.RequestTokenFor(dev.root_token, "sensor", "read", args)
 
 
+def depth_on_reopen(path, dev: Device) -> int:
+    """The device's queue depth as a fresh store on ``path`` reads it from disk."""
+    again = GatewayStore(path)
+    try:
+        return again.depth(dev.link_id)
+    finally:
+        again.close()
+
+
 async def script(store: GatewayStore) -> list:
     """A life of requests through every operation; returns what a caller sees."""
     dev = device(store)
@@ -228,11 +237,7 @@ async def test_close_with_large_writes_both_ways_does_not_deadlock(tmp_path, mon
     assert time.monotonic() - t < 15
     d, m = await asyncio.wait_for(asyncio.gather(delivered, more), 5)
     assert len(d) == 40 and all(r[1] for r in m)
-    again = GatewayStore(tmp_path / "gw")
-    try:
-        assert again.depth(dev.link_id) == 80
-    finally:
-        again.close()
+    assert depth_on_reopen(tmp_path / "gw", dev) == 80
 
 
 async def test_nothing_starts_a_writer_after_close(tmp_path):
@@ -266,11 +271,7 @@ def test_closing_after_the_event_loop_is_closed(tmp_path):
         loop.close()
     store.close()
     assert not _alive(pid) and not store._open
-    again = GatewayStore(tmp_path / "gw")
-    try:
-        assert again.depth(dev.link_id) == 2
-    finally:
-        again.close()
+    assert depth_on_reopen(tmp_path / "gw", dev) == 2
 
 
 async def test_the_thread_writer_commits_what_was_staged_when_closed(tmp_path):

@@ -20,7 +20,7 @@ from edgistry.gateway.service import GatewayService, Settings, owner_handle
 from edgistry.gateway.store import Device, GatewayStore, new_id
 from edgistry.proto import gateway_pb2 as pb
 from edgistry.proto import gateway_pb2_grpc as pbg
-from gateway_helpers import count_group_commits
+from gateway_helpers import count_enqueue_ops
 
 MANIFEST = {"duty_cycle_s": 5, "services": [
     {"type": "sensor", "methods": ["read"]}, {"type": "valve", "methods": [{"name": "set", "mutating": True}]}]}
@@ -54,7 +54,7 @@ def req(dev, token, method="read", service="sensor", **kw) -> pb.InvokeRequest:
 async def test_items_fail_independently_with_submit_codes(gateway):
     stub, store, service, devs, _ = gateway
     (d1, t1), (d2, t2) = devs
-    commits = count_group_commits(store)
+    ops = count_enqueue_ops(store)
     batch = [req(d1, t1), req(d2, t2), req(d1, t2),  # t2 is d2's token: wrong origin for d1
              req(d1, t1, method="set", service="valve"),  # read-only token, mutating method
              pb.InvokeRequest(target="own-" + "00" * 16, method="read", token=t1),  # nobody
@@ -65,7 +65,7 @@ async def test_items_fail_independently_with_submit_codes(gateway):
     assert codes == [sc.OK.value[0], sc.OK.value[0], sc.PERMISSION_DENIED.value[0], sc.PERMISSION_DENIED.value[0],
                      sc.NOT_FOUND.value[0], sc.OK.value[0], sc.OK.value[0], sc.RESOURCE_EXHAUSTED.value[0]]
     assert "queue is full" in reply.items[7].error and reply.items[2].error
-    assert commits == [5]  # every item that reached the queue (4 for d1, 1 for d2) went in one transaction
+    assert ops == [5]  # every item that reached the queue (4 for d1, 1 for d2): one operation, one transaction
     rejected = {s.labels["reason"]: s.value for m in service.metrics.rejections.collect() for s in m.samples
                 if s.name.endswith("_total")}
     assert sum(rejected.values()) == 4 and len(rejected) == 3  # each refused item counted once, by reason

@@ -69,12 +69,13 @@ def _open_app(cfg: NodeConfig):
 def node_cmd(home: Path, listen: str | None) -> None:
     """Serve the registry app over ABCI for an external cometbft."""
     from edgistry.abci_app.runner import wait_for_signal
-    from edgistry.abci_app.server import AbciServer, tune_gc
+    from edgistry.abci_app.server import AbciServer
+    from edgistry.gc_policy import tune_gc_for_node
 
     cfg = load_config(home)
     app = _open_app(cfg)
     profile = _start_profile(app)
-    tune_gc()
+    tune_gc_for_node()
 
     async def main() -> None:
         server = AbciServer(profile.app if profile is not None else app)

@@ -20,9 +20,10 @@ from edgistry.abci_app.app import RegistryApp
 from edgistry.abci_app.embedded import EmbeddedNode
 from edgistry.abci_app.home import load_genesis_doc
 from edgistry.abci_app.rpc import create_app
-from edgistry.abci_app.server import AbciServer, tune_gc
+from edgistry.abci_app.server import AbciServer
 from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
 from edgistry.config import HomeError, NodeConfig
+from edgistry.gc_policy import freeze_startup_objects, tune_gc_for_node
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
                                                   demo_stop, announce)
         elif demo_devices:
             announce("demo devices need the gateway, which is not running")
+        freeze_startup_objects()  # the gateway's setting (gc_policy.py): its latency tails matter here
         await wait_for_signal()
     finally:
         announce("stopping")
@@ -121,7 +123,7 @@ async def _run_with_cometbft(cfg: NodeConfig, app: RegistryApp, announce: Callab
         raise HomeError(HOW_TO_GET)
     server = AbciServer(app)
     await server.start(cfg.abci_listen)
-    tune_gc()
+    tune_gc_for_node()
     logfile = open(cfg.home / "cometbft.log", "ab")
     proc = await asyncio.create_subprocess_exec(
         binary, "start", "--home", cfg.cometbft_home, "--proxy_app", cfg.abci_listen,

@@ -27,7 +27,6 @@ connections go on. An app failure is answered with ``Response.exception``
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -43,21 +42,6 @@ from edgistry.proto import abci_pb2 as abci
 log = logging.getLogger(__name__)
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024  # stop reading a connection whose answers are not being taken
-GC_THRESHOLDS = (10_000, 10, 10)  # for a serving node: see tune_gc
-
-
-def tune_gc() -> None:
-    """Make a serving node's cyclic garbage collector run rarely.
-
-    Every tx allocates a few dozen small containers that reference counting
-    frees; with the default first-generation threshold (700 allocations) the
-    collector still ran every few dozen txs and scanned the node's caches of
-    pending txs, costing about 5 us per tx. Startup objects are frozen (never
-    scanned again) and the first threshold raised to 10,000.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -203,6 +204,7 @@ async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
     from edgistry.gateway.metrics import GatewayMetrics
     from edgistry.gateway.service import GatewayService, Settings
     from edgistry.gateway.store import Device, GatewayStore
+    from edgistry.gc_policy import freeze_startup_objects
 
     tm = Timers()
     secret = bytes.fromhex(json.loads(devices_file.read_text())["gateway_secret"])
@@ -246,6 +248,7 @@ async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
     await link.start()
     svc.on_queued = link.notify
     grpc_server, grpc_port = await start_grpc("127.0.0.1:0", svc, None, None, metrics)
+    freeze_startup_objects()  # as gateway/app.py's serve() does once started
     ready_file.write_text(json.dumps({"grpc": grpc_port, "link": link.port, "pid": os.getpid()}))
     loop = asyncio.get_running_loop()
     try:
@@ -475,7 +478,7 @@ class Coalescer:
         self.stub, self.pb, self.calls, self.batch, self.done = stub, pb, calls, batch, done
         self.pending: list[tuple[float, object]] = []
         self.flying = 0
-        self.tasks: list[asyncio.Task] = []
+        self.tasks: set[asyncio.Task] = set()  # in flight only: a done task is dropped (no pile for the GC)
 
     def add(self, arrived: float, request) -> None:
         self.pending.append((arrived, request))
@@ -485,7 +488,9 @@ class Coalescer:
         while self.pending and self.flying < self.calls:
             chunk, self.pending = self.pending[:self.batch], self.pending[self.batch:]
             self.flying += 1
-            self.tasks.append(asyncio.get_running_loop().create_task(self._send(chunk)))
+            task = asyncio.get_running_loop().create_task(self._send(chunk))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     async def _send(self, chunk) -> None:
         try:
@@ -502,8 +507,7 @@ class Coalescer:
 
     async def drain(self) -> None:
         while self.tasks:
-            tasks, self.tasks = self.tasks, []
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*list(self.tasks))
 
 
 async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, seconds: float, xp,
@@ -521,7 +525,8 @@ async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, 
         await wake(devs[0], gw.link, xp)
         gw.cmd("reset keep")
         loop = asyncio.get_running_loop()
-        tasks: list[asyncio.Task] = []
+        flying: set[asyncio.Task] = set()  # unary submits in flight (a done one is dropped)
+        requests = {dev.i: submit_request(dev, pb) for dev in devs}  # built once: the client stays light
 
         def finished(latency: float | None, failed: bool) -> None:
             nonlocal errors
@@ -531,18 +536,23 @@ async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, 
                 rpc_lat.append(latency)
         coalescer = Coalescer(stub, pb, max(1, window // batch), batch, finished) if batch > 1 else None
 
-        async def one_submit(dev, due):
+        async def one_submit(request, t):
             nonlocal errors
-            t = time.perf_counter()
-            lag.append(t - due)
-            if coalescer is not None:
-                coalescer.add(t, submit_request(dev, pb))
-                return
             try:
-                await stub.Submit(submit_request(dev, pb))
+                await stub.Submit(request)
                 rpc_lat.append(time.perf_counter() - t)
             except grpc.aio.AioRpcError:
                 errors += 1
+
+        def arrive(dev, due):
+            t = time.perf_counter()
+            lag.append(t - due)
+            if coalescer is not None:
+                coalescer.add(t, requests[dev.i])
+                return
+            task = loop.create_task(one_submit(requests[dev.i], t))
+            flying.add(task)
+            task.add_done_callback(flying.discard)
 
         # two Poisson processes: submits at `rate` (here), wakes at rate / per (in a
         # process of their own, as devices are not the client: the client's loop
@@ -559,6 +569,8 @@ async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, 
         wakes = [(t, dev.i) for t, kind, dev in events if kind == "wake"]
         start_wall = time.time() + 1.0  # both processes schedule from this instant
         waker = start_waker(gw, devs, wakes, start_wall)
+        gc.collect()
+        gc.freeze()  # the client's setup objects (devices, the schedule) are never scanned again
         try:
             await asyncio.sleep(max(0.0, start_wall - time.time()))
             start = time.perf_counter()
@@ -568,8 +580,9 @@ async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, 
                 delay = start + t - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                tasks.append(loop.create_task(one_submit(dev, start + t)))
-            await asyncio.gather(*tasks)
+                arrive(dev, start + t)
+            while flying:
+                await asyncio.gather(*list(flying))
             if coalescer is not None:
                 await coalescer.drain()
             waker_out = await loop.run_in_executor(None, finish_waker, waker, seconds + 120)
@@ -626,15 +639,20 @@ async def run_waker(path: Path, no_x25519: bool) -> None:
         finally:
             awake.discard(dev.i)
 
+    gc.collect()
+    gc.freeze()  # as the client: setup objects are not scanned again
     await asyncio.sleep(max(0.0, spec["start"] - time.time()))
     start = time.perf_counter()
-    tasks = []
+    flying: set[asyncio.Task] = set()  # wakes under way (a done one is dropped)
     for t, i in spec["wakes"]:
         delay = start + t - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(loop.create_task(one_wake(devs[i])))
-    await asyncio.gather(*tasks)
+        task = loop.create_task(one_wake(devs[i]))
+        flying.add(task)
+        task.add_done_callback(flying.discard)
+    while flying:
+        await asyncio.gather(*list(flying))
     print(json.dumps({"errors": errors, "tickets": {i: [d.ticket[0].hex(), d.ticket[1].hex()] if d.ticket else None
                                                     for i, d in devs.items()}}), flush=True)
 

@@ -453,6 +453,7 @@ class _MessageReader:
 
 def main(argv: list[str]) -> int:
     from edgistry.gateway.store import GatewayStore
+    from edgistry.gc_policy import freeze_startup_objects
 
     # the gateway stops us (EOF on stdin), not a signal to its process group (Ctrl-C, a
     # service manager's SIGTERM): what it sends before it exits is still committed
@@ -461,6 +462,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     path, map_size, retention_ms = argv
     store = GatewayStore(path, map_size=int(map_size), result_retention_ms=int(retention_ms), writer="none")
+    freeze_startup_objects()
     reader, out = _MessageReader(sys.stdin.fileno()), sys.stdout.buffer
     try:
         while True:

@@ -63,9 +63,9 @@ class StoreLinkBackend:
         await self.store.delivered_async(link_id, request_ids, self.clock())
 
     async def answered(self, link_id: bytes, answers: list[DeviceAnswer]) -> list[bytes]:
-        ids, changed = await self.store.answered_async(link_id, answers, self.clock())
-        for rec in changed:
-            self.metrics.responses.labels(State(rec.state).name.lower()).inc()
+        ids, finished = await self.store.answered_async(link_id, answers, self.clock())
+        for _, state in finished:
+            self.metrics.responses.labels(State(state).name.lower()).inc()
         return ids
 
     async def revocations_sent(self, link_id: bytes, position: int) -> None:

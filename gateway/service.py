@@ -160,24 +160,25 @@ class GatewayService:
 
     # ---- notifications ----
 
-    def _changed(self, rec: RequestRecord) -> None:
+    def _changed(self, request_id: bytes) -> None:
         if self._loop is not None and threading.get_ident() != self._thread:
-            self._loop.call_soon_threadsafe(self._wake, rec)
+            self._loop.call_soon_threadsafe(self._wake, request_id)
         else:
-            self._wake(rec)
+            self._wake(request_id)
 
-    def _wake(self, rec: RequestRecord) -> None:
-        for fut in self._waiters.pop(rec.request_id, []):
+    def _wake(self, request_id: bytes) -> None:
+        for fut in self._waiters.pop(request_id, []):
             if not fut.done():
-                fut.set_result(rec)
+                fut.set_result(None)
 
-    async def _next_change(self, rid: bytes, timeout: float) -> RequestRecord | None:
+    async def _next_change(self, rid: bytes, timeout: float) -> None:
+        """Until the request changes or ``timeout`` passes; the caller re-reads it."""
         fut = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(rid, []).append(fut)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            return None
+            pass
         finally:
             waiting = self._waiters.get(rid)
             if waiting and fut in waiting:

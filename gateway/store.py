@@ -68,7 +68,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
@@ -231,11 +231,30 @@ def cache_key(link_id: bytes, service: str, method: str, args: bytes) -> bytes:
     return b"c/" + link_id + digest
 
 
-@dataclass
-class Changes:
-    """What a write changed, for the caller's notifications and metrics."""
+def _slim(outcome: tuple[RequestRecord, bool] | Exception) -> RequestRecord | tuple[int, bytes] | Exception:
+    """An enqueue outcome as it crosses back from the writer: a new request as
+    (seq, request token), the caller holding the rest; a known one whole."""
+    if isinstance(outcome, Exception):
+        return outcome
+    rec, new = outcome
+    return (rec.seq, rec.request_token) if new else rec
 
-    records: list[RequestRecord] = field(default_factory=list)
+
+def _fatten(items: list, slim: list) -> list[tuple[RequestRecord, bool] | Exception]:
+    """Undo :func:`_slim` with the caller's own records."""
+    out: list[tuple[RequestRecord, bool] | Exception] = []
+    for (rec, *_), got in zip(items, slim):
+        if isinstance(got, tuple):
+            rec.seq, rec.state, rec.request_token = got[0], State.QUEUED, got[1]
+            out.append((rec, True))
+        else:
+            out.append(got if isinstance(got, Exception) else (got, False))
+    return out
+
+
+def _finished(records: list[RequestRecord]) -> list[tuple[bytes, int]]:
+    """(id, final state) of finished requests: plain data, cheap to send back."""
+    return [(r.request_id, int(r.state)) for r in records]
 
 
 class GatewayStore:
@@ -257,7 +276,7 @@ class GatewayStore:
         self.path, self.map_size = path, map_size
         self.retention_ms = result_retention_ms
         self._device_cache: dict[bytes, Device] = {}
-        self.listeners: list[Callable[[RequestRecord], None]] = []
+        self.listeners: list[Callable[[bytes], None]] = []  # told the id of each request a write changed
         self.contact_flush_s = contact_flush_s
         self._contacts: dict[bytes, tuple[int, int | None]] = {}  # hints: link -> (last_ms, sleep_s)
         self._dirty: dict[bytes, float] = {}  # hints not on disk yet: link -> monotonic time noted
@@ -286,8 +305,8 @@ class GatewayStore:
 
     async def write(self, op: Op, urgent: bool = False) -> object:
         """Have the writer run ``op`` (see :meth:`apply`) in its next group commit;
-        return the result once durable (listeners then hear of the changed
-        records, on the caller's thread).
+        return the result once durable (listeners then hear which requests
+        changed, on the caller's thread).
 
         ``urgent``: hand ``op`` to the writer now rather than with the rest of
         this loop turn's writes. For a caller that has gathered a batch already
@@ -305,7 +324,9 @@ class GatewayStore:
     # ---- the writer's operations ----
     # An operation is data, ("name", args), not a closure, so that a writer
     # thread or a writer process can run it: apply() calls _op_<name>(txn, *args),
-    # which returns (result, changed records).
+    # which returns (result, ids of the requests it changed). What crosses back
+    # from a writer process is kept small (no whole records: unpickling them
+    # was 8 % of the gateway's loop): listeners re-read what they need.
 
     def apply(self, txn: lmdb.Transaction, op: Op) -> tuple[object, list[RequestRecord]]:
         name, args = op
@@ -324,15 +345,16 @@ class GatewayStore:
                 raise  # a failed write: the whole batch fails, nothing of it is acknowledged
             except Exception as exc:  # raised before any write of this item (see _enqueue_in)
                 out.append(exc)
-        return out, [r[0] for r in out if not isinstance(r, Exception) and r[1]]
+        changed = [r[0].request_id for r in out if not isinstance(r, Exception) and r[1]]
+        return [_slim(r) for r in out], changed
 
     def _op_delivered(self, txn: lmdb.Transaction, link_id: bytes, request_ids: list[bytes]):
-        changed = self._delivered_in(txn, link_id, request_ids)
+        changed = [r.request_id for r in self._delivered_in(txn, link_id, request_ids)]
         return changed, changed
 
     def _op_answered(self, txn: lmdb.Transaction, link_id: bytes, answers: list[DeviceAnswer], now_ms: int):
         changed = self._answered_in(txn, link_id, answers, now_ms)
-        return ([a.request_id for a in answers], changed), changed
+        return ([a.request_id for a in answers], _finished(changed)), [r.request_id for r in changed]
 
     def _op_rotate_ticket(self, txn: lmdb.Transaction, spent: bytes | None, ticket_id: bytes | None,
                           ticket: Ticket | None):
@@ -345,10 +367,10 @@ class GatewayStore:
         """Contact hints taken from another process's memory (the process writer's case)."""
         return self._put_hints_in(txn, hints), []
 
-    def _notify(self, records: Iterable[RequestRecord]) -> None:
-        for rec in records:
+    def _notify(self, request_ids: Iterable[bytes]) -> None:
+        for rid in request_ids:
             for fn in self.listeners:
-                fn(rec)
+                fn(rid)
 
     # ---- devices ----
 
@@ -407,7 +429,7 @@ class GatewayStore:
         with self._hint_lock:
             self._contacts.pop(link_id, None)
             self._dirty.pop(link_id, None)
-        self._notify(changed)
+        self._notify(r.request_id for r in changed)
         return dev
 
     # ---- requests ----
@@ -426,7 +448,7 @@ class GatewayStore:
         with self.env.begin(write=True) as txn:
             out = self._enqueue_in(txn, rec, max_depth, now_ms, token_for_seq)
         if out[1]:
-            self._notify([out[0]])
+            self._notify([rec.request_id])
         return out
 
     def enqueue_many(self, items: list[tuple[RequestRecord, int, int, Callable[[int], bytes]]]
@@ -441,7 +463,7 @@ class GatewayStore:
         with self.env.begin(write=True) as txn:
             out, changed = self._op_enqueue(txn, items)
         self._notify(changed)
-        return out
+        return _fatten(items, out)
 
     async def enqueue_many_async(self, items: list[tuple[RequestRecord, int, int, Callable[[int], bytes]]],
                                  urgent: bool = False) -> list[tuple[RequestRecord, bool] | Exception]:
@@ -450,7 +472,7 @@ class GatewayStore:
         batches submitted meanwhile (and link writes) share the next commit.
         ``token_for_seq`` runs in the writer (a process writer needs it picklable,
         as auth.RequestTokenFor is). ``urgent``: see :meth:`write`."""
-        return await self.write(("enqueue", (items,)), urgent)
+        return _fatten(items, await self.write(("enqueue", (items,)), urgent))
 
     def _enqueue_in(self, txn: lmdb.Transaction, rec: RequestRecord, max_depth: int, now_ms: int,
                     token_for_seq: Callable[[int], bytes]) -> tuple[RequestRecord, bool]:
@@ -519,7 +541,7 @@ class GatewayStore:
                 return rec
             rec.state, rec.error, rec.done_ms = State.CANCELLED, "cancelled by the client", now_ms
             self._finish(txn, rec)
-        self._notify([rec])
+        self._notify([rec.request_id])
         return rec
 
     def expire_due(self, now_ms: int, limit: int = 1000) -> list[RequestRecord]:
@@ -534,7 +556,7 @@ class GatewayStore:
                 rec.error = "expired before the device answered (dead-lettered)"
                 self._finish(txn, rec)
                 out.append(rec)
-        self._notify(out)
+        self._notify(r.request_id for r in out)
         return out
 
     def purge_finished(self, now_ms: int, limit: int = 10_000) -> int:
@@ -570,13 +592,14 @@ class GatewayStore:
                 size += cost
         return out, False
 
-    def delivered(self, link_id: bytes, request_ids: list[bytes], now_ms: int) -> list[RequestRecord]:
+    def delivered(self, link_id: bytes, request_ids: list[bytes], now_ms: int) -> list[bytes]:
+        """Mark sent requests delivered; returns the ids whose state changed."""
         with self.env.begin(write=True) as txn:
-            changed = self._delivered_in(txn, link_id, request_ids)
+            changed = [r.request_id for r in self._delivered_in(txn, link_id, request_ids)]
         self._notify(changed)
         return changed
 
-    async def delivered_async(self, link_id: bytes, request_ids: list[bytes], now_ms: int) -> list[RequestRecord]:
+    async def delivered_async(self, link_id: bytes, request_ids: list[bytes], now_ms: int) -> list[bytes]:
         """:meth:`delivered` through the group-commit writer."""
         return await self.write(("delivered", (link_id, request_ids)))
 
@@ -593,16 +616,18 @@ class GatewayStore:
                 changed.append(rec)
         return changed
 
-    def answered(self, link_id: bytes, answers: list[DeviceAnswer], now_ms: int) -> tuple[list[bytes], list[RequestRecord]]:
-        """Store responses (durable before return). Every id is acknowledged;
+    def answered(self, link_id: bytes, answers: list[DeviceAnswer], now_ms: int
+                 ) -> tuple[list[bytes], list[tuple[bytes, int]]]:
+        """Store responses (durable before return). Returns every answer's id (all
+        are acknowledged) and (id, final state) of the requests they finished;
         answers for unknown, finished or another device's requests are dropped."""
         with self.env.begin(write=True) as txn:
             changed = self._answered_in(txn, link_id, answers, now_ms)
-        self._notify(changed)
-        return [a.request_id for a in answers], changed
+        self._notify(r.request_id for r in changed)
+        return [a.request_id for a in answers], _finished(changed)
 
     async def answered_async(self, link_id: bytes, answers: list[DeviceAnswer],
-                             now_ms: int) -> tuple[list[bytes], list[RequestRecord]]:
+                             now_ms: int) -> tuple[list[bytes], list[tuple[bytes, int]]]:
         """:meth:`answered` through the group-commit writer."""
         return await self.write(("answered", (link_id, answers, now_ms)))
 

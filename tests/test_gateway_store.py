@@ -50,6 +50,7 @@ def test_queue_lifecycle_and_redelivery(store):
     ids, changed = store.answered(dev.link_id, [DeviceAnswer(a.request_id, 0, b'{"t":1}'),
                                                 DeviceAnswer(b.request_id, 4, error="boom")], NOW)
     assert set(ids) == {a.request_id, b.request_id}
+    assert changed == [(a.request_id, State.DONE), (b.request_id, State.FAILED)]
     assert store.get(a.request_id).st == State.DONE and store.get(a.request_id).payload == b'{"t":1}'
     assert store.get(b.request_id).st == State.FAILED and store.depth(dev.link_id) == 0
     assert store.pending(dev.link_id, 1 << 16, NOW) == ([], False)
@@ -232,7 +233,7 @@ async def test_writes_of_one_loop_turn_share_one_commit_off_the_loop(store, tmp_
     a, b = enqueue(store, dev), enqueue(store, dev)
     store.store_ticket(b"old-ticket-00000", Ticket(dev.link_id, b"r" * 32, NOW + 60_000))
     heard = []
-    store.listeners.append(lambda rec: heard.append((rec.state, threading.get_ident())))
+    store.listeners.append(lambda rid: heard.append((rid, threading.get_ident())))
     before = store.writer.commits
     rot, dlv, ans = await asyncio.gather(
         store.rotate_ticket_async(b"old-ticket-00000", b"new-ticket-00000",
@@ -240,7 +241,9 @@ async def test_writes_of_one_loop_turn_share_one_commit_off_the_loop(store, tmp_
         store.delivered_async(dev.link_id, [a.request_id, b.request_id], NOW),
         store.answered_async(dev.link_id, [DeviceAnswer(a.request_id, 0, b"1")], NOW))
     assert store.writer.commits == before + 1 and store.writer.writes >= 3
-    assert [r.request_id for r in dlv] == [a.request_id, b.request_id]  # delivered ran first
+    assert dlv == [a.request_id, b.request_id]  # delivered ran first
+    assert ans[1] == [(a.request_id, State.DONE)]
+    assert [rid for rid, _ in heard] == [a.request_id, b.request_id, a.request_id]  # each change, in order
     assert ans[0] == [a.request_id] and store.get(a.request_id).st == State.DONE
     assert store.get(b.request_id).st == State.DELIVERED
     assert store.ticket(b"old-ticket-00000", NOW) is None

@@ -62,9 +62,9 @@ async def script(store: GatewayStore) -> list:
                                                              State.QUEUED, NOW, NOW + 1), 10, NOW,
                                                auth.RequestTokenFor(dev.root_token, "sensor", "read", b""))])
     seen.append((type(clash[0]).__name__, type(unknown[0]).__name__))
-    seen.append([r.state for r in await store.delivered_async(dev.link_id, [a.request_id], NOW)])
-    ids, changed = await store.answered_async(dev.link_id, [DeviceAnswer(a.request_id, 0, b"21.5")], NOW + 5)
-    seen.append((ids == [a.request_id], [r.state for r in changed], store.get(a.request_id).payload))
+    seen.append(await store.delivered_async(dev.link_id, [a.request_id], NOW) == [a.request_id])
+    ids, finished = await store.answered_async(dev.link_id, [DeviceAnswer(a.request_id, 0, b"21.5")], NOW + 5)
+    seen.append((ids == [a.request_id], finished == [(a.request_id, State.DONE)], store.get(a.request_id).payload))
     await store.rotate_ticket_async(None, b"T" * 16, Ticket(dev.link_id, b"s" * 32, NOW + 60_000))
     await store.rotate_ticket_async(b"T" * 16, None, None)
     seen.append(store.ticket(b"T" * 16, NOW))
@@ -103,7 +103,7 @@ async def test_per_operation_errors_keep_their_types(tmp_path):
             store.enqueue_many_async([(item(dev)[0], 10, NOW, lambda seq: b"")]),
             store.delivered_async(dev.link_id, [first.request_id], NOW), return_exceptions=True)
         assert isinstance(bad, TypeError) and "plain data" in str(bad)
-        assert [r.request_id for r in good] == [first.request_id]
+        assert good == [first.request_id]
         assert store.last_contact(dev.link_id).sleep_s == 9
         with store.env.begin() as txn:
             assert txn.get(b"l/" + dev.link_id) is not None  # the hints went with the good write
@@ -299,7 +299,7 @@ async def test_an_urgent_write_is_handed_over_at_once_and_in_order(tmp_path, kin
         assert (not w._staged) if kind == "process" else (not w._staged.get(asyncio.get_running_loop()))
         third = w.submit(("enqueue", ([item(dev)],)))            # a later turn's hand-over still works
         outs = await asyncio.wait_for(asyncio.gather(first, second, third), 10)
-        seqs = [out[0][0][0].seq for out in outs]
+        seqs = [out[0][0][0] for out in outs]  # the writer's own answer for a new request: (seq, token)
         assert seqs == sorted(seqs) and len(set(seqs)) == 3  # queue order is submit order
         assert store.depth(dev.link_id) == 4
     finally:

@@ -328,7 +328,7 @@ class GatewayStore:
     # from a writer process is kept small (no whole records: unpickling them
     # was 8 % of the gateway's loop): listeners re-read what they need.
 
-    def apply(self, txn: lmdb.Transaction, op: Op) -> tuple[object, list[RequestRecord]]:
+    def apply(self, txn: lmdb.Transaction, op: Op) -> tuple[object, list[bytes]]:
         name, args = op
         fn = getattr(self, "_op_" + name, None)
         if fn is None:

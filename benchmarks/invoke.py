@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import random
@@ -76,6 +75,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mqtt_min as mq  # noqa: E402
 from bench_util import Mosquitto, pct, result_line, stop_pid, table  # noqa: E402
+
+from edgistry.gc_policy import freeze_startup_objects  # noqa: E402
 
 MANIFEST = {"duty_cycle_s": 60, "services": [
     {"type": "sensor", "methods": [{"name": "read", "cache_max_age_s": 0, "mutating": False}]}]}
@@ -204,7 +205,6 @@ async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
     from edgistry.gateway.metrics import GatewayMetrics
     from edgistry.gateway.service import GatewayService, Settings
     from edgistry.gateway.store import Device, GatewayStore
-    from edgistry.gc_policy import freeze_startup_objects
 
     tm = Timers()
     secret = bytes.fromhex(json.loads(devices_file.read_text())["gateway_secret"])
@@ -401,6 +401,24 @@ async def wake(dev: SimDevice, port: int, x25519_provider, deliveries: list | No
     return got
 
 
+class InFlight:
+    """Tasks under way, and only those: a finished task is dropped at once, so a
+    long run does not pile up tasks for the garbage collector to scan."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task] = set()
+
+    def start(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def wait(self) -> None:
+        """Until every task (including those started meanwhile) is done."""
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks))
+
+
 async def gather_limited(n: int, factories) -> list:
     """Run the awaitables made by ``factories`` (zero-argument callables), ``n`` at a time."""
     sem = asyncio.Semaphore(n)
@@ -478,7 +496,7 @@ class Coalescer:
         self.stub, self.pb, self.calls, self.batch, self.done = stub, pb, calls, batch, done
         self.pending: list[tuple[float, object]] = []
         self.flying = 0
-        self.tasks: set[asyncio.Task] = set()  # in flight only: a done task is dropped (no pile for the GC)
+        self.calls_under_way = InFlight()
 
     def add(self, arrived: float, request) -> None:
         self.pending.append((arrived, request))
@@ -488,9 +506,7 @@ class Coalescer:
         while self.pending and self.flying < self.calls:
             chunk, self.pending = self.pending[:self.batch], self.pending[self.batch:]
             self.flying += 1
-            task = asyncio.get_running_loop().create_task(self._send(chunk))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.calls_under_way.start(self._send(chunk))
 
     async def _send(self, chunk) -> None:
         try:
@@ -506,8 +522,7 @@ class Coalescer:
             self._pump()
 
     async def drain(self) -> None:
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks))
+        await self.calls_under_way.wait()
 
 
 async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, seconds: float, xp,
@@ -525,7 +540,7 @@ async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, 
         await wake(devs[0], gw.link, xp)
         gw.cmd("reset keep")
         loop = asyncio.get_running_loop()
-        flying: set[asyncio.Task] = set()  # unary submits in flight (a done one is dropped)
+        flying = InFlight()  # unary submits
         requests = {dev.i: submit_request(dev, pb) for dev in devs}  # built once: the client stays light
 
         def finished(latency: float | None, failed: bool) -> None:
@@ -550,9 +565,7 @@ async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, 
             if coalescer is not None:
                 coalescer.add(t, requests[dev.i])
                 return
-            task = loop.create_task(one_submit(requests[dev.i], t))
-            flying.add(task)
-            task.add_done_callback(flying.discard)
+            flying.start(one_submit(requests[dev.i], t))
 
         # two Poisson processes: submits at `rate` (here), wakes at rate / per (in a
         # process of their own, as devices are not the client: the client's loop
@@ -569,8 +582,7 @@ async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, 
         wakes = [(t, dev.i) for t, kind, dev in events if kind == "wake"]
         start_wall = time.time() + 1.0  # both processes schedule from this instant
         waker = start_waker(gw, devs, wakes, start_wall)
-        gc.collect()
-        gc.freeze()  # the client's setup objects (devices, the schedule) are never scanned again
+        freeze_startup_objects()  # the client's setup (devices, the schedule) is not scanned again
         try:
             await asyncio.sleep(max(0.0, start_wall - time.time()))
             start = time.perf_counter()
@@ -581,8 +593,7 @@ async def gateway_latency(gw: Gw, devs: list[SimDevice], rate: float, per: int, 
                 if delay > 0:
                     await asyncio.sleep(delay)
                 arrive(dev, start + t)
-            while flying:
-                await asyncio.gather(*list(flying))
+            await flying.wait()
             if coalescer is not None:
                 await coalescer.drain()
             waker_out = await loop.run_in_executor(None, finish_waker, waker, seconds + 120)
@@ -623,7 +634,6 @@ async def run_waker(path: Path, no_x25519: bool) -> None:
     spec = json.loads(path.read_text())
     devs = {d["i"]: SimDevice.from_json(d) for d in spec["devices"]}
     xp = None if no_x25519 else x25519()
-    loop = asyncio.get_running_loop()
     awake: set[int] = set()
     errors = 0
 
@@ -639,20 +649,16 @@ async def run_waker(path: Path, no_x25519: bool) -> None:
         finally:
             awake.discard(dev.i)
 
-    gc.collect()
-    gc.freeze()  # as the client: setup objects are not scanned again
+    freeze_startup_objects()  # as the client: setup objects are not scanned again
     await asyncio.sleep(max(0.0, spec["start"] - time.time()))
     start = time.perf_counter()
-    flying: set[asyncio.Task] = set()  # wakes under way (a done one is dropped)
+    flying = InFlight()  # wakes under way
     for t, i in spec["wakes"]:
         delay = start + t - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        task = loop.create_task(one_wake(devs[i]))
-        flying.add(task)
-        task.add_done_callback(flying.discard)
-    while flying:
-        await asyncio.gather(*list(flying))
+        flying.start(one_wake(devs[i]))
+    await flying.wait()
     print(json.dumps({"errors": errors, "tickets": {i: [d.ticket[0].hex(), d.ticket[1].hex()] if d.ticket else None
                                                     for i, d in devs.items()}}), flush=True)
 
@@ -814,8 +820,7 @@ def main() -> None:
         payload = wire.encode("DeviceRequest", {"request_id": os.urandom(16), "service": "sensor", "method": "read",
                                                 "args": ARGS, "request_token": os.urandom(90),
                                                 "expires_at_ms": int(time.time() * 1000)})
-        gc.collect()
-        gc.freeze()  # the driver's setup (devices, keys) is not scanned again: the load generator stays light
+        freeze_startup_objects()  # the driver's setup (devices, keys) is not scanned again: the load generator stays light
         # interleaved rounds, side by side: each round's ratio compares runs seconds apart
         rounds = []
         for k in range(a.rounds):

@@ -1,3 +1,3 @@
-from edgistry.cli import main
+from .cli import main
 
 main()

@@ -19,14 +19,14 @@ COMMANDS: dict[str, str] = {
     "node": "edgistry.abci_app.cli:node_cmd",
     "up": "edgistry.abci_app.cli:up_cmd",
     "registry": "edgistry.abci_app.cli:registry_group",
-    "token": "edgistry.firmware.caplets.cli:token_group",
+    "token": "edgistry.gateway.tokens.cli:token_group",
     "device": "edgistry.firmware.cli:device_group",
     "gateway": "edgistry.gateway.cli:gateway_cmd",
     "pair": "edgistry.gateway.cli:pair_cmd",
     "invoke": "edgistry.gateway.cli:invoke_cmd",
     "result": "edgistry.gateway.cli:result_cmd",
     "cluster": "edgistry.cluster.cli:cluster_group",
-    "discover": "edgistry.gateway.discovery_cli:discover_cmd",
+    "discover": "edgistry.gateway.discovery.cli:discover_cmd",
 }
 
 

@@ -21,19 +21,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edgistry import __version__
-from edgistry.abci_app import keys, snapshots
-from edgistry.abci_app.lthash import LtHash
-from edgistry.abci_app.codes import Code, TxError
-from edgistry.abci_app.genesis import Genesis, GenesisError
-from edgistry.abci_app.handlers import prune_revocations
-from edgistry.abci_app.overlay import Overlay
-from edgistry.abci_app.queries import answer_query
-from edgistry.abci_app.recheck import TIME_DEPENDENT, CheckedTx, CheckedTxs, TrackingOverlay
-from edgistry.abci_app.state import TxResult, execute_tx
-from edgistry.abci_app.store import DEFAULT_RETAIN_HEIGHTS, Store
-from edgistry.abci_app.txs import MAX_TX_BYTES, DecodeCache, VerifiedCache
-from edgistry.proto import abci_pb2 as abci
+from .. import __version__
+from . import keys, snapshots
+from .lthash import LtHash
+from .codes import Code, TxError
+from .genesis import Genesis, GenesisError
+from .handlers import prune_revocations
+from .overlay import Overlay
+from .queries import answer_query
+from .recheck import TIME_DEPENDENT, CheckedTx, CheckedTxs, TrackingOverlay
+from .state import TxResult, execute_tx
+from .store import DEFAULT_RETAIN_HEIGHTS, Store
+from .txs import MAX_TX_BYTES, DecodeCache, VerifiedCache
+from ..proto import abci_pb2 as abci
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from edgistry.cli import UserError
-from edgistry.config import HomeError, NodeConfig, public_bytes
+from ..cli import UserError
+from ..config import HomeError, NodeConfig, public_bytes
 
 log = logging.getLogger("edgistry")
 
@@ -37,7 +37,7 @@ def load_config(home: Path) -> NodeConfig:
 def init_cmd(home: Path, chain_id: str | None, cometbft_home: Path | None, moniker: str, rpc_listen: str | None,
              grpc_listen: str | None, link_listen: str | None, http_listen: str | None) -> None:
     """Create a node home: keys (0600), config.toml and genesis."""
-    from edgistry.abci_app.home import init_home
+    from ..cluster.home import init_home
 
     listen = {"rpc_listen": rpc_listen, "grpc_listen": grpc_listen, "link_listen": link_listen,
               "http_listen": http_listen}
@@ -55,7 +55,7 @@ def init_cmd(home: Path, chain_id: str | None, cometbft_home: Path | None, monik
 
 
 def _open_app(cfg: NodeConfig):
-    from edgistry.abci_app.app import RegistryApp
+    from .app import RegistryApp
 
     try:
         return RegistryApp.from_config(cfg)
@@ -68,9 +68,9 @@ def _open_app(cfg: NodeConfig):
 @click.option("--listen", default=None, help="ABCI listen address (default from config: tcp://127.0.0.1:26658).")
 def node_cmd(home: Path, listen: str | None) -> None:
     """Serve the registry app over ABCI for an external cometbft."""
-    from edgistry.abci_app.runner import wait_for_signal
-    from edgistry.abci_app.server import AbciServer
-    from edgistry.gc_policy import tune_gc_for_node
+    from ..cluster.node_runner import wait_for_signal
+    from .server import AbciServer
+    from ..gc_policy import tune_gc_for_node
 
     cfg = load_config(home)
     app = _open_app(cfg)
@@ -106,7 +106,7 @@ def _start_profile(app):
     prefix = os.environ.get("EDGISTRY_PROFILE")
     if not prefix:
         return None
-    from edgistry.abci_app.profiling import MethodProfile
+    from .profiling import MethodProfile
 
     return MethodProfile(app, prefix, cprofile=os.environ.get("EDGISTRY_CPROFILE") == "1")
 
@@ -127,7 +127,7 @@ def up_cmd(home: Path, chain_id: str | None, rpc_listen: str | None, grpc_listen
     Uses the embedded single-node block producer unless the home names a
     CometBFT home, in which case it serves ABCI and starts cometbft there.
     """
-    from edgistry.abci_app.home import init_home
+    from ..cluster.home import init_home
 
     listen = {"rpc_listen": rpc_listen, "grpc_listen": grpc_listen, "link_listen": link_listen,
               "http_listen": http_listen}
@@ -143,7 +143,7 @@ def up_cmd(home: Path, chain_id: str | None, rpc_listen: str | None, grpc_listen
             setattr(cfg, name, value)
     if rpc_listen:
         cfg.rpc_url = "http://" + rpc_listen
-    from edgistry.abci_app.runner import run_node
+    from ..cluster.node_runner import run_node
 
     try:
         asyncio.run(run_node(cfg, announce=lambda m: click.echo(m, err=True), demo_devices=demo_devices))
@@ -168,7 +168,7 @@ def _rpc_url(home: Path | None, rpc: str | None) -> str:
 
 
 def _run(coro):
-    from edgistry.gateway.chain import ChainError
+    from ..chain import ChainError
 
     try:
         return asyncio.run(coro)
@@ -186,10 +186,10 @@ def _run(coro):
 def add_gateway_cmd(home: Path, endpoint: str, pubkey: str | None, operator: str | None, rpc: str | None,
                     as_json: bool) -> None:
     """Register a gateway (signed by the admin key), or update this home's gateway endpoint."""
-    from edgistry.abci_app.home import admin_key, gateway_key
-    from edgistry.abci_app.txs import gateway_id_for
-    from edgistry.gateway.chain import ChainClient
-    from edgistry.proto import registry_pb2 as pb
+    from ..cluster.home import admin_key, gateway_key
+    from .txs import gateway_id_for
+    from ..chain import ChainClient
+    from ..proto import registry_pb2 as pb
 
     cfg = load_config(home)
     own = gateway_key(cfg)
@@ -233,8 +233,8 @@ def ls_cmd(what: str, home: Path | None, rpc: str | None, height: int, service: 
     """List gateways or devices of the registry."""
     from google.protobuf import json_format
 
-    from edgistry.gateway.chain import ChainClient
-    from edgistry.proto import registry_pb2 as pb
+    from ..chain import ChainClient
+    from ..proto import registry_pb2 as pb
 
     url = _rpc_url(home, rpc)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from edgistry.abci_app.framing import FrameDecoder, encode_frame
-from edgistry.abci_app.server import ListenAddress
-from edgistry.proto import abci_pb2 as abci
+from .framing import FrameDecoder, encode_frame
+from .server import ListenAddress
+from ..proto import abci_pb2 as abci
 
 
 class AbciClientError(Exception):

@@ -26,10 +26,10 @@ from pathlib import Path
 import lmdb
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from edgistry.abci_app.app import RegistryApp
-from edgistry.abci_app.keys import be64, from_be64
-from edgistry.proto import abci_pb2 as abci
-from edgistry.proto import registry_pb2 as pb
+from .app import RegistryApp
+from .keys import be64, from_be64
+from ..proto import abci_pb2 as abci
+from ..proto import registry_pb2 as pb
 
 log = logging.getLogger(__name__)
 

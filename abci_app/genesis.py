@@ -18,12 +18,12 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from edgistry.abci_app import keys, txs
-from edgistry.abci_app.codes import TxError
-from edgistry.abci_app.handlers import put_device, put_gateway
-from edgistry.abci_app.overlay import Overlay, Reader
-from edgistry.proto import abci_pb2 as abci
-from edgistry.proto import registry_pb2 as pb
+from . import keys, txs
+from .codes import TxError
+from .handlers import put_device, put_gateway
+from .overlay import Overlay, Reader
+from ..proto import abci_pb2 as abci
+from ..proto import registry_pb2 as pb
 
 
 class GenesisError(ValueError):

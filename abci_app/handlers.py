@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
-from edgistry.abci_app import keys
-from edgistry.abci_app.codes import Code, TxError
-from edgistry.abci_app.overlay import Overlay
-from edgistry.abci_app.txs import gateway_id_for
-from edgistry.proto import abci_pb2 as abci
-from edgistry.proto import registry_pb2 as pb
+from . import keys
+from .codes import Code, TxError
+from .overlay import Overlay
+from .txs import gateway_id_for
+from ..proto import abci_pb2 as abci
+from ..proto import registry_pb2 as pb
 
 LIVENESS_DRIFT_S = 600  # a gateway clock may run this far ahead of block time
 

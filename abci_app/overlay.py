@@ -13,8 +13,8 @@ import heapq
 from collections.abc import Iterator
 from typing import Protocol
 
-from edgistry.abci_app import keys
-from edgistry.abci_app.lthash import LtHash
+from . import keys
+from .lthash import LtHash
 
 
 class Reader(Protocol):

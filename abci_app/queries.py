@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterator
 
 from google.protobuf.message import DecodeError, Message
 
-from edgistry.abci_app import keys
-from edgistry.abci_app.codes import CODESPACE, Code, QueryError
-from edgistry.abci_app.store import HeightReader, Store, StoreError
-from edgistry.proto import abci_pb2 as abci
-from edgistry.proto import registry_pb2 as pb
+from . import keys
+from .codes import CODESPACE, Code, QueryError
+from .store import HeightReader, Store, StoreError
+from ..proto import abci_pb2 as abci
+from ..proto import registry_pb2 as pb
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000

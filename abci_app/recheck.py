@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from edgistry.abci_app.overlay import Overlay, Reader
+from .overlay import Overlay, Reader
 
 # tx kinds whose handler compares against block time: always rechecked in full
 TIME_DEPENDENT = frozenset({"revoke_token", "report_liveness"})

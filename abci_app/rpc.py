@@ -18,9 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
-from edgistry import __version__
-from edgistry.abci_app.embedded import EmbeddedNode, MempoolFull, NodeHalted, TxInCache, tx_hash
-from edgistry.proto import abci_pb2 as abci
+from .. import __version__
+from .embedded import EmbeddedNode, MempoolFull, NodeHalted, TxInCache, tx_hash
+from ..proto import abci_pb2 as abci
 
 log = logging.getLogger(__name__)
 

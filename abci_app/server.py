@@ -33,11 +33,11 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from edgistry.abci_app.app import FatalAppError
-from edgistry.abci_app.framing import (
+from .app import FatalAppError
+from .framing import (
     MAX_FRAME_SIZE, FrameDecoder, FramingError, decode_uvarint, encode_frame, encode_uvarint,
 )
-from edgistry.proto import abci_pb2 as abci
+from ..proto import abci_pb2 as abci
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgistry.abci_app import keys
-from edgistry.abci_app.lthash import LtHash
-from edgistry.abci_app.framing import decode_uvarint, encode_uvarint
-from edgistry.abci_app.store import Store
-from edgistry.proto import abci_pb2 as abci
+from . import keys
+from .lthash import LtHash
+from .framing import decode_uvarint, encode_uvarint
+from .store import Store
+from ..proto import abci_pb2 as abci
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edgistry.abci_app import keys
-from edgistry.abci_app.codes import CODESPACE, Code, TxError
-from edgistry.abci_app.handlers import HANDLERS, Outcome, TxContext
-from edgistry.abci_app.overlay import Overlay
-from edgistry.abci_app.txs import DecodedTx, VerifiedCache, decode_tx, verify_signature
-from edgistry.proto import abci_pb2 as abci
+from . import keys
+from .codes import CODESPACE, Code, TxError
+from .handlers import HANDLERS, Outcome, TxContext
+from .overlay import Overlay
+from .txs import DecodedTx, VerifiedCache, decode_tx, verify_signature
+from ..proto import abci_pb2 as abci
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import lmdb
 
-from edgistry.abci_app.keys import be64, from_be64
+from .keys import be64, from_be64
 
 MAP_SIZE = 1 << 38  # 256 GiB of address space; LMDB files grow only as used
 DEFAULT_RETAIN_HEIGHTS = 1000

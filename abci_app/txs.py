@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from google.protobuf.message import DecodeError, Message
 from h3.api import basic_int as h3i
 
-from edgistry.abci_app import keys
-from edgistry.abci_app.codes import Code, TxError
-from edgistry.proto import registry_pb2 as pb
+from . import keys
+from .codes import Code, TxError
+from ..proto import registry_pb2 as pb
 
 MAX_TX_BYTES = 64 * 1024  # a registry tx is a few hundred bytes; 64 KiB leaves room for batches
 SIGN_DOMAIN = b"edgistry/tx/v1\0"

@@ -47,12 +47,12 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from edgistry.abci_app.keys import h3_path
-from edgistry.gateway.app_tokens import authenticate, mint_app_token
-from edgistry.gateway.discovery import DiscoveryService
-from edgistry.gateway.discovery_grpc import DiscoveryServicer, add_to_server
-from edgistry.gateway.handles import HandleCodec, derive_key
-from edgistry.gateway.regions import Region
-from edgistry.gateway.replica_index import RegistryIndex, entry_from_record
+from edgistry.gateway.tokens.app_tokens import authenticate, mint_app_token
+from edgistry.gateway.discovery.core import DiscoveryService
+from edgistry.gateway.discovery.grpc_service import DiscoveryServicer, add_to_server
+from edgistry.gateway.discovery.handles import HandleCodec, derive_key
+from edgistry.gateway.discovery.regions import Region
+from edgistry.gateway.discovery.index import RegistryIndex, entry_from_record
 from edgistry.proto import discovery_pb2 as dpb
 from edgistry.proto import discovery_pb2_grpc as dgrpc
 from edgistry.proto import registry_pb2 as pb

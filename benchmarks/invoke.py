@@ -76,7 +76,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mqtt_min as mq  # noqa: E402
 from bench_util import Mosquitto, pct, result_line, stop_pid, table  # noqa: E402
 
-from edgistry.gc_policy import freeze_startup_objects  # noqa: E402
+from edgistry.gc_policy import freeze_startup_objects
 
 MANIFEST = {"duty_cycle_s": 60, "services": [
     {"type": "sensor", "methods": [{"name": "read", "cache_max_age_s": 0, "mutating": False}]}]}
@@ -198,13 +198,14 @@ def _profile(arg: str) -> None:
 
 
 async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
-    from edgistry.gateway import auth, link_server
-    from edgistry.gateway.backend import StoreLinkBackend
-    from edgistry.gateway.grpc_api import start_grpc
-    from edgistry.gateway.link_server import LinkMetrics, LinkServer
+    from edgistry.gateway.tokens import auth
+    from edgistry.gateway.link import server as link_server
+    from edgistry.gateway.link.store_backend import StoreLinkBackend
+    from edgistry.gateway.api.grpc_server import start_grpc
+    from edgistry.gateway.link.server import LinkMetrics, LinkServer
     from edgistry.gateway.metrics import GatewayMetrics
-    from edgistry.gateway.service import GatewayService, Settings
-    from edgistry.gateway.store import Device, GatewayStore
+    from edgistry.gateway.api.service import GatewayService, Settings
+    from edgistry.gateway.store.store import Device, GatewayStore
 
     tm = Timers()
     secret = bytes.fromhex(json.loads(devices_file.read_text())["gateway_secret"])
@@ -314,8 +315,8 @@ class Gw:
 
 class SimDevice:
     def __init__(self, i: int) -> None:
-        import edgistry.firmware.caplets as cl
-        from edgistry.gateway import auth
+        from edgistry.firmware.caplets import api as cl
+        from edgistry.gateway.tokens import auth
 
         self.i = i
         self.secret = cl.new_secret()
@@ -344,8 +345,10 @@ class SimDevice:
 
 async def wake(dev: SimDevice, port: int, x25519_provider, deliveries: list | None = None) -> int:
     """One wake over the real link; returns how many requests were delivered."""
-    from edgistry.firmware.link import (CLOSED, NEED_DATA, Ack, Bye, DeviceSession, Established, Requests,
-                                        Responses)
+    from edgistry.firmware.link.link_session import (
+        CLOSED, NEED_DATA, Ack, Bye, Established, Requests, Responses,
+    )
+    from edgistry.firmware.link.link_device import DeviceSession
 
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     s = DeviceSession(dev.secret, dev.root, dev.link_id, dev.identity, os.urandom, ticket=dev.ticket,
@@ -430,7 +433,7 @@ async def gather_limited(n: int, factories) -> list:
 
 
 def submit_request(dev: SimDevice, pb):
-    from edgistry.gateway.service import owner_handle
+    from edgistry.gateway.api.service import owner_handle
     return pb.InvokeRequest(target=owner_handle(dev.pseudonym), service="sensor", method="read", args=ARGS,
                             token=dev.app_token, ttl_s=3600)
 
@@ -630,7 +633,7 @@ def finish_waker(proc, timeout: float) -> dict:
 async def run_waker(path: Path, no_x25519: bool) -> None:
     """--waker: the devices of the latency phase, waking on their schedule; prints
     one JSON line (errors, the devices' last tickets)."""
-    from edgistry.firmware.link import x25519
+    from edgistry.firmware.link.link_crypto import x25519
     spec = json.loads(path.read_text())
     devs = {d["i"]: SimDevice.from_json(d) for d in spec["devices"]}
     xp = None if no_x25519 else x25519()
@@ -798,8 +801,8 @@ def main() -> None:
         asyncio.run(serve(Path(a.serve[0]), Path(a.serve[1]), Path(a.serve[2])))
         return
 
-    from edgistry.firmware.link import x25519
-    from edgistry.gateway.link_server import issue_identity_token
+    from edgistry.firmware.link.link_crypto import x25519
+    from edgistry.gateway.link.server import issue_identity_token
 
     t_start = time.monotonic()
     rng = random.Random(a.seed)

@@ -28,13 +28,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from edgistry.abci_app import txs  # noqa: E402
-from edgistry.abci_app.app import RegistryApp  # noqa: E402
-from edgistry.abci_app.genesis import Genesis, GatewaySpec  # noqa: E402
-from edgistry.abci_app.handlers import put_device  # noqa: E402
-from edgistry.abci_app.overlay import Overlay  # noqa: E402
-from edgistry.proto import abci_pb2 as abci  # noqa: E402
-from edgistry.proto import registry_pb2 as pb  # noqa: E402
+from edgistry.abci_app import txs
+from edgistry.abci_app.app import RegistryApp
+from edgistry.abci_app.genesis import Genesis, GatewaySpec
+from edgistry.abci_app.handlers import put_device
+from edgistry.abci_app.overlay import Overlay
+from edgistry.proto import abci_pb2 as abci
+from edgistry.proto import registry_pb2 as pb
 
 CHAIN = "bench"
 PAGE = 20

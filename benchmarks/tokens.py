@@ -35,7 +35,7 @@ import timeit
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-import edgistry.firmware.caplets as cl
+from edgistry.firmware.caplets import api as cl
 from edgistry.firmware.caplets import cap_codec, cap_verify
 
 MSG = os.urandom(32)

@@ -55,13 +55,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mqtt_min as mq  # noqa: E402
 from bench_util import Counter, Mosquitto, result_line, table  # noqa: E402
 
-import edgistry.firmware.caplets as cl  # noqa: E402
-from edgistry.firmware.link import (CLOSED, NEED_DATA, Ack, Bye, DeviceSession, Established,  # noqa: E402
-                                    Requests, x25519)
-from edgistry.firmware.link import link_wire as wire  # noqa: E402
-from edgistry.gateway import auth  # noqa: E402
-from edgistry.gateway.link_backend import DeviceAnswer, MemoryBackend, PairedDevice, QueuedRequest  # noqa: E402
-from edgistry.gateway.link_server import LinkServer, LinkServerThread, issue_identity_token  # noqa: E402
+from edgistry.firmware.caplets import api as cl  # noqa: E402
+from edgistry.firmware.link.link_session import CLOSED, NEED_DATA, Ack, Bye, Established, Requests
+from edgistry.firmware.link.link_device import DeviceSession
+from edgistry.firmware.link.link_crypto import x25519
+from edgistry.firmware.link import link_wire as wire
+from edgistry.gateway.tokens import auth
+from edgistry.gateway.link.backend import DeviceAnswer, MemoryBackend, PairedDevice, QueuedRequest
+from edgistry.gateway.link.server import LinkServer, LinkServerThread, issue_identity_token
 
 GATEWAY_SECRET = os.urandom(32)
 ARGS = b'{"unit":"C"}'

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import click
 
-from edgistry.cli import UserError
+from ..cli import UserError
 
 dir_option = click.option("--dir", "directory", type=click.Path(path_type=Path), required=True,
                           help="Cluster directory (configs, data, logs/, run/).")
 
 
 def _binary() -> str:
-    from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
+    from .cometbft import HOW_TO_GET, find_cometbft
 
     binary = find_cometbft()
     if binary is None:
@@ -33,7 +33,7 @@ def _progress(message: str) -> None:
 
 
 def _print_endpoints(layouts) -> None:
-    from edgistry.cluster.ops import endpoints
+    from .ops import endpoints
 
     for node in layouts:
         ends = endpoints(node)
@@ -65,9 +65,9 @@ def up_cmd(directory: Path, nodes: int, base_port: int | None, timeout_commit: s
     every endpoint. Processes keep running after this command returns; stop
     them with `edgistry cluster down`.
     """
-    from edgistry.cluster.cometbft_files import ConsensusSettings
-    from edgistry.cluster.localnet import LocalnetError
-    from edgistry.cluster.ops import ClusterError, up
+    from .cometbft_files import ConsensusSettings
+    from .localnet import LocalnetError
+    from .ops import ClusterError, up
 
     binary = _binary()
     consensus = ConsensusSettings.fast() if fast else ConsensusSettings()
@@ -88,8 +88,8 @@ def up_cmd(directory: Path, nodes: int, base_port: int | None, timeout_commit: s
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status_cmd(directory: Path, as_json: bool) -> None:
     """Per node: processes, height, app hash, peers and gateway health."""
-    from edgistry.cluster.localnet import LocalnetError
-    from edgistry.cluster.ops import status
+    from .localnet import LocalnetError
+    from .ops import status
 
     try:
         report = status(directory)
@@ -121,7 +121,7 @@ def status_cmd(directory: Path, as_json: bool) -> None:
 @dir_option
 def down_cmd(directory: Path) -> None:
     """Stop every process of the cluster by recorded pid (SIGTERM, then SIGKILL)."""
-    from edgistry.cluster.ops import down
+    from .ops import down
 
     if not directory.exists():
         raise UserError(f"{directory} does not exist")
@@ -142,8 +142,8 @@ def down_cmd(directory: Path) -> None:
               help="Take a state-sync snapshot every N blocks (0: never).")
 def compose_cmd(nodes: int, directory: Path, chain_id: str | None, snapshot_interval: int) -> None:
     """Write a Docker Compose project (official cometbft image + an Edgistry image)."""
-    from edgistry.cluster.compose import write_compose
-    from edgistry.cluster.localnet import LocalnetError
+    from .compose import write_compose
+    from .localnet import LocalnetError
 
     try:
         path = write_compose(directory, nodes, chain_id=chain_id, snapshot_interval=snapshot_interval)
@@ -159,8 +159,8 @@ def compose_cmd(nodes: int, directory: Path, chain_id: str | None, snapshot_inte
               help="Seconds to wait for the new node to state-sync and catch up.")
 def add_node_cmd(directory: Path, timeout: float) -> None:
     """Add a (non-validator) node that joins the running cluster by state sync."""
-    from edgistry.cluster.membership import MembershipError, add_node
-    from edgistry.cluster.ops import ClusterError
+    from .membership import MembershipError, add_node
+    from .ops import ClusterError
 
     binary = _binary()
     try:
@@ -189,7 +189,7 @@ def demote_cmd(directory: Path, node: str) -> None:
 
 
 def _set_power(directory: Path, node: str, power: int) -> None:
-    from edgistry.cluster.membership import MembershipError, set_power
+    from .membership import MembershipError, set_power
 
     try:
         height = set_power(directory, node, power, progress=_progress)

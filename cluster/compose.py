@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import edgistry
-from edgistry.cluster.localnet import DEFAULT_BASE_PORT, NodeLayout, generate_localnet
-from edgistry.config import DEFAULT_CHAIN_ID, NodeConfig
+from .localnet import DEFAULT_BASE_PORT, NodeLayout, generate_localnet
+from ..config import DEFAULT_CHAIN_ID, NodeConfig
 
 COMETBFT_IMAGE = "cometbft/cometbft:v0.38.25"  # the official image; tags are v-prefixed releases
 EDGISTRY_IMAGE = "edgistry:local"
@@ -157,7 +157,7 @@ def _set(toml_text: str, key: str, value: str, section: str | None = None) -> st
 def write_compose(directory: Path, nodes: int, chain_id: str | None = None, snapshot_interval: int = 10,
                   gateway: bool | None = None, base_port: int = DEFAULT_BASE_PORT) -> Path:
     """Generate the localnet, containerise its configs, write Dockerfile and docker-compose.yml."""
-    from edgistry.cluster.ops import gateway_command_exists
+    from .ops import gateway_command_exists
 
     directory = directory.expanduser().resolve()
     gateway = gateway_command_exists() if gateway is None else gateway

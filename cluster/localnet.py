@@ -30,13 +30,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgistry.abci_app.genesis import GatewaySpec, Genesis
-from edgistry.abci_app.home import CHAIN_ID_RE, now_rfc3339, prepare_home
-from edgistry.cluster.cometbft_files import (
-    ConsensusSettings, GenesisValidator, address_of, config_toml, genesis_doc, node_id_of, node_key_json,
-    priv_validator_key_json, priv_validator_state_json, render_config,
+from ..abci_app.genesis import GatewaySpec, Genesis
+from .home import CHAIN_ID_RE, now_rfc3339, prepare_home
+from .cometbft_files import (
+    ConsensusSettings, GenesisValidator, address_of, config_toml, genesis_doc, node_id_of,
+    node_key_json, priv_validator_key_json, priv_validator_state_json, render_config,
 )
-from edgistry.config import DEFAULT_CHAIN_ID, HomeError, load_ed25519_pem, public_bytes, write_secret_file
+from ..config import DEFAULT_CHAIN_ID, HomeError, load_ed25519_pem, public_bytes, write_secret_file
 
 HOST = "127.0.0.1"  # a localnet never listens anywhere else
 DEFAULT_BASE_PORT = 26600

@@ -23,12 +23,12 @@ import tomllib
 from dataclasses import fields
 from pathlib import Path
 
-from edgistry.cluster import rpc
-from edgistry.cluster.cometbft_files import ConsensusSettings
-from edgistry.cluster.launcher import Launcher
-from edgistry.cluster.localnet import NodeLayout, add_localnet_node, load_localnet
-from edgistry.cluster.ops import ClusterError, Progress, _quiet, start_node
-from edgistry.config import NodeConfig, load_ed25519_pem
+from . import rpc
+from .cometbft_files import ConsensusSettings
+from .launcher import Launcher
+from .localnet import NodeLayout, add_localnet_node, load_localnet
+from .ops import ClusterError, Progress, _quiet, start_node
+from ..config import NodeConfig, load_ed25519_pem
 
 TRUST_PERIOD = "168h0m0s"
 DISCOVERY_TIME = "5s"  # CometBFT's minimum
@@ -107,8 +107,8 @@ def add_node(directory: Path, binary: str, timeout: float = 180.0, progress: Pro
 
 
 def _register_gateway(layouts: list[NodeLayout], node: NodeLayout) -> None:
-    from edgistry.gateway.chain import ChainClient
-    from edgistry.proto import registry_pb2 as pb
+    from ..chain import ChainClient
+    from ..proto import registry_pb2 as pb
 
     url = _any_rpc(layouts)
     admin = load_ed25519_pem(node.edgistry_home / "keys" / "admin.pem")
@@ -151,7 +151,7 @@ def _any_rpc(layouts: list[NodeLayout]) -> str:
 
 
 def _run_chain(coro):
-    from edgistry.gateway.chain import ChainError
+    from ..chain import ChainError
 
     try:
         return asyncio.run(coro)
@@ -163,8 +163,8 @@ def set_power(directory: Path, moniker: str, power: int, timeout: float = SET_PO
               progress: Progress = _quiet) -> int:
     """Give ``moniker`` voting ``power`` (0 removes it) through an admin SetValidator tx;
     wait until CometBFT's validator set shows it; return the height it takes effect."""
-    from edgistry.gateway.chain import ChainClient
-    from edgistry.proto import registry_pb2 as pb
+    from ..chain import ChainClient
+    from ..proto import registry_pb2 as pb
 
     layouts = load_localnet(directory)
     try:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgistry.cluster import rpc
-from edgistry.cluster.cometbft_files import ConsensusSettings
-from edgistry.cluster.launcher import Launcher
-from edgistry.cluster.localnet import HOST, MANIFEST, NodeLayout, generate_localnet, load_localnet
+from . import rpc
+from .cometbft_files import ConsensusSettings
+from .launcher import Launcher
+from .localnet import HOST, MANIFEST, NodeLayout, generate_localnet, load_localnet
 
 EDGISTRY = [sys.executable, "-m", "edgistry"]
 ROLES = ("app", "cmt", "gw")  # start order; stop order is the reverse
@@ -49,7 +49,7 @@ def _quiet(_: str) -> None:
 
 def gateway_command_exists() -> bool:
     """True when this Edgistry has the ``edgistry gateway`` command."""
-    from edgistry.cli import COMMANDS
+    from ..cli import COMMANDS
 
     return "gateway" in COMMANDS
 
@@ -140,8 +140,8 @@ def up(directory: Path, nodes: int = 4, binary: str = "", base_port: int | None 
        progress: Progress = _quiet) -> tuple[list[NodeLayout], Agreement]:
     """Generate (or resume) the localnet in ``directory``, start every process that is
     not running, and wait until all nodes commit and agree on the app hash."""
-    from edgistry.cluster.localnet import DEFAULT_BASE_PORT
-    from edgistry.config import DEFAULT_CHAIN_ID
+    from .localnet import DEFAULT_BASE_PORT
+    from ..config import DEFAULT_CHAIN_ID
 
     directory = directory.expanduser().resolve()
     if (directory / MANIFEST).exists():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from edgistry.cli import UserError
+from ..cli import UserError
 
 from .runtime.device import Device, WakeFailed
 from .runtime.home import DeviceHome, HomeError

@@ -25,22 +25,22 @@ from pathlib import Path
 
 from aiohttp import web
 
-from edgistry.abci_app.txs import LIVENESS_GRANULARITY_S, MAX_LIVENESS_ENTRIES, gateway_id_for
-from edgistry.config import NodeConfig, load_ed25519_pem, public_bytes
-from edgistry.firmware.caplets import RevocationSet
-from edgistry.gateway.backend import StoreLinkBackend
-from edgistry.gateway.chain import ChainClient, ChainError
-from edgistry.gateway.commissioner import Commissioner
-from edgistry.gateway.grpc_api import GRACE_S, from_pb, start_grpc, to_request
-from edgistry.gateway.link_server import LinkMetrics, LinkServer
-from edgistry.gateway.metrics import GatewayMetrics
-from edgistry.gateway.pairing import CommissionCode, Offers
-from edgistry.gateway.peer import Directory, ForwardChecker, PeerClient
-from edgistry.gateway.service import Call, GatewayService, Result, Settings
-from edgistry.gateway.store import GatewayStore
-from edgistry.gc_policy import freeze_startup_objects
-from edgistry.proto import gateway_pb2 as gw
-from edgistry.proto import registry_pb2 as pb
+from ..abci_app.txs import LIVENESS_GRANULARITY_S, MAX_LIVENESS_ENTRIES, gateway_id_for
+from ..config import NodeConfig, load_ed25519_pem, public_bytes
+from ..firmware.caplets.revocation import RevocationSet
+from .link.store_backend import StoreLinkBackend
+from ..chain import ChainClient, ChainError
+from .pairing.commissioner import Commissioner
+from .api.grpc_server import GRACE_S, from_pb, start_grpc, to_request
+from .link.server import LinkMetrics, LinkServer
+from .metrics import GatewayMetrics
+from .pairing.channel import CommissionCode, Offers
+from .api.peer import Directory, ForwardChecker, PeerClient
+from .api.service import Call, GatewayService, Result, Settings
+from .store.store import GatewayStore
+from ..gc_policy import freeze_startup_objects
+from ..proto import gateway_pb2 as gw
+from ..proto import registry_pb2 as pb
 
 log = logging.getLogger(__name__)
 FORWARD_SLACK_S = 10.0  # a forwarded Invoke may take this much longer than the client's own timeout
@@ -137,7 +137,7 @@ class Gateway:
         commissioner = Commissioner(self.store, Offers(self.key, cfg.chain_id), self.code, self.chain, self.key,
                                     self.secret, self.link_endpoint, self.metrics)
         # issue 5: discovery, its replica of the registry, invoke-any
-        from edgistry.gateway import discovery_grpc as dg
+        from .discovery import grpc_service as dg
 
         self.discovery, replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id, self.grpc_endpoint)
         self.service.resolvers.append(dg.handle_resolver(self.discovery, self.secret))  # Invoke takes handles
@@ -295,7 +295,7 @@ def create_gateway(cfg: NodeConfig, rpc_url: str | None = None,
 
 async def serve(cfg: NodeConfig, rpc_url: str | None = None, announce: Callable[[str], None] = print) -> None:
     """Run a gateway until SIGINT/SIGTERM (``edgistry gateway``)."""
-    from edgistry.abci_app.runner import wait_for_signal
+    from ..cluster.node_runner import wait_for_signal
 
     gateway = create_gateway(cfg, rpc_url, announce)
     await gateway.start()

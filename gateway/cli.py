@@ -13,9 +13,9 @@ from pathlib import Path
 
 import click
 
-from edgistry.cli import UserError
+from ..cli import UserError
 
-from edgistry.gateway.pairtool import DEFAULT_K, DEFAULT_RESOLUTION
+from .pairing.client import DEFAULT_K, DEFAULT_RESOLUTION
 
 STATE_NAMES = {0: "UNKNOWN", 1: "QUEUED", 2: "DELIVERED", 3: "DONE", 4: "EXPIRED", 5: "CANCELLED", 6: "FAILED"}
 
@@ -33,7 +33,7 @@ def _channel(gateway: str):
 def _read_token(path: str | None) -> bytes:
     if not path:
         raise UserError("give --token FILE (the application token file printed by `edgistry pair`)")
-    from edgistry.firmware.caplets.cli import read_token
+    from .tokens.cli import read_token
 
     return read_token("@" + path).to_bytes()
 
@@ -83,8 +83,8 @@ def _show(res, as_json: bool) -> None:
 def gateway_cmd(home: Path, rpc: str | None, grpc_listen: str | None, link_listen: str | None,
                 http_listen: str | None) -> None:
     """Run the gateway alone, beside a node: pairing, device link, client API."""
-    from edgistry.abci_app.cli import load_config
-    from edgistry.gateway.app import serve
+    from ..abci_app.cli import load_config
+    from .app import serve
 
     cfg = load_config(home)
     cfg.grpc_listen = grpc_listen or cfg.grpc_listen
@@ -120,7 +120,7 @@ def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str
     Writes paired.json (link endpoint, identity token, pseudonym, gateway id)
     into the device home and a read-only application token file beside it.
     """
-    from edgistry.gateway.pairtool import PairError, pair_device
+    from .pairing.client import PairError, pair_device
 
     if not unpair and not code:
         raise UserError("give --code: the gateway prints its one-time commissioning code at start "
@@ -164,12 +164,12 @@ def invoke_cmd(handle: str, method: str | None, any_type: str | None, near: str 
                arg: str | None, timeout: float, is_async: bool, gateway: str, token_file: str | None, service: str,
                ttl: int, request_id: str, as_json: bool) -> None:
     """Invoke METHOD of the device HANDLE (waits up to --timeout for a sleeping device)."""
-    from edgistry.proto import gateway_pb2 as gw
+    from ..proto import gateway_pb2 as gw
 
     if any_type or near:  # issue 5: `invoke --any TYPE --near LAT,LON METHOD`
         if not (any_type and near) or method is not None:
             raise click.UsageError("use: invoke --any TYPE --near LAT,LON METHOD")
-        from edgistry.gateway.discovery_cli import run_invoke_any
+        from .discovery.cli import run_invoke_any
 
         return run_invoke_any(gateway, token_file, any_type, near, radius_km, handle, arg or "{}", timeout, as_json)
     if method is None:
@@ -185,7 +185,7 @@ def invoke_cmd(handle: str, method: str | None, any_type: str | None, near: str 
                            timeout_ms=int(timeout * 1000), ttl_s=ttl, service=service, request_id=request_id)
 
     async def go():
-        from edgistry.proto import gateway_pb2_grpc as gw_grpc
+        from ..proto import gateway_pb2_grpc as gw_grpc
 
         async with _channel(gateway) as chan:
             stub = gw_grpc.GatewayStub(chan)
@@ -210,12 +210,12 @@ def invoke_cmd(handle: str, method: str | None, any_type: str | None, near: str 
 def result_cmd(request_id: str, gateway: str, token_file: str | None, wait: float, cancel: bool,
                as_json: bool) -> None:
     """Fetch (or --wait for, or --cancel) the result of an earlier request."""
-    from edgistry.proto import gateway_pb2 as gw
+    from ..proto import gateway_pb2 as gw
 
     req = gw.ResultRequest(request_id=request_id, token=_read_token(token_file))
 
     async def go():
-        from edgistry.proto import gateway_pb2_grpc as gw_grpc
+        from ..proto import gateway_pb2_grpc as gw_grpc
 
         async with _channel(gateway) as chan:
             stub = gw_grpc.GatewayStub(chan)

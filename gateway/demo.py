@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgistry.config import write_secret_file
-from edgistry.firmware import caplets
-from edgistry.firmware.runtime.device import Device
-from edgistry.firmware.runtime.home import DeviceHome, HomeError
-from edgistry.firmware.runtime.services import demo_manifest
-from edgistry.gateway.pairtool import PairError, pair_device
+from ..config import write_secret_file
+from ..firmware.caplets import api as caplets
+from ..firmware.runtime.device import Device
+from ..firmware.runtime.home import DeviceHome, HomeError
+from ..firmware.runtime.services import demo_manifest
+from .pairing.client import PairError, pair_device
 
 BASE_LAT, BASE_LON = 52.5200, 13.4050  # the demo fleet sits around central Berlin
 SPREAD_KM = 4.0

@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from edgistry.abci_app.txs import MAX_DUTY_CYCLE_S, MAX_METHODS, MAX_SERVICES, NAME_RE
-from edgistry.gateway.errors import BadRequest
-from edgistry.proto import registry_pb2 as pb
+from ..abci_app.txs import MAX_DUTY_CYCLE_S, MAX_METHODS, MAX_SERVICES, NAME_RE
+from .errors import BadRequest
+from ..proto import registry_pb2 as pb
 
 MAX_MANIFEST_BYTES = 16 * 1024  # a few services of a few methods; bounds what pairing parses
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from edgistry.proto import gateway_pb2 as edgistry_dot_proto_dot_gateway__pb2
+from . import gateway_pb2 as edgistry_dot_proto_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -4,7 +4,8 @@ Run ``python proto/gen.py`` after editing a .proto file; the generated modules
 are committed and never hand-edited. ``python proto/gen.py --check`` exits 1
 when the committed code differs from what the .proto files produce (the test
 suite runs it). The .proto files are staged under ``edgistry/proto/`` so the
-generated imports read ``from edgistry.proto import x_pb2``.
+generated imports read ``from edgistry.proto import x_pb2``; they are then made
+relative (``from . import x_pb2``), as every import inside the package is.
 """
 
 from __future__ import annotations
@@ -49,9 +50,14 @@ def generate(out_dir: Path) -> list[Path]:
                 if path.name.endswith("_pb2_grpc.py") and "class " not in path.read_text():
                     continue  # no services in this file: skip the empty stub
                 target = out_dir / path.name
-                shutil.copy(path, target)
+                target.write_text(_relative(path.read_text()))
                 made.append(target)
         return made
+
+
+def _relative(code: str) -> str:
+    """Generated imports of sibling modules, made relative."""
+    return code.replace("from " + ".".join(PACKAGE) + " import ", "from . import ")
 
 
 def check() -> list[str]:

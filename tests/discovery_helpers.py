@@ -6,10 +6,10 @@ import os
 import random
 
 import h3
-from edgistry.gateway.app_tokens import AppClient, authenticate, mint_app_token
-from edgistry.gateway.discovery import DiscoveryService
-from edgistry.gateway.handles import HandleCodec, derive_key
-from edgistry.gateway.replica_index import DeviceEntry, RegistryIndex, ServiceInfo
+from edgistry.gateway.tokens.app_tokens import AppClient, authenticate, mint_app_token
+from edgistry.gateway.discovery.core import DiscoveryService
+from edgistry.gateway.discovery.handles import HandleCodec, derive_key
+from edgistry.gateway.discovery.index import DeviceEntry, RegistryIndex, ServiceInfo
 
 GW = "a" * 32
 GW2 = "b" * 32
@@ -50,7 +50,7 @@ class World:
         return authenticate(mint_app_token(self.secret, name, region), self.secret)
 
     def all_pages(self, client: AppClient, region, filters=None, page_size: int = 50, stype: str = "sensor"):
-        from edgistry.gateway.discovery import Filters
+        from edgistry.gateway.discovery.core import Filters
 
         out, cursor = [], ""
         while True:

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgistry.config import NodeConfig
-from edgistry.firmware import caplets as cl
-from edgistry.firmware.link import (CLOSED, NEED_DATA, OK, Ack, Bye, DeviceSession, Established, Requests,
-                                    Responses, check_request, request_sequence)
+from edgistry.firmware.caplets import api as cl
+from edgistry.firmware.link.link_session import (
+    CLOSED, NEED_DATA, Ack, Bye, Established, Requests, Responses,
+)
+from edgistry.firmware.link.link_device import OK, DeviceSession, check_request, request_sequence
 from proc_helpers import free_port
 
 SENSOR_MANIFEST = {
@@ -36,7 +38,7 @@ def make_device_home(path: Path, manifest: dict | None = None):
 
 def node_home(path: Path, chain_id: str = "gw-test") -> tuple[NodeConfig, dict[str, int]]:
     """``edgistry init`` a home and move every listener to a free port."""
-    from edgistry.abci_app.home import init_home
+    from edgistry.cluster.home import init_home
 
     cfg = init_home(path, chain_id)
     ports = {k: free_port() for k in ("rpc", "grpc", "link", "http")}

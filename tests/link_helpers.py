@@ -7,9 +7,12 @@ import os
 import time
 from dataclasses import dataclass, field
 
-import edgistry.firmware.caplets as cl
-from edgistry.firmware.link import (CLOSED, NEED_DATA, DeviceSession, GatewaySession, LinkError,
-                                    identity_name, x25519)
+from edgistry.firmware.caplets import api as cl
+from edgistry.firmware.link.link_session import CLOSED, NEED_DATA
+from edgistry.firmware.link.link_device import DeviceSession
+from edgistry.firmware.link.link_gateway import GatewaySession, identity_name
+from edgistry.firmware.link.link_errors import LinkError
+from edgistry.firmware.link.link_crypto import x25519
 
 GATEWAY_SECRET = bytes(range(100, 132))
 

@@ -7,12 +7,12 @@ import os
 import time
 from pathlib import Path
 
-import edgistry.firmware.caplets as cl
+from edgistry.firmware.caplets import api as cl
 from edgistry.firmware.link import link_wire as wire
 from edgistry.firmware.runtime.device import Device
 from edgistry.firmware.runtime.home import DeviceHome
-from edgistry.gateway.link_backend import MemoryBackend, PairedDevice, QueuedRequest
-from edgistry.gateway.link_server import LinkServer, issue_identity_token
+from edgistry.gateway.link.backend import MemoryBackend, PairedDevice, QueuedRequest
+from edgistry.gateway.link.server import LinkServer, issue_identity_token
 
 GATEWAY_SECRET = bytes(range(100, 132))
 SERVICES = {"services": [{"type": "sensor", "methods": ["read", "info"]},

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from proc_helpers import run_tests_on_the_pure_path
 
-import edgistry.firmware.caplets as cl
+from edgistry.firmware.caplets import api as cl
 from edgistry.firmware.caplets import cap_caps, cap_codec, cap_verify, cap_wire
 
 try:

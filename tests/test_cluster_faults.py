@@ -29,7 +29,7 @@ from edgistry.cluster.launcher import Launcher
 from edgistry.cluster.localnet import NodeLayout, generate_localnet
 from edgistry.cluster.membership import add_node, set_power
 from edgistry.config import load_ed25519_pem
-from edgistry.gateway.chain import ChainClient, ChainError
+from edgistry.chain import ChainClient, ChainError
 from edgistry.proto import registry_pb2 as pb
 
 BINARY = find_cometbft()

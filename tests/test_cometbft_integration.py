@@ -32,7 +32,7 @@ from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
 from edgistry.cluster.cometbft_files import ConsensusSettings, config_toml, render_config
 from edgistry.cluster.localnet import NodeLayout, generate_localnet
 from edgistry.config import NodeConfig, load_ed25519_pem, public_bytes
-from edgistry.gateway.chain import ChainClient, TxRejected
+from edgistry.chain import ChainClient, TxRejected
 from edgistry.proto import registry_pb2 as pb
 
 BINARY = find_cometbft()

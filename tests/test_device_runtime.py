@@ -17,15 +17,15 @@ import pytest
 from click.testing import CliRunner
 from runtime_helpers import GATEWAY_SECRET, Queue, device, make_home, repoint, start_server
 
-import edgistry.firmware.caplets as cl
+from edgistry.firmware.caplets import api as cl
 from edgistry.cli import main
-from edgistry.firmware.link import EXPIRED, OK, TOKEN_REFUSED
+from edgistry.firmware.link.link_device import EXPIRED, OK, TOKEN_REFUSED
 from edgistry.firmware.runtime.device import WakeFailed
 from edgistry.firmware.runtime.home import DeviceHome
 from edgistry.firmware.runtime.services import ServiceRegistry, sensor_reading
 from edgistry.firmware.runtime.state import DeviceState
-from edgistry.gateway.link_backend import MemoryBackend
-from edgistry.gateway.link_server import LinkServer, LinkServerThread
+from edgistry.gateway.link.backend import MemoryBackend
+from edgistry.gateway.link.server import LinkServer, LinkServerThread
 
 pytestmark = pytest.mark.timeout(60)
 

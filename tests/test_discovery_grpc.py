@@ -12,13 +12,9 @@ import pytest
 from click.testing import CliRunner
 from discovery_helpers import GW, GW2, NOW_MS, World, entry
 from edgistry.cli import main
-from edgistry.firmware.caplets import from_text, verify
-from edgistry.gateway.app_tokens import mint_app_token
-from edgistry.gateway.discovery_grpc import (
-    DiscoveryServicer,
-    RoutingInvoker,
-    add_to_server,
-)
+from edgistry.firmware.caplets.mint import from_text, verify
+from edgistry.gateway.tokens.app_tokens import mint_app_token
+from edgistry.gateway.discovery.grpc_service import DiscoveryServicer, RoutingInvoker, add_to_server
 from edgistry.proto import discovery_pb2 as dpb
 from edgistry.proto import discovery_pb2_grpc as dgrpc
 from edgistry.proto import gateway_pb2 as gpb
@@ -101,7 +97,7 @@ def server():
 
 
 def _token(world: World, name: str = "app") -> bytes:
-    from edgistry.firmware.caplets import to_text
+    from edgistry.firmware.caplets.mint import to_text
 
     return to_text(mint_app_token(world.secret, name)).encode()
 

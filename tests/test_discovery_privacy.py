@@ -15,10 +15,10 @@ from collections import Counter, defaultdict
 import h3
 import pytest
 from discovery_helpers import GW2, NOW_MS, World, cell_at, entry, population
-from edgistry.gateway.discovery import Filters, Latency, WatchSession
+from edgistry.gateway.discovery.core import Filters, Latency, WatchSession
 from edgistry.gateway.errors import NotFound, Unauthorized
-from edgistry.gateway.regions import Region, cover_resolution
-from edgistry.gateway.replica_index import RegistryIndex
+from edgistry.gateway.discovery.regions import Region, cover_resolution
+from edgistry.gateway.discovery.index import RegistryIndex
 
 # ---- an independent oracle: the grouping rule written naively with the h3 library ----
 
@@ -259,7 +259,7 @@ def test_token_region_limits_discovery():
     found = w.truth(client, w.all_pages(client, wide))
     assert len(found) == 3 and all(meets(w.index.entries[p].cell, inside) for p in found)
     with pytest.raises(Unauthorized):
-        from edgistry.gateway.app_tokens import authenticate
+        from edgistry.gateway.tokens.app_tokens import authenticate
 
         authenticate(b"\x00garbage", w.secret)
 

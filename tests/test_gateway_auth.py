@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgistry.firmware import caplets as cl
-from edgistry.gateway import auth
+from edgistry.firmware.caplets import api as cl
+from edgistry.gateway.tokens import auth
 from edgistry.gateway.errors import Unauthorized
 
 GW = "gw-a"

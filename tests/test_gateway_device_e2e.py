@@ -14,7 +14,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from edgistry.firmware import caplets as cl
+from edgistry.firmware.caplets import api as cl
 from gateway_helpers import node_home, wait_file
 from proc_helpers import edgistry, kill9, stop, wait_for_port
 
@@ -103,8 +103,8 @@ def test_device_runtime_end_to_end_and_gateway_restart(tmp_path):
 
 
 async def _revoke_on_chain(cfg, tag: bytes) -> None:
-    from edgistry.abci_app.home import admin_key
-    from edgistry.gateway.chain import ChainClient
+    from edgistry.cluster.home import admin_key
+    from edgistry.chain import ChainClient
     from edgistry.proto import registry_pb2 as pb
 
     async with ChainClient(cfg.rpc_url) as chain:

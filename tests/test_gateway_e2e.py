@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgistry.cli import main
 from edgistry.config import load_ed25519_pem, public_bytes
-from edgistry.gateway.peer import sign_forward
+from edgistry.gateway.api.peer import sign_forward
 from edgistry.proto import gateway_pb2 as gw
 from edgistry.proto import gateway_pb2_grpc as gw_grpc
 from gateway_helpers import ScriptedDevice, make_device_home, node_home, wait_file
@@ -249,7 +249,7 @@ def paired_gateway_id(key) -> str:
 
 
 def _with_token(req: gw.InvokeRequest, token_file: str) -> gw.InvokeRequest:
-    from edgistry.firmware.caplets import from_text
+    from edgistry.firmware.caplets.mint import from_text
 
     out = gw.InvokeRequest()
     out.CopyFrom(req)

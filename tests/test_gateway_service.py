@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from edgistry.firmware import caplets as cl
-from edgistry.gateway import auth
-from edgistry.gateway.backend import StoreLinkBackend
+from edgistry.firmware.caplets import api as cl
+from edgistry.gateway.tokens import auth
+from edgistry.gateway.link.store_backend import StoreLinkBackend
 from edgistry.gateway.errors import BadRequest, InvokeTimeout, NotFound, QueueFull, Unauthorized
-from edgistry.gateway.link_backend import DeviceAnswer
-from edgistry.gateway.service import Call, GatewayService, Settings, owner_handle
-from edgistry.gateway.store import Device, GatewayStore, State, new_id
+from edgistry.gateway.link.backend import DeviceAnswer
+from edgistry.gateway.api.service import Call, GatewayService, Settings, owner_handle
+from edgistry.gateway.store.store import Device, GatewayStore, State, new_id
 from gateway_helpers import count_enqueue_ops
 
 MANIFEST = {"duty_cycle_s": 5, "services": [

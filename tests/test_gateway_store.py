@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from edgistry.firmware import caplets as cl
+from edgistry.firmware.caplets import api as cl
 from edgistry.gateway.errors import Conflict, QueueFull
-from edgistry.gateway.link_backend import DeviceAnswer, Ticket
-from edgistry.gateway.store import Contact, Device, GatewayStore, RequestRecord, State, new_id
+from edgistry.gateway.link.backend import DeviceAnswer, Ticket
+from edgistry.gateway.store.store import Contact, Device, GatewayStore, RequestRecord, State, new_id
 
 MANIFEST = {"services": [{"type": "sensor", "methods": [{"name": "read", "cache_max_age_s": 10},
                                                        {"name": "set", "mutating": True, "cache_max_age_s": 10}]}]}
@@ -202,8 +202,8 @@ def test_group_committed_requests_survive_kill9(tmp_path):
 
     code = textwrap.dedent(f"""
         import os, signal, sys
-        from edgistry.firmware import caplets as cl
-        from edgistry.gateway.store import Device, GatewayStore, RequestRecord, State
+        from edgistry.firmware.caplets import api as cl
+        from edgistry.gateway.store.store import Device, GatewayStore, RequestRecord, State
         s = GatewayStore({str(tmp_path / 'gw')!r})
         dev = Device(b"L" * 16, b"P" * 16, cl.root(cl.new_secret()).to_bytes(), {MANIFEST!r}, 0, 7, 1)
         s.put_device(dev)

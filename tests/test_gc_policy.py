@@ -11,7 +11,7 @@ import sys
 
 PROBE = r"""
 import gc, json, sys
-import edgistry.gateway.app, edgistry.gateway.grpc_api  # the gateway's startup imports
+import edgistry.gateway.app, edgistry.gateway.api.grpc_server  # the gateway's startup imports
 from edgistry import gc_policy
 before = len(gc.get_objects())
 getattr(gc_policy, sys.argv[1])()

@@ -8,21 +8,15 @@ import os
 import time
 from pathlib import Path
 
-import edgistry.firmware.caplets as cl
+from edgistry.firmware.caplets import api as cl
 import pytest
-from edgistry.firmware.link import (
-    MAX_LINK_FRAME,
-    NEED_DATA,
-    Ack,
-    Bye,
-    DeviceSession,
-    Established,
-    LinkError,
-    Requests,
-)
+from edgistry.firmware.link.link_wire import MAX_LINK_FRAME
+from edgistry.firmware.link.link_session import NEED_DATA, Ack, Bye, Established, Requests
+from edgistry.firmware.link.link_device import DeviceSession
+from edgistry.firmware.link.link_errors import LinkError
 from edgistry.firmware.link import link_wire as wire
 from edgistry.firmware.runtime.home import DeviceHome
-from edgistry.gateway.link_backend import MemoryBackend
+from edgistry.gateway.link.backend import MemoryBackend
 from runtime_helpers import (
     GATEWAY_SECRET,
     Queue,
@@ -309,7 +303,7 @@ async def test_each_flight_is_one_write(tmp_path, monkeypatch, encrypt: bool) ->
     """Gateway: CHALLENGE + ACCEPT + REQUESTS, RESUMED + REQUESTS, each in one write; device:
     PROOF + ACK + RESPONSES (encrypted) in one write. Two round trips for a full encrypted
     handshake to its first delivered request; in clear, PROOF waits for the work (three)."""
-    from edgistry.gateway import link_server as ls
+    from edgistry.gateway.link import server as ls
 
     gw_log: list = []
     real_write = ls._Connection._write
@@ -369,9 +363,9 @@ async def test_store_commits_per_wake(tmp_path) -> None:
     """Over the durable store: a full encrypted handshake with one request costs ONE group
     commit (ticket + delivered + answered), a resumed wake two (ticket rotation before
     RESUMED; delivered + answered), and contact is a hint (no commit of its own)."""
-    from edgistry.gateway.backend import StoreLinkBackend
-    from edgistry.gateway.store import Device as StoredDevice
-    from edgistry.gateway.store import GatewayStore, RequestRecord, State, new_id
+    from edgistry.gateway.link.store_backend import StoreLinkBackend
+    from edgistry.gateway.store.store import Device as StoredDevice
+    from edgistry.gateway.store.store import GatewayStore, RequestRecord, State, new_id
 
     store = GatewayStore(tmp_path / "gw")
     backend = StoreLinkBackend(store, GATEWAY_SECRET)

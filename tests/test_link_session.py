@@ -7,10 +7,13 @@ import os
 import pytest
 from link_helpers import Dev, DetRand, Keys, events, gateway, handshake
 
-import edgistry.firmware.caplets as cl
-from edgistry.firmware.link import (Ack, Bye, Challenged, Error, Established, GatewaySession,
-                                    LocalProtocolError, RemoteProtocolError, Requests, Responses,
-                                    check_request)
+from edgistry.firmware.caplets import api as cl
+from edgistry.firmware.link.link_session import (
+    Ack, Bye, Challenged, Error, Established, Requests, Responses,
+)
+from edgistry.firmware.link.link_gateway import GatewaySession
+from edgistry.firmware.link.link_errors import LocalProtocolError, RemoteProtocolError
+from edgistry.firmware.link.link_device import check_request
 from edgistry.firmware.link import link_crypto as lc
 from edgistry.firmware.link import link_wire as wire
 from edgistry.firmware.link.link_errors import E_AUTH, E_INTEGRITY, E_TICKET

@@ -22,9 +22,10 @@ from pathlib import Path
 
 from link_helpers import Dev, DetRand, Keys, gateway
 
-import edgistry.firmware.caplets as cl
-import edgistry.firmware.link as link
-from edgistry.firmware.link import Requests, link_crypto as lc, link_device, link_session
+from edgistry.firmware.caplets import api as cl
+from edgistry.firmware.link import api as link
+from edgistry.firmware.link.link_session import Requests
+from edgistry.firmware.link import link_crypto as lc, link_device, link_session
 
 CAPLETS = sorted(Path(cl.__file__).parent.glob("cap_*.py"))
 LINK = sorted(Path(link.__file__).parent.glob("link_*.py"))
@@ -125,8 +126,8 @@ for sc in SCENARIOS:
 
 def _step_ns() -> dict:
     """STEP bound to the package classes (for recording the conversations)."""
-    from edgistry.firmware.caplets import TokenError
-    from edgistry.firmware.link import LinkError
+    from edgistry.firmware.caplets.cap_errors import TokenError
+    from edgistry.firmware.link.link_errors import LinkError
     import binascii
     ns = {"binascii": binascii, "NEED_DATA": link_session.NEED_DATA, "CLOSED": link_session.CLOSED,
           "Ack": link_session.Ack, "Responses": link_session.Responses, "Bye": link_session.Bye,

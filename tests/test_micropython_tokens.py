@@ -12,7 +12,7 @@ from pathlib import Path
 
 import h3
 
-import edgistry.firmware.caplets as cl
+from edgistry.firmware.caplets import api as cl
 from edgistry.firmware.caplets import cap_codec, cap_verify
 
 CORE = sorted((Path(cl.__file__).parent).glob("cap_*.py"))

@@ -8,11 +8,11 @@ import os
 import time
 
 import pytest
-from edgistry.abci_app.home import gateway_key
+from edgistry.cluster.home import gateway_key
 from edgistry.config import NodeConfig
-from edgistry.gateway.chain import ChainClient
-from edgistry.gateway.replica import ReplicaFollower
-from edgistry.gateway.replica_index import RegistryIndex, entry_from_record
+from edgistry.chain import ChainClient
+from edgistry.gateway.discovery.replica import ReplicaFollower
+from edgistry.gateway.discovery.index import RegistryIndex, entry_from_record
 from edgistry.proto import registry_pb2 as pb
 from proc_helpers import edgistry, free_port, stop, wait_for_port
 from registry_helpers import cell_at, device_msg

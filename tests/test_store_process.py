@@ -14,12 +14,12 @@ import time
 
 import pytest
 
-from edgistry.firmware import caplets as cl
-from edgistry.gateway import auth
+from edgistry.firmware.caplets import api as cl
+from edgistry.gateway.tokens import auth
 from edgistry.gateway.errors import Conflict, NotFound, QueueFull
-from edgistry.gateway.link_backend import DeviceAnswer, Ticket
-from edgistry.gateway.store import Device, GatewayStore, RequestRecord, State, new_id
-from edgistry.gateway.store_process import WriterDied
+from edgistry.gateway.link.backend import DeviceAnswer, Ticket
+from edgistry.gateway.store.store import Device, GatewayStore, RequestRecord, State, new_id
+from edgistry.gateway.store.process_writer import WriterDied
 
 MANIFEST = {"services": [{"type": "sensor", "methods": [{"name": "read", "cache_max_age_s": 10}]}]}
 NOW = 1_800_000_000_000
@@ -141,7 +141,7 @@ async def test_a_killed_writer_fails_only_what_was_in_flight_and_is_replaced(tmp
 async def test_close_gives_up_on_a_hung_child_in_bounded_time(tmp_path, monkeypatch):
     """A child that stopped answering: close() fails what it held (not acknowledged),
     kills it and returns within CLOSE_TIMEOUT_S."""
-    from edgistry.gateway import store_process
+    from edgistry.gateway.store import process_writer as store_process
     monkeypatch.setattr(store_process, "CLOSE_TIMEOUT_S", 0.5)
     store = GatewayStore(tmp_path / "gw", writer="process")
     dev = device(store)
@@ -174,7 +174,7 @@ def test_the_child_exits_when_the_gateway_dies(tmp_path):
         import asyncio, os, sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_store_process import device, item
-        from edgistry.gateway.store import GatewayStore
+        from edgistry.gateway.store.store import GatewayStore
         async def main():
             store = GatewayStore({str(tmp_path / "gw")!r}, writer="process")
             rec = (await store.enqueue_many_async([item(device(store))]))[0][0]
@@ -218,7 +218,7 @@ def _alive(pid: int | None) -> bool:
 async def test_close_with_large_writes_both_ways_does_not_deadlock(tmp_path, monkeypatch):
     """close() while the child sends a reply larger than a pipe and more than a pipe's worth
     waits to be sent: it writes and reads at once, and every write is acknowledged."""
-    from edgistry.gateway import store_process
+    from edgistry.gateway.store import process_writer as store_process
     monkeypatch.setattr(store_process, "CLOSE_TIMEOUT_S", 20.0)
     store = GatewayStore(tmp_path / "gw", writer="process")
     dev = device(store)

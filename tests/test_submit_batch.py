@@ -12,12 +12,12 @@ import time
 import grpc
 import pytest
 
-from edgistry.firmware import caplets as cl
-from edgistry.gateway import auth
-from edgistry.gateway.grpc_api import start_grpc
+from edgistry.firmware.caplets import api as cl
+from edgistry.gateway.tokens import auth
+from edgistry.gateway.api.grpc_server import start_grpc
 from edgistry.gateway.metrics import GatewayMetrics
-from edgistry.gateway.service import GatewayService, Settings, owner_handle
-from edgistry.gateway.store import Device, GatewayStore, new_id
+from edgistry.gateway.api.service import GatewayService, Settings, owner_handle
+from edgistry.gateway.store.store import Device, GatewayStore, new_id
 from edgistry.proto import gateway_pb2 as pb
 from edgistry.proto import gateway_pb2_grpc as pbg
 from gateway_helpers import count_enqueue_ops
@@ -83,8 +83,8 @@ async def test_queued_items_are_durable(gateway):
     reply = await stub.SubmitBatch(pb.SubmitBatchRequest(requests=[req(d1, t1), req(d1, t1)]), timeout=10)
     ids = [it.result.request_id for it in reply.items]
     # another process reads what is on disk
-    script = ("import json, sys; from edgistry.gateway.store import GatewayStore; from edgistry.firmware import "
-              "caplets as cl; s = GatewayStore(sys.argv[1]); items = s.pending(bytes.fromhex(sys.argv[2]), 1 << 16, "
+    script = ("import json, sys; from edgistry.gateway.store.store import GatewayStore; from edgistry.firmware.caplets import "
+              "api as cl; s = GatewayStore(sys.argv[1]); items = s.pending(bytes.fromhex(sys.argv[2]), 1 << 16, "
               "int(sys.argv[3]))[0]; print(json.dumps([[i.request_id.hex(), cl.load(i.request_token).request.method]"
               " for i in items])); s.close()")
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "gw"), d1.link_id.hex(),

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import edgistry.firmware.caplets as cl
+from edgistry.firmware.caplets import api as cl
 
 SECRET = b"api-test-secret-0123456789abcdef"
 NOW = 1_700_000_000

@@ -8,7 +8,7 @@ import h3
 import pytest
 from click.testing import CliRunner
 
-import edgistry.firmware.caplets as cl
+from edgistry.firmware.caplets import api as cl
 from edgistry.cli import main
 
 

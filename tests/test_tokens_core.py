@@ -9,7 +9,7 @@ import random
 import h3
 import pytest
 
-import edgistry.firmware.caplets as cl
+from edgistry.firmware.caplets import api as cl
 from edgistry.firmware.caplets import cap_codec, cap_crypto, cap_h3, cap_verify, cap_wire
 
 SECRET = b"core-test-secret-0123456789abcde"

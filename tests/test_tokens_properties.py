@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import edgistry.firmware.caplets as cl
+from edgistry.firmware.caplets import api as cl
 from edgistry.firmware.caplets import cap_codec, cap_crypto, cap_verify
 
 SECRET = b"property-test-secret-32-bytes..."

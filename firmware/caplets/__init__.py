@@ -1,52 +1,5 @@
 """CAPLets capability tokens (chained HMAC-SHA256).
 
-Two layers:
-
-* the verification core (``cap_*`` modules), pure and MicroPython-compatible:
-  ``cap_codec`` (binary format, theory of operation), ``cap_caps``
-  (entry codes, capabilities, subset relation), ``cap_cons`` (constraints),
-  ``cap_verify`` (verification),
-  ``cap_crypto``, ``cap_h3``, ``cap_wire``, ``cap_errors``. On a device copy
-  these files as top-level modules; they import each other either way.
-* the CPython API: ``mint`` (root, derive, request and encryption tokens,
-  flatten, text form), ``revocation``, ``replay`` and the ``edgistry token``
-  CLI (``cli``).
-
-Typical use::
-
-    secret = new_secret()
-    root_tok = root(secret)
-    app = derive(root_tok, [Service("thermo", ["read"])], [ExpiresAt(t)])
-    req = request_token(app, "thermo", "read", args=b"...")
-    verify(req, secret, endpoint=..., last_sequence=...)   # raises or returns
+Kept empty so a board imports only the modules it uses; the CPython API is
+``edgistry.firmware.caplets.api``.
 """
-
-from .cap_codec import (MAX_ENTRIES, MAX_FRAME_SIZE, MAX_FRAMES, MAX_TOKEN_SIZE, Frame,
-                        Token, decode, decode_body, encode_body, make_frame)
-from .cap_errors import (BadTag, ClockDrift, ConstraintFailed, InvalidDerivation,
-                         MalformedToken, NotPermitted, Replayed, Revoked, TokenError)
-from .cap_caps import (ADMIN, INVOKE, READ, WRITE, Encryption, Identity, Region, Request,
-                       Resource, Root, Service)
-from .cap_cons import (BoundTo, Endpoint, ExpiresAt, Gateway, NotBefore, RequireIdentity,
-                       SequenceWindow, UnknownConstraint)
-from .cap_verify import (Context, authenticate, chain_tags, check_constraints, compute_tag,
-                         encryption_tag, permits)
-from .mint import (derive, encryption_token, flatten, from_text, load, mint, new_secret,
-                   parse_time, request_digest, request_token, root, sequence_now, to_text,
-                   verify)
-from .replay import SequenceVerifier
-from .revocation import RevocationSet, RevocationSource
-
-__all__ = [
-    "ADMIN", "INVOKE", "READ", "WRITE", "MAX_ENTRIES", "MAX_FRAME_SIZE", "MAX_FRAMES",
-    "MAX_TOKEN_SIZE", "BadTag", "BoundTo", "ClockDrift", "ConstraintFailed", "Context",
-    "Encryption", "Endpoint", "ExpiresAt", "Frame", "Gateway", "Identity",
-    "InvalidDerivation", "MalformedToken", "NotBefore", "NotPermitted", "Region",
-    "Replayed", "Request", "RequireIdentity", "Resource", "RevocationSet",
-    "RevocationSource", "Revoked", "Root", "SequenceVerifier", "SequenceWindow", "Service",
-    "Token", "TokenError", "UnknownConstraint", "authenticate", "chain_tags", "check_constraints",
-    "compute_tag", "decode", "decode_body", "derive", "encode_body", "encryption_tag",
-    "encryption_token", "flatten", "from_text", "load", "make_frame", "mint",
-    "new_secret", "parse_time", "permits", "request_digest", "request_token", "root",
-    "sequence_now", "to_text", "verify",
-]

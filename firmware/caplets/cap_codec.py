@@ -46,8 +46,10 @@ import sys
 try:
     from .cap_errors import MalformedToken
     from .cap_wire import put_varint, get_varint
-    from .cap_caps import (SCANNERS as _CAP_SCANNERS, CAP_NAMES, ROOT, REQUEST, ENCRYPTION,
-                           EXPIRES_AT, cap_from_value)
+    from .cap_caps import (
+        SCANNERS as _CAP_SCANNERS, CAP_NAMES, ROOT, REQUEST, ENCRYPTION, EXPIRES_AT,
+        cap_from_value,
+    )
     from .cap_cons import SCANNERS as _CON_SCANNERS, scan_unknown, con_from_value
     from .cap_crypto import TAG_SIZE
 except ImportError:

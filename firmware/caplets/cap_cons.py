@@ -15,9 +15,10 @@ value tuple the verifier uses, and the classes are built from those tuples.
 try:
     from .cap_errors import MalformedToken
     from .cap_wire import put_varint, put_str, get_varint, get_str
-    from .cap_caps import (Entry, entry_bytes, hexstr, CONSTRAINT_BIT, DIGEST_SIZE,
-                           EXPIRES_AT, NOT_BEFORE, ENDPOINT, GATEWAY, REQUIRE_IDENTITY,
-                           BOUND_TO, SEQUENCE_WINDOW)
+    from .cap_caps import (
+        Entry, entry_bytes, hexstr, CONSTRAINT_BIT, DIGEST_SIZE, EXPIRES_AT, NOT_BEFORE, ENDPOINT,
+        GATEWAY, REQUIRE_IDENTITY, BOUND_TO, SEQUENCE_WINDOW,
+    )
 except ImportError:
     from cap_errors import MalformedToken
     from cap_wire import put_varint, put_str, get_varint, get_str

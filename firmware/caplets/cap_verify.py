@@ -19,12 +19,14 @@ last accepted sequence) comes in through the :class:`Context`.
 
 try:
     from . import cap_crypto
-    from .cap_errors import (TokenError, BadTag, InvalidDerivation, ConstraintFailed,
-                             Revoked, Replayed, NotPermitted)
+    from .cap_errors import (
+        TokenError, BadTag, InvalidDerivation, ConstraintFailed, Revoked, Replayed, NotPermitted,
+    )
     from .cap_codec import Token, decode, decode_body
-    from .cap_caps import (ROOT, SERVICE, IDENTITY, REQUEST, ENCRYPTION, EXPIRES_AT,
-                           NOT_BEFORE, ENDPOINT, GATEWAY, REQUIRE_IDENTITY, BOUND_TO,
-                           SEQUENCE_WINDOW, WILDCARD, CAP_NAMES, within)
+    from .cap_caps import (
+        ROOT, SERVICE, IDENTITY, REQUEST, ENCRYPTION, EXPIRES_AT, NOT_BEFORE, ENDPOINT, GATEWAY,
+        REQUIRE_IDENTITY, BOUND_TO, SEQUENCE_WINDOW, WILDCARD, CAP_NAMES, within,
+    )
 except ImportError:
     import cap_crypto
     from cap_errors import (TokenError, BadTag, InvalidDerivation, ConstraintFailed,

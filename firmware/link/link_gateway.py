@@ -40,8 +40,10 @@ try:
     from .link_errors import RemoteProtocolError
     from .link_errors import LocalProtocolError
     from .link_session import Session, Challenged, Established, OPEN, CLOSED_STATE, ERROR_STATE
-    from .link_device import (VERSION, NONCE_SIZE, LINK_ID_SIZE, TICKET_ID_SIZE, DEVICE_LABEL,
-                              GATEWAY_LABEL, RESUMED_LABEL, accept_mac, resume_mac)
+    from .link_device import (
+        VERSION, NONCE_SIZE, LINK_ID_SIZE, TICKET_ID_SIZE, DEVICE_LABEL, GATEWAY_LABEL,
+        RESUMED_LABEL, accept_mac, resume_mac,
+    )
     from ..caplets import cap_verify, cap_codec, cap_caps
     from ..caplets.cap_errors import TokenError
 except (ImportError, ValueError):

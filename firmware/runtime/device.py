@@ -40,10 +40,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..caplets import TokenError
-from ..link import (CLOSED, EXPIRED, MAX_LINK_FRAME, NEED_DATA, SERVICE_ERROR, TOKEN_REFUSED,
-                    Ack, Bye, DeviceSession, Error, Established, LinkError, Requests, Responses,
-                    check_request, request_sequence, x25519)
+from ..caplets.cap_errors import TokenError
+from ..link.link_session import CLOSED, NEED_DATA, Ack, Bye, Error, Established, Requests, Responses
+from ..link.link_device import (
+    EXPIRED, SERVICE_ERROR, TOKEN_REFUSED, DeviceSession, check_request, request_sequence,
+)
+from ..link.link_wire import MAX_LINK_FRAME
+from ..link.link_errors import LinkError
+from ..link.link_crypto import x25519
 from ..link.link_errors import E_AUTH, E_TICKET
 from .home import DeviceHome, Pairing
 from .services import Call, ServiceRegistry, build_registry

@@ -44,8 +44,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..caplets import new_secret, root, to_text
-from ..caplets import load as load_token
+from ..caplets.mint import new_secret, root, to_text
+from ..caplets.mint import load as load_token
 
 LINK_ID_SIZE = 16
 MANIFEST_VERSION = 1

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..link import BAD_ARGUMENTS, OK, SERVICE_ERROR, UNKNOWN_METHOD
+from ..link.link_device import BAD_ARGUMENTS, OK, SERVICE_ERROR, UNKNOWN_METHOD
 from .home import write_json
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 import grpc
-from edgistry.cli import UserError
-from edgistry.gateway.discovery import Latency
-from edgistry.proto import discovery_pb2 as dpb
-from edgistry.proto import discovery_pb2_grpc as dgrpc
-from edgistry.proto import gateway_pb2 as gpb
+from ...cli import UserError
+from .core import Latency
+from ...proto import discovery_pb2 as dpb
+from ...proto import discovery_pb2_grpc as dgrpc
+from ...proto import gateway_pb2 as gpb
 
 LATENCY_NAMES = [m.name.lower() for m in Latency if m]
 

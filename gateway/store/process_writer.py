@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-log = logging.getLogger("edgistry.gateway.store")
+log = logging.getLogger("edgistry.gateway.store.store")
 
 _LEN = struct.Struct("!I")
 MAX_MESSAGE = 1 << 30  # a bound on what either side will read
@@ -192,7 +192,7 @@ class _Child:
     def __init__(self, args: list[str], loop: asyncio.AbstractEventLoop,
                  on_reply: Callable[[bool, list, bytes], None]) -> None:
         # -P: nothing from the working directory is imported
-        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "edgistry.gateway.store_process", *args],
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "edgistry.gateway.store.process_writer", *args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         self.loop = loop
         self.on_reply = on_reply
@@ -452,8 +452,8 @@ class _MessageReader:
 
 
 def main(argv: list[str]) -> int:
-    from edgistry.gateway.store import GatewayStore
-    from edgistry.gc_policy import freeze_startup_objects
+    from .store import GatewayStore
+    from ...gc_policy import freeze_startup_objects
 
     # the gateway stops us (EOF on stdin), not a signal to its process group (Ctrl-C, a
     # service manager's SIGTERM): what it sends before it exits is still committed

@@ -30,10 +30,10 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from edgistry.firmware import caplets as cl
-from edgistry.firmware.caplets import cap_crypto
-from edgistry.firmware.caplets.cap_verify import check_derivation
-from edgistry.gateway.errors import Unauthorized
+from ...firmware.caplets import api as cl
+from ...firmware.caplets import cap_crypto
+from ...firmware.caplets.cap_verify import check_derivation
+from ..errors import Unauthorized
 
 PSEUDONYM_DOMAIN = b"edgistry/pseudonym/v1"
 

@@ -33,15 +33,8 @@ import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from edgistry.gateway.regions import (
-    KEY_MASK,
-    MAX_RES,
-    Region,
-    parent,
-    resolution,
-    subtree_range,
-)
-from edgistry.proto import registry_pb2 as pb
+from .regions import KEY_MASK, MAX_RES, Region, parent, resolution, subtree_range
+from ...proto import registry_pb2 as pb
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,14 +16,14 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from edgistry.abci_app.app import RegistryApp
-from edgistry.abci_app.embedded import EmbeddedNode
-from edgistry.abci_app.home import load_genesis_doc
-from edgistry.abci_app.rpc import create_app
-from edgistry.abci_app.server import AbciServer
-from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
-from edgistry.config import HomeError, NodeConfig
-from edgistry.gc_policy import freeze_startup_objects, tune_gc_for_node
+from ..abci_app.app import RegistryApp
+from ..abci_app.embedded import EmbeddedNode
+from .home import load_genesis_doc
+from ..abci_app.rpc import create_app
+from ..abci_app.server import AbciServer
+from .cometbft import HOW_TO_GET, find_cometbft
+from ..config import HomeError, NodeConfig
+from ..gc_policy import freeze_startup_objects, tune_gc_for_node
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
     try:
         gateway = await _start_gateway(cfg, f"http://{host}:{port}", announce)
         if demo_devices and gateway is not None:
-            from edgistry.gateway.demo import start_demo_devices
+            from ..gateway.demo import start_demo_devices
 
             grpc_addr = f"{_host_port(cfg.grpc_listen)[0]}:{gateway.ports['grpc']}"
             demo_tasks = await start_demo_devices(cfg.home, demo_devices, grpc_addr, lambda: gateway.code.code,
@@ -106,7 +106,7 @@ async def _start_gateway(cfg: NodeConfig, rpc_url: str, announce: Callable[[str]
     registry down; ``[gateway] enabled = false`` in config.toml turns it off."""
     if not cfg.extra.get("gateway", {}).get("enabled", True):
         return None
-    from edgistry.gateway.app import create_gateway
+    from ..gateway.app import create_gateway
 
     gateway = create_gateway(cfg, rpc_url, announce)
     try:

@@ -75,13 +75,13 @@ from pathlib import Path
 import lmdb
 import msgspec
 
-from edgistry.gateway.errors import Conflict, NotFound, QueueFull
-from edgistry.gateway.group_writer import GroupWriter
-from edgistry.gateway.store_process import ProcessWriter
-from edgistry.gateway.link_backend import DeviceAnswer, QueuedRequest, Ticket
-from edgistry.gateway.manifest import Manifest
+from ..errors import Conflict, NotFound, QueueFull
+from .thread_writer import GroupWriter
+from .process_writer import ProcessWriter
+from ..link.backend import DeviceAnswer, QueuedRequest, Ticket
+from ..manifest import Manifest
 
-log = logging.getLogger("edgistry.gateway.store")
+log = logging.getLogger("edgistry.gateway.store.store")
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space; LMDB only uses what it writes
 _BE64 = struct.Struct(">Q")

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import h3
-from edgistry.firmware.caplets import cap_h3
+from ...firmware.caplets import cap_h3
 from h3.api import basic_int as h3i
 
 MAX_RES = 15

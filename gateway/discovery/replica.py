@@ -4,7 +4,7 @@ Theory of operation: a small state loop over the gateway's own node.
 
 * LOAD: read the latest height H, then page ``/devices`` and ``/gateways``
   *at H* (one consistent snapshot, even while blocks keep coming) and bulk
-  build the :class:`~edgistry.gateway.replica_index.RegistryIndex`.
+  build the :class:`~edgistry.gateway.discovery.index.RegistryIndex`.
 * FOLLOW: for every new height h, read ``block_results`` and, for each device
   event (device_registered/updated/unregistered), re-read that device *at h*
   (or drop it) and apply it; gateway events re-read ``/gateways`` at h.
@@ -24,9 +24,9 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from edgistry.gateway.chain import ChainClient, ChainError
-from edgistry.gateway.replica_index import DeviceEntry, RegistryIndex, entry_from_record
-from edgistry.proto import registry_pb2 as pb
+from ...chain import ChainClient, ChainError
+from .index import DeviceEntry, RegistryIndex, entry_from_record
+from ...proto import registry_pb2 as pb
 
 __all__ = ["DeviceEntry", "RegistryIndex", "ReplicaFollower"]
 

@@ -20,31 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from edgistry.firmware.caplets import (
-    READ,
-    ExpiresAt,
-    Identity,
-    Region,
-    Resource,
-    Service,
-    Token,
-    TokenError,
-    chain_tags,
-    mint,
-    to_text,
-    verify,
+from ...firmware.caplets.cap_caps import READ, Identity, Region, Resource, Service
+from ...firmware.caplets.cap_cons import ExpiresAt
+from ...firmware.caplets.cap_codec import Token
+from ...firmware.caplets.cap_errors import TokenError
+from ...firmware.caplets.cap_verify import chain_tags
+from ...firmware.caplets.mint import mint, to_text, verify
+from ...firmware.caplets.cap_caps import (
+    IDENTITY, REGION, RESOURCE, ROOT, SERVICE, WILDCARD, prefix_within,
 )
-from edgistry.firmware.caplets.cap_caps import (
-    IDENTITY,
-    REGION,
-    RESOURCE,
-    ROOT,
-    SERVICE,
-    WILDCARD,
-    prefix_within,
-)
-from edgistry.gateway.errors import Unauthorized
-from edgistry.gateway.handles import client_id_of
+from ..errors import Unauthorized
+from ..discovery.handles import client_id_of
 
 SERVICES_PREFIX = "/svc"
 
@@ -116,7 +102,7 @@ def load_gateway_secret(home: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        from edgistry.cli import UserError
+        from ...cli import UserError
 
         raise UserError(f"cannot read the gateway secret {path}: {exc}") from exc
 
@@ -130,8 +116,8 @@ def load_gateway_secret(home: Path) -> bytes:
 @click.option("--expires", default=None, metavar="ISO8601|+DURATION", help="Expiry (e.g. +30d).")
 def app_cmd(home: Path, name: str, region: str | None, services: tuple[str, ...], expires: str | None) -> None:
     """Print an application token issued by this node's gateway (only the token)."""
-    from edgistry.cli import UserError
-    from edgistry.firmware.caplets.cli import _parse_cell, _parse_service, _time
+    from ...cli import UserError
+    from .cli import _parse_cell, _parse_service, _time
 
     cell = _parse_cell(region).cell if region else None
     expires_at = _time(expires, "--expires") if expires else None

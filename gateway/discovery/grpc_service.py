@@ -21,21 +21,17 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
-from edgistry.firmware.caplets import Token, TokenError, from_text
-from edgistry.gateway.app_tokens import AppClient, authenticate
-from edgistry.gateway.discovery import (
-    DiscoveryService,
-    Filters,
-    Latency,
-    Target,
-    WatchSession,
-)
-from edgistry.gateway.errors import BadRequest, GatewayError, grpc_code
-from edgistry.gateway.handles import HandleCodec, derive_key
-from edgistry.gateway.regions import Region, RegionError
-from edgistry.proto import discovery_pb2 as dpb
-from edgistry.proto import discovery_pb2_grpc as dgrpc
-from edgistry.proto import gateway_pb2 as gpb
+from ...firmware.caplets.cap_codec import Token
+from ...firmware.caplets.cap_errors import TokenError
+from ...firmware.caplets.mint import from_text
+from ..tokens.app_tokens import AppClient, authenticate
+from .core import DiscoveryService, Filters, Latency, Target, WatchSession
+from ..errors import BadRequest, GatewayError, grpc_code
+from .handles import HandleCodec, derive_key
+from .regions import Region, RegionError
+from ...proto import discovery_pb2 as dpb
+from ...proto import discovery_pb2_grpc as dgrpc
+from ...proto import gateway_pb2 as gpb
 
 WATCH_TICK_S = 60.0  # re-evaluate a watch at least this often (latency classes age)
 
@@ -75,8 +71,8 @@ class GatewayInvoker:
         self.gateway_service = gateway_service
 
     async def invoke(self, target: Target, request: gpb.InvokeRequest) -> gpb.Result:
-        from edgistry.gateway.grpc_api import to_call, to_pb
-        from edgistry.gateway.service import owner_handle
+        from ..api.grpc_server import to_call, to_pb
+        from ..api.service import owner_handle
 
         request.target = owner_handle(target.pseudonym)
         # discovery has authenticated the client with this gateway's own token:
@@ -227,7 +223,7 @@ def create_discovery(home: Path, chain, gateway_id: str, endpoint: str):
     Start ``follower.run()`` as a background task; register
     ``discovery_servicer(service, secret, invoker, follower)`` on the server.
     """
-    from edgistry.gateway.replica import ReplicaFollower
+    from .replica import ReplicaFollower
 
     secret = (Path(home) / "keys" / "gateway.secret").read_bytes()
     follower = ReplicaFollower(chain)

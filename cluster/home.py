@@ -17,11 +17,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgistry.abci_app.genesis import Genesis, GatewaySpec
-from edgistry.cluster.cometbft import HOW_TO_GET, cometbft_init, find_cometbft
-from edgistry.config import (
-    DEFAULT_CHAIN_ID, HomeError, NodeConfig, load_ed25519_pem, new_ed25519_pem, new_secret, public_bytes,
-    write_ed25519_pem,
+from ..abci_app.genesis import Genesis, GatewaySpec
+from .cometbft import HOW_TO_GET, cometbft_init, find_cometbft
+from ..config import (
+    DEFAULT_CHAIN_ID, HomeError, NodeConfig, load_ed25519_pem, new_ed25519_pem, new_secret,
+    public_bytes, write_ed25519_pem,
 )
 
 CHAIN_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,50}$")

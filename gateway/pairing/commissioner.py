@@ -19,19 +19,19 @@ import time
 import h3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgistry.abci_app.codes import Code, TxError
-from edgistry.abci_app.txs import VALIDATORS
-from edgistry.firmware import caplets as cl
-from edgistry.gateway import auth
-from edgistry.gateway.chain import ChainClient, ChainError, TxRejected
-from edgistry.gateway.errors import BadRequest, NotFound, Precondition, Unavailable
-from edgistry.gateway.manifest import Manifest
-from edgistry.gateway.metrics import GatewayMetrics
-from edgistry.gateway.pairing import AAD_RESULT, CommissionCode, Offers, seal
-from edgistry.gateway.service import owner_handle
-from edgistry.gateway.store import Device, GatewayStore
-from edgistry.proto import gateway_pb2 as gw
-from edgistry.proto import registry_pb2 as pb
+from ...abci_app.codes import Code, TxError
+from ...abci_app.txs import VALIDATORS
+from ...firmware.caplets import api as cl
+from ..tokens import auth
+from ...chain import ChainClient, ChainError, TxRejected
+from ..errors import BadRequest, NotFound, Precondition, Unavailable
+from ..manifest import Manifest
+from ..metrics import GatewayMetrics
+from .channel import AAD_RESULT, CommissionCode, Offers, seal
+from ..api.service import owner_handle
+from ..store.store import Device, GatewayStore
+from ...proto import gateway_pb2 as gw
+from ...proto import registry_pb2 as pb
 
 log = logging.getLogger(__name__)
 LINK_ID_LEN = 16

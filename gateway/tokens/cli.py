@@ -15,19 +15,21 @@ from pathlib import Path
 
 import click
 
-from edgistry.cli import UserError
+from ...cli import UserError
 
-from . import cap_h3
-from .cap_codec import Token, decode
-from .cap_errors import MalformedToken, TokenError
-from .cap_caps import RIGHT_LETTERS, Entry, Identity, Region, Resource, Service
-from .cap_cons import (BoundTo, Endpoint, ExpiresAt, Gateway, NotBefore, RequireIdentity,
-                       SequenceWindow)
-from .cap_verify import Context, permits
-from .cap_verify import verify as core_verify
-from .mint import (MIN_SECRET_SIZE, derive, from_text, new_secret, parse_time,
-                   request_token, root, to_text)
-from .revocation import RevocationSet
+from ...firmware.caplets import cap_h3
+from ...firmware.caplets.cap_codec import Token, decode
+from ...firmware.caplets.cap_errors import MalformedToken, TokenError
+from ...firmware.caplets.cap_caps import RIGHT_LETTERS, Entry, Identity, Region, Resource, Service
+from ...firmware.caplets.cap_cons import (
+    BoundTo, Endpoint, ExpiresAt, Gateway, NotBefore, RequireIdentity, SequenceWindow,
+)
+from ...firmware.caplets.cap_verify import Context, permits
+from ...firmware.caplets.cap_verify import verify as core_verify
+from ...firmware.caplets.mint import (
+    MIN_SECRET_SIZE, derive, from_text, new_secret, parse_time, request_token, root, to_text,
+)
+from ...firmware.caplets.revocation import RevocationSet
 
 
 def read_token(value: str) -> Token:
@@ -318,9 +320,9 @@ def revoke_cmd(tokens: tuple[str, ...], list_file: str | None, home: str | None,
 def _revoke_on_chain(tokens: list, home: str, rpc: str | None) -> None:
     import asyncio
 
-    from edgistry.config import HomeError, NodeConfig, load_ed25519_pem
-    from edgistry.gateway.chain import ChainClient, ChainError
-    from edgistry.proto import registry_pb2 as pb
+    from ...config import HomeError, NodeConfig, load_ed25519_pem
+    from ...chain import ChainClient, ChainError
+    from ...proto import registry_pb2 as pb
 
     try:
         cfg = NodeConfig.load(home)
@@ -340,6 +342,6 @@ def _revoke_on_chain(tokens: list, home: str, rpc: str | None) -> None:
         raise UserError(str(exc)) from exc
 
 
-from edgistry.gateway.app_tokens import app_cmd  # the gateway is the origin of app tokens
+from .app_tokens import app_cmd
 
 token_group.add_command(app_cmd)

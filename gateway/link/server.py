@@ -39,13 +39,19 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from ..firmware.caplets import Identity, mint
-from ..firmware.link import link_wire as wire
-from ..firmware.link import (CLOSED, MAX_LINK_FRAME, NEED_DATA, Ack, BAD_ARGUMENTS, Bye, Challenged,
-                             Error, Established, GatewaySession, LinkError, Requests, Responses,
-                             identity_name, x25519)
-from ..firmware.link.link_errors import RemoteProtocolError
-from .link_backend import DeviceAnswer, LinkBackend, QueuedRequest, Ticket
+from ...firmware.caplets.cap_caps import Identity
+from ...firmware.caplets.mint import mint
+from ...firmware.link import link_wire as wire
+from ...firmware.link.link_session import (
+    CLOSED, NEED_DATA, Ack, Bye, Challenged, Error, Established, Requests, Responses,
+)
+from ...firmware.link.link_wire import MAX_LINK_FRAME
+from ...firmware.link.link_device import BAD_ARGUMENTS
+from ...firmware.link.link_gateway import GatewaySession, identity_name
+from ...firmware.link.link_errors import LinkError
+from ...firmware.link.link_crypto import x25519
+from ...firmware.link.link_errors import RemoteProtocolError
+from .backend import DeviceAnswer, LinkBackend, QueuedRequest, Ticket
 
 log = logging.getLogger("edgistry.gateway.link")
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import grpc
 
-from edgistry.config import write_secret_file
-from edgistry.firmware.caplets import to_text
-from edgistry.firmware.runtime.home import DeviceHome, HomeError
-from edgistry.gateway.errors import GatewayError
-from edgistry.gateway.pairing import ToolSession
-from edgistry.proto import gateway_pb2 as gw
-from edgistry.proto import gateway_pb2_grpc as gw_grpc
+from ...config import write_secret_file
+from ...firmware.caplets.mint import to_text
+from ...firmware.runtime.home import DeviceHome, HomeError
+from ..errors import GatewayError
+from .channel import ToolSession
+from ...proto import gateway_pb2 as gw
+from ...proto import gateway_pb2_grpc as gw_grpc
 
 DEFAULT_RESOLUTION = 7  # ~5 km^2 cells: a neighbourhood, not a street
 DEFAULT_K = 5
@@ -33,8 +33,8 @@ class PairError(Exception):
 
 async def check_registered(offer: gw.PairOffer, rpc_url: str) -> None:
     """Refuse a gateway whose signing key is not the one the registry holds for its id."""
-    from edgistry.gateway.chain import ChainClient, ChainError
-    from edgistry.proto import registry_pb2 as pb
+    from ...chain import ChainClient, ChainError
+    from ...proto import registry_pb2 as pb
 
     try:
         async with ChainClient(rpc_url) as chain:

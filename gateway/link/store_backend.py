@@ -16,9 +16,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from edgistry.gateway.link_backend import DeviceAnswer, PairedDevice, QueuedRequest, Ticket
-from edgistry.gateway.metrics import GatewayMetrics
-from edgistry.gateway.store import GatewayStore, State
+from .backend import DeviceAnswer, PairedDevice, QueuedRequest, Ticket
+from ..metrics import GatewayMetrics
+from ..store.store import GatewayStore, State
 
 
 def _now_ms() -> int:

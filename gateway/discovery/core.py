@@ -28,11 +28,11 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from edgistry.gateway.app_tokens import AppClient
-from edgistry.gateway.errors import BadRequest, NotFound, Unauthorized
-from edgistry.gateway.handles import NONCE_LEN, BadHandle, HandleCodec
-from edgistry.gateway.regions import Region
-from edgistry.gateway.replica_index import DeviceEntry, Group, Plan, RegistryIndex
+from ..tokens.app_tokens import AppClient
+from ..errors import BadRequest, NotFound, Unauthorized
+from .handles import NONCE_LEN, BadHandle, HandleCodec
+from .regions import Region
+from .index import DeviceEntry, Group, Plan, RegistryIndex
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500

@@ -40,10 +40,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from edgistry.abci_app.txs import gateway_id_for
-from edgistry.config import write_secret_file
-from edgistry.gateway.errors import BadRequest, Precondition, Unauthorized
-from edgistry.proto import gateway_pb2 as gw
+from ...abci_app.txs import gateway_id_for
+from ...config import write_secret_file
+from ..errors import BadRequest, Precondition, Unauthorized
+from ...proto import gateway_pb2 as gw
 
 PAIR_DOMAIN = b"edgistry/pair/v1"
 SESSION_TTL_S = 120  # a commissioning exchange takes seconds; stale offers are forgotten

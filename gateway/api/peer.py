@@ -22,11 +22,11 @@ import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgistry.gateway.chain import ChainClient, ChainError
-from edgistry.gateway.errors import GatewayError, NotFound, Unauthorized, Unavailable, from_grpc
-from edgistry.proto import gateway_pb2 as gw
-from edgistry.proto import gateway_pb2_grpc as gw_grpc
-from edgistry.proto import registry_pb2 as pb
+from ...chain import ChainClient, ChainError
+from ..errors import GatewayError, NotFound, Unauthorized, Unavailable, from_grpc
+from ...proto import gateway_pb2 as gw
+from ...proto import gateway_pb2_grpc as gw_grpc
+from ...proto import registry_pb2 as pb
 
 FORWARD_DOMAIN = b"edgistry/fwd/v1\0"
 MAX_SKEW_MS = 30_000  # forwards older or newer than this are refused (replay window)

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from edgistry.firmware.caplets import RevocationSet
-from edgistry.gateway import auth
-from edgistry.gateway.errors import BadRequest, GatewayError, InvokeTimeout, NotFound, Unauthorized
-from edgistry.gateway.metrics import GatewayMetrics
-from edgistry.gateway.store import ACTIVE_WINDOW_MS, Device, GatewayStore, RequestRecord, State, new_id
+from ...firmware.caplets.revocation import RevocationSet
+from ..tokens import auth
+from ..errors import BadRequest, GatewayError, InvokeTimeout, NotFound, Unauthorized
+from ..metrics import GatewayMetrics
+from ..store.store import ACTIVE_WINDOW_MS, Device, GatewayStore, RequestRecord, State, new_id
 
 log = logging.getLogger(__name__)
 

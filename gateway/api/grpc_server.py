@@ -14,13 +14,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edgistry.gateway.commissioner import Commissioner
-from edgistry.gateway.errors import BadRequest, GatewayError, grpc_code
-from edgistry.gateway.metrics import GatewayMetrics
-from edgistry.gateway.peer import ForwardChecker
-from edgistry.gateway.service import Call, GatewayService, Result
-from edgistry.proto import gateway_pb2 as gw
-from edgistry.proto import gateway_pb2_grpc as gw_grpc
+from ..pairing.commissioner import Commissioner
+from ..errors import BadRequest, GatewayError, grpc_code
+from ..metrics import GatewayMetrics
+from .peer import ForwardChecker
+from .service import Call, GatewayService, Result
+from ...proto import gateway_pb2 as gw
+from ...proto import gateway_pb2_grpc as gw_grpc
 
 log = logging.getLogger(__name__)
 GRACE_S = 5.0  # in-flight calls get this long at shutdown
@@ -163,7 +163,7 @@ async def start_grpc(listen: str, service: GatewayService, commissioner: Commiss
     gw_grpc.add_GatewayServicer_to_server(GatewayServicer(service), server)
     names = [gw.DESCRIPTOR.services_by_name["Gateway"].full_name]
     if discovery is not None:  # issue 5: gateway/discovery_grpc.py
-        from edgistry.gateway.discovery_grpc import add_to_server
+        from ..discovery.grpc_service import add_to_server
 
         add_to_server(server, discovery)
         names.append("edgistry.discovery.v1.Discovery")

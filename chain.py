@@ -18,9 +18,9 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import Message
 
-from edgistry.abci_app import txs
-from edgistry.abci_app.codes import Code
-from edgistry.proto import registry_pb2 as pb
+from .abci_app import txs
+from .abci_app.codes import Code
+from .proto import registry_pb2 as pb
 
 
 class ChainError(Exception):

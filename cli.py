@@ -2,8 +2,8 @@
 
 One root group; each subsystem keeps its commands next to its code and is
 listed in ``COMMANDS`` (imported lazily, so ``edgistry --help`` stays fast).
-User errors raise :class:`UserError` (exit 1 with one line), usage errors are
-click's (exit 2). Library code never calls ``sys.exit``.
+User errors raise :class:`~edgistry.clikit.UserError` (exit 1 with one line),
+usage errors are click's (exit 2). Library code never calls ``sys.exit``.
 """
 
 from __future__ import annotations
@@ -15,23 +15,19 @@ import click
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
-    "init": "edgistry.abci_app.cli:init_cmd",
+    "init": "edgistry.cluster.node_cli:init_cmd",
     "node": "edgistry.abci_app.cli:node_cmd",
-    "up": "edgistry.abci_app.cli:up_cmd",
-    "registry": "edgistry.abci_app.cli:registry_group",
+    "up": "edgistry.cluster.node_cli:up_cmd",
+    "registry": "edgistry.cluster.registry_cli:registry_group",
     "token": "edgistry.gateway.tokens.cli:token_group",
     "device": "edgistry.firmware.cli:device_group",
     "gateway": "edgistry.gateway.cli:gateway_cmd",
-    "pair": "edgistry.gateway.cli:pair_cmd",
-    "invoke": "edgistry.gateway.cli:invoke_cmd",
-    "result": "edgistry.gateway.cli:result_cmd",
+    "pair": "edgistry.gateway.pairing.cli:pair_cmd",
+    "invoke": "edgistry.gateway.api.cli:invoke_cmd",
+    "result": "edgistry.gateway.api.cli:result_cmd",
     "cluster": "edgistry.cluster.cli:cluster_group",
     "discover": "edgistry.gateway.discovery.cli:discover_cmd",
 }
-
-
-class UserError(click.ClickException):
-    """A failure the user can fix: printed as one line, exit status 1."""
 
 
 class LazyGroup(click.Group):

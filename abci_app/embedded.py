@@ -104,11 +104,6 @@ class BlockStore:
             cursor = txn.cursor(db=self._blocks)
             return from_be64(cursor.key()) if cursor.first() else 0
 
-    def height_of_tx(self, h: bytes) -> int | None:
-        with self.env.begin() as txn:
-            raw = txn.get(h, db=self._txs)
-        return from_be64(raw) if raw else None
-
 
 class EmbeddedNode:
     """Produces blocks from a local mempool and drives the app through ABCI."""

@@ -358,7 +358,7 @@ class NullApp:
 
 def serve_null(address: str) -> int:
     """Run the null app on ``address`` until SIGTERM or SIGINT."""
-    from edgistry.cluster.node_runner import wait_for_signal
+    from edgistry.clikit import wait_for_signal
     from edgistry.abci_app.server import AbciServer
 
     async def main() -> None:

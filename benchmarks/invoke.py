@@ -802,7 +802,7 @@ def main() -> None:
         return
 
     from edgistry.firmware.link.link_crypto import x25519
-    from edgistry.gateway.link.server import issue_identity_token
+    from edgistry.gateway.tokens.auth import identity_token
 
     t_start = time.monotonic()
     rng = random.Random(a.seed)
@@ -810,7 +810,7 @@ def main() -> None:
     secret = os.urandom(32)
     devs = [SimDevice(i) for i in range(a.devices)]
     for d in devs:
-        d.identity = issue_identity_token(secret, d.link_id)
+        d.identity = identity_token(secret, d.link_id).to_bytes()
     devices_file = workdir / "devices.json"
     devices_file.write_text(json.dumps({"gateway_secret": secret.hex(), "devices": [
         {"link_id": d.link_id.hex(), "root": d.root.hex()} for d in devs]}))

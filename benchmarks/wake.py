@@ -62,7 +62,8 @@ from edgistry.firmware.link.link_crypto import x25519
 from edgistry.firmware.link import link_wire as wire
 from edgistry.gateway.tokens import auth
 from edgistry.gateway.link.backend import DeviceAnswer, MemoryBackend, PairedDevice, QueuedRequest
-from edgistry.gateway.link.server import LinkServer, LinkServerThread, issue_identity_token
+from edgistry.gateway.link.server import LinkServer, LinkServerThread
+from edgistry.gateway.tokens.auth import identity_token
 
 GATEWAY_SECRET = os.urandom(32)
 ARGS = b'{"unit":"C"}'
@@ -75,7 +76,7 @@ class LinkDevice:
         self.secret = cl.new_secret()
         self.root = cl.root(self.secret).to_bytes()
         self.link_id = os.urandom(16)
-        self.identity = issue_identity_token(GATEWAY_SECRET, self.link_id)
+        self.identity = identity_token(GATEWAY_SECRET, self.link_id).to_bytes()
         backend.devices[self.link_id] = PairedDevice(self.link_id, os.urandom(16), self.root, encrypt)
         self.backend = backend
         self.ticket: tuple[bytes, bytes] | None = None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import UserError
+from ..clikit import UserError
 
 dir_option = click.option("--dir", "directory", type=click.Path(path_type=Path), required=True,
                           help="Cluster directory (configs, data, logs/, run/).")

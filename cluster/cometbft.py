@@ -23,10 +23,5 @@ def find_cometbft() -> str | None:
     return shutil.which("cometbft")
 
 
-def cometbft_version(binary: str) -> str:
-    out = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=30, check=True)
-    return out.stdout.strip()
-
-
 def cometbft_init(binary: str, home: Path) -> None:
     subprocess.run([binary, "init", "--home", str(home)], capture_output=True, text=True, timeout=60, check=True)

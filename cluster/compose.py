@@ -25,7 +25,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import edgistry
 from .localnet import DEFAULT_BASE_PORT, NodeLayout, generate_localnet
 from ..config import DEFAULT_CHAIN_ID, NodeConfig
 
@@ -51,7 +50,7 @@ ENTRYPOINT ["edgistry"]
 
 def project_root() -> Path:
     """The Edgistry source tree (where pyproject.toml is): the image's build context."""
-    return Path(edgistry.__file__).resolve().parent
+    return Path(__file__).resolve().parent.parent  # the edgistry package
 
 
 def services(layouts: list[NodeLayout], gateway: bool, user: str, dockerfile: str) -> dict[str, Any]:
@@ -155,12 +154,10 @@ def _set(toml_text: str, key: str, value: str, section: str | None = None) -> st
 
 
 def write_compose(directory: Path, nodes: int, chain_id: str | None = None, snapshot_interval: int = 10,
-                  gateway: bool | None = None, base_port: int = DEFAULT_BASE_PORT) -> Path:
+                  gateway: bool = True, base_port: int = DEFAULT_BASE_PORT) -> Path:
     """Generate the localnet, containerise its configs, write Dockerfile and docker-compose.yml."""
-    from .ops import gateway_command_exists
 
     directory = directory.expanduser().resolve()
-    gateway = gateway_command_exists() if gateway is None else gateway
     layouts = generate_localnet(directory, nodes, chain_id or DEFAULT_CHAIN_ID, base_port=base_port,
                                 snapshot_interval=snapshot_interval)
     _containerise(directory, layouts, gateway)

@@ -23,7 +23,7 @@ import tomllib
 from dataclasses import fields
 from pathlib import Path
 
-from . import rpc
+from .. import chain as rpc
 from .cometbft_files import ConsensusSettings
 from .launcher import Launcher
 from .localnet import NodeLayout, add_localnet_node, load_localnet
@@ -88,7 +88,7 @@ def statesync_settings(directory: Path, snapshot_interval: int, timeout: float =
 
 
 def add_node(directory: Path, binary: str, timeout: float = 180.0, progress: Progress = _quiet,
-             gateway: bool | None = None) -> NodeLayout:
+             gateway: bool = True) -> NodeLayout:
     """Add a node that joins the running cluster by state sync; wait until it is caught up."""
     directory = directory.expanduser().resolve()
     layouts = load_localnet(directory)

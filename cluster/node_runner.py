@@ -22,6 +22,7 @@ from .home import load_genesis_doc
 from ..abci_app.rpc import create_app
 from ..abci_app.server import AbciServer
 from .cometbft import HOW_TO_GET, find_cometbft
+from ..clikit import wait_for_signal
 from ..config import HomeError, NodeConfig
 from ..gc_policy import freeze_startup_objects, tune_gc_for_node
 
@@ -32,14 +33,6 @@ BANNER = (
     "and no replication; use it for development only. For a replicated registry run CometBFT\n"
     "validators beside `edgistry node` (README: \"Running on CometBFT\")."
 )
-
-
-async def wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 def _host_port(text: str) -> tuple[str, int]:

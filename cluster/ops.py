@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import rpc
+from .. import chain as rpc
 from .cometbft_files import ConsensusSettings
 from .launcher import Launcher
 from .localnet import HOST, MANIFEST, NodeLayout, generate_localnet, load_localnet
@@ -45,13 +45,6 @@ class ClusterError(Exception):
 
 def _quiet(_: str) -> None:
     pass
-
-
-def gateway_command_exists() -> bool:
-    """True when this Edgistry has the ``edgistry gateway`` command."""
-    from ..cli import COMMANDS
-
-    return "gateway" in COMMANDS
 
 
 def proc_name(node: NodeLayout, role: str) -> str:
@@ -89,9 +82,8 @@ def _port_open(port: int) -> bool:
 # ---- one node ----
 
 
-def start_node(launcher: Launcher, node: NodeLayout, binary: str, gateway: bool | None = None) -> list[str]:
+def start_node(launcher: Launcher, node: NodeLayout, binary: str, gateway: bool = True) -> list[str]:
     """Start whichever of the node's processes are not running; return their names."""
-    gateway = gateway_command_exists() if gateway is None else gateway
     app, cmt, gw = (proc_name(node, r) for r in ROLES)
     started = []
     if not launcher.alive(app):
@@ -136,7 +128,7 @@ class Agreement:
 
 def up(directory: Path, nodes: int = 4, binary: str = "", base_port: int | None = None,
        consensus: ConsensusSettings | None = None, snapshot_interval: int = 10, chain_id: str | None = None,
-       timeout: float = DEFAULT_WAIT, gateway: bool | None = None,
+       timeout: float = DEFAULT_WAIT, gateway: bool = True,
        progress: Progress = _quiet) -> tuple[list[NodeLayout], Agreement]:
     """Generate (or resume) the localnet in ``directory``, start every process that is
     not running, and wait until all nodes commit and agree on the app hash."""
@@ -160,7 +152,7 @@ def up(directory: Path, nodes: int = 4, binary: str = "", base_port: int | None 
             progress(f"{node.moniker}: started {', '.join(started)}")
     target = max([h for h in before.values() if h is not None] + [1]) + 1  # one new block at least
     agreed = wait_agreement(layouts, target, timeout, progress, launcher)
-    if gateway_command_exists() if gateway is None else gateway:  # gateways once their registry is live
+    if gateway:  # gateways once their registry is live
         for node in layouts:
             started = start_node(launcher, node, binary, gateway=True)
             if started:
@@ -252,7 +244,6 @@ def status(directory: Path) -> dict[str, Any]:
     directory = directory.expanduser().resolve()
     layouts = load_localnet(directory)
     launcher = Launcher(directory)
-    gateway = gateway_command_exists()
     out = []
     for node in layouts:
         entry: dict[str, Any] = {"node": node.moniker, "endpoints": endpoints(node), "processes": {}}
@@ -260,9 +251,8 @@ def status(directory: Path) -> dict[str, Any]:
             name = proc_name(node, role)
             pid = launcher.pid(name)
             rec = launcher.record(name)
-            if pid is not None or rec is not None or role != "gw" or gateway:
-                entry["processes"][role] = {"name": name, "running": pid is not None,
-                                            "pid": pid if pid is not None else (rec.pid if rec else None)}
+            entry["processes"][role] = {"name": name, "running": pid is not None,
+                                        "pid": pid if pid is not None else (rec.pid if rec else None)}
         try:
             st = rpc.status(node.rpc_url)
             entry.update(height=st.height, app_hash=st.app_hash, catching_up=st.catching_up,

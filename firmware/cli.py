@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import UserError
+from ..clikit import UserError
 
 from .runtime.device import Device, WakeFailed
 from .runtime.home import DeviceHome, HomeError

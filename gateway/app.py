@@ -31,7 +31,8 @@ from ..firmware.caplets.revocation import RevocationSet
 from .link.store_backend import StoreLinkBackend
 from ..chain import ChainClient, ChainError
 from .pairing.commissioner import Commissioner
-from .api.grpc_server import GRACE_S, from_pb, start_grpc, to_request
+from .api.convert import from_pb, to_request
+from .api.grpc_server import GRACE_S, start_grpc
 from .link.server import LinkMetrics, LinkServer
 from .metrics import GatewayMetrics
 from .pairing.channel import CommissionCode, Offers
@@ -136,15 +137,16 @@ class Gateway:
         self.code = CommissionCode(cfg.home / "commission.code")
         commissioner = Commissioner(self.store, Offers(self.key, cfg.chain_id), self.code, self.chain, self.key,
                                     self.secret, self.link_endpoint, self.metrics)
-        # issue 5: discovery, its replica of the registry, invoke-any
+        # discovery, its replica of the registry, invoke-any
         from .discovery import grpc_service as dg
 
         self.discovery, replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id, self.grpc_endpoint)
         self.service.resolvers.append(dg.handle_resolver(self.discovery, self.secret))  # Invoke takes handles
         discovery = dg.discovery_servicer(self.discovery, self.secret, dg.GatewayInvoker(self.service), replica,
                                           revoked=revoked)
-        self._grpc, self.ports["grpc"] = await start_grpc(cfg.grpc_listen, self.service, commissioner,
-                                                          ForwardChecker(directory), self.metrics, discovery)
+        self._grpc, self.ports["grpc"] = await start_grpc(
+            cfg.grpc_listen, self.service, commissioner, ForwardChecker(directory), self.metrics,
+            extra=[lambda server: dg.add_to_server(server, discovery)])
         host, port = host_port(cfg.http_listen)
         self._http = web.AppRunner(self._http_app(), access_log=None)
         await self._http.setup()
@@ -295,7 +297,7 @@ def create_gateway(cfg: NodeConfig, rpc_url: str | None = None,
 
 async def serve(cfg: NodeConfig, rpc_url: str | None = None, announce: Callable[[str], None] = print) -> None:
     """Run a gateway until SIGINT/SIGTERM (``edgistry gateway``)."""
-    from ..cluster.node_runner import wait_for_signal
+    from ..clikit import wait_for_signal
 
     gateway = create_gateway(cfg, rpc_url, announce)
     await gateway.start()

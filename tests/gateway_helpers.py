@@ -28,7 +28,7 @@ SENSOR_MANIFEST = {
 
 
 def make_device_home(path: Path, manifest: dict | None = None):
-    """A device home in helper L's format (firmware/runtime/home.py)."""
+    """A device home in the device runtime's format (firmware/runtime/home.py)."""
     from edgistry.firmware.runtime.home import DeviceHome
 
     home = DeviceHome(path)

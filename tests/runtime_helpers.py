@@ -12,7 +12,8 @@ from edgistry.firmware.link import link_wire as wire
 from edgistry.firmware.runtime.device import Device
 from edgistry.firmware.runtime.home import DeviceHome
 from edgistry.gateway.link.backend import MemoryBackend, PairedDevice, QueuedRequest
-from edgistry.gateway.link.server import LinkServer, issue_identity_token
+from edgistry.gateway.link.server import LinkServer
+from edgistry.gateway.tokens.auth import identity_token
 
 GATEWAY_SECRET = bytes(range(100, 132))
 SERVICES = {"services": [{"type": "sensor", "methods": ["read", "info"]},
@@ -28,7 +29,7 @@ def make_home(path: Path, backend: MemoryBackend | None, port: int = 0, encrypt:
     lid = home.link_id()
     if backend is not None:
         backend.devices[lid] = PairedDevice(lid, os.urandom(16), home.root_token(), encrypt)
-    home.write_paired(f"127.0.0.1:{port}", issue_identity_token(GATEWAY_SECRET, lid),
+    home.write_paired(f"127.0.0.1:{port}", identity_token(GATEWAY_SECRET, lid).to_bytes(),
                       "pseudo", "gw-test")
     return home
 

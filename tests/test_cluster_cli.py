@@ -101,14 +101,10 @@ def compose(tmp_path_factory):
 
 def test_compose_services_images_commands(compose):
     """Per node an abci service (our image) and a node service (official cometbft image at a
-    pinned v0.38 tag, proxy_app by service name), plus a gateway when Edgistry has one."""
+    pinned v0.38 tag, proxy_app by service name) and a gateway."""
     directory, doc = compose
     services = doc["services"]
-    from edgistry.cluster.ops import gateway_command_exists
-
-    expected = {f"{kind}{i}" for i in range(3) for kind in ("abci", "node")}
-    if gateway_command_exists():
-        expected |= {f"gateway{i}" for i in range(3)}
+    expected = {f"{kind}{i}" for i in range(3) for kind in ("abci", "node", "gateway")}
     assert set(services) == expected
     assert COMETBFT_IMAGE.startswith("cometbft/cometbft:v0.38.")
     for i in range(3):

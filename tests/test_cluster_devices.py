@@ -1,4 +1,4 @@
-"""Devices on a 4-validator Edgistry when a node dies and returns (issue 6, item 4).
+"""Devices on a 4-validator Edgistry when a node dies and returns.
 
 A real cluster (`edgistry cluster up --fast`: cometbft + `edgistry node` + `edgistry gateway`
 per node, all on loopback) and real device processes (`edgistry device init`, `edgistry pair`

@@ -1,5 +1,5 @@
 """The whole flow with real processes: `edgistry up` (registry + gateway), `edgistry device
-init|run` (helper L's runtime, duty cycle 2 s), `edgistry pair`, `edgistry invoke` waiting for
+init|run` (the device runtime, duty cycle 2 s), `edgistry pair`, `edgistry invoke` waiting for
 a sleeping device, an owner token for a mutating method, and a gateway kill -9 the device
 survives."""
 

@@ -2,7 +2,7 @@
 device link, durability across kill -9, expiry and overflow, and two gateways.
 
 The device side is a scripted device (gateway_helpers.ScriptedDevice) speaking the real
-link through helper L's sans-I/O DeviceSession, one wake at a time, so each test decides
+link through the sans-I/O DeviceSession, one wake at a time, so each test decides
 exactly when the device is awake.
 """
 

@@ -1,4 +1,4 @@
-"""Hypothesis properties of CAPLets tokens (issue 3, item 10)."""
+"""Hypothesis properties of CAPLets tokens."""
 
 from __future__ import annotations
 

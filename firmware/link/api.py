@@ -23,7 +23,7 @@ Typical device use::
         sock.send(s.send(Responses([...])))
 """
 
-from . import link_crypto, link_device, link_errors, link_gateway, link_session, link_wire  # noqa: F401 (submodules as attributes)
+from . import link_crypto, link_device, link_errors, link_gateway, link_session, link_wire  # submodules as attributes too
 from .link_crypto import x25519
 from .link_device import (
     BAD_ARGUMENTS, EXPIRED, OK, SERVICE_ERROR, TOKEN_REFUSED, UNKNOWN_METHOD, DeviceSession,
@@ -39,6 +39,7 @@ from .link_session import (
 from .link_wire import MAX_LINK_FRAME, FrameReader, decode, encode, encode_frame
 
 __all__ = [
+    "link_crypto", "link_device", "link_errors", "link_gateway", "link_session", "link_wire",
     "BAD_ARGUMENTS", "CLOSED", "Challenged", "EXPIRED", "MAX_LINK_FRAME", "NEED_DATA", "OK",
     "SERVICE_ERROR", "TOKEN_REFUSED", "UNKNOWN_METHOD", "Ack", "Bye", "DecodeError",
     "DeviceSession", "Error", "Established", "FrameReader", "FrameTooLarge",

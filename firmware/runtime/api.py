@@ -13,11 +13,14 @@ Running a demo device in-process (what ``edgistry up --demo-devices`` needs)::
     task = asyncio.create_task(Device(home).run(stop=stop))
 """
 
-from . import device, home, services, state  # noqa: F401 (submodules as attributes)
+from . import device, home, services, state  # submodules as attributes too
 from .device import Device, WakeFailed, WakeReport
 from .home import DeviceHome, HomeError, Pairing
 from .services import ServiceRegistry, build_registry
 from .state import DeviceState
 
-__all__ = ["Device", "DeviceHome", "DeviceState", "HomeError", "Pairing", "ServiceRegistry",
-           "WakeFailed", "WakeReport", "build_registry"]
+__all__ = [
+    "device", "home", "services", "state",
+    "Device", "DeviceHome", "DeviceState", "HomeError", "Pairing", "ServiceRegistry",
+    "WakeFailed", "WakeReport", "build_registry",
+]

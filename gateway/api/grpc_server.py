@@ -8,7 +8,7 @@ error becomes a status through :func:`_abort`, the single mapping point
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,35 +18,13 @@ from ..pairing.commissioner import Commissioner
 from ..errors import BadRequest, GatewayError, grpc_code
 from ..metrics import GatewayMetrics
 from .peer import ForwardChecker
-from .service import Call, GatewayService, Result
+from .convert import to_call, to_pb
+from .service import GatewayService, Result
 from ...proto import gateway_pb2 as gw
 from ...proto import gateway_pb2_grpc as gw_grpc
 
 log = logging.getLogger(__name__)
 GRACE_S = 5.0  # in-flight calls get this long at shutdown
-
-
-def to_call(req: gw.InvokeRequest, from_peer: bool = False) -> Call:
-    """A call from a request; ``attested`` is honoured only from a signed peer forward."""
-    return Call(req.target, req.method, req.args, req.token, req.timeout_ms, req.ttl_s, req.service, req.request_id,
-                attested=from_peer and req.attested)
-
-
-def to_request(call: Call) -> gw.InvokeRequest:
-    return gw.InvokeRequest(target=call.target, method=call.method, args=call.args, token=call.token,
-                            timeout_ms=call.timeout_ms, ttl_s=call.ttl_s, service=call.service,
-                            request_id=call.request_id, attested=call.attested)
-
-
-def to_pb(res: Result) -> gw.Result:
-    return gw.Result(request_id=res.request_id, state=res.state, payload=res.payload, error=res.error,
-                     expected_at_ms=res.expected_at_ms, expires_at_ms=res.expires_at_ms,
-                     from_cache=res.from_cache, device_status=res.device_status)
-
-
-def from_pb(msg: gw.Result) -> Result:
-    return Result(msg.request_id, msg.state, msg.payload, msg.error, msg.expected_at_ms, msg.expires_at_ms,
-                  msg.from_cache, msg.device_status)
 
 
 def _item(res: Result | GatewayError) -> gw.BatchItem:
@@ -157,16 +135,17 @@ class PeerServicer(gw_grpc.PeerServicer):
 
 async def start_grpc(listen: str, service: GatewayService, commissioner: Commissioner | None,
                      checker: ForwardChecker | None, metrics: GatewayMetrics,
-                     discovery=None) -> tuple[grpc.aio.Server, int]:
-    """Create, bind and start the server; returns it and the bound port."""
+                     extra: Iterable[Callable[[grpc.aio.Server], str]] = ()) -> tuple[grpc.aio.Server, int]:
+    """Create, bind and start the server; returns it and the bound port.
+
+    ``extra``: functions that add another service (discovery) to the server and
+    return its full name; the assembly passes them, so this module depends on
+    no other front end."""
     server = grpc.aio.server()
     gw_grpc.add_GatewayServicer_to_server(GatewayServicer(service), server)
     names = [gw.DESCRIPTOR.services_by_name["Gateway"].full_name]
-    if discovery is not None:  # issue 5: gateway/discovery_grpc.py
-        from ..discovery.grpc_service import add_to_server
-
-        add_to_server(server, discovery)
-        names.append("edgistry.discovery.v1.Discovery")
+    for add in extra:
+        names.append(add(server))
     if commissioner is not None:
         gw_grpc.add_CommissioningServicer_to_server(CommissioningServicer(commissioner), server)
         names.append(gw.DESCRIPTOR.services_by_name["Commissioning"].full_name)

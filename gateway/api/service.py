@@ -142,7 +142,7 @@ class GatewayService:
     forwarder: Forwarder | None = None
     clock: Callable[[], int] = _now_ms
     on_queued: Callable[[bytes], object] | None = None  # link server: push to a device connected now
-    # issue 5: discovery handles resolve here, at the gateway that issued them
+    # discovery handles resolve here, at the gateway that issued them
     # (target, client token) -> pseudonym: discovery handles open only with the client's token
     resolvers: list[Callable[[str, bytes], bytes | None]] = field(default_factory=list)
     watch_recheck_s: float = 5.0  # a watch re-reads its request (and re-checks its token) this often

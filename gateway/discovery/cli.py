@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 import grpc
-from ...cli import UserError
+from ...clikit import UserError
 from .core import Latency
 from ...proto import discovery_pb2 as dpb
 from ...proto import discovery_pb2_grpc as dgrpc

@@ -37,7 +37,7 @@ WATCH_TICK_S = 60.0  # re-evaluate a watch at least this often (latency classes 
 
 
 class PeerForward(Protocol):
-    """Gateway-to-gateway forwarding (helper G's Peer.Forward client)."""
+    """Gateway-to-gateway forwarding (the Peer.Forward client of gateway/api/peer.py)."""
 
     async def forward(self, gateway_id: str, endpoint: str, request: gpb.InvokeRequest) -> gpb.Result: ...
 
@@ -71,7 +71,7 @@ class GatewayInvoker:
         self.gateway_service = gateway_service
 
     async def invoke(self, target: Target, request: gpb.InvokeRequest) -> gpb.Result:
-        from ..api.grpc_server import to_call, to_pb
+        from ..api.convert import to_call, to_pb
         from ..api.service import owner_handle
 
         request.target = owner_handle(target.pseudonym)
@@ -213,8 +213,10 @@ def discovery_servicer(service: DiscoveryService, secret: bytes, invoker: Invoke
     return DiscoveryServicer(service, secret, invoker, follower, **kw)
 
 
-def add_to_server(server: grpc.aio.Server, servicer: DiscoveryServicer) -> None:
+def add_to_server(server: grpc.aio.Server, servicer: DiscoveryServicer) -> str:
+    """Register discovery on ``server``; its full service name (for reflection and health)."""
     dgrpc.add_DiscoveryServicer_to_server(servicer, server)
+    return dpb.DESCRIPTOR.services_by_name["Discovery"].full_name
 
 
 def create_discovery(home: Path, chain, gateway_id: str, endpoint: str):

@@ -39,15 +39,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from ...firmware.caplets.cap_caps import Identity
-from ...firmware.caplets.mint import mint
 from ...firmware.link import link_wire as wire
 from ...firmware.link.link_session import (
     CLOSED, NEED_DATA, Ack, Bye, Challenged, Error, Established, Requests, Responses,
 )
 from ...firmware.link.link_wire import MAX_LINK_FRAME
 from ...firmware.link.link_device import BAD_ARGUMENTS
-from ...firmware.link.link_gateway import GatewaySession, identity_name
+from ...firmware.link.link_gateway import GatewaySession
 from ...firmware.link.link_errors import LinkError
 from ...firmware.link.link_crypto import x25519
 from ...firmware.link.link_errors import RemoteProtocolError
@@ -63,12 +61,6 @@ READ_CHUNK = 16384
 # A REQUESTS frame carries at most this much: MAX_LINK_FRAME less room for the
 # frame header, MAC and the revocation list.
 BATCH_BYTES = MAX_LINK_FRAME - 8192
-
-
-def issue_identity_token(identity_secret: bytes, link_id: bytes) -> bytes:
-    """The identity token a gateway gives a device at pairing (binary):
-    origin the gateway's identity secret, ``Identity("link:<hex>")``."""
-    return mint(identity_secret, [Identity(identity_name(link_id))]).to_bytes()
 
 
 class LinkMetrics:

@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-log = logging.getLogger("edgistry.gateway.store.store")
+log = logging.getLogger("edgistry.gateway.store")
 
 _LEN = struct.Struct("!I")
 MAX_MESSAGE = 1 << 30  # a bound on what either side will read

@@ -81,7 +81,7 @@ from .process_writer import ProcessWriter
 from ..link.backend import DeviceAnswer, QueuedRequest, Ticket
 from ..manifest import Manifest
 
-log = logging.getLogger("edgistry.gateway.store.store")
+log = logging.getLogger("edgistry.gateway.store")
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space; LMDB only uses what it writes
 _BE64 = struct.Struct(">Q")
@@ -849,10 +849,6 @@ class GatewayStore:
     def meta(self, name: str) -> bytes | None:
         with self.env.begin() as txn:
             return txn.get(b"m/" + name.encode())
-
-    def put_meta(self, name: str, value: bytes) -> None:
-        with self.env.begin(write=True) as txn:
-            txn.put(b"m/" + name.encode(), value)
 
     def _scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         with self.env.begin() as txn:

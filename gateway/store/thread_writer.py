@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import lmdb
 
-log = logging.getLogger("edgistry.gateway.store.store")
+log = logging.getLogger("edgistry.gateway.store")
 
 
 class GroupWriter:

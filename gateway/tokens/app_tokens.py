@@ -17,15 +17,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
-import click
 from ...firmware.caplets.cap_caps import READ, Identity, Region, Resource, Service
 from ...firmware.caplets.cap_cons import ExpiresAt
 from ...firmware.caplets.cap_codec import Token
 from ...firmware.caplets.cap_errors import TokenError
 from ...firmware.caplets.cap_verify import chain_tags
-from ...firmware.caplets.mint import mint, to_text, verify
+from ...firmware.caplets.mint import mint, verify
 from ...firmware.caplets.cap_caps import (
     IDENTITY, REGION, RESOURCE, ROOT, SERVICE, WILDCARD, prefix_within,
 )
@@ -94,36 +92,3 @@ def authenticate(token: bytes | str | Token, secret: bytes, now: int | None = No
         services=tuple((c[2], tuple(c[3])) for c in leaf if c[0] == SERVICE),
         root=any(c[0] == ROOT for c in leaf),
     )
-
-
-def load_gateway_secret(home: Path) -> bytes:
-    """The gateway's HMAC secret from a node home (keys/gateway.secret)."""
-    path = Path(home) / "keys" / "gateway.secret"
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        from ...cli import UserError
-
-        raise UserError(f"cannot read the gateway secret {path}: {exc}") from exc
-
-
-@click.command("app")
-@click.option("--home", type=click.Path(path_type=Path, file_okay=False), required=True, help="Node home.")
-@click.option("--name", required=True, help="The application's identity.")
-@click.option("--region", default=None, metavar="CELL", help="Limit discovery to this H3 cell (hex).")
-@click.option("--service", "services", multiple=True, metavar="TYPE[:m1,m2]",
-              help="Also grant these methods (default: read-only, non-mutating methods only).")
-@click.option("--expires", default=None, metavar="ISO8601|+DURATION", help="Expiry (e.g. +30d).")
-def app_cmd(home: Path, name: str, region: str | None, services: tuple[str, ...], expires: str | None) -> None:
-    """Print an application token issued by this node's gateway (only the token)."""
-    from ...cli import UserError
-    from .cli import _parse_cell, _parse_service, _time
-
-    cell = _parse_cell(region).cell if region else None
-    expires_at = _time(expires, "--expires") if expires else None
-    try:
-        token = mint_app_token(load_gateway_secret(home), name, cell, expires_at,
-                               [_parse_service(s) for s in services])
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
-    click.echo(to_text(token))

@@ -9,7 +9,7 @@ A client token has one of two origins:
   root tag acts as the secret of the sub-chain. (Every root frame is the same
   single ROOT entry; what ties a token to one device is the HMAC chain.)
 * the gateway itself (its HMAC secret, keys/gateway.secret): application
-  tokens it issues for regional access (issue 5) and the devices' identity
+  tokens it issues for regional access (discovery) and the devices' identity
   tokens (which grant no service and so never authorise a call).
 
 Then: revocation of every chain tag (registry + local set), the leaf's
@@ -33,6 +33,7 @@ from typing import NamedTuple
 from ...firmware.caplets import api as cl
 from ...firmware.caplets import cap_crypto
 from ...firmware.caplets.cap_verify import check_derivation
+from ...firmware.link.link_gateway import identity_name
 from ..errors import Unauthorized
 
 PSEUDONYM_DOMAIN = b"edgistry/pseudonym/v1"
@@ -186,7 +187,7 @@ def app_token(root_token: bytes, services: dict[str, list[str]]) -> cl.Token:
 def identity_token(gateway_secret: bytes, link_id: bytes) -> cl.Token:
     """The gateway-issued token a device presents in HELLO (origin: this gateway;
     identity ``link:<hex link id>``, as firmware/link/link_gateway.py checks it)."""
-    return cl.mint(gateway_secret, [cl.Identity("link:" + link_id.hex())])
+    return cl.mint(gateway_secret, [cl.Identity(identity_name(link_id))])
 
 
 def request_token(root_token: bytes, service: str, method: str, args: bytes, sequence: int) -> bytes:

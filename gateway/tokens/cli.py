@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from ...cli import UserError
+from ...clikit import UserError
 
 from ...firmware.caplets import cap_h3
 from ...firmware.caplets.cap_codec import Token, decode
@@ -30,6 +30,7 @@ from ...firmware.caplets.mint import (
     MIN_SECRET_SIZE, derive, from_text, new_secret, parse_time, request_token, root, to_text,
 )
 from ...firmware.caplets.revocation import RevocationSet
+from .app_tokens import mint_app_token
 
 
 def read_token(value: str) -> Token:
@@ -342,6 +343,29 @@ def _revoke_on_chain(tokens: list, home: str, rpc: str | None) -> None:
         raise UserError(str(exc)) from exc
 
 
-from .app_tokens import app_cmd
+def load_gateway_secret(home: Path) -> bytes:
+    """The gateway's HMAC secret from a node home (keys/gateway.secret)."""
+    path = Path(home) / "keys" / "gateway.secret"
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the gateway secret {path}: {exc}") from exc
 
-token_group.add_command(app_cmd)
+
+@token_group.command("app")
+@click.option("--home", type=click.Path(path_type=Path, file_okay=False), required=True, help="Node home.")
+@click.option("--name", required=True, help="The application's identity.")
+@click.option("--region", default=None, metavar="CELL", help="Limit discovery to this H3 cell (hex).")
+@click.option("--service", "services", multiple=True, metavar="TYPE[:m1,m2]",
+              help="Also grant these methods (default: read-only, non-mutating methods only).")
+@click.option("--expires", default=None, metavar="ISO8601|+DURATION", help="Expiry (e.g. +30d).")
+def app_cmd(home: Path, name: str, region: str | None, services: tuple[str, ...], expires: str | None) -> None:
+    """Print an application token issued by this node's gateway (only the token)."""
+    cell = _parse_cell(region).cell if region else None
+    expires_at = _time(expires, "--expires") if expires else None
+    try:
+        token = mint_app_token(load_gateway_secret(home), name, cell, expires_at,
+                               [_parse_service(s) for s in services])
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    click.echo(to_text(token))

@@ -1,7 +1,9 @@
-"""Process helpers for multi-process tests: free ports, bounded waits, kill by pid."""
+"""Process helpers for multi-process tests: free ports, bounded waits, kill by pid;
+and the C accelerators' guards (built, or a reason) and pure-path reruns."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import socket
@@ -10,6 +12,9 @@ import sys
 import time
 from contextlib import suppress
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 
 def free_port() -> int:
@@ -86,3 +91,54 @@ def run_tests_on_the_pure_path(module: str, switch: str, reference: str, test_fi
         cwd=root, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
+
+
+def import_accelerator(name: str) -> ModuleType | None:
+    """The C accelerator module ``name``, or None when the install did not build it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def in_ci() -> bool:
+    """Whether the CI environment variable is set (CI services set CI=true)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_accelerator(module: ModuleType | None, name: str) -> None:
+    """Fail the calling test when accelerator ``name`` is missing under CI, where
+    a C compiler is present and a missing accelerator is a broken build; skip it
+    elsewhere, where an install without a compiler is legitimate."""
+    if module is not None:
+        return
+    if in_ci():
+        pytest.fail(f"the C accelerator {name} was not built, but CI has a C compiler: the "
+                    "build is broken (see the output of pip install)", pytrace=False)
+    pytest.skip(f"the C accelerator {name} was not built (no C compiler when installed): "
+                "only the pure-Python path exists, and the other tests cover it")
+
+
+WITHOUT_RUN = r"""
+import sys
+import pytest
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None  # an import of it now raises ImportError: as if never built
+sys.exit(pytest.main(sys.argv[2:]))
+"""
+
+
+def run_tests_without(accelerators: list[str], test_files: list[Path], ci: bool,
+                      select: str) -> subprocess.CompletedProcess:
+    """Run the tests of ``test_files`` matching ``-k select`` in a fresh
+    interpreter in which the modules ``accelerators`` cannot be imported, with
+    the CI environment variable set to "true" or removed."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    if ci:
+        env["CI"] = "true"
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_RUN, ",".join(accelerators), "-q", "-rEfs", "-p",
+         "no:cacheprovider", "-k", select, *map(str, test_files)],
+        cwd=root, capture_output=True, text=True, timeout=300,
+        env=dict(env, PYTHONDONTWRITEBYTECODE="1"))

@@ -1,40 +1,52 @@
 """The optional C frame scanner (firmware/caplets/_capscan.c) against the
 pure-Python reference (cap_codec._split / scan_frame).
 
-For valid tokens of many shapes and for mutated or random bytes, both paths
-must give equal records (same tuple shapes and types) or raise MalformedToken
-with the same message; verify() must give the same verdicts either way. The
-existing token test modules are also run once more with the C scanner off.
+The C scanner's contract (as _linkwire's): whenever it answers, the answer is
+exactly the reference's record (same tuple shapes and types); for anything
+the reference refuses it answers None, and cap_codec then runs the reference,
+which raises MalformedToken with its own message. It must not hand back
+anything well-formed either, so here None comes exactly where the reference
+raises, for valid tokens of many shapes and for mutated, truncated or random
+bytes; verify() gives the same verdicts either way. Its format comes from
+cap_codec at init(), all or nothing. The existing token test modules are also
+run once more with the C scanner off.
 """
 
 from __future__ import annotations
 
+import gc
+import sys
+import tracemalloc
+from contextlib import contextmanager
 from pathlib import Path
 
 import h3
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from proc_helpers import run_tests_on_the_pure_path
+from proc_helpers import (import_accelerator, require_accelerator, run_tests_on_the_pure_path,
+                          run_tests_without)
 
 from edgistry.firmware.caplets import api as cl
-from edgistry.firmware.caplets import cap_caps, cap_codec, cap_verify, cap_wire
+from edgistry.firmware.caplets import cap_caps, cap_codec, cap_cons, cap_verify, cap_wire
 
-try:
-    from edgistry.firmware.caplets import _capscan
-except ImportError:
-    _capscan = None
+NAME = "edgistry.firmware.caplets._capscan"
+_capscan = import_accelerator(NAME)
 
-pytestmark = pytest.mark.skipif(
-    _capscan is None, reason="the C accelerator _capscan was not built (no C compiler when "
-    "installed): only the pure-Python scanner exists, and the other token tests cover it")
+
+@pytest.fixture(autouse=True)
+def _accelerator_built() -> None:
+    require_accelerator(_capscan, NAME)
+
 
 SECRET = b"capscan-test-secret-0123456789ab"
 NOW = 1_700_000_000
 SEQ = NOW * 1000
 MANY = settings(max_examples=300, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.function_scoped_fixture])
 TESTS = Path(__file__).resolve().parent
+HANDED_BACK = "MalformedToken"
 
 
 # ---- comparing the two paths ----------------------------------------------------
@@ -52,39 +64,54 @@ def outcome(fn, *args):
     try:
         return ("ok", typed(fn(*args)))
     except cl.MalformedToken as exc:
-        return ("MalformedToken", str(exc))
+        return (HANDED_BACK, str(exc))
 
 
-def split_pure(data: bytes, end: int):
+def cold(fn, *args):
+    """``fn(*args)`` from an empty frame cache, leaving it empty."""
     cap_codec.clear_cache()
     try:
-        return cap_codec._split(data, end)
+        return fn(*args)
     finally:
         cap_codec.clear_cache()
 
 
-def split_c(data: bytes, end: int):
-    return _capscan.split(data, end, {}, cap_codec.FRAME_CACHE_SIZE)
+def agree(got, pure: tuple) -> None:
+    """C's answer ``got`` against the reference's outcome: None exactly where
+    the reference raises, else an equal, equally shaped result."""
+    if pure[0] == "ok":
+        assert got is not None, "well-formed input handed back"
+        assert typed(got) == pure[1]
+    else:
+        assert got is None, (pure, got)
+
+
+def c_split_twice(data: bytes, end: int) -> tuple:
+    """The C split from a cold cache, then again with the frames it cached."""
+    cap_codec.clear_cache()
+    try:
+        return _capscan.split(data, end), _capscan.split(data, end)
+    finally:
+        cap_codec.clear_cache()
 
 
 def assert_same_split(data: bytes, end: int | None = None) -> tuple:
-    """Both scanners on ``data[:end]`` (cold caches); return the outcome."""
+    """Both scanners on ``data[:end]``; return the reference's outcome."""
     if end is None:
         end = len(data) - cl.cap_crypto.TAG_SIZE
-    pure = outcome(split_pure, data, end)
-    assert outcome(split_c, data, end) == pure
-    # no caching at all, and a warm cache (records reused), change nothing
-    assert outcome(_capscan.split, data, end, {}, 0) == pure
-    cache: dict = {}
-    outcome(_capscan.split, data, end, cache, 512)
-    assert outcome(_capscan.split, data, end, cache, 512) == pure
+    pure = outcome(cold, cap_codec._split, data, end)
+    for got in c_split_twice(data, end):
+        agree(got, pure)
+    # cap_codec's own switch: C's result, or the reference's error and message
+    assert outcome(cold, cap_codec._frames, data, end) == pure
     return pure
 
 
 def assert_same_frame(raw: bytes, hint=None) -> tuple:
     pure = outcome(cap_codec.scan_frame, raw, hint)
-    assert outcome(_capscan.scan_frame, raw, hint) == pure
-    assert outcome(_capscan.scan_frame, raw) == pure  # the hint only saves work
+    agree(_capscan.scan_frame(raw, hint), pure)
+    agree(_capscan.scan_frame(raw), pure)  # the hint only saves work
+    assert outcome(cold, cap_codec.frame_record, raw, hint) == pure
     return pure
 
 
@@ -103,6 +130,17 @@ def verdict(data: bytes, **ctx) -> tuple[str, str]:
 def assert_same_verdict(data: bytes, **ctx) -> None:
     assert cap_codec.FAST_SCAN is _capscan
     assert verdict(data, **ctx) == on_pure_path(verdict, data, **ctx)
+
+
+def on_pure_path(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with the C scanner switched off (cold caches)."""
+    cap_codec.FAST_SCAN = None
+    cap_codec.clear_cache()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        cap_codec.FAST_SCAN = _capscan
+        cap_codec.clear_cache()
 
 
 def test_the_c_scanner_is_the_default() -> None:
@@ -211,7 +249,8 @@ def token_bytes(frames: list[bytes]) -> bytes:
 @settings(MANY, max_examples=120)
 @given(frame_chains())
 def test_valid_chains_scan_the_same(frames: list[bytes]) -> None:
-    """Chains of every entry type give equal records, frame by frame and whole."""
+    """Chains of every entry type go through C and give equal records, frame by
+    frame and whole."""
     data = token_bytes(frames)
     kind, _ = assert_same_split(data)
     assert kind == "ok"
@@ -222,17 +261,6 @@ def test_valid_chains_scan_the_same(frames: list[bytes]) -> None:
     # decode_body goes through the same switch
     assert outcome(cap_codec.decode_body, data[:-32]) == on_pure_path(
         outcome, cap_codec.decode_body, data[:-32])
-
-
-def on_pure_path(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` with the C scanner switched off (cold caches)."""
-    cap_codec.FAST_SCAN = None
-    cap_codec.clear_cache()
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        cap_codec.FAST_SCAN = _capscan
-        cap_codec.clear_cache()
 
 
 @st.composite
@@ -259,8 +287,8 @@ def mutations(draw):
 @settings(MANY, max_examples=200)
 @given(mutations())
 def test_mutated_tokens_scan_the_same(data: bytes) -> None:
-    """Bit flips, changed bytes, truncation, garbage and insertions: equal
-    records or the same MalformedToken message."""
+    """Bit flips, changed bytes, truncation, garbage and insertions: C's record
+    equals the reference's, or C hands back exactly where the reference raises."""
     assert_same_split(data)
     assert_same_split(data, len(data))  # as a body (no tag)
 
@@ -272,7 +300,7 @@ def test_mutated_tokens_scan_the_same(data: bytes) -> None:
 @example(b"")
 @example(b"\x01\x01\x00")
 def test_random_bytes_scan_the_same(data: bytes) -> None:
-    """Arbitrary bytes (often past the version byte): same outcome."""
+    """Arbitrary bytes (often past the version byte): agreed or handed back."""
     assert_same_split(data, len(data))
     assert_same_split(data)
 
@@ -451,8 +479,9 @@ def case_ids(cases) -> list[str]:
 
 
 @pytest.mark.parametrize("frame, message", FRAMES, ids=case_ids(FRAMES))
-def test_each_rule_gives_the_same_message(frame: bytes, message: str | None) -> None:
-    """One frame per rule of the reference: same record or same message."""
+def test_each_rule_is_handed_back_to_the_reference(frame: bytes, message: str | None) -> None:
+    """One frame per rule of the reference: C's equal record when it is valid,
+    else None from C and the reference's own message from cap_codec."""
     kind, got = assert_same_frame(frame)
     if message is None:
         assert kind == "ok", got
@@ -483,7 +512,8 @@ TOKENS = [  # (bytes scanned whole as a body, expected message or None)
 
 
 @pytest.mark.parametrize("data, message", TOKENS, ids=case_ids(TOKENS))
-def test_each_token_rule_gives_the_same_message(data: bytes, message: str | None) -> None:
+def test_each_token_rule_is_handed_back_to_the_reference(data: bytes, message: str | None) -> None:
+    """One token per rule of the reference's _split, the same way."""
     kind, got = assert_same_split(data, len(data))
     if message is None:
         assert kind == "ok", got
@@ -494,30 +524,241 @@ def test_each_token_rule_gives_the_same_message(data: bytes, message: str | None
 def test_root_frame_record_is_the_shared_constant() -> None:
     """The root frame's record is cap_codec's constant (tuples, not lists)."""
     assert _capscan.scan_frame(ROOT) is cap_codec._ROOT_REC
-    slices, recs = _capscan.split(token_bytes([ROOT]), 5, {}, 0)
+    slices, recs = cold(_capscan.split, token_bytes([ROOT]), 5)
     assert recs[0] is cap_codec._ROOT_REC
 
 
-def test_cache_is_shared_and_bounded() -> None:
-    """The C split fills the dict it is given, up to the size given."""
-    cache: dict = {}
+def test_cache_is_cap_codecs_and_bounded() -> None:
+    """The C split caches the records it returns in cap_codec's own cache and
+    clears it when full, as the reference does."""
     frames = [ROOT] + [ROOT + cl.Endpoint("e%d" % i).raw for i in range(5)]
-    _capscan.split(cap_codec.encode_body(frames), len(cap_codec.encode_body(frames)), cache, 4)
-    assert 0 < len(cache) <= 4
-    _capscan.split(cap_codec.encode_body(frames), len(cap_codec.encode_body(frames)), cache, 0)
-    assert len(cache) <= 4
+    body = cap_codec.encode_body(frames)
+    size = cap_codec.FRAME_CACHE_SIZE
+    cap_codec.clear_cache()
+    try:
+        slices, recs = _capscan.split(body, len(body))
+        assert cap_codec._cache == dict(zip(slices, recs))
+        cap_codec.clear_cache()
+        for i in range(size + 2):
+            one = cap_codec.encode_body([ROOT + cl.Endpoint("f%d" % i).raw])
+            assert _capscan.split(one, len(one)) is not None
+            assert len(cap_codec._cache) == i % size + 1
+    finally:
+        cap_codec.clear_cache()
 
 
-def test_bad_arguments_are_type_errors() -> None:
-    with pytest.raises(TypeError):
-        _capscan.split(bytearray(b"\x01\x01\x02\x01\x00"), 5, {}, 0)
-    with pytest.raises(TypeError):
-        _capscan.scan_frame("not bytes")
-    with pytest.raises(ValueError):
-        _capscan.split(b"\x01", 5, {}, 0)
+class _Bytes(bytes):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+class _Dict(dict):
+    pass
+
+
+def test_odd_arguments_are_handed_back() -> None:
+    """Only exact bytes and an exact int within them are read; anything else is
+    handed back to the reference (None), and a wrong argument count is a TypeError."""
+    body = cap_codec.encode_body([ROOT, ROOT + cl.Endpoint("x").raw])
+    assert cold(_capscan.split, body, len(body)) is not None
+    for data, end in [(bytearray(body), len(body)), (memoryview(body), len(body)),
+                      (_Bytes(body), len(body)), (body, _Int(len(body))), (body, True),
+                      (body, float(len(body))), (body, len(body) + 1), (body, -1),
+                      (body, 2**70), (body, None)]:
+        assert cold(_capscan.split, data, end) is None, (type(data), end)
+    for raw in ("not bytes", bytearray(ROOT), _Bytes(ROOT), memoryview(ROOT)):
+        assert _capscan.scan_frame(raw) is None
+    for call, args in [(_capscan.split, (body,)), (_capscan.split, (body, 1, 2)),
+                       (_capscan.scan_frame, ()), (_capscan.scan_frame, (ROOT, None, None)),
+                       (_capscan.init, ()), (_capscan.init, ({}, 1)),
+                       (_capscan.init, (_Dict(cap_codec._c_format()),))]:
+        with pytest.raises(TypeError):
+            call(*args)
     # a hint of the wrong shape is ignored (it only ever saves work)
-    assert _capscan.scan_frame(ROOT + cl.Endpoint("x").raw, ("junk",)) == \
-        cap_codec.scan_frame(ROOT + cl.Endpoint("x").raw)
+    frame = ROOT + cl.Endpoint("x").raw
+    for junk in [("junk",), (1, 2, 3, 4), [[], [], b"x", False], (_Dict(), (), _Bytes(b"x"), 0)]:
+        assert _capscan.scan_frame(frame, junk) == cap_codec.scan_frame(frame)
+
+
+# ---- the format, from cap_codec at init() ------------------------------------------
+
+@contextmanager
+def c_format(**changes):
+    """_capscan re-initialised with cap_codec's format changed so, and restored."""
+    spec = dict(cap_codec._c_format(), **changes)
+    _capscan.init(spec)
+    try:
+        yield spec
+    finally:
+        _capscan.init(cap_codec._c_format())
+        cap_codec.clear_cache()
+
+
+def test_the_format_names_every_entry_the_reference_scans() -> None:
+    """cap_codec's table for C has a layout for exactly the entry codes the
+    reference scanners know, and hands over cap_codec's own constants."""
+    spec = cap_codec._c_format()
+    assert set(spec["entries"]) == set(cap_caps.SCANNERS) | set(cap_cons.SCANNERS)
+    assert spec["root_record"] is cap_codec._ROOT_REC and spec["cache"] is cap_codec._cache
+    assert (spec["version"], spec["max_frames"], spec["max_frame_size"], spec["max_entries"]) \
+        == (cap_codec.VERSION, cap_codec.MAX_FRAMES, cap_codec.MAX_FRAME_SIZE, cap_codec.MAX_ENTRIES)
+
+
+NONCE_24 = cl.Encryption(bytes(24)).raw
+FIVE = ROOT + cl.Endpoint("a").raw + cl.Endpoint("b").raw + cl.Gateway("g").raw + ROOT
+
+
+def test_the_format_is_the_one_init_was_given() -> None:
+    """C reads nothing of the format on its own: narrower limits, another version
+    or a changed layout given at init() change what it accepts."""
+    token = cap_codec.encode_body([ROOT, NONCE_24])
+    assert cold(_capscan.split, token, len(token)) is not None
+    assert _capscan.scan_frame(FIVE) is not None
+    entries = dict(cap_codec._c_format()["entries"])
+    with c_format(entries={**entries, cl.Encryption.code: (("r", 16, 20),)}):
+        assert cold(_capscan.split, token, len(token)) is None
+    with c_format(version=2):
+        assert cold(_capscan.split, token, len(token)) is None
+        assert cold(_capscan.split, b"\x02" + token[1:], len(token)) is not None
+    with c_format(max_entries=4):
+        assert _capscan.scan_frame(FIVE) is None
+        assert _capscan.scan_frame(FIVE[:-2]) is not None
+    with c_format(max_frames=1):
+        assert cold(_capscan.split, token, len(token)) is None
+    with c_format(cache={}, cache_size=0) as spec:
+        assert cold(_capscan.split, token, len(token)) is not None
+        assert spec["cache"] == {} and cap_codec._cache == {}
+    assert cold(_capscan.split, token, len(token)) is not None  # restored
+
+
+def broken_formats() -> list[tuple[str, dict]]:
+    """cap_codec's format with one part broken, early or late in what init() reads."""
+    good = cap_codec._c_format()
+    entries = good["entries"]
+    window = cl.SequenceWindow.code
+    cases = {
+        "version": dict(version=256), "bit": dict(constraint_bit="x"),
+        "entries limit": dict(max_entries=0), "cache size": dict(cache_size=-1),
+        "leaf is a constraint": dict(leaves=(0x81,)), "leaves": dict(leaves=[6]),
+        "unknown kind": dict(entries={**entries, window: ("w", "?")}),
+        "kind of two letters": dict(entries={**entries, window: ("uu",)}),
+        "size beyond a frame": dict(entries={**entries, window: (("r", 0, 10**6),)}),
+        "sizes reversed": dict(entries={**entries, window: (("r", 5, 4),)}),
+        "rest not last": dict(entries={**entries, window: (("r", 0, 4), "u")}),
+        "too many fields": dict(entries={**entries, window: ("u",) * 7}),
+        "code 256": dict(entries={**entries, 256: ()}),
+        "layout a list": dict(entries={**entries, window: ["w"]}),
+        "code a str": dict(entries={**entries, "7": ()}),
+        "code a bool": dict(entries={**{k: v for k, v in entries.items() if k != 1}, True: ()}),
+        "size missing": dict(unknown_constraint=(("d",),)),
+        "wildcard not UTF-8": dict(wildcard="\ud800"), "wildcard bytes": dict(wildcard=b"*"),
+        "check not callable": dict(is_valid_cell=42),
+        "root frame": dict(root_frame=bytearray(cap_codec._ROOT_FRAME)),
+        "root record": dict(root_record=list(cap_codec._ROOT_REC)),
+        "cache": dict(cache=[]),
+    }
+    out = [(name, dict(good, **change)) for name, change in cases.items()]
+    out.append(("cache missing", {k: v for k, v in good.items() if k != "cache"}))
+    return out
+
+
+def traced_growth(fn, times: int = 25) -> int:
+    """Bytes still allocated (tracemalloc) after calling ``fn`` ``times`` times."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fn()  # first-call caches (interned strings, exception types) before the baseline
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(times):
+            fn()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_init_is_all_or_nothing_and_leaks_nothing() -> None:
+    """A format refused in any part raises, leaves the previous format working,
+    and keeps no reference or memory; an accepted one releases the one before."""
+    token = cap_codec.encode_body([ROOT, NONCE_24])
+    want = typed(cold(_capscan.split, token, len(token)))
+    for name, spec in broken_formats():
+        held = [v for v in spec.values() if not isinstance(v, int)]
+        counts = [sys.getrefcount(v) for v in held]
+        with pytest.raises((TypeError, ValueError)):
+            _capscan.init(spec)
+        assert [sys.getrefcount(v) for v in held] == counts, name
+        assert typed(cold(_capscan.split, token, len(token))) == want, name
+
+    def refuse_all() -> None:
+        for _, spec in broken_formats():
+            with pytest.raises((TypeError, ValueError)):
+                _capscan.init(spec)
+
+    table = 40 * 1024  # about what one compiled format takes
+    assert traced_growth(refuse_all) < table
+    assert traced_growth(lambda: _capscan.init(cap_codec._c_format())) < table
+    check = cap_codec._c_format()["is_valid_cell"]
+    fresh = dict(cache={}, root_record=tuple(list(cap_codec._ROOT_REC)),
+                 is_valid_cell=lambda cell: check(cell))
+    spec = dict(cap_codec._c_format(), **fresh)
+    counts = {k: sys.getrefcount(v) for k, v in fresh.items()}
+    _capscan.init(spec)
+    try:
+        assert {k: sys.getrefcount(v) for k, v in fresh.items()} == \
+            {k: c + 1 for k, c in counts.items()}
+        assert _capscan.scan_frame(ROOT) is fresh["root_record"]
+    finally:
+        _capscan.init(cap_codec._c_format())
+    assert {k: sys.getrefcount(v) for k, v in fresh.items()} == counts
+
+
+def test_the_region_check_is_the_references_and_runs_safely() -> None:
+    """The cell check is the is_valid_cell init() was given: its errors come
+    out, an answer other than True is handed back, and it cannot swap the
+    format under the scan that called it."""
+    body = cap_codec.encode_body([entry(4, OK_CELL)])
+
+    def boom(cell):
+        raise ZeroDivisionError(cell)
+
+    def reinit(cell):
+        _capscan.init(cap_codec._c_format())
+        return True
+
+    assert cold(_capscan.split, body, len(body)) is not None
+    with c_format(is_valid_cell=boom):
+        with pytest.raises(ZeroDivisionError):
+            cold(_capscan.split, body, len(body))
+    with c_format(is_valid_cell=lambda cell: 1):  # truthy, but not True
+        assert cold(_capscan.split, body, len(body)) is None
+    with c_format(is_valid_cell=reinit):
+        with pytest.raises(RuntimeError, match="during a scan"):
+            cold(_capscan.split, body, len(body))
+        with pytest.raises(RuntimeError, match="during a scan"):
+            _capscan.scan_frame(entry(4, OK_CELL))
+    assert cold(_capscan.split, body, len(body)) is not None
+
+
+# ---- where the accelerator should have built ------------------------------------
+
+def test_a_missing_accelerator_fails_under_ci_and_skips_elsewhere() -> None:
+    """Without _capscan this module's tests fail with a clear message when CI is
+    set (there is a compiler there: the build is broken) and skip with the
+    reason elsewhere."""
+    select = "the_c_scanner_is_the_default or each_token_rule"
+    failed = run_tests_without([NAME], [Path(__file__)], ci=True, select=select)
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-2000:]
+    assert "was not built, but CI has a C compiler" in failed.stdout
+    assert " error" in failed.stdout and " passed" not in failed.stdout  # (at setup: a fixture's)
+    skipped = run_tests_without([NAME], [Path(__file__)], ci=False, select=select)
+    assert skipped.returncode == 0, skipped.stdout[-3000:] + skipped.stderr[-2000:]
+    assert "was not built (no C compiler when installed)" in skipped.stdout
+    assert " skipped" in skipped.stdout
+    assert " passed" not in skipped.stdout and " failed" not in skipped.stdout
 
 
 # ---- the existing token tests, on the pure path --------------------------------

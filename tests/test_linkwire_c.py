@@ -7,33 +7,38 @@ returns None and link_wire runs the reference, which raises its own error. So
 valid messages of every schema must go through C, and random, truncated or
 mutated bytes and out-of-range or oddly typed values must either agree or be
 handed back. The link test modules are also run once more with C switched off.
+Where a C compiler is present (CI) a missing accelerator is a failure, not a skip.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from proc_helpers import run_tests_on_the_pure_path
+from proc_helpers import (import_accelerator, require_accelerator, run_tests_on_the_pure_path,
+                          run_tests_without)
 from test_link_wire import strategy
 
 from edgistry.firmware.link import link_wire as wire
 from edgistry.firmware.link.link_errors import DecodeError
 
-try:
-    from edgistry.firmware.link import _linkwire
-except ImportError:
-    _linkwire = None
+NAME = "edgistry.firmware.link._linkwire"
+_linkwire = import_accelerator(NAME)
 
-pytestmark = pytest.mark.skipif(
-    _linkwire is None, reason="the C accelerator _linkwire was not built (no C compiler when "
-    "installed): only the pure-Python codec exists, and the other link tests cover it")
+
+@pytest.fixture(autouse=True)
+def _accelerator_built() -> None:
+    require_accelerator(_linkwire, NAME)
+
 
 TESTS = Path(__file__).resolve().parent
 MANY = settings(max_examples=300, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.function_scoped_fixture])
 NAMES = sorted(wire.SCHEMAS)
 ERR = "DecodeError"
 
@@ -216,6 +221,80 @@ def test_plain_but_unusual_values_agree() -> None:
         raw = _linkwire.encode(name, msg)
         assert raw is not None and raw == wire._encode_py(name, msg), (name, msg)
         assert agree_decode(name, raw) is not None
+
+
+# ---- init ----------------------------------------------------------------------
+
+INIT_RUN = r"""
+import gc, sys, tracemalloc
+from edgistry.firmware.link import _linkwire  # not link_wire: that would compile its table
+
+def fresh(text):  # a str of its own (not interned), so its count is this run's
+    return "".join(list(text))
+
+names = [fresh("first"), fresh("second"), fresh("third"), fresh("MsgA"), fresh("MsgB")]
+defaults = {"u": 10**40, "b": bytes(bytearray(b"dflt")), "s": fresh("text")}
+broken = [  # each refused after some fields were compiled and hold references
+    {names[3]: ((1, names[0], "u", False), (2, names[1], "b", False)),
+     names[4]: ((1, names[2], "nosuchkind", False),)},
+    {names[3]: ((1, names[0], "u", False),), names[4]: ((1, names[2], "s", False), "junk")},
+    {names[3]: ((1, names[0], "u", False),), names[4]: [(1, names[2], "s", False)]},
+    {names[3]: ((1, names[0], "u", False), (2, names[1], "?", False))},  # no default for "?"
+]
+held = names + list(defaults.values())
+counts = [sys.getrefcount(v) for v in held]
+
+def refuse_all():
+    for schemas in broken:
+        try:
+            _linkwire.init(schemas, (), defaults)
+        except (TypeError, ValueError):
+            continue
+        raise AssertionError("accepted %r" % (schemas,))
+
+refuse_all()
+gc.collect()
+tracemalloc.start()
+before = tracemalloc.get_traced_memory()[0]
+for _ in range(200):
+    refuse_all()
+gc.collect()
+grown = tracemalloc.get_traced_memory()[0] - before
+tracemalloc.stop()
+assert [sys.getrefcount(v) for v in held] == counts, ([sys.getrefcount(v) for v in held], counts)
+assert grown < 16 * 1024, grown
+assert _linkwire.decode("Bye", b"\x08\x05", 0, None) is None  # still nothing compiled
+from edgistry.firmware.link import link_wire  # compiles the real table now
+assert _linkwire.decode("Bye", b"\x08\x05", 0, None) == {"sleep_s": 5}
+print("init ok")
+"""
+
+
+def test_a_refused_init_keeps_nothing() -> None:
+    """init() refusing a table partway (a later message or field wrong) keeps no
+    reference, frees what it compiled, and a later init() still works; in a fresh
+    interpreter, as the module compiles its table once."""
+    proc = subprocess.run([sys.executable, "-c", INIT_RUN], capture_output=True, text=True,
+                          timeout=120, cwd=TESTS.parent)
+    assert proc.returncode == 0 and "init ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+# ---- where the accelerator should have built ------------------------------------
+
+def test_a_missing_accelerator_fails_under_ci_and_skips_elsewhere() -> None:
+    """Without _linkwire this module's tests fail with a clear message when CI is
+    set (there is a compiler there: the build is broken) and skip with the
+    reason elsewhere."""
+    select = "uses_the_c_codec or bounds_and_odd"
+    failed = run_tests_without([NAME], [Path(__file__)], ci=True, select=select)
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-2000:]
+    assert "was not built, but CI has a C compiler" in failed.stdout
+    assert " error" in failed.stdout and " passed" not in failed.stdout  # (at setup: a fixture's)
+    skipped = run_tests_without([NAME], [Path(__file__)], ci=False, select=select)
+    assert skipped.returncode == 0, skipped.stdout[-3000:] + skipped.stderr[-2000:]
+    assert "was not built (no C compiler when installed)" in skipped.stdout
+    assert " skipped" in skipped.stdout
+    assert " passed" not in skipped.stdout and " failed" not in skipped.stdout
 
 
 # ---- the existing link tests, on the pure path ---------------------------------

@@ -35,10 +35,13 @@ parsing them again, and the verifier checks carry-over by one byte comparison.
 ``Frame`` and entry objects are built from the records only when asked for.
 
 On CPython an optional C accelerator (``_capscan.c``, built at install when a
-compiler is present) does the same scan: ``scan_frame`` and ``_split`` below
-stay the reference, and the only path on MicroPython; the accelerator must
-give equal records and the same MalformedToken messages (a differential test
-checks both). ``FAST_SCAN`` is None when it is absent, or set so by tests.
+compiler is present) does the same scan for well-formed input: it takes the
+format (entry layouts, limits, the constant root record) from ``_c_format``
+below at import, gives equal records, and answers None for anything else, so
+``scan_frame`` and ``_split`` run on that input and raise their own error.
+They stay the reference, and the only path on MicroPython (a differential
+test holds the two together). ``FAST_SCAN`` is None when the accelerator is
+absent, or set so by tests.
 """
 
 import sys
@@ -81,16 +84,71 @@ _ROOT_VALUE = (ROOT, _ROOT_FRAME)
 # the record scan_frame returns for _ROOT_FRAME (records are never mutated)
 _ROOT_REC = ((_ROOT_VALUE,), (), b"", False)
 
+
+def _c_format():
+    """The token format as the C scanner takes it at ``init()``: with it, this
+    module and cap_caps / cap_cons stay the one place that defines tokens.
+
+    ``entries`` gives each entry code's payload as its fields in order (the
+    scanners of cap_caps and cap_cons read the same), each a kind:
+
+    ``"u"``  varint (minimal, below 2**64) -> int
+    ``"s"``  length-prefixed UTF-8 string -> str; ``"t"`` the same, non-empty;
+             ``"n"`` non-empty and not the wildcard (one method)
+    ``"m"``  method set: a count, then that many non-empty strings, strictly
+             increasing, the wildcard only alone -> tuple of str
+    ``"h"``  varint that ``is_valid_cell`` accepts -> int
+    ``"w"``  two varints, low < high -> int, int
+    ``("d", n)``       exactly n bytes -> bytes
+    ``("r", lo, hi)``  the rest of the payload, lo to hi bytes -> bytes
+
+    Every capability code below ``constraint_bit`` without a layout is
+    unknown (not well-formed); every constraint code without one is kept
+    with its payload (``unknown_constraint``, cap_cons.scan_unknown).
+    """
+    try:
+        from . import cap_caps as c
+        from . import cap_h3
+    except ImportError:
+        import cap_caps as c
+        import cap_h3
+    return {
+        "version": VERSION, "max_frames": MAX_FRAMES, "max_frame_size": MAX_FRAME_SIZE,
+        "max_entries": MAX_ENTRIES, "constraint_bit": c.CONSTRAINT_BIT,
+        "leaves": (c.REQUEST, c.ENCRYPTION),
+        "entries": {
+            c.ROOT: (),
+            c.SERVICE: ("t", "m"),
+            c.RESOURCE: ("s", "u"),
+            c.REGION: ("h",),
+            c.IDENTITY: ("t",),
+            c.REQUEST: ("t", "n", ("d", c.DIGEST_SIZE), "u"),
+            c.ENCRYPTION: (("r", c.NONCE_MIN, c.NONCE_MAX),),
+            c.EXPIRES_AT: ("u",),
+            c.NOT_BEFORE: ("u",),
+            c.ENDPOINT: ("t",),
+            c.GATEWAY: ("t",),
+            c.REQUIRE_IDENTITY: ("t",),
+            c.BOUND_TO: (("r", c.DIGEST_SIZE, c.DIGEST_SIZE),),
+            c.SEQUENCE_WINDOW: ("w",),
+        },
+        "unknown_constraint": (("r", 0, MAX_FRAME_SIZE),),
+        "wildcard": c.WILDCARD,
+        "is_valid_cell": cap_h3.is_valid_cell,
+        "root_frame": _ROOT_FRAME, "root_record": _ROOT_REC,
+        "cache": _cache, "cache_size": FRAME_CACHE_SIZE,
+    }
+
+
 # The C scanner when it was built (CPython only); the module-level switch
-# tests set to None to force the pure-Python scan.
+# tests set to None to force the pure-Python scan. It answers None for
+# anything but a well-formed token, and the reference then runs (and raises).
 try:
     from . import _capscan as FAST_SCAN
-    from . import cap_h3 as _h3
 except ImportError:  # MicroPython, or installed without a C compiler
     FAST_SCAN = None
 if FAST_SCAN is not None:
-    FAST_SCAN.init(MalformedToken, _h3.is_valid_cell, _ROOT_FRAME, _ROOT_REC, VERSION,
-                   MAX_FRAMES, MAX_FRAME_SIZE, MAX_ENTRIES)
+    FAST_SCAN.init(_c_format())
 
 
 def clear_cache():
@@ -182,7 +240,10 @@ def frame_record(raw, hint=None):
     rec = _cache.get(raw)
     if rec is None:
         fast = FAST_SCAN
-        rec = scan_frame(raw, hint) if fast is None else fast.scan_frame(raw, hint)
+        if fast is not None:
+            rec = fast.scan_frame(raw, hint)
+        if rec is None:
+            rec = scan_frame(raw, hint)
         if FRAME_CACHE_SIZE:
             if len(_cache) >= FRAME_CACHE_SIZE:
                 _cache.clear()  # crude but bounded; refills with the hot frames
@@ -352,7 +413,9 @@ def _frames(data, end):
     """``_split`` by the C scanner when present (same results)."""
     fast = FAST_SCAN
     if fast is not None:
-        return fast.split(data, end, _cache, FRAME_CACHE_SIZE)
+        got = fast.split(data, end)
+        if got is not None:
+            return got
     return _split(data, end)
 
 
@@ -408,10 +471,8 @@ def decode(data):
         raise MalformedToken("token larger than %d bytes" % MAX_TOKEN_SIZE)
     end = n - TAG_SIZE
     fast = FAST_SCAN  # (_frames inlined: this is the cold verification path)
-    if fast is not None:
-        slices, recs = fast.split(data, end, _cache, FRAME_CACHE_SIZE)
-    else:
-        slices, recs = _split(data, end)
+    got = None if fast is None else fast.split(data, end)
+    slices, recs = _split(data, end) if got is None else got
     return Token(None, data[end:], data, slices, recs)
 
 

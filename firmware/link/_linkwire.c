@@ -489,14 +489,76 @@ kind_of(PyObject *k, PyObject *names, int *sub)
     return K_MSG;
 }
 
+/* Free a table build() left unfinished: a field holds its references only
+ * once it is complete (the arrays are zeroed, so the others are NULL). */
+static void
+free_msgs(msg_t *msgs, Py_ssize_t n)
+{
+    if (msgs == NULL)
+        return;
+    for (Py_ssize_t mi = 0; mi < n; mi++) {
+        for (Py_ssize_t fi = 0; msgs[mi].fields != NULL && fi < msgs[mi].nfields; fi++) {
+            Py_XDECREF(msgs[mi].fields[fi].name);
+            Py_XDECREF(msgs[mi].fields[fi].dflt);
+        }
+        PyMem_Free(msgs[mi].fields);
+    }
+    PyMem_Free(msgs);
+}
+
+/* One field spec (number, name, kind, repeated) of message `msg` into f. */
+static int
+build_field(PyObject *msg, PyObject *spec, PyObject *names, PyObject *u64, PyObject *defaults,
+            field_t *f)
+{
+    PyObject *name, *k;
+    long long number;
+    int repeated, sub = -1;
+    if (!PyTuple_Check(spec)) {
+        PyErr_SetString(PyExc_TypeError, "a field is (number, name, kind, repeated)");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(spec, "LOOp", &number, &name, &k, &repeated))
+        return -1;
+    enum kind kind = kind_of(k, names, &sub);
+    if (kind == K_MSG && sub < 0) {
+        PyErr_Format(PyExc_ValueError, "unknown message kind %R", k);
+        return -1;
+    }
+    PyObject *key = PyTuple_Pack(2, msg, name);
+    if (key == NULL)
+        return -1;
+    int is_u64 = PySequence_Contains(u64, key);
+    Py_DECREF(key);
+    if (is_u64 < 0)
+        return -1;
+    PyObject *dflt = kind == K_MSG ? Py_None : PyDict_GetItemWithError(defaults, k);
+    if (dflt == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "no default for kind %R", k);
+        return -1;
+    }
+    /* complete: only now does the field hold references (see free_msgs) */
+    f->number = (uint64_t)number;
+    f->kind = kind;
+    f->repeated = repeated;
+    f->u64 = is_u64;
+    f->sub = sub;
+    f->name = Py_NewRef(name);
+    f->dflt = Py_NewRef(dflt);
+    return 0;
+}
+
+/* Compile the schema table into Msgs and Index, or leave both as they were
+ * (and nothing allocated) when any part of it is refused. */
 static int
 build(PyObject *schemas, PyObject *u64, PyObject *defaults)
 {
-    PyObject *names = PyDict_New();
+    PyObject *names = PyDict_New(), *name, *fields;
+    msg_t *msgs = NULL;
+    Py_ssize_t pos = 0, n = 0;
     if (names == NULL)
         return -1;
-    Py_ssize_t pos = 0, n = 0;
-    PyObject *name, *fields;
     while (PyDict_Next(schemas, &pos, &name, &fields)) {
         PyObject *i = PyLong_FromSsize_t(n++);
         if (i == NULL || PyDict_SetItem(names, name, i) < 0) {
@@ -505,56 +567,34 @@ build(PyObject *schemas, PyObject *u64, PyObject *defaults)
         }
         Py_DECREF(i);
     }
-    msg_t *msgs = PyMem_Calloc((size_t)n, sizeof(msg_t));
-    if (msgs == NULL)
+    msgs = PyMem_Calloc((size_t)(n ? n : 1), sizeof(msg_t));
+    if (msgs == NULL) {
+        PyErr_NoMemory();
         goto error;
-    Msgs = msgs;
+    }
     pos = 0;
-    for (Py_ssize_t mi = 0; PyDict_Next(schemas, &pos, &name, &fields); mi++) {
+    for (Py_ssize_t mi = 0; mi < n && PyDict_Next(schemas, &pos, &name, &fields); mi++) {
         if (!PyTuple_Check(fields)) {
             PyErr_SetString(PyExc_TypeError, "a schema is a tuple of fields");
             goto error;
         }
         Py_ssize_t nf = PyTuple_GET_SIZE(fields);
         msgs[mi].fields = PyMem_Calloc((size_t)(nf ? nf : 1), sizeof(field_t));
-        if (msgs[mi].fields == NULL)
+        if (msgs[mi].fields == NULL) {
+            PyErr_NoMemory();
             goto error;
-        msgs[mi].nfields = nf;
-        for (Py_ssize_t fi = 0; fi < nf; fi++) {
-            field_t *f = &msgs[mi].fields[fi];
-            PyObject *spec = PyTuple_GET_ITEM(fields, fi), *k;
-            long long number;
-            int repeated;
-            if (!PyArg_ParseTuple(spec, "LOOp", &number, &f->name, &k, &repeated))
-                goto error;
-            f->number = (uint64_t)number;
-            f->repeated = repeated;
-            f->sub = -1;
-            f->kind = kind_of(k, names, &f->sub);
-            if (f->kind == K_MSG && f->sub < 0) {
-                PyErr_Format(PyExc_ValueError, "unknown message kind %R", k);
-                goto error;
-            }
-            PyObject *key = Py_BuildValue("(OO)", name, f->name);
-            if (key == NULL)
-                goto error;
-            f->u64 = PySequence_Contains(u64, key);
-            Py_DECREF(key);
-            if (f->u64 < 0)
-                goto error;
-            PyObject *dflt = f->kind == K_MSG ? Py_None : PyDict_GetItemWithError(defaults, k);
-            if (dflt == NULL) {
-                if (!PyErr_Occurred())
-                    PyErr_Format(PyExc_ValueError, "no default for kind %R", k);
-                goto error;
-            }
-            Py_INCREF(f->name);
-            f->dflt = Py_NewRef(dflt);
         }
+        msgs[mi].nfields = nf;
+        for (Py_ssize_t fi = 0; fi < nf; fi++)
+            if (build_field(name, PyTuple_GET_ITEM(fields, fi), names, u64, defaults,
+                            &msgs[mi].fields[fi]) < 0)
+                goto error;
     }
+    Msgs = msgs;
     Index = names;
     return 0;
 error:
+    free_msgs(msgs, n);
     Py_DECREF(names);
     return -1;
 }

@@ -46,7 +46,7 @@ MANY = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 TESTS = Path(__file__).resolve().parent
-HANDED_BACK = "MalformedToken"
+MALFORMED = "MalformedToken"
 
 
 # ---- comparing the two paths ----------------------------------------------------
@@ -64,7 +64,7 @@ def outcome(fn, *args):
     try:
         return ("ok", typed(fn(*args)))
     except cl.MalformedToken as exc:
-        return (HANDED_BACK, str(exc))
+        return (MALFORMED, str(exc))
 
 
 def cold(fn, *args):

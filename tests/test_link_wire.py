@@ -117,3 +117,29 @@ def test_frame_reader_partial_and_oversized() -> None:
         r.next_frame()
     with pytest.raises(FrameTooLarge):
         wire.encode_frame(wire.REQUESTS, 1, bytes(wire.MAX_LINK_FRAME))
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=st.lists(strategy("DeviceRequest"), max_size=4), tags=st.lists(st.binary(max_size=300), max_size=4),
+       now_ms=I64, big=st.integers(0, 20000))
+def test_requests_frame_size_is_the_frame_at_its_widest(items, tags, now_ms, big) -> None:
+    """requests_frame_size (from item_size and tag_size) is exactly the LinkFrame of a REQUESTS
+    with ``more`` set at the widest sequence number, and never below the frame at any other."""
+    if items:
+        items[0]["args"] = bytes(big)  # push the body length across varint boundaries
+    parts = sum(map(wire.item_size, items)) + sum(map(wire.tag_size, tags))
+    body = wire.encode("Requests", {"items": items, "more": True, "revoked": tags, "gateway_now_ms": now_ms})
+    for seq, exact in ((2**64 - 1, True), (1, False)):
+        framed = wire.encode_frame(wire.REQUESTS, seq, body, bytes(wire.FRAME_MAC_SIZE))
+        length, start = wire.get_uvarint(framed, 0, len(framed))
+        assert length == len(framed) - start
+        predicted = wire.requests_frame_size(parts, now_ms)
+        assert predicted == length if exact else predicted >= length
+
+
+@pytest.mark.parametrize("n", [0, 1, 127, 128, 16383, 16384, 2**63, 2**64 - 1])
+def test_uvarint_size_matches_the_writer(n: int) -> None:
+    """uvarint_size counts exactly the bytes put_uvarint writes, at every width boundary."""
+    out = bytearray()
+    wire.put_uvarint(out, n)
+    assert wire.uvarint_size(n) == len(out)

@@ -31,7 +31,7 @@ The session reaches its stores through ``keys``, any object with::
     store_ticket(ticket_id, link_id, secret, expires_at_ms) -> None
     take_ticket(ticket_id) -> (link_id, secret, expires_at_ms) or None
 
-so it stays pure; gateway/link_server.py adapts a LinkBackend to it.
+so it stays pure; gateway/link/server.py adapts a LinkBackend to it.
 """
 
 try:

@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ...firmware.link import link_wire as wire
+
 
 @dataclass(frozen=True)
 class PairedDevice:
@@ -137,7 +139,7 @@ class MemoryBackend:
         out, size = [], 0
         waiting = [r for r in self.queues.get(link_id, []) if r.request_id not in self.answers]
         for req in waiting:
-            cost = len(req.args) + len(req.request_token) + 64
+            cost = wire.item_size(vars(req))  # a QueuedRequest has DeviceRequest's fields
             if out and size + cost > max_bytes:
                 return out, True
             out.append(req)

@@ -1,17 +1,20 @@
-"""The device-link TCP server: a thin asyncio adapter over the sans-I/O core.
+"""The device-link TCP server: a thin asyncio adapter over two sans-I/O cores.
 
-All protocol logic is in ``edgistry.firmware.link`` (GatewaySession); this
-module moves bytes, enforces time limits, and drives the delivery flow of
-docs/LINK_PROTOCOL.md ("Data phase") against a :class:`LinkBackend`:
+The protocol is ``GatewaySession`` (firmware/link/link_gateway.py); what to
+send a device, in what batches, and what its answers change is ``Delivery``
+(delivery.py). This module accepts connections, reads and writes with time
+limits, feeds the bytes to the session, hands each event to the delivery
+together with what the :class:`LinkBackend` reads, and carries out the
+decision: frames through the session, durable writes through the backend.
 
 1. handshake within ``handshake_timeout`` (an absolute deadline: trickling
-   bytes does not extend it). A full handshake answers HELLO with one flight:
-   CHALLENGE + ACCEPT + the first REQUESTS (0.5-RTT: the queued work when the
-   session encrypts, else only whether work waits); a RESUME is answered with
-   RESUMED + REQUESTS once the ticket rotation is durable;
+   bytes does not extend it). HELLO is answered with one flight: CHALLENGE +
+   ACCEPT + the delivery's first REQUESTS (0.5-RTT); a RESUME with RESUMED +
+   REQUESTS once the ticket rotation is durable;
 2. nothing the device says counts before PROOF verifies (Established): then
-   the ticket is stored, and ACK -> ``backend.delivered``, RESPONSES ->
-   ``backend.answered`` then ACK the stored ids, then any new work;
+   the ticket is stored; ACK -> ``backend.delivered`` (the ids the delivery
+   names), RESPONSES -> ``backend.answered``, then the delivery's ACK and
+   next REQUESTS;
 3. BYE -> ``backend.contact(sleep_s)`` and close. A data-phase connection
    with no complete frame for ``idle_timeout`` is closed.
 
@@ -39,17 +42,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from ...firmware.link import link_wire as wire
+from ...firmware.link.link_crypto import x25519
+from ...firmware.link.link_errors import LinkError, RemoteProtocolError
+from ...firmware.link.link_gateway import GatewaySession
 from ...firmware.link.link_session import (
-    CLOSED, NEED_DATA, Ack, Bye, Challenged, Error, Established, Requests, Responses,
+    CLOSED, NEED_DATA, Ack, Bye, Challenged, Error, Established, Responses,
 )
 from ...firmware.link.link_wire import MAX_LINK_FRAME
-from ...firmware.link.link_device import BAD_ARGUMENTS
-from ...firmware.link.link_gateway import GatewaySession
-from ...firmware.link.link_errors import LinkError
-from ...firmware.link.link_crypto import x25519
-from ...firmware.link.link_errors import RemoteProtocolError
-from .backend import DeviceAnswer, LinkBackend, QueuedRequest, Ticket
+from .backend import DeviceAnswer, LinkBackend, Ticket
+from .delivery import Backlog, Decision, Delivery
 
 log = logging.getLogger("edgistry.gateway.link")
 
@@ -58,9 +59,6 @@ HANDSHAKE_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 30.0
 WRITE_TIMEOUT_S = 10.0  # a peer that stops reading is a half-open peer too
 READ_CHUNK = 16384
-# A REQUESTS frame carries at most this much: MAX_LINK_FRAME less room for the
-# frame header, MAC and the revocation list.
-BATCH_BYTES = MAX_LINK_FRAME - 8192
 
 
 class LinkMetrics:
@@ -139,14 +137,12 @@ class _Connection:
         self.keys = _ConnKeys(server)
         self.session = GatewaySession(self.keys, s.rand, s.now_ms, s.x25519, s.ticket_ttl_s)
         self.link_id: bytes | None = None  # set once the device has proved itself
-        self.sent: set[bytes] = set()     # request ids sent this session
-        self.told_more = False
+        self.delivery = Delivery()         # what to send, and when (delivery.py)
         self.wakeup = asyncio.Event()
         self.read_task: asyncio.Task | None = None
         self._waiter: asyncio.Future | None = None  # what a pending _read awaits
         self._out = bytearray()            # replies of the flight being handled
         self._writes: list[asyncio.Future] = []  # durable writes the flight started
-        self._early_revoked = 0            # revocation position sent before PROOF
         self._flight_t0 = 0.0
         self._items_sent = False           # this flight's replies carry request items
         self._in_handshake = True
@@ -286,7 +282,7 @@ class _Connection:
                 if self.wakeup.is_set():
                     self.wakeup.clear()
                     self._flight_t0 = time.perf_counter()
-                    self._push(force=False)
+                    self._act(self.delivery.woken(self._backlog(), s.now_ms()))
                     await self._flush()
                 data = await self._read(last + s.idle_timeout - loop.time())
                 if data is None:
@@ -341,8 +337,9 @@ class _Connection:
     async def _handle(self, event) -> None:
         s = self.server
         b = s.backend
+        d = self.delivery
         if isinstance(event, Challenged):
-            self._early(event)
+            self._act(d.challenged(event.encrypt, self._backlog(), s.now_ms()))
         elif isinstance(event, Established):
             self.link_id = event.link_id
             if event.resumed:
@@ -358,77 +355,50 @@ class _Connection:
                      ", forward secret" if event.forward_secret else "",
                      ", encrypted" if event.encrypt else "")
             b.contact(self.link_id, s.now_ms(), None)
-            if self._early_revoked:  # told before PROOF: counts now
-                self._start(b.revocations_sent(self.link_id, self._early_revoked))
-                self._early_revoked = 0
-                self._push(force=self.told_more)
-            else:
-                self._push(force=event.resumed or self.told_more, revocations=True)
+            self._act(d.established(event.resumed, self._backlog(), s.now_ms()))
         elif isinstance(event, Ack):
-            self._start(b.delivered(self.link_id, list(event.ids)))
+            ids = d.acked(event.ids)
+            if ids:
+                self._start(b.delivered(self.link_id, ids))
         elif isinstance(event, Responses):
             answers = [DeviceAnswer(r["request_id"], r["status"], r["payload"], r["error"])
                        for r in event.items]
             s.metrics.responses_received += len(answers)
             stored = await self._start(b.answered(self.link_id, answers))
-            self._out += self.session.send(Ack(stored))  # one ACK per RESPONSES, even empty
-            self._push(force=self.told_more)
+            self._act(d.answered(stored, self._backlog(), s.now_ms()))
         elif isinstance(event, Bye):
             b.contact(self.link_id, s.now_ms(), event.sleep_s)
             log.debug("%s: bye, sleeping %d s", self.name, event.sleep_s)
         elif isinstance(event, Error):
             log.info("%s: device reported error %d (%s)", self.name, event.code, event.reason)
 
-    def _early(self, event: Challenged) -> None:
-        """The first REQUESTS, in the flight of CHALLENGE + ACCEPT (0.5-RTT).
-        Encrypted: the work itself and the revocations (only the device can
-        read them; none of it counts as delivered before PROOF). In clear:
-        only whether work waits, so a device with nothing to do can say BYE
-        with its PROOF."""
-        b = self.server.backend
-        if event.encrypt:
-            self._push(force=True, revocations=True, early=True)
-            return
-        pending, more = b.pending(event.link_id, BATCH_BYTES)
-        self.told_more = bool(pending) or more
-        self._out += self.session.send(Requests([], self.told_more, [], self.server.now_ms()))
-
-    def _push(self, force: bool, revocations: bool = False, early: bool = False) -> None:
-        """Queue REQUESTS with work not yet sent this session; with ``force``
-        also when there is none (so the device learns "nothing queued");
-        with ``revocations`` the tags revoked since the device was last told."""
+    def _backlog(self) -> Backlog:
+        """The backend's reads the delivery's next decision takes (reads are inline)."""
         b = self.server.backend
         link_id = self.link_id or self.session.link_id
-        revoked, position = b.revocations(link_id) if revocations else ([], 0)
-        pending, more = b.pending(link_id, BATCH_BYTES)
-        fresh = [r for r in pending if r.request_id not in self.sent]
-        items = [_item(r) for r in fresh]
-        # trim to what one frame holds; an item that alone is too big is refused
-        while items and _size(items, revoked) > BATCH_BYTES:
-            if len(items) == 1:
-                r = fresh[0]
-                log.warning("%s: request %s too large for the link", self.name, r.request_id.hex())
-                self._start(b.answered(link_id, [DeviceAnswer(r.request_id, BAD_ARGUMENTS,
-                                                              error="request too large for the link")]))
-                items, fresh = [], []
-                break
-            items.pop()
-            fresh.pop()
-            more = True
-        if not items and not force and not revoked:
-            return
-        if not items and more and not revoked and not early:
-            return  # in-flight work fills the window; wait for its responses
-        self.sent.update(r.request_id for r in fresh)
-        self.told_more = more
-        self.server.metrics.requests_sent += len(items)
-        self._items_sent = self._items_sent or bool(items)
-        self._out += self.session.send(Requests(items, more, list(revoked), self.server.now_ms()))
-        if position:
-            if early:
-                self._early_revoked = position
-            else:
-                self._start(b.revocations_sent(link_id, position))
+        revoked, position = b.revocations(link_id) if self.delivery.wants_revocations else ([], 0)
+        pending, more = b.pending(link_id, self.delivery.queue_bytes)
+        return Backlog(pending, more, revoked, position)
+
+    def _act(self, decision: Decision) -> None:
+        """Carry out a delivery decision: start its durable writes, queue its frames."""
+        b = self.server.backend
+        link_id = self.link_id or self.session.link_id
+        if decision.refused:
+            for answer in decision.refused:
+                log.warning("%s: request %s too large for the link", self.name, answer.request_id.hex())
+            stored = self._start(b.answered(link_id, decision.refused))
+            if decision.recheck:  # once they are stored, the queue read sees what is behind
+                stored.add_done_callback(lambda f: f.cancelled() or f.exception() or self.poke())
+        if decision.ack is not None:
+            self._out += self.session.send(Ack(decision.ack))
+        for frame in decision.frames:
+            self._out += self.session.send(frame)
+        if decision.cursor:
+            self._start(b.revocations_sent(link_id, decision.cursor))
+        if decision.items:
+            self.server.metrics.requests_sent += decision.items
+            self._items_sent = True
 
     async def _reject(self, reason: str, detail: str, already_failed: bool = False) -> None:
         """Log, count, send ERROR when possible; the caller then closes."""
@@ -446,16 +416,6 @@ class _Connection:
             await self._write(self.session.fail("shutdown"), last=True)
         except (ConnectionError, asyncio.TimeoutError, OSError, LinkError):
             pass
-
-
-def _item(r: QueuedRequest) -> dict:
-    return {"request_id": r.request_id, "service": r.service, "method": r.method,
-            "args": r.args, "request_token": r.request_token, "expires_at_ms": r.expires_at_ms}
-
-
-def _size(items: list[dict], revoked: list[bytes] = ()) -> int:
-    return len(wire.encode("Requests", {"items": items, "revoked": list(revoked),
-                                        "gateway_now_ms": 1 << 62}))
 
 
 class LinkServer:

@@ -40,6 +40,55 @@ class HomeError(Exception):
 
 
 @dataclass
+class Limits:
+    """Overload protection of the gateway: the ``[limits]`` table of ``config.toml``.
+
+    Rates are calls a second, bursts the calls a full bucket allows at once
+    (token buckets). Refusals answer RESOURCE_EXHAUSTED with a ``retry-after-ms``
+    trailer; checks run cheapest first: the gRPC core's caps (no Python runs),
+    then the source address (before any token is verified), calls in flight,
+    then the token's issuer and the target device (after verification, so that
+    nobody can spend another client's or a device's budget). Set a rate to 0 to
+    turn that limit off. The defaults suit one gateway on a small machine
+    (a few thousand admitted calls a second) and a few hundred clients.
+    """
+
+    # gRPC core: calls open at once, refused without running Python beyond it;
+    # and HTTP/2 streams one connection may open at once (the client waits)
+    grpc_max_concurrent_rpcs: int = 1024
+    grpc_max_streams_per_connection: int = 100
+    # short calls (Submit, GetResult, Discover...) running at once in the gateway
+    max_in_flight: int = 256
+    # calls waiting on a device (Invoke, WatchResult): futures, cheap, but bounded
+    max_waiting: int = 4096
+    # per source address (IPv6 by /64), before token verification; a SubmitBatch
+    # costs one per item. Generous: many clients may share one NAT address.
+    source_rate: float = 2000.0
+    source_burst: float = 4000.0
+    # per client: the token's issuing frame (the first tag of its chain: the
+    # gateway-issued identity, or the device root it derives from), which a
+    # client cannot mint for itself
+    client_rate: float = 200.0
+    client_burst: float = 400.0
+    # per target device: what all clients together may queue for one device
+    device_rate: float = 200.0
+    device_burst: float = 400.0
+    # keys remembered per bucket table (least recently used dropped beyond it)
+    max_tracked: int = 65536
+    # device link connections (handshakes included): per source address and in total
+    link_per_source: int = 256
+    link_total: int = 8192
+    # commissioning attempts (Begin and Complete), per source and in total; the
+    # total does not apply to loopback, so the owner can pair from the node itself
+    commission_source_rate: float = 0.2
+    commission_source_burst: float = 10.0
+    commission_total_rate: float = 5.0
+    commission_total_burst: float = 50.0
+    # the chain: /healthz turns 503 when the last good contact is older than this
+    chain_stale_s: float = 60.0
+
+
+@dataclass
 class NodeConfig:
     """Settings of one node (registry app, embedded node and gateway)."""
 
@@ -55,6 +104,7 @@ class NodeConfig:
     cometbft_home: str = ""  # set when a real CometBFT node serves this home
     block_interval_ms: int = 200  # embedded node: how long txs wait to be batched
     empty_block_interval_s: int = 30  # embedded node: idle blocks so block time moves
+    limits: Limits = field(default_factory=Limits)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -97,9 +147,27 @@ class NodeConfig:
         except tomllib.TOMLDecodeError as exc:
             raise HomeError(f"{path}: {exc}") from exc
         known = {f.name for f in dataclasses.fields(cls)} - {"home", "extra"}
-        cfg = cls(home=home, **{k: v for k, v in data.items() if k in known})
+        cfg = cls(home=home, **{k: v for k, v in data.items() if k in known and k != "limits"})
+        cfg.limits = _limits(data.get("limits", {}), path)
         cfg.extra = {k: v for k, v in data.items() if k not in known}
         return cfg
+
+
+def _limits(table: object, path: Path) -> Limits:
+    """The ``[limits]`` table: known keys only, each of its default's type."""
+    if not isinstance(table, dict):
+        raise HomeError(f"{path}: [limits] must be a table")
+    defaults = Limits()
+    out = {}
+    for key, value in table.items():
+        if not hasattr(defaults, key):
+            raise HomeError(f"{path}: unknown limit {key!r}")
+        kind = type(getattr(defaults, key))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                or (kind is int and not isinstance(value, int)):
+            raise HomeError(f"{path}: limits.{key} must be a non-negative {kind.__name__}")
+        out[key] = kind(value)
+    return Limits(**out)
 
 
 def write_secret_file(path: Path, data: bytes) -> None:

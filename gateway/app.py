@@ -12,6 +12,8 @@ Settings come from the node config's ``[gateway]`` table (all optional):
 ``link_advertise`` (what the registry and devices are told, default: the
 listen addresses), ``revocation_file`` (a local list written by
 ``edgistry token revoke --list FILE``; default ``<home>/revoked.json``).
+Overload limits come from the ``[limits]`` table (config.Limits): admission.py,
+api/admission_grpc.py; faults from health.py and watchdog.py show in /healthz.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ from .pairing.commissioner import Commissioner
 from .api.convert import from_pb, to_request
 from .api.grpc_server import GRACE_S, start_grpc
 from .link.server import LinkMetrics, LinkServer
+from .admission import Admission, ConnectionCaps
+from .api.admission_grpc import service_hook
+from .health import Health
 from .metrics import GatewayMetrics
+from .watchdog import LoopLag, watch_chain
 from .pairing.channel import CommissionCode, Offers
 from .api.peer import Directory, ForwardChecker, PeerClient
 from .api.service import Call, GatewayService, Result, Settings
@@ -88,10 +94,14 @@ class Gateway:
         self.gateway_id = gateway_id_for(public_bytes(self.key))
         self.chain = ChainClient(rpc_url or cfg.rpc_url)
         self.metrics = GatewayMetrics()
+        self.admission = Admission(cfg.limits)
+        self.health = Health(on_fault=lambda cause: self.metrics.faults.labels(cause).inc())
+        self.loop_lag = LoopLag()
         self.grpc_endpoint = str(self.opts.get("grpc_advertise") or cfg.grpc_listen)
         self.link_endpoint = str(self.opts.get("link_advertise") or cfg.link_listen)
         self.revocation_file = Path(self.opts.get("revocation_file") or cfg.home / "revoked.json")
         self.store: GatewayStore | None = None
+        self.replica = None  # discovery's ReplicaFollower
         self.service: GatewayService | None = None
         self.link: LinkServer | None = None
         self.code: CommissionCode | None = None
@@ -124,11 +134,15 @@ class Gateway:
         self.service = GatewayService(self.store, self.gateway_id, self.secret, self.metrics, revoked, settings,
                                       PeerForwarder(self._peer, directory))
         self.service.bind_loop(asyncio.get_running_loop())
+        self.service.admit = service_hook(self.admission)
         self.metrics.watch_queues(self.store.depths)
+        self.metrics.watch_admission(self._admission_snapshot)
+        self.metrics.watch_health(self.health.active)
 
         host, port = host_port(cfg.link_listen)
         self.link = LinkServer(StoreLinkBackend(self.store, self.secret, self.metrics), host, port,
-                               metrics=LinkMetrics())
+                               metrics=LinkMetrics(),
+                               caps=ConnectionCaps(cfg.limits.link_per_source, cfg.limits.link_total))
         await self.link.start()
         self.ports["link"] = self.link.port
         self.service.on_queued = self.link.notify
@@ -140,13 +154,13 @@ class Gateway:
         # discovery, its replica of the registry, invoke-any
         from .discovery import grpc_service as dg
 
-        self.discovery, replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id, self.grpc_endpoint)
+        self.discovery, self.replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id, self.grpc_endpoint)
         self.service.resolvers.append(dg.handle_resolver(self.discovery, self.secret))  # Invoke takes handles
-        discovery = dg.discovery_servicer(self.discovery, self.secret, dg.GatewayInvoker(self.service), replica,
+        discovery = dg.discovery_servicer(self.discovery, self.secret, dg.GatewayInvoker(self.service), self.replica,
                                           revoked=revoked)
         self._grpc, self.ports["grpc"] = await start_grpc(
             cfg.grpc_listen, self.service, commissioner, ForwardChecker(directory), self.metrics,
-            extra=[lambda server: dg.add_to_server(server, discovery)])
+            extra=[lambda server: dg.add_to_server(server, discovery)], admission=self.admission)
         host, port = host_port(cfg.http_listen)
         self._http = web.AppRunner(self._http_app(), access_log=None)
         await self._http.setup()
@@ -160,7 +174,9 @@ class Gateway:
             ("liveness", self._every(interval("liveness_interval_s", 60.0), self.report_liveness)),
             ("revocations", self._every(interval("revocation_interval_s", 10.0), self.refresh_revocations)),
             ("registration", self._check_registration()),
-            ("replica", replica.run()),
+            ("replica", self.replica.run()),
+            ("chain-watch", watch_chain(self.chain, self.health, cfg.limits.chain_stale_s, self._chain_ok)),
+            ("loop-lag", self.loop_lag.run()),
         )]
         self.announce(f"gateway {self.gateway_id}: gRPC {cfg.grpc_listen}, device link {cfg.link_listen}, "
                       f"HTTP {cfg.http_listen}; chain RPC {self.chain.url}")
@@ -187,6 +203,20 @@ class Gateway:
             self.store.close()
             self.store = None
 
+    def _replica_state(self) -> dict | None:
+        if self.replica is None:
+            return None
+        age = self.replica.age_s()
+        return {"height": self.replica.index.height, "age_s": None if age is None else round(age, 1)}
+
+    def _chain_ok(self) -> None:
+        self.chain_ok_at = time.time()
+
+    def _admission_snapshot(self) -> dict:
+        a = self.admission
+        return {"refusals": dict(a.refusals), "in_flight": a.in_flight, "waiting": a.waiting,
+                "loop_lag_s": self.loop_lag.worst}
+
     def _link_snapshot(self) -> dict:
         if self.link is None:
             return {}
@@ -201,10 +231,15 @@ class Gateway:
         app = web.Application()
 
         async def healthz(request: web.Request) -> web.Response:
-            ok = self.store is not None and self.link is not None
-            body = {"status": "ok" if ok else "starting", "gateway_id": self.gateway_id,
+            started = self.store is not None and self.link is not None
+            ok = started and self.health.ok
+            faults = self.health.report()
+            status = "ok" if ok else ("starting" if not started else
+                                      "unhealthy: " + ", ".join(f["cause"] for f in faults))
+            body = {"status": status, "gateway_id": self.gateway_id, "faults": faults,
                     "devices": len(self.store.devices()) if self.store else 0,
-                    "chain_seen_s_ago": round(time.time() - self.chain_ok_at, 1) if self.chain_ok_at else None}
+                    "chain_seen_s_ago": round(time.time() - self.chain_ok_at, 1) if self.chain_ok_at else None,
+                    "replica": self._replica_state()}
             return web.json_response(body, status=200 if ok else 503)
 
         async def metrics(request: web.Request) -> web.Response:

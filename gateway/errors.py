@@ -38,6 +38,33 @@ class QueueFull(GatewayError):
     reason = "queue_full"
 
 
+class Overloaded(GatewayError):
+    """Admission control refused the call (a rate limit, too many calls): retry later.
+
+    ``retry_after_s`` travels to the client as the ``retry-after-ms`` trailer."""
+
+    reason = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float, reason: str = "overloaded") -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.reason = reason
+
+
+class StorageFull(GatewayError):
+    """The gateway's store has no room (disk full, LMDB map full): nothing was stored; retry later."""
+
+    reason = "storage_full"
+    retry_after_s = 5.0
+
+
+class StorageUnavailable(GatewayError):
+    """The gateway's store cannot be written now (its writer is restarting): nothing was stored; retry."""
+
+    reason = "storage_unavailable"
+    retry_after_s = 1.0
+
+
 class InvokeTimeout(GatewayError):
     """Invoke's deadline passed; the request stays queued and can be fetched later."""
 
@@ -78,7 +105,17 @@ def _codes() -> dict[type[GatewayError], object]:
         Conflict: grpc.StatusCode.ALREADY_EXISTS,
         Precondition: grpc.StatusCode.FAILED_PRECONDITION,
         Unavailable: grpc.StatusCode.UNAVAILABLE,
+        # after the general ones, so that from_grpc maps a peer's status to those
+        Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
     }
+
+
+def retry_after_ms(err: GatewayError) -> int | None:
+    """The ``retry-after-ms`` hint of an error that has one."""
+    wait = getattr(err, "retry_after_s", None)
+    return None if wait is None else max(1, int(wait * 1000 + 0.999))
 
 
 def grpc_code(err: GatewayError):

@@ -50,6 +50,45 @@ class _LinkCollector:
         return [open_, sessions, hs, rej]
 
 
+class _AdmissionCollector:
+    """Admission control (gateway/admission.py) read at scrape time: no cost per call."""
+
+    def __init__(self, snapshot: Callable[[], dict]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self):
+        s = self._snapshot()
+        refused = CounterMetricFamily("edgistry_admission_refusals",
+                                      "Calls refused by admission control (RESOURCE_EXHAUSTED), by reason",
+                                      labels=["reason"])
+        for reason, n in sorted(s.get("refusals", {}).items()):
+            refused.add_metric([reason], n)
+        flight = GaugeMetricFamily("edgistry_calls_in_flight", "Client calls in the gateway now, by kind",
+                                   labels=["kind"])
+        flight.add_metric(["short"], s.get("in_flight", 0))
+        flight.add_metric(["waiting"], s.get("waiting", 0))
+        lag = GaugeMetricFamily("edgistry_event_loop_lag_seconds",
+                                "Worst event-loop delay in the last second (what a device link or the "
+                                "chain follower waits behind client calls)")
+        lag.add_metric([], s.get("loop_lag_s", 0.0))
+        return [refused, flight, lag]
+
+
+class _HealthCollector:
+    """Faults in force now (gateway/health.py), one gauge per cause."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, str]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self):
+        causes = self._snapshot()
+        g = GaugeMetricFamily("edgistry_fault_active", "1 while a fault keeps the gateway unhealthy",
+                              labels=["cause"])
+        for cause in sorted(causes):
+            g.add_metric([cause], 1)
+        return [g]
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -63,6 +102,8 @@ class GatewayMetrics:
         self.pairings = Counter("edgistry_pairings", "Commissioning outcomes", ["outcome"], registry=r)
         self.forwards = Counter("edgistry_peer_forwards", "Gateway-to-gateway calls", ["direction", "outcome"],
                                 registry=r)
+        self.faults = Counter("edgistry_faults", "Faults seen (disk full, map full, chain away, writer died)",
+                              ["cause"], registry=r)
         self.invoke_latency = Histogram("edgistry_invoke_latency_seconds",
                                         "Invoke: from acceptance to the answer (includes device sleep)",
                                         buckets=LATENCY_BUCKETS, registry=r)
@@ -72,6 +113,12 @@ class GatewayMetrics:
 
     def watch_link(self, snapshot: Callable[[], dict]) -> None:
         self.registry.register(_LinkCollector(snapshot))
+
+    def watch_admission(self, snapshot: Callable[[], dict]) -> None:
+        self.registry.register(_AdmissionCollector(snapshot))
+
+    def watch_health(self, snapshot: Callable[[], dict[str, str]]) -> None:
+        self.registry.register(_HealthCollector(snapshot))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

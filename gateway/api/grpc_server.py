@@ -15,8 +15,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..pairing.commissioner import Commissioner
-from ..errors import BadRequest, GatewayError, grpc_code
+from ..admission import Admission
+from ..errors import BadRequest, GatewayError, grpc_code, retry_after_ms
 from ..metrics import GatewayMetrics
+from .admission_grpc import RETRY_AFTER_KEY, AdmissionInterceptor, server_options
 from .peer import ForwardChecker
 from .convert import to_call, to_pb
 from .service import GatewayService, Result
@@ -29,12 +31,16 @@ GRACE_S = 5.0  # in-flight calls get this long at shutdown
 
 def _item(res: Result | GatewayError) -> gw.BatchItem:
     if isinstance(res, GatewayError):
-        return gw.BatchItem(code=grpc_code(res).value[0], error=str(res))
+        wait = retry_after_ms(res)
+        hint = f" (retry after {wait} ms)" if wait is not None and "retry" not in str(res) else ""
+        return gw.BatchItem(code=grpc_code(res).value[0], error=str(res) + hint)
     return gw.BatchItem(result=to_pb(res))
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: GatewayError) -> None:
-    await context.abort(grpc_code(err), str(err))
+    wait = retry_after_ms(err)
+    trailer = ((RETRY_AFTER_KEY, str(wait)),) if wait is not None else ()
+    await context.abort(grpc_code(err), str(err), trailing_metadata=trailer)
 
 
 class GatewayServicer(gw_grpc.GatewayServicer):
@@ -135,13 +141,19 @@ class PeerServicer(gw_grpc.PeerServicer):
 
 async def start_grpc(listen: str, service: GatewayService, commissioner: Commissioner | None,
                      checker: ForwardChecker | None, metrics: GatewayMetrics,
-                     extra: Iterable[Callable[[grpc.aio.Server], str]] = ()) -> tuple[grpc.aio.Server, int]:
+                     extra: Iterable[Callable[[grpc.aio.Server], str]] = (),
+                     admission: Admission | None = None) -> tuple[grpc.aio.Server, int]:
     """Create, bind and start the server; returns it and the bound port.
 
     ``extra``: functions that add another service (discovery) to the server and
     return its full name; the assembly passes them, so this module depends on
-    no other front end."""
-    server = grpc.aio.server()
+    no other front end. ``admission``: the gateway's admission control (the
+    core's caps and the interceptor, admission_grpc.py); None: no limits."""
+    if admission is not None:
+        server = grpc.aio.server(interceptors=[AdmissionInterceptor(admission)],
+                                 **server_options(admission.limits))
+    else:
+        server = grpc.aio.server()
     gw_grpc.add_GatewayServicer_to_server(GatewayServicer(service), server)
     names = [gw.DESCRIPTOR.services_by_name["Gateway"].full_name]
     for add in extra:

@@ -146,6 +146,8 @@ class GatewayService:
     # (target, client token) -> pseudonym: discovery handles open only with the client's token
     resolvers: list[Callable[[str, bytes], bytes | None]] = field(default_factory=list)
     watch_recheck_s: float = 5.0  # a watch re-reads its request (and re-checks its token) this often
+    # admission control (app.py): (issuer key, device link id) -> None, or raises Overloaded
+    admit: Callable[[bytes, bytes], None] | None = None
 
     def __post_init__(self) -> None:
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
@@ -354,9 +356,13 @@ class GatewayService:
             raise
         # A read vouched for by discovery or by a registered peer's signed forward
         # needs no device token; everything else is authorised here.
-        if not (call.attested and not method.mutating):
-            auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
-                           self.revoked, now // 1000, mutating=method.mutating)
+        if call.attested and not method.mutating:
+            issuer = auth.issuer_of_gateway_token(call.token, self.secret)
+        else:
+            issuer = auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
+                                    self.revoked, now // 1000, mutating=method.mutating).issuer
+        if self.admit is not None:  # rate limits of the verified client and of the device
+            self.admit(issuer, dev.link_id)
         args = call.args or b""
         if len(args) > self.settings.max_args_bytes:
             raise BadRequest(f"arguments larger than {self.settings.max_args_bytes} bytes")

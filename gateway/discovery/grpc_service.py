@@ -144,7 +144,18 @@ class DiscoveryServicer(dgrpc.DiscoveryServicer):
                                         request.page_size, request.page_token, self._now_ms())
         except GatewayError as err:
             await self._fail(context, err)
+        context.set_trailing_metadata(self._freshness())
         return dpb.DiscoverResponse(handles=[_handle_pb(h) for h in ans.handles], next_page_token=ans.next_page)
+
+    def _freshness(self) -> tuple[tuple[str, str], ...]:
+        """Trailers saying how stale the answer may be: the replica's height and the
+        milliseconds since it last caught up with the chain (discovery answers from
+        the replica while the chain is away)."""
+        if self.follower is None or not hasattr(self.follower, "age_s"):
+            return ()
+        age = self.follower.age_s()
+        out = (("replica-height", str(self.follower.index.height)),)
+        return out + ((("replica-age-ms", str(int(age * 1000))),) if age is not None else ())
 
     async def Resolve(self, request: dpb.ResolveRequest, context) -> dpb.ResolveResponse:
         try:

@@ -49,6 +49,7 @@ class ReplicaFollower:
         self.poll_s, self.max_backoff_s = poll_s, max_backoff_s
         self.sleep, self.clock, self.rng = sleep, clock, rng or random.Random()
         self.loaded = False
+        self.synced_at: float | None = None  # clock() when it last caught up with the node
         self._changed = asyncio.Condition()
 
     # ---- reads ----
@@ -113,6 +114,7 @@ class ReplicaFollower:
                 if not self.loaded:
                     await self.load()
                 await self.step()
+                self.synced_at = self.clock()
                 failures = 0
                 await self.sleep(self.poll_s)
             except (ChainError, KeyError, ValueError) as exc:
@@ -123,6 +125,11 @@ class ReplicaFollower:
                 delay = min(self.max_backoff_s, 0.1 * 2 ** min(failures, 10)) * (0.5 + self.rng.random())
                 log.warning("replica follower: %s; retrying in %.1fs", exc, delay)
                 await self.sleep(delay)
+
+    def age_s(self) -> float | None:
+        """Seconds since the replica last caught up with the node (None: not loaded yet).
+        While the chain is away discovery answers from the replica; this says how stale it is."""
+        return None if self.synced_at is None else max(0.0, self.clock() - self.synced_at)
 
     # ---- change notification (Watch) ----
 

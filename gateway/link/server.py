@@ -29,7 +29,10 @@ flight started is on disk.
 Every connection runs in its own task; whatever one does (garbage, floods,
 stalls, exceptions in the backend) ends that connection only. Rejections are
 logged (``edgistry.gateway.link``) and counted in :class:`LinkMetrics` by
-reason word (link_errors.REASONS).
+reason word (link_errors.REASONS); connections over the caps of
+:class:`~edgistry.gateway.admission.ConnectionCaps` (per source address, in
+total) are closed before any byte is read, counted as ``link_source`` /
+``link_total``, and logged once a second at most.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from ...firmware.link.link_session import (
     CLOSED, NEED_DATA, Ack, Bye, Challenged, Error, Established, Responses,
 )
 from ...firmware.link.link_wire import MAX_LINK_FRAME
+from ..admission import ConnectionCaps, source_key
 from .backend import DeviceAnswer, LinkBackend, Ticket
 from .delivery import Backlog, Decision, Delivery
 
@@ -59,6 +63,7 @@ HANDSHAKE_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 30.0
 WRITE_TIMEOUT_S = 10.0  # a peer that stops reading is a half-open peer too
 READ_CHUNK = 16384
+REFUSAL_LOG_EVERY_S = 1.0  # a flood of refused connections logs one line a second, not one each
 
 
 class LinkMetrics:
@@ -432,6 +437,7 @@ class LinkServer:
                  clock: Callable[[], float] = time.time,
                  rand: Callable[[int], bytes] = os.urandom,
                  metrics: LinkMetrics | None = None,
+                 caps: ConnectionCaps | None = None,
                  on_requests_written: Callable[[float, bool], None] | None = None) -> None:
         self.backend = backend
         self.spending: set[bytes] = set()  # ticket ids presented, deletion not yet durable
@@ -447,6 +453,8 @@ class LinkServer:
         self.clock = clock
         self.rand = rand
         self.metrics = metrics or LinkMetrics()
+        self.caps = caps
+        self._refused_logged = (0.0, 0)  # (when last logged, refusals since)
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -494,7 +502,30 @@ class LinkServer:
             old.writer.close()  # its read fails and its task ends
         self._by_link[conn.link_id] = conn
 
+    def _within_caps(self, writer: asyncio.StreamWriter) -> str | None:
+        """The source key of a connection within the caps (counted in), else None (it was aborted)."""
+        peer = writer.get_extra_info("peername")
+        key = source_key(str(peer[0])) if isinstance(peer, tuple) else str(peer)
+        reason = self.caps.admit(key)
+        if reason is None:
+            return key
+        self.metrics.rejections[reason] += 1
+        writer.transport.abort()  # no byte read, none written: the cheapest refusal
+        last, since = self._refused_logged
+        now = time.monotonic()
+        if now - last >= REFUSAL_LOG_EVERY_S:
+            log.warning("device link: refused %d connection(s) (%s; latest from %s)", since + 1, reason, key)
+            self._refused_logged = (now, 0)
+        else:
+            self._refused_logged = (last, since + 1)
+        return None
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        key = None
+        if self.caps is not None:
+            key = self._within_caps(writer)
+            if key is None:
+                return
         task = asyncio.current_task()
         self._tasks.add(task)
         conn = _Connection(self, reader, writer)
@@ -522,6 +553,8 @@ class LinkServer:
             except (ConnectionError, asyncio.TimeoutError, OSError):
                 pass
             self._tasks.discard(task)
+            if key is not None:
+                self.caps.release(key)
 
     async def close(self, grace: float = 2.0) -> None:
         """Stop listening, tell connected devices, end every connection."""

@@ -43,6 +43,28 @@ PSEUDONYM_DOMAIN = b"edgistry/pseudonym/v1"
 class Authorised:
     origin: str  # "device" | "gateway"
     token: cl.Token
+    issuer: bytes = b""  # issuer_key(): whom rate limits count this call against
+
+
+ISSUER_DOMAIN = b"edgistry/issuer/v1"
+
+
+def issuer_key(first_tag: bytes) -> bytes:
+    """A client's rate-limit key: a digest of the first tag of its token's chain,
+    which only the token's origin can make (the gateway's tag over the identity
+    frame it issued, or the device's root tag); a holder can derive new tokens
+    offline, never a new first tag. Hashed: a root tag is a secret."""
+    return hashlib.sha256(ISSUER_DOMAIN + first_tag).digest()[:16]
+
+
+def issuer_of_gateway_token(raw: bytes, gateway_secret: bytes) -> bytes:
+    """:func:`issuer_key` of a token this gateway issued (one HMAC; no other check:
+    for callers that verified the token already, as discovery's handle resolver)."""
+    try:
+        token = cl.load(raw)
+    except cl.TokenError:
+        return issuer_key(b"")
+    return issuer_key(cl.chain_tags(gateway_secret, token.frames[:1])[0])
 
 
 def token_digest(token: bytes) -> bytes:
@@ -79,6 +101,7 @@ class _Verified(NamedTuple):
     origin: str
     token: cl.Token
     tags: tuple[bytes, ...]  # every tag of the chain from the origin's key (revocation)
+    issuer: bytes  # issuer_key(tags[0])
 
 
 VERIFIED_CACHE_SIZE = 4096  # distinct client tokens remembered (bounded: cleared when full)
@@ -96,7 +119,7 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
     key = (bytes(raw), root_token or b"", gateway_secret)
     hit = _verified.get(key)
     if hit is not None and _still_valid(hit, service, method, gateway_id, revoked, now, check_permits, mutating):
-        return Authorised(hit.origin, hit.token)
+        return Authorised(hit.origin, hit.token, hit.issuer)
     result = _authorise(raw, service, method, root_token, gateway_secret, gateway_id, revoked, now,
                         check_permits, mutating)
     if hit is None:
@@ -105,8 +128,8 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
         root = cl.load(root_token) if result.origin == "device" else None
         tags = ([root.tag, *cl.chain_tags(root.tag, result.token.frames[1:])] if root is not None
                 else cl.chain_tags(gateway_secret, result.token.frames))
-        _verified[key] = _Verified(result.origin, result.token, tuple(tags))
-    return result
+        hit = _verified[key] = _Verified(result.origin, result.token, tuple(tags), issuer_key(tags[0]))
+    return Authorised(result.origin, result.token, hit.issuer)
 
 
 def _still_valid(hit: _Verified, service: str, method: str, gateway_id: str, revoked: cl.RevocationSet | None,

@@ -266,10 +266,10 @@ class GatewayService:
     async def submit_many(self, calls: list[Call]) -> list[Result | GatewayError]:
         """Submit each call as :meth:`submit` would; items fail independently.
 
-        All items are authorised and derived in this loop turn and go to the
-        store's writer as one operation, at once: the batch shares a group
-        commit (one fsync at most), and each item is acknowledged only once
-        it is on disk. A domain error answers its own
+        All items are authorised in this loop turn; their request tokens are
+        minted and they go to the store's writer as one operation, at once:
+        the batch shares a group commit (one fsync at most), and each item is
+        acknowledged only once it is on disk. A domain error answers its own
         item; anything else fails the whole call (items already queued stay
         queued: a retry with the same request ids is idempotent).
 

@@ -244,11 +244,12 @@ class _Child:
                 if body is None:
                     return
                 first, outcomes = wire.decode(body)
-                futs = self.inflight.popleft()
+                if not self.inflight or len(outcomes) != len(self.inflight[0]):
+                    raise wire.ProtocolError("a reply that matches no frame sent")
             except Exception as exc:  # noqa: BLE001 - a broken reply: treat the child as dead
                 self._died(exc)
                 return
-            self.on_reply(first, futs, outcomes)
+            self.on_reply(first, self.inflight.popleft(), outcomes)
 
     def _died(self, exc: BaseException) -> None:
         """What was sent and not answered is not acknowledged."""

@@ -4,7 +4,7 @@ Issue 4 item 8b. One run, loopback, two processes besides mosquitto:
 
 * **the gateway** (this file with ``--serve``, its own process): the real parts as
   gateway/app.py wires them, minus the chain: GatewayStore (LMDB, fsync per commit,
-  group commits in its writer process, gateway/store_process.py, as the gateway runs it) +
+  group commits in its writer process, gateway/store/child.py, as the gateway runs it) +
   GatewayService (authorise the client token, derive the request token, durable
   enqueue) + StoreLinkBackend + LinkServer, and the gRPC Gateway service
   (grpc_api.start_grpc). Devices are paired by writing their records to the store.
@@ -209,14 +209,15 @@ async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
 
     tm = Timers()
     secret = bytes.fromhex(json.loads(devices_file.read_text())["gateway_secret"])
-    store = GatewayStore(workdir / "gateway-store", writer="process")  # as gateway/app.py runs it
+    store = GatewayStore(workdir / "gateway-store")  # as gateway/app.py runs it
+    pairs = []
     for d in json.loads(devices_file.read_text())["devices"]:
         root = bytes.fromhex(d["root"])
-        store.put_device(Device(bytes.fromhex(d["link_id"]), auth.pseudonym_for(root), root, MANIFEST, 0, 7, 1,
-                                duty_cycle_s=60))
+        pairs.append(store.put_device(Device(bytes.fromhex(d["link_id"]), auth.pseudonym_for(root), root, MANIFEST,
+                                             0, 7, 1, duty_cycle_s=60)))
+    await asyncio.gather(*pairs)  # one group commit
     metrics = GatewayMetrics()
     svc = GatewayService(store, "gw-bench", secret, metrics, settings=Settings(max_queue_depth=1000))
-    svc.bind_loop(asyncio.get_running_loop())
     backend = StoreLinkBackend(store, secret, metrics)
     # instrumentation (timing wrappers only; behaviour unchanged). Reads and hints run on
     # the event loop; durable writes are awaited (group commit by the store's writer process)

@@ -38,6 +38,7 @@ from .api.grpc_server import GRACE_S, start_grpc
 from .link.server import LinkMetrics, LinkServer
 from .admission import Admission, ConnectionCaps
 from .api.admission_grpc import service_hook
+from .errors import GatewayError
 from .health import Health
 from .metrics import GatewayMetrics
 from .watchdog import LoopLag, watch_chain
@@ -137,6 +138,7 @@ class Gateway:
         self.metrics.watch_queues(self.store.depths)
         self.metrics.watch_admission(self._admission_snapshot)
         self.metrics.watch_health(self.health.active)
+        self.store.fault_listeners.append(self._store_fault)
 
         host, port = host_port(cfg.link_listen)
         self.link = LinkServer(StoreLinkBackend(self.store, self.secret, self.metrics), host, port,
@@ -208,6 +210,12 @@ class Gateway:
         age = self.replica.age_s()
         return {"height": self.replica.index.height, "age_s": None if age is None else round(age, 1)}
 
+    def _store_fault(self, cause: str | None, reason: str) -> None:
+        if cause is None:
+            self.health.clear("disk_full", "map_full", "store_writer")
+        else:
+            self.health.fail(cause, reason)
+
     def _chain_ok(self) -> None:
         self.chain_ok_at = time.time()
 
@@ -261,6 +269,8 @@ class Gateway:
                 raise
             except ChainError as exc:
                 log.info("%s: registry unreachable: %s", getattr(step, "__name__", step), exc)
+            except GatewayError as exc:  # a fault with a cause (store full, writer gone): /healthz names it
+                log.warning("%s: %s", getattr(step, "__name__", step), exc)
             except Exception:
                 log.exception("background step %s failed", getattr(step, "__name__", step))
 

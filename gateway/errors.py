@@ -52,10 +52,22 @@ class Overloaded(GatewayError):
 
 
 class StorageFull(GatewayError):
-    """The gateway's store has no room (disk full, LMDB map full): nothing was stored; retry later."""
+    """The gateway's store has no room: nothing was stored; retry later."""
 
     reason = "storage_full"
     retry_after_s = 5.0
+
+
+class DiskFull(StorageFull):
+    """The filesystem holding the store is full (ENOSPC)."""
+
+    reason = "disk_full"
+
+
+class MapFull(StorageFull):
+    """The store's LMDB map (its configured size) is full."""
+
+    reason = "map_full"
 
 
 class StorageUnavailable(GatewayError):

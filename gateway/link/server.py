@@ -53,6 +53,7 @@ from ...firmware.link.link_session import (
 )
 from ...firmware.link.link_wire import MAX_LINK_FRAME
 from ..admission import ConnectionCaps, source_key
+from ..errors import GatewayError
 from .backend import DeviceAnswer, LinkBackend, Ticket
 from ..probe import LINK_CONNECTION, LINK_ESTABLISHED_TO_REQUESTS, Probe
 from .delivery import Backlog, Decision, Delivery
@@ -534,8 +535,11 @@ class LinkServer:
         except asyncio.CancelledError:
             await conn.shutdown()
             raise
-        except Exception:  # a bug or a backend failure: this connection only
-            log.exception("%s: connection failed", conn.name)
+        except Exception as exc:  # a bug or a backend failure: this connection only
+            if isinstance(exc, GatewayError):  # a store fault (full, writer gone): /healthz names it
+                log.warning("%s: connection ended: %s", conn.name, exc)
+            else:
+                log.exception("%s: connection failed", conn.name)
             self.metrics.rejections["internal"] += 1
             try:
                 await conn._write(conn.session.fail("internal"), last=True)

@@ -9,7 +9,8 @@ its own: an operation that raises is rolled back alone and answers with its
 error, the others go on. Then one commit, one fsync, and only then a reply
 per frame, in order. So a caller hears of its write only once it is on
 disk, and one fsync serves everything that queued up behind the last one.
-A failed commit (disk full, map full) fails every operation of it.
+A failed commit (disk full, map full) fails every operation of it, with
+DiskFull or MapFull (errors.py) so that the gateway can name the cause.
 
 Why a process: the operations' Python (record encoding, queue bookkeeping)
 runs off the gateway's GIL and core, so the event loop never stalls behind
@@ -21,6 +22,7 @@ gateway sends before it exits is still committed.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -29,6 +31,7 @@ import sys
 
 import lmdb
 
+from ..errors import DiskFull, MapFull
 from . import ops, wire
 from .kv import LmdbKV, open_env
 
@@ -55,9 +58,25 @@ def commit_group(env: lmdb.Environment, retention_ms: int, messages: list[list])
                     except Exception as exc:  # noqa: BLE001 - this operation only (rolled back)
                         out.append([False, exc])
     except Exception as exc:  # noqa: BLE001 - the commit failed: nothing of it is acknowledged
-        log.exception("group commit of %d operations failed", sum(len(m) for m in messages))
+        full = storage_full(exc, env)
+        if full is None:
+            log.exception("group commit of %d operations failed", sum(len(m) for m in messages))
+        else:  # an operational fault, not a bug: one line
+            log.warning("group commit of %d operations failed: %s", sum(len(m) for m in messages), full)
+            exc = full
         return [[[False, exc]] * len(batch) for batch in messages]
     return outcomes
+
+
+def storage_full(exc: BaseException, env: lmdb.Environment) -> DiskFull | MapFull | None:
+    """The store-is-full error a failed commit amounts to, or None for any other failure."""
+    if isinstance(exc, lmdb.MapFullError):
+        return MapFull(f"the store's LMDB map is full ({env.info()['map_size']} bytes): nothing was stored; "
+                       "room returns as old requests are purged, or raise map_size")
+    no_space = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
+    if isinstance(exc, (lmdb.Error, OSError)) and no_space:
+        return DiskFull("the disk holding the gateway's store is full: nothing was stored")
+    return None
 
 
 def reply(first: bool, outcomes: list) -> bytes:

@@ -38,7 +38,8 @@ from . import keys
 from .kv import DEFAULT_MAP_SIZE, LmdbKV, open_env
 from .ops import EXPIRE_LIMIT, PURGE_LIMIT
 from .records import CacheEntry, Contact, Device, RequestRecord, State, load_ticket, new_id
-from .writer import Writer
+from .writer import Writer, WriterDied
+from ..errors import StorageFull
 from ..link.backend import DeviceAnswer, QueuedRequest, Ticket
 
 __all__ = ["ACTIVE_WINDOW_MS", "CacheEntry", "Contact", "Device", "GatewayStore", "RequestRecord", "State",
@@ -64,6 +65,17 @@ class GatewayStore:
         self._contacts: dict[bytes, tuple[int, int | None]] = {}  # hints: link -> (last_ms, sleep_s)
         self._dirty: dict[bytes, float] = {}  # hints not sent to the writer yet: link -> monotonic time noted
         self._open = True
+        # faults in force (cause -> reason) and who hears of each change (cause, reason; None: all cleared)
+        self.faults: dict[str, str] = {}
+        self.fault_listeners: list[Callable[[str | None, str], None]] = []
+
+    def _fault(self, cause: str | None, reason: str) -> None:
+        if cause is None:
+            self.faults.clear()
+        else:
+            self.faults[cause] = reason
+        for fn in self.fault_listeners:
+            fn(cause, reason)
 
     def close(self) -> None:
         """Have the writer commit what was submitted and the contact hints, then close (idempotent)."""
@@ -86,7 +98,13 @@ class GatewayStore:
         (a SubmitBatch call): the writer starts on it while the loop works on
         the next call, so commits and the loop's work overlap instead of taking
         turns."""
-        result, changed = await self.writer.submit(op, args, urgent)
+        try:
+            result, changed = await self.writer.submit(op, args, urgent)
+        except (StorageFull, WriterDied) as exc:  # a fault of the store, not of this write
+            self._fault(exc.reason, str(exc))
+            raise
+        if self.faults:  # a commit went through: whatever kept the store from writing is gone
+            self._fault(None, "")
         for rid in changed:
             for fn in self.listeners:
                 fn(rid)

@@ -33,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from ..errors import StorageUnavailable
 from . import wire
 
 log = logging.getLogger("edgistry.gateway.store")
@@ -41,8 +42,11 @@ CLOSE_TIMEOUT_S = 30.0  # closing waits this long at most for the child's last r
 IDLE_S = 1.0  # with nothing written for this long, the idle tick looks for contact hints to persist
 
 
-class WriterDied(RuntimeError):
-    """The store's writer process failed during this write: it was not acknowledged."""
+class WriterDied(StorageUnavailable):
+    """The store's writer process failed during this write: it was not acknowledged
+    (UNAVAILABLE to a client; the next write starts a new writer)."""
+
+    reason = "store_writer"
 
 
 class Writer:

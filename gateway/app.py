@@ -40,6 +40,7 @@ from .admission import Admission, ConnectionCaps
 from .api.admission_grpc import service_hook
 from .errors import GatewayError
 from .health import Health
+from .quiet import quiet_http_garbage
 from .metrics import GatewayMetrics
 from .watchdog import LoopLag, watch_chain
 from .pairing.channel import CommissionCode, Offers
@@ -163,6 +164,7 @@ class Gateway:
             cfg.grpc_listen, self.service, commissioner, ForwardChecker(directory), self.metrics,
             extra=[lambda server: dg.add_to_server(server, discovery)], admission=self.admission)
         host, port = host_port(cfg.http_listen)
+        quiet_http_garbage()  # a gRPC client or a scanner on the HTTP port: one warning line
         self._http = web.AppRunner(self._http_app(), access_log=None)
         await self._http.setup()
         site = web.TCPSite(self._http, host, port)

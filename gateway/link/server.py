@@ -65,6 +65,7 @@ HANDSHAKE_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 30.0
 WRITE_TIMEOUT_S = 10.0  # a peer that stops reading is a half-open peer too
 READ_CHUNK = 16384
+LISTEN_BACKLOG = 1024  # devices waking together (after a gateway restart) queue here, not in SYN retries
 REFUSAL_LOG_EVERY_S = 1.0  # a flood of refused connections logs one line a second, not one each
 
 
@@ -466,7 +467,7 @@ class LinkServer:
         """Listen (``port`` 0 picks a free port; see :attr:`address`)."""
         self._loop = asyncio.get_running_loop()
         self._server = await asyncio.start_server(self._accept, self.host, self.port,
-                                                  limit=MAX_LINK_FRAME)
+                                                  limit=MAX_LINK_FRAME, backlog=LISTEN_BACKLOG)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("device link listening on %s:%d", self.host, self.port)
 

@@ -11,7 +11,9 @@ Settings come from the node config's ``[gateway]`` table (all optional):
 ``revocation_interval_s``, ``sweep_interval_s``, ``grpc_advertise`` and
 ``link_advertise`` (what the registry and devices are told, default: the
 listen addresses), ``revocation_file`` (a local list written by
-``edgistry token revoke --list FILE``; default ``<home>/revoked.json``).
+``edgistry token revoke --list FILE``; default ``<home>/revoked.json``),
+``store_map_size`` (bytes of LMDB map: the store's hard size; default 1 GiB) and
+``result_retention_s`` (how long answers stay fetchable; default a day).
 Overload limits come from the ``[limits]`` table (config.Limits): admission.py,
 api/admission_grpc.py; faults from health.py and watchdog.py show in /healthz.
 """
@@ -47,6 +49,7 @@ from .pairing.channel import CommissionCode, Offers
 from .api.peer import Directory, ForwardChecker, PeerClient
 from .api.service import Call, GatewayService, Result, Settings
 from .store.store import GatewayStore
+from .store.kv import DEFAULT_MAP_SIZE
 from ..gc_policy import freeze_startup_objects
 from ..proto import gateway_pb2 as gw
 from ..proto import registry_pb2 as pb
@@ -118,7 +121,9 @@ class Gateway:
 
     async def start(self) -> None:
         # reads here; every write is an operation its writer process commits (gateway/store/child.py)
-        self.store = GatewayStore(self.cfg.gateway_dir)
+        o = self.opts
+        self.store = GatewayStore(self.cfg.gateway_dir, map_size=int(o.get("store_map_size", DEFAULT_MAP_SIZE)),
+                                  result_retention_ms=int(float(o.get("result_retention_s", 86400)) * 1000))
         try:
             await self._start_parts()
         except BaseException:
@@ -214,7 +219,7 @@ class Gateway:
 
     def _store_fault(self, cause: str | None, reason: str) -> None:
         if cause is None:
-            self.health.clear("disk_full", "map_full", "store_writer")
+            self.health.clear("disk_full", "map_full", "store_writer", "store_io")
         else:
             self.health.fail(cause, reason)
 

@@ -77,6 +77,13 @@ class StorageUnavailable(GatewayError):
     retry_after_s = 1.0
 
 
+class StoreIOFailed(StorageUnavailable):
+    """A commit failed with an I/O error other than a full disk: nothing was stored; retry."""
+
+    reason = "store_io"
+    retry_after_s = 5.0
+
+
 class InvokeTimeout(GatewayError):
     """Invoke's deadline passed; the request stays queued and can be fetched later."""
 

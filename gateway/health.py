@@ -10,6 +10,7 @@ ones in force. Causes:
   refused with RESOURCE_EXHAUSTED, nothing is acknowledged;
 * ``store_writer``: the store's writer process died; writes are refused with
   UNAVAILABLE until it is back;
+* ``store_io``: a commit failed with another I/O error (UNAVAILABLE);
 * ``chain_unreachable``: the node's RPC does not answer;
 * ``chain_lagging``: the node answers but its latest block is old (the chain
   has stalled), or the discovery replica is far behind it.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-CAUSES = ("disk_full", "map_full", "store_writer", "chain_unreachable", "chain_lagging")
+CAUSES = ("disk_full", "map_full", "store_writer", "store_io", "chain_unreachable", "chain_lagging")
 
 
 class Health:

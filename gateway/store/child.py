@@ -9,8 +9,9 @@ its own: an operation that raises is rolled back alone and answers with its
 error, the others go on. Then one commit, one fsync, and only then a reply
 per frame, in order. So a caller hears of its write only once it is on
 disk, and one fsync serves everything that queued up behind the last one.
-A failed commit (disk full, map full) fails every operation of it, with
-DiskFull or MapFull (errors.py) so that the gateway can name the cause.
+A failed commit (disk full, map full, an I/O error) fails every operation
+of it, with DiskFull, MapFull or StoreIOFailed (errors.py) so that the
+gateway can name the cause.
 
 Why a process: the operations' Python (record encoding, queue bookkeeping)
 runs off the gateway's GIL and core, so the event loop never stalls behind
@@ -31,7 +32,7 @@ import sys
 
 import lmdb
 
-from ..errors import DiskFull, MapFull
+from ..errors import DiskFull, MapFull, StoreIOFailed
 from . import ops, wire
 from .kv import LmdbKV, open_env
 
@@ -58,7 +59,7 @@ def commit_group(env: lmdb.Environment, retention_ms: int, messages: list[list])
                     except Exception as exc:  # noqa: BLE001 - this operation only (rolled back)
                         out.append([False, exc])
     except Exception as exc:  # noqa: BLE001 - the commit failed: nothing of it is acknowledged
-        full = storage_full(exc, env)
+        full = storage_fault(exc, env)
         if full is None:
             log.exception("group commit of %d operations failed", sum(len(m) for m in messages))
         else:  # an operational fault, not a bug: one line
@@ -68,15 +69,29 @@ def commit_group(env: lmdb.Environment, retention_ms: int, messages: list[list])
     return outcomes
 
 
-def storage_full(exc: BaseException, env: lmdb.Environment) -> DiskFull | MapFull | None:
-    """The store-is-full error a failed commit amounts to, or None for any other failure."""
+LOW_SPACE_BYTES = 1 << 20  # an I/O error with less free than this is a full disk (a short write)
+
+
+def storage_fault(exc: BaseException, env: lmdb.Environment) -> DiskFull | MapFull | StoreIOFailed | None:
+    """The store fault a failed commit amounts to, or None for anything else (a bug).
+
+    LMDB reports a full disk as ENOSPC, or as EIO when a page write came up
+    short; so an I/O error on a filesystem with (almost) no room left is a
+    full disk too."""
     if isinstance(exc, lmdb.MapFullError):
         return MapFull(f"the store's LMDB map is full ({env.info()['map_size']} bytes): nothing was stored; "
-                       "room returns as old requests are purged, or raise map_size")
-    no_space = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
-    if isinstance(exc, (lmdb.Error, OSError)) and no_space:
+                       "room returns as old requests are purged, or raise store_map_size")
+    if not isinstance(exc, (lmdb.Error, OSError)):
+        return None
+    try:
+        st = os.statvfs(env.path())
+        low = st.f_bavail * st.f_frsize < LOW_SPACE_BYTES
+    except OSError:
+        low = False
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) or low:
         return DiskFull("the disk holding the gateway's store is full: nothing was stored")
-    return None
+    detail = str(exc).split(":", 1)[-1].strip() or type(exc).__name__
+    return StoreIOFailed(f"the gateway's store cannot write ({detail}): nothing was stored")
 
 
 def reply(first: bool, outcomes: list) -> bytes:

@@ -21,7 +21,7 @@ from . import keys
 from .kv import KV
 from .records import CacheEntry, Contact, Device, RequestRecord, State, dump_ticket, load_ticket
 from ..errors import (
-    BadRequest, Conflict, DiskFull, GatewayError, MapFull, NotFound, Precondition, QueueFull, Unavailable, Unauthorized,
+    BadRequest, Conflict, DiskFull, GatewayError, MapFull, StoreIOFailed, NotFound, Precondition, QueueFull, Unavailable, Unauthorized,
 )
 from ..link.backend import Ticket
 from ..manifest import Manifest
@@ -46,7 +46,7 @@ class StaleSequence(RuntimeError):
 # what a handler may raise or return as a refusal: these keep their class across the pipe
 ERRORS: tuple[type[BaseException], ...] = (
     GatewayError, BadRequest, Unauthorized, NotFound, QueueFull, Conflict, Precondition, Unavailable,
-    DiskFull, MapFull, StaleSequence, ValueError, TypeError, KeyError)
+    DiskFull, MapFull, StoreIOFailed, StaleSequence, ValueError, TypeError, KeyError)
 
 
 @dataclass(frozen=True, slots=True)

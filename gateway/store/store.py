@@ -39,7 +39,7 @@ from .kv import DEFAULT_MAP_SIZE, LmdbKV, open_env
 from .ops import EXPIRE_LIMIT, PURGE_LIMIT
 from .records import CacheEntry, Contact, Device, RequestRecord, State, load_ticket, new_id
 from .writer import Writer, WriterDied
-from ..errors import StorageFull
+from ..errors import StorageFull, StoreIOFailed
 from ..link.backend import DeviceAnswer, QueuedRequest, Ticket
 
 __all__ = ["ACTIVE_WINDOW_MS", "CacheEntry", "Contact", "Device", "GatewayStore", "RequestRecord", "State",
@@ -100,7 +100,7 @@ class GatewayStore:
         turns."""
         try:
             result, changed = await self.writer.submit(op, args, urgent)
-        except (StorageFull, WriterDied) as exc:  # a fault of the store, not of this write
+        except (StorageFull, StoreIOFailed, WriterDied) as exc:  # a fault of the store, not of this write
             self._fault(exc.reason, str(exc))
             raise
         if self.faults:  # a commit went through: whatever kept the store from writing is gone

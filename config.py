@@ -56,7 +56,7 @@ class Limits:
     # gRPC core: calls open at once, refused without running Python beyond it;
     # and HTTP/2 streams one connection may open at once (the client waits)
     grpc_max_concurrent_rpcs: int = 1024
-    grpc_max_streams_per_connection: int = 100
+    grpc_max_streams_per_connection: int = 32
     # short calls (Submit, GetResult, Discover...) running at once in the gateway
     max_in_flight: int = 256
     # calls waiting on a device (Invoke, WatchResult): futures, cheap, but bounded
@@ -73,6 +73,12 @@ class Limits:
     # per target device: what all clients together may queue for one device
     device_rate: float = 200.0
     device_burst: float = 400.0
+    # a rate-limit refusal (source, client, device) is answered after this long,
+    # so a client that ignores the retry-after hint keeps its HTTP/2 streams busy
+    # and the per-connection stream cap bounds its rate at no CPU cost; at most
+    # max_held refusals wait at once (beyond it they are answered at once)
+    refusal_hold_ms: int = 500
+    max_held: int = 256
     # keys remembered per bucket table (least recently used dropped beyond it)
     max_tracked: int = 65536
     # device link connections (handshakes included): per source address and in total

@@ -10,6 +10,8 @@ metrics, a retry-after hint, a one-line message); the gRPC adapter
    it bounds what any one address can make the gateway parse and verify;
 2. ``enter`` / ``leave``: calls in the gateway at once, short ones and those
    waiting on a device (Invoke, WatchResult) counted apart;
+   (a rate refusal is answered after ``refusal_hold_ms``, bounded by
+   ``max_held``: the client's own stream cap then bounds what it can send);
 3. ``caller``: after the token is verified, one bucket for its issuer (the
    first tag of its chain: a gateway-issued identity, or the device root it
    derives from; anyone can derive fresh tokens offline, but not a new
@@ -35,6 +37,9 @@ from ..config import Limits
 
 BUSY_RETRY_S = 0.05  # the hint when the gateway is full of calls: they finish in milliseconds
 WAITING_RETRY_S = 1.0  # the hint when too many calls wait on devices: those take seconds
+# rate refusals are held (Limits.refusal_hold_ms): a client ignoring the hint then
+# waits on its own HTTP/2 streams instead of making the gateway parse more calls
+HELD = frozenset({"source", "client", "device"})
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Refusal:
     reason: str  # source | in_flight | waiting | client | device | commission | link_source | link_total
     retry_after_s: float
     message: str
+    hold_s: float = 0.0  # answer it this much later if Admission.hold() allows; 0: at once
 
     @property
     def retry_after_ms(self) -> int:
@@ -156,11 +162,24 @@ class Admission:
         self._pair_total = Buckets(limits.commission_total_rate, limits.commission_total_burst, 1)
         self.in_flight = 0
         self.waiting = 0
+        self.held = 0  # refusals waiting out their hold
         self.refusals: Counter[str] = Counter()
 
     def _refuse(self, reason: str, wait: float, message: str) -> Refusal:
         self.refusals[reason] += 1
-        return Refusal(reason, wait, f"{message}; retry in {int(wait * 1000 + 0.999)} ms")
+        hold = self.limits.refusal_hold_ms / 1000 if reason in HELD else 0.0
+        return Refusal(reason, wait, f"{message}; retry in {int(wait * 1000 + 0.999)} ms", hold)
+
+    def hold(self) -> bool:
+        """May one more refusal be held now? (counted in; :meth:`unhold` when answered)"""
+        if self.held >= self.limits.max_held:
+            return False
+        self.held += 1
+        return True
+
+    def unhold(self) -> None:
+        """A held refusal was answered."""
+        self.held -= 1
 
     def source(self, key: str, cost: float = 1.0) -> Refusal | None:
         """Charge the source address (a :func:`source_key`) before anything else."""
@@ -198,6 +217,14 @@ class Admission:
             return self._refuse("device", d_wait, "the target device's rate limit is reached")
         self._client.take(client, now, cost)
         self._device.take(device, now, cost)
+        return None
+
+    def client_over(self, client: bytes) -> Refusal | None:
+        """Is this (known) client out of tokens now? A peek, charging nothing:
+        lets the adapter refuse it before the call is verified at all."""
+        wait = self._client.wait(client, self.clock())
+        if wait:
+            return self._refuse("client", wait, "this client's rate limit is reached")
         return None
 
     def commission(self, key: str) -> Refusal | None:

@@ -45,10 +45,12 @@ class Overloaded(GatewayError):
 
     reason = "overloaded"
 
-    def __init__(self, message: str, retry_after_s: float, reason: str = "overloaded") -> None:
+    def __init__(self, message: str, retry_after_s: float, reason: str = "overloaded", hold_s: float = 0.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.reason = reason
+        self.hold_s = hold_s  # answer after this long (admission.py: held refusals)
+        self.hold = None  # set by the admission adapter: an awaitable factory that waits it out
 
 
 class StorageFull(GatewayError):

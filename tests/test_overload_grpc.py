@@ -299,3 +299,34 @@ async def test_garbage_on_the_grpc_port_is_refused_quietly(tmp_path, caplog):
         await env.submit(env.devices[0], app_token("alice"))
     finally:
         await env.close()
+
+
+async def test_rate_refusals_are_held_within_a_bound_and_known_clients_are_refused_before_verification(tmp_path):
+    """A rate refusal is answered after refusal_hold_ms (the client's stream stays busy), at most
+    max_held at once (the rest at once); a client already known to be over its rate is refused by
+    the interceptor, before its call reaches the service."""
+    env = await make_env(tmp_path, client_rate=0.1, client_burst=1, device_rate=0, refusal_hold_ms=400, max_held=1)
+    try:
+        dev, token = env.devices[0], app_token("alice")
+        await env.submit(dev, token)  # verified once: the gateway now knows this token's issuer
+        calls = []
+        started = time.monotonic()
+        for _ in range(2):
+            calls.append(asyncio.ensure_future(env.submit(dev, token)))
+        done = []
+        for fut in asyncio.as_completed(calls):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await fut
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            done.append(time.monotonic() - started)
+        assert done[0] < 0.3 and 0.35 < done[1] < 2.0  # one answered at once, one held
+        assert env.admission.held == 0
+        assert env.admission.refusals["client"] == 2
+        prepared = []
+        real = env.service._prepare
+        env.service._prepare = lambda *a, **kw: prepared.append(1) or real(*a, **kw)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await env.submit(dev, token)
+        assert prepared == []  # refused in the interceptor: no lookup, no verification
+    finally:
+        await env.close()

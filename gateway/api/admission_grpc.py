@@ -9,7 +9,9 @@ What refuses where, cheapest first:
    gateway nothing);
 2. :class:`AdmissionInterceptor`, before the handler parses anything of the
    call: the source address's bucket (a SubmitBatch costs its item count),
-   commissioning's own buckets, then the count of calls in flight;
+   commissioning's own buckets, a client already known to be over its rate
+   (its token's bytes seen verified before: a peek, nothing charged), then
+   the count of calls in flight;
 3. the service, once the token is verified: the client's issuer and the
    target device (``GatewayService.admit`` = :func:`service_hook`).
 
@@ -20,6 +22,7 @@ the hint in the message.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import grpc
@@ -27,6 +30,7 @@ import grpc
 from ...config import Limits
 from ..admission import Admission, Refusal, source_key
 from ..errors import Overloaded
+from ..tokens.auth import known_issuer
 
 RETRY_AFTER_KEY = "retry-after-ms"
 
@@ -39,6 +43,8 @@ WAITING = frozenset({
     "/edgistry.discovery.v1.Discovery/InvokeAny", "/edgistry.discovery.v1.Discovery/Watch",
 })
 BATCH = "/edgistry.gateway.v1.Gateway/SubmitBatch"
+# calls the service charges to the client's issuer: a client over its rate is refused before them
+CHARGED = frozenset({"/edgistry.gateway.v1.Gateway/Submit", "/edgistry.gateway.v1.Gateway/Invoke"})
 
 
 def server_options(limits: Limits) -> dict:
@@ -62,13 +68,26 @@ def service_hook(admission: Admission) -> Callable[[bytes, bytes], None]:
     def admit(issuer: bytes, device: bytes) -> None:
         refusal = admission.caller(issuer, device)
         if refusal is not None:
-            raise Overloaded(refusal.message, refusal.retry_after_s, refusal.reason)
+            err = Overloaded(refusal.message, refusal.retry_after_s, refusal.reason, refusal.hold_s)
+            err.hold = lambda: hold(admission, refusal.hold_s)  # the servicer awaits it before answering
+            raise err
 
     return admit
 
 
-async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
-    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, trailing_metadata=trailer(refusal.retry_after_s))
+async def hold(admission: Admission, hold_s: float) -> None:
+    """Wait out a refusal's hold (admission.py) before it is answered, if the bound allows."""
+    if hold_s > 0 and admission.hold():
+        try:
+            await asyncio.sleep(hold_s)
+        finally:
+            admission.unhold()
+
+
+async def _refuse(context: grpc.aio.ServicerContext, admission: Admission, refusal: Refusal) -> None:
+    await hold(admission, refusal.hold_s)
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message,
+                        trailing_metadata=trailer(refusal.retry_after_s))
 
 
 def _cost(method: str, request) -> int:
@@ -102,6 +121,10 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         refusal = adm.source(key, _cost(method, request))
         if refusal is None and method.startswith(COMMISSIONING):
             refusal = adm.commission(key)
+        if refusal is None and method in CHARGED:
+            issuer = known_issuer(request.token)
+            if issuer is not None:
+                refusal = adm.client_over(issuer)
         return refusal or adm.enter(method in WAITING)
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -114,7 +137,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(request, context):
                 refusal = self._admit(method, request, context)
                 if refusal is not None:
-                    await _refuse(context, refusal)
+                    await _refuse(context, adm, refusal)
                     return
                 try:
                     async for item in inner_stream(request, context):
@@ -128,7 +151,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         async def unary_unary(request, context):
             refusal = self._admit(method, request, context)
             if refusal is not None:
-                await _refuse(context, refusal)
+                await _refuse(context, adm, refusal)
                 return None
             try:
                 return await inner(request, context)

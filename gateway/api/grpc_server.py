@@ -38,6 +38,9 @@ def _item(res: Result | GatewayError) -> gw.BatchItem:
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: GatewayError) -> None:
+    hold = getattr(err, "hold", None)
+    if hold is not None:  # a rate refusal answered late (admission.py: held refusals)
+        await hold()
     wait = retry_after_ms(err)
     trailer = ((RETRY_AFTER_KEY, str(wait)),) if wait is not None else ()
     await context.abort(grpc_code(err), str(err), trailing_metadata=trailer)

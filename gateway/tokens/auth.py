@@ -106,6 +106,14 @@ class _Verified(NamedTuple):
 
 VERIFIED_CACHE_SIZE = 4096  # distinct client tokens remembered (bounded: cleared when full)
 _verified: dict[tuple[bytes, bytes, bytes], _Verified] = {}
+_issuers: dict[bytes, bytes] = {}  # token bytes that passed here -> issuer_key (same bound)
+
+
+def known_issuer(raw: bytes) -> bytes | None:
+    """The issuer of a token that passed :func:`authorise` before (None: not seen).
+    A hint for refusing early a client known to be over its rate, before any
+    verification; never a credential: nothing is charged or granted on it."""
+    return _issuers.get(raw)
 
 
 def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, gateway_secret: bytes,
@@ -129,6 +137,9 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
         tags = ([root.tag, *cl.chain_tags(root.tag, result.token.frames[1:])] if root is not None
                 else cl.chain_tags(gateway_secret, result.token.frames))
         hit = _verified[key] = _Verified(result.origin, result.token, tuple(tags), issuer_key(tags[0]))
+        if len(_issuers) >= VERIFIED_CACHE_SIZE:
+            _issuers.clear()
+        _issuers[bytes(raw)] = hit.issuer
     return Authorised(result.origin, result.token, hit.issuer)
 
 

@@ -330,3 +330,39 @@ async def test_rate_refusals_are_held_within_a_bound_and_known_clients_are_refus
         assert prepared == []  # refused in the interceptor: no lookup, no verification
     finally:
         await env.close()
+
+
+async def test_a_grpc_client_on_the_http_port_is_one_warning_line(caplog):
+    """A gRPC client (an HTTP/2 preface) and TLS bytes on the HTTP port: each is one WARNING line
+    naming the peer, with no traceback; the port goes on answering HTTP."""
+    from aiohttp import ClientSession, web
+
+    from edgistry.gateway.quiet import quiet_http_garbage
+
+    quiet_http_garbage()
+    app = web.Application()
+    app.router.add_get("/healthz", lambda request: web.json_response({"status": "ok"}))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        caplog.set_level(logging.WARNING, logger="aiohttp.server")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=3)
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"\x16\x03\x01\x00\x05hello\r\n\r\n")
+        await w.drain()
+        assert (await asyncio.wait_for(r.read(100), 5)).startswith(b"HTTP/1.")
+        w.close()
+        records = [rec for rec in caplog.records if rec.name == "aiohttp.server"]
+        assert records and all(rec.levelno == logging.WARNING and rec.exc_info is None for rec in records)
+        assert all("refused a malformed request from 127.0.0.1" in rec.getMessage() for rec in records)
+        assert "Traceback" not in caplog.text
+        async with ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                assert resp.status == 200
+    finally:
+        await runner.cleanup()

@@ -340,8 +340,11 @@ async def test_a_grpc_client_on_the_http_port_is_one_warning_line(caplog):
     from edgistry.gateway.quiet import quiet_http_garbage
 
     quiet_http_garbage()
+    async def healthz(request):
+        return web.json_response({"status": "ok"})
+
     app = web.Application()
-    app.router.add_get("/healthz", lambda request: web.json_response({"status": "ok"}))
+    app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -132,7 +132,7 @@ def published_ports(node: NodeLayout) -> list[tuple[str, int, int, str]]:
         (node.moniker, p.rpc, RPC, "CometBFT RPC: status, blocks, registry queries, tx broadcast (unsafe routes off)"),
         (f"gateway{i}", p.grpc, GRPC, "gateway gRPC: client API (discover, invoke, results) and device pairing"),
         (f"gateway{i}", p.link, LINK, "device link: devices connect out to it (authenticated, encrypted frames)"),
-        (f"gateway{i}", p.http, HTTP, "gateway HTTP: /healthz, /metrics (Prometheus), status page"),
+        (f"gateway{i}", p.http, HTTP, "gateway HTTP: /healthz and /metrics (Prometheus)"),
     ]
 
 

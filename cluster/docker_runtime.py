@@ -31,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import chain as rpc
 from .cometbft_files import ConsensusSettings
 from .compose import (
     IMAGE_DIR, LABEL_PROJECT, LABEL_SERVICE, LABEL_WHEELS, PUBLISH, ContainerProject, load_project, services,

@@ -163,7 +163,7 @@ def build_from_source(source: Path, out: Path) -> Path:
         argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
                 "-w", str(built), str(copy)]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT, env=env)
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT, env=env, check=False)
         except subprocess.TimeoutExpired as exc:
             raise WheelError(f"pip wheel of {source} did not finish in {BUILD_TIMEOUT} s") from exc
         wheels = list(built.glob(f"{PROJECT}-*.whl"))
@@ -243,8 +243,8 @@ def repack(dist: metadata.Distribution, out: Path) -> Path:
     if wheel_meta not in entries:
         if any(k.endswith((".so", ".pyd")) for k in entries):
             raise WheelError(f"{name} {dist.version} has compiled modules but no WHEEL tags; pass --wheel-dir")
-        entries[wheel_meta] = (b"Wheel-Version: 1.0\nGenerator: edgistry\nRoot-Is-Purelib: true\n"
-                               b"Tag: py3-none-any\n", 0o644)
+        pure = b"Wheel-Version: 1.0\nGenerator: edgistry\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        entries[wheel_meta] = (pure, 0o644)
     tags = [line.split(":", 1)[1].strip() for line in entries[wheel_meta][0].decode().splitlines()
             if line.startswith("Tag:")]
     filename = f"{re.sub(r'[-_.]+', '_', name)}-{dist.version}-{_compress(tags or ['py3-none-any'])}.whl"

@@ -242,3 +242,7 @@ def build_cometbft_image(client, binary: str, base: str, tag: str) -> None:
         tar.addfile(info, io.BytesIO(dockerfile))
     context.seek(0)
     client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, network_mode="none")
+    # the binary must run on the base (it should link nothing but the base's glibc)
+    out = client.containers.run(tag, ["version"], entrypoint=["cometbft"], remove=True, network_mode="none")
+    if not out.strip():
+        raise RuntimeError(f"{binary} printed no version inside {tag}")

@@ -25,18 +25,24 @@ waits for the well-behaved calls still in flight and drops the abusive ones
 still queued on the client side). Latencies are measured by the client.
 
 Phases: (1) capacity: the gateway with no rate limits, closed loop, 64 calls
-in flight: admitted Submits a second; (2) one gateway with limits, each level
-for ``--seconds``, both load generators at once. Per level: offered, sent and
-admitted rates, p50/p99 of admitted calls (all clients), each class's goodput,
-the gateway's worst event-loop lag (what a device link or the chain follower
-would wait), refusals by reason. At the end: peak RSS of the gateway and its
-writer, and every acknowledged request looked up in the store (ghz waits for
-every call at the end, so acknowledged == stored exactly when nothing is
-lost).
+in flight: admitted Submits a second; (2) one gateway with limits, the levels
+interleaved over ``--rounds`` rounds of ``--seconds`` each, both load
+generators at once. Per level (rates averaged over rounds, latencies pooled):
+offered, answered and admitted rates, the well-behaved clients' goodput and
+p50/p99, the abusive clients' admitted and refused rates, refusals by reason,
+the gateway's worst event-loop lag (what a device link step or the chain
+follower waits behind client calls). At the end: peak RSS of the gateway and
+its writer process; acknowledged vs stored requests of the ghz runs (stored
+can exceed acknowledged: calls the client dropped after the gateway took
+them), and an exact check: a Python client submits 20 calls a second through
+all levels, remembers each acknowledged id, and every one is looked up in the
+store after the gateway stopped.
 
-Goals: admitted p99 at 10x <= 2 x at 1x; well-behaved goodput at every level
->= 90 % of 1x; memory bounded; zero acknowledged requests lost. Ends with
-``RESULT {json}``.
+Goals (on the well-behaved clients' calls, all admitted; the abusive ones'
+latencies include their own queueing on their client side, behind held
+refusals, and are reported apart): admitted p99 at 10x <= 2 x at 1x;
+well-behaved goodput at every level >= 90 % of 1x; memory bounded; zero
+acknowledged requests lost. Ends with ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -349,10 +355,24 @@ def level_row(m: float, capacity: float, g: dict, b: dict, before: str, after: s
     }
 
 
+def pooled(m: float, rounds: list[dict], good: list[float], bad: list[float]) -> dict:
+    """One level over all its rounds: rates averaged, latency percentiles of every call pooled
+    (so a slow spell of the shared machine weighs on each level alike)."""
+    mean = lambda key: round(sum(r[key] for r in rounds) / len(rounds), 1)  # noqa: E731
+    refusals = {k: sum(r["refusals"][k] for r in rounds) for k in rounds[0]["refusals"]}
+    return {"level": m, "offered_rps": rounds[0]["offered_rps"], "answered_rps": mean("answered_rps"),
+            "admitted_rps": mean("admitted_rps"), "good_goodput_rps": mean("good_goodput_rps"),
+            "good_p50_ms": round(pct(good, 0.50), 1), "good_p99_ms": round(pct(good, 0.99), 1),
+            "abusive_offered_rps": rounds[0]["abusive_offered_rps"], "abusive_admitted_rps": mean("abusive_admitted_rps"),
+            "abusive_refused_rps": mean("abusive_refused_rps"), "abusive_p99_ms": round(pct(bad, 0.99), 1),
+            "refusals": refusals, "loop_lag_max_ms": max(r["loop_lag_max_ms"] for r in rounds),
+            "good_p99_ms_by_round": [r["good_p99_ms"] for r in rounds]}
+
+
 def run_levels(ghz: str, work: Path, capacity: float, levels: list[float], seconds: float, devices: int,
                rounds: int) -> dict:
     """Every level ``rounds`` times, interleaved (1x, 2x, ..., 1x, 2x, ...), so that a slow spell of
-    the shared machine does not land on one level only; per level the median round is kept."""
+    the shared machine does not land on one level only; see :func:`pooled`."""
     client_rate = max(5.0, round(CLIENT_SHARE * capacity, 1))
     limits = {"client_rate": client_rate, "client_burst": client_rate, "source_rate": 0}
     home, secret = make_home(work / "levels", limits)
@@ -360,6 +380,8 @@ def run_levels(ghz: str, work: Path, capacity: float, levels: list[float], secon
     protoset = work / "gateway.protoset"
     gw = Gateway(home, devices)
     per_level: dict[float, list[dict]] = {m: [] for m in levels}
+    good_lat: dict[float, list[float]] = {m: [] for m in levels}
+    bad_lat: dict[float, list[float]] = {m: [] for m in levels}
     runs, auditor = [], Auditor(gw.grpc, tokens(secret, "auditor", 1)[0], gw.handles, 20.0)
     auditor.start()
     try:
@@ -378,6 +400,8 @@ def run_levels(ghz: str, work: Path, capacity: float, levels: list[float], secon
                 runs += [g, b]
                 row = level_row(m, capacity, g, b, before, gw.metrics(), sampler.worst)
                 per_level[m].append(row)
+                good_lat[m] += g["ok_latencies_ms"]
+                bad_lat[m] += b["ok_latencies_ms"]
                 print(f"round {rnd + 1} {m:>4g}x offered {row['offered_rps']:>6}/s answered {row['answered_rps']:>5}/s "
                       f"admitted {row['admitted_rps']:>5}/s good {row['good_goodput_rps']:>6}/s "
                       f"p50 {row['good_p50_ms']:>6} p99 {row['good_p99_ms']:>7} ms; abusive admitted "
@@ -389,10 +413,7 @@ def run_levels(ghz: str, work: Path, capacity: float, levels: list[float], secon
     finally:
         auditor.done.set()
         gw.stop()
-    rows = []
-    for m in levels:  # the round with the median well-behaved p99
-        ranked = sorted(per_level[m], key=lambda r: r["good_p99_ms"])
-        rows.append(ranked[len(ranked) // 2])
+    rows = [pooled(m, per_level[m], good_lat[m], bad_lat[m]) for m in levels]
     acked = sum(r["codes"].get("OK", 0) for r in runs)
     return {"rows": rows, "rss": rss, "acked": acked, "stored": stored(home, runs), "client_rate": client_rate,
             "audited": len(auditor.acked), "audited_found": stored_ids(home, auditor.acked)}

@@ -348,6 +348,7 @@ def level_row(m: float, capacity: float, g: dict, b: dict, before: str, after: s
         "good_goodput_rps": round(len(g["ok_latencies_ms"]) / g["seconds"], 1),
         "good_p50_ms": round(pct(g["ok_latencies_ms"], 0.50), 2), "good_p99_ms": round(pct(g["ok_latencies_ms"], 0.99), 2),
         "abusive_offered_rps": round(max(1.0, m * capacity - GOOD_SHARE * capacity)),
+        "abusive_attempted_rps": round(b["count"] / b["seconds"]),  # what ghz started (most wait on its side)
         "abusive_admitted_rps": round(len(b["ok_latencies_ms"]) / b["seconds"], 1),
         "abusive_refused_rps": round(b["codes"].get("ResourceExhausted", 0) / b["seconds"], 1),
         "abusive_p99_ms": round(pct(b["ok_latencies_ms"], 0.99), 2),
@@ -363,7 +364,8 @@ def pooled(m: float, rounds: list[dict], good: list[float], bad: list[float]) ->
     return {"level": m, "offered_rps": rounds[0]["offered_rps"], "answered_rps": mean("answered_rps"),
             "admitted_rps": mean("admitted_rps"), "good_goodput_rps": mean("good_goodput_rps"),
             "good_p50_ms": round(pct(good, 0.50), 1), "good_p99_ms": round(pct(good, 0.99), 1),
-            "abusive_offered_rps": rounds[0]["abusive_offered_rps"], "abusive_admitted_rps": mean("abusive_admitted_rps"),
+            "abusive_offered_rps": rounds[0]["abusive_offered_rps"],
+            "abusive_attempted_rps": mean("abusive_attempted_rps"), "abusive_admitted_rps": mean("abusive_admitted_rps"),
             "abusive_refused_rps": mean("abusive_refused_rps"), "abusive_p99_ms": round(pct(bad, 0.99), 1),
             "refusals": refusals, "loop_lag_max_ms": max(r["loop_lag_max_ms"] for r in rounds),
             "good_p99_ms_by_round": [r["good_p99_ms"] for r in rounds]}

@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ...chain import ChainClient, ChainError
+from ..client.errors import transport_reason
 from ..errors import GatewayError, NotFound, Unauthorized, Unavailable, from_grpc
 from ..metrics import GatewayMetrics
 from ...proto import gateway_pb2 as gw
@@ -206,5 +207,6 @@ class PeerClient:
 
 def _mapped(exc: grpc.aio.AioRpcError, gateway_id: str) -> GatewayError:
     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-        return Unavailable(f"gateway {gateway_id}: {exc.details()}")
+        why = transport_reason(exc.details() or "") or exc.details()
+        return Unavailable(f"the device's gateway {gateway_id} cannot be reached now ({why})")
     return from_grpc(exc.code(), exc.details() or "")

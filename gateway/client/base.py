@@ -38,6 +38,11 @@ _CODES = {c.value[0]: c for c in grpc.StatusCode}
 NearLike = Region | tuple[float, float]
 
 
+def _ms(seconds: float) -> int:
+    """A wait in whole milliseconds for the gateway, at least 1 when any (0 means "your default")."""
+    return max(1, int(seconds * 1000)) if seconds > 0 else 0
+
+
 def new_request_id() -> str:
     """A fresh client-chosen request id (32 hex): retries of a call that carries it are idempotent."""
     return os.urandom(16).hex()
@@ -125,7 +130,7 @@ class ClientBase:
                     ttl_s: int, service: str, request_id: str | None) -> gpb.InvokeRequest:
         service, method = split_method(method, service)
         return gpb.InvokeRequest(target=str(target), method=method, args=encode_args(args), token=self._token(token),
-                                 timeout_ms=max(0, int(timeout_s * 1000)), ttl_s=ttl_s, service=service,
+                                 timeout_ms=_ms(timeout_s), ttl_s=ttl_s, service=service,
                                  request_id=request_id or new_request_id())
 
     def _result_req(self, request_id: str, token: TokenLike | None) -> gpb.ResultRequest:
@@ -154,7 +159,7 @@ class ClientBase:
         return dpb.InvokeAnyRequest(token=self._token(token), service_type=service_type, method=method,
                                     args=encode_args(args), region=region_of(near, radius_km).to_pb(),
                                     filters=filters_of(max_latency, seen_within_s),
-                                    timeout_ms=max(0, int(timeout_s * 1000)), ttl_s=ttl_s)
+                                    timeout_ms=_ms(timeout_s), ttl_s=ttl_s)
 
     def _batch_reqs(self, calls: Iterable[Call], token: TokenLike | None) -> list[gpb.InvokeRequest]:
         return [self._invoke_req(c.target, c.method, c.args, c.token if c.token is not None else token, 0, c.ttl_s,

@@ -135,16 +135,28 @@ _CLASSES: dict[grpc.StatusCode, type[RemoteError]] = {
 
 # What gRPC's transport says, turned into a few words a user can act on.
 _TRANSPORT_REASONS = (
-    (re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|Peer name .* is not in peer certificate", re.I),
-     "TLS: the gateway's certificate is not trusted for this name (check the root certificate and server name)"),
+    (re.compile(r"Hostname Verification|Peer name .* is not in peer certificate|No match found for server name",
+                re.I),
+     "TLS: the gateway's certificate is for another name (check the server name)"),
+    (re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|certificate signature failure|unknown ca"
+                r"|self.signed", re.I),
+     "TLS: the gateway's certificate is not trusted (check the root certificate)"),
     (re.compile(r"handshake|SSL_ERROR|WRONG_VERSION_NUMBER|tls", re.I),
      "TLS handshake failed (does the gateway speak TLS, and the client too?)"),
     (re.compile(r"Connection refused", re.I), "connection refused"),
     (re.compile(r"DNS resolution failed|Name or service not known|nodename nor servname", re.I),
      "the host name does not resolve"),
-    (re.compile(r"Connection reset|Socket closed|Broken pipe|GOAWAY|Connection timed out|Network is unreachable"
+    (re.compile(r"Socket closed"), "the connection was closed (a TLS gateway dialled without TLS, or it went away)"),
+    (re.compile(r"Connection reset|Broken pipe|GOAWAY|Connection timed out|Network is unreachable"
                 r"|No route to host|failed to connect", re.I), "connection failed"),
 )
+
+
+# How gRPC's own transport failures begin (a gateway's UNAVAILABLE has its own words).
+_TRANSPORT_PREFIX = re.compile(
+    r"^(failed to connect|DNS resolution failed|Socket closed|Connection reset|Connection refused|Broken pipe"
+    r"|connections to all backends failing|GOAWAY|empty address list|keepalive|Endpoint read failed"
+    r"|recvmsg|sendmsg|Ssl handshake|Handshake)", re.I)
 
 
 def transport_reason(details: str) -> str | None:
@@ -157,10 +169,9 @@ def transport_reason(details: str) -> str | None:
 
 def _message(code: grpc.StatusCode, details: str, target: str) -> str:
     if code == grpc.StatusCode.UNAVAILABLE:
-        reason = transport_reason(details)
-        if reason is not None:
-            return f"cannot reach the gateway at {target}: {reason}"
-        return f"the gateway at {target} is unavailable: {details or 'no detail'}"
+        if not details or _TRANSPORT_PREFIX.match(details):
+            return f"cannot reach the gateway at {target}: {transport_reason(details) or 'connection failed'}"
+        return f"the gateway at {target} is unavailable: {details}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and details.strip().lower() in ("", "deadline exceeded"):
         return f"no answer from the gateway at {target} in time"
     if code == grpc.StatusCode.CANCELLED and not details:

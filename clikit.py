@@ -32,8 +32,10 @@ from .config import HomeError, NodeConfig
 class UserError(click.ClickException):
     """A failure the user can fix: printed as one line, exit status 1."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))  # one line, whatever the cause said
+
+def one_line(message: object) -> str:
+    """``message`` on one line (a remote's text may hold newlines)."""
+    return " ".join(str(message).split())
 
 
 home_option = click.option("--home", type=click.Path(path_type=Path), required=True, help="Node home directory.")

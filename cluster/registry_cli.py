@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..clikit import UserError, echo_json, home_option, load_config
+from ..clikit import UserError, echo_json, home_option, load_config, one_line
 from ..config import public_bytes
 
 
@@ -35,7 +35,7 @@ def _run(coro):
         return asyncio.run(coro)
     except ChainError as exc:
         hint = "; is the node running? (check --rpc, or the home's rpc_url)" if "cannot reach" in str(exc) else ""
-        raise UserError(f"{exc}{hint}") from exc
+        raise UserError(one_line(f"{exc}{hint}")) from exc
 
 
 def gateway_json(g) -> dict:

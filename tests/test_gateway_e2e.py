@@ -101,8 +101,8 @@ def test_pair_queue_durability_expiry_overflow_and_unpair(tmp_path):
         token = paired["app_token_file"]
         handle = paired["owner_handle"]
         [record] = devices_on_chain(cfg)
-        assert record["pseudonym"] == _b64(paired["pseudonym"]) and record["policy"]["resolution"] == 7
-        assert int(record["cell"]) >> 52 & 0xF == 7  # coarse cell only: the exact one stays at the gateway
+        assert record["pseudonym"] == paired["pseudonym"] and record["policy"]["resolution"] == 7  # hex, as pair's
+        assert int(record["cell"], 16) >> 52 & 0xF == 7  # coarse cell only: the exact one stays at the gateway
 
         device = ScriptedDevice(dev, paired["link_endpoint"])
         assert device.wake() == []  # "nothing queued": straight back to sleep
@@ -131,7 +131,7 @@ def test_pair_queue_durability_expiry_overflow_and_unpair(tmp_path):
         for _ in range(3):
             assert submit("sensor.info")[0] == 0
         code, out = submit("sensor.info")
-        assert code == 1 and "RESOURCE_EXHAUSTED" in out and "queue is full" in out
+        assert code == 1 and "queue is full" in out
         code, out = cli("invoke", handle, "valve.set", "--gateway", cfg.grpc_listen, "--token", token)
         assert code == 1 and "check --token" in out
 
@@ -159,12 +159,6 @@ def test_pair_queue_durability_expiry_overflow_and_unpair(tmp_path):
         assert devices_on_chain(cfg) == []
     finally:
         stop(proc)
-
-
-def _b64(hex_text: str) -> str:
-    import base64
-
-    return base64.b64encode(bytes.fromhex(hex_text)).decode()
 
 
 def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from ...clikit import UserError, echo_json
+from ...clikit import UserError, echo_json, one_line
 from .base import DEFAULT_TARGET
 from .errors import (
     ConfigError, DeadlineExceeded, EdgistryError, InsecureTransport, NotFound, PermissionDenied,
@@ -116,6 +116,12 @@ class Connection:
 
 def user_error(exc: EdgistryError, conn: Connection, not_found: str = "") -> UserError:
     """One line saying what went wrong and what to change."""
+    err = _user_error(exc, conn, not_found)
+    err.message = one_line(err.message)
+    return err
+
+
+def _user_error(exc: EdgistryError, conn: Connection, not_found: str) -> UserError:
     if isinstance(exc, InsecureTransport):
         return UserError(f"refusing to send the token in clear to {conn.gateway}: give --tls-root CA.pem "
                          "(and --tls-server-name NAME if needed), or --insecure to send it anyway")
@@ -130,8 +136,7 @@ def user_error(exc: EdgistryError, conn: Connection, not_found: str = "") -> Use
     if isinstance(exc, NotFound) and not_found:
         return UserError(f"{exc} ({not_found})")
     if isinstance(exc, ResourceExhausted):
-        when = f"in {exc.retry_after:.0f} s" if exc.retry_after else "later"
-        return UserError(f"{exc} (try again {when})")
+        return UserError(f"{exc} (try again in {exc.retry_after:.0f} s)" if exc.retry_after else str(exc))
     return UserError(str(exc))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ...clikit import Progress, UserError, echo_json
+from ...clikit import Progress, UserError, echo_json, one_line
 from ..client.cliglue import GatewayAddress
 from .client import DEFAULT_K, DEFAULT_RESOLUTION, PairError, pair_device
 
@@ -45,7 +45,7 @@ def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str
             out = asyncio.run(pair_device(device_home, gateway, code or "", resolution, k, unpair, expect_gateway,
                                           rpc))
         except PairError as exc:
-            raise UserError(_hint(str(exc))) from exc
+            raise UserError(one_line(_hint(str(exc)))) from exc
         visibility = None if unpair else _visibility(rpc, out["pseudonym"])
     if as_json:
         if visibility is not None:

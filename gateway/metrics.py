@@ -100,6 +100,8 @@ class GatewayMetrics:
                                   registry=r)
         self.responses = Counter("edgistry_responses", "Device responses stored", ["outcome"], registry=r)
         self.pairings = Counter("edgistry_pairings", "Commissioning outcomes", ["outcome"], registry=r)
+        # direction "in" (outcome accepted | refused) at the device's gateway,
+        # "out" (outcome ok | the error's reason) at the forwarding one
         self.forwards = Counter("edgistry_peer_forwards", "Gateway-to-gateway calls", ["direction", "outcome"],
                                 registry=r)
         self.faults = Counter("edgistry_faults", "Faults seen (disk full, map full, chain away, writer died)",

@@ -86,10 +86,12 @@ class Limits:
     link_total: int = 8192
     # commissioning attempts (Begin and Complete), per source and in total; the
     # total does not apply to loopback, so the owner can pair from the node itself
-    commission_source_rate: float = 0.2
-    commission_source_burst: float = 10.0
-    commission_total_rate: float = 5.0
-    commission_total_burst: float = 50.0
+    # (an owner pairing a batch of devices: 15 at once, then one a second; a guesser
+    # meanwhile faces an 80-bit code replaced after 5 wrong guesses)
+    commission_source_rate: float = 2.0
+    commission_source_burst: float = 30.0
+    commission_total_rate: float = 20.0
+    commission_total_burst: float = 100.0
     # the chain: /healthz turns 503 when the last good contact is older than this
     chain_stale_s: float = 60.0
 

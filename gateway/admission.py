@@ -144,7 +144,7 @@ def source_key(peer: str) -> str:
 def is_loopback(key: str) -> bool:
     """Whether a :func:`source_key` names this machine."""
     try:
-        return ipaddress.ip_network(key, strict=False).network_address.is_loopback or key == "::1"
+        return ipaddress.ip_network(key, strict=False).network_address.is_loopback
     except ValueError:
         return key.startswith("unix:")
 

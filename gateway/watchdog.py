@@ -6,7 +6,7 @@
   read clears both. What the chain is for (registry writes, pairing,
   revocation refresh) fails with UNAVAILABLE meanwhile; discovery keeps
   answering from its replica and tells how old it is.
-* :func:`watch_loop_lag`: how late the event loop runs a timer: the delay any
+* :class:`LoopLag`: how late the event loop runs a timer: the delay any
   device link step or the chain follower waits behind client calls. It is a
   metric (``edgistry_event_loop_lag_seconds``), so that claim is measured.
 """

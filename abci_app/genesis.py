@@ -4,10 +4,21 @@ It travels as the ``app_state`` object of CometBFT's genesis.json::
 
     {"admins": ["<hex ed25519 pubkey>", ...],
      "gateways": [{"pubkey": "<hex>", "endpoint": "HOST:PORT", "operator": "..."}],
-     "devices": [<DeviceRecord as protobuf JSON>, ...]}
+     "devices": [<DeviceRecord as protobuf JSON>, ...],
+     "revocations": [{"tag_hash": "<hex>", "expires_at": <unix s>}, ...],
+     "revocation_hash_height": 1}
 
-Devices in genesis are for exports and bulk loads; normally they register
-through transactions.
+Devices and revocations in genesis are for exports and bulk loads; normally
+they arrive through transactions. An export carries every revocation as its
+hash (one recorded by tag below the activation height is hashed on export), so
+a chain started from it revokes the same tokens and publishes no tag.
+
+``revocation_hash_height`` is the first block whose revocations name only a
+tag's hash (``revocation_rule``). ``Genesis()`` (a new chain) has it from
+height 1; a genesis without the key, or an empty app_state, means "never", so
+a chain started before the rule existed replays its blocks as they were made.
+It is written to the state only when set, which keeps the app hashes of such
+older chains unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from . import keys, txs
 from .codes import TxError
 from .handlers import put_device, put_gateway
 from .overlay import Overlay, Reader
+from .revocation_rule import DEFAULT_REVOCATION_HASH_HEIGHT, read_revocation_hash_height, revocation_hash
 from ..proto import abci_pb2 as abci
 from ..proto import registry_pb2 as pb
 
@@ -42,16 +54,24 @@ class Genesis:
     admins: list[bytes] = field(default_factory=list)
     gateways: list[GatewaySpec] = field(default_factory=list)
     devices: list[pb.DeviceRecord] = field(default_factory=list)
+    revocations: list[pb.RevocationRecord] = field(default_factory=list)  # tag_hash + expires_at
+    revocation_hash_height: int | None = DEFAULT_REVOCATION_HASH_HEIGHT  # None: raw tags at every height
 
     # ---- JSON ----
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "admins": [a.hex() for a in self.admins],
             "gateways": [
                 {"pubkey": g.pubkey.hex(), "endpoint": g.endpoint, "operator": g.operator} for g in self.gateways
             ],
             "devices": [json_format.MessageToDict(d) for d in self.devices],
         }
+        if self.revocations:
+            out["revocations"] = [{"tag_hash": r.tag_hash.hex(), "expires_at": r.expires_at}
+                                  for r in self.revocations]
+        if self.revocation_hash_height is not None:
+            out["revocation_hash_height"] = self.revocation_hash_height
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> Genesis:
@@ -64,16 +84,19 @@ class Genesis:
                 for g in data.get("gateways", [])
             ]
             devices = [json_format.ParseDict(d, pb.DeviceRecord()) for d in data.get("devices", [])]
+            revocations = [pb.RevocationRecord(tag_hash=bytes.fromhex(r["tag_hash"]), expires_at=r["expires_at"])
+                           for r in data.get("revocations", [])]
         except (KeyError, TypeError, ValueError, json_format.ParseError) as exc:
             raise GenesisError(f"malformed app_state: {exc}") from exc
-        genesis = cls(admins, gateways, devices)
+        genesis = cls(admins, gateways, devices, revocations,
+                      data.get("revocation_hash_height"))  # absent: never
         genesis.validate()
         return genesis
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Genesis:
         if not raw.strip():
-            return cls()
+            return cls(revocation_hash_height=None)  # an empty app_state names no activation height
         try:
             return cls.from_json(json.loads(raw))
         except json.JSONDecodeError as exc:
@@ -81,6 +104,14 @@ class Genesis:
 
     # ---- validate / init / export ----
     def validate(self) -> None:
+        h = self.revocation_hash_height
+        if h is not None and (type(h) is not int or not 1 <= h <= 2**63 - 1):
+            raise GenesisError(f"revocation_hash_height must be a whole number 1..2^63-1, not {h!r}")
+        for r in self.revocations:
+            if len(r.tag_hash) != 32 or r.tag or type(r.expires_at) is not int or r.expires_at <= 0:
+                raise GenesisError("a revocation is a 32-byte tag_hash and a positive expires_at")
+        if len({r.tag_hash for r in self.revocations}) != len(self.revocations):
+            raise GenesisError("duplicate revocation")
         for admin in self.admins:
             if len(admin) != 32:
                 raise GenesisError("an admin key is 32 bytes")
@@ -106,6 +137,11 @@ class Genesis:
     def init(self, kv: Overlay, chain_id: str, validators: list[abci.ValidatorUpdate], height: int) -> None:
         """Write this genesis into ``kv`` (staged; persisted by the first Commit)."""
         kv.put(keys.meta("chain_id"), chain_id.encode())
+        if self.revocation_hash_height is not None:
+            kv.put(keys.REVOCATION_HASH_HEIGHT, keys.be64(self.revocation_hash_height))
+        for r in self.revocations:
+            kv.put(keys.revocation(r.tag_hash), r.SerializeToString(deterministic=True))
+            kv.put(keys.revocation_by_expiry(r.expires_at, r.tag_hash), b"")
         for admin in self.admins:
             kv.put(keys.admin(admin), b"1")
         for g in self.gateways:
@@ -122,7 +158,15 @@ class Genesis:
 
     @classmethod
     def export(cls, reader: Reader) -> Genesis:
-        genesis = cls(admins=[k[len(keys.ADMIN):] for k, _ in reader.scan(keys.ADMIN)])
+        genesis = cls(admins=[k[len(keys.ADMIN):] for k, _ in reader.scan(keys.ADMIN)],
+                      revocation_hash_height=read_revocation_hash_height(reader))
+        if genesis.revocation_hash_height is None and any(True for _ in reader.scan(keys.REVOCATION)):
+            genesis.revocation_hash_height = DEFAULT_REVOCATION_HASH_HEIGHT  # its tags leave as hashes
+        for _, raw in reader.scan(keys.REVOCATION):
+            r = pb.RevocationRecord.FromString(raw)
+            genesis.revocations.append(pb.RevocationRecord(
+                tag_hash=r.tag_hash or revocation_hash(r.tag), expires_at=r.expires_at))
+        genesis.revocations.sort(key=lambda r: r.tag_hash)
         for _, raw in reader.scan(keys.GATEWAY):
             g = pb.GatewayRecord.FromString(raw)
             genesis.gateways.append(GatewaySpec(g.pubkey, g.endpoint, g.operator))

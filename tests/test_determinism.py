@@ -36,7 +36,7 @@ def random_blocks(seed: int, actors: Actors, n_blocks: int = 12) -> list[tuple[l
             elif op < 0.6:
                 txs.append(actors.tx(gw, pb.UnregisterDevice(pseudonym=rng.choice(devices))))
             elif op < 0.75:
-                txs.append(actors.tx(gw, pb.RevokeToken(tag=rng.randbytes(32), expires_at=now + rng.randint(-50, 400))))
+                txs.append(actors.tx(gw, pb.RevokeToken(tag_hash=rng.randbytes(32), expires_at=now + rng.randint(-50, 400))))
             elif op < 0.85:
                 entries = [pb.LivenessEntry(pseudonym=rng.choice(devices), last_seen=(now // 300) * 300)]
                 txs.append(actors.tx(gw, pb.ReportLiveness(entries=entries)))

@@ -108,4 +108,4 @@ async def _revoke_on_chain(cfg, tag: bytes) -> None:
     from edgistry.proto import registry_pb2 as pb
 
     async with ChainClient(cfg.rpc_url) as chain:
-        await chain.submit(admin_key(cfg), pb.RevokeToken(tag=tag, expires_at=int(time.time()) + 3600))
+        await chain.submit(admin_key(cfg), pb.RevokeToken(tag_hash=cl.revocation_hash(tag), expires_at=int(time.time()) + 3600))

@@ -175,6 +175,36 @@ def _authorise(raw: bytes, service: str, method: str, root_token: bytes | None, 
     raise Unauthorized("token was not issued for this device nor by this gateway (wrong origin or forged)")
 
 
+def own_chain(raw: bytes, gateway_secret: bytes) -> tuple[bytes, ...]:
+    """The revocation hashes of a token's chain when this gateway is its origin
+    (its tags recompute from the gateway secret); () otherwise."""
+    try:
+        token = _parse(raw)
+        tags = cl.chain_tags(gateway_secret, token.frames)
+    except (cl.TokenError, ValueError):
+        return ()
+    if not cap_crypto.equal(tags[-1], token.tag):
+        return ()
+    return tuple(cap_crypto.revocation_hash(t) for t in tags)
+
+
+def leaf_hash(raw: bytes) -> tuple[bytes, ...]:
+    """The revocation hash of a token's own tag (all a gateway that is not its
+    origin can compute of its chain); () for bytes that are no token."""
+    try:
+        return (cap_crypto.revocation_hash(_parse(raw).tag),)
+    except (cl.TokenError, ValueError):
+        return ()
+
+
+def _parse(raw: bytes) -> cl.Token:
+    """A token from its binary or text form (as clients send either)."""
+    try:
+        return cl.load(raw)
+    except cl.TokenError:
+        return cl.from_text(raw.decode("ascii", "replace").strip())
+
+
 SERVICE_PATH = "/svc"  # application tokens grant reads as Resource("/svc[/<type>[/<method>]]", READ)
 
 

@@ -1,0 +1,94 @@
+"""Revocation tried as an adversary would, on the embedded node (`edgistry up`: registry,
+gateway) with device runtimes woken in this process: queued work never runs after `token
+revoke` returns, nothing is accepted or served from cache afterwards, children of a revoked
+token are refused by the gateway and by a device fed requests by a lagging gateway, and the
+chain never shows a tag. The same scenarios run on 4 validators in test_revocation_cluster.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import revocation_helpers as rh
+from edgistry.firmware.caplets import api as cl
+from edgistry.firmware.link.link_device import OK, REVOKED
+from edgistry.gateway.link.backend import MemoryBackend
+from edgistry.gateway.tokens import auth
+from gateway_helpers import node_home
+from proc_helpers import edgistry, kill9, wait_for_port
+from runtime_helpers import GATEWAY_SECRET, Queue, device, make_home, start_server
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
+
+
+@pytest.fixture
+def net(tmp_path: Path):
+    cfg, ports = node_home(tmp_path / "node")
+    up = edgistry("up", "--home", str(cfg.home), log=tmp_path / "up.log")
+    try:
+        wait_for_port(ports["grpc"], proc=up)
+        g = rh.Gw(cfg.home, cfg.grpc_listen, cfg.rpc_url)
+        yield g, rh.pair(tmp_path, "dev", g, cfg.home / "commission.code")
+    finally:
+        kill9(up)
+
+
+def test_queued_requests_never_run_after_revoke(net):
+    """A toggle and 8 reads queued, both tokens revoked, the device wakes: 0 runs, the
+    client is told why, the owner reads REVOKED, the actuator never toggled."""
+    rh.queued_work_never_runs(*net)
+
+
+def test_no_submit_is_accepted_once_revoke_returns(net):
+    """`token revoke` returns only once in force: every submit after it is refused."""
+    rh.submit_right_after_revoke(*net)
+
+
+def test_cached_answers_are_not_served_to_a_revoked_token(net):
+    """A cacheable answer is never served from cache to the token once it is revoked."""
+    rh.cached_answers_not_served(*net)
+
+
+def test_children_of_a_revoked_token_are_refused(net):
+    """Deriving from a revoked token (which its tag allows) gets nothing at the gateway."""
+    rh.children_of_a_revoked_token(*net)
+
+
+def test_the_chain_shows_hashes_never_tags(net):
+    """Every block's results and events and the revocation queries carry the hash of a
+    revoked tag, never the tag (block txs are read on the validators' test)."""
+    g, dev = net
+    token = dev.owner()
+    rh.revoke(g, token)
+    assert rh.chain_holds_no_raw_tag(g.rpc, [token], blocks=False) >= 1
+
+
+async def test_device_refuses_a_lagging_gateways_request_once_it_has_the_list(tmp_path: Path) -> None:
+    """A gateway that has not applied a revocation mints a request token for a child of the
+    revoked token; the token carries its client chain's hashes, so the device, once the list
+    reaches it (ahead of the work, on the same wake), refuses it; other work still runs."""
+    backend = MemoryBackend(GATEWAY_SECRET)
+    srv = await start_server(backend)
+    try:
+        home = make_home(tmp_path / "d", backend, srv.port)
+        q = Queue(backend, home)
+        root = cl.load(home.root_token())
+        revoked = cl.derive(root, [cl.Service("sensor", ["*"])])
+        child = cl.derive(revoked, [cl.Service("sensor", ["info"])])  # anyone holding `revoked` can
+        verdict = auth.authorise(child.to_bytes(), "sensor", "info", home.root_token(), GATEWAY_SECRET, "gw",
+                                 None, mutating=False)  # the lagging gateway: no list yet
+        bad = q.add("sensor", "info", token=child)
+        # what the lagging gateway mints: bound to the child's chain hashes
+        backend.queues[home.link_id()][-1] = backend.queues[home.link_id()][-1].__class__(
+            **{**vars(backend.queues[home.link_id()][-1]),
+               "request_token": auth.request_token(home.root_token(), "sensor", "info", b"",
+                                                   cl.sequence_now() + 10, verdict.chain)})
+        good = q.add("sensor", "info", token=cl.derive(root, [cl.Service("sensor", ["info"])]))
+        backend.revoked[home.link_id()] = [cl.revocation_hash(revoked.tag)]  # the list, pushed on wake
+        rep = await asyncio.wait_for(device(home).wake_with_fallback(), 20)
+        assert backend.answers[bad].status == REVOKED, backend.answers[bad]
+        assert backend.answers[good].status == OK and rep.executed == 1
+    finally:
+        await srv.close()

@@ -27,7 +27,7 @@ FAILED: RequestState
 REVOKED: RequestState
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("target", "method", "args", "token", "timeout_ms", "ttl_s", "service", "request_id", "attested", "chain_hashes")
+    __slots__ = ("target", "method", "args", "token", "timeout_ms", "ttl_s", "service", "request_id", "attested", "chain_hashes", "revocation_height")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class InvokeRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ATTESTED_FIELD_NUMBER: _ClassVar[int]
     CHAIN_HASHES_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     target: str
     method: str
     args: bytes
@@ -48,7 +49,8 @@ class InvokeRequest(_message.Message):
     request_id: str
     attested: bool
     chain_hashes: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, target: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., token: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., ttl_s: _Optional[int] = ..., service: _Optional[str] = ..., request_id: _Optional[str] = ..., attested: _Optional[bool] = ..., chain_hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    revocation_height: int
+    def __init__(self, target: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., token: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., ttl_s: _Optional[int] = ..., service: _Optional[str] = ..., request_id: _Optional[str] = ..., attested: _Optional[bool] = ..., chain_hashes: _Optional[_Iterable[bytes]] = ..., revocation_height: _Optional[int] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("request_id", "state", "payload", "error", "expected_at_ms", "expires_at_ms", "from_cache", "device_status")

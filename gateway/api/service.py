@@ -39,7 +39,7 @@ import msgspec
 from ...firmware.caplets import api as cl
 from ...firmware.caplets.revocation import RevocationSet
 from ..tokens import auth
-from ..errors import BadRequest, GatewayError, InvokeTimeout, NotFound, Unauthorized
+from ..errors import BadRequest, GatewayError, InvokeTimeout, NotFound, Unauthorized, Unavailable
 from ..metrics import GatewayMetrics
 from ..probe import SUBMIT_AUTHORISE, SUBMIT_TOTAL, Probe
 from ..store.ops import StaleSequence
@@ -76,6 +76,7 @@ class Call:
     # completed by _prepare (a request keeps them: a revocation of any stops it)
     chain: tuple[bytes, ...] = ()
     via: str = ""  # the peer gateway that forwarded this call (set by the Peer service only)
+    revocation_height: int = 0  # a forwarding gateway's revocation height: served once ours reaches it
 
 
 @dataclass
@@ -166,6 +167,7 @@ class GatewayService:
     resolvers: list[Callable[[str, bytes], bytes | None]] = field(default_factory=list)
     watch_recheck_s: float = 5.0  # a watch re-reads its request (and re-checks its token) this often
     probe: Probe | None = None  # stage timings for benchmarks (gateway/probe.py)
+    catch_up_s: float = 3.0  # how long a forward waits for this gateway's revocations to catch up
 
     def __post_init__(self) -> None:
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
@@ -486,6 +488,7 @@ class GatewayService:
         try:
             if call is not None:
                 call.via = via
+                await self._caught_up(call.revocation_height)
             if kind == "submit":
                 return await self._submit_local(self._local(call), call)
             if kind == "invoke":
@@ -582,7 +585,22 @@ class GatewayService:
         own tokens; the leaf tag's for a device's, whose root it lacks)."""
         self.revoked_fresh()
         call.chain = _merged(auth.own_chain(call.token, self.secret) or auth.leaf_hash(call.token), call.chain)
+        call.revocation_height = getattr(self.revoked, "height", 0)
         self._check_chain(call.chain)
+
+    async def _caught_up(self, height: int) -> None:
+        """Before serving a peer's forward: wait until the revocations in force
+        here reach the forwarding gateway's height (a revocation in force there
+        is then in force here too), at most ``catch_up_s``; else Unavailable."""
+        mine = getattr(self.revoked, "height", None)
+        if mine is None or mine >= height:
+            return
+        deadline = time.monotonic() + self.catch_up_s
+        while self.revoked.height < height:
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"this gateway's revocations are at height {self.revoked.height}, behind the "
+                                  f"forwarding gateway's {height}; retry shortly")
+            await asyncio.sleep(0.01)
 
     def _check_chain(self, chain: tuple[bytes, ...]) -> None:
         if self.revoked is not None and len(self.revoked) and any(h in self.revoked for h in chain):

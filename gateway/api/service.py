@@ -566,7 +566,9 @@ class GatewayService:
 
     def _token_still_good(self, rec: RequestRecord, token: bytes) -> None:
         """The re-check of :meth:`_owned` (raises Unauthorized)."""
-        if not rec.forwarded_to and not rec.attested:
+        if rec.forwarded_to:  # the holder checks it again; what this gateway knows is refused here
+            self._check_chain(auth.own_chain(token, self.secret) or auth.leaf_hash(token))
+        elif not rec.attested:
             dev = self.store.device(rec.link_id)
             if dev is not None:
                 auth.authorise(token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,

@@ -210,8 +210,11 @@ def chain_holds_no_raw_tag(rpc_url: str, tokens: list[cl.Token], blocks: bool = 
             for tx in call("block", height=str(h))["block"]["data"]["txs"] or []:
                 seen += base64.b64decode(tx)
         seen += json.dumps(call("block_results", height=str(h))).encode()
-    for path, data in (("/revocations", b""), *(("/revocation", cl.revocation_hash(t)) for t in tags)):
-        res = call("abci_query", path=path, data=data.hex())["response"]
+    res = call("abci_query", path="/revocations", data="")["response"]
+    seen += base64.b64decode(res.get("value") or "") + json.dumps(res).encode()
+    for tag in tags:
+        assert tag not in seen and tag.hex().encode() not in seen, "a revoked tag is readable on chain"
+        res = call("abci_query", path="/revocation", data=cl.revocation_hash(tag).hex())["response"]
         seen += base64.b64decode(res.get("value") or "") + json.dumps(res).encode()
     for tag in tags:
         assert tag not in seen and tag.hex().encode() not in seen, "a revoked tag is readable on chain"

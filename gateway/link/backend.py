@@ -1,9 +1,9 @@
 """What the device-link server needs from the rest of the gateway.
 
-The link server (``gateway/link_server.py``) speaks the device link
+The link server (``gateway/link/server.py``) speaks the device link
 (docs/LINK_PROTOCOL.md) and knows nothing of queues, the chain or gRPC; the
 gateway implements :class:`LinkBackend` over its durable store
-(``gateway/backend.py``: StoreLinkBackend). Tests use :class:`MemoryBackend`.
+(``gateway/link/store_backend.py``: StoreLinkBackend). Tests use :class:`MemoryBackend`.
 
 The contract has three kinds of method:
 

@@ -124,9 +124,10 @@ class Gateway:
 
     async def _start_parts(self) -> None:
         cfg, o = self.cfg, self.opts
+        # filled by the registry follower's load, with the local list file (apply_revocations),
+        # so every entry also ends its queued requests and reaches the devices' notice log
         revoked = self.revoked = LiveRevocations(
-            RevocationSet.load(self.revocation_file).records(),
-            float(o.get("revocation_max_silence_s", DEFAULT_MAX_SILENCE_S)))
+            max_silence_s=float(o.get("revocation_max_silence_s", DEFAULT_MAX_SILENCE_S)))
         settings = Settings(max_queue_depth=int(o.get("max_queue_depth", Settings.max_queue_depth)),
                             default_ttl_s=int(o.get("default_ttl_s", Settings.default_ttl_s)),
                             max_batch=int(o.get("max_batch", Settings.max_batch)))

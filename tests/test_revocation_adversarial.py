@@ -65,6 +65,27 @@ def test_the_chain_shows_hashes_never_tags(net):
     assert rh.chain_holds_no_raw_tag(g.rpc, [token], blocks=False) >= 1
 
 
+def test_wait_all_names_the_gateways_that_lag(net):
+    """`--wait-all` waits for every registered gateway; one that cannot be reached is named
+    when the wait times out (exit 1), while the revocation is already in force locally."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edgistry.abci_app.txs import gateway_id_for
+    from proc_helpers import free_port
+
+    g, dev = net
+    silent = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    rh.cli_ok("registry", "add-gateway", "--home", str(g.home), "--rpc", g.rpc, "--pubkey", silent.hex(),
+              "--endpoint", f"127.0.0.1:{free_port()}")
+    token = dev.owner()
+    code, out = rh.cli("token", "revoke", cl.to_text(token), "--home", str(g.home), "--rpc", g.rpc,
+                       "--wait-all", "--timeout", "1")
+    assert code == 1 and gateway_id_for(silent) in out and "unreachable" in out, out
+    assert "committed at height" in out
+    err = rh.refusal(lambda: rh.submit(g, dev, "sensor.info", token))
+    assert "Revoked" in err.details()
+
+
 async def test_device_refuses_a_lagging_gateways_request_once_it_has_the_list(tmp_path: Path) -> None:
     """A gateway that has not applied a revocation mints a request token for a child of the
     revoked token; the token carries its client chain's hashes, so the device, once the list

@@ -35,6 +35,44 @@ def net(tmp_path: Path):
         kill9(up)
 
 
+@pytest.fixture
+def two(tmp_path: Path, net):
+    """A second gateway (its own home, `edgistry gateway`) on the same embedded node,
+    registered by the admin; the device stays paired with the first."""
+    from edgistry.config import load_ed25519_pem, public_bytes
+
+    g, dev = net
+    cfg_b, ports_b = node_home(tmp_path / "b")
+    cfg_b.rpc_url = g.rpc
+    cfg_b.save()
+    pub_b = public_bytes(load_ed25519_pem(cfg_b.keys_dir / "gateway.pem"))
+    rh.cli_ok("registry", "add-gateway", "--home", str(g.home), "--rpc", g.rpc, "--pubkey", pub_b.hex(),
+              "--endpoint", cfg_b.grpc_listen)
+    proc = edgistry("gateway", "--home", str(cfg_b.home), "--rpc", g.rpc, log=tmp_path / "b.log")
+    try:
+        wait_for_port(ports_b["grpc"], proc=proc)
+        yield g, rh.Gw(cfg_b.home, cfg_b.grpc_listen, g.rpc), dev
+    finally:
+        kill9(proc)
+
+
+def test_forwarded_requests_never_run_after_revoke_at_the_forwarding_gateway(two):
+    """Work forwarded by gateway B to the device's gateway A, revoked at B (`revoke` returns
+    once in force at B): it never runs, B refuses its client, A's owner reads REVOKED, and
+    new forwards through B are refused."""
+    a, b, dev = two
+    token = dev.owner()
+    queued = [rh.submit(b, dev, "actuator.set", token, b'{"on": true}'),
+              rh.submit(b, dev, "sensor.info", token)]
+    rh.revoke(b, token)
+    assert dev.wake().executed == 0
+    err = rh.refusal(lambda: rh.result(b, queued[0].request_id, token))
+    assert "revocation" in err.details()
+    assert [rh.result(a, q.request_id, dev.root).state for q in queued] == [rh.REVOKED] * 2
+    for _ in range(5):
+        assert "Revoked" in rh.refusal(lambda: rh.submit(b, dev, "sensor.info", token)).details()
+
+
 def test_queued_requests_never_run_after_revoke(net):
     """A toggle and 8 reads queued, both tokens revoked, the device wakes: 0 runs, the
     client is told why, the owner reads REVOKED, the actuator never toggled."""

@@ -191,3 +191,23 @@ async def test_a_forward_waits_for_the_holder_to_reach_the_forwarders_revocation
         await b.serve_forward("submit", call(dev, "info", token, service="sensor", revocation_height=7), via="gw-a")
     await task
     assert b.store.depth(dev.link_id) == 0
+
+
+async def test_a_vouched_read_is_not_answered_from_cache_once_its_token_is_revoked(two):
+    """Invoke-any's path (a read vouched for by this gateway's own token): a cached answer is
+    served while the token is good and refused once it is revoked, like every other path."""
+    from edgistry.gateway.link.backend import DeviceAnswer
+
+    _, b, dev, root = two
+    gwtok = cl.mint(SECRET_B, [cl.Service("sensor", ["read"])])
+    first = await b.submit(call(dev, "read", gwtok, service="sensor"), attested=True)
+    backend = StoreLinkBackend(b.store, SECRET_B)
+    await backend.answered(dev.link_id, [DeviceAnswer(bytes.fromhex(first.request_id), 0, b'{"t": 1}')])
+    hit = await b.invoke(call(dev, "read", gwtok, service="sensor"), attested=True)
+    assert hit.from_cache and hit.state == State.DONE
+    b.revoked.revoke(cl.revocation_hash(gwtok.tag))
+    with pytest.raises(Unauthorized, match="Revoked"):
+        await b.invoke(call(dev, "read", gwtok, service="sensor"), attested=True)
+    child = cl.derive(gwtok, [cl.Service("sensor", ["read"])], [cl.ExpiresAt(2**40)])
+    with pytest.raises(Unauthorized, match="Revoked"):
+        await b.invoke(call(dev, "read", child, service="sensor"), attested=True)

@@ -16,7 +16,8 @@ revocation is in force here one poll after its block commits),
 node has not answered for longer), ``sweep_interval_s``, ``grpc_advertise`` and
 ``link_advertise`` (what the registry and devices are told, default: the
 listen addresses), ``revocation_file`` (a local list written by
-``edgistry token revoke --list FILE``; default ``<home>/revoked.json``).
+``edgistry token revoke --list FILE``; default ``<home>/revoked.json``; applied
+at each registry load and by the sweeper whenever it changes).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class Gateway:
         self._peer: PeerClient | None = None
         self.ports: dict[str, int] = {}
         self.chain_ok_at = 0.0
+        self._local_stamp = 0  # mtime of the local revocation list last applied
 
     # ---- lifecycle ----
 
@@ -248,7 +250,8 @@ class Gateway:
                 log.exception("background step %s failed", getattr(step, "__name__", step))
 
     async def _sweep(self) -> None:
-        """Dead-letter expired requests, forget old response slots and tickets (one group commit)."""
+        """Dead-letter expired requests, forget old response slots and tickets (one group
+        commit); drop expired revocations; apply the local revocation list if it changed."""
         now = int(time.time() * 1000)
         self.revoked.prune(now / 1000)
         expired, _, _ = await asyncio.gather(self.store.expire_due(now), self.store.purge_finished(now),
@@ -256,6 +259,7 @@ class Gateway:
         if expired:
             self.metrics.expired.inc(len(expired))
             log.info("dead-lettered %d expired request(s)", len(expired))
+        await self._local_revocations()
 
     async def report_liveness(self) -> int:
         """One ReportLiveness tx for all devices seen in a new 5-minute bucket (not one per wake)."""
@@ -287,6 +291,18 @@ class Gateway:
         self.revoked.height = max(self.revoked.height, height)
         self.chain_ok_at = time.time()
         return len(new)
+
+    async def _local_revocations(self) -> None:
+        """Apply the local list file again when it changed (`token revoke --list FILE`)."""
+        try:
+            stamp = self.revocation_file.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if stamp != self._local_stamp:
+            self._local_stamp = stamp
+            records = [(h, e if e is not None else NEVER_EXPIRES_S)
+                       for h, e in RevocationSet.load(self.revocation_file).records()]
+            await self.apply_revocations(records, self.revoked.height, False)
 
     async def _check_registration(self) -> None:
         """Make the registry's endpoint for this gateway the one it serves (peers forward there)."""

@@ -124,6 +124,23 @@ def test_wait_all_names_the_gateways_that_lag(net):
     assert "Revoked" in err.details()
 
 
+def test_a_local_list_revocation_reaches_a_running_gateway(net):
+    """`token revoke --list <home>/revoked.json` (no chain): the running gateway applies the
+    changed file within a sweep and ends the token's queued work REVOKED."""
+    import time
+
+    g, dev = net
+    token = dev.owner()
+    queued = rh.submit(g, dev, "sensor.info", token)
+    rh.cli_ok("token", "revoke", cl.to_text(token), "--list", str(g.home / "revoked.json"))
+    deadline = time.monotonic() + 10
+    while rh.result(g, queued.request_id, dev.root).state != rh.REVOKED:
+        assert time.monotonic() < deadline, "the local list was not applied"
+        time.sleep(0.1)
+    assert "Revoked" in rh.refusal(lambda: rh.submit(g, dev, "sensor.info", token)).details()
+    assert dev.wake().executed == 0
+
+
 async def test_device_refuses_a_lagging_gateways_request_once_it_has_the_list(tmp_path: Path) -> None:
     """A gateway that has not applied a revocation mints a request token for a child of the
     revoked token; the token carries its client chain's hashes, so the device, once the list

@@ -293,17 +293,31 @@ def test_genesis_export_round_trips(env):
 
 
 def test_signatures_checked_in_check_tx_are_not_verified_again(env, monkeypatch):
-    """FinalizeBlock skips Ed25519 for bytes CheckTx verified, and verifies everything else."""
+    """A tx is verified once per node: bytes CheckTx verified are not verified again by the
+    proposal methods or FinalizeBlock; a tx first seen in a proposal is verified there once."""
     a, app, d = env
     seen = a.tx(a.gw1, device_msg(b"V" * 16))
     unseen = a.tx(a.gw1, device_msg(b"W" * 16))
     assert app.check_tx(abci.RequestCheckTx(tx=seen)).code == 0
     calls = []
     real = txs.verify_signature
-    monkeypatch.setattr("edgistry.abci_app.state.verify_signature", lambda tx: (calls.append(tx.raw_body), real(tx)))
+
+    def counting(tx, rule):
+        calls.append(tx.raw_body)
+        real(tx, rule)
+
+    monkeypatch.setattr("edgistry.abci_app.state.verify_signature", counting)
+    monkeypatch.setattr("edgistry.abci_app.app.verify_signature", counting)
     ok(d.block([seen, unseen]))
     assert calls == [pb.SignedTx.FromString(unseen).body]
     assert len(app.verified) == 0
+
+    calls.clear()
+    late = a.tx(a.gw1, device_msg(b"U" * 16))
+    resp = app.finalize_block(abci.RequestFinalizeBlock(txs=[late], height=app.height + 1,
+                                                        time=Timestamp(seconds=d.time + 5)))
+    ok(resp)
+    assert calls == [pb.SignedTx.FromString(late).body]  # never seen before: FinalizeBlock verifies it
 
 
 def test_a_forged_tx_is_never_remembered_as_verified(env):

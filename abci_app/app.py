@@ -220,6 +220,8 @@ class RegistryApp:
         if self._block is None or req.height != self._genesis_height or self.height:
             self._block = Overlay(self.store)  # a replayed height starts from committed state
         block = self._block
+        if req.syncing_to_height > req.height and req.height % 1000 == 0:  # v1.x says when it is catching up
+            log.info("catching up: block %d of %d", req.height, req.syncing_to_height)
         time_s = req.time.seconds
         block.put(keys.BLOCK_TIME, keys.be64(max(time_s, 0)))  # not hashed: for CheckTx
         prune_revocations(block, time_s)

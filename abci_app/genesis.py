@@ -31,7 +31,7 @@ from google.protobuf import json_format
 
 from . import keys, txs
 from .codes import TxError
-from .handlers import put_device, put_gateway
+from .handlers import ed25519_key_of, put_device, put_gateway
 from .overlay import Overlay, Reader
 from ..proto import abci_pb2 as abci
 from ..proto import registry_pb2 as pb
@@ -139,10 +139,11 @@ class Genesis:
             record.CopyFrom(d)
             record.registered_height = height
             put_device(kv, record)
-        for v in validators:
-            if v.pub_key.WhichOneof("sum") == "ed25519" and v.power > 0:
-                record = pb.ValidatorRecord(pubkey=v.pub_key.ed25519, power=v.power)
-                kv.put(keys.validator(v.pub_key.ed25519), record.SerializeToString(deterministic=True))
+        for v in validators:  # v0.38 sends pub_key, v1.x pub_key_bytes + pub_key_type
+            key = ed25519_key_of(v)
+            if key is not None and v.power > 0:
+                record = pb.ValidatorRecord(pubkey=key, power=v.power)
+                kv.put(keys.validator(key), record.SerializeToString(deterministic=True))
 
     @classmethod
     def export(cls, reader: Reader) -> Genesis:

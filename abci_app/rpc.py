@@ -23,6 +23,7 @@ from aiohttp import web
 
 from .. import __version__
 from .embedded import Block, EmbeddedNode, MempoolFull, NodeHalted, TxInCache, tx_hash
+from .handlers import ed25519_key_of
 from .jsonrpc import (
     MAX_BODY_BYTES, Kind, Method, Reply, endpoints_page, handle_post, handle_uri, internal, not_found, too_large,
 )
@@ -234,7 +235,7 @@ class RpcHandlers:
         r = block.results
         return {"height": str(height), "txs_results": [tx_result_json(t) for t in r.tx_results] or None,
                 "finalize_block_events": _events(r.events), "validator_updates": [
-                    {"pub_key": {"type": "tendermint/PubKeyEd25519", "value": _b64(v.pub_key.ed25519)},
+                    {"pub_key": {"type": "tendermint/PubKeyEd25519", "value": _b64(ed25519_key_of(v) or b"")},
                      "power": str(v.power)} for v in r.validator_updates] or None,
                 "consensus_param_updates": None, "app_hash": _b64(r.app_hash)}
 

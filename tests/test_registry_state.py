@@ -220,6 +220,29 @@ def test_validator_updates_are_returned(env):
     resp = ok(d.block([a.tx(a.admin, pb.SetValidator(pubkey=b"V" * 32, power=7))]))
     (update,) = resp.validator_updates
     assert update.pub_key.ed25519 == b"V" * 32 and update.power == 7
+    # v1.x reads the key from fields 3-4 (field 1 is reserved there): both shapes are sent
+    assert (update.pub_key_bytes, update.pub_key_type) == (b"V" * 32, "ed25519")
+
+
+@pytest.mark.parametrize("shape", ["v0.38", "v1.x"])
+def test_init_chain_reads_genesis_validators_in_both_shapes(tmp_path, shape):
+    """InitChain's validators are recorded whether CometBFT sends pub_key (v0.38) or
+    pub_key_bytes + pub_key_type (v1.x); other key types are ignored."""
+    key = b"K" * 32
+    if shape == "v0.38":
+        vals = [abci.ValidatorUpdate(pub_key=abci.PublicKey(ed25519=key), power=10)]
+    else:
+        vals = [abci.ValidatorUpdate(pub_key_bytes=key, pub_key_type="ed25519", power=10),
+                abci.ValidatorUpdate(pub_key_bytes=b"S" * 33, pub_key_type="secp256k1", power=10)]
+    app = RegistryApp(tmp_path / "reg")
+    app.init_chain(abci.RequestInitChain(chain_id=CHAIN, initial_height=1, validators=vals,
+                                         app_state_bytes=json.dumps(Actors().genesis().to_json()).encode()))
+    app.finalize_block(abci.RequestFinalizeBlock(height=1, time=Timestamp(seconds=T0)))
+    app.commit(abci.RequestCommit())
+    resp = app.query(abci.RequestQuery(path="/validators"))
+    assert resp.code == 0
+    assert list(pb.KeyList.FromString(resp.value).keys) == [key]
+    app.close()
 
 
 def test_app_hash_commits_to_the_whole_state(env):

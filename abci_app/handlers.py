@@ -121,10 +121,11 @@ def apply_remove_gateway(ctx: TxContext, msg: pb.RemoveGateway) -> Outcome:
 
 
 def put_device(kv: Overlay, record: pb.DeviceRecord) -> None:
-    kv.put(keys.device(record.pseudonym), _ser(record))
-    for svc in record.services:
-        kv.put(keys.device_by_cell(svc.type, record.cell, record.pseudonym), b"")
-    kv.put(keys.device_by_gateway(record.gateway_id, record.pseudonym), b"")
+    pseudonym = record.pseudonym
+    kv.put(keys.device(pseudonym), _ser(record))
+    for key in keys.device_by_cell_keys([svc.type for svc in record.services], record.cell, pseudonym):
+        kv.put(key, b"")
+    kv.put(keys.device_by_gateway(record.gateway_id, pseudonym), b"")
 
 
 def drop_device(kv: Overlay, record: pb.DeviceRecord) -> None:

@@ -98,6 +98,12 @@ def device_by_cell(service_type: str, cell: int, pseudonym: bytes) -> bytes:
     return device_by_cell_prefix(service_type, cell) + pseudonym
 
 
+def device_by_cell_keys(service_types: list[str], cell: int, pseudonym: bytes) -> list[bytes]:
+    """device_by_cell for each of a device's service types (the cell path computed once)."""
+    where = b"\0" + h3_path(cell) + pseudonym
+    return [DEVICE_BY_CELL + t.encode() + where for t in service_types]
+
+
 def device_by_cell_prefix(service_type: str, cell: int | None) -> bytes:
     prefix = DEVICE_BY_CELL + service_type.encode() + b"\0"
     return prefix if cell is None else prefix + h3_path(cell)

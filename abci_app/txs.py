@@ -213,23 +213,35 @@ def _name_ok(name: str) -> bool:
     return NAME_RE.match(name) is not None  # names repeat across devices: cache the verdict
 
 
+@lru_cache(maxsize=1024)  # bounded: descriptors are attacker-chosen (at most a few KiB each)
+def _service_verdict(raw: bytes) -> tuple[str, str | None]:
+    """(type, problem or None) of one serialized ServiceDescriptor. Devices of one kind
+    repeat the same descriptors, so the verdict is cached by the descriptor's bytes
+    (a pure function of them: the cache cannot change an outcome)."""
+    svc = pb.ServiceDescriptor.FromString(raw)
+    kind = svc.type
+    names = [m.name for m in svc.methods]
+    if not _name_ok(kind):
+        return kind, f"service type {kind[:64]!r} is malformed"
+    if not 0 < len(names) <= MAX_METHODS or len(set(names)) != len(names):
+        return kind, f"service {kind} needs 1..{MAX_METHODS} distinct methods"
+    for name in names:
+        if not _name_ok(name):
+            return kind, f"service {kind} has a malformed method name {name[:64]!r}"
+    return kind, None
+
+
 def _check_device_fields(msg: Message) -> None:
     _check_pseudonym(msg.pseudonym)
     services = msg.services
     if not 0 < len(services) <= MAX_SERVICES:
         raise _bad(f"a device offers 1..{MAX_SERVICES} services")
-    types = [svc.type for svc in services]
-    if len(set(types)) != len(types):
+    verdicts = [_service_verdict(svc.SerializeToString(deterministic=True)) for svc in services]
+    if len({kind for kind, _ in verdicts}) != len(verdicts):
         raise _bad("a service type is repeated")
-    for svc, kind in zip(services, types, strict=True):
-        names = [m.name for m in svc.methods]
-        if not _name_ok(kind):
-            raise _bad(f"service type {kind[:64]!r} is malformed")
-        if not 0 < len(names) <= MAX_METHODS or len(set(names)) != len(names):
-            raise _bad(f"service {kind} needs 1..{MAX_METHODS} distinct methods")
-        for name in names:
-            if not _name_ok(name):
-                raise _bad(f"service {kind} has a malformed method name {name[:64]!r}")
+    for _, problem in verdicts:
+        if problem is not None:
+            raise _bad(problem)
     policy = msg.policy
     if not msg.HasField("policy") or not 0 <= policy.resolution <= 15 or not 1 <= policy.k <= MAX_K:
         raise _bad(f"policy needs resolution 0..15 and k 1..{MAX_K}")

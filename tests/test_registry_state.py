@@ -351,3 +351,37 @@ def test_a_forged_tx_is_never_remembered_as_verified(env):
     forged = raw.SerializeToString()
     assert app.check_tx(abci.RequestCheckTx(tx=forged)).code == Code.BAD_SIGNATURE
     assert d.block([forged]).tx_results[0].code == Code.BAD_SIGNATURE
+
+
+def _svc(kind: str, *methods: str) -> pb.ServiceDescriptor:
+    return pb.ServiceDescriptor(type=kind, methods=[pb.ServiceMethod(name=m) for m in methods])
+
+
+@pytest.mark.parametrize("services, fragment", [
+    ([_svc("sensor", "read"), _svc("sensor", "write")], "service type is repeated"),
+    ([_svc("Bad Type", "read")], "service type 'Bad Type' is malformed"),
+    ([_svc("sensor")], "needs 1..32 distinct methods"),
+    ([_svc("sensor", "read", "read")], "needs 1..32 distinct methods"),
+    ([_svc("sensor", "read", "no/slash")], "malformed method name 'no/slash'"),
+    ([_svc(f"s{i}", "read") for i in range(17)], "1..16 services"),
+    ([], "1..16 services"),
+])
+def test_device_service_checks_reject_with_their_reason(services, fragment):
+    """validate_basic refuses each kind of bad service list with INVALID_FIELD and its reason,
+    every time (the per-descriptor verdicts are cached by the descriptor's bytes)."""
+    msg = device_msg(b"S" * 16)
+    del msg.services[:]
+    msg.services.extend(services)
+    for _ in range(2):
+        with pytest.raises(txs.TxError) as err:
+            txs.VALIDATORS["register_device"](msg)
+        assert err.value.code == Code.INVALID_FIELD and fragment in err.value.log
+
+
+def test_device_service_checks_accept_a_good_list():
+    """Two services with distinct well-formed methods pass, also when checked again."""
+    msg = device_msg(b"S" * 16)
+    del msg.services[:]
+    msg.services.extend([_svc("sensor", "read", "write"), _svc("valve", "open")])
+    txs.VALIDATORS["register_device"](msg)
+    txs.VALIDATORS["register_device"](msg)

@@ -271,21 +271,22 @@ class RpcHandlers:
 
 def methods_of(handlers: RpcHandlers) -> dict[str, Method]:
     """The method table: each method with its CometBFT parameter names and types."""
-    h, I, S, B = Kind.INT64, Kind.INT64, Kind.STR, Kind.BOOL  # noqa: E741
+    i64, text, flag = Kind.INT64, Kind.STR, Kind.BOOL
     tx = (("tx", Kind.TX),)
     return {
         "status": Method(handlers.status), "health": Method(handlers.health),
         "net_info": Method(handlers.net_info), "abci_info": Method(handlers.abci_info),
-        "abci_query": Method(handlers.abci_query, (("path", S), ("data", Kind.HEX), ("height", h), ("prove", B))),
+        "abci_query": Method(handlers.abci_query,
+                             (("path", text), ("data", Kind.HEX), ("height", i64), ("prove", flag))),
         "broadcast_tx_sync": Method(handlers.broadcast_tx_sync, tx),
         "broadcast_tx_async": Method(handlers.broadcast_tx_async, tx),
         "broadcast_tx_commit": Method(handlers.broadcast_tx_commit, tx),
-        "block": Method(handlers.block, (("height", h),)),
-        "blockchain": Method(handlers.blockchain, (("minHeight", h), ("maxHeight", h))),
-        "block_results": Method(handlers.block_results, (("height", h),)),
-        "validators": Method(handlers.validators, (("height", h), ("page", I), ("per_page", I))),
-        "tx_search": Method(handlers.tx_search, (("query", S), ("prove", B), ("page", I), ("per_page", I),
-                                                 ("order_by", S))),
+        "block": Method(handlers.block, (("height", i64),)),
+        "blockchain": Method(handlers.blockchain, (("minHeight", i64), ("maxHeight", i64))),
+        "block_results": Method(handlers.block_results, (("height", i64),)),
+        "validators": Method(handlers.validators, (("height", i64), ("page", i64), ("per_page", i64))),
+        "tx_search": Method(handlers.tx_search, (("query", text), ("prove", flag), ("page", i64),
+                                                 ("per_page", i64), ("order_by", text))),
     }
 
 

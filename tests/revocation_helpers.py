@@ -34,9 +34,10 @@ def cli(*args: str) -> tuple[int, str]:
 
 
 def cli_ok(*args: str) -> str:
-    code, out = cli(*args)
-    assert code == 0, f"edgistry {' '.join(args)} -> {code}:\n{out}"
-    return out
+    """`edgistry ARGS`, which must succeed; its stdout (progress goes to stderr)."""
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, f"edgistry {' '.join(args)} -> {result.exit_code}:\n{result.output}"
+    return result.stdout
 
 
 @dataclass

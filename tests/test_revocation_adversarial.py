@@ -73,10 +73,27 @@ def test_forwarded_requests_never_run_after_revoke_at_the_forwarding_gateway(two
         assert "Revoked" in rh.refusal(lambda: rh.submit(b, dev, "sensor.info", token)).details()
 
 
-def test_queued_requests_never_run_after_revoke(net):
+def test_queued_requests_never_run_after_revoke(net, tmp_path):
     """A toggle and 8 reads queued, both tokens revoked, the device wakes: 0 runs, the
-    client is told why, the owner reads REVOKED, the actuator never toggled."""
-    rh.queued_work_never_runs(*net)
+    client is told why, the owner reads REVOKED (`edgistry result` too), the actuator never toggled."""
+    import json
+
+    g, dev = net
+    token = dev.owner()
+    queued = rh.submit(g, dev, "sensor.info", token)
+    rh.revoke(g, token)
+    rh.queued_work_never_runs(g, dev)
+    owner = tmp_path / "owner.token"
+    owner.write_text(cl.to_text(dev.root))
+    from click.testing import CliRunner
+
+    from edgistry.cli import main
+
+    shown = CliRunner().invoke(main, ["result", queued.request_id, "--gateway", g.grpc, "--token", str(owner),
+                                      "--json"])
+    assert shown.exit_code == 1 and json.loads(shown.stdout)["state"] == "REVOKED"  # final, not DONE: exit 1
+    code, out = rh.cli("result", queued.request_id, "--gateway", g.grpc, "--token", cl.to_text(token))
+    assert code == 1 and "revocation" in out, out
 
 
 def test_no_submit_is_accepted_once_revoke_returns(net):

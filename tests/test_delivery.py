@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from edgistry.firmware.caplets import api as cl
 from edgistry.firmware.link import link_wire as wire
-from edgistry.firmware.link.link_device import BAD_ARGUMENTS, OK, REVOKED, TOKEN_REFUSED
+from edgistry.firmware.link.link_device import BAD_ARGUMENTS, OK, REVOKED
 from edgistry.firmware.link.link_gateway import GatewaySession
 from edgistry.firmware.link.link_session import OPEN, Requests
 from edgistry.firmware.runtime.state import DeviceState

@@ -19,7 +19,7 @@ from runtime_helpers import GATEWAY_SECRET, Queue, device, make_home, repoint, s
 
 from edgistry.firmware.caplets import api as cl
 from edgistry.cli import main
-from edgistry.firmware.link.link_device import EXPIRED, OK, REVOKED, TOKEN_REFUSED
+from edgistry.firmware.link.link_device import EXPIRED, OK, REVOKED
 from edgistry.firmware.runtime.device import WakeFailed
 from edgistry.firmware.runtime.home import DeviceHome
 from edgistry.firmware.runtime.services import ServiceRegistry, sensor_reading

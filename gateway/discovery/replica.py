@@ -164,13 +164,16 @@ class ReplicaFollower:
                 await self.sleep(self.poll_s)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a store or chain failure: retried, never fatal
+            except Exception as exc:  # noqa: BLE001 - retried, never fatal: the height must not move on
                 failures += 1
                 if "height" in str(exc) and self.loaded:
                     log.warning("replica lost its height (%s): reloading", exc)
                     self.loaded = False
                 delay = min(self.max_backoff_s, 0.1 * 2 ** min(failures, 10)) * (0.5 + self.rng.random())
-                log.warning("replica follower: %s; retrying in %.1fs", exc, delay)
+                if isinstance(exc, (ChainError, KeyError, ValueError)):
+                    log.warning("replica follower: %s; retrying in %.1fs", exc, delay)
+                else:  # applying revocations failed (the store): not expected, so with its traceback
+                    log.exception("replica follower: applying height failed; retrying in %.1fs", delay)
                 await self.sleep(delay)
 
     # ---- change notification (Watch) ----

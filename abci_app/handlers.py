@@ -121,10 +121,11 @@ def apply_remove_gateway(ctx: TxContext, msg: pb.RemoveGateway) -> Outcome:
 
 
 def put_device(kv: Overlay, record: pb.DeviceRecord) -> None:
-    kv.put(keys.device(record.pseudonym), _ser(record))
-    for svc in record.services:
-        kv.put(keys.device_by_cell(svc.type, record.cell, record.pseudonym), b"")
-    kv.put(keys.device_by_gateway(record.gateway_id, record.pseudonym), b"")
+    pseudonym = record.pseudonym
+    kv.put(keys.device(pseudonym), _ser(record))
+    for key in keys.device_by_cell_keys([svc.type for svc in record.services], record.cell, pseudonym):
+        kv.put(key, b"")
+    kv.put(keys.device_by_gateway(record.gateway_id, pseudonym), b"")
 
 
 def drop_device(kv: Overlay, record: pb.DeviceRecord) -> None:
@@ -199,20 +200,25 @@ def apply_report_liveness(ctx: TxContext, msg: pb.ReportLiveness) -> Outcome:
 
 
 def apply_revoke_token(ctx: TxContext, msg: pb.RevokeToken) -> Outcome:
+    """Record a revocation under its hash (or, below the activation height of
+    revocation_rule, its tag: the form was checked before authentication)."""
     if ctx.gateway_id is None and not ctx.is_admin:
         raise TxError(Code.UNAUTHORIZED, "only gateways and admins revoke tokens")
     if msg.expires_at <= ctx.time_s:
         raise TxError(Code.ALREADY_EXPIRED, "the token has already expired; nothing to revoke")
-    raw = ctx.kv.get(keys.revocation(msg.tag))
+    key = msg.tag_hash or msg.tag
+    raw = ctx.kv.get(keys.revocation(key))
     if raw is not None:
         old = pb.RevocationRecord.FromString(raw)
         if old.expires_at >= msg.expires_at:
-            return Outcome(msg.tag)
-        ctx.kv.delete(keys.revocation_by_expiry(old.expires_at, msg.tag))
-    record = pb.RevocationRecord(tag=msg.tag, expires_at=msg.expires_at)
-    ctx.kv.put(keys.revocation(msg.tag), _ser(record))
-    ctx.kv.put(keys.revocation_by_expiry(msg.expires_at, msg.tag), b"")
-    return Outcome(msg.tag, [event("token_revoked", tag=msg.tag.hex())])
+            return Outcome(key)
+        ctx.kv.delete(keys.revocation_by_expiry(old.expires_at, key))
+    record = pb.RevocationRecord(tag=msg.tag, tag_hash=msg.tag_hash, expires_at=msg.expires_at)
+    ctx.kv.put(keys.revocation(key), _ser(record))
+    ctx.kv.put(keys.revocation_by_expiry(msg.expires_at, key), b"")
+    # gateways follow this event block by block (gateway/discovery/replica.py)
+    name = "tag_hash" if msg.tag_hash else "tag"
+    return Outcome(key, [event("token_revoked", **{name: key.hex()}, expires_at=str(msg.expires_at))])
 
 
 def prune_revocations(kv: Overlay, time_s: int) -> int:
@@ -232,6 +238,25 @@ def prune_revocations(kv: Overlay, time_s: int) -> int:
 # ---- validators ----
 
 
+ED25519 = "ed25519"
+
+
+def validator_update(pubkey: bytes, power: int) -> abci.ValidatorUpdate:
+    """A validator update both CometBFT lines read: v0.38 takes pub_key (field 1) and
+    skips fields 3-4; v1.x takes pub_key_bytes + pub_key_type and skips the reserved 1."""
+    return abci.ValidatorUpdate(pub_key=abci.PublicKey(ed25519=pubkey), power=power,
+                                pub_key_bytes=pubkey, pub_key_type=ED25519)
+
+
+def ed25519_key_of(update: abci.ValidatorUpdate) -> bytes | None:
+    """The Ed25519 key of a validator update in either shape (None: another key type)."""
+    if update.pub_key.WhichOneof("sum") == ED25519:
+        return update.pub_key.ed25519
+    if update.pub_key_type == ED25519 and update.pub_key_bytes:
+        return update.pub_key_bytes
+    return None
+
+
 def apply_set_validator(ctx: TxContext, msg: pb.SetValidator) -> Outcome:
     _require_admin(ctx)
     key = keys.validator(msg.pubkey)
@@ -244,7 +269,7 @@ def apply_set_validator(ctx: TxContext, msg: pb.SetValidator) -> Outcome:
         ctx.kv.delete(key)
     else:
         ctx.kv.put(key, _ser(pb.ValidatorRecord(pubkey=msg.pubkey, power=msg.power)))
-    update = abci.ValidatorUpdate(pub_key=abci.PublicKey(ed25519=msg.pubkey), power=msg.power)
+    update = validator_update(msg.pubkey, msg.power)
     return Outcome(b"", [event("validator_set", pubkey=msg.pubkey.hex(), power=str(msg.power))], [update])
 
 

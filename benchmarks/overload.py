@@ -7,9 +7,10 @@ with its ``[limits]`` table) runs in a child process pinned to CPU 0 with its
 store's writer process; the load comes from ``ghz`` (a compiled gRPC load
 generator; found in PATH or in ~/.cache/edgistry-bench/bin, else installed
 there with ``go install``) pinned to CPU 1, so the clients cannot take the
-gateway's core and Python is not the bottleneck of the load. No chain runs
-(Submit needs none); devices are put straight into the gateway's store and
-never wake, so every admitted Submit is a durable enqueue.
+gateway's core and Python is not the bottleneck of the load. The registry
+the gateway follows (for revocations) is an embedded node (`edgistry up`),
+also on CPU 1; devices are put straight into the gateway's store and never
+wake, so every admitted Submit is a durable enqueue.
 
 Clients (gateway-issued application tokens, one identity each; all of them
 share 127.0.0.1, as clients behind one NAT, so the per-source bucket is off
@@ -63,7 +64,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_util import free_port, stop_pid  # noqa: E402
+from bench_util import free_port, stop_pid, wait_for_port  # noqa: E402
 
 GHZ_MODULE = "github.com/bojand/ghz/cmd/ghz"
 GHZ_VERSION = "v0.93.0"  # the newest the Go module proxy serves; builds with go1.26
@@ -77,8 +78,8 @@ GATEWAY_CPU, CLIENT_CPU = "0", "1"
 
 # ---- the gateway (child process) -------------------------------------------------------
 
-async def serve(home: Path, devices: int, ready: Path) -> None:
-    """Run the gateway of ``home`` with ``devices`` paired devices until stdin closes."""
+async def serve(home: Path, devices: int, ready: Path, rpc_url: str) -> None:
+    """Run the gateway of ``home`` (its chain at ``rpc_url``) with ``devices`` paired devices until stdin closes."""
     from edgistry.config import NodeConfig
     from edgistry.firmware.caplets import api as cl
     from edgistry.gateway.api.service import owner_handle
@@ -88,7 +89,7 @@ async def serve(home: Path, devices: int, ready: Path) -> None:
     from edgistry.gc_policy import freeze_startup_objects
 
     cfg = NodeConfig.load(home)
-    g = create_gateway(cfg, rpc_url=f"http://127.0.0.1:{free_port()}", announce=lambda m: None)
+    g = create_gateway(cfg, rpc_url=rpc_url, announce=lambda m: None)
     await g.start()
     handles = []
     for _ in range(devices):
@@ -107,14 +108,14 @@ async def serve(home: Path, devices: int, ready: Path) -> None:
 class Gateway:
     """The gateway child process, pinned to GATEWAY_CPU."""
 
-    def __init__(self, home: Path, devices: int) -> None:
+    def __init__(self, home: Path, devices: int, rpc_url: str) -> None:
         ready = home / "ready.json"
         ready.unlink(missing_ok=True)
         self.log = open(home / "gateway.log", "ab")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(HERE.parent.parent),
                                                                          os.environ.get("PYTHONPATH", "")) if p))
         self.proc = subprocess.Popen(["taskset", "-c", GATEWAY_CPU, sys.executable, __file__, "--serve", str(home),
-                                      str(devices), str(ready)], stdin=subprocess.PIPE, stdout=self.log,
+                                      str(devices), str(ready), rpc_url], stdin=subprocess.PIPE, stdout=self.log,
                                      stderr=self.log, start_new_session=True, env=env)
         deadline = time.monotonic() + 60
         while not (ready.exists() and ready.read_text()):
@@ -275,10 +276,34 @@ def tokens(secret: bytes, prefix: str, n: int) -> list[bytes]:
             for i in range(n)]
 
 
-def measure_capacity(ghz: str, work: Path, seconds: float, devices: int) -> float:
+class Chain:
+    """The registry the gateway reads (revocations: token checks fail closed without it): an
+    embedded single node (`edgistry up`), pinned with the load generators to CLIENT_CPU."""
+
+    def __init__(self, work: Path) -> None:
+        from edgistry.cluster.home import init_home
+
+        rpc = f"127.0.0.1:{free_port()}"
+        cfg = init_home(work / "chain", "overload", listen={
+            "rpc_listen": rpc, "grpc_listen": f"127.0.0.1:{free_port()}", "abci_listen": f"tcp://127.0.0.1:{free_port()}",
+            "link_listen": f"127.0.0.1:{free_port()}", "http_listen": f"127.0.0.1:{free_port()}"})
+        cfg.save()
+        self.url = cfg.rpc_url
+        self.log = open(work / "chain.log", "ab")
+        self.proc = subprocess.Popen(["taskset", "-c", CLIENT_CPU, sys.executable, "-m", "edgistry", "up", "--home",
+                                      str(cfg.home)], stdout=self.log, stderr=self.log, start_new_session=True,
+                                     env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                         p for p in (str(HERE.parent.parent), os.environ.get("PYTHONPATH", "")) if p)))
+        wait_for_port(int(rpc.rsplit(":", 1)[1]), timeout=60, proc=self.proc)
+
+    def stop(self) -> None:
+        stop_pid(self.proc)
+
+
+def measure_capacity(ghz: str, work: Path, seconds: float, devices: int, rpc_url: str) -> float:
     home, secret = make_home(work / "capacity", {"client_rate": 0, "device_rate": 0, "source_rate": 0,
                                                  "max_in_flight": 0})
-    gw = Gateway(home, devices)
+    gw = Gateway(home, devices, rpc_url)
     try:
         protoset = write_protoset(work / "gateway.protoset")
         load = Load(ghz, protoset, gw.grpc, work, "capacity", tokens(secret, "cap", GOOD + ABUSIVE), gw.handles,
@@ -372,7 +397,7 @@ def pooled(m: float, rounds: list[dict], good: list[float], bad: list[float]) ->
 
 
 def run_levels(ghz: str, work: Path, capacity: float, levels: list[float], seconds: float, devices: int,
-               rounds: int) -> dict:
+               rounds: int, rpc_url: str) -> dict:
     """Every level ``rounds`` times, interleaved (1x, 2x, ..., 1x, 2x, ...), so that a slow spell of
     the shared machine does not land on one level only; see :func:`pooled`."""
     client_rate = max(5.0, round(CLIENT_SHARE * capacity, 1))
@@ -380,7 +405,7 @@ def run_levels(ghz: str, work: Path, capacity: float, levels: list[float], secon
     home, secret = make_home(work / "levels", limits)
     good_tokens, bad_tokens = tokens(secret, "good", GOOD), tokens(secret, "abuser", ABUSIVE)
     protoset = work / "gateway.protoset"
-    gw = Gateway(home, devices)
+    gw = Gateway(home, devices, rpc_url)
     per_level: dict[float, list[dict]] = {m: [] for m in levels}
     good_lat: dict[float, list[float]] = {m: [] for m in levels}
     bad_lat: dict[float, list[float]] = {m: [] for m in levels}
@@ -439,10 +464,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--levels", default="1,2,5,10")
     ap.add_argument("--devices", type=int, default=64)
-    ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        asyncio.run(serve(Path(args.serve[0]), int(args.serve[1]), Path(args.serve[2])))
+        asyncio.run(serve(Path(args.serve[0]), int(args.serve[1]), Path(args.serve[2]), args.serve[3]))
         return
     if (os.cpu_count() or 1) < 2:
         sys.exit("this benchmark pins the gateway and the load to two different CPUs")
@@ -450,11 +475,15 @@ def main() -> None:
     levels = [float(x) for x in args.levels.split(",")]
     work = Path(tempfile.mkdtemp(prefix="edgistry-overload-"))
     load_before = os.getloadavg()[0]
+    chain = None
     try:
-        capacity = measure_capacity(ghz, work, args.seconds, args.devices)
+        chain = Chain(work)
+        capacity = measure_capacity(ghz, work, args.seconds, args.devices, chain.url)
         print(f"capacity: {capacity:.0f} admitted Submits/s (gateway on CPU {GATEWAY_CPU}, limits off)", flush=True)
-        out = run_levels(ghz, work, capacity, levels, args.seconds, args.devices, args.rounds)
+        out = run_levels(ghz, work, capacity, levels, args.seconds, args.devices, args.rounds, chain.url)
     finally:
+        if chain is not None:
+            chain.stop()
         shutil.rmtree(work, ignore_errors=True)
     rows, base = out["rows"], out["rows"][0]
     p99_ratio = round(rows[-1]["good_p99_ms"] / base["good_p99_ms"], 2) if base["good_p99_ms"] else None

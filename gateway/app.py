@@ -105,8 +105,8 @@ class Gateway:
     # ---- lifecycle ----
 
     async def start(self) -> None:
-        # group commits in a child process: off this process's GIL (gateway/store_process.py)
-        self.store = GatewayStore(self.cfg.gateway_dir, writer="process")
+        # reads here; every write is an operation its writer process commits (gateway/store/child.py)
+        self.store = GatewayStore(self.cfg.gateway_dir)
         try:
             await self._start_parts()
         except BaseException:
@@ -123,7 +123,6 @@ class Gateway:
         self._peer = PeerClient(self.key, self.gateway_id, directory)
         self.service = GatewayService(self.store, self.gateway_id, self.secret, self.metrics, revoked, settings,
                                       PeerForwarder(self._peer, directory))
-        self.service.bind_loop(asyncio.get_running_loop())
         self.metrics.watch_queues(self.store.depths)
 
         host, port = host_port(cfg.link_listen)
@@ -231,13 +230,13 @@ class Gateway:
                 log.exception("background step %s failed", getattr(step, "__name__", step))
 
     async def _sweep(self) -> None:
+        """Dead-letter expired requests, forget old response slots and tickets (one group commit)."""
         now = int(time.time() * 1000)
-        expired = self.store.expire_due(now)
+        expired, _, _ = await asyncio.gather(self.store.expire_due(now), self.store.purge_finished(now),
+                                             self.store.purge_tickets(now))
         if expired:
             self.metrics.expired.inc(len(expired))
             log.info("dead-lettered %d expired request(s)", len(expired))
-        self.store.purge_finished(now)
-        self.store.purge_tickets(now)
 
     async def report_liveness(self) -> int:
         """One ReportLiveness tx for all devices seen in a new 5-minute bucket (not one per wake)."""
@@ -246,7 +245,7 @@ class Gateway:
             return 0
         msg = pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=ps, last_seen=bucket) for _, ps, bucket in due])
         await self.chain.submit(self.key, msg)
-        self.store.liveness_reported(due)
+        await self.store.liveness_reported(due)
         self.chain_ok_at = time.time()
         return len(due)
 
@@ -263,7 +262,7 @@ class Gateway:
         local = RevocationSet.load(self.revocation_file).records()
         self.service.revoked.merge(records + local)
         self.service.revoked.prune()
-        return self.store.add_revocations([(t, e if e is not None else 2**62) for t, e in records + local])
+        return await self.store.add_revocations([(t, e if e is not None else 2**62) for t, e in records + local])
 
     async def _check_registration(self) -> None:
         """Make the registry's endpoint for this gateway the one it serves (peers forward there)."""

@@ -152,14 +152,14 @@ class ScriptedDevice:
 
 
 def count_enqueue_ops(store) -> list[int]:
-    """Wrap ``store.enqueue_many_async``: the returned list gets the size of every
+    """Wrap ``store.enqueue``: the returned list gets the size of every
     enqueue operation (the writer may still commit several in one transaction)."""
     commits: list[int] = []
-    real = store.enqueue_many_async
+    real = store.enqueue
 
     async def counting(items, urgent=False):
         commits.append(len(items))
         return await real(items, urgent)
 
-    store.enqueue_many_async = counting
+    store.enqueue = counting
     return commits

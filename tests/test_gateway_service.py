@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+import os
+import signal
 import time
 
 import pytest
@@ -24,13 +25,13 @@ GATEWAY_SECRET = b"g" * 32
 
 
 @pytest.fixture
-def env(tmp_path):
+async def env(tmp_path):
     store = GatewayStore(tmp_path / "gw")
     service = GatewayService(store, "gw-a", GATEWAY_SECRET, settings=Settings(max_queue_depth=3))
     secret = cl.new_secret()
     root = cl.root(secret)
     dev = Device(new_id(), auth.pseudonym_for(root.to_bytes()), root.to_bytes(), MANIFEST, 0, 7, 1, duty_cycle_s=5)
-    store.put_device(dev)
+    await store.put_device(dev)
     app = auth.app_token(root.to_bytes(), {"sensor": ["info", "read"], "valve": ["get"]})
     yield store, service, dev, secret, app
     store.close()
@@ -123,7 +124,7 @@ async def test_expiry_is_reported_to_a_waiting_client(env):
     store, service, dev, secret, app = env
     task = asyncio.create_task(service.invoke(call(dev, "info", app, timeout_ms=5000, ttl_s=1)))
     await asyncio.sleep(0.05)
-    store.expire_due(int(time.time() * 1000) + 2000)
+    await store.expire_due(int(time.time() * 1000) + 2000)
     res = await asyncio.wait_for(task, 5)
     assert res.state == State.EXPIRED and "dead-lettered" in res.error
 
@@ -204,7 +205,7 @@ async def test_results_of_attested_requests_and_unpaired_devices_stay_readable(e
     res = await service.serve_forward("submit", forwarded)
     assert (await service.get_result(res.request_id, b"peer-vouched")).state == State.QUEUED
     mine = await service.submit(call(dev, "info", app))
-    store.remove_device(dev.link_id, int(time.time() * 1000))
+    await store.remove_device(dev.link_id, int(time.time() * 1000))
     gone = await service.get_result(mine.request_id, app.to_bytes())
     assert gone.state == State.CANCELLED and gone.error == "the device was unpaired"
 
@@ -246,33 +247,31 @@ async def test_a_batch_goes_to_the_writer_while_an_earlier_commit_runs(env):
     acknowledged only after its own commit."""
     store, service, dev, secret, app = env
     service.settings.max_queue_depth = 10
-    inside, release = threading.Event(), threading.Event()
-    real_apply = store.writer.apply
-
-    def gated(txn, op):  # the writer thread holds the first commit open until released
-        if not release.is_set():
-            inside.set()
-            release.wait(10)
-        return real_apply(txn, op)
-    store.writer.apply = gated
     handed: list[int] = []  # items of each enqueue operation, as it reaches the writer
     real_submit = store.writer.submit
 
-    def recording(op, urgent=False):
-        handed.append(len(op[1][0]))
-        return real_submit(op, urgent)
+    def recording(name, args, urgent=False):
+        if name == "enqueue":
+            handed.append(len(args[0]))
+        return real_submit(name, args, urgent)
     store.writer.submit = recording
+    pid = store.writer.pid
+    os.kill(pid, signal.SIGSTOP)  # the writer holds the first batch's commit open until continued
     try:
         first = asyncio.ensure_future(service.submit_many([call(dev, "info", app)] * 2))
-        assert await asyncio.to_thread(inside.wait, 10)  # the first batch's commit is running
+        for _ in range(200):
+            if handed == [2]:
+                break
+            await asyncio.sleep(0.01)
         second = asyncio.ensure_future(service.submit_many([call(dev, "info", app)] * 3))
         for _ in range(200):
             if handed == [2, 3]:
                 break
             await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
         assert handed == [2, 3] and not first.done() and not second.done()
     finally:
-        release.set()
+        os.kill(pid, signal.SIGCONT)
     assert [r.state for r in await asyncio.wait_for(first, 10)] == [State.QUEUED] * 2
     assert [r.state for r in await asyncio.wait_for(second, 10)] == [State.QUEUED] * 3
     assert store.depth(dev.link_id) == 5
@@ -333,3 +332,33 @@ async def test_arguments_must_be_json_as_python_reads_it(env, args, ok):
     else:
         with pytest.raises(BadRequest, match="not JSON|nested too deeply"):
             await sub
+
+
+async def test_request_sequences_rise_durably_and_a_stale_one_is_refused_then_caught_up(env):
+    """The service mints sequences the device accepts in queue order; a new service on the
+    same store (a restart, its clock behind) continues above the stored last; a sequence
+    not above the stored one is refused, never reused, and the next request catches up."""
+    from edgistry.firmware.link.link_device import check_request
+    from edgistry.gateway.store.ops import StaleSequence
+    from edgistry.gateway.store.store import RequestRecord
+
+    store, service, dev, secret, app = env
+    service.settings.max_queue_depth = 10
+    await service.submit(call(dev, "info", app))
+    restarted = GatewayService(store, "gw-a", GATEWAY_SECRET, settings=Settings(max_queue_depth=10),
+                               clock=lambda: 1000)  # a clock far behind the sequences on disk
+    await restarted.submit(call(dev, "info", app))
+    last = store.last_sequence(dev.link_id)
+    other = RequestRecord(new_id(), dev.link_id, "sensor", "info", b"", b"t", b"d" * 32, State.QUEUED, 1000,
+                          2**50, seq=last + 100)  # someone else enqueued: the service's memory is behind
+    assert (await store.enqueue([(other, 10)]))[0][1]
+    with pytest.raises(StaleSequence):
+        await restarted.submit(call(dev, "info", app))
+    assert store.last_sequence(dev.link_id) == last + 100  # the refused one wrote nothing
+    await restarted.submit(call(dev, "info", app))
+    items = [i for i in store.pending(dev.link_id, 1 << 16, 0)[0] if i.request_id != other.request_id]
+    seen = None
+    for i in items:  # what the device does, in queue order: each sequence above the last
+        seen = check_request({"request_token": i.request_token, "service": i.service, "method": i.method,
+                              "args": i.args}, secret, now_s=int(time.time()), last_sequence=seen)
+    assert len(items) == 3 and seen == last + 101

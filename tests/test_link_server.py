@@ -373,19 +373,20 @@ async def test_store_commits_per_wake(tmp_path) -> None:
     try:
         home = make_home(tmp_path / "d", None, srv.port, encrypt=True)
         root = home.root_token()
-        store.put_device(StoredDevice(home.link_id(), new_id(), root, {"services": [{"type": "sensor", "methods": ["read"]}]}, 0, 7, 1,
-                                      duty_cycle_s=7, encrypt=True))
+        await store.put_device(StoredDevice(home.link_id(), new_id(), root, {"services": [{"type": "sensor", "methods": ["read"]}]}, 0, 7, 1,
+                                            duty_cycle_s=7, encrypt=True))
         app = cl.derive(root, [cl.Service("sensor", ["*"])])
 
-        def enqueue() -> bytes:
-            rec = RequestRecord(new_id(), home.link_id(), "sensor", "read", b"", b"", b"d" * 32,
-                                State.QUEUED, 0, 2**62)
-            tok = lambda seq: cl.request_token(app, "sensor", "read", b"", seq).to_bytes()  # noqa: E731
-            return store.enqueue(rec, 10, int(time.time() * 1000), tok)[0].request_id
+        async def enqueue() -> bytes:
+            seq = max(int(time.time() * 1000), store.last_sequence(home.link_id()) + 1)
+            rec = RequestRecord(new_id(), home.link_id(), "sensor", "read", b"",
+                                cl.request_token(app, "sensor", "read", b"", seq).to_bytes(), b"d" * 32,
+                                State.QUEUED, 0, 2**62, seq=seq)
+            return (await store.enqueue([(rec, 10)]))[0][0].request_id
 
         counts = []
         for _ in range(3):
-            rid = enqueue()
+            rid = await enqueue()
             before = store.writer.commits
             rep = await device(home).wake_with_fallback()
             assert rep.executed == 1 and store.get(rid).st == State.DONE

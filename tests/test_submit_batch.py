@@ -31,12 +31,11 @@ SECRET = b"s" * 32
 async def gateway(tmp_path):
     store = GatewayStore(tmp_path / "gw")
     service = GatewayService(store, "gw-a", SECRET, settings=Settings(max_queue_depth=3, max_batch=8))
-    service.bind_loop(__import__("asyncio").get_running_loop())
     devs = []
     for _ in range(2):
         root = cl.root(cl.new_secret())
         dev = Device(new_id(), auth.pseudonym_for(root.to_bytes()), root.to_bytes(), MANIFEST, 0, 7, 1)
-        store.put_device(dev)
+        await store.put_device(dev)
         devs.append((dev, auth.app_token(root.to_bytes(), {"sensor": ["read"]}).to_bytes()))
     server, port = await start_grpc("127.0.0.1:0", service, None, None, GatewayMetrics())
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

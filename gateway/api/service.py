@@ -10,6 +10,18 @@ queue (store.py), which refuses at once beyond the maximum depth. The link
 server hands the queue to the device when it wakes; responses land in the
 store, whose change notifications wake Invoke and Watch waiters here.
 Expiry is the sweeper's job (app.py); a client learns of it as EXPIRED.
+
+Request sequences. A request token fixes a sequence number that must rise
+per device (the device refuses one not above the last it ran), in queue
+order. The service mints the token here, on the loop: it keeps each
+device's last sequence in memory, read once from the store (this service
+is the only one that enqueues, and the store's writer the only writer, so
+that value is authoritative), and takes ``max(now, last + 1)``. Minting and
+handing the write to the store happen in one step of the loop (no await
+between them, :meth:`GatewayService._enqueue`), so the writer receives
+sequences in the order they were minted; the store's enqueue refuses a
+sequence not above the stored one (StaleSequence), so a bug can never reuse
+a sequence, and the service then catches up.
 """
 
 from __future__ import annotations
@@ -18,7 +30,6 @@ import asyncio
 import hmac
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -29,6 +40,8 @@ from ...firmware.caplets.revocation import RevocationSet
 from ..tokens import auth
 from ..errors import BadRequest, GatewayError, InvokeTimeout, NotFound, Unauthorized
 from ..metrics import GatewayMetrics
+from ..probe import SUBMIT_AUTHORISE, SUBMIT_TOTAL, Probe
+from ..store.ops import StaleSequence
 from ..store.store import ACTIVE_WINDOW_MS, Device, GatewayStore, RequestRecord, State, new_id
 
 log = logging.getLogger(__name__)
@@ -121,12 +134,13 @@ class Forwarder:
 @dataclass
 class _Batch:
     """A SubmitBatch in progress: answers by position, items staged for its
-    commit (position and device; the record and its token recipe), positions
-    left to submit(), the first unexpected error."""
+    commit (position; device and record to queue), cache hits to store,
+    positions left to submit(), the first unexpected error."""
 
     out: list
-    staged: list[tuple[int, Device]] = field(default_factory=list)
-    items: list[tuple[RequestRecord, auth.RequestTokenFor]] = field(default_factory=list)
+    staged: list[int] = field(default_factory=list)
+    items: list[tuple[Device, RequestRecord]] = field(default_factory=list)
+    hits: list[RequestRecord] = field(default_factory=list)
     elsewhere: list[int] = field(default_factory=list)
     failure: BaseException | None = None
 
@@ -146,25 +160,15 @@ class GatewayService:
     # (target, client token) -> pseudonym: discovery handles open only with the client's token
     resolvers: list[Callable[[str, bytes], bytes | None]] = field(default_factory=list)
     watch_recheck_s: float = 5.0  # a watch re-reads its request (and re-checks its token) this often
+    probe: Probe | None = None  # stage timings for benchmarks (gateway/probe.py)
 
     def __post_init__(self) -> None:
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: int | None = None
-        self.store.listeners.append(self._changed)
+        self._last_seq: dict[bytes, int] = {}  # link id -> last request sequence minted (see the module docstring)
+        self.store.listeners.append(self._wake)  # the store tells them on this loop, after each commit
         self._queued_total = self.metrics.requests.labels("queued")  # labels() costs a lookup per call
 
-    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Notifications from other threads are handed to this loop."""
-        self._loop, self._thread = loop, threading.get_ident()
-
     # ---- notifications ----
-
-    def _changed(self, request_id: bytes) -> None:
-        if self._loop is not None and threading.get_ident() != self._thread:
-            self._loop.call_soon_threadsafe(self._wake, request_id)
-        else:
-            self._wake(request_id)
 
     def _wake(self, request_id: bytes) -> None:
         for fut in self._waiters.pop(request_id, []):
@@ -247,27 +251,31 @@ class GatewayService:
         ``attested``: a trusted in-process caller (discovery's invoke-any)
         vouches that it authenticated the client itself; honoured for
         read-only methods only, and carried to a peer in the signed forward."""
+        t0 = time.perf_counter() if self.probe is not None else 0.0
         try:
             dev, owner = await self._locate(call, attested)
             if owner is not None:
                 if not call.request_id:  # the forwarding stub and the peer's record share one id
                     call.request_id = new_id().hex()
                 res = await self.forwarder.call(owner, "submit", call)
-                self._remember_forward(call, owner, res)
+                await self._remember_forward(call, owner, res)
                 return res
             result = await self._submit_local(dev, call)
         except GatewayError as err:
             self.metrics.rejections.labels(err.reason).inc()
             raise
+        finally:
+            if self.probe is not None:
+                self.probe.span(SUBMIT_TOTAL, time.perf_counter() - t0, sample=True)
         return result
 
     async def submit_many(self, calls: list[Call]) -> list[Result | GatewayError]:
         """Submit each call as :meth:`submit` would; items fail independently.
 
-        All items are authorised and derived in this loop turn and go to the
-        store's writer as one operation, at once: the batch shares a group
-        commit (one fsync at most), and each item is acknowledged only once
-        it is on disk. A domain error answers its own
+        All items are authorised in this loop turn; their request tokens are
+        minted and they go to the store's writer as one operation, at once:
+        the batch shares a group commit (one fsync at most), and each item is
+        acknowledged only once it is on disk. A domain error answers its own
         item; anything else fails the whole call (items already queued stay
         queued: a retry with the same request ids is idempotent).
 
@@ -277,16 +285,25 @@ class GatewayService:
         if len(calls) > self.settings.max_batch:
             raise BadRequest(f"a batch holds at most {self.settings.max_batch} requests, not {len(calls)}")
         now = self.clock()
+        t0 = time.perf_counter() if self.probe is not None else 0.0
         batch = _Batch([None] * len(calls))
         for i, call in enumerate(calls):
             self._stage_item(batch, i, call, now)
-        commit = [self._enqueue(batch.items, now, urgent=True)] if batch.items else []
+        commit = [self._enqueue(batch.items, urgent=True)] if batch.items else []
+        hits = [self.store.put_finished(rec) for rec in batch.hits]  # so GetResult works for them
         others = [self.submit(calls[i]) for i in batch.elsewhere]
-        done = await asyncio.gather(*commit, *others, return_exceptions=True)
+        done = await asyncio.gather(*commit, *hits, *others, return_exceptions=True)
         committed = done[0] if commit else []
         if isinstance(committed, BaseException):  # the commit failed: none of its items is queued
             committed = [committed] * len(batch.staged)
-        self._settle(batch, committed, done[len(commit):], now)
+        for res in done[len(commit):len(commit) + len(hits)]:
+            if isinstance(res, BaseException):
+                batch.failure = batch.failure or res
+        self._settle(batch, committed, done[len(commit) + len(hits):], now)
+        if self.probe is not None:  # each local item waits as long as the batch (submit() times the others)
+            d = time.perf_counter() - t0
+            for _ in range(len(calls) - len(batch.elsewhere)):
+                self.probe.span(SUBMIT_TOTAL, d, sample=True)
         if batch.failure is not None:
             raise batch.failure
         return batch.out
@@ -300,7 +317,7 @@ class GatewayService:
             if dev is None:
                 batch.elsewhere.append(i)
                 return
-            prepared = self._prepare(dev, call, now)
+            rec = self._prepare(dev, call, now)
         except GatewayError as err:
             self.metrics.rejections.labels(err.reason).inc()
             batch.out[i] = err
@@ -308,20 +325,22 @@ class GatewayService:
         except Exception as exc:  # noqa: BLE001 - fails the call, once the others are settled
             batch.failure = batch.failure or exc
             return
-        if isinstance(prepared, Result):
-            batch.out[i] = prepared
+        if rec.from_cache:
+            batch.out[i] = _result(rec, now)
+            batch.hits.append(rec)
         else:
-            batch.staged.append((i, dev))
-            batch.items.append(prepared)
+            batch.staged.append(i)
+            batch.items.append((dev, rec))
 
     def _settle(self, batch: _Batch, committed: list, others: list, now: int) -> None:
         """Answer every item from its commit (or submit()) outcome; a queued item
         is counted and announced even when the call fails as a whole."""
-        for (i, dev), res in zip(batch.staged, committed):
+        for i, (dev, _), res in zip(batch.staged, batch.items, committed):
             if isinstance(res, GatewayError):
                 self.metrics.rejections.labels(res.reason).inc()
                 batch.out[i] = res
             elif isinstance(res, BaseException):
+                self._stale(dev, res)
                 batch.failure = batch.failure or res
             else:
                 batch.out[i] = self._queued(dev, *res, now)
@@ -332,19 +351,21 @@ class GatewayService:
 
     async def _submit_local(self, dev: Device, call: Call, store_cached: bool = True) -> Result:
         now = self.clock()
-        prepared = self._prepare(dev, call, now, store_cached)
-        if isinstance(prepared, Result):
-            return prepared
-        (res,) = await self._enqueue([prepared], now)
+        rec = self._prepare(dev, call, now)
+        if rec.from_cache:
+            if store_cached:
+                await self.store.put_finished(rec)  # so GetResult works for an async cached read
+            return _result(rec, now)
+        (res,) = await self._enqueue([(dev, rec)])
         if isinstance(res, Exception):
+            self._stale(dev, res)
             raise res
         return self._queued(dev, *res, now)
 
-    def _prepare(self, dev: Device, call: Call, now: int, store_cached: bool = True
-                 ) -> Result | tuple[RequestRecord, auth.RequestTokenFor]:
+    def _prepare(self, dev: Device, call: Call, now: int) -> RequestRecord:
         """Everything before the durable enqueue: authorise, validate, and
-        answer a cacheable read from cache (a Result); else the record to
-        queue and its request token's recipe."""
+        answer a cacheable read from cache (a DONE record, ``from_cache``);
+        else the QUEUED record to enqueue (:meth:`_enqueue` mints its token)."""
         manifest = dev.parsed_manifest
         try:
             service, method = manifest.resolve(call.service, call.method)
@@ -355,8 +376,11 @@ class GatewayService:
         # A read vouched for by discovery or by a registered peer's signed forward
         # needs no device token; everything else is authorised here.
         if not (call.attested and not method.mutating):
+            t0 = time.perf_counter() if self.probe is not None else 0.0
             auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
                            self.revoked, now // 1000, mutating=method.mutating)
+            if self.probe is not None:
+                self.probe.span(SUBMIT_AUTHORISE, time.perf_counter() - t0)
         args = call.args or b""
         if len(args) > self.settings.max_args_bytes:
             raise BadRequest(f"arguments larger than {self.settings.max_args_bytes} bytes")
@@ -372,11 +396,25 @@ class GatewayService:
             hit = self.store.cached(dev.link_id, service, method.name, args, now)
             if hit is not None:
                 rec.state, rec.payload, rec.done_ms, rec.from_cache = State.DONE, hit.payload, now, True
-                if store_cached:
-                    self.store.put_finished(rec)  # so GetResult works for an async cached read
                 self.metrics.cache_hits.inc()
-                return _result(rec, now)
-        return rec, auth.RequestTokenFor(dev.root_token, service, method.name, args)
+        return rec
+
+    def _next_sequence(self, link_id: bytes, now: int) -> int:
+        """The device's next request sequence: above every one minted or stored
+        before, and the clock in ms when that is higher (as devices expect:
+        firmware/caplets/mint.py sequence_now)."""
+        last = self._last_seq.get(link_id)
+        if last is None:
+            last = self.store.last_sequence(link_id)
+        seq = self._last_seq[link_id] = max(now, last + 1)
+        return seq
+
+    def _stale(self, dev: Device, exc: BaseException) -> None:
+        """After a StaleSequence refusal (someone else enqueued for this device):
+        catch up with the stored sequence, so the next request goes through."""
+        if isinstance(exc, StaleSequence):
+            log.error("request sequence for device %s was behind the store: %s", dev.pseudonym.hex(), exc)
+            self._last_seq[dev.link_id] = max(self._last_seq.get(dev.link_id, 0), exc.last)
 
     def _queued(self, dev: Device, rec: RequestRecord, new: bool, now: int) -> Result:
         """The answer for an enqueued (or, by its id, already known) request."""
@@ -386,18 +424,23 @@ class GatewayService:
                 self.on_queued(dev.link_id)
         return _result(rec, self.expected_at(dev, now) if rec.st.active else rec.done_ms)
 
-    async def _enqueue(self, items: list[tuple[RequestRecord, auth.RequestTokenFor]], now: int,
-                       urgent: bool = False) -> list[tuple[RequestRecord, bool] | Exception]:
-        """Queue prepared requests durably: per item (record, new) or the
-        exception refusing it; raises when the commit fails (nothing stored).
+    async def _enqueue(self, items: list[tuple[Device, RequestRecord]], urgent: bool = False
+                       ) -> list[tuple[RequestRecord, bool] | Exception]:
+        """Mint the request tokens of prepared requests and queue them durably:
+        per item (record, new) or the exception refusing it; raises when the
+        commit fails (nothing stored). Minting and the store's enqueue are one
+        step of the loop, so sequences reach the writer in the order minted.
 
         The store's writer commits what reaches it while it is busy in one
         transaction (group commit), and nothing here waits for an earlier
         commit: a commit holding these items can run while the loop prepares
         the next ones. An item resolves only after the commit holding it, so
         an acknowledged request is on disk exactly as with one commit each."""
+        for dev, rec in items:
+            rec.seq = self._next_sequence(dev.link_id, rec.created_ms)
+            rec.request_token = auth.request_token(dev.root_token, rec.service, rec.method, rec.args, rec.seq)
         depth = self.settings.max_queue_depth
-        return await self.store.enqueue_many_async([(rec, depth, now, fn) for rec, fn in items], urgent)
+        return await self.store.enqueue([(rec, depth) for _, rec in items], urgent)
 
     async def invoke(self, call: Call, attested: bool = False) -> Result:
         """Queue a call and wait for its answer up to the call's timeout."""
@@ -434,7 +477,7 @@ class GatewayService:
             if rec.forwarded_to:
                 raise NotFound("the request is not held by this gateway")
             if kind == "cancel":
-                return _result(self.store.cancel(rec.request_id, self.clock()))
+                return _result(await self.store.cancel(rec.request_id, self.clock()))
             return await self.get_result(request_id, token)
         except GatewayError as err:
             self.metrics.rejections.labels(err.reason).inc()
@@ -479,12 +522,12 @@ class GatewayService:
                 auth.authorise(token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
                                self.clock() // 1000, check_permits=False)
 
-    def _remember_forward(self, call: Call, owner: str, res: Result) -> None:
+    async def _remember_forward(self, call: Call, owner: str, res: Result) -> None:
         now = self.clock()
         stub = RequestRecord(bytes.fromhex(res.request_id), b"", call.service, call.method, b"", b"",
                              auth.token_digest(call.token), State.DONE, now, res.expires_at_ms or now,
                              done_ms=max(res.expires_at_ms, now), forwarded_to=owner)
-        self.store.put_finished(stub)
+        await self.store.put_finished(stub)
 
     async def get_result(self, request_id: str, token: bytes) -> Result:
         rec = self._owned(request_id, token)
@@ -497,7 +540,7 @@ class GatewayService:
         rec = self._owned(request_id, token)
         if rec.forwarded_to:
             return await self.forwarder.call(rec.forwarded_to, "cancel", request_id=request_id, token=token)
-        return _result(self.store.cancel(rec.request_id, self.clock()))
+        return _result(await self.store.cancel(rec.request_id, self.clock()))
 
     async def watch(self, request_id: str, token: bytes) -> AsyncIterator[Result]:
         """The current state, then every change, until a terminal state.

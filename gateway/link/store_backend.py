@@ -3,10 +3,11 @@
 Thin on purpose: the store does the work; this adapter supplies the clock,
 refuses tickets of devices unpaired since, and counts stored responses by
 outcome. Reads are LMDB read transactions (inline, microseconds); durable
-writes go through the store's group-commit writer (the event loop
-never waits for an fsync, and the writes one device flight starts - ticket,
-delivered, answered, revocation cursor - share one transaction, with other
-devices' writes too); last contact is a hint (GatewayStore.note_contact).
+writes are the store's operations, awaited (the store's writer process
+commits them: the event loop never waits for an fsync, and the writes one
+device flight starts - ticket, delivered, answered, revocation cursor -
+share one transaction, with other devices' writes too); last contact is a
+hint (GatewayStore.note_contact).
 Link sessions and handshakes are counted by the link server itself
 (LinkMetrics, exported by metrics.py).
 """
@@ -57,16 +58,16 @@ class StoreLinkBackend:
 
     async def rotate_ticket(self, spent: bytes | None, ticket_id: bytes | None,
                             ticket: Ticket | None) -> None:
-        await self.store.rotate_ticket_async(spent, ticket_id, ticket)
+        await self.store.rotate_ticket(spent, ticket_id, ticket)
 
     async def delivered(self, link_id: bytes, request_ids: list[bytes]) -> None:
-        await self.store.delivered_async(link_id, request_ids, self.clock())
+        await self.store.delivered(link_id, request_ids)
 
     async def answered(self, link_id: bytes, answers: list[DeviceAnswer]) -> list[bytes]:
-        ids, finished = await self.store.answered_async(link_id, answers, self.clock())
+        ids, finished = await self.store.answered(link_id, answers, self.clock())
         for _, state in finished:
             self.metrics.responses.labels(State(state).name.lower()).inc()
         return ids
 
     async def revocations_sent(self, link_id: bytes, position: int) -> None:
-        await self.store.revocations_sent_async(link_id, position)
+        await self.store.revocations_sent(link_id, position)

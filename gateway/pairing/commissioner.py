@@ -89,8 +89,9 @@ class Commissioner:
         dev = Device(link_id, pseudonym, root, manifest.to_json(), coarse, res, k, manifest.duty_cycle_s,
                      p.encrypt, owner_handle(pseudonym), p.cell, self.clock())
         if existing is not None and existing.link_id != link_id:
-            self.store.remove_device(existing.link_id, self.clock(), "the device was re-paired under a new link id")
-        self.store.put_device(dev)
+            await self.store.remove_device(existing.link_id, self.clock(),
+                                           "the device was re-paired under a new link id")
+        await self.store.put_device(dev)
         self.code.rotate()  # one-time: the next device needs the next code
         read_only = {t: manifest.read_only(t) for t in manifest.services}
         try:
@@ -124,7 +125,7 @@ class Commissioner:
             raise NotFound("this device is not paired here")
         height = await self._submit(pb.UnregisterDevice(pseudonym=pseudonym)) if record is not None else 0
         if dev is not None:
-            self.store.remove_device(dev.link_id, self.clock())
+            await self.store.remove_device(dev.link_id, self.clock())
         return gw.PairResult(pseudonym=pseudonym, gateway_id=self.gateway_id, height=height,
                              owner_handle=owner_handle(pseudonym))
 

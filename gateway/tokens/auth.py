@@ -193,17 +193,3 @@ def identity_token(gateway_secret: bytes, link_id: bytes) -> cl.Token:
 def request_token(root_token: bytes, service: str, method: str, args: bytes, sequence: int) -> bytes:
     """The leaf the device verifies on its own: service, method, args digest, sequence."""
     return cl.request_token(cl.load(root_token), service, method, args, sequence).to_bytes()
-
-
-@dataclass(frozen=True)
-class RequestTokenFor:
-    """``request_token`` waiting for its sequence number, which the store assigns
-    inside the enqueue transaction; data, so the store's writer process can run it."""
-
-    root_token: bytes
-    service: str
-    method: str
-    args: bytes
-
-    def __call__(self, sequence: int) -> bytes:
-        return request_token(self.root_token, self.service, self.method, self.args, sequence)

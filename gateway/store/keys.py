@@ -1,0 +1,146 @@
+"""Store keys of the gateway's LMDB store: every prefix, in one place.
+
+Keys are ordered byte strings, so a device's queue, the expiry index and the
+revocation log are plain prefix scans. ``be64`` is an unsigned big-endian
+64-bit integer (sorts numerically); ids are 16 bytes, tags 32.
+
+Primary records::
+
+    d/<link16>                        Device (record)                paired devices
+    r/<rid16>                         RequestRecord (record)         request state and response slot
+    c/<link16><sha256(svc,m,args)>    CacheEntry (record)            cacheable responses
+    t/<ticket id>                     ticket (record)                resumption tickets (single use)
+    l/<link16>                        Contact (record)               last contact, announced sleep, liveness sent
+    v/<be64 n>                        tag32 + be64 expiry (s)        revocation log, in arrival order
+    m/<name>                          bytes                          metadata (m/revlog: last log position)
+
+Per-device counters::
+
+    n/<link16>                        be64                           queue depth (active requests)
+    s/<link16>                        be64                           last request sequence (only rises)
+    vc/<link16>                       be64                           last log position the device was told
+
+Indexes (written with their records, in the same transaction)::
+
+    p/<pseudonym16>                   link16                         device by pseudonym
+    q/<link16><be64 seq>              rid16                          active queue (QUEUED, DELIVERED), in order
+    x/<be64 expires_ms><rid16>        b""                            active requests by expiry (sweeper)
+    g/<be64 purge_ms><rid16>          b""                            finished requests by purge time
+    vt/<tag32>                        b""                            tags already in the log
+
+No prefix is a prefix of another's keys (``v/`` scans never see ``vt/`` or
+``vc/``), so every scan below reads exactly one kind of key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+DEVICE = b"d/"
+PSEUDONYM = b"p/"
+QUEUE = b"q/"
+DEPTH = b"n/"
+LAST_SEQ = b"s/"
+REQUEST = b"r/"
+EXPIRY = b"x/"
+PURGE = b"g/"
+CACHE = b"c/"
+TICKET = b"t/"
+CONTACT = b"l/"
+REVLOG = b"v/"
+REVTAG = b"vt/"
+REVCURSOR = b"vc/"
+META = b"m/"
+REVLOG_LAST = META + b"revlog"
+
+# what an unpaired device leaves behind: every per-device prefix but its requests
+# (they stay readable as CANCELLED until purged)
+PER_DEVICE = (CACHE, DEPTH, LAST_SEQ, CONTACT, REVCURSOR)
+
+_BE64 = struct.Struct(">Q")
+
+
+def be64(n: int) -> bytes:
+    return _BE64.pack(n)
+
+
+def int_of(raw: bytes | None) -> int:
+    """A be64 counter's value (0 when absent)."""
+    return _BE64.unpack(raw)[0] if raw else 0
+
+
+def time_of(key: bytes) -> int:
+    """The be64 time of an ``x/`` or ``g/`` index key."""
+    return _BE64.unpack_from(key, 2)[0]
+
+
+def rid_of(key: bytes) -> bytes:
+    """The request id of an ``x/`` or ``g/`` index key."""
+    return key[10:]
+
+
+def device(link_id: bytes) -> bytes:
+    return DEVICE + link_id
+
+
+def pseudonym(ps: bytes) -> bytes:
+    return PSEUDONYM + ps
+
+
+def queue(link_id: bytes, seq: int | None = None) -> bytes:
+    """A queue entry, or (``seq`` None) the device's queue prefix."""
+    return QUEUE + link_id + (be64(seq) if seq is not None else b"")
+
+
+def depth(link_id: bytes) -> bytes:
+    return DEPTH + link_id
+
+
+def last_seq(link_id: bytes) -> bytes:
+    return LAST_SEQ + link_id
+
+
+def request(rid: bytes) -> bytes:
+    return REQUEST + rid
+
+
+def expiry(expires_ms: int, rid: bytes) -> bytes:
+    return EXPIRY + be64(expires_ms) + rid
+
+
+def purge(purge_ms: int, rid: bytes) -> bytes:
+    return PURGE + be64(purge_ms) + rid
+
+
+def cache(link_id: bytes, service: str, method: str, args: bytes) -> bytes:
+    digest = hashlib.sha256(b"\0".join([service.encode(), method.encode(), hashlib.sha256(args).digest()])).digest()
+    return CACHE + link_id + digest
+
+
+def ticket(ticket_id: bytes) -> bytes:
+    return TICKET + ticket_id
+
+
+def contact(link_id: bytes) -> bytes:
+    return CONTACT + link_id
+
+
+def revlog(n: int) -> bytes:
+    return REVLOG + be64(n)
+
+
+def revlog_position(key: bytes) -> int:
+    return _BE64.unpack_from(key, 2)[0]
+
+
+def revtag(tag: bytes) -> bytes:
+    return REVTAG + tag
+
+
+def revcursor(link_id: bytes) -> bytes:
+    return REVCURSOR + link_id
+
+
+def meta(name: str) -> bytes:
+    return META + name.encode()

@@ -185,11 +185,14 @@ class Multihost:
         self._signal(i, signal.SIGCONT)
 
     # ---- observing the chain ----
-    def height(self, i: int) -> int | None:
-        try:
-            return rpc.status(self.nodes[i].rpc_url, timeout=2.0).height
-        except (rpc.NodeUnreachable, rpc.RpcFailed):
-            return None
+    def height(self, i: int, attempts: int = 3) -> int | None:
+        """Node i's height; None when its RPC does not answer (a lost SYN costs a second: retried)."""
+        for _ in range(attempts):
+            try:
+                return rpc.status(self.nodes[i].rpc_url, timeout=2.0).height
+            except (rpc.NodeUnreachable, rpc.RpcFailed):
+                continue
+        return None
 
     def heights(self, which=None) -> dict[int, int | None]:
         return {i: self.height(i) for i in (range(len(self.nodes)) if which is None else which)}

@@ -156,7 +156,7 @@ class Multihost:
 
     def down(self) -> tuple[dict[str, str], list[str]]:
         """Stop every recorded process by pid, then delete the hosts; (outcomes, leftovers)."""
-        outcomes = ops.down(self.dir) if self.nodes or self.launcher.records() else {}
+        outcomes = ops.down(self.dir) if self.dir.exists() else {}
         return outcomes, self.net.down()
 
     def logs(self) -> list[Path]:

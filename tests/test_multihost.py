@@ -110,6 +110,7 @@ def partition_one(run: Multihost, history: History, lone: int, hold_s: float) ->
     run.net.isolate(lone)
     time.sleep(1.0)  # a block in flight may still reach it
     alone_at, started = run.height(lone), time.monotonic()
+    assert alone_at is not None, f"node{lone}'s RPC does not answer (clients are never partitioned)"
     run.wait_height(rest, run.tip(rest) + 3, 60, f"to commit without node{lone}")
     time.sleep(max(0.0, hold_s - (time.monotonic() - started)))
     assert run.height(lone) == alone_at, f"node{lone} committed while partitioned ({alone_at} -> {run.height(lone)})"
@@ -136,6 +137,7 @@ def partition_halves(run: Multihost, history: History, hold_s: float) -> None:
 
 
 def kill_and_restart(run: Multihost, history: History, victim: int) -> None:
+    """kill -9 a node's three processes under load: the rest commit; restarted, it catches up."""
     rest = [i for i in range(NODES) if i != victim]
     history.fault(f"kill -9 node{victim} (gateway, cometbft, app)")
     run.kill(victim)
@@ -147,6 +149,7 @@ def kill_and_restart(run: Multihost, history: History, victim: int) -> None:
 
 
 def pause_and_resume(run: Multihost, history: History, victim: int) -> None:
+    """SIGSTOP a node's three processes: the rest commit; after SIGCONT it catches up."""
     rest = [i for i in range(NODES) if i != victim]
     history.fault(f"pause node{victim} (SIGSTOP gateway, cometbft, app)")
     run.pause(victim)

@@ -30,8 +30,8 @@ def _describe(node) -> str:
     """What the operator of the node's machine needs: where it listens, what to open, what to run."""
     p = node.ports
     lines = [f"{node.moniker}: copy {node.root} to {node.host}, same path; it listens on {node.bind}",
-             f"  open inbound TCP {p.p2p} (p2p), {p.grpc} (gateway gRPC), {p.link} (device link); "
-             f"to operators and clients as needed: {p.rpc} (RPC), {p.http} (gateway HTTP)",
+             (f"  open inbound TCP {p.p2p} (p2p), {p.grpc} (gateway gRPC), {p.link} (device link); "
+              f"to operators and clients as needed: {p.rpc} (RPC), {p.http} (gateway HTTP)"),
              *(f"  run: {line}" for line in _run_lines(node))]
     return "\n".join(lines)
 

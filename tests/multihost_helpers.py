@@ -299,7 +299,7 @@ async def pair_once(fleet: Fleet, node: NodeLayout, history: History | None = No
     try:
         res = await asyncio.wait_for(pair_device(home, node.grpc_endpoint, code, resolution=7, k=1),
                                      PAIR_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         outcome, detail, res = INFO, f"no answer within {PAIR_TIMEOUT_S:.0f} s", None
     except PairError as exc:
         status = str(exc).split(":", 1)[0]

@@ -41,7 +41,7 @@ class NetnsError(Exception):
 
 
 def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=IP_TIMEOUT_S)
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False)
     if check and proc.returncode != 0:
         raise NetnsError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
     return proc

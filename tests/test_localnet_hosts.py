@@ -35,7 +35,7 @@ def _cometbft(node) -> dict:
 
 def test_nodes_bind_one_address_and_advertise_another(net):
     """CometBFT and the gateway listen on the bind address; peers, genesis and devices get the host."""
-    directory, layouts = net
+    _, layouts = net
     for node, host in zip(layouts, HOSTS):
         conf, cfg = _cometbft(node), NodeConfig.load(node.edgistry_home)
         assert (node.host, node.bind) == (host, "0.0.0.0")

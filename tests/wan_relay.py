@@ -104,7 +104,7 @@ class DelayRelay:
         self.connections += 1
         try:
             t_reader, t_writer = await asyncio.wait_for(asyncio.open_connection(*route.target), CONNECT_TIMEOUT_S)
-        except (OSError, asyncio.TimeoutError):
+        except (OSError, TimeoutError):
             c_writer.transport.abort()  # the target is down: the client sees a reset, as it would
             return
         pipes = [asyncio.ensure_future(self._pipe(route, c_reader, t_writer)),

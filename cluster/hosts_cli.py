@@ -49,23 +49,33 @@ def _describe(node) -> str:
 @click.option("--timeout-commit", default=None, help="CometBFT consensus.timeout_commit (default 1s).")
 @click.option("--snapshot-interval", type=int, default=10, show_default=True,
               help="Take a state-sync snapshot every N blocks (0: never; joining nodes need snapshots).")
+@click.option("--cometbft-version", default=None, metavar="VERSION",
+              help="The CometBFT release the machines run (0.38.x or 1.x): the files take its shapes "
+                   "(default: the version of the cometbft found here, else 0.38).")
 def generate_cmd(directory: Path, hosts: tuple[str, ...], bind: str | None, base_port: int | None,
-                 chain_id: str | None, fast: bool, timeout_commit: str | None, snapshot_interval: int) -> None:
+                 chain_id: str | None, fast: bool, timeout_commit: str | None, snapshot_interval: int,
+                 cometbft_version: str | None) -> None:
     """Write the node directories of a cluster with one node per --host; start nothing."""
-    from .cometbft_files import ConsensusSettings
+    from .cometbft import cometbft_version as version_of, find_cometbft
+    from .cometbft_files import CONFIG_VERSION, ConsensusSettings
     from .localnet import DEFAULT_BASE_PORT, LocalnetError, generate_localnet
     from ..config import DEFAULT_CHAIN_ID
 
     consensus = ConsensusSettings.fast() if fast else ConsensusSettings()
     if timeout_commit:
         consensus = dataclasses.replace(consensus, timeout_commit=timeout_commit)
+    if cometbft_version is None:
+        binary = find_cometbft()
+        cometbft_version = version_of(binary) if binary else CONFIG_VERSION
     try:
         layouts = generate_localnet(directory, len(hosts), chain_id or DEFAULT_CHAIN_ID,
                                     base_port=base_port or DEFAULT_BASE_PORT, consensus=consensus,
-                                    snapshot_interval=snapshot_interval, hosts=hosts, bind=bind)
+                                    snapshot_interval=snapshot_interval, cometbft_version=cometbft_version,
+                                    hosts=hosts, bind=bind)
     except LocalnetError as exc:
         raise UserError(str(exc)) from exc
-    click.echo(f"wrote {len(layouts)} nodes in {directory.resolve()} (one genesis, every node a validator)")
+    click.echo(f"wrote {len(layouts)} nodes in {directory.resolve()} for CometBFT {cometbft_version} "
+               "(one genesis, every node a validator)")
     for node in layouts:
         click.echo(_describe(node))
     click.echo(f"keep {directory.resolve()} (manifest, admin key) on the admin machine: "

@@ -30,7 +30,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -43,6 +42,7 @@ from edgistry import chain as rpc
 from edgistry.chain import ChainClient, ChainError
 from edgistry.abci_app.codes import Code
 from edgistry.cluster import membership, ops
+from edgistry.cluster.cometbft import cometbft_version
 from edgistry.cluster.cometbft_files import ConsensusSettings
 from edgistry.cluster.launcher import Launcher
 from edgistry.cluster.localnet import NodeLayout, generate_localnet
@@ -79,11 +79,6 @@ DEFINITE_NAMES = {c.name for c in DEFINITE}
 CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 300), ("grpc.max_reconnect_backoff_ms", 2000))
 
 
-def cometbft_version(binary: str) -> str:
-    return subprocess.run([binary, "version"], capture_output=True, text=True, timeout=30,
-                          check=True).stdout.strip()
-
-
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.25):
     deadline = time.monotonic() + timeout
     while True:
@@ -113,8 +108,8 @@ class Multihost:
         self.net.set_loss(LOSS)
         self.nodes = generate_localnet(
             self.dir, self.validators, CHAIN_ID, base_port=BASE_PORT, consensus=WAN_CONSENSUS,
-            snapshot_interval=snapshot_interval, hosts=[self.net.address(i) for i in range(self.validators)],
-            bind=BIND)
+            snapshot_interval=snapshot_interval, cometbft_version=cometbft_version(self.binary),
+            hosts=[self.net.address(i) for i in range(self.validators)], bind=BIND)
         for node in self.nodes:
             self.start_relay(node)
         for node in self.nodes:

@@ -70,6 +70,16 @@ def test_nodes_on_one_host_get_distinct_port_blocks(tmp_path: Path):
     assert _cometbft(layouts[2])["p2p"]["laddr"] == f"tcp://a.example:{BASE + 10}"
 
 
+def test_v1_files_bind_and_advertise_too(tmp_path: Path):
+    """The v1.x config.toml carries the same bind, external address and unix ABCI socket."""
+    [node, _] = generate_localnet(tmp_path, 2, "edg-v1", base_port=BASE, cometbft_version="1.0.1",
+                                  hosts=["10.40.0.1", "10.40.0.2"], bind="127.0.0.1")
+    conf = _cometbft(node)
+    assert conf["version"].startswith("1.") and conf["p2p"]["laddr"] == f"tcp://127.0.0.1:{BASE}"
+    assert conf["p2p"]["external_address"] == f"10.40.0.1:{BASE}"
+    assert conf["proxy_app"] == f"unix://{node.root / 'abci.sock'}"
+
+
 def test_loopback_stays_the_default(tmp_path: Path):
     """Without hosts nothing changes: 127.0.0.1 everywhere, TCP ABCI, no external address."""
     [node] = generate_localnet(tmp_path, 1, "edg-loop", base_port=BASE)

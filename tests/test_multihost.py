@@ -37,11 +37,11 @@ import pytest
 
 from cluster_helpers import Procs
 from edgistry.cluster import membership, ops
-from edgistry.cluster.cometbft import find_cometbft
+from edgistry.cluster.cometbft import cometbft_version, find_cometbft
 from multihost_checker import OK, History, check_chain, check_invokes, check_registry, summary_lines
 from multihost_helpers import (
-    DELAY_MS, JITTER_MS, LINK_RESET, LOSS, Clients, Fleet, Multihost, advertised_problems, cometbft_version,
-    invoke_worker, pair_initial, pair_worker, read_chain, read_registry,
+    DELAY_MS, JITTER_MS, LINK_RESET, LOSS, Clients, Fleet, Multihost, advertised_problems, invoke_worker,
+    pair_initial, pair_worker, read_chain, read_registry,
 )
 from netns_helpers import netns_unavailable
 

@@ -8,7 +8,8 @@ revocation refresher; ``await gw.stop()`` undoes all of it in reverse.
 
 Settings come from the node config's ``[gateway]`` table (all optional):
 ``max_queue_depth``, ``default_ttl_s``, ``max_batch`` (SubmitBatch items), ``liveness_interval_s``,
-``revocation_interval_s``, ``sweep_interval_s``, ``grpc_advertise`` and
+``revocation_interval_s``, ``sweep_interval_s``, ``seal_interval_s`` and
+``seal_patience_s`` (the sealed registry's keeper), ``grpc_advertise`` and
 ``link_advertise`` (what the registry and devices are told, default: the
 listen addresses), ``revocation_file`` (a local list written by
 ``edgistry token revoke --list FILE``; default ``<home>/revoked.json``).
@@ -31,6 +32,8 @@ from ..firmware.caplets.revocation import RevocationSet
 from .link.store_backend import StoreLinkBackend
 from ..chain import ChainClient, ChainError
 from .pairing.commissioner import Commissioner
+from .discovery.keeper import PATIENCE_S, SealKeeper
+from .discovery.sealbox import load_seal_key
 from .api.convert import from_pb, to_request
 from .api.grpc_server import GRACE_S, start_grpc
 from .link.server import LinkMetrics, LinkServer
@@ -99,6 +102,7 @@ class Gateway:
         self._http: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self._peer: PeerClient | None = None
+        self.keeper: SealKeeper | None = None
         self.ports: dict[str, int] = {}
         self.chain_ok_at = 0.0
 
@@ -134,12 +138,17 @@ class Gateway:
         self.metrics.watch_link(self._link_snapshot)
 
         self.code = CommissionCode(cfg.home / "commission.code")
+        # the sealed registry: this gateway's X25519 seal key and the data keys wrapped to it
+        self.keeper = SealKeeper(self.chain, self.key, self.gateway_id, load_seal_key(cfg.keys_dir, create=True),
+                                 patience_s=float(o.get("seal_patience_s", PATIENCE_S)))
         commissioner = Commissioner(self.store, Offers(self.key, cfg.chain_id), self.code, self.chain, self.key,
-                                    self.secret, self.link_endpoint, self.metrics)
+                                    self.secret, self.link_endpoint, self.metrics, keeper=self.keeper)
+        self.keeper.reseal = commissioner.reseal
         # discovery, its replica of the registry, invoke-any
         from .discovery import grpc_service as dg
 
-        self.discovery, replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id, self.grpc_endpoint)
+        self.discovery, replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id, self.grpc_endpoint,
+                                                         keeper=self.keeper)
         self.service.resolvers.append(dg.handle_resolver(self.discovery, self.secret))  # Invoke takes handles
         discovery = dg.discovery_servicer(self.discovery, self.secret, dg.GatewayInvoker(self.service), replica,
                                           revoked=revoked)
@@ -159,6 +168,7 @@ class Gateway:
             ("liveness", self._every(interval("liveness_interval_s", 60.0), self.report_liveness)),
             ("revocations", self._every(interval("revocation_interval_s", 10.0), self.refresh_revocations)),
             ("registration", self._check_registration()),
+            ("seal", self._seal_loop(interval("seal_interval_s", 5.0))),
             ("replica", replica.run()),
         )]
         self.announce(f"gateway {self.gateway_id}: gRPC {cfg.grpc_listen}, device link {cfg.link_listen}, "
@@ -263,6 +273,21 @@ class Gateway:
         self.service.revoked.merge(records + local)
         self.service.revoked.prune()
         return await self.store.add_revocations([(t, e if e is not None else 2**62) for t, e in records + local])
+
+    async def _seal_loop(self, seconds: float) -> None:
+        """The keeper's steps: at once and back to back while each does something (a new
+        gateway registers its seal key, then gets its data key), then every ``seconds``."""
+        while True:
+            did = ""
+            try:
+                did = await self.keeper.step()
+            except asyncio.CancelledError:
+                raise
+            except ChainError as exc:
+                log.info("seal keeper: registry unreachable: %s", exc)
+            except Exception:
+                log.exception("seal keeper step failed")
+            await asyncio.sleep(0.2 if did else seconds * random.uniform(0.9, 1.1))
 
     async def _check_registration(self) -> None:
         """Make the registry's endpoint for this gateway the one it serves (peers forward there)."""

@@ -57,7 +57,7 @@ def run(app: RegistryApp, genesis, blocks) -> list[tuple[bytes, list[int], bytes
     trace = []
     for txs, dt in blocks:
         resp = d.block(txs, dt)
-        answer = d.query("/devices/by_cell", pb.DeviceQuery(service_type="sensor").SerializeToString()).value
+        answer = d.query("/devices", pb.DeviceQuery().SerializeToString()).value
         trace.append((resp.app_hash, [r.code for r in resp.tx_results], answer))
     return trace
 

@@ -7,7 +7,7 @@ Theory of operation (docs/REGISTRY_PRIVACY.md has the whole design):
 * a *registry data key* is generated off chain by a gateway or an admin (the
   state machine has no randomness) and only its wraps go on chain:
   ``PutDataKey(epoch = current + 1, key_check, wraps)`` opens an epoch and must
-  wrap the key to every gateway that has a seal key; ``PutDataKey(epoch <=
+  wrap the key to every gateway that has a seal key (none, before any has); ``PutDataKey(epoch <=
   current, wraps)`` adds wraps for gateways that lack one (a gateway joining
   later), and only a holder of that epoch (or an admin) may send it;
 * a device's discovery fields (services, cell, policy, duty cycle) are an
@@ -97,8 +97,8 @@ def check_put_data_key(msg: pb.PutDataKey) -> None:
         raise _bad("epoch must be >= 1")
     if msg.key_check and len(msg.key_check) != KEY_CHECK_LEN:
         raise _bad(f"key_check is {KEY_CHECK_LEN} bytes")
-    if not 0 < len(msg.wraps) <= MAX_WRAPS:
-        raise _bad(f"a data key tx carries 1..{MAX_WRAPS} wraps")
+    if len(msg.wraps) > MAX_WRAPS:
+        raise _bad(f"a data key tx carries at most {MAX_WRAPS} wraps")
     ids = [w.gateway_id for w in msg.wraps]
     if len(set(ids)) != len(ids):
         raise _bad("two wraps for one gateway")
@@ -193,6 +193,8 @@ def put_data_key(kv: Overlay, msg: pb.PutDataKey, height: int, signer_gateway: s
         kv.delete(keys.SEAL_ROTATE)
         action = "opened"
     elif 1 <= msg.epoch <= now:
+        if not msg.wraps:
+            raise _bad("adding to an epoch needs at least one wrap")
         if msg.key_check:  # someone opened this epoch first (gateways race to rotate: one wins)
             raise TxError(Code.STALE_EPOCH, f"epoch {msg.epoch} is already open; key_check is only for opening")
         if kv.get(keys.data_key(msg.epoch)) is None:

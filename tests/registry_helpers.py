@@ -51,6 +51,20 @@ def device_msg(pseudonym: bytes, cell: int | None = None, types: tuple[str, ...]
     return cls(pseudonym=pseudonym, sealed=sealbox.seal_fields(key, epoch, pseudonym, fields, nonce=nonce))
 
 
+def open_test_epoch(url: str, admin: Ed25519PrivateKey) -> None:
+    """Open data key epoch 1 with TEST_DATA_KEY on a live chain that has no sealing gateway
+    (tests that submit device txs themselves, with no gateway running)."""
+    import asyncio
+
+    from edgistry.chain import ChainClient
+
+    async def go() -> None:
+        async with ChainClient(url) as chain:
+            await chain.submit(admin, pb.PutDataKey(epoch=1, key_check=sealbox.key_check(TEST_DATA_KEY)))
+
+    asyncio.run(go())
+
+
 def test_keyring(key: bytes = TEST_DATA_KEY, epoch: int = 1) -> sealbox.Keyring:
     """A keyring holding the test data key."""
     return sealbox.Keyring(keys={epoch: key}, current=epoch, checks={epoch: sealbox.key_check(key)})

@@ -9,7 +9,7 @@ Layout of a home directory::
     keys/gateway.secret   32-byte HMAC secret: origin of gateway-issued tokens (0600)
     data/registry/        the ABCI app's LMDB store
     data/embedded/        the embedded node's block store (single-node mode only)
-    data/gateway/         the gateway's LMDB store: paired devices, queues, responses (gateway/store.py)
+    data/gateway/         the gateway's LMDB store: paired devices, queues, responses (gateway/store/)
     commission.code       the gateway's current one-time commissioning code (0600; rotates on use)
     revoked.json          optional local revocation list the gateway merges with the registry's
 """

@@ -48,7 +48,7 @@ not slowed by their crypto), two definitions of "added latency", both measured:
   the device's flight that establishes the session (RESUME; HELLO for a full
   handshake with 0.5-RTT data) to the REQUESTS with work written to the socket
   (verify, the durable ticket rotation - group commit by the store's writer process -,
-  revocations, read the queue, encode + MAC, write: LinkServer.on_requests_written).
+  revocations, read the queue, encode + MAC, write: the link server's probe).
 
 Usage: python benchmarks/invoke.py [--devices 500] [--per-device 4] [--latency-s 20]
        [--submit-window 64] [--wake-concurrency 32]
@@ -137,29 +137,15 @@ class Timers:
         self.samples: dict[str, list[float]] = defaultdict(list)
         self.keep = False
 
+    def span(self, name: str, d: float, sample: bool = False) -> None:
+        """The gateway's probe interface (gateway/probe.py)."""
+        self.add(name, d, sample)
+
     def add(self, name: str, d: float, sample: bool) -> None:
         self.total[name] += d
         self.count[name] += 1
         if sample and self.keep:
             self.samples[name].append(d)
-
-    def wrap(self, name: str, fn, sample: bool = False):
-        def timed(*a, **kw):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                self.add(name, time.perf_counter() - t, sample)
-        return timed
-
-    def wrap_async(self, name: str, fn, sample: bool = False):
-        async def timed(*a, **kw):
-            t = time.perf_counter()
-            try:
-                return await fn(*a, **kw)
-            finally:
-                self.add(name, time.perf_counter() - t, sample)
-        return timed
 
     def reset(self, keep: bool) -> None:
         self.total.clear()
@@ -199,7 +185,7 @@ def _profile(arg: str) -> None:
 
 async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
     from edgistry.gateway.tokens import auth
-    from edgistry.gateway.link import server as link_server
+    from edgistry.gateway.link.backend import TimedBackend
     from edgistry.gateway.link.store_backend import StoreLinkBackend
     from edgistry.gateway.api.grpc_server import start_grpc
     from edgistry.gateway.link.server import LinkMetrics, LinkServer
@@ -218,35 +204,14 @@ async def serve(workdir: Path, devices_file: Path, ready_file: Path) -> None:
     await asyncio.gather(*pairs)  # one group commit
     metrics = GatewayMetrics()
     svc = GatewayService(store, "gw-bench", secret, metrics, settings=Settings(max_queue_depth=1000))
-    backend = StoreLinkBackend(store, secret, metrics)
-    # instrumentation (timing wrappers only; behaviour unchanged). Reads and hints run on
-    # the event loop; durable writes are awaited (group commit by the store's writer process)
-    for name in ("ticket", "pending", "revocations", "contact", "device_for_link"):
-        setattr(backend, name, tm.wrap("link." + name, getattr(backend, name)))
-    for name in ("rotate_ticket", "delivered", "answered", "revocations_sent"):
-        setattr(backend, name, tm.wrap_async("link.await." + name, getattr(backend, name)))
+    # instrumentation through the gateway's probes (gateway/probe.py); behaviour unchanged.
+    # Reads and hints run on the event loop; durable writes are awaited (group commit by
+    # the store's writer process)
+    svc.probe = tm
+    backend = TimedBackend(StoreLinkBackend(store, secret, metrics), tm)
     tm.counters = lambda: {"store_group_commits": store.writer.commits, "store_group_writes": store.writer.writes,
                            "writer_process_cpu_ms": _proc_cpu_ms(getattr(store.writer, "pid", None))}
-    auth.authorise = tm.wrap("submit.authorise", auth.authorise)
-    svc.submit = tm.wrap_async("submit.total", svc.submit, sample=True)
-    submit_many = svc.submit_many
-
-    async def submit_many_timed(calls):  # each item of a batch waits as long as the batch
-        t = time.perf_counter()
-        try:
-            return await submit_many(calls)
-        finally:
-            d = time.perf_counter() - t
-            for _ in calls:
-                tm.add("submit.total", d, sample=True)
-    svc.submit_many = submit_many_timed
-    def requests_written(d: float, in_handshake: bool) -> None:
-        if in_handshake:
-            tm.add("link.established_to_requests", d, sample=True)
-    orig_run = link_server._Connection.run
-    link_server._Connection.run = tm.wrap_async("link.connection", orig_run)
-
-    link = LinkServer(backend, "127.0.0.1", 0, metrics=LinkMetrics(), on_requests_written=requests_written)
+    link = LinkServer(backend, "127.0.0.1", 0, metrics=LinkMetrics(), probe=tm)
     await link.start()
     svc.on_queued = link.notify
     grpc_server, grpc_port = await start_grpc("127.0.0.1:0", svc, None, None, metrics)

@@ -2,7 +2,11 @@
 
 A local multi-node Edgistry on one machine: every node a CometBFT validator
 with the registry app (and the gateway when this Edgistry has one) beside it,
-all on loopback, logs and pid records in the cluster directory.
+all on loopback, logs and pid records in the cluster directory. The same
+cluster runs as containers: ``compose`` writes a Compose project, and
+``up --runtime docker`` drives that project through the Docker SDK; a
+directory remembers which it holds, so ``status``, ``down`` and ``up`` again
+(resume) need no flag.
 """
 
 from __future__ import annotations
@@ -19,6 +23,14 @@ dir_option = click.option("--dir", "directory", type=click.Path(path_type=Path),
                           help="Cluster directory (configs, data, logs/, run/).")
 
 
+wheel_dir_option = click.option(
+    "--wheel-dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+    help="Container image: install these wheels (an edgistry wheel and its dependencies) instead of "
+         "wheels made from the installed Edgistry.")
+cometbft_image_option = click.option(
+    "--cometbft-image", default=None, help="Container image of CometBFT (default: the official v0.38 image).")
+
+
 def _binary() -> str:
     from .cometbft import HOW_TO_GET, find_cometbft
 
@@ -32,8 +44,17 @@ def _progress(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _print_endpoints(layouts) -> None:
-    from .ops import endpoints
+def _is_container_project(directory: Path) -> bool:
+    from .compose import ContainerProject
+
+    return ContainerProject.exists(directory)
+
+
+def _print_endpoints(layouts, containers: bool = False) -> None:
+    if containers:
+        from .docker_runtime import endpoints
+    else:
+        from .ops import endpoints
 
     for node in layouts:
         ends = endpoints(node)
@@ -57,30 +78,61 @@ def cluster_group() -> None:
 @click.option("--chain-id", default=None, help="Chain id of a new cluster.")
 @click.option("--wait", "timeout", type=float, default=120, show_default=True,
               help="Seconds to wait for all nodes to commit and agree.")
+@click.option("--runtime", type=click.Choice(["processes", "docker"]), default=None,
+              help="Run nodes as local processes, or as containers through the Docker SDK "
+                   "(default: what the directory holds; processes for a new one).")
+@wheel_dir_option
+@cometbft_image_option
 def up_cmd(directory: Path, nodes: int, base_port: int | None, timeout_commit: str | None, fast: bool,
-           snapshot_interval: int, chain_id: str | None, timeout: float) -> None:
+           snapshot_interval: int, chain_id: str | None, timeout: float, runtime: str | None,
+           wheel_dir: Path | None, cometbft_image: str | None) -> None:
     """Generate and start a localnet, or restart what is not running in an existing one.
 
     Waits until every node commits and all agree on the app hash, then prints
-    every endpoint. Processes keep running after this command returns; stop
-    them with `edgistry cluster down`.
+    every endpoint. Processes (or containers) keep running after this command
+    returns; stop them with `edgistry cluster down`.
     """
-    from .cometbft_files import ConsensusSettings
-    from .localnet import LocalnetError
-    from .ops import ClusterError, up
+    from .localnet import MANIFEST, LocalnetError
+    from .ops import ClusterError
+    from .wheels import WheelError
 
-    binary = _binary()
+    containers = _is_container_project(directory)
+    if runtime is None:
+        runtime = "docker" if containers else "processes"
+    if runtime == "processes" and containers:
+        raise UserError(f"{directory} holds a container project: use --runtime docker, or Compose")
+    if runtime == "processes" and (wheel_dir or cometbft_image):
+        raise click.UsageError("--wheel-dir and --cometbft-image are for --runtime docker")
+    if runtime == "docker" and not containers and (directory / MANIFEST).exists():
+        raise UserError(f"{directory} holds a localnet of processes: run it without --runtime docker")
+    consensus = _consensus(fast, timeout_commit)
+    try:
+        if runtime == "docker":
+            from . import docker_runtime
+
+            layouts, agreed = docker_runtime.up(directory, nodes, base_port, consensus, snapshot_interval, chain_id,
+                                                timeout, wheel_dir, cometbft_image, progress=_progress)
+        else:
+            from .ops import up
+
+            layouts, agreed = up(directory, nodes, _binary(), base_port, consensus, snapshot_interval, chain_id,
+                                 timeout, progress=_progress)
+    except (ClusterError, LocalnetError, WheelError) as exc:
+        what = "containers" if runtime == "docker" else "processes"
+        raise UserError(f"{exc}\n({what} that did start keep running: `edgistry cluster down --dir {directory}`)") from exc
+    click.echo(f"{len(layouts)} nodes agree at height {agreed.height} (app hash {agreed.app_hash or '-'})")
+    _print_endpoints(layouts, containers=runtime == "docker")
+    logs = "docker logs <container>" if runtime == "docker" else directory.resolve() / "logs"
+    click.echo(f"logs: {logs}   stop: edgistry cluster down --dir {directory}")
+
+
+def _consensus(fast: bool, timeout_commit: str | None):
+    from .cometbft_files import ConsensusSettings
+
     consensus = ConsensusSettings.fast() if fast else ConsensusSettings()
     if timeout_commit:
         consensus = dataclasses.replace(consensus, timeout_commit=timeout_commit)
-    try:
-        layouts, agreed = up(directory, nodes, binary, base_port, consensus, snapshot_interval, chain_id,
-                             timeout, progress=_progress)
-    except (ClusterError, LocalnetError) as exc:
-        raise UserError(f"{exc}\n(processes that did start keep running: `edgistry cluster down --dir {directory}`)") from exc
-    click.echo(f"{len(layouts)} nodes agree at height {agreed.height} (app hash {agreed.app_hash or '-'})")
-    _print_endpoints(layouts)
-    click.echo(f"logs: {directory.resolve() / 'logs'}   stop: edgistry cluster down --dir {directory}")
+    return consensus
 
 
 @cluster_group.command("status")
@@ -89,18 +141,22 @@ def up_cmd(directory: Path, nodes: int, base_port: int | None, timeout_commit: s
 def status_cmd(directory: Path, as_json: bool) -> None:
     """Per node: processes, height, app hash, peers and gateway health."""
     from .localnet import LocalnetError
-    from .ops import status
+    from .ops import ClusterError
 
     try:
+        if _is_container_project(directory):
+            from .docker_runtime import status
+        else:
+            from .ops import status
         report = status(directory)
-    except LocalnetError as exc:
+    except (LocalnetError, ClusterError) as exc:
         raise UserError(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     for node in report["nodes"]:
-        procs = " ".join(f"{role}:{'up' if p['running'] else 'DOWN'}" + (f"({p['pid']})" if p["running"] else "")
-                         for role, p in node["processes"].items())
+        procs = " ".join(f"{role}:{'up' if p['running'] else 'DOWN'}" + _detail(p)
+                         for role, p in node.get("processes", node.get("containers", {})).items())
         if node["height"] is None:
             chain = "RPC unreachable"
         else:
@@ -117,15 +173,32 @@ def status_cmd(directory: Path, as_json: bool) -> None:
         click.echo(f"at height {agreement['height']} the reachable nodes {verdict} on the app hash")
 
 
+def _detail(proc: dict) -> str:
+    """``(pid)`` of a running process; ``(health, N restarts)`` of a container."""
+    if "pid" in proc:
+        return f"({proc['pid']})" if proc["running"] else ""
+    bits = [b for b in (proc.get("health") if proc["running"] else proc.get("state"),
+                        f"{proc['restarts']} restarts" if proc.get("restarts") else "") if b]
+    return f"({', '.join(bits)})" if bits else ""
+
+
 @cluster_group.command("down")
 @dir_option
 def down_cmd(directory: Path) -> None:
-    """Stop every process of the cluster by recorded pid (SIGTERM, then SIGKILL)."""
-    from .ops import down
+    """Stop every process of the cluster by recorded pid (SIGTERM, then SIGKILL); for a
+    container project, stop and remove its containers and network (data stays in DIR)."""
+    from .ops import ClusterError
 
     if not directory.exists():
         raise UserError(f"{directory} does not exist")
-    outcomes = down(directory)
+    if _is_container_project(directory):
+        from .docker_runtime import down
+    else:
+        from .ops import down
+    try:
+        outcomes = down(directory)
+    except ClusterError as exc:
+        raise UserError(str(exc)) from exc
     for name, outcome in outcomes.items():
         click.echo(f"{name}: {outcome}")
     if not outcomes:
@@ -140,17 +213,32 @@ def down_cmd(directory: Path) -> None:
 @click.option("--chain-id", default=None, help="Chain id.")
 @click.option("--snapshot-interval", type=int, default=10, show_default=True,
               help="Take a state-sync snapshot every N blocks (0: never).")
-def compose_cmd(nodes: int, directory: Path, chain_id: str | None, snapshot_interval: int) -> None:
-    """Write a Docker Compose project (official cometbft image + an Edgistry image)."""
-    from .compose import write_compose
-    from .localnet import LocalnetError
+@click.option("--base-port", type=int, default=None,
+              help="First published port; node i uses BASE+10*i .. +9 (default 26600).")
+@click.option("--timeout-commit", default=None, help="CometBFT consensus.timeout_commit (default 1s; 300ms with --fast).")
+@click.option("--fast", is_flag=True, help="Short consensus timeouts for demos and tests (~0.3 s blocks).")
+@wheel_dir_option
+@cometbft_image_option
+def compose_cmd(nodes: int, directory: Path, chain_id: str | None, snapshot_interval: int, base_port: int | None,
+                timeout_commit: str | None, fast: bool, wheel_dir: Path | None, cometbft_image: str | None) -> None:
+    """Write a Docker Compose project (official CometBFT image, an Edgistry image built from
+    the installed distribution) that runs with Compose v1 and v2."""
+    from .compose import COMETBFT_IMAGE, COMPOSE_FILE, write_project
+    from .localnet import DEFAULT_BASE_PORT, LocalnetError
+    from .wheels import WheelError
 
     try:
-        path = write_compose(directory, nodes, chain_id=chain_id, snapshot_interval=snapshot_interval)
-    except LocalnetError as exc:
+        project = write_project(directory, nodes, chain_id=chain_id, snapshot_interval=snapshot_interval,
+                                base_port=base_port or DEFAULT_BASE_PORT, consensus=_consensus(fast, timeout_commit),
+                                wheel_dir=wheel_dir, cometbft_image=cometbft_image or COMETBFT_IMAGE)
+    except (LocalnetError, WheelError) as exc:
         raise UserError(str(exc)) from exc
-    click.echo(f"wrote {path}")
-    click.echo(f"run: docker compose -f {path} up --build")
+    path = directory.resolve() / COMPOSE_FILE
+    click.echo(f"wrote {path} (images {project.edgistry_image} from {directory.resolve() / 'image'}, "
+               f"{project.cometbft_image})")
+    click.echo(f"run (Compose v2): docker compose -p {project.name} -f {path} up -d")
+    click.echo(f"run (Compose v1): docker-compose -p {project.name} -f {path} up -d")
+    click.echo(f"or without compose: edgistry cluster up --runtime docker --dir {directory}")
 
 
 @cluster_group.command("add-node")
@@ -162,6 +250,8 @@ def add_node_cmd(directory: Path, timeout: float) -> None:
     from .membership import MembershipError, add_node
     from .ops import ClusterError
 
+    if _is_container_project(directory):
+        raise UserError(f"{directory} holds a container project: add-node runs local processes only")
     binary = _binary()
     try:
         node = add_node(directory, binary, timeout=timeout, progress=_progress)

@@ -1,82 +1,177 @@
-"""A Docker Compose project for an N-node Edgistry: official CometBFT image + an Edgistry image.
+"""An N-node Edgistry as containers: the project that Compose (v1 and v2) and the Docker runtime run.
 
-``write_compose(DIR, N)`` generates the same localnet as ``cluster up`` (keys,
-one genesis, per-node homes) and then rewrites what differs inside containers:
+``write_project(DIR, N)`` generates the same localnet as ``cluster up`` (keys, one
+genesis, per-node homes), rewrites what differs inside containers, and writes::
 
-* CometBFT listens on 0.0.0.0 (p2p 26656, RPC 26657), its ``proxy_app`` is
-  ``tcp://abci{i}:26658`` and ``persistent_peers`` name the peers by service
-  (``ID@node{j}:26656``);
-* ``edgistry node`` listens on ``tcp://0.0.0.0:26658``; clients in the home
-  reach the chain at ``http://node{i}:26657``; the gateway (when this Edgistry
-  has one) listens on 0.0.0.0 and is registered in genesis as ``gateway{i}:26670``.
+    DIR/docker-compose.yml        services abci{i}, node{i}, gateway{i}; no top-level `name:`
+                                  (Compose v1 rejects it): the project name goes in with -p
+    DIR/containers.json           the project record (name, images, user): the Docker runtime's input
+    DIR/image/Dockerfile          Edgistry from the wheels beside it: pip --no-index, no source tree
+    DIR/image/wheels/*.whl        the installed Edgistry and its dependencies (see wheels.py)
+    DIR/node{i}/abci/             the ABCI unix socket, shared by node i's app and cometbft only
 
-Services per node: ``abci{i}`` (the registry app), ``node{i}`` (cometbft, image
-``cometbft/cometbft:v0.38.25``, started after its app is healthy) and, with a
-gateway, ``gateway{i}``. Node homes are bind-mounted volumes; containers run
-as the user who generated the files (keys are 0600). Host ports keep the
-localnet scheme (node i: BASE+10*i+offset) and are published on 127.0.0.1.
+Per node, three containers, all running as the user who generated the files (keys are 0600):
+
+* ``abci{i}``: ``edgistry node`` (the registry app), with NO network at all
+  (``network_mode: none``). CometBFT reaches it through the unix socket
+  ``/abci/abci.sock`` in the bind-mounted ``DIR/node{i}/abci`` (mode 0700): no other
+  container and no host process of another user can speak ABCI to it.
+* ``node{i}``: cometbft (``cometbft/cometbft:v0.38.25``), started once its app is
+  healthy; p2p and RPC on the project network, peers named by service (``ID@node{j}:26656``).
+* ``gateway{i}``: ``edgistry gateway``, reaching its chain at ``http://node{i}:26657``;
+  registered (in genesis and by itself) as ``gateway{i}:26670``, where other gateways
+  forward; it tells devices to link to ``127.0.0.1:<link port>`` (published, below).
+
+Published ports, on 127.0.0.1 only, node i's from the localnet scheme
+(``BASE + 10*i + offset``, BASE 26600 by default): see :func:`published_ports`.
+Not published: p2p (26656; nodes peer on the project network), ABCI (a unix socket,
+never on a network) and Prometheus (26660).
+
+The images the compose file names are the official CometBFT image and
+``edgistry:VERSION``, built (``build:``, network "none") from ``python:X.Y-slim-bookworm``:
+X.Y is the Python the wheels were made for, bookworm pins the C library they need.
+A test (or an offline site) puts local images under those tags and nothing is pulled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .localnet import DEFAULT_BASE_PORT, NodeLayout, generate_localnet
 from ..config import DEFAULT_CHAIN_ID, NodeConfig
+from .cometbft_files import ConsensusSettings
+from .localnet import DEFAULT_BASE_PORT, LocalnetError, NodeLayout, generate_localnet, load_localnet
+from .wheels import WheelSet, collect_wheels, copy_wheels
 
 COMETBFT_IMAGE = "cometbft/cometbft:v0.38.25"  # the official image; tags are v-prefixed releases
-EDGISTRY_IMAGE = "edgistry:local"
-P2P, RPC, ABCI, PROMETHEUS = 26656, 26657, 26658, 26660
+EDGISTRY_REPOSITORY = "edgistry"  # the image is edgistry:<version of the wheel>
+P2P, RPC, PROMETHEUS = 26656, 26657, 26660
 GRPC, LINK, HTTP = 26670, 26671, 26672
+PUBLISH = "127.0.0.1"  # published ports listen on this host's loopback only
+ABCI_DIR = "/abci"
+ABCI_SOCKET = f"unix://{ABCI_DIR}/abci.sock"
 COMPOSE_FILE = "docker-compose.yml"
+PROJECT_FILE = "containers.json"
+IMAGE_DIR = "image"
+LABEL_PROJECT = "io.edgistry.project"  # every container of a project carries these labels,
+LABEL_SERVICE = "io.edgistry.service"  # whether Compose or the Docker runtime created it
+LABEL_WHEELS = "io.edgistry.wheels"  # on the image: the digest of the wheels it was built from
 
 DOCKERFILE = """\
-# Edgistry: the registry app (`edgistry node`) and the gateway, built from the project source.
-FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY . ./
-RUN pip install --no-cache-dir . && rm -rf /src
-WORKDIR /
-EXPOSE 26658 26670 26671 26672
+# Edgistry {version} from the wheels beside this file (made by `edgistry cluster compose` from
+# the installed distribution): no source tree, no network (pip --no-index; compose builds
+# with network "none"). {base}: the Python the wheels were made for.
+FROM {base} AS build
+COPY wheels /wheels
+RUN python3 -m venv /opt/edgistry \\
+ && /opt/edgistry/bin/pip install --no-cache-dir --no-index --find-links /wheels "edgistry=={version}" \\
+ && /opt/edgistry/bin/edgistry --help > /dev/null
+
+FROM {base}
+COPY --from=build /opt/edgistry /opt/edgistry
+ENV PATH=/opt/edgistry/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+LABEL {label}="{digest}"
 ENTRYPOINT ["edgistry"]
 """
 
 
-def project_root() -> Path:
-    """The Edgistry source tree (where pyproject.toml is): the image's build context."""
-    return Path(__file__).resolve().parent.parent  # the edgistry package
+@dataclass(frozen=True)
+class ContainerProject:
+    """What a container project is made of, recorded in ``DIR/containers.json``."""
+
+    name: str  # the Compose project name (-p) and the value of the project label
+    edgistry_image: str
+    cometbft_image: str
+    base_image: str  # the Dockerfile's FROM
+    wheels_digest: str  # WheelSet.digest(): the Edgistry image is current when its label has it
+    user: str  # uid:gid the containers run as
+    gateway: bool = True
+
+    def save(self, directory: Path) -> None:
+        (directory / PROJECT_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> ContainerProject:
+        path = directory.expanduser().resolve() / PROJECT_FILE
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise LocalnetError(f"cannot read the container project record {path}: {exc}") from exc
+
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        return (directory.expanduser().resolve() / PROJECT_FILE).is_file()
 
 
-def services(layouts: list[NodeLayout], gateway: bool, user: str, dockerfile: str) -> dict[str, Any]:
-    """The compose services of every node (abci{i}, node{i}, gateway{i})."""
+def project_name(directory: Path) -> str:
+    """A Compose project name for ``directory``: its name, plus a hash of its path (two
+    folders called ``net`` get two projects). Lower case, [a-z0-9_-], as v1 and v2 accept."""
+    slug = re.sub(r"[^a-z0-9_-]+", "-", directory.name.lower()).strip("-_") or "edgistry"
+    return f"{slug[:40]}-{hashlib.sha256(str(directory).encode()).hexdigest()[:6]}"
+
+
+def base_image(python: tuple[int, int]) -> str:
+    return f"python:{python[0]}.{python[1]}-slim-bookworm"
+
+
+# ---- services ----
+
+
+def published_ports(node: NodeLayout) -> list[tuple[str, int, int, str]]:
+    """Node i's published ports: (service, host port on 127.0.0.1, container port, what it exposes)."""
+    p, i = node.ports, node.index
+    return [
+        (node.moniker, p.rpc, RPC, "CometBFT RPC: status, blocks, registry queries, tx broadcast (unsafe routes off)"),
+        (f"gateway{i}", p.grpc, GRPC, "gateway gRPC: client API (discover, invoke, results) and device pairing"),
+        (f"gateway{i}", p.link, LINK, "device link: devices connect out to it (authenticated, encrypted frames)"),
+        (f"gateway{i}", p.http, HTTP, "gateway HTTP: /healthz and /metrics (Prometheus)"),
+    ]
+
+
+def services(layouts: list[NodeLayout], project: ContainerProject) -> dict[str, Any]:
+    """The compose services of every node (abci{i}, node{i}, gateway{i}); the Docker runtime
+    creates its containers from the same dictionaries."""
     out: dict[str, Any] = {}
+    build = {"context": f"./{IMAGE_DIR}", "network": "none"}
     for node in layouts:
-        i, p = node.index, node.ports
+        i = node.index
+        ports: dict[str, list[str]] = {}
+        for service, host, container, _ in published_ports(node):
+            ports.setdefault(service, []).append(f"{PUBLISH}:{host}:{container}")
+        abci_volume = f"./{node.moniker}/abci:{ABCI_DIR}"
         out[f"abci{i}"] = {
-            "image": EDGISTRY_IMAGE,
-            "build": {"context": str(project_root()), "dockerfile": dockerfile},
-            "user": user,
-            "command": ["node", "--home", "/edgistry", "--listen", f"tcp://0.0.0.0:{ABCI}"],
-            "volumes": [f"./{node.moniker}/edgistry:/edgistry"],
+            "image": project.edgistry_image,
+            "build": build,
+            "user": project.user,
+            "init": True,
+            "network_mode": "none",  # the app needs no network: CometBFT speaks to it over the socket
+            "command": ["node", "--home", "/edgistry", "--listen", ABCI_SOCKET],
+            "volumes": [f"./{node.moniker}/edgistry:/edgistry", abci_volume],
+            "labels": _labels(project, f"abci{i}"),
             "healthcheck": {
-                "test": ["CMD", "python", "-c", f"import socket; socket.create_connection(('127.0.0.1', {ABCI}), 2)"],
+                "test": ["CMD", "python", "-c",
+                         f"import socket; socket.socket(socket.AF_UNIX).connect('{ABCI_DIR}/abci.sock')"],
                 "interval": "2s", "timeout": "3s", "retries": 30, "start_period": "5s",
             },
             "restart": "unless-stopped",
         }
         out[node.moniker] = {
-            "image": COMETBFT_IMAGE,
-            "user": user,
+            "image": project.cometbft_image,
+            "user": project.user,
+            "init": True,
             "entrypoint": ["cometbft"],  # the image's entrypoint would run `cometbft init` on a fresh volume
-            "command": ["start", "--home", "/cometbft", "--proxy_app", f"tcp://abci{i}:{ABCI}"],
-            "volumes": [f"./{node.moniker}/cometbft:/cometbft"],
-            "ports": [f"{p.p2p}:{P2P}", f"127.0.0.1:{p.rpc}:{RPC}"],
+            "command": ["start", "--home", "/cometbft", "--proxy_app", ABCI_SOCKET],
+            "volumes": [f"./{node.moniker}/cometbft:/cometbft", abci_volume],
+            "ports": ports[node.moniker],
+            "labels": _labels(project, node.moniker),
             "depends_on": {f"abci{i}": {"condition": "service_healthy"}},
             "healthcheck": {
                 "test": ["CMD", "curl", "-fsS", f"http://127.0.0.1:{RPC}/health"],
@@ -84,42 +179,53 @@ def services(layouts: list[NodeLayout], gateway: bool, user: str, dockerfile: st
             },
             "restart": "unless-stopped",
         }
-        if gateway:
+        if project.gateway:
             out[f"gateway{i}"] = {
-                "image": EDGISTRY_IMAGE,
-                "user": user,
+                "image": project.edgistry_image,
+                "build": build,
+                "user": project.user,
+                "init": True,
                 "command": ["gateway", "--home", "/edgistry"],
                 "volumes": [f"./{node.moniker}/edgistry:/edgistry"],
-                "ports": [f"127.0.0.1:{p.grpc}:{GRPC}", f"127.0.0.1:{p.link}:{LINK}", f"127.0.0.1:{p.http}:{HTTP}"],
+                "ports": ports[f"gateway{i}"],
+                "labels": _labels(project, f"gateway{i}"),
                 "depends_on": {node.moniker: {"condition": "service_healthy"}},
                 "healthcheck": {
                     "test": ["CMD", "python", "-c",
                              f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{HTTP}/healthz', timeout=2)"],
-                    "interval": "5s", "timeout": "3s", "retries": 12, "start_period": "10s",
+                    "interval": "2s", "timeout": "3s", "retries": 30, "start_period": "10s",
                 },
                 "restart": "unless-stopped",
             }
     return out
 
 
-def _containerise(directory: Path, layouts: list[NodeLayout], gateway: bool) -> None:
-    """Rewrite the loopback configs for the compose network (service names, 0.0.0.0)."""
+def _labels(project: ContainerProject, service: str) -> dict[str, str]:
+    return {LABEL_PROJECT: project.name, LABEL_SERVICE: service}
+
+
+def _containerise(layouts: list[NodeLayout]) -> None:
+    """Rewrite the loopback configs for containers (service names, 0.0.0.0, the ABCI socket)."""
     peers = {n.index: f"{n.node_id}@{n.moniker}:{P2P}" for n in layouts}
     for node in layouts:
         path = node.cometbft_home / "config" / "config.toml"
         text = path.read_text()
-        text = _set(text, "proxy_app", f"tcp://abci{node.index}:{ABCI}")
+        text = _set(text, "proxy_app", ABCI_SOCKET)
         text = _set(text, "laddr", f"tcp://0.0.0.0:{RPC}", section="rpc")
         text = _set(text, "laddr", f"tcp://0.0.0.0:{P2P}", section="p2p")
         text = _set(text, "persistent_peers", ",".join(v for k, v in peers.items() if k != node.index))
         text = _set(text, "prometheus_listen_addr", f":{PROMETHEUS}")
         path.write_text(text)
+        (node.root / "abci").mkdir(mode=0o700, exist_ok=True)
         cfg = NodeConfig.load(node.edgistry_home)
-        cfg.abci_listen = f"tcp://0.0.0.0:{ABCI}"
+        cfg.abci_listen = ABCI_SOCKET
         cfg.rpc_url = f"http://{node.moniker}:{RPC}"
         cfg.rpc_listen = f"0.0.0.0:{RPC}"
         cfg.grpc_listen, cfg.link_listen, cfg.http_listen = (f"0.0.0.0:{port}" for port in (GRPC, LINK, HTTP))
         cfg.cometbft_home = ""  # in its own container, not beside this home
+        # what peers are told (the registry endpoint) and what devices are told (the published link)
+        cfg.extra["gateway"] = {**cfg.extra.get("gateway", {}), "grpc_advertise": f"gateway{node.index}:{GRPC}",
+                                "link_advertise": f"{PUBLISH}:{node.ports.link}"}
         cfg.save()
     # genesis: gateways are reached by service name
     first = layouts[0].cometbft_home / "config" / "genesis.json"
@@ -153,23 +259,58 @@ def _set(toml_text: str, key: str, value: str, section: str | None = None) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_compose(directory: Path, nodes: int, chain_id: str | None = None, snapshot_interval: int = 10,
-                  gateway: bool = True, base_port: int = DEFAULT_BASE_PORT) -> Path:
-    """Generate the localnet, containerise its configs, write Dockerfile and docker-compose.yml."""
+# ---- the project ----
 
+
+def write_project(directory: Path, nodes: int, chain_id: str | None = None, snapshot_interval: int = 10,
+                  gateway: bool = True, base_port: int = DEFAULT_BASE_PORT,
+                  consensus: ConsensusSettings | None = None, wheel_dir: Path | None = None,
+                  cometbft_image: str = COMETBFT_IMAGE) -> ContainerProject:
+    """Generate the localnet, containerise its configs, write the image folder (Dockerfile and
+    wheels: from ``wheel_dir``, else made from the installed Edgistry), the project record and
+    docker-compose.yml. The wheels are made first: when that fails, nothing is written."""
     directory = directory.expanduser().resolve()
-    layouts = generate_localnet(directory, nodes, chain_id or DEFAULT_CHAIN_ID, base_port=base_port,
-                                snapshot_interval=snapshot_interval)
-    _containerise(directory, layouts, gateway)
-    (directory / "Dockerfile").write_text(DOCKERFILE)
-    user = f"{os.getuid()}:{os.getgid()}"
-    svc = services(layouts, gateway, user, str(directory / "Dockerfile"))
-    project = {"name": re.sub(r"[^a-z0-9_-]", "-", directory.name.lower()) or "edgistry", "services": svc}
-    header = (f"# Edgistry on CometBFT: {nodes} validators (generated by `edgistry cluster compose`).\n"
-              f"# Run: docker compose -f {directory / COMPOSE_FILE} up --build\n")
+    with tempfile.TemporaryDirectory(prefix="edgistry-wheels-") as tmp:
+        wheels = copy_wheels(wheel_dir, Path(tmp)) if wheel_dir else collect_wheels(Path(tmp))
+        layouts = generate_localnet(directory, nodes, chain_id or DEFAULT_CHAIN_ID, base_port=base_port,
+                                    consensus=consensus or ConsensusSettings(), snapshot_interval=snapshot_interval)
+        image_dir = directory / IMAGE_DIR
+        shutil.rmtree(image_dir, ignore_errors=True)
+        shutil.copytree(tmp, image_dir / "wheels")
+    wheels = WheelSet(image_dir / "wheels", wheels.edgistry, wheels.version, wheels.python)
+    _containerise(layouts)
+    project = ContainerProject(
+        name=project_name(directory), edgistry_image=f"{EDGISTRY_REPOSITORY}:{wheels.version}",
+        cometbft_image=cometbft_image, base_image=base_image(wheels.python), wheels_digest=wheels.digest(),
+        user=f"{os.getuid()}:{os.getgid()}", gateway=gateway)
+    (image_dir / "Dockerfile").write_text(DOCKERFILE.format(
+        version=wheels.version, base=project.base_image, label=LABEL_WHEELS, digest=project.wheels_digest))
+    project.save(directory)
+    write_compose_file(directory, layouts, project)
+    return project
+
+
+def write_compose_file(directory: Path, layouts: list[NodeLayout], project: ContainerProject) -> Path:
+    """docker-compose.yml, with how to run it and what every published port exposes."""
     path = directory / COMPOSE_FILE
-    path.write_text(header + to_yaml(project))
+    lines = [f"Edgistry on CometBFT: {len(layouts)} validators (generated by `edgistry cluster compose`).",
+             f"Compose v2:  docker compose -p {project.name} -f {path} up -d",
+             f"Compose v1:  docker-compose -p {project.name} -f {path} up -d",
+             f"Without compose: edgistry cluster up --runtime docker --dir {directory}",
+             f"Published on {PUBLISH} only (p2p, ABCI and metrics stay inside):"]
+    for node in layouts:
+        for service, host, container, what in published_ports(node):
+            if service.startswith("gateway") and not project.gateway:
+                continue
+            lines.append(f"  {host:>5} -> {service}:{container}  {what}")
+    header = "".join(f"# {line}\n" for line in lines)
+    path.write_text(header + to_yaml({"services": services(layouts, project)}))
     return path
+
+
+def load_project(directory: Path) -> tuple[list[NodeLayout], ContainerProject]:
+    """The layouts and record of a container project written by :func:`write_project`."""
+    return load_localnet(directory), ContainerProject.load(directory)
 
 
 # ---- a small YAML writer (block style; strings JSON-quoted, which YAML accepts) ----

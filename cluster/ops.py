@@ -253,21 +253,27 @@ def status(directory: Path) -> dict[str, Any]:
             rec = launcher.record(name)
             entry["processes"][role] = {"name": name, "running": pid is not None,
                                         "pid": pid if pid is not None else (rec.pid if rec else None)}
-        try:
-            st = rpc.status(node.rpc_url)
-            entry.update(height=st.height, app_hash=st.app_hash, catching_up=st.catching_up,
-                         voting_power=st.voting_power, peers=rpc.peers(node.rpc_url))
-        except (rpc.NodeUnreachable, rpc.RpcFailed) as exc:
-            entry.update(height=None, app_hash=None, catching_up=None, voting_power=None, peers=None,
-                         rpc_error=str(exc))
+        entry.update(chain_report(node))
         if "gw" in entry["processes"]:
             ok, detail = gateway_health(node)
             entry["gateway"] = {"healthy": ok, "detail": detail}
         out.append(entry)
-    return {"dir": str(directory), "nodes": out, "agreement": _agreement(layouts, out)}
+    return {"dir": str(directory), "nodes": out, "agreement": agreement(layouts, out)}
 
 
-def _agreement(layouts: list[NodeLayout], entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+def chain_report(node: NodeLayout) -> dict[str, Any]:
+    """The node's height, app hash, catching-up flag, voting power and peers (None when its RPC
+    does not answer, with the reason in ``rpc_error``)."""
+    try:
+        st = rpc.status(node.rpc_url)
+        return dict(height=st.height, app_hash=st.app_hash, catching_up=st.catching_up,
+                    voting_power=st.voting_power, peers=rpc.peers(node.rpc_url))
+    except (rpc.NodeUnreachable, rpc.RpcFailed) as exc:
+        return dict(height=None, app_hash=None, catching_up=None, voting_power=None, peers=None, rpc_error=str(exc))
+
+
+def agreement(layouts: list[NodeLayout], entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """At the lowest height the reachable nodes report: whether their app hashes agree."""
     heights = [e["height"] for e in entries if e["height"] is not None]
     if not heights:
         return None

@@ -1,4 +1,4 @@
-"""Authorising client tokens (gateway/auth.py), above all the memory of verified tokens:
+"""Authorising client tokens (gateway/tokens/auth.py), above all the memory of verified tokens:
 a remembered token is still refused the moment it is revoked, expires, is shown at
 another gateway or asks for a right it lacks, with the same error as a first use."""
 

@@ -9,7 +9,7 @@ Modules (copy them as top-level modules onto a device, beside the caplets
 * ``link_errors``: LinkError > RemoteProtocolError / LocalProtocolError, wire codes
 * ``link_session``: events and the shared session machinery (transition-table walk)
 * ``link_device``: DeviceSession and check_request (request-token verification)
-* ``link_gateway``: GatewaySession (the gateway side, pure; driven by gateway/link_server.py)
+* ``link_gateway``: GatewaySession (the gateway side, pure; driven by gateway/link/server.py)
 
 Typical device use::
 

@@ -42,6 +42,7 @@ from ...firmware.caplets.revocation import RevocationSet
 from ..tokens import auth
 from ..errors import BadRequest, GatewayError, InvokeTimeout, NotFound, Unauthorized
 from ..metrics import GatewayMetrics
+from ..probe import SUBMIT_AUTHORISE, SUBMIT_TOTAL, Probe
 from ..store.ops import StaleSequence
 from ..store.store import ACTIVE_WINDOW_MS, Device, GatewayStore, RequestRecord, State, new_id
 
@@ -168,6 +169,7 @@ class GatewayService:
     # (target, client token) -> pseudonym: discovery handles open only with the client's token
     resolvers: list[Callable[[str, bytes], bytes | None]] = field(default_factory=list)
     watch_recheck_s: float = 5.0  # a watch re-reads its request (and re-checks its token) this often
+    probe: Probe | None = None  # stage timings for benchmarks (gateway/probe.py)
 
     def __post_init__(self) -> None:
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
@@ -258,6 +260,7 @@ class GatewayService:
         ``attested``: a trusted in-process caller (discovery's invoke-any)
         vouches that it authenticated the client itself; honoured for
         read-only methods only, and carried to a peer in the signed forward."""
+        t0 = time.perf_counter() if self.probe is not None else 0.0
         try:
             dev, owner = await self._locate(call, attested)
             if owner is not None:
@@ -270,6 +273,9 @@ class GatewayService:
         except GatewayError as err:
             self.metrics.rejections.labels(err.reason).inc()
             raise
+        finally:
+            if self.probe is not None:
+                self.probe.span(SUBMIT_TOTAL, time.perf_counter() - t0, sample=True)
         return result
 
     async def submit_many(self, calls: list[Call]) -> list[Result | GatewayError]:
@@ -288,6 +294,7 @@ class GatewayService:
         if len(calls) > self.settings.max_batch:
             raise BadRequest(f"a batch holds at most {self.settings.max_batch} requests, not {len(calls)}")
         now = self.clock()
+        t0 = time.perf_counter() if self.probe is not None else 0.0
         batch = _Batch([None] * len(calls))
         for i, call in enumerate(calls):
             self._stage_item(batch, i, call, now)
@@ -302,6 +309,10 @@ class GatewayService:
             if isinstance(res, BaseException):
                 batch.failure = batch.failure or res
         self._settle(batch, committed, done[len(commit) + len(hits):], now)
+        if self.probe is not None:  # each local item waits as long as the batch (submit() times the others)
+            d = time.perf_counter() - t0
+            for _ in range(len(calls) - len(batch.elsewhere)):
+                self.probe.span(SUBMIT_TOTAL, d, sample=True)
         if batch.failure is not None:
             raise batch.failure
         return batch.out
@@ -376,8 +387,11 @@ class GatewayService:
         # A read vouched for by discovery or by a registered peer's signed forward
         # needs no device token; everything else is authorised here.
         if not (call.attested and not method.mutating):
+            t0 = time.perf_counter() if self.probe is not None else 0.0
             granted = auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
                                      self.revoked, now // 1000, mutating=method.mutating)
+            if self.probe is not None:
+                self.probe.span(SUBMIT_AUTHORISE, time.perf_counter() - t0)
             if granted.origin != "device" and not call.attested:
                 raise Unauthorized(PSEUDONYM_NEEDS_DEVICE_TOKEN)
         args = call.args or b""

@@ -1,9 +1,9 @@
 """What the device-link server needs from the rest of the gateway.
 
-The link server (``gateway/link_server.py``) speaks the device link
+The link server (``gateway/link/server.py``) speaks the device link
 (docs/LINK_PROTOCOL.md) and knows nothing of queues, the chain or gRPC; the
 gateway implements :class:`LinkBackend` over its durable store
-(``gateway/backend.py``: StoreLinkBackend). Tests use :class:`MemoryBackend`.
+(``gateway/link/store_backend.py``: StoreLinkBackend). Tests use :class:`MemoryBackend`.
 
 The contract has three kinds of method:
 
@@ -26,10 +26,13 @@ The contract has three kinds of method:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ...firmware.link import link_wire as wire
+from ..probe import LINK_BACKEND, Probe
 
 
 @dataclass(frozen=True)
@@ -174,3 +177,42 @@ class MemoryBackend:
     async def revocations_sent(self, link_id: bytes, position: int) -> None:
         self.commits += 1
         del self.revoked.get(link_id, [])[:position]
+
+
+READS = ("identity_secret", "device_for_link", "ticket", "pending", "revocations", "contact")
+WRITES = ("rotate_ticket", "delivered", "answered", "revocations_sent")
+
+
+class TimedBackend:
+    """A LinkBackend that reports how long each call of the one it wraps took
+    (``link.<call>``; durable writes as ``link.await.<call>``) to a probe
+    (gateway/probe.py): how benchmarks see where a wake spends its time."""
+
+    def __init__(self, inner: LinkBackend, probe: Probe) -> None:
+        self.inner, self.probe = inner, probe
+        for name in READS:
+            setattr(self, name, self._timed(name, getattr(inner, name)))
+        for name in WRITES:
+            setattr(self, name, self._timed_async(name, getattr(inner, name)))
+
+    def _timed(self, name: str, fn: Callable) -> Callable:
+        label = LINK_BACKEND + name
+
+        def call(*args):
+            t = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.probe.span(label, time.perf_counter() - t)
+        return call
+
+    def _timed_async(self, name: str, fn: Callable) -> Callable:
+        label = LINK_BACKEND + "await." + name
+
+        async def call(*args):
+            t = time.perf_counter()
+            try:
+                return await fn(*args)
+            finally:
+                self.probe.span(label, time.perf_counter() - t)
+        return call

@@ -50,6 +50,7 @@ from ...firmware.link.link_session import (
 )
 from ...firmware.link.link_wire import MAX_LINK_FRAME
 from .backend import DeviceAnswer, LinkBackend, Ticket
+from ..probe import LINK_CONNECTION, LINK_ESTABLISHED_TO_REQUESTS, Probe
 from .delivery import Backlog, Decision, Delivery
 
 log = logging.getLogger("edgistry.gateway.link")
@@ -255,9 +256,9 @@ class _Connection:
         await self._write(out)
         if self._items_sent:
             self._items_sent = False
-            if self.server.on_requests_written is not None:
-                self.server.on_requests_written(time.perf_counter() - self._flight_t0,
-                                                self._in_handshake)
+            if self.server.probe is not None and self._in_handshake:
+                self.server.probe.span(LINK_ESTABLISHED_TO_REQUESTS, time.perf_counter() - self._flight_t0,
+                                       sample=True)
 
     # -- the flow --
 
@@ -431,13 +432,10 @@ class LinkServer:
                  ticket_ttl_s: int = 7 * 24 * 3600, forward_secrecy: bool = True,
                  clock: Callable[[], float] = time.time,
                  rand: Callable[[int], bytes] = os.urandom,
-                 metrics: LinkMetrics | None = None,
-                 on_requests_written: Callable[[float, bool], None] | None = None) -> None:
+                 metrics: LinkMetrics | None = None, probe: Probe | None = None) -> None:
         self.backend = backend
         self.spending: set[bytes] = set()  # ticket ids presented, deletion not yet durable
-        # observer: (seconds from the device's flight read to REQUESTS with work
-        # written, during the handshake?) - for benchmarks and metrics
-        self.on_requests_written = on_requests_written
+        self.probe = probe  # stage timings (gateway/probe.py): connections, flight read -> REQUESTS written
         self.host, self.port = host, port
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
@@ -499,6 +497,7 @@ class LinkServer:
         self._tasks.add(task)
         conn = _Connection(self, reader, writer)
         self.metrics.connections_total += 1
+        t0 = time.perf_counter()
         try:
             await conn.run()
         except asyncio.CancelledError:
@@ -516,6 +515,8 @@ class LinkServer:
                 del self._by_link[conn.link_id]
             if conn.session.established:
                 self.metrics.sessions_open -= 1
+            if self.probe is not None:
+                self.probe.span(LINK_CONNECTION, time.perf_counter() - t0)
             writer.close()
             try:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)

@@ -85,6 +85,26 @@ def add_gateway_cmd(home: Path, endpoint: str, pubkey: str | None, operator: str
         click.echo(f"{action} gateway {gid} at {endpoint} (height {height})")
 
 
+@registry_group.command("remove-gateway")
+@home_option
+@click.option("--gateway-id", required=True, help="Id of the gateway to remove (it must own no device).")
+@click.option("--rpc", default=None, help="Node RPC URL (default from the home's config).")
+def remove_gateway_cmd(home: Path, gateway_id: str, rpc: str | None) -> None:
+    """Remove a gateway (signed by the admin key). If it held the registry data key, the
+    remaining gateways open a new epoch and re-seal their devices under it."""
+    from .home import admin_key
+    from ..chain import ChainClient
+    from ..proto import registry_pb2 as pb
+
+    cfg = load_config(home)
+
+    async def go() -> int:
+        async with ChainClient(_rpc_url(home, rpc)) as chain:
+            return (await chain.submit(admin_key(cfg), pb.RemoveGateway(gateway_id=gateway_id))).height
+
+    click.echo(f"removed gateway {gateway_id} (height {_run(go())})")
+
+
 @registry_group.command("ls")
 @click.argument("what", type=click.Choice(["gateways", "devices"]))
 @click.option("--home", type=click.Path(path_type=Path), default=None,

@@ -156,11 +156,13 @@ def read_everything(rpc: Rpc, corpus: Corpus, probe: Iterable[tuple[str, int]] =
     ``probe``: (service type, cell) pairs to ask the by-cell path about (it must refuse).
     ``has(method)``: whether the node serves an RPC method (the embedded node serves fewer)."""
     latest = int(rpc("abci_info")["response"]["last_block_height"])
-    corpus.add_json("status", "status", rpc("status"))
+    status = rpc("status")
+    corpus.add_json("status", "status", status)
+    earliest = max(1, int(status["sync_info"].get("earliest_block_height") or 1))  # a state-synced node starts later
     if has("genesis"):
         corpus.add_json("genesis", "genesis", rpc("genesis"))
-    counts = {"heights": latest, "txs": 0, "register_device_txs": 0, "device_records": 0, "by_cell_refused": 0}
-    for h in range(1, latest + 1):
+    counts = {"heights": latest - earliest + 1, "txs": 0, "register_device_txs": 0, "device_records": 0, "by_cell_refused": 0}
+    for h in range(earliest, latest + 1):
         if has("block"):
             block = rpc("block", height=str(h))
             corpus.add_json("block", f"block {h}", block)

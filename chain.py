@@ -89,7 +89,7 @@ class ChainClient:
             async with self._session.post(self.url + "/", json=body) as resp:
                 msg = await resp.json(content_type=None)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            raise ChainError(f"cannot reach the node RPC at {self.url}: {exc!r}") from exc
+            raise ChainError(f"cannot reach the node RPC at {self.url}: {_reason(exc)}") from exc
         if "error" in msg:
             err = msg["error"]
             raise ChainError(f"{method}: {err.get('message')}: {err.get('data')}")
@@ -174,6 +174,24 @@ class ChainClient:
                     raise
                 self._last_nonce.pop(signer, None)
         raise AssertionError("unreachable")
+
+
+def _reason(exc: BaseException) -> str:
+    """A transport failure in a few words (aiohttp's own repr names its internals)."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, ConnectionRefusedError):
+            return "connection refused"
+        if "DNS" in type(exc).__name__ or "Name or service not known" in str(exc):
+            return "the host name does not resolve"
+        return f"connection failed ({os_error.strerror or os_error})"
+    if isinstance(exc, aiohttp.ContentTypeError) or isinstance(exc, ValueError):
+        return "the answer is not JSON-RPC (is that a CometBFT RPC address?)"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status} {exc.message}"
+    return str(exc) or type(exc).__name__
 
 
 # ---- synchronous reads (cluster tooling) ----

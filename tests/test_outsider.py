@@ -125,7 +125,8 @@ def test_an_outsider_of_the_embedded_node_learns_no_type_cell_or_place(tmp_path)
         control = Corpus()
         control.add_json("control", "registry ls --home", opened)
         for rec in opened:
-            control.add("record bytes", int(rec["cell"]).to_bytes(8, "big"))
+            control.add("record bytes", int(rec["cell"], 16).to_bytes(8, "big"))
+            control.add("record text", str(int(rec["cell"], 16)).encode())
         for d in devices[:3] + [devices[-1]]:  # the paired devices as they are now (d4 re-paired at res 6)
             found = {label for label, _ in control.find(needles(d))}
             res = h3.get_resolution(h3.int_to_str(d.cell))

@@ -23,7 +23,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ...chain import ChainClient, ChainError
+from ..client.errors import transport_reason
 from ..errors import GatewayError, NotFound, Unauthorized, Unavailable, from_grpc
+from ..metrics import GatewayMetrics
 from ...proto import gateway_pb2 as gw
 from ...proto import gateway_pb2_grpc as gw_grpc
 from ...proto import registry_pb2 as pb
@@ -145,11 +147,19 @@ class ForwardChecker:
 
 
 class PeerClient:
-    """A's side: one channel per peer endpoint; statuses mapped back to domain errors."""
+    """A's side: one channel per peer endpoint; statuses mapped back to domain errors.
+    With ``metrics``, every forward is counted (direction "out", outcome "ok" or the
+    error's reason), as B counts what it receives."""
 
-    def __init__(self, key: Ed25519PrivateKey, gateway_id: str, directory: Directory) -> None:
+    def __init__(self, key: Ed25519PrivateKey, gateway_id: str, directory: Directory,
+                 metrics: GatewayMetrics | None = None) -> None:
         self.key, self.gateway_id, self.directory = key, gateway_id, directory
+        self.metrics = metrics
         self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.forwards.labels("out", outcome).inc()
 
     async def _stub(self, gateway_id: str) -> gw_grpc.PeerStub:
         peer = await self.directory.gateway(gateway_id)
@@ -163,21 +173,32 @@ class PeerClient:
 
     async def forward(self, gateway_id: str, call: str, request: gw.InvokeRequest | None = None,
                       result: gw.ResultRequest | None = None, timeout: float = 30.0) -> gw.Result:
-        stub = await self._stub(gateway_id)
-        msg = sign_forward(self.key, self.gateway_id, call, request, result)
         try:
-            return await stub.Forward(msg, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _mapped(exc, gateway_id) from exc
+            stub = await self._stub(gateway_id)
+            msg = sign_forward(self.key, self.gateway_id, call, request, result)
+            try:
+                res = await stub.Forward(msg, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise _mapped(exc, gateway_id) from exc
+        except GatewayError as err:
+            self._count(err.reason)
+            raise
+        self._count("ok")
+        return res
 
     async def watch(self, gateway_id: str, result: gw.ResultRequest):
-        stub = await self._stub(gateway_id)
-        msg = sign_forward(self.key, self.gateway_id, "watch", None, result)
         try:
-            async for item in stub.ForwardWatch(msg):
-                yield item
-        except grpc.aio.AioRpcError as exc:
-            raise _mapped(exc, gateway_id) from exc
+            stub = await self._stub(gateway_id)
+            msg = sign_forward(self.key, self.gateway_id, "watch", None, result)
+            try:
+                async for item in stub.ForwardWatch(msg):
+                    yield item
+            except grpc.aio.AioRpcError as exc:
+                raise _mapped(exc, gateway_id) from exc
+        except GatewayError as err:
+            self._count(err.reason)
+            raise
+        self._count("ok")
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels.values()), return_exceptions=True)
@@ -186,5 +207,6 @@ class PeerClient:
 
 def _mapped(exc: grpc.aio.AioRpcError, gateway_id: str) -> GatewayError:
     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-        return Unavailable(f"gateway {gateway_id}: {exc.details()}")
+        why = transport_reason(exc.details() or "") or exc.details()
+        return Unavailable(f"the device's gateway {gateway_id} cannot be reached now ({why})")
     return from_grpc(exc.code(), exc.details() or "")

@@ -38,6 +38,16 @@ PLAN = [
 ]
 
 
+def cli_stdout(*args: str) -> tuple[int, str]:
+    """(exit status, stdout only: progress lines go to stderr)."""
+    from click.testing import CliRunner as Runner
+
+    from edgistry.cli import main as entry
+
+    result = Runner().invoke(entry, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
+
+
 def cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     return result.exit_code, result.output
@@ -50,7 +60,7 @@ def manifest(types: tuple[str, ...], lat: float, lon: float) -> dict:
 
 def pair(cfg, home: Path, res: int, k: int, *extra: str) -> dict:
     code = wait_file(cfg.home / "commission.code")
-    status, out = cli("pair", "--device", str(home), "--gateway", cfg.grpc_listen, "--code", code,
+    status, out = cli_stdout("pair", "--device", str(home), "--gateway", cfg.grpc_listen, "--code", code,
                       "--resolution", str(res), "--k", str(k), "--json", *extra)
     assert status == 0, out
     time.sleep(0.05)  # the next pairing needs the next one-time code

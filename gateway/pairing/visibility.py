@@ -64,6 +64,8 @@ async def check(rpc_url: str, pseudonym: bytes) -> list[TypeVisibility]:
         if res.code != 0:
             return []
         record = pb.DeviceRecord.FromString(res.value)
+        if not record.services:  # sealed on chain: only a gateway's discovery can tell (docs/REGISTRY_PRIVACY.md)
+            return []
         base = h3.str_to_int(h3.cell_to_parent(h3.int_to_str(record.cell), 0))
         neighbours = {svc.type: await chain.devices("/devices/by_cell",
                                                     pb.DeviceQuery(service_type=svc.type, cell=base))

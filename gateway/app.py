@@ -141,14 +141,15 @@ class Gateway:
         # the sealed registry: this gateway's X25519 seal key and the data keys wrapped to it
         self.keeper = SealKeeper(self.chain, self.key, self.gateway_id, load_seal_key(cfg.keys_dir, create=True),
                                  patience_s=float(o.get("seal_patience_s", PATIENCE_S)))
-        commissioner = Commissioner(self.store, Offers(self.key, cfg.chain_id), self.code, self.chain, self.key,
-                                    self.secret, self.link_endpoint, self.metrics, keeper=self.keeper)
-        self.keeper.reseal = commissioner.reseal
         # discovery, its replica of the registry, invoke-any
         from .discovery import grpc_service as dg
 
         self.discovery, replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id, self.grpc_endpoint,
                                                          keeper=self.keeper)
+        commissioner = Commissioner(self.store, Offers(self.key, cfg.chain_id), self.code, self.chain, self.key,
+                                    self.secret, self.link_endpoint, self.metrics, keeper=self.keeper,
+                                    replica=replica)
+        self.keeper.reseal = commissioner.reseal
         self.service.resolvers.append(dg.handle_resolver(self.discovery, self.secret))  # Invoke takes handles
         discovery = dg.discovery_servicer(self.discovery, self.secret, dg.GatewayInvoker(self.service), replica,
                                           revoked=revoked)

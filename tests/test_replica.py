@@ -127,6 +127,28 @@ async def test_run_loop_follows_and_notifies_watchers(node):
             task.cancel()
 
 
+async def test_pairing_waits_for_the_polling_replica_to_reach_a_commit(node):
+    """A running replica that polls slowly: pairing's visibility waits for the registration's
+    height (not answering from the index as it was) and then reads the new device from it."""
+    from edgistry.gateway.pairing import visibility
+
+    url, home, _ = node
+    key = gateway_key(NodeConfig.load(home))
+    async with ChainClient(url) as chain:
+        keeper = await keeper_of(chain, home)
+        follower = ReplicaFollower(chain, keeper=keeper, poll_s=1.0)
+        task = asyncio.ensure_future(follower.run())
+        try:
+            await asyncio.wait_for(follower.wait_height(1, 30), 31)
+            p = os.urandom(16)
+            height = (await chain.submit(key, device_msg(keeper, p, cell_at(35.68, 139.69, 7), res=7, k=1))).height
+            assert p not in follower.index.entries  # the commit is ahead of the replica's last poll
+            (v,) = await visibility.after_commit(follower, p, height, timeout=10)
+            assert v.service_type == "sensor" and v.disclosed_cell == cell_at(35.68, 139.69, 7)
+        finally:
+            task.cancel()
+
+
 async def test_discover_end_to_end_through_up(node, tmp_path):
     """`edgistry up` serves Discovery from its replica: `token app` + `discover` find new devices."""
     from click.testing import CliRunner

@@ -182,3 +182,14 @@ class ReplicaFollower:
             except TimeoutError:
                 pass
         return self.index.version
+
+    async def wait_height(self, height: int, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the index has applied ``height``; True when it has.
+        The run loop polls, so a just-committed block lands here up to one poll later."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.loaded and self.index.height >= height),
+                                       timeout)
+            except TimeoutError:
+                return False
+        return True

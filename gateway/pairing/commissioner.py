@@ -10,7 +10,8 @@ gateway/discovery/keeper.py, holds it); only the pseudonym is in clear. Then sto
 return the identity token (for the link), a read-only application token and
 the owner handle. Re-pairing with the same gateway keeps the link id, the
 pseudonym and the queue and updates the record; unpairing unregisters it and
-cancels its queue.
+cancels its queue. The pairing result says whether discovery shows the device
+yet, from this gateway's discovery index (visibility.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ...chain import ChainClient, ChainError, TxRejected
 from ..errors import BadRequest, NotFound, Precondition, Unavailable
 from ..manifest import Manifest
 from ..metrics import GatewayMetrics
+from . import visibility
 from .channel import AAD_RESULT, CommissionCode, Offers, seal
 from ..api.service import owner_handle
 from ..store.store import Device, GatewayStore
@@ -43,9 +45,10 @@ LINK_ID_LEN = 16
 class Commissioner:
     def __init__(self, store: GatewayStore, offers: Offers, code: CommissionCode, chain: ChainClient,
                  key: Ed25519PrivateKey, secret: bytes, link_endpoint: str,
-                 metrics: GatewayMetrics | None = None, clock=None, keeper=None) -> None:
+                 metrics: GatewayMetrics | None = None, clock=None, keeper=None, replica=None) -> None:
         self.store, self.offers, self.code, self.chain = store, offers, code, chain
         self.keeper = keeper  # discovery.keeper.SealKeeper: the data key devices are sealed under
+        self.replica = replica  # discovery.replica.ReplicaFollower: tells whether discovery shows the device
         self.key, self.secret, self.link_endpoint = key, secret, link_endpoint
         self.gateway_id = offers.gateway_id
         self.metrics = metrics or GatewayMetrics()
@@ -103,9 +106,11 @@ class Commissioner:
         except ValueError:
             app = b""  # only mutating methods: the owner derives a token deliberately
         log.info("paired device %s (%s) at cell %x", pseudonym.hex(), "re-paired" if record else "new", coarse)
-        return gw.PairResult(pseudonym=pseudonym, identity_token=auth.identity_token(self.secret, link_id).to_bytes(),
-                             app_token=app, owner_handle=dev.owner, link_endpoint=self.link_endpoint,
-                             gateway_id=self.gateway_id, height=height)
+        result = gw.PairResult(pseudonym=pseudonym,
+                               identity_token=auth.identity_token(self.secret, link_id).to_bytes(),
+                               app_token=app, owner_handle=dev.owner, link_endpoint=self.link_endpoint,
+                               gateway_id=self.gateway_id, height=height, cell=coarse)
+        return visibility.fill(result, await visibility.after_commit(self.replica, pseudonym, height))
 
     def _link_id(self, given: bytes, root: bytes) -> bytes:
         """The device's own link id (its home keeps it across re-pairing)."""

@@ -237,6 +237,25 @@ def apply_put_data_key(ctx: TxContext, msg: pb.PutDataKey) -> Outcome:
 # ---- validators ----
 
 
+ED25519 = "ed25519"
+
+
+def validator_update(pubkey: bytes, power: int) -> abci.ValidatorUpdate:
+    """A validator update both CometBFT lines read: v0.38 takes pub_key (field 1) and
+    skips fields 3-4; v1.x takes pub_key_bytes + pub_key_type and skips the reserved 1."""
+    return abci.ValidatorUpdate(pub_key=abci.PublicKey(ed25519=pubkey), power=power,
+                                pub_key_bytes=pubkey, pub_key_type=ED25519)
+
+
+def ed25519_key_of(update: abci.ValidatorUpdate) -> bytes | None:
+    """The Ed25519 key of a validator update in either shape (None: another key type)."""
+    if update.pub_key.WhichOneof("sum") == ED25519:
+        return update.pub_key.ed25519
+    if update.pub_key_type == ED25519 and update.pub_key_bytes:
+        return update.pub_key_bytes
+    return None
+
+
 def apply_set_validator(ctx: TxContext, msg: pb.SetValidator) -> Outcome:
     _require_admin(ctx)
     key = keys.validator(msg.pubkey)
@@ -249,7 +268,7 @@ def apply_set_validator(ctx: TxContext, msg: pb.SetValidator) -> Outcome:
         ctx.kv.delete(key)
     else:
         ctx.kv.put(key, _ser(pb.ValidatorRecord(pubkey=msg.pubkey, power=msg.power)))
-    update = abci.ValidatorUpdate(pub_key=abci.PublicKey(ed25519=msg.pubkey), power=msg.power)
+    update = validator_update(msg.pubkey, msg.power)
     return Outcome(b"", [event("validator_set", pubkey=msg.pubkey.hex(), power=str(msg.power))], [update])
 
 

@@ -2,7 +2,8 @@
 
 Primary records (hashed into the app hash):
 
-    m/<name>                    chain metadata (chain_id)          -> utf-8
+    m/<name>                    chain metadata: m/chain_id -> utf-8,
+                                m/ed25519_v2_height -> be64 (absent: never)
     a/<pubkey32>                genesis admin                      -> b"1"
     g/<gateway_id>              GatewayRecord
     d/<pseudonym16>             DeviceRecord
@@ -43,6 +44,7 @@ SEAL_ROTATE = META + b"seal_rotate"
 GATEWAY_BY_KEY = b"gk/"
 DEVICE_BY_GATEWAY = b"dg/"
 REVOCATION_BY_EXPIRY = b"rx/"
+ED25519_V2_HEIGHT = META + b"ed25519_v2_height"  # from genesis; see ed25519_rule
 BLOCK_TIME = b"x/block_time"  # last block time (be64 seconds); derived, not hashed
 
 HASHED_PREFIXES = (META, ADMIN, GATEWAY, DEVICE, REVOCATION, NONCE, VALIDATOR, DATA_KEY, WRAP)

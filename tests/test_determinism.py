@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgistry.abci_app.app import RegistryApp
+from edgistry.gateway.discovery import sealbox
 from edgistry.proto import registry_pb2 as pb
-from registry_helpers import T0, Actors, Driver, cell_at, device_msg, pub
+from registry_helpers import T0, TEST_DATA_KEY, Actors, Driver, cell_at, device_msg, pub
 
 
 def random_blocks(seed: int, actors: Actors, n_blocks: int = 12) -> list[tuple[list[bytes], int]]:
@@ -104,3 +105,43 @@ def test_repeated_queries_answer_identically(tmp_path):
     answers = {d.query("/devices", b"", app.height - 2).SerializeToString() for _ in range(20)}
     assert len(answers) == 1
     app.close()
+
+
+PINNED_APP_HASHES = [  # the sealed registry's state (sealed device records, data key epochs)
+    "1831a808ae2434a79ade1a7babd65cc99e59e70ed67c9a3eee3a16ae146bfe6e",
+    "341413754863ff302bfe9136e307669799e24ce9de7fc3c517be3c5e7ee923c6",
+    "cbac98cb900352c96265f7addfae4b41de14ca7af8e2bd57e264a13cf7ac231d",
+    "fc0df0d36f4dff159c79c7c74ff3622593a1dae645a70e3d1ea041468174f367",
+    "fc0df0d36f4dff159c79c7c74ff3622593a1dae645a70e3d1ea041468174f367",
+]
+
+
+def test_app_hashes_of_a_fixed_chain_are_pinned(tmp_path):
+    """A fixed chain whose genesis predates the v2 signature rule gets, block by block, the app
+    hashes and codes the code before that rule (and before the hashing and store optimisations)
+    gave: replaying an existing chain with this version cannot halt on an app hash mismatch.
+    Everything is fixed, so the genesis opens epoch 1 without wraps (a wrap's ephemeral key is
+    random); device txs are sealed with nonces derived from their contents."""
+    def key(i: int) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32)  # Ed25519 signing is deterministic
+
+    a = Actors(admin=key(1), gw1=key(2), gw2=key(3), stranger=key(4))
+    genesis = a.genesis(sealed=False)
+    genesis.seal = pb.SealState(current_epoch=1,
+                                epochs=[pb.DataKeyEpoch(epoch=1, key_check=sealbox.key_check(TEST_DATA_KEY))])
+    genesis.ed25519_v2_height = None  # as in every genesis written before the v2 rule
+    blocks = [
+        [a.tx(a.gw1, device_msg(b"A" * 16)), a.tx(a.gw2, device_msg(b"B" * 16, types=("valve", "cam")))],
+        [a.tx(a.gw1, device_msg(b"A" * 16, cell_at(10, 10, 5), ("cam",), res=5, cls=pb.UpdateDevice)),
+         a.tx(a.gw2, pb.RevokeToken(tag=b"t" * 32, expires_at=T0 + 10000)), a.tx(a.stranger, device_msg(b"C" * 16))],
+        [a.tx(a.gw1, pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=b"A" * 16, last_seen=(T0 // 300) * 300)])),
+         a.tx(a.admin, pb.RegisterGateway(pubkey=pub(key(5)), endpoint="10.0.0.1:1", operator="x"))],
+        [a.tx(a.gw2, pb.UnregisterDevice(pseudonym=b"B" * 16))],
+        [],
+    ]
+    app = RegistryApp(tmp_path / "r")
+    d = Driver(app, genesis)
+    got = [d.block(b, dt=60) for b in blocks]
+    app.close()
+    assert [r.app_hash.hex() for r in got] == PINNED_APP_HASHES
+    assert [[x.code for x in r.tx_results] for r in got] == [[0, 0], [0, 0, 11], [0, 0], [0], []]

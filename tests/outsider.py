@@ -161,7 +161,8 @@ def read_everything(rpc: Rpc, corpus: Corpus, probe: Iterable[tuple[str, int]] =
     earliest = max(1, int(status["sync_info"].get("earliest_block_height") or 1))  # a state-synced node starts later
     if has("genesis"):
         corpus.add_json("genesis", "genesis", rpc("genesis"))
-    counts = {"heights": latest - earliest + 1, "txs": 0, "register_device_txs": 0, "device_records": 0, "by_cell_refused": 0}
+    counts = {"heights": latest - earliest + 1, "txs": 0, "register_device_txs": 0, "device_records": 0, "by_cell_refused": 0,
+              "tx_search_txs": 0}
     for h in range(earliest, latest + 1):
         if has("block"):
             block = rpc("block", height=str(h))
@@ -174,14 +175,16 @@ def read_everything(rpc: Rpc, corpus: Corpus, probe: Iterable[tuple[str, int]] =
         for rec in _all_devices(rpc, corpus, "/devices", pb.DeviceQuery(limit=1000), h):
             _query(rpc, corpus, "/device", pb.DeviceQuery(pseudonym=rec.pseudonym).SerializeToString(), h)
             counts["device_records"] += h == latest
-    if has("tx_search"):
-        page = 1
-        while True:
-            found = rpc("tx_search", query="tx.height>0", prove=False, page=str(page), per_page="100")
-            corpus.add_json("tx_search", f"tx_search page {page}", found)
-            if page * 100 >= int(found["total_count"]):
-                break
-            page += 1
+    if has("tx_search"):  # height by height: the one query form CometBFT and the embedded node both take
+        for h in range(earliest, latest + 1):
+            page = 1
+            while True:
+                found = rpc("tx_search", query=f"tx.height={h}", prove=False, page=str(page), per_page="100")
+                corpus.add_json("tx_search", f"tx_search {h} page {page}", found)
+                counts["tx_search_txs"] += len(found.get("txs") or [])
+                if page * 100 >= int(found["total_count"]):
+                    break
+                page += 1
     for path in ("/summary", "/gateways", "/revocations", "/seal", "/admins", "/validators"):
         _query(rpc, corpus, path, b"", 0)
     gateways = pb.GatewayList.FromString(_value(_query(rpc, corpus, "/gateways", b"", 0))).gateways

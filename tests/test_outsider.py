@@ -148,6 +148,7 @@ def test_an_outsider_of_the_embedded_node_learns_no_type_cell_or_place(tmp_path)
         # the outsider really read the registry: every device record, every by-cell probe refused
         assert counts["heights"] >= height and counts["device_records"] == len(PLAN) - 1
         assert counts["by_cell_refused"] == len(probe)
+        assert counts["tx_search_txs"] == counts["txs"] > 0  # every tx of every block, also through tx_search
         assert counts["snapshot_chunks"] >= 1
         if not counts["register_device_txs"]:  # the node serves no `block`: read its block store instead
             stop(proc)

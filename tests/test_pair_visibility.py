@@ -12,7 +12,7 @@ from edgistry.gateway.discovery.regions import Region, parent
 from edgistry.gateway.discovery.replica import ReplicaFollower
 from edgistry.gateway.pairing import visibility
 from edgistry.proto import gateway_pb2 as gw
-from discovery_helpers import NOW_MS, SENSOR, World, cell_at, entry, population
+from discovery_helpers import NOW_MS, World, cell_at, entry, population
 
 
 def test_assess_agrees_with_what_discovery_answers():

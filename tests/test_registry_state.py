@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import h3
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 

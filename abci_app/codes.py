@@ -34,11 +34,17 @@ class Code(IntEnum):
     ALREADY_EXPIRED = 21  # a revocation whose expiry is not after the block time
     FUTURE_LIVENESS = 22  # liveness claimed later than the block time
     LAST_VALIDATOR = 23  # removing it would leave no validator
+    # -- the sealed registry (abci_app/sealing.py) --
+    NO_DATA_KEY = 30  # a device sealed before any data key exists
+    STALE_EPOCH = 31  # sealed or wrapped under an epoch that is not the one required
+    WRAPS_INCOMPLETE = 32  # a new epoch not wrapped for every gateway with a seal key
+    WRAP_EXISTS = 33  # the gateway already holds that epoch's key
     # -- queries --
     UNKNOWN_QUERY_PATH = 40
     BAD_QUERY = 41
     HEIGHT_UNAVAILABLE = 42
     NOT_FOUND = 43
+    MOVED_TO_GATEWAYS = 44  # by-cell and by-service queries: the fields are sealed
 
 
 class TxError(Exception):

@@ -3,16 +3,20 @@
 It travels as the ``app_state`` object of CometBFT's genesis.json::
 
     {"admins": ["<hex ed25519 pubkey>", ...],
-     "gateways": [{"pubkey": "<hex>", "endpoint": "HOST:PORT", "operator": "..."}],
-     "devices": [<DeviceRecord as protobuf JSON>, ...],
+     "gateways": [{"pubkey": "<hex>", "endpoint": "HOST:PORT", "operator": "...",
+                   "seal_pubkey": "<hex x25519, optional>"}],
+     "devices": [<DeviceRecord as protobuf JSON: pseudonym, gateway, sealed>, ...],
+     "seal": <SealState as protobuf JSON, optional: epochs and wraps>,
      "revocations": [{"tag_hash": "<hex>", "expires_at": <unix s>}, ...],
      "ed25519_v2_height": 1,
      "revocation_hash_height": 1}
 
 Devices and revocations in genesis are for exports and bulk loads; normally
-they arrive through transactions. An export carries every revocation as its
-hash (one recorded by tag below the activation height is hashed on export), so
-a chain started from it revokes the same tokens and publishes no tag.
+they arrive through transactions. Device fields are sealed as on chain, so a
+genesis that holds devices also holds the data key epochs (and wraps) they were
+sealed under. An export carries every revocation as its hash (one recorded by
+tag below the activation height is hashed on export), so a chain started from
+it revokes the same tokens and publishes no tag.
 
 ``ed25519_v2_height`` is the first block whose transaction signatures are
 checked with the v2 acceptance rule (``ed25519_rule``: our canonical and
@@ -38,7 +42,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from . import keys, txs
+from . import keys, sealing, txs
 from .codes import TxError
 from .handlers import ed25519_key_of, put_device, put_gateway
 from .overlay import Overlay, Reader
@@ -60,6 +64,7 @@ class GatewaySpec:
     pubkey: bytes
     endpoint: str
     operator: str = ""
+    seal_pubkey: bytes = b""
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Genesis:
     admins: list[bytes] = field(default_factory=list)
     gateways: list[GatewaySpec] = field(default_factory=list)
     devices: list[pb.DeviceRecord] = field(default_factory=list)
+    seal: pb.SealState = field(default_factory=pb.SealState)
     ed25519_v2_height: int | None = DEFAULT_ED25519_V2_HEIGHT  # None: v1 at every height
     revocations: list[pb.RevocationRecord] = field(default_factory=list)  # tag_hash + expires_at
     revocation_hash_height: int | None = DEFAULT_REVOCATION_HASH_HEIGHT  # None: raw tags at every height
@@ -76,10 +82,13 @@ class Genesis:
         out: dict[str, Any] = {
             "admins": [a.hex() for a in self.admins],
             "gateways": [
-                {"pubkey": g.pubkey.hex(), "endpoint": g.endpoint, "operator": g.operator} for g in self.gateways
+                {"pubkey": g.pubkey.hex(), "endpoint": g.endpoint, "operator": g.operator,
+                 **({"seal_pubkey": g.seal_pubkey.hex()} if g.seal_pubkey else {})} for g in self.gateways
             ],
             "devices": [json_format.MessageToDict(d) for d in self.devices],
         }
+        if self.seal.epochs:
+            out["seal"] = json_format.MessageToDict(self.seal)
         if self.ed25519_v2_height is not None:
             out["ed25519_v2_height"] = self.ed25519_v2_height
         if self.revocations:
@@ -96,15 +105,17 @@ class Genesis:
         try:
             admins = [bytes.fromhex(a) for a in data.get("admins", [])]
             gateways = [
-                GatewaySpec(bytes.fromhex(g["pubkey"]), g["endpoint"], g.get("operator", ""))
+                GatewaySpec(bytes.fromhex(g["pubkey"]), g["endpoint"], g.get("operator", ""),
+                            bytes.fromhex(g.get("seal_pubkey", "")))
                 for g in data.get("gateways", [])
             ]
             devices = [json_format.ParseDict(d, pb.DeviceRecord()) for d in data.get("devices", [])]
+            seal = json_format.ParseDict(data.get("seal", {}), pb.SealState())
             revocations = [pb.RevocationRecord(tag_hash=bytes.fromhex(r["tag_hash"]), expires_at=r["expires_at"])
                            for r in data.get("revocations", [])]
         except (KeyError, TypeError, ValueError, json_format.ParseError) as exc:
             raise GenesisError(f"malformed app_state: {exc}") from exc
-        genesis = cls(admins, gateways, devices, data.get("ed25519_v2_height"),  # absent: never
+        genesis = cls(admins, gateways, devices, seal, data.get("ed25519_v2_height"),  # absent: never
                       revocations, data.get("revocation_hash_height"))  # absent: never
         genesis.validate()
         return genesis
@@ -141,18 +152,39 @@ class Genesis:
         try:
             for g in self.gateways:
                 txs.VALIDATORS["register_gateway"](pb.RegisterGateway(pubkey=g.pubkey, endpoint=g.endpoint, operator=g.operator))
+                if g.seal_pubkey:
+                    sealing.check_set_seal_key(pb.SetSealKey(x25519_pubkey=g.seal_pubkey))
                 ids.add(txs.gateway_id_for(g.pubkey))
+            self._validate_seal(ids)
+            epochs = {e.epoch for e in self.seal.epochs}
             for d in self.devices:
-                msg = pb.RegisterDevice(pseudonym=d.pseudonym, services=d.services, cell=d.cell, policy=d.policy, duty_cycle_s=d.duty_cycle_s)
+                msg = pb.RegisterDevice(pseudonym=d.pseudonym, services=d.services, cell=d.cell,
+                                        policy=d.policy if d.HasField("policy") else None,
+                                        duty_cycle_s=d.duty_cycle_s,
+                                        sealed=d.sealed if d.HasField("sealed") else None)
                 txs.VALIDATORS["register_device"](msg)
                 if d.gateway_id not in ids:
                     raise GenesisError(f"device {d.pseudonym.hex()} names unknown gateway {d.gateway_id}")
+                if d.sealed.epoch not in epochs:
+                    raise GenesisError(f"device {d.pseudonym.hex()} is sealed under an epoch the genesis lacks")
         except TxError as err:
             raise GenesisError(err.log) from err
         if len(ids) != len(self.gateways):
             raise GenesisError("duplicate gateway key")
         if len({d.pseudonym for d in self.devices}) != len(self.devices):
             raise GenesisError("duplicate device pseudonym")
+
+    def _validate_seal(self, gateway_ids: set[str]) -> None:
+        epochs = [e.epoch for e in self.seal.epochs]
+        if epochs != list(range(1, len(epochs) + 1)) or self.seal.current_epoch != len(epochs):
+            raise GenesisError("seal epochs must run 1..current_epoch")
+        for e in self.seal.epochs:
+            if len(e.key_check) != sealing.KEY_CHECK_LEN:
+                raise GenesisError(f"epoch {e.epoch} needs a {sealing.KEY_CHECK_LEN}-byte key_check")
+        for w in self.seal.wraps:
+            sealing.check_wrap(w)
+            if w.gateway_id not in gateway_ids or w.epoch not in epochs:
+                raise GenesisError(f"a wrap names unknown gateway {w.gateway_id} or epoch {w.epoch}")
 
     def init(self, kv: Overlay, chain_id: str, validators: list[abci.ValidatorUpdate], height: int) -> None:
         """Write this genesis into ``kv`` (staged; persisted by the first Commit)."""
@@ -167,7 +199,17 @@ class Genesis:
         for admin in self.admins:
             kv.put(keys.admin(admin), b"1")
         for g in self.gateways:
-            put_gateway(kv, g.pubkey, g.endpoint, g.operator, height)
+            gid = put_gateway(kv, g.pubkey, g.endpoint, g.operator, height)
+            if g.seal_pubkey:
+                sealing.set_seal_key(kv, gid, g.seal_pubkey)
+        for e in self.seal.epochs:
+            kv.put(keys.data_key(e.epoch), e.SerializeToString(deterministic=True))
+        for w in self.seal.wraps:
+            kv.put(keys.wrap(w.epoch, w.gateway_id), w.SerializeToString(deterministic=True))
+        if self.seal.current_epoch:
+            kv.put(keys.SEAL_EPOCH, keys.be32(self.seal.current_epoch))
+        if self.seal.rotation_due:
+            kv.put(keys.SEAL_ROTATE, b"1")
         for d in self.devices:
             record = pb.DeviceRecord()
             record.CopyFrom(d)
@@ -193,9 +235,10 @@ class Genesis:
         genesis.revocations.sort(key=lambda r: r.tag_hash)
         for _, raw in reader.scan(keys.GATEWAY):
             g = pb.GatewayRecord.FromString(raw)
-            genesis.gateways.append(GatewaySpec(g.pubkey, g.endpoint, g.operator))
+            genesis.gateways.append(GatewaySpec(g.pubkey, g.endpoint, g.operator, g.seal_pubkey))
         for _, raw in reader.scan(keys.DEVICE):
             genesis.devices.append(pb.DeviceRecord.FromString(raw))
+        genesis.seal = sealing.seal_state(reader)
         return genesis
 
 

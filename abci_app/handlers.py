@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
-from . import keys
+from . import keys, sealing
 from .codes import Code, TxError
 from .overlay import Overlay
 from .txs import gateway_id_for
@@ -114,6 +114,7 @@ def apply_remove_gateway(ctx: TxContext, msg: pb.RemoveGateway) -> Outcome:
     record.ParseFromString(raw)
     ctx.kv.delete(keys.gateway(msg.gateway_id))
     ctx.kv.delete(keys.gateway_by_key(record.pubkey))
+    sealing.on_gateway_removed(ctx.kv, msg.gateway_id)
     return Outcome(msg.gateway_id.encode(), [event("gateway_removed", gateway_id=msg.gateway_id)])
 
 
@@ -121,17 +122,12 @@ def apply_remove_gateway(ctx: TxContext, msg: pb.RemoveGateway) -> Outcome:
 
 
 def put_device(kv: Overlay, record: pb.DeviceRecord) -> None:
-    pseudonym = record.pseudonym
-    kv.put(keys.device(pseudonym), _ser(record))
-    for key in keys.device_by_cell_keys([svc.type for svc in record.services], record.cell, pseudonym):
-        kv.put(key, b"")
-    kv.put(keys.device_by_gateway(record.gateway_id, pseudonym), b"")
+    kv.put(keys.device(record.pseudonym), _ser(record))
+    kv.put(keys.device_by_gateway(record.gateway_id, record.pseudonym), b"")
 
 
 def drop_device(kv: Overlay, record: pb.DeviceRecord) -> None:
     kv.delete(keys.device(record.pseudonym))
-    for svc in record.services:
-        kv.delete(keys.device_by_cell(svc.type, record.cell, record.pseudonym))
     kv.delete(keys.device_by_gateway(record.gateway_id, record.pseudonym))
 
 
@@ -142,15 +138,9 @@ def apply_register_device(ctx: TxContext, msg: pb.RegisterDevice) -> Outcome:
         owner = pb.DeviceRecord.FromString(raw).gateway_id
         where = "this gateway (use update)" if owner == gid else f"gateway {owner}"
         raise TxError(Code.DEVICE_EXISTS, f"device {msg.pseudonym.hex()} is already registered by {where}")
-    record = pb.DeviceRecord(
-        pseudonym=msg.pseudonym,
-        gateway_id=gid,
-        services=msg.services,
-        cell=msg.cell,
-        policy=msg.policy,
-        duty_cycle_s=msg.duty_cycle_s,
-        registered_height=ctx.height,
-    )
+    sealing.require_current_epoch(ctx.kv, msg.sealed)
+    record = pb.DeviceRecord(pseudonym=msg.pseudonym, gateway_id=gid, sealed=msg.sealed,
+                             registered_height=ctx.height)
     put_device(ctx.kv, record)
     return Outcome(msg.pseudonym, [event("device_registered", pseudonym=msg.pseudonym.hex(), gateway_id=gid)])
 
@@ -165,13 +155,10 @@ def _owned(ctx: TxContext, pseudonym: bytes, allow_admin: bool = False) -> pb.De
 def apply_update_device(ctx: TxContext, msg: pb.UpdateDevice) -> Outcome:
     _require_gateway(ctx)
     old = _owned(ctx, msg.pseudonym)
-    drop_device(ctx.kv, old)
+    sealing.require_current_epoch(ctx.kv, msg.sealed)
     new = pb.DeviceRecord()
     new.CopyFrom(old)
-    del new.services[:]
-    new.services.extend(msg.services)
-    new.cell, new.duty_cycle_s = msg.cell, msg.duty_cycle_s
-    new.policy.CopyFrom(msg.policy)
+    new.sealed.CopyFrom(msg.sealed)
     put_device(ctx.kv, new)
     return Outcome(msg.pseudonym, [event("device_updated", pseudonym=msg.pseudonym.hex())])
 
@@ -235,6 +222,23 @@ def prune_revocations(kv: Overlay, time_s: int) -> int:
     return len(expired)
 
 
+# ---- the sealed registry's keys (abci_app/sealing.py) ----
+
+
+def apply_set_seal_key(ctx: TxContext, msg: pb.SetSealKey) -> Outcome:
+    gid = _require_gateway(ctx)
+    changed = sealing.set_seal_key(ctx.kv, gid, msg.x25519_pubkey)
+    return Outcome(gid.encode(), [event("seal_key_set", gateway_id=gid)] if changed else [])
+
+
+def apply_put_data_key(ctx: TxContext, msg: pb.PutDataKey) -> Outcome:
+    if ctx.gateway_id is None and not ctx.is_admin:
+        raise TxError(Code.UNAUTHORIZED, "only gateways and admins handle data keys")
+    action = sealing.put_data_key(ctx.kv, msg, ctx.height, ctx.gateway_id, ctx.is_admin)
+    return Outcome(str(msg.epoch).encode(), [event("data_key", epoch=str(msg.epoch), action=action,
+                                                   wraps=str(len(msg.wraps)))])
+
+
 # ---- validators ----
 
 
@@ -284,4 +288,6 @@ HANDLERS: dict[str, Handler] = {
     "revoke_token": apply_revoke_token,
     "report_liveness": apply_report_liveness,
     "set_validator": apply_set_validator,
+    "set_seal_key": apply_set_seal_key,
+    "put_data_key": apply_put_data_key,
 }

@@ -11,18 +11,20 @@ Primary records (hashed into the app hash):
     r/<hash32>                  RevocationRecord (r/<tag32> below revocation_hash_height)
     n/<signer32>                last nonce                          -> be64
     v/<pubkey32>                ValidatorRecord
+    k/<be32 epoch>              DataKeyEpoch   (sealed registry: abci_app/sealing.py)
+    w/<be32 epoch><gateway_id>  KeyWrap        (a data key wrapped to one gateway)
+    m/seal_epoch, m/seal_rotate the current epoch (be32); b"1" while a rotation is due
 
 Indexes (derived from primary records; not hashed, rebuilt with them):
 
     gk/<pubkey32>               -> gateway_id   (who signed this tx?)
-    dc/<type>\\0<h3path><ps16>   -> b""          (devices by service type and cell)
     dg/<gateway_id><ps16>       -> b""          (devices by owning gateway)
     rx/<be64 expiry><tag32>     -> b""          (revocations by expiry, for pruning)
     x/block_time                -> be64         (last block time, for CheckTx)
 
-``h3path`` is an H3 cell written as its base cell and one byte per resolution
-digit (ASCII octal), so every descendant of a cell shares the cell's path as a prefix: one
-prefix scan answers "devices of type T anywhere in cell C" at any resolution.
+There is no index by service type or cell: those fields are sealed (only
+gateways can read them), so such queries are answered by the gateways'
+discovery, never by the chain.
 """
 
 from __future__ import annotations
@@ -36,20 +38,24 @@ DEVICE = b"d/"
 REVOCATION = b"r/"
 NONCE = b"n/"
 VALIDATOR = b"v/"
+DATA_KEY = b"k/"
+WRAP = b"w/"
+SEAL_EPOCH = META + b"seal_epoch"
+SEAL_ROTATE = META + b"seal_rotate"
 GATEWAY_BY_KEY = b"gk/"
-DEVICE_BY_CELL = b"dc/"
 DEVICE_BY_GATEWAY = b"dg/"
 REVOCATION_BY_EXPIRY = b"rx/"
 ED25519_V2_HEIGHT = META + b"ed25519_v2_height"  # from genesis; see ed25519_rule
 REVOCATION_HASH_HEIGHT = META + b"revocation_hash_height"  # from genesis; see revocation_rule
 BLOCK_TIME = b"x/block_time"  # last block time (be64 seconds); derived, not hashed
 
-HASHED_PREFIXES = (META, ADMIN, GATEWAY, DEVICE, REVOCATION, NONCE, VALIDATOR)
+HASHED_PREFIXES = (META, ADMIN, GATEWAY, DEVICE, REVOCATION, NONCE, VALIDATOR, DATA_KEY, WRAP)
 
 PSEUDONYM_LEN = 16
 GATEWAY_ID_LEN = 32  # hex of the first 16 bytes of sha256(pubkey)
 
 _BE64 = struct.Struct(">Q")
+_BE32 = struct.Struct(">I")
 _DIGITS = (1 << 45) - 1
 
 
@@ -65,12 +71,20 @@ def from_be64(b: bytes) -> int:
     return _BE64.unpack(b)[0]
 
 
+def be32(n: int) -> bytes:
+    return _BE32.pack(n)
+
+
+def from_be32(b: bytes) -> int:
+    return _BE32.unpack(b)[0]
+
+
 def h3_resolution(cell: int) -> int:
     return (cell >> 52) & 0xF
 
 
 def h3_path(cell: int) -> bytes:
-    """Base cell, then one ASCII octal digit per resolution digit (prefix-ordered)."""
+    """Base cell, then one ASCII octal digit per resolution digit (prefix-ordered; benchmarks)."""
     res = (cell >> 52) & 0xF
     # the 15 resolution digits are the low 45 bits: exactly 15 octal digits
     return bytes(((cell >> 45) & 0x7F,)) + f"{cell & _DIGITS:015o}"[:res].encode()
@@ -96,21 +110,6 @@ def device(pseudonym: bytes) -> bytes:
     return DEVICE + pseudonym
 
 
-def device_by_cell(service_type: str, cell: int, pseudonym: bytes) -> bytes:
-    return device_by_cell_prefix(service_type, cell) + pseudonym
-
-
-def device_by_cell_keys(service_types: list[str], cell: int, pseudonym: bytes) -> list[bytes]:
-    """device_by_cell for each of a device's service types (the cell path computed once)."""
-    where = b"\0" + h3_path(cell) + pseudonym
-    return [DEVICE_BY_CELL + t.encode() + where for t in service_types]
-
-
-def device_by_cell_prefix(service_type: str, cell: int | None) -> bytes:
-    prefix = DEVICE_BY_CELL + service_type.encode() + b"\0"
-    return prefix if cell is None else prefix + h3_path(cell)
-
-
 def device_by_gateway(gateway_id: str, pseudonym: bytes = b"") -> bytes:
     return DEVICE_BY_GATEWAY + gateway_id.encode() + pseudonym
 
@@ -129,3 +128,11 @@ def nonce(signer: bytes) -> bytes:
 
 def validator(pubkey: bytes) -> bytes:
     return VALIDATOR + pubkey
+
+
+def data_key(epoch: int) -> bytes:
+    return DATA_KEY + be32(epoch)
+
+
+def wrap(epoch: int, gateway_id: str) -> bytes:
+    return WRAP + be32(epoch) + gateway_id.encode()

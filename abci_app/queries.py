@@ -7,18 +7,21 @@ path                   data                            value
 /gateways              -                               GatewayList
 /gateway               gateway id (utf-8)              GatewayRecord
 /devices               DeviceQuery (paging)            DeviceList
-/devices/by_cell       DeviceQuery(service_type, cell) DeviceList
+/devices/by_cell       -                               MOVED_TO_GATEWAYS (fields are sealed)
 /devices/by_gateway    DeviceQuery(gateway_id)         DeviceList
 /device                DeviceQuery(pseudonym)          DeviceRecord
 /revocations           DeviceQuery (paging)            RevocationList
 /revocation            32-byte tag hash (older: tag)   RevocationRecord
 /nonce                 32-byte signer key              be64 last nonce
 /admins, /validators   -                               KeyList
+/seal                  -                               SealState (epochs, wraps)
 =====================  ==============================  ====================
 
 ``height`` 0 means the latest committed height; the answer's ``height`` says
 which height was read. Lists page with ``DeviceQuery.limit`` and the
-``next`` cursor of the previous page.
+``next`` cursor of the previous page. A device's services, cell, policy and
+duty cycle are sealed (abci_app/sealing.py): queries by service type or cell
+are the gateways' discovery, not the chain's.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Callable, Iterator
 
 from google.protobuf.message import DecodeError, Message
 
-from . import keys
+from . import keys, sealing
 from .codes import CODESPACE, Code, QueryError
 from .store import HeightReader, Store, StoreError
 from ..proto import abci_pb2 as abci
@@ -76,10 +79,12 @@ def _devices_via_index(r: HeightReader, prefix: bytes, q: pb.DeviceQuery) -> pb.
 
 
 def q_devices_by_cell(r: HeightReader, data: bytes) -> Message:
-    q = _parse(pb.DeviceQuery, data)
-    if not q.service_type:
-        raise QueryError(Code.BAD_QUERY, "service_type is required")
-    return _devices_via_index(r, keys.device_by_cell_prefix(q.service_type, q.cell or None), q)
+    raise QueryError(Code.MOVED_TO_GATEWAYS, "services and cells are sealed on chain: ask a gateway's discovery "
+                                             "(edgistry discover TYPE --near LAT,LON --gateway HOST:PORT)")
+
+
+def q_seal(r: HeightReader, data: bytes) -> Message:
+    return sealing.seal_state(r)
 
 
 def q_devices_by_gateway(r: HeightReader, data: bytes) -> Message:
@@ -162,6 +167,7 @@ PATHS: dict[str, Callable[[HeightReader, bytes], Message | bytes]] = {
     "/nonce": q_nonce,
     "/admins": q_admins,
     "/validators": q_validators,
+    "/seal": q_seal,
 }
 
 

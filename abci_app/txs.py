@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError, Message
 from h3.api import basic_int as h3i
 
-from . import keys
+from . import keys, sealing
 from .codes import Code, TxError
 from .ed25519_rule import VERIFIERS
 from ..proto import registry_pb2 as pb
@@ -231,8 +231,12 @@ def _service_verdict(raw: bytes) -> tuple[str, str | None]:
     return kind, None
 
 
-def _check_device_fields(msg: Message) -> None:
-    _check_pseudonym(msg.pseudonym)
+def check_device_plaintext(msg: Message) -> None:
+    """The fields a gateway seals (services, cell, policy, duty cycle), checked in clear.
+
+    The chain sees them only sealed (sealing.check_sealed_device), so the
+    sealing gateway runs this before it seals: the same rules as ever, applied
+    where the plaintext is."""
     services = msg.services
     if not 0 < len(services) <= MAX_SERVICES:
         raise _bad(f"a device offers 1..{MAX_SERVICES} services")
@@ -298,11 +302,13 @@ VALIDATORS = {
     "register_gateway": _check_register_gateway,
     "update_gateway": _check_update_gateway,
     "remove_gateway": _check_remove_gateway,
-    "register_device": _check_device_fields,
-    "update_device": _check_device_fields,
+    "register_device": sealing.check_sealed_device,
+    "update_device": sealing.check_sealed_device,
     "unregister_device": lambda msg: _check_pseudonym(msg.pseudonym),
     "revoke_token": _check_revoke,
     "report_liveness": _check_liveness,
     "set_validator": _check_validator,
+    "set_seal_key": sealing.check_set_seal_key,
+    "put_data_key": sealing.check_put_data_key,
 }
 assert set(VALIDATORS) == set(MESSAGE_NAMES), "every tx message needs a stateless check"

@@ -220,3 +220,42 @@ def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     k = min(len(s) - 1, max(0, int(round(p / 100 * (len(s) - 1)))))
     return s[k]
+
+
+# ---- the sealed registry: device txs carry their fields sealed (docs/REGISTRY_PRIVACY.md) ----
+
+BENCH_DATA_KEY = bytes(range(32, 64))  # epoch 1's data key in benchmark chains
+
+
+def bench_seal_state():
+    """Genesis seal state: epoch 1 of BENCH_DATA_KEY, wrapped to nobody (no gateway runs)."""
+    from edgistry.gateway.discovery import sealbox
+    from edgistry.proto import registry_pb2 as pb
+
+    return pb.SealState(current_epoch=1, epochs=[pb.DataKeyEpoch(epoch=1, key_check=sealbox.key_check(BENCH_DATA_KEY))])
+
+
+def sealed_device(cls, pseudonym: bytes, fields):
+    """A RegisterDevice/UpdateDevice with ``fields`` (DeviceFields) sealed under BENCH_DATA_KEY, epoch 1
+    (the nonce derived from the pseudonym: a benchmark's txs are the same bytes every run)."""
+    import hashlib
+
+    from edgistry.gateway.discovery import sealbox
+
+    nonce = hashlib.sha256(pseudonym).digest()[:12]
+    return cls(pseudonym=pseudonym, sealed=sealbox.seal_fields(BENCH_DATA_KEY, 1, pseudonym, fields, nonce=nonce))
+
+
+def open_bench_epoch(url: str, admin) -> None:
+    """Open epoch 1 of BENCH_DATA_KEY on a live chain with no sealing gateway (admin PutDataKey)."""
+    import asyncio
+
+    from edgistry.chain import ChainClient
+    from edgistry.gateway.discovery import sealbox
+    from edgistry.proto import registry_pb2 as pb
+
+    async def go() -> None:
+        async with ChainClient(url) as chain:
+            await chain.submit(admin, pb.PutDataKey(epoch=1, key_check=sealbox.key_check(BENCH_DATA_KEY)))
+
+    asyncio.run(go())

@@ -55,7 +55,8 @@ import aiohttp
 import h3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench_util import wait_for_port
+from bench_util import open_bench_epoch, sealed_device, wait_for_port
+from edgistry.config import load_ed25519_pem
 from edgistry.abci_app import txs as registry_txs
 from edgistry.abci_app.genesis import GatewaySpec
 from edgistry.cluster import ops
@@ -107,10 +108,9 @@ def registry_load(keys: list[Ed25519PrivateKey], per_submitter: int) -> list[lis
         batch = []
         for n in range(1, per_submitter + 1):
             cell = h3.str_to_int(h3.latlng_to_cell(30 + (n % 3000) / 100, k + (n // 3000) / 100, 7))
-            msg = pb.RegisterDevice(
-                pseudonym=hashlib.sha256(f"{k}/{n}".encode()).digest()[:16],
+            msg = sealed_device(pb.RegisterDevice, hashlib.sha256(f"{k}/{n}".encode()).digest()[:16], pb.DeviceFields(
                 services=[pb.ServiceDescriptor(type="meter", methods=[pb.ServiceMethod(name="read")])],
-                cell=cell, policy=pb.PrivacyPolicy(resolution=7, k=1), duty_cycle_s=60)
+                cell=cell, policy=pb.PrivacyPolicy(resolution=7, k=1), duty_cycle_s=60))
             batch.append(registry_txs.sign_tx(key, CHAIN, n, msg))
         out.append(batch)
     return out
@@ -286,6 +286,8 @@ def run_cluster(kind: str, binary: str, directory: Path, args, consensus: Consen
                                                    str(node.root / "abci-cli-kvstore"), "--log_level", "error"],
                                   binary)
         ops.wait_agreement(nodes, 2, 120, launcher=launcher)
+        if kind == "registry":  # device txs are sealed under a data key epoch 1 (no gateway runs to open one)
+            open_bench_epoch(nodes[0].rpc_url, load_ed25519_pem(nodes[0].edgistry_home / "keys" / "admin.pem"))
         load = LoadRun([n.rpc_url for n in nodes], nodes[0].rpc_url, loads, args.window, args.duration, args.warmup,
                        cpu_probe=lambda: cpu_by_role(launcher))
         asyncio.run(load.run())

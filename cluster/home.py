@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..abci_app.genesis import Genesis, GatewaySpec
 from .cometbft import HOW_TO_GET, cometbft_init, find_cometbft
+from ..gateway.discovery.sealbox import load_seal_key
 from ..config import (
     DEFAULT_CHAIN_ID, HomeError, NodeConfig, load_ed25519_pem, new_ed25519_pem, new_secret,
     public_bytes, write_ed25519_pem,
@@ -52,6 +53,7 @@ def prepare_home(home: Path, chain_id: str | None = None, moniker: str = "node0"
         write_ed25519_pem(cfg.keys_dir / "admin.pem", admin)
     gateway = new_ed25519_pem(cfg.keys_dir / "gateway.pem")
     new_secret(cfg.keys_dir / "gateway.secret")
+    load_seal_key(cfg.keys_dir, create=True)  # X25519: registry data keys are wrapped to it (sealed registry)
     return cfg, admin, gateway
 
 

@@ -13,7 +13,8 @@ Settings come from the node config's ``[gateway]`` table (all optional):
 ``chain_poll_s`` (how often the follower asks its node for new blocks: a
 revocation is in force here one poll after its block commits),
 ``revocation_max_silence_s`` (token checks fail closed, UNAVAILABLE, when the
-node has not answered for longer), ``sweep_interval_s``, ``grpc_advertise`` and
+node has not answered for longer), ``sweep_interval_s``, ``seal_interval_s`` and
+``seal_patience_s`` (the sealed registry's keeper), ``grpc_advertise`` and
 ``link_advertise`` (what the registry and devices are told, default: the
 listen addresses), ``revocation_file`` (a local list written by
 ``edgistry token revoke --list FILE``; default ``<home>/revoked.json``; applied
@@ -42,6 +43,8 @@ from .tokens.revocations import DEFAULT_MAX_SILENCE_S, LiveRevocations
 from .link.store_backend import StoreLinkBackend
 from ..chain import ChainClient, ChainError
 from .pairing.commissioner import Commissioner
+from .discovery.keeper import PATIENCE_S, SealKeeper
+from .discovery.sealbox import load_seal_key
 from .api.convert import from_pb, to_request
 from .api.grpc_server import GRACE_S, start_grpc
 from .link.server import LinkMetrics, LinkServer
@@ -124,6 +127,7 @@ class Gateway:
         self._http: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self._peer: PeerClient | None = None
+        self.keeper: SealKeeper | None = None
         self.ports: dict[str, int] = {}
         self.chain_ok_at = 0.0
         self._local_stamp = 0  # mtime of the local revocation list last applied
@@ -170,12 +174,18 @@ class Gateway:
         self.metrics.watch_link(self._link_snapshot)
 
         self.code = CommissionCode(cfg.home / "commission.code")
-        commissioner = Commissioner(self.store, Offers(self.key, cfg.chain_id), self.code, self.chain, self.key,
-                                    self.secret, self.link_endpoint, self.metrics)
+        # the sealed registry: this gateway's X25519 seal key and the data keys wrapped to it
+        self.keeper = SealKeeper(self.chain, self.key, self.gateway_id, load_seal_key(cfg.keys_dir, create=True),
+                                 patience_s=float(o.get("seal_patience_s", PATIENCE_S)))
         # discovery, its replica of the registry, invoke-any
         from .discovery import grpc_service as dg
 
-        self.discovery, self.replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id, self.grpc_endpoint)
+        self.discovery, self.replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id,
+                                                              self.grpc_endpoint, keeper=self.keeper)
+        commissioner = Commissioner(self.store, Offers(self.key, cfg.chain_id), self.code, self.chain, self.key,
+                                    self.secret, self.link_endpoint, self.metrics, keeper=self.keeper,
+                                    replica=self.replica)
+        self.keeper.reseal = commissioner.reseal
         self.service.resolvers.append(dg.handle_resolver(self.discovery, self.secret, revoked=revoked))  # handles
         self.replica.on_revocations, self.replica.on_heard = self.apply_revocations, revoked.heard
         self.replica.poll_s = float(o.get("chain_poll_s", CHAIN_POLL_S))
@@ -202,6 +212,7 @@ class Gateway:
             ("sweeper", self._every(interval("sweep_interval_s", 1.0), self._sweep)),
             ("liveness", self._every(interval("liveness_interval_s", 60.0), self.report_liveness)),
             ("registration", self._check_registration()),
+            ("seal", self._seal_loop(interval("seal_interval_s", 5.0))),
             ("replica", self.replica.run()),
             ("chain-watch", watch_chain(self.chain, self.health, cfg.limits.chain_stale_s, self._chain_ok)),
             ("loop-lag", self.loop_lag.run()),
@@ -355,6 +366,21 @@ class Gateway:
             records = [(h, e if e is not None else NEVER_EXPIRES_S)
                        for h, e in RevocationSet.load(self.revocation_file).records()]
             await self.apply_revocations(records, self.revoked.height, False)
+
+    async def _seal_loop(self, seconds: float) -> None:
+        """The keeper's steps: at once and back to back while each does something (a new
+        gateway registers its seal key, then gets its data key), then every ``seconds``."""
+        while True:
+            did = ""
+            try:
+                did = await self.keeper.step()
+            except asyncio.CancelledError:
+                raise
+            except ChainError as exc:
+                log.info("seal keeper: registry unreachable: %s", exc)
+            except Exception:
+                log.exception("seal keeper step failed")
+            await asyncio.sleep(0.2 if did else seconds * random.uniform(0.9, 1.1))
 
     async def _check_registration(self) -> None:
         """Make the registry's endpoint for this gateway the one it serves (peers forward there)."""

@@ -157,7 +157,7 @@ class PairPayload(_message.Message):
     def __init__(self, root_token: _Optional[bytes] = ..., manifest: _Optional[bytes] = ..., cell: _Optional[int] = ..., resolution: _Optional[int] = ..., k: _Optional[int] = ..., encrypt: _Optional[bool] = ..., link_id: _Optional[bytes] = ..., commission_code: _Optional[str] = ..., unpair: _Optional[bool] = ...) -> None: ...
 
 class PairResult(_message.Message):
-    __slots__ = ("pseudonym", "identity_token", "app_token", "owner_handle", "link_endpoint", "gateway_id", "height")
+    __slots__ = ("pseudonym", "identity_token", "app_token", "owner_handle", "link_endpoint", "gateway_id", "height", "cell", "discovery_known", "discovery")
     PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     APP_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,9 @@ class PairResult(_message.Message):
     LINK_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_FIELD_NUMBER: _ClassVar[int]
     pseudonym: bytes
     identity_token: bytes
     app_token: bytes
@@ -172,7 +175,18 @@ class PairResult(_message.Message):
     link_endpoint: str
     gateway_id: str
     height: int
-    def __init__(self, pseudonym: _Optional[bytes] = ..., identity_token: _Optional[bytes] = ..., app_token: _Optional[bytes] = ..., owner_handle: _Optional[str] = ..., link_endpoint: _Optional[str] = ..., gateway_id: _Optional[str] = ..., height: _Optional[int] = ...) -> None: ...
+    cell: int
+    discovery_known: bool
+    discovery: _containers.RepeatedCompositeFieldContainer[PairVisibility]
+    def __init__(self, pseudonym: _Optional[bytes] = ..., identity_token: _Optional[bytes] = ..., app_token: _Optional[bytes] = ..., owner_handle: _Optional[str] = ..., link_endpoint: _Optional[str] = ..., gateway_id: _Optional[str] = ..., height: _Optional[int] = ..., cell: _Optional[int] = ..., discovery_known: _Optional[bool] = ..., discovery: _Optional[_Iterable[_Union[PairVisibility, _Mapping]]] = ...) -> None: ...
+
+class PairVisibility(_message.Message):
+    __slots__ = ("service_type", "disclosed_cell")
+    SERVICE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DISCLOSED_CELL_FIELD_NUMBER: _ClassVar[int]
+    service_type: str
+    disclosed_cell: int
+    def __init__(self, service_type: _Optional[str] = ..., disclosed_cell: _Optional[int] = ...) -> None: ...
 
 class PairSealed(_message.Message):
     __slots__ = ("nonce", "ciphertext")

@@ -17,7 +17,7 @@ class SignedTx(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., signer: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class TxBody(_message.Message):
-    __slots__ = ("chain_id", "nonce", "register_gateway", "update_gateway", "remove_gateway", "register_device", "update_device", "unregister_device", "revoke_token", "report_liveness", "set_validator")
+    __slots__ = ("chain_id", "nonce", "register_gateway", "update_gateway", "remove_gateway", "register_device", "update_device", "unregister_device", "revoke_token", "report_liveness", "set_validator", "set_seal_key", "put_data_key")
     CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     REGISTER_GATEWAY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,8 @@ class TxBody(_message.Message):
     REVOKE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     REPORT_LIVENESS_FIELD_NUMBER: _ClassVar[int]
     SET_VALIDATOR_FIELD_NUMBER: _ClassVar[int]
+    SET_SEAL_KEY_FIELD_NUMBER: _ClassVar[int]
+    PUT_DATA_KEY_FIELD_NUMBER: _ClassVar[int]
     chain_id: str
     nonce: int
     register_gateway: RegisterGateway
@@ -40,7 +42,9 @@ class TxBody(_message.Message):
     revoke_token: RevokeToken
     report_liveness: ReportLiveness
     set_validator: SetValidator
-    def __init__(self, chain_id: _Optional[str] = ..., nonce: _Optional[int] = ..., register_gateway: _Optional[_Union[RegisterGateway, _Mapping]] = ..., update_gateway: _Optional[_Union[UpdateGateway, _Mapping]] = ..., remove_gateway: _Optional[_Union[RemoveGateway, _Mapping]] = ..., register_device: _Optional[_Union[RegisterDevice, _Mapping]] = ..., update_device: _Optional[_Union[UpdateDevice, _Mapping]] = ..., unregister_device: _Optional[_Union[UnregisterDevice, _Mapping]] = ..., revoke_token: _Optional[_Union[RevokeToken, _Mapping]] = ..., report_liveness: _Optional[_Union[ReportLiveness, _Mapping]] = ..., set_validator: _Optional[_Union[SetValidator, _Mapping]] = ...) -> None: ...
+    set_seal_key: SetSealKey
+    put_data_key: PutDataKey
+    def __init__(self, chain_id: _Optional[str] = ..., nonce: _Optional[int] = ..., register_gateway: _Optional[_Union[RegisterGateway, _Mapping]] = ..., update_gateway: _Optional[_Union[UpdateGateway, _Mapping]] = ..., remove_gateway: _Optional[_Union[RemoveGateway, _Mapping]] = ..., register_device: _Optional[_Union[RegisterDevice, _Mapping]] = ..., update_device: _Optional[_Union[UpdateDevice, _Mapping]] = ..., unregister_device: _Optional[_Union[UnregisterDevice, _Mapping]] = ..., revoke_token: _Optional[_Union[RevokeToken, _Mapping]] = ..., report_liveness: _Optional[_Union[ReportLiveness, _Mapping]] = ..., set_validator: _Optional[_Union[SetValidator, _Mapping]] = ..., set_seal_key: _Optional[_Union[SetSealKey, _Mapping]] = ..., put_data_key: _Optional[_Union[PutDataKey, _Mapping]] = ...) -> None: ...
 
 class RegisterGateway(_message.Message):
     __slots__ = ("pubkey", "endpoint", "operator")
@@ -93,32 +97,36 @@ class PrivacyPolicy(_message.Message):
     def __init__(self, resolution: _Optional[int] = ..., k: _Optional[int] = ...) -> None: ...
 
 class RegisterDevice(_message.Message):
-    __slots__ = ("pseudonym", "services", "cell", "policy", "duty_cycle_s")
+    __slots__ = ("pseudonym", "services", "cell", "policy", "duty_cycle_s", "sealed")
     PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     CELL_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     DUTY_CYCLE_S_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     pseudonym: bytes
     services: _containers.RepeatedCompositeFieldContainer[ServiceDescriptor]
     cell: int
     policy: PrivacyPolicy
     duty_cycle_s: int
-    def __init__(self, pseudonym: _Optional[bytes] = ..., services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ..., cell: _Optional[int] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., duty_cycle_s: _Optional[int] = ...) -> None: ...
+    sealed: Sealed
+    def __init__(self, pseudonym: _Optional[bytes] = ..., services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ..., cell: _Optional[int] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., duty_cycle_s: _Optional[int] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ...) -> None: ...
 
 class UpdateDevice(_message.Message):
-    __slots__ = ("pseudonym", "services", "cell", "policy", "duty_cycle_s")
+    __slots__ = ("pseudonym", "services", "cell", "policy", "duty_cycle_s", "sealed")
     PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     CELL_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     DUTY_CYCLE_S_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     pseudonym: bytes
     services: _containers.RepeatedCompositeFieldContainer[ServiceDescriptor]
     cell: int
     policy: PrivacyPolicy
     duty_cycle_s: int
-    def __init__(self, pseudonym: _Optional[bytes] = ..., services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ..., cell: _Optional[int] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., duty_cycle_s: _Optional[int] = ...) -> None: ...
+    sealed: Sealed
+    def __init__(self, pseudonym: _Optional[bytes] = ..., services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ..., cell: _Optional[int] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., duty_cycle_s: _Optional[int] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ...) -> None: ...
 
 class UnregisterDevice(_message.Message):
     __slots__ = ("pseudonym",)
@@ -158,22 +166,76 @@ class SetValidator(_message.Message):
     power: int
     def __init__(self, pubkey: _Optional[bytes] = ..., power: _Optional[int] = ...) -> None: ...
 
+class Sealed(_message.Message):
+    __slots__ = ("epoch", "nonce", "ciphertext")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    nonce: bytes
+    ciphertext: bytes
+    def __init__(self, epoch: _Optional[int] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class DeviceFields(_message.Message):
+    __slots__ = ("services", "cell", "policy", "duty_cycle_s")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    DUTY_CYCLE_S_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceDescriptor]
+    cell: int
+    policy: PrivacyPolicy
+    duty_cycle_s: int
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ..., cell: _Optional[int] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., duty_cycle_s: _Optional[int] = ...) -> None: ...
+
+class KeyWrap(_message.Message):
+    __slots__ = ("gateway_id", "epoch", "ephemeral", "nonce", "ciphertext")
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EPHEMERAL_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    epoch: int
+    ephemeral: bytes
+    nonce: bytes
+    ciphertext: bytes
+    def __init__(self, gateway_id: _Optional[str] = ..., epoch: _Optional[int] = ..., ephemeral: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class SetSealKey(_message.Message):
+    __slots__ = ("x25519_pubkey",)
+    X25519_PUBKEY_FIELD_NUMBER: _ClassVar[int]
+    x25519_pubkey: bytes
+    def __init__(self, x25519_pubkey: _Optional[bytes] = ...) -> None: ...
+
+class PutDataKey(_message.Message):
+    __slots__ = ("epoch", "key_check", "wraps")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    KEY_CHECK_FIELD_NUMBER: _ClassVar[int]
+    WRAPS_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    key_check: bytes
+    wraps: _containers.RepeatedCompositeFieldContainer[KeyWrap]
+    def __init__(self, epoch: _Optional[int] = ..., key_check: _Optional[bytes] = ..., wraps: _Optional[_Iterable[_Union[KeyWrap, _Mapping]]] = ...) -> None: ...
+
 class GatewayRecord(_message.Message):
-    __slots__ = ("id", "pubkey", "endpoint", "operator", "registered_height")
+    __slots__ = ("id", "pubkey", "endpoint", "operator", "registered_height", "seal_pubkey")
     ID_FIELD_NUMBER: _ClassVar[int]
     PUBKEY_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     OPERATOR_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SEAL_PUBKEY_FIELD_NUMBER: _ClassVar[int]
     id: str
     pubkey: bytes
     endpoint: str
     operator: str
     registered_height: int
-    def __init__(self, id: _Optional[str] = ..., pubkey: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., operator: _Optional[str] = ..., registered_height: _Optional[int] = ...) -> None: ...
+    seal_pubkey: bytes
+    def __init__(self, id: _Optional[str] = ..., pubkey: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., operator: _Optional[str] = ..., registered_height: _Optional[int] = ..., seal_pubkey: _Optional[bytes] = ...) -> None: ...
 
 class DeviceRecord(_message.Message):
-    __slots__ = ("pseudonym", "gateway_id", "services", "cell", "policy", "duty_cycle_s", "last_seen", "registered_height")
+    __slots__ = ("pseudonym", "gateway_id", "services", "cell", "policy", "duty_cycle_s", "last_seen", "registered_height", "sealed")
     PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +244,7 @@ class DeviceRecord(_message.Message):
     DUTY_CYCLE_S_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     pseudonym: bytes
     gateway_id: str
     services: _containers.RepeatedCompositeFieldContainer[ServiceDescriptor]
@@ -190,7 +253,8 @@ class DeviceRecord(_message.Message):
     duty_cycle_s: int
     last_seen: int
     registered_height: int
-    def __init__(self, pseudonym: _Optional[bytes] = ..., gateway_id: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ..., cell: _Optional[int] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., duty_cycle_s: _Optional[int] = ..., last_seen: _Optional[int] = ..., registered_height: _Optional[int] = ...) -> None: ...
+    sealed: Sealed
+    def __init__(self, pseudonym: _Optional[bytes] = ..., gateway_id: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ..., cell: _Optional[int] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., duty_cycle_s: _Optional[int] = ..., last_seen: _Optional[int] = ..., registered_height: _Optional[int] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ...) -> None: ...
 
 class RevocationRecord(_message.Message):
     __slots__ = ("tag", "expires_at", "tag_hash")
@@ -267,6 +331,30 @@ class KeyList(_message.Message):
     KEYS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class DataKeyEpoch(_message.Message):
+    __slots__ = ("epoch", "key_check", "height", "opened_by")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    KEY_CHECK_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    OPENED_BY_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    key_check: bytes
+    height: int
+    opened_by: str
+    def __init__(self, epoch: _Optional[int] = ..., key_check: _Optional[bytes] = ..., height: _Optional[int] = ..., opened_by: _Optional[str] = ...) -> None: ...
+
+class SealState(_message.Message):
+    __slots__ = ("current_epoch", "rotation_due", "epochs", "wraps")
+    CURRENT_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_DUE_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    WRAPS_FIELD_NUMBER: _ClassVar[int]
+    current_epoch: int
+    rotation_due: bool
+    epochs: _containers.RepeatedCompositeFieldContainer[DataKeyEpoch]
+    wraps: _containers.RepeatedCompositeFieldContainer[KeyWrap]
+    def __init__(self, current_epoch: _Optional[int] = ..., rotation_due: _Optional[bool] = ..., epochs: _Optional[_Iterable[_Union[DataKeyEpoch, _Mapping]]] = ..., wraps: _Optional[_Iterable[_Union[KeyWrap, _Mapping]]] = ...) -> None: ...
 
 class StoredBlock(_message.Message):
     __slots__ = ("height", "time_ns", "txs", "hash", "finalize_response")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 
 import h3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgistry.abci_app import txs
 from edgistry.abci_app.app import RegistryApp
 from edgistry.abci_app.genesis import Genesis, GatewaySpec
+from edgistry.gateway.discovery import sealbox
 from edgistry.proto import abci_pb2 as abci
 from edgistry.proto import registry_pb2 as pb
 
@@ -27,15 +30,47 @@ def cell_at(lat: float, lon: float, res: int) -> int:
     return h3.str_to_int(h3.latlng_to_cell(lat, lon, res))
 
 
-def device_msg(pseudonym: bytes, cell: int | None = None, types: tuple[str, ...] = ("sensor",),
-               res: int = 6, k: int = 2, cls=pb.RegisterDevice):
-    return cls(
-        pseudonym=pseudonym,
+TEST_DATA_KEY = bytes(range(32))  # epoch 1's data key in Actors' genesis (tests only)
+
+
+def device_fields(cell: int | None = None, types: tuple[str, ...] = ("sensor",), res: int = 6,
+                  k: int = 2) -> pb.DeviceFields:
+    return pb.DeviceFields(
         services=[pb.ServiceDescriptor(type=t, methods=[pb.ServiceMethod(name="read", cache_max_age_s=5)]) for t in types],
         cell=cell if cell is not None else cell_at(52.52, 13.40, res),
         policy=pb.PrivacyPolicy(resolution=res, k=k),
         duty_cycle_s=30,
     )
+
+
+def device_msg(pseudonym: bytes, cell: int | None = None, types: tuple[str, ...] = ("sensor",),
+               res: int = 6, k: int = 2, cls=pb.RegisterDevice, key: bytes = TEST_DATA_KEY, epoch: int = 1):
+    """A device tx with its fields sealed (a nonce derived from its contents: equal calls, equal bytes)."""
+    fields = device_fields(cell, types, res, k)
+    nonce = hashlib.sha256(pseudonym + fields.SerializeToString(deterministic=True) + bytes([epoch])).digest()[:12]
+    return cls(pseudonym=pseudonym, sealed=sealbox.seal_fields(key, epoch, pseudonym, fields, nonce=nonce))
+
+
+def open_test_epoch(url: str, admin: Ed25519PrivateKey) -> None:
+    """Open data key epoch 1 with TEST_DATA_KEY on a live chain that has no sealing gateway
+    (tests that submit device txs themselves, with no gateway running)."""
+    import asyncio
+
+    from edgistry.chain import ChainClient
+
+    async def go() -> None:
+        async with ChainClient(url) as chain:
+            await chain.submit(admin, pb.PutDataKey(epoch=1, key_check=sealbox.key_check(TEST_DATA_KEY)))
+
+    asyncio.run(go())
+
+
+def test_keyring(key: bytes = TEST_DATA_KEY, epoch: int = 1) -> sealbox.Keyring:
+    """A keyring holding the test data key."""
+    return sealbox.Keyring(keys={epoch: key}, current=epoch, checks={epoch: sealbox.key_check(key)})
+
+
+test_keyring.__test__ = False  # a helper, not a test
 
 
 @dataclass
@@ -44,12 +79,24 @@ class Actors:
     gw1: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     gw2: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     stranger: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    seal1: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
+    seal2: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
     nonces: dict = field(default_factory=dict)
+    _wraps: dict = field(default_factory=dict)
 
-    def genesis(self) -> Genesis:
-        return Genesis(admins=[pub(self.admin)],
-                       gateways=[GatewaySpec(pub(self.gw1), "127.0.0.1:26670", "one"),
-                                 GatewaySpec(pub(self.gw2), "127.0.0.1:26680", "two")])
+    def genesis(self, sealed: bool = True) -> Genesis:
+        """Two gateways; ``sealed``: with seal keys and epoch 1 of TEST_DATA_KEY wrapped to both
+        (the wraps made once per Actors: every genesis of one Actors is the same)."""
+        s1, s2 = (k.public_key().public_bytes_raw() for k in (self.seal1, self.seal2)) if sealed else (b"", b"")
+        genesis = Genesis(admins=[pub(self.admin)],
+                          gateways=[GatewaySpec(pub(self.gw1), "127.0.0.1:26670", "one", s1),
+                                    GatewaySpec(pub(self.gw2), "127.0.0.1:26680", "two", s2)])
+        if sealed:
+            genesis.seal = pb.SealState(
+                current_epoch=1, epochs=[pb.DataKeyEpoch(epoch=1, key_check=sealbox.key_check(TEST_DATA_KEY))],
+                wraps=self._wraps.setdefault("epoch1", [sealbox.wrap_key(TEST_DATA_KEY, 1, self.gw1_id, s1),
+                                                        sealbox.wrap_key(TEST_DATA_KEY, 1, self.gw2_id, s2)]))
+        return genesis
 
     def tx(self, key: Ed25519PrivateKey, msg, nonce: int | None = None, chain: str = CHAIN) -> bytes:
         if nonce is None:

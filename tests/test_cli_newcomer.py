@@ -162,17 +162,20 @@ def test_usage_errors_exit_2(node, sleeper):
 
 def test_registry_json_uses_hex_like_the_table_and_cell_filter(node, sleeper):
     """`registry ls devices --json`: pseudonyms and cells in hex, as the table prints them and
-    as --cell takes them."""
-    res = run("registry", "ls", "devices", "--rpc", node.rpc_url, "--json")
+    as --cell takes them (cells are sealed on chain: the gateway's --home opens them)."""
+    key = ["--rpc", node.rpc_url, "--home", str(node.home)]
+    res = run("registry", "ls", "devices", *key, "--json")
     assert res.exit_code == 0
     devices = json.loads(res.stdout)
-    table = run("registry", "ls", "devices", "--rpc", node.rpc_url).stdout
+    table = run("registry", "ls", "devices", *key).stdout
     mine = next(d for d in devices if d["pseudonym"] == sleeper["paired"]["pseudonym"])
     assert re.fullmatch(r"[0-9a-f]{32}", mine["pseudonym"]) and re.fullmatch(r"8[0-9a-f]{14}", mine["cell"])
-    assert f"{mine['pseudonym']}  {mine['gateway_id']}  {mine['cell']}" in table
-    by_cell = run("registry", "ls", "devices", "--rpc", node.rpc_url, "--service", "actuator", "--cell",
-                  mine["cell"], "--json")
+    row = next(ln.split() for ln in table.splitlines() if ln.startswith(mine["pseudonym"]))
+    assert row[:4] == [mine["pseudonym"], mine["gateway_id"], str(mine["sealed"]["epoch"]), mine["cell"]]
+    by_cell = run("registry", "ls", "devices", *key, "--service", "actuator", "--cell", mine["cell"], "--json")
     assert mine["pseudonym"] in {d["pseudonym"] for d in json.loads(by_cell.stdout)}
+    outsider = run("registry", "ls", "devices", "--rpc", node.rpc_url, "--cell", mine["cell"])
+    assert outsider.exit_code == 1 and "--home" in one_line_error(outsider)
     gateways = json.loads(run("registry", "ls", "gateways", "--rpc", node.rpc_url, "--json").stdout)
     assert re.fullmatch(r"[0-9a-f]{64}", gateways[0]["pubkey"])
 
@@ -264,8 +267,9 @@ def test_device_init_next_step_names_the_code(tmp_path):
 
 
 def test_pair_says_when_k_hides_the_device(node, tmp_path):
-    """Default k=5 and a lone device of its type: pair says it is hidden and what to do; with
-    --json the same under "discovery"; k=1 devices are reported discoverable (the sleeper)."""
+    """Default k=5 and a lone device of its type: pair says it is hidden and what to do (the
+    gateway tells, --rpc or not); with --json the same under "discovery", with no count of
+    the devices around it."""
     home = tmp_path / "lonely"
     assert run("device", "init", "--home", str(home), "--service", "actuator", "--location", "-33.86,151.21"
                ).exit_code == 0
@@ -275,13 +279,21 @@ def test_pair_says_when_k_hides_the_device(node, tmp_path):
     assert "hidden from discovery" in res.stderr and "k=5" in res.stderr and "--k" in res.stderr
     res = run("pair", "--device", str(home), "--gateway", node.grpc, "--code",
               (node.home / "commission.code").read_text().strip(), "--json")
-    assert res.exit_code == 0 and "give --rpc URL" in res.stderr and "discovery" not in json.loads(res.stdout)
+    assert res.exit_code == 0 and "hidden from discovery" in res.stderr, res.output
+    (visibility,) = json.loads(res.stdout)["discovery"]
+    assert visibility == {"service_type": "actuator", "cell": visibility["cell"], "resolution": 7, "k": 5,
+                          "visible": False, "disclosed_cell": None}
 
 
-def test_pair_json_reports_visibility(sleeper):
-    """A k=1 device is discoverable at once; pair --json says so."""
+def test_pair_json_reports_visibility(node, sleeper):
+    """A k=1 device is discoverable at once, in its own cell (the one the gateway's key opens on
+    chain); pair --json says so."""
     (visibility,) = sleeper["paired"]["discovery"]
     assert visibility["visible"] and visibility["k"] == 1 and visibility["service_type"] == "actuator"
+    devices = json.loads(run("registry", "ls", "devices", "--rpc", node.rpc_url, "--home", str(node.home),
+                             "--json").stdout)
+    mine = next(d for d in devices if d["pseudonym"] == sleeper["paired"]["pseudonym"])
+    assert visibility["disclosed_cell"] == visibility["cell"] == mine["cell"]
 
 
 def test_pair_errors_are_one_line(node, tmp_path):

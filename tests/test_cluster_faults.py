@@ -31,6 +31,8 @@ from edgistry.cluster.membership import add_node, set_power
 from edgistry.config import load_ed25519_pem
 from edgistry.chain import ChainClient, ChainError
 from edgistry.proto import registry_pb2 as pb
+from registry_helpers import device_msg as sealed_device_msg
+from registry_helpers import open_test_epoch
 
 BINARY = find_cometbft()
 VERSION = cometbft_version(BINARY) if BINARY else CONFIG_VERSION  # the files follow the binary in use
@@ -91,6 +93,7 @@ def cluster(tmp_path: Path):
         for node in nodes:
             ops.start_node(launcher, node, BINARY, gateway=False)
         ops.wait_agreement(nodes, 2, START_TIMEOUT, launcher=launcher)
+        open_test_epoch(nodes[0].rpc_url, load_ed25519_pem(nodes[0].edgistry_home / "keys" / "admin.pem"))
         yield Cluster(directory, nodes, launcher)
     finally:
         stopped = ops.down(directory)  # every recorded pid: SIGTERM, then SIGKILL
@@ -101,11 +104,9 @@ def cluster(tmp_path: Path):
 
 
 def device_msg(seed: int) -> pb.RegisterDevice:
+    """A RegisterDevice sealed under the test data key (epoch 1, opened by the fixture)."""
     cell = h3.str_to_int(h3.latlng_to_cell(40.0 + (seed % 1000) / 100, 2.0 + seed // 1000 / 100, RESOLUTION))
-    return pb.RegisterDevice(
-        pseudonym=os.urandom(16),
-        services=[pb.ServiceDescriptor(type="meter", methods=[pb.ServiceMethod(name="read")])],
-        cell=cell, policy=pb.PrivacyPolicy(resolution=RESOLUTION, k=1), duty_cycle_s=60)
+    return sealed_device_msg(os.urandom(16), cell, ("meter",), res=RESOLUTION, k=1)
 
 
 @dataclass

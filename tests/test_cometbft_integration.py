@@ -34,6 +34,8 @@ from edgistry.cluster.localnet import NodeLayout, generate_localnet
 from edgistry.config import NodeConfig, load_ed25519_pem, public_bytes
 from edgistry.chain import ChainClient, TxRejected
 from edgistry.proto import registry_pb2 as pb
+from registry_helpers import device_msg as sealed_device_msg
+from registry_helpers import open_test_epoch
 
 BINARY = find_cometbft()
 VERSION = cometbft_version(BINARY) if BINARY else CONFIG_VERSION  # the files follow the binary in use
@@ -49,12 +51,9 @@ RESOLUTION = 7
 
 
 def device_msg(seed: int) -> pb.RegisterDevice:
-    """A valid RegisterDevice: 16-byte pseudonym, one service, an H3 cell at the policy resolution."""
+    """A valid RegisterDevice: 16-byte pseudonym, one service and an H3 cell sealed under the test data key."""
     cell = h3.str_to_int(h3.latlng_to_cell(52.0 + seed / 100, 4.3, RESOLUTION))
-    return pb.RegisterDevice(
-        pseudonym=os.urandom(16),
-        services=[pb.ServiceDescriptor(type="temperature", methods=[pb.ServiceMethod(name="read")])],
-        cell=cell, policy=pb.PrivacyPolicy(resolution=RESOLUTION, k=1), duty_cycle_s=60)
+    return sealed_device_msg(os.urandom(16), cell, ("temperature",), res=RESOLUTION, k=1)
 
 
 async def submit(url: str, key: Ed25519PrivateKey, msg) -> int:
@@ -139,7 +138,8 @@ def test_single_validator_txs_queries_and_app_crash(tmp_path: Path, procs: Procs
     listed = json.loads(cli("registry", "ls", "gateways", "--home", str(home), "--json"))
     assert {g["endpoint"] for g in listed} == {genesis["app_state"]["gateways"][0]["endpoint"], "127.0.0.1:40001"}
 
-    # a device, registered by that gateway through ChainClient
+    # a device, registered by that gateway through ChainClient (under a data key the admin opens)
+    open_test_epoch(url, load_ed25519_pem(home / "keys" / "admin.pem"))
     device = device_msg(1)
     committed_at = asyncio.run(submit(url, other, device))
     assert committed_at > 0
@@ -202,6 +202,7 @@ def test_four_validators_survive_one_node_stopping(tmp_path: Path, procs: Procs)
     newcomer = Ed25519PrivateKey.generate()
     asyncio.run(submit(first.rpc_url, _node_key(first, "admin.pem"),
                        pb.RegisterGateway(pubkey=public_bytes(newcomer), endpoint="127.0.0.1:40002", operator="x")))
+    open_test_epoch(first.rpc_url, _node_key(first, "admin.pem"))
     device = device_msg(3)
     at = asyncio.run(submit(first.rpc_url, _node_key(nodes[1], "gateway.pem"), device))
     wait_for_height(last.rpc_url, at, 30)

@@ -38,7 +38,8 @@ def test_demo_devices_answer_invokes(tmp_path):
             assert result.exit_code == 0, result.output
             answer = json.loads(result.stdout)  # progress lines, if any, go to stderr
             assert "temperature_c" in answer or "on" in answer
-        devices = runner.invoke(main, ["registry", "ls", "devices", "--rpc", f"http://127.0.0.1:{ports['rpc']}", "--json"])
+        devices = runner.invoke(main, ["registry", "ls", "devices", "--rpc", f"http://127.0.0.1:{ports['rpc']}",
+                                       "--home", str(tmp_path / "home"), "--json"])  # its gateway key opens them
         listed = json.loads(devices.stdout)
         assert len(listed) == 3 and all(d["policy"]["resolution"] == 6 for d in listed)
 
@@ -54,7 +55,7 @@ def test_demo_devices_answer_invokes(tmp_path):
         assert "52.52" not in found.output and "13.40" not in found.output  # no coordinates leave
         any_read = runner.invoke(main, ["invoke", "--any", "sensor", *near, "sensor.read", "--timeout", "30", "--json"])
         assert any_read.exit_code == 0, any_read.output
-        assert json.loads(any_read.stdout)["state"] == "DONE"  # progress lines go to stderr
+        assert json.loads(any_read.stdout)["state"] == "DONE", any_read.output  # progress lines go to stderr
         assert stop(proc) == 0
     finally:
         kill9(proc)

@@ -55,7 +55,8 @@ def pair(cfg, dev, *extra: str) -> tuple[int, str]:
 
 
 def devices_on_chain(cfg) -> list[dict]:
-    code, out = cli("registry", "ls", "devices", "--rpc", cfg.rpc_url, "--json")
+    """The registry's devices, sealed fields opened with this gateway home's seal key."""
+    code, out = cli("registry", "ls", "devices", "--rpc", cfg.rpc_url, "--home", str(cfg.home), "--json")
     assert code == 0, out
     return json.loads(out[:out.rindex("]") + 1])
 

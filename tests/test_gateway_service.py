@@ -72,14 +72,18 @@ async def test_bad_tokens_are_refused_for_a_mutating_call(env, make, why):
 
 
 async def test_owner_and_gateway_tokens_are_accepted(env):
-    """A token the owner derived with the write right, and a gateway-origin token, both authorise."""
+    """A token the owner derived with the write right authorises a write by pseudonym; a
+    gateway-origin token authorises it only on discovery's word (attested), never by pseudonym."""
     store, service, dev, secret, app = env
     owner = cl.derive(cl.load(dev.root_token), [cl.Service("valve", ["*"])])
     regional = cl.mint(GATEWAY_SECRET, [cl.Service("valve", ["set"])])
-    for token in (owner, regional):
-        res = await service.submit(call(dev, "set", token, args=b'{"open": true}'))
+    with pytest.raises(Unauthorized, match="pseudonym"):
+        await service.submit(call(dev, "set", regional, args=b'{"open": true}'))
+    for token, attested in ((owner, False), (regional, True)):
+        res = await service.submit(call(dev, "set", token, args=b'{"open": true}'), attested=attested)
         assert res.state == State.QUEUED and res.expected_at_ms > 0
     items = store.pending(dev.link_id, 1 << 16, int(time.time() * 1000))[0]
+    assert len(items) == 2
     tok = cl.verify(items[0].request_token, secret, now=int(time.time()))
     assert tok.request.method == "set" and tok.request.digest == cl.request_digest(b'{"open": true}')
 
@@ -296,13 +300,17 @@ async def test_concurrent_submits_share_a_commit_and_keep_queue_order(env):
 
 
 async def test_gateway_app_tokens_read_through_resource_rights(env):
-    """A gateway-origin application token with READ on /svc reads, and never writes."""
+    """A gateway-origin application token with READ on /svc reads through a discovery handle (never by
+    pseudonym), and never writes."""
     store, service, dev, secret, app = env
+    service.resolvers.append(lambda target, token: dev.pseudonym if target == "handle-1" else None)
     reader = cl.mint(GATEWAY_SECRET, [cl.Identity("app-1"), cl.Resource("/svc", cl.READ)])
-    res = await service.submit(call(dev, "info", reader, service="sensor"))
+    res = await service.submit(Call("handle-1", "info", token=reader.to_bytes(), service="sensor"))
     assert res.state == State.QUEUED
+    with pytest.raises(Unauthorized, match="pseudonym"):
+        await service.submit(call(dev, "info", reader, service="sensor"))
     with pytest.raises(Unauthorized, match="permit"):
-        await service.submit(call(dev, "set", reader, service="valve"))
+        await service.submit(Call("handle-1", "set", token=reader.to_bytes(), service="valve"))
     narrow = cl.mint(GATEWAY_SECRET, [cl.Identity("app-2"), cl.Resource("/svc/valve", cl.READ)])
     with pytest.raises(Unauthorized):
         await service.submit(call(dev, "info", narrow, service="sensor"))

@@ -10,13 +10,23 @@ from edgistry.abci_app.app import RegistryApp
 from edgistry.abci_app.codes import Code
 from edgistry.proto import abci_pb2 as abci
 from edgistry.proto import registry_pb2 as pb
-from registry_helpers import CHAIN, T0, Actors, Driver, device_msg, pub
+from edgistry.gateway.discovery import sealbox
+from registry_helpers import CHAIN, T0, TEST_DATA_KEY, Actors, Driver, device_msg, pub
 
 P1 = b"\x01" * 16
 
 
 def _sign_raw_body(key, body: bytes) -> bytes:
     return pb.SignedTx(body=body, signer=pub(key), signature=key.sign(txs.SIGN_DOMAIN + body)).SerializeToString()
+
+
+def _seal_pub(key) -> bytes:
+    return key.public_key().public_bytes_raw()
+
+
+def _wrap(a: Actors, epoch: int, to: str = "gw1"):
+    gid, seal = (a.gw1_id, a.seal1) if to == "gw1" else (a.gw2_id, a.seal2)
+    return sealbox.wrap_key(TEST_DATA_KEY, epoch, gid, _seal_pub(seal))
 
 
 def _flip_sig(raw: bytes) -> bytes:
@@ -54,6 +64,11 @@ CASES = {
                            lambda a: a.tx(a.gw1, pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=P1, last_seen=(T0 // 300 + 1000) * 300)]))),
     Code.LAST_VALIDATOR: (lambda a: [a.tx(a.admin, pb.SetValidator(pubkey=b"v" * 32, power=10))],
                           lambda a: a.tx(a.admin, pb.SetValidator(pubkey=b"v" * 32, power=0))),
+    Code.NO_DATA_KEY: (lambda a: [], lambda a: a.tx(a.gw1, device_msg(P1))),  # genesis without a data key
+    Code.STALE_EPOCH: (lambda a: [], lambda a: a.tx(a.gw1, device_msg(P1, epoch=2))),
+    Code.WRAPS_INCOMPLETE: (lambda a: [], lambda a: a.tx(a.gw1, pb.PutDataKey(
+        epoch=2, key_check=sealbox.key_check(TEST_DATA_KEY), wraps=[_wrap(a, 2)]))),
+    Code.WRAP_EXISTS: (lambda a: [], lambda a: a.tx(a.gw1, pb.PutDataKey(epoch=1, wraps=[_wrap(a, 1, "gw2")]))),
 }
 
 TX_CODES = {c for c in Code if c != Code.OK and c < 40}
@@ -69,7 +84,7 @@ def setup(tmp_path):
     def make(code):
         actors = Actors()
         app = RegistryApp(tmp_path / f"reg-{code.name}")
-        driver = Driver(app, actors.genesis())
+        driver = Driver(app, actors.genesis(sealed=code != Code.NO_DATA_KEY))
         before, bad = CASES[code]
         results = driver.block(before(actors))
         assert all(r.code == 0 for r in results.tx_results), [r.log for r in results.tx_results]
@@ -101,8 +116,9 @@ def test_finalize_block_rejects_with_its_code_and_changes_nothing_else(setup, co
 
 @pytest.mark.parametrize("path,data,height,code", [
     ("/nope", b"", 0, Code.UNKNOWN_QUERY_PATH),
-    ("/devices/by_cell", b"\xff\xff", 0, Code.BAD_QUERY),
-    ("/devices/by_cell", pb.DeviceQuery().SerializeToString(), 0, Code.BAD_QUERY),
+    ("/devices", b"\xff\xff", 0, Code.BAD_QUERY),
+    ("/devices/by_gateway", pb.DeviceQuery().SerializeToString(), 0, Code.BAD_QUERY),
+    ("/devices/by_cell", pb.DeviceQuery(service_type="sensor").SerializeToString(), 0, Code.MOVED_TO_GATEWAYS),
     ("/devices", b"", 99, Code.HEIGHT_UNAVAILABLE),
     ("/device", pb.DeviceQuery(pseudonym=b"x" * 16).SerializeToString(), 0, Code.NOT_FOUND),
 ])

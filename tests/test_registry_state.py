@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import h3
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -15,7 +14,8 @@ from edgistry.abci_app.codes import Code
 from edgistry.abci_app.genesis import Genesis, GenesisError
 from edgistry.proto import abci_pb2 as abci
 from edgistry.proto import registry_pb2 as pb
-from registry_helpers import CHAIN, T0, Actors, Driver, cell_at, device_msg, pub
+from edgistry.gateway.discovery.sealbox import SealError
+from registry_helpers import CHAIN, T0, Actors, Driver, cell_at, device_fields, device_msg, pub, test_keyring
 
 
 @pytest.fixture
@@ -27,10 +27,10 @@ def env(tmp_path):
     app.close()
 
 
-def by_cell(driver, service, cell, height=0):
-    resp = driver.query("/devices/by_cell", pb.DeviceQuery(service_type=service, cell=cell).SerializeToString(), height)
-    assert resp.code == 0, resp.log
-    return [d.pseudonym for d in pb.DeviceList.FromString(resp.value).devices]
+def device_at(driver, pseudonym, height=0):
+    """The committed record of one device at a height (None when absent)."""
+    resp = driver.query("/device", pb.DeviceQuery(pseudonym=pseudonym).SerializeToString(), height)
+    return pb.DeviceRecord.FromString(resp.value) if resp.code == 0 else None
 
 
 def ok(resp):
@@ -38,26 +38,31 @@ def ok(resp):
     return resp
 
 
-def test_device_found_in_every_ancestor_cell_but_not_siblings(env):
-    """A device registered at res 7 is found from res 0..7 ancestors, for its types only."""
+def test_device_fields_rest_sealed_and_only_the_data_key_opens_them(env):
+    """A registered device's record holds its pseudonym and a sealed blob; the data key opens the fields."""
     a, app, d = env
     cell = cell_at(48.85, 2.35, 7)
     ok(d.block([a.tx(a.gw1, device_msg(b"A" * 16, cell, ("sensor", "valve"), res=7))]))
-    for res in range(0, 8):
-        assert by_cell(d, "sensor", h3.str_to_int(h3.cell_to_parent(h3.int_to_str(cell), res))) == [b"A" * 16]
-    sibling = next(c for c in h3.grid_disk(h3.int_to_str(cell), 1) if c != h3.int_to_str(cell))
-    assert by_cell(d, "sensor", h3.str_to_int(sibling)) == []
-    assert by_cell(d, "valve", cell) == [b"A" * 16]
-    assert by_cell(d, "camera", cell) == []
+    rec = device_at(d, b"A" * 16)
+    assert not rec.services and rec.cell == 0 and not rec.HasField("policy") and rec.duty_cycle_s == 0
+    assert rec.sealed.epoch == 1 and len(rec.sealed.ciphertext) == 1024 + 16
+    opened = test_keyring().open_record(rec)
+    assert [s.type for s in opened.services] == ["sensor", "valve"] and opened.cell == cell
+    assert opened.policy.resolution == 7 and opened.duty_cycle_s == 30
+    with pytest.raises(SealError):
+        test_keyring(bytes(32)).open_record(rec)
+    resp = d.query("/devices/by_cell", pb.DeviceQuery(service_type="sensor", cell=cell).SerializeToString())
+    assert resp.code == Code.MOVED_TO_GATEWAYS
 
 
-def test_update_moves_indexes_and_unregister_removes_them(env):
-    """Updating a device's cell and services rewrites its index entries; unregistering drops all."""
+def test_update_reseals_and_unregister_removes_every_key(env):
+    """Updating a device replaces its sealed fields; unregistering drops every key that names it."""
     a, app, d = env
     berlin, paris = cell_at(52.52, 13.40, 6), cell_at(48.85, 2.35, 6)
     ok(d.block([a.tx(a.gw1, device_msg(b"B" * 16, berlin))]))
     ok(d.block([a.tx(a.gw1, device_msg(b"B" * 16, paris, ("camera",), cls=pb.UpdateDevice))]))
-    assert by_cell(d, "sensor", berlin) == [] and by_cell(d, "camera", paris) == [b"B" * 16]
+    opened = test_keyring().open_record(device_at(d, b"B" * 16))
+    assert opened.cell == paris and [s.type for s in opened.services] == ["camera"]
     ok(d.block([a.tx(a.gw1, pb.UnregisterDevice(pseudonym=b"B" * 16))]))
     with app.store.reader() as r:
         leftovers = [k for k, _ in r.scan(b"d") if b"B" * 16 in k]
@@ -71,9 +76,9 @@ def test_queries_at_past_heights_see_past_state(env):
     ok(d.block([a.tx(a.gw1, device_msg(b"C" * 16, cell))]))
     h_registered = app.height
     ok(d.block([a.tx(a.gw1, pb.UnregisterDevice(pseudonym=b"C" * 16))]))
-    assert by_cell(d, "sensor", cell) == []
-    assert by_cell(d, "sensor", cell, h_registered) == [b"C" * 16]
-    assert by_cell(d, "sensor", cell, h_registered - 1) == []
+    assert device_at(d, b"C" * 16) is None
+    assert test_keyring().open_record(device_at(d, b"C" * 16, h_registered)).cell == cell
+    assert device_at(d, b"C" * 16, h_registered - 1) is None
     resp = d.query("/device", pb.DeviceQuery(pseudonym=b"C" * 16).SerializeToString(), h_registered)
     assert resp.code == 0 and resp.height == h_registered
 
@@ -84,9 +89,9 @@ def test_pagination_returns_each_device_once(env):
     cell = cell_at(52.52, 13.40, 6)
     names = sorted(bytes([i]) * 16 for i in range(1, 26))
     ok(d.block([a.tx(a.gw1, device_msg(p, cell)) for p in names]))
-    seen, q = [], pb.DeviceQuery(service_type="sensor", cell=cell, limit=7)
+    seen, q = [], pb.DeviceQuery(limit=7)
     while True:
-        page = pb.DeviceList.FromString(d.query("/devices/by_cell", q.SerializeToString()).value)
+        page = pb.DeviceList.FromString(d.query("/devices", q.SerializeToString()).value)
         seen += [x.pseudonym for x in page.devices]
         if not page.next:
             break
@@ -367,21 +372,22 @@ def _svc(kind: str, *methods: str) -> pb.ServiceDescriptor:
     ([], "1..16 services"),
 ])
 def test_device_service_checks_reject_with_their_reason(services, fragment):
-    """validate_basic refuses each kind of bad service list with INVALID_FIELD and its reason,
-    every time (the per-descriptor verdicts are cached by the descriptor's bytes)."""
-    msg = device_msg(b"S" * 16)
-    del msg.services[:]
-    msg.services.extend(services)
+    """The plaintext check a gateway runs before sealing refuses each kind of bad service list
+    with INVALID_FIELD and its reason, every time (the per-descriptor verdicts are cached by the
+    descriptor's bytes)."""
+    fields = device_fields()
+    del fields.services[:]
+    fields.services.extend(services)
     for _ in range(2):
         with pytest.raises(txs.TxError) as err:
-            txs.VALIDATORS["register_device"](msg)
+            txs.check_device_plaintext(fields)
         assert err.value.code == Code.INVALID_FIELD and fragment in err.value.log
 
 
 def test_device_service_checks_accept_a_good_list():
     """Two services with distinct well-formed methods pass, also when checked again."""
-    msg = device_msg(b"S" * 16)
-    del msg.services[:]
-    msg.services.extend([_svc("sensor", "read", "write"), _svc("valve", "open")])
-    txs.VALIDATORS["register_device"](msg)
-    txs.VALIDATORS["register_device"](msg)
+    fields = device_fields()
+    del fields.services[:]
+    fields.services.extend([_svc("sensor", "read", "write"), _svc("valve", "open")])
+    txs.check_device_plaintext(fields)
+    txs.check_device_plaintext(fields)

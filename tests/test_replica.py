@@ -11,11 +11,15 @@ import pytest
 from edgistry.cluster.home import gateway_key
 from edgistry.config import NodeConfig
 from edgistry.chain import ChainClient
+from edgistry.abci_app.txs import gateway_id_for
+from edgistry.gateway.discovery.keeper import SealKeeper
 from edgistry.gateway.discovery.replica import ReplicaFollower
 from edgistry.gateway.discovery.index import RegistryIndex, entry_from_record
+from edgistry.gateway.discovery.sealbox import load_seal_key
 from edgistry.proto import registry_pb2 as pb
 from proc_helpers import edgistry, free_port, stop, wait_for_port
-from registry_helpers import cell_at, device_msg
+from registry_helpers import cell_at
+from registry_helpers import device_msg as _sealed_msg
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
@@ -36,9 +40,25 @@ def node(tmp_path_factory):
         stop(proc)
 
 
-async def _settled(chain: ChainClient, index: RegistryIndex) -> None:
-    """The index equals a fresh read of the registry at the index's height."""
-    records = await chain.devices("/devices", pb.DeviceQuery(limit=1000), index.height)
+async def keeper_of(chain: ChainClient, home) -> SealKeeper:
+    """A keeper with the node gateway's own keys, holding the current data key."""
+    cfg = NodeConfig.load(home)
+    key = gateway_key(cfg)
+    keeper = SealKeeper(chain, key, gateway_id_for(key.public_key().public_bytes_raw()), load_seal_key(cfg.keys_dir))
+    await keeper.ready()
+    return keeper
+
+
+def device_msg(keeper: SealKeeper, *args, **kw):
+    """A device tx sealed under the node's current data key."""
+    ring = keeper.ring
+    return _sealed_msg(*args, key=ring.keys[ring.current], epoch=ring.current, **kw)
+
+
+async def _settled(chain: ChainClient, index: RegistryIndex, keeper: SealKeeper) -> None:
+    """The index equals a fresh read (opened with the data key) of the registry at the index's height."""
+    records = [keeper.ring.open_record(r) for r in await chain.devices("/devices", pb.DeviceQuery(limit=1000),
+                                                                       index.height)]
     assert {r.pseudonym: entry_from_record(r) for r in records} == index.entries
     fresh = RegistryIndex()
     fresh.load(entry_from_record(r) for r in records)
@@ -52,17 +72,18 @@ async def test_load_then_follow_device_events(node):
     key = gateway_key(NodeConfig.load(home))
     ps = [os.urandom(16) for _ in range(8)]
     async with ChainClient(url) as chain:
+        keeper = await keeper_of(chain, home)
         for p in ps[:5]:
-            await chain.submit(key, device_msg(p, cell_at(52.52, 13.40, 7), res=7, k=2))
-        follower = ReplicaFollower(chain)
+            await chain.submit(key, device_msg(keeper, p, cell_at(52.52, 13.40, 7), res=7, k=2))
+        follower = ReplicaFollower(chain, keeper=keeper)
         height = await follower.load()
         assert height >= 1 and set(ps[:5]) <= set(follower.index.entries)
         assert follower.index.disclosure_cell("sensor", ps[0]) == cell_at(52.52, 13.40, 7)
-        await _settled(chain, follower.index)
+        await _settled(chain, follower.index, keeper)
 
         for p in ps[5:]:
-            await chain.submit(key, device_msg(p, cell_at(48.85, 2.35, 6), res=6, k=3))
-        moved = device_msg(ps[0], cell_at(48.85, 2.35, 6), types=("sensor", "valve"), res=6, k=3,
+            await chain.submit(key, device_msg(keeper, p, cell_at(48.85, 2.35, 6), res=6, k=3))
+        moved = device_msg(keeper, ps[0], cell_at(48.85, 2.35, 6), types=("sensor", "valve"), res=6, k=3,
                            cls=pb.UpdateDevice)
         await chain.submit(key, moved)
         await chain.submit(key, pb.UnregisterDevice(pseudonym=ps[1]))
@@ -71,13 +92,13 @@ async def test_load_then_follow_device_events(node):
         assert ps[1] not in idx.entries and set(ps[5:]) <= set(idx.entries)
         assert idx.entries[ps[0]].types == ("sensor", "valve")
         assert idx.disclosure_cell("sensor", ps[0]) == cell_at(48.85, 2.35, 6)  # 4 devices of k=3 there now
-        await _settled(chain, idx)
+        await _settled(chain, idx, keeper)
 
         now = int(time.time()) // 300 * 300
         await chain.submit(key, pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=ps[2], last_seen=now)]))
         await follower.step()
         assert idx.entries[ps[2]].last_seen == now
-        await _settled(chain, idx)
+        await _settled(chain, idx, keeper)
 
 
 async def test_run_loop_follows_and_notifies_watchers(node):
@@ -85,7 +106,8 @@ async def test_run_loop_follows_and_notifies_watchers(node):
     url, home, _ = node
     key = gateway_key(NodeConfig.load(home))
     async with ChainClient(url) as chain:
-        follower = ReplicaFollower(chain, poll_s=0.05)
+        keeper = await keeper_of(chain, home)
+        follower = ReplicaFollower(chain, keeper=keeper, poll_s=0.05)
         task = asyncio.ensure_future(follower.run())
         try:
             for _ in range(200):
@@ -94,13 +116,35 @@ async def test_run_loop_follows_and_notifies_watchers(node):
                 await asyncio.sleep(0.05)
             version = follower.index.version
             p = os.urandom(16)
-            await chain.submit(key, device_msg(p, cell_at(40.0, -3.7, 7), res=7, k=1))
+            await chain.submit(key, device_msg(keeper, p, cell_at(40.0, -3.7, 7), res=7, k=1))
             await asyncio.wait_for(follower.wait_changed(version), 10)
             for _ in range(100):
                 if p in follower.index.entries:
                     break
                 await asyncio.sleep(0.05)
             assert follower.index.disclosure_cell("sensor", p) == cell_at(40.0, -3.7, 7)
+        finally:
+            task.cancel()
+
+
+async def test_pairing_waits_for_the_polling_replica_to_reach_a_commit(node):
+    """A running replica that polls slowly: pairing's visibility waits for the registration's
+    height (not answering from the index as it was) and then reads the new device from it."""
+    from edgistry.gateway.pairing import visibility
+
+    url, home, _ = node
+    key = gateway_key(NodeConfig.load(home))
+    async with ChainClient(url) as chain:
+        keeper = await keeper_of(chain, home)
+        follower = ReplicaFollower(chain, keeper=keeper, poll_s=1.0)
+        task = asyncio.ensure_future(follower.run())
+        try:
+            await asyncio.wait_for(follower.wait_height(1, 30), 31)
+            p = os.urandom(16)
+            height = (await chain.submit(key, device_msg(keeper, p, cell_at(35.68, 139.69, 7), res=7, k=1))).height
+            assert p not in follower.index.entries  # the commit is ahead of the replica's last poll
+            (v,) = await visibility.after_commit(follower, p, height, timeout=10)
+            assert v.service_type == "sensor" and v.disclosed_cell == cell_at(35.68, 139.69, 7)
         finally:
             task.cancel()
 
@@ -113,8 +157,9 @@ async def test_discover_end_to_end_through_up(node, tmp_path):
     url, home, gateway = node
     key = gateway_key(NodeConfig.load(home))
     async with ChainClient(url) as chain:
+        keeper = await keeper_of(chain, home)
         for _ in range(3):
-            await chain.submit(key, device_msg(os.urandom(16), cell_at(-33.86, 151.21, 7), res=7, k=3))
+            await chain.submit(key, device_msg(keeper, os.urandom(16), cell_at(-33.86, 151.21, 7), res=7, k=3))
     runner = CliRunner()
     res = runner.invoke(main, ["token", "app", "--home", str(home), "--name", "e2e"])
     assert res.exit_code == 0, res.output

@@ -1,7 +1,9 @@
 """The gateway's client-facing domain logic (no gRPC here).
 
 Theory of operation. A call names a target (a handle), a method, JSON args
-and a token. The target resolves to a pseudonym; a device paired here is
+and a token. The target resolves to a pseudonym (a discovery handle, or an
+owner handle that names it: then only a device-derived token will do, see
+``PSEUDONYM_NEEDS_DEVICE_TOKEN``); a device paired here is
 served locally, any other is forwarded to its owning gateway (peer.py). A
 local call is authorised (auth.py), answered from the response cache when
 the method is cacheable and a fresh answer is stored (the device is not
@@ -48,6 +50,13 @@ from ..store.store import ACTIVE_WINDOW_MS, Device, GatewayStore, RequestRecord,
 log = logging.getLogger(__name__)
 
 OWNER_HANDLE_PREFIX = "dev-"  # owner handle: "dev-" + pseudonym hex
+# No bypass of discovery: a gateway-issued application token (anonymous regional
+# access) reaches devices only through discovery (its handles, invoke-any: the
+# call is then ``attested``). A call naming a pseudonym (owner handle) needs a
+# token derived from that device's root, here and at the owner of a forward.
+PSEUDONYM_NEEDS_DEVICE_TOKEN = ("a call by pseudonym (owner handle) needs a token derived from the device's root; "
+                                "a gateway application token reaches devices only through discovery handles or "
+                                "invoke-any")
 
 
 @dataclass
@@ -381,19 +390,23 @@ class GatewayService:
         try:
             service, method = manifest.resolve(call.service, call.method)
         except (NotFound, BadRequest):  # only a valid token holder may learn which methods exist
-            auth.authorise(call.token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
-                           now // 1000, check_permits=False)
+            granted = auth.authorise(call.token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
+                                     now // 1000, check_permits=False)
+            if granted.origin != "device" and not call.attested:
+                raise Unauthorized(PSEUDONYM_NEEDS_DEVICE_TOKEN) from None
             raise
         # A read vouched for by discovery or by a registered peer's signed forward
         # needs no device token; everything else is authorised here.
         if not (call.attested and not method.mutating):
             t0 = time.perf_counter() if self.probe is not None else 0.0
-            ok = auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
-                                self.revoked, now // 1000, mutating=method.mutating)
-            call.chain = _merged(ok.chain, call.chain)
-            issuer = ok.issuer
+            granted = auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
+                                     self.revoked, now // 1000, mutating=method.mutating)
+            call.chain = _merged(granted.chain, call.chain)
+            issuer = granted.issuer
             if self.probe is not None:
                 self.probe.span(SUBMIT_AUTHORISE, time.perf_counter() - t0)
+            if granted.origin != "device" and not call.attested:
+                raise Unauthorized(PSEUDONYM_NEEDS_DEVICE_TOKEN)
         else:  # vouched for: this gateway's own token (invoke-any) or a peer's hashes
             own = auth.own_chain(call.token, self.secret)
             call.chain = _merged(own, call.chain)

@@ -233,7 +233,7 @@ def add_to_server(server: grpc.aio.Server, servicer: DiscoveryServicer) -> str:
     return dpb.DESCRIPTOR.services_by_name["Discovery"].full_name
 
 
-def create_discovery(home: Path, chain, gateway_id: str, endpoint: str):
+def create_discovery(home: Path, chain, gateway_id: str, endpoint: str, keeper=None):
     """(DiscoveryService, ReplicaFollower, secret) for a node home: the gateway app's one call.
 
     Start ``follower.run()`` as a background task; register
@@ -242,6 +242,6 @@ def create_discovery(home: Path, chain, gateway_id: str, endpoint: str):
     from .replica import ReplicaFollower
 
     secret = (Path(home) / "keys" / "gateway.secret").read_bytes()
-    follower = ReplicaFollower(chain)
+    follower = ReplicaFollower(chain, keeper=keeper)  # the keeper's keyring opens sealed records
     service = DiscoveryService(follower.index, HandleCodec(derive_key(secret), gateway_id), gateway_id, endpoint)
     return service, follower, secret

@@ -18,6 +18,11 @@ Theory of operation: a small state loop over the gateway's own node.
   a revocation is in force here one poll after its block commits.
 * Any read failure backs off (jittered) and retries; a height the node no longer
   has (pruned) sends the loop back to LOAD.
+* SEALED: device records carry their services, cell, policy and duty cycle
+  sealed (discovery/sealbox.py); the keeper's keyring opens them. A record
+  this gateway cannot open yet (an epoch not granted to it) is left out and
+  counted in ``unreadable``; when the keyring gains or loses a key (its
+  ``version`` moves, e.g. after a ``data_key`` event) the loop goes back to LOAD.
 
 Clock, sleep and randomness are parameters so tests run without real waits.
 """
@@ -32,6 +37,7 @@ from collections.abc import Awaitable, Callable
 
 from ...chain import ChainClient, ChainError
 from .index import DeviceEntry, RegistryIndex, entry_from_record
+from .sealbox import Keyring, SealError
 from ...proto import registry_pb2 as pb
 
 __all__ = ["DeviceEntry", "RegistryIndex", "ReplicaFollower"]
@@ -42,6 +48,7 @@ PAGE = 1000  # the registry's MAX_PAGE
 DEVICE_EVENTS = {"device_registered", "device_updated", "device_unregistered", "device_seen"}
 GATEWAY_EVENTS = {"gateway_registered", "gateway_updated", "gateway_removed"}
 REVOKED_EVENT = "token_revoked"
+SEAL_EVENTS = {"data_key", "seal_key_set"}
 RevocationRecords = list[tuple[bytes, int]]  # (revocation hash, expiry s)
 
 
@@ -58,10 +65,20 @@ def revocation_of(attrs: dict) -> tuple[bytes, int] | None:
     return None
 
 
+class StaticKeys:
+    """A keyring that never changes (tests, tools): the keeper's shape without a chain."""
+
+    def __init__(self, ring: Keyring) -> None:
+        self.ring, self.version = ring, 0
+
+    async def refresh(self) -> Keyring:
+        return self.ring
+
+
 class ReplicaFollower:
     """Keeps a RegistryIndex equal to the node's committed registry, height by height."""
 
-    def __init__(self, chain: ChainClient, index: RegistryIndex | None = None, *, poll_s: float = 0.25,
+    def __init__(self, chain: ChainClient, index: RegistryIndex | None = None, *, keeper=None, poll_s: float = 0.25,
                  max_backoff_s: float = 10.0,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
@@ -72,9 +89,24 @@ class ReplicaFollower:
         self.loaded = False
         self.synced_at: float | None = None  # clock() when it last caught up with the node
         self._changed = asyncio.Condition()
+        self.keeper = keeper  # keeper.SealKeeper (or StaticKeys): .ring, .version, refresh()
+        self._ring_version = -1
+        self.unreadable: set[bytes] = set()  # pseudonyms whose sealed fields this gateway cannot open
         # the gateway's revocation hooks (app.py); None: devices only
         self.on_revocations: Callable[[RevocationRecords, int, bool], Awaitable[None]] | None = None
         self.on_heard: Callable[[], None] | None = None
+
+    def _entry(self, record: pb.DeviceRecord) -> DeviceEntry | None:
+        """The discovery entry of a committed record, opened with the keyring; None if it cannot be."""
+        try:
+            if self.keeper is None:
+                raise SealError("no keyring")
+            entry = entry_from_record(self.keeper.ring.open_record(record))
+        except SealError:
+            self.unreadable.add(record.pseudonym)
+            return None
+        self.unreadable.discard(record.pseudonym)
+        return entry
 
     # ---- reads ----
 
@@ -86,15 +118,21 @@ class ReplicaFollower:
 
     async def load(self) -> int:
         """LOAD: a consistent snapshot at the latest height; returns that height."""
+        if self.keeper is not None:
+            await self.keeper.refresh()
+            self._ring_version = self.keeper.version
         height = await self.chain.height()
         records = await self._all_devices(height)
         await self._gateways(height)
         if self.on_revocations is not None:
             await self.on_revocations(await self._all_revocations(height), height, True)
-        self.index.load((entry_from_record(r) for r in records), height)
+        self.unreadable.clear()
+        entries = [e for e in map(self._entry, records) if e is not None]
+        self.index.load(entries, height)
         self.loaded = True
         await self._notify()
-        log.info("replica loaded %d devices at height %d", len(records), height)
+        log.info("replica loaded %d devices at height %d (%d sealed under keys not held here)",
+                 len(entries), height, len(self.unreadable))
         return height
 
     async def _all_revocations(self, height: int) -> RevocationRecords:
@@ -127,11 +165,14 @@ class ReplicaFollower:
                 changed[bytes.fromhex(attrs["pseudonym"])] = kind
             elif kind in GATEWAY_EVENTS:
                 await self._gateways(height)
+            if kind in SEAL_EVENTS and self.keeper is not None:
+                await self.keeper.refresh()  # a new epoch or grant: the next step reloads if keys changed
         for ps, kind in changed.items():
             q = await self.chain.query("/device", pb.DeviceQuery(pseudonym=ps).SerializeToString(), height)
-            if q.code == 0:
-                self.index.upsert(entry_from_record(pb.DeviceRecord.FromString(q.value)))
-            else:  # unregistered (or gone again within the block)
+            entry = self._entry(pb.DeviceRecord.FromString(q.value)) if q.code == 0 else None
+            if entry is not None:
+                self.index.upsert(entry)
+            else:  # unregistered (or gone again within the block), or not readable here
                 self.index.remove(ps)
         if self.on_revocations is not None:
             await self.on_revocations(revoked, height, False)  # in force before the height counts
@@ -140,6 +181,11 @@ class ReplicaFollower:
 
     async def step(self) -> int:
         """Catch up to the node's latest height; returns how many heights were applied."""
+        if self.keeper is not None and self.keeper.version != self._ring_version:
+            await self.load()  # keys changed: records unreadable before may open now
+            if self.on_heard is not None:
+                self.on_heard()
+            return 1
         latest = await self.chain.height()
         if self.on_heard is not None:
             self.on_heard()
@@ -197,3 +243,14 @@ class ReplicaFollower:
             except TimeoutError:
                 pass
         return self.index.version
+
+    async def wait_height(self, height: int, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the index has applied ``height``; True when it has.
+        The run loop polls, so a just-committed block lands here up to one poll later."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.loaded and self.index.height >= height),
+                                       timeout)
+            except TimeoutError:
+                return False
+        return True

@@ -10,6 +10,7 @@ import click
 from ...clikit import Progress, UserError, echo_json, one_line
 from ..client.cliglue import GatewayAddress
 from .client import DEFAULT_K, DEFAULT_RESOLUTION, PairError, pair_device
+from .visibility import advice
 
 CODE_HINT = "the gateway prints its one-time commissioning code at start (also in <gateway home>/commission.code)"
 
@@ -27,15 +28,16 @@ CODE_HINT = "the gateway prints its one-time commissioning code at start (also i
 @click.option("--unpair", is_flag=True, help="Unpair the device from this gateway instead.")
 @click.option("--expect-gateway", default=None, help="Refuse unless the gateway has this id.")
 @click.option("--rpc", default=None, metavar="URL",
-              help="A node RPC URL: check the gateway's key against the registry, and whether discovery "
-                   "can see the device yet.")
+              help="A node RPC URL: check the gateway's key against the key the registry holds for it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str | None, unpair: bool,
              expect_gateway: str | None, rpc: str | None, as_json: bool) -> None:
     """Pair a device with a gateway (or unpair it) over the one-time commissioning channel.
 
     Writes paired.json (link endpoint, identity token, pseudonym, gateway id)
-    into the device home and a read-only application token file beside it.
+    into the device home and a read-only application token file beside it, and says
+    whether discovery shows the device yet (the gateway tells: only gateways can read
+    service types and cells on chain).
     """
     if not unpair and not code:
         raise UserError(f"give --code CODE: {CODE_HINT}")
@@ -46,10 +48,7 @@ def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str
                                           rpc))
         except PairError as exc:
             raise UserError(one_line(_hint(str(exc)))) from exc
-        visibility = None if unpair else _visibility(rpc, out["pseudonym"])
     if as_json:
-        if visibility is not None:
-            out["discovery"] = [v.to_dict() for v in visibility]
         echo_json(out)
     elif unpair:
         click.echo(f"unpaired {out['pseudonym']} from gateway {out['gateway_id']}")
@@ -62,28 +61,14 @@ def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str
         click.echo(f"next: edgistry device run --home {device_home}", err=True)
     if unpair:
         return
-    if visibility is None:
+    if "discovery" not in out:
         if k > 1:
             click.echo(f"note: discovery shows a device only where at least k={k} devices of its type share a "
-                       "cell; give --rpc URL to check whether this one is visible yet", err=True)
+                       "cell; the gateway could not tell yet whether this one is visible (`edgistry discover` "
+                       "will)", err=True)
         return
-    for v in visibility:
-        click.echo(("note: " if v.disclosed_cell is None else "") + v.advice(), err=True)
-
-
-def _visibility(rpc: str | None, pseudonym_hex: str):
-    """The device's discovery visibility from the registry (None without --rpc; a registry that
-    cannot be read is a warning here: the pairing itself succeeded)."""
-    if not rpc:
-        return None
-    from ...chain import ChainError
-    from .visibility import check
-
-    try:
-        return asyncio.run(check(rpc, bytes.fromhex(pseudonym_hex)))
-    except ChainError as exc:
-        click.echo(f"warning: paired, but cannot read the registry to check discovery: {exc}", err=True)
-        return None
+    for v in out["discovery"]:
+        click.echo(("" if v["visible"] else "note: ") + advice(v), err=True)
 
 
 def _hint(message: str) -> str:

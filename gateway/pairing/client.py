@@ -19,6 +19,7 @@ from ..client.aio import AsyncClient
 from ..client.errors import EdgistryError
 from ..errors import GatewayError
 from .channel import ToolSession
+from .visibility import to_dicts
 from ...proto import gateway_pb2 as gw
 
 DEFAULT_RESOLUTION = 7  # ~5 km^2 cells: a neighbourhood, not a street
@@ -62,8 +63,9 @@ async def pair_device(device_home: Path | str, gateway: str, code: str = "", res
                       registry_rpc: str | None = None) -> dict:
     """Pair (or unpair) the device at ``device_home`` with the gateway at ``gateway`` (gRPC HOST:PORT).
 
-    Returns {pseudonym, owner_handle, app_token_file, gateway_id, link_endpoint, height}
-    (unpairing: {unpaired, pseudonym, gateway_id}). Raises PairError.
+    Returns {pseudonym, owner_handle, app_token_file, gateway_id, link_endpoint, height} and,
+    when the gateway could tell, ``discovery``: per service type whether discovery shows the
+    device (visibility.to_dicts) (unpairing: {unpaired, pseudonym, gateway_id}). Raises PairError.
     """
     home = DeviceHome(device_home)
     try:
@@ -101,6 +103,10 @@ async def pair_device(device_home: Path | str, gateway: str, code: str = "", res
     home.write_paired(result.link_endpoint, result.identity_token, result.pseudonym.hex(), result.gateway_id)
     if result.app_token:
         write_secret_file(token_path, (to_text(result.app_token) + "\n").encode())
-    return {"pseudonym": result.pseudonym.hex(), "owner_handle": result.owner_handle,
-            "app_token_file": str(token_path.resolve()) if result.app_token else None,
-            "gateway_id": result.gateway_id, "link_endpoint": result.link_endpoint, "height": result.height}
+    out = {"pseudonym": result.pseudonym.hex(), "owner_handle": result.owner_handle,
+           "app_token_file": str(token_path.resolve()) if result.app_token else None,
+           "gateway_id": result.gateway_id, "link_endpoint": result.link_endpoint, "height": result.height}
+    discovery = to_dicts(result, resolution, k)
+    if discovery is not None:
+        out["discovery"] = discovery
+    return out

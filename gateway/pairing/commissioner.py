@@ -4,11 +4,14 @@ Pairing: check the one-time code, read the root token and manifest, reduce
 the location to the coarse cell of the device's policy (the exact cell stays
 in this gateway's store, never on chain), derive the pseudonym from the root
 tag (auth.pseudonym_for), and register it on chain, refusing a device whose
-pseudonym belongs to another gateway. Then store the device durably and
+pseudonym belongs to another gateway. On chain the device's services, cell,
+policy and duty cycle are sealed under the registry data key (the keeper,
+gateway/discovery/keeper.py, holds it); only the pseudonym is in clear. Then store the device durably and
 return the identity token (for the link), a read-only application token and
 the owner handle. Re-pairing with the same gateway keeps the link id, the
 pseudonym and the queue and updates the record; unpairing unregisters it and
-cancels its queue.
+cancels its queue. The pairing result says whether discovery shows the device
+yet, from this gateway's discovery index (visibility.py).
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ...abci_app.codes import Code, TxError
 from ...abci_app.txs import VALIDATORS
+from ..discovery.sealbox import Keyring, SealError, TooLarge
 from ...firmware.caplets import api as cl
 from ..tokens import auth
 from ...chain import ChainClient, ChainError, TxRejected
 from ..errors import BadRequest, NotFound, Precondition, Unavailable
 from ..manifest import Manifest
 from ..metrics import GatewayMetrics
+from . import visibility
 from .channel import AAD_RESULT, CommissionCode, Offers, seal
 from ..api.service import owner_handle
 from ..store.store import Device, GatewayStore
@@ -40,8 +45,10 @@ LINK_ID_LEN = 16
 class Commissioner:
     def __init__(self, store: GatewayStore, offers: Offers, code: CommissionCode, chain: ChainClient,
                  key: Ed25519PrivateKey, secret: bytes, link_endpoint: str,
-                 metrics: GatewayMetrics | None = None, clock=None) -> None:
+                 metrics: GatewayMetrics | None = None, clock=None, keeper=None, replica=None) -> None:
         self.store, self.offers, self.code, self.chain = store, offers, code, chain
+        self.keeper = keeper  # discovery.keeper.SealKeeper: the data key devices are sealed under
+        self.replica = replica  # discovery.replica.ReplicaFollower: tells whether discovery shows the device
         self.key, self.secret, self.link_endpoint = key, secret, link_endpoint
         self.gateway_id = offers.gateway_id
         self.metrics = metrics or GatewayMetrics()
@@ -78,14 +85,14 @@ class Commissioner:
         pseudonym = auth.pseudonym_for(root)
         existing = self.store.device_by_pseudonym(pseudonym)
         link_id = self._link_id(p.link_id, root)
-        descriptor = dict(pseudonym=pseudonym, services=manifest.descriptors(), cell=coarse,
-                          policy=pb.PrivacyPolicy(resolution=res, k=k), duty_cycle_s=manifest.duty_cycle_s)
+        fields = pb.DeviceFields(services=manifest.descriptors(), cell=coarse,
+                                 policy=pb.PrivacyPolicy(resolution=res, k=k), duty_cycle_s=manifest.duty_cycle_s)
         record = await self._registered(pseudonym)
         if record is not None and record.gateway_id != self.gateway_id:
             raise Precondition(f"this device is already paired with gateway {record.gateway_id}; "
                                "unpair it there first (edgistry pair --unpair --gateway THAT_GATEWAY)")
-        msg = pb.UpdateDevice(**descriptor) if record is not None else pb.RegisterDevice(**descriptor)
-        height = await self._submit(msg)
+        height = await self._submit_sealed(pb.UpdateDevice if record is not None else pb.RegisterDevice,
+                                           pseudonym, fields)
         dev = Device(link_id, pseudonym, root, manifest.to_json(), coarse, res, k, manifest.duty_cycle_s,
                      p.encrypt, owner_handle(pseudonym), p.cell, self.clock())
         if existing is not None and existing.link_id != link_id:
@@ -99,9 +106,11 @@ class Commissioner:
         except ValueError:
             app = b""  # only mutating methods: the owner derives a token deliberately
         log.info("paired device %s (%s) at cell %x", pseudonym.hex(), "re-paired" if record else "new", coarse)
-        return gw.PairResult(pseudonym=pseudonym, identity_token=auth.identity_token(self.secret, link_id).to_bytes(),
-                             app_token=app, owner_handle=dev.owner, link_endpoint=self.link_endpoint,
-                             gateway_id=self.gateway_id, height=height)
+        result = gw.PairResult(pseudonym=pseudonym,
+                               identity_token=auth.identity_token(self.secret, link_id).to_bytes(),
+                               app_token=app, owner_handle=dev.owner, link_endpoint=self.link_endpoint,
+                               gateway_id=self.gateway_id, height=height, cell=coarse)
+        return visibility.fill(result, await visibility.after_commit(self.replica, pseudonym, height))
 
     def _link_id(self, given: bytes, root: bytes) -> bytes:
         """The device's own link id (its home keeps it across re-pairing)."""
@@ -129,6 +138,58 @@ class Commissioner:
         return gw.PairResult(pseudonym=pseudonym, gateway_id=self.gateway_id, height=height,
                              owner_handle=owner_handle(pseudonym))
 
+    # ---- sealing ----
+
+    async def _ring(self, refresh: bool = False) -> Keyring:
+        if self.keeper is None:
+            raise Unavailable("this gateway has no seal key keeper: it cannot register devices")
+        try:
+            if refresh:
+                await self.keeper.refresh()
+            return await self.keeper.ready()
+        except TimeoutError as exc:
+            raise Unavailable(f"the registry's data key is not available here yet: {exc}") from exc
+        except ChainError as exc:
+            raise Unavailable(f"the registry is unreachable: {exc}") from exc
+
+    async def _submit_sealed(self, cls, pseudonym: bytes, fields: pb.DeviceFields) -> int:
+        """Seal ``fields`` under the current epoch and submit; once more if an epoch opened meanwhile."""
+        for attempt in range(2):
+            ring = await self._ring(refresh=attempt > 0)
+            try:
+                sealed = ring.seal(pseudonym, fields)
+            except (ValueError, TooLarge) as exc:
+                raise BadRequest(f"the registry would refuse the device: {exc}") from exc
+            except SealError as exc:
+                raise Unavailable(str(exc)) from exc
+            try:
+                return await self._submit(cls(pseudonym=pseudonym, sealed=sealed))
+            except Unavailable as exc:
+                stale = isinstance(exc.__cause__, TxRejected) and exc.__cause__.code == Code.STALE_EPOCH
+                if not stale or attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def reseal(self, ring: Keyring) -> int:
+        """Seal this gateway's devices still under an older epoch again, under the current one."""
+        try:
+            records = await self.chain.devices("/devices/by_gateway", pb.DeviceQuery(gateway_id=self.gateway_id))
+        except ChainError as exc:
+            raise Unavailable(f"the registry is unreachable: {exc}") from exc
+        moved = 0
+        for rec in records:
+            if rec.sealed.epoch == ring.current:
+                continue
+            dev = self.store.device_by_pseudonym(rec.pseudonym)
+            if dev is None:
+                log.warning("device %s is on chain for this gateway but not in its store: not re-sealed",
+                            rec.pseudonym.hex())
+                continue
+            await self._submit(pb.UpdateDevice(pseudonym=rec.pseudonym, sealed=ring.seal(rec.pseudonym,
+                                                                                          device_fields(dev))))
+            moved += 1
+        return moved
+
     # ---- chain ----
 
     async def _registered(self, pseudonym: bytes) -> pb.DeviceRecord | None:
@@ -152,6 +213,13 @@ class Commissioner:
             raise Unavailable(str(exc)) from exc
         except ChainError as exc:
             raise Unavailable(f"the registry is unreachable: {exc}") from exc
+
+
+def device_fields(dev: Device) -> pb.DeviceFields:
+    """What the chain holds sealed for a paired device, from this gateway's store."""
+    return pb.DeviceFields(services=dev.parsed_manifest.descriptors(), cell=dev.cell,
+                           policy=pb.PrivacyPolicy(resolution=dev.resolution, k=dev.k),
+                           duty_cycle_s=dev.duty_cycle_s)
 
 
 def _root_token(raw: bytes) -> bytes:

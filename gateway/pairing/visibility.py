@@ -1,71 +1,67 @@
-"""Is a freshly paired device visible to discovery? Read from the registry, decided by
-discovery's own grouping rule (discovery/index.py), so the answer is the one a query gets.
+"""Is a freshly paired device visible to discovery? The gateway answers in the pairing result.
 
 A device is disclosed only inside a group of at least ``k`` devices of its type
 (each member's k): with the default k=5, a lone test device is hidden, which is
 right but surprising. ``edgistry pair`` reports it and says what to do.
+
+Service types and cells are sealed on chain, so only a gateway can tell: the
+commissioner reads its own discovery index (discovery/index.py, the grouping
+discovery answers from) once that index has applied the registration's height.
+The reply names the cell the device is disclosed at, or none; it never counts the
+devices around it, since discovery tells nobody how many devices it withholds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..discovery.index import RegistryIndex
+from ...proto import gateway_pb2 as gw
 
-import h3
-
-from ...chain import ChainClient
-from ..discovery.index import RegistryIndex, entry_from_record
-from ...proto import registry_pb2 as pb
+WAIT_S = 5.0  # how long pairing waits for the index to reach the registration (it polls every 0.25 s)
 
 
-@dataclass(frozen=True)
-class TypeVisibility:
-    """One service type of the device: where (if anywhere) discovery discloses it."""
-
-    service_type: str
-    cell: int  # the device's policy cell (the coarse cell on chain)
-    resolution: int
-    k: int
-    sharing: int  # devices of this type whose policy cell is the device's (itself included)
-    disclosed_cell: int | None  # None: hidden
-
-    def to_dict(self) -> dict:
-        return {"service_type": self.service_type, "cell": f"{self.cell:x}", "resolution": self.resolution,
-                "k": self.k, "devices_in_cell": self.sharing, "visible": self.disclosed_cell is not None,
-                "disclosed_cell": None if self.disclosed_cell is None else f"{self.disclosed_cell:x}"}
-
-    def advice(self) -> str:
-        """One line for a person."""
-        if self.disclosed_cell is not None:
-            return (f"{self.service_type}: discoverable (in cell {self.disclosed_cell:x}, a group of at least "
-                    f"k={self.k} devices of its type)")
-        return (f"{self.service_type}: hidden from discovery for now: {self.sharing} device(s) of this type in its "
-                f"cell {self.cell:x}, and it asks for k={self.k}; discovery shows it once at least {self.k} devices of "
-                "its type share a cell around it (pair more nearby, or pair again with a smaller --k or a coarser "
-                "--resolution)")
+def assess(index: RegistryIndex, pseudonym: bytes) -> list[gw.PairVisibility] | None:
+    """Pure: per service type of the device, its disclosure cell in ``index`` (0: hidden);
+    None when the index does not hold the device (it could not open its record)."""
+    entry = index.entries.get(pseudonym)
+    if entry is None:
+        return None
+    return [gw.PairVisibility(service_type=t, disclosed_cell=index.disclosure_cell(t, pseudonym) or 0)
+            for t in entry.types]
 
 
-def summarise(record: pb.DeviceRecord, neighbours: dict[str, list[pb.DeviceRecord]]) -> list[TypeVisibility]:
-    """Pure: the device's visibility per type, given every device of each type under its
-    resolution-0 cell (discovery never groups across those)."""
-    out = []
-    for svc in record.services:
-        index = RegistryIndex()
-        index.load(entry_from_record(r) for r in neighbours.get(svc.type, []))
-        sharing = sum(1 for r in neighbours.get(svc.type, []) if r.cell == record.cell)
-        out.append(TypeVisibility(svc.type, record.cell, record.policy.resolution, record.policy.k, sharing,
-                                  index.disclosure_cell(svc.type, record.pseudonym)))
-    return out
+async def after_commit(replica, pseudonym: bytes, height: int, timeout: float = WAIT_S) -> list | None:
+    """The device's visibility once ``replica`` (a discovery.replica.ReplicaFollower) has applied
+    ``height``; None when it does not get there within ``timeout`` or cannot read the device."""
+    if replica is None or not await replica.wait_height(height, timeout):
+        return None
+    return assess(replica.index, pseudonym)
 
 
-async def check(rpc_url: str, pseudonym: bytes) -> list[TypeVisibility]:
-    """Ask the registry at ``rpc_url`` (raises ChainError when it cannot be read)."""
-    async with ChainClient(rpc_url) as chain:
-        res = await chain.query("/device", pb.DeviceQuery(pseudonym=pseudonym).SerializeToString())
-        if res.code != 0:
-            return []
-        record = pb.DeviceRecord.FromString(res.value)
-        base = h3.str_to_int(h3.cell_to_parent(h3.int_to_str(record.cell), 0))
-        neighbours = {svc.type: await chain.devices("/devices/by_cell",
-                                                    pb.DeviceQuery(service_type=svc.type, cell=base))
-                      for svc in record.services}
-    return summarise(record, neighbours)
+def fill(result: gw.PairResult, visibility: list[gw.PairVisibility] | None) -> gw.PairResult:
+    """Put what discovery makes of the device into a pairing result (in place; returns it)."""
+    result.discovery_known = visibility is not None
+    result.discovery.extend(visibility or [])
+    return result
+
+
+# ---- the commissioning tool's side ----
+
+def to_dicts(result: gw.PairResult, resolution: int, k: int) -> list[dict] | None:
+    """The pairing result's visibility in the CLI's JSON shape (cells in hex); None when the
+    gateway could not tell."""
+    if not result.discovery_known:
+        return None
+    return [{"service_type": v.service_type, "cell": f"{result.cell:x}", "resolution": resolution, "k": k,
+             "visible": bool(v.disclosed_cell),
+             "disclosed_cell": f"{v.disclosed_cell:x}" if v.disclosed_cell else None}
+            for v in result.discovery]
+
+
+def advice(v: dict) -> str:
+    """One line for a person about one entry of :func:`to_dicts`."""
+    if v["visible"]:
+        return (f"{v['service_type']}: discoverable (in cell {v['disclosed_cell']}, a group of at least "
+                f"k={v['k']} devices of its type)")
+    return (f"{v['service_type']}: hidden from discovery for now: no group of at least k={v['k']} devices of its "
+            f"type (each allowing a group that size) shares a cell around its cell {v['cell']} yet; discovery "
+            f"shows it once one does (pair more nearby, or pair again with a smaller --k or a coarser --resolution)")

@@ -1,0 +1,223 @@
+"""The sealed registry on the state machine's side: sizes, epochs, wraps; never contents.
+
+Theory of operation (docs/REGISTRY_PRIVACY.md has the whole design):
+
+* each gateway registers an X25519 *seal key* (``SetSealKey``) beside its
+  Ed25519 identity;
+* a *registry data key* is generated off chain by a gateway or an admin (the
+  state machine has no randomness) and only its wraps go on chain:
+  ``PutDataKey(epoch = current + 1, key_check, wraps)`` opens an epoch and must
+  wrap the key to every gateway that has a seal key (none, before any has); ``PutDataKey(epoch <=
+  current, wraps)`` adds wraps for gateways that lack one (a gateway joining
+  later), and only a holder of that epoch (or an admin) may send it;
+* a device's discovery fields (services, cell, policy, duty cycle) are an
+  AEAD ciphertext under the current epoch's key, padded to one of a few fixed
+  sizes; the state machine checks the epoch and the size, and hashes the
+  bytes into the app hash like any other record;
+* removing a gateway that held the current key drops its wraps and marks a
+  rotation due; the next ``PutDataKey`` opening an epoch clears it. Records
+  sealed before stay readable to whoever held the old keys: rotation protects
+  what is written afterwards.
+
+What cannot be checked here: that a ciphertext decrypts, or that a wrap holds
+the right key (``key_check`` lets the recipient notice a bad one).
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+
+from . import keys
+from .codes import Code, TxError
+from .overlay import Overlay
+from ..proto import registry_pb2 as pb
+
+AEAD_TAG = 16
+NONCE_LEN = 12
+DATA_KEY_LEN = 32
+KEY_CHECK_LEN = 16
+X25519_LEN = 32
+# Padded plaintext sizes of a device's sealed fields. Nearly every device fits
+# the first; the second (one bit of leak, documented) holds the largest
+# manifest the registry accepts (16 services x 32 methods).
+SEALED_PLAIN_SIZES = (1024, 32 * 1024)
+SEALED_SIZES = tuple(n + AEAD_TAG for n in SEALED_PLAIN_SIZES)
+WRAP_CIPHERTEXT_LEN = DATA_KEY_LEN + AEAD_TAG
+MAX_WRAPS = 1000  # gateways per PutDataKey
+ADMIN_OPENER = "admin"
+
+
+def _bad(log: str) -> TxError:
+    return TxError(Code.INVALID_FIELD, log)
+
+
+# ---- stateless checks (validate_basic) ----
+
+
+def check_sealed(sealed: pb.Sealed) -> None:
+    if sealed.epoch < 1:
+        raise _bad("a sealed field needs an epoch >= 1")
+    if len(sealed.nonce) != NONCE_LEN:
+        raise _bad(f"a sealed field's nonce is {NONCE_LEN} bytes")
+    if len(sealed.ciphertext) not in SEALED_SIZES:
+        raise _bad(f"a sealed field is {' or '.join(map(str, SEALED_SIZES))} bytes (padded), "
+                   f"not {len(sealed.ciphertext)}")
+
+
+def check_sealed_device(msg: Message) -> None:
+    """RegisterDevice/UpdateDevice: a pseudonym and a sealed blob, nothing in clear."""
+    if len(msg.pseudonym) != keys.PSEUDONYM_LEN:
+        raise _bad(f"pseudonym must be {keys.PSEUDONYM_LEN} bytes")
+    if msg.services or msg.cell or msg.HasField("policy") or msg.duty_cycle_s:
+        raise _bad("a device's services, cell, policy and duty cycle go on chain sealed only "
+                   "(docs/REGISTRY_PRIVACY.md), never in clear")
+    if not msg.HasField("sealed"):
+        raise _bad("a device registration needs its sealed fields")
+    check_sealed(msg.sealed)
+
+
+def check_wrap(wrap: pb.KeyWrap) -> None:
+    if len(wrap.gateway_id) != keys.GATEWAY_ID_LEN:
+        raise _bad("a wrap's gateway_id must be 32 hex characters")
+    if wrap.epoch < 1:
+        raise _bad("a wrap needs an epoch >= 1")
+    if len(wrap.ephemeral) != X25519_LEN or len(wrap.nonce) != NONCE_LEN:
+        raise _bad(f"a wrap has a {X25519_LEN}-byte ephemeral key and a {NONCE_LEN}-byte nonce")
+    if len(wrap.ciphertext) != WRAP_CIPHERTEXT_LEN:
+        raise _bad(f"a wrap's ciphertext is {WRAP_CIPHERTEXT_LEN} bytes")
+
+
+def check_set_seal_key(msg: pb.SetSealKey) -> None:
+    if len(msg.x25519_pubkey) != X25519_LEN:
+        raise _bad(f"a seal key is a {X25519_LEN}-byte X25519 public key")
+
+
+def check_put_data_key(msg: pb.PutDataKey) -> None:
+    if msg.epoch < 1:
+        raise _bad("epoch must be >= 1")
+    if msg.key_check and len(msg.key_check) != KEY_CHECK_LEN:
+        raise _bad(f"key_check is {KEY_CHECK_LEN} bytes")
+    if len(msg.wraps) > MAX_WRAPS:
+        raise _bad(f"a data key tx carries at most {MAX_WRAPS} wraps")
+    ids = [w.gateway_id for w in msg.wraps]
+    if len(set(ids)) != len(ids):
+        raise _bad("two wraps for one gateway")
+    for wrap in msg.wraps:
+        check_wrap(wrap)
+        if wrap.epoch != msg.epoch:
+            raise _bad("every wrap must be for the tx's epoch")
+
+
+# ---- state ----
+
+
+def current_epoch(kv: Overlay) -> int:
+    raw = kv.get(keys.SEAL_EPOCH)
+    return keys.from_be32(raw) if raw else 0
+
+
+def require_current_epoch(kv: Overlay, sealed: pb.Sealed) -> None:
+    """A device is written under the current epoch only (rotation protects what comes after it)."""
+    now = current_epoch(kv)
+    if now == 0:
+        raise TxError(Code.NO_DATA_KEY, "the registry has no data key yet (a gateway opens epoch 1)")
+    if sealed.epoch != now:
+        raise TxError(Code.STALE_EPOCH, f"sealed under epoch {sealed.epoch}; the current epoch is {now}")
+
+
+def _gateway(kv: Overlay, gateway_id: str) -> pb.GatewayRecord | None:
+    raw = kv.get(keys.gateway(gateway_id))
+    return pb.GatewayRecord.FromString(raw) if raw is not None else None
+
+
+def _sealing_gateways(kv: Overlay) -> set[str]:
+    """Ids of the gateways that have registered a seal key."""
+    out = set()
+    for _, raw in kv.scan(keys.GATEWAY):
+        record = pb.GatewayRecord.FromString(raw)
+        if record.seal_pubkey:
+            out.add(record.id)
+    return out
+
+
+def set_seal_key(kv: Overlay, gateway_id: str, pubkey: bytes) -> bool:
+    """Store a gateway's seal key; a changed key drops its wraps. False when unchanged."""
+    record = _gateway(kv, gateway_id)
+    assert record is not None, "the signer's gateway record exists"
+    if record.seal_pubkey == pubkey:
+        return False
+    record.seal_pubkey = pubkey
+    kv.put(keys.gateway(gateway_id), record.SerializeToString(deterministic=True))
+    drop_wraps(kv, gateway_id)
+    return True
+
+
+def drop_wraps(kv: Overlay, gateway_id: str) -> int:
+    """Delete every wrap held by ``gateway_id``; returns how many."""
+    gone = [k for k, _ in kv.scan(keys.WRAP) if k.endswith(gateway_id.encode())]
+    for key in gone:
+        kv.delete(key)
+    return len(gone)
+
+
+def on_gateway_removed(kv: Overlay, gateway_id: str) -> None:
+    """Its wraps go; if it held the current key, the next epoch is due."""
+    epoch = current_epoch(kv)
+    if epoch and kv.get(keys.wrap(epoch, gateway_id)) is not None:
+        kv.put(keys.SEAL_ROTATE, b"1")
+    drop_wraps(kv, gateway_id)
+
+
+def put_data_key(kv: Overlay, msg: pb.PutDataKey, height: int, signer_gateway: str | None,
+                 is_admin: bool) -> str:
+    """Open an epoch or add wraps to one (see the module docstring); returns what it did."""
+    now = current_epoch(kv)
+    wrapped = {w.gateway_id for w in msg.wraps}
+    for gid in sorted(wrapped):
+        record = _gateway(kv, gid)
+        if record is None:
+            raise TxError(Code.GATEWAY_NOT_FOUND, f"no gateway {gid} to wrap the key for")
+        if not record.seal_pubkey:
+            raise TxError(Code.INVALID_FIELD, f"gateway {gid} has no seal key yet")
+    if msg.epoch == now + 1:
+        if len(msg.key_check) != KEY_CHECK_LEN:
+            raise _bad("opening an epoch needs its key_check")
+        missing = _sealing_gateways(kv) - wrapped
+        if missing:
+            raise TxError(Code.WRAPS_INCOMPLETE, f"a new epoch must be wrapped for every gateway with a seal key; "
+                                                 f"missing {', '.join(sorted(missing))}")
+        opener = ADMIN_OPENER if is_admin else signer_gateway or ""
+        record = pb.DataKeyEpoch(epoch=msg.epoch, key_check=msg.key_check, height=height, opened_by=opener)
+        kv.put(keys.data_key(msg.epoch), record.SerializeToString(deterministic=True))
+        kv.put(keys.SEAL_EPOCH, keys.be32(msg.epoch))
+        kv.delete(keys.SEAL_ROTATE)
+        action = "opened"
+    elif 1 <= msg.epoch <= now:
+        if not msg.wraps:
+            raise _bad("adding to an epoch needs at least one wrap")
+        if msg.key_check:  # someone opened this epoch first (gateways race to rotate: one wins)
+            raise TxError(Code.STALE_EPOCH, f"epoch {msg.epoch} is already open; key_check is only for opening")
+        if kv.get(keys.data_key(msg.epoch)) is None:
+            raise TxError(Code.STALE_EPOCH, f"epoch {msg.epoch} is no longer kept")
+        if not is_admin and (signer_gateway is None or kv.get(keys.wrap(msg.epoch, signer_gateway)) is None):
+            raise TxError(Code.UNAUTHORIZED, f"only a holder of epoch {msg.epoch}'s key (or an admin) grants it")
+        for gid in sorted(wrapped):
+            if kv.get(keys.wrap(msg.epoch, gid)) is not None:
+                raise TxError(Code.WRAP_EXISTS, f"gateway {gid} already holds epoch {msg.epoch}")
+        action = "granted"
+    else:
+        raise TxError(Code.STALE_EPOCH, f"epoch {msg.epoch} is neither an existing one nor the next ({now + 1})")
+    for wrap in msg.wraps:
+        kv.put(keys.wrap(msg.epoch, wrap.gateway_id), wrap.SerializeToString(deterministic=True))
+    return action
+
+
+def seal_state(reader) -> pb.SealState:
+    """The /seal answer: epochs, every wrap, the current epoch and whether a rotation is due."""
+    raw = reader.get(keys.SEAL_EPOCH)
+    return pb.SealState(
+        current_epoch=keys.from_be32(raw) if raw else 0,
+        rotation_due=reader.get(keys.SEAL_ROTATE) is not None,
+        epochs=[pb.DataKeyEpoch.FromString(v) for _, v in reader.scan(keys.DATA_KEY)],
+        wraps=[pb.KeyWrap.FromString(v) for _, v in reader.scan(keys.WRAP)],
+    )

@@ -3,11 +3,13 @@
 It travels as the ``app_state`` object of CometBFT's genesis.json::
 
     {"admins": ["<hex ed25519 pubkey>", ...],
-     "gateways": [{"pubkey": "<hex>", "endpoint": "HOST:PORT", "operator": "..."}],
+     "gateways": [{"pubkey": "<hex>", "endpoint": "HOST:PORT", "operator": "...",
+                   "tls_cert": "<hex DER>", "tls_cert_signature": "<hex>", "peer_endpoint": "HOST:PORT"}],
      "devices": [<DeviceRecord as protobuf JSON>, ...]}
 
 Devices in genesis are for exports and bulk loads; normally they register
-through transactions.
+through transactions. A gateway's TLS fields are optional (as SetGatewayTls sets
+them): present, clients can pin the gateway from the first block.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from google.protobuf import json_format
 
 from . import keys, txs
 from .codes import TxError
-from .handlers import put_device, put_gateway
+from .handlers import put_device, put_gateway, set_gateway_tls
 from .overlay import Overlay, Reader
 from ..proto import abci_pb2 as abci
 from ..proto import registry_pb2 as pb
@@ -35,6 +37,28 @@ class GatewaySpec:
     pubkey: bytes
     endpoint: str
     operator: str = ""
+    tls_cert: bytes = b""  # the SetGatewayTls fields, all empty when absent
+    tls_cert_signature: bytes = b""
+    peer_endpoint: str = ""
+
+    def tls_msg(self) -> pb.SetGatewayTls | None:
+        if not (self.tls_cert or self.tls_cert_signature or self.peer_endpoint):
+            return None
+        return pb.SetGatewayTls(cert=self.tls_cert, cert_signature=self.tls_cert_signature,
+                                peer_endpoint=self.peer_endpoint)
+
+    def to_json(self) -> dict[str, str]:
+        out = {"pubkey": self.pubkey.hex(), "endpoint": self.endpoint, "operator": self.operator}
+        if self.tls_msg() is not None:
+            out.update(tls_cert=self.tls_cert.hex(), tls_cert_signature=self.tls_cert_signature.hex(),
+                       peer_endpoint=self.peer_endpoint)
+        return out
+
+    @classmethod
+    def from_json(cls, g: dict) -> GatewaySpec:
+        return cls(bytes.fromhex(g["pubkey"]), g["endpoint"], g.get("operator", ""),
+                   bytes.fromhex(g.get("tls_cert", "")), bytes.fromhex(g.get("tls_cert_signature", "")),
+                   g.get("peer_endpoint", ""))
 
 
 @dataclass
@@ -47,9 +71,7 @@ class Genesis:
     def to_json(self) -> dict[str, Any]:
         return {
             "admins": [a.hex() for a in self.admins],
-            "gateways": [
-                {"pubkey": g.pubkey.hex(), "endpoint": g.endpoint, "operator": g.operator} for g in self.gateways
-            ],
+            "gateways": [g.to_json() for g in self.gateways],
             "devices": [json_format.MessageToDict(d) for d in self.devices],
         }
 
@@ -59,12 +81,9 @@ class Genesis:
             raise GenesisError("app_state must be a JSON object")
         try:
             admins = [bytes.fromhex(a) for a in data.get("admins", [])]
-            gateways = [
-                GatewaySpec(bytes.fromhex(g["pubkey"]), g["endpoint"], g.get("operator", ""))
-                for g in data.get("gateways", [])
-            ]
+            gateways = [GatewaySpec.from_json(g) for g in data.get("gateways", [])]
             devices = [json_format.ParseDict(d, pb.DeviceRecord()) for d in data.get("devices", [])]
-        except (KeyError, TypeError, ValueError, json_format.ParseError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, json_format.ParseError) as exc:
             raise GenesisError(f"malformed app_state: {exc}") from exc
         genesis = cls(admins, gateways, devices)
         genesis.validate()
@@ -90,6 +109,8 @@ class Genesis:
         try:
             for g in self.gateways:
                 txs.VALIDATORS["register_gateway"](pb.RegisterGateway(pubkey=g.pubkey, endpoint=g.endpoint, operator=g.operator))
+                if g.tls_msg() is not None:
+                    txs.VALIDATORS["set_gateway_tls"](g.tls_msg())
                 ids.add(txs.gateway_id_for(g.pubkey))
             for d in self.devices:
                 msg = pb.RegisterDevice(pseudonym=d.pseudonym, services=d.services, cell=d.cell, policy=d.policy, duty_cycle_s=d.duty_cycle_s)
@@ -109,7 +130,11 @@ class Genesis:
         for admin in self.admins:
             kv.put(keys.admin(admin), b"1")
         for g in self.gateways:
-            put_gateway(kv, g.pubkey, g.endpoint, g.operator, height)
+            gid = put_gateway(kv, g.pubkey, g.endpoint, g.operator, height)
+            if g.tls_msg() is not None:
+                record = pb.GatewayRecord.FromString(kv.get(keys.gateway(gid)))
+                set_gateway_tls(record, g.tls_msg())
+                kv.put(keys.gateway(gid), record.SerializeToString(deterministic=True))
         for d in self.devices:
             record = pb.DeviceRecord()
             record.CopyFrom(d)
@@ -125,7 +150,8 @@ class Genesis:
         genesis = cls(admins=[k[len(keys.ADMIN):] for k, _ in reader.scan(keys.ADMIN)])
         for _, raw in reader.scan(keys.GATEWAY):
             g = pb.GatewayRecord.FromString(raw)
-            genesis.gateways.append(GatewaySpec(g.pubkey, g.endpoint, g.operator))
+            genesis.gateways.append(GatewaySpec(g.pubkey, g.endpoint, g.operator, g.tls_cert, g.tls_cert_signature,
+                                                g.peer_endpoint))
         for _, raw in reader.scan(keys.DEVICE):
             genesis.devices.append(pb.DeviceRecord.FromString(raw))
         return genesis

@@ -23,7 +23,7 @@ from ..abci_app.rpc import create_app
 from ..abci_app.server import AbciServer
 from .cometbft import HOW_TO_GET, find_cometbft
 from ..clikit import wait_for_signal
-from ..config import HomeError, NodeConfig
+from ..config import HomeError, NodeConfig, is_private_listen
 from ..gc_policy import freeze_startup_objects, tune_gc_for_node
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
     await runner.setup()
     host, port = _host_port(cfg.rpc_listen)
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, reuse_port=False).start()  # the port is ours alone
     except OSError as exc:
         await node.stop()
         await runner.cleanup()
@@ -114,6 +114,9 @@ async def _run_with_cometbft(cfg: NodeConfig, app: RegistryApp, announce: Callab
     binary = find_cometbft()
     if binary is None:
         raise HomeError(HOW_TO_GET)
+    if not is_private_listen(cfg.abci_listen):  # CometBFT runs beside it: nothing else needs to reach ABCI
+        raise HomeError(f"abci_listen {cfg.abci_listen} is not private: use a unix:// socket or a loopback address "
+                        "(ABCI has no authentication)")
     server = AbciServer(app)
     await server.start(cfg.abci_listen)
     tune_gc_for_node()

@@ -1,16 +1,21 @@
 """Assembling and running one gateway: every part and background loop, in one place.
 
 ``create_gateway(cfg)`` builds a :class:`Gateway`; ``await gw.start()`` opens
-the store, starts the device link server, the gRPC server (Gateway,
-Commissioning, Peer, health, reflection), the HTTP side (/healthz,
-/metrics) and three loops: the expiry sweeper, the liveness batcher and the
-revocation refresher; ``await gw.stop()`` undoes all of it in reverse.
+the store, starts the device link server, the client gRPC server (Gateway,
+Commissioning, Discovery, health, reflection; TLS), the peer gRPC server (Peer;
+mutual TLS), the HTTP side (/healthz, /metrics; TLS) and its loops: the expiry
+sweeper, the liveness batcher, the revocation refresher and the refresher of
+the peer port's trusted certificates; ``await gw.stop()`` undoes all of it in
+reverse. With ``insecure`` (``--insecure``) every port speaks plaintext and the
+gateway says so loudly at start.
 
 Settings come from the node config's ``[gateway]`` table (all optional):
 ``max_queue_depth``, ``default_ttl_s``, ``max_batch`` (SubmitBatch items), ``liveness_interval_s``,
 ``revocation_interval_s``, ``sweep_interval_s``, ``grpc_advertise`` and
-``link_advertise`` (what the registry and devices are told, default: the
-listen addresses), ``revocation_file`` (a local list written by
+``link_advertise``, ``peer_advertise`` (what the registry and devices are told,
+default: the listen addresses), ``tls_hosts`` (extra names or addresses for
+the TLS certificate, for browsers; gRPC clients need none), ``peer_roots_interval_s``
+(how often the peer port re-reads the registered certificates), ``revocation_file`` (a local list written by
 ``edgistry token revoke --list FILE``; default ``<home>/revoked.json``).
 """
 
@@ -29,21 +34,26 @@ from ..abci_app.txs import LIVENESS_GRANULARITY_S, MAX_LIVENESS_ENTRIES, gateway
 from ..config import NodeConfig, load_ed25519_pem, public_bytes
 from ..firmware.caplets.revocation import RevocationSet
 from .link.store_backend import StoreLinkBackend
-from ..chain import ChainClient, ChainError
+from ..chain import ChainClient, ChainError, TxRejected
 from .pairing.commissioner import Commissioner
 from .api.convert import from_pb, to_request
-from .api.grpc_server import GRACE_S, start_grpc
+from .api.grpc_server import GRACE_S, start_grpc, start_peer_grpc
 from .link.server import LinkMetrics, LinkServer
 from .metrics import GatewayMetrics
 from .pairing.channel import CommissionCode, Offers
-from .api.peer import Directory, ForwardChecker, PeerClient
+from .api.peer import Directory, ForwardChecker, PeerClient, PeerRoots
 from .api.service import Call, GatewayService, Result, Settings
 from .store.store import GatewayStore
+from .tls import ensure_identity, server_credentials
 from ..gc_policy import freeze_startup_objects
 from ..proto import gateway_pb2 as gw
 from ..proto import registry_pb2 as pb
 
 log = logging.getLogger(__name__)
+INSECURE_BANNER = (
+    "INSECURE: this gateway runs with --insecure: TLS is OFF on its gRPC, peer and HTTP ports. Client tokens,\n"
+    "forwarded calls and metrics cross the network in clear; anyone on the path can read and reuse them.\n"
+    "Use it only on a network you trust, for development; without --insecure every port speaks TLS.")
 FORWARD_SLACK_S = 10.0  # a forwarded Invoke may take this much longer than the client's own timeout
 
 
@@ -90,12 +100,19 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.grpc_endpoint = str(self.opts.get("grpc_advertise") or cfg.grpc_listen)
         self.link_endpoint = str(self.opts.get("link_advertise") or cfg.link_listen)
+        self.peer_endpoint = str(self.opts.get("peer_advertise") or cfg.peer_listen)
+        self.insecure = bool(cfg.insecure)
+        # made even with --insecure: this gateway still presents it when it forwards to a TLS peer
+        self.tls = ensure_identity(cfg.tls_key_path, cfg.tls_cert_path, self.key,
+                                   [str(h) for h in self.opts.get("tls_hosts", [])])
+        self.peer_roots = PeerRoots(self.tls)
         self.revocation_file = Path(self.opts.get("revocation_file") or cfg.home / "revoked.json")
         self.store: GatewayStore | None = None
         self.service: GatewayService | None = None
         self.link: LinkServer | None = None
         self.code: CommissionCode | None = None
         self._grpc = None
+        self._peer_grpc = None
         self._http: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self._peer: PeerClient | None = None
@@ -120,7 +137,7 @@ class Gateway:
                             default_ttl_s=int(o.get("default_ttl_s", Settings.default_ttl_s)),
                             max_batch=int(o.get("max_batch", Settings.max_batch)))
         directory = Directory(self.chain)
-        self._peer = PeerClient(self.key, self.gateway_id, directory)
+        self._peer = PeerClient(self.key, self.gateway_id, directory, tls=self.tls, allow_plaintext=self.insecure)
         self.service = GatewayService(self.store, self.gateway_id, self.secret, self.metrics, revoked, settings,
                                       PeerForwarder(self._peer, directory))
         self.metrics.watch_queues(self.store.depths)
@@ -134,7 +151,8 @@ class Gateway:
         self.metrics.watch_link(self._link_snapshot)
 
         self.code = CommissionCode(cfg.home / "commission.code")
-        commissioner = Commissioner(self.store, Offers(self.key, cfg.chain_id), self.code, self.chain, self.key,
+        offers = Offers(self.key, cfg.chain_id, tls=None if self.insecure else (self.tls.cert_der, self.tls.signature))
+        commissioner = Commissioner(self.store, offers, self.code, self.chain, self.key,
                                     self.secret, self.link_endpoint, self.metrics)
         # discovery, its replica of the registry, invoke-any
         from .discovery import grpc_service as dg
@@ -144,12 +162,18 @@ class Gateway:
         discovery = dg.discovery_servicer(self.discovery, self.secret, dg.GatewayInvoker(self.service), replica,
                                           revoked=revoked)
         self._grpc, self.ports["grpc"] = await start_grpc(
-            cfg.grpc_listen, self.service, commissioner, ForwardChecker(directory), self.metrics,
-            extra=[lambda server: dg.add_to_server(server, discovery)])
+            cfg.grpc_listen, self.service, commissioner, None, self.metrics,
+            extra=[lambda server: dg.add_to_server(server, discovery)],
+            credentials=None if self.insecure else server_credentials(self.tls))
+        await self._refresh_peer_roots_once()
+        self._peer_grpc, self.ports["peer"] = await start_peer_grpc(
+            cfg.peer_listen, self.service, ForwardChecker(directory, require_tls=not self.insecure), self.metrics,
+            None if self.insecure else self.peer_roots.credentials())
         host, port = host_port(cfg.http_listen)
         self._http = web.AppRunner(self._http_app(), access_log=None)
         await self._http.setup()
-        site = web.TCPSite(self._http, host, port)
+        ssl_context = None if self.insecure else self.tls.ssl_server_context(cfg.tls_cert_path, cfg.tls_key_path)
+        site = web.TCPSite(self._http, host, port, ssl_context=ssl_context, reuse_port=False)
         await site.start()
         self.ports["http"] = site._server.sockets[0].getsockname()[1]
 
@@ -159,10 +183,18 @@ class Gateway:
             ("liveness", self._every(interval("liveness_interval_s", 60.0), self.report_liveness)),
             ("revocations", self._every(interval("revocation_interval_s", 10.0), self.refresh_revocations)),
             ("registration", self._check_registration()),
+            ("peer_roots", self._every(interval("peer_roots_interval_s", 10.0), self.refresh_peer_roots)),
             ("replica", replica.run()),
         )]
-        self.announce(f"gateway {self.gateway_id}: gRPC {cfg.grpc_listen}, device link {cfg.link_listen}, "
-                      f"HTTP {cfg.http_listen}; chain RPC {self.chain.url}")
+        if self.insecure:
+            for line in INSECURE_BANNER.splitlines():
+                log.warning(line)
+            self.announce(INSECURE_BANNER)
+        self.announce(f"gateway {self.gateway_id}: gRPC {cfg.grpc_listen}, peers {cfg.peer_listen}, "
+                      f"device link {cfg.link_listen}, HTTP {cfg.http_listen}; chain RPC {self.chain.url}")
+        if not self.insecure:
+            self.announce(f"TLS certificate {cfg.tls_cert_path} (SHA-256 {self.tls.pin.sha256}): clients pin it "
+                          f"with --pin FILE or from the registry")
         self.announce(f"commissioning code: {self.code.code} (one-time; also in {self.code.path})")
 
     async def stop(self) -> None:
@@ -173,6 +205,9 @@ class Gateway:
         if self._grpc is not None:
             await self._grpc.stop(GRACE_S)
             self._grpc = None
+        if self._peer_grpc is not None:
+            await self._peer_grpc.stop(GRACE_S)
+            self._peer_grpc = None
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
@@ -201,7 +236,7 @@ class Gateway:
 
         async def healthz(request: web.Request) -> web.Response:
             ok = self.store is not None and self.link is not None
-            body = {"status": "ok" if ok else "starting", "gateway_id": self.gateway_id,
+            body = {"status": "ok" if ok else "starting", "gateway_id": self.gateway_id, "tls": not self.insecure,
                     "devices": len(self.store.devices()) if self.store else 0,
                     "chain_seen_s_ago": round(time.time() - self.chain_ok_at, 1) if self.chain_ok_at else None}
             return web.json_response(body, status=200 if ok else 503)
@@ -264,28 +299,61 @@ class Gateway:
         self.service.revoked.prune()
         return await self.store.add_revocations([(t, e if e is not None else 2**62) for t, e in records + local])
 
+    async def refresh_peer_roots(self) -> bool:
+        """Re-read the registered gateways' certificates for the peer port; True if they changed."""
+        changed = self.peer_roots.update(await self.chain.gateways())
+        if changed:
+            log.info("peer port trusts %d gateway certificate(s)", len(self.peer_roots.certs))
+        return changed
+
+    async def _refresh_peer_roots_once(self) -> None:
+        try:
+            await self.refresh_peer_roots()
+        except ChainError as exc:  # the refresher loop tries again; until then only this gateway's own
+            log.info("registry not reachable for the peer certificates yet: %s", exc)
+
+    def tls_record(self) -> pb.SetGatewayTls:
+        """What this gateway publishes about its transport (empty certificate with --insecure)."""
+        if self.insecure:
+            return pb.SetGatewayTls(peer_endpoint=self.peer_endpoint)
+        return pb.SetGatewayTls(cert=self.tls.cert_der, cert_signature=self.tls.signature,
+                                peer_endpoint=self.peer_endpoint)
+
     async def _check_registration(self) -> None:
-        """Make the registry's endpoint for this gateway the one it serves (peers forward there)."""
-        delay = 0.5
+        """Make the registry's endpoint, TLS certificate and peer endpoint for this gateway the ones it
+        serves (clients pin the certificate, peers forward to the peer endpoint). A gateway not yet in
+        the registry says so once and looks again until an admin has added it."""
+        delay, told = 0.5, False
         while True:
             try:
                 res = await self.chain.query("/gateway", self.gateway_id.encode())
-                if res.code != 0:
+                self.chain_ok_at = time.time()
+                if res.code == 0:
+                    await self._publish(pb.GatewayRecord.FromString(res.value))
+                    return
+                if not told:
                     self.announce(f"gateway {self.gateway_id} is not in the registry: pairing will fail until an "
                                   f"admin runs `edgistry registry add-gateway --pubkey {public_bytes(self.key).hex()} "
                                   f"--endpoint {self.grpc_endpoint}`")
-                else:
-                    rec = pb.GatewayRecord.FromString(res.value)
-                    if rec.endpoint != self.grpc_endpoint:
-                        await self.chain.submit(self.key, pb.UpdateGateway(endpoint=self.grpc_endpoint,
-                                                                           operator=rec.operator))
-                        log.info("registry endpoint updated to %s", self.grpc_endpoint)
-                self.chain_ok_at = time.time()
+                    told = True
+                delay = 10.0
+            except TxRejected as exc:
+                log.warning("the registry refused this gateway's record update: %s", exc)
                 return
             except ChainError as exc:
                 log.info("registry not reachable yet (%s); retrying", exc)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 30.0)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    async def _publish(self, rec: pb.GatewayRecord) -> None:
+        if rec.endpoint != self.grpc_endpoint:
+            await self.chain.submit(self.key, pb.UpdateGateway(endpoint=self.grpc_endpoint, operator=rec.operator))
+            log.info("registry endpoint updated to %s", self.grpc_endpoint)
+        want = self.tls_record()
+        if (rec.tls_cert, rec.tls_cert_signature, rec.peer_endpoint) != \
+                (want.cert, want.cert_signature, want.peer_endpoint):
+            await self.chain.submit(self.key, want)
+            log.info("registry TLS certificate and peer endpoint %s published", self.peer_endpoint)
 
 
 def create_gateway(cfg: NodeConfig, rpc_url: str | None = None,

@@ -158,9 +158,12 @@ def containers(engine: Engine, project: str, service: str | None = None) -> list
 
 def gateway_healthy(node: NodeLayout) -> bool:
     try:
+        import ssl
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.ports.http}/healthz", timeout=2) as resp:
+        context = ssl.create_default_context(cafile=str(node.tls_cert))
+        with urllib.request.urlopen(f"https://127.0.0.1:{node.ports.http}/healthz", timeout=2,
+                                    context=context) as resp:
             return resp.status == 200
     except OSError:
         return False

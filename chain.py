@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -42,6 +43,22 @@ class TxRejected(ChainError):
         name = Code(code).name if code in Code._value2member_map_ else str(code)
         super().__init__(f"{stage} rejected the tx: {name} ({code}): {log}")
         self.stage, self.code, self.log = stage, code, log
+
+
+# CometBFT v1.x answers a CheckTx rejection in broadcast_tx_sync/commit with a
+# JSON-RPC error (-32603) instead of v0.38's result with a non-zero code:
+#   "broadcast error on transaction validation: tx HASH is invalid: code=2, data=, log='...', codespace='...'"
+_V1_REJECTION = re.compile(r"broadcast error on transaction validation: .*?\bcode=(\d+), data=.*?, "
+                           r"log='(.*)', codespace='[^']*'$", re.DOTALL)
+INTERNAL_ERROR = -32603
+
+
+def rejection_of(error: Any) -> TxRejected | None:
+    """The CheckTx rejection a v1.x node's JSON-RPC ``error`` object reports, if it is one."""
+    if not isinstance(error, dict) or error.get("code") != INTERNAL_ERROR or not isinstance(error.get("data"), str):
+        return None
+    m = _V1_REJECTION.search(error["data"])
+    return TxRejected("CheckTx", int(m.group(1)), m.group(2)) if m else None
 
 
 @dataclass
@@ -89,10 +106,10 @@ class ChainClient:
             async with self._session.post(self.url + "/", json=body) as resp:
                 msg = await resp.json(content_type=None)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            raise ChainError(f"cannot reach the node RPC at {self.url}: {exc!r}") from exc
+            raise ChainError(f"cannot reach the node RPC at {self.url}: {_reason(exc)}") from exc
         if "error" in msg:
             err = msg["error"]
-            raise ChainError(f"{method}: {err.get('message')}: {err.get('data')}")
+            raise rejection_of(err) or ChainError(f"{method}: {err.get('message')}: {err.get('data')}")
         return msg["result"]
 
     # ---- reads ----
@@ -176,6 +193,24 @@ class ChainClient:
         raise AssertionError("unreachable")
 
 
+def _reason(exc: BaseException) -> str:
+    """A transport failure in a few words (aiohttp's own repr names its internals)."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, ConnectionRefusedError):
+            return "connection refused"
+        if "DNS" in type(exc).__name__ or "Name or service not known" in str(exc):
+            return "the host name does not resolve"
+        return f"connection failed ({os_error.strerror or os_error})"
+    if isinstance(exc, aiohttp.ContentTypeError) or isinstance(exc, ValueError):
+        return "the answer is not JSON-RPC (is that a CometBFT RPC address?)"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status} {exc.message}"
+    return str(exc) or type(exc).__name__
+
+
 # ---- synchronous reads (cluster tooling) ----
 
 TIMEOUT = 3.0
@@ -199,7 +234,7 @@ def call(url: str, method: str, timeout: float = TIMEOUT, **params: Any) -> Any:
     except (OSError, ValueError) as exc:  # URLError, refused, timeouts, bad JSON
         raise NodeUnreachable(f"{method} at {url}: {exc}") from exc
     if "error" in msg:
-        raise RpcFailed(f"{method} at {url}: {msg['error']}")
+        raise rejection_of(msg["error"]) or RpcFailed(f"{method} at {url}: {msg['error']}")
     return msg["result"]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from ..clikit import UserError
+from ..clikit import UserError, progress_echo
 
 dir_option = click.option("--dir", "directory", type=click.Path(path_type=Path), required=True,
                           help="Cluster directory (configs, data, logs/, run/).")
@@ -41,7 +41,7 @@ def _binary() -> str:
 
 
 def _progress(message: str) -> None:
-    click.echo(message, err=True)
+    progress_echo(message)  # stderr, stamped with the seconds elapsed
 
 
 def _is_container_project(directory: Path) -> bool:

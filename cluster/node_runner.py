@@ -24,6 +24,7 @@ from ..abci_app.server import AbciServer
 from .cometbft import HOW_TO_GET, find_cometbft
 from ..clikit import wait_for_signal
 from ..config import HomeError, NodeConfig, is_private_listen
+from ..gateway.cli import code_line
 from ..gc_policy import freeze_startup_objects, tune_gc_for_node
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,11 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
                                                   demo_stop, announce)
         elif demo_devices:
             announce("demo devices need the gateway, which is not running")
+        if gateway is not None:
+            announce(ready_lines(cfg, gateway, bool(demo_tasks)))
+            # pairings from now on are the user's: each new one-time code is worth a line
+            gateway.code.on_rotate = lambda code: announce(code_line(code, gateway.code.path))
+        announce(STOP_LINE)
         freeze_startup_objects()  # the gateway's setting (gc_policy.py): its latency tails matter here
         await wait_for_signal()
     finally:
@@ -91,6 +97,24 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
             await gateway.stop()
         await runner.cleanup()
         await node.stop()
+
+
+STOP_LINE = "running; stop with Ctrl-C (or SIGTERM)"
+
+
+def ready_lines(cfg: NodeConfig, gateway, demo: bool) -> str:
+    """What to try next: an application token, a discovery, and the code for the next pairing."""
+    from ..gateway.demo import BASE_LAT, BASE_LON
+
+    grpc_addr = f"{_host_port(cfg.grpc_listen)[0]}:{gateway.ports['grpc']}"
+    near = f"{BASE_LAT},{BASE_LON} --radius-km 8" if demo else "LAT,LON --radius-km 5"
+    return "\n".join([
+        "try discovery (an application token first):",
+        f"  edgistry token app --home {cfg.home} --name my-app > app.token",
+        f"  edgistry discover sensor --near {near} --gateway {grpc_addr} --token app.token",
+        f"pair a device: edgistry pair --device DEVICE_HOME --gateway {grpc_addr} --code {gateway.code.code}",
+        f"  (the code is one-time; the current one is always in {gateway.code.path})",
+    ])
 
 
 async def _start_gateway(cfg: NodeConfig, rpc_url: str, announce: Callable[[str], None]):
@@ -125,6 +149,7 @@ async def _run_with_cometbft(cfg: NodeConfig, app: RegistryApp, announce: Callab
         binary, "start", "--home", cfg.cometbft_home, "--proxy_app", cfg.abci_listen,
         stdout=logfile, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
     announce(f"ABCI on {cfg.abci_listen}; cometbft (pid {proc.pid}) from {binary}; RPC at {cfg.rpc_url}")
+    announce(STOP_LINE)
     try:
         waiter = asyncio.ensure_future(proc.wait())
         sig = asyncio.ensure_future(wait_for_signal())

@@ -7,12 +7,11 @@ state; the registry app itself never sees them.
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import click
 
-from ..clikit import UserError, home_option, load_config
+from ..clikit import UserError, echo_json, home_option, load_config, one_line
 from ..config import public_bytes
 
 
@@ -35,7 +34,24 @@ def _run(coro):
     try:
         return asyncio.run(coro)
     except ChainError as exc:
-        raise UserError(str(exc)) from exc
+        hint = "; is the node running? (check --rpc, or the home's rpc_url)" if "cannot reach" in str(exc) else ""
+        raise UserError(one_line(f"{exc}{hint}")) from exc
+
+
+def gateway_json(g) -> dict:
+    """A gateway record in the CLI's JSON shape (keys and ids in hex)."""
+    return {"id": g.id, "pubkey": g.pubkey.hex(), "endpoint": g.endpoint, "operator": g.operator,
+            "registered_height": g.registered_height}
+
+
+def device_json(d) -> dict:
+    """A device record in the CLI's JSON shape: pseudonym and cell in hex, as the table and --cell."""
+    return {"pseudonym": d.pseudonym.hex(), "gateway_id": d.gateway_id, "cell": f"{d.cell:x}",
+            "services": [{"type": s.type, "methods": [{"name": m.name, "cache_max_age_s": m.cache_max_age_s,
+                                                   "mutating": m.mutating} for m in s.methods]}
+                         for s in d.services],
+            "policy": {"resolution": d.policy.resolution, "k": d.policy.k},
+            "duty_cycle_s": d.duty_cycle_s, "last_seen": d.last_seen, "registered_height": d.registered_height}
 
 
 @registry_group.command("add-gateway")
@@ -76,7 +92,7 @@ def add_gateway_cmd(home: Path, endpoint: str, pubkey: str | None, operator: str
 
     action, height = _run(go())
     if as_json:
-        click.echo(json.dumps({"gateway_id": gid, "action": action, "height": height, "endpoint": endpoint}))
+        echo_json({"gateway_id": gid, "action": action, "height": height, "endpoint": endpoint})
     else:
         click.echo(f"{action} gateway {gid} at {endpoint} (height {height})")
 
@@ -93,8 +109,6 @@ def add_gateway_cmd(home: Path, endpoint: str, pubkey: str | None, operator: str
 def ls_cmd(what: str, home: Path | None, rpc: str | None, height: int, service: str | None, cell: str | None,
            gateway_id: str | None, as_json: bool) -> None:
     """List gateways or devices of the registry."""
-    from google.protobuf import json_format
-
     from ..chain import ChainClient
     from ..proto import registry_pb2 as pb
 
@@ -116,7 +130,8 @@ def ls_cmd(what: str, home: Path | None, rpc: str | None, height: int, service: 
 
     records = _run(go())
     if as_json:
-        click.echo(json.dumps([json_format.MessageToDict(r, preserving_proto_field_name=True) for r in records], indent=2))
+        echo_json([gateway_json(r) if what == "gateways" else device_json(r) for r in records])
+        click.echo(f"{len(records)} {what}", err=True)
         return
     if what == "gateways":
         click.echo(f"{'GATEWAY ID':32}  {'ENDPOINT':24}  OPERATOR")

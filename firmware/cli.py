@@ -78,14 +78,16 @@ def init_cmd(home: Path, services: tuple[str, ...], location: str | None, duty_c
                "duty_cycle_s": duty_cycle, "encrypt": encrypt, "location": loc,
                "root_token": str(dev_home.root_path), "paired": False}
     if as_json:
-        click.echo(json.dumps(summary, indent=1))
+        click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"device home {home}")
     click.echo(f"  link id     {summary['link_id']}")
     for kind, names in summary["services"].items():
         click.echo(f"  service     {kind}: {', '.join(names)}")
     click.echo(f"  duty cycle  {duty_cycle} s{', encrypted link' if encrypt else ''}")
-    click.echo(f"next: edgistry pair --device {home} --gateway HOST:PORT")
+    click.echo(f"next: edgistry pair --device {home} --gateway HOST:PORT --code CODE")
+    click.echo("      (CODE: the gateway's one-time commissioning code, printed when it starts and kept in "
+               "<gateway home>/commission.code)")
 
 
 @device_group.command("run")

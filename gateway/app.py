@@ -137,7 +137,8 @@ class Gateway:
                             default_ttl_s=int(o.get("default_ttl_s", Settings.default_ttl_s)),
                             max_batch=int(o.get("max_batch", Settings.max_batch)))
         directory = Directory(self.chain)
-        self._peer = PeerClient(self.key, self.gateway_id, directory, tls=self.tls, allow_plaintext=self.insecure)
+        self._peer = PeerClient(self.key, self.gateway_id, directory, self.metrics, tls=self.tls,
+                                allow_plaintext=self.insecure)
         self.service = GatewayService(self.store, self.gateway_id, self.secret, self.metrics, revoked, settings,
                                       PeerForwarder(self._peer, directory))
         self.metrics.watch_queues(self.store.depths)

@@ -61,6 +61,8 @@ class GatewayMetrics:
                                   registry=r)
         self.responses = Counter("edgistry_responses", "Device responses stored", ["outcome"], registry=r)
         self.pairings = Counter("edgistry_pairings", "Commissioning outcomes", ["outcome"], registry=r)
+        # direction "in" (outcome accepted | refused) at the device's gateway,
+        # "out" (outcome ok | the error's reason) at the forwarding one
         self.forwards = Counter("edgistry_peer_forwards", "Gateway-to-gateway calls", ["direction", "outcome"],
                                 registry=r)
         self.invoke_latency = Histogram("edgistry_invoke_latency_seconds",

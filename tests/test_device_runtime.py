@@ -209,7 +209,7 @@ def test_device_init_cli(tmp_path: Path) -> None:
                                     "--service", "actuator", "--location", "34.41,-119.85",
                                     "--duty-cycle", "30", "--encrypt", "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["services"] == {"sensor": ["read"], "actuator": ["get", "set", "toggle"]}
     assert stat.S_IMODE((home / "secret").stat().st_mode) == 0o600
     h = DeviceHome(home)

@@ -36,7 +36,7 @@ def wait_height(port: int, height: int, timeout: float = 20) -> None:
 
 def cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output  # progress: stderr
 
 
 def test_init_creates_private_keys_and_refuses_twice(tmp_path):

@@ -32,8 +32,9 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 
 def cli(*args: str) -> tuple[int, str]:
+    """(exit status, stdout on success; stdout and stderr otherwise: progress lines go to stderr)."""
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
 def cli_json(*args: str) -> dict:
@@ -57,6 +58,14 @@ def devices_on_chain(cfg) -> list[dict]:
     code, out = cli("registry", "ls", "devices", "--rpc", cfg.rpc_url, "--json")
     assert code == 0, out
     return json.loads(out[:out.rindex("]") + 1])
+
+
+def _counter(metrics: str, name: str) -> float:
+    """A sample's value in a Prometheus text exposition (0 when absent)."""
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def http_get(port: int, path: str) -> str:
@@ -92,8 +101,8 @@ def test_pair_queue_durability_expiry_overflow_and_unpair(tmp_path):
         token = paired["app_token_file"]
         handle = paired["owner_handle"]
         [record] = devices_on_chain(cfg)
-        assert record["pseudonym"] == _b64(paired["pseudonym"]) and record["policy"]["resolution"] == 7
-        assert int(record["cell"]) >> 52 & 0xF == 7  # coarse cell only: the exact one stays at the gateway
+        assert record["pseudonym"] == paired["pseudonym"] and record["policy"]["resolution"] == 7  # hex, as pair's
+        assert int(record["cell"], 16) >> 52 & 0xF == 7  # coarse cell only: the exact one stays at the gateway
 
         device = ScriptedDevice(dev, paired["link_endpoint"])
         assert device.wake() == []  # "nothing queued": straight back to sleep
@@ -122,9 +131,9 @@ def test_pair_queue_durability_expiry_overflow_and_unpair(tmp_path):
         for _ in range(3):
             assert submit("sensor.info")[0] == 0
         code, out = submit("sensor.info")
-        assert code == 1 and "RESOURCE_EXHAUSTED" in out and "queue is full" in out
+        assert code == 1 and "queue is full" in out
         code, out = cli("invoke", handle, "valve.set", "--gateway", cfg.grpc_listen, "--token", token)
-        assert code == 1 and "PERMISSION_DENIED" in out
+        assert code == 1 and "check --token" in out
 
         assert json.loads(http_get(ports["http"], "/healthz"))["status"] == "ok"
         from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -152,16 +161,10 @@ def test_pair_queue_durability_expiry_overflow_and_unpair(tmp_path):
         stop(proc)
 
 
-def _b64(hex_text: str) -> str:
-    import base64
-
-    return base64.b64encode(bytes.fromhex(hex_text)).decode()
-
-
 def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):
     """A client at gateway A invokes a device paired with gateway B (only B talks to it);
     pairing the device at A is refused; forged, stale and replayed forwards are refused."""
-    a, _ = node_home(tmp_path / "a")
+    a, a_ports = node_home(tmp_path / "a")
     b, b_ports = node_home(tmp_path / "b")
     proc_a = start_up(a, tmp_path / "a.log")
     proc_b = None
@@ -182,7 +185,7 @@ def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):
         assert code == 1 and paired["gateway_id"] in out
         shutil.move(dev.paired_path, tmp_path / "paired.json")
         code, out = pair(a, dev)  # and by gateway A itself, from the registry
-        assert code == 1 and "FAILED_PRECONDITION" in out and "already paired with gateway" in out
+        assert code == 1 and "already paired with gateway" in out
         shutil.move(tmp_path / "paired.json", dev.paired_path)
 
         device = ScriptedDevice(dev, paired["link_endpoint"])
@@ -223,6 +226,13 @@ def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):
             assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
         metrics = http_get(b_ports["http"], "/metrics")
         assert 'edgistry_peer_forwards_total{direction="in",outcome="refused"} 3.0' in metrics
+        accepted = _counter(metrics, 'edgistry_peer_forwards_total{direction="in",outcome="accepted"}')
+        # the forwarding gateway counts what it sent (submit, watch, result...): B accepted each of
+        # them, plus the one good hand-made forward above (a watch the client cancels as soon as
+        # it has its answer may end uncounted at A, hence no equality)
+        a_metrics = http_get(a_ports["http"], "/metrics")
+        sent = _counter(a_metrics, 'edgistry_peer_forwards_total{direction="out",outcome="ok"}')
+        assert 3 <= sent <= accepted - 1, (sent, accepted)
 
         # an application of gateway A finds and invokes B's device by region (invoke-any)
         app_token = tmp_path / "app.token"

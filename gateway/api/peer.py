@@ -29,7 +29,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ...chain import ChainClient, ChainError
+from ..client.errors import transport_reason
 from ..errors import GatewayError, NotFound, PeerNotTrusted, Unauthorized, Unavailable, from_grpc
+from ..metrics import GatewayMetrics
 from ..tls import Pin, PinError, TlsIdentity, channel_credentials, channel_options, fingerprint, verify_binding
 from ...proto import gateway_pb2 as gw
 from ...proto import gateway_pb2_grpc as gw_grpc
@@ -246,13 +248,21 @@ class PeerClient:
     """A's side: one channel per peer, mutual TLS pinned to its registered certificate
     (presenting ``tls``, this gateway's own); statuses mapped back to domain errors.
     A peer that publishes no certificate is reached in clear only when
-    ``allow_plaintext`` (this gateway itself runs ``--insecure``)."""
+    ``allow_plaintext`` (this gateway itself runs ``--insecure``). With ``metrics``,
+    every forward is counted (direction "out", outcome "ok" or the error's reason),
+    as B counts what it receives."""
 
-    def __init__(self, key: Ed25519PrivateKey, gateway_id: str, directory: Directory, *,
-                 tls: TlsIdentity | None = None, allow_plaintext: bool = False) -> None:
+    def __init__(self, key: Ed25519PrivateKey, gateway_id: str, directory: Directory,
+                 metrics: GatewayMetrics | None = None, *, tls: TlsIdentity | None = None,
+                 allow_plaintext: bool = False) -> None:
         self.key, self.gateway_id, self.directory = key, gateway_id, directory
+        self.metrics = metrics
         self.tls, self.allow_plaintext = tls, allow_plaintext
         self._channels: dict[str, tuple[tuple[str, bytes], grpc.aio.Channel]] = {}  # gateway id -> (how, channel)
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.forwards.labels("out", outcome).inc()
 
     async def _stub(self, gateway_id: str) -> gw_grpc.PeerStub:
         peer = await self.directory.gateway(gateway_id)
@@ -289,21 +299,32 @@ class PeerClient:
 
     async def forward(self, gateway_id: str, call: str, request: gw.InvokeRequest | None = None,
                       result: gw.ResultRequest | None = None, timeout: float = 30.0) -> gw.Result:
-        stub = await self._stub(gateway_id)
-        msg = sign_forward(self.key, self.gateway_id, call, request, result)
         try:
-            return await stub.Forward(msg, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _mapped(exc, gateway_id) from exc
+            stub = await self._stub(gateway_id)
+            msg = sign_forward(self.key, self.gateway_id, call, request, result)
+            try:
+                res = await stub.Forward(msg, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise _mapped(exc, gateway_id) from exc
+        except GatewayError as err:
+            self._count(err.reason)
+            raise
+        self._count("ok")
+        return res
 
     async def watch(self, gateway_id: str, result: gw.ResultRequest):
-        stub = await self._stub(gateway_id)
-        msg = sign_forward(self.key, self.gateway_id, "watch", None, result)
         try:
-            async for item in stub.ForwardWatch(msg):
-                yield item
-        except grpc.aio.AioRpcError as exc:
-            raise _mapped(exc, gateway_id) from exc
+            stub = await self._stub(gateway_id)
+            msg = sign_forward(self.key, self.gateway_id, "watch", None, result)
+            try:
+                async for item in stub.ForwardWatch(msg):
+                    yield item
+            except grpc.aio.AioRpcError as exc:
+                raise _mapped(exc, gateway_id) from exc
+        except GatewayError as err:
+            self._count(err.reason)
+            raise
+        self._count("ok")
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for _, c in self._channels.values()), return_exceptions=True)
@@ -312,5 +333,6 @@ class PeerClient:
 
 def _mapped(exc: grpc.aio.AioRpcError, gateway_id: str) -> GatewayError:
     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-        return Unavailable(f"gateway {gateway_id}: {exc.details()}")
+        why = transport_reason(exc.details() or "") or exc.details()
+        return Unavailable(f"the device's gateway {gateway_id} cannot be reached now ({why})")
     return from_grpc(exc.code(), exc.details() or "")

@@ -30,6 +30,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,8 @@ class CommissionCode:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.wrong = 0
+        # who hears of each new code (the running command prints it as a plain line)
+        self.on_rotate: Callable[[str], None] | None = None
         try:
             self.code = path.read_text().strip()
         except FileNotFoundError:
@@ -103,7 +106,10 @@ class CommissionCode:
         write_secret_file(self.path, (self.code + "\n").encode())
         self.wrong = 0
         if not quiet:
-            log.warning("next commissioning code: %s (also in %s)", self.code, self.path)
+            if self.on_rotate is not None:
+                self.on_rotate(self.code)
+            else:
+                log.info("next commissioning code: %s (also in %s)", self.code, self.path)
         return self.code
 
     def check(self, given: str) -> None:

@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import click
 
-from ...clikit import UserError
+from ...clikit import Progress, UserError, echo_json, one_line
+from ..client.cliglue import GatewayAddress
 from .client import DEFAULT_K, DEFAULT_RESOLUTION, PairError, pair_device
+
+CODE_HINT = "the gateway prints its one-time commissioning code at start (also in <gateway home>/commission.code)"
 
 
 @click.command("pair")
 @click.option("--device", "device_home", type=click.Path(path_type=Path), required=True,
               help="The device home (made by `edgistry device init`).")
-@click.option("--gateway", required=True, help="HOST:PORT of the gateway's gRPC front end.")
+@click.option("--gateway", type=GatewayAddress(), required=True, envvar="EDGISTRY_GATEWAY",
+              help="The gateway's gRPC address, HOST[:PORT] (port 26670 if omitted).")
 @click.option("--resolution", type=click.IntRange(0, 15), default=DEFAULT_RESOLUTION, show_default=True,
               help="H3 resolution at which the device may be found.")
 @click.option("--k", type=click.IntRange(1, 10_000), default=DEFAULT_K, show_default=True,
-              help="Minimum anonymity set: devices sharing a cell before any is disclosed.")
-@click.option("--code", default=None, help="The gateway's one-time commissioning code (its log, <home>/commission.code).")
+              help="Minimum anonymity set: devices of its type sharing a cell before any is disclosed.")
+@click.option("--code", default=None, help=f"The gateway's one-time commissioning code ({CODE_HINT}).")
 @click.option("--unpair", is_flag=True, help="Unpair the device from this gateway instead.")
 @click.option("--expect-gateway", default=None, help="Refuse unless the gateway has this id.")
-@click.option("--rpc", default=None,
-              help="A node RPC URL: refuse unless the gateway's key is the one the registry holds for it.")
+@click.option("--rpc", default=None, metavar="URL",
+              help="A node RPC URL: check the gateway's key against the registry, and whether discovery "
+                   "can see the device yet.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str | None, unpair: bool,
              expect_gateway: str | None, rpc: str | None, as_json: bool) -> None:
@@ -34,14 +38,19 @@ def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str
     into the device home and a read-only application token file beside it.
     """
     if not unpair and not code:
-        raise UserError("give --code: the gateway prints its one-time commissioning code at start "
-                        "(also in <gateway home>/commission.code)")
-    try:
-        out = asyncio.run(pair_device(device_home, gateway, code or "", resolution, k, unpair, expect_gateway, rpc))
-    except PairError as exc:
-        raise UserError(str(exc)) from exc
+        raise UserError(f"give --code CODE: {CODE_HINT}")
+    what = "unpairing" if unpair else "pairing (the registry commits the device)"
+    with Progress(f"{what} at {gateway}"):
+        try:
+            out = asyncio.run(pair_device(device_home, gateway, code or "", resolution, k, unpair, expect_gateway,
+                                          rpc))
+        except PairError as exc:
+            raise UserError(one_line(_hint(str(exc)))) from exc
+        visibility = None if unpair else _visibility(rpc, out["pseudonym"])
     if as_json:
-        click.echo(json.dumps(out))
+        if visibility is not None:
+            out["discovery"] = [v.to_dict() for v in visibility]
+        echo_json(out)
     elif unpair:
         click.echo(f"unpaired {out['pseudonym']} from gateway {out['gateway_id']}")
     else:
@@ -50,3 +59,37 @@ def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str
         click.echo(f"owner handle  {out['owner_handle']}")
         click.echo(f"app token     {out['app_token_file'] or '(none: the device has no read-only method)'}")
         click.echo(f"device link   {out['link_endpoint']}")
+        click.echo(f"next: edgistry device run --home {device_home}", err=True)
+    if unpair:
+        return
+    if visibility is None:
+        if k > 1:
+            click.echo(f"note: discovery shows a device only where at least k={k} devices of its type share a "
+                       "cell; give --rpc URL to check whether this one is visible yet", err=True)
+        return
+    for v in visibility:
+        click.echo(("note: " if v.disclosed_cell is None else "") + v.advice(), err=True)
+
+
+def _visibility(rpc: str | None, pseudonym_hex: str):
+    """The device's discovery visibility from the registry (None without --rpc; a registry that
+    cannot be read is a warning here: the pairing itself succeeded)."""
+    if not rpc:
+        return None
+    from ...chain import ChainError
+    from .visibility import check
+
+    try:
+        return asyncio.run(check(rpc, bytes.fromhex(pseudonym_hex)))
+    except ChainError as exc:
+        click.echo(f"warning: paired, but cannot read the registry to check discovery: {exc}", err=True)
+        return None
+
+
+def _hint(message: str) -> str:
+    """What to do about a pairing failure, where the failure does not say it already."""
+    if message.startswith("cannot reach"):
+        return f"{message}; is the gateway running there? (check --gateway)"
+    if "wrong commissioning code" in message:
+        return f"{message}; give the current --code"
+    return message

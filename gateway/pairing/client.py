@@ -12,15 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import grpc
-
 from ...config import write_secret_file
 from ...firmware.caplets.mint import to_text
 from ...firmware.runtime.home import DeviceHome, HomeError
+from ..client.aio import AsyncClient
+from ..client.errors import EdgistryError
 from ..errors import GatewayError
 from .channel import ToolSession
 from ...proto import gateway_pb2 as gw
-from ...proto import gateway_pb2_grpc as gw_grpc
 
 DEFAULT_RESOLUTION = 7  # ~5 km^2 cells: a neighbourhood, not a street
 DEFAULT_K = 5
@@ -38,9 +37,12 @@ async def check_registered(offer: gw.PairOffer, rpc_url: str) -> None:
 
     try:
         async with ChainClient(rpc_url) as chain:
-            record = await chain.query_msg("/gateway", pb.GatewayRecord, offer.gateway_id.encode())
+            res = await chain.query("/gateway", offer.gateway_id.encode())
     except ChainError as exc:
-        raise PairError(f"gateway {offer.gateway_id} is not in the registry at {rpc_url}: {exc}") from exc
+        raise PairError(f"cannot check the gateway against the registry: {exc}") from exc
+    if res.code != 0:
+        raise PairError(f"gateway {offer.gateway_id} is not in the registry at {rpc_url}: refusing to pair with it")
+    record = pb.GatewayRecord.FromString(res.value)
     if record.pubkey != offer.gateway_pubkey:
         raise PairError(f"gateway {offer.gateway_id} presents a key the registry does not hold for it")
 
@@ -74,18 +76,21 @@ async def pair_device(device_home: Path | str, gateway: str, code: str = "", res
                              unpair=unpair, cell=location_cell(manifest))
     tool = ToolSession()
     try:
-        async with grpc.aio.insecure_channel(gateway) as chan:
-            stub = gw_grpc.CommissioningStub(chan)
-            offer = await stub.Begin(tool.begin(), timeout=15)
+        # no token travels here (the payload is sealed), so any address may be plaintext
+        async with AsyncClient(gateway) as client:
+            offer = await client.unary("commissioning", "Begin", tool.begin(), timeout=15)
             tool.accept(offer, expect_gateway)
             if registry_rpc:
                 await check_registered(offer, registry_rpc)
             if previous is not None and previous.gateway_id and previous.gateway_id != offer.gateway_id:
                 raise PairError(f"this device is paired with gateway {previous.gateway_id}; unpair it there first "
                                 f"(`edgistry pair --unpair --device {home.path} --gateway THAT_HOST:PORT`)")
-            result = tool.result(await stub.Complete(tool.complete(payload), timeout=60))
-    except grpc.aio.AioRpcError as exc:
-        raise PairError(f"{exc.code().name}: {exc.details()}") from exc
+            # the code is one-time: a Complete that reached the gateway must not be sent again
+            sealed = await client.unary("commissioning", "Complete", tool.complete(payload), timeout=60,
+                                        idempotent=False)
+            result = tool.result(sealed)
+    except EdgistryError as exc:
+        raise PairError(str(exc)) from exc
     except GatewayError as exc:
         raise PairError(str(exc)) from exc
     token_path = home.path / "app.token"

@@ -34,7 +34,8 @@ from .app_tokens import mint_app_token
 
 
 def read_token(value: str) -> Token:
-    """A token from text, ``@FILE`` or ``-`` (stdin)."""
+    """A token from text, ``@FILE`` or ``-`` (stdin); errors name the file."""
+    source = "standard input" if value == "-" else f"token file {value[1:]}" if value.startswith("@") else "TOKEN"
     try:
         if value == "-":
             data = sys.stdin.buffer.read()
@@ -47,9 +48,10 @@ def read_token(value: str) -> Token:
         except (UnicodeDecodeError, MalformedToken):
             return decode(data)  # a binary token
     except OSError as exc:
-        raise UserError(f"cannot read token: {exc}") from exc
+        raise UserError(f"cannot read {source}: {exc.strerror or exc}") from exc
     except TokenError as exc:
-        raise UserError(f"not a token: {exc}") from exc
+        hint = "" if value.startswith(("@", "-")) else " (to read a file, write @FILE)"
+        raise UserError(f"{source} is not a token: {exc}{hint}") from exc
 
 
 def read_secret(path: str) -> bytes:
@@ -345,11 +347,18 @@ def _revoke_on_chain(tokens: list, home: str, rpc: str | None) -> None:
 
 def load_gateway_secret(home: Path) -> bytes:
     """The gateway's HMAC secret from a node home (keys/gateway.secret)."""
-    path = Path(home) / "keys" / "gateway.secret"
+    home = Path(home)
+    path = home / "keys" / "gateway.secret"
+    if not home.is_dir():
+        raise UserError(f"no node home at {home}: give the --home of a node (made by `edgistry init` or "
+                        "`edgistry up`)")
     try:
         return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise UserError(f"{home} is not a node home (no keys/gateway.secret): give the --home of a node "
+                        "(made by `edgistry init` or `edgistry up`)") from exc
     except OSError as exc:
-        raise UserError(f"cannot read the gateway secret {path}: {exc}") from exc
+        raise UserError(f"cannot read the gateway secret {path}: {exc.strerror or exc}") from exc
 
 
 @token_group.command("app")

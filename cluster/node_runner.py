@@ -77,7 +77,8 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
 
             grpc_addr = f"{_host_port(cfg.grpc_listen)[0]}:{gateway.ports['grpc']}"
             demo_tasks = await start_demo_devices(cfg.home, demo_devices, grpc_addr, lambda: gateway.code.code,
-                                                  demo_stop, announce)
+                                                  demo_stop, announce, None if gateway.insecure else gateway.tls.pin,
+                                                  gateway.pin_flag)
         elif demo_devices:
             announce("demo devices need the gateway, which is not running")
         if gateway is not None:
@@ -111,8 +112,9 @@ def ready_lines(cfg: NodeConfig, gateway, demo: bool) -> str:
     return "\n".join([
         "try discovery (an application token first):",
         f"  edgistry token app --home {cfg.home} --name my-app > app.token",
-        f"  edgistry discover sensor --near {near} --gateway {grpc_addr} --token app.token",
-        f"pair a device: edgistry pair --device DEVICE_HOME --gateway {grpc_addr} --code {gateway.code.code}",
+        f"  edgistry discover sensor --near {near} --gateway {grpc_addr} --token app.token {gateway.pin_flag}",
+        f"pair a device: edgistry pair --device DEVICE_HOME --gateway {grpc_addr} --code {gateway.code.code}"
+        + (" --insecure" if gateway.insecure else ""),
         f"  (the code is one-time; the current one is always in {gateway.code.path})",
     ])
 

@@ -313,6 +313,11 @@ class Gateway:
         except ChainError as exc:  # the refresher loop tries again; until then only this gateway's own
             log.info("registry not reachable for the peer certificates yet: %s", exc)
 
+    @property
+    def pin_flag(self) -> str:
+        """How a client of this gateway connects, as CLI options: ``--pin CERT`` (``--insecure`` without TLS)."""
+        return "--insecure" if self.insecure else f"--pin {self.cfg.tls_cert_path}"
+
     def tls_record(self) -> pb.SetGatewayTls:
         """What this gateway publishes about its transport (empty certificate with --insecure)."""
         if self.insecure:

@@ -89,10 +89,24 @@ def gateway_info(cfg: NodeConfig) -> dict:
         "rpc_url": cfg.rpc_url,
         "endpoints": {"grpc": str(opts.get("grpc_advertise") or cfg.grpc_listen),
                       "link": str(opts.get("link_advertise") or cfg.link_listen),
-                      "http": cfg.http_listen},
-        "tls_pin": None,  # the certificate pin, once the gateway speaks TLS
+                      "http": cfg.http_listen,
+                      "peer": str(opts.get("peer_advertise") or cfg.peer_listen)},
+        "tls_pin": _pin_info(cfg),
         "commission_code_file": str(cfg.home / "commission.code"),
     }
+
+
+def _pin_info(cfg: NodeConfig) -> dict | None:
+    """The gateway's TLS pin: its certificate file, SHA-256 and name (None: it runs --insecure)."""
+    from .tls import Pin, PinError
+
+    if cfg.insecure:
+        return None
+    try:
+        pin = Pin.from_file(cfg.tls_cert_path)
+    except PinError:
+        return {"file": str(cfg.tls_cert_path), "sha256": None, "name": None}  # made at the gateway's first start
+    return {"file": str(cfg.tls_cert_path), "sha256": pin.sha256, "name": pin.name}
 
 
 @gateway_cmd.command("info")
@@ -114,7 +128,18 @@ def info_cmd(home: Path, as_json: bool) -> None:
     click.echo(f"chain         {info['chain_id']} (RPC {info['rpc_url']})")
     click.echo(f"gRPC          {ends['grpc']}  (clients, discovery, pairing)")
     click.echo(f"device link   {ends['link']}")
-    click.echo(f"HTTP          {ends['http']}  (/healthz, /metrics)")
-    click.echo("TLS pin       (none: this gateway speaks plaintext)")
+    click.echo(f"HTTPS         {ends['http']}  (/healthz, /metrics)")
+    click.echo(f"peers         {ends['peer']}  (mutual TLS, other gateways)")
+    pin = info["tls_pin"]
+    if pin is None:
+        click.echo("TLS pin       none: this gateway runs --insecure (plaintext)")
+    elif pin["sha256"] is None:
+        click.echo(f"TLS pin       {pin['file']} (written when the gateway first starts)")
+    else:
+        click.echo(f"TLS pin       {pin['file']}")
+        click.echo(f"  SHA-256     {pin['sha256']}")
+        click.echo(f"  name        {pin['name']}")
+        click.echo(f"clients pin it: --pin {pin['file']} (a copy will do), or --tls-from-registry {info['rpc_url']}",
+                   err=True)
     click.echo(f"register it with another registry: edgistry registry add-gateway --home ADMIN_HOME "
                f"--endpoint {ends['grpc']} --pubkey {info['public_key']}", err=True)

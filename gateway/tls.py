@@ -300,10 +300,10 @@ def fetch_certificate(host: str, port: int, timeout: float = FETCH_TIMEOUT_S) ->
                 ctx.wrap_socket(sock, server_hostname=None) as tls:
             der = tls.getpeercert(binary_form=True)
     except ssl.SSLError as exc:
-        raise PinError(f"{host}:{port} does not speak TLS ({exc.reason or exc}): a gateway run with "
+        raise PinError(f"the gateway at {host}:{port} does not speak TLS ({exc.reason or exc}): one run with "
                        "--insecure, or not a gateway") from exc
     except OSError as exc:
-        raise PinError(f"cannot reach {host}:{port}: {exc.strerror or exc}") from exc
+        raise PinError(f"cannot reach the gateway at {host}:{port}: {(exc.strerror or str(exc)).lower()}") from exc
     if not der:
         raise PinError(f"{host}:{port} presented no certificate")
     return der

@@ -127,6 +127,10 @@ class Directory:
     def forget(self, pseudonym: bytes) -> None:
         self._cache.pop(("device", pseudonym), None)
 
+    def forget_gateway(self, gateway_id: str) -> None:
+        """Read the gateway's record afresh next time (it may have moved or rotated its certificate)."""
+        self._cache.pop(("gateway", gateway_id), None)
+
 
 def presented_cert(auth_context: dict[str, list[bytes]]) -> bytes | None:
     """The client certificate (DER) of a call's TLS connection, None without one."""
@@ -305,7 +309,7 @@ class PeerClient:
             try:
                 res = await stub.Forward(msg, timeout=timeout)
             except grpc.aio.AioRpcError as exc:
-                raise _mapped(exc, gateway_id) from exc
+                raise self._failed(exc, gateway_id) from exc
         except GatewayError as err:
             self._count(err.reason)
             raise
@@ -320,11 +324,16 @@ class PeerClient:
                 async for item in stub.ForwardWatch(msg):
                     yield item
             except grpc.aio.AioRpcError as exc:
-                raise _mapped(exc, gateway_id) from exc
+                raise self._failed(exc, gateway_id) from exc
         except GatewayError as err:
             self._count(err.reason)
             raise
         self._count("ok")
+
+    def _failed(self, exc: grpc.aio.AioRpcError, gateway_id: str) -> GatewayError:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:  # moved, or a new certificate: look it up again
+            self.directory.forget_gateway(gateway_id)
+        return _mapped(exc, gateway_id)
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for _, c in self._channels.values()), return_exceptions=True)

@@ -43,7 +43,8 @@ __all__ = [
     "AlreadyExists", "AsyncClient", "Backoff", "Call", "Cancelled", "Client", "ConfigError", "DEFAULT_PORT",
     "DEFAULT_TARGET", "DeadlineExceeded", "EdgistryError", "FailedPrecondition", "Filters", "Handle",
     "InsecureTransport", "InvalidArgument", "Latency", "LocalError", "NotFound", "Page", "PermissionDenied",
-    "Pin", "PinMismatch", "Region", "RemoteError", "RequestFailed", "Resolved", "ResourceExhausted", "Result", "RetryPolicy",
+    "Pin", "PinMismatch", "Region", "RemoteError", "RequestFailed", "Resolved", "ResourceExhausted", "Result",
+    "RetryPolicy",
     "ServerError", "State", "TLS", "Target", "TokenFileError", "Unavailable", "WatchEvent", "connect",
     "connect_async", "load_token", "new_request_id", "parse_target", "pin_from_file", "pin_from_registry",
 ]

@@ -40,7 +40,8 @@ def gateway_cmd(ctx: click.Context, home: Path | None, rpc: str | None, grpc_lis
     prints its id, public key and endpoints.
     """
     if ctx.invoked_subcommand is not None:
-        if any(v is not None for v in (home, rpc, grpc_listen, link_listen, http_listen, peer_listen, insecure or None)):
+        given = (home, rpc, grpc_listen, link_listen, http_listen, peer_listen, insecure or None)
+        if any(v is not None for v in given):
             raise click.UsageError(f"put the options after the subcommand: edgistry gateway {ctx.invoked_subcommand} "
                                    "--home DIR")
         return

@@ -62,7 +62,8 @@ def sleeper(node, tmp_path_factory):
     paired = json.loads(res.stdout)
     # the pin `pair` writes beside the app token is the gateway's own certificate
     assert Pin.from_file(home / "gateway.pem") == Pin.from_file(node.pin)
-    assert paired["tls_pin_file"] == str(home / "gateway.pem") and paired["tls_pin_sha256"] == Pin.from_file(node.pin).sha256
+    assert paired["tls_pin_file"] == str(home / "gateway.pem")
+    assert paired["tls_pin_sha256"] == Pin.from_file(node.pin).sha256
     return {"home": home, "handle": paired["owner_handle"], "token": paired["app_token_file"], "paired": paired}
 
 

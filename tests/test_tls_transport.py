@@ -5,8 +5,11 @@ port takes only the certificate the registry holds for the calling gateway."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
+import json
 import os
+import time
 import ssl
 import urllib.request
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edgistry.chain import ChainClient
+from edgistry.chain import ChainClient, call
 from edgistry.config import NodeConfig
 from edgistry.gateway.api.grpc_server import start_grpc
 from edgistry.gateway.api.peer import Directory, PeerClient, sign_forward
@@ -229,11 +232,6 @@ async def test_the_forwarding_client_presents_its_certificate(node):
 def test_insecure_is_explicit_loud_and_published(tmp_path):
     """`up --insecure` serves plaintext gRPC and HTTP, warns at start that tokens travel in clear,
     and publishes an empty certificate, so that no client pins it and TLS peers refuse to forward to it."""
-    import json
-    import time
-
-    from edgistry.chain import call
-
     cfg, ports = node_home(tmp_path / "i")
     log = tmp_path / "i.log"
     proc = edgistry("up", "--home", str(cfg.home), "--insecure", log=log)
@@ -243,8 +241,6 @@ def test_insecure_is_explicit_loud_and_published(tmp_path):
         assert health(grpc.insecure_channel(cfg.grpc_listen)) == health_pb2.HealthCheckResponse.SERVING
         with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/healthz", timeout=5) as resp:
             assert json.loads(resp.read())["tls"] is False
-        import base64
-
         gid = Pin.from_file(cfg.tls_cert_path).gateway_id
         deadline = time.monotonic() + 20
         while True:

@@ -112,3 +112,116 @@ def add_to_genesis(cfg: NodeConfig, *peers: FakePeer) -> None:
 def pinned_channel(address: str, pin: Pin, identity: TlsIdentity | None = None) -> grpc.Channel:
     """A blocking channel that trusts only ``pin`` (presenting ``identity`` when given)."""
     return grpc.secure_channel(address, channel_credentials(pin, identity), options=channel_options(pin))
+
+
+class TlsMitm:
+    """An active attacker between a client and a gateway: it ends the client's TLS with a
+    certificate of its own, opens its own TLS to the gateway, and relays the bytes."""
+
+    def __init__(self, target: tuple[str, int], identity: TlsIdentity, workdir: Path) -> None:
+        import asyncio
+        import ssl
+
+        cert, key = workdir / "mitm.crt", workdir / "mitm.key"
+        cert.write_bytes(identity.cert_pem)
+        key.write_bytes(identity.key_pem)
+        self._server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._server_ctx.load_cert_chain(cert, key)
+        self._server_ctx.set_alpn_protocols(["h2"])
+        self._client_ctx = ssl.create_default_context()
+        self._client_ctx.check_hostname = False
+        self._client_ctx.verify_mode = ssl.CERT_NONE
+        self._client_ctx.set_alpn_protocols(["h2"])
+        self.target = target
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        assert ready.wait(10)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self, ready: threading.Event) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self.loop)
+
+        async def pipe(reader, writer) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader, writer) -> None:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*self.target, ssl=self._client_ctx,
+                                                                     server_hostname="gateway")
+            except OSError:
+                writer.close()
+                return
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        async def start() -> None:
+            self._server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=self._server_ctx)
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+
+        self.loop.run_until_complete(start())
+        self.loop.run_forever()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self._server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class LyingRegistry:
+    """A node RPC that answers ``abci_query`` for /gateway and /gateways with the records it is
+    given (what a compromised or stale node would serve); nothing else."""
+
+    def __init__(self, records: list, height: int = 1) -> None:
+        import base64
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from edgistry.proto import registry_pb2 as pb
+
+        def answer(path: str, data: bytes) -> dict:
+            if path == "/gateways":
+                value = pb.GatewayList(gateways=records).SerializeToString()
+            else:
+                found = [r for r in records if r.id.encode() == data]
+                if not found:
+                    return {"code": 43, "log": "no gateway", "height": str(height)}
+                value = found[0].SerializeToString()
+            return {"code": 0, "value": base64.b64encode(value).decode(), "height": str(height)}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                params = body.get("params", {})
+                result = {"response": answer(params.get("path", ""), bytes.fromhex(params.get("data", "")))}
+                out = json.dumps({"jsonrpc": "2.0", "id": body.get("id"), "result": result}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

@@ -96,14 +96,19 @@ def pin_from_registry(rpcs: str | Sequence[str], *, gateway_id: str | None = Non
     target = parse_target(endpoint) if isinstance(endpoint, str) else endpoint
     answers = [_record(url, gateway_id, target, 0, timeout) for url in urls]
     if len({_key(rec) for rec, _ in answers}) > 1:  # a record may have changed between reads: ask at one height
+        ids = sorted({rec.id for rec, _ in answers})
         common = min(at for _, at in answers)
-        answers = [_record(url, gateway_id, target, common, timeout) for url in urls]
+        if len(ids) == 1:
+            try:
+                answers = [_record(url, ids[0], None, common, timeout) for url in urls]
+            except PinMismatch:
+                pass  # not there at that height on some node: still a disagreement
         if len({_key(rec) for rec, _ in answers}) > 1:
             seen = ", ".join(f"{url}: gateway {rec.id} certificate "
                              f"{fingerprint(rec.tls_cert)[:16] if rec.tls_cert else 'none'}"
                              for url, (rec, _) in zip(urls, answers))
-            raise PinMismatch(f"the registry nodes disagree about the gateway at height {common} ({seen}): "
-                              "refusing to trust any of them")
+            raise PinMismatch(f"the registry nodes disagree about the gateway ({seen}): refusing to trust any "
+                              "of them")
     rec = answers[0][0]
     try:
         return Pin.from_record(rec.id, rec.pubkey, rec.tls_cert, rec.tls_cert_signature)

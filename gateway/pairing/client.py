@@ -68,7 +68,8 @@ async def first_contact(gateway: str) -> Pin:
         target = parse_target(gateway)
         return Pin.from_der(await asyncio.to_thread(fetch_certificate, target.host, target.port))
     except (PinError, ConfigError) as exc:
-        hint = " (give --insecure to pair with a gateway run with --insecure)" if "does not speak TLS" in str(exc) else ""
+        plain = "does not speak TLS" in str(exc)
+        hint = " (give --insecure to pair with a gateway run with --insecure)" if plain else ""
         raise PairError(f"{exc}{hint}") from exc
 
 

@@ -184,6 +184,9 @@ def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):
         assert code == 0, out
         proc_b = edgistry("gateway", "--home", str(b.home), "--rpc", a.rpc_url, log=tmp_path / "b.log")
         wait_for_port(b_ports["grpc"], proc=proc_b)
+        # B, registered by the admin without a certificate, publishes its own at start
+        until(lambda: registry_pin(a.rpc_url, paired_gateway_id(load_ed25519_pem(b.keys_dir / "gateway.pem")))
+              == Pin.from_file(b.tls_cert_path))
         dev = make_device_home(tmp_path / "dev")
         code, out = pair(b, dev, "--json", "--k", "1")
         assert code == 0, out
@@ -261,6 +264,16 @@ def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):
         if proc_b is not None:
             stop(proc_b)
         stop(proc_a)
+
+
+def registry_pin(rpc_url: str, gateway_id: str) -> Pin | None:
+    """The gateway's pin as the registry holds it (None while it holds no certificate)."""
+    from edgistry.client import ConfigError, pin_from_registry
+
+    try:
+        return pin_from_registry(rpc_url, gateway_id=gateway_id)
+    except ConfigError:
+        return None
 
 
 def paired_gateway_id(key) -> str:

@@ -176,7 +176,6 @@ class ForwardChecker:
         self._seen[digest] = now
         return peer
 
-
     async def _check_certificate(self, peer: PeerInfo, cert: bytes | None) -> PeerInfo:
         """The connection's certificate must be the one ``peer`` registered, bound to its key."""
         gid = peer.gateway_id

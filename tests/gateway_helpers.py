@@ -48,8 +48,7 @@ def node_home(path: Path, chain_id: str = "gw-test") -> tuple[NodeConfig, dict[s
     cfg.http_listen = f"127.0.0.1:{ports['http']}"
     cfg.peer_listen = f"127.0.0.1:{ports['peer']}"
     cfg.block_interval_ms = 50
-    cfg.extra["gateway"] = {"sweep_interval_s": 0.2, "liveness_interval_s": 1.0, "revocation_interval_s": 1.0,
-                            "peer_roots_interval_s": 0.5}
+    cfg.extra["gateway"] = {"sweep_interval_s": 0.2, "liveness_interval_s": 1.0, "peer_roots_interval_s": 0.5}
     cfg.save()
     return cfg, ports
 

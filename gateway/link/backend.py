@@ -27,7 +27,7 @@ The contract has three kinds of method:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,6 +52,7 @@ class QueuedRequest:
     args: bytes  # JSON
     request_token: bytes  # binary leaf request token (service, method, args digest, sequence)
     expires_at_ms: int
+    chain: tuple[bytes, ...] = ()  # revocation hashes of the client token's tags (delivery refuses revoked)
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,13 @@ class LinkBackend(Protocol):
         ``max_bytes`` of them; the bool says whether more are waiting."""
 
     def revocations(self, link_id: bytes) -> tuple[list[bytes], int]:
-        """Revoked tags the device has not been told about yet, and the position
-        to pass to :meth:`revocations_sent` once it has been."""
+        """Revocations the device has not been told about yet (each a 32-byte
+        revocation hash and its be64 expiry), and the position to pass to
+        :meth:`revocations_sent` once it has been."""
+
+    def barred(self) -> Container[bytes]:
+        """The revocation hashes in force now: a request whose client token's
+        chain holds one is never delivered (delivery.py)."""
 
     # ---- hints ----
 
@@ -126,6 +132,7 @@ class MemoryBackend:
     answers: dict[bytes, DeviceAnswer] = field(default_factory=dict)
     acked: set[bytes] = field(default_factory=set)
     revoked: dict[bytes, list[bytes]] = field(default_factory=dict)
+    in_force: set[bytes] = field(default_factory=set)  # revocation hashes (barred())
     contacts: list[tuple[bytes, int, int | None]] = field(default_factory=list)
     commits: int = 0  # durable writes called (each would be a transaction)
 
@@ -142,7 +149,7 @@ class MemoryBackend:
         out, size = [], 0
         waiting = [r for r in self.queues.get(link_id, []) if r.request_id not in self.answers]
         for req in waiting:
-            cost = wire.item_size(vars(req))  # a QueuedRequest has DeviceRequest's fields
+            cost = wire.item_size({k: v for k, v in vars(req).items() if k != "chain"})  # DeviceRequest fields
             if out and size + cost > max_bytes:
                 return out, True
             out.append(req)
@@ -152,6 +159,9 @@ class MemoryBackend:
     def revocations(self, link_id: bytes) -> tuple[list[bytes], int]:
         tags = list(self.revoked.get(link_id, []))
         return tags, len(tags)
+
+    def barred(self) -> Container[bytes]:
+        return self.in_force
 
     def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
         self.contacts.append((link_id, now_ms, sleep_s))
@@ -179,7 +189,7 @@ class MemoryBackend:
         del self.revoked.get(link_id, [])[:position]
 
 
-READS = ("identity_secret", "device_for_link", "ticket", "pending", "revocations", "contact")
+READS = ("identity_secret", "device_for_link", "ticket", "pending", "revocations", "barred", "contact")
 WRITES = ("rotate_ticket", "delivered", "answered", "revocations_sent")
 
 

@@ -15,7 +15,7 @@ Link sessions and handshakes are counted by the link server itself
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 from .backend import DeviceAnswer, PairedDevice, QueuedRequest, Ticket
 from ..metrics import GatewayMetrics
@@ -28,9 +28,10 @@ def _now_ms() -> int:
 
 class StoreLinkBackend:
     def __init__(self, store: GatewayStore, secret: bytes, metrics: GatewayMetrics | None = None,
-                 clock: Callable[[], int] = _now_ms) -> None:
+                 clock: Callable[[], int] = _now_ms, revoked: Container[bytes] = frozenset()) -> None:
         self.store, self.secret, self.clock = store, secret, clock
         self.metrics = metrics or GatewayMetrics()
+        self.revoked = revoked  # the gateway's revocation hashes in force (the service's set)
 
     def identity_secret(self) -> bytes:
         return self.secret
@@ -48,10 +49,16 @@ class StoreLinkBackend:
         return ticket
 
     def pending(self, link_id: bytes, max_bytes: int) -> tuple[list[QueuedRequest], bool]:
+        if getattr(self.revoked, "stale", False):
+            return [], False  # fail closed: no work leaves while revocations may be stale
         return self.store.pending(link_id, max_bytes, self.clock())
 
     def revocations(self, link_id: bytes) -> tuple[list[bytes], int]:
         return self.store.revocations(link_id, self.clock() // 1000)
+
+    def barred(self) -> Container[bytes]:
+        view = getattr(self.revoked, "view", None)
+        return view() if view is not None else self.revoked
 
     def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
         self.store.note_contact(link_id, now_ms, sleep_s)

@@ -11,8 +11,10 @@ Primary records::
     c/<link16><sha256(svc,m,args)>    CacheEntry (record)            cacheable responses
     t/<ticket id>                     ticket (record)                resumption tickets (single use)
     l/<link16>                        Contact (record)               last contact, announced sleep, liveness sent
-    v/<be64 n>                        tag32 + be64 expiry (s)        revocation log, in arrival order
+    v/<be64 n>                        hash32 + be64 expiry (s)       revocation log, in arrival order
     m/<name>                          bytes                          metadata (m/revlog: last log position)
+    k/<token digest32>                hash32 * n                     a client token's chain: the revocation
+                                                                     hashes of its tags (one per distinct token)
 
 Per-device counters::
 
@@ -26,7 +28,10 @@ Indexes (written with their records, in the same transaction)::
     q/<link16><be64 seq>              rid16                          active queue (QUEUED, DELIVERED), in order
     x/<be64 expires_ms><rid16>        b""                            active requests by expiry (sweeper)
     g/<be64 purge_ms><rid16>          b""                            finished requests by purge time
-    vt/<tag32>                        b""                            tags already in the log
+    vt/<hash32>                       b""                            hashes already in the log
+    kh/<hash32><token digest32>       b""                            client tokens by chain hash (revocation)
+    kr/<token digest32><rid16>        b""                            a token's active requests and forwarding
+                                                                     stubs; a token's k/ and kh/ go with its last
 
 No prefix is a prefix of another's keys (``v/`` scans never see ``vt/`` or
 ``vc/``), so every scan below reads exactly one kind of key.
@@ -52,6 +57,9 @@ REVLOG = b"v/"
 REVTAG = b"vt/"
 REVCURSOR = b"vc/"
 META = b"m/"
+TOKEN = b"k/"
+TOKEN_BY_HASH = b"kh/"
+TOKEN_REQUEST = b"kr/"
 REVLOG_LAST = META + b"revlog"
 
 # what an unpaired device leaves behind: every per-device prefix but its requests
@@ -140,6 +148,18 @@ def revtag(tag: bytes) -> bytes:
 
 def revcursor(link_id: bytes) -> bytes:
     return REVCURSOR + link_id
+
+
+def token(digest: bytes) -> bytes:
+    return TOKEN + digest
+
+
+def token_by_hash(h: bytes, digest: bytes = b"") -> bytes:
+    return TOKEN_BY_HASH + h + digest
+
+
+def token_request(digest: bytes, rid: bytes = b"") -> bytes:
+    return TOKEN_REQUEST + digest + rid
 
 
 def meta(name: str) -> bytes:

@@ -21,7 +21,7 @@ node has not answered for longer), ``sweep_interval_s``, ``grpc_advertise``,
 told, default: the listen addresses), ``tls_hosts`` (extra names or addresses
 for the TLS certificate, for browsers; gRPC clients need none),
 ``peer_roots_interval_s`` (how often the peer port re-reads the registered
-certificates), ``revocation_file`` (a local list written by
+certificates as a fallback; the follower hands them over at every gateway event), ``revocation_file`` (a local list written by
 ``edgistry token revoke --list FILE``; default ``<home>/revoked.json``; applied
 at each registry load and by the sweeper whenever it changes).
 """
@@ -124,6 +124,7 @@ class Gateway:
         self.code: CommissionCode | None = None
         self._grpc = None
         self._peer_grpc = None
+        self._registration_checked = asyncio.Event()
         self._http: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self._peer: PeerClient | None = None
@@ -176,6 +177,7 @@ class Gateway:
         self.discovery, replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id, self.grpc_endpoint)
         self.service.resolvers.append(dg.handle_resolver(self.discovery, self.secret, revoked=revoked))  # handles
         replica.on_revocations, replica.on_heard = self.apply_revocations, revoked.heard
+        replica.on_gateways = self._gateways_changed  # a peer registered or rotated: trusted at once
         replica.poll_s = float(o.get("chain_poll_s", CHAIN_POLL_S))
         discovery = dg.discovery_servicer(self.discovery, self.secret, dg.GatewayInvoker(self.service), replica,
                                           revoked=revoked)
@@ -184,11 +186,18 @@ class Gateway:
             revoked.heard()
         except (ChainError, asyncio.TimeoutError, OSError) as exc:
             log.warning("registry not loaded yet (%s): token checks refused until it is", exc)
+        # publish this gateway's certificate and peer endpoint before serving: peers trust it from then on
+        self._tasks = [asyncio.create_task(self._check_registration(), name="registration")]
+        try:
+            await asyncio.wait_for(self._registration_checked.wait(), FIRST_LOAD_S)
+        except asyncio.TimeoutError:
+            log.warning("registry record not checked yet: peers may refuse this gateway until it is published")
         self._grpc, self.ports["grpc"] = await start_grpc(
             cfg.grpc_listen, self.service, commissioner, None, self.metrics,
             extra=[lambda server: dg.add_to_server(server, discovery)],
             credentials=None if self.insecure else server_credentials(self.tls))
-        await self._refresh_peer_roots_once()
+        if not replica.loaded:
+            await self._refresh_peer_roots_once()
         self._peer_grpc, self.ports["peer"] = await start_peer_grpc(
             cfg.peer_listen, self.service, ForwardChecker(directory, require_tls=not self.insecure), self.metrics,
             None if self.insecure else self.peer_roots.credentials())
@@ -201,11 +210,10 @@ class Gateway:
         self.ports["http"] = site._server.sockets[0].getsockname()[1]
 
         interval = lambda name, default: float(o.get(name, default))  # noqa: E731
-        self._tasks = [asyncio.create_task(coro, name=name) for name, coro in (
+        self._tasks += [asyncio.create_task(coro, name=name) for name, coro in (
             ("sweeper", self._every(interval("sweep_interval_s", 1.0), self._sweep)),
             ("liveness", self._every(interval("liveness_interval_s", 60.0), self.report_liveness)),
-            ("registration", self._check_registration()),
-            ("peer_roots", self._every(interval("peer_roots_interval_s", 10.0), self.refresh_peer_roots)),
+            ("peer_roots", self._every(interval("peer_roots_interval_s", 30.0), self.refresh_peer_roots)),
             ("replica", replica.run()),
         )]
         if self.insecure:
@@ -342,8 +350,12 @@ class Gateway:
             await self.apply_revocations(records, self.revoked.height, False)
 
     async def refresh_peer_roots(self) -> bool:
-        """Re-read the registered gateways' certificates for the peer port; True if they changed."""
-        changed = self.peer_roots.update(await self.chain.gateways())
+        """Re-read the registered gateways' certificates for the peer port; True if they changed.
+        (The registry follower hands them over at every gateway event; this is the fallback.)"""
+        return self._gateways_changed(await self.chain.gateways())
+
+    def _gateways_changed(self, records: list[pb.GatewayRecord]) -> bool:
+        changed = self.peer_roots.update(records)
         if changed:
             log.info("peer port trusts %d gateway certificate(s)", len(self.peer_roots.certs))
         return changed
@@ -377,15 +389,18 @@ class Gateway:
                 self.chain_ok_at = time.time()
                 if res.code == 0:
                     await self._publish(pb.GatewayRecord.FromString(res.value))
+                    self._registration_checked.set()
                     return
                 if not told:
                     self.announce(f"gateway {self.gateway_id} is not in the registry: pairing will fail until an "
                                   f"admin runs `edgistry registry add-gateway --pubkey {public_bytes(self.key).hex()} "
                                   f"--endpoint {self.grpc_endpoint}`")
                     told = True
+                    self._registration_checked.set()  # nothing to wait for: start serving
                 delay = 10.0
             except TxRejected as exc:
                 log.warning("the registry refused this gateway's record update: %s", exc)
+                self._registration_checked.set()
                 return
             except ChainError as exc:
                 log.info("registry not reachable yet (%s); retrying", exc)

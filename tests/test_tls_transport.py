@@ -57,8 +57,10 @@ def node(tmp_path_factory):
     cfg, ports = node_home(root / "a")
     peers = {name: FakePeer.make(root / "peers", name) for name in "cdefx"}
     add_to_genesis(cfg, *(peers[n] for n in "cdef"))
-    # the peer port's trusted certificates stay as read at start: the tests change the registry under it
-    cfg.extra["gateway"]["peer_roots_interval_s"] = 3600
+    # the peer port's trusted certificates stay as read at start (no follower poll, no fallback re-read),
+    # as in the moment between a registry change and the gateway seeing it: the tests change the registry
+    # under it; token checks must not fail closed for want of the follower's polls meanwhile
+    cfg.extra["gateway"].update(peer_roots_interval_s=3600, chain_poll_s=3600, revocation_max_silence_s=3600)
     cfg.save()
     log = root / "a.log"
     proc = edgistry("up", "--home", str(cfg.home), log=log)

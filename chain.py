@@ -286,10 +286,14 @@ def validators(url: str, timeout: float = TIMEOUT) -> dict[str, int]:
         page += 1
 
 
-def http_ok(url: str, timeout: float = TIMEOUT) -> tuple[bool, str]:
-    """GET ``url``: (status is 2xx, the start of the body or the error)."""
+def http_ok(url: str, timeout: float = TIMEOUT, cafile: str | None = None) -> tuple[bool, str]:
+    """GET ``url``: (status is 2xx, the start of the body or the error). ``cafile``: the one
+    certificate an https URL must present (a gateway's pin)."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             body = resp.read(200).decode(errors="replace").strip()
             return 200 <= resp.status < 300, body.splitlines()[0] if body else f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:

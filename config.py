@@ -7,6 +7,8 @@ Layout of a home directory::
     keys/admin.pem        Ed25519 admin key named in genesis (0600)
     keys/gateway.pem      Ed25519 key the gateway signs registry txs with (0600)
     keys/gateway.secret   32-byte HMAC secret: origin of gateway-issued tokens (0600)
+    keys/tls.key          P-256 key of the gateway's TLS ports (0600; gateway/tls.py)
+    keys/tls.crt          its self-signed certificate, the pin clients trust (public)
     data/registry/        the ABCI app's LMDB store
     data/embedded/        the embedded node's block store (single-node mode only)
     data/gateway/         the gateway's LMDB store: paired devices, queues, responses (gateway/store/)
@@ -17,6 +19,7 @@ Layout of a home directory::
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 import tomllib
@@ -33,6 +36,7 @@ DEFAULT_RPC_LISTEN = "127.0.0.1:26657"
 DEFAULT_GRPC_LISTEN = "127.0.0.1:26670"
 DEFAULT_LINK_LISTEN = "127.0.0.1:26671"
 DEFAULT_HTTP_LISTEN = "127.0.0.1:26672"
+DEFAULT_PEER_LISTEN = "127.0.0.1:26673"  # mutual TLS between gateways
 
 
 class HomeError(Exception):
@@ -109,6 +113,8 @@ class NodeConfig:
     grpc_listen: str = DEFAULT_GRPC_LISTEN
     link_listen: str = DEFAULT_LINK_LISTEN
     http_listen: str = DEFAULT_HTTP_LISTEN
+    peer_listen: str = DEFAULT_PEER_LISTEN
+    insecure: bool = False  # the gateway serves plaintext (development only; logged loudly)
     cometbft_home: str = ""  # set when a real CometBFT node serves this home
     block_interval_ms: int = 200  # embedded node: how long txs wait to be batched
     empty_block_interval_s: int = 30  # embedded node: idle blocks so block time moves
@@ -126,6 +132,14 @@ class NodeConfig:
     @property
     def keys_dir(self) -> Path:
         return self.home / "keys"
+
+    @property
+    def tls_key_path(self) -> Path:
+        return self.keys_dir / "tls.key"
+
+    @property
+    def tls_cert_path(self) -> Path:
+        return self.keys_dir / "tls.crt"
 
     @property
     def registry_dir(self) -> Path:
@@ -176,6 +190,19 @@ def _limits(table: object, path: Path) -> Limits:
             raise HomeError(f"{path}: limits.{key} must be a non-negative {kind.__name__}")
         out[key] = kind(value)
     return Limits(**out)
+def is_private_listen(address: str) -> bool:
+    """True for a ``unix://`` socket or TCP on a loopback address: where ABCI may listen.
+
+    ABCI has no authentication: whoever reaches it can feed the registry blocks."""
+    if address.startswith("unix://"):
+        return True
+    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def write_secret_file(path: Path, data: bytes) -> None:

@@ -4,7 +4,8 @@ It travels as the ``app_state`` object of CometBFT's genesis.json::
 
     {"admins": ["<hex ed25519 pubkey>", ...],
      "gateways": [{"pubkey": "<hex>", "endpoint": "HOST:PORT", "operator": "...",
-                   "seal_pubkey": "<hex x25519, optional>"}],
+                   "seal_pubkey": "<hex x25519, optional>",
+                   "tls_cert": "<hex DER>", "tls_cert_signature": "<hex>", "peer_endpoint": "HOST:PORT"}],
      "devices": [<DeviceRecord as protobuf JSON: pseudonym, gateway, sealed>, ...],
      "seal": <SealState as protobuf JSON, optional: epochs and wraps>,
      "revocations": [{"tag_hash": "<hex>", "expires_at": <unix s>}, ...],
@@ -17,6 +18,8 @@ genesis that holds devices also holds the data key epochs (and wraps) they were
 sealed under. An export carries every revocation as its hash (one recorded by
 tag below the activation height is hashed on export), so a chain started from
 it revokes the same tokens and publishes no tag.
+A gateway's TLS fields are optional (as SetGatewayTls sets them): present,
+clients can pin the gateway from the first block.
 
 ``ed25519_v2_height`` is the first block whose transaction signatures are
 checked with the v2 acceptance rule (``ed25519_rule``: our canonical and
@@ -44,7 +47,7 @@ from google.protobuf import json_format
 
 from . import keys, sealing, txs
 from .codes import TxError
-from .handlers import ed25519_key_of, put_device, put_gateway
+from .handlers import ed25519_key_of, put_device, put_gateway, set_gateway_tls
 from .overlay import Overlay, Reader
 from .revocation_rule import DEFAULT_REVOCATION_HASH_HEIGHT, read_revocation_hash_height, revocation_hash
 from ..proto import abci_pb2 as abci
@@ -65,6 +68,32 @@ class GatewaySpec:
     endpoint: str
     operator: str = ""
     seal_pubkey: bytes = b""
+    tls_cert: bytes = b""  # the SetGatewayTls fields, all empty when absent
+    tls_cert_signature: bytes = b""
+    peer_endpoint: str = ""
+
+    def tls_msg(self) -> pb.SetGatewayTls | None:
+        if not (self.tls_cert or self.tls_cert_signature or self.peer_endpoint):
+            return None
+        return pb.SetGatewayTls(cert=self.tls_cert, cert_signature=self.tls_cert_signature,
+                                peer_endpoint=self.peer_endpoint)
+
+    def to_json(self) -> dict[str, str]:
+        out = {"pubkey": self.pubkey.hex(), "endpoint": self.endpoint, "operator": self.operator}
+        if self.seal_pubkey:
+            out["seal_pubkey"] = self.seal_pubkey.hex()
+        if self.tls_msg() is not None:
+            out.update(tls_cert=self.tls_cert.hex(), tls_cert_signature=self.tls_cert_signature.hex(),
+                       peer_endpoint=self.peer_endpoint)
+        return out
+
+    @classmethod
+    def from_json(cls, g: dict) -> GatewaySpec:
+        return cls(bytes.fromhex(g["pubkey"]), g["endpoint"], g.get("operator", ""),
+                   seal_pubkey=bytes.fromhex(g.get("seal_pubkey", "")),
+                   tls_cert=bytes.fromhex(g.get("tls_cert", "")),
+                   tls_cert_signature=bytes.fromhex(g.get("tls_cert_signature", "")),
+                   peer_endpoint=g.get("peer_endpoint", ""))
 
 
 @dataclass
@@ -81,10 +110,7 @@ class Genesis:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "admins": [a.hex() for a in self.admins],
-            "gateways": [
-                {"pubkey": g.pubkey.hex(), "endpoint": g.endpoint, "operator": g.operator,
-                 **({"seal_pubkey": g.seal_pubkey.hex()} if g.seal_pubkey else {})} for g in self.gateways
-            ],
+            "gateways": [g.to_json() for g in self.gateways],
             "devices": [json_format.MessageToDict(d) for d in self.devices],
         }
         if self.seal.epochs:
@@ -104,16 +130,12 @@ class Genesis:
             raise GenesisError("app_state must be a JSON object")
         try:
             admins = [bytes.fromhex(a) for a in data.get("admins", [])]
-            gateways = [
-                GatewaySpec(bytes.fromhex(g["pubkey"]), g["endpoint"], g.get("operator", ""),
-                            bytes.fromhex(g.get("seal_pubkey", "")))
-                for g in data.get("gateways", [])
-            ]
+            gateways = [GatewaySpec.from_json(g) for g in data.get("gateways", [])]
             devices = [json_format.ParseDict(d, pb.DeviceRecord()) for d in data.get("devices", [])]
             seal = json_format.ParseDict(data.get("seal", {}), pb.SealState())
             revocations = [pb.RevocationRecord(tag_hash=bytes.fromhex(r["tag_hash"]), expires_at=r["expires_at"])
                            for r in data.get("revocations", [])]
-        except (KeyError, TypeError, ValueError, json_format.ParseError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, json_format.ParseError) as exc:
             raise GenesisError(f"malformed app_state: {exc}") from exc
         genesis = cls(admins, gateways, devices, seal, data.get("ed25519_v2_height"),  # absent: never
                       revocations, data.get("revocation_hash_height"))  # absent: never
@@ -154,6 +176,8 @@ class Genesis:
                 txs.VALIDATORS["register_gateway"](pb.RegisterGateway(pubkey=g.pubkey, endpoint=g.endpoint, operator=g.operator))
                 if g.seal_pubkey:
                     sealing.check_set_seal_key(pb.SetSealKey(x25519_pubkey=g.seal_pubkey))
+                if g.tls_msg() is not None:
+                    txs.VALIDATORS["set_gateway_tls"](g.tls_msg())
                 ids.add(txs.gateway_id_for(g.pubkey))
             self._validate_seal(ids)
             epochs = {e.epoch for e in self.seal.epochs}
@@ -202,6 +226,10 @@ class Genesis:
             gid = put_gateway(kv, g.pubkey, g.endpoint, g.operator, height)
             if g.seal_pubkey:
                 sealing.set_seal_key(kv, gid, g.seal_pubkey)
+            if g.tls_msg() is not None:
+                record = pb.GatewayRecord.FromString(kv.get(keys.gateway(gid)))
+                set_gateway_tls(record, g.tls_msg())
+                kv.put(keys.gateway(gid), record.SerializeToString(deterministic=True))
         for e in self.seal.epochs:
             kv.put(keys.data_key(e.epoch), e.SerializeToString(deterministic=True))
         for w in self.seal.wraps:
@@ -235,7 +263,9 @@ class Genesis:
         genesis.revocations.sort(key=lambda r: r.tag_hash)
         for _, raw in reader.scan(keys.GATEWAY):
             g = pb.GatewayRecord.FromString(raw)
-            genesis.gateways.append(GatewaySpec(g.pubkey, g.endpoint, g.operator, g.seal_pubkey))
+            genesis.gateways.append(GatewaySpec(g.pubkey, g.endpoint, g.operator, seal_pubkey=g.seal_pubkey,
+                                                tls_cert=g.tls_cert, tls_cert_signature=g.tls_cert_signature,
+                                                peer_endpoint=g.peer_endpoint))
         for _, raw in reader.scan(keys.DEVICE):
             genesis.devices.append(pb.DeviceRecord.FromString(raw))
         genesis.seal = sealing.seal_state(reader)

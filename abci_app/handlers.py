@@ -103,6 +103,30 @@ def apply_update_gateway(ctx: TxContext, msg: pb.UpdateGateway) -> Outcome:
     return Outcome(gid.encode(), [event("gateway_updated", gateway_id=gid)])
 
 
+def apply_set_gateway_tls(ctx: TxContext, msg: pb.SetGatewayTls) -> Outcome:
+    """The gateway's own TLS pin and peer endpoint. The chain does not verify
+    ``cert_signature`` (clients and peers do): the tx signature already proves the
+    gateway sent it, and a second Ed25519 verification here would be one more place
+    where validators on different libraries could disagree; a gateway publishing a
+    bad signature only makes itself unreachable."""
+    gid = _require_gateway(ctx)
+    record = pb.GatewayRecord()
+    record.ParseFromString(ctx.kv.get(keys.gateway(gid)) or b"")
+    if set_gateway_tls(record, msg):
+        ctx.kv.put(keys.gateway(gid), _ser(record))
+        return Outcome(gid.encode(), [event("gateway_tls_set", gateway_id=gid)])
+    return Outcome(gid.encode())
+
+
+def set_gateway_tls(record: pb.GatewayRecord, msg: pb.SetGatewayTls) -> bool:
+    """Copy the TLS fields of ``msg`` into ``record``; False when nothing changes."""
+    new = (msg.cert, msg.cert_signature, msg.peer_endpoint)
+    if (record.tls_cert, record.tls_cert_signature, record.peer_endpoint) == new:
+        return False
+    record.tls_cert, record.tls_cert_signature, record.peer_endpoint = new
+    return True
+
+
 def apply_remove_gateway(ctx: TxContext, msg: pb.RemoveGateway) -> Outcome:
     _require_admin(ctx)
     raw = ctx.kv.get(keys.gateway(msg.gateway_id))
@@ -290,4 +314,5 @@ HANDLERS: dict[str, Handler] = {
     "set_validator": apply_set_validator,
     "set_seal_key": apply_set_seal_key,
     "put_data_key": apply_put_data_key,
+    "set_gateway_tls": apply_set_gateway_tls,
 }

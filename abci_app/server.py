@@ -43,8 +43,11 @@ restart may be replaced. Each drop or refusal is one warning line.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -347,9 +350,10 @@ class AbciServer:
         loop = asyncio.get_running_loop()
         factory = lambda: _Connection(self)  # noqa: E731
         if addr.scheme == "unix":
+            _refuse_live_socket(addr.path)
             self._server = await loop.create_unix_server(factory, path=addr.path)
             return [address]
-        self._server = await loop.create_server(factory, addr.host, addr.port)
+        self._server = await loop.create_server(factory, addr.host, addr.port, reuse_port=False)
         return [f"tcp://{s.getsockname()[0]}:{s.getsockname()[1]}" for s in self._server.sockets]
 
     async def close(self) -> None:
@@ -363,6 +367,19 @@ class AbciServer:
         await asyncio.gather(*(c.closed for c in conns), return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+
+
+def _refuse_live_socket(path: str) -> None:
+    """asyncio replaces an existing socket file without asking, so a second server would
+    silently take a live server's path: refuse when something still answers there."""
+    if not os.path.exists(path):
+        return
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return  # a stale file from a server that is gone: replacing it is right
+    raise OSError(errno.EADDRINUSE, f"{path}: address already in use (a server answers on this socket)")
 
 
 def _parse_request(frame: bytes) -> abci.Request:

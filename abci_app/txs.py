@@ -26,6 +26,8 @@ from ..proto import registry_pb2 as pb
 
 MAX_TX_BYTES = 64 * 1024  # a registry tx is a few hundred bytes; 64 KiB leaves room for batches
 SIGN_DOMAIN = b"edgistry/tx/v1\0"
+TLS_CERT_DOMAIN = b"edgistry/tls-cert/v1\0"  # a gateway's key signs its TLS certificate under this
+MAX_TLS_CERT = 4096  # a self-signed P-256 certificate is about 600 bytes
 MAX_ENDPOINT = 255
 MAX_OPERATOR = 128
 MAX_SERVICES = 16
@@ -293,6 +295,39 @@ def _check_update_gateway(msg: pb.UpdateGateway) -> None:
     _check_operator(msg.operator)
 
 
+def tls_cert_signed_bytes(cert_der: bytes) -> bytes:
+    """What a gateway's Ed25519 key signs to bind its TLS certificate to itself."""
+    return TLS_CERT_DOMAIN + cert_der
+
+
+def der_sequence_ok(der: bytes) -> bool:
+    """True when ``der`` is exactly one DER SEQUENCE (tag, definite length, no trailing bytes).
+
+    The chain checks only this shape, with its own code: parsing X.509 with a
+    library would let two validators on different library versions disagree."""
+    if len(der) < 2 or der[0] != 0x30:
+        return False
+    first = der[1]
+    if first < 0x80:
+        return len(der) == 2 + first
+    n = first & 0x7F
+    if not 1 <= n <= 4 or len(der) < 2 + n or der[2] == 0:
+        return False
+    length = int.from_bytes(der[2 : 2 + n], "big")
+    return length >= 0x80 and len(der) == 2 + n + length
+
+
+def _check_set_gateway_tls(msg: pb.SetGatewayTls) -> None:
+    if msg.cert:
+        if len(msg.cert) > MAX_TLS_CERT or not der_sequence_ok(msg.cert):
+            raise _bad(f"cert must be one DER certificate of at most {MAX_TLS_CERT} bytes")
+        if len(msg.cert_signature) != 64:
+            raise _bad("cert_signature must be a 64-byte Ed25519 signature")
+    elif msg.cert_signature:
+        raise _bad("a cert_signature without a cert")
+    _check_endpoint(msg.peer_endpoint)
+
+
 def _check_remove_gateway(msg: pb.RemoveGateway) -> None:
     if len(msg.gateway_id) != keys.GATEWAY_ID_LEN:
         raise _bad("gateway_id must be 32 hex characters")
@@ -310,5 +345,6 @@ VALIDATORS = {
     "set_validator": _check_validator,
     "set_seal_key": sealing.check_set_seal_key,
     "put_data_key": sealing.check_put_data_key,
+    "set_gateway_tls": _check_set_gateway_tls,
 }
 assert set(VALIDATORS) == set(MESSAGE_NAMES), "every tx message needs a stateless check"

@@ -45,6 +45,7 @@ from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
 from edgistry.cluster.localnet import load_localnet
 from edgistry.config import load_ed25519_pem
 from edgistry.firmware.caplets import api as cl
+from edgistry.gateway.tls import Pin, channel_credentials, channel_options
 from edgistry.proto import gateway_pb2 as gw
 from edgistry.proto import gateway_pb2_grpc as gw_grpc
 from edgistry.proto import registry_pb2 as pb
@@ -135,7 +136,9 @@ async def measure(directory: Path, revocations: int, every_s: float) -> dict:
     paired = json.loads(run("pair", "--device", str(dev), "--gateway", nodes[2].grpc_endpoint, "--code",
                             code_file.read_text().strip(), "--rpc", nodes[2].rpc_url, "--json"))
     root = cl.load((dev / "root.token").read_text())
-    channels = [grpc.aio.insecure_channel(n.grpc_endpoint) for n in nodes]
+    pins = [Pin.from_file(n.tls_cert) for n in nodes]  # every gateway speaks TLS with its own certificate
+    channels = [grpc.aio.secure_channel(n.grpc_endpoint, channel_credentials(p), options=channel_options(p))
+                for n, p in zip(nodes, pins)]
     stubs = [gw_grpc.GatewayStub(c) for c in channels]
     key = load_ed25519_pem(nodes[0].edgistry_home / "keys" / "gateway.pem")
     out = []

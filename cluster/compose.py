@@ -19,13 +19,14 @@ Per node, three containers, all running as the user who generated the files (key
 * ``node{i}``: cometbft (``cometbft/cometbft:v0.38.25``), started once its app is
   healthy; p2p and RPC on the project network, peers named by service (``ID@node{j}:26656``).
 * ``gateway{i}``: ``edgistry gateway``, reaching its chain at ``http://node{i}:26657``;
-  registered (in genesis and by itself) as ``gateway{i}:26670``, where other gateways
-  forward; it tells devices to link to ``127.0.0.1:<link port>`` (published, below).
+  registered (in genesis and by itself) as ``gateway{i}:26670`` for clients and
+  ``gateway{i}:26673`` (mutual TLS, not published) where other gateways forward; it
+  tells devices to link to ``127.0.0.1:<link port>`` (published, below).
 
 Published ports, on 127.0.0.1 only, node i's from the localnet scheme
 (``BASE + 10*i + offset``, BASE 26600 by default): see :func:`published_ports`.
 Not published: p2p (26656; nodes peer on the project network), ABCI (a unix socket,
-never on a network) and Prometheus (26660).
+never on a network), the gateways' peer port (26673) and Prometheus (26660).
 
 The images the compose file names are the official CometBFT image and
 ``edgistry:VERSION``, built (``build:``, network "none") from ``python:X.Y-slim-bookworm``:
@@ -53,7 +54,7 @@ from .wheels import WheelSet, collect_wheels, copy_wheels
 COMETBFT_IMAGE = "cometbft/cometbft:v0.38.25"  # the official image; tags are v-prefixed releases
 EDGISTRY_REPOSITORY = "edgistry"  # the image is edgistry:<version of the wheel>
 P2P, RPC, PROMETHEUS = 26656, 26657, 26660
-GRPC, LINK, HTTP = 26670, 26671, 26672
+GRPC, LINK, HTTP, PEER = 26670, 26671, 26672, 26673
 PUBLISH = "127.0.0.1"  # published ports listen on this host's loopback only
 ABCI_DIR = "/abci"
 ABCI_SOCKET = f"unix://{ABCI_DIR}/abci.sock"
@@ -130,9 +131,9 @@ def published_ports(node: NodeLayout) -> list[tuple[str, int, int, str]]:
     p, i = node.ports, node.index
     return [
         (node.moniker, p.rpc, RPC, "CometBFT RPC: status, blocks, registry queries, tx broadcast (unsafe routes off)"),
-        (f"gateway{i}", p.grpc, GRPC, "gateway gRPC: client API (discover, invoke, results) and device pairing"),
+        (f"gateway{i}", p.grpc, GRPC, "gateway gRPC over TLS: client API (discover, invoke, results) and pairing"),
         (f"gateway{i}", p.link, LINK, "device link: devices connect out to it (authenticated, encrypted frames)"),
-        (f"gateway{i}", p.http, HTTP, "gateway HTTP: /healthz and /metrics (Prometheus)"),
+        (f"gateway{i}", p.http, HTTP, "gateway HTTPS: /healthz and /metrics (Prometheus)"),
     ]
 
 
@@ -192,7 +193,9 @@ def services(layouts: list[NodeLayout], project: ContainerProject) -> dict[str, 
                 "depends_on": {node.moniker: {"condition": "service_healthy"}},
                 "healthcheck": {
                     "test": ["CMD", "python", "-c",
-                             f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{HTTP}/healthz', timeout=2)"],
+                             "import ssl, urllib.request; urllib.request.urlopen("
+                             f"'https://127.0.0.1:{HTTP}/healthz', timeout=2, "
+                             "context=ssl.create_default_context(cafile='/edgistry/keys/tls.crt'))"],
                     "interval": "2s", "timeout": "3s", "retries": 30, "start_period": "10s",
                 },
                 "restart": "unless-stopped",
@@ -221,10 +224,12 @@ def _containerise(layouts: list[NodeLayout]) -> None:
         cfg.abci_listen = ABCI_SOCKET
         cfg.rpc_url = f"http://{node.moniker}:{RPC}"
         cfg.rpc_listen = f"0.0.0.0:{RPC}"
-        cfg.grpc_listen, cfg.link_listen, cfg.http_listen = (f"0.0.0.0:{port}" for port in (GRPC, LINK, HTTP))
+        cfg.grpc_listen, cfg.link_listen, cfg.http_listen, cfg.peer_listen = (
+            f"0.0.0.0:{port}" for port in (GRPC, LINK, HTTP, PEER))
         cfg.cometbft_home = ""  # in its own container, not beside this home
         # what peers are told (the registry endpoint) and what devices are told (the published link)
         cfg.extra["gateway"] = {**cfg.extra.get("gateway", {}), "grpc_advertise": f"gateway{node.index}:{GRPC}",
+                                "peer_advertise": f"gateway{node.index}:{PEER}",
                                 "link_advertise": f"{PUBLISH}:{node.ports.link}"}
         cfg.save()
     # genesis: gateways are reached by service name
@@ -235,6 +240,7 @@ def _containerise(layouts: list[NodeLayout]) -> None:
         node = by_key.get(entry["pubkey"])
         if node is not None:
             entry["endpoint"] = f"gateway{node.index}:{GRPC}"
+            entry["peer_endpoint"] = f"gateway{node.index}:{PEER}"
     text = json.dumps(genesis, indent=2) + "\n"
     for node in layouts:
         (node.cometbft_home / "config" / "genesis.json").write_text(text)

@@ -74,7 +74,7 @@ def endpoints(node: NodeLayout) -> dict[str, str]:
     """Where a container node is reached from this host (published on 127.0.0.1) and inside."""
     p = node.ports
     return {"rpc": f"http://{PUBLISH}:{p.rpc}", "grpc": f"{PUBLISH}:{p.grpc}", "link": f"{PUBLISH}:{p.link}",
-            "http": f"http://{PUBLISH}:{p.http}", "p2p": f"{node.node_id}@{node.moniker}:26656 (project network)",
+            "http": f"https://{PUBLISH}:{p.http}", "p2p": f"{node.node_id}@{node.moniker}:26656 (project network)",
             "abci": f"unix://{node.root / 'abci' / 'abci.sock'} (no network)"}
 
 

@@ -1,7 +1,9 @@
 """Creating a node home and its genesis (``edgistry init``).
 
-A fresh home gets its keys (0600), config.toml and a genesis whose app_state
-names this home's admin key and registers this home's gateway. Given a
+A fresh home gets its keys (0600; the gateway's TLS key and certificate too),
+config.toml and a genesis whose app_state names this home's admin key and
+registers this home's gateway with its TLS certificate, so that clients can
+pin it from the first block. Given a
 CometBFT home, the same app_state is written into CometBFT's genesis.json
 (running ``cometbft init`` there first when the binary is available) and the
 node config points at that node's RPC and proxy_app.
@@ -18,6 +20,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..abci_app.genesis import Genesis, GatewaySpec
+from ..gateway.tls import ensure_identity
 from .cometbft import HOW_TO_GET, cometbft_init, find_cometbft
 from ..gateway.discovery.sealbox import load_seal_key
 from ..config import (
@@ -36,7 +39,8 @@ def prepare_home(home: Path, chain_id: str | None = None, moniker: str = "node0"
                  admin: Ed25519PrivateKey | None = None) -> tuple[NodeConfig, Ed25519PrivateKey, Ed25519PrivateKey]:
     """Create a home directory and its keys (0600); write neither config.toml nor genesis.
 
-    Returns the (unsaved) config, the admin key and the gateway key. ``admin``
+    Returns the (unsaved) config, the admin key and the gateway key (its TLS
+    key and certificate are written beside it). ``admin``
     given, that key becomes keys/admin.pem (a cluster shares one admin);
     otherwise a new one is made. Callers finish the home with ``cfg.save()``.
     """
@@ -54,7 +58,15 @@ def prepare_home(home: Path, chain_id: str | None = None, moniker: str = "node0"
     gateway = new_ed25519_pem(cfg.keys_dir / "gateway.pem")
     new_secret(cfg.keys_dir / "gateway.secret")
     load_seal_key(cfg.keys_dir, create=True)  # X25519: registry data keys are wrapped to it (sealed registry)
+    ensure_identity(cfg.tls_key_path, cfg.tls_cert_path, gateway)
     return cfg, admin, gateway
+
+
+def gateway_spec(cfg: NodeConfig, endpoint: str, operator: str, peer_endpoint: str) -> GatewaySpec:
+    """This home's gateway as genesis registers it: key, endpoints and TLS certificate."""
+    key = gateway_key(cfg)
+    tls = ensure_identity(cfg.tls_key_path, cfg.tls_cert_path, key)
+    return GatewaySpec(public_bytes(key), endpoint, operator, tls.cert_der, tls.signature, peer_endpoint)
 
 
 def init_home(home: Path, chain_id: str | None = None, cometbft_home: Path | None = None,
@@ -68,7 +80,7 @@ def init_home(home: Path, chain_id: str | None = None, cometbft_home: Path | Non
         cfg.rpc_url = "http://" + cfg.rpc_listen
     genesis = Genesis(
         admins=[public_bytes(admin)],
-        gateways=[GatewaySpec(public_bytes(gateway), cfg.grpc_listen, moniker)],
+        gateways=[gateway_spec(cfg, cfg.grpc_listen, moniker, cfg.peer_listen)],
     )
     doc = {"genesis_time": now_rfc3339(), "chain_id": cfg.chain_id, "initial_height": "1",
            "app_state": genesis.to_json()}

@@ -12,7 +12,8 @@
 
 Every node is a validator of power 10. The genesis app_state names one admin
 key, shared by the cluster and written to every home as keys/admin.pem, and
-registers every node's gateway (its key, its gRPC endpoint, operator node{i}).
+registers every node's gateway (its key, its gRPC endpoint, operator node{i},
+its TLS certificate and peer endpoint).
 
 Addresses: by default every node lives on this machine and listens on
 127.0.0.1 only. Given ``hosts`` (one per node), node i is *reached at*
@@ -44,12 +45,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..abci_app.genesis import GatewaySpec, Genesis
-from .home import CHAIN_ID_RE, now_rfc3339, prepare_home
+from .home import CHAIN_ID_RE, gateway_spec, now_rfc3339, prepare_home
 from .cometbft_files import (
     CONFIG_VERSION, ConsensusSettings, GenesisValidator, address_of, config_toml, genesis_doc, is_v1, node_id_of,
     node_key_json, priv_validator_key_json, priv_validator_state_json, render_config,
 )
-from ..config import DEFAULT_CHAIN_ID, HomeError, load_ed25519_pem, public_bytes, write_secret_file
+from ..gateway.tls import ensure_identity
+from ..config import DEFAULT_CHAIN_ID, HomeError, NodeConfig, load_ed25519_pem, public_bytes, write_secret_file
 
 HOST = "127.0.0.1"  # where a one-machine localnet listens and is reached
 WILDCARD = "0.0.0.0"
@@ -78,11 +80,12 @@ class NodePorts:
     link: int  # offset 4: gateway device link
     http: int  # offset 5: gateway HTTP
     prometheus: int  # offset 6: CometBFT metrics (off unless enabled)
+    peer: int = 0  # offset 7: gateway-to-gateway mutual TLS (0: a manifest from before it existed)
 
     @classmethod
     def for_node(cls, base_port: int, index: int) -> NodePorts:
         start = base_port + PORTS_PER_NODE * index
-        return cls(*(start + offset for offset in range(7)))
+        return cls(*(start + offset for offset in range(8)))
 
     def all(self) -> list[int]:
         return list(asdict(self).values())
@@ -154,7 +157,17 @@ class NodeLayout:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.ports.http}"
+        """The gateway's HTTPS side (/healthz, /metrics): trust :attr:`tls_cert` to read it."""
+        return f"https://{self.host}:{self.ports.http}"
+
+    @property
+    def tls_cert(self) -> Path:
+        """The gateway's certificate: the pin of its gRPC, peer and HTTPS ports."""
+        return self.edgistry_home / "keys" / "tls.crt"
+
+    @property
+    def peer_endpoint(self) -> str:
+        return f"{self.host}:{self.ports.peer}"
 
     def to_json(self, directory: Path) -> dict[str, Any]:
         return {
@@ -223,7 +236,8 @@ def generate_localnet(directory: Path, nodes: int, chain_id: str = DEFAULT_CHAIN
 
     app_state = Genesis(
         admins=[public_bytes(admin)],
-        gateways=[GatewaySpec(n.gateway_pubkey, n.grpc_endpoint, n.moniker) for n in layouts] + list(extra_gateways),
+        gateways=[gateway_spec(NodeConfig.load(n.edgistry_home), n.grpc_endpoint, n.moniker, n.peer_endpoint)
+                  for n in layouts] + list(extra_gateways),
     ).to_json()
     validators = [GenesisValidator(n.validator_pubkey, n.moniker, power) for n in layouts]
     genesis = genesis_doc(chain_id, genesis_time or now_rfc3339(), validators, app_state, version=cometbft_version)
@@ -367,8 +381,13 @@ def _make_node(directory: Path, index: int, chain_id: str, ports: NodePorts, adm
     cfg.grpc_listen = f"{bind}:{ports.grpc}"
     cfg.link_listen = f"{bind}:{ports.link}"
     cfg.http_listen = f"{bind}:{ports.http}"
+    cfg.peer_listen = f"{bind}:{ports.peer}"
     if bind != host:  # what the registry and paired devices are told (gateway/app.py)
-        cfg.extra["gateway"] = {"grpc_advertise": layout.grpc_endpoint, "link_advertise": layout.link_endpoint}
+        cfg.extra["gateway"] = {"grpc_advertise": layout.grpc_endpoint, "link_advertise": layout.link_endpoint,
+                                "peer_advertise": layout.peer_endpoint}
+    if host != HOST:  # the certificate names the advertised host too (HTTPS checks it; gRPC checks the id)
+        cfg.extra.setdefault("gateway", {})["tls_hosts"] = [host]
+        ensure_identity(cfg.tls_key_path, cfg.tls_cert_path, gateway, [host])
     cfg.cometbft_home = str(root / "cometbft")
     if snapshot_interval:
         cfg.extra["snapshot_interval"] = snapshot_interval

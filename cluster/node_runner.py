@@ -23,7 +23,7 @@ from ..abci_app.rpc import create_app
 from ..abci_app.server import AbciServer
 from .cometbft import HOW_TO_GET, find_cometbft
 from ..clikit import wait_for_signal
-from ..config import HomeError, NodeConfig
+from ..config import HomeError, NodeConfig, is_private_listen
 from ..gateway.cli import code_line
 from ..gc_policy import freeze_startup_objects, tune_gc_for_node
 
@@ -67,7 +67,7 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
     await runner.setup()
     host, port = _host_port(cfg.rpc_listen)
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, reuse_port=False).start()  # the port is ours alone
     except OSError as exc:
         await node.stop()
         await runner.cleanup()
@@ -86,7 +86,8 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
 
             grpc_addr = f"{_host_port(cfg.grpc_listen)[0]}:{gateway.ports['grpc']}"
             demo_tasks = await start_demo_devices(cfg.home, demo_devices, grpc_addr, lambda: gateway.code.code,
-                                                  demo_stop, announce)
+                                                  demo_stop, announce, None if gateway.insecure else gateway.tls.pin,
+                                                  gateway.pin_flag)
         elif demo_devices:
             announce("demo devices need the gateway, which is not running")
         if gateway is not None:
@@ -121,8 +122,9 @@ def ready_lines(cfg: NodeConfig, gateway, demo: bool) -> str:
     return "\n".join([
         "try discovery (an application token first):",
         f"  edgistry token app --home {cfg.home} --name my-app > app.token",
-        f"  edgistry discover sensor --near {near} --gateway {grpc_addr} --token app.token",
-        f"pair a device: edgistry pair --device DEVICE_HOME --gateway {grpc_addr} --code {gateway.code.code}",
+        f"  edgistry discover sensor --near {near} --gateway {grpc_addr} --token app.token {gateway.pin_flag}",
+        f"pair a device: edgistry pair --device DEVICE_HOME --gateway {grpc_addr} --code {gateway.code.code}"
+        + (" --insecure" if gateway.insecure else ""),
         f"  (the code is one-time; the current one is always in {gateway.code.path})",
     ])
 
@@ -148,6 +150,9 @@ async def _run_with_cometbft(cfg: NodeConfig, app: RegistryApp, announce: Callab
     binary = find_cometbft()
     if binary is None:
         raise HomeError(HOW_TO_GET)
+    if not is_private_listen(cfg.abci_listen):  # CometBFT runs beside it: nothing else needs to reach ABCI
+        raise HomeError(f"abci_listen {cfg.abci_listen} is not private: use a unix:// socket or a loopback address "
+                        "(ABCI has no authentication)")
     server = AbciServer(app)
     await server.start(cfg.abci_listen)
     tune_gc_for_node()

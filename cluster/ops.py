@@ -176,7 +176,7 @@ def up(directory: Path, nodes: int = 4, binary: str = "", base_port: int | None 
 
 
 def gateway_health(node: NodeLayout) -> tuple[bool, str]:
-    return rpc.http_ok(f"{node.http_url}/healthz", timeout=2.0)
+    return rpc.http_ok(f"{node.http_url}/healthz", timeout=2.0, cafile=str(node.tls_cert))
 
 
 def wait_gateways(layouts: list[NodeLayout], launcher: Launcher, timeout: float, progress: Progress = _quiet) -> None:

@@ -1,12 +1,15 @@
 """Assembling and running one gateway: every part and background loop, in one place.
 
 ``create_gateway(cfg)`` builds a :class:`Gateway`; ``await gw.start()`` opens
-the store, starts the device link server, the gRPC server (Gateway,
-Commissioning, Peer, health, reflection), the HTTP side (/healthz,
-/metrics) and the loops: the expiry sweeper, the liveness batcher and the
-registry follower (discovery/replica.py), which also applies revocations
-block by block (:meth:`Gateway.apply_revocations`); ``await gw.stop()``
-undoes all of it in reverse.
+the store, starts the device link server, the client gRPC server (Gateway,
+Commissioning, Discovery, health, reflection; TLS), the peer gRPC server (Peer;
+mutual TLS), the HTTP side (/healthz, /metrics; TLS) and the loops: the expiry
+sweeper, the liveness batcher, the refresher of the peer port's trusted
+certificates and the registry follower (discovery/replica.py), which also
+applies revocations block by block (:meth:`Gateway.apply_revocations`);
+``await gw.stop()`` undoes all of it in reverse. With ``insecure``
+(``--insecure``) every port speaks plaintext and the gateway says so loudly
+at start.
 
 Settings come from the node config's ``[gateway]`` table (all optional):
 ``max_queue_depth``, ``default_ttl_s``, ``max_batch`` (SubmitBatch items), ``liveness_interval_s``,
@@ -14,9 +17,12 @@ Settings come from the node config's ``[gateway]`` table (all optional):
 revocation is in force here one poll after its block commits),
 ``revocation_max_silence_s`` (token checks fail closed, UNAVAILABLE, when the
 node has not answered for longer), ``sweep_interval_s``, ``seal_interval_s`` and
-``seal_patience_s`` (the sealed registry's keeper), ``grpc_advertise`` and
-``link_advertise`` (what the registry and devices are told, default: the
-listen addresses), ``revocation_file`` (a local list written by
+``seal_patience_s`` (the sealed registry's keeper), ``grpc_advertise``,
+``link_advertise`` and ``peer_advertise`` (what the registry and devices are
+told, default: the listen addresses), ``tls_hosts`` (extra names or addresses
+for the TLS certificate, for browsers; gRPC clients need none),
+``peer_roots_interval_s`` (how often the peer port re-reads the registered
+certificates as a fallback; the follower hands them over at every gateway event), ``revocation_file`` (a local list written by
 ``edgistry token revoke --list FILE``; default ``<home>/revoked.json``; applied
 at each registry load and by the sweeper whenever it changes),
 ``store_map_size`` (bytes of LMDB map: the store's hard size; default 1 GiB) and
@@ -41,12 +47,12 @@ from ..config import NodeConfig, load_ed25519_pem, public_bytes
 from ..firmware.caplets.revocation import RevocationSet
 from .tokens.revocations import DEFAULT_MAX_SILENCE_S, LiveRevocations
 from .link.store_backend import StoreLinkBackend
-from ..chain import ChainClient, ChainError
+from ..chain import ChainClient, ChainError, TxRejected
 from .pairing.commissioner import Commissioner
 from .discovery.keeper import PATIENCE_S, SealKeeper
 from .discovery.sealbox import load_seal_key
 from .api.convert import from_pb, to_request
-from .api.grpc_server import GRACE_S, start_grpc
+from .api.grpc_server import GRACE_S, start_grpc, start_peer_grpc
 from .link.server import LinkMetrics, LinkServer
 from .admission import Admission, ConnectionCaps
 from .api.admission_grpc import service_hook
@@ -56,15 +62,20 @@ from .quiet import quiet_http_garbage
 from .metrics import GatewayMetrics
 from .watchdog import LoopLag, watch_chain
 from .pairing.channel import CommissionCode, Offers
-from .api.peer import Directory, ForwardChecker, PeerClient
+from .api.peer import Directory, ForwardChecker, PeerClient, PeerRoots
 from .api.service import Call, GatewayService, Result, Settings
 from .store.store import GatewayStore
 from .store.kv import DEFAULT_MAP_SIZE
+from .tls import ensure_identity, server_credentials
 from ..gc_policy import freeze_startup_objects
 from ..proto import gateway_pb2 as gw
 from ..proto import registry_pb2 as pb
 
 log = logging.getLogger(__name__)
+INSECURE_BANNER = (
+    "INSECURE: this gateway runs with --insecure: TLS is OFF on its gRPC, peer and HTTP ports. Client tokens,\n"
+    "forwarded calls and metrics cross the network in clear; anyone on the path can read and reuse them.\n"
+    "Use it only on a network you trust, for development; without --insecure every port speaks TLS.")
 FORWARD_SLACK_S = 10.0  # a forwarded Invoke may take this much longer than the client's own timeout
 CHAIN_POLL_S = 0.05  # revoke-to-refusal is one block interval plus at most this (and the apply)
 FIRST_LOAD_S = 5.0  # start() waits this long for the registry (revocations) before serving anyway
@@ -117,6 +128,12 @@ class Gateway:
         self.loop_lag = LoopLag()
         self.grpc_endpoint = str(self.opts.get("grpc_advertise") or cfg.grpc_listen)
         self.link_endpoint = str(self.opts.get("link_advertise") or cfg.link_listen)
+        self.peer_endpoint = str(self.opts.get("peer_advertise") or cfg.peer_listen)
+        self.insecure = bool(cfg.insecure)
+        # made even with --insecure: this gateway still presents it when it forwards to a TLS peer
+        self.tls = ensure_identity(cfg.tls_key_path, cfg.tls_cert_path, self.key,
+                                   [str(h) for h in self.opts.get("tls_hosts", [])])
+        self.peer_roots = PeerRoots(self.tls)
         self.revocation_file = Path(self.opts.get("revocation_file") or cfg.home / "revoked.json")
         self.store: GatewayStore | None = None
         self.replica = None  # discovery's ReplicaFollower
@@ -124,6 +141,8 @@ class Gateway:
         self.link: LinkServer | None = None
         self.code: CommissionCode | None = None
         self._grpc = None
+        self._peer_grpc = None
+        self._registration_checked = asyncio.Event()
         self._http: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self._peer: PeerClient | None = None
@@ -155,7 +174,8 @@ class Gateway:
                             default_ttl_s=int(o.get("default_ttl_s", Settings.default_ttl_s)),
                             max_batch=int(o.get("max_batch", Settings.max_batch)))
         directory = Directory(self.chain)
-        self._peer = PeerClient(self.key, self.gateway_id, directory, self.metrics)
+        self._peer = PeerClient(self.key, self.gateway_id, directory, self.metrics, tls=self.tls,
+                                allow_plaintext=self.insecure)
         self.service = GatewayService(self.store, self.gateway_id, self.secret, self.metrics, revoked, settings,
                                       PeerForwarder(self._peer, directory))
         self.service.admit = service_hook(self.admission)
@@ -177,17 +197,19 @@ class Gateway:
         # the sealed registry: this gateway's X25519 seal key and the data keys wrapped to it
         self.keeper = SealKeeper(self.chain, self.key, self.gateway_id, load_seal_key(cfg.keys_dir, create=True),
                                  patience_s=float(o.get("seal_patience_s", PATIENCE_S)))
+        offers = Offers(self.key, cfg.chain_id, tls=None if self.insecure else (self.tls.cert_der, self.tls.signature))
         # discovery, its replica of the registry, invoke-any
         from .discovery import grpc_service as dg
 
         self.discovery, self.replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id,
                                                               self.grpc_endpoint, keeper=self.keeper)
-        commissioner = Commissioner(self.store, Offers(self.key, cfg.chain_id), self.code, self.chain, self.key,
+        commissioner = Commissioner(self.store, offers, self.code, self.chain, self.key,
                                     self.secret, self.link_endpoint, self.metrics, keeper=self.keeper,
                                     replica=self.replica)
         self.keeper.reseal = commissioner.reseal
         self.service.resolvers.append(dg.handle_resolver(self.discovery, self.secret, revoked=revoked))  # handles
         self.replica.on_revocations, self.replica.on_heard = self.apply_revocations, revoked.heard
+        self.replica.on_gateways = self._gateways_changed  # a peer registered or rotated: trusted at once
         self.replica.poll_s = float(o.get("chain_poll_s", CHAIN_POLL_S))
         discovery = dg.discovery_servicer(self.discovery, self.secret, dg.GatewayInvoker(self.service), self.replica,
                                           revoked=revoked)
@@ -196,29 +218,49 @@ class Gateway:
             revoked.heard()
         except (ChainError, asyncio.TimeoutError, OSError) as exc:
             log.warning("registry not loaded yet (%s): token checks refused until it is", exc)
+        # publish this gateway's certificate and peer endpoint before serving: peers trust it from then on
+        self._tasks = [asyncio.create_task(self._check_registration(), name="registration")]
+        try:
+            await asyncio.wait_for(self._registration_checked.wait(), FIRST_LOAD_S)
+        except asyncio.TimeoutError:
+            log.warning("registry record not checked yet: peers may refuse this gateway until it is published")
         self._grpc, self.ports["grpc"] = await start_grpc(
-            cfg.grpc_listen, self.service, commissioner, ForwardChecker(directory), self.metrics,
-            extra=[lambda server: dg.add_to_server(server, discovery)], admission=self.admission)
+            cfg.grpc_listen, self.service, commissioner, None, self.metrics,
+            extra=[lambda server: dg.add_to_server(server, discovery)], admission=self.admission,
+            credentials=None if self.insecure else server_credentials(self.tls))
+        if not self.replica.loaded:
+            await self._refresh_peer_roots_once()
+        self._peer_grpc, self.ports["peer"] = await start_peer_grpc(
+            cfg.peer_listen, self.service, ForwardChecker(directory, require_tls=not self.insecure), self.metrics,
+            None if self.insecure else self.peer_roots.credentials())
         host, port = host_port(cfg.http_listen)
         quiet_http_garbage()  # a gRPC client or a scanner on the HTTP port: one warning line
         self._http = web.AppRunner(self._http_app(), access_log=None)
         await self._http.setup()
-        site = web.TCPSite(self._http, host, port)
+        ssl_context = None if self.insecure else self.tls.ssl_server_context(cfg.tls_cert_path, cfg.tls_key_path)
+        site = web.TCPSite(self._http, host, port, ssl_context=ssl_context, reuse_port=False)
         await site.start()
         self.ports["http"] = site._server.sockets[0].getsockname()[1]
 
         interval = lambda name, default: float(o.get(name, default))  # noqa: E731
-        self._tasks = [asyncio.create_task(coro, name=name) for name, coro in (
+        self._tasks += [asyncio.create_task(coro, name=name) for name, coro in (
             ("sweeper", self._every(interval("sweep_interval_s", 1.0), self._sweep)),
             ("liveness", self._every(interval("liveness_interval_s", 60.0), self.report_liveness)),
-            ("registration", self._check_registration()),
             ("seal", self._seal_loop(interval("seal_interval_s", 5.0))),
+            ("peer_roots", self._every(interval("peer_roots_interval_s", 30.0), self.refresh_peer_roots)),
             ("replica", self.replica.run()),
             ("chain-watch", watch_chain(self.chain, self.health, cfg.limits.chain_stale_s, self._chain_ok)),
             ("loop-lag", self.loop_lag.run()),
         )]
-        self.announce(f"gateway {self.gateway_id}: gRPC {cfg.grpc_listen}, device link {cfg.link_listen}, "
-                      f"HTTP {cfg.http_listen}; chain RPC {self.chain.url}")
+        if self.insecure:
+            for line in INSECURE_BANNER.splitlines():
+                log.warning(line)
+            self.announce(INSECURE_BANNER)
+        self.announce(f"gateway {self.gateway_id}: gRPC {cfg.grpc_listen}, peers {cfg.peer_listen}, "
+                      f"device link {cfg.link_listen}, HTTP {cfg.http_listen}; chain RPC {self.chain.url}")
+        if not self.insecure:
+            self.announce(f"TLS certificate {cfg.tls_cert_path} (SHA-256 {self.tls.pin.sha256}): clients pin it "
+                          f"with --pin FILE or from the registry")
         self.announce(f"commissioning code: {self.code.code} (one-time; also in {self.code.path})")
 
     async def stop(self) -> None:
@@ -229,6 +271,9 @@ class Gateway:
         if self._grpc is not None:
             await self._grpc.stop(GRACE_S)
             self._grpc = None
+        if self._peer_grpc is not None:
+            await self._peer_grpc.stop(GRACE_S)
+            self._peer_grpc = None
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
@@ -281,7 +326,7 @@ class Gateway:
             faults = self.health.report()
             status = "ok" if ok else ("starting" if not started else
                                       "unhealthy: " + ", ".join(f["cause"] for f in faults))
-            body = {"status": status, "gateway_id": self.gateway_id, "faults": faults,
+            body = {"status": status, "gateway_id": self.gateway_id, "faults": faults, "tls": not self.insecure,
                     "devices": len(self.store.devices()) if self.store else 0,
                     "chain_seen_s_ago": round(time.time() - self.chain_ok_at, 1) if self.chain_ok_at else None,
                     "replica": self._replica_state()}
@@ -382,28 +427,73 @@ class Gateway:
                 log.exception("seal keeper step failed")
             await asyncio.sleep(0.2 if did else seconds * random.uniform(0.9, 1.1))
 
+    async def refresh_peer_roots(self) -> bool:
+        """Re-read the registered gateways' certificates for the peer port; True if they changed.
+        (The registry follower hands them over at every gateway event; this is the fallback.)"""
+        return self._gateways_changed(await self.chain.gateways())
+
+    def _gateways_changed(self, records: list[pb.GatewayRecord]) -> bool:
+        changed = self.peer_roots.update(records)
+        if changed:
+            log.info("peer port trusts %d gateway certificate(s)", len(self.peer_roots.certs))
+        return changed
+
+    async def _refresh_peer_roots_once(self) -> None:
+        try:
+            await self.refresh_peer_roots()
+        except ChainError as exc:  # the refresher loop tries again; until then only this gateway's own
+            log.info("registry not reachable for the peer certificates yet: %s", exc)
+
+    @property
+    def pin_flag(self) -> str:
+        """How a client of this gateway connects, as CLI options: ``--pin CERT`` (``--insecure`` without TLS)."""
+        return "--insecure" if self.insecure else f"--pin {self.cfg.tls_cert_path}"
+
+    def tls_record(self) -> pb.SetGatewayTls:
+        """What this gateway publishes about its transport (empty certificate with --insecure)."""
+        if self.insecure:
+            return pb.SetGatewayTls(peer_endpoint=self.peer_endpoint)
+        return pb.SetGatewayTls(cert=self.tls.cert_der, cert_signature=self.tls.signature,
+                                peer_endpoint=self.peer_endpoint)
+
     async def _check_registration(self) -> None:
-        """Make the registry's endpoint for this gateway the one it serves (peers forward there)."""
-        delay = 0.5
+        """Make the registry's endpoint, TLS certificate and peer endpoint for this gateway the ones it
+        serves (clients pin the certificate, peers forward to the peer endpoint). A gateway not yet in
+        the registry says so once and looks again until an admin has added it."""
+        delay, told = 0.5, False
         while True:
             try:
                 res = await self.chain.query("/gateway", self.gateway_id.encode())
-                if res.code != 0:
+                self.chain_ok_at = time.time()
+                if res.code == 0:
+                    await self._publish(pb.GatewayRecord.FromString(res.value))
+                    self._registration_checked.set()
+                    return
+                if not told:
                     self.announce(f"gateway {self.gateway_id} is not in the registry: pairing will fail until an "
                                   f"admin runs `edgistry registry add-gateway --pubkey {public_bytes(self.key).hex()} "
                                   f"--endpoint {self.grpc_endpoint}`")
-                else:
-                    rec = pb.GatewayRecord.FromString(res.value)
-                    if rec.endpoint != self.grpc_endpoint:
-                        await self.chain.submit(self.key, pb.UpdateGateway(endpoint=self.grpc_endpoint,
-                                                                           operator=rec.operator))
-                        log.info("registry endpoint updated to %s", self.grpc_endpoint)
-                self.chain_ok_at = time.time()
+                    told = True
+                    self._registration_checked.set()  # nothing to wait for: start serving
+                delay = 10.0
+            except TxRejected as exc:
+                log.warning("the registry refused this gateway's record update: %s", exc)
+                self._registration_checked.set()
                 return
             except ChainError as exc:
                 log.info("registry not reachable yet (%s); retrying", exc)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 30.0)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    async def _publish(self, rec: pb.GatewayRecord) -> None:
+        if rec.endpoint != self.grpc_endpoint:
+            await self.chain.submit(self.key, pb.UpdateGateway(endpoint=self.grpc_endpoint, operator=rec.operator))
+            log.info("registry endpoint updated to %s", self.grpc_endpoint)
+        want = self.tls_record()
+        if (rec.tls_cert, rec.tls_cert_signature, rec.peer_endpoint) != \
+                (want.cert, want.cert_signature, want.peer_endpoint):
+            await self.chain.submit(self.key, want)
+            log.info("registry TLS certificate and peer endpoint %s published", self.peer_endpoint)
 
 
 def create_gateway(cfg: NodeConfig, rpc_url: str | None = None,

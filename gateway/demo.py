@@ -21,6 +21,7 @@ from ..firmware.runtime.device import Device
 from ..firmware.runtime.home import DeviceHome, HomeError
 from ..firmware.runtime.services import demo_manifest
 from .pairing.client import PairError, pair_device
+from .tls import Pin
 
 BASE_LAT, BASE_LON = 52.5200, 13.4050  # the demo fleet sits around central Berlin
 SPREAD_KM = 4.0
@@ -50,8 +51,10 @@ def _services(i: int) -> list[tuple[str, list[str] | None]]:
     return [("sensor", None)] if i % 2 == 0 else [("sensor", None), ("actuator", None)]
 
 
-async def ensure_demo_device(root: Path, i: int, gateway_grpc: str, code: Callable[[], str]) -> DemoDevice:
-    """Create and pair demo device ``i`` unless it already is."""
+async def ensure_demo_device(root: Path, i: int, gateway_grpc: str, code: Callable[[], str],
+                             pin: Pin | None = None) -> DemoDevice:
+    """Create and pair demo device ``i`` unless it already is (``pin``: the gateway's own
+    certificate, read from the node home; None: it runs --insecure)."""
     path = root / f"dev{i}"
     home = DeviceHome(path)
     if not home.exists():
@@ -61,7 +64,8 @@ async def ensure_demo_device(root: Path, i: int, gateway_grpc: str, code: Callab
     except HomeError:
         paired = None
     if paired is None:
-        result = await pair_device(path, gateway_grpc, code=code(), resolution=RESOLUTION, k=DEMO_K)
+        result = await pair_device(path, gateway_grpc, code=code(), resolution=RESOLUTION, k=DEMO_K, pin=pin,
+                                   insecure=pin is None)
         handle, token_file = result["owner_handle"], result["app_token_file"]
     else:
         handle, token_file = f"dev-{paired.pseudonym}", str(path / "app.token")
@@ -74,13 +78,15 @@ async def ensure_demo_device(root: Path, i: int, gateway_grpc: str, code: Callab
 
 
 async def start_demo_devices(node_home: Path, n: int, gateway_grpc: str, code: Callable[[], str],
-                             stop: asyncio.Event, announce: Callable[[str], None]) -> list[asyncio.Task]:
-    """Create, pair and run ``n`` demo devices; returns their runtime tasks."""
+                             stop: asyncio.Event, announce: Callable[[str], None], pin: Pin | None = None,
+                             pin_flag: str = "--insecure") -> list[asyncio.Task]:
+    """Create, pair and run ``n`` demo devices; returns their runtime tasks. ``pin_flag``:
+    how the printed example commands reach the gateway (``--pin FILE``)."""
     root = node_home / "demo"
     devices = []
     for i in range(n):
         try:
-            devices.append(await ensure_demo_device(root, i, gateway_grpc, code))
+            devices.append(await ensure_demo_device(root, i, gateway_grpc, code, pin))
         except (PairError, HomeError, OSError) as exc:
             announce(f"demo device {i} not started: {exc}")
     tasks = [asyncio.create_task(Device(d.path).run(stop=stop), name=f"demo-{d.path.name}") for d in devices]
@@ -89,5 +95,5 @@ async def start_demo_devices(node_home: Path, n: int, gateway_grpc: str, code: C
         for d in devices[:3]:
             method = "actuator.toggle" if "actuator" in d.services else "sensor.read"
             token = d.app_token_file if method == "sensor.read" else f"{d.path}/owner.token"
-            announce(f"  edgistry invoke {d.owner_handle} {method} --gateway {gateway_grpc} --token {token}")
+            announce(f"  edgistry invoke {d.owner_handle} {method} --gateway {gateway_grpc} --token {token} {pin_flag}")
     return tasks

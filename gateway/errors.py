@@ -26,6 +26,12 @@ class Unauthorized(GatewayError):
     reason = "token"
 
 
+class PeerNotTrusted(Unauthorized):
+    """A gateway-to-gateway call whose TLS certificate is missing or not the caller's registered one."""
+
+    reason = "peer_tls"
+
+
 class NotFound(GatewayError):
     """No such device, request or handle."""
 

@@ -109,20 +109,24 @@ class PairBegin(_message.Message):
     def __init__(self, client_x25519: _Optional[bytes] = ...) -> None: ...
 
 class PairOffer(_message.Message):
-    __slots__ = ("gateway_x25519", "gateway_pubkey", "signature", "gateway_id", "session", "chain_id")
+    __slots__ = ("gateway_x25519", "gateway_pubkey", "signature", "gateway_id", "session", "chain_id", "tls_cert", "tls_cert_signature")
     GATEWAY_X25519_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_PUBKEY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    TLS_CERT_FIELD_NUMBER: _ClassVar[int]
+    TLS_CERT_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     gateway_x25519: bytes
     gateway_pubkey: bytes
     signature: bytes
     gateway_id: str
     session: str
     chain_id: str
-    def __init__(self, gateway_x25519: _Optional[bytes] = ..., gateway_pubkey: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., gateway_id: _Optional[str] = ..., session: _Optional[str] = ..., chain_id: _Optional[str] = ...) -> None: ...
+    tls_cert: bytes
+    tls_cert_signature: bytes
+    def __init__(self, gateway_x25519: _Optional[bytes] = ..., gateway_pubkey: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., gateway_id: _Optional[str] = ..., session: _Optional[str] = ..., chain_id: _Optional[str] = ..., tls_cert: _Optional[bytes] = ..., tls_cert_signature: _Optional[bytes] = ...) -> None: ...
 
 class PairComplete(_message.Message):
     __slots__ = ("session", "nonce", "ciphertext")

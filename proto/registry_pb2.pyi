@@ -17,7 +17,7 @@ class SignedTx(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., signer: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class TxBody(_message.Message):
-    __slots__ = ("chain_id", "nonce", "register_gateway", "update_gateway", "remove_gateway", "register_device", "update_device", "unregister_device", "revoke_token", "report_liveness", "set_validator", "set_seal_key", "put_data_key")
+    __slots__ = ("chain_id", "nonce", "register_gateway", "update_gateway", "remove_gateway", "register_device", "update_device", "unregister_device", "revoke_token", "report_liveness", "set_validator", "set_seal_key", "put_data_key", "set_gateway_tls")
     CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     REGISTER_GATEWAY_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class TxBody(_message.Message):
     SET_VALIDATOR_FIELD_NUMBER: _ClassVar[int]
     SET_SEAL_KEY_FIELD_NUMBER: _ClassVar[int]
     PUT_DATA_KEY_FIELD_NUMBER: _ClassVar[int]
+    SET_GATEWAY_TLS_FIELD_NUMBER: _ClassVar[int]
     chain_id: str
     nonce: int
     register_gateway: RegisterGateway
@@ -44,7 +45,8 @@ class TxBody(_message.Message):
     set_validator: SetValidator
     set_seal_key: SetSealKey
     put_data_key: PutDataKey
-    def __init__(self, chain_id: _Optional[str] = ..., nonce: _Optional[int] = ..., register_gateway: _Optional[_Union[RegisterGateway, _Mapping]] = ..., update_gateway: _Optional[_Union[UpdateGateway, _Mapping]] = ..., remove_gateway: _Optional[_Union[RemoveGateway, _Mapping]] = ..., register_device: _Optional[_Union[RegisterDevice, _Mapping]] = ..., update_device: _Optional[_Union[UpdateDevice, _Mapping]] = ..., unregister_device: _Optional[_Union[UnregisterDevice, _Mapping]] = ..., revoke_token: _Optional[_Union[RevokeToken, _Mapping]] = ..., report_liveness: _Optional[_Union[ReportLiveness, _Mapping]] = ..., set_validator: _Optional[_Union[SetValidator, _Mapping]] = ..., set_seal_key: _Optional[_Union[SetSealKey, _Mapping]] = ..., put_data_key: _Optional[_Union[PutDataKey, _Mapping]] = ...) -> None: ...
+    set_gateway_tls: SetGatewayTls
+    def __init__(self, chain_id: _Optional[str] = ..., nonce: _Optional[int] = ..., register_gateway: _Optional[_Union[RegisterGateway, _Mapping]] = ..., update_gateway: _Optional[_Union[UpdateGateway, _Mapping]] = ..., remove_gateway: _Optional[_Union[RemoveGateway, _Mapping]] = ..., register_device: _Optional[_Union[RegisterDevice, _Mapping]] = ..., update_device: _Optional[_Union[UpdateDevice, _Mapping]] = ..., unregister_device: _Optional[_Union[UnregisterDevice, _Mapping]] = ..., revoke_token: _Optional[_Union[RevokeToken, _Mapping]] = ..., report_liveness: _Optional[_Union[ReportLiveness, _Mapping]] = ..., set_validator: _Optional[_Union[SetValidator, _Mapping]] = ..., set_seal_key: _Optional[_Union[SetSealKey, _Mapping]] = ..., put_data_key: _Optional[_Union[PutDataKey, _Mapping]] = ..., set_gateway_tls: _Optional[_Union[SetGatewayTls, _Mapping]] = ...) -> None: ...
 
 class RegisterGateway(_message.Message):
     __slots__ = ("pubkey", "endpoint", "operator")
@@ -63,6 +65,16 @@ class UpdateGateway(_message.Message):
     endpoint: str
     operator: str
     def __init__(self, endpoint: _Optional[str] = ..., operator: _Optional[str] = ...) -> None: ...
+
+class SetGatewayTls(_message.Message):
+    __slots__ = ("cert", "cert_signature", "peer_endpoint")
+    CERT_FIELD_NUMBER: _ClassVar[int]
+    CERT_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    PEER_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    cert: bytes
+    cert_signature: bytes
+    peer_endpoint: str
+    def __init__(self, cert: _Optional[bytes] = ..., cert_signature: _Optional[bytes] = ..., peer_endpoint: _Optional[str] = ...) -> None: ...
 
 class RemoveGateway(_message.Message):
     __slots__ = ("gateway_id",)
@@ -219,20 +231,26 @@ class PutDataKey(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., key_check: _Optional[bytes] = ..., wraps: _Optional[_Iterable[_Union[KeyWrap, _Mapping]]] = ...) -> None: ...
 
 class GatewayRecord(_message.Message):
-    __slots__ = ("id", "pubkey", "endpoint", "operator", "registered_height", "seal_pubkey")
+    __slots__ = ("id", "pubkey", "endpoint", "operator", "registered_height", "seal_pubkey", "tls_cert", "tls_cert_signature", "peer_endpoint")
     ID_FIELD_NUMBER: _ClassVar[int]
     PUBKEY_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     OPERATOR_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     SEAL_PUBKEY_FIELD_NUMBER: _ClassVar[int]
+    TLS_CERT_FIELD_NUMBER: _ClassVar[int]
+    TLS_CERT_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    PEER_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     id: str
     pubkey: bytes
     endpoint: str
     operator: str
     registered_height: int
     seal_pubkey: bytes
-    def __init__(self, id: _Optional[str] = ..., pubkey: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., operator: _Optional[str] = ..., registered_height: _Optional[int] = ..., seal_pubkey: _Optional[bytes] = ...) -> None: ...
+    tls_cert: bytes
+    tls_cert_signature: bytes
+    peer_endpoint: str
+    def __init__(self, id: _Optional[str] = ..., pubkey: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., operator: _Optional[str] = ..., registered_height: _Optional[int] = ..., seal_pubkey: _Optional[bytes] = ..., tls_cert: _Optional[bytes] = ..., tls_cert_signature: _Optional[bytes] = ..., peer_endpoint: _Optional[str] = ...) -> None: ...
 
 class DeviceRecord(_message.Message):
     __slots__ = ("pseudonym", "gateway_id", "services", "cell", "policy", "duty_cycle_s", "last_seen", "registered_height", "sealed")

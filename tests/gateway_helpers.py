@@ -41,13 +41,14 @@ def node_home(path: Path, chain_id: str = "gw-test") -> tuple[NodeConfig, dict[s
     from edgistry.cluster.home import init_home
 
     cfg = init_home(path, chain_id)
-    ports = {k: free_port() for k in ("rpc", "grpc", "link", "http")}
+    ports = {k: free_port() for k in ("rpc", "grpc", "link", "http", "peer")}
     cfg.rpc_listen, cfg.rpc_url = f"127.0.0.1:{ports['rpc']}", f"http://127.0.0.1:{ports['rpc']}"
     cfg.grpc_listen = f"127.0.0.1:{ports['grpc']}"
     cfg.link_listen = f"127.0.0.1:{ports['link']}"
     cfg.http_listen = f"127.0.0.1:{ports['http']}"
+    cfg.peer_listen = f"127.0.0.1:{ports['peer']}"
     cfg.block_interval_ms = 50
-    cfg.extra["gateway"] = {"sweep_interval_s": 0.2, "liveness_interval_s": 1.0}
+    cfg.extra["gateway"] = {"sweep_interval_s": 0.2, "liveness_interval_s": 1.0, "peer_roots_interval_s": 0.5}
     cfg.save()
     return cfg, ports
 

@@ -5,7 +5,7 @@ a Jepsen-style workload of clients and devices.
 gateway`) in its own network namespace (netns_helpers.WanNet) with its own address.
 Every node binds 127.0.0.1 inside its host and is *reached at* its host address,
 where a WAN relay (wan_relay.py, in the same namespace) listens: p2p, gateway gRPC
-and the device link are delayed 50 ± 10 ms each way, and device link connections
+(clients and gateway-to-gateway) and the device link are delayed 50 ± 10 ms each way, and device link connections
 are reset at random (2 % of chunks: a device's session may die after it took a
 request and before the gateway heard the answer, so the gateway delivers again and
 the device must answer from its store); RPC and gateway HTTP (what operators and
@@ -51,6 +51,7 @@ from edgistry.firmware.runtime.device import Device
 from edgistry.firmware.runtime.home import DeviceHome
 from edgistry.firmware.runtime.services import ServiceRegistry
 from edgistry.gateway.pairing.client import PairError, pair_device
+from edgistry.gateway.tls import Pin, channel_credentials, channel_options
 from edgistry.proto import gateway_pb2 as gw
 from edgistry.proto import gateway_pb2_grpc as gw_grpc
 from edgistry.proto import registry_pb2 as pb
@@ -124,7 +125,7 @@ class Multihost:
         name, p, host = f"{node.moniker}-wan", node.ports, node.host
         argv = [*self.net.wrap(node.index), sys.executable, str(RELAY), "--delay-ms", str(DELAY_MS),
                 "--jitter-ms", str(JITTER_MS), "--seed", str(self.seed * 100 + node.index)]
-        for port in (p.p2p, p.grpc):
+        for port in (p.p2p, p.grpc, p.peer):
             argv += ["--route", f"{host}:{port}={BIND}:{port}"]
         argv += ["--flaky", f"{host}:{p.link}={BIND}:{p.link}", "--reset-probability", str(LINK_RESET)]
         for port in (p.rpc, p.http):
@@ -292,8 +293,8 @@ async def pair_once(fleet: Fleet, node: NodeLayout, history: History | None = No
     op = history.begin("pair", node.index, name) if history is not None else None
     code = (node.edgistry_home / "commission.code").read_text().strip()
     try:
-        res = await asyncio.wait_for(pair_device(home, node.grpc_endpoint, code, resolution=7, k=1),
-                                     PAIR_TIMEOUT_S)
+        res = await asyncio.wait_for(pair_device(home, node.grpc_endpoint, code, resolution=7, k=1,
+                                                 pin=Pin.from_file(node.tls_cert)), PAIR_TIMEOUT_S)
     except TimeoutError:
         outcome, detail, res = INFO, f"no answer within {PAIR_TIMEOUT_S:.0f} s", None
     except PairError as exc:
@@ -322,7 +323,10 @@ class Clients:
     """gRPC channels to every gateway (reconnecting quickly after a node comes back)."""
 
     def __init__(self, nodes: list[NodeLayout]) -> None:
-        self.channels = [grpc.aio.insecure_channel(n.grpc_endpoint, options=CHANNEL_OPTIONS) for n in nodes]
+        pins = [Pin.from_file(n.tls_cert) for n in nodes]  # each gateway's own certificate
+        self.channels = [grpc.aio.secure_channel(n.grpc_endpoint, channel_credentials(p),
+                                                 options=[*CHANNEL_OPTIONS, *channel_options(p)])
+                         for n, p in zip(nodes, pins)]
         self.stubs = [gw_grpc.GatewayStub(c) for c in self.channels]
 
     async def close(self) -> None:

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from edgistry.cli import main
 from edgistry.firmware.caplets import api as cl
 from edgistry.firmware.runtime.device import Device
+from edgistry.gateway.tls import Pin, channel_credentials, channel_options
 from edgistry.proto import gateway_pb2 as gw
 from edgistry.proto import gateway_pb2_grpc as gw_grpc
 
@@ -48,8 +49,15 @@ class Gw:
     grpc: str
     rpc: str
 
+    @property
+    def pin(self) -> Path:
+        """The gateway's TLS certificate, which its clients pin."""
+        return self.home / "keys" / "tls.crt"
+
     def stub(self) -> gw_grpc.GatewayStub:
-        return gw_grpc.GatewayStub(grpc.insecure_channel(self.grpc))
+        pin = Pin.from_file(self.pin)
+        return gw_grpc.GatewayStub(grpc.secure_channel(self.grpc, channel_credentials(pin),
+                                                       options=channel_options(pin)))
 
 
 @dataclass

@@ -35,6 +35,11 @@ class DemoNode:
         return f"127.0.0.1:{self.ports['grpc']}"
 
     @property
+    def pin(self) -> Path:
+        """The gateway's certificate: what clients pin (``--pin``, ``pin=``)."""
+        return self.home / "keys" / "tls.crt"
+
+    @property
     def rpc_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['rpc']}"
 
@@ -47,7 +52,7 @@ class DemoNode:
 
 def start_demo_node(directory: Path, devices: int = 3, timeout: float = 60.0) -> DemoNode:
     """Start the node and wait until its banner says it runs; fails with the log otherwise."""
-    ports = {name: free_port() for name in ("rpc", "grpc", "link", "http")}
+    ports = {name: free_port() for name in ("rpc", "grpc", "link", "http", "peer")}
     home, log = directory / "home", directory / "up.log"
     args = ["up", "--home", str(home), "--demo-devices", str(devices)]
     args += [f"--{name}-listen=127.0.0.1:{port}" for name, port in ports.items()]
@@ -62,7 +67,8 @@ def start_demo_node(directory: Path, devices: int = 3, timeout: float = 60.0) ->
         assert minted.exit_code == 0, minted.output
         app_token = directory / "app.token"
         app_token.write_text(minted.stdout)
-        found = re.search(r"edgistry invoke (\S+) actuator\.toggle --gateway \S+ --token (\S+)", log.read_text())
+        found = re.search(r"edgistry invoke (\S+) actuator\.toggle --gateway \S+ --token (\S+) --pin \S+",
+                          log.read_text())
         assert found, log.read_text()
         node = DemoNode(home, ports, proc, log, app_token, found.group(1), Path(found.group(2)))
         _wait_discovery_settles(node, deadline)
@@ -77,7 +83,7 @@ def _wait_discovery_settles(node: DemoNode, deadline: float) -> None:
     from edgistry.client import Client
 
     previous = None
-    with Client(node.grpc, token=node.app_token) as client:
+    with Client(node.grpc, token=node.app_token, pin=node.pin) as client:
         while True:
             answer = sorted(h.cell for page in client.discover("sensor", DEMO_NEAR, DEMO_RADIUS_KM) for h in page)
             if answer and answer == previous:

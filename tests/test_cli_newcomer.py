@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from edgistry.cli import main
 from edgistry.clikit import Progress, progress_echo
+from edgistry.gateway.tls import Pin
 from proc_helpers import free_port
 from sdk_helpers import DEMO_NEAR, DEMO_RADIUS_KM, start_demo_node
 
@@ -59,11 +60,15 @@ def sleeper(node, tmp_path_factory):
               node.rpc_url, "--json")
     assert res.exit_code == 0, res.output
     paired = json.loads(res.stdout)
+    # the pin `pair` writes beside the app token is the gateway's own certificate
+    assert Pin.from_file(home / "gateway.pem") == Pin.from_file(node.pin)
+    assert paired["tls_pin_file"] == str(home / "gateway.pem")
+    assert paired["tls_pin_sha256"] == Pin.from_file(node.pin).sha256
     return {"home": home, "handle": paired["owner_handle"], "token": paired["app_token_file"], "paired": paired}
 
 
 def conn(node, token) -> list[str]:
-    return ["--gateway", node.grpc, "--token", str(token)]
+    return ["--gateway", node.grpc, "--token", str(token), "--pin", str(node.pin)]
 
 
 # ---- progress ----
@@ -78,7 +83,7 @@ def test_invoke_shows_progress_and_says_how_to_fetch_later(node, sleeper):
     assert progress and "waiting for the device (actuator.get): queued; the device is expected" in res.stderr
     err = one_line_error(res)
     rid = re.search(r"request ([0-9a-f]{32}) stays QUEUED", err).group(1)
-    assert f"edgistry result {rid} --wait 60 --gateway {node.grpc} --token {sleeper['token']}" in err
+    assert f"edgistry result {rid} --wait 60 --gateway {node.grpc} --token {sleeper['token']} --pin {node.pin}" in err
     res = run("invoke", sleeper["handle"], "actuator.get", "--timeout", "1.5", "--json", *conn(node, sleeper["token"]))
     assert res.exit_code == 1 and json.loads(res.stdout)["state"] == "QUEUED" and STAMP.search(res.stderr)
 
@@ -201,19 +206,23 @@ def test_an_unreachable_gateway_is_one_line_naming_the_address(node):
     port = free_port()
     for args in (["invoke", "dev-" + "00" * 16, "sensor.read"], ["discover", "sensor", *NEAR],
                  ["result", "ab" * 16]):
-        res = run(*args, "--gateway", f"127.0.0.1:{port}", "--token", str(node.app_token))
+        res = run(*args, "--gateway", f"127.0.0.1:{port}", "--token", str(node.app_token), "--pin", str(node.pin))
         assert res.exit_code == 1
         err = one_line_error(res)
         assert f"cannot reach the gateway at 127.0.0.1:{port}: connection refused" in err and "--gateway" in err
         assert "UNAVAILABLE" not in err and "failed to connect" not in err
 
 
-def test_a_gateway_without_port_means_26670_and_remote_clear_text_is_refused(node):
-    """--gateway HOST uses the gateway port 26670 (shown); a token is not sent in clear to a
-    remote host without --insecure, and the error says what to give."""
+def test_a_gateway_without_port_means_26670_and_clear_text_is_refused(node):
+    """--gateway HOST uses the gateway port 26670 (shown); without a pin the CLI asks for one
+    (gateways speak TLS); with --insecure a token still never goes in clear to a remote host."""
     res = run("result", "ab" * 16, "--gateway", "192.0.2.1", "--token", str(node.app_token))
     err = one_line_error(res)
-    assert res.exit_code == 1 and "192.0.2.1:26670" in err and "--tls-root" in err and "--insecure" in err
+    assert res.exit_code == 1 and "192.0.2.1:26670" in err and "--pin" in err and "--tls-from-registry" in err
+    res = run("result", "ab" * 16, "--gateway", "192.0.2.1", "--token", str(node.app_token), "--insecure")
+    err = one_line_error(res)
+    assert res.exit_code == 1 and "refusing to send the token in clear to 192.0.2.1:26670" in err
+    assert "--pin" in err
 
 
 def test_unreachable_rpc_and_missing_homes_are_plain_words(node, tmp_path):
@@ -233,7 +242,7 @@ def test_a_bad_token_file_is_named(node, tmp_path, content, says):
     path = tmp_path / "my.token"
     if content is not None:
         path.write_text(content)
-    res = run("discover", "sensor", *NEAR, "--gateway", node.grpc, "--token", str(path))
+    res = run("discover", "sensor", *NEAR, "--gateway", node.grpc, "--token", str(path), "--pin", str(node.pin))
     err = one_line_error(res)
     assert res.exit_code == 1 and str(path) in err and says in err
     res = run("token", "inspect", f"@{path}")
@@ -249,13 +258,18 @@ def test_discover_near_out_of_range_gives_the_ranges(node):
 # ---- gateway info, device init, pairing ----
 
 def test_gateway_info_gives_what_add_gateway_needs(node):
-    """`gateway info`: the id and public key the registry holds, endpoints, a TLS pin field."""
+    """`gateway info`: the id and public key the registry holds, endpoints, the TLS pin (the
+    certificate file, its SHA-256 and the name clients check)."""
     info = json.loads(run("gateway", "info", "--home", str(node.home), "--json").stdout)
     gateways = json.loads(run("registry", "ls", "gateways", "--rpc", node.rpc_url, "--json").stdout)
     assert {(g["id"], g["pubkey"]) for g in gateways} == {(info["gateway_id"], info["public_key"])}
-    assert info["endpoints"]["grpc"] == node.grpc and info["tls_pin"] is None
+    pin = Pin.from_file(node.pin)
+    assert info["endpoints"]["grpc"] == node.grpc
+    assert info["tls_pin"] == {"file": str(node.pin), "sha256": pin.sha256, "name": pin.name}
+    assert pin.gateway_id == info["gateway_id"]
     text = run("gateway", "info", "--home", str(node.home))
     assert text.exit_code == 0 and f"--pubkey {info['public_key']}" in text.stderr
+    assert f"TLS pin       {node.pin}" in text.stdout and pin.sha256 in text.stdout
     assert run("gateway", "info", "--home", "/nonexistent").exit_code == 1
     assert run("gateway").exit_code == 2  # running one needs --home
 

@@ -28,7 +28,7 @@ def node(tmp_path_factory):
 
 @pytest.fixture
 def client(node):
-    with Client(node.grpc, token=node.app_token) as c:
+    with Client(node.grpc, token=node.app_token, pin=node.pin) as c:
         yield c
 
 
@@ -52,7 +52,7 @@ def test_invoke_reports_each_state_and_returns_the_answer(node):
     """A read that reaches a sleeping device: on_update sees QUEUED (with an expected wake),
     the call returns DONE with the device's answer."""
     seen = []
-    with Client(node.grpc, token=node.owner_token) as c:
+    with Client(node.grpc, token=node.owner_token, pin=node.pin) as c:
         res = c.invoke(node.actuator_handle, "actuator.get", timeout=30, on_update=seen.append)
     assert res.state is State.DONE and res.value["on"] in (True, False)
     assert seen[0].state is State.QUEUED and seen[0].expected_at_ms > 0 and seen[-1] == res
@@ -61,7 +61,7 @@ def test_invoke_reports_each_state_and_returns_the_answer(node):
 
 def test_a_deadline_leaves_the_request_to_fetch_later(node):
     """invoke with a short timeout raises DeadlineExceeded naming the request; wait() gets it."""
-    with Client(node.grpc, token=node.owner_token) as c:
+    with Client(node.grpc, token=node.owner_token, pin=node.pin) as c:
         with pytest.raises(DeadlineExceeded) as exc:
             c.invoke(node.actuator_handle, "actuator.get", timeout=0.2)
         assert len(exc.value.request_id) == 32
@@ -74,7 +74,7 @@ def test_a_deadline_leaves_the_request_to_fetch_later(node):
 def test_submit_result_watch_and_cancel(node):
     """submit queues and returns at once; result and watch_result follow it; cancel withdraws
     one not yet answered (idempotently)."""
-    with Client(node.grpc, token=node.owner_token) as c:
+    with Client(node.grpc, token=node.owner_token, pin=node.pin) as c:
         queued = c.submit(node.actuator_handle, "actuator.get")
         assert queued.state is State.QUEUED and c.result(queued.request_id).request_id == queued.request_id
         states = [r.state for r in c.watch_result(queued.request_id, timeout=30)]
@@ -92,7 +92,7 @@ def test_submit_result_watch_and_cancel(node):
 def test_a_client_chosen_request_id_makes_a_retried_submit_idempotent(node):
     """The same request id twice queues one request (what the SDK's retries rely on)."""
     rid = "12" * 16
-    with Client(node.grpc, token=node.owner_token) as c:
+    with Client(node.grpc, token=node.owner_token, pin=node.pin) as c:
         a = c.submit(node.actuator_handle, "actuator.get", request_id=rid)
         b = c.submit(node.actuator_handle, "actuator.get", request_id=rid)
         assert a.request_id == b.request_id == rid
@@ -134,7 +134,8 @@ def test_an_unreachable_gateway_is_unavailable_after_bounded_retries(node):
     """Nothing listening: Unavailable naming the address, after the policy's retries, quickly."""
     port = free_port()
     started = time.monotonic()
-    with Client(f"127.0.0.1:{port}", token=node.app_token, retry=RetryPolicy(attempts=3, initial_s=0.1)) as c:
+    with Client(f"127.0.0.1:{port}", token=node.app_token, pin=node.pin,
+                retry=RetryPolicy(attempts=3, initial_s=0.1)) as c:
         with pytest.raises(Unavailable) as exc:
             c.result("00" * 16)
     assert str(exc.value) == f"cannot reach the gateway at 127.0.0.1:{port}: connection refused"
@@ -143,7 +144,7 @@ def test_an_unreachable_gateway_is_unavailable_after_bounded_retries(node):
 
 async def test_async_client_does_the_same(node):
     """AsyncClient: pages, invoke with updates, submit/wait, batch, invoke-any, watch, errors."""
-    async with AsyncClient(node.grpc, token=node.app_token) as c:
+    async with AsyncClient(node.grpc, token=node.app_token, pin=node.pin) as c:
         found = [h async for page in c.discover("sensor", DEMO_NEAR, DEMO_RADIUS_KM) for h in page]
         assert found and (await c.resolve(found[0])).valid
         assert (await c.invoke(found[0], "sensor.read", timeout=30)).state is State.DONE
@@ -154,7 +155,7 @@ async def test_async_client_does_the_same(node):
         assert events and events[0].kind == "appear"
         with pytest.raises(NotFound):
             await c.result("00" * 16)
-    async with AsyncClient(node.grpc, token=node.owner_token) as c:
+    async with AsyncClient(node.grpc, token=node.owner_token, pin=node.pin) as c:
         seen = []
         res = await c.invoke(node.actuator_handle, "actuator.get", timeout=30, on_update=seen.append)
         assert res.ok and seen[0].state is State.QUEUED

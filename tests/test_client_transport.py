@@ -1,6 +1,6 @@
 """The SDK over real gRPC servers of the test's own: TLS with a root certificate and a name
-override (today's gateways are plaintext), and the overload answer a gateway will send
-(RESOURCE_EXHAUSTED with a retry-after hint), for both clients."""
+override (a gateway behind a CA of its operator's), plaintext only when asked for, and the
+overload answer a gateway sends (RESOURCE_EXHAUSTED with a retry-after hint), for both clients."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edgistry.client import (
-    TLS, AsyncClient, Client, DeadlineExceeded, InsecureTransport, ResourceExhausted, RetryPolicy, State,
-    Unavailable,
+    TLS, AsyncClient, Client, ConfigError, InsecureTransport, ResourceExhausted, RetryPolicy, State, Unavailable,
 )
 from edgistry.firmware.caplets import api as caplets
 from edgistry.gateway.client import rich_status
@@ -111,8 +110,8 @@ def test_tls_failures_say_what_is_wrong_and_are_not_retried_forever(serve, tls):
     settings = {"wrong-name": TLS(ca, "other.test"), "other-ca": TLS(make_pki()[0], "gateway.test"),
                 "plaintext": None}[tls]
     started = time.monotonic()
-    with Client(f"127.0.0.1:{port}", token=TOKEN, tls=settings, retry=RetryPolicy(attempts=2),
-                timeout=5) as client, pytest.raises(Unavailable) as exc:
+    with Client(f"127.0.0.1:{port}", token=TOKEN, tls=settings, insecure=settings is None,
+                retry=RetryPolicy(attempts=2), timeout=5) as client, pytest.raises(Unavailable) as exc:
         client.result(RID)
     assert time.monotonic() - started < 5
     assert f"127.0.0.1:{port}" in str(exc.value) and "\n" not in str(exc.value)
@@ -130,7 +129,7 @@ def test_resource_exhausted_with_a_hint_is_retried_after_the_hint(serve, hint):
     servicer = Scripted([("busy", meta), ("busy", meta)])
     port = serve(servicer)
     started = time.monotonic()
-    with Client(f"127.0.0.1:{port}", token=TOKEN) as client:
+    with Client(f"127.0.0.1:{port}", token=TOKEN, insecure=True) as client:
         assert client.result(RID).state is State.DONE
     assert servicer.calls == 3 and time.monotonic() - started >= 0.3
 
@@ -139,7 +138,7 @@ def test_resource_exhausted_without_a_hint_is_the_callers(serve):
     """No hint: raised at once (backpressure), with retry_after None."""
     servicer = Scripted([("busy", ())])
     port = serve(servicer)
-    with Client(f"127.0.0.1:{port}", token=TOKEN) as client, pytest.raises(ResourceExhausted) as exc:
+    with Client(f"127.0.0.1:{port}", token=TOKEN, insecure=True) as client, pytest.raises(ResourceExhausted) as exc:
         client.result(RID)
     assert servicer.calls == 1 and exc.value.retry_after is None and str(exc.value) == "queue full"
 
@@ -149,7 +148,8 @@ def test_a_hint_beyond_the_deadline_gives_up_at_once(serve):
     servicer = Scripted([("busy", (("retry-after-ms", "60000"),))])
     port = serve(servicer)
     started = time.monotonic()
-    with Client(f"127.0.0.1:{port}", token=TOKEN, timeout=2) as client, pytest.raises(ResourceExhausted) as exc:
+    with Client(f"127.0.0.1:{port}", token=TOKEN, timeout=2, insecure=True) as client, \
+            pytest.raises(ResourceExhausted) as exc:
         client.result(RID)
     assert time.monotonic() - started < 1.5 and exc.value.retry_after == 60
 
@@ -164,11 +164,17 @@ async def test_async_client_tls_and_retry_after(serve):
     assert servicer.calls == 2
 
 
-def test_insecure_lets_a_token_go_to_a_remote_host_in_clear():
-    """Without insecure=True, nothing is sent to a non-loopback plaintext address; with it the
-    call is made (here it times out: 192.0.2.0/24 is reserved for documentation)."""
-    with Client("192.0.2.1:26670", token=TOKEN, timeout=0.3) as client, pytest.raises(InsecureTransport):
+def test_no_tls_needs_insecure_and_never_carries_a_token_beyond_loopback(serve):
+    """A client without TLS settings is refused when made (gateways speak TLS); insecure=True
+    speaks plaintext, but a token still goes to loopback only (192.0.2.0/24: documentation)."""
+    with pytest.raises(ConfigError, match="pin the gateway's certificate"):
+        Client("127.0.0.1:26670", token=TOKEN)
+    with Client("192.0.2.1:26670", token=TOKEN, timeout=0.3, insecure=True) as client, \
+            pytest.raises(InsecureTransport):
         client.result(RID)
-    with Client("192.0.2.1:26670", token=TOKEN, timeout=0.3, insecure=True,
-                retry=RetryPolicy(attempts=1)) as client, pytest.raises((DeadlineExceeded, Unavailable)):
-        client.result(RID)
+    servicer = Scripted([])
+    port = serve(servicer)
+    with Client(f"127.0.0.1:{port}", token=TOKEN, insecure=True) as client:
+        assert client.result(RID).value == {"t": 1}
+    with pytest.raises(ConfigError, match="does not go with"):
+        Client("127.0.0.1:26670", token=TOKEN, insecure=True, tls=TLS())

@@ -196,7 +196,8 @@ def test_compose_image_is_built_from_wheels_offline(compose):
 def test_compose_configs_use_service_names(compose):
     """Inside containers CometBFT listens on 0.0.0.0, dials peers by service name and its app on
     the unix socket; the Edgistry homes reach the chain at node{i}, register their gateway as
-    gateway{i}:26670 and tell devices the published link port."""
+    gateway{i}:26670 (peers at gateway{i}:26673, with its certificate) and tell devices the
+    published link port."""
     directory, _ = compose
     manifest = json.loads((directory / "localnet.json").read_text())
     ids = {n["moniker"]: n["node_id"] for n in manifest["nodes"]}
@@ -208,10 +209,14 @@ def test_compose_configs_use_service_names(compose):
             f"{ids[f'node{j}']}@node{j}:26656" for j in range(3) if j != i)
         home = tomllib.loads((directory / f"node{i}/edgistry/config.toml").read_text())
         assert home["abci_listen"] == "unix:///abci/abci.sock" and home["rpc_url"] == f"http://node{i}:26657"
-        assert home["gateway"] == {"grpc_advertise": f"gateway{i}:26670", "link_advertise": f"127.0.0.1:{26604 + 10 * i}"}
+        assert home["gateway"] == {"grpc_advertise": f"gateway{i}:26670", "peer_advertise": f"gateway{i}:26673",
+                                   "link_advertise": f"127.0.0.1:{26604 + 10 * i}"}
+        assert home["peer_listen"] == "0.0.0.0:26673"
         assert home["snapshot_interval"] == 7
         genesis = json.loads((directory / f"node{i}/cometbft/config/genesis.json").read_text())
         assert {g["endpoint"] for g in genesis["app_state"]["gateways"]} == {f"gateway{j}:26670" for j in range(3)}
+        assert {g["peer_endpoint"] for g in genesis["app_state"]["gateways"]} == {f"gateway{j}:26673" for j in range(3)}
+        assert all(len(g["tls_cert"]) > 100 for g in genesis["app_state"]["gateways"])
         assert (directory / f"node{i}/edgistry/genesis.json").read_text() == \
             (directory / f"node{i}/cometbft/config/genesis.json").read_text()
 

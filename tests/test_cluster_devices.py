@@ -98,8 +98,8 @@ class Device:
 
     def invoke(self, via: NodeLayout, method: str = "actuator.get", timeout: float = INVOKE_TIMEOUT_S,
                *extra: str) -> tuple[int, str]:
-        return cli("invoke", self.handle, method, "--gateway", via.grpc_endpoint, "--token", self.token,
-                   "--timeout", str(timeout), "--json", *extra)
+        return cli("invoke", self.handle, method, "--gateway", via.grpc_endpoint, "--pin", str(via.tls_cert),
+                   "--token", self.token, "--timeout", str(timeout), "--json", *extra)
 
     def answers(self, via: NodeLayout, timeout: float = INVOKE_TIMEOUT_S) -> dict:
         """actuator.get (read-only, never cached: it always reaches the device) through ``via``."""
@@ -141,8 +141,9 @@ def make_device(procs: Procs, tmp_path: Path, name: str, node: NodeLayout) -> De
 
 
 def discover(via: NodeLayout, token_file: Path) -> list[dict]:
+    # the gateway's certificate as the registry holds it, read from that node's own RPC
     out = cli_ok("discover", "sensor", "--near", NEAR, "--radius-km", "2", "--gateway", via.grpc_endpoint,
-                 "--token", str(token_file), "--json")
+                 "--tls-from-registry", via.rpc_url, "--token", str(token_file), "--json")
     return json.loads(out)
 
 
@@ -158,7 +159,7 @@ def fails_fast(device: Device, via: NodeLayout) -> str:
     wait, and no gRPC connection state shared with this process), must fail as unavailable
     (the gateway itself, or the device's gateway behind it) well before its deadline."""
     argv = [*EDGISTRY, "invoke", device.handle, "actuator.get", "--gateway", via.grpc_endpoint,
-            "--token", device.token, "--timeout", str(INVOKE_TIMEOUT_S), "--json"]
+            "--pin", str(via.tls_cert), "--token", device.token, "--timeout", str(INVOKE_TIMEOUT_S), "--json"]
     started = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=INVOKE_TIMEOUT_S + 30,
                           check=False)
@@ -244,8 +245,8 @@ def test_devices_survive_a_node_kill_and_return_with_it(cluster, procs: Procs, t
     assert all(launcher.alive(ops.proc_name(n, r)) for n in nodes for r in ops.ROLES)
 
     # the request queued before the kill is answered once the device reconnects
-    out = cli_ok("result", rid, "--gateway", victim.grpc_endpoint, "--token", dev2.token,
-                 "--wait", str(RETURN_TIMEOUT_S), "--json")
+    out = cli_ok("result", rid, "--gateway", victim.grpc_endpoint, "--pin", str(victim.tls_cert),
+                 "--token", dev2.token, "--wait", str(RETURN_TIMEOUT_S), "--json")
     done = json.loads(out)
     assert done["state"] == "DONE" and done["payload"]["on"] is False, done
     assert procs.alive("dev2"), "the device process gave up"

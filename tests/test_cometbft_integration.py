@@ -113,7 +113,8 @@ def _single_node_homes(tmp_path: Path) -> tuple[Path, Path, str]:
     cfg = NodeConfig.load(home)
     assert cfg.cometbft_home == str(chome.resolve())
     cfg.abci_listen, cfg.rpc_url, cfg.rpc_listen = abci, rpc_url, f"127.0.0.1:{base + 1}"
-    cfg.grpc_listen, cfg.link_listen, cfg.http_listen = (f"127.0.0.1:{base + i}" for i in (3, 4, 5))
+    cfg.grpc_listen, cfg.link_listen, cfg.http_listen, cfg.peer_listen = (
+        f"127.0.0.1:{base + i}" for i in (3, 4, 5, 7))
     cfg.save()
     return home, chome, rpc_url
 

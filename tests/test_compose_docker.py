@@ -39,6 +39,7 @@ from docker_helpers import (
     SUITE_FOR_PYTHON, PrivateDockerd, build_cometbft_image, import_base, require, rootfs_tarball,
 )
 
+from edgistry.abci_app.txs import gateway_id_for
 from edgistry.cli import main
 from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
 from edgistry.cluster.compose import (
@@ -158,9 +159,12 @@ def containers(engine: Engine, project: str, service: str | None = None) -> list
 
 def gateway_healthy(node: NodeLayout) -> bool:
     try:
+        import ssl
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.ports.http}/healthz", timeout=2) as resp:
+        context = ssl.create_default_context(cafile=str(node.tls_cert))
+        with urllib.request.urlopen(f"https://127.0.0.1:{node.ports.http}/healthz", timeout=2,
+                                    context=context) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -250,9 +254,13 @@ def test_compose_v2_cluster_survives_a_node_and_forwards(engine: Engine, tmp_pat
                                    "--code", code, "--rpc", nodes[0].rpc_url, "--json"))
         assert paired["link_endpoint"] == f"127.0.0.1:{nodes[0].ports.link}"
         procs.start("device", [*EDGISTRY, "device", "run", "--home", str(device)])
+        # gateway3's certificate from the registry by its id (its published port is not the endpoint
+        # the registry holds, gateway3:26670), read from two validators that must agree
+        gateway3 = gateway_id_for(nodes[3].gateway_pubkey)
         answer = json.loads(cli_ok("invoke", paired["owner_handle"], "actuator.get", "--gateway",
-                                   nodes[3].grpc_endpoint, "--token", paired["app_token_file"], "--timeout", "30",
-                                   "--json"))
+                                   nodes[3].grpc_endpoint, "--tls-from-registry", nodes[0].rpc_url,
+                                   "--tls-from-registry", nodes[1].rpc_url, "--gateway-id", gateway3,
+                                   "--token", paired["app_token_file"], "--timeout", "30", "--json"))
         assert answer["state"] == "DONE" and answer["payload"]["on"] is False, answer
         _timed("v2: pair at gateway0, invoke through gateway3", started)
 

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 def test_demo_devices_answer_invokes(tmp_path):
     """Demo devices pair themselves, sleep on a duty cycle, and answer invokes through the gateway."""
-    ports = {name: free_port() for name in ("rpc", "grpc", "link", "http")}
+    ports = {name: free_port() for name in ("rpc", "grpc", "link", "http", "peer")}
     args = ["up", "--home", str(tmp_path / "home"), "--demo-devices", "3"]
     args += [f"--{name}-listen=127.0.0.1:{port}" for name, port in ports.items()]
     log = tmp_path / "up.log"
@@ -30,7 +30,7 @@ def test_demo_devices_answer_invokes(tmp_path):
             assert proc.poll() is None, log.read_text()
             time.sleep(0.2)
         time.sleep(0.5)
-        commands = re.findall(r"edgistry (invoke \S+ \S+ --gateway \S+ --token \S+)", log.read_text())
+        commands = re.findall(r"edgistry (invoke \S+ \S+ --gateway \S+ --token \S+ --pin \S+)", log.read_text())
         assert len(commands) == 3
         runner = CliRunner()
         for command in commands:
@@ -49,7 +49,7 @@ def test_demo_devices_answer_invokes(tmp_path):
         assert minted.exit_code == 0
         app_token.write_text(minted.output.strip() + "\n")
         near = ["--near", "52.52,13.405", "--radius-km", "8", "--gateway", f"127.0.0.1:{ports['grpc']}",
-                "--token", str(app_token)]
+                "--token", str(app_token), "--pin", str(tmp_path / "home" / "keys" / "tls.crt")]
         found = runner.invoke(main, ["discover", "sensor", *near, "--json"])
         assert found.exit_code == 0, found.output
         assert "52.52" not in found.output and "13.40" not in found.output  # no coordinates leave

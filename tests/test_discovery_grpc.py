@@ -168,7 +168,8 @@ def test_cli_discover_and_token_app(server, tmp_path):
     tok = tmp_path / "app.token"
     tok.write_bytes(_token(server.world))
     res = runner.invoke(main, ["discover", "sensor", "--near", "48.85,2.35", "--radius-km", "2",
-                               "--gateway", f"127.0.0.1:{server.port}", "--token", str(tok), "--json"])
+                               "--gateway", f"127.0.0.1:{server.port}", "--token", str(tok), "--json",
+                               "--insecure"])  # this test's server is plaintext on loopback
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
     assert len(rows) == 7 and {r["latency"] for r in rows} == {"immediate"}
@@ -184,7 +185,7 @@ def test_cli_invoke_any(server, tmp_path):
     tok = tmp_path / "app.token"
     tok.write_bytes(_token(server.world))
     args = ["invoke", "--any", "sensor", "--near", "48.85,2.35", "read", "--gateway", f"127.0.0.1:{server.port}",
-            "--token", str(tok)]
+            "--token", str(tok), "--insecure"]  # this test's server is plaintext on loopback
     res = CliRunner().invoke(main, [*args, "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)

@@ -61,10 +61,11 @@ def test_device_runtime_end_to_end_and_gateway_restart(tmp_path):
         assert code == 0, out
         paired = json.loads(out)
         handle, token = paired["owner_handle"], paired["app_token_file"]
+        pin = paired["tls_pin_file"]  # the gateway's certificate, as pairing saw it: clients pin it
         dev_proc = device_run(dev, tmp_path / "device.log")
 
         def invoke(method: str, *extra: str, token_file: str = token) -> dict:
-            code, out = cli("invoke", handle, method, "--timeout", "15", "--gateway", cfg.grpc_listen,
+            code, out = cli("invoke", handle, method, "--timeout", "15", "--gateway", cfg.grpc_listen, "--pin", pin,
                             "--token", token_file, "--json", *extra)
             assert code == 0, out + (tmp_path / "device.log").read_text()[-2000:]
             return json.loads(out)
@@ -73,7 +74,7 @@ def test_device_runtime_end_to_end_and_gateway_restart(tmp_path):
         assert reading["state"] == "DONE" and "temperature_c" in reading["payload"]
         assert invoke("sensor.read")["from_cache"]  # within max-age: the device is not woken
         code, out = cli("invoke", handle, "actuator.set", "--arg", '{"on": true}', "--gateway", cfg.grpc_listen,
-                        "--token", token)
+                        "--pin", pin, "--token", token)
         assert code == 1 and "check --token" in out
         root = cl.load((dev / "root.token").read_text())
         owner = tmp_path / "owner.token"
@@ -91,7 +92,8 @@ def test_device_runtime_end_to_end_and_gateway_restart(tmp_path):
         asyncio.run(_revoke_on_chain(cfg, app.tag))  # any gateway or admin may revoke
         deadline = time.monotonic() + 10
         while True:  # the gateway follows the registry block by block (revoke --home would wait for it)
-            code, out = cli("invoke", handle, "sensor.info", "--gateway", cfg.grpc_listen, "--token", token)
+            code, out = cli("invoke", handle, "sensor.info", "--gateway", cfg.grpc_listen, "--pin", pin,
+                            "--token", token)
             if code == 1 and "Revoked" in out or time.monotonic() > deadline:
                 break
             time.sleep(0.3)

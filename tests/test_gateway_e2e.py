@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import threading
 import time
 import urllib.request
@@ -23,10 +24,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgistry.cli import main
 from edgistry.config import load_ed25519_pem, public_bytes
 from edgistry.gateway.api.peer import sign_forward
+from edgistry.gateway.tls import Pin, ensure_identity
 from edgistry.proto import gateway_pb2 as gw
 from edgistry.proto import gateway_pb2_grpc as gw_grpc
 from gateway_helpers import ScriptedDevice, make_device_home, node_home, wait_file
 from proc_helpers import edgistry, kill9, stop, wait_for_port
+from tls_helpers import pinned_channel
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
@@ -69,8 +72,15 @@ def _counter(metrics: str, name: str) -> float:
     return 0.0
 
 
-def http_get(port: int, path: str) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+def via(cfg) -> list[str]:
+    """The CLI options reaching this home's gateway: its address and its certificate (the pin)."""
+    return ["--gateway", cfg.grpc_listen, "--pin", str(cfg.tls_cert_path)]
+
+
+def http_get(cfg, port: int, path: str) -> str:
+    """GET over HTTPS, trusting only the gateway's certificate."""
+    context = ssl.create_default_context(cafile=str(cfg.tls_cert_path))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", timeout=5, context=context) as resp:
         return resp.read().decode()
 
 
@@ -107,7 +117,7 @@ def test_pair_queue_durability_expiry_overflow_and_unpair(tmp_path):
 
         device = ScriptedDevice(dev, paired["link_endpoint"])
         assert device.wake() == []  # "nothing queued": straight back to sleep
-        submit = lambda *a: cli("invoke", handle, *a, "--async", "--gateway", cfg.grpc_listen, "--token", token)
+        submit = lambda *a: cli("invoke", handle, *a, "--async", *via(cfg), "--token", token)
         r1 = submit("sensor.info")[1].strip()
         r2 = submit("valve.get", "--arg", '{"x": 1}')[1].strip()
         assert len(device.wake()) == 2  # queued while it slept, answered now
@@ -117,37 +127,36 @@ def test_pair_queue_durability_expiry_overflow_and_unpair(tmp_path):
         kill9(proc)
         proc = start_up(cfg, tmp_path / "up2.log")
         for rid, method in ((r1, "info"), (r2, "get")):
-            res = cli_json("result", rid, "--gateway", cfg.grpc_listen, "--token", token)
+            res = cli_json("result", rid, *via(cfg), "--token", token)
             assert res["state"] == "DONE" and res["payload"]["method"] == method
-        assert cli_json("result", r3, "--gateway", cfg.grpc_listen, "--token", token)["state"] == "QUEUED"
+        assert cli_json("result", r3, *via(cfg), "--token", token)["state"] == "QUEUED"
         got = device.wake()
         assert [g["request_id"].hex() for g in got] == [r3]  # answered ones are not redelivered
-        assert cli_json("result", r3, "--gateway", cfg.grpc_listen, "--token", token)["state"] == "DONE"
+        assert cli_json("result", r3, *via(cfg), "--token", token)["state"] == "DONE"
 
-        rid = cli("invoke", handle, "sensor.info", "--async", "--ttl", "1", "--gateway", cfg.grpc_listen,
-                  "--token", token)[1].strip()
+        rid = cli("invoke", handle, "sensor.info", "--async", "--ttl", "1", *via(cfg), "--token", token)[1].strip()
         time.sleep(1.5)
-        code, out = cli("result", rid, "--gateway", cfg.grpc_listen, "--token", token)
+        code, out = cli("result", rid, *via(cfg), "--token", token)
         assert code == 1 and "EXPIRED" in out and "dead-lettered" in out
         for _ in range(3):
             assert submit("sensor.info")[0] == 0
         code, out = submit("sensor.info")
         assert code == 1 and "queue is full" in out
-        code, out = cli("invoke", handle, "valve.set", "--gateway", cfg.grpc_listen, "--token", token)
+        code, out = cli("invoke", handle, "valve.set", *via(cfg), "--token", token)
         assert code == 1 and "check --token" in out
 
-        assert json.loads(http_get(ports["http"], "/healthz"))["status"] == "ok"
+        assert json.loads(http_get(cfg, ports["http"], "/healthz"))["status"] == "ok"
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-        with grpc.insecure_channel(cfg.grpc_listen) as chan:
+        with pinned_channel(cfg.grpc_listen, Pin.from_file(cfg.tls_cert_path)) as chan:
             check = health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert check.status == health_pb2.HealthCheckResponse.SERVING
             answers = reflection_pb2_grpc.ServerReflectionStub(chan).ServerReflectionInfo(
                 iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
             names = {s.name for s in next(answers).list_services_response.service}
             assert {"edgistry.gateway.v1.Gateway", "edgistry.gateway.v1.Commissioning"} <= names
-        metrics = http_get(ports["http"], "/metrics")
+        metrics = http_get(cfg, ports["http"], "/metrics")
         for line in ("edgistry_queue_depth_total 3.0", 'edgistry_rejections_total{reason="queue_full"} 1.0',
                      "edgistry_requests_expired_total 1.0", 'edgistry_link_handshakes_total{kind="full"}'):
             assert line in metrics, line
@@ -176,6 +185,9 @@ def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):
         assert code == 0, out
         proc_b = edgistry("gateway", "--home", str(b.home), "--rpc", a.rpc_url, log=tmp_path / "b.log")
         wait_for_port(b_ports["grpc"], proc=proc_b)
+        # B, registered by the admin without a certificate, publishes its own at start
+        until(lambda: registry_pin(a.rpc_url, paired_gateway_id(load_ed25519_pem(b.keys_dir / "gateway.pem")))
+              == Pin.from_file(b.tls_cert_path))
         dev = make_device_home(tmp_path / "dev")
         code, out = pair(b, dev, "--json", "--k", "1")
         assert code == 0, out
@@ -193,21 +205,23 @@ def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):
         assert paired["link_endpoint"] == b.link_listen
         box: dict = {}
         t = threading.Thread(target=lambda: box.update(r=cli_json(
-            "invoke", handle, "sensor.info", "--timeout", "20", "--gateway", a.grpc_listen, "--token", token)))
+            "invoke", handle, "sensor.info", "--timeout", "20", *via(a), "--token", token)))
         t.start()
         until(lambda: device.wake(), timeout=15, every=0.2)
         t.join(25)
         assert box["r"]["state"] == "DONE" and box["r"]["payload"]["method"] == "info"
 
-        rid = cli("invoke", handle, "valve.get", "--async", "--gateway", a.grpc_listen, "--token", token)[1].strip()
-        assert cli_json("result", rid, "--gateway", a.grpc_listen, "--token", token)["state"] == "QUEUED"
+        rid = cli("invoke", handle, "valve.get", "--async", *via(a), "--token", token)[1].strip()
+        assert cli_json("result", rid, *via(a), "--token", token)["state"] == "QUEUED"
         device.wake()
-        assert cli_json("result", rid, "--gateway", a.grpc_listen, "--token", token)["state"] == "DONE"
+        assert cli_json("result", rid, *via(a), "--token", token)["state"] == "DONE"
 
         a_key = load_ed25519_pem(a.keys_dir / "gateway.pem")
         a_id = paired_gateway_id(a_key)
         req = gw.InvokeRequest(target=handle, method="info", service="sensor", token=Path(token).read_bytes())
-        with grpc.insecure_channel(b.grpc_listen) as chan:
+        # the hand-made forwards go where A's would: B's peer port, mutual TLS with A's certificate
+        a_tls = ensure_identity(a.tls_key_path, a.tls_cert_path, a_key)
+        with pinned_channel(b.peer_listen, Pin.from_file(b.tls_cert_path), a_tls) as chan:
             peer = gw_grpc.PeerStub(chan)
             forged = sign_forward(Ed25519PrivateKey.generate(), a_id, "submit", req)
             stale = sign_forward(a_key, a_id, "submit", req, now_ms=int(time.time() * 1000) - 120_000)
@@ -225,20 +239,22 @@ def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):
             with pytest.raises(grpc.RpcError) as exc:
                 peer.Forward(sign_forward(a_key, a_id, "submit", write), timeout=10)
             assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        metrics = http_get(b_ports["http"], "/metrics")
+        metrics = http_get(b, b_ports["http"], "/metrics")
         assert 'edgistry_peer_forwards_total{direction="in",outcome="refused"} 3.0' in metrics
         accepted = _counter(metrics, 'edgistry_peer_forwards_total{direction="in",outcome="accepted"}')
         # the forwarding gateway counts what it sent (submit, watch, result...): B accepted each of
         # them, plus the one good hand-made forward above (a watch the client cancels as soon as
         # it has its answer may end uncounted at A, hence no equality)
-        a_metrics = http_get(a_ports["http"], "/metrics")
+        a_metrics = http_get(a, a_ports["http"], "/metrics")
         sent = _counter(a_metrics, 'edgistry_peer_forwards_total{direction="out",outcome="ok"}')
         assert 3 <= sent <= accepted - 1, (sent, accepted)
 
-        # an application of gateway A finds and invokes B's device by region (invoke-any)
+        # an application of gateway A finds and invokes B's device by region (invoke-any); the
+        # hand-made forward queued above is answered first, so the wakes below see only this call
+        assert [r["method"] for r in device.wake()] == ["info"]
         app_token = tmp_path / "app.token"
         app_token.write_text(cli("token", "app", "--home", str(a.home), "--name", "roamer")[1].strip() + "\n")
-        near = ["--near", "46.52,6.57", "--radius-km", "10", "--gateway", a.grpc_listen, "--token", str(app_token)]
+        near = ["--near", "46.52,6.57", "--radius-km", "10", *via(a), "--token", str(app_token)]
         until(lambda: cli("discover", "sensor", *near)[1].count("cell=") == 1, timeout=15, every=0.3)
         box.clear()
         t = threading.Thread(target=lambda: box.update(r=cli_json(
@@ -251,6 +267,16 @@ def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):
         if proc_b is not None:
             stop(proc_b)
         stop(proc_a)
+
+
+def registry_pin(rpc_url: str, gateway_id: str) -> Pin | None:
+    """The gateway's pin as the registry holds it (None while it holds no certificate)."""
+    from edgistry.client import ConfigError, pin_from_registry
+
+    try:
+        return pin_from_registry(rpc_url, gateway_id=gateway_id)
+    except ConfigError:
+        return None
 
 
 def paired_gateway_id(key) -> str:

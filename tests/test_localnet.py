@@ -71,7 +71,7 @@ def test_ports_are_distinct_and_loopback(net):
         cfg = NodeConfig.load(node.edgistry_home)
         listeners = [conf["proxy_app"], conf["rpc"]["laddr"], conf["p2p"]["laddr"],
                      conf["instrumentation"]["prometheus_listen_addr"], cfg.abci_listen, cfg.rpc_url,
-                     cfg.grpc_listen, cfg.link_listen, cfg.http_listen]
+                     cfg.grpc_listen, cfg.link_listen, cfg.http_listen, cfg.peer_listen]
         assert all("127.0.0.1:" in addr for addr in listeners), listeners
         assert conf["proxy_app"] == cfg.abci_listen == node.proxy_app
         assert conf["rpc"]["laddr"].endswith(f":{node.ports.rpc}") and cfg.rpc_url == node.rpc_url

@@ -31,7 +31,8 @@ def node(tmp_path_factory):
     home, rpc, grpc_port = tmp / "home", free_port(), free_port()
     proc = edgistry("up", "--home", str(home), "--rpc-listen", f"127.0.0.1:{rpc}",
                     "--grpc-listen", f"127.0.0.1:{grpc_port}", "--link-listen", f"127.0.0.1:{free_port()}",
-                    "--http-listen", f"127.0.0.1:{free_port()}", log=tmp / "up.log",
+                    "--http-listen", f"127.0.0.1:{free_port()}", "--peer-listen", f"127.0.0.1:{free_port()}",
+                    log=tmp / "up.log",
                     env={"EDGISTRY_BLOCK_INTERVAL_MS": "50"})
     try:
         wait_for_port(rpc, timeout=30, proc=proc)
@@ -170,7 +171,7 @@ async def test_discover_end_to_end_through_up(node, tmp_path):
     for _ in range(100):
         res = await asyncio.to_thread(runner.invoke, main, [
             "discover", "sensor", "--near", "-33.86,151.21", "--radius-km", "3", "--gateway", gateway,
-            "--token", str(tok), "--json"])
+            "--token", str(tok), "--pin", str(home / "keys" / "tls.crt"), "--json"])
         rows = json.loads(res.stdout) if res.exit_code == 0 else []
         if len(rows) == 3:
             break

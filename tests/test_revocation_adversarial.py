@@ -89,10 +89,11 @@ def test_queued_requests_never_run_after_revoke(net, tmp_path):
 
     from edgistry.cli import main
 
-    shown = CliRunner().invoke(main, ["result", queued.request_id, "--gateway", g.grpc, "--token", str(owner),
-                                      "--json"])
+    shown = CliRunner().invoke(main, ["result", queued.request_id, "--gateway", g.grpc, "--pin", str(g.pin),
+                                      "--token", str(owner), "--json"])
     assert shown.exit_code == 1 and json.loads(shown.stdout)["state"] == "REVOKED"  # final, not DONE: exit 1
-    code, out = rh.cli("result", queued.request_id, "--gateway", g.grpc, "--token", cl.to_text(token))
+    code, out = rh.cli("result", queued.request_id, "--gateway", g.grpc, "--pin", str(g.pin), "--token",
+                       cl.to_text(token))
     assert code == 1 and "revocation" in out, out
 
 

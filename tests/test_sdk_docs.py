@@ -1,5 +1,6 @@
 """docs/SDK.md's examples run as written, each in its own interpreter, against a live node
-started here (`edgistry up --demo-devices 3`); only the gateway's port is substituted."""
+started here (`edgistry up --demo-devices 3`); only the gateway's and the RPC's ports are
+substituted, and the gateway's certificate is where the doc copies it (gateway.pem)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 DOC = Path(__file__).resolve().parent.parent / "docs" / "SDK.md"
 SKIP_MARK = "# not run by the docs test"
 DOC_GATEWAY = "127.0.0.1:26670"
+DOC_RPC = "http://127.0.0.1:26657"
 
 
 def examples() -> list[str]:
@@ -31,7 +33,8 @@ def test_the_doc_has_examples_of_every_operation():
     text = "\n".join(examples())
     for needle in ("Client(", "AsyncClient(", ".discover(", ".watch(", ".invoke(", ".invoke_any(", ".submit(",
                    ".watch_result(", ".wait(", ".cancel(", ".batch(", "Unavailable", "InsecureTransport",
-                   "DeadlineExceeded", "TLS.from_file", "Backoff("):
+                   "DeadlineExceeded", "TLS.from_file", "Backoff(", 'pin="gateway.pem"', "tls_from_registry",
+                   "pin_from_registry("):
         assert needle in text, needle
 
 
@@ -52,7 +55,8 @@ def test_example_runs(node, tmp_path, index):
         assert "TLS" in code  # only the TLS example needs what the test node does not have
         return
     (tmp_path / "app.token").write_text(node.app_token.read_text())
-    script = code.replace(DOC_GATEWAY, node.grpc)
+    (tmp_path / "gateway.pem").write_bytes(node.pin.read_bytes())
+    script = code.replace(DOC_GATEWAY, node.grpc).replace(DOC_RPC, node.rpc_url)
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**os.environ})
     assert proc.returncode == 0, f"example {index}:\n{code}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"

@@ -7,6 +7,7 @@ in ``client/cliglue.py``, the one place the CLI maps them.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -58,11 +59,10 @@ def _wait_invoke(conn: Connection, client, handle: str, method: str, args: bytes
 @click.option("--request-id", default="", help="Client-chosen request id (32 hex) making retries idempotent.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def invoke_cmd(handle: str, method: str | None, any_type: str | None, near: tuple[float, float] | None,
-               radius_km: float, arg: str | None, timeout: float, is_async: bool, gateway: str,
-               token_file: str | None, tls_root: str | None, tls_server_name: str | None, insecure: bool,
-               service: str, ttl: int, request_id: str, as_json: bool) -> None:
+               radius_km: float, arg: str | None, timeout: float, is_async: bool, service: str, ttl: int,
+               request_id: str, as_json: bool, **connection: Any) -> None:
     """Invoke METHOD (e.g. sensor.read) of the device HANDLE; waits up to --timeout for a sleeping device."""
-    conn = Connection(gateway, token_file, tls_root, tls_server_name, insecure)
+    conn = Connection(**connection)
     if any_type or near:
         if not (any_type and near) or method is not None:
             raise click.UsageError("use: edgistry invoke --any TYPE --near LAT,LON METHOD")
@@ -95,13 +95,12 @@ def invoke_cmd(handle: str, method: str | None, any_type: str | None, near: tupl
               help="Wait up to this many seconds for a final state.")
 @click.option("--cancel", is_flag=True, help="Cancel the request instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def result_cmd(request_id: str, gateway: str, token_file: str | None, tls_root: str | None,
-               tls_server_name: str | None, insecure: bool, wait: float, cancel: bool, as_json: bool) -> None:
+def result_cmd(request_id: str, wait: float, cancel: bool, as_json: bool, **connection: Any) -> None:
     """Fetch (or --wait for, or --cancel) the result of an earlier request.
 
     Exit status 0 when the request is answered (or still pending, without --wait),
     or cancelled by --cancel; 1 when it failed, expired or was cancelled before."""
-    conn = Connection(gateway, token_file, tls_root, tls_server_name, insecure)
+    conn = Connection(**connection)
     if cancel and wait:
         raise click.UsageError("--cancel and --wait do not go together")
     not_found = "the id is wrong, or the request was purged, or it was made at another gateway"

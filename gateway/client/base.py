@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -20,7 +20,9 @@ from .errors import ConfigError, RemoteError, TokenFileError, from_status
 from .models import Call, Filters, Handle, Latency, Region, Result
 from .retry import RetryPolicy
 from .tokens import TokenLike, load_token
-from .transport import TLS, Transport
+from ..tls import Pin
+from .pins import choose_tls
+from .transport import TLS, Target, Transport, parse_target
 from ...proto import discovery_pb2 as dpb
 from ...proto import discovery_pb2_grpc as dgrpc
 from ...proto import gateway_pb2 as gpb
@@ -95,9 +97,12 @@ class ClientBase:
     """Settings and request building shared by both clients."""
 
     def __init__(self, target: str = DEFAULT_TARGET, *, token: TokenLike | None = None, tls: TLS | None = None,
-                 insecure: bool = False, timeout: float = DEFAULT_TIMEOUT_S,
+                 pin: str | os.PathLike | Pin | None = None, tls_from_registry: str | Sequence[str] | None = None,
+                 gateway_id: str | None = None, insecure: bool = False, timeout: float = DEFAULT_TIMEOUT_S,
                  retry: RetryPolicy = RetryPolicy()) -> None:
-        self.transport = Transport.of(target, tls, insecure)
+        where = target if isinstance(target, Target) else parse_target(target)
+        self.transport = Transport.of(where, choose_tls(where, tls=tls, pin=pin, tls_from_registry=tls_from_registry,
+                                                        gateway_id=gateway_id, insecure=insecure), insecure)
         self.token = None if token is None else load_token(token)  # read now: a bad file fails here
         self.timeout = timeout
         self.retry = retry

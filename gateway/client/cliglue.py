@@ -26,6 +26,7 @@ from .errors import (
 from .models import Result, State
 from .retry import RetryPolicy
 from .sync import Client
+from .pins import NO_TLS, choose_tls
 from .transport import TLS, parse_target
 
 CLI_RETRY = RetryPolicy(attempts=3, initial_s=0.3, max_s=2.0)  # a person is waiting: give up within seconds
@@ -64,21 +65,63 @@ TOKEN_HINT = ("an application token: `edgistry token app --home NODE_HOME --name
               "or the app.token `edgistry pair` writes into the device home")
 
 
+PIN_HINT = ("--pin FILE (the gateway's <home>/keys/tls.crt, or the gateway.pem `edgistry pair` wrote into the "
+            "device home) or --tls-from-registry RPC_URL")
+
+
+def pin_options(func: Callable) -> Callable:
+    """--pin, --tls-from-registry, --gateway-id: where the gateway's certificate comes from."""
+    for option in reversed([
+        click.option("--pin", default=None, envvar="EDGISTRY_PIN", metavar="FILE",
+                     help="Trust exactly this gateway certificate (its keys/tls.crt, or gateway.pem from "
+                          "`edgistry pair`)."),
+        click.option("--tls-from-registry", "registry_rpcs", multiple=True, envvar="EDGISTRY_TLS_FROM_REGISTRY",
+                     metavar="RPC_URL",
+                     help="Pin the certificate the registry holds for the gateway; repeat for several nodes, "
+                          "which must all agree."),
+        click.option("--gateway-id", default=None, metavar="ID",
+                     help="With --tls-from-registry: the gateway's id (default: the one advertising --gateway)."),
+    ]):
+        func = option(func)
+    return func
+
+
 def connection_options(func: Callable) -> Callable:
-    """--gateway, --token, --tls-root, --tls-server-name, --insecure."""
+    """--gateway, --token, the pin options, --tls-root, --tls-server-name, --insecure."""
     for option in reversed([
         click.option("--gateway", type=GatewayAddress(), default=DEFAULT_TARGET, show_default=True,
                      envvar="EDGISTRY_GATEWAY", help="A gateway's gRPC address, HOST[:PORT] (port 26670 if omitted)."),
         click.option("--token", "token_file", default=None, envvar="EDGISTRY_TOKEN", metavar="FILE",
                      help=f"Token file: {TOKEN_HINT}."),
-        click.option("--tls-root", default=None, metavar="PEM", help="Speak TLS, trusting this root certificate."),
+        pin_options,
+        click.option("--tls-root", default=None, metavar="PEM",
+                     help="Trust this CA instead of a pin (a gateway behind a TLS proxy with its own CA)."),
         click.option("--tls-server-name", default=None, metavar="NAME",
                      help="With --tls-root: the name the gateway's certificate carries, if not the host dialled."),
         click.option("--insecure", is_flag=True,
-                     help="Allow sending the token in clear to a host that is not loopback."),
+                     help="Plaintext, for a gateway run with --insecure; a token then goes to loopback only."),
     ]):
         func = option(func)
     return func
+
+
+def tls_settings(target: str, pin: str | None, registry_rpcs: tuple[str, ...] = (), gateway_id: str | None = None,
+                 tls_root: str | None = None, tls_server_name: str | None = None,
+                 insecure: bool = False) -> TLS | None:
+    """The TLS of a command from its options (None: plaintext, with --insecure only); user errors say why not."""
+    if tls_server_name and not tls_root:
+        raise click.UsageError("--tls-server-name goes with --tls-root")
+    if gateway_id and not registry_rpcs:
+        raise click.UsageError("--gateway-id goes with --tls-from-registry")
+    try:
+        tls = TLS.from_file(tls_root, tls_server_name) if tls_root else None
+        return choose_tls(parse_target(target), tls=tls, pin=pin, tls_from_registry=registry_rpcs or None,
+                          gateway_id=gateway_id, insecure=insecure)
+    except ConfigError as exc:
+        if str(exc) == NO_TLS:
+            raise UserError(f"the gateway at {target} speaks TLS: give {PIN_HINT} (or --insecure for a gateway run "
+                            "with --insecure, on loopback)") from exc
+        raise UserError(one_line(str(exc))) from exc
 
 
 @dataclass
@@ -87,6 +130,9 @@ class Connection:
 
     gateway: str
     token_file: str | None = None
+    pin: str | None = None
+    registry_rpcs: tuple[str, ...] = ()
+    gateway_id: str | None = None
     tls_root: str | None = None
     tls_server_name: str | None = None
     insecure: bool = False
@@ -94,12 +140,8 @@ class Connection:
     def client(self, need_token: bool = True, timeout: float = 30.0) -> Client:
         if need_token and not self.token_file:
             raise UserError(f"give --token FILE ({TOKEN_HINT})")
-        if self.tls_server_name and not self.tls_root:
-            raise click.UsageError("--tls-server-name goes with --tls-root")
-        try:
-            tls = TLS.from_file(self.tls_root, self.tls_server_name) if self.tls_root else None
-        except ConfigError as exc:
-            raise UserError(f"--tls-root: {exc}") from exc
+        tls = tls_settings(self.gateway, self.pin, self.registry_rpcs, self.gateway_id, self.tls_root,
+                           self.tls_server_name, self.insecure)
         try:
             return Client(self.gateway, token=self.token_file, tls=tls, insecure=self.insecure, timeout=timeout,
                           retry=CLI_RETRY)
@@ -109,8 +151,15 @@ class Connection:
     def again(self, *args: str) -> str:
         """An edgistry command line with this connection's options (for "run this next" hints)."""
         opts = [f"--gateway {self.gateway}"] + ([f"--token {self.token_file}"] if self.token_file else [])
+        if self.pin:
+            opts.append(f"--pin {self.pin}")
+        opts += [f"--tls-from-registry {rpc}" for rpc in self.registry_rpcs]
+        if self.gateway_id:
+            opts.append(f"--gateway-id {self.gateway_id}")
         if self.tls_root:
             opts.append(f"--tls-root {self.tls_root}")
+        if self.insecure:
+            opts.append("--insecure")
         return " ".join(["edgistry", *args, *opts])
 
 
@@ -123,8 +172,8 @@ def user_error(exc: EdgistryError, conn: Connection, not_found: str = "") -> Use
 
 def _user_error(exc: EdgistryError, conn: Connection, not_found: str) -> UserError:
     if isinstance(exc, InsecureTransport):
-        return UserError(f"refusing to send the token in clear to {conn.gateway}: give --tls-root CA.pem "
-                         "(and --tls-server-name NAME if needed), or --insecure to send it anyway")
+        return UserError(f"refusing to send the token in clear to {conn.gateway}: give {PIN_HINT}; "
+                         "a gateway run with --insecure is for loopback only")
     if isinstance(exc, TokenFileError):
         return UserError(f"--token: {exc}")
     if isinstance(exc, Unavailable) and str(exc).startswith("cannot reach"):

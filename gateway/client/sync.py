@@ -28,8 +28,12 @@ class Client(ClientBase):
     """A blocking client of one gateway. Use it as a context manager, or call :meth:`close`.
 
     ``target``: HOST[:PORT] (port 26670 when omitted); ``token``: the default token
-    (a Token, its bytes or text, or a file path); ``tls``: a :class:`~.transport.TLS`
-    (plaintext when None, which may carry a token only to loopback unless ``insecure``);
+    (a Token, its bytes or text, or a file path). TLS, one of: ``pin`` (the gateway's
+    certificate: a file or a :class:`~edgistry.gateway.tls.Pin`), ``tls_from_registry``
+    (node RPC URLs that must all hold the same record of the gateway, found by its
+    address or ``gateway_id``; pins.py) or ``tls`` (a :class:`~.transport.TLS`);
+    ``insecure=True`` instead speaks plaintext to a gateway run with ``--insecure``
+    (a token then goes to loopback only);
     ``timeout``: the default per-call budget in seconds; ``retry``: the retry policy.
     """
 

@@ -4,11 +4,13 @@
   defaults to the gateway's gRPC port, 26670, and is always shown in errors.
 * :class:`TLS`: trust a root certificate (PEM, from bytes or a file; the
   system's roots when none is given) and optionally override the name the
-  certificate must carry (a gateway reached by IP address, a test CA).
-* :class:`Transport`: a target with its TLS setting. It refuses to send a token
-  in clear to an address that is not loopback unless the caller said
-  ``insecure=True``: tokens are bearer credentials. Calls that carry no token
-  (pairing, whose payload is sealed end to end) may use any address.
+  certificate must carry (a gateway reached by IP address, a test CA);
+  :meth:`TLS.pinned` trusts exactly one gateway's certificate (its pin, see
+  pins.py) under the gateway's own name, whatever address is dialled.
+* :class:`Transport`: a target with its TLS setting. Without TLS (a gateway run
+  with ``--insecure``, chosen with ``insecure=True``) it never sends a token to
+  an address that is not loopback: tokens are bearer credentials. Calls that
+  carry no token (pairing, whose payload is sealed end to end) may use any address.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from ..tls import Pin
 from .errors import ConfigError, InsecureTransport
 
 DEFAULT_PORT = 26670  # the gateway's gRPC front end (DESIGN.md, "Default ports")
@@ -92,6 +95,11 @@ class TLS:
             raise ConfigError(f"cannot read the root certificate {path}: {exc.strerror or exc}") from exc
         return cls(data, server_name)
 
+    @classmethod
+    def pinned(cls, pin: Pin) -> TLS:
+        """Trust exactly the gateway certificate ``pin``, checked under the gateway's name."""
+        return cls(pin.cert_pem, pin.name)
+
     def __post_init__(self) -> None:
         if self.root_certificates is not None and b"-----BEGIN CERTIFICATE-----" not in self.root_certificates:
             raise ConfigError("the root certificate is not PEM (no BEGIN CERTIFICATE block)")
@@ -117,11 +125,12 @@ class Transport:
         return cls(target if isinstance(target, Target) else parse_target(target), tls, insecure)
 
     def check_token_may_be_sent(self) -> None:
-        """Raise :class:`InsecureTransport` when a token would go in clear to a remote host."""
-        if self.tls is None and not self.insecure and not self.target.is_loopback:
+        """Raise :class:`InsecureTransport` when a token would go in clear to a remote host
+        (``insecure`` allows plaintext, never a token in clear beyond loopback)."""
+        if self.tls is None and not self.target.is_loopback:
             raise InsecureTransport(
-                f"refusing to send a token in clear to {self.target}: use TLS (a root certificate), "
-                "or pass insecure=True to accept that anyone on the path can read it")
+                f"refusing to send a token in clear to {self.target}: pin the gateway's certificate (its TLS "
+                "is on unless it runs --insecure); a gateway without TLS is for loopback only")
 
     def _all_options(self) -> list[tuple[str, object]]:
         return list(self.options) + (self.tls.options() if self.tls else [])

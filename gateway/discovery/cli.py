@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ...clikit import Progress, echo_json
@@ -39,11 +41,10 @@ def run_invoke_any(conn: Connection, stype: str, near: tuple[float, float], radi
 @click.option("--page-size", type=click.IntRange(0, 500), default=0, help="Handles per page (default 50).")
 @click.option("--all", "all_pages", is_flag=True, help="Follow every page.")
 @click.option("--json", "as_json", is_flag=True, help="Print the handles as JSON.")
-def discover_cmd(stype: str, near: tuple[float, float], radius_km: float, gateway: str, token_file: str | None,
-                 tls_root: str | None, tls_server_name: str | None, insecure: bool, max_latency: str | None,
-                 seen_within: int, page_size: int, all_pages: bool, as_json: bool) -> None:
+def discover_cmd(stype: str, near: tuple[float, float], radius_km: float, max_latency: str | None,
+                 seen_within: int, page_size: int, all_pages: bool, as_json: bool, **connection: Any) -> None:
     """Find devices offering TYPE near a place: opaque handles, coarse cells, latency classes."""
-    conn = Connection(gateway, token_file, tls_root, tls_server_name, insecure)
+    conn = Connection(**connection)
     handles = []
     with conn.client() as client, mapped(conn):
         for page in client.discover(stype, near, radius_km, max_latency=max_latency, seen_within_s=seen_within,
@@ -56,5 +57,4 @@ def discover_cmd(stype: str, near: tuple[float, float], radius_km: float, gatewa
         click.echo(f"{h.handle}  cell={h.cell_hex} latency={h.latency.name.lower()} gateway={h.gateway}")
     click.echo(f"{len(handles)} handle(s)" if handles else NOTHING_HINT, err=True)
     if handles:
-        click.echo(f"invoke one: edgistry invoke HANDLE {stype}.METHOD --gateway {gateway}"
-                   + (f" --token {token_file}" if token_file else ""), err=True)
+        click.echo(f"invoke one: {conn.again('invoke', 'HANDLE', stype + '.METHOD')}", err=True)

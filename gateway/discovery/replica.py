@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 PAGE = 1000  # the registry's MAX_PAGE
 DEVICE_EVENTS = {"device_registered", "device_updated", "device_unregistered", "device_seen"}
-GATEWAY_EVENTS = {"gateway_registered", "gateway_updated", "gateway_removed"}
+GATEWAY_EVENTS = {"gateway_registered", "gateway_updated", "gateway_removed", "gateway_tls_set"}
 REVOKED_EVENT = "token_revoked"
 SEAL_EVENTS = {"data_key", "seal_key_set"}
 RevocationRecords = list[tuple[bytes, int]]  # (revocation hash, expiry s)
@@ -95,6 +95,8 @@ class ReplicaFollower:
         # the gateway's revocation hooks (app.py); None: devices only
         self.on_revocations: Callable[[RevocationRecords, int, bool], Awaitable[None]] | None = None
         self.on_heard: Callable[[], None] | None = None
+        # told every gateway record whenever they change (the peer port's trusted certificates)
+        self.on_gateways: Callable[[list[pb.GatewayRecord]], object] | None = None
 
     def _entry(self, record: pb.DeviceRecord) -> DeviceEntry | None:
         """The discovery entry of a committed record, opened with the keyring; None if it cannot be."""
@@ -114,7 +116,10 @@ class ReplicaFollower:
         return await self.chain.devices("/devices", pb.DeviceQuery(limit=PAGE), height)
 
     async def _gateways(self, height: int) -> None:
-        self.index.gateways = {g.id: g.endpoint for g in await self.chain.gateways(height)}
+        records = await self.chain.gateways(height)
+        self.index.gateways = {g.id: g.endpoint for g in records}
+        if self.on_gateways is not None:
+            self.on_gateways(records)
 
     async def load(self) -> int:
         """LOAD: a consistent snapshot at the latest height; returns that height."""

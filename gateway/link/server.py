@@ -467,7 +467,8 @@ class LinkServer:
         """Listen (``port`` 0 picks a free port; see :attr:`address`)."""
         self._loop = asyncio.get_running_loop()
         self._server = await asyncio.start_server(self._accept, self.host, self.port,
-                                                  limit=MAX_LINK_FRAME, backlog=LISTEN_BACKLOG)
+                                                  limit=MAX_LINK_FRAME, backlog=LISTEN_BACKLOG,
+                                                  reuse_port=False)  # the port is ours alone
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("device link listening on %s:%d", self.host, self.port)
 

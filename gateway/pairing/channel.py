@@ -134,8 +134,9 @@ class _Session:
 class Offers:
     """Server side of Begin: ephemeral keys per session, single use, bounded."""
 
-    def __init__(self, key: Ed25519PrivateKey, chain_id: str) -> None:
+    def __init__(self, key: Ed25519PrivateKey, chain_id: str, tls: tuple[bytes, bytes] | None = None) -> None:
         self.key = key
+        self.tls = tls  # (certificate DER, its Ed25519 binding): the offer tells the tool what to pin
         self.pubkey = key.public_key().public_bytes_raw()
         self.gateway_id = gateway_id_for(self.pubkey)
         self.chain_id = chain_id
@@ -153,8 +154,10 @@ class Offers:
         session = secrets.token_hex(16)
         self._sessions[session] = _Session(private, msg.client_x25519, gx, now)
         sig = self.key.sign(transcript(msg.client_x25519, gx))
+        cert, binding = self.tls or (b"", b"")
         return gw.PairOffer(gateway_x25519=gx, gateway_pubkey=self.pubkey, signature=sig,
-                            gateway_id=self.gateway_id, session=session, chain_id=self.chain_id)
+                            gateway_id=self.gateway_id, session=session, chain_id=self.chain_id,
+                            tls_cert=cert, tls_cert_signature=binding)
 
     def open(self, msg: gw.PairComplete) -> tuple[gw.PairPayload, bytes]:
         """Decrypt a Complete; returns the payload and the session key (to seal the answer)."""

@@ -28,24 +28,39 @@ CODE_HINT = "the gateway prints its one-time commissioning code at start (also i
 @click.option("--unpair", is_flag=True, help="Unpair the device from this gateway instead.")
 @click.option("--expect-gateway", default=None, help="Refuse unless the gateway has this id.")
 @click.option("--rpc", default=None, metavar="URL",
-              help="A node RPC URL: check the gateway's key against the key the registry holds for it.")
+              help="A node RPC URL: check the gateway's key and TLS certificate against the key and certificate the "
+                   "registry holds for it.")
+@click.option("--pin", default=None, metavar="FILE", envvar="EDGISTRY_PIN",
+              help="Trust exactly this gateway certificate (default: the one the gateway presents, kept only if "
+                   "its signed offer binds it to the gateway's key).")
+@click.option("--insecure", is_flag=True, help="Pair in plaintext with a gateway run with --insecure.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str | None, unpair: bool,
-             expect_gateway: str | None, rpc: str | None, as_json: bool) -> None:
+             expect_gateway: str | None, rpc: str | None, pin: str | None, insecure: bool, as_json: bool) -> None:
     """Pair a device with a gateway (or unpair it) over the one-time commissioning channel.
 
     Writes paired.json (link endpoint, identity token, pseudonym, gateway id)
-    into the device home and a read-only application token file beside it, and says
+    into the device home, a read-only application token file beside it, and
+    gateway.pem, the gateway's TLS certificate, which clients pin (--pin); and says
     whether discovery shows the device yet (the gateway tells: only gateways can read
     service types and cells on chain).
     """
     if not unpair and not code:
         raise UserError(f"give --code CODE: {CODE_HINT}")
+    pinned = None
+    if pin:
+        from ..client.errors import ConfigError
+        from ..client.pins import pin_from_file
+
+        try:
+            pinned = pin_from_file(pin)
+        except ConfigError as exc:
+            raise UserError(str(exc)) from exc
     what = "unpairing" if unpair else "pairing (the registry commits the device)"
     with Progress(f"{what} at {gateway}"):
         try:
             out = asyncio.run(pair_device(device_home, gateway, code or "", resolution, k, unpair, expect_gateway,
-                                          rpc))
+                                          rpc, pin=pinned, insecure=insecure))
         except PairError as exc:
             raise UserError(one_line(_hint(str(exc)))) from exc
     if as_json:
@@ -58,6 +73,10 @@ def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str
         click.echo(f"owner handle  {out['owner_handle']}")
         click.echo(f"app token     {out['app_token_file'] or '(none: the device has no read-only method)'}")
         click.echo(f"device link   {out['link_endpoint']}")
+        if out["tls_pin_file"]:
+            click.echo(f"TLS pin       {out['tls_pin_file']} (SHA-256 {out['tls_pin_sha256']})")
+        else:
+            click.echo("TLS pin       none: the gateway runs --insecure (plaintext)")
         click.echo(f"next: edgistry device run --home {device_home}", err=True)
     if unpair:
         return

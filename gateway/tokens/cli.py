@@ -335,6 +335,7 @@ def _revoke_on_chain(tokens: list, home: str, rpc: str | None, wait_all: bool, t
     from ...config import HomeError, NodeConfig, load_ed25519_pem
     from ...chain import ChainClient, ChainError
     from ...proto import registry_pb2 as pb
+    from ..tls import Pin, PinError
     from .revoke_wait import InForceTimeout, wait_in_force
 
     try:
@@ -352,12 +353,13 @@ def _revoke_on_chain(tokens: list, home: str, rpc: str | None, wait_all: bool, t
                                                               expires_at=int(expires)))
                 height = max(height, done.height)
             click.echo(f"committed at height {height}")
-            where = await wait_in_force(chain, cfg.grpc_listen, height, wait_all, timeout)
+            pin = None if cfg.insecure else Pin.from_file(cfg.tls_cert_path)
+            where = await wait_in_force(chain, cfg.grpc_listen, height, wait_all, timeout, pin)
             click.echo(f"in force at height {height} at {where}")
 
     try:
         asyncio.run(submit())
-    except (ChainError, InForceTimeout) as exc:
+    except (ChainError, InForceTimeout, PinError) as exc:
         raise UserError(str(exc)) from exc
 
 

@@ -4,9 +4,12 @@ after its transaction commits.
 Each gateway reports, on its gRPC Status call, the registry height up to which
 every revocation is in force there (``revocation_height``: its follower has
 applied the block, ended the matching queued requests and had forwards
-cancelled). The local gateway is asked at its node home's gRPC address;
-``--wait-all`` asks every gateway registered on chain at its registered
-endpoint, and a timeout names the ones that lag (or cannot be reached).
+cancelled). The local gateway is asked at its node home's gRPC address,
+trusting its certificate from the home; ``--wait-all`` asks every gateway
+registered on chain at its registered endpoint, trusting the certificate its
+record binds to its key; a timeout names the ones that lag (or cannot be
+reached). Status carries no token, so a gateway without TLS (``--insecure``,
+no certificate) is asked in plaintext.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import grpc
 from ...chain import ChainClient
 from ...proto import gateway_pb2 as gw
 from ...proto import gateway_pb2_grpc as gw_grpc
+from ..tls import Pin, PinError, channel_credentials, channel_options
 
 POLL_S = 0.02  # a Status call is a few hundred microseconds on loopback
 CALL_TIMEOUT_S = 2.0
@@ -28,29 +32,45 @@ class InForceTimeout(Exception):
     """The revocation is committed but not (yet) in force at some gateway."""
 
 
-async def status(endpoint: str, timeout: float = CALL_TIMEOUT_S) -> gw.GatewayStatus:
+def _channel(endpoint: str, pin: Pin | None) -> grpc.aio.Channel:
+    if pin is None:
+        return grpc.aio.insecure_channel(endpoint)
+    return grpc.aio.secure_channel(endpoint, channel_credentials(pin), options=channel_options(pin))
+
+
+async def status(endpoint: str, pin: Pin | None, timeout: float = CALL_TIMEOUT_S) -> gw.GatewayStatus:
     """One gateway's Status (raises grpc.aio.AioRpcError when unreachable)."""
-    async with grpc.aio.insecure_channel(endpoint) as channel:
+    async with _channel(endpoint, pin) as channel:
         return await gw_grpc.GatewayStub(channel).Status(gw.StatusRequest(), timeout=timeout)
 
 
-async def wait_in_force(chain: ChainClient, local: str, height: int, wait_all: bool, timeout: float) -> str:
+async def wait_in_force(chain: ChainClient, local: str, height: int, wait_all: bool, timeout: float,
+                        local_pin: Pin | None = None) -> str:
     """Until the gateway(s) report ``revocation_height >= height``; returns
-    who (for the message). Raises InForceTimeout naming the laggards."""
+    who (for the message). Raises InForceTimeout naming the laggards.
+    ``local_pin``: the local gateway's certificate (None: it runs --insecure)."""
+    behind: dict[str, str] = {}
     if wait_all:
-        targets = {g.id: g.endpoint for g in await chain.gateways()}
+        targets: dict[str, tuple[str, Pin | None]] = {}
+        for g in await chain.gateways():
+            try:
+                pin = Pin.from_record(g.id, g.pubkey, g.tls_cert, g.tls_cert_signature) if g.tls_cert else None
+            except PinError as exc:
+                behind[g.id] = f"not asked: {exc}"
+                continue
+            targets[g.id] = (g.endpoint, pin)
     else:
-        targets = {"the local gateway": local}
+        targets = {"the local gateway": (local, local_pin)}
     deadline = time.monotonic() + timeout
-    behind: dict[str, str] = dict.fromkeys(targets, "not asked yet")
-    channels = {name: grpc.aio.insecure_channel(ep) for name, ep in targets.items()}
+    behind.update(dict.fromkeys(targets, "not asked yet"))
+    channels = {name: _channel(ep, pin) for name, (ep, pin) in targets.items()}
     try:
         while True:
-            for name in list(behind):
+            for name in [n for n in behind if n in channels]:
                 try:
                     st = await gw_grpc.GatewayStub(channels[name]).Status(gw.StatusRequest(), timeout=CALL_TIMEOUT_S)
                 except grpc.aio.AioRpcError as exc:
-                    behind[name] = f"unreachable at {targets[name]} ({exc.code().name})"
+                    behind[name] = f"unreachable at {targets[name][0]} ({exc.code().name})"
                     continue
                 if st.revocation_height >= height:
                     del behind[name]

@@ -125,7 +125,8 @@ def test_genesis_carries_the_tls_record_and_exports_it(env, tmp_path):
     a, _, _, tmp = env
     msg = tls_msg(tmp, a.gw1)
     genesis = Genesis(admins=[pub(a.admin)], gateways=[
-        GatewaySpec(pub(a.gw1), "127.0.0.1:26670", "one", msg.cert, msg.cert_signature, msg.peer_endpoint)])
+        GatewaySpec(pub(a.gw1), "127.0.0.1:26670", "one", tls_cert=msg.cert, tls_cert_signature=msg.cert_signature,
+                    peer_endpoint=msg.peer_endpoint)])
     assert Genesis.from_json(genesis.to_json()) == genesis
     app = RegistryApp(tmp_path / "g")
     try:

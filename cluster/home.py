@@ -66,7 +66,8 @@ def gateway_spec(cfg: NodeConfig, endpoint: str, operator: str, peer_endpoint: s
     """This home's gateway as genesis registers it: key, endpoints and TLS certificate."""
     key = gateway_key(cfg)
     tls = ensure_identity(cfg.tls_key_path, cfg.tls_cert_path, key)
-    return GatewaySpec(public_bytes(key), endpoint, operator, tls.cert_der, tls.signature, peer_endpoint)
+    return GatewaySpec(public_bytes(key), endpoint, operator, tls_cert=tls.cert_der, tls_cert_signature=tls.signature,
+                       peer_endpoint=peer_endpoint)
 
 
 def init_home(home: Path, chain_id: str | None = None, cometbft_home: Path | None = None,

@@ -2,7 +2,7 @@
 
 A client talks to one gateway's gRPC front end: discovery (pages of opaque
 handles, a watch of changes, invoke-any), calls to devices (invoke, submit,
-result, watch-result, cancel, batch), with deadlines, retries with jittered
+result, watch-result, cancel, batch), device twins (get, set desired, watch), with deadlines, retries with jittered
 backoff, and one exception tree (:class:`EdgistryError`). See docs/SDK.md.
 
     with Client("127.0.0.1:26670", token="app.token") as client:
@@ -16,13 +16,14 @@ from .gateway.client.base import DEFAULT_TARGET, new_request_id
 from .gateway.client.errors import (
     AlreadyExists, Cancelled, ConfigError, DeadlineExceeded, EdgistryError, FailedPrecondition, InsecureTransport,
     InvalidArgument, LocalError, NotFound, PermissionDenied, RemoteError, RequestFailed, ResourceExhausted,
-    ServerError, TokenFileError, Unavailable,
+    ServerError, TokenFileError, Unavailable, VersionConflict,
 )
 from .gateway.client.models import Call, Filters, Handle, Latency, Page, Region, Resolved, Result, State, WatchEvent
 from .gateway.client.retry import Backoff, RetryPolicy
 from .gateway.client.sync import Client
 from .gateway.client.tokens import load_token
 from .gateway.client.transport import DEFAULT_PORT, TLS, Target, parse_target
+from .gateway.client.twins import Twin, TwinProperty
 
 
 def connect(target: str = DEFAULT_TARGET, **options) -> Client:
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_TARGET", "DeadlineExceeded", "EdgistryError", "FailedPrecondition", "Filters", "Handle",
     "InsecureTransport", "InvalidArgument", "Latency", "LocalError", "NotFound", "Page", "PermissionDenied",
     "Region", "RemoteError", "RequestFailed", "Resolved", "ResourceExhausted", "Result", "RetryPolicy",
-    "ServerError", "State", "TLS", "Target", "TokenFileError", "Unavailable", "WatchEvent", "connect",
+    "ServerError", "State", "TLS", "Target", "TokenFileError", "Twin", "TwinProperty", "Unavailable",
+    "VersionConflict", "WatchEvent", "connect",
     "connect_async", "load_token", "new_request_id", "parse_target",
 ]

@@ -39,6 +39,8 @@ from .pairing.channel import CommissionCode, Offers
 from .api.peer import Directory, ForwardChecker, PeerClient
 from .api.service import Call, GatewayService, Result, Settings
 from .store.store import GatewayStore
+from .twins import grpc_service as twin_grpc
+from .twins.service import TwinService
 from ..gc_policy import freeze_startup_objects
 from ..proto import gateway_pb2 as gw
 from ..proto import registry_pb2 as pb
@@ -93,6 +95,7 @@ class Gateway:
         self.revocation_file = Path(self.opts.get("revocation_file") or cfg.home / "revoked.json")
         self.store: GatewayStore | None = None
         self.service: GatewayService | None = None
+        self.twins: TwinService | None = None
         self.link: LinkServer | None = None
         self.code: CommissionCode | None = None
         self._grpc = None
@@ -126,12 +129,14 @@ class Gateway:
         self.metrics.watch_queues(self.store.depths)
 
         host, port = host_port(cfg.link_listen)
-        self.link = LinkServer(StoreLinkBackend(self.store, self.secret, self.metrics), host, port,
+        self.link = LinkServer(StoreLinkBackend(self.store, self.secret, self.metrics, revoked=revoked), host, port,
                                metrics=LinkMetrics())
         await self.link.start()
         self.ports["link"] = self.link.port
         self.service.on_queued = self.link.notify
         self.metrics.watch_link(self._link_snapshot)
+        self.twins = TwinService(self.store, self.gateway_id, self.secret, revoked, on_changed=self.link.notify,
+                                 expected_at=self.service.expected_at, owner_of=self.service.forwarder.owner_of)
 
         self.code = CommissionCode(cfg.home / "commission.code")
         commissioner = Commissioner(self.store, Offers(self.key, cfg.chain_id), self.code, self.chain, self.key,
@@ -145,7 +150,8 @@ class Gateway:
                                           revoked=revoked)
         self._grpc, self.ports["grpc"] = await start_grpc(
             cfg.grpc_listen, self.service, commissioner, ForwardChecker(directory), self.metrics,
-            extra=[lambda server: dg.add_to_server(server, discovery)])
+            extra=[lambda server: dg.add_to_server(server, discovery),
+                   lambda server: twin_grpc.add_to_server(server, self.twins)])
         host, port = host_port(cfg.http_listen)
         self._http = web.AppRunner(self._http_app(), access_log=None)
         await self._http.setup()
@@ -260,8 +266,10 @@ class Gateway:
             q.start_after = page.next
         self.chain_ok_at = time.time()
         local = RevocationSet.load(self.revocation_file).records()
+        known = {tag for tag, _ in self.service.revoked.records()}
         self.service.revoked.merge(records + local)
         self.service.revoked.prune()
+        await self.twins.revoked_now(sorted({tag for tag, _ in records + local} - known))
         return await self.store.add_revocations([(t, e if e is not None else 2**62) for t, e in records + local])
 
     async def _check_registration(self) -> None:

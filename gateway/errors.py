@@ -60,6 +60,12 @@ class Precondition(GatewayError):
     reason = "precondition"
 
 
+class VersionConflict(GatewayError):
+    """A compare-and-set lost: the value changed since the caller read its version."""
+
+    reason = "version_conflict"
+
+
 class Unavailable(GatewayError):
     """A dependency (the chain, a peer gateway) cannot be reached now; retry."""
 
@@ -78,6 +84,7 @@ def _codes() -> dict[type[GatewayError], object]:
         Conflict: grpc.StatusCode.ALREADY_EXISTS,
         Precondition: grpc.StatusCode.FAILED_PRECONDITION,
         Unavailable: grpc.StatusCode.UNAVAILABLE,
+        VersionConflict: grpc.StatusCode.ABORTED,
     }
 
 

@@ -33,6 +33,8 @@ from typing import Protocol
 
 from ...firmware.link import link_wire as wire
 from ..probe import LINK_BACKEND, Probe
+from ..twins import model
+from ..twins.model import Twin
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,11 @@ class LinkBackend(Protocol):
         """Revoked tags the device has not been told about yet, and the position
         to pass to :meth:`revocations_sent` once it has been."""
 
+    def twin_delta(self, link_id: bytes) -> tuple[list[tuple[str, bytes, int]], list[bytes]]:
+        """The desired twin changes the device has not applied, (key, value,
+        version) ascending; it stops before a change made under a token now
+        revoked and then also names its revoked tags (to :meth:`twin_withdraw`)."""
+
     # ---- hints ----
 
     def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
@@ -114,6 +121,13 @@ class LinkBackend(Protocol):
     async def revocations_sent(self, link_id: bytes, position: int) -> None:
         """The device was told the revocations up to ``position`` (from :meth:`revocations`)."""
 
+    async def twin_report(self, link_id: bytes, applied: int, reported: list[tuple[str, bytes]],
+                          replace: bool) -> None:
+        """Store the device's twin report (docs/TWINS.md): applied version, reported properties."""
+
+    async def twin_withdraw(self, link_id: bytes, tags: list[bytes]) -> None:
+        """Withdraw the undelivered twin changes made under revoked ``tags``."""
+
 
 @dataclass
 class MemoryBackend:
@@ -127,6 +141,8 @@ class MemoryBackend:
     acked: set[bytes] = field(default_factory=set)
     revoked: dict[bytes, list[bytes]] = field(default_factory=dict)
     contacts: list[tuple[bytes, int, int | None]] = field(default_factory=list)
+    twins: dict[bytes, Twin] = field(default_factory=dict)
+    barred: set[bytes] = field(default_factory=set)  # revoked tags the twin reads check
     commits: int = 0  # durable writes called (each would be a transaction)
 
     def identity_secret(self) -> bytes:
@@ -153,6 +169,10 @@ class MemoryBackend:
         tags = list(self.revoked.get(link_id, []))
         return tags, len(tags)
 
+    def twin_delta(self, link_id: bytes) -> tuple[list[tuple[str, bytes, int]], list[bytes]]:
+        twin = self.twins.get(link_id)
+        return model.delta(twin, twin.applied, self.barred) if twin is not None else ([], [])
+
     def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
         self.contacts.append((link_id, now_ms, sleep_s))
 
@@ -178,9 +198,19 @@ class MemoryBackend:
         self.commits += 1
         del self.revoked.get(link_id, [])[:position]
 
+    async def twin_report(self, link_id: bytes, applied: int, reported: list[tuple[str, bytes]],
+                          replace: bool) -> None:
+        self.commits += 1
+        model.report(self.twins.setdefault(link_id, Twin()), applied, reported, replace, int(time.time() * 1000))
 
-READS = ("identity_secret", "device_for_link", "ticket", "pending", "revocations", "contact")
-WRITES = ("rotate_ticket", "delivered", "answered", "revocations_sent")
+    async def twin_withdraw(self, link_id: bytes, tags: list[bytes]) -> None:
+        self.commits += 1
+        if link_id in self.twins:
+            model.withdraw(self.twins[link_id], set(tags), int(time.time() * 1000))
+
+
+READS = ("identity_secret", "device_for_link", "ticket", "pending", "revocations", "twin_delta", "contact")
+WRITES = ("rotate_ticket", "delivered", "answered", "revocations_sent", "twin_report", "twin_withdraw")
 
 
 class TimedBackend:

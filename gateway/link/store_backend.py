@@ -15,11 +15,12 @@ Link sessions and handshakes are counted by the link server itself
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 from .backend import DeviceAnswer, PairedDevice, QueuedRequest, Ticket
 from ..metrics import GatewayMetrics
 from ..store.store import GatewayStore, State
+from ..twins import model
 
 
 def _now_ms() -> int:
@@ -28,9 +29,10 @@ def _now_ms() -> int:
 
 class StoreLinkBackend:
     def __init__(self, store: GatewayStore, secret: bytes, metrics: GatewayMetrics | None = None,
-                 clock: Callable[[], int] = _now_ms) -> None:
+                 clock: Callable[[], int] = _now_ms, revoked: Container[bytes] = frozenset()) -> None:
         self.store, self.secret, self.clock = store, secret, clock
         self.metrics = metrics or GatewayMetrics()
+        self.revoked = revoked  # the gateway's revoked tags (a twin change made under one is never sent)
 
     def identity_secret(self) -> bytes:
         return self.secret
@@ -53,6 +55,12 @@ class StoreLinkBackend:
     def revocations(self, link_id: bytes) -> tuple[list[bytes], int]:
         return self.store.revocations(link_id, self.clock() // 1000)
 
+    def twin_delta(self, link_id: bytes) -> tuple[list[tuple[str, bytes, int]], list[bytes]]:
+        twin = self.store.twin(link_id)
+        if twin is None:
+            return [], []
+        return model.delta(twin, twin.applied, self.revoked if len(self.revoked) else ())
+
     def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
         self.store.note_contact(link_id, now_ms, sleep_s)
 
@@ -71,3 +79,10 @@ class StoreLinkBackend:
 
     async def revocations_sent(self, link_id: bytes, position: int) -> None:
         await self.store.revocations_sent(link_id, position)
+
+    async def twin_report(self, link_id: bytes, applied: int, reported: list[tuple[str, bytes]],
+                          replace: bool) -> None:
+        await self.store.twin_report(link_id, applied, reported, replace, self.clock())
+
+    async def twin_withdraw(self, link_id: bytes, tags: list[bytes]) -> None:
+        await self.store.twin_withdraw(tags, self.clock())

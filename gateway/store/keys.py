@@ -13,6 +13,7 @@ Primary records::
     l/<link16>                        Contact (record)               last contact, announced sleep, liveness sent
     v/<be64 n>                        tag32 + be64 expiry (s)        revocation log, in arrival order
     m/<name>                          bytes                          metadata (m/revlog: last log position)
+    w/<link16>                        Twin (record)                  the device's twin: desired, reported
 
 Per-device counters::
 
@@ -27,6 +28,8 @@ Indexes (written with their records, in the same transaction)::
     x/<be64 expires_ms><rid16>        b""                            active requests by expiry (sweeper)
     g/<be64 purge_ms><rid16>          b""                            finished requests by purge time
     vt/<tag32>                        b""                            tags already in the log
+    wh/<tag32><link16>                b""                            twins with an undelivered desired change
+                                                                     made under a token whose chain holds tag
 
 No prefix is a prefix of another's keys (``v/`` scans never see ``vt/`` or
 ``vc/``), so every scan below reads exactly one kind of key.
@@ -52,6 +55,8 @@ REVLOG = b"v/"
 REVTAG = b"vt/"
 REVCURSOR = b"vc/"
 META = b"m/"
+TWIN = b"w/"
+TWIN_BY_TAG = b"wh/"
 REVLOG_LAST = META + b"revlog"
 
 # what an unpaired device leaves behind: every per-device prefix but its requests
@@ -140,6 +145,15 @@ def revtag(tag: bytes) -> bytes:
 
 def revcursor(link_id: bytes) -> bytes:
     return REVCURSOR + link_id
+
+
+def twin(link_id: bytes) -> bytes:
+    return TWIN + link_id
+
+
+def twin_by_tag(tag: bytes, link_id: bytes = b"") -> bytes:
+    """An index entry, or (``link_id`` empty) the prefix of a tag's entries."""
+    return TWIN_BY_TAG + tag + link_id
 
 
 def meta(name: str) -> bytes:

@@ -38,6 +38,7 @@ from .metrics import GatewayMetrics
 from .pairing.channel import CommissionCode, Offers
 from .api.peer import Directory, ForwardChecker, PeerClient
 from .api.service import Call, GatewayService, Result, Settings
+from .status import mount as mount_status
 from .store.store import GatewayStore
 from .twins import grpc_service as twin_grpc
 from .twins.service import TwinService
@@ -218,6 +219,7 @@ class Gateway:
 
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/metrics", metrics)
+        mount_status(app, self)  # the operators' page; guards everything here but /healthz
         return app
 
     # ---- background loops ----

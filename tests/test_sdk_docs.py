@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edgistry.firmware.caplets import api as cl
 from sdk_helpers import start_demo_node
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -31,7 +32,8 @@ def test_the_doc_has_examples_of_every_operation():
     text = "\n".join(examples())
     for needle in ("Client(", "AsyncClient(", ".discover(", ".watch(", ".invoke(", ".invoke_any(", ".submit(",
                    ".watch_result(", ".wait(", ".cancel(", ".batch(", "Unavailable", "InsecureTransport",
-                   "DeadlineExceeded", "TLS.from_file", "Backoff("):
+                   "DeadlineExceeded", "TLS.from_file", "Backoff(", ".get_twin(", ".set_desired(", ".watch_twin(",
+                   "VersionConflict"):
         assert needle in text, needle
 
 
@@ -52,6 +54,10 @@ def test_example_runs(node, tmp_path, index):
         assert "TLS" in code  # only the TLS example needs what the test node does not have
         return
     (tmp_path / "app.token").write_text(node.app_token.read_text())
+    # the twin examples: the demo actuator's owner handle and a token its root grants twin rights
+    root = cl.load((node.owner_token.parent / "root.token").read_text())
+    (tmp_path / "twin.token").write_text(cl.to_text(cl.derive(root, [cl.Resource("/twin", cl.READ | cl.WRITE)])))
+    (tmp_path / "device.handle").write_text(node.actuator_handle)
     script = code.replace(DOC_GATEWAY, node.grpc)
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**os.environ})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -42,6 +43,22 @@ class TxRejected(ChainError):
         name = Code(code).name if code in Code._value2member_map_ else str(code)
         super().__init__(f"{stage} rejected the tx: {name} ({code}): {log}")
         self.stage, self.code, self.log = stage, code, log
+
+
+# CometBFT v1.x answers a CheckTx rejection in broadcast_tx_sync/commit with a
+# JSON-RPC error (-32603) instead of v0.38's result with a non-zero code:
+#   "broadcast error on transaction validation: tx HASH is invalid: code=2, data=, log='...', codespace='...'"
+_V1_REJECTION = re.compile(r"broadcast error on transaction validation: .*?\bcode=(\d+), data=.*?, "
+                           r"log='(.*)', codespace='[^']*'$", re.DOTALL)
+INTERNAL_ERROR = -32603
+
+
+def rejection_of(error: Any) -> TxRejected | None:
+    """The CheckTx rejection a v1.x node's JSON-RPC ``error`` object reports, if it is one."""
+    if not isinstance(error, dict) or error.get("code") != INTERNAL_ERROR or not isinstance(error.get("data"), str):
+        return None
+    m = _V1_REJECTION.search(error["data"])
+    return TxRejected("CheckTx", int(m.group(1)), m.group(2)) if m else None
 
 
 @dataclass
@@ -92,7 +109,7 @@ class ChainClient:
             raise ChainError(f"cannot reach the node RPC at {self.url}: {_reason(exc)}") from exc
         if "error" in msg:
             err = msg["error"]
-            raise ChainError(f"{method}: {err.get('message')}: {err.get('data')}")
+            raise rejection_of(err) or ChainError(f"{method}: {err.get('message')}: {err.get('data')}")
         return msg["result"]
 
     # ---- reads ----
@@ -217,7 +234,7 @@ def call(url: str, method: str, timeout: float = TIMEOUT, **params: Any) -> Any:
     except (OSError, ValueError) as exc:  # URLError, refused, timeouts, bad JSON
         raise NodeUnreachable(f"{method} at {url}: {exc}") from exc
     if "error" in msg:
-        raise RpcFailed(f"{method} at {url}: {msg['error']}")
+        raise rejection_of(msg["error"]) or RpcFailed(f"{method} at {url}: {msg['error']}")
     return msg["result"]
 
 

@@ -11,6 +11,14 @@ effects), reset at Commit so the RECHECK pass sees the new state; a recheck
 whose reads the block did not touch is a nonce lookup (``recheck.py``). The
 proposal and vote methods never touch committed state.
 
+Signatures: every block height has one Ed25519 acceptance rule
+(``ed25519_rule.rule_version``: v1 below the genesis activation height, v2
+from it). FinalizeBlock uses its block's height; CheckTx and the proposal
+methods use the height being built (last committed + 1). A signature verified
+once is remembered with its rule (``txs.VerifiedCache``) and reused only under
+the same rule. The RECHECK pass after the last v1 block verifies every pending
+tx again, so txs only v1 accepts leave the mempool before the first v2 block.
+
 Methods receive and return the generated protobuf messages (the socket server
 and the embedded node call them the same way); nothing here does I/O except
 through the store.
@@ -22,17 +30,17 @@ import logging
 from pathlib import Path
 
 from .. import __version__
-from . import keys, snapshots
+from . import ed25519_rule, keys, snapshots
 from .lthash import LtHash
 from .codes import Code, TxError
-from .genesis import Genesis, GenesisError
+from .genesis import Genesis, GenesisError, read_ed25519_v2_height
 from .handlers import prune_revocations
 from .overlay import Overlay
 from .queries import answer_query
 from .recheck import TIME_DEPENDENT, CheckedTx, CheckedTxs, TrackingOverlay
 from .state import TxResult, execute_tx
 from .store import DEFAULT_RETAIN_HEIGHTS, Store
-from .txs import MAX_TX_BYTES, DecodeCache, VerifiedCache
+from .txs import MAX_TX_BYTES, DecodeCache, DecodedTx, VerifiedCache, verify_signature
 from ..proto import abci_pb2 as abci
 
 log = logging.getLogger(__name__)
@@ -46,6 +54,20 @@ def _nonce_of(raw: bytes | None) -> int:
     return keys.from_be64(raw) if raw else 0
 
 
+_SELF_TESTED = False
+
+
+def _self_test_once() -> None:
+    """The Ed25519 rules' self-test, once per process (before the first app serves)."""
+    global _SELF_TESTED
+    if not _SELF_TESTED:
+        try:
+            ed25519_rule.self_test()
+        except RuntimeError as exc:
+            raise FatalAppError(f"refusing to start: {exc}; reinstall the pinned PyNaCl and cryptography") from exc
+        _SELF_TESTED = True
+
+
 class FatalAppError(Exception):
     """A broken invariant: the node must halt rather than diverge."""
 
@@ -56,8 +78,10 @@ class RegistryApp:
     def __init__(self, store_dir: Path | str, retain_heights: int = DEFAULT_RETAIN_HEIGHTS,
                  snapshot_interval: int = 0, snapshot_dir: Path | str | None = None,
                  snapshot_keep: int = snapshots.KEEP_SNAPSHOTS) -> None:
+        _self_test_once()
         self.store = Store(store_dir, retain_heights)
         self.chain_id = (self.store.get(keys.meta("chain_id")) or b"").decode()
+        self.ed25519_v2_height = read_ed25519_v2_height(self.store)
         self._acc = LtHash.from_bytes(self.store.lthash)
         self._block: Overlay | None = None  # staged by InitChain/FinalizeBlock
         self._staged: tuple[int, bytes, LtHash] | None = None  # (height, app_hash, acc)
@@ -90,6 +114,26 @@ class RegistryApp:
     def app_hash(self) -> bytes:
         return self.store.app_hash
 
+    @property
+    def next_height(self) -> int:
+        """The height being built: last committed + 1 (the genesis height before the first)."""
+        return self.height + 1 if self.height else max(self._genesis_height, 1)
+
+    def rule_at(self, height: int) -> int:
+        """The Ed25519 acceptance rule of block ``height`` (ed25519_rule.RULE_V1/RULE_V2)."""
+        return ed25519_rule.rule_version(height, self.ed25519_v2_height)
+
+    def _signature_ok(self, raw: bytes, tx: DecodedTx, rule: int) -> bool:
+        """Verify (once per rule, remembered) for the proposal methods."""
+        if self.verified.has(raw, rule):
+            return True
+        try:
+            verify_signature(tx, rule)
+        except TxError:
+            return False
+        self.verified.add(raw, rule)
+        return True
+
     # ---- info/query connection ----
 
     def echo(self, req: abci.RequestEcho) -> abci.ResponseEcho:
@@ -118,25 +162,31 @@ class RegistryApp:
         except GenesisError as exc:
             raise FatalAppError(f"invalid genesis: {exc}") from exc
         self.chain_id = req.chain_id
+        self.ed25519_v2_height = genesis.ed25519_v2_height
         self._block = Overlay(self.store)
         self._genesis_height = max(req.initial_height, 1)
         genesis.init(self._block, req.chain_id, list(req.validators), self._genesis_height)
         app_hash = self._block.fold_hash(self._acc, self.store).digest()
         self._check = Overlay(self._block)  # txs may reach the mempool before block 1
         self.checked.reset()
-        log.info("InitChain %s: %d admins, %d gateways, %d devices", req.chain_id,
-                 len(genesis.admins), len(genesis.gateways), len(genesis.devices))
+        log.info("InitChain %s: %d admins, %d gateways, %d devices; Ed25519 rule v2 from height %s",
+                 req.chain_id, len(genesis.admins), len(genesis.gateways), len(genesis.devices),
+                 genesis.ed25519_v2_height if genesis.ed25519_v2_height is not None else "never")
         return abci.ResponseInitChain(app_hash=app_hash)
 
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
-        """Keep mempool order; drop txs that can never be valid; respect max_tx_bytes."""
+        """Keep mempool order; drop txs that can never be valid at this height (undecodable,
+        or a signature the height's rule rejects); respect max_tx_bytes."""
         out, total = [], 0
+        rule = self.rule_at(self.next_height)
         for tx in req.txs:
             if total + len(tx) > req.max_tx_bytes:
                 break
             try:
-                self.decoded.decode(tx)
+                decoded = self.decoded.decode(tx)
             except TxError:
+                continue
+            if not self._signature_ok(tx, decoded, rule):
                 continue
             out.append(tx)
             total += len(tx)
@@ -144,11 +194,15 @@ class RegistryApp:
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
         """Accept exactly what an honest PrepareProposal could produce."""
+        rule = self.rule_at(self.next_height)
         for tx in req.txs:
             try:
-                self.decoded.decode(tx)
+                decoded = self.decoded.decode(tx)
             except TxError as err:
                 log.warning("rejecting proposal at height %d: %s", req.height, err)
+                return abci.ResponseProcessProposal(status=REJECT)
+            if not self._signature_ok(tx, decoded, rule):
+                log.warning("rejecting proposal at height %d: a signature fails Ed25519 rule v%d", req.height, rule)
                 return abci.ResponseProcessProposal(status=REJECT)
         return abci.ResponseProcessProposal(status=ACCEPT)
 
@@ -166,14 +220,17 @@ class RegistryApp:
         if self._block is None or req.height != self._genesis_height or self.height:
             self._block = Overlay(self.store)  # a replayed height starts from committed state
         block = self._block
+        if req.syncing_to_height > req.height and req.height % 1000 == 0:  # v1.x says when it is catching up
+            log.info("catching up: block %d of %d", req.height, req.syncing_to_height)
         time_s = req.time.seconds
         block.put(keys.BLOCK_TIME, keys.be64(max(time_s, 0)))  # not hashed: for CheckTx
         prune_revocations(block, time_s)
         resp = abci.ResponseFinalizeBlock()
         forget = self.checked.forget
+        rule = self.rule_at(req.height)
         for raw in req.txs:
             forget(raw)  # leaves the mempool
-            result = execute_tx(block, raw, self.chain_id, req.height, time_s, verified=self.verified,
+            result = execute_tx(block, raw, self.chain_id, req.height, time_s, rule, verified=self.verified,
                                 decode=self.decoded.decode_last)
             result.fill(resp.tx_results.add())
             resp.validator_updates.extend(result.outcome.validator_updates)
@@ -203,17 +260,22 @@ class RegistryApp:
         # v0.38 sends the type in field 2, v1.x in field 3. A recheck re-runs
         # the stateful checks against the new state (by a nonce lookup when
         # the block touched nothing the tx read: recheck.py); signatures
-        # cannot have changed, so they are not verified again.
+        # cannot have changed, so they are not verified again, except in the
+        # one pass where the next block is the first under a new rule.
         recheck = req.type == abci.RECHECK or req.type_v1 == abci.CHECK_TX_TYPE_RECHECK
         self.stats["recheck" if recheck else "check"] += 1
-        if recheck:
+        height = self.next_height
+        rule = self.rule_at(height)
+        reverify = recheck and rule != self.rule_at(height - 1)
+        if recheck and not reverify:
             short = self._recheck_unchanged(raw)
             if short is not None:
                 return short
         # CheckTx sees the last committed block time: the next block's is not
         # known yet, and FinalizeBlock repeats every time-dependent check.
         view = TrackingOverlay(self._check)
-        result = execute_tx(view, raw, self.chain_id, self.height + 1, self._block_time, verify=not recheck,
+        result = execute_tx(view, raw, self.chain_id, height, self._block_time,
+                            None if recheck and not reverify else rule,
                             verified=self.verified, remember=True, decode=self.decoded.decode)
         self._check.writes.update(view.writes)  # an authenticated tx consumed its nonce even if it failed
         self._note_checked(raw, result, view, recheck)
@@ -267,6 +329,7 @@ class RegistryApp:
         result = self.snapshots.apply_chunk(req.index, req.chunk)
         if result == abci.ResponseApplySnapshotChunk.ACCEPT and self.snapshots.restored:
             self.chain_id = (self.store.get(keys.meta("chain_id")) or b"").decode()
+            self.ed25519_v2_height = read_ed25519_v2_height(self.store)
             self._acc = LtHash.from_bytes(self.store.lthash)
             self._check = Overlay(self.store)
             self._block_time = self._last_block_time()

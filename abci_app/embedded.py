@@ -69,9 +69,10 @@ class BlockStore:
 
     def __init__(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(path), map_size=1 << 36, max_dbs=2)
+        self.env = lmdb.open(str(path), map_size=1 << 36, max_dbs=3)
         self._blocks = self.env.open_db(b"blocks")
         self._txs = self.env.open_db(b"txs")  # tx hash -> be64 height
+        self._meta = self.env.open_db(b"meta")  # b"genesis_app_hash" -> InitChain's app hash
 
     def close(self) -> None:
         self.env.close()
@@ -93,6 +94,21 @@ class BlockStore:
         s = pb.StoredBlock.FromString(raw)
         results = abci.ResponseFinalizeBlock.FromString(s.finalize_response) if s.finalize_response else None
         return Block(s.height, s.time_ns, list(s.txs), s.hash, results)
+
+    def tx_height(self, h: bytes) -> int:
+        """The height of the block holding the tx with hash ``h`` (0: none)."""
+        with self.env.begin() as txn:
+            raw = txn.get(h, db=self._txs)
+        return from_be64(raw) if raw else 0
+
+    def set_genesis_app_hash(self, app_hash: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(b"genesis_app_hash", app_hash, db=self._meta)
+
+    def genesis_app_hash(self) -> bytes | None:
+        """The app hash InitChain returned: the first block's header carries it."""
+        with self.env.begin() as txn:
+            return txn.get(b"genesis_app_hash", db=self._meta)
 
     def height(self) -> int:
         with self.env.begin() as txn:
@@ -154,7 +170,7 @@ class EmbeddedNode:
             initial_height=initial,
             time=Timestamp(seconds=int(self.genesis.get("genesis_time_s", 0))),
         )
-        self.app.init_chain(req)
+        self.blocks.set_genesis_app_hash(self.app.init_chain(req).app_hash)
 
     # ---- mempool ----
 

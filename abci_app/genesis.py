@@ -4,10 +4,21 @@ It travels as the ``app_state`` object of CometBFT's genesis.json::
 
     {"admins": ["<hex ed25519 pubkey>", ...],
      "gateways": [{"pubkey": "<hex>", "endpoint": "HOST:PORT", "operator": "..."}],
-     "devices": [<DeviceRecord as protobuf JSON>, ...]}
+     "devices": [<DeviceRecord as protobuf JSON>, ...],
+     "ed25519_v2_height": 1}
 
 Devices in genesis are for exports and bulk loads; normally they register
 through transactions.
+
+``ed25519_v2_height`` is the first block whose transaction signatures are
+checked with the v2 acceptance rule (``ed25519_rule``: our canonical and
+small-order checks, then libsodium); blocks below it use v1 (cryptography).
+A new chain's genesis (``Genesis()``) has v2 from height 1. A genesis without
+the key, or with an empty app_state, means "never": a chain started before the
+v2 rule existed keeps replaying its blocks with the rule they were made under.
+The height is written to the state (``keys.ED25519_V2_HEIGHT``, so it is in the
+app hash and in snapshots) only when it is set, which keeps the app hashes of
+such older chains unchanged.
 """
 
 from __future__ import annotations
@@ -20,10 +31,14 @@ from google.protobuf import json_format
 
 from . import keys, txs
 from .codes import TxError
-from .handlers import put_device, put_gateway
+from .handlers import ed25519_key_of, put_device, put_gateway
 from .overlay import Overlay, Reader
 from ..proto import abci_pb2 as abci
 from ..proto import registry_pb2 as pb
+
+
+DEFAULT_ED25519_V2_HEIGHT = 1  # new chains verify with v2 from their first block
+_MAX_HEIGHT = 2**63 - 1  # CometBFT heights are int64
 
 
 class GenesisError(ValueError):
@@ -42,16 +57,20 @@ class Genesis:
     admins: list[bytes] = field(default_factory=list)
     gateways: list[GatewaySpec] = field(default_factory=list)
     devices: list[pb.DeviceRecord] = field(default_factory=list)
+    ed25519_v2_height: int | None = DEFAULT_ED25519_V2_HEIGHT  # None: v1 at every height
 
     # ---- JSON ----
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "admins": [a.hex() for a in self.admins],
             "gateways": [
                 {"pubkey": g.pubkey.hex(), "endpoint": g.endpoint, "operator": g.operator} for g in self.gateways
             ],
             "devices": [json_format.MessageToDict(d) for d in self.devices],
         }
+        if self.ed25519_v2_height is not None:
+            out["ed25519_v2_height"] = self.ed25519_v2_height
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> Genesis:
@@ -66,14 +85,14 @@ class Genesis:
             devices = [json_format.ParseDict(d, pb.DeviceRecord()) for d in data.get("devices", [])]
         except (KeyError, TypeError, ValueError, json_format.ParseError) as exc:
             raise GenesisError(f"malformed app_state: {exc}") from exc
-        genesis = cls(admins, gateways, devices)
+        genesis = cls(admins, gateways, devices, data.get("ed25519_v2_height"))  # absent: never
         genesis.validate()
         return genesis
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Genesis:
         if not raw.strip():
-            return cls()
+            return cls(ed25519_v2_height=None)  # an empty app_state names no activation height
         try:
             return cls.from_json(json.loads(raw))
         except json.JSONDecodeError as exc:
@@ -81,6 +100,9 @@ class Genesis:
 
     # ---- validate / init / export ----
     def validate(self) -> None:
+        h = self.ed25519_v2_height
+        if h is not None and (type(h) is not int or not 1 <= h <= _MAX_HEIGHT):
+            raise GenesisError(f"ed25519_v2_height must be a whole number 1..{_MAX_HEIGHT}, not {h!r}")
         for admin in self.admins:
             if len(admin) != 32:
                 raise GenesisError("an admin key is 32 bytes")
@@ -106,6 +128,8 @@ class Genesis:
     def init(self, kv: Overlay, chain_id: str, validators: list[abci.ValidatorUpdate], height: int) -> None:
         """Write this genesis into ``kv`` (staged; persisted by the first Commit)."""
         kv.put(keys.meta("chain_id"), chain_id.encode())
+        if self.ed25519_v2_height is not None:
+            kv.put(keys.ED25519_V2_HEIGHT, keys.be64(self.ed25519_v2_height))
         for admin in self.admins:
             kv.put(keys.admin(admin), b"1")
         for g in self.gateways:
@@ -115,17 +139,25 @@ class Genesis:
             record.CopyFrom(d)
             record.registered_height = height
             put_device(kv, record)
-        for v in validators:
-            if v.pub_key.WhichOneof("sum") == "ed25519" and v.power > 0:
-                record = pb.ValidatorRecord(pubkey=v.pub_key.ed25519, power=v.power)
-                kv.put(keys.validator(v.pub_key.ed25519), record.SerializeToString(deterministic=True))
+        for v in validators:  # v0.38 sends pub_key, v1.x pub_key_bytes + pub_key_type
+            key = ed25519_key_of(v)
+            if key is not None and v.power > 0:
+                record = pb.ValidatorRecord(pubkey=key, power=v.power)
+                kv.put(keys.validator(key), record.SerializeToString(deterministic=True))
 
     @classmethod
     def export(cls, reader: Reader) -> Genesis:
-        genesis = cls(admins=[k[len(keys.ADMIN):] for k, _ in reader.scan(keys.ADMIN)])
+        genesis = cls(admins=[k[len(keys.ADMIN):] for k, _ in reader.scan(keys.ADMIN)],
+                      ed25519_v2_height=read_ed25519_v2_height(reader))
         for _, raw in reader.scan(keys.GATEWAY):
             g = pb.GatewayRecord.FromString(raw)
             genesis.gateways.append(GatewaySpec(g.pubkey, g.endpoint, g.operator))
         for _, raw in reader.scan(keys.DEVICE):
             genesis.devices.append(pb.DeviceRecord.FromString(raw))
         return genesis
+
+
+def read_ed25519_v2_height(reader: Reader) -> int | None:
+    """The v2 activation height recorded in the state (None: never)."""
+    raw = reader.get(keys.ED25519_V2_HEIGHT)
+    return keys.from_be64(raw) if raw else None

@@ -121,10 +121,11 @@ def apply_remove_gateway(ctx: TxContext, msg: pb.RemoveGateway) -> Outcome:
 
 
 def put_device(kv: Overlay, record: pb.DeviceRecord) -> None:
-    kv.put(keys.device(record.pseudonym), _ser(record))
-    for svc in record.services:
-        kv.put(keys.device_by_cell(svc.type, record.cell, record.pseudonym), b"")
-    kv.put(keys.device_by_gateway(record.gateway_id, record.pseudonym), b"")
+    pseudonym = record.pseudonym
+    kv.put(keys.device(pseudonym), _ser(record))
+    for key in keys.device_by_cell_keys([svc.type for svc in record.services], record.cell, pseudonym):
+        kv.put(key, b"")
+    kv.put(keys.device_by_gateway(record.gateway_id, pseudonym), b"")
 
 
 def drop_device(kv: Overlay, record: pb.DeviceRecord) -> None:
@@ -232,6 +233,25 @@ def prune_revocations(kv: Overlay, time_s: int) -> int:
 # ---- validators ----
 
 
+ED25519 = "ed25519"
+
+
+def validator_update(pubkey: bytes, power: int) -> abci.ValidatorUpdate:
+    """A validator update both CometBFT lines read: v0.38 takes pub_key (field 1) and
+    skips fields 3-4; v1.x takes pub_key_bytes + pub_key_type and skips the reserved 1."""
+    return abci.ValidatorUpdate(pub_key=abci.PublicKey(ed25519=pubkey), power=power,
+                                pub_key_bytes=pubkey, pub_key_type=ED25519)
+
+
+def ed25519_key_of(update: abci.ValidatorUpdate) -> bytes | None:
+    """The Ed25519 key of a validator update in either shape (None: another key type)."""
+    if update.pub_key.WhichOneof("sum") == ED25519:
+        return update.pub_key.ed25519
+    if update.pub_key_type == ED25519 and update.pub_key_bytes:
+        return update.pub_key_bytes
+    return None
+
+
 def apply_set_validator(ctx: TxContext, msg: pb.SetValidator) -> Outcome:
     _require_admin(ctx)
     key = keys.validator(msg.pubkey)
@@ -244,7 +264,7 @@ def apply_set_validator(ctx: TxContext, msg: pb.SetValidator) -> Outcome:
         ctx.kv.delete(key)
     else:
         ctx.kv.put(key, _ser(pb.ValidatorRecord(pubkey=msg.pubkey, power=msg.power)))
-    update = abci.ValidatorUpdate(pub_key=abci.PublicKey(ed25519=msg.pubkey), power=msg.power)
+    update = validator_update(msg.pubkey, msg.power)
     return Outcome(b"", [event("validator_set", pubkey=msg.pubkey.hex(), power=str(msg.power))], [update])
 
 

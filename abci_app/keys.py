@@ -2,7 +2,8 @@
 
 Primary records (hashed into the app hash):
 
-    m/<name>                    chain metadata (chain_id)          -> utf-8
+    m/<name>                    chain metadata: m/chain_id -> utf-8,
+                                m/ed25519_v2_height -> be64 (absent: never)
     a/<pubkey32>                genesis admin                      -> b"1"
     g/<gateway_id>              GatewayRecord
     d/<pseudonym16>             DeviceRecord
@@ -38,6 +39,7 @@ GATEWAY_BY_KEY = b"gk/"
 DEVICE_BY_CELL = b"dc/"
 DEVICE_BY_GATEWAY = b"dg/"
 REVOCATION_BY_EXPIRY = b"rx/"
+ED25519_V2_HEIGHT = META + b"ed25519_v2_height"  # from genesis; see ed25519_rule
 BLOCK_TIME = b"x/block_time"  # last block time (be64 seconds); derived, not hashed
 
 HASHED_PREFIXES = (META, ADMIN, GATEWAY, DEVICE, REVOCATION, NONCE, VALIDATOR)
@@ -94,6 +96,12 @@ def device(pseudonym: bytes) -> bytes:
 
 def device_by_cell(service_type: str, cell: int, pseudonym: bytes) -> bytes:
     return device_by_cell_prefix(service_type, cell) + pseudonym
+
+
+def device_by_cell_keys(service_types: list[str], cell: int, pseudonym: bytes) -> list[bytes]:
+    """device_by_cell for each of a device's service types (the cell path computed once)."""
+    where = b"\0" + h3_path(cell) + pseudonym
+    return [DEVICE_BY_CELL + t.encode() + where for t in service_types]
 
 
 def device_by_cell_prefix(service_type: str, cell: int | None) -> bytes:

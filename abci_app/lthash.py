@@ -15,6 +15,9 @@ lanes, each lane in a 32-bit slot. A slot holds 16 bits of lane plus 16 bits
 of headroom, so up to 2**16 - 1 additions can be summed without carrying into
 the neighbour; the sum is reduced mod 2**16 per lane only when it is read
 (or when the headroom runs out). Subtraction adds the lane-wise complement.
+The odd lanes stay where the digest has them (bits 16..31 of each slot, with
+the next slot's low half as headroom), so an element costs one mask per
+parity and no shift; they are shifted down only when the sum is read.
 """
 
 from __future__ import annotations
@@ -26,15 +29,17 @@ LANE_BITS = 16
 NBYTES = LANES * LANE_BITS // 8
 _DOMAIN = b"edgistry/lthash16/v1\0"
 _MASK = int.from_bytes(b"\xff\xff\x00\x00" * (LANES // 2), "little")  # low 16 bits of each slot
+_ODD_MASK = _MASK << LANE_BITS  # the odd lanes, in place
 _ONE = int.from_bytes(b"\x01\x00\x00\x00" * (LANES // 2), "little")
+_ODD_ONE = _ONE << LANE_BITS
 _HEADROOM = (1 << 16) - 2  # additions a slot can absorb before it must be reduced
 
 
 def element(key: bytes, value: bytes) -> tuple[int, int]:
-    """The lane vector of one record, split into (even, odd) slots."""
+    """The lane vector of one record, split into (even lanes, odd lanes in place)."""
     raw = hashlib.shake_128(_DOMAIN + len(key).to_bytes(4, "big") + key + value).digest(NBYTES)
     v = int.from_bytes(raw, "little")
-    return v & _MASK, (v >> LANE_BITS) & _MASK
+    return v & _MASK, v & _ODD_MASK
 
 
 class LtHash:
@@ -43,7 +48,7 @@ class LtHash:
     __slots__ = ("even", "odd", "pending")
 
     def __init__(self, even: int = 0, odd: int = 0) -> None:
-        self.even, self.odd, self.pending = even, odd, 0
+        self.even, self.odd, self.pending = even, odd, 0  # odd: lanes in place (see the module notes)
 
     def copy(self) -> LtHash:
         other = LtHash(self.even, self.odd)
@@ -60,7 +65,7 @@ class LtHash:
         e, o = element(key, value)
         # per lane: a - b = a + (0xffff - b) + 1  (mod 2**16)
         self.even += (e ^ _MASK) + _ONE
-        self.odd += (o ^ _MASK) + _ONE
+        self.odd += (o ^ _ODD_MASK) + _ODD_ONE
         self._count()
 
     def _count(self) -> None:
@@ -70,12 +75,12 @@ class LtHash:
 
     def _reduce(self) -> None:
         self.even &= _MASK
-        self.odd &= _MASK
+        self.odd &= _ODD_MASK
         self.pending = 0
 
     def to_bytes(self) -> bytes:
         self._reduce()
-        return (self.even | (self.odd << LANE_BITS)).to_bytes(NBYTES, "little")
+        return (self.even | self.odd).to_bytes(NBYTES, "little")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LtHash:
@@ -84,7 +89,7 @@ class LtHash:
         if len(data) != NBYTES:
             raise ValueError(f"an LtHash16 state is {NBYTES} bytes, got {len(data)}")
         v = int.from_bytes(data, "little")
-        return cls(v & _MASK, (v >> LANE_BITS) & _MASK)
+        return cls(v & _MASK, v & _ODD_MASK)
 
     def digest(self) -> bytes:
         """The 32-byte app hash of this sum."""

@@ -22,11 +22,28 @@ A malformed or oversized frame, or bytes that do not decode as a Request,
 close that connection only, with a log line; the app is untouched and other
 connections go on. An app failure is answered with ``Response.exception``
 (CometBFT then stops the node, which is what a broken invariant needs).
+
+Limits. Each connection's partial frame is bounded by the frame limit; the
+server also bounds the number of connections (:data:`MAX_CONNECTIONS`) and the
+bytes buffered in partial frames over all of them (:data:`MAX_BUFFERED_BYTES`),
+so junk connections cannot exhaust memory. Neither limit may lock CometBFT
+out: it opens four connections together and, after a crash, four new ones
+while the old ones may linger. So a connection over the limit replaces one
+already open (:meth:`AbciServer._victim`), and over the byte budget the
+connections holding the largest partial frames are closed. Never chosen: the
+consensus connection (the latest to carry a consensus method, and any holding
+a partial frame: it may be mid-FinalizeBlock with a block-sized frame) and,
+while it is active, the connections opened together with it (CometBFT's
+other three, which may be idle for long). A connection younger than
+:data:`GRACE_S` is not replaced either, so a restarted CometBFT can open its
+four before its first call. A consensus connection left over from before a
+restart may be replaced. Each drop or refusal is one warning line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +59,17 @@ from ..proto import abci_pb2 as abci
 log = logging.getLogger(__name__)
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024  # stop reading a connection whose answers are not being taken
+# CometBFT's four connections, four more after it restarts while the old ones
+# linger, and room for a tool or two.
+MAX_CONNECTIONS = 32
+GRACE_S = 2.0  # a new connection gets this long to start talking before it may be replaced
+SIBLINGS_S = 2.0  # CometBFT opens query, snapshot, mempool and consensus within this
+STALE_S = 60.0  # a consensus connection silent this long no longer shields its siblings
+# Two frames of the maximum size: a block-sized FinalizeBlock on the consensus
+# connection never has to wait for anything else to drain.
+MAX_BUFFERED_BYTES = 2 * MAX_FRAME_SIZE
+CONSENSUS_METHODS = frozenset({"init_chain", "prepare_proposal", "process_proposal", "extend_vote",
+                               "verify_vote_extension", "finalize_block", "commit"})
 
 
 @dataclass(frozen=True)
@@ -100,7 +128,16 @@ def _fast_table() -> dict[int, tuple[str, type, bytes]]:
 
 
 _FAST = _fast_table()
+_CONSENSUS_KEYS = frozenset(key for key, (kind, _, _) in _FAST.items() if kind in CONSENSUS_METHODS)
 _FLUSH_RESPONSE = encode_frame(abci.Response(flush=abci.ResponseFlush()).SerializeToString())
+
+
+def _is_consensus(frame: bytes) -> bool:
+    """Whether a request frame carries a consensus-connection method (its first tag says)."""
+    if not frame:
+        return False
+    key = frame[0] if frame[0] < 0x80 or len(frame) < 2 else (frame[0] & 0x7F) | (frame[1] << 7)
+    return key in _CONSENSUS_KEYS
 
 
 def answer_frame(app: Any, frame: bytes) -> bytes:
@@ -148,35 +185,70 @@ class _Connection(asyncio.Protocol):
         self.decoder = FrameDecoder(server.max_frame_size)
         self.transport: asyncio.Transport | None = None
         self.peer: Any = "unix"
-        self.closed = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self.closed = self.loop.create_future()
+        self.serial = next(server._serials)  # opening order
+        self.opened = self.loop.time()
+        self.requests = 0  # requests answered
+        self.consensus = False  # has carried a consensus method: never dropped
+        self.last_active = self.loop.time()
+        self.buffered = 0  # bytes of partial frames held, as counted in server.buffered
+        self.dropped = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.peer = transport.get_extra_info("peername") or "unix"
+        if not self.server._admit(self):
+            transport.abort()
+            return
         self.server._connections.add(self)
         self.server.connections += 1
         log.info("ABCI connection from %s", self.peer)
 
     def data_received(self, data: bytes) -> None:
+        if self.dropped:
+            return
         decoder, app, out = self.decoder, self.server.app, []
         decoder.receive_data(data)
+        self.last_active = self.loop.time()
         try:
             while (frame := decoder.next_frame()) is not None:
+                if not self.consensus and _is_consensus(frame):
+                    self.consensus = True
                 out.append(answer_frame(app, frame))
+                self.requests += 1
         except FramingError as exc:
             log.error("ABCI connection %s sent a bad frame (%s); closing that connection", self.peer, exc)
             if out:  # what was answered before the bad frame still goes out
                 self.transport.write(b"".join(out))
+            self._account()
             self.transport.close()
             return
         except Exception:  # a bug outside the app call: this connection cannot go on in order
             log.exception("ABCI connection %s: failed to answer; closing that connection", self.peer)
+            self._account()
             self.transport.abort()
             return
         if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._account() > 0:
+            self.server._shed()
+
+    def _account(self) -> int:
+        """Bring the server's buffered total up to date; the change, in bytes."""
+        now = self.decoder.buffered
+        change, self.buffered = now - self.buffered, now
+        self.server.buffered += change
+        return change
+
+    def drop(self, why: str) -> None:
+        """Close this connection to free a slot or buffer space (one warning line)."""
+        log.warning("ABCI connection %s dropped: %s (it had answered %d requests, held %d bytes)",
+                    self.peer, why, self.requests, self.buffered)
+        self.dropped = True
+        self.transport.abort()
 
     def pause_writing(self) -> None:
         self.transport.pause_reading()
@@ -188,21 +260,87 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
             log.info("ABCI connection %s dropped: %s", self.peer, exc)
-        self.server.connections -= 1
-        self.server._connections.discard(self)
+        if self in self.server._connections:
+            self.server.connections -= 1
+            self.server._connections.discard(self)
+        self.server.buffered -= self.buffered
+        self.buffered = 0
+        self.decoder = FrameDecoder(self.server.max_frame_size)  # let go of any partial frame
         if not self.closed.done():
             self.closed.set_result(None)
 
 
 class AbciServer:
-    """Serves one application over any number of ABCI connections."""
+    """Serves one application over a bounded number of ABCI connections."""
 
-    def __init__(self, app: Any, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+    def __init__(self, app: Any, max_frame_size: int = MAX_FRAME_SIZE, max_connections: int = MAX_CONNECTIONS,
+                 max_buffered_bytes: int = MAX_BUFFERED_BYTES) -> None:
         self.app = app
         self.max_frame_size = max_frame_size
+        self.max_connections = max_connections
+        self.max_buffered_bytes = max_buffered_bytes
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
+        self._serials = itertools.count()
         self.connections = 0
+        self.buffered = 0  # bytes of partial frames over all connections
+        self.refused = 0  # connections dropped or refused by the limits
+
+    def _protected(self) -> set[_Connection]:
+        """Connections never dropped: the latest consensus connection, any consensus one
+        mid-frame, and while the latest is active, the connections opened together with it."""
+        live = [c for c in self._connections if not c.dropped]
+        consensus = [c for c in live if c.consensus]
+        keep = {c for c in consensus if c.buffered > 0}
+        if consensus:
+            latest = max(consensus, key=lambda c: (c.last_active, c.serial))
+            keep.add(latest)
+            if latest.loop.time() - latest.last_active <= STALE_S:  # CometBFT opens it after the other three
+                keep.update(c for c in live if latest.serial - 3 <= c.serial < latest.serial
+                            and latest.opened - c.opened <= SIBLINGS_S)
+        return keep
+
+    def _victim(self) -> _Connection | None:
+        """The connection a newcomer replaces, if any: not protected, not in its grace period;
+        a never-answered one holding a partial frame first, then non-consensus before consensus,
+        never-answered before answered, the one idle longest, the oldest."""
+        protected = self._protected()
+        now = asyncio.get_running_loop().time()
+        candidates = [c for c in self._connections
+                      if c not in protected and not c.dropped and now - c.opened >= GRACE_S]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda c: (not (c.requests == 0 and c.buffered > 0), c.consensus,
+                                              c.requests > 0, c.last_active, c.serial))
+
+    def _admit(self, conn: _Connection) -> bool:
+        """Make room for a new connection; False to refuse it."""
+        if len(self._connections) < self.max_connections:
+            return True
+        self.refused += 1
+        victim = self._victim()
+        if victim is None:
+            log.warning("ABCI connection from %s refused: %d connections open, none may be replaced",
+                        conn.peer, len(self._connections))
+            return False
+        victim.drop(f"the limit of {self.max_connections} connections was reached and {conn.peer} connected")
+        self._connections.discard(victim)
+        self.connections -= 1
+        return True
+
+    def _shed(self) -> None:
+        """Over the byte budget: drop the non-consensus connections holding the largest partial frames."""
+        while self.buffered > self.max_buffered_bytes:
+            protected = self._protected()
+            holders = [c for c in self._connections if c not in protected and not c.dropped and c.buffered > 0]
+            if not holders:
+                return  # only the consensus connection buffers: bounded by the frame limit
+            victim = max(holders, key=lambda c: (c.buffered, -c.serial))
+            self.refused += 1
+            victim.drop(f"{self.buffered} bytes buffered over all connections exceed {self.max_buffered_bytes}")
+            self.buffered -= victim.buffered
+            victim.buffered = 0
+            victim.decoder = FrameDecoder(self.max_frame_size)
 
     async def start(self, address: str) -> list[str]:
         addr = ListenAddress.parse(address)

@@ -48,16 +48,17 @@ class TxResult:
         return abci.ResponseCheckTx(code=0, data=self.outcome.data)
 
 
-def authenticate(kv: Overlay, tx: DecodedTx, chain_id: str, verify: bool = True) -> tuple[bool, str | None]:
-    """Check chain, signature, signer and nonce; return (is_admin, gateway_id)."""
+def authenticate(kv: Overlay, tx: DecodedTx, chain_id: str, rule: int | None) -> tuple[bool, str | None]:
+    """Check chain, signer, signature (under acceptance rule ``rule``; None: not
+    checked) and nonce; return (is_admin, gateway_id)."""
     if tx.chain_id != chain_id:
         raise TxError(Code.WRONG_CHAIN, f"tx is for chain {tx.chain_id!r}, this is {chain_id!r}")
     is_admin = kv.get(keys.admin(tx.signer)) is not None
     gid = kv.get(keys.gateway_by_key(tx.signer))
     if not is_admin and gid is None:
         raise TxError(Code.UNKNOWN_SIGNER, f"signer {tx.signer.hex()[:16]}... is neither an admin nor a gateway")
-    if verify:
-        verify_signature(tx)
+    if rule is not None:
+        verify_signature(tx, rule)
     last = kv.get(keys.nonce(tx.signer))
     last_nonce = keys.from_be64(last) if last else 0
     if tx.nonce == last_nonce:
@@ -67,21 +68,26 @@ def authenticate(kv: Overlay, tx: DecodedTx, chain_id: str, verify: bool = True)
     return is_admin, gid.decode() if gid else None
 
 
-def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int, verify: bool = True,
+def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int, rule: int | None,
                verified: VerifiedCache | None = None, remember: bool = False,
                decode: Callable[[bytes], DecodedTx] = decode_tx) -> TxResult:
     """Run one transaction; its writes land in ``kv`` only if it authenticates.
 
-    ``verify=False`` skips the signature (a recheck); with ``verified``, a tx
-    whose bytes this node already verified skips it too (``remember`` adds
-    newly verified txs: CheckTx does, FinalizeBlock does not).
+    ``rule`` is the Ed25519 acceptance rule of the block (``ed25519_rule``);
+    None skips the signature (a recheck). With ``verified``, a tx whose bytes
+    this node already verified under that same rule skips it too
+    (``remember``: CheckTx keeps entries and adds newly verified txs;
+    FinalizeBlock consumes them).
     """
     try:
         tx = decode(raw)
-        skip = not verify or (verified is not None and not remember and verified.take(raw))
-        is_admin, gid = authenticate(kv, tx, chain_id, not skip)
-        if remember and verified is not None and not skip:
-            verified.add(raw)
+        check = rule
+        if rule is not None and verified is not None:
+            known = verified.has(raw, rule) if remember else verified.take(raw, rule)
+            check = None if known else rule
+        is_admin, gid = authenticate(kv, tx, chain_id, check)
+        if remember and verified is not None and check is not None:
+            verified.add(raw, check)
     except TxError as err:
         return TxResult(err.code, err.log)
     kv.put(keys.nonce(tx.signer), keys.be64(tx.nonce))

@@ -15,7 +15,9 @@ Sub-databases:
              the value ``key`` had *before* it changed at height ``h``
              (0x00: absent). A read at height q takes the first entry with
              h > q, else the latest value.
-    changes  be64(h) || key -> b""            which keys changed at h (pruning)
+    changes  be64(h) -> packed keys            which keys changed at h (pruning): each key
+             as be16(len) || key. (Stores written before this format hold
+             be64(h) || key -> b"" per key; pruning reads both.)
     meta     b"height", b"app_hash", b"lthash", b"ah/" || be64(h) -> app hash
 
 History is kept for ``retain_heights`` heights; older heights cannot be queried.
@@ -110,19 +112,26 @@ class Store:
         h = be64(height)
         # The first commit needs no history: there is no earlier height to read.
         history = self.height > 0
+        state = self._state
+        hist: list[tuple[bytes, bytes]] = []
         with self.env.begin(write=True) as txn:
+            # replace/pop read the old value and write the new one in one B-tree
+            # descent; history goes in one putmulti, the change list in one record.
             for key in sorted(writes):
                 value = writes[key]
-                old = txn.get(key, db=self._state)
-                if old == value:
-                    continue  # skip writes that change nothing
-                if history:
-                    txn.put(key + h, _ABSENT if old is None else _PRESENT + old, db=self._hist)
-                    txn.put(h + key, b"", db=self._changes)
                 if value is None:
-                    txn.delete(key, db=self._state)
+                    old = txn.pop(key, db=state)
+                    if old is None:
+                        continue  # deleting nothing changes nothing
                 else:
-                    txn.put(key, value, db=self._state)
+                    old = txn.replace(key, value, db=state)
+                    if old == value:
+                        continue  # skip writes that change nothing (no history)
+                if history:
+                    hist.append((key + h, _ABSENT if old is None else _PRESENT + old))
+            if hist:
+                txn.cursor(db=self._hist).putmulti(hist)
+                txn.put(h, _pack_keys(k[:-8] for k, _ in hist), db=self._changes)
             txn.put(b"height", h, db=self._meta)
             txn.put(b"app_hash", app_hash, db=self._meta)
             txn.put(b"lthash", lthash, db=self._meta)
@@ -141,8 +150,11 @@ class Store:
             return
         end = be64(floor + 1)
         while (key := cursor.key()) and key < end:
-            txn.delete(key[8:] + key[:8], db=self._hist)
-            txn.delete(b"ah/" + key[:8], db=self._meta)
+            h = key[:8]
+            changed = _unpack_keys(cursor.value()) if len(key) == 8 else (key[8:],)
+            for k in changed:
+                txn.delete(k + h, db=self._hist)
+            txn.delete(b"ah/" + h, db=self._meta)
             if not cursor.delete():
                 break
 
@@ -161,6 +173,19 @@ class Store:
         self.height, self.app_hash, self.lthash = height, app_hash, lthash
         self._rtxn.abort()
         self._rtxn = self.env.begin(buffers=False)
+
+
+def _pack_keys(keys: Iterator[bytes]) -> bytes:
+    return b"".join(len(k).to_bytes(2, "big") + k for k in keys)
+
+
+def _unpack_keys(packed: bytes) -> list[bytes]:
+    out, pos, n = [], 0, len(packed)
+    while pos < n:
+        size = int.from_bytes(packed[pos:pos + 2], "big")
+        out.append(packed[pos + 2:pos + 2 + size])
+        pos += 2 + size
+    return out
 
 
 class HeightReader:

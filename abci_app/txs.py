@@ -15,13 +15,13 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError, Message
 from h3.api import basic_int as h3i
 
 from . import keys
 from .codes import Code, TxError
+from .ed25519_rule import VERIFIERS
 from ..proto import registry_pb2 as pb
 
 MAX_TX_BYTES = 64 * 1024  # a registry tx is a few hundred bytes; 64 KiB leaves room for batches
@@ -111,11 +111,6 @@ def decode_tx(raw: bytes) -> DecodedTx:
     return DecodedTx(tx.body, tx.signer, tx.signature, body.chain_id, body.nonce, kind, msg)
 
 
-@lru_cache(maxsize=4096)
-def _public_key(raw: bytes) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(raw)
-
-
 class DecodeCache:
     """Recently decoded txs by their exact bytes, so one tx is decoded once per node.
 
@@ -145,40 +140,44 @@ class DecodeCache:
 
 
 class VerifiedCache:
-    """Txs (exact bytes) whose signature this node has already verified.
+    """Txs (exact bytes) whose signature this node has already verified, and under which rule.
 
-    CheckTx verifies a tx's signature and remembers its bytes; FinalizeBlock
-    then skips the second Ed25519 verification of the very same bytes. The
-    verdict depends only on the bytes, so results stay deterministic; a tx this
-    node never saw in its mempool is verified in FinalizeBlock as usual.
-    Bounded (oldest forgotten first).
+    CheckTx (and the proposal methods) verify a tx's signature and remember its
+    bytes with the acceptance rule that passed it (``ed25519_rule``);
+    FinalizeBlock then skips the second Ed25519 verification of the very same
+    bytes if, and only if, the block's rule is that rule. The verdict depends
+    only on the bytes and the rule, so results stay deterministic: a tx passed
+    by v1 before the activation height and executed after it is verified again
+    under v2, exactly as on a node that never saw it. Bounded (oldest forgotten
+    first).
     """
 
     def __init__(self, capacity: int = 50_000) -> None:
-        self._seen: dict[bytes, None] = {}
+        self._seen: dict[bytes, int] = {}
         self.capacity = capacity
 
-    def add(self, raw: bytes) -> None:
-        self._seen[raw] = None
-        if len(self._seen) > self.capacity:
-            del self._seen[next(iter(self._seen))]
+    def add(self, raw: bytes, rule: int) -> None:
+        seen = self._seen
+        seen[raw] = rule
+        if len(seen) > self.capacity:
+            del seen[next(iter(seen))]
 
-    def take(self, raw: bytes) -> bool:
-        """True (and forget it) if ``raw`` was verified before."""
-        if raw in self._seen:
-            del self._seen[raw]
-            return True
-        return False
+    def has(self, raw: bytes, rule: int) -> bool:
+        """True if ``raw`` was verified under ``rule`` (and keep it)."""
+        return self._seen.get(raw) == rule
+
+    def take(self, raw: bytes, rule: int) -> bool:
+        """True if ``raw`` was verified under ``rule``; forget it either way."""
+        return self._seen.pop(raw, None) == rule
 
     def __len__(self) -> int:
         return len(self._seen)
 
 
-def verify_signature(tx: DecodedTx) -> None:
-    try:
-        _public_key(tx.signer).verify(tx.signature, SIGN_DOMAIN + tx.raw_body)
-    except (InvalidSignature, ValueError) as exc:
-        raise TxError(Code.BAD_SIGNATURE, "signature does not verify for the signer key") from exc
+def verify_signature(tx: DecodedTx, rule: int) -> None:
+    """Raise BAD_SIGNATURE unless ``tx``'s signature passes acceptance rule ``rule``."""
+    if not VERIFIERS[rule](tx.signer, SIGN_DOMAIN + tx.raw_body, tx.signature):
+        raise TxError(Code.BAD_SIGNATURE, "signature does not verify for the signer key")
 
 
 # ---- per-message stateless checks ----
@@ -214,23 +213,35 @@ def _name_ok(name: str) -> bool:
     return NAME_RE.match(name) is not None  # names repeat across devices: cache the verdict
 
 
+@lru_cache(maxsize=1024)  # bounded: descriptors are attacker-chosen (at most a few KiB each)
+def _service_verdict(raw: bytes) -> tuple[str, str | None]:
+    """(type, problem or None) of one serialized ServiceDescriptor. Devices of one kind
+    repeat the same descriptors, so the verdict is cached by the descriptor's bytes
+    (a pure function of them: the cache cannot change an outcome)."""
+    svc = pb.ServiceDescriptor.FromString(raw)
+    kind = svc.type
+    names = [m.name for m in svc.methods]
+    if not _name_ok(kind):
+        return kind, f"service type {kind[:64]!r} is malformed"
+    if not 0 < len(names) <= MAX_METHODS or len(set(names)) != len(names):
+        return kind, f"service {kind} needs 1..{MAX_METHODS} distinct methods"
+    for name in names:
+        if not _name_ok(name):
+            return kind, f"service {kind} has a malformed method name {name[:64]!r}"
+    return kind, None
+
+
 def _check_device_fields(msg: Message) -> None:
     _check_pseudonym(msg.pseudonym)
     services = msg.services
     if not 0 < len(services) <= MAX_SERVICES:
         raise _bad(f"a device offers 1..{MAX_SERVICES} services")
-    types = [svc.type for svc in services]
-    if len(set(types)) != len(types):
+    verdicts = [_service_verdict(svc.SerializeToString(deterministic=True)) for svc in services]
+    if len({kind for kind, _ in verdicts}) != len(verdicts):
         raise _bad("a service type is repeated")
-    for svc, kind in zip(services, types, strict=True):
-        names = [m.name for m in svc.methods]
-        if not _name_ok(kind):
-            raise _bad(f"service type {kind[:64]!r} is malformed")
-        if not 0 < len(names) <= MAX_METHODS or len(set(names)) != len(names):
-            raise _bad(f"service {kind} needs 1..{MAX_METHODS} distinct methods")
-        for name in names:
-            if not _name_ok(name):
-                raise _bad(f"service {kind} has a malformed method name {name[:64]!r}")
+    for _, problem in verdicts:
+        if problem is not None:
+            raise _bad(problem)
     policy = msg.policy
     if not msg.HasField("policy") or not 0 <= policy.resolution <= 15 or not 1 <= policy.k <= MAX_K:
         raise _bad(f"policy needs resolution 0..15 and k 1..{MAX_K}")

@@ -25,3 +25,12 @@ def find_cometbft() -> str | None:
 
 def cometbft_init(binary: str, home: Path) -> None:
     subprocess.run([binary, "init", "--home", str(home)], capture_output=True, text=True, timeout=60, check=True)
+
+
+def cometbft_version(binary: str) -> str:
+    """The release of a cometbft binary, as ``cometbft version`` prints it ("0.38.25", "1.0.1")."""
+    out = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=60, check=True).stdout
+    lines = out.strip().splitlines()
+    if not lines:
+        raise ValueError(f"{binary} version printed nothing")
+    return lines[0].strip().lstrip("v")

@@ -1,7 +1,22 @@
 """CometBFT's on-disk formats, written from Python: keys, genesis, config.toml.
 
-Targets CometBFT v0.38 (checked against v0.38.25's ``cometbft init``; a test
-compares :func:`config_toml` with what the binary writes when one is available).
+Targets CometBFT v0.38 and v1.x: :func:`config_toml`, :func:`genesis_doc` and
+:func:`default_consensus_params` take the version of the binary that will run
+the files (``cluster.cometbft.cometbft_version``) and write what that line's
+``cometbft init`` writes (checked against v0.38.25 and v1.0.1; a test compares
+:func:`config_toml` with the output of the binary in use). The differences:
+
+* config.toml: v1.x drops event_bus_buffer_capacity, rpc.grpc_laddr,
+  rpc.grpc_max_open_connections, mempool.max_batch_bytes,
+  statesync.max_snapshot_chunks and consensus.block_time_tolerance; adds a
+  [grpc] section, consensus.peer_gossip_intraloop_sleep_duration and
+  storage.{experimental_db_key_layout, compact, compaction_interval,
+  pruning.*}; and changes three defaults (db_backend pebbledb,
+  mempool.max_txs_bytes 64 MiB, p2p.flush_throttle_timeout 10ms).
+* genesis.json: v1.x's consensus_params replace ``abci`` by ``feature``
+  (vote extensions and PBTS enable heights), add ``synchrony``, and default to
+  4 MiB blocks with max_gas 10,000,000.
+* Key files are the same in both.
 
 Key files (privval/file.go, p2p/key.go, crypto/ed25519 in CometBFT):
 
@@ -26,8 +41,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 PRIV_KEY_TYPE = "tendermint/PrivKeyEd25519"
 PUB_KEY_TYPE = "tendermint/PubKeyEd25519"
-CONFIG_VERSION = "0.38.25"  # the CometBFT release whose `init` output config_toml follows
+CONFIG_VERSION = "0.38.25"  # the default release: the v0.38 line's `init` output
+V1_VERSION = "1.0.1"  # the v1.x release the v1 shapes were checked against
 DEFAULT_POWER = 10
+
+
+def is_v1(version: str) -> bool:
+    """True for a CometBFT v1.x version string ("1.0.1"), False for v0.38 ("0.38.25").
+
+    Raises ValueError for other lines: their files differ in ways not written here."""
+    v = version.strip().lstrip("v")
+    if v.startswith("1."):
+        return True
+    if v.startswith("0.38"):
+        return False
+    raise ValueError(f"CometBFT {version!r} is not supported: use v0.38.x or v1.x")
 
 
 # ---- keys ----
@@ -88,11 +116,21 @@ def priv_validator_state_json() -> dict[str, Any]:
 # ---- genesis ----
 
 
-def default_consensus_params() -> dict[str, Any]:
-    """Consensus params as `cometbft init` (v0.38) writes them; int64s are JSON strings."""
+def default_consensus_params(version: str = CONFIG_VERSION) -> dict[str, Any]:
+    """Consensus params as `cometbft init` of ``version`` writes them; int64s are JSON strings."""
+    evidence = {"max_age_num_blocks": "100000", "max_age_duration": "172800000000000", "max_bytes": "1048576"}
+    if is_v1(version):
+        return {
+            "block": {"max_bytes": "4194304", "max_gas": "10000000"},
+            "evidence": evidence,
+            "validator": {"pub_key_types": ["ed25519"]},
+            "version": {"app": "0"},
+            "synchrony": {"precision": "505000000", "message_delay": "15000000000"},
+            "feature": {"vote_extensions_enable_height": "0", "pbts_enable_height": "0"},
+        }
     return {
         "block": {"max_bytes": "22020096", "max_gas": "-1"},
-        "evidence": {"max_age_num_blocks": "100000", "max_age_duration": "172800000000000", "max_bytes": "1048576"},
+        "evidence": evidence,
         "validator": {"pub_key_types": ["ed25519"]},
         "version": {"app": "0"},
         "abci": {"vote_extensions_enable_height": "0"},
@@ -111,13 +149,13 @@ class GenesisValidator:
 
 
 def genesis_doc(chain_id: str, genesis_time: str, validators: list[GenesisValidator],
-                app_state: Any, initial_height: int = 1) -> dict[str, Any]:
-    """A complete genesis.json document (the app_state is the application's)."""
+                app_state: Any, initial_height: int = 1, version: str = CONFIG_VERSION) -> dict[str, Any]:
+    """A complete genesis.json document for CometBFT ``version`` (the app_state is the application's)."""
     return {
         "genesis_time": genesis_time,
         "chain_id": chain_id,
         "initial_height": str(initial_height),
-        "consensus_params": default_consensus_params(),
+        "consensus_params": default_consensus_params(version),
         "validators": [v.to_json() for v in validators],
         "app_hash": "",
         "app_state": app_state,
@@ -154,10 +192,50 @@ class ConsensusSettings:
 def config_toml(*, moniker: str, proxy_app: str, rpc_laddr: str, p2p_laddr: str,
                 persistent_peers: Sequence[str] = (), consensus: ConsensusSettings = ConsensusSettings(),
                 pex: bool = True, prometheus_laddr: str = "127.0.0.1:26660", log_level: str = "info",
-                external_address: str = "") -> dict[str, Any]:
-    """Every setting of a v0.38 config.toml, defaults as `cometbft init` writes them,
-    with the given values for the node-specific ones and loopback-friendly p2p
-    rules (no strict address book, duplicate IPs allowed). Prometheus stays off."""
+                external_address: str = "", version: str = CONFIG_VERSION) -> dict[str, Any]:
+    """Every setting of the config.toml of CometBFT ``version``, defaults as its
+    `cometbft init` writes them, with the given values for the node-specific ones
+    and loopback-friendly p2p rules (no strict address book, duplicate IPs
+    allowed). Prometheus stays off."""
+    config = _config_v038(moniker=moniker, proxy_app=proxy_app, rpc_laddr=rpc_laddr, p2p_laddr=p2p_laddr,
+                          persistent_peers=persistent_peers, consensus=consensus, pex=pex,
+                          prometheus_laddr=prometheus_laddr, log_level=log_level, external_address=external_address)
+    config["version"] = version.strip().lstrip("v")
+    return _to_v1(config) if is_v1(version) else config
+
+
+def _to_v1(config: dict[str, Any]) -> dict[str, Any]:
+    """The v1.x config.toml from the v0.38 one: keys dropped, added and re-defaulted,
+    sections in the order v1.x's `cometbft init` writes them."""
+    del config["event_bus_buffer_capacity"]
+    for key in ("grpc_laddr", "grpc_max_open_connections"):
+        del config["rpc"][key]
+    del config["mempool"]["max_batch_bytes"]
+    del config["statesync"]["max_snapshot_chunks"]
+    del config["consensus"]["block_time_tolerance"]
+    config["db_backend"] = "pebbledb"
+    config["mempool"]["max_txs_bytes"] = 67108864
+    config["p2p"]["flush_throttle_timeout"] = "10ms"
+    config["consensus"]["peer_gossip_intraloop_sleep_duration"] = "0s"
+    config["storage"].update({
+        "experimental_db_key_layout": "v1", "compact": False, "compaction_interval": "1000",
+        "pruning": {"interval": "10s", "data_companion": {
+            "enabled": False, "initial_block_retain_height": 0, "initial_block_results_retain_height": 0}},
+    })
+    grpc = {"laddr": "", "version_service": {"enabled": True}, "block_service": {"enabled": True},
+            "block_results_service": {"enabled": True},
+            "privileged": {"laddr": "", "pruning_service": {"enabled": False}}}
+    ordered: dict[str, Any] = {}
+    for key, value in config.items():
+        ordered[key] = value
+        if key == "rpc":
+            ordered["grpc"] = grpc
+    return ordered
+
+
+def _config_v038(*, moniker: str, proxy_app: str, rpc_laddr: str, p2p_laddr: str, persistent_peers: Sequence[str],
+                 consensus: ConsensusSettings, pex: bool, prometheus_laddr: str, log_level: str,
+                 external_address: str) -> dict[str, Any]:
     return {
         "version": CONFIG_VERSION,
         "proxy_app": proxy_app,
@@ -276,7 +354,7 @@ def config_toml(*, moniker: str, proxy_app: str, rpc_laddr: str, p2p_laddr: str,
 
 CONFIG_HEADER = (
     "# CometBFT node configuration, generated by Edgistry (edgistry.cluster).\n"
-    "# Every setting of a v0.38 config.toml is listed; see CometBFT's configuration manual.\n\n"
+    "# Every setting of this version's config.toml is listed; see CometBFT's configuration manual.\n\n"
 )
 
 

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..abci_app.genesis import GatewaySpec, Genesis
 from .home import CHAIN_ID_RE, now_rfc3339, prepare_home
 from .cometbft_files import (
-    ConsensusSettings, GenesisValidator, address_of, config_toml, genesis_doc, node_id_of,
+    CONFIG_VERSION, ConsensusSettings, GenesisValidator, address_of, config_toml, genesis_doc, is_v1, node_id_of,
     node_key_json, priv_validator_key_json, priv_validator_state_json, render_config,
 )
 from ..config import DEFAULT_CHAIN_ID, HomeError, load_ed25519_pem, public_bytes, write_secret_file
@@ -130,17 +130,23 @@ def generate_localnet(directory: Path, nodes: int, chain_id: str = DEFAULT_CHAIN
                       base_port: int = DEFAULT_BASE_PORT, consensus: ConsensusSettings = ConsensusSettings(),
                       pex: bool = True, log_level: str = "info", genesis_time: str | None = None,
                       power: int = 10, snapshot_interval: int = 0,
-                      extra_gateways: Sequence[GatewaySpec] = ()) -> list[NodeLayout]:
+                      extra_gateways: Sequence[GatewaySpec] = (),
+                      cometbft_version: str = CONFIG_VERSION) -> list[NodeLayout]:
     """Write an N-validator loopback testnet into ``directory``; return the node layouts.
 
     ``consensus`` sets the timeouts and create_empty_blocks (``ConsensusSettings.fast()``
     for tests); ``base_port`` the first port of node 0's block of ten. Every app
     takes a state-sync snapshot each ``snapshot_interval`` blocks (0: never);
     ``extra_gateways`` are registered in genesis beside the nodes' own (load
-    generators sign with them). Refuses to overwrite an existing localnet or
-    node directory.
+    generators sign with them). ``cometbft_version`` is the release that will run
+    the nodes (``cometbft.cometbft_version``): config.toml and genesis.json take
+    its shapes. Refuses to overwrite an existing localnet or node directory.
     """
     _check_arguments(nodes, chain_id, base_port)
+    try:
+        is_v1(cometbft_version)
+    except ValueError as exc:
+        raise LocalnetError(str(exc)) from exc
     directory = directory.expanduser().resolve()
     if (directory / MANIFEST).exists():
         raise LocalnetError(f"{directory} already holds a localnet ({MANIFEST} exists)")
@@ -162,14 +168,15 @@ def generate_localnet(directory: Path, nodes: int, chain_id: str = DEFAULT_CHAIN
         gateways=[GatewaySpec(n.gateway_pubkey, n.grpc_endpoint, n.moniker) for n in layouts] + list(extra_gateways),
     ).to_json()
     validators = [GenesisValidator(n.validator_pubkey, n.moniker, power) for n in layouts]
-    genesis = genesis_doc(chain_id, genesis_time or now_rfc3339(), validators, app_state)
+    genesis = genesis_doc(chain_id, genesis_time or now_rfc3339(), validators, app_state, version=cometbft_version)
     genesis_text = json.dumps(genesis, indent=2) + "\n"
 
     for node, validator_key in zip(layouts, validator_keys):
         peers = [other.p2p_address for other in layouts if other.index != node.index]
-        _write_node_files(node, validator_key, genesis_text, peers, consensus, pex, log_level)
+        _write_node_files(node, validator_key, genesis_text, peers, consensus, pex, log_level,
+                          version=cometbft_version)
 
-    manifest = {"chain_id": chain_id, "base_port": base_port,
+    manifest = {"chain_id": chain_id, "base_port": base_port, "cometbft_version": cometbft_version,
                 "nodes": [n.to_json(directory) for n in layouts]}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return layouts
@@ -177,7 +184,7 @@ def generate_localnet(directory: Path, nodes: int, chain_id: str = DEFAULT_CHAIN
 
 def _write_node_files(node: NodeLayout, validator_key: Ed25519PrivateKey, genesis_text: str, peers: list[str],
                       consensus: ConsensusSettings, pex: bool, log_level: str,
-                      statesync: dict[str, Any] | None = None) -> None:
+                      statesync: dict[str, Any] | None = None, version: str = CONFIG_VERSION) -> None:
     """Node i's validator key, genesis (both homes), config.toml and signing state."""
     config = node.cometbft_home / "config"
     write_secret_file(config / "priv_validator_key.json", _json_bytes(priv_validator_key_json(validator_key)))
@@ -185,7 +192,7 @@ def _write_node_files(node: NodeLayout, validator_key: Ed25519PrivateKey, genesi
     settings = config_toml(
         moniker=node.moniker, proxy_app=node.proxy_app, rpc_laddr=f"tcp://{HOST}:{node.ports.rpc}",
         p2p_laddr=f"tcp://{HOST}:{node.ports.p2p}", persistent_peers=peers, consensus=consensus,
-        pex=pex, prometheus_laddr=f"{HOST}:{node.ports.prometheus}", log_level=log_level)
+        pex=pex, prometheus_laddr=f"{HOST}:{node.ports.prometheus}", log_level=log_level, version=version)
     if statesync:
         settings["statesync"].update(statesync)
     (config / "config.toml").write_text(render_config(settings))
@@ -213,7 +220,7 @@ def add_localnet_node(directory: Path, statesync: dict[str, Any], consensus: Con
                                      snapshot_interval)
     genesis_text = (first.cometbft_home / "config" / "genesis.json").read_text()
     _write_node_files(node, validator_key, genesis_text, [n.p2p_address for n in layouts], consensus, pex,
-                      log_level, statesync)
+                      log_level, statesync, version=manifest.get("cometbft_version", CONFIG_VERSION))
     manifest["nodes"].append(node.to_json(directory))
     tmp = directory / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")

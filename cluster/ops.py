@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import chain as rpc
-from .cometbft_files import ConsensusSettings
+from .cometbft import cometbft_version
+from .cometbft_files import CONFIG_VERSION, ConsensusSettings
 from .launcher import Launcher
 from .localnet import HOST, MANIFEST, NodeLayout, generate_localnet, load_localnet
 
@@ -142,7 +143,8 @@ def up(directory: Path, nodes: int = 4, binary: str = "", base_port: int | None 
     else:
         layouts = generate_localnet(directory, nodes, chain_id or DEFAULT_CHAIN_ID,
                                     base_port=base_port or DEFAULT_BASE_PORT, consensus=consensus or ConsensusSettings(),
-                                    snapshot_interval=snapshot_interval)
+                                    snapshot_interval=snapshot_interval,
+                                    cometbft_version=cometbft_version(binary) if binary else CONFIG_VERSION)
         progress(f"generated a {nodes}-node localnet in {directory}")
     launcher = Launcher(directory)
     before = {n.moniker: _height(n) for n in layouts}

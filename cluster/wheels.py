@@ -117,9 +117,11 @@ def _version_of(wheel_name: str) -> str:
 
 
 def _python_of(wheels: list[Path]) -> tuple[int, int]:
-    """The CPython version of the first cpXY-tagged wheel; this interpreter's if all are pure."""
+    """The CPython version the wheels need: that of the first wheel built for one CPython ABI
+    (``cp311-cp311``); this interpreter's when all are pure or stable-ABI. The python tag of an
+    ``abi3`` wheel (``cp38-abi3``) is only its oldest CPython, so it says nothing here."""
     for wheel in wheels:
-        match = re.search(r"-cp(\d)(\d+)-", wheel.name)
+        match = re.search(r"-cp(\d)(\d+)-cp\d+[a-z]*-[^-]+\.whl$", wheel.name)
         if match:
             return int(match.group(1)), int(match.group(2))
     return sys.version_info[:2]

@@ -1,6 +1,8 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf import wrappers_pb2 as _wrappers_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -251,7 +253,7 @@ class RequestVerifyVoteExtension(_message.Message):
     def __init__(self, hash: _Optional[bytes] = ..., validator_address: _Optional[bytes] = ..., height: _Optional[int] = ..., vote_extension: _Optional[bytes] = ...) -> None: ...
 
 class RequestFinalizeBlock(_message.Message):
-    __slots__ = ("txs", "decided_last_commit", "misbehavior", "hash", "height", "time", "next_validators_hash", "proposer_address")
+    __slots__ = ("txs", "decided_last_commit", "misbehavior", "hash", "height", "time", "next_validators_hash", "proposer_address", "syncing_to_height")
     TXS_FIELD_NUMBER: _ClassVar[int]
     DECIDED_LAST_COMMIT_FIELD_NUMBER: _ClassVar[int]
     MISBEHAVIOR_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +262,7 @@ class RequestFinalizeBlock(_message.Message):
     TIME_FIELD_NUMBER: _ClassVar[int]
     NEXT_VALIDATORS_HASH_FIELD_NUMBER: _ClassVar[int]
     PROPOSER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SYNCING_TO_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     txs: _containers.RepeatedScalarFieldContainer[bytes]
     decided_last_commit: CommitInfo
     misbehavior: _containers.RepeatedCompositeFieldContainer[Misbehavior]
@@ -268,7 +271,8 @@ class RequestFinalizeBlock(_message.Message):
     time: _timestamp_pb2.Timestamp
     next_validators_hash: bytes
     proposer_address: bytes
-    def __init__(self, txs: _Optional[_Iterable[bytes]] = ..., decided_last_commit: _Optional[_Union[CommitInfo, _Mapping]] = ..., misbehavior: _Optional[_Iterable[_Union[Misbehavior, _Mapping]]] = ..., hash: _Optional[bytes] = ..., height: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_validators_hash: _Optional[bytes] = ..., proposer_address: _Optional[bytes] = ...) -> None: ...
+    syncing_to_height: int
+    def __init__(self, txs: _Optional[_Iterable[bytes]] = ..., decided_last_commit: _Optional[_Union[CommitInfo, _Mapping]] = ..., misbehavior: _Optional[_Iterable[_Union[Misbehavior, _Mapping]]] = ..., hash: _Optional[bytes] = ..., height: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_validators_hash: _Optional[bytes] = ..., proposer_address: _Optional[bytes] = ..., syncing_to_height: _Optional[int] = ...) -> None: ...
 
 class Response(_message.Message):
     __slots__ = ("exception", "echo", "flush", "info", "init_chain", "query", "check_tx", "commit", "list_snapshots", "offer_snapshot", "load_snapshot_chunk", "apply_snapshot_chunk", "prepare_proposal", "process_proposal", "extend_vote", "verify_vote_extension", "finalize_block")
@@ -569,12 +573,16 @@ class Validator(_message.Message):
     def __init__(self, address: _Optional[bytes] = ..., power: _Optional[int] = ...) -> None: ...
 
 class ValidatorUpdate(_message.Message):
-    __slots__ = ("pub_key", "power")
+    __slots__ = ("pub_key", "power", "pub_key_bytes", "pub_key_type")
     PUB_KEY_FIELD_NUMBER: _ClassVar[int]
     POWER_FIELD_NUMBER: _ClassVar[int]
+    PUB_KEY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PUB_KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
     pub_key: PublicKey
     power: int
-    def __init__(self, pub_key: _Optional[_Union[PublicKey, _Mapping]] = ..., power: _Optional[int] = ...) -> None: ...
+    pub_key_bytes: bytes
+    pub_key_type: str
+    def __init__(self, pub_key: _Optional[_Union[PublicKey, _Mapping]] = ..., power: _Optional[int] = ..., pub_key_bytes: _Optional[bytes] = ..., pub_key_type: _Optional[str] = ...) -> None: ...
 
 class VoteInfo(_message.Message):
     __slots__ = ("validator", "block_id_flag")
@@ -656,6 +664,16 @@ class BlockParams(_message.Message):
     max_gas: int
     def __init__(self, max_bytes: _Optional[int] = ..., max_gas: _Optional[int] = ...) -> None: ...
 
+class EvidenceParams(_message.Message):
+    __slots__ = ("max_age_num_blocks", "max_age_duration", "max_bytes")
+    MAX_AGE_NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    max_age_num_blocks: int
+    max_age_duration: _duration_pb2.Duration
+    max_bytes: int
+    def __init__(self, max_age_num_blocks: _Optional[int] = ..., max_age_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
 class ValidatorParams(_message.Message):
     __slots__ = ("pub_key_types",)
     PUB_KEY_TYPES_FIELD_NUMBER: _ClassVar[int]
@@ -668,12 +686,42 @@ class VersionParams(_message.Message):
     app: int
     def __init__(self, app: _Optional[int] = ...) -> None: ...
 
+class ABCIParams(_message.Message):
+    __slots__ = ("vote_extensions_enable_height",)
+    VOTE_EXTENSIONS_ENABLE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    vote_extensions_enable_height: int
+    def __init__(self, vote_extensions_enable_height: _Optional[int] = ...) -> None: ...
+
+class SynchronyParams(_message.Message):
+    __slots__ = ("precision", "message_delay")
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_DELAY_FIELD_NUMBER: _ClassVar[int]
+    precision: _duration_pb2.Duration
+    message_delay: _duration_pb2.Duration
+    def __init__(self, precision: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., message_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class FeatureParams(_message.Message):
+    __slots__ = ("vote_extensions_enable_height", "pbts_enable_height")
+    VOTE_EXTENSIONS_ENABLE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PBTS_ENABLE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    vote_extensions_enable_height: _wrappers_pb2.Int64Value
+    pbts_enable_height: _wrappers_pb2.Int64Value
+    def __init__(self, vote_extensions_enable_height: _Optional[_Union[_wrappers_pb2.Int64Value, _Mapping]] = ..., pbts_enable_height: _Optional[_Union[_wrappers_pb2.Int64Value, _Mapping]] = ...) -> None: ...
+
 class ConsensusParams(_message.Message):
-    __slots__ = ("block", "validator", "version")
+    __slots__ = ("block", "evidence", "validator", "version", "abci", "synchrony", "feature")
     BLOCK_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     VALIDATOR_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    ABCI_FIELD_NUMBER: _ClassVar[int]
+    SYNCHRONY_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
     block: BlockParams
+    evidence: EvidenceParams
     validator: ValidatorParams
     version: VersionParams
-    def __init__(self, block: _Optional[_Union[BlockParams, _Mapping]] = ..., validator: _Optional[_Union[ValidatorParams, _Mapping]] = ..., version: _Optional[_Union[VersionParams, _Mapping]] = ...) -> None: ...
+    abci: ABCIParams
+    synchrony: SynchronyParams
+    feature: FeatureParams
+    def __init__(self, block: _Optional[_Union[BlockParams, _Mapping]] = ..., evidence: _Optional[_Union[EvidenceParams, _Mapping]] = ..., validator: _Optional[_Union[ValidatorParams, _Mapping]] = ..., version: _Optional[_Union[VersionParams, _Mapping]] = ..., abci: _Optional[_Union[ABCIParams, _Mapping]] = ..., synchrony: _Optional[_Union[SynchronyParams, _Mapping]] = ..., feature: _Optional[_Union[FeatureParams, _Mapping]] = ...) -> None: ...

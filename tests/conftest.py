@@ -59,6 +59,22 @@ import sys  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cometbft", metavar="BINARY", default=None,
+                     help="the cometbft binary (v0.38.x or v1.x) for tests marked cometbft; "
+                          "the same as EDGISTRY_COMETBFT=BINARY (name the tests directory too: "
+                          "`pytest tests --cometbft BINARY`, so this conftest is read first)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """--cometbft picks the binary (and so the version) every cometbft test runs against."""
+    import os
+
+    binary = config.getoption("--cometbft")
+    if binary:
+        os.environ["EDGISTRY_COMETBFT"] = binary
+
+
 @pytest.fixture
 def procs(tmp_path: Path):
     """Processes a test starts (cluster_helpers.Procs); every one killed at teardown."""

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cluster_helpers import app_hashes, free_base_port, header_app_hashes, rpc, wait_until
 from edgistry.cluster import ops
-from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
-from edgistry.cluster.cometbft_files import ConsensusSettings
+from edgistry.cluster.cometbft import HOW_TO_GET, cometbft_version, find_cometbft
+from edgistry.cluster.cometbft_files import CONFIG_VERSION, ConsensusSettings
 from edgistry.cluster.launcher import Launcher
 from edgistry.cluster.localnet import NodeLayout, generate_localnet
 from edgistry.cluster.membership import add_node, set_power
@@ -33,6 +33,7 @@ from edgistry.chain import ChainClient, ChainError
 from edgistry.proto import registry_pb2 as pb
 
 BINARY = find_cometbft()
+VERSION = cometbft_version(BINARY) if BINARY else CONFIG_VERSION  # the files follow the binary in use
 pytestmark = [
     pytest.mark.cometbft,
     pytest.mark.slow,
@@ -84,7 +85,7 @@ class Cluster:
 def cluster(tmp_path: Path):
     directory = tmp_path / "net"
     nodes = generate_localnet(directory, 4, "edg-faults", base_port=free_base_port(60), consensus=FAST,
-                              snapshot_interval=SNAPSHOT_INTERVAL)
+                              snapshot_interval=SNAPSHOT_INTERVAL, cometbft_version=VERSION)
     launcher = Launcher(directory)
     try:
         for node in nodes:

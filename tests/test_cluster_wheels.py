@@ -138,3 +138,15 @@ def test_compose_from_a_non_editable_install(tmp_path: Path):
     shown = _run([str(clean / "bin/python"), "-c", show], env=env, cwd=tmp_path).stdout
     assert shown.strip().endswith(MARKER.decode().strip())
     _run([str(clean / "bin/edgistry"), "--help"], env=env, cwd=tmp_path)
+
+
+def test_image_python_comes_from_version_specific_wheels_not_stable_abi_ones():
+    """A stable-ABI wheel (cp38-abi3) names only its oldest CPython: the image's Python is
+    that of the wheels built for one CPython version (a cp38 base could not install them)."""
+    from edgistry.cluster.wheels import _python_of
+
+    abi3 = Path("PyNaCl-1.6.2-cp38-abi3-manylinux_2_34_x86_64.whl")
+    exact = Path("lmdb-3.0.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl")
+    assert _python_of([abi3, exact]) == (3, 11)
+    assert _python_of([exact, abi3]) == (3, 11)
+    assert _python_of([abi3]) == sys.version_info[:2]

@@ -28,14 +28,15 @@ from cluster_helpers import (
 from edgistry.abci_app.codes import Code
 from edgistry.abci_app.txs import gateway_id_for
 from edgistry.cli import main
-from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
-from edgistry.cluster.cometbft_files import ConsensusSettings, config_toml, render_config
+from edgistry.cluster.cometbft import HOW_TO_GET, cometbft_version, find_cometbft
+from edgistry.cluster.cometbft_files import CONFIG_VERSION, ConsensusSettings, config_toml, render_config
 from edgistry.cluster.localnet import NodeLayout, generate_localnet
 from edgistry.config import NodeConfig, load_ed25519_pem, public_bytes
 from edgistry.chain import ChainClient, TxRejected
 from edgistry.proto import registry_pb2 as pb
 
 BINARY = find_cometbft()
+VERSION = cometbft_version(BINARY) if BINARY else CONFIG_VERSION  # the files follow the binary in use
 pytestmark = [
     pytest.mark.cometbft,
     pytest.mark.slow,
@@ -73,13 +74,14 @@ def cli(*args: str) -> str:
 
 
 def test_generated_config_matches_cometbft_init(tmp_path: Path):
-    """config_toml lists exactly the settings `cometbft init` writes, with its defaults
-    except for the loopback p2p rules (no drift from the binary in use)."""
+    """config_toml for the binary's version lists exactly the settings its `cometbft init`
+    writes, with its defaults except for the loopback p2p rules (no drift from the binary in use)."""
     subprocess.run([BINARY, "init", "--home", str(tmp_path)], check=True, capture_output=True, timeout=60)
     theirs = _flatten(tomllib.loads((tmp_path / "config" / "config.toml").read_text()))
     ours = _flatten(tomllib.loads(render_config(config_toml(
         moniker=theirs["moniker"], proxy_app=theirs["proxy_app"], rpc_laddr=theirs["rpc.laddr"],
-        p2p_laddr=theirs["p2p.laddr"], prometheus_laddr=theirs["instrumentation.prometheus_listen_addr"]))))
+        p2p_laddr=theirs["p2p.laddr"], prometheus_laddr=theirs["instrumentation.prometheus_listen_addr"],
+        version=VERSION))))
     assert set(ours) == set(theirs)
     differ = {k for k in theirs if theirs[k] != ours[k]}
     assert differ <= {"version", "p2p.addr_book_strict", "p2p.allow_duplicate_ip"}, differ
@@ -189,7 +191,8 @@ def test_four_validators_survive_one_node_stopping(tmp_path: Path, procs: Procs)
     """A 4-validator localnet commits, serves txs written on one node from another, keeps
     committing with one node stopped, lets that node catch up, and all four agree on the
     app hash at every height."""
-    nodes = generate_localnet(tmp_path / "net", 4, "edg-quad", base_port=free_base_port(40), consensus=FAST)
+    nodes = generate_localnet(tmp_path / "net", 4, "edg-quad", base_port=free_base_port(40), consensus=FAST,
+                              cometbft_version=VERSION)
     for node in nodes:
         start_pair(procs, node.moniker, BINARY, node.edgistry_home, node.cometbft_home)
     _wait_all(nodes, 2, START_TIMEOUT)

@@ -333,7 +333,7 @@ def test_docker_runtime_up_status_resume_down(engine: Engine, tmp_path: Path):
                                  catch_exceptions=False)
         assert out.exit_code == 0, out.output
         _timed("sdk: resume node2", started)
-        acted = {line.split(":")[0] for line in out.stderr.splitlines() if re.match(r"^\w+\d: (started|created|recreated)", line)}
+        acted = {line.split("] ")[-1].split(":")[0] for line in out.stderr.splitlines() if re.match(r"^(\[\s*\d+ s\] )?\w+\d: (started|created|recreated)", line)}
         assert acted == {"abci2", "node2", "gateway2"}, out.stderr
         assert {c.labels[LABEL_SERVICE]: c.id for c in containers(engine, project.name)} == ids  # none recreated
         status = json.loads(cli_ok("cluster", "status", "--dir", str(directory), "--json"))

@@ -104,3 +104,39 @@ def test_repeated_queries_answer_identically(tmp_path):
     answers = {d.query("/devices", b"", app.height - 2).SerializeToString() for _ in range(20)}
     assert len(answers) == 1
     app.close()
+
+
+PINNED_APP_HASHES = [
+    "89ae99ea24d27eeeb0dea639e2ee05261b69d3c110f39563c28c7af2b0b5c0e4",
+    "2e8f55f1605767f4bf1c38d6f715c1343b0a8de53ce91878246318e4f4ab1b6f",
+    "97ef571c63edf7b77b5489bef9519caa5e06db3d9f85e5b767348580b0cfdb55",
+    "bbe061865f55a1fbaf80a6bc4786a5d96a1893fd8c01c1518d353b22c12e6aaa",
+    "bbe061865f55a1fbaf80a6bc4786a5d96a1893fd8c01c1518d353b22c12e6aaa",
+]
+
+
+def test_app_hashes_of_a_fixed_chain_are_pinned(tmp_path):
+    """A fixed chain whose genesis predates the v2 signature rule gets, block by block, the app
+    hashes and codes the code before that rule (and before the hashing and store optimisations)
+    gave: replaying an existing chain with this version cannot halt on an app hash mismatch."""
+    def key(i: int) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32)  # Ed25519 signing is deterministic
+
+    a = Actors(admin=key(1), gw1=key(2), gw2=key(3), stranger=key(4))
+    genesis = a.genesis()
+    genesis.ed25519_v2_height = None  # as in every genesis written before the v2 rule
+    blocks = [
+        [a.tx(a.gw1, device_msg(b"A" * 16)), a.tx(a.gw2, device_msg(b"B" * 16, types=("valve", "cam")))],
+        [a.tx(a.gw1, device_msg(b"A" * 16, cell_at(10, 10, 5), ("cam",), res=5, cls=pb.UpdateDevice)),
+         a.tx(a.gw2, pb.RevokeToken(tag=b"t" * 32, expires_at=T0 + 10000)), a.tx(a.stranger, device_msg(b"C" * 16))],
+        [a.tx(a.gw1, pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=b"A" * 16, last_seen=(T0 // 300) * 300)])),
+         a.tx(a.admin, pb.RegisterGateway(pubkey=pub(key(5)), endpoint="10.0.0.1:1", operator="x"))],
+        [a.tx(a.gw2, pb.UnregisterDevice(pseudonym=b"B" * 16))],
+        [],
+    ]
+    app = RegistryApp(tmp_path / "r")
+    d = Driver(app, genesis)
+    got = [d.block(b, dt=60) for b in blocks]
+    app.close()
+    assert [r.app_hash.hex() for r in got] == PINNED_APP_HASHES
+    assert [[x.code for x in r.tx_results] for r in got] == [[0, 0], [0, 0, 11], [0, 0], [0], []]

@@ -158,3 +158,25 @@ def test_existing_localnet_is_not_overwritten(net):
     with pytest.raises(LocalnetError, match="already"):
         generate_localnet(directory, NODES, "edg-unit", base_port=BASE)
     assert (layouts[0].cometbft_home / "config" / "genesis.json").read_text() == before
+
+
+def test_v1_localnet_files_take_the_v1_shapes(tmp_path):
+    """For CometBFT v1.x the config has the [grpc] section and v1 defaults, not the keys
+    v1 dropped; genesis has feature and synchrony params, not abci; the manifest says which."""
+    layouts = generate_localnet(tmp_path / "net", 2, "edg-v1", base_port=BASE + 500, cometbft_version="1.0.1")
+    conf = _toml(layouts[0].cometbft_home / "config" / "config.toml")
+    assert conf["version"] == "1.0.1" and conf["db_backend"] == "pebbledb"
+    assert conf["grpc"]["laddr"] == "" and conf["storage"]["pruning"]["interval"] == "10s"
+    assert "event_bus_buffer_capacity" not in conf and "grpc_laddr" not in conf["rpc"]
+    assert "block_time_tolerance" not in conf["consensus"] and "max_batch_bytes" not in conf["mempool"]
+    params = json.loads((layouts[0].cometbft_home / "config" / "genesis.json").read_text())["consensus_params"]
+    assert set(params) == {"block", "evidence", "validator", "version", "synchrony", "feature"}
+    assert params["feature"] == {"vote_extensions_enable_height": "0", "pbts_enable_height": "0"}
+    assert json.loads((tmp_path / "net" / "localnet.json").read_text())["cometbft_version"] == "1.0.1"
+
+
+@pytest.mark.parametrize("version", ["0.37.5", "2.0.0", "banana"])
+def test_unsupported_cometbft_versions_are_refused(tmp_path, version):
+    """Only the v0.38 and v1.x file shapes are known: other versions are refused up front."""
+    with pytest.raises(LocalnetError, match="not supported"):
+        generate_localnet(tmp_path / "net", 1, "edg-x", base_port=BASE + 600, cometbft_version=version)

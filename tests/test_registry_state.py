@@ -220,6 +220,29 @@ def test_validator_updates_are_returned(env):
     resp = ok(d.block([a.tx(a.admin, pb.SetValidator(pubkey=b"V" * 32, power=7))]))
     (update,) = resp.validator_updates
     assert update.pub_key.ed25519 == b"V" * 32 and update.power == 7
+    # v1.x reads the key from fields 3-4 (field 1 is reserved there): both shapes are sent
+    assert (update.pub_key_bytes, update.pub_key_type) == (b"V" * 32, "ed25519")
+
+
+@pytest.mark.parametrize("shape", ["v0.38", "v1.x"])
+def test_init_chain_reads_genesis_validators_in_both_shapes(tmp_path, shape):
+    """InitChain's validators are recorded whether CometBFT sends pub_key (v0.38) or
+    pub_key_bytes + pub_key_type (v1.x); other key types are ignored."""
+    key = b"K" * 32
+    if shape == "v0.38":
+        vals = [abci.ValidatorUpdate(pub_key=abci.PublicKey(ed25519=key), power=10)]
+    else:
+        vals = [abci.ValidatorUpdate(pub_key_bytes=key, pub_key_type="ed25519", power=10),
+                abci.ValidatorUpdate(pub_key_bytes=b"S" * 33, pub_key_type="secp256k1", power=10)]
+    app = RegistryApp(tmp_path / "reg")
+    app.init_chain(abci.RequestInitChain(chain_id=CHAIN, initial_height=1, validators=vals,
+                                         app_state_bytes=json.dumps(Actors().genesis().to_json()).encode()))
+    app.finalize_block(abci.RequestFinalizeBlock(height=1, time=Timestamp(seconds=T0)))
+    app.commit(abci.RequestCommit())
+    resp = app.query(abci.RequestQuery(path="/validators"))
+    assert resp.code == 0
+    assert list(pb.KeyList.FromString(resp.value).keys) == [key]
+    app.close()
 
 
 def test_app_hash_commits_to_the_whole_state(env):
@@ -293,17 +316,31 @@ def test_genesis_export_round_trips(env):
 
 
 def test_signatures_checked_in_check_tx_are_not_verified_again(env, monkeypatch):
-    """FinalizeBlock skips Ed25519 for bytes CheckTx verified, and verifies everything else."""
+    """A tx is verified once per node: bytes CheckTx verified are not verified again by the
+    proposal methods or FinalizeBlock; a tx first seen in a proposal is verified there once."""
     a, app, d = env
     seen = a.tx(a.gw1, device_msg(b"V" * 16))
     unseen = a.tx(a.gw1, device_msg(b"W" * 16))
     assert app.check_tx(abci.RequestCheckTx(tx=seen)).code == 0
     calls = []
     real = txs.verify_signature
-    monkeypatch.setattr("edgistry.abci_app.state.verify_signature", lambda tx: (calls.append(tx.raw_body), real(tx)))
+
+    def counting(tx, rule):
+        calls.append(tx.raw_body)
+        real(tx, rule)
+
+    monkeypatch.setattr("edgistry.abci_app.state.verify_signature", counting)
+    monkeypatch.setattr("edgistry.abci_app.app.verify_signature", counting)
     ok(d.block([seen, unseen]))
     assert calls == [pb.SignedTx.FromString(unseen).body]
     assert len(app.verified) == 0
+
+    calls.clear()
+    late = a.tx(a.gw1, device_msg(b"U" * 16))
+    resp = app.finalize_block(abci.RequestFinalizeBlock(txs=[late], height=app.height + 1,
+                                                        time=Timestamp(seconds=d.time + 5)))
+    ok(resp)
+    assert calls == [pb.SignedTx.FromString(late).body]  # never seen before: FinalizeBlock verifies it
 
 
 def test_a_forged_tx_is_never_remembered_as_verified(env):
@@ -314,3 +351,37 @@ def test_a_forged_tx_is_never_remembered_as_verified(env):
     forged = raw.SerializeToString()
     assert app.check_tx(abci.RequestCheckTx(tx=forged)).code == Code.BAD_SIGNATURE
     assert d.block([forged]).tx_results[0].code == Code.BAD_SIGNATURE
+
+
+def _svc(kind: str, *methods: str) -> pb.ServiceDescriptor:
+    return pb.ServiceDescriptor(type=kind, methods=[pb.ServiceMethod(name=m) for m in methods])
+
+
+@pytest.mark.parametrize("services, fragment", [
+    ([_svc("sensor", "read"), _svc("sensor", "write")], "service type is repeated"),
+    ([_svc("Bad Type", "read")], "service type 'Bad Type' is malformed"),
+    ([_svc("sensor")], "needs 1..32 distinct methods"),
+    ([_svc("sensor", "read", "read")], "needs 1..32 distinct methods"),
+    ([_svc("sensor", "read", "no/slash")], "malformed method name 'no/slash'"),
+    ([_svc(f"s{i}", "read") for i in range(17)], "1..16 services"),
+    ([], "1..16 services"),
+])
+def test_device_service_checks_reject_with_their_reason(services, fragment):
+    """validate_basic refuses each kind of bad service list with INVALID_FIELD and its reason,
+    every time (the per-descriptor verdicts are cached by the descriptor's bytes)."""
+    msg = device_msg(b"S" * 16)
+    del msg.services[:]
+    msg.services.extend(services)
+    for _ in range(2):
+        with pytest.raises(txs.TxError) as err:
+            txs.VALIDATORS["register_device"](msg)
+        assert err.value.code == Code.INVALID_FIELD and fragment in err.value.log
+
+
+def test_device_service_checks_accept_a_good_list():
+    """Two services with distinct well-formed methods pass, also when checked again."""
+    msg = device_msg(b"S" * 16)
+    del msg.services[:]
+    msg.services.extend([_svc("sensor", "read", "write"), _svc("valve", "open")])
+    txs.VALIDATORS["register_device"](msg)
+    txs.VALIDATORS["register_device"](msg)

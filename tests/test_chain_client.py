@@ -1,0 +1,82 @@
+"""chain.py maps both CometBFT versions' CheckTx rejections to TxRejected with the app's code."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+
+from edgistry.abci_app.codes import Code
+from edgistry.chain import ChainClient, ChainError, TxRejected, call, rejection_of
+from proc_helpers import free_port
+
+# recorded from a real v1.0.1 node (kvstore rejects an empty tx with code 2)
+V1_RECORDED = {"code": -32603, "message": "Internal error", "data": (
+    "broadcast error on transaction validation: tx E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
+    " is invalid: code=2, data=, log='', codespace=''")}
+
+
+def v1_error(code: int, log: str) -> dict:
+    return {"code": -32603, "message": "Internal error", "data": (
+        f"broadcast error on transaction validation: tx {'AB' * 32} is invalid: code={code}, data=, "
+        f"log='{log}', codespace='edgistry'")}
+
+
+def test_recorded_v1_rejection_is_parsed():
+    """The exact text a v1.0.1 node sent becomes TxRejected(CheckTx, 2, '')."""
+    err = rejection_of(V1_RECORDED)
+    assert isinstance(err, TxRejected) and (err.stage, err.code, err.log) == ("CheckTx", 2, "")
+
+
+@pytest.mark.parametrize("log", ["nonce 5 was already used", "it's 'quoted', codespace='x' inside", ""])
+def test_log_text_with_quotes_survives(log):
+    """The log is everything between log=' and the final ', codespace='...'."""
+    err = rejection_of(v1_error(Code.NONCE_REUSED, log))
+    assert err.code == Code.NONCE_REUSED and err.log == log
+
+
+@pytest.mark.parametrize("error", [
+    {"code": -32603, "message": "Internal error", "data": "tx already exists in cache"},
+    {"code": -32602, "message": "Invalid params", "data": v1_error(3, "x")["data"]},
+    {"code": -32603, "message": "Internal error"},
+    {"code": -32603, "message": "Internal error", "data": 5},
+    "not an object",
+])
+def test_other_errors_are_not_rejections(error):
+    """Other -32603 errors, other codes and malformed error objects stay ordinary errors."""
+    assert rejection_of(error) is None
+
+
+@pytest.fixture
+async def fake_v1_node():
+    """A JSON-RPC endpoint that answers every broadcast as a v1.x node rejecting the tx."""
+    async def post(request: web.Request) -> web.Response:
+        msg = await request.json()
+        return web.json_response({"jsonrpc": "2.0", "id": msg["id"],
+                                  "error": v1_error(Code.UNKNOWN_SIGNER, "signer abc is neither an admin nor a gateway")})
+
+    runner = web.AppRunner(web.Application())
+    runner.app.router.add_post("/", post)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_chain_client_raises_tx_rejected_for_a_v1_rejection(fake_v1_node):
+    """broadcast_commit against a v1.x-shaped answer raises TxRejected with the app's code."""
+    async with ChainClient(fake_v1_node) as chain:
+        with pytest.raises(TxRejected) as caught:
+            await chain.broadcast_commit(b"tx")
+    assert caught.value.code == Code.UNKNOWN_SIGNER and caught.value.stage == "CheckTx"
+    assert isinstance(caught.value, ChainError)
+
+
+async def test_sync_call_raises_tx_rejected_for_a_v1_rejection(fake_v1_node):
+    """The synchronous client maps the same answer the same way."""
+    with pytest.raises(TxRejected) as caught:
+        await asyncio.to_thread(call, fake_v1_node, "broadcast_tx_sync", tx="dHg=")
+    assert caught.value.code == Code.UNKNOWN_SIGNER
+    assert caught.value.log == "signer abc is neither an admin nor a gateway"

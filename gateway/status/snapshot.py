@@ -127,7 +127,7 @@ class StatusSource:
     async def snapshot(self) -> dict:
         """Everything the page shows, as JSON-ready data."""
         devices = self.devices()
-        depths = [d["queue"] for d in devices["list"]]
+        depths = list(self.gw.store.depths().values()) if self.gw.store is not None else []
         discovery = getattr(self.gw, "discovery", None)
         peers = sorted(discovery.index.gateways.items()) if discovery is not None else []
         return {

@@ -5,6 +5,7 @@ reaching the device; a watch seeing the device catch up."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -12,7 +13,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from edgistry.client import Client, PermissionDenied, VersionConflict
+from edgistry.client import AsyncClient, Client, PermissionDenied, VersionConflict
 from edgistry.firmware.caplets import api as cl
 from gateway_helpers import make_device_home, node_home, wait_file
 from proc_helpers import edgistry, kill9, stop, wait_for_port
@@ -143,7 +144,13 @@ def test_a_change_by_a_token_revoked_before_delivery_never_reaches_the_device(tm
                 Client(cfg.grpc_listen, token=writer).set_desired(handle, {"mode": "evil"})
 
             states = []
-            watcher = threading.Thread(target=lambda: states.extend(client.watch_twin(handle, timeout=8)))
+
+            async def watch() -> None:  # the asyncio client's watch, in a thread of its own
+                async with AsyncClient(cfg.grpc_listen, token=owner) as aclient:
+                    async for state in aclient.watch_twin(handle, timeout=8):
+                        states.append(state)
+
+            watcher = threading.Thread(target=lambda: asyncio.run(watch()))
             watcher.start()
             time.sleep(1.0)
             got = device.wake()

@@ -128,7 +128,7 @@ async def test_status_page_login_map_and_live_pairing(tmp_path):
             assert await b.js(f"!document.querySelector('[data-cell=\"{cell_of(GENEVA)}\"]')")  # 2 < k = 3
             assert "2 withheld" in await b.js("document.getElementById('map-note').textContent")
             chain = await b.js("document.getElementById('chain-facts').innerText")
-            assert "height" in chain and "embedded" in chain
+            assert "height" in chain and "node peers\nnone" in chain  # one embedded node: no peers
 
             box = await b.js(MAP_BOX)
             area = await b.js(POLY_AREA)

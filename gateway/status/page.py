@@ -168,7 +168,8 @@ function render(s) {
   facts($("chain-facts"), [
     ["node RPC", c.rpc], ["reachable", c.reachable ? "yes" : "no" + (c.error ? ` (${c.error})` : "")],
     ["chain id", c.chain_id || "-"], ["height", c.height ?? "-"], ["replica height", s.map.height],
-    ["node peers", c.peers === null || c.peers === undefined ? "none (embedded node)" : `${c.peers.length}: ${c.peers.join(", ")}`],
+    ["node peers", !c.peers ? "unknown (the node does not say)" :
+      c.peers.length ? `${c.peers.length}: ${c.peers.join(", ")}` : "none"],
     ["peer gateways", s.peer_gateways.length ? s.peer_gateways.map((g) => `${g.id} ${g.endpoint}`).join(", ") : "none"],
   ]);
   const l = s.link;

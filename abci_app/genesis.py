@@ -5,10 +5,14 @@ It travels as the ``app_state`` object of CometBFT's genesis.json::
     {"admins": ["<hex ed25519 pubkey>", ...],
      "gateways": [{"pubkey": "<hex>", "endpoint": "HOST:PORT", "operator": "..."}],
      "devices": [<DeviceRecord as protobuf JSON>, ...],
-     "ed25519_v2_height": 1}
+     "revocations": [{"tag_hash": "<hex>", "expires_at": <unix s>}, ...],
+     "ed25519_v2_height": 1,
+     "revocation_hash_height": 1}
 
-Devices in genesis are for exports and bulk loads; normally they register
-through transactions.
+Devices and revocations in genesis are for exports and bulk loads; normally
+they arrive through transactions. An export carries every revocation as its
+hash (one recorded by tag below the activation height is hashed on export), so
+a chain started from it revokes the same tokens and publishes no tag.
 
 ``ed25519_v2_height`` is the first block whose transaction signatures are
 checked with the v2 acceptance rule (``ed25519_rule``: our canonical and
@@ -19,6 +23,11 @@ v2 rule existed keeps replaying its blocks with the rule they were made under.
 The height is written to the state (``keys.ED25519_V2_HEIGHT``, so it is in the
 app hash and in snapshots) only when it is set, which keeps the app hashes of
 such older chains unchanged.
+
+``revocation_hash_height`` works the same way for revocations: from it on a
+revocation names only a tag's hash (``revocation_rule``); below it, or without
+the key, raw tags as before. New chains have it from height 1
+(``keys.REVOCATION_HASH_HEIGHT``, written only when set).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from . import keys, txs
 from .codes import TxError
 from .handlers import ed25519_key_of, put_device, put_gateway
 from .overlay import Overlay, Reader
+from .revocation_rule import DEFAULT_REVOCATION_HASH_HEIGHT, read_revocation_hash_height, revocation_hash
 from ..proto import abci_pb2 as abci
 from ..proto import registry_pb2 as pb
 
@@ -58,6 +68,8 @@ class Genesis:
     gateways: list[GatewaySpec] = field(default_factory=list)
     devices: list[pb.DeviceRecord] = field(default_factory=list)
     ed25519_v2_height: int | None = DEFAULT_ED25519_V2_HEIGHT  # None: v1 at every height
+    revocations: list[pb.RevocationRecord] = field(default_factory=list)  # tag_hash + expires_at
+    revocation_hash_height: int | None = DEFAULT_REVOCATION_HASH_HEIGHT  # None: raw tags at every height
 
     # ---- JSON ----
     def to_json(self) -> dict[str, Any]:
@@ -70,6 +82,11 @@ class Genesis:
         }
         if self.ed25519_v2_height is not None:
             out["ed25519_v2_height"] = self.ed25519_v2_height
+        if self.revocations:
+            out["revocations"] = [{"tag_hash": r.tag_hash.hex(), "expires_at": r.expires_at}
+                                  for r in self.revocations]
+        if self.revocation_hash_height is not None:
+            out["revocation_hash_height"] = self.revocation_hash_height
         return out
 
     @classmethod
@@ -83,16 +100,20 @@ class Genesis:
                 for g in data.get("gateways", [])
             ]
             devices = [json_format.ParseDict(d, pb.DeviceRecord()) for d in data.get("devices", [])]
+            revocations = [pb.RevocationRecord(tag_hash=bytes.fromhex(r["tag_hash"]), expires_at=r["expires_at"])
+                           for r in data.get("revocations", [])]
         except (KeyError, TypeError, ValueError, json_format.ParseError) as exc:
             raise GenesisError(f"malformed app_state: {exc}") from exc
-        genesis = cls(admins, gateways, devices, data.get("ed25519_v2_height"))  # absent: never
+        genesis = cls(admins, gateways, devices, data.get("ed25519_v2_height"),  # absent: never
+                      revocations, data.get("revocation_hash_height"))  # absent: never
         genesis.validate()
         return genesis
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Genesis:
         if not raw.strip():
-            return cls(ed25519_v2_height=None)  # an empty app_state names no activation height
+            # an empty app_state names no activation height
+            return cls(ed25519_v2_height=None, revocation_hash_height=None)
         try:
             return cls.from_json(json.loads(raw))
         except json.JSONDecodeError as exc:
@@ -103,6 +124,14 @@ class Genesis:
         h = self.ed25519_v2_height
         if h is not None and (type(h) is not int or not 1 <= h <= _MAX_HEIGHT):
             raise GenesisError(f"ed25519_v2_height must be a whole number 1..{_MAX_HEIGHT}, not {h!r}")
+        h = self.revocation_hash_height
+        if h is not None and (type(h) is not int or not 1 <= h <= _MAX_HEIGHT):
+            raise GenesisError(f"revocation_hash_height must be a whole number 1..{_MAX_HEIGHT}, not {h!r}")
+        for r in self.revocations:
+            if len(r.tag_hash) != 32 or r.tag or type(r.expires_at) is not int or r.expires_at <= 0:
+                raise GenesisError("a revocation is a 32-byte tag_hash and a positive expires_at")
+        if len({r.tag_hash for r in self.revocations}) != len(self.revocations):
+            raise GenesisError("duplicate revocation")
         for admin in self.admins:
             if len(admin) != 32:
                 raise GenesisError("an admin key is 32 bytes")
@@ -130,6 +159,11 @@ class Genesis:
         kv.put(keys.meta("chain_id"), chain_id.encode())
         if self.ed25519_v2_height is not None:
             kv.put(keys.ED25519_V2_HEIGHT, keys.be64(self.ed25519_v2_height))
+        if self.revocation_hash_height is not None:
+            kv.put(keys.REVOCATION_HASH_HEIGHT, keys.be64(self.revocation_hash_height))
+        for r in self.revocations:
+            kv.put(keys.revocation(r.tag_hash), r.SerializeToString(deterministic=True))
+            kv.put(keys.revocation_by_expiry(r.expires_at, r.tag_hash), b"")
         for admin in self.admins:
             kv.put(keys.admin(admin), b"1")
         for g in self.gateways:
@@ -148,7 +182,15 @@ class Genesis:
     @classmethod
     def export(cls, reader: Reader) -> Genesis:
         genesis = cls(admins=[k[len(keys.ADMIN):] for k, _ in reader.scan(keys.ADMIN)],
-                      ed25519_v2_height=read_ed25519_v2_height(reader))
+                      ed25519_v2_height=read_ed25519_v2_height(reader),
+                      revocation_hash_height=read_revocation_hash_height(reader))
+        if genesis.revocation_hash_height is None and any(True for _ in reader.scan(keys.REVOCATION)):
+            genesis.revocation_hash_height = DEFAULT_REVOCATION_HASH_HEIGHT  # its tags leave as hashes
+        for _, raw in reader.scan(keys.REVOCATION):
+            r = pb.RevocationRecord.FromString(raw)
+            genesis.revocations.append(pb.RevocationRecord(
+                tag_hash=r.tag_hash or revocation_hash(r.tag), expires_at=r.expires_at))
+        genesis.revocations.sort(key=lambda r: r.tag_hash)
         for _, raw in reader.scan(keys.GATEWAY):
             g = pb.GatewayRecord.FromString(raw)
             genesis.gateways.append(GatewaySpec(g.pubkey, g.endpoint, g.operator))

@@ -200,20 +200,25 @@ def apply_report_liveness(ctx: TxContext, msg: pb.ReportLiveness) -> Outcome:
 
 
 def apply_revoke_token(ctx: TxContext, msg: pb.RevokeToken) -> Outcome:
+    """Record a revocation under its hash (or, below the activation height of
+    revocation_rule, its tag: the form was checked before authentication)."""
     if ctx.gateway_id is None and not ctx.is_admin:
         raise TxError(Code.UNAUTHORIZED, "only gateways and admins revoke tokens")
     if msg.expires_at <= ctx.time_s:
         raise TxError(Code.ALREADY_EXPIRED, "the token has already expired; nothing to revoke")
-    raw = ctx.kv.get(keys.revocation(msg.tag))
+    key = msg.tag_hash or msg.tag
+    raw = ctx.kv.get(keys.revocation(key))
     if raw is not None:
         old = pb.RevocationRecord.FromString(raw)
         if old.expires_at >= msg.expires_at:
-            return Outcome(msg.tag)
-        ctx.kv.delete(keys.revocation_by_expiry(old.expires_at, msg.tag))
-    record = pb.RevocationRecord(tag=msg.tag, expires_at=msg.expires_at)
-    ctx.kv.put(keys.revocation(msg.tag), _ser(record))
-    ctx.kv.put(keys.revocation_by_expiry(msg.expires_at, msg.tag), b"")
-    return Outcome(msg.tag, [event("token_revoked", tag=msg.tag.hex())])
+            return Outcome(key)
+        ctx.kv.delete(keys.revocation_by_expiry(old.expires_at, key))
+    record = pb.RevocationRecord(tag=msg.tag, tag_hash=msg.tag_hash, expires_at=msg.expires_at)
+    ctx.kv.put(keys.revocation(key), _ser(record))
+    ctx.kv.put(keys.revocation_by_expiry(msg.expires_at, key), b"")
+    # gateways follow this event block by block (gateway/discovery/replica.py)
+    name = "tag_hash" if msg.tag_hash else "tag"
+    return Outcome(key, [event("token_revoked", **{name: key.hex()}, expires_at=str(msg.expires_at))])
 
 
 def prune_revocations(kv: Overlay, time_s: int) -> int:

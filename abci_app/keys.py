@@ -4,10 +4,11 @@ Primary records (hashed into the app hash):
 
     m/<name>                    chain metadata: m/chain_id -> utf-8,
                                 m/ed25519_v2_height -> be64 (absent: never)
+                                m/revocation_hash_height -> be64 (absent: never)
     a/<pubkey32>                genesis admin                      -> b"1"
     g/<gateway_id>              GatewayRecord
     d/<pseudonym16>             DeviceRecord
-    r/<tag32>                   RevocationRecord
+    r/<hash32>                  RevocationRecord (r/<tag32> below revocation_hash_height)
     n/<signer32>                last nonce                          -> be64
     v/<pubkey32>                ValidatorRecord
 
@@ -40,6 +41,7 @@ DEVICE_BY_CELL = b"dc/"
 DEVICE_BY_GATEWAY = b"dg/"
 REVOCATION_BY_EXPIRY = b"rx/"
 ED25519_V2_HEIGHT = META + b"ed25519_v2_height"  # from genesis; see ed25519_rule
+REVOCATION_HASH_HEIGHT = META + b"revocation_hash_height"  # from genesis; see revocation_rule
 BLOCK_TIME = b"x/block_time"  # last block time (be64 seconds); derived, not hashed
 
 HASHED_PREFIXES = (META, ADMIN, GATEWAY, DEVICE, REVOCATION, NONCE, VALIDATOR)

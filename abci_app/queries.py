@@ -11,7 +11,7 @@ path                   data                            value
 /devices/by_gateway    DeviceQuery(gateway_id)         DeviceList
 /device                DeviceQuery(pseudonym)          DeviceRecord
 /revocations           DeviceQuery (paging)            RevocationList
-/revocation            32-byte tag                     RevocationRecord
+/revocation            32-byte tag hash (older: tag)   RevocationRecord
 /nonce                 32-byte signer key              be64 last nonce
 /admins, /validators   -                               KeyList
 =====================  ==============================  ====================

@@ -16,6 +16,7 @@ from . import keys
 from .codes import CODESPACE, Code, TxError
 from .handlers import HANDLERS, Outcome, TxContext
 from .overlay import Overlay
+from .revocation_rule import check_form, read_revocation_hash_height
 from .txs import DecodedTx, VerifiedCache, decode_tx, verify_signature
 from ..proto import abci_pb2 as abci
 
@@ -81,6 +82,8 @@ def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int,
     """
     try:
         tx = decode(raw)
+        if tx.kind == "revoke_token":  # the form the height takes, before the nonce (revocation_rule)
+            check_form(tx.msg, height, read_revocation_hash_height(kv))
         check = rule
         if rule is not None and verified is not None:
             known = verified.has(raw, rule) if remember else verified.take(raw, rule)

@@ -55,6 +55,10 @@ async def run_node(cfg: NodeConfig, announce: Callable[[str], None] = print, dem
 async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[str], None],
                         demo_devices: int = 0) -> None:
     announce(BANNER)
+    # handlers first: a SIGTERM while the gateway starts (it loads the registry's
+    # revocations before serving) is a clean shutdown, not a kill
+    sig = asyncio.ensure_future(wait_for_signal())
+    await asyncio.sleep(0)
     node = EmbeddedNode(app, cfg.embedded_dir, load_genesis_doc(cfg),
                         block_interval_s=cfg.block_interval_ms / 1000,
                         empty_block_interval_s=cfg.empty_block_interval_s)
@@ -71,7 +75,12 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
     announce(f"chain {node.chain_id} at height {app.height}; RPC on http://{host}:{port}")
     gateway, demo_stop, demo_tasks = None, asyncio.Event(), []
     try:
-        gateway = await _start_gateway(cfg, f"http://{host}:{port}", announce)
+        start = asyncio.ensure_future(_start_gateway(cfg, f"http://{host}:{port}", announce))
+        await asyncio.wait({start, sig}, return_when=asyncio.FIRST_COMPLETED)
+        if sig.done():  # asked to stop while starting: let the start finish, then stop it
+            gateway = await start
+            return
+        gateway = start.result()
         if demo_devices and gateway is not None:
             from ..gateway.demo import start_demo_devices
 
@@ -86,8 +95,9 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
             gateway.code.on_rotate = lambda code: announce(code_line(code, gateway.code.path))
         announce(STOP_LINE)
         freeze_startup_objects()  # the gateway's setting (gc_policy.py): its latency tails matter here
-        await wait_for_signal()
+        await sig
     finally:
+        sig.cancel()
         announce("stopping")
         demo_stop.set()
         for task in demo_tasks:

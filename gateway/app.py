@@ -3,15 +3,21 @@
 ``create_gateway(cfg)`` builds a :class:`Gateway`; ``await gw.start()`` opens
 the store, starts the device link server, the gRPC server (Gateway,
 Commissioning, Peer, health, reflection), the HTTP side (/healthz,
-/metrics) and three loops: the expiry sweeper, the liveness batcher and the
-revocation refresher; ``await gw.stop()`` undoes all of it in reverse.
+/metrics) and the loops: the expiry sweeper, the liveness batcher and the
+registry follower (discovery/replica.py), which also applies revocations
+block by block (:meth:`Gateway.apply_revocations`); ``await gw.stop()``
+undoes all of it in reverse.
 
 Settings come from the node config's ``[gateway]`` table (all optional):
 ``max_queue_depth``, ``default_ttl_s``, ``max_batch`` (SubmitBatch items), ``liveness_interval_s``,
-``revocation_interval_s``, ``sweep_interval_s``, ``grpc_advertise`` and
+``chain_poll_s`` (how often the follower asks its node for new blocks: a
+revocation is in force here one poll after its block commits),
+``revocation_max_silence_s`` (token checks fail closed, UNAVAILABLE, when the
+node has not answered for longer), ``sweep_interval_s``, ``grpc_advertise`` and
 ``link_advertise`` (what the registry and devices are told, default: the
 listen addresses), ``revocation_file`` (a local list written by
-``edgistry token revoke --list FILE``; default ``<home>/revoked.json``).
+``edgistry token revoke --list FILE``; default ``<home>/revoked.json``; applied
+at each registry load and by the sweeper whenever it changes).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from aiohttp import web
 from ..abci_app.txs import LIVENESS_GRANULARITY_S, MAX_LIVENESS_ENTRIES, gateway_id_for
 from ..config import NodeConfig, load_ed25519_pem, public_bytes
 from ..firmware.caplets.revocation import RevocationSet
+from .tokens.revocations import DEFAULT_MAX_SILENCE_S, LiveRevocations
 from .link.store_backend import StoreLinkBackend
 from ..chain import ChainClient, ChainError
 from .pairing.commissioner import Commissioner
@@ -48,6 +55,9 @@ from ..proto import registry_pb2 as pb
 
 log = logging.getLogger(__name__)
 FORWARD_SLACK_S = 10.0  # a forwarded Invoke may take this much longer than the client's own timeout
+CHAIN_POLL_S = 0.05  # revoke-to-refusal is one block interval plus at most this (and the apply)
+FIRST_LOAD_S = 5.0  # start() waits this long for the registry (revocations) before serving anyway
+NEVER_EXPIRES_S = 2**62
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -105,6 +115,7 @@ class Gateway:
         self._peer: PeerClient | None = None
         self.ports: dict[str, int] = {}
         self.chain_ok_at = 0.0
+        self._local_stamp = 0  # mtime of the local revocation list last applied
 
     # ---- lifecycle ----
 
@@ -119,7 +130,10 @@ class Gateway:
 
     async def _start_parts(self) -> None:
         cfg, o = self.cfg, self.opts
-        revoked = RevocationSet.load(self.revocation_file)
+        # filled by the registry follower's load, with the local list file (apply_revocations),
+        # so every entry also ends its queued requests and reaches the devices' notice log
+        revoked = self.revoked = LiveRevocations(
+            max_silence_s=float(o.get("revocation_max_silence_s", DEFAULT_MAX_SILENCE_S)))
         settings = Settings(max_queue_depth=int(o.get("max_queue_depth", Settings.max_queue_depth)),
                             default_ttl_s=int(o.get("default_ttl_s", Settings.default_ttl_s)),
                             max_batch=int(o.get("max_batch", Settings.max_batch)))
@@ -146,9 +160,16 @@ class Gateway:
         from .discovery import grpc_service as dg
 
         self.discovery, replica, _ = dg.create_discovery(cfg.home, self.chain, self.gateway_id, self.grpc_endpoint)
-        self.service.resolvers.append(dg.handle_resolver(self.discovery, self.secret))  # Invoke takes handles
+        self.service.resolvers.append(dg.handle_resolver(self.discovery, self.secret, revoked=revoked))  # handles
+        replica.on_revocations, replica.on_heard = self.apply_revocations, revoked.heard
+        replica.poll_s = float(o.get("chain_poll_s", CHAIN_POLL_S))
         discovery = dg.discovery_servicer(self.discovery, self.secret, dg.GatewayInvoker(self.service), replica,
                                           revoked=revoked)
+        try:  # serve with the registry's revocations loaded (token checks fail closed until then)
+            await asyncio.wait_for(replica.load(), FIRST_LOAD_S)
+            revoked.heard()
+        except (ChainError, asyncio.TimeoutError, OSError) as exc:
+            log.warning("registry not loaded yet (%s): token checks refused until it is", exc)
         self._grpc, self.ports["grpc"] = await start_grpc(
             cfg.grpc_listen, self.service, commissioner, ForwardChecker(directory), self.metrics,
             extra=[lambda server: dg.add_to_server(server, discovery),
@@ -164,7 +185,6 @@ class Gateway:
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in (
             ("sweeper", self._every(interval("sweep_interval_s", 1.0), self._sweep)),
             ("liveness", self._every(interval("liveness_interval_s", 60.0), self.report_liveness)),
-            ("revocations", self._every(interval("revocation_interval_s", 10.0), self.refresh_revocations)),
             ("registration", self._check_registration()),
             ("replica", replica.run()),
         )]
@@ -238,13 +258,16 @@ class Gateway:
                 log.exception("background step %s failed", getattr(step, "__name__", step))
 
     async def _sweep(self) -> None:
-        """Dead-letter expired requests, forget old response slots and tickets (one group commit)."""
+        """Dead-letter expired requests, forget old response slots and tickets (one group
+        commit); drop expired revocations; apply the local revocation list if it changed."""
         now = int(time.time() * 1000)
+        self.revoked.prune(now / 1000)
         expired, _, _ = await asyncio.gather(self.store.expire_due(now), self.store.purge_finished(now),
                                              self.store.purge_tickets(now))
         if expired:
             self.metrics.expired.inc(len(expired))
             log.info("dead-lettered %d expired request(s)", len(expired))
+        await self._local_revocations()
 
     async def report_liveness(self) -> int:
         """One ReportLiveness tx for all devices seen in a new 5-minute bucket (not one per wake)."""
@@ -257,22 +280,38 @@ class Gateway:
         self.chain_ok_at = time.time()
         return len(due)
 
-    async def refresh_revocations(self) -> int:
-        """Merge the registry's revocations into the local set and the devices' notice log."""
-        records, q = [], pb.DeviceQuery()
-        while True:
-            page = await self.chain.query_msg("/revocations", pb.RevocationList, q.SerializeToString())
-            records.extend((r.tag, r.expires_at) for r in page.revocations)
-            if not page.next:
-                break
-            q.start_after = page.next
+    async def apply_revocations(self, records: list[tuple[bytes, int]], height: int, complete: bool) -> int:
+        """Put revocations in force (the follower calls this for each height,
+        and with the whole list at a (re)load, ``complete``, when the local
+        list file is merged too), in this order: the set every token check
+        reads (refusals start now), every active request made with a revoked
+        chain ended REVOKED and every forward of one cancelled at its holder
+        (acknowledged), the devices' notice log; then ``height`` says they are
+        all in force. A failure raises before ``height`` moves: retried."""
+        if complete:
+            records = records + [(h, e if e is not None else NEVER_EXPIRES_S)
+                                 for h, e in RevocationSet.load(self.revocation_file).records()]
+        new = [(h, e) for h, e in records if self.revoked.revoke(h, e)]
+        if new:
+            ended = await self.service.revoked_now([h for h, _ in new])
+            await self.twins.revoked_now([h for h, _ in new])  # undelivered twin changes under them withdrawn
+            await self.store.add_revocations(new)
+            log.info("height %d: %d revocation(s) in force, %d request(s) ended REVOKED", height, len(new), ended)
+        self.revoked.height = max(self.revoked.height, height)
         self.chain_ok_at = time.time()
-        local = RevocationSet.load(self.revocation_file).records()
-        known = {tag for tag, _ in self.service.revoked.records()}
-        self.service.revoked.merge(records + local)
-        self.service.revoked.prune()
-        await self.twins.revoked_now(sorted({tag for tag, _ in records + local} - known))
-        return await self.store.add_revocations([(t, e if e is not None else 2**62) for t, e in records + local])
+        return len(new)
+
+    async def _local_revocations(self) -> None:
+        """Apply the local list file again when it changed (`token revoke --list FILE`)."""
+        try:
+            stamp = self.revocation_file.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if stamp != self._local_stamp:
+            self._local_stamp = stamp
+            records = [(h, e if e is not None else NEVER_EXPIRES_S)
+                       for h, e in RevocationSet.load(self.revocation_file).records()]
+            await self.apply_revocations(records, self.revoked.height, False)
 
     async def _check_registration(self) -> None:
         """Make the registry's endpoint for this gateway the one it serves (peers forward there)."""

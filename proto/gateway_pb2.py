@@ -24,45 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gistry/proto/gateway.proto\x12\x13\x65\x64gistry.gateway.v1\"\xa6\x01\n\rInvokeRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x01(\x0c\x12\r\n\x05token\x18\x04 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\x12\r\n\x05ttl_s\x18\x06 \x01(\r\x12\x0f\n\x07service\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x10\n\x08\x61ttested\x18\t \x01(\x08\"\xc8\x01\n\x06Result\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.edgistry.gateway.v1.RequestState\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x16\n\x0e\x65xpected_at_ms\x18\x05 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x06 \x01(\x03\x12\x12\n\nfrom_cache\x18\x07 \x01(\x08\x12\x15\n\rdevice_status\x18\x08 \x01(\r\"J\n\x12SubmitBatchRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".edgistry.gateway.v1.InvokeRequest\"U\n\tBatchItem\x12+\n\x06result\x18\x01 \x01(\x0b\x32\x1b.edgistry.gateway.v1.Result\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"D\n\x13SubmitBatchResponse\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.edgistry.gateway.v1.BatchItem\"2\n\rResultRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\"\"\n\tPairBegin\x12\x15\n\rclient_x25519\x18\x01 \x01(\x0c\"\x85\x01\n\tPairOffer\x12\x16\n\x0egateway_x25519\x18\x01 \x01(\x0c\x12\x16\n\x0egateway_pubkey\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x12\n\ngateway_id\x18\x04 \x01(\t\x12\x0f\n\x07session\x18\x05 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x06 \x01(\t\"B\n\x0cPairComplete\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\xab\x01\n\x0bPairPayload\x12\x12\n\nroot_token\x18\x01 \x01(\x0c\x12\x10\n\x08manifest\x18\x02 \x01(\x0c\x12\x0c\n\x04\x63\x65ll\x18\x03 \x01(\x04\x12\x12\n\nresolution\x18\x04 \x01(\r\x12\t\n\x01k\x18\x05 \x01(\r\x12\x0f\n\x07\x65ncrypt\x18\x06 \x01(\x08\x12\x0f\n\x07link_id\x18\x07 \x01(\x0c\x12\x17\n\x0f\x63ommission_code\x18\x08 \x01(\t\x12\x0e\n\x06unpair\x18\t \x01(\x08\"\x9b\x01\n\nPairResult\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\x12\x16\n\x0eidentity_token\x18\x02 \x01(\x0c\x12\x11\n\tapp_token\x18\x03 \x01(\x0c\x12\x14\n\x0cowner_handle\x18\x04 \x01(\t\x12\x15\n\rlink_endpoint\x18\x05 \x01(\t\x12\x12\n\ngateway_id\x18\x06 \x01(\t\x12\x0e\n\x06height\x18\x07 \x01(\r\"/\n\nPairSealed\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"\xba\x01\n\tForwarded\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".edgistry.gateway.v1.InvokeRequest\x12\x0f\n\x07\x66rom_id\x18\x02 \x01(\t\x12\x12\n\nsent_at_ms\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x0c\n\x04\x63\x61ll\x18\x05 \x01(\t\x12\x32\n\x06result\x18\x06 \x01(\x0b\x32\".edgistry.gateway.v1.ResultRequest*n\n\x0cRequestState\x12\x11\n\rSTATE_UNKNOWN\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\r\n\tDELIVERED\x10\x02\x12\x08\n\x04\x44ONE\x10\x03\x12\x0b\n\x07\x45XPIRED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\n\n\x06\x46\x41ILED\x10\x06\x32\xec\x03\n\x07Gateway\x12I\n\x06Invoke\x12\".edgistry.gateway.v1.InvokeRequest\x1a\x1b.edgistry.gateway.v1.Result\x12I\n\x06Submit\x12\".edgistry.gateway.v1.InvokeRequest\x1a\x1b.edgistry.gateway.v1.Result\x12`\n\x0bSubmitBatch\x12\'.edgistry.gateway.v1.SubmitBatchRequest\x1a(.edgistry.gateway.v1.SubmitBatchResponse\x12L\n\tGetResult\x12\".edgistry.gateway.v1.ResultRequest\x1a\x1b.edgistry.gateway.v1.Result\x12P\n\x0bWatchResult\x12\".edgistry.gateway.v1.ResultRequest\x1a\x1b.edgistry.gateway.v1.Result0\x01\x12I\n\x06\x43\x61ncel\x12\".edgistry.gateway.v1.ResultRequest\x1a\x1b.edgistry.gateway.v1.Result2\xa8\x01\n\rCommissioning\x12G\n\x05\x42\x65gin\x12\x1e.edgistry.gateway.v1.PairBegin\x1a\x1e.edgistry.gateway.v1.PairOffer\x12N\n\x08\x43omplete\x12!.edgistry.gateway.v1.PairComplete\x1a\x1f.edgistry.gateway.v1.PairSealed2\x9d\x01\n\x04Peer\x12\x46\n\x07\x46orward\x12\x1e.edgistry.gateway.v1.Forwarded\x1a\x1b.edgistry.gateway.v1.Result\x12M\n\x0c\x46orwardWatch\x12\x1e.edgistry.gateway.v1.Forwarded\x1a\x1b.edgistry.gateway.v1.Result0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gistry/proto/gateway.proto\x12\x13\x65\x64gistry.gateway.v1\"\xd7\x01\n\rInvokeRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x01(\x0c\x12\r\n\x05token\x18\x04 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\x12\r\n\x05ttl_s\x18\x06 \x01(\r\x12\x0f\n\x07service\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x10\n\x08\x61ttested\x18\t \x01(\x08\x12\x14\n\x0c\x63hain_hashes\x18\n \x03(\x0c\x12\x19\n\x11revocation_height\x18\x0b \x01(\x03\"\xc8\x01\n\x06Result\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.edgistry.gateway.v1.RequestState\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x16\n\x0e\x65xpected_at_ms\x18\x05 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x06 \x01(\x03\x12\x12\n\nfrom_cache\x18\x07 \x01(\x08\x12\x15\n\rdevice_status\x18\x08 \x01(\r\"J\n\x12SubmitBatchRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".edgistry.gateway.v1.InvokeRequest\"U\n\tBatchItem\x12+\n\x06result\x18\x01 \x01(\x0b\x32\x1b.edgistry.gateway.v1.Result\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"D\n\x13SubmitBatchResponse\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.edgistry.gateway.v1.BatchItem\"2\n\rResultRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\"\"\n\tPairBegin\x12\x15\n\rclient_x25519\x18\x01 \x01(\x0c\"\x85\x01\n\tPairOffer\x12\x16\n\x0egateway_x25519\x18\x01 \x01(\x0c\x12\x16\n\x0egateway_pubkey\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x12\n\ngateway_id\x18\x04 \x01(\t\x12\x0f\n\x07session\x18\x05 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x06 \x01(\t\"B\n\x0cPairComplete\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\xab\x01\n\x0bPairPayload\x12\x12\n\nroot_token\x18\x01 \x01(\x0c\x12\x10\n\x08manifest\x18\x02 \x01(\x0c\x12\x0c\n\x04\x63\x65ll\x18\x03 \x01(\x04\x12\x12\n\nresolution\x18\x04 \x01(\r\x12\t\n\x01k\x18\x05 \x01(\r\x12\x0f\n\x07\x65ncrypt\x18\x06 \x01(\x08\x12\x0f\n\x07link_id\x18\x07 \x01(\x0c\x12\x17\n\x0f\x63ommission_code\x18\x08 \x01(\t\x12\x0e\n\x06unpair\x18\t \x01(\x08\"\x9b\x01\n\nPairResult\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\x12\x16\n\x0eidentity_token\x18\x02 \x01(\x0c\x12\x11\n\tapp_token\x18\x03 \x01(\x0c\x12\x14\n\x0cowner_handle\x18\x04 \x01(\t\x12\x15\n\rlink_endpoint\x18\x05 \x01(\t\x12\x12\n\ngateway_id\x18\x06 \x01(\t\x12\x0e\n\x06height\x18\x07 \x01(\r\"/\n\nPairSealed\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"\x0f\n\rStatusRequest\"l\n\rGatewayStatus\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x19\n\x11revocation_height\x18\x02 \x01(\x03\x12\x17\n\x0f\x63hain_silent_ms\x18\x03 \x01(\x03\x12\x13\n\x0b\x66\x61il_closed\x18\x04 \x01(\x08\"\xba\x01\n\tForwarded\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".edgistry.gateway.v1.InvokeRequest\x12\x0f\n\x07\x66rom_id\x18\x02 \x01(\t\x12\x12\n\nsent_at_ms\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x0c\n\x04\x63\x61ll\x18\x05 \x01(\t\x12\x32\n\x06result\x18\x06 \x01(\x0b\x32\".edgistry.gateway.v1.ResultRequest*{\n\x0cRequestState\x12\x11\n\rSTATE_UNKNOWN\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\r\n\tDELIVERED\x10\x02\x12\x08\n\x04\x44ONE\x10\x03\x12\x0b\n\x07\x45XPIRED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\n\n\x06\x46\x41ILED\x10\x06\x12\x0b\n\x07REVOKED\x10\x07\x32\xbe\x04\n\x07Gateway\x12P\n\x06Status\x12\".edgistry.gateway.v1.StatusRequest\x1a\".edgistry.gateway.v1.GatewayStatus\x12I\n\x06Invoke\x12\".edgistry.gateway.v1.InvokeRequest\x1a\x1b.edgistry.gateway.v1.Result\x12I\n\x06Submit\x12\".edgistry.gateway.v1.InvokeRequest\x1a\x1b.edgistry.gateway.v1.Result\x12`\n\x0bSubmitBatch\x12\'.edgistry.gateway.v1.SubmitBatchRequest\x1a(.edgistry.gateway.v1.SubmitBatchResponse\x12L\n\tGetResult\x12\".edgistry.gateway.v1.ResultRequest\x1a\x1b.edgistry.gateway.v1.Result\x12P\n\x0bWatchResult\x12\".edgistry.gateway.v1.ResultRequest\x1a\x1b.edgistry.gateway.v1.Result0\x01\x12I\n\x06\x43\x61ncel\x12\".edgistry.gateway.v1.ResultRequest\x1a\x1b.edgistry.gateway.v1.Result2\xa8\x01\n\rCommissioning\x12G\n\x05\x42\x65gin\x12\x1e.edgistry.gateway.v1.PairBegin\x1a\x1e.edgistry.gateway.v1.PairOffer\x12N\n\x08\x43omplete\x12!.edgistry.gateway.v1.PairComplete\x1a\x1f.edgistry.gateway.v1.PairSealed2\x9d\x01\n\x04Peer\x12\x46\n\x07\x46orward\x12\x1e.edgistry.gateway.v1.Forwarded\x1a\x1b.edgistry.gateway.v1.Result\x12M\n\x0c\x46orwardWatch\x12\x1e.edgistry.gateway.v1.Forwarded\x1a\x1b.edgistry.gateway.v1.Result0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgistry.proto.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTSTATE']._serialized_start=1520
-  _globals['_REQUESTSTATE']._serialized_end=1630
+  _globals['_REQUESTSTATE']._serialized_start=1696
+  _globals['_REQUESTSTATE']._serialized_end=1819
   _globals['_INVOKEREQUEST']._serialized_start=54
-  _globals['_INVOKEREQUEST']._serialized_end=220
-  _globals['_RESULT']._serialized_start=223
-  _globals['_RESULT']._serialized_end=423
-  _globals['_SUBMITBATCHREQUEST']._serialized_start=425
-  _globals['_SUBMITBATCHREQUEST']._serialized_end=499
-  _globals['_BATCHITEM']._serialized_start=501
-  _globals['_BATCHITEM']._serialized_end=586
-  _globals['_SUBMITBATCHRESPONSE']._serialized_start=588
-  _globals['_SUBMITBATCHRESPONSE']._serialized_end=656
-  _globals['_RESULTREQUEST']._serialized_start=658
-  _globals['_RESULTREQUEST']._serialized_end=708
-  _globals['_PAIRBEGIN']._serialized_start=710
-  _globals['_PAIRBEGIN']._serialized_end=744
-  _globals['_PAIROFFER']._serialized_start=747
-  _globals['_PAIROFFER']._serialized_end=880
-  _globals['_PAIRCOMPLETE']._serialized_start=882
-  _globals['_PAIRCOMPLETE']._serialized_end=948
-  _globals['_PAIRPAYLOAD']._serialized_start=951
-  _globals['_PAIRPAYLOAD']._serialized_end=1122
-  _globals['_PAIRRESULT']._serialized_start=1125
-  _globals['_PAIRRESULT']._serialized_end=1280
-  _globals['_PAIRSEALED']._serialized_start=1282
-  _globals['_PAIRSEALED']._serialized_end=1329
-  _globals['_FORWARDED']._serialized_start=1332
-  _globals['_FORWARDED']._serialized_end=1518
-  _globals['_GATEWAY']._serialized_start=1633
-  _globals['_GATEWAY']._serialized_end=2125
-  _globals['_COMMISSIONING']._serialized_start=2128
-  _globals['_COMMISSIONING']._serialized_end=2296
-  _globals['_PEER']._serialized_start=2299
-  _globals['_PEER']._serialized_end=2456
+  _globals['_INVOKEREQUEST']._serialized_end=269
+  _globals['_RESULT']._serialized_start=272
+  _globals['_RESULT']._serialized_end=472
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=474
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=548
+  _globals['_BATCHITEM']._serialized_start=550
+  _globals['_BATCHITEM']._serialized_end=635
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=637
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=705
+  _globals['_RESULTREQUEST']._serialized_start=707
+  _globals['_RESULTREQUEST']._serialized_end=757
+  _globals['_PAIRBEGIN']._serialized_start=759
+  _globals['_PAIRBEGIN']._serialized_end=793
+  _globals['_PAIROFFER']._serialized_start=796
+  _globals['_PAIROFFER']._serialized_end=929
+  _globals['_PAIRCOMPLETE']._serialized_start=931
+  _globals['_PAIRCOMPLETE']._serialized_end=997
+  _globals['_PAIRPAYLOAD']._serialized_start=1000
+  _globals['_PAIRPAYLOAD']._serialized_end=1171
+  _globals['_PAIRRESULT']._serialized_start=1174
+  _globals['_PAIRRESULT']._serialized_end=1329
+  _globals['_PAIRSEALED']._serialized_start=1331
+  _globals['_PAIRSEALED']._serialized_end=1378
+  _globals['_STATUSREQUEST']._serialized_start=1380
+  _globals['_STATUSREQUEST']._serialized_end=1395
+  _globals['_GATEWAYSTATUS']._serialized_start=1397
+  _globals['_GATEWAYSTATUS']._serialized_end=1505
+  _globals['_FORWARDED']._serialized_start=1508
+  _globals['_FORWARDED']._serialized_end=1694
+  _globals['_GATEWAY']._serialized_start=1822
+  _globals['_GATEWAY']._serialized_end=2396
+  _globals['_COMMISSIONING']._serialized_start=2399
+  _globals['_COMMISSIONING']._serialized_end=2567
+  _globals['_PEER']._serialized_start=2570
+  _globals['_PEER']._serialized_end=2727
 # @@protoc_insertion_point(module_scope)

@@ -16,6 +16,7 @@ class RequestState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPIRED: _ClassVar[RequestState]
     CANCELLED: _ClassVar[RequestState]
     FAILED: _ClassVar[RequestState]
+    REVOKED: _ClassVar[RequestState]
 STATE_UNKNOWN: RequestState
 QUEUED: RequestState
 DELIVERED: RequestState
@@ -23,9 +24,10 @@ DONE: RequestState
 EXPIRED: RequestState
 CANCELLED: RequestState
 FAILED: RequestState
+REVOKED: RequestState
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("target", "method", "args", "token", "timeout_ms", "ttl_s", "service", "request_id", "attested")
+    __slots__ = ("target", "method", "args", "token", "timeout_ms", "ttl_s", "service", "request_id", "attested", "chain_hashes", "revocation_height")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +37,8 @@ class InvokeRequest(_message.Message):
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ATTESTED_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_HASHES_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     target: str
     method: str
     args: bytes
@@ -44,7 +48,9 @@ class InvokeRequest(_message.Message):
     service: str
     request_id: str
     attested: bool
-    def __init__(self, target: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., token: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., ttl_s: _Optional[int] = ..., service: _Optional[str] = ..., request_id: _Optional[str] = ..., attested: _Optional[bool] = ...) -> None: ...
+    chain_hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    revocation_height: int
+    def __init__(self, target: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., token: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., ttl_s: _Optional[int] = ..., service: _Optional[str] = ..., request_id: _Optional[str] = ..., attested: _Optional[bool] = ..., chain_hashes: _Optional[_Iterable[bytes]] = ..., revocation_height: _Optional[int] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("request_id", "state", "payload", "error", "expected_at_ms", "expires_at_ms", "from_cache", "device_status")
@@ -175,6 +181,22 @@ class PairSealed(_message.Message):
     nonce: bytes
     ciphertext: bytes
     def __init__(self, nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GatewayStatus(_message.Message):
+    __slots__ = ("gateway_id", "revocation_height", "chain_silent_ms", "fail_closed")
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_SILENT_MS_FIELD_NUMBER: _ClassVar[int]
+    FAIL_CLOSED_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    revocation_height: int
+    chain_silent_ms: int
+    fail_closed: bool
+    def __init__(self, gateway_id: _Optional[str] = ..., revocation_height: _Optional[int] = ..., chain_silent_ms: _Optional[int] = ..., fail_closed: _Optional[bool] = ...) -> None: ...
 
 class Forwarded(_message.Message):
     __slots__ = ("request", "from_id", "sent_at_ms", "signature", "call", "result")

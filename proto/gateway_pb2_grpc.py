@@ -34,6 +34,11 @@ class GatewayStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Status = channel.unary_unary(
+                '/edgistry.gateway.v1.Gateway/Status',
+                request_serializer=edgistry_dot_proto_dot_gateway__pb2.StatusRequest.SerializeToString,
+                response_deserializer=edgistry_dot_proto_dot_gateway__pb2.GatewayStatus.FromString,
+                _registered_method=True)
         self.Invoke = channel.unary_unary(
                 '/edgistry.gateway.v1.Gateway/Invoke',
                 request_serializer=edgistry_dot_proto_dot_gateway__pb2.InvokeRequest.SerializeToString,
@@ -68,6 +73,12 @@ class GatewayStub:
 
 class GatewayServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Invoke(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -108,6 +119,11 @@ class GatewayServicer:
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=edgistry_dot_proto_dot_gateway__pb2.StatusRequest.FromString,
+                    response_serializer=edgistry_dot_proto_dot_gateway__pb2.GatewayStatus.SerializeToString,
+            ),
             'Invoke': grpc.unary_unary_rpc_method_handler(
                     servicer.Invoke,
                     request_deserializer=edgistry_dot_proto_dot_gateway__pb2.InvokeRequest.FromString,
@@ -148,6 +164,33 @@ def add_GatewayServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Gateway:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgistry.gateway.v1.Gateway/Status',
+            edgistry_dot_proto_dot_gateway__pb2.StatusRequest.SerializeToString,
+            edgistry_dot_proto_dot_gateway__pb2.GatewayStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Invoke(request,

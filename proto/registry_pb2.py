@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gistry/proto/registry.proto\x12\x11\x65\x64gistry.registry\";\n\x08SignedTx\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0e\n\x06signer\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xd2\x04\n\x06TxBody\x12\x10\n\x08\x63hain_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x04\x12>\n\x10register_gateway\x18\n \x01(\x0b\x32\".edgistry.registry.RegisterGatewayH\x00\x12:\n\x0eupdate_gateway\x18\x0b \x01(\x0b\x32 .edgistry.registry.UpdateGatewayH\x00\x12:\n\x0eremove_gateway\x18\x0c \x01(\x0b\x32 .edgistry.registry.RemoveGatewayH\x00\x12<\n\x0fregister_device\x18\r \x01(\x0b\x32!.edgistry.registry.RegisterDeviceH\x00\x12\x38\n\rupdate_device\x18\x0e \x01(\x0b\x32\x1f.edgistry.registry.UpdateDeviceH\x00\x12@\n\x11unregister_device\x18\x0f \x01(\x0b\x32#.edgistry.registry.UnregisterDeviceH\x00\x12\x36\n\x0crevoke_token\x18\x10 \x01(\x0b\x32\x1e.edgistry.registry.RevokeTokenH\x00\x12<\n\x0freport_liveness\x18\x11 \x01(\x0b\x32!.edgistry.registry.ReportLivenessH\x00\x12\x38\n\rset_validator\x18\x12 \x01(\x0b\x32\x1f.edgistry.registry.SetValidatorH\x00\x42\x05\n\x03msg\"E\n\x0fRegisterGateway\x12\x0e\n\x06pubkey\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x10\n\x08operator\x18\x03 \x01(\t\"3\n\rUpdateGateway\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x10\n\x08operator\x18\x02 \x01(\t\"#\n\rRemoveGateway\x12\x12\n\ngateway_id\x18\x01 \x01(\t\"H\n\rServiceMethod\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61\x63he_max_age_s\x18\x02 \x01(\r\x12\x10\n\x08mutating\x18\x03 \x01(\x08\"T\n\x11ServiceDescriptor\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x31\n\x07methods\x18\x02 \x03(\x0b\x32 .edgistry.registry.ServiceMethod\".\n\rPrivacyPolicy\x12\x12\n\nresolution\x18\x01 \x01(\r\x12\t\n\x01k\x18\x02 \x01(\r\"\xb1\x01\n\x0eRegisterDevice\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\x12\x36\n\x08services\x18\x02 \x03(\x0b\x32$.edgistry.registry.ServiceDescriptor\x12\x0c\n\x04\x63\x65ll\x18\x03 \x01(\x04\x12\x30\n\x06policy\x18\x04 \x01(\x0b\x32 .edgistry.registry.PrivacyPolicy\x12\x14\n\x0c\x64uty_cycle_s\x18\x05 \x01(\r\"\xaf\x01\n\x0cUpdateDevice\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\x12\x36\n\x08services\x18\x02 \x03(\x0b\x32$.edgistry.registry.ServiceDescriptor\x12\x0c\n\x04\x63\x65ll\x18\x03 \x01(\x04\x12\x30\n\x06policy\x18\x04 \x01(\x0b\x32 .edgistry.registry.PrivacyPolicy\x12\x14\n\x0c\x64uty_cycle_s\x18\x05 \x01(\r\"%\n\x10UnregisterDevice\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\".\n\x0bRevokeToken\x12\x0b\n\x03tag\x18\x01 \x01(\x0c\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"5\n\rLivenessEntry\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\x12\x11\n\tlast_seen\x18\x02 \x01(\x03\"C\n\x0eReportLiveness\x12\x31\n\x07\x65ntries\x18\x01 \x03(\x0b\x32 .edgistry.registry.LivenessEntry\"-\n\x0cSetValidator\x12\x0e\n\x06pubkey\x18\x01 \x01(\x0c\x12\r\n\x05power\x18\x02 \x01(\x03\"j\n\rGatewayRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06pubkey\x18\x02 \x01(\x0c\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x19\n\x11registered_height\x18\x05 \x01(\x03\"\xf1\x01\n\x0c\x44\x65viceRecord\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\x12\x12\n\ngateway_id\x18\x02 \x01(\t\x12\x36\n\x08services\x18\x03 \x03(\x0b\x32$.edgistry.registry.ServiceDescriptor\x12\x0c\n\x04\x63\x65ll\x18\x04 \x01(\x04\x12\x30\n\x06policy\x18\x05 \x01(\x0b\x32 .edgistry.registry.PrivacyPolicy\x12\x14\n\x0c\x64uty_cycle_s\x18\x06 \x01(\r\x12\x11\n\tlast_seen\x18\x07 \x01(\x03\x12\x19\n\x11registered_height\x18\x08 \x01(\x03\"3\n\x10RevocationRecord\x12\x0b\n\x03tag\x18\x01 \x01(\x0c\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"0\n\x0fValidatorRecord\x12\x0e\n\x06pubkey\x18\x01 \x01(\x0c\x12\r\n\x05power\x18\x02 \x01(\x03\"|\n\x0b\x44\x65viceQuery\x12\x14\n\x0cservice_type\x18\x01 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x02 \x01(\x04\x12\x12\n\ngateway_id\x18\x03 \x01(\t\x12\x11\n\tpseudonym\x18\x04 \x01(\x0c\x12\x13\n\x0bstart_after\x18\x05 \x01(\x0c\x12\r\n\x05limit\x18\x06 \x01(\r\"A\n\x0bGatewayList\x12\x32\n\x08gateways\x18\x01 \x03(\x0b\x32 .edgistry.registry.GatewayRecord\"L\n\nDeviceList\x12\x30\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x1f.edgistry.registry.DeviceRecord\x12\x0c\n\x04next\x18\x02 \x01(\x0c\"X\n\x0eRevocationList\x12\x38\n\x0brevocations\x18\x01 \x03(\x0b\x32#.edgistry.registry.RevocationRecord\x12\x0c\n\x04next\x18\x02 \x01(\x0c\"j\n\x0bNodeSummary\x12\x0e\n\x06height\x18\x01 \x01(\x03\x12\x10\n\x08\x61pp_hash\x18\x02 \x01(\x0c\x12\x10\n\x08gateways\x18\x03 \x01(\x04\x12\x10\n\x08\x63hain_id\x18\x04 \x01(\t\x12\x15\n\roldest_height\x18\x05 \x01(\x03\"\x17\n\x07KeyList\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\"d\n\x0bStoredBlock\x12\x0e\n\x06height\x18\x01 \x01(\x03\x12\x0f\n\x07time_ns\x18\x02 \x01(\x03\x12\x0b\n\x03txs\x18\x03 \x03(\x0c\x12\x0c\n\x04hash\x18\x04 \x01(\x0c\x12\x19\n\x11\x66inalize_response\x18\x05 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gistry/proto/registry.proto\x12\x11\x65\x64gistry.registry\";\n\x08SignedTx\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0e\n\x06signer\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xd2\x04\n\x06TxBody\x12\x10\n\x08\x63hain_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x04\x12>\n\x10register_gateway\x18\n \x01(\x0b\x32\".edgistry.registry.RegisterGatewayH\x00\x12:\n\x0eupdate_gateway\x18\x0b \x01(\x0b\x32 .edgistry.registry.UpdateGatewayH\x00\x12:\n\x0eremove_gateway\x18\x0c \x01(\x0b\x32 .edgistry.registry.RemoveGatewayH\x00\x12<\n\x0fregister_device\x18\r \x01(\x0b\x32!.edgistry.registry.RegisterDeviceH\x00\x12\x38\n\rupdate_device\x18\x0e \x01(\x0b\x32\x1f.edgistry.registry.UpdateDeviceH\x00\x12@\n\x11unregister_device\x18\x0f \x01(\x0b\x32#.edgistry.registry.UnregisterDeviceH\x00\x12\x36\n\x0crevoke_token\x18\x10 \x01(\x0b\x32\x1e.edgistry.registry.RevokeTokenH\x00\x12<\n\x0freport_liveness\x18\x11 \x01(\x0b\x32!.edgistry.registry.ReportLivenessH\x00\x12\x38\n\rset_validator\x18\x12 \x01(\x0b\x32\x1f.edgistry.registry.SetValidatorH\x00\x42\x05\n\x03msg\"E\n\x0fRegisterGateway\x12\x0e\n\x06pubkey\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x10\n\x08operator\x18\x03 \x01(\t\"3\n\rUpdateGateway\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x10\n\x08operator\x18\x02 \x01(\t\"#\n\rRemoveGateway\x12\x12\n\ngateway_id\x18\x01 \x01(\t\"H\n\rServiceMethod\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61\x63he_max_age_s\x18\x02 \x01(\r\x12\x10\n\x08mutating\x18\x03 \x01(\x08\"T\n\x11ServiceDescriptor\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x31\n\x07methods\x18\x02 \x03(\x0b\x32 .edgistry.registry.ServiceMethod\".\n\rPrivacyPolicy\x12\x12\n\nresolution\x18\x01 \x01(\r\x12\t\n\x01k\x18\x02 \x01(\r\"\xb1\x01\n\x0eRegisterDevice\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\x12\x36\n\x08services\x18\x02 \x03(\x0b\x32$.edgistry.registry.ServiceDescriptor\x12\x0c\n\x04\x63\x65ll\x18\x03 \x01(\x04\x12\x30\n\x06policy\x18\x04 \x01(\x0b\x32 .edgistry.registry.PrivacyPolicy\x12\x14\n\x0c\x64uty_cycle_s\x18\x05 \x01(\r\"\xaf\x01\n\x0cUpdateDevice\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\x12\x36\n\x08services\x18\x02 \x03(\x0b\x32$.edgistry.registry.ServiceDescriptor\x12\x0c\n\x04\x63\x65ll\x18\x03 \x01(\x04\x12\x30\n\x06policy\x18\x04 \x01(\x0b\x32 .edgistry.registry.PrivacyPolicy\x12\x14\n\x0c\x64uty_cycle_s\x18\x05 \x01(\r\"%\n\x10UnregisterDevice\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\"@\n\x0bRevokeToken\x12\x0b\n\x03tag\x18\x01 \x01(\x0c\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\x12\x10\n\x08tag_hash\x18\x03 \x01(\x0c\"5\n\rLivenessEntry\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\x12\x11\n\tlast_seen\x18\x02 \x01(\x03\"C\n\x0eReportLiveness\x12\x31\n\x07\x65ntries\x18\x01 \x03(\x0b\x32 .edgistry.registry.LivenessEntry\"-\n\x0cSetValidator\x12\x0e\n\x06pubkey\x18\x01 \x01(\x0c\x12\r\n\x05power\x18\x02 \x01(\x03\"j\n\rGatewayRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06pubkey\x18\x02 \x01(\x0c\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x19\n\x11registered_height\x18\x05 \x01(\x03\"\xf1\x01\n\x0c\x44\x65viceRecord\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\x12\x12\n\ngateway_id\x18\x02 \x01(\t\x12\x36\n\x08services\x18\x03 \x03(\x0b\x32$.edgistry.registry.ServiceDescriptor\x12\x0c\n\x04\x63\x65ll\x18\x04 \x01(\x04\x12\x30\n\x06policy\x18\x05 \x01(\x0b\x32 .edgistry.registry.PrivacyPolicy\x12\x14\n\x0c\x64uty_cycle_s\x18\x06 \x01(\r\x12\x11\n\tlast_seen\x18\x07 \x01(\x03\x12\x19\n\x11registered_height\x18\x08 \x01(\x03\"E\n\x10RevocationRecord\x12\x0b\n\x03tag\x18\x01 \x01(\x0c\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\x12\x10\n\x08tag_hash\x18\x03 \x01(\x0c\"0\n\x0fValidatorRecord\x12\x0e\n\x06pubkey\x18\x01 \x01(\x0c\x12\r\n\x05power\x18\x02 \x01(\x03\"|\n\x0b\x44\x65viceQuery\x12\x14\n\x0cservice_type\x18\x01 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x02 \x01(\x04\x12\x12\n\ngateway_id\x18\x03 \x01(\t\x12\x11\n\tpseudonym\x18\x04 \x01(\x0c\x12\x13\n\x0bstart_after\x18\x05 \x01(\x0c\x12\r\n\x05limit\x18\x06 \x01(\r\"A\n\x0bGatewayList\x12\x32\n\x08gateways\x18\x01 \x03(\x0b\x32 .edgistry.registry.GatewayRecord\"L\n\nDeviceList\x12\x30\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x1f.edgistry.registry.DeviceRecord\x12\x0c\n\x04next\x18\x02 \x01(\x0c\"X\n\x0eRevocationList\x12\x38\n\x0brevocations\x18\x01 \x03(\x0b\x32#.edgistry.registry.RevocationRecord\x12\x0c\n\x04next\x18\x02 \x01(\x0c\"j\n\x0bNodeSummary\x12\x0e\n\x06height\x18\x01 \x01(\x03\x12\x10\n\x08\x61pp_hash\x18\x02 \x01(\x0c\x12\x10\n\x08gateways\x18\x03 \x01(\x04\x12\x10\n\x08\x63hain_id\x18\x04 \x01(\t\x12\x15\n\roldest_height\x18\x05 \x01(\x03\"\x17\n\x07KeyList\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\"d\n\x0bStoredBlock\x12\x0e\n\x06height\x18\x01 \x01(\x03\x12\x0f\n\x07time_ns\x18\x02 \x01(\x03\x12\x0b\n\x03txs\x18\x03 \x03(\x0c\x12\x0c\n\x04hash\x18\x04 \x01(\x0c\x12\x19\n\x11\x66inalize_response\x18\x05 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,33 +54,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UNREGISTERDEVICE']._serialized_start=1437
   _globals['_UNREGISTERDEVICE']._serialized_end=1474
   _globals['_REVOKETOKEN']._serialized_start=1476
-  _globals['_REVOKETOKEN']._serialized_end=1522
-  _globals['_LIVENESSENTRY']._serialized_start=1524
-  _globals['_LIVENESSENTRY']._serialized_end=1577
-  _globals['_REPORTLIVENESS']._serialized_start=1579
-  _globals['_REPORTLIVENESS']._serialized_end=1646
-  _globals['_SETVALIDATOR']._serialized_start=1648
-  _globals['_SETVALIDATOR']._serialized_end=1693
-  _globals['_GATEWAYRECORD']._serialized_start=1695
-  _globals['_GATEWAYRECORD']._serialized_end=1801
-  _globals['_DEVICERECORD']._serialized_start=1804
-  _globals['_DEVICERECORD']._serialized_end=2045
-  _globals['_REVOCATIONRECORD']._serialized_start=2047
-  _globals['_REVOCATIONRECORD']._serialized_end=2098
-  _globals['_VALIDATORRECORD']._serialized_start=2100
-  _globals['_VALIDATORRECORD']._serialized_end=2148
-  _globals['_DEVICEQUERY']._serialized_start=2150
-  _globals['_DEVICEQUERY']._serialized_end=2274
-  _globals['_GATEWAYLIST']._serialized_start=2276
-  _globals['_GATEWAYLIST']._serialized_end=2341
-  _globals['_DEVICELIST']._serialized_start=2343
-  _globals['_DEVICELIST']._serialized_end=2419
-  _globals['_REVOCATIONLIST']._serialized_start=2421
-  _globals['_REVOCATIONLIST']._serialized_end=2509
-  _globals['_NODESUMMARY']._serialized_start=2511
-  _globals['_NODESUMMARY']._serialized_end=2617
-  _globals['_KEYLIST']._serialized_start=2619
-  _globals['_KEYLIST']._serialized_end=2642
-  _globals['_STOREDBLOCK']._serialized_start=2644
-  _globals['_STOREDBLOCK']._serialized_end=2744
+  _globals['_REVOKETOKEN']._serialized_end=1540
+  _globals['_LIVENESSENTRY']._serialized_start=1542
+  _globals['_LIVENESSENTRY']._serialized_end=1595
+  _globals['_REPORTLIVENESS']._serialized_start=1597
+  _globals['_REPORTLIVENESS']._serialized_end=1664
+  _globals['_SETVALIDATOR']._serialized_start=1666
+  _globals['_SETVALIDATOR']._serialized_end=1711
+  _globals['_GATEWAYRECORD']._serialized_start=1713
+  _globals['_GATEWAYRECORD']._serialized_end=1819
+  _globals['_DEVICERECORD']._serialized_start=1822
+  _globals['_DEVICERECORD']._serialized_end=2063
+  _globals['_REVOCATIONRECORD']._serialized_start=2065
+  _globals['_REVOCATIONRECORD']._serialized_end=2134
+  _globals['_VALIDATORRECORD']._serialized_start=2136
+  _globals['_VALIDATORRECORD']._serialized_end=2184
+  _globals['_DEVICEQUERY']._serialized_start=2186
+  _globals['_DEVICEQUERY']._serialized_end=2310
+  _globals['_GATEWAYLIST']._serialized_start=2312
+  _globals['_GATEWAYLIST']._serialized_end=2377
+  _globals['_DEVICELIST']._serialized_start=2379
+  _globals['_DEVICELIST']._serialized_end=2455
+  _globals['_REVOCATIONLIST']._serialized_start=2457
+  _globals['_REVOCATIONLIST']._serialized_end=2545
+  _globals['_NODESUMMARY']._serialized_start=2547
+  _globals['_NODESUMMARY']._serialized_end=2653
+  _globals['_KEYLIST']._serialized_start=2655
+  _globals['_KEYLIST']._serialized_end=2678
+  _globals['_STOREDBLOCK']._serialized_start=2680
+  _globals['_STOREDBLOCK']._serialized_end=2780
 # @@protoc_insertion_point(module_scope)

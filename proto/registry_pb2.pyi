@@ -127,12 +127,14 @@ class UnregisterDevice(_message.Message):
     def __init__(self, pseudonym: _Optional[bytes] = ...) -> None: ...
 
 class RevokeToken(_message.Message):
-    __slots__ = ("tag", "expires_at")
+    __slots__ = ("tag", "expires_at", "tag_hash")
     TAG_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    TAG_HASH_FIELD_NUMBER: _ClassVar[int]
     tag: bytes
     expires_at: int
-    def __init__(self, tag: _Optional[bytes] = ..., expires_at: _Optional[int] = ...) -> None: ...
+    tag_hash: bytes
+    def __init__(self, tag: _Optional[bytes] = ..., expires_at: _Optional[int] = ..., tag_hash: _Optional[bytes] = ...) -> None: ...
 
 class LivenessEntry(_message.Message):
     __slots__ = ("pseudonym", "last_seen")
@@ -191,12 +193,14 @@ class DeviceRecord(_message.Message):
     def __init__(self, pseudonym: _Optional[bytes] = ..., gateway_id: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ..., cell: _Optional[int] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., duty_cycle_s: _Optional[int] = ..., last_seen: _Optional[int] = ..., registered_height: _Optional[int] = ...) -> None: ...
 
 class RevocationRecord(_message.Message):
-    __slots__ = ("tag", "expires_at")
+    __slots__ = ("tag", "expires_at", "tag_hash")
     TAG_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    TAG_HASH_FIELD_NUMBER: _ClassVar[int]
     tag: bytes
     expires_at: int
-    def __init__(self, tag: _Optional[bytes] = ..., expires_at: _Optional[int] = ...) -> None: ...
+    tag_hash: bytes
+    def __init__(self, tag: _Optional[bytes] = ..., expires_at: _Optional[int] = ..., tag_hash: _Optional[bytes] = ...) -> None: ...
 
 class ValidatorRecord(_message.Message):
     __slots__ = ("pubkey", "power")

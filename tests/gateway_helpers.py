@@ -47,7 +47,7 @@ def node_home(path: Path, chain_id: str = "gw-test") -> tuple[NodeConfig, dict[s
     cfg.link_listen = f"127.0.0.1:{ports['link']}"
     cfg.http_listen = f"127.0.0.1:{ports['http']}"
     cfg.block_interval_ms = 50
-    cfg.extra["gateway"] = {"sweep_interval_s": 0.2, "liveness_interval_s": 1.0, "revocation_interval_s": 1.0}
+    cfg.extra["gateway"] = {"sweep_interval_s": 0.2, "liveness_interval_s": 1.0}
     cfg.save()
     return cfg, ports
 

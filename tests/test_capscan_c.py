@@ -202,7 +202,8 @@ def constraints():
         st.builds(cl.RequireIdentity, texts),
         st.builds(cl.BoundTo, st.binary(min_size=32, max_size=32)),
         windows(),
-        st.builds(cl.UnknownConstraint, st.sampled_from([0x80, 0x88, 0x9F, 0xFF]),
+        st.builds(cl.AuthorisedBy, st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=3)),
+        st.builds(cl.UnknownConstraint, st.sampled_from([0x80, 0x89, 0x9F, 0xFF]),
                   st.binary(max_size=40)),
     )
 

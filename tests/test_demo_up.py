@@ -54,7 +54,7 @@ def test_demo_devices_answer_invokes(tmp_path):
         assert "52.52" not in found.output and "13.40" not in found.output  # no coordinates leave
         any_read = runner.invoke(main, ["invoke", "--any", "sensor", *near, "sensor.read", "--timeout", "30", "--json"])
         assert any_read.exit_code == 0, any_read.output
-        assert json.loads(any_read.output)["state"] == "DONE"
+        assert json.loads(any_read.stdout)["state"] == "DONE"  # progress lines go to stderr
         assert stop(proc) == 0
     finally:
         kill9(proc)

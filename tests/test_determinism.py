@@ -36,7 +36,7 @@ def random_blocks(seed: int, actors: Actors, n_blocks: int = 12) -> list[tuple[l
             elif op < 0.6:
                 txs.append(actors.tx(gw, pb.UnregisterDevice(pseudonym=rng.choice(devices))))
             elif op < 0.75:
-                txs.append(actors.tx(gw, pb.RevokeToken(tag=rng.randbytes(32), expires_at=now + rng.randint(-50, 400))))
+                txs.append(actors.tx(gw, pb.RevokeToken(tag_hash=rng.randbytes(32), expires_at=now + rng.randint(-50, 400))))
             elif op < 0.85:
                 entries = [pb.LivenessEntry(pseudonym=rng.choice(devices), last_seen=(now // 300) * 300)]
                 txs.append(actors.tx(gw, pb.ReportLiveness(entries=entries)))
@@ -125,6 +125,7 @@ def test_app_hashes_of_a_fixed_chain_are_pinned(tmp_path):
     a = Actors(admin=key(1), gw1=key(2), gw2=key(3), stranger=key(4))
     genesis = a.genesis()
     genesis.ed25519_v2_height = None  # as in every genesis written before the v2 rule
+    genesis.revocation_hash_height = None  # ... and before revocations went on chain as hashes
     blocks = [
         [a.tx(a.gw1, device_msg(b"A" * 16)), a.tx(a.gw2, device_msg(b"B" * 16, types=("valve", "cam")))],
         [a.tx(a.gw1, device_msg(b"A" * 16, cell_at(10, 10, 5), ("cam",), res=5, cls=pb.UpdateDevice)),

@@ -19,7 +19,7 @@ from runtime_helpers import GATEWAY_SECRET, Queue, device, make_home, repoint, s
 
 from edgistry.firmware.caplets import api as cl
 from edgistry.cli import main
-from edgistry.firmware.link.link_device import EXPIRED, OK, TOKEN_REFUSED
+from edgistry.firmware.link.link_device import EXPIRED, OK, REVOKED
 from edgistry.firmware.runtime.device import WakeFailed
 from edgistry.firmware.runtime.home import DeviceHome
 from edgistry.firmware.runtime.services import ServiceRegistry, sensor_reading
@@ -74,17 +74,17 @@ async def test_revocations_pushed_on_wake_are_enforced_and_kept(tmp_path: Path) 
         home = make_home(tmp_path / "d", backend, srv.port)
         q = Queue(backend, home)
         other = cl.derive(home.root_token(), [cl.Service("sensor", ["*"])])
-        backend.revoked[home.link_id()] = [q.app.tag]
+        backend.revoked[home.link_id()] = [cl.revocation_hash(q.app.tag)]  # hashes travel, never tags
         r1 = q.add("sensor", "info")                 # from the revoked app token
         r2 = q.add("sensor", "info", token=other)    # an unrelated token still works
         dev = device(home)
         rep = await dev.wake_with_fallback()
         assert rep.revoked == 1
-        assert backend.answers[r1].status == TOKEN_REFUSED and "Revoked" in backend.answers[r1].error
+        assert backend.answers[r1].status == REVOKED and "Revoked" in backend.answers[r1].error
         assert backend.answers[r2].status == OK
         r3 = q.add("sensor", "info")                 # next wake: the gateway does not resend it
         await dev.wake_with_fallback()
-        assert backend.answers[r3].status == TOKEN_REFUSED
+        assert backend.answers[r3].status == REVOKED
         r4 = q.add("sensor", "info", ttl_ms=-1)      # and expired work is not run
         backend.queues[home.link_id()][-1] = backend.queues[home.link_id()][-1].__class__(
             **{**backend.queues[home.link_id()][-1].__dict__, "expires_at_ms": 1})

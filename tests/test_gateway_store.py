@@ -149,13 +149,14 @@ async def test_tickets_are_single_use_and_expire(store):
 
 
 async def test_revocation_notices_once_per_device(store):
-    """Each device is told each unexpired revoked tag once."""
+    """Each device is told each unexpired revocation hash once, with its expiry."""
     a, b = await add_device(store), await add_device(store)
 
     async def told(dev):
-        tags, position = store.revocations(dev.link_id, 1000)
+        entries, position = store.revocations(dev.link_id, 1000)
         await store.revocations_sent(dev.link_id, position)
-        return tags
+        assert all(e[32:] == (2**40).to_bytes(8, "big") for e in entries)
+        return [e[:32] for e in entries]
 
     assert await store.add_revocations([(b"1" * 32, 2**40), (b"2" * 32, 10)]) == 2
     assert await store.add_revocations([(b"1" * 32, 2**40)]) == 0

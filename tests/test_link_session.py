@@ -342,7 +342,7 @@ def test_check_request(mutation, verdict) -> None:
     elif mutation == "replay":
         kw["last_sequence"] = 100
     elif mutation == "revoked":
-        kw["revoked"] = {cl.root(dev.secret).tag}
+        kw["revoked"] = {cl.revocation_hash(cl.root(dev.secret).tag)}
     try:
         check_request(item, dev.secret, **kw)
         got = "ok"

@@ -60,8 +60,8 @@ def step(s, data, st):
         elif name == "Requests":
             lines.append("REQ n=%d more=%d revoked=%d now=%d" % (
                 len(ev.items), ev.more, len(ev.revoked), ev.gateway_now_ms))
-            for tag in ev.revoked:
-                st["revoked"].add(tag)
+            for entry in ev.revoked:  # a revocation hash, then its be64 expiry
+                st["revoked"].add(entry[:32])
             out += s.send(Ack([it["request_id"] for it in ev.items]))
             resp = []
             for it in ev.items:
@@ -181,7 +181,8 @@ def record(dev: Dev) -> tuple[list, dict]:
     assert [type(e).__name__ for e in link_helpers_events(g)] == ["Established", "Ack", "Responses"]
     g4 = g.send(Requests([item(4, b'"revoked"', 13, token_from=revoked_app),
                           item(5, b'"replayed"', 10), item(6, b'"ok2"', 14)],
-                         False, [revoked_app.tag], NOW * 1000))
+                         False, [cl.revocation_hash(revoked_app.tag) + (NOW + 999).to_bytes(8, "big")],
+                         NOW * 1000))
     g.receive_data(_out(ns["step"](d, g4, st)))
     seen = link_helpers_events(g)
     assert [type(e).__name__ for e in seen] == ["Ack", "Responses", "Bye"]

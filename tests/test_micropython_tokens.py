@@ -20,6 +20,7 @@ SECRET = bytes(range(32))
 OTHER = bytes(range(1, 33))
 NOW = 1_700_000_000
 SEQ = NOW * 1000
+CLIENT_HASH = bytes([7]) * 32  # a revocation hash of some client token's tag
 
 
 def forge(secret: bytes, frames_entries: list[list]) -> bytes:
@@ -50,6 +51,8 @@ def cases() -> list[tuple[str, bytes, bytes, dict]]:
     bob_req = cl.request_token(needs_bob, "door", "open", b"", SEQ)
     bob_id = cl.derive(ident_root, None, [cl.BoundTo(bob_req.tag)])
     unbound_id = ident_root
+    authorised = cl.request_token(root, "thermo", "read", b"{}", SEQ,
+                                  [cl.AuthorisedBy([CLIENT_HASH, bytes(range(32))])]).to_bytes()
     b = req.to_bytes()
     out = [
         ("root", root.to_bytes(), SECRET, {}),
@@ -107,8 +110,11 @@ def cases() -> list[tuple[str, bytes, bytes, dict]]:
         ("invalid_cell", raw_token(SECRET, [b"\x04\x01\x05"]), SECRET, {}),
         ("bad_utf8", raw_token(SECRET, [b"\x05\x02\x01\xff"]), SECRET, {}),
         ("oversize_frame", raw_token(SECRET, [b"\x83\x88\x08\x86\x08" + b"a" * 1030]), SECRET, {}),
-        ("revoked_root", b, SECRET, dict(ctx, revoked=[root.tag])),
-        ("revoked_leaf", b, SECRET, dict(ctx, revoked=[req.tag])),
+        ("revoked_root", b, SECRET, dict(ctx, revoked=[cl.revocation_hash(root.tag)])),
+        ("revoked_leaf", b, SECRET, dict(ctx, revoked=[cl.revocation_hash(req.tag)])),
+        ("raw_tag_listed", b, SECRET, dict(ctx, revoked=[root.tag, req.tag])),
+        ("revoked_authoriser", authorised, SECRET, dict(ctx, revoked=[CLIENT_HASH])),
+        ("authoriser_not_revoked", authorised, SECRET, dict(ctx, revoked=[bytes(32)])),
         ("revoked_other", b, SECRET, dict(ctx, revoked=[bytes(32)])),
         ("replayed", b, SECRET, dict(ctx, last_sequence=SEQ + 5)),
     ]

@@ -49,7 +49,7 @@ CASES = {
     Code.DEVICE_NOT_FOUND: (lambda a: [], lambda a: a.tx(a.gw1, pb.UnregisterDevice(pseudonym=P1))),
     Code.NOT_DEVICE_OWNER: (lambda a: [a.tx(a.gw1, device_msg(P1))],
                             lambda a: a.tx(a.gw2, device_msg(P1, cls=pb.UpdateDevice))),
-    Code.ALREADY_EXPIRED: (lambda a: [], lambda a: a.tx(a.gw1, pb.RevokeToken(tag=b"t" * 32, expires_at=T0 - 100))),
+    Code.ALREADY_EXPIRED: (lambda a: [], lambda a: a.tx(a.gw1, pb.RevokeToken(tag_hash=b"t" * 32, expires_at=T0 - 100))),
     Code.FUTURE_LIVENESS: (lambda a: [a.tx(a.gw1, device_msg(P1))],
                            lambda a: a.tx(a.gw1, pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=P1, last_seen=(T0 // 300 + 1000) * 300)]))),
     Code.LAST_VALIDATOR: (lambda a: [a.tx(a.admin, pb.SetValidator(pubkey=b"v" * 32, power=10))],

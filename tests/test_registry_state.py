@@ -100,8 +100,8 @@ def test_revocations_expire_with_block_time(env):
     """A revocation is kept until block time passes its expiry, then pruned; extensions move it."""
     a, app, d = env
     tag = b"T" * 32
-    ok(d.block([a.tx(a.gw1, pb.RevokeToken(tag=tag, expires_at=T0 + 100))]))
-    ok(d.block([a.tx(a.gw2, pb.RevokeToken(tag=tag, expires_at=T0 + 200))]))  # extends
+    ok(d.block([a.tx(a.gw1, pb.RevokeToken(tag_hash=tag, expires_at=T0 + 100))]))
+    ok(d.block([a.tx(a.gw2, pb.RevokeToken(tag_hash=tag, expires_at=T0 + 200))]))  # extends
     d.block([], dt=150)  # past the first expiry, before the second
     assert d.query("/revocation", tag).code == 0
     d.block([], dt=100)

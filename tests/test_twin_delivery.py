@@ -35,12 +35,12 @@ def req(n: int) -> QueuedRequest:
 def test_changes_go_after_revoked_tags_and_before_work_once_per_connection():
     """One frame: tags, then twin changes, then requests; the same changes are not sent twice."""
     d = Delivery()
-    out = d.established(True, Backlog([req(1)], False, [TAG], 3, [change(1), change(2)]), NOW)
+    out = d.established(True, Backlog([req(1)], False, [TAG], 3, twin=[change(1), change(2)]), NOW)
     (frame,) = out.frames
     assert frame.revoked == [TAG] and [c["key"] for c in frame.twin] == ["k1", "k2"] and len(frame.items) == 1
-    again = d.woken(Backlog([req(1)], False, (), 0, [change(1), change(2)]), NOW)
+    again = d.woken(Backlog([req(1)], False, twin=[change(1), change(2)]), NOW)
     assert again.frames == []
-    newer = d.woken(Backlog([req(1)], False, (), 0, [change(1), change(2), change(3)]), NOW)
+    newer = d.woken(Backlog([req(1)], False, twin=[change(1), change(2), change(3)]), NOW)
     assert [c["key"] for f in newer.frames for c in f.twin] == ["k3"]
 
 
@@ -48,7 +48,7 @@ def test_a_delta_larger_than_a_frame_is_cut_in_version_order():
     """With a small frame budget the changes fill several frames, in order, ``more`` on all but the last."""
     d = Delivery(frame_budget=300)
     delta = [change(n, 60) for n in range(12)]
-    out = d.established(True, Backlog([], False, (), 0, delta), NOW)
+    out = d.established(True, Backlog(twin=delta), NOW)
     assert len(out.frames) > 2
     assert [c["version"] for f in out.frames for c in f.twin] == [c[2] for c in delta]
     assert [f.more for f in out.frames] == [True] * (len(out.frames) - 1) + [False]
@@ -60,23 +60,23 @@ def test_a_delta_larger_than_a_frame_is_cut_in_version_order():
 def test_in_clear_nothing_of_the_twin_leaves_before_proof_but_more_says_it_waits():
     """The clear 0.5-RTT REQUESTS is empty with ``more``; after PROOF the changes go."""
     d = Delivery()
-    early = d.challenged(False, Backlog([], False, (), 0, [change(1)]), NOW)
+    early = d.challenged(False, Backlog(twin=[change(1)]), NOW)
     assert early.frames[0].twin == [] and early.frames[0].more
-    late = d.established(False, Backlog([], False, (), 0, [change(1)]), NOW)
+    late = d.established(False, Backlog(twin=[change(1)]), NOW)
     assert [c["key"] for c in late.frames[0].twin] == ["k1"]
 
 
 def test_encrypted_early_flight_carries_the_twin():
     """With encryption the changes ride in the 0.5-RTT flight (only the device can read them)."""
     d = Delivery()
-    early = d.challenged(True, Backlog([], False, (), 0, [change(1)]), NOW)
+    early = d.challenged(True, Backlog(twin=[change(1)]), NOW)
     assert [c["key"] for c in early.frames[0].twin] == ["k1"]
 
 
 def test_a_blocked_read_asks_for_withdrawal_and_sends_only_what_precedes_it():
     """A change under a revoked tag: the decision names the tags to withdraw, says ``more``."""
     d = Delivery()
-    out = d.established(True, Backlog([], False, (), 0, [change(1)], [TAG]), NOW)
+    out = d.established(True, Backlog(twin=[change(1)], withdraw=[TAG]), NOW)
     assert out.withdraw == [TAG] and [c["key"] for c in out.frames[0].twin] == ["k1"] and out.frames[0].more
 
 
@@ -90,7 +90,7 @@ async def test_memory_backend_reports_and_withdrawals_follow_the_model():
     assert [c[0] for c in changes] == ["a", "b"] and blocked == []
     await b.twin_report(lid, changes[0][2], [("temp", b"20")], False)
     assert [c[0] for c in b.twin_delta(lid)[0]] == ["b"] and model.view(twin)["reported"]["temp"]["value"] == b"20"
-    b.barred.add(TAG)
+    b.in_force.add(TAG)
     assert b.twin_delta(lid) == ([], [TAG])
     await b.twin_withdraw(lid, [TAG])
     assert [(k, v) for k, v, _ in b.twin_delta(lid)[0]] == [("b", b"")]  # b falls back to nothing: deleted

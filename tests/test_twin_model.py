@@ -165,7 +165,7 @@ def test_withdrawal_falls_back_to_an_earlier_undelivered_change_that_stands():
     sets(t, ("k", b"2", None), chain=(C,))
     model.withdraw(t, {C}, NOW)
     assert device_state(t) == {"k": b"1"}
-    assert model.pending_tags(t) == {A}  # the restoring entry can still be withdrawn with A
+    assert model.pending_hashes(t) == {A}  # the restoring entry can still be withdrawn with A
 
 
 def test_a_key_made_only_by_a_revoked_token_is_deleted_again():
@@ -214,7 +214,7 @@ def test_pruning_keeps_only_what_a_delta_or_a_revocation_needs():
     sets(t, ("gone", b"1", None))
     sets(t, ("gone", None, None))
     model.report(t, t.version, [], False, NOW)
-    assert {k: len(e) for k, e in t.desired.items()} == {"a": 1} and model.pending_tags(t) == set()
+    assert {k: len(e) for k, e in t.desired.items()} == {"a": 1} and model.pending_hashes(t) == set()
 
 
 # ---- a device asleep through anything ----
@@ -280,10 +280,10 @@ def ctx() -> Ctx:
 
 
 def index(c: Ctx) -> set[bytes]:
-    return {k[len(keys.TWIN_BY_TAG):] for k, _ in c.kv.scan(keys.TWIN_BY_TAG)}
+    return {k[len(keys.TWIN_BY_HASH):] for k, _ in c.kv.scan(keys.TWIN_BY_HASH)}
 
 
-def test_store_ops_keep_the_revocation_index_equal_to_the_pending_tags():
+def test_store_ops_keep_the_revocation_index_equal_to_the_pending_hashes():
     """twin_set indexes the change's tags; a report that applies it drops them; unpairing drops the rest."""
     c = ctx()
     out, changed = ops.apply(c, "twin_set", [LINK, [["k", b"1", None]], [A, B], NOW])

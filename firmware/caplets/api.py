@@ -35,12 +35,14 @@ from .cap_caps import (
     ADMIN, INVOKE, READ, WRITE, Encryption, Identity, Region, Request, Resource, Root, Service,
 )
 from .cap_cons import (
-    BoundTo, Endpoint, ExpiresAt, Gateway, NotBefore, RequireIdentity, SequenceWindow,
+    AuthorisedBy, BoundTo, Endpoint, ExpiresAt, Gateway, NotBefore, RequireIdentity, SequenceWindow,
     UnknownConstraint,
 )
 from .cap_verify import (
-    Context, authenticate, chain_tags, check_constraints, compute_tag, encryption_tag, permits,
+    Context, authenticate, chain_tags, check_constraints, check_revoked, compute_tag, encryption_tag,
+    permits,
 )
+from .cap_crypto import revocation_hash
 from .mint import (
     derive, encryption_token, flatten, from_text, load, mint, new_secret, parse_time,
     request_digest, request_token, root, sequence_now, to_text, verify,
@@ -52,14 +54,14 @@ __all__ = [
     "cap_caps", "cap_codec", "cap_cons", "cap_crypto", "cap_errors", "cap_h3", "cap_verify", "cap_wire",
     "replay", "revocation",
     "ADMIN", "INVOKE", "READ", "WRITE", "MAX_ENTRIES", "MAX_FRAME_SIZE", "MAX_FRAMES",
-    "MAX_TOKEN_SIZE", "BadTag", "BoundTo", "ClockDrift", "ConstraintFailed", "Context",
+    "MAX_TOKEN_SIZE", "AuthorisedBy", "BadTag", "BoundTo", "ClockDrift", "ConstraintFailed", "Context",
     "Encryption", "Endpoint", "ExpiresAt", "Frame", "Gateway", "Identity",
     "InvalidDerivation", "MalformedToken", "NotBefore", "NotPermitted", "Region",
     "Replayed", "Request", "RequireIdentity", "Resource", "RevocationSet",
     "RevocationSource", "Revoked", "Root", "SequenceVerifier", "SequenceWindow", "Service",
-    "Token", "TokenError", "UnknownConstraint", "authenticate", "chain_tags", "check_constraints",
+    "Token", "TokenError", "UnknownConstraint", "authenticate", "chain_tags", "check_constraints", "check_revoked",
     "compute_tag", "decode", "decode_body", "derive", "encode_body", "encryption_tag",
     "encryption_token", "flatten", "from_text", "load", "make_frame", "mint",
-    "new_secret", "parse_time", "permits", "request_digest", "request_token", "root",
+    "new_secret", "parse_time", "permits", "request_digest", "request_token", "revocation_hash", "root",
     "sequence_now", "to_text", "verify",
 ]

@@ -57,6 +57,7 @@ GATEWAY = 0x84
 REQUIRE_IDENTITY = 0x85
 BOUND_TO = 0x86
 SEQUENCE_WINDOW = 0x87
+AUTHORISED_BY = 0x88  # revocation hashes of the client token's chain (request tokens a gateway mints)
 
 CONSTRAINT_BIT = 0x80
 WILDCARD = "*"

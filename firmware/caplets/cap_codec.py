@@ -131,6 +131,7 @@ def _c_format():
             c.REQUIRE_IDENTITY: ("t",),
             c.BOUND_TO: (("r", c.DIGEST_SIZE, c.DIGEST_SIZE),),
             c.SEQUENCE_WINDOW: ("w",),
+            c.AUTHORISED_BY: (("r", c.DIGEST_SIZE, c.DIGEST_SIZE * 16),),
         },
         "unknown_constraint": (("r", 0, MAX_FRAME_SIZE),),
         "wildcard": c.WILDCARD,

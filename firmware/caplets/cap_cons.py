@@ -17,14 +17,14 @@ try:
     from .cap_wire import put_varint, put_str, get_varint, get_str
     from .cap_caps import (
         Entry, entry_bytes, hexstr, CONSTRAINT_BIT, DIGEST_SIZE, EXPIRES_AT, NOT_BEFORE, ENDPOINT,
-        GATEWAY, REQUIRE_IDENTITY, BOUND_TO, SEQUENCE_WINDOW,
+        GATEWAY, REQUIRE_IDENTITY, BOUND_TO, SEQUENCE_WINDOW, AUTHORISED_BY,
     )
 except ImportError:
     from cap_errors import MalformedToken
     from cap_wire import put_varint, put_str, get_varint, get_str
     from cap_caps import (Entry, entry_bytes, hexstr, CONSTRAINT_BIT, DIGEST_SIZE,
                           EXPIRES_AT, NOT_BEFORE, ENDPOINT, GATEWAY, REQUIRE_IDENTITY,
-                          BOUND_TO, SEQUENCE_WINDOW)
+                          BOUND_TO, SEQUENCE_WINDOW, AUTHORISED_BY)
 
 
 class Constraint(Entry):
@@ -174,6 +174,39 @@ class SequenceWindow(Constraint):
         return (SEQUENCE_WINDOW, self._raw, self._low, self._high)
 
 
+# At most a full chain of the client token (cap_codec.MAX_FRAMES tags).
+MAX_AUTHORISED_BY = 16
+
+
+class AuthorisedBy(Constraint):
+    """The revocation hashes (cap_crypto.revocation_hash) of every tag of the
+    client token a gateway minted this request token for. Inside the request
+    frame it is covered by the tag, so the gateway cannot be made to drop it
+    in transit; the verifier refuses the token when any hash is revoked
+    (cap_verify, step 4). It holds no condition of its own."""
+
+    __slots__ = ("_hashes",)
+    code = AUTHORISED_BY
+    name = "authorised_by"
+
+    def __init__(self, hashes, raw=None):
+        hashes = tuple(hashes)
+        if raw is None:
+            if not 0 < len(hashes) <= MAX_AUTHORISED_BY or any(len(h) != DIGEST_SIZE for h in hashes):
+                raise ValueError("authorised_by holds 1..%d 32-byte hashes" % MAX_AUTHORISED_BY)
+            raw = entry_bytes(AUTHORISED_BY, b"".join(hashes))
+        self._hashes = hashes
+        self._raw = raw
+
+    hashes = property(lambda self: self._hashes)
+
+    def fields(self):
+        return {"hashes": [hexstr(h) for h in self._hashes]}
+
+    def value_tuple(self):
+        return (AUTHORISED_BY, self._raw, b"".join(self._hashes))
+
+
 class UnknownConstraint(Constraint):
     """A constraint type this verifier does not know: kept so it can be
     carried and shown, and always fails when checked (fail closed)."""
@@ -241,7 +274,16 @@ def _s_window(buf, p, stop, raw):
     return (SEQUENCE_WINDOW, raw, low, high)
 
 
+def _s_authorised(buf, p, stop, raw):
+    # any length in range, as the C scanner's ("r", lo, hi) layout; the
+    # verifier refuses a payload that is not whole hashes (fails closed)
+    if not DIGEST_SIZE <= stop - p <= DIGEST_SIZE * MAX_AUTHORISED_BY:
+        raise MalformedToken("authorised_by holds 1..%d hashes" % MAX_AUTHORISED_BY)
+    return (AUTHORISED_BY, raw, bytes(buf[p:stop]))
+
+
 SCANNERS = {
+    AUTHORISED_BY: _s_authorised,
     EXPIRES_AT: _s_int("expires_at"),
     NOT_BEFORE: _s_int("not_before"),
     ENDPOINT: _s_str("endpoint"),
@@ -265,6 +307,8 @@ _CLASSES = {
     REQUIRE_IDENTITY: lambda t: RequireIdentity(t[2], t[1]),
     BOUND_TO: lambda t: BoundTo(t[2], t[1]),
     SEQUENCE_WINDOW: lambda t: SequenceWindow(t[2], t[3], t[1]),
+    AUTHORISED_BY: lambda t: AuthorisedBy(
+        [t[2][i:i + DIGEST_SIZE] for i in range(0, len(t[2]), DIGEST_SIZE)], t[1]),
 }
 
 

@@ -18,10 +18,19 @@ _sha256 = hashlib.sha256
 
 TAG_SIZE = 32
 _BLOCK = 64
+# A revoked tag is published only as this one-way hash: a tag is the key that
+# derives the next frame, so publishing it would let anyone mint children of
+# the very token it revokes. Domain-separated so the hash is no other digest.
+REVOCATION_DOMAIN = b"edgistry/revoked-tag/v1\0"
 
 # Module-level hooks: tests set these to None to exercise the fallbacks on CPython.
 FAST_DIGEST = getattr(_hmac, "digest", None)
 FAST_COMPARE = getattr(_hmac, "compare_digest", None)
+
+
+def revocation_hash(tag):
+    """The one-way hash under which ``tag`` is revoked (on chain, in lists, on devices)."""
+    return _sha256(REVOCATION_DOMAIN + tag).digest()
 
 
 def hmac_sha256_pure(key, msg):

@@ -9,7 +9,10 @@ failure as its own exception class (it never returns a verdict flag):
    (each new capability within one of the previous frame; every previous
    constraint present verbatim; nothing after a request/encryption frame)
 4. revocation of any chain tag -> Revoked (revoking a tag revokes every
-   token derived from it)
+   token derived from it). Revocation lists hold one-way hashes of tags
+   (``cap_crypto.revocation_hash``), never tags; the hashes a gateway bound
+   into a request token (``authorised_by``: its client token's chain) are
+   checked the same way
 5. the leaf's constraints      -> ConstraintFailed (unknown types fail closed)
 6. the request's sequence      -> Replayed (not above ``ctx.last_sequence``)
 
@@ -25,7 +28,7 @@ try:
     from .cap_codec import Token, decode, decode_body
     from .cap_caps import (
         ROOT, SERVICE, IDENTITY, REQUEST, ENCRYPTION, EXPIRES_AT, NOT_BEFORE, ENDPOINT, GATEWAY,
-        REQUIRE_IDENTITY, BOUND_TO, SEQUENCE_WINDOW, WILDCARD, CAP_NAMES, within,
+        REQUIRE_IDENTITY, BOUND_TO, SEQUENCE_WINDOW, AUTHORISED_BY, WILDCARD, CAP_NAMES, within,
     )
 except ImportError:
     import cap_crypto
@@ -34,7 +37,7 @@ except ImportError:
     from cap_codec import Token, decode, decode_body
     from cap_caps import (ROOT, SERVICE, IDENTITY, REQUEST, ENCRYPTION, EXPIRES_AT,
                           NOT_BEFORE, ENDPOINT, GATEWAY, REQUIRE_IDENTITY, BOUND_TO,
-                          SEQUENCE_WINDOW, WILDCARD, CAP_NAMES, within)
+                          SEQUENCE_WINDOW, AUTHORISED_BY, WILDCARD, CAP_NAMES, within)
 
 
 class Context:
@@ -44,7 +47,8 @@ class Context:
     endpoint, gateway: where the token is presented; aux: auxiliary tokens
     (e.g. identity tokens) presented alongside; last_sequence: the verifier's
     last accepted sequence for this client (None: no replay check); revoked:
-    a container of revoked tags (anything supporting ``in``); bound_tag and
+    a container of revocation hashes of revoked tags
+    (``cap_crypto.revocation_hash``; anything supporting ``in``); bound_tag and
     sequence: set when checking an auxiliary token, to the presented token's
     tag and request sequence.
     """
@@ -165,6 +169,9 @@ def _check_constraints(token, ctx, secret):
         elif code == BOUND_TO:
             if ctx.bound_tag is None or not cap_crypto.equal(ctx.bound_tag, c[2]):
                 _fail("bound_to", "not presented beside the token it names")
+        elif code == AUTHORISED_BY:
+            if len(c[2]) % 32:  # its hashes are checked with revocation (step 4)
+                _fail("authorised_by", "not a list of 32-byte hashes")
         elif code == SEQUENCE_WINDOW:
             if seq is None:
                 _fail("sequence_window", "no request sequence")
@@ -251,9 +258,7 @@ def verify(token, secret, ctx=None):
     if ctx is None:
         ctx = _EMPTY
     if revoked:
-        for t in tags:
-            if t in revoked:
-                raise Revoked("token derives from a revoked tag", t)
+        check_revoked(tags, leaf, revoked)
     if leaf[1]:
         _check_constraints(token, ctx, secret)
     last = ctx.last_sequence
@@ -262,6 +267,23 @@ def verify(token, secret, ctx=None):
         if cap[0] == REQUEST and cap[5] <= last:
             raise Replayed("sequence %d is not above %d" % (cap[5], last), cap[5], last)
     return token
+
+
+def check_revoked(tags, leaf, revoked):
+    """Step 4 alone: raise Revoked when the hash of a chain tag in ``tags``, or
+    a hash the leaf record's ``authorised_by`` names, is in ``revoked``."""
+    rh = cap_crypto.revocation_hash
+    for t in tags:
+        h = rh(t)
+        if h in revoked:
+            raise Revoked("token derives from a revoked tag", h)
+    for c in leaf[1]:
+        if c[0] == AUTHORISED_BY:
+            hs = c[2]
+            for i in range(0, len(hs) - 31, 32):
+                h = hs[i:i + 32]
+                if h in revoked:
+                    raise Revoked("the token that authorised this request is revoked", h)
 
 
 def permits(token, service, method):

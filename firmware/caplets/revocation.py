@@ -1,9 +1,15 @@
 """Revocation list with expiry pruning (CPython).
 
 Revoking a tag revokes every token derived from it, because the verifier
-checks every tag of the chain (cap_verify, step 4). Each entry carries the
+checks every tag of the chain (cap_verify, step 4). The list holds only the
+one-way hash of each revoked tag (``cap_crypto.revocation_hash``), never the
+tag: a tag is the key that derives the next frame, so a published tag would
+let its reader mint children of the revoked token. Each entry carries the
 revoked token's expiry; after it the expiry constraint rejects the token
 anyway, so ``prune`` drops the entry and the list stays bounded.
+
+File format 2 stores hashes; a format-1 file (raw tags) is read by hashing
+its tags, and written back as format 2.
 
 The set is fed from any number of sources: a local file today
 (``load``/``save``), the registry's on-chain revocation records later
@@ -21,9 +27,10 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from .cap_codec import Token
+from .cap_crypto import revocation_hash
 
-FILE_VERSION = 1
-Record = tuple[bytes, int | None]  # (tag, expires_at Unix seconds or None)
+FILE_VERSION = 2
+Record = tuple[bytes, int | None]  # (revocation hash of a tag, expires_at Unix seconds or None)
 
 
 class RevocationSource(Protocol):
@@ -33,35 +40,38 @@ class RevocationSource(Protocol):
 
 
 class RevocationSet:
-    """Revoked tags with their expiries; pass it as ``Context.revoked``."""
+    """Revocation hashes of revoked tags with their expiries; pass it as ``Context.revoked``."""
 
     def __init__(self, records: Iterable[Record] = ()) -> None:
         self._entries: dict[bytes, int | None] = {}
         self._lock = threading.Lock()
         self.merge(records)
 
-    def __contains__(self, tag: object) -> bool:
-        return tag in self._entries
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._entries
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def revoke(self, tag: bytes, expires_at: int | None = None) -> None:
-        """Revoke ``tag`` until ``expires_at`` (None: for ever)."""
-        if len(tag) != 32:
-            raise ValueError("a tag is 32 bytes")
+    def revoke(self, digest: bytes, expires_at: int | None = None) -> bool:
+        """Revoke the tag whose revocation hash is ``digest`` until
+        ``expires_at`` (None: for ever); True when that changed the set."""
+        if len(digest) != 32:
+            raise ValueError("a revocation hash is 32 bytes")
         with self._lock:
-            old = self._entries.get(tag, 0)
+            old = self._entries.get(digest, 0)
             # keep the later expiry; None (never expires) wins
-            if old is None or expires_at is None:
-                self._entries[tag] = None
-            else:
-                self._entries[tag] = max(old, expires_at)
+            new = None if old is None or expires_at is None else max(old, expires_at)
+            if digest in self._entries and new == old:
+                return False
+            self._entries[digest] = new
+            return True
 
     def revoke_token(self, token: Token) -> bytes:
-        """Revoke a token (and everything derived from it); returns its tag."""
-        self.revoke(token.tag, token.expires_at)
-        return token.tag
+        """Revoke a token (and everything derived from it); returns its revocation hash."""
+        digest = revocation_hash(token.tag)
+        self.revoke(digest, token.expires_at)
+        return digest
 
     def merge(self, records: Iterable[Record]) -> None:
         """Add records from a source (file, registry feed)."""
@@ -84,14 +94,18 @@ class RevocationSet:
 
     def to_json(self) -> dict:
         return {"version": FILE_VERSION,
-                "revoked": [{"tag": t.hex(), "expires_at": e} for t, e in self.records()]}
+                "revoked": [{"hash": h.hex(), "expires_at": e} for h, e in self.records()]}
 
     @classmethod
     def from_json(cls, data: dict) -> RevocationSet:
-        if not isinstance(data, dict) or data.get("version") != FILE_VERSION:
-            raise ValueError("not a version-1 revocation list")
+        version = data.get("version") if isinstance(data, dict) else None
+        if version not in (1, FILE_VERSION):
+            raise ValueError("not a version-1 or -2 revocation list")
         try:
-            return cls((bytes.fromhex(r["tag"]), r.get("expires_at"))
+            if version == 1:  # raw tags: hashed on reading
+                return cls((revocation_hash(bytes.fromhex(r["tag"])), r.get("expires_at"))
+                           for r in data["revoked"])
+            return cls((bytes.fromhex(r["hash"]), r.get("expires_at"))
                        for r in data["revoked"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad revocation record: {exc}") from exc

@@ -63,6 +63,7 @@ TOKEN_REFUSED = 2
 BAD_ARGUMENTS = 3
 SERVICE_ERROR = 4
 EXPIRED = 5
+REVOKED = 6  # refused: a tag of its authorising chain is revoked (device, or the gateway at delivery)
 
 IDLE = "IDLE"
 AWAIT_CHALLENGE = "AWAIT_CHALLENGE"

@@ -40,10 +40,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..caplets.cap_errors import TokenError
+from ..caplets.cap_errors import Revoked, TokenError
 from ..link.link_session import CLOSED, NEED_DATA, Ack, Bye, Error, Established, Requests, Responses
 from ..link.link_device import (
-    EXPIRED, SERVICE_ERROR, TOKEN_REFUSED, DeviceSession, check_request, request_sequence,
+    EXPIRED, REVOKED, SERVICE_ERROR, TOKEN_REFUSED, DeviceSession, check_request, request_sequence,
 )
 from ..link.link_wire import MAX_LINK_FRAME
 from ..link.link_errors import LinkError
@@ -326,7 +326,7 @@ class _Wake:
         if event.gateway_now_ms:
             self.gateway_skew_ms = event.gateway_now_ms - d.now_ms()
         if event.revoked:
-            st.revoke(list(event.revoked))
+            st.revoke(list(event.revoked), d.now_ms() // 1000)
             self.report.revoked += len(event.revoked)
         now = d.now_ms()
         ack, again = [], []
@@ -378,7 +378,8 @@ class _Wake:
                                 revoked=st.revoked_set())
         except TokenError as exc:
             log.warning("request %s refused: %s: %s", rid[:12], type(exc).__name__, exc)
-            st.finish(rid, TOKEN_REFUSED, error=f"{type(exc).__name__}: {exc}")
+            st.finish(rid, REVOKED if isinstance(exc, Revoked) else TOKEN_REFUSED,
+                      error=f"{type(exc).__name__}: {exc}")
             st.save()
             return
         spec = d.registry.method(item["service"], item["method"])

@@ -1,7 +1,8 @@
 """The device's durable runtime state: ``<home>/state.json``.
 
 What it holds: the resumption ticket, the last request sequence accepted,
-the revoked tags pushed by the gateway, and the request/response store that
+the revocations pushed by the gateway (revocation hashes of tags, never tags,
+with their expiries), and the request/response store that
 makes delivery at-least-once with dedupe. Each request id moves through::
 
     stored   received and stored; ACKed to the gateway (it may redeliver anyway)
@@ -33,7 +34,13 @@ from .home import write_json
 STATE_VERSION = 1
 MAX_ENTRIES = 256       # stored + running + done; beyond, requests are not ACKed (redelivered later)
 MAX_ACKED = 64          # answered-and-acknowledged entries kept to answer redeliveries
-MAX_REVOKED = 1024      # revoked tags (the newest kept)
+# Revocations kept: an entry goes once its token has expired (the expiry
+# constraint refuses the token from then on anyway). When the list is full of
+# unexpired entries, the one expiring soonest is dropped and counted
+# (``revoked_dropped``): the device is the second line, and its gateway, which
+# keeps the full list, still refuses every request made with that token.
+MAX_REVOKED = 1024
+NEVER = 2**62  # the expiry of a revocation pushed without one
 
 STORED, RUNNING, DONE, ACKED = "stored", "running", "done", "acked"
 
@@ -54,7 +61,8 @@ class DeviceState:
         self.ticket: dict | None = None         # {"id", "secret" (b64), "expires_at_ms"}
         self.last_sequence: int | None = None
         self.entries: dict[str, dict] = {}
-        self.revoked: list[str] = []            # tag hex, oldest first
+        self.revoked: list[list] = []           # [revocation hash hex, expiry s], oldest first
+        self.revoked_dropped = 0                # unexpired entries dropped because the list was full
         self.load()
 
     def load(self) -> None:
@@ -67,12 +75,14 @@ class DeviceState:
         self.ticket = data.get("ticket")
         self.last_sequence = data.get("last_sequence")
         self.entries = data.get("entries", {})
-        self.revoked = data.get("revoked", [])
+        # an older state held raw tag hex: those entries are dropped (the gateway pushes hashes again)
+        self.revoked = [e for e in data.get("revoked", []) if isinstance(e, list)]
+        self.revoked_dropped = data.get("revoked_dropped", 0)
 
     def save(self) -> None:
         write_json(self.path, {"version": STATE_VERSION, "ticket": self.ticket,
                                "last_sequence": self.last_sequence, "entries": self.entries,
-                               "revoked": self.revoked}, 0o600)
+                               "revoked": self.revoked, "revoked_dropped": self.revoked_dropped}, 0o600)
 
     # -- ticket --
 
@@ -88,16 +98,30 @@ class DeviceState:
 
     # -- revocations --
 
-    def revoke(self, tags: list[bytes]) -> None:
-        have = set(self.revoked)
-        for tag in tags:
-            if tag.hex() not in have:
-                self.revoked.append(tag.hex())
-                have.add(tag.hex())
-        del self.revoked[:-MAX_REVOKED]
+    def revoke(self, entries: list[bytes], now_s: int | None = None) -> None:
+        """Keep pushed revocations: each a 32-byte revocation hash, optionally
+        followed by its be64 expiry (Unix s). Expired ones are pruned; beyond
+        MAX_REVOKED the soonest-expiring entry goes (see above)."""
+        have = {e[0]: e for e in self.revoked}
+        for raw in entries:
+            if len(raw) < 32:
+                continue
+            h = raw[:32].hex()
+            expiry = int.from_bytes(raw[32:40], "big") if len(raw) >= 40 else NEVER
+            if h in have:
+                have[h][1] = max(have[h][1], expiry)
+            else:
+                have[h] = [h, expiry]
+                self.revoked.append(have[h])
+        if now_s is not None:
+            self.revoked = [e for e in self.revoked if e[1] > now_s]
+        while len(self.revoked) > MAX_REVOKED:
+            self.revoked.remove(min(self.revoked, key=lambda e: e[1]))
+            self.revoked_dropped += 1
 
     def revoked_set(self) -> set[bytes]:
-        return {bytes.fromhex(t) for t in self.revoked}
+        """The revocation hashes in force (what Context.revoked takes)."""
+        return {bytes.fromhex(e[0]) for e in self.revoked}
 
     # -- the request/response store --
 

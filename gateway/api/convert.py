@@ -9,13 +9,16 @@ from .service import Call, Result
 def to_call(req: gw.InvokeRequest, from_peer: bool = False) -> Call:
     """A call from a request; ``attested`` is honoured only from a signed peer forward."""
     return Call(req.target, req.method, req.args, req.token, req.timeout_ms, req.ttl_s, req.service, req.request_id,
-                attested=from_peer and req.attested)
+                attested=from_peer and req.attested,
+                chain=tuple(h for h in req.chain_hashes if len(h) == 32)[:16] if from_peer else (),
+                revocation_height=req.revocation_height if from_peer else 0)
 
 
 def to_request(call: Call) -> gw.InvokeRequest:
     return gw.InvokeRequest(target=call.target, method=call.method, args=call.args, token=call.token,
                             timeout_ms=call.timeout_ms, ttl_s=call.ttl_s, service=call.service,
-                            request_id=call.request_id, attested=call.attested)
+                            request_id=call.request_id, attested=call.attested, chain_hashes=list(call.chain),
+                            revocation_height=call.revocation_height)
 
 
 def to_pb(res: Result) -> gw.Result:

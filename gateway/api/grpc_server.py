@@ -41,6 +41,9 @@ class GatewayServicer(gw_grpc.GatewayServicer):
     def __init__(self, service: GatewayService) -> None:
         self.service = service
 
+    async def Status(self, request, context):
+        return gw.GatewayStatus(**self.service.status())
+
     async def Invoke(self, request, context):
         try:
             return to_pb(await self.service.invoke(to_call(request)))
@@ -114,10 +117,11 @@ class PeerServicer(gw_grpc.PeerServicer):
         try:
             await self._checked(request)
             if request.call in ("invoke", "submit"):
-                res = await self.service.serve_forward(request.call, to_call(request.request, from_peer=True))
+                res = await self.service.serve_forward(request.call, to_call(request.request, from_peer=True),
+                                                       via=request.from_id)
             else:
                 res = await self.service.serve_forward(request.call, request_id=request.result.request_id,
-                                                       token=request.result.token)
+                                                       token=request.result.token, via=request.from_id)
             return to_pb(res)
         except GatewayError as err:
             await _abort(context, err)

@@ -34,7 +34,7 @@ FORWARD_DOMAIN = b"edgistry/fwd/v1\0"
 MAX_SKEW_MS = 30_000  # forwards older or newer than this are refused (replay window)
 SEEN_LIMIT = 100_000  # forwards remembered inside the window (bounded memory)
 DIRECTORY_TTL_S = 30.0  # how long registry lookups are reused
-CALLS = ("invoke", "submit", "result", "cancel", "watch")
+CALLS = ("invoke", "submit", "result", "cancel", "watch", "revoke")
 # gRPC's default reconnect backoff grows to 120 s while a peer is down, and a call in
 # backoff fails at once without dialling: a peer gateway back from a crash would stay
 # UNAVAILABLE for up to two minutes. Redial a down peer at most every 2 s instead.

@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from ...firmware.caplets import api as cl
 from ...firmware.caplets.revocation import RevocationSet
 from ..tokens import auth
-from ..errors import BadRequest, GatewayError, InvokeTimeout, NotFound, Unauthorized
+from ..errors import BadRequest, GatewayError, InvokeTimeout, NotFound, Unauthorized, Unavailable
 from ..metrics import GatewayMetrics
 from ..probe import SUBMIT_AUTHORISE, SUBMIT_TOTAL, Probe
 from ..store.ops import StaleSequence
@@ -71,6 +72,11 @@ class Call:
     service: str = ""
     request_id: str = ""
     attested: bool = False  # a peer gateway vouches it authorised the client (read-only calls only)
+    # revocation hashes of the client token's chain: from a peer's forward, then
+    # completed by _prepare (a request keeps them: a revocation of any stops it)
+    chain: tuple[bytes, ...] = ()
+    via: str = ""  # the peer gateway that forwarded this call (set by the Peer service only)
+    revocation_height: int = 0  # a forwarding gateway's revocation height: served once ours reaches it
 
 
 @dataclass
@@ -139,7 +145,7 @@ class _Batch:
 
     out: list
     staged: list[int] = field(default_factory=list)
-    items: list[tuple[Device, RequestRecord]] = field(default_factory=list)
+    items: list[tuple[Device, RequestRecord, tuple[bytes, ...]]] = field(default_factory=list)
     hits: list[RequestRecord] = field(default_factory=list)
     elsewhere: list[int] = field(default_factory=list)
     failure: BaseException | None = None
@@ -161,6 +167,7 @@ class GatewayService:
     resolvers: list[Callable[[str, bytes], bytes | None]] = field(default_factory=list)
     watch_recheck_s: float = 5.0  # a watch re-reads its request (and re-checks its token) this often
     probe: Probe | None = None  # stage timings for benchmarks (gateway/probe.py)
+    catch_up_s: float = 3.0  # how long a forward waits for this gateway's revocations to catch up
 
     def __post_init__(self) -> None:
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
@@ -257,6 +264,7 @@ class GatewayService:
             if owner is not None:
                 if not call.request_id:  # the forwarding stub and the peer's record share one id
                     call.request_id = new_id().hex()
+                self._forward_chain(call)
                 res = await self.forwarder.call(owner, "submit", call)
                 await self._remember_forward(call, owner, res)
                 return res
@@ -330,12 +338,12 @@ class GatewayService:
             batch.hits.append(rec)
         else:
             batch.staged.append(i)
-            batch.items.append((dev, rec))
+            batch.items.append((dev, rec, call.chain))
 
     def _settle(self, batch: _Batch, committed: list, others: list, now: int) -> None:
         """Answer every item from its commit (or submit()) outcome; a queued item
         is counted and announced even when the call fails as a whole."""
-        for i, (dev, _), res in zip(batch.staged, batch.items, committed):
+        for i, (dev, _, _), res in zip(batch.staged, batch.items, committed):
             if isinstance(res, GatewayError):
                 self.metrics.rejections.labels(res.reason).inc()
                 batch.out[i] = res
@@ -356,7 +364,7 @@ class GatewayService:
             if store_cached:
                 await self.store.put_finished(rec)  # so GetResult works for an async cached read
             return _result(rec, now)
-        (res,) = await self._enqueue([(dev, rec)])
+        (res,) = await self._enqueue([(dev, rec, call.chain)])
         if isinstance(res, Exception):
             self._stale(dev, res)
             raise res
@@ -367,6 +375,7 @@ class GatewayService:
         answer a cacheable read from cache (a DONE record, ``from_cache``);
         else the QUEUED record to enqueue (:meth:`_enqueue` mints its token)."""
         manifest = dev.parsed_manifest
+        self.revoked_fresh()
         try:
             service, method = manifest.resolve(call.service, call.method)
         except (NotFound, BadRequest):  # only a valid token holder may learn which methods exist
@@ -377,10 +386,14 @@ class GatewayService:
         # needs no device token; everything else is authorised here.
         if not (call.attested and not method.mutating):
             t0 = time.perf_counter() if self.probe is not None else 0.0
-            auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
-                           self.revoked, now // 1000, mutating=method.mutating)
+            ok = auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
+                                self.revoked, now // 1000, mutating=method.mutating)
+            call.chain = _merged(ok.chain, call.chain)
             if self.probe is not None:
                 self.probe.span(SUBMIT_AUTHORISE, time.perf_counter() - t0)
+        else:  # vouched for: this gateway's own token (invoke-any) or a peer's hashes
+            call.chain = _merged(auth.own_chain(call.token, self.secret), call.chain)
+            self._check_chain(call.chain)
         args = call.args or b""
         if len(args) > self.settings.max_args_bytes:
             raise BadRequest(f"arguments larger than {self.settings.max_args_bytes} bytes")
@@ -391,7 +404,8 @@ class GatewayService:
         if not 0 < ttl <= self.settings.max_ttl_s:
             raise BadRequest(f"ttl_s must be 1..{self.settings.max_ttl_s}")
         rec = RequestRecord(rid, dev.link_id, service, method.name, args, b"", auth.token_digest(call.token),
-                            State.QUEUED, now, now + ttl * 1000, attested=bool(call.attested and not method.mutating))
+                            State.QUEUED, now, now + ttl * 1000, attested=bool(call.attested and not method.mutating),
+                            via=call.via)
         if method.cache_max_age_s and not method.mutating:
             hit = self.store.cached(dev.link_id, service, method.name, args, now)
             if hit is not None:
@@ -424,7 +438,7 @@ class GatewayService:
                 self.on_queued(dev.link_id)
         return _result(rec, self.expected_at(dev, now) if rec.st.active else rec.done_ms)
 
-    async def _enqueue(self, items: list[tuple[Device, RequestRecord]], urgent: bool = False
+    async def _enqueue(self, items: list[tuple[Device, RequestRecord, tuple[bytes, ...]]], urgent: bool = False
                        ) -> list[tuple[RequestRecord, bool] | Exception]:
         """Mint the request tokens of prepared requests and queue them durably:
         per item (record, new) or the exception refusing it; raises when the
@@ -436,11 +450,12 @@ class GatewayService:
         commit: a commit holding these items can run while the loop prepares
         the next ones. An item resolves only after the commit holding it, so
         an acknowledged request is on disk exactly as with one commit each."""
-        for dev, rec in items:
+        for dev, rec, chain in items:
             rec.seq = self._next_sequence(dev.link_id, rec.created_ms)
-            rec.request_token = auth.request_token(dev.root_token, rec.service, rec.method, rec.args, rec.seq)
+            rec.request_token = auth.request_token(dev.root_token, rec.service, rec.method, rec.args, rec.seq,
+                                                   chain)
         depth = self.settings.max_queue_depth
-        return await self.store.enqueue([(rec, depth) for _, rec in items], urgent)
+        return await self.store.enqueue([(rec, depth, chain) for _, rec, chain in items], urgent)
 
     async def invoke(self, call: Call, attested: bool = False) -> Result:
         """Queue a call and wait for its answer up to the call's timeout."""
@@ -449,6 +464,7 @@ class GatewayService:
             dev, owner = await self._locate(call, attested)
             if owner is not None:
                 call.request_id = call.request_id or new_id().hex()  # a replayed forward is then idempotent
+                self._forward_chain(call)
                 return await self.forwarder.call(owner, "invoke", call)
             res = await self._invoke_local(dev, call)
         except GatewayError as err:
@@ -466,13 +482,22 @@ class GatewayService:
         return res
 
     async def serve_forward(self, kind: str, call: Call | None = None, request_id: str = "",
-                            token: bytes = b"") -> Result:
-        """A peer gateway's call (signature already checked): local devices only, never re-forwarded."""
+                            token: bytes = b"", via: str = "") -> Result:
+        """A peer gateway's call (signature already checked; ``via``: its id):
+        local devices only, never re-forwarded."""
         try:
+            if call is not None:
+                call.via = via
+                await self._caught_up(call.revocation_height)
             if kind == "submit":
                 return await self._submit_local(self._local(call), call)
             if kind == "invoke":
                 return await self._invoke_local(self._local(call), call)
+            if kind == "revoke":  # the forwarding gateway learnt a revocation (peer.py checked who sent it)
+                rec = await self.store.revoke_request(_request_id(request_id, required=True), via, self.clock())
+                if rec is None:
+                    raise NotFound(f"no request {request_id}")
+                return _result(rec)
             rec = self._owned(request_id, token)
             if rec.forwarded_to:
                 raise NotFound("the request is not held by this gateway")
@@ -497,7 +522,7 @@ class GatewayService:
                     f"about {when}); fetch it later with `edgistry result {first.request_id}`", first.request_id)
             await self._next_change(rid, min(left, 5.0))  # re-read at least every 5 s
 
-    def _owned(self, request_id: str, token: bytes) -> RequestRecord:
+    def _owned(self, request_id: str, token: bytes, owner_may_read: bool = False) -> RequestRecord:
         """The request, for the token it was made with, if that token is still good.
 
         Here, where the device is paired, the token is checked again as on a call
@@ -506,17 +531,44 @@ class GatewayService:
         forwarding stub's (the device's gateway checks it), an invoke-any request's
         (made on the forwarding gateway's word, which checked the client), and a
         request of a device since unpaired (its answer is that failure)."""
+        self.revoked_fresh()
         rec = self.store.get(_request_id(request_id, required=True))
         if rec is None:
             raise NotFound(f"no request {request_id} (unknown or purged)")
         if not hmac.compare_digest(rec.token_digest, auth.token_digest(token)):
-            raise Unauthorized("only the token the request was made with can read or cancel it")
-        self._token_still_good(rec, token)
+            if owner_may_read and self._is_owner(rec, token):
+                return rec
+            raise Unauthorized("only the token the request was made with (or the device owner's, to read it) "
+                               "can read or cancel it")
+        try:
+            self._token_still_good(rec, token)
+        except Unauthorized as exc:
+            if rec.st == State.REVOKED or "Revoked" in str(exc):
+                raise Unauthorized(f"request {request_id} refused for revocation: Revoked: the token it was made "
+                                   "with, or one it derives from, is revoked (request state "
+                                   f"{State(rec.state).name}); the device owner can read its final state") from exc
+            raise
         return rec
+
+    def _is_owner(self, rec: RequestRecord, token: bytes) -> bool:
+        """Whether ``token`` is the owner's: derived from the device's root,
+        not revoked, and holding the root capability (the owner may read how
+        any request of its device ended, e.g. REVOKED)."""
+        dev = self.store.device(rec.link_id) if not rec.forwarded_to else None
+        if dev is None or not token:
+            return False
+        try:
+            ok = auth.authorise(token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
+                                self.clock() // 1000, check_permits=False)
+        except Unauthorized:
+            return False
+        return ok.origin == "device" and any(isinstance(c, cl.Root) for c in ok.token.capabilities)
 
     def _token_still_good(self, rec: RequestRecord, token: bytes) -> None:
         """The re-check of :meth:`_owned` (raises Unauthorized)."""
-        if not rec.forwarded_to and not rec.attested:
+        if rec.forwarded_to:  # the holder checks it again; what this gateway knows is refused here
+            self._check_chain(auth.own_chain(token, self.secret) or auth.leaf_hash(token))
+        elif not rec.attested:
             dev = self.store.device(rec.link_id)
             if dev is not None:
                 auth.authorise(token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
@@ -527,10 +579,77 @@ class GatewayService:
         stub = RequestRecord(bytes.fromhex(res.request_id), b"", call.service, call.method, b"", b"",
                              auth.token_digest(call.token), State.DONE, now, res.expires_at_ms or now,
                              done_ms=max(res.expires_at_ms, now), forwarded_to=owner)
-        await self.store.put_finished(stub)
+        await self.store.put_finished(stub, () if res.terminal else call.chain)  # filed for revocation
+
+    def _forward_chain(self, call: Call) -> None:
+        """Before forwarding: refuse a token this gateway knows is revoked, and
+        carry the hashes it knows of its chain (all of them for this gateway's
+        own tokens; the leaf tag's for a device's, whose root it lacks)."""
+        self.revoked_fresh()
+        call.chain = _merged(auth.own_chain(call.token, self.secret) or auth.leaf_hash(call.token), call.chain)
+        call.revocation_height = getattr(self.revoked, "height", 0)
+        self._check_chain(call.chain)
+
+    async def _caught_up(self, height: int) -> None:
+        """Before serving a peer's forward: wait until the revocations in force
+        here reach the forwarding gateway's height (a revocation in force there
+        is then in force here too), at most ``catch_up_s``; else Unavailable."""
+        mine = getattr(self.revoked, "height", None)
+        if mine is None or mine >= height:
+            return
+        deadline = time.monotonic() + self.catch_up_s
+        while self.revoked.height < height:
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"this gateway's revocations are at height {self.revoked.height}, behind the "
+                                  f"forwarding gateway's {height}; retry shortly")
+            await asyncio.sleep(0.01)
+
+    def _check_chain(self, chain: tuple[bytes, ...]) -> None:
+        if self.revoked is not None and len(self.revoked) and any(h in self.revoked for h in chain):
+            raise Unauthorized("token refused: Revoked: the token (or one it derives from) is revoked")
+
+    def status(self) -> dict:
+        """What the Status call reports: the revocation height in force here."""
+        silent = getattr(self.revoked, "silent_s", lambda: None)()
+        return {"gateway_id": self.gateway_id, "revocation_height": getattr(self.revoked, "height", 0),
+                "chain_silent_ms": int(silent * 1000) if silent is not None else -1,
+                "fail_closed": bool(getattr(self.revoked, "stale", False))}
+
+    def revoked_fresh(self) -> None:
+        """Raise Unavailable when the revocation list may be stale (the gateway
+        has not heard from its chain node for too long): token checks fail closed."""
+        check = getattr(self.revoked, "check_fresh", None)
+        if check is not None:
+            check()
+
+    async def revoked_now(self, hashes: list[bytes]) -> int:
+        """Revocations just learnt (already in :attr:`revoked`): end every active
+        request made with a token whose chain holds one of ``hashes`` REVOKED,
+        and have the gateways holding requests forwarded from here end theirs
+        (each acknowledged, or retried). Returns how many were ended here."""
+        ended, forwards = await self.store.revoke_requests(hashes, self.clock())
+        if ended:
+            self.metrics.rejections.labels("revoked").inc(len(ended))
+        if forwards and self.forwarder is not None:
+            await asyncio.gather(*(self._cancel_forward(rid, gid) for rid, gid in forwards))
+        return len(ended)
+
+    async def _cancel_forward(self, rid: bytes, gateway_id: str, tries: int = 5) -> None:
+        """A signed peer cancel (reason: revoked), retried with backoff; the
+        holder honours it whatever its own view of the chain."""
+        for attempt in range(tries):
+            try:
+                await self.forwarder.call(gateway_id, "revoke", request_id=rid.hex())
+                return
+            except NotFound:
+                return  # purged there: nothing left to run
+            except GatewayError as err:
+                log.warning("revocation cancel of %s at %s failed (%s); retrying", rid.hex(), gateway_id, err)
+                await asyncio.sleep(0.1 * 2 ** attempt)
+        log.error("revocation cancel of %s at %s not acknowledged after %d tries", rid.hex(), gateway_id, tries)
 
     async def get_result(self, request_id: str, token: bytes) -> Result:
-        rec = self._owned(request_id, token)
+        rec = self._owned(request_id, token, owner_may_read=True)
         if rec.forwarded_to:
             return await self.forwarder.call(rec.forwarded_to, "result", request_id=request_id, token=token)
         dev = self.store.device(rec.link_id)
@@ -565,6 +684,11 @@ class GatewayService:
             if not rec.st.active:
                 return
             await self._next_change(rec.request_id, self.watch_recheck_s)
+
+
+def _merged(*chains: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """Chains of hashes as one, in order, without repeats (at most 16: a full chain)."""
+    return tuple(dict.fromkeys(h for c in chains for h in c))[:16]
 
 
 def _request_id(text: str, required: bool = False) -> bytes:

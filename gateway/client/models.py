@@ -29,6 +29,7 @@ class State(enum.IntEnum):
     EXPIRED = 4  # its TTL passed before an answer (dead-lettered)
     CANCELLED = 5
     FAILED = 6  # the device answered with an error
+    REVOKED = 7  # refused before it ran: the token that made it (or one it derives from) was revoked
 
     @property
     def final(self) -> bool:

@@ -26,7 +26,7 @@ from ...firmware.caplets.cap_errors import TokenError
 from ...firmware.caplets.mint import from_text
 from ..tokens.app_tokens import AppClient, authenticate
 from .core import DiscoveryService, Filters, Latency, Target, WatchSession
-from ..errors import BadRequest, GatewayError, grpc_code
+from ..errors import Unavailable, BadRequest, GatewayError, grpc_code
 from .handles import HandleCodec, derive_key
 from .regions import Region, RegionError
 from ...proto import discovery_pb2 as dpb
@@ -192,15 +192,18 @@ class DiscoveryServicer(dgrpc.DiscoveryServicer):
             await self._fail(context, err)
 
 
-def handle_resolver(service: DiscoveryService, secret: bytes,
-                    clock: Callable[[], float] = time.time) -> Callable[[str, bytes], bytes | None]:
+def handle_resolver(service: DiscoveryService, secret: bytes, clock: Callable[[], float] = time.time,
+                    revoked: object = None) -> Callable[[str, bytes], bytes | None]:
     """For GatewayService.resolvers: (target, client token) -> pseudonym, or None when the
-    target is not a valid discovery handle of this client (the caller then reports NotFound)."""
+    target is not a valid discovery handle of this client (the caller then reports NotFound).
+    A revoked token resolves nothing; a stale revocation list raises Unavailable."""
 
     def resolve(target: str, token: bytes) -> bytes | None:
         try:
-            client = authenticate(_token(token), secret, now=int(clock()))
+            client = authenticate(_token(token), secret, now=int(clock()), revoked=revoked)
             return service.resolve(client, target, int(clock() * 1000)).pseudonym
+        except Unavailable:
+            raise
         except GatewayError:
             return None
 

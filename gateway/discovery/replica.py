@@ -10,6 +10,12 @@ Theory of operation: a small state loop over the gateway's own node.
   (or drop it) and apply it; gateway events re-read ``/gateways`` at h.
   Liveness reports emit one ``device_seen`` event per device they move, so
   liveness is followed the same way, device by device.
+* Revocations ride the same loop: LOAD reads the whole ``/revocations`` list
+  at H, FOLLOW hands each height's ``token_revoked`` events (hash, expiry) to
+  ``on_revocations(records, height, complete)`` before the height counts as
+  applied; ``on_heard()`` is told each time the node answered (the gateway's
+  revocation set fails closed when it stops hearing). Poll fast (``poll_s``):
+  a revocation is in force here one poll after its block commits.
 * Any read failure backs off (jittered) and retries; a height the node no longer
   has (pruned) sends the loop back to LOAD.
 
@@ -35,6 +41,21 @@ log = logging.getLogger(__name__)
 PAGE = 1000  # the registry's MAX_PAGE
 DEVICE_EVENTS = {"device_registered", "device_updated", "device_unregistered", "device_seen"}
 GATEWAY_EVENTS = {"gateway_registered", "gateway_updated", "gateway_removed"}
+REVOKED_EVENT = "token_revoked"
+RevocationRecords = list[tuple[bytes, int]]  # (revocation hash, expiry s)
+
+
+def revocation_of(attrs: dict) -> tuple[bytes, int] | None:
+    """(hash, expiry) of a token_revoked event's attributes; an older block's
+    raw tag is hashed here (it is never kept)."""
+    from ...firmware.caplets.cap_crypto import revocation_hash
+
+    expires = int(attrs.get("expires_at") or 2**62)
+    if attrs.get("tag_hash"):
+        return bytes.fromhex(attrs["tag_hash"]), expires
+    if attrs.get("tag"):
+        return revocation_hash(bytes.fromhex(attrs["tag"])), expires
+    return None
 
 
 class ReplicaFollower:
@@ -50,6 +71,9 @@ class ReplicaFollower:
         self.sleep, self.clock, self.rng = sleep, clock, rng or random.Random()
         self.loaded = False
         self._changed = asyncio.Condition()
+        # the gateway's revocation hooks (app.py); None: devices only
+        self.on_revocations: Callable[[RevocationRecords, int, bool], Awaitable[None]] | None = None
+        self.on_heard: Callable[[], None] | None = None
 
     # ---- reads ----
 
@@ -64,11 +88,25 @@ class ReplicaFollower:
         height = await self.chain.height()
         records = await self._all_devices(height)
         await self._gateways(height)
+        if self.on_revocations is not None:
+            await self.on_revocations(await self._all_revocations(height), height, True)
         self.index.load((entry_from_record(r) for r in records), height)
         self.loaded = True
         await self._notify()
         log.info("replica loaded %d devices at height %d", len(records), height)
         return height
+
+    async def _all_revocations(self, height: int) -> RevocationRecords:
+        from ...firmware.caplets.cap_crypto import revocation_hash
+
+        out: RevocationRecords = []
+        q = pb.DeviceQuery(limit=PAGE)
+        while True:
+            page = await self.chain.query_msg("/revocations", pb.RevocationList, q.SerializeToString(), height)
+            out += [(r.tag_hash or revocation_hash(r.tag), r.expires_at) for r in page.revocations]
+            if not page.next:
+                return out
+            q.start_after = page.next
 
     async def apply_height(self, height: int) -> int:
         """FOLLOW one height: apply its device and gateway events; returns devices changed."""
@@ -76,10 +114,15 @@ class ReplicaFollower:
         events = [e for t in (res.get("txs_results") or []) for e in (t.get("events") or [])]
         events += res.get("finalize_block_events") or []
         changed: dict[bytes, str] = {}
+        revoked: RevocationRecords = []
         for ev in events:
             kind = ev.get("type", "")
             attrs = {a.get("key"): a.get("value") for a in ev.get("attributes") or []}
-            if kind in DEVICE_EVENTS and attrs.get("pseudonym"):
+            if kind == REVOKED_EVENT:
+                rec = revocation_of(attrs)
+                if rec is not None:
+                    revoked.append(rec)
+            elif kind in DEVICE_EVENTS and attrs.get("pseudonym"):
                 changed[bytes.fromhex(attrs["pseudonym"])] = kind
             elif kind in GATEWAY_EVENTS:
                 await self._gateways(height)
@@ -89,12 +132,16 @@ class ReplicaFollower:
                 self.index.upsert(entry_from_record(pb.DeviceRecord.FromString(q.value)))
             else:  # unregistered (or gone again within the block)
                 self.index.remove(ps)
+        if self.on_revocations is not None:
+            await self.on_revocations(revoked, height, False)  # in force before the height counts
         self.index.height = height
         return len(changed)
 
     async def step(self) -> int:
         """Catch up to the node's latest height; returns how many heights were applied."""
         latest = await self.chain.height()
+        if self.on_heard is not None:
+            self.on_heard()
         applied = 0
         for h in range(self.index.height + 1, latest + 1):
             await self.apply_height(h)
@@ -115,13 +162,18 @@ class ReplicaFollower:
                 await self.step()
                 failures = 0
                 await self.sleep(self.poll_s)
-            except (ChainError, KeyError, ValueError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried, never fatal: the height must not move on
                 failures += 1
                 if "height" in str(exc) and self.loaded:
                     log.warning("replica lost its height (%s): reloading", exc)
                     self.loaded = False
                 delay = min(self.max_backoff_s, 0.1 * 2 ** min(failures, 10)) * (0.5 + self.rng.random())
-                log.warning("replica follower: %s; retrying in %.1fs", exc, delay)
+                if isinstance(exc, (ChainError, KeyError, ValueError)):
+                    log.warning("replica follower: %s; retrying in %.1fs", exc, delay)
+                else:  # applying revocations failed (the store): not expected, so with its traceback
+                    log.exception("replica follower: applying height failed; retrying in %.1fs", delay)
                 await self.sleep(delay)
 
     # ---- change notification (Watch) ----

@@ -27,7 +27,7 @@ The contract has three kinds of method:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,6 +54,7 @@ class QueuedRequest:
     args: bytes  # JSON
     request_token: bytes  # binary leaf request token (service, method, args digest, sequence)
     expires_at_ms: int
+    chain: tuple[bytes, ...] = ()  # revocation hashes of the client token's tags (delivery refuses revoked)
 
 
 @dataclass(frozen=True)
@@ -90,13 +91,18 @@ class LinkBackend(Protocol):
         ``max_bytes`` of them; the bool says whether more are waiting."""
 
     def revocations(self, link_id: bytes) -> tuple[list[bytes], int]:
-        """Revoked tags the device has not been told about yet, and the position
-        to pass to :meth:`revocations_sent` once it has been."""
+        """Revocations the device has not been told about yet (each a 32-byte
+        revocation hash and its be64 expiry), and the position to pass to
+        :meth:`revocations_sent` once it has been."""
+
+    def barred(self) -> Container[bytes]:
+        """The revocation hashes in force now: a request whose client token's
+        chain holds one is never delivered (delivery.py)."""
 
     def twin_delta(self, link_id: bytes) -> tuple[list[tuple[str, bytes, int]], list[bytes]]:
         """The desired twin changes the device has not applied, (key, value,
         version) ascending; it stops before a change made under a token now
-        revoked and then also names its revoked tags (to :meth:`twin_withdraw`)."""
+        revoked and then also names its revocation hashes (to :meth:`twin_withdraw`)."""
 
     # ---- hints ----
 
@@ -125,8 +131,8 @@ class LinkBackend(Protocol):
                           replace: bool) -> None:
         """Store the device's twin report (docs/TWINS.md): applied version, reported properties."""
 
-    async def twin_withdraw(self, link_id: bytes, tags: list[bytes]) -> None:
-        """Withdraw the undelivered twin changes made under revoked ``tags``."""
+    async def twin_withdraw(self, link_id: bytes, hashes: list[bytes]) -> None:
+        """Withdraw the undelivered twin changes made under revoked ``hashes``."""
 
 
 @dataclass
@@ -140,9 +146,9 @@ class MemoryBackend:
     answers: dict[bytes, DeviceAnswer] = field(default_factory=dict)
     acked: set[bytes] = field(default_factory=set)
     revoked: dict[bytes, list[bytes]] = field(default_factory=dict)
+    in_force: set[bytes] = field(default_factory=set)  # revocation hashes (barred())
     contacts: list[tuple[bytes, int, int | None]] = field(default_factory=list)
     twins: dict[bytes, Twin] = field(default_factory=dict)
-    barred: set[bytes] = field(default_factory=set)  # revoked tags the twin reads check
     commits: int = 0  # durable writes called (each would be a transaction)
 
     def identity_secret(self) -> bytes:
@@ -158,7 +164,7 @@ class MemoryBackend:
         out, size = [], 0
         waiting = [r for r in self.queues.get(link_id, []) if r.request_id not in self.answers]
         for req in waiting:
-            cost = wire.item_size(vars(req))  # a QueuedRequest has DeviceRequest's fields
+            cost = wire.item_size({k: v for k, v in vars(req).items() if k != "chain"})  # DeviceRequest fields
             if out and size + cost > max_bytes:
                 return out, True
             out.append(req)
@@ -169,9 +175,12 @@ class MemoryBackend:
         tags = list(self.revoked.get(link_id, []))
         return tags, len(tags)
 
+    def barred(self) -> Container[bytes]:
+        return self.in_force
+
     def twin_delta(self, link_id: bytes) -> tuple[list[tuple[str, bytes, int]], list[bytes]]:
         twin = self.twins.get(link_id)
-        return model.delta(twin, twin.applied, self.barred) if twin is not None else ([], [])
+        return model.delta(twin, twin.applied, self.in_force) if twin is not None else ([], [])
 
     def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
         self.contacts.append((link_id, now_ms, sleep_s))
@@ -203,13 +212,13 @@ class MemoryBackend:
         self.commits += 1
         model.report(self.twins.setdefault(link_id, Twin()), applied, reported, replace, int(time.time() * 1000))
 
-    async def twin_withdraw(self, link_id: bytes, tags: list[bytes]) -> None:
+    async def twin_withdraw(self, link_id: bytes, hashes: list[bytes]) -> None:
         self.commits += 1
         if link_id in self.twins:
-            model.withdraw(self.twins[link_id], set(tags), int(time.time() * 1000))
+            model.withdraw(self.twins[link_id], set(hashes), int(time.time() * 1000))
 
 
-READS = ("identity_secret", "device_for_link", "ticket", "pending", "revocations", "twin_delta", "contact")
+READS = ("identity_secret", "device_for_link", "ticket", "pending", "revocations", "barred", "twin_delta", "contact")
 WRITES = ("rotate_ticket", "delivered", "answered", "revocations_sent", "twin_report", "twin_withdraw")
 
 

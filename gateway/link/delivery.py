@@ -55,23 +55,30 @@ carrying it went to an authenticated device: with them after PROOF/RESUME, or,
 for the encrypted 0.5-RTT flight, at established(). Revocations are read once
 per wake (``wants_revocations``), at its start.
 
+Revoked authority: a request whose client token's chain (``QueuedRequest.chain``,
+revocation hashes) holds a hash the Backlog's ``barred`` set contains is never
+handed out: it is answered REVOKED (durably, as refusals are) and skipped.
+The gateway ends such requests as soon as it learns the revocation (store op
+``revoke_requests``); this check covers a queue read that raced with that.
+
 Deliveries: only ids sent on this connection, each once; anything else in an
 ACK (unknown ids, repeats) is dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ...firmware.link import link_wire as wire
-from ...firmware.link.link_device import BAD_ARGUMENTS
+from ...firmware.link.link_device import BAD_ARGUMENTS, REVOKED
 from ...firmware.link.link_session import Requests
 from ...firmware.link.link_wire import MAX_LINK_FRAME
 from .backend import DeviceAnswer, QueuedRequest
 
 TOO_LARGE = "request too large for the link"
-TAG_SIZE = 32  # revocation tags are HMAC-SHA256 tags
+REVOKED_ERROR = "refused: the token that made this request (or one it derives from) was revoked"
+TAG_SIZE = 40  # a revocation on the link: its 32-byte hash and its be64 expiry
 # The widest clock a frame can carry (a negative int64 is a 10-byte varint):
 # sizes that do not know the clock yet assume it.
 _WIDEST_CLOCK = -1
@@ -87,8 +94,9 @@ class Backlog:
     more: bool = False
     revoked: Sequence[bytes] = ()
     position: int = 0
+    barred: Container[bytes] = ()  # revocation hashes now in force (the gateway's set)
     twin: Sequence[tuple[str, bytes, int]] = ()  # (key, value, version): not applied, ascending
-    withdraw: Sequence[bytes] = ()  # revoked tags of a twin change the read stopped before
+    withdraw: Sequence[bytes] = ()  # revocation hashes of a twin change the read stopped before
 
 
 @dataclass
@@ -204,10 +212,16 @@ class Delivery:
         revoked = list(backlog.revoked) if revocations else []
         fresh = [r for r in backlog.requests
                  if r.request_id not in self.sent and r.request_id not in self.refused]
+        barred = backlog.barred
+        gone = [r for r in fresh if barred and any(h in barred for h in r.chain)]
+        if gone:
+            fresh = [r for r in fresh if r not in gone]
         twin = [twin_item(c) for c in backlog.twin if c[2] > self.twin_sent]
         frames, items, refused, trimmed = self._pack(fresh, revoked, twin, now_ms)
-        self.refused.update(r.request_id for r in refused)
+        self.refused.update(r.request_id for r in refused + gone)
         answers = [DeviceAnswer(r.request_id, BAD_ARGUMENTS, error=TOO_LARGE) for r in refused]
+        answers += [DeviceAnswer(r.request_id, REVOKED, error=REVOKED_ERROR) for r in gone]
+        refused = refused + gone
         sent_twin = [c for f in frames for c in f[2]]
         withdraw = list(backlog.withdraw) if not early else []  # (nothing durable before PROOF)
         more = backlog.more or trimmed or bool(withdraw)

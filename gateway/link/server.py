@@ -387,7 +387,7 @@ class _Connection:
         revoked, position = b.revocations(link_id) if self.delivery.wants_revocations else ([], 0)
         pending, more = b.pending(link_id, self.delivery.queue_bytes)
         twin, withdraw = b.twin_delta(link_id)
-        return Backlog(pending, more, revoked, position, twin, withdraw)
+        return Backlog(pending, more, revoked, position, b.barred(), twin, withdraw)
 
     def _act(self, decision: Decision) -> None:
         """Carry out a delivery decision: start its durable writes, queue its frames."""
@@ -395,7 +395,7 @@ class _Connection:
         link_id = self.link_id or self.session.link_id
         if decision.refused:
             for answer in decision.refused:
-                log.warning("%s: request %s too large for the link", self.name, answer.request_id.hex())
+                log.warning("%s: request %s refused: %s", self.name, answer.request_id.hex(), answer.error)
             stored = self._start(b.answered(link_id, decision.refused))
             if decision.recheck:  # once they are stored, the queue read sees what is behind
                 stored.add_done_callback(lambda f: f.cancelled() or f.exception() or self.poke())

@@ -32,7 +32,7 @@ class StoreLinkBackend:
                  clock: Callable[[], int] = _now_ms, revoked: Container[bytes] = frozenset()) -> None:
         self.store, self.secret, self.clock = store, secret, clock
         self.metrics = metrics or GatewayMetrics()
-        self.revoked = revoked  # the gateway's revoked tags (a twin change made under one is never sent)
+        self.revoked = revoked  # the gateway's revocation hashes in force (the service's set)
 
     def identity_secret(self) -> bytes:
         return self.secret
@@ -50,16 +50,25 @@ class StoreLinkBackend:
         return ticket
 
     def pending(self, link_id: bytes, max_bytes: int) -> tuple[list[QueuedRequest], bool]:
+        if getattr(self.revoked, "stale", False):
+            return [], False  # fail closed: no work leaves while revocations may be stale
         return self.store.pending(link_id, max_bytes, self.clock())
 
     def revocations(self, link_id: bytes) -> tuple[list[bytes], int]:
         return self.store.revocations(link_id, self.clock() // 1000)
 
+    def barred(self) -> Container[bytes]:
+        view = getattr(self.revoked, "view", None)
+        return view() if view is not None else self.revoked
+
     def twin_delta(self, link_id: bytes) -> tuple[list[tuple[str, bytes, int]], list[bytes]]:
         twin = self.store.twin(link_id)
         if twin is None:
             return [], []
-        return model.delta(twin, twin.applied, self.revoked if len(self.revoked) else ())
+        if getattr(self.revoked, "stale", False):
+            return [], []  # fail closed, as pending(): nothing leaves while revocations may be stale
+        barred = self.barred()
+        return model.delta(twin, twin.applied, barred if len(barred) else ())
 
     def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
         self.store.note_contact(link_id, now_ms, sleep_s)
@@ -84,5 +93,5 @@ class StoreLinkBackend:
                           replace: bool) -> None:
         await self.store.twin_report(link_id, applied, reported, replace, self.clock())
 
-    async def twin_withdraw(self, link_id: bytes, tags: list[bytes]) -> None:
-        await self.store.twin_withdraw(tags, self.clock())
+    async def twin_withdraw(self, link_id: bytes, hashes: list[bytes]) -> None:
+        await self.store.twin_withdraw(hashes, self.clock())

@@ -11,8 +11,10 @@ Primary records::
     c/<link16><sha256(svc,m,args)>    CacheEntry (record)            cacheable responses
     t/<ticket id>                     ticket (record)                resumption tickets (single use)
     l/<link16>                        Contact (record)               last contact, announced sleep, liveness sent
-    v/<be64 n>                        tag32 + be64 expiry (s)        revocation log, in arrival order
+    v/<be64 n>                        hash32 + be64 expiry (s)       revocation log, in arrival order
     m/<name>                          bytes                          metadata (m/revlog: last log position)
+    k/<token digest32>                hash32 * n                     a client token's chain: the revocation
+                                                                     hashes of its tags (one per distinct token)
     w/<link16>                        Twin (record)                  the device's twin: desired, reported
 
 Per-device counters::
@@ -27,9 +29,12 @@ Indexes (written with their records, in the same transaction)::
     q/<link16><be64 seq>              rid16                          active queue (QUEUED, DELIVERED), in order
     x/<be64 expires_ms><rid16>        b""                            active requests by expiry (sweeper)
     g/<be64 purge_ms><rid16>          b""                            finished requests by purge time
-    vt/<tag32>                        b""                            tags already in the log
-    wh/<tag32><link16>                b""                            twins with an undelivered desired change
-                                                                     made under a token whose chain holds tag
+    vt/<hash32>                       b""                            hashes already in the log
+    kh/<hash32><token digest32>       b""                            client tokens by chain hash (revocation)
+    kr/<token digest32><rid16>        b""                            a token's active requests and forwarding
+                                                                     stubs; a token's k/ and kh/ go with its last
+    wh/<hash32><link16>               b""                            twins with an undelivered desired change
+                                                                     made under a token whose chain holds it
 
 No prefix is a prefix of another's keys (``v/`` scans never see ``vt/`` or
 ``vc/``), so every scan below reads exactly one kind of key.
@@ -55,8 +60,11 @@ REVLOG = b"v/"
 REVTAG = b"vt/"
 REVCURSOR = b"vc/"
 META = b"m/"
+TOKEN = b"k/"
+TOKEN_BY_HASH = b"kh/"
+TOKEN_REQUEST = b"kr/"
 TWIN = b"w/"
-TWIN_BY_TAG = b"wh/"
+TWIN_BY_HASH = b"wh/"
 REVLOG_LAST = META + b"revlog"
 
 # what an unpaired device leaves behind: every per-device prefix but its requests
@@ -147,13 +155,23 @@ def revcursor(link_id: bytes) -> bytes:
     return REVCURSOR + link_id
 
 
+def token(digest: bytes) -> bytes:
+    return TOKEN + digest
+
+
+def token_by_hash(h: bytes, digest: bytes = b"") -> bytes:
+    return TOKEN_BY_HASH + h + digest
+
+
+def token_request(digest: bytes, rid: bytes = b"") -> bytes:
+    return TOKEN_REQUEST + digest + rid
 def twin(link_id: bytes) -> bytes:
     return TWIN + link_id
 
 
-def twin_by_tag(tag: bytes, link_id: bytes = b"") -> bytes:
-    """An index entry, or (``link_id`` empty) the prefix of a tag's entries."""
-    return TWIN_BY_TAG + tag + link_id
+def twin_by_hash(h: bytes, link_id: bytes = b"") -> bytes:
+    """An index entry, or (``link_id`` empty) the prefix of a revocation hash's entries."""
+    return TWIN_BY_HASH + h + link_id
 
 
 def meta(name: str) -> bytes:

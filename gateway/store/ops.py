@@ -25,8 +25,11 @@ from ..errors import (
 )
 from ..link.backend import Ticket
 from ..manifest import Manifest
+from ...firmware.link.link_device import REVOKED
 
 DEVICE_EXPIRED_STATUS = 5  # docs/LINK_PROTOCOL.md: "expired before it ran"
+REVOKED_STATUS = REVOKED  # refused: its authorising token is revoked (by the device, or at delivery)
+REVOKED_ERROR = "refused: the token that made this request (or one it derives from) was revoked"
 EXPIRE_LIMIT = 1000  # requests one sweep dead-letters at most (one transaction stays short)
 PURGE_LIMIT = 10_000  # response slots one purge forgets at most
 
@@ -98,17 +101,17 @@ def remove_device(ctx: Ctx, link_id: bytes, now_ms: int, why: str) -> Outcome:
 
 def enqueue(ctx: Ctx, items: list[list]) -> Outcome:
     """Append requests to their devices' queues, in list order. An item is
-    (record, max depth): a QUEUED record whose sequence and request token the
-    service chose. Per item: None (queued as given), the stored record of a
+    (record, max depth, chain): a QUEUED record whose sequence and request token
+    the service chose, and the revocation hashes of its client token's chain. Per item: None (queued as given), the stored record of a
     known request id (the same call again: idempotent), or the error refusing
     it (Conflict, NotFound, QueueFull, StaleSequence); a refused item writes
     nothing, the others still go in."""
     out: list = []
     changed = []
-    for raw, max_depth in items:
+    for raw, max_depth, *chain in items:
         try:
             rec = RequestRecord.load(raw)
-            known = _enqueue_one(ctx.kv, rec, raw, max_depth)
+            known = _enqueue_one(ctx.kv, rec, raw, max_depth, chain[0] if chain else [])
         except (GatewayError, StaleSequence, ValueError) as exc:  # raised before the item's writes
             out.append(exc)
             continue
@@ -118,7 +121,7 @@ def enqueue(ctx: Ctx, items: list[list]) -> Outcome:
     return out, changed
 
 
-def _enqueue_one(kv: KV, rec: RequestRecord, raw: bytes, max_depth: int) -> bytes | None:
+def _enqueue_one(kv: KV, rec: RequestRecord, raw: bytes, max_depth: int, chain: list[bytes]) -> bytes | None:
     """Checks first, then the writes (an exception leaves ``kv`` untouched)."""
     link = rec.link_id
     old = kv.get(keys.request(rec.request_id))
@@ -145,14 +148,57 @@ def _enqueue_one(kv: KV, rec: RequestRecord, raw: bytes, max_depth: int) -> byte
     kv.put(keys.queue(link, rec.seq), rec.request_id)
     kv.put(keys.expiry(rec.expires_at_ms, rec.request_id), b"")
     kv.put(keys.request(rec.request_id), raw)
+    _index_token(kv, rec, chain)
     return None
 
 
-def put_finished(ctx: Ctx, raw: bytes) -> Outcome:
-    """Store a request that is finished already (a cache hit, a forwarding stub)."""
+def _index_token(kv: KV, rec: RequestRecord, chain: list[bytes]) -> None:
+    """File an active request (or forwarding stub) under its client token, and
+    the token under each hash of its chain (once per distinct token)."""
+    digest = rec.token_digest
+    hashes = [h for h in chain if len(h) == 32]
+    if not hashes:
+        return  # nothing a revocation could name (a caller that gave no chain)
+    known = kv.get(keys.token(digest))
+    if known is None or any(h not in _split32(known) for h in hashes):
+        merged = list(dict.fromkeys(_split32(known or b"") + hashes))
+        kv.put(keys.token(digest), b"".join(merged))
+        for h in merged:
+            kv.put(keys.token_by_hash(h, digest), b"")
+    kv.put(keys.token_request(digest, rec.request_id), b"")
+
+
+def _unindex_token(kv: KV, rec: RequestRecord) -> None:
+    """The request no longer waits; the token's entries go with its last request."""
+    digest = rec.token_digest
+    kv.delete(keys.token_request(digest, rec.request_id))
+    for _ in kv.scan(keys.token_request(digest)):
+        return
+    known = kv.get(keys.token(digest))
+    if known is not None:
+        for h in _split32(known):
+            kv.delete(keys.token_by_hash(h, digest))
+        kv.delete(keys.token(digest))
+
+
+def _split32(raw: bytes) -> list[bytes]:
+    return [raw[i:i + 32] for i in range(0, len(raw), 32)]
+
+
+def token_chain(kv: KV, digest: bytes) -> tuple[bytes, ...]:
+    """The revocation hashes filed for a client token (empty when none)."""
+    return tuple(_split32(kv.get(keys.token(digest)) or b""))
+
+
+def put_finished(ctx: Ctx, raw: bytes, chain: list[bytes] | None = None) -> Outcome:
+    """Store a request that is finished already (a cache hit, a forwarding stub).
+    A forwarding stub with ``chain`` is filed under its token, so a revocation
+    learnt here cancels it at the gateway that holds it."""
     rec = RequestRecord.load(raw)
     ctx.kv.put(keys.request(rec.request_id), raw)
     ctx.kv.put(keys.purge(rec.done_ms + ctx.retention_ms, rec.request_id), b"")
+    if rec.forwarded_to and chain:
+        _index_token(ctx.kv, rec, chain)
     return None, []
 
 
@@ -189,8 +235,12 @@ def purge_finished(ctx: Ctx, now_ms: int, limit: int = PURGE_LIMIT) -> Outcome:
     due = _due(ctx.kv, keys.PURGE, now_ms, limit)
     for key in due:
         raw = ctx.kv.get(keys.request(keys.rid_of(key)))
-        if raw is not None and not RequestRecord.load(raw).st.active:
-            ctx.kv.delete(keys.request(keys.rid_of(key)))
+        if raw is not None:
+            rec = RequestRecord.load(raw)
+            if not rec.st.active:
+                ctx.kv.delete(keys.request(keys.rid_of(key)))
+                if rec.forwarded_to:
+                    _unindex_token(ctx.kv, rec)
         ctx.kv.delete(key)
     return len(due), []
 
@@ -210,6 +260,7 @@ def _finish(ctx: Ctx, rec: RequestRecord) -> bytes:
     kv, link = ctx.kv, rec.link_id
     kv.delete(keys.queue(link, rec.seq))
     kv.delete(keys.expiry(rec.expires_at_ms, rec.request_id))
+    _unindex_token(kv, rec)
     kv.put(keys.depth(link), keys.be64(max(keys.int_of(kv.get(keys.depth(link))) - 1, 0)))
     raw = rec.dump()
     kv.put(keys.request(rec.request_id), raw)
@@ -252,7 +303,8 @@ def answered(ctx: Ctx, link_id: bytes, answers: list[list], now_ms: int) -> Outc
             continue  # a device never answers for another's requests
         rec.status, rec.payload, rec.error, rec.done_ms = status, payload, error, now_ms
         rec.state = State.DONE if status == 0 else (
-            State.EXPIRED if status == DEVICE_EXPIRED_STATUS else State.FAILED)
+            State.EXPIRED if status == DEVICE_EXPIRED_STATUS else
+            State.REVOKED if status == REVOKED_STATUS else State.FAILED)
         _finish(ctx, rec)
         finished.append((rid, int(rec.state)))
         method = manifest.method(rec.service, rec.method) if manifest else None
@@ -307,9 +359,53 @@ def liveness_reported(ctx: Ctx, entries: list[list]) -> Outcome:
 
 # ---- revocations ----
 
+def revoke_requests(ctx: Ctx, hashes: list[bytes], now_ms: int) -> Outcome:
+    """End REVOKED every active request whose client token's chain holds one of
+    ``hashes``. Returns (ids ended, [(id, gateway)] of forwarding stubs, whose
+    holder must be told to end them)."""
+    kv = ctx.kv
+    ended: list[bytes] = []
+    forwards: list[list] = []
+    for h in hashes:
+        for key, _ in list(kv.scan(keys.token_by_hash(h))):
+            digest = key[len(keys.TOKEN_BY_HASH) + 32:]
+            for rkey, _ in list(kv.scan(keys.token_request(digest))):
+                rid = rkey[len(keys.TOKEN_REQUEST) + 32:]
+                raw = kv.get(keys.request(rid))
+                if raw is None:
+                    kv.delete(rkey)
+                    continue
+                rec = RequestRecord.load(raw)
+                if rec.forwarded_to:
+                    forwards.append([rid, rec.forwarded_to])
+                    _unindex_token(kv, rec)
+                elif rec.st.active:
+                    rec.state, rec.error, rec.done_ms = State.REVOKED, REVOKED_ERROR, now_ms
+                    rec.status = REVOKED_STATUS
+                    _finish(ctx, rec)
+                    ended.append(rid)
+    return (ended, forwards), ended
+
+
+def revoke_request(ctx: Ctx, request_id: bytes, via: str, now_ms: int) -> Outcome:
+    """A forwarding gateway's revocation cancel: end the request REVOKED when
+    that gateway forwarded it here and it is still active (whatever this
+    gateway's own view of the chain). Returns its record (None when unknown)."""
+    raw = ctx.kv.get(keys.request(request_id))
+    if raw is None:
+        return None, []
+    rec = RequestRecord.load(raw)
+    if not via or rec.via != via:
+        raise Unauthorized("only the gateway that forwarded a request may cancel it for revocation")
+    if not rec.st.active:
+        return raw, []
+    rec.state, rec.error, rec.done_ms, rec.status = State.REVOKED, REVOKED_ERROR, now_ms, REVOKED_STATUS
+    return _finish(ctx, rec), [request_id]
+
+
 def add_revocations(ctx: Ctx, records: list[list]) -> Outcome:
-    """Append new revoked tags, each (tag, expiry s), to the log devices are
-    told from; returns how many were new."""
+    """Append new revocation hashes, each (hash, expiry s), to the log devices
+    are told from; returns how many were new."""
     kv = ctx.kv
     last = first = keys.int_of(kv.get(keys.REVLOG_LAST))
     for tag, expires in records:
@@ -345,6 +441,8 @@ HANDLERS: dict[str, Handler] = {
     "contacts": contacts,
     "liveness_reported": liveness_reported,
     "add_revocations": add_revocations,
+    "revoke_requests": revoke_requests,
+    "revoke_request": revoke_request,
     "revocations_sent": revocations_sent,
     **twin_ops.HANDLERS,  # device twins: twin_set, twin_report, twin_withdraw
 }

@@ -40,6 +40,7 @@ class State(IntEnum):
     EXPIRED = 4
     CANCELLED = 5
     FAILED = 6
+    REVOKED = 7  # the token that made it (or one it derives from) was revoked before it ran
 
     @property
     def active(self) -> bool:
@@ -125,15 +126,16 @@ class RequestRecord(_Record):
     from_cache: bool = False
     forwarded_to: str = ""  # set on a forwarding gateway's stub: the peer that holds it
     attested: bool = False  # made on a trusted caller's word (invoke-any), not checked against the device
+    via: str = ""  # the gateway that forwarded it here (the one whose revocation cancel it honours)
     _bytes = ("request_id", "link_id", "args", "request_token", "token_digest", "payload")
 
     @property
     def st(self) -> State:
         return State(self.state)
 
-    def queued(self) -> QueuedRequest:
+    def queued(self, chain: tuple[bytes, ...] = ()) -> QueuedRequest:
         return QueuedRequest(self.request_id, self.service, self.method, self.args, self.request_token,
-                             self.expires_at_ms)
+                             self.expires_at_ms, chain)
 
 
 @dataclass

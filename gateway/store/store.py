@@ -36,7 +36,7 @@ from pathlib import Path
 
 from . import keys
 from .kv import DEFAULT_MAP_SIZE, LmdbKV, open_env
-from .ops import EXPIRE_LIMIT, PURGE_LIMIT
+from .ops import EXPIRE_LIMIT, PURGE_LIMIT, token_chain
 from .records import CacheEntry, Contact, Device, RequestRecord, State, load_ticket, new_id
 from .writer import Writer
 from ..twins.model import Twin
@@ -104,21 +104,34 @@ class GatewayStore:
         self._dirty.pop(link_id, None)
         return Device.load(raw) if raw is not None else None
 
-    async def enqueue(self, items: list[tuple[RequestRecord, int]], urgent: bool = False
-                      ) -> list[tuple[RequestRecord, bool] | Exception]:
+    async def enqueue(self, items: list[tuple[RequestRecord, int] | tuple[RequestRecord, int, tuple[bytes, ...]]],
+                      urgent: bool = False) -> list[tuple[RequestRecord, bool] | Exception]:
         """Append requests, each (QUEUED record with its sequence and request
         token, maximum queue depth), in one operation. Per item: (record, new)
         (a known request id made by the same call returns the stored record,
         not new) or the exception refusing it (Conflict, NotFound, QueueFull,
         StaleSequence); a refused item writes nothing. Raises when the commit
         fails (nothing of it is stored). ``urgent``: see :meth:`write`."""
-        out = await self.write("enqueue", [[rec.dump(), depth] for rec, depth in items], urgent=urgent)
-        return [got if isinstance(got, BaseException) else (rec, True) if got is None
-                else (RequestRecord.load(got), False) for (rec, _), got in zip(items, out)]
+        out = await self.write("enqueue", [[item[0].dump(), item[1], list(item[2]) if len(item) > 2 else []]
+                                           for item in items], urgent=urgent)
+        return [got if isinstance(got, BaseException) else (item[0], True) if got is None
+                else (RequestRecord.load(got), False) for item, got in zip(items, out)]
 
-    async def put_finished(self, rec: RequestRecord) -> None:
-        """Store a request that is already finished (a cache hit, a forwarding stub)."""
-        await self.write("put_finished", rec.dump())
+    async def put_finished(self, rec: RequestRecord, chain: tuple[bytes, ...] = ()) -> None:
+        """Store a request that is already finished (a cache hit, a forwarding
+        stub; a stub's ``chain`` files it for revocation: ops.put_finished)."""
+        await self.write("put_finished", rec.dump(), list(chain) or None)
+
+    async def revoke_requests(self, hashes: list[bytes], now_ms: int) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+        """End REVOKED the active requests made with a token whose chain holds
+        one of ``hashes``; returns their ids and the (id, gateway) of forwards."""
+        ended, forwards = await self.write("revoke_requests", list(hashes), now_ms, urgent=True)
+        return ended, [(rid, gid) for rid, gid in forwards]
+
+    async def revoke_request(self, request_id: bytes, via: str, now_ms: int) -> RequestRecord | None:
+        """A forwarding gateway's revocation cancel (ops.revoke_request)."""
+        raw = await self.write("revoke_request", request_id, via, now_ms, urgent=True)
+        return RequestRecord.load(raw) if raw is not None else None
 
     async def cancel(self, request_id: bytes, now_ms: int) -> RequestRecord:
         """Cancel an active request (NotFound when unknown); returns its record."""
@@ -225,7 +238,7 @@ class GatewayStore:
                 cost = len(rec.args) + len(rec.request_token) + len(rec.service) + len(rec.method) + 64
                 if out and size + cost > max_bytes:
                     return out, True
-                out.append(rec.queued())
+                out.append(rec.queued(token_chain(LmdbKV(txn), rec.token_digest)))
                 size += cost
         return out, False
 
@@ -298,15 +311,16 @@ class GatewayStore:
     # ---- revocations ----
 
     def revocations(self, link_id: bytes, now_s: int) -> tuple[list[bytes], int]:
-        """Unexpired tags logged since the device was last told, and the log
-        position to pass to :meth:`revocations_sent` once it has been."""
+        """Unexpired revocations logged since the device was last told, each
+        its hash and be64 expiry (what the link carries), and the log position
+        to pass to :meth:`revocations_sent` once it has been."""
         with self.env.begin() as txn:
             cursor = keys.int_of(txn.get(keys.revcursor(link_id)))
             tags, last = [], cursor
             for key, value in LmdbKV(txn).scan(keys.REVLOG, start=keys.revlog(cursor + 1)):
                 last = keys.revlog_position(key)
                 if keys.int_of(value[32:]) > now_s:
-                    tags.append(value[:32])
+                    tags.append(value[:40])
         return tags, last
 
     # ---- twins (gateway/twins/model.py has the rules, twin_ops.py the writes) ----
@@ -328,9 +342,9 @@ class GatewayStore:
         """A device's report; whether the twin changed."""
         return await self.write("twin_report", link_id, applied, [list(p) for p in props], replace, now_ms)
 
-    async def twin_withdraw(self, tags: list[bytes], now_ms: int) -> list[tuple[bytes, list[str]]]:
-        """Revoked tags: withdraw undelivered desired changes made under them."""
-        return [(link, keys_back) for link, keys_back in await self.write("twin_withdraw", list(tags), now_ms)]
+    async def twin_withdraw(self, hashes: list[bytes], now_ms: int) -> list[tuple[bytes, list[str]]]:
+        """Revoked hashes: withdraw undelivered desired changes made under them."""
+        return [(link, keys_back) for link, keys_back in await self.write("twin_withdraw", list(hashes), now_ms)]
 
     # ---- metadata ----
 

@@ -12,7 +12,8 @@ A client token has one of two origins:
   tokens it issues for regional access (discovery) and the devices' identity
   tokens (which grant no service and so never authorise a call).
 
-Then: revocation of every chain tag (registry + local set), the leaf's
+Then: revocation of every chain tag (registry + local set: both hold the
+tags' one-way hashes, cap_crypto.revocation_hash), the leaf's
 constraints (expiry, gateway), and ``permits(service, method)``. Leaf tokens
 (request, encryption) are never client credentials.
 
@@ -43,6 +44,10 @@ PSEUDONYM_DOMAIN = b"edgistry/pseudonym/v1"
 class Authorised:
     origin: str  # "device" | "gateway"
     token: cl.Token
+    # revocation hashes of every tag of the token's chain from its origin's key
+    # (a device's: the root tag's and each derived tag's): what a request made
+    # with it keeps, so a revocation of any of them stops the request
+    chain: tuple[bytes, ...] = ()
 
 
 def token_digest(token: bytes) -> bytes:
@@ -70,15 +75,15 @@ def verify_from_root(token: cl.Token, root: cl.Token, ctx: cl.Context) -> cl.Tok
         # the sub-chain frames[1:] keyed by tag_0 is a token whose "secret" is tag_0
         sub = cl.Token(token.frames[1:], token.tag)
         cl.verify(sub, root.tag, ctx)
-    if ctx.revoked is not None and root.tag in ctx.revoked:
-        raise cl.Revoked("the device's root token is revoked", root.tag)
+    if ctx.revoked is not None and cap_crypto.revocation_hash(root.tag) in ctx.revoked:
+        raise cl.Revoked("the device's root token is revoked", cap_crypto.revocation_hash(root.tag))
     return token
 
 
 class _Verified(NamedTuple):
     origin: str
     token: cl.Token
-    tags: tuple[bytes, ...]  # every tag of the chain from the origin's key (revocation)
+    chain: tuple[bytes, ...]  # revocation hashes of every tag of the chain from the origin's key
 
 
 VERIFIED_CACHE_SIZE = 4096  # distinct client tokens remembered (bounded: cleared when full)
@@ -96,23 +101,31 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
     key = (bytes(raw), root_token or b"", gateway_secret)
     hit = _verified.get(key)
     if hit is not None and _still_valid(hit, service, method, gateway_id, revoked, now, check_permits, mutating):
-        return Authorised(hit.origin, hit.token)
+        return Authorised(hit.origin, hit.token, hit.chain)
     result = _authorise(raw, service, method, root_token, gateway_secret, gateway_id, revoked, now,
                         check_permits, mutating)
+    chain = hit.chain if hit is not None else chain_hashes(result, root_token, gateway_secret)
     if hit is None:
         if len(_verified) >= VERIFIED_CACHE_SIZE:
             _verified.clear()
-        root = cl.load(root_token) if result.origin == "device" else None
-        tags = ([root.tag, *cl.chain_tags(root.tag, result.token.frames[1:])] if root is not None
-                else cl.chain_tags(gateway_secret, result.token.frames))
-        _verified[key] = _Verified(result.origin, result.token, tuple(tags))
-    return result
+        _verified[key] = _Verified(result.origin, result.token, chain)
+    return Authorised(result.origin, result.token, chain)
+
+
+def chain_hashes(result: Authorised, root_token: bytes | None, gateway_secret: bytes) -> tuple[bytes, ...]:
+    """The revocation hashes of every tag of an authorised token's chain."""
+    if result.origin == "device":
+        root = cl.load(root_token)
+        tags = [root.tag, *cl.chain_tags(root.tag, result.token.frames[1:])]
+    else:
+        tags = cl.chain_tags(gateway_secret, result.token.frames)
+    return tuple(cap_crypto.revocation_hash(t) for t in tags)
 
 
 def _still_valid(hit: _Verified, service: str, method: str, gateway_id: str, revoked: cl.RevocationSet | None,
                  now: int, check_permits: bool, mutating: bool) -> bool:
     """The per-call checks of a remembered token: not revoked, constraints hold now, rights."""
-    if revoked is not None and len(revoked) and any(t in revoked for t in hit.tags):
+    if revoked is not None and len(revoked) and any(h in revoked for h in hit.chain):
         return False
     try:
         cl.check_constraints(hit.token, cl.Context(now=now, gateway=gateway_id, revoked=revoked))
@@ -162,6 +175,36 @@ def _authorise(raw: bytes, service: str, method: str, root_token: bytes | None, 
     raise Unauthorized("token was not issued for this device nor by this gateway (wrong origin or forged)")
 
 
+def own_chain(raw: bytes, gateway_secret: bytes) -> tuple[bytes, ...]:
+    """The revocation hashes of a token's chain when this gateway is its origin
+    (its tags recompute from the gateway secret); () otherwise."""
+    try:
+        token = _parse(raw)
+        tags = cl.chain_tags(gateway_secret, token.frames)
+    except (cl.TokenError, ValueError):
+        return ()
+    if not cap_crypto.equal(tags[-1], token.tag):
+        return ()
+    return tuple(cap_crypto.revocation_hash(t) for t in tags)
+
+
+def leaf_hash(raw: bytes) -> tuple[bytes, ...]:
+    """The revocation hash of a token's own tag (all a gateway that is not its
+    origin can compute of its chain); () for bytes that are no token."""
+    try:
+        return (cap_crypto.revocation_hash(_parse(raw).tag),)
+    except (cl.TokenError, ValueError):
+        return ()
+
+
+def _parse(raw: bytes) -> cl.Token:
+    """A token from its binary or text form (as clients send either)."""
+    try:
+        return cl.load(raw)
+    except cl.TokenError:
+        return cl.from_text(raw.decode("ascii", "replace").strip())
+
+
 SERVICE_PATH = "/svc"  # application tokens grant reads as Resource("/svc[/<type>[/<method>]]", READ)
 
 
@@ -190,6 +233,10 @@ def identity_token(gateway_secret: bytes, link_id: bytes) -> cl.Token:
     return cl.mint(gateway_secret, [cl.Identity(identity_name(link_id))])
 
 
-def request_token(root_token: bytes, service: str, method: str, args: bytes, sequence: int) -> bytes:
-    """The leaf the device verifies on its own: service, method, args digest, sequence."""
-    return cl.request_token(cl.load(root_token), service, method, args, sequence).to_bytes()
+def request_token(root_token: bytes, service: str, method: str, args: bytes, sequence: int,
+                  chain: tuple[bytes, ...] = ()) -> bytes:
+    """The leaf the device verifies on its own: service, method, args digest,
+    sequence, and (``authorised_by``) the revocation hashes of the client
+    token's chain, so the device refuses it once any of them is revoked."""
+    constraints = [cl.AuthorisedBy(chain[:cl.cap_cons.MAX_AUTHORISED_BY])] if chain else []
+    return cl.request_token(cl.load(root_token), service, method, args, sequence, constraints).to_bytes()

@@ -29,6 +29,7 @@ from ...firmware.caplets.cap_verify import verify as core_verify
 from ...firmware.caplets.mint import (
     MIN_SECRET_SIZE, derive, from_text, new_secret, parse_time, request_token, root, to_text,
 )
+from ...firmware.caplets.cap_crypto import revocation_hash
 from ...firmware.caplets.revocation import RevocationSet
 from .app_tokens import mint_app_token
 
@@ -291,21 +292,29 @@ CHAIN_FOREVER = 2**62
 @click.option("--home", type=click.Path(file_okay=False), default=None,
               help="Node home: revoke on the registry, signed by this home's gateway key.")
 @click.option("--rpc", default=None, help="Node RPC URL (default: from the home's config).")
+@click.option("--wait-all", is_flag=True,
+              help="Return only once every registered gateway reports the revocation in force.")
+@click.option("--timeout", default=30.0, show_default=True, type=float,
+              help="Seconds to wait for the gateway(s) to report the revocation in force.")
 @click.option("--prune", is_flag=True, help="Drop expired entries from the --list file.")
 def revoke_cmd(tokens: tuple[str, ...], list_file: str | None, home: str | None, rpc: str | None,
-               prune: bool) -> None:
+               wait_all: bool, timeout: float, prune: bool) -> None:
     """Revoke TOKENS and every token derived from them.
 
-    With --list, in a local list file; with --home, on the replicated registry
-    (gateways learn it from there and devices on their next wake).
+    With --home, on the replicated registry: only each tag's one-way hash
+    (computed here) goes on chain. It returns once the revocation is committed
+    and in force at this home's gateway (--wait-all: at every registered
+    gateway), asking each gateway's Status call for the revocation height it
+    has applied; from then on nothing made with these tokens runs (queued work
+    ends REVOKED). With --list, in a local list file.
     """
     if not list_file and not home:
         raise click.UsageError("give --list FILE and/or --home DIR")
     if not tokens and not prune:
         raise click.UsageError("give TOKENS to revoke and/or --prune")
     parsed = [read_token(value) for value in tokens]
-    if home:
-        _revoke_on_chain(parsed, home, rpc)
+    if home and parsed:
+        _revoke_on_chain(parsed, home, rpc, wait_all, timeout)
     if list_file:
         revoked = _load_list(list_file)
         for token in parsed:
@@ -317,15 +326,16 @@ def revoke_cmd(tokens: tuple[str, ...], list_file: str | None, home: str | None,
         except OSError as exc:
             raise UserError(f"cannot write {list_file}: {exc}") from exc
     for token in parsed:
-        click.echo(f"revoked {token.tag.hex()}")
+        click.echo(f"revoked {revocation_hash(token.tag).hex()}")
 
 
-def _revoke_on_chain(tokens: list, home: str, rpc: str | None) -> None:
+def _revoke_on_chain(tokens: list, home: str, rpc: str | None, wait_all: bool, timeout: float) -> None:
     import asyncio
 
     from ...config import HomeError, NodeConfig, load_ed25519_pem
     from ...chain import ChainClient, ChainError
     from ...proto import registry_pb2 as pb
+    from .revoke_wait import InForceTimeout, wait_in_force
 
     try:
         cfg = NodeConfig.load(home)
@@ -335,13 +345,19 @@ def _revoke_on_chain(tokens: list, home: str, rpc: str | None) -> None:
 
     async def submit() -> None:
         async with ChainClient(rpc or cfg.rpc_url) as chain:
+            height = 0
             for token in tokens:
                 expires = token.expires_at if token.expires_at is not None else CHAIN_FOREVER
-                await chain.submit(key, pb.RevokeToken(tag=token.tag, expires_at=int(expires)))
+                done = await chain.submit(key, pb.RevokeToken(tag_hash=revocation_hash(token.tag),
+                                                              expires_at=int(expires)))
+                height = max(height, done.height)
+            click.echo(f"committed at height {height}")
+            where = await wait_in_force(chain, cfg.grpc_listen, height, wait_all, timeout)
+            click.echo(f"in force at height {height} at {where}")
 
     try:
         asyncio.run(submit())
-    except ChainError as exc:
+    except (ChainError, InForceTimeout) as exc:
         raise UserError(str(exc)) from exc
 
 

@@ -17,9 +17,9 @@ a device offline at the time must re-read the whole document to notice).
 
 Writers compare and set per key: a change may name the version it expects
 (``if_version``; 0: the key must not exist) and the whole set is refused when
-any key moved on (VersionConflict). A change keeps the revocation tags of the
-token that made it (``chain``): until the device has applied it, a revocation
-of any of those tags *withdraws* it (:func:`withdraw`), and the key goes back
+any key moved on (VersionConflict). A change keeps the revocation hashes of the
+token chain that made it (``chain``): until the device has applied it, a
+revocation of any of them *withdraws* it (:func:`withdraw`), and the key goes back
 to the newest entry that still stands, under a new version, so a device that
 raced the revocation is put back too. That is why a key keeps its undelivered
 entries (at most ``MAX_PENDING``) and the last applied one; everything older
@@ -163,7 +163,7 @@ def _check_size(what: str, props: dict[str, bytes]) -> None:
 
 def set_desired(twin: Twin, changes: list[Change], chain: Iterable[bytes], now_ms: int) -> list[tuple[str, int]]:
     """Apply ``changes`` all or none (checks first); returns (key, version) of each.
-    ``chain``: the revocation tags of the token that made them."""
+    ``chain``: the revocation hashes of the token chain that made them."""
     if not changes:
         raise BadRequest("no change given")
     keys = [check_key(c.key) for c in changes]
@@ -190,8 +190,8 @@ def set_desired(twin: Twin, changes: list[Change], chain: Iterable[bytes], now_m
 
 def _trim(entries: list[list], applied_max: int) -> None:
     """Drop undelivered entries that no revocation could ever fall back to: one
-    whose tags hold every tag of a later one (if the later one is withdrawn, so
-    is it), and, beyond ``MAX_PENDING``, the oldest."""
+    whose chain holds every hash of a later one's (if the later one is withdrawn,
+    so is it), and, beyond ``MAX_PENDING``, the oldest."""
     pending = [e for e in entries if e[VERSION] > applied_max]
     keep: list[list] = []
     for i, e in enumerate(pending):
@@ -207,7 +207,7 @@ def _trim(entries: list[list], applied_max: int) -> None:
 def delta(twin: Twin, after: int, barred: Container[bytes] = ()) -> tuple[list[tuple[str, bytes, int]], list[bytes]]:
     """The current entries above version ``after``, ascending: (key, value, version)
     (value b"" deletes the key). It stops before the first entry made under a
-    token holding a ``barred`` tag, and then returns those tags too (withdraw first);
+    token whose chain holds a ``barred`` hash, and then returns those hashes too (withdraw first);
     a change the device applied once is past revocation (a device that lost its
     state gets it again)."""
     ahead = sorted((e[VERSION], k, e) for k, entries in twin.desired.items() if entries
@@ -222,7 +222,7 @@ def delta(twin: Twin, after: int, barred: Container[bytes] = ()) -> tuple[list[t
 
 
 def withdraw(twin: Twin, revoked: Container[bytes], now_ms: int) -> list[str]:
-    """Withdraw every undelivered entry made under a token holding a revoked tag;
+    """Withdraw every undelivered entry made under a token whose chain holds a revoked hash;
     a key whose current entry went is set back, under a new version, to the
     newest entry left (deleted when none). Returns the keys set back."""
     out = []
@@ -294,8 +294,8 @@ def prune(twin: Twin) -> None:
             del twin.desired[key]
 
 
-def pending_tags(twin: Twin) -> set[bytes]:
-    """The tags of every undelivered entry (what the store indexes for revocation)."""
+def pending_hashes(twin: Twin) -> set[bytes]:
+    """The revocation hashes of every undelivered entry (what the store indexes for revocation)."""
     return {bytes(t) for entries in twin.desired.values() for e in entries
             if e[VERSION] > twin.applied_max for t in e[CHAIN]}
 

@@ -14,8 +14,8 @@ So the read-only application token made at pairing reaches no twin: an owner
 grants twin access deliberately (``edgistry token derive --resource
 /twin/reported:r``). A read returns the parts the token may read.
 
-Every desired change keeps the revocation tags of its token's chain
-(:func:`chain_tags`): until the device has applied it, a revocation of any
+Every desired change keeps the revocation hashes of its token's chain
+(``auth.Authorised.chain``): until the device has applied it, a revocation of any
 withdraws it (model.withdraw, through :meth:`TwinService.revoked_now` and the
 delivery's own check), so a change made with a token revoked before delivery
 is never applied.
@@ -64,12 +64,6 @@ def access_of(token: cl.Token) -> Access:
         return any(isinstance(c, cl.Resource) and c.rights & right and prefix_within(path, c.prefix) for c in caps)
 
     return Access(has(DESIRED, cl.READ), has(DESIRED, cl.WRITE), has(REPORTED, cl.READ))
-
-
-def chain_tags(token: cl.Token, root_token: bytes) -> list[bytes]:
-    """Every tag of a device-origin token's chain, root first: what a revocation names."""
-    root = cl.load(root_token)
-    return [root.tag, *cl.chain_tags(root.tag, token.frames[1:])]
 
 
 @dataclass
@@ -123,7 +117,7 @@ class TwinService:
         if ok.origin != "device":
             raise Unauthorized("a twin is reached with a token derived from the device's root (the owner's, or "
                                "one the owner derived with --resource /twin/...), not a gateway-issued token")
-        return access_of(ok.token), chain_tags(ok.token, dev.root_token)
+        return access_of(ok.token), list(ok.chain)
 
     def _view(self, dev: Device, target: str, access: Access) -> TwinView:
         twin = self.store.twin(dev.link_id) or model.Twin()
@@ -178,12 +172,12 @@ class TwinService:
                 yield view
             await self._next_change(dev.link_id, self.watch_recheck_s)
 
-    async def revoked_now(self, tags: list[bytes]) -> int:
+    async def revoked_now(self, hashes: list[bytes]) -> int:
         """Revocations just learnt: withdraw every undelivered desired change made
         under them; returns how many twins changed (their awake devices are told)."""
-        if not tags:
+        if not hashes:
             return 0
-        changed = await self.store.twin_withdraw(list(tags), self.clock())
+        changed = await self.store.twin_withdraw(list(hashes), self.clock())
         for link, _ in changed:
             if self.on_changed is not None:
                 self.on_changed(link)

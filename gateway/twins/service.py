@@ -112,6 +112,9 @@ class TwinService:
         raise NotFound("no such device paired with this gateway")
 
     def _authorise(self, token: bytes, dev: Device) -> tuple[Access, list[bytes]]:
+        check = getattr(self.revoked, "check_fresh", None)  # the gateway's live set: fail closed while stale
+        if check is not None:
+            check()
         ok = auth.authorise(token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
                             self.clock() // 1000, check_permits=False)
         if ok.origin != "device":

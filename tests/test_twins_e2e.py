@@ -86,11 +86,23 @@ def test_a_device_asleep_through_changes_and_gateway_crashes_gets_exactly_its_de
         assert device.desired == {"mode": "max", "interval": 30}
         assert device.wake() == []  # applied and reported: nothing goes out twice
 
+        waited: dict = {}  # `twin set --wait` returns once the device applied the change
+        setter = threading.Thread(target=lambda: waited.update(zip(("code", "out"), cli(
+            "twin", "set", handle, "channel=beta", "--wait", "20", *gw, "--token", owner, "--json"))))
+        setter.start()
+        deadline = time.monotonic() + 10
+        while not device.wake() and time.monotonic() < deadline:  # until the set has reached the gateway
+            time.sleep(0.3)
+        setter.join(25)
+        assert waited["code"] == 0, waited
+        assert json.loads(waited["out"])["desired"]["channel"]["applied"] is True
+        assert device.desired["channel"] == "beta"
+
         with Client(cfg.grpc_listen, token=owner) as client:
             twin = client.get_twin(handle)
         assert twin.pending == 0 and twin.applied >= max(p.version for p in twin.desired.values())
         assert all(p.applied for p in twin.desired.values())
-        assert twin.desired_values() == {"mode": "max", "interval": 30}
+        assert twin.desired_values() == {"mode": "max", "interval": 30, "channel": "beta"}
         assert twin.reported_values() == {"temp": 21.5, "fw": "1.0"} and twin.reported_ms
         wakes = device.wakes
 

@@ -91,7 +91,8 @@ async def test_status_page_login_map_and_live_pairing(tmp_path):
         assert ((cfg.keys_dir / "operator.secret").stat().st_mode & 0o777) == 0o600
 
         # ---- unauthenticated: nothing but /healthz (and the login form) ----
-        assert http(ports["http"], "/healthz")[0] == 200
+        status, body, _ = http(ports["http"], "/healthz")
+        assert status == 200 and "devices" not in json.loads(body)  # a count would show pairings
         status, _, headers = http(ports["http"], "/status")
         assert status == 303 and headers["Location"] == "/status/login"
         for path in ("/status/api", "/status/events", "/metrics", "/status/app.js", "/nothing"):

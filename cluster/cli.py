@@ -286,3 +286,10 @@ def _set_power(directory: Path, node: str, power: int) -> None:
     except MembershipError as exc:
         raise UserError(str(exc)) from exc
     click.echo(f"{node} has voting power {power} (effective at height {height})")
+
+
+# Nodes on other machines (generate, prepare-node) live in their own module.
+from .hosts_cli import generate_cmd, prepare_node_cmd  # noqa: E402
+
+cluster_group.add_command(generate_cmd)
+cluster_group.add_command(prepare_node_cmd)

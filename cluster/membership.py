@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import time
 import tomllib
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
 from .. import chain as rpc
 from .cometbft_files import ConsensusSettings
 from .launcher import Launcher
-from .localnet import NodeLayout, add_localnet_node, load_localnet
+from .localnet import HOST, NodeLayout, add_localnet_node, load_localnet
 from .ops import ClusterError, Progress, _quiet, start_node
 from ..config import NodeConfig, load_ed25519_pem
 
@@ -87,9 +88,10 @@ def statesync_settings(directory: Path, snapshot_interval: int, timeout: float =
     }
 
 
-def add_node(directory: Path, binary: str, timeout: float = 180.0, progress: Progress = _quiet,
-             gateway: bool = True) -> NodeLayout:
-    """Add a node that joins the running cluster by state sync; wait until it is caught up."""
+def prepare_node(directory: Path, host: str = HOST, bind: str | None = None,
+                 progress: Progress = _quiet) -> NodeLayout:
+    """Write a node that will join the running cluster by state sync (reached at ``host``,
+    listening on ``bind``) and register its gateway on chain; start nothing."""
     directory = directory.expanduser().resolve()
     layouts = load_localnet(directory)
     reference = NodeConfig.load(layouts[0].edgistry_home)
@@ -97,10 +99,21 @@ def add_node(directory: Path, binary: str, timeout: float = 180.0, progress: Pro
     if not interval:
         raise MembershipError("the cluster's apps take no snapshots (snapshot_interval is 0): cannot state-sync")
     statesync = statesync_settings(directory, interval, progress=progress)
-    node = add_localnet_node(directory, statesync, _consensus_of(layouts[0]), snapshot_interval=interval)
+    node = add_localnet_node(directory, statesync, _consensus_of(layouts[0]), snapshot_interval=interval,
+                             host=host, bind=bind)
     progress(f"{node.moniker}: state sync from height {statesync['trust_height']} via {statesync['rpc_servers']}")
     _register_gateway(layouts, node)
-    started = start_node(Launcher(directory), node, binary, gateway)
+    return node
+
+
+def add_node(directory: Path, binary: str, timeout: float = 180.0, progress: Progress = _quiet,
+             gateway: bool = True, host: str = HOST, bind: str | None = None,
+             wrap: Sequence[str] = ()) -> NodeLayout:
+    """Add a node that joins the running cluster by state sync, start it here (under the
+    command prefix ``wrap``) and wait until it is caught up."""
+    layouts = load_localnet(directory.expanduser().resolve())
+    node = prepare_node(directory, host, bind, progress)
+    started = start_node(Launcher(directory.expanduser().resolve()), node, binary, gateway, wrap)
     progress(f"{node.moniker}: started {', '.join(started)}")
     wait_caught_up(node, layouts, timeout, progress)
     return node

@@ -9,6 +9,9 @@ A node is three processes, named after its moniker and recorded by
 
 The app starts first and must be listening before its cometbft starts;
 cometbft stops before its app (it needs the app to shut down cleanly).
+``start_node(..., wrap=[...])`` runs each process under a command prefix
+(the multi-host tests use ``ip netns exec NAME`` to start a node on its own
+network).
 Everything is judged by pid: CometBFT exits with status 0 when its app dies.
 Every wait is bounded and reports progress through a callback.
 """
@@ -19,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from .. import chain as rpc
 from .cometbft import cometbft_version
 from .cometbft_files import CONFIG_VERSION, ConsensusSettings
 from .launcher import Launcher
-from .localnet import HOST, MANIFEST, NodeLayout, generate_localnet, load_localnet
+from .localnet import MANIFEST, NodeLayout, generate_localnet, load_localnet
 
 EDGISTRY = [sys.executable, "-m", "edgistry"]
 ROLES = ("app", "cmt", "gw")  # start order; stop order is the reverse
@@ -53,10 +56,10 @@ def proc_name(node: NodeLayout, role: str) -> str:
 
 
 def endpoints(node: NodeLayout) -> dict[str, str]:
-    p = node.ports
+    """Where the node is reached (its advertised addresses; ABCI is local to its machine)."""
     return {
         "rpc": node.rpc_url, "p2p": node.p2p_address, "abci": node.proxy_app,
-        "grpc": f"{HOST}:{p.grpc}", "link": f"{HOST}:{p.link}", "http": f"http://{HOST}:{p.http}",
+        "grpc": node.grpc_endpoint, "link": node.link_endpoint, "http": node.http_url,
     }
 
 
@@ -74,25 +77,34 @@ def log_tail(launcher: Launcher, name: str, lines: int = 15) -> str:
     return "\n".join(f"  | {line}" for line in text[-lines:])
 
 
-def _port_open(port: int) -> bool:
+def _app_listening(node: NodeLayout) -> bool:
+    """Whether the node's app accepts on its ABCI address (loopback TCP or a unix socket)."""
+    address = node.proxy_app
+    if address.startswith("unix://"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(0.5)
+            return s.connect_ex(address[len("unix://"):]) == 0
+    host, _, port = address[len("tcp://"):].rpartition(":")
     with socket.socket() as s:
         s.settimeout(0.5)
-        return s.connect_ex((HOST, port)) == 0
+        return s.connect_ex((host, int(port))) == 0
 
 
 # ---- one node ----
 
 
-def start_node(launcher: Launcher, node: NodeLayout, binary: str, gateway: bool = True) -> list[str]:
-    """Start whichever of the node's processes are not running; return their names."""
+def start_node(launcher: Launcher, node: NodeLayout, binary: str, gateway: bool = True,
+               wrap: Sequence[str] = ()) -> list[str]:
+    """Start whichever of the node's processes are not running, each under the command
+    prefix ``wrap`` (none by default); return their names."""
     app, cmt, gw = (proc_name(node, r) for r in ROLES)
     started = []
     if not launcher.alive(app):
         if launcher.alive(cmt):  # its app is gone: this cometbft is about to exit anyway
             launcher.stop(cmt)
-        launcher.start(app, _argv(node, "app", binary))
+        launcher.start(app, [*wrap, *_argv(node, "app", binary)])
         deadline = time.monotonic() + APP_READY_TIMEOUT
-        while not _port_open(node.ports.abci):
+        while not _app_listening(node):
             if not launcher.alive(app):
                 raise ClusterError(f"{app} exited at start; its log:\n{log_tail(launcher, app)}")
             if time.monotonic() > deadline:
@@ -100,10 +112,10 @@ def start_node(launcher: Launcher, node: NodeLayout, binary: str, gateway: bool 
             time.sleep(0.1)
         started.append(app)
     if not launcher.alive(cmt):
-        launcher.start(cmt, _argv(node, "cmt", binary))
+        launcher.start(cmt, [*wrap, *_argv(node, "cmt", binary)])
         started.append(cmt)
     if gateway and not launcher.alive(gw):
-        launcher.start(gw, _argv(node, "gw", binary))
+        launcher.start(gw, [*wrap, *_argv(node, "gw", binary)])
         started.append(gw)
     return started
 
@@ -164,7 +176,7 @@ def up(directory: Path, nodes: int = 4, binary: str = "", base_port: int | None 
 
 
 def gateway_health(node: NodeLayout) -> tuple[bool, str]:
-    return rpc.http_ok(f"http://{HOST}:{node.ports.http}/healthz", timeout=2.0)
+    return rpc.http_ok(f"{node.http_url}/healthz", timeout=2.0)
 
 
 def wait_gateways(layouts: list[NodeLayout], launcher: Launcher, timeout: float, progress: Progress = _quiet) -> None:

@@ -63,9 +63,9 @@ def test_a_device_asleep_through_changes_and_gateway_crashes_gets_exactly_its_de
         code, out = cli("twin", "set", handle, "mode=eco", "interval:=30", "x:=1", *gw, "--token", owner, "--json")
         assert code == 0, out
         first = json.loads(out)
-        assert first["pending"] == 3 and first["desired"]["interval"] == {
-            "value": 30, "version": first["desired"]["interval"]["version"], "at_ms": first["desired"]["interval"]["at_ms"],
-            "applied": False}
+        interval = first["desired"]["interval"]
+        assert first["pending"] == 3 and interval == {
+            "value": 30, "version": interval["version"], "at_ms": interval["at_ms"], "applied": False}
         up = restart(cfg, ports, up, tmp_path / "up2.log")
 
         with Client(cfg.grpc_listen, token=owner) as client:

@@ -20,7 +20,8 @@ operator secret as a bearer credential (``credentials_file``).
 
 Every response of these routes carries a strict Content-Security-Policy
 (own scripts and styles only; images from the configured tile host only),
-``no-store`` caching and no referrer beyond this origin (with none at all, a browser posts forms with ``Origin: null``, which the cross-site check must refuse).
+``no-store`` caching and no referrer beyond this origin (with none at all, a
+browser posts forms with ``Origin: null``, which the cross-site check refuses).
 """
 
 from __future__ import annotations

@@ -279,7 +279,8 @@ def report(twin: Twin, applied: int, props: list[tuple[str, bytes]], replace: bo
     if after == old:
         return changed
     v = next_version(twin, now_ms)
-    twin.reported = {k: (twin.reported[k] if old.get(k) == val else [val, v, now_ms]) for k, val in sorted(after.items())}
+    twin.reported = {k: (twin.reported[k] if old.get(k) == val else [val, v, now_ms])
+                     for k, val in sorted(after.items())}
     twin.reported_ms = now_ms
     return True
 

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "result": "edgistry.gateway.api.cli:result_cmd",
     "cluster": "edgistry.cluster.cli:cluster_group",
     "discover": "edgistry.gateway.discovery.cli:discover_cmd",
+    "twin": "edgistry.gateway.twins.cli:twin_group",
 }
 
 

@@ -2,9 +2,10 @@
 
 A client talks to one gateway's gRPC front end: discovery (pages of opaque
 handles, a watch of changes, invoke-any), calls to devices (invoke, submit,
-result, watch-result, cancel, batch), with deadlines, retries with jittered
-backoff, and one exception tree (:class:`EdgistryError`), over TLS pinned to
-the gateway's own certificate (a file, or its registry record). See docs/SDK.md.
+result, watch-result, cancel, batch), device twins (get, set desired, watch), with
+deadlines, retries with jittered backoff, and one exception tree (:class:`EdgistryError`),
+over TLS pinned to the gateway's own certificate (a file, or its registry record). See
+docs/SDK.md.
 
     with Client("127.0.0.1:26670", token="app.token", pin="gateway.pem") as client:
         for page in client.discover("sensor", near=(52.52, 13.405), radius_km=5):
@@ -17,7 +18,7 @@ from .gateway.client.base import DEFAULT_TARGET, new_request_id
 from .gateway.client.errors import (
     AlreadyExists, Cancelled, ConfigError, DeadlineExceeded, EdgistryError, FailedPrecondition, InsecureTransport,
     InvalidArgument, LocalError, NotFound, PermissionDenied, RemoteError, RequestFailed, ResourceExhausted,
-    ServerError, TokenFileError, Unavailable,
+    ServerError, TokenFileError, Unavailable, VersionConflict,
 )
 from .gateway.client.pins import PinMismatch, pin_from_file, pin_from_registry
 from .gateway.client.models import Call, Filters, Handle, Latency, Page, Region, Resolved, Result, State, WatchEvent
@@ -26,6 +27,7 @@ from .gateway.client.sync import Client
 from .gateway.client.tokens import load_token
 from .gateway.client.transport import DEFAULT_PORT, TLS, Target, parse_target
 from .gateway.tls import Pin
+from .gateway.client.twins import Twin, TwinProperty
 
 
 def connect(target: str = DEFAULT_TARGET, **options) -> Client:
@@ -44,7 +46,7 @@ __all__ = [
     "DEFAULT_TARGET", "DeadlineExceeded", "EdgistryError", "FailedPrecondition", "Filters", "Handle",
     "InsecureTransport", "InvalidArgument", "Latency", "LocalError", "NotFound", "Page", "PermissionDenied",
     "Pin", "PinMismatch", "Region", "RemoteError", "RequestFailed", "Resolved", "ResourceExhausted", "Result",
-    "RetryPolicy",
-    "ServerError", "State", "TLS", "Target", "TokenFileError", "Unavailable", "WatchEvent", "connect",
-    "connect_async", "load_token", "new_request_id", "parse_target", "pin_from_file", "pin_from_registry",
+    "RetryPolicy", "ServerError", "State", "TLS", "Target", "TokenFileError", "Twin", "TwinProperty", "Unavailable",
+    "VersionConflict", "WatchEvent", "connect", "connect_async", "load_token", "new_request_id", "parse_target",
+    "pin_from_file", "pin_from_registry",
 ]

@@ -64,9 +64,12 @@ from .watchdog import LoopLag, watch_chain
 from .pairing.channel import CommissionCode, Offers
 from .api.peer import Directory, ForwardChecker, PeerClient, PeerRoots
 from .api.service import Call, GatewayService, Result, Settings
+from .status import mount as mount_status
 from .store.store import GatewayStore
 from .store.kv import DEFAULT_MAP_SIZE
 from .tls import ensure_identity, server_credentials
+from .twins import grpc_service as twin_grpc
+from .twins.service import TwinService
 from ..gc_policy import freeze_startup_objects
 from ..proto import gateway_pb2 as gw
 from ..proto import registry_pb2 as pb
@@ -138,6 +141,7 @@ class Gateway:
         self.store: GatewayStore | None = None
         self.replica = None  # discovery's ReplicaFollower
         self.service: GatewayService | None = None
+        self.twins: TwinService | None = None
         self.link: LinkServer | None = None
         self.code: CommissionCode | None = None
         self._grpc = None
@@ -192,6 +196,8 @@ class Gateway:
         self.ports["link"] = self.link.port
         self.service.on_queued = self.link.notify
         self.metrics.watch_link(self._link_snapshot)
+        self.twins = TwinService(self.store, self.gateway_id, self.secret, revoked, on_changed=self.link.notify,
+                                 expected_at=self.service.expected_at, owner_of=self.service.forwarder.owner_of)
 
         self.code = CommissionCode(cfg.home / "commission.code")
         # the sealed registry: this gateway's X25519 seal key and the data keys wrapped to it
@@ -226,8 +232,9 @@ class Gateway:
             log.warning("registry record not checked yet: peers may refuse this gateway until it is published")
         self._grpc, self.ports["grpc"] = await start_grpc(
             cfg.grpc_listen, self.service, commissioner, None, self.metrics,
-            extra=[lambda server: dg.add_to_server(server, discovery)], admission=self.admission,
-            credentials=None if self.insecure else server_credentials(self.tls))
+            extra=[lambda server: dg.add_to_server(server, discovery),
+                   lambda server: twin_grpc.add_to_server(server, self.twins)],
+            admission=self.admission, credentials=None if self.insecure else server_credentials(self.tls))
         if not self.replica.loaded:
             await self._refresh_peer_roots_once()
         self._peer_grpc, self.ports["peer"] = await start_peer_grpc(
@@ -326,8 +333,8 @@ class Gateway:
             faults = self.health.report()
             status = "ok" if ok else ("starting" if not started else
                                       "unhealthy: " + ", ".join(f["cause"] for f in faults))
+            # no device count: /healthz is public, and a count moving would show a pairing
             body = {"status": status, "gateway_id": self.gateway_id, "faults": faults, "tls": not self.insecure,
-                    "devices": len(self.store.devices()) if self.store else 0,
                     "chain_seen_s_ago": round(time.time() - self.chain_ok_at, 1) if self.chain_ok_at else None,
                     "replica": self._replica_state()}
             return web.json_response(body, status=200 if ok else 503)
@@ -338,6 +345,7 @@ class Gateway:
 
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/metrics", metrics)
+        mount_status(app, self)  # the operators' page; guards everything here but /healthz
         return app
 
     # ---- background loops ----
@@ -394,6 +402,7 @@ class Gateway:
         new = [(h, e) for h, e in records if self.revoked.revoke(h, e)]
         if new:
             ended = await self.service.revoked_now([h for h, _ in new])
+            await self.twins.revoked_now([h for h, _ in new])  # undelivered twin changes under them withdrawn
             await self.store.add_revocations(new)
             log.info("height %d: %d revocation(s) in force, %d request(s) ended REVOKED", height, len(new), ended)
         self.revoked.height = max(self.revoked.height, height)

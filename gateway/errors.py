@@ -114,6 +114,12 @@ class Precondition(GatewayError):
     reason = "precondition"
 
 
+class VersionConflict(GatewayError):
+    """A compare-and-set lost: the value changed since the caller read its version."""
+
+    reason = "version_conflict"
+
+
 class Unavailable(GatewayError):
     """A dependency (the chain, a peer gateway) cannot be reached now; retry."""
 
@@ -136,6 +142,7 @@ def _codes() -> dict[type[GatewayError], object]:
         Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
         StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
         StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
+        VersionConflict: grpc.StatusCode.ABORTED,
     }
 
 

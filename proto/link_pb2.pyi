@@ -131,16 +131,28 @@ class DeviceRequest(_message.Message):
     def __init__(self, request_id: _Optional[bytes] = ..., service: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., request_token: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
 
 class Requests(_message.Message):
-    __slots__ = ("items", "more", "revoked", "gateway_now_ms")
+    __slots__ = ("items", "more", "revoked", "gateway_now_ms", "twin")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    TWIN_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[DeviceRequest]
     more: bool
     revoked: _containers.RepeatedScalarFieldContainer[bytes]
     gateway_now_ms: int
-    def __init__(self, items: _Optional[_Iterable[_Union[DeviceRequest, _Mapping]]] = ..., more: _Optional[bool] = ..., revoked: _Optional[_Iterable[bytes]] = ..., gateway_now_ms: _Optional[int] = ...) -> None: ...
+    twin: _containers.RepeatedCompositeFieldContainer[TwinChange]
+    def __init__(self, items: _Optional[_Iterable[_Union[DeviceRequest, _Mapping]]] = ..., more: _Optional[bool] = ..., revoked: _Optional[_Iterable[bytes]] = ..., gateway_now_ms: _Optional[int] = ..., twin: _Optional[_Iterable[_Union[TwinChange, _Mapping]]] = ...) -> None: ...
+
+class TwinChange(_message.Message):
+    __slots__ = ("key", "value", "version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: bytes
+    version: int
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., version: _Optional[int] = ...) -> None: ...
 
 class DeviceResponse(_message.Message):
     __slots__ = ("request_id", "status", "payload", "error")
@@ -155,10 +167,22 @@ class DeviceResponse(_message.Message):
     def __init__(self, request_id: _Optional[bytes] = ..., status: _Optional[int] = ..., payload: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Responses(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "twin")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    TWIN_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[DeviceResponse]
-    def __init__(self, items: _Optional[_Iterable[_Union[DeviceResponse, _Mapping]]] = ...) -> None: ...
+    twin: TwinReport
+    def __init__(self, items: _Optional[_Iterable[_Union[DeviceResponse, _Mapping]]] = ..., twin: _Optional[_Union[TwinReport, _Mapping]] = ...) -> None: ...
+
+class TwinReport(_message.Message):
+    __slots__ = ("applied", "reported", "replace")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    applied: int
+    reported: _containers.RepeatedCompositeFieldContainer[TwinChange]
+    replace: bool
+    def __init__(self, applied: _Optional[int] = ..., reported: _Optional[_Iterable[_Union[TwinChange, _Mapping]]] = ..., replace: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("ids",)

@@ -13,6 +13,7 @@ import shutil
 import ssl
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -77,10 +78,14 @@ def via(cfg) -> list[str]:
     return ["--gateway", cfg.grpc_listen, "--pin", str(cfg.tls_cert_path)]
 
 
-def http_get(cfg, port: int, path: str) -> str:
-    """GET over HTTPS, trusting only the gateway's certificate."""
+def http_get(cfg, port: int, path: str, operator: bool = False) -> str:
+    """GET over HTTPS, trusting only the gateway's certificate; with ``operator``, as its
+    operator (/metrics needs it)."""
     context = ssl.create_default_context(cafile=str(cfg.tls_cert_path))
-    with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", timeout=5, context=context) as resp:
+    headers = {"Authorization": "Bearer " + (cfg.home / "keys" / "operator.secret").read_text().strip()} \
+        if operator else {}
+    request = urllib.request.Request(f"https://127.0.0.1:{port}{path}", headers=headers)
+    with urllib.request.urlopen(request, timeout=5, context=context) as resp:
         return resp.read().decode()
 
 
@@ -156,7 +161,10 @@ def test_pair_queue_durability_expiry_overflow_and_unpair(tmp_path):
                 iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
             names = {s.name for s in next(answers).list_services_response.service}
             assert {"edgistry.gateway.v1.Gateway", "edgistry.gateway.v1.Commissioning"} <= names
-        metrics = http_get(cfg, ports["http"], "/metrics")
+        with pytest.raises(urllib.error.HTTPError) as refused:  # pairings show in its gauges: operators only
+            http_get(cfg, ports["http"], "/metrics")
+        assert refused.value.code == 401
+        metrics = http_get(cfg, ports["http"], "/metrics", operator=True)
         for line in ("edgistry_queue_depth_total 3.0", 'edgistry_rejections_total{reason="queue_full"} 1.0',
                      "edgistry_requests_expired_total 1.0", 'edgistry_link_handshakes_total{kind="full"}'):
             assert line in metrics, line
@@ -239,13 +247,13 @@ def test_two_gateways_cross_invoke_and_forged_forwards(tmp_path):
             with pytest.raises(grpc.RpcError) as exc:
                 peer.Forward(sign_forward(a_key, a_id, "submit", write), timeout=10)
             assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        metrics = http_get(b, b_ports["http"], "/metrics")
+        metrics = http_get(b, b_ports["http"], "/metrics", operator=True)
         assert 'edgistry_peer_forwards_total{direction="in",outcome="refused"} 3.0' in metrics
         accepted = _counter(metrics, 'edgistry_peer_forwards_total{direction="in",outcome="accepted"}')
         # the forwarding gateway counts what it sent (submit, watch, result...): B accepted each of
         # them, plus the one good hand-made forward above (a watch the client cancels as soon as
         # it has its answer may end uncounted at A, hence no equality)
-        a_metrics = http_get(a, a_ports["http"], "/metrics")
+        a_metrics = http_get(a, a_ports["http"], "/metrics", operator=True)
         sent = _counter(a_metrics, 'edgistry_peer_forwards_total{direction="out",outcome="ok"}')
         assert 3 <= sent <= accepted - 1, (sent, accepted)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from edgistry.firmware.caplets import api as cl
 from sdk_helpers import start_demo_node
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -34,7 +35,7 @@ def test_the_doc_has_examples_of_every_operation():
     for needle in ("Client(", "AsyncClient(", ".discover(", ".watch(", ".invoke(", ".invoke_any(", ".submit(",
                    ".watch_result(", ".wait(", ".cancel(", ".batch(", "Unavailable", "InsecureTransport",
                    "DeadlineExceeded", "TLS.from_file", "Backoff(", 'pin="gateway.pem"', "tls_from_registry",
-                   "pin_from_registry("):
+                   "pin_from_registry(", ".get_twin(", ".set_desired(", ".watch_twin(", "VersionConflict"):
         assert needle in text, needle
 
 
@@ -56,6 +57,10 @@ def test_example_runs(node, tmp_path, index):
         return
     (tmp_path / "app.token").write_text(node.app_token.read_text())
     (tmp_path / "gateway.pem").write_bytes(node.pin.read_bytes())
+    # the twin examples: the demo actuator's owner handle and a token its root grants twin rights
+    root = cl.load((node.owner_token.parent / "root.token").read_text())
+    (tmp_path / "twin.token").write_text(cl.to_text(cl.derive(root, [cl.Resource("/twin", cl.READ | cl.WRITE)])))
+    (tmp_path / "device.handle").write_text(node.actuator_handle)
     script = code.replace(DOC_GATEWAY, node.grpc).replace(DOC_RPC, node.rpc_url)
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**os.environ})

@@ -173,10 +173,10 @@ class GatewaySession(Session):
 
     def send(self, event):
         """As Session.send; before PROOF (state AWAIT_PROOF) a REQUESTS may carry
-        items or revoked tags only when the session encrypts: otherwise their
-        contents would reach a peer that has not authenticated."""
+        items, revoked tags or twin changes only when the session encrypts:
+        otherwise their contents would reach a peer that has not authenticated."""
         if (self.state == AWAIT_PROOF and event.ftype == wire.REQUESTS and not self.encrypt
-                and (event.items or event.revoked)):
+                and (event.items or event.revoked or event.twin)):
             exc = LocalProtocolError("unexpected", "request contents before PROOF need encryption")
             self.state = ERROR_STATE
             self.error = exc

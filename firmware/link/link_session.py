@@ -99,24 +99,27 @@ class Challenged:
 
 class Requests:
     """Gateway -> device: queued work. ``items`` are DeviceRequest dicts
-    (request_id, service, method, args, request_token, expires_at_ms)."""
+    (request_id, service, method, args, request_token, expires_at_ms);
+    ``twin`` TwinChange dicts (key, value, version): desired changes not
+    applied yet, in version order."""
 
     ftype = wire.REQUESTS
     body = "Requests"
 
-    def __init__(self, items=(), more=False, revoked=(), gateway_now_ms=0):
+    def __init__(self, items=(), more=False, revoked=(), gateway_now_ms=0, twin=()):
         self.items = list(items)
         self.more = more
         self.revoked = list(revoked)
         self.gateway_now_ms = gateway_now_ms
+        self.twin = list(twin)
 
     def to_msg(self):
         return {"items": self.items, "more": self.more, "revoked": self.revoked,
-                "gateway_now_ms": self.gateway_now_ms}
+                "gateway_now_ms": self.gateway_now_ms, "twin": self.twin}
 
     @staticmethod
     def from_msg(m):
-        return Requests(m["items"], m["more"], m["revoked"], m["gateway_now_ms"])
+        return Requests(m["items"], m["more"], m["revoked"], m["gateway_now_ms"], m["twin"])
 
     def __repr__(self):
         return "Requests(%d items, more=%r, %d revoked)" % (
@@ -125,20 +128,22 @@ class Requests:
 
 class Responses:
     """Device -> gateway: results, DeviceResponse dicts (request_id, status,
-    payload, error)."""
+    payload, error), and optionally ``twin``, a TwinReport dict (applied,
+    reported, replace)."""
 
     ftype = wire.RESPONSES
     body = "Responses"
 
-    def __init__(self, items=()):
+    def __init__(self, items=(), twin=None):
         self.items = list(items)
+        self.twin = twin
 
     def to_msg(self):
-        return {"items": self.items}
+        return {"items": self.items, "twin": self.twin}
 
     @staticmethod
     def from_msg(m):
-        return Responses(m["items"])
+        return Responses(m["items"], m["twin"])
 
     def __repr__(self):
         return "Responses(%d items)" % len(self.items)

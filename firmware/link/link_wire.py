@@ -86,17 +86,22 @@ SCHEMAS = {
                       (3, "method", STRING, False), (4, "args", BYTES, False),
                       (5, "request_token", BYTES, False), (6, "expires_at_ms", INT64, False)),
     "Requests": ((1, "items", "DeviceRequest", True), (2, "more", BOOL, False),
-                 (3, "revoked", BYTES, True), (4, "gateway_now_ms", INT64, False)),
+                 (3, "revoked", BYTES, True), (4, "gateway_now_ms", INT64, False),
+                 (5, "twin", "TwinChange", True)),
+    "TwinChange": ((1, "key", STRING, False), (2, "value", BYTES, False),
+                   (3, "version", UINT, False)),
     "DeviceResponse": ((1, "request_id", BYTES, False), (2, "status", UINT, False),
                        (3, "payload", BYTES, False), (4, "error", STRING, False)),
-    "Responses": ((1, "items", "DeviceResponse", True),),
+    "Responses": ((1, "items", "DeviceResponse", True), (2, "twin", "TwinReport", False)),
+    "TwinReport": ((1, "applied", UINT, False), (2, "reported", "TwinChange", True),
+                   (3, "replace", BOOL, False)),
     "Ack": ((1, "ids", BYTES, True),),
     "Bye": ((1, "sleep_s", UINT, False),),
     "Error": ((1, "code", UINT, False), (2, "reason", STRING, False)),
 }
 
 # uint field widths (everything not listed is uint32)
-_UINT64_FIELDS = (("LinkFrame", "seq"),)
+_UINT64_FIELDS = (("LinkFrame", "seq"), ("TwinChange", "version"), ("TwinReport", "applied"))
 
 # frame type -> body message name
 BODY = {HELLO: "Hello", CHALLENGE: "Challenge", PROOF: "Proof", ACCEPT: "Accept",

@@ -17,11 +17,12 @@ from .base import INVOKE_SLACK_S, MAX_BATCH, STUBS, ClientBase, NearLike
 from .errors import DeadlineExceeded, RemoteError, Unavailable, from_rpc_error, watch_timeout
 from .models import Call, Handle, Latency, Page, Resolved, Result, WatchEvent
 from .tokens import TokenLike
+from .twins import AsyncTwinMethods
 from ...proto import discovery_pb2 as dpb
 from ...proto import gateway_pb2 as gpb
 
 
-class AsyncClient(ClientBase):
+class AsyncClient(AsyncTwinMethods, ClientBase):
     """An asyncio client of one gateway: ``async with AsyncClient(...) as client``.
 
     Arguments as for :class:`~.sync.Client`."""

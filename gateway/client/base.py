@@ -27,6 +27,7 @@ from ...proto import discovery_pb2 as dpb
 from ...proto import discovery_pb2_grpc as dgrpc
 from ...proto import gateway_pb2 as gpb
 from ...proto import gateway_pb2_grpc as ggrpc
+from ...proto import twin_pb2_grpc as tgrpc
 
 DEFAULT_TARGET = "127.0.0.1:26670"
 DEFAULT_TIMEOUT_S = 30.0
@@ -34,7 +35,7 @@ INVOKE_SLACK_S = 10.0  # the call's gRPC deadline runs this much past the gatewa
 MAX_BATCH = 256  # SubmitBatch items per call (the gateway's default limit); larger batches are split
 # service name -> stub class (the same generated stubs serve blocking and asyncio channels)
 STUBS: dict[str, type] = {"gateway": ggrpc.GatewayStub, "discovery": dgrpc.DiscoveryStub,
-                          "commissioning": ggrpc.CommissioningStub}
+                          "commissioning": ggrpc.CommissioningStub, "twins": tgrpc.TwinsStub}
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 NearLike = Region | tuple[float, float]

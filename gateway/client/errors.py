@@ -101,6 +101,10 @@ class FailedPrecondition(RemoteError):
     """The call cannot be done in the current state (paired elsewhere, wrong code...)."""
 
 
+class VersionConflict(FailedPrecondition):
+    """A compare-and-set lost (ABORTED): what it expected changed meanwhile; read again and retry."""
+
+
 class Cancelled(RemoteError):
     """The call itself was cancelled before it finished."""
 
@@ -129,7 +133,7 @@ _CLASSES: dict[grpc.StatusCode, type[RemoteError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.ABORTED: FailedPrecondition,
+    grpc.StatusCode.ABORTED: VersionConflict,
     grpc.StatusCode.CANCELLED: Cancelled,
 }
 

@@ -20,11 +20,12 @@ from .base import INVOKE_SLACK_S, MAX_BATCH, STUBS, ClientBase, NearLike
 from .errors import DeadlineExceeded, RemoteError, Unavailable, from_rpc_error, watch_timeout
 from .models import Call, Handle, Latency, Page, Resolved, Result, WatchEvent
 from .tokens import TokenLike
+from .twins import TwinMethods
 from ...proto import discovery_pb2 as dpb
 from ...proto import gateway_pb2 as gpb
 
 
-class Client(ClientBase):
+class Client(TwinMethods, ClientBase):
     """A blocking client of one gateway. Use it as a context manager, or call :meth:`close`.
 
     ``target``: HOST[:PORT] (port 26670 when omitted); ``token``: the default token
@@ -35,6 +36,7 @@ class Client(ClientBase):
     ``insecure=True`` instead speaks plaintext to a gateway run with ``--insecure``
     (a token then goes to loopback only);
     ``timeout``: the default per-call budget in seconds; ``retry``: the retry policy.
+    Device twins: :meth:`get_twin`, :meth:`set_desired`, :meth:`watch_twin` (:mod:`.twins`).
     """
 
     def __enter__(self) -> Client:

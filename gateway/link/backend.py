@@ -33,6 +33,8 @@ from typing import Protocol
 
 from ...firmware.link import link_wire as wire
 from ..probe import LINK_BACKEND, Probe
+from ..twins import model
+from ..twins.model import Twin
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,11 @@ class LinkBackend(Protocol):
         """The revocation hashes in force now: a request whose client token's
         chain holds one is never delivered (delivery.py)."""
 
+    def twin_delta(self, link_id: bytes) -> tuple[list[tuple[str, bytes, int]], list[bytes]]:
+        """The desired twin changes the device has not applied, (key, value,
+        version) ascending; it stops before a change made under a token now
+        revoked and then also names its revocation hashes (to :meth:`twin_withdraw`)."""
+
     # ---- hints ----
 
     def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
@@ -120,6 +127,13 @@ class LinkBackend(Protocol):
     async def revocations_sent(self, link_id: bytes, position: int) -> None:
         """The device was told the revocations up to ``position`` (from :meth:`revocations`)."""
 
+    async def twin_report(self, link_id: bytes, applied: int, reported: list[tuple[str, bytes]],
+                          replace: bool) -> None:
+        """Store the device's twin report (docs/TWINS.md): applied version, reported properties."""
+
+    async def twin_withdraw(self, link_id: bytes, hashes: list[bytes]) -> None:
+        """Withdraw the undelivered twin changes made under revoked ``hashes``."""
+
 
 @dataclass
 class MemoryBackend:
@@ -134,6 +148,7 @@ class MemoryBackend:
     revoked: dict[bytes, list[bytes]] = field(default_factory=dict)
     in_force: set[bytes] = field(default_factory=set)  # revocation hashes (barred())
     contacts: list[tuple[bytes, int, int | None]] = field(default_factory=list)
+    twins: dict[bytes, Twin] = field(default_factory=dict)
     commits: int = 0  # durable writes called (each would be a transaction)
 
     def identity_secret(self) -> bytes:
@@ -163,6 +178,10 @@ class MemoryBackend:
     def barred(self) -> Container[bytes]:
         return self.in_force
 
+    def twin_delta(self, link_id: bytes) -> tuple[list[tuple[str, bytes, int]], list[bytes]]:
+        twin = self.twins.get(link_id)
+        return model.delta(twin, twin.applied, self.in_force) if twin is not None else ([], [])
+
     def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
         self.contacts.append((link_id, now_ms, sleep_s))
 
@@ -188,9 +207,19 @@ class MemoryBackend:
         self.commits += 1
         del self.revoked.get(link_id, [])[:position]
 
+    async def twin_report(self, link_id: bytes, applied: int, reported: list[tuple[str, bytes]],
+                          replace: bool) -> None:
+        self.commits += 1
+        model.report(self.twins.setdefault(link_id, Twin()), applied, reported, replace, int(time.time() * 1000))
 
-READS = ("identity_secret", "device_for_link", "ticket", "pending", "revocations", "barred", "contact")
-WRITES = ("rotate_ticket", "delivered", "answered", "revocations_sent")
+    async def twin_withdraw(self, link_id: bytes, hashes: list[bytes]) -> None:
+        self.commits += 1
+        if link_id in self.twins:
+            model.withdraw(self.twins[link_id], set(hashes), int(time.time() * 1000))
+
+
+READS = ("identity_secret", "device_for_link", "ticket", "pending", "revocations", "barred", "twin_delta", "contact")
+WRITES = ("rotate_ticket", "delivered", "answered", "revocations_sent", "twin_report", "twin_withdraw")
 
 
 class TimedBackend:

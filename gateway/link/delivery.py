@@ -34,6 +34,15 @@ empty frame can never be delivered: it is refused (answered BAD_ARGUMENTS,
 nothing else, the adapter asks again once the refusals are stored (their room
 in the read goes to the requests behind them).
 
+Twin changes (docs/TWINS.md): the desired changes the device has not applied,
+ascending version (``Backlog.twin``), go after the revoked tags and before
+the work (a request may rely on the configuration it was sent behind), each
+once per connection; any prefix of them is a valid delta, so they are cut
+wherever a frame is full. A change made under a token the gateway now knows
+to be revoked is never handed out: the backend's read stops before it and
+names the tags (``Backlog.withdraw``), which the adapter withdraws durably
+(``Decision.withdraw``) before it asks again.
+
 Window: a request goes out once per connection (the backend's queue lists
 requests in flight again until they are answered: at-least-once across wakes).
 When everything the queue read returned is in flight and more waits behind it,
@@ -86,6 +95,8 @@ class Backlog:
     revoked: Sequence[bytes] = ()
     position: int = 0
     barred: Container[bytes] = ()  # revocation hashes now in force (the gateway's set)
+    twin: Sequence[tuple[str, bytes, int]] = ()  # (key, value, version): not applied, ascending
+    withdraw: Sequence[bytes] = ()  # revocation hashes of a twin change the read stopped before
 
 
 @dataclass
@@ -94,18 +105,27 @@ class Decision:
     ``Ack(ack)`` when ``ack`` is not None, send ``frames``, record the
     revocation ``cursor`` (``backend.revocations_sent``) when nonzero. With
     ``recheck``, call :meth:`Delivery.woken` once the refusals are stored: the
-    queue read held nothing else, and their room now goes to what waits behind."""
+    queue read held nothing else, and their room now goes to what waits behind.
+    With ``withdraw``, withdraw the twin changes made under those tags
+    (``backend.twin_withdraw``), then call :meth:`Delivery.woken`."""
 
     frames: list[Requests] = field(default_factory=list)
     refused: list[DeviceAnswer] = field(default_factory=list)
     cursor: int = 0
     ack: list[bytes] | None = None
     recheck: bool = False
+    withdraw: list[bytes] = field(default_factory=list)
 
     @property
     def items(self) -> int:
         """How many requests the frames carry."""
         return sum(len(f.items) for f in self.frames)
+
+
+def twin_item(change: tuple[str, bytes, int]) -> dict:
+    """A twin change (key, value, version) as the TwinChange dict the link carries."""
+    key, value, version = change
+    return {"key": key, "value": value, "version": version}
 
 
 def request_item(r: QueuedRequest) -> dict:
@@ -128,6 +148,7 @@ class Delivery:
         self.refused: set[bytes] = set()    # ids refused as too large (answered once)
         self.delivered: set[bytes] = set()  # ids the device acknowledged
         self.told_more = False              # ``more`` of the last REQUESTS sent
+        self.twin_sent = 0                  # highest twin version sent on this connection
         self._held = 0                      # cursor of tags sent before PROOF
         self._revocations_read = False      # this wake's revocations are carried
 
@@ -148,7 +169,8 @@ class Delivery:
             return d
         # In clear nothing of the work or the tags may leave before PROOF; ``more``
         # keeps the device from saying BYE with its PROOF when tags wait for it.
-        self.told_more = bool(backlog.requests) or backlog.more or bool(backlog.revoked)
+        self.told_more = (bool(backlog.requests) or backlog.more or bool(backlog.revoked) or bool(backlog.twin)
+                          or bool(backlog.withdraw))
         return Decision(frames=[Requests([], self.told_more, [], now_ms)])
 
     def established(self, resumed: bool, backlog: Backlog, now_ms: int) -> Decision:
@@ -194,40 +216,54 @@ class Delivery:
         gone = [r for r in fresh if barred and any(h in barred for h in r.chain)]
         if gone:
             fresh = [r for r in fresh if r not in gone]
-        frames, items, refused, trimmed = self._pack(fresh, revoked, now_ms)
+        twin = [twin_item(c) for c in backlog.twin if c[2] > self.twin_sent]
+        frames, items, refused, trimmed = self._pack(fresh, revoked, twin, now_ms)
         self.refused.update(r.request_id for r in refused + gone)
         answers = [DeviceAnswer(r.request_id, BAD_ARGUMENTS, error=TOO_LARGE) for r in refused]
         answers += [DeviceAnswer(r.request_id, REVOKED, error=REVOKED_ERROR) for r in gone]
         refused = refused + gone
-        more = backlog.more or trimmed
+        sent_twin = [c for f in frames for c in f[2]]
+        withdraw = list(backlog.withdraw) if not early else []  # (nothing durable before PROOF)
+        more = backlog.more or trimmed or bool(withdraw)
         # (not before PROOF: that flight's refusals are stored before established() reads)
         recheck = bool(refused) and more and not items and not early
-        if not items and not revoked and (not force or (more and not early)):
+        if not items and not revoked and not sent_twin and (not force or (more and not early)):
             # nothing new; when more waits behind requests in flight, their answers
             # make room (an empty REQUESTS would only repeat ``more``), behind
             # refused ones, their refusals do (recheck)
-            return Decision(refused=answers, recheck=recheck)
+            return Decision(refused=answers, recheck=recheck, withdraw=withdraw)
         self.sent.update(item["request_id"] for item in items)
+        if sent_twin:
+            self.twin_sent = sent_twin[-1]["version"]
         self.told_more = more
-        out = [Requests(entry_items, True, tags, now_ms) for tags, entry_items in frames]
+        out = [Requests(entry_items, True, tags, now_ms, changes) for tags, entry_items, changes in frames]
         out[-1].more = more
-        return Decision(out, answers, backlog.position if revocations else 0, recheck=recheck)
+        return Decision(out, answers, backlog.position if revocations else 0, recheck=recheck, withdraw=withdraw)
 
-    def _pack(self, fresh: list[QueuedRequest], revoked: list[bytes], now_ms: int
-              ) -> tuple[list[tuple[list[bytes], list[dict]]], list[dict], list[QueuedRequest], bool]:
-        """Frames of (tags, items), the items, the refused requests, and whether
-        requests that fit were left for a later batch."""
+    def _pack(self, fresh: list[QueuedRequest], revoked: list[bytes], twin: list[dict], now_ms: int
+              ) -> tuple[list[tuple[list[bytes], list[dict], list[dict]]], list[dict], list[QueuedRequest], bool]:
+        """Frames of (tags, items, twin changes), the items, the refused
+        requests, and whether requests or twin changes that fit were left for a
+        later batch. Order: tags, then twin changes, then requests."""
         budget = self.frame_budget
         size = wire.requests_frame_size  # (parts, clock) -> frame bytes
-        frames: list[tuple[list[bytes], list[dict]]] = []
+        frames: list[tuple[list[bytes], list[dict], list[dict]]] = []
         tags: list[bytes] = []
+        changes: list[dict] = []
         parts = 0
         for tag in revoked:
             cost = wire.tag_size(tag)
             if tags and size(parts + cost, now_ms) > budget:
-                frames.append((tags, []))
+                frames.append((tags, [], []))
                 tags, parts = [], 0
             tags.append(tag)
+            parts += cost
+        for c in twin:
+            cost = wire.field_size(len(wire.encode("TwinChange", c)))
+            if (tags or changes) and size(parts + cost, now_ms) > budget:
+                frames.append((tags, [], changes))
+                tags, changes, parts = [], [], 0
+            changes.append(c)
             parts += cost
         items: list[dict] = []
         refused: list[QueuedRequest] = []
@@ -239,12 +275,12 @@ class Delivery:
                 refused.append(r)  # not even alone in a frame: never deliverable
                 continue
             if size(parts + cost, now_ms) > budget:
-                if items or not tags:
+                if items or not (tags or changes):
                     trimmed = True
                     break
-                frames.append((tags, []))  # the tags leave no room: a frame of their own
-                tags, parts = [], 0
+                frames.append((tags, [], changes))  # tags and changes leave no room: a frame of their own
+                tags, changes, parts = [], [], 0
             items.append(item)
             parts += cost
-        frames.append((tags, items))
+        frames.append((tags, items, changes))
         return frames, items, refused, trimmed

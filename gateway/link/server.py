@@ -372,7 +372,14 @@ class _Connection:
             answers = [DeviceAnswer(r["request_id"], r["status"], r["payload"], r["error"])
                        for r in event.items]
             s.metrics.responses_received += len(answers)
+            report = None
+            if event.twin is not None:  # one commit with the answers; stored before the next delta is read
+                t = event.twin
+                report = self._start(b.twin_report(self.link_id, t["applied"],
+                                                   [(c["key"], c["value"]) for c in t["reported"]], t["replace"]))
             stored = await self._start(b.answered(self.link_id, answers))
+            if report is not None:
+                await report
             self._act(d.answered(stored, self._backlog(), s.now_ms()))
         elif isinstance(event, Bye):
             b.contact(self.link_id, s.now_ms(), event.sleep_s)
@@ -386,7 +393,8 @@ class _Connection:
         link_id = self.link_id or self.session.link_id
         revoked, position = b.revocations(link_id) if self.delivery.wants_revocations else ([], 0)
         pending, more = b.pending(link_id, self.delivery.queue_bytes)
-        return Backlog(pending, more, revoked, position, b.barred())
+        twin, withdraw = b.twin_delta(link_id)
+        return Backlog(pending, more, revoked, position, b.barred(), twin, withdraw)
 
     def _act(self, decision: Decision) -> None:
         """Carry out a delivery decision: start its durable writes, queue its frames."""
@@ -398,6 +406,10 @@ class _Connection:
             stored = self._start(b.answered(link_id, decision.refused))
             if decision.recheck:  # once they are stored, the queue read sees what is behind
                 stored.add_done_callback(lambda f: f.cancelled() or f.exception() or self.poke())
+        if decision.withdraw:  # a twin change under a revoked token: withdraw it, then look again
+            log.warning("%s: withdrawing twin changes made under a revoked token", self.name)
+            done = self._start(b.twin_withdraw(link_id, decision.withdraw))
+            done.add_done_callback(lambda f: f.cancelled() or f.exception() or self.poke())
         if decision.ack is not None:
             self._out += self.session.send(Ack(decision.ack))
         for frame in decision.frames:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Container
 from .backend import DeviceAnswer, PairedDevice, QueuedRequest, Ticket
 from ..metrics import GatewayMetrics
 from ..store.store import GatewayStore, State
+from ..twins import model
 
 
 def _now_ms() -> int:
@@ -60,6 +61,15 @@ class StoreLinkBackend:
         view = getattr(self.revoked, "view", None)
         return view() if view is not None else self.revoked
 
+    def twin_delta(self, link_id: bytes) -> tuple[list[tuple[str, bytes, int]], list[bytes]]:
+        twin = self.store.twin(link_id)
+        if twin is None:
+            return [], []
+        if getattr(self.revoked, "stale", False):
+            return [], []  # fail closed, as pending(): nothing leaves while revocations may be stale
+        barred = self.barred()
+        return model.delta(twin, twin.applied, barred if len(barred) else ())
+
     def contact(self, link_id: bytes, now_ms: int, sleep_s: int | None) -> None:
         self.store.note_contact(link_id, now_ms, sleep_s)
 
@@ -78,3 +88,10 @@ class StoreLinkBackend:
 
     async def revocations_sent(self, link_id: bytes, position: int) -> None:
         await self.store.revocations_sent(link_id, position)
+
+    async def twin_report(self, link_id: bytes, applied: int, reported: list[tuple[str, bytes]],
+                          replace: bool) -> None:
+        await self.store.twin_report(link_id, applied, reported, replace, self.clock())
+
+    async def twin_withdraw(self, link_id: bytes, hashes: list[bytes]) -> None:
+        await self.store.twin_withdraw(hashes, self.clock())

@@ -15,6 +15,7 @@ Primary records::
     m/<name>                          bytes                          metadata (m/revlog: last log position)
     k/<token digest32>                hash32 * n                     a client token's chain: the revocation
                                                                      hashes of its tags (one per distinct token)
+    w/<link16>                        Twin (record)                  the device's twin: desired, reported
 
 Per-device counters::
 
@@ -32,6 +33,8 @@ Indexes (written with their records, in the same transaction)::
     kh/<hash32><token digest32>       b""                            client tokens by chain hash (revocation)
     kr/<token digest32><rid16>        b""                            a token's active requests and forwarding
                                                                      stubs; a token's k/ and kh/ go with its last
+    wh/<hash32><link16>               b""                            twins with an undelivered desired change
+                                                                     made under a token whose chain holds it
 
 No prefix is a prefix of another's keys (``v/`` scans never see ``vt/`` or
 ``vc/``), so every scan below reads exactly one kind of key.
@@ -60,6 +63,8 @@ META = b"m/"
 TOKEN = b"k/"
 TOKEN_BY_HASH = b"kh/"
 TOKEN_REQUEST = b"kr/"
+TWIN = b"w/"
+TWIN_BY_HASH = b"wh/"
 REVLOG_LAST = META + b"revlog"
 
 # what an unpaired device leaves behind: every per-device prefix but its requests
@@ -160,6 +165,13 @@ def token_by_hash(h: bytes, digest: bytes = b"") -> bytes:
 
 def token_request(digest: bytes, rid: bytes = b"") -> bytes:
     return TOKEN_REQUEST + digest + rid
+def twin(link_id: bytes) -> bytes:
+    return TWIN + link_id
+
+
+def twin_by_hash(h: bytes, link_id: bytes = b"") -> bytes:
+    """An index entry, or (``link_id`` empty) the prefix of a revocation hash's entries."""
+    return TWIN_BY_HASH + h + link_id
 
 
 def meta(name: str) -> bytes:

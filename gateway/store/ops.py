@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import keys
+from . import keys, twin_ops
 from .kv import KV
 from .records import CacheEntry, Contact, Device, RequestRecord, State, dump_ticket, load_ticket
 from ..errors import (
-    BadRequest, Conflict, DiskFull, GatewayError, MapFull, StoreIOFailed, NotFound, Precondition, QueueFull, Unavailable, Unauthorized,
+    BadRequest, Conflict, DiskFull, GatewayError, MapFull, StoreIOFailed, NotFound, Precondition, QueueFull, Unavailable,
+    Unauthorized, VersionConflict,
 )
 from ..link.backend import Ticket
 from ..manifest import Manifest
@@ -49,7 +50,7 @@ class StaleSequence(RuntimeError):
 # what a handler may raise or return as a refusal: these keep their class across the pipe
 ERRORS: tuple[type[BaseException], ...] = (
     GatewayError, BadRequest, Unauthorized, NotFound, QueueFull, Conflict, Precondition, Unavailable,
-    DiskFull, MapFull, StoreIOFailed, StaleSequence, ValueError, TypeError, KeyError)
+    DiskFull, MapFull, StoreIOFailed, StaleSequence, ValueError, TypeError, KeyError, VersionConflict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,7 @@ def remove_device(ctx: Ctx, link_id: bytes, now_ms: int, why: str) -> Outcome:
     for prefix in keys.PER_DEVICE:
         for key, _ in list(kv.scan(prefix + link_id)):
             kv.delete(key)
+    twin_ops.forget(kv, link_id)
     kv.delete(keys.device(link_id))
     kv.delete(keys.pseudonym(Device.load(raw).pseudonym))
     return raw, changed
@@ -443,6 +445,7 @@ HANDLERS: dict[str, Handler] = {
     "revoke_requests": revoke_requests,
     "revoke_request": revoke_request,
     "revocations_sent": revocations_sent,
+    **twin_ops.HANDLERS,  # device twins: twin_set, twin_report, twin_withdraw
 }
 
 

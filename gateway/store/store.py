@@ -40,6 +40,7 @@ from .ops import EXPIRE_LIMIT, PURGE_LIMIT, token_chain
 from .records import CacheEntry, Contact, Device, RequestRecord, State, load_ticket, new_id
 from .writer import Writer, WriterDied
 from ..errors import StorageFull, StoreIOFailed
+from ..twins.model import Twin
 from ..link.backend import DeviceAnswer, QueuedRequest, Ticket
 
 __all__ = ["ACTIVE_WINDOW_MS", "CacheEntry", "Contact", "Device", "GatewayStore", "RequestRecord", "State",
@@ -339,6 +340,29 @@ class GatewayStore:
                 if keys.int_of(value[32:]) > now_s:
                     tags.append(value[:40])
         return tags, last
+
+    # ---- twins (gateway/twins/model.py has the rules, twin_ops.py the writes) ----
+
+    def twin(self, link_id: bytes) -> Twin | None:
+        """The device's twin record, or None when nothing was ever set or reported."""
+        with self.env.begin() as txn:
+            raw = txn.get(keys.twin(link_id))
+        return Twin.load(raw) if raw is not None else None
+
+    async def twin_set(self, link_id: bytes, changes: list[tuple[str, bytes | None, int | None]],
+                       chain: list[bytes], now_ms: int) -> list[tuple[str, int]]:
+        """Desired changes, all or none; returns (key, version) of each (VersionConflict, BadRequest)."""
+        out = await self.write("twin_set", link_id, [list(c) for c in changes], list(chain), now_ms)
+        return [(k, v) for k, v in out]
+
+    async def twin_report(self, link_id: bytes, applied: int, props: list[tuple[str, bytes]], replace: bool,
+                          now_ms: int) -> bool:
+        """A device's report; whether the twin changed."""
+        return await self.write("twin_report", link_id, applied, [list(p) for p in props], replace, now_ms)
+
+    async def twin_withdraw(self, hashes: list[bytes], now_ms: int) -> list[tuple[bytes, list[str]]]:
+        """Revoked hashes: withdraw undelivered desired changes made under them."""
+        return [(link, keys_back) for link, keys_back in await self.write("twin_withdraw", list(hashes), now_ms)]
 
     # ---- metadata ----
 

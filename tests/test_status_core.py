@@ -1,0 +1,109 @@
+"""The status page's pure parts: the map never shows what discovery withholds (checked
+against an independent oracle of the grouping rule over random fleets), and the
+operator credential checks (constant-time secret, sessions, lockout, the secret file)."""
+
+from __future__ import annotations
+
+import random
+
+import h3
+import pytest
+from discovery_helpers import population
+from test_discovery_privacy import reference_groups
+
+from edgistry.gateway.discovery.index import RegistryIndex
+from edgistry.gateway.status import auth, hexmap
+from edgistry.gateway.status.snapshot import RecentErrors
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_map_draws_exactly_discoverys_disclosure_cells_and_counts(seed):
+    """Every drawn cell is a disclosure cell with exactly its disclosed devices (each at least
+    every member's k); every withheld device is counted as withheld and drawn nowhere."""
+    rng = random.Random(seed)
+    entries = population(rng, rng.randint(5, 300))
+    index = RegistryIndex()
+    index.load(entries)
+    layer = hexmap.layers(index)["sensor"]
+    truth = reference_groups(entries)
+    expected: dict[int, int] = {}
+    for p, cell in truth.items():
+        if cell is not None:
+            expected[cell] = expected.get(cell, 0) + 1
+    drawn = {int(c["cell"], 16): c["count"] for c in layer["cells"]}
+    assert drawn == expected
+    k = {e.pseudonym: e.k for e in entries}
+    for cell, n in drawn.items():
+        assert n >= max(k[p] for p, c in truth.items() if c == cell)
+    assert layer["withheld"] == sum(1 for c in truth.values() if c is None)
+    assert layer["disclosed"] + layer["withheld"] == len(entries)
+
+
+def test_a_lone_device_with_k_above_one_is_never_drawn_even_after_others_leave():
+    """Two devices with k=2 share a cell and are drawn; one leaves: nothing is drawn any more."""
+    from discovery_helpers import entry
+
+    rng = random.Random(1)
+    a, b = entry(rng, 48.85, 2.35, k=2), entry(rng, 48.85, 2.35, k=2)
+    index = RegistryIndex()
+    index.load([a, b])
+    assert [c["count"] for c in hexmap.layers(index)["sensor"]["cells"]] == [2]
+    index.remove(b.pseudonym)
+    assert hexmap.layers(index)["sensor"] == {"cells": [], "withheld": 1, "disclosed": 0}
+
+
+def test_boundaries_are_the_h3_library_vertices():
+    """A drawn cell's outline is h3's boundary of that cell (six vertices for a hexagon)."""
+    cell = h3.latlng_to_cell(46.52, 6.57, 7)
+    got = hexmap.Cell(h3.str_to_int(cell), 3, hexmap.boundary(h3.str_to_int(cell))).to_dict()
+    assert got["cell"] == cell and got["res"] == 7 and len(got["boundary"]) == 6
+    assert got["boundary"][0] == [round(x, 6) for x in h3.cell_to_boundary(cell)[0]]
+
+
+def test_operator_secret_file_is_made_once_private_and_reused(tmp_path):
+    """The first start makes a 0600 random secret; later starts read the same one."""
+    first = auth.load_or_create_secret(tmp_path)
+    assert len(first) == 64 and (tmp_path / auth.SECRET_FILE).stat().st_mode & 0o777 == 0o600
+    assert auth.load_or_create_secret(tmp_path) == first
+    (tmp_path / auth.SECRET_FILE).write_text("short\n")
+    with pytest.raises(ValueError, match="at least 32"):
+        auth.load_or_create_secret(tmp_path)
+
+
+def test_credentials_bearer_sessions_expiry_and_lockout():
+    """Only the exact secret passes (bearer or form); sessions expire and end at logout;
+    an address that keeps failing is locked out for a while."""
+    now = [1000.0]
+    a = auth.OperatorAuth("s" * 64, clock=lambda: now[0])
+    assert a.check_bearer("Bearer " + "s" * 64) and a.check_bearer("bearer " + "s" * 64)
+    for bad in (None, "", "Basic " + "s" * 64, "Bearer " + "s" * 63, "Bearer " + "s" * 65, "Bearer"):
+        assert not a.check_bearer(bad)
+    sid = a.new_session()
+    assert a.check_session(sid) and not a.check_session(sid[:-1] + "x") and not a.check_session(None)
+    now[0] += auth.SESSION_TTL_S + 1
+    assert not a.check_session(sid)
+    sid = a.new_session()
+    a.end_session(sid)
+    assert not a.check_session(sid)
+    for _ in range(auth.MAX_FAILURES):
+        assert not a.locked_out("10.0.0.1")
+        a.failed("10.0.0.1")
+    assert a.locked_out("10.0.0.1") and not a.locked_out("10.0.0.2")
+    now[0] += auth.FAILURE_WINDOW_S + 1
+    assert not a.locked_out("10.0.0.1")
+
+
+def test_recent_errors_keep_the_last_warnings_on_one_line():
+    """The handler keeps WARNING and above, newest last, bounded, messages flattened."""
+    import logging
+
+    h = RecentErrors(size=3)
+    log = logging.getLogger("edgistry.test.status")
+    h.attach("edgistry.test.status")
+    try:
+        log.info("not kept")
+        for i in range(5):
+            log.warning("line %d\nsecond line", i)
+    finally:
+        h.detach("edgistry.test.status")
+    assert [r["message"] for r in h.records] == [f"line {i} second line" for i in (2, 3, 4)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import os
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 
 import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 import pytest
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
@@ -28,6 +31,13 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-default-apps", "--mute-audio", "--hide-scrollbars", "--window-size=1100,1400",
          "--remote-debugging-port=0", "--remote-allow-origins=*"]
+
+
+def spki_pin(cert_pem: Path) -> str:
+    """Chromium's pin of a certificate: base64 SHA-256 of its SubjectPublicKeyInfo."""
+    cert = x509.load_pem_x509_certificate(cert_pem.read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def in_ci() -> bool:
@@ -48,8 +58,10 @@ def chromium_path() -> str:
 class Browser:
     """One headless Chromium and one page of it (``async with Browser() as b``)."""
 
-    def __init__(self, timeout: float = 20.0) -> None:
+    def __init__(self, timeout: float = 20.0, trust_cert: Path | None = None) -> None:
         self.timeout = timeout
+        # trust exactly this certificate's key (a gateway's self-signed one), as a pinning client does
+        self.flags = [f"--ignore-certificate-errors-spki-list={spki_pin(trust_cert)}"] if trust_cert else []
         self.profile = Path(tempfile.mkdtemp(prefix="edgistry-chromium-"))
         self.proc: subprocess.Popen | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -60,7 +72,7 @@ class Browser:
         self._reader: asyncio.Task | None = None
 
     async def __aenter__(self) -> Browser:
-        self.proc = subprocess.Popen([chromium_path(), *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+        self.proc = subprocess.Popen([chromium_path(), *FLAGS, *self.flags, f"--user-data-dir={self.profile}", "about:blank"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                                      env={**os.environ, "TMPDIR": str(self.profile)})  # its scratch goes too
         port_file = self.profile / "DevToolsActivePort"

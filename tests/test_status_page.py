@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import urllib.error
 import urllib.request
 
@@ -46,7 +47,8 @@ def cell_of(where: tuple[float, float], res: int = 7) -> str:
 
 
 def http(port: int, path: str, bearer: str | None = None) -> tuple[int, str, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+    """GET over HTTPS trusting only the gateway's certificate (the test's CERT); status, body, headers."""
+    req = urllib.request.Request(f"https://127.0.0.1:{port}{path}",
                                  headers={"Authorization": f"Bearer {bearer}"} if bearer else {})
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -54,10 +56,14 @@ def http(port: int, path: str, bearer: str | None = None) -> tuple[int, str, dic
             return None
 
     try:
-        with urllib.request.build_opener(NoRedirect).open(req, timeout=5) as resp:
+        tls = urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(CERT[0])))
+        with urllib.request.build_opener(NoRedirect, tls).open(req, timeout=5) as resp:
             return resp.status, resp.read().decode(), dict(resp.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(), dict(exc.headers)
+
+
+CERT: list = []  # the gateway's TLS certificate of the running test
 
 
 def orange(px: tuple[int, int, int]) -> bool:
@@ -88,6 +94,7 @@ async def test_status_page_login_map_and_live_pairing(tmp_path):
         wait_for_port(ports["grpc"], proc=up)
         wait_for_port(ports["http"], proc=up)
         secret = (cfg.keys_dir / "operator.secret").read_text().strip()
+        CERT[:] = [cfg.tls_cert_path]
         assert ((cfg.keys_dir / "operator.secret").stat().st_mode & 0o777) == 0o600
 
         # ---- unauthenticated: nothing but /healthz (and the login form) ----
@@ -105,8 +112,8 @@ async def test_status_page_login_map_and_live_pairing(tmp_path):
         lone = await asyncio.to_thread(pair, cfg, tmp_path / "lone", LAUSANNE, 1)
         crowd = [await asyncio.to_thread(pair, cfg, tmp_path / f"crowd{i}", GENEVA, 3) for i in range(2)]
 
-        async with Browser() as b:
-            base = f"http://127.0.0.1:{ports['http']}"
+        async with Browser(trust_cert=cfg.tls_cert_path) as b:
+            base = f"https://127.0.0.1:{ports['http']}"
             await b.goto(base + "/status")
             assert await b.js("location.pathname") == "/status/login"
             await b.js("document.getElementById('secret').value = 'not the secret'")

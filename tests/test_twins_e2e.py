@@ -58,7 +58,7 @@ def test_a_device_asleep_through_changes_and_gateway_crashes_gets_exactly_its_de
         handle, app = paired["owner_handle"], paired["app_token_file"]
         root = cl.load(home.root_token())
         owner = token_file(tmp_path / "owner.token", root)
-        gw = ("--gateway", cfg.grpc_listen)
+        gw = ("--gateway", cfg.grpc_listen, "--pin", str(cfg.tls_cert_path))
 
         code, out = cli("twin", "set", handle, "mode=eco", "interval:=30", "x:=1", *gw, "--token", owner, "--json")
         assert code == 0, out
@@ -68,7 +68,7 @@ def test_a_device_asleep_through_changes_and_gateway_crashes_gets_exactly_its_de
             "value": 30, "version": interval["version"], "at_ms": interval["at_ms"], "applied": False}
         up = restart(cfg, ports, up, tmp_path / "up2.log")
 
-        with Client(cfg.grpc_listen, token=owner) as client:
+        with Client(cfg.grpc_listen, token=owner, pin=cfg.tls_cert_path) as client:
             mode_v = client.get_twin(handle).desired["mode"].version
             client.set_desired(handle, {"mode": "max"}, expect={"mode": mode_v})
             with pytest.raises(VersionConflict, match="at version"):
@@ -98,7 +98,7 @@ def test_a_device_asleep_through_changes_and_gateway_crashes_gets_exactly_its_de
         assert json.loads(waited["out"])["desired"]["channel"]["applied"] is True
         assert device.desired["channel"] == "beta"
 
-        with Client(cfg.grpc_listen, token=owner) as client:
+        with Client(cfg.grpc_listen, token=owner, pin=cfg.tls_cert_path) as client:
             twin = client.get_twin(handle)
         assert twin.pending == 0 and twin.applied >= max(p.version for p in twin.desired.values())
         assert all(p.applied for p in twin.desired.values())
@@ -141,10 +141,10 @@ def test_a_change_by_a_token_revoked_before_delivery_never_reaches_the_device(tm
         writer = token_file(tmp_path / "writer.token", writer_token)
         device = TwinDevice(home, paired["link_endpoint"])
 
-        with Client(cfg.grpc_listen, token=owner) as client:
+        with Client(cfg.grpc_listen, token=owner, pin=cfg.tls_cert_path) as client:
             client.set_desired(handle, {"mode": "eco"})
             device.wake()
-            with Client(cfg.grpc_listen, token=writer) as w:
+            with Client(cfg.grpc_listen, token=writer, pin=cfg.tls_cert_path) as w:
                 assert w.set_desired(handle, {"mode": "evil", "extra": True}).pending == 2
             code, out = cli("token", "revoke", f"@{writer}", "--list", str(cfg.home / "revoked.json"))
             assert code == 0, out
@@ -153,12 +153,12 @@ def test_a_change_by_a_token_revoked_before_delivery_never_reaches_the_device(tm
                 time.sleep(0.2)
             assert client.get_twin(handle).desired_values() == {"mode": "eco"}
             with pytest.raises(PermissionDenied):
-                Client(cfg.grpc_listen, token=writer).set_desired(handle, {"mode": "evil"})
+                Client(cfg.grpc_listen, token=writer, pin=cfg.tls_cert_path).set_desired(handle, {"mode": "evil"})
 
             states = []
 
             async def watch() -> None:  # the asyncio client's watch, in a thread of its own
-                async with AsyncClient(cfg.grpc_listen, token=owner) as aclient:
+                async with AsyncClient(cfg.grpc_listen, token=owner, pin=cfg.tls_cert_path) as aclient:
                     async for state in aclient.watch_twin(handle, timeout=8):
                         states.append(state)
 

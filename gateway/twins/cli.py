@@ -87,10 +87,9 @@ def twin_group() -> None:
 @click.argument("handle")
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the twin as JSON.")
-def get_cmd(handle: str, gateway: str, token_file: str | None, tls_root: str | None, tls_server_name: str | None,
-            insecure: bool, as_json: bool) -> None:
+def get_cmd(handle: str, as_json: bool, **connection) -> None:
     """Show the twin of the device HANDLE (its owner handle) without waking it."""
-    conn = Connection(gateway, token_file, tls_root, tls_server_name, insecure)
+    conn = Connection(**connection)  # connection_options: --gateway, --token, the pin, TLS
     with conn.client() as client, twin_errors(conn):
         twin = client.get_twin(handle)
     _show(twin, as_json)
@@ -107,8 +106,7 @@ def get_cmd(handle: str, gateway: str, token_file: str | None, tls_root: str | N
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the twin as JSON.")
 def set_cmd(handle: str, properties: tuple[str, ...], deletes: tuple[str, ...], expects: tuple[str, ...],
-            wait: float, gateway: str, token_file: str | None, tls_root: str | None, tls_server_name: str | None,
-            insecure: bool, as_json: bool) -> None:
+            wait: float, as_json: bool, **connection) -> None:
     """Set desired properties of HANDLE: KEY=TEXT (a string) or KEY:=JSON; KEY:=null deletes.
 
     The device receives what it has not applied at its next wake, however long it sleeps."""
@@ -122,7 +120,7 @@ def set_cmd(handle: str, properties: tuple[str, ...], deletes: tuple[str, ...], 
         if not sep or not version.isdigit():
             raise click.BadParameter(f"expected KEY=VERSION, got {text!r}", param_hint="--expect")
         expect[key] = int(version)
-    conn = Connection(gateway, token_file, tls_root, tls_server_name, insecure)
+    conn = Connection(**connection)  # connection_options: --gateway, --token, the pin, TLS
     with conn.client() as client, twin_errors(conn):
         try:
             twin = client.set_desired(handle, values, expect=expect or None)
@@ -152,10 +150,9 @@ def _wait_applied(client, handle: str, twin: Twin, wait: float) -> Twin:
               help="Stop after this many seconds (default: until interrupted).")
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print each state as one JSON line.")
-def watch_cmd(handle: str, timeout: float | None, gateway: str, token_file: str | None, tls_root: str | None,
-              tls_server_name: str | None, insecure: bool, as_json: bool) -> None:
+def watch_cmd(handle: str, timeout: float | None, as_json: bool, **connection) -> None:
     """Print the twin of HANDLE now and after every change (sets, reports, the device applying)."""
-    conn = Connection(gateway, token_file, tls_root, tls_server_name, insecure)
+    conn = Connection(**connection)  # connection_options: --gateway, --token, the pin, TLS
     with conn.client() as client, twin_errors(conn):
         for twin in client.watch_twin(handle, timeout=timeout):
             if as_json:

@@ -162,7 +162,7 @@ def test_app_tokens_reach_devices_only_through_discovery_across_gateways(tmp_pat
                             + "\n")
             tokens[name] = str(path)
 
-        near = ["--near", "-33.8688,151.2093", "--radius-km", "5", "--gateway", a.grpc_listen, "--token", tokens["a"]]
+        near = ["--near", "-33.8688,151.2093", "--radius-km", "5", "--gateway", a.grpc_listen, "--pin", str(a.tls_cert_path), "--token", tokens["a"]]
         rows: list = []
         for _ in range(100):
             status, out = cli_stdout("discover", "sensor", *near, "--json")
@@ -171,7 +171,7 @@ def test_app_tokens_reach_devices_only_through_discovery_across_gateways(tmp_pat
                 break
             threading.Event().wait(0.2)
         assert len(rows) == 2, out
-        far = ["--near", "64.1466,-21.9426", "--radius-km", "50", "--gateway", a.grpc_listen, "--token", tokens["a"]]
+        far = ["--near", "64.1466,-21.9426", "--radius-km", "50", "--gateway", a.grpc_listen, "--pin", str(a.tls_cert_path), "--token", tokens["a"]]
         assert json.loads(cli_stdout("discover", "sensor", *far, "--json")[1]) == []  # the lonely device is withheld
 
         # through a discovery handle at A: forwarded to B attested, the device answers
@@ -179,7 +179,7 @@ def test_app_tokens_reach_devices_only_through_discovery_across_gateways(tmp_pat
         other = ScriptedDevice(grouped[1][0], grouped[1][1]["link_endpoint"])
         box: dict = {}
         t = threading.Thread(target=lambda: box.update(r=cli_stdout("invoke", rows[0]["handle"], "sensor.info", "--timeout",
-                                                            "20", "--gateway", a.grpc_listen, "--token",
+                                                            "20", "--gateway", a.grpc_listen, "--pin", str(a.tls_cert_path), "--token",
                                                             tokens["a"], "--json")))
         t.start()
         for _ in range(150):
@@ -191,7 +191,7 @@ def test_app_tokens_reach_devices_only_through_discovery_across_gateways(tmp_pat
         # by pseudonym with an application token: refused at A (forwarded unattested) and at B
         handle = withheld["owner_handle"]
         for via, token in ((a, tokens["a"]), (a, tokens["b"]), (b, tokens["b"]), (b, tokens["a"])):
-            status, out = cli("invoke", handle, "sensor.info", "--async", "--gateway", via.grpc_listen,
+            status, out = cli("invoke", handle, "sensor.info", "--async", "--gateway", via.grpc_listen, "--pin", str(via.tls_cert_path),
                               "--token", token)
             assert status == 1 and "token" in out, (via.grpc_listen, token, out)
             if token == tokens["b"]:  # B's own app token: refused by the rule itself, also after A's forward
@@ -201,7 +201,7 @@ def test_app_tokens_reach_devices_only_through_discovery_across_gateways(tmp_pat
 
         # the owner's token (derived from the device's root at pairing) reaches it by pseudonym
         for via in (a, b):
-            status, out = cli("invoke", handle, "sensor.info", "--async", "--gateway", via.grpc_listen,
+            status, out = cli("invoke", handle, "sensor.info", "--async", "--gateway", via.grpc_listen, "--pin", str(via.tls_cert_path),
                               "--token", withheld["app_token_file"])
             assert status == 0, out
         assert len(lonely_dev.wake()) == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from edgistry.gateway.api.admission_grpc import RETRY_AFTER_KEY
 from edgistry.gateway.api.service import owner_handle
 from edgistry.gateway.app import create_gateway
 from edgistry.gateway.store.store import Device, new_id
+from edgistry.gateway.tls import Pin, channel_credentials, channel_options
 from edgistry.gateway.tokens import auth
 from edgistry.proto import discovery_pb2 as dpb
 from edgistry.proto import discovery_pb2_grpc as dgrpc
@@ -55,7 +57,11 @@ class Gw:
 
     def __init__(self, gateway, dev: Device, token: bytes) -> None:
         self.g, self.dev, self.token = gateway, dev, token
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.ports['grpc']}")
+        self.app_token = b""
+        pin = Pin.from_file(gateway.cfg.tls_cert_path)  # the gateway's own certificate, as its clients pin it
+        self.channel = grpc.aio.secure_channel(f"127.0.0.1:{gateway.ports['grpc']}", channel_credentials(pin),
+                                               options=channel_options(pin))
+        self.ssl = ssl.create_default_context(cafile=str(gateway.cfg.tls_cert_path))
         self.stub = gw_grpc.GatewayStub(self.channel)
         self.acked: list[str] = []
 
@@ -67,12 +73,12 @@ class Gw:
 
     async def health(self) -> tuple[int, dict]:
         async with aiohttp.ClientSession() as s:
-            async with s.get(f"http://127.0.0.1:{self.g.ports['http']}/healthz") as resp:
+            async with s.get(f"https://127.0.0.1:{self.g.ports['http']}/healthz", ssl=self.ssl) as resp:
                 return resp.status, await resp.json()
 
     async def metrics(self) -> str:
         async with aiohttp.ClientSession() as s:
-            async with s.get(f"http://127.0.0.1:{self.g.ports['http']}/metrics") as resp:
+            async with s.get(f"https://127.0.0.1:{self.g.ports['http']}/metrics", ssl=self.ssl) as resp:
                 return await resp.text()
 
     async def until_healthy(self, timeout: float = 20.0) -> dict:
@@ -98,8 +104,10 @@ async def start_gateway(home: Path, rpc_url: str, **opts) -> Gw:
     root = cl.root(cl.new_secret())
     dev = Device(new_id(), auth.pseudonym_for(root.to_bytes()), root.to_bytes(), MANIFEST, 0, 7, 1, duty_cycle_s=5)
     await g.store.put_device(dev)
-    token = cl.mint(g.secret, [cl.Identity("app"), cl.Resource("/svc", cl.READ)]).to_bytes()
+    # calls by pseudonym need a token from the device's root; discovery takes the gateway's app token
+    token = cl.derive(root, [cl.Resource("/svc", cl.READ)]).to_bytes()
     out = Gw(g, dev, token)
+    out.app_token = cl.mint(g.secret, [cl.Identity("app"), cl.Resource("/svc", cl.READ)]).to_bytes()
     await out.until_healthy()
     return out
 
@@ -232,7 +240,7 @@ async def test_stopped_chain_node_is_named_discovery_answers_stale_and_it_recove
     rpc_url, proc = chain
     g = await start_gateway(tmp_path / "node", rpc_url)
     disco = dgrpc.DiscoveryStub(g.channel)
-    req = dpb.DiscoverRequest(token=g.token, service_type="sensor",
+    req = dpb.DiscoverRequest(token=g.app_token, service_type="sensor",
                               region=dpb.Region(lat=46.5, lon=6.6, radius_km=50))
     try:
         os.kill(proc.pid, signal.SIGSTOP)

@@ -76,9 +76,14 @@ class Gw:
             async with s.get(f"https://127.0.0.1:{self.g.ports['http']}/healthz", ssl=self.ssl) as resp:
                 return resp.status, await resp.json()
 
+    def operator_secret(self) -> str:
+        """/metrics is for the node's operators: the secret the gateway made at its first start."""
+        return (self.g.cfg.keys_dir / "operator.secret").read_text().strip()
+
     async def metrics(self) -> str:
         async with aiohttp.ClientSession() as s:
-            async with s.get(f"https://127.0.0.1:{self.g.ports['http']}/metrics", ssl=self.ssl) as resp:
+            async with s.get(f"https://127.0.0.1:{self.g.ports['http']}/metrics", ssl=self.ssl,
+                             headers={"Authorization": "Bearer " + self.operator_secret()}) as resp:
                 return await resp.text()
 
     async def until_healthy(self, timeout: float = 20.0) -> dict:

@@ -1,6 +1,6 @@
 """Gateway throughput and added latency for queued invokes to sleeping devices, beside mosquitto.
 
-Issue 4 item 8b. One run, loopback, two processes besides mosquitto:
+One run, loopback, two processes besides mosquitto:
 
 * **the gateway** (this file with ``--serve``, its own process): the real parts as
   gateway/app.py wires them, minus the chain: GatewayStore (LMDB, fsync per commit,

@@ -1,6 +1,6 @@
 """Bytes on the wire and round trips from a device's wake to its first delivered request.
 
-Issue 4 item 8a. Side by side, in one run, on loopback:
+Side by side, in one run, on loopback:
 
 * **edgistry link, full handshake**: a real LinkServer (MemoryBackend) and a real
   DeviceSession over TCP; a request (real gateway-derived request token) is queued

@@ -45,7 +45,9 @@ def test_nodes_bind_one_address_and_advertise_another(net):
         assert conf["p2p"]["persistent_peers"].split(",") == [f"{n.node_id}@{n.host}:{BASE}" for n in others]
         assert (cfg.grpc_listen, cfg.link_listen, cfg.http_listen) == (
             f"0.0.0.0:{BASE + 3}", f"0.0.0.0:{BASE + 4}", f"0.0.0.0:{BASE + 5}")
-        assert cfg.extra["gateway"] == {"grpc_advertise": f"{host}:{BASE + 3}", "link_advertise": f"{host}:{BASE + 4}"}
+        assert cfg.extra["gateway"] == {  # the certificate names the host devices and peers dial
+            "grpc_advertise": f"{host}:{BASE + 3}", "link_advertise": f"{host}:{BASE + 4}",
+            "peer_advertise": f"{host}:{BASE + 7}", "tls_hosts": [host]}
         assert cfg.rpc_url == f"http://127.0.0.1:{BASE + 1}"  # its own node, never across the network
         assert node.rpc_url == f"http://{host}:{BASE + 1}"
     genesis = json.loads((layouts[0].cometbft_home / "config" / "genesis.json").read_text())

@@ -21,6 +21,11 @@ from edgistry.gateway.admission import Admission, ConnectionCaps
 from edgistry.gateway.api.admission_grpc import RETRY_AFTER_KEY, service_hook
 from edgistry.gateway.api.grpc_server import start_grpc
 from edgistry.gateway.api.service import GatewayService, Settings, owner_handle
+from edgistry.gateway.discovery.core import DiscoveryService, Latency
+from edgistry.gateway.discovery.grpc_service import handle_resolver
+from edgistry.gateway.discovery.handles import HandleCodec, derive_key
+from edgistry.gateway.discovery.index import DeviceEntry, RegistryIndex, ServiceInfo
+from edgistry.gateway.errors import Unauthorized
 from edgistry.gateway.link.server import LinkServer
 from edgistry.gateway.link.store_backend import StoreLinkBackend
 from edgistry.gateway.metrics import GatewayMetrics
@@ -28,6 +33,7 @@ from edgistry.gateway.pairing.channel import CommissionCode, Offers
 from edgistry.gateway.pairing.commissioner import Commissioner
 from edgistry.gateway.store.store import Device, GatewayStore, new_id
 from edgistry.gateway.tokens import auth
+from edgistry.gateway.tokens.app_tokens import authenticate
 from edgistry.proto import gateway_pb2 as gw
 from edgistry.proto import gateway_pb2_grpc as gw_grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -36,18 +42,33 @@ pytestmark = pytest.mark.timeout(120)
 
 MANIFEST = {"duty_cycle_s": 5, "services": [{"type": "sensor", "methods": ["read", "info"]}]}
 SECRET = b"s" * 32
+GATEWAY = "gw-a"
+CELL = 0x87283472BFFFFFF  # an H3 cell at resolution 7
 
 
 class Env:
-    def __init__(self, store, service, admission, metrics, server, port, devices) -> None:
+    def __init__(self, store, service, admission, metrics, server, port, devices, discovery) -> None:
         self.store, self.service, self.admission, self.metrics = store, service, admission, metrics
-        self.server, self.port, self.devices = server, port, devices
+        self.server, self.port, self.devices, self.discovery = server, port, devices, discovery
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self.stub = gw_grpc.GatewayStub(self.channel)
 
+    def target(self, dev: Device, token: bytes) -> str:
+        """How the token's holder names the device: a gateway application token
+        through a discovery handle minted for it (the only way it reaches a
+        device), any other token by the device's pseudonym (owner handle)."""
+        try:
+            client = authenticate(token, SECRET)
+        except Unauthorized:
+            return owner_handle(dev.pseudonym)
+        now_ms = int(time.time() * 1000)
+        return self.discovery.mint_for(client, dev.pseudonym, CELL, Latency.SECONDS, "sensor", now_ms).handle
+
+    def request(self, dev: Device, token: bytes, **kw) -> gw.InvokeRequest:
+        return gw.InvokeRequest(target=self.target(dev, token), method="read", token=token, **kw)
+
     async def submit(self, dev: Device, token: bytes, **kw) -> gw.Result:
-        return await self.stub.Submit(gw.InvokeRequest(target=owner_handle(dev.pseudonym), method="read",
-                                                       token=token, **kw), timeout=10)
+        return await self.stub.Submit(self.request(dev, token, **kw), timeout=10)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -59,23 +80,30 @@ async def make_env(tmp_path, n_devices: int = 2, commissioner=None, **limits) ->
     store = GatewayStore(tmp_path / "gw")
     metrics = GatewayMetrics()
     admission = Admission(Limits(**limits))
-    service = GatewayService(store, "gw-a", SECRET, metrics, settings=Settings(max_queue_depth=10_000))
+    service = GatewayService(store, GATEWAY, SECRET, metrics, settings=Settings(max_queue_depth=10_000))
     service.admit = service_hook(admission)
     metrics.watch_admission(lambda: {"refusals": dict(admission.refusals), "in_flight": admission.in_flight,
                                      "waiting": admission.waiting})
     devices = []
+    index = RegistryIndex()
+    sensor = (ServiceInfo("sensor", frozenset({"read", "info"}), frozenset()),)
     for _ in range(n_devices):
         root = cl.root(cl.new_secret())
         dev = Device(new_id(), auth.pseudonym_for(root.to_bytes()), root.to_bytes(), MANIFEST, 0, 7, 1,
                      duty_cycle_s=5)
         await store.put_device(dev)
         devices.append(dev)
+        index.upsert(DeviceEntry(dev.pseudonym, GATEWAY, sensor, CELL, 1, 5, int(time.time())))
+    index.gateways = {GATEWAY: "127.0.0.1:1"}
+    discovery = DiscoveryService(index, HandleCodec(derive_key(SECRET), GATEWAY), GATEWAY, "127.0.0.1:1")
+    service.resolvers.append(handle_resolver(discovery, SECRET))
     server, port = await start_grpc("127.0.0.1:0", service, commissioner, None, metrics, admission=admission)
-    return Env(store, service, admission, metrics, server, port, devices)
+    return Env(store, service, admission, metrics, server, port, devices, discovery)
 
 
 def app_token(name: str) -> bytes:
-    """A gateway-issued application token: its own identity, read rights."""
+    """A gateway-issued application token: its own identity, read rights (it reaches
+    devices through discovery handles, see :meth:`Env.target`)."""
     return cl.mint(SECRET, [cl.Identity(name), cl.Resource("/svc", cl.READ)]).to_bytes()
 
 
@@ -112,7 +140,7 @@ async def test_a_batch_costs_its_items_against_the_source_bucket(tmp_path):
     env = await make_env(tmp_path, source_rate=1, source_burst=10, client_rate=0, device_rate=0)
     try:
         dev, token = env.devices[0], app_token("alice")
-        req = gw.InvokeRequest(target=owner_handle(dev.pseudonym), method="read", token=token)
+        req = env.request(dev, token)
         out = await env.stub.SubmitBatch(gw.SubmitBatchRequest(requests=[req] * 8), timeout=10)
         assert all(not item.error for item in out.items)
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -128,11 +156,11 @@ async def test_client_limit_follows_the_issuer_not_the_presented_token(tmp_path)
     env = await make_env(tmp_path, client_rate=0.5, client_burst=3, device_rate=0)
     try:
         dev = env.devices[0]
-        alice = cl.load(app_token("alice"))
-        for i in range(3):  # three fresh tokens, three different tags, one issuer
-            derived = cl.derive(alice, [cl.Resource("/svc", cl.READ)], [cl.ExpiresAt(2_000_000_000 + i)])
+        owner = cl.load(dev.root_token)
+        for i in range(3):  # three fresh tokens, three different tags, one issuer (the device's root)
+            derived = cl.derive(owner, [cl.Service("sensor", ["read"])], [cl.ExpiresAt(2_000_000_000 + i)])
             await env.submit(dev, derived.to_bytes())
-        fresh = cl.derive(alice, [cl.Resource("/svc/sensor", cl.READ)]).to_bytes()
+        fresh = cl.derive(owner, [cl.Service("sensor", ["read", "info"])]).to_bytes()
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await env.submit(dev, fresh)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -143,9 +171,9 @@ async def test_client_limit_follows_the_issuer_not_the_presented_token(tmp_path)
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await env.submit(dev, forged)
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        for _ in range(3):
+        for _ in range(3):  # bob's gateway token, through discovery handles: a bucket of its own
             await env.submit(dev, app_token("bob"))
-        # the device-root issuer: tokens derived from one device's root share one bucket too
+        # another device's root is another issuer; tokens derived from it share one bucket too
         root = cl.load(env.devices[1].root_token)
         for i in range(3):
             await env.submit(env.devices[1], auth.app_token(root.to_bytes(), {"sensor": ["read"]}).to_bytes())
@@ -177,7 +205,7 @@ async def test_calls_waiting_on_devices_are_bounded_and_the_core_caps_concurrenc
     env = await make_env(tmp_path, max_waiting=2, client_rate=0, device_rate=0, grpc_max_concurrent_rpcs=64)
     try:
         dev, token = env.devices[0], app_token("alice")
-        req = gw.InvokeRequest(target=owner_handle(dev.pseudonym), method="read", token=token, timeout_ms=1500)
+        req = env.request(dev, token, timeout_ms=1500)
         waiting = [asyncio.ensure_future(env.stub.Invoke(req, timeout=10)) for _ in range(2)]
         await asyncio.sleep(0.3)
         assert env.admission.waiting == 2
@@ -202,8 +230,7 @@ async def test_calls_waiting_on_devices_are_bounded_and_the_core_caps_concurrenc
                          grpc_max_concurrent_rpcs=2)
     try:
         dev = env.devices[0]
-        req = gw.InvokeRequest(target=owner_handle(dev.pseudonym), method="read", token=app_token("a"),
-                               timeout_ms=1000)
+        req = env.request(dev, app_token("a"), timeout_ms=1000)
         results = await asyncio.gather(*[env.stub.Invoke(req, timeout=10) for _ in range(4)],
                                        return_exceptions=True)
         codes = [r.code() for r in results]

@@ -28,6 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from .app import RegistryApp
 from .keys import be64, from_be64
+from ..aiotasks import cancel_and_wait
 from ..proto import abci_pb2 as abci
 from ..proto import registry_pb2 as pb
 
@@ -277,11 +278,7 @@ class EmbeddedNode:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait([self._task])  # its loop waits in wait_for: see aiotasks.py
         self.blocks.close()
 
 

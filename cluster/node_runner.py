@@ -22,6 +22,7 @@ from .home import load_genesis_doc
 from ..abci_app.rpc import create_app
 from ..abci_app.server import AbciServer
 from .cometbft import HOW_TO_GET, find_cometbft
+from ..aiotasks import cancel_and_wait
 from ..clikit import wait_for_signal
 from ..config import HomeError, NodeConfig, is_private_listen
 from ..gateway.cli import code_line
@@ -101,9 +102,7 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
         sig.cancel()
         announce("stopping")
         demo_stop.set()
-        for task in demo_tasks:
-            task.cancel()
-        await asyncio.gather(*demo_tasks, return_exceptions=True)
+        await cancel_and_wait(demo_tasks)
         if gateway is not None:
             await gateway.stop()
         await runner.cleanup()

@@ -43,6 +43,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..abci_app.txs import LIVENESS_GRANULARITY_S, MAX_LIVENESS_ENTRIES, gateway_id_for
+from ..aiotasks import cancel_and_wait
 from ..config import NodeConfig, load_ed25519_pem, public_bytes
 from ..firmware.caplets.revocation import RevocationSet
 from .tokens.revocations import DEFAULT_MAX_SILENCE_S, LiveRevocations
@@ -271,9 +272,10 @@ class Gateway:
         self.announce(f"commissioning code: {self.code.code} (one-time; also in {self.code.path})")
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        stuck = await cancel_and_wait(self._tasks)
+        if stuck:
+            log.error("gateway stop: %d task(s) ignore cancellation: %s", len(stuck),
+                      ", ".join(t.get_name() for t in stuck))
         self._tasks = []
         if self._grpc is not None:
             await self._grpc.stop(GRACE_S)

@@ -82,7 +82,8 @@ def test_up_serves_rpc_survives_kill9_and_keeps_state(tmp_path):
         status = rpc(port, "status")["result"]["sync_info"]
         height, app_hash = int(status["latest_block_height"]), status["latest_app_hash"]
         results = rpc(port, "block_results", height=str(added["height"]))["result"]
-        assert results["txs_results"][0]["events"][0]["type"] == "gateway_registered"
+        # the block may also hold the gateway's own txs (its seal key, the data key's grant)
+        assert "gateway_registered" in {e["type"] for r in results["txs_results"] for e in r["events"]}
         kill9(proc)
 
         proc = edgistry(*args, log=tmp_path / "up2.log")

@@ -412,6 +412,8 @@ class GatewayService:
             call.chain = _merged(own, call.chain)
             self._check_chain(call.chain)
             issuer = auth.issuer_key((own or call.chain or (b"",))[0])
+            if own:  # our own token, its tags recomputed: an over-rate client is then refused early
+                auth.remember_issuer(call.token, issuer)
         if self.admit is not None:  # rate limits of the verified client and of the device
             self.admit(issuer, dev.link_id)
         args = call.args or b""

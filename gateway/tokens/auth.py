@@ -133,10 +133,15 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
         if len(_verified) >= VERIFIED_CACHE_SIZE:
             _verified.clear()
         _verified[key] = _Verified(result.origin, result.token, chain)
-        if len(_issuers) >= VERIFIED_CACHE_SIZE:
-            _issuers.clear()
-        _issuers[bytes(raw)] = issuer_key(chain[0] if chain else b"")
+        remember_issuer(raw, issuer_key(chain[0] if chain else b""))
     return Authorised(result.origin, result.token, chain)
+
+
+def remember_issuer(raw: bytes, issuer: bytes) -> None:
+    """Note the issuer of a token that was just verified (for :func:`known_issuer`)."""
+    if len(_issuers) >= VERIFIED_CACHE_SIZE:
+        _issuers.clear()
+    _issuers[bytes(raw)] = issuer
 
 
 def chain_hashes(result: Authorised, root_token: bytes | None, gateway_secret: bytes) -> tuple[bytes, ...]:

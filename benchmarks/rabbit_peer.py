@@ -24,6 +24,7 @@ import asyncio
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -81,14 +82,32 @@ class RabbitMQ:
 
     def start(self, timeout: float = 60.0) -> RabbitMQ:
         log = open(self.dir / "stdout.log", "ab")
-        epmd = shutil.which("epmd") or "/usr/bin/epmd"
-        self.epmd = subprocess.Popen([epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for_port(self.epmd_port, proc=self.epmd)
+        if self.epmd is None:  # one epmd for the node's life (a restart reuses it)
+            epmd = shutil.which("epmd") or "/usr/bin/epmd"
+            self.epmd = subprocess.Popen([epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+                                         env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            wait_for_port(self.epmd_port, proc=self.epmd)
         self.proc = subprocess.Popen([RABBIT_SERVER], env=self.env, cwd=self.dir, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(self.port, timeout=timeout, proc=self.proc)
+        asyncio.run(self._until_amqp_answers(time.monotonic() + timeout))
         return self
+
+    async def _until_amqp_answers(self, deadline: float) -> None:
+        """The listener opens before the node has booted (or, after a restart, recovered its
+        queues): ready means an AMQP connection is accepted."""
+        import aio_pika
+
+        while True:
+            try:
+                conn = await aio_pika.connect(self.url, timeout=5)
+            except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError):
+                if time.monotonic() > deadline or (self.proc is not None and self.proc.poll() is not None):
+                    raise
+                await asyncio.sleep(0.1)
+            else:
+                await conn.close()
+                return
 
     @property
     def url(self) -> str:
@@ -115,6 +134,12 @@ class RabbitMQ:
             if self.proc is not None and int(stat[2]) == self.proc.pid:  # process group id
                 total += (int(stat[11]) + int(stat[12])) * 1000 // os.sysconf("SC_CLK_TCK")
         return total
+
+    def kill(self) -> None:
+        """SIGKILL the broker's process group (no shutdown, no flush): what a power cut leaves."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc is not None:

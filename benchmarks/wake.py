@@ -64,8 +64,11 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import edhoc_peer  # noqa: E402
 import mqtt_min as mq  # noqa: E402
+try:  # the standards peer needs lakers-python and aiocoap (the bench extra)
+    import edhoc_peer  # noqa: E402
+except ImportError as exc:
+    edhoc_peer, NO_EDHOC = None, f"EDHOC + OSCORE not measured: {exc} (pip install 'edgistry[bench]')"
 from bench_util import Counter, Mosquitto, result_line, table  # noqa: E402
 
 from edgistry.firmware.caplets import api as cl  # noqa: E402
@@ -362,7 +365,7 @@ def main() -> None:
     mfull, mres, version, topic_len = mqtt_rows(a.reps, payload, workdir)
     rows["mqtt_tls_full"], rows["mqtt_tls_resumed"] = mfull, mres
     tls = mfull[0]["tls"]
-    efull, esaved = edhoc_peer.run(a.reps, payload, workdir)
+    efull, esaved = edhoc_peer.run(a.reps, payload, workdir) if edhoc_peer else ([], [])
 
     med = {k: median_row(v) for k, v in rows.items()}
     labels = {"link_full_enc": "edgistry link, full, encrypted (X25519 FS, 0.5-RTT)",
@@ -423,7 +426,9 @@ def main() -> None:
          "yes" if checks["bytes_resumed_le_third"] else "NO", "yes" if checks["rtt_resumed_fewer"] else "NO"],
     ]
     print(table(["link / MQTT+TLS", "payload ratio", "wire ratio est", "RTT", "bytes <= 1/3", "fewer RTT"], summary))
-    edhoc = edhoc_section(med, efull, esaved)
+    edhoc = edhoc_section(med, efull, esaved) if efull else None
+    if not efull:
+        print(NO_EDHOC)
     figures = {k: {"sent": int(v["sent"]), "received": int(v["received"]), "payload_bytes": int(v["payload_bytes"]),
                    "segments": int(v["segments"]), "wire_bytes_est": int(v["wire_bytes_est"]), "rtts": int(v["rtts"]),
                    "ms": v["ms"]} for k, v in med.items()}

@@ -23,10 +23,16 @@ One run, loopback, two processes besides mosquitto:
   subscription to their own topic), offline while the messages are published (QoS 1,
   the same window of unacknowledged PUBLISHes), then connecting (CONNECT/CONNACK, the
   queued PUBLISHes, one PUBACK each, DISCONNECT) with the same wake concurrency.
+* **RabbitMQ** (Debian package, its own node started by this run, benchmarks/rabbit_peer.py):
+  a durable classic queue per device, persistent messages, publisher confirms (a
+  confirm means on disk) with the same window of unconfirmed messages; each device
+  wakes (AMQP connection + channel), consumes its queue with manual acks, closes. The
+  durable peer: the gateway's acknowledgement is fsync'd, mosquitto's is not.
 
-Throughput runs in ``--rounds`` rounds (3), gateway and mosquitto alternating, so
-each round's ratio compares runs seconds apart on a shared, noisy machine; the
-round with the median ratio is the one reported (every round is printed).
+Throughput runs in ``--rounds`` rounds (3), gateway, mosquitto and RabbitMQ in turn,
+so each round's ratios compare runs seconds apart on a shared, noisy machine; the
+round with the median gateway/mosquitto ratio is the one reported in detail, and
+the min/median/max of each ratio over the rounds is printed (every round is too).
 
 Phases (throughput): **enqueue** (all devices asleep; M = devices x per-device
 messages submitted / published), then **drain** (every device wakes once, in random
@@ -64,6 +70,7 @@ import random
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,6 +82,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mqtt_min as mq  # noqa: E402
 from bench_util import Mosquitto, pct, result_line, stop_pid, table  # noqa: E402
+import rabbit_peer  # noqa: E402
 
 from edgistry.gc_policy import freeze_startup_objects
 
@@ -739,6 +747,11 @@ async def mqtt_throughput(port: int, n: int, per: int, window: int, wake_conc: i
 
 # ---- main -------------------------------------------------------------------------------
 
+def min_med_max(xs: list[float]) -> tuple[float, float, float]:
+    s = sorted(xs)
+    return s[0], statistics.median(s), s[-1]
+
+
 def per_msg_breakdown(stats: dict, m: int) -> list[tuple[str, float, int]]:
     return [(k, stats["total"][k] / m * 1e6, stats["count"][k]) for k in sorted(stats["total"])]
 
@@ -755,6 +768,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="throughput rounds, gateway and mosquitto alternating; the median round is reported")
     ap.add_argument("--no-x25519", action="store_true", help="devices without forward secrecy")
+    ap.add_argument("--no-rabbitmq", action="store_true", help="leave the RabbitMQ peer out of the rounds")
     ap.add_argument("--seed", type=int, default=4)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
@@ -781,10 +795,13 @@ def main() -> None:
     devices_file.write_text(json.dumps({"gateway_secret": secret.hex(), "devices": [
         {"link_id": d.link_id.hex(), "root": d.root.hex()} for d in devs]}))
     xp = None if a.no_x25519 else x25519()
-    gw = broker = None
+    gw = broker = rabbit = None
+    why_no_rabbit = "left out (--no-rabbitmq)" if a.no_rabbitmq else rabbit_peer.available()
     try:
         gw = Gw(workdir, devices_file)
         broker = Mosquitto(workdir / "mosquitto", tls=False).start()
+        if why_no_rabbit is None:
+            rabbit = rabbit_peer.RabbitMQ(workdir / "rabbitmq").start()
         from edgistry.firmware.link import link_wire as wire
         payload = wire.encode("DeviceRequest", {"request_id": os.urandom(16), "service": "sensor", "method": "read",
                                                 "args": ARGS, "request_token": os.urandom(90),
@@ -797,10 +814,18 @@ def main() -> None:
                                                 rng, a.batch, pair=k == 0))
             mr = asyncio.run(mqtt_throughput(broker.port, a.devices, a.per_device, a.submit_window,
                                              a.wake_concurrency, payload, rng))
-            rounds.append((gr, mr))
-        g, mqr = sorted(rounds, key=lambda r: r[0]["rate"] / r[1]["rate"])[len(rounds) // 2]  # the median round
+            rr = None
+            if rabbit is not None:
+                rr = asyncio.run(rabbit_peer.rabbit_throughput(rabbit.url, a.devices, a.per_device, a.submit_window,
+                                                               a.wake_concurrency, payload, rng, gather_limited,
+                                                               declared=k > 0))
+            rounds.append((gr, mr, rr))
+        g, mqr, rbr = sorted(rounds, key=lambda r: r[0]["rate"] / r[1]["rate"])[len(rounds) // 2]  # the median round
         version = broker.version()
         broker.stop()
+        if rabbit is not None:
+            rabbit_version = rabbit.version()
+            rabbit.stop()
         half = g["rate"] / 2
         lat = asyncio.run(gateway_latency(gw, devs, half, a.per_device, a.latency_s, xp, rng, a.submit_window,
                                           a.batch))
@@ -809,6 +834,8 @@ def main() -> None:
             gw.stop()
         if broker is not None:
             broker.stop()
+        if rabbit is not None:
+            rabbit.stop()
 
     ratio = g["rate"] / mqr["rate"]
     print(f"queued invokes to {a.devices} sleeping devices x {a.per_device} messages = {g['messages']} messages "
@@ -822,20 +849,36 @@ def main() -> None:
           f"link ({'no X25519' if a.no_x25519 else 'X25519 on'}; wakes resumed with tickets), devices ACK + answer")
     print(f"mosquitto: {version}, plain TCP, password auth, persistence on, QoS 1, clean_session=0; "
           f"payload {len(payload)} B (same size as the link's DeviceRequest)")
+    if rabbit is not None:
+        print(f"RabbitMQ: {rabbit_version}, plain TCP (AMQP 0-9-1, aio-pika), durable classic queue per device, "
+              f"persistent messages, publisher confirms ({a.submit_window} unconfirmed at most), manual acks")
+    else:
+        print(f"RabbitMQ: not measured: {why_no_rabbit}")
     print()
     rows = []
-    for k, (gr, mr) in enumerate(rounds, 1):
+    for k, (gr, mr, rr) in enumerate(rounds, 1):
         median = " (median)" if gr is g else ""
-        for name, r in (("edgistry gateway", gr), ("mosquitto", mr)):
+        peers = [("mosquitto", mr)] + ([("RabbitMQ", rr)] if rr is not None else [])
+        for name, r in [("edgistry gateway", gr)] + peers:
             rows.append([f"round {k}{median}: {name}", r["messages"], f"{r['t_enqueue']:.2f}",
                          f"{r['enqueue_rate']:.0f}", f"{r['t_drain']:.2f}", f"{r['drain_rate']:.0f}",
                          f"{r['rate']:.0f}"])
-        rows.append([f"round {k}{median}: ratio gateway / mosquitto", "", "",
-                     f"{gr['enqueue_rate'] / mr['enqueue_rate']:.3f}", "",
-                     f"{gr['drain_rate'] / mr['drain_rate']:.3f}", f"{gr['rate'] / mr['rate']:.3f}"])
+        for name, r in peers:
+            rows.append([f"round {k}{median}: ratio gateway / {name}", "", "",
+                         f"{gr['enqueue_rate'] / r['enqueue_rate']:.3f}", "",
+                         f"{gr['drain_rate'] / r['drain_rate']:.3f}", f"{gr['rate'] / r['rate']:.3f}"])
     print(table(["throughput", "msgs", "enqueue s", "enqueue msg/s", "drain s", "drain msg/s", "msg/s"], rows))
-    print("(rounds alternate gateway and mosquitto; the round with the median ratio is reported below "
-          "and in the final JSON line)")
+    print("(rounds run gateway, mosquitto, RabbitMQ in turn; the round with the median gateway/mosquitto ratio is "
+          "reported below and in the final JSON line)")
+    spread = {"mosquitto": min_med_max([gr["rate"] / mr["rate"] for gr, mr, _ in rounds])}
+    if rabbit is not None:
+        spread["rabbitmq"] = min_med_max([gr["rate"] / rr["rate"] for gr, _, rr in rounds])
+        dc = [(rr["driver_cpu_enqueue"] + rr["driver_cpu_drain"]) / (rr["t_enqueue"] + rr["t_drain"])
+              for _, _, rr in rounds]
+        print(f"RabbitMQ driver (aio-pika clients) CPU: {min(dc) * 100:.0f}-{max(dc) * 100:.0f}% of one CPU "
+              "during its phases (a busy client would make RabbitMQ look slower than it is)")
+    for name, (lo, med, hi) in spread.items():
+        print(f"gateway / {name} over {len(rounds)} rounds: min {lo:.3f}  median {med:.3f}  max {hi:.3f}")
     print()
 
     rpc = [x * 1000 for x in lat["rpc"]]
@@ -885,8 +928,12 @@ def main() -> None:
     p99_sub = max(pct(rpc, 99), pct(inner, 99))
     p99_est = pct(est, 99)
     checks = {"rate_ge_quarter_mosquitto": ratio >= 0.25, "p99_submit_le_20ms": p99_sub <= 20.0,
+              "rate_ge_1x_rabbitmq": spread["rabbitmq"][1] >= 1.0 if "rabbitmq" in spread else None,
               "p99_established_to_requests_le_20ms": p99_est <= 20.0}
     print()
+    if "rabbitmq" in spread:
+        print("target: rate >= 1x RabbitMQ durable confirms: %s (median round ratio %.3f)" % (
+            "yes" if checks["rate_ge_1x_rabbitmq"] else "NO", spread["rabbitmq"][1]))
     print("targets: rate >= 0.25x mosquitto: %s (%.3f); p99 added latency <= 20 ms: submit %s (%.2f ms), "
           "established->REQUESTS %s (%.2f ms)" % (
               "yes" if checks["rate_ge_quarter_mosquitto"] else "NO", ratio,
@@ -902,8 +949,14 @@ def main() -> None:
         "mosquitto": {"msgs_per_s": r2(mqr["rate"]), "enqueue_per_s": r2(mqr["enqueue_rate"]),
                       "drain_per_s": r2(mqr["drain_rate"])},
         "ratio": round(ratio, 3),
+        "rabbitmq": None if rbr is None else {"msgs_per_s": r2(rbr["rate"]), "enqueue_per_s": r2(rbr["enqueue_rate"]),
+                                              "drain_per_s": r2(rbr["drain_rate"])},
+        "ratio_mosquitto_min_med_max": [round(x, 3) for x in spread["mosquitto"]],
+        "ratio_rabbitmq_min_med_max": [round(x, 3) for x in spread["rabbitmq"]] if "rabbitmq" in spread else None,
         "rounds": [{"gateway_msgs_per_s": round(gr["rate"], 2), "mosquitto_msgs_per_s": round(mr["rate"], 2),
-                    "ratio": round(gr["rate"] / mr["rate"], 3)} for gr, mr in rounds],
+                    "ratio": round(gr["rate"] / mr["rate"], 3),
+                    "rabbitmq_msgs_per_s": round(rr["rate"], 2) if rr else None,
+                    "ratio_rabbitmq": round(gr["rate"] / rr["rate"], 3) if rr else None} for gr, mr, rr in rounds],
         "ratio_enqueue": round(g["enqueue_rate"] / mqr["enqueue_rate"], 3),
         "ratio_drain": round(g["drain_rate"] / mqr["drain_rate"], 3),
         "latency_at_half_peak": {"rate": r2(lat["rate"]), "submit_rpc_p50_ms": r2(pct(rpc, 50)),

@@ -19,6 +19,15 @@ Side by side, in one run, on loopback:
   receive the queued PUBLISH, send PUBACK.
 * **MQTT 3.1.1 over TLS 1.3, resumed TLS session** (the same with a TLS 1.3 session
   ticket from the previous connection: PSK resumption, ``session_reused`` checked).
+* **EDHOC + OSCORE over CoAP/UDP** (benchmarks/edhoc_peer.py: lakers-python, aiocoap): the
+  device is the CoAP server and EDHOC responder, the gateway the client and initiator;
+  EDHOC method 3 with compact kid references (RFC 9529 trace 2's sizes), then the
+  combined request (RFC 9668: message_3 + the first OSCORE request carrying the same
+  DeviceRequest) and its protected response: two round trips. The later wake: one
+  OSCORE request/response on the context both sides saved. EDHOC always has forward
+  secrecy (ephemeral ECDH); our rows with and without X25519 stand beside it. Bytes
+  are the CoAP datagrams' payloads (above UDP), as ours are above TCP; TCP's connect
+  counts as our round trip, and UDP has none.
 
 The MQTT payload is the very DeviceRequest the link carries (same request id, service,
 method, args and request token), so both carry the same application bytes; the
@@ -33,6 +42,9 @@ Loopback's MSS is 64 KiB, so on a real link (MSS 1460) large flights (the
 certificate flight) would take a few more segments than shown. A round trip is
 defined in bench_util.Counter (TCP connect = 1; then each client flight that must
 wait for the server's reply = 1).
+
+Revocations in force travel in a wake's first REQUESTS (40 B each): none are in force here,
+and the revocation-list bytes are reported apart (0 in these rows).
 
 Usage: python benchmarks/wake.py [--reps N] [--keep]
 """
@@ -53,6 +65,10 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mqtt_min as mq  # noqa: E402
+try:  # the standards peer needs lakers-python and aiocoap (the bench extra)
+    import edhoc_peer  # noqa: E402
+except ImportError as exc:
+    edhoc_peer, NO_EDHOC = None, f"EDHOC + OSCORE not measured: {exc} (pip install 'edgistry[bench]')"
 from bench_util import Counter, Mosquitto, result_line, table  # noqa: E402
 
 from edgistry.firmware.caplets import api as cl  # noqa: E402
@@ -106,6 +122,7 @@ class LinkDevice:
                 c.wrote(len(data))
 
         snap = None
+        revoked = 0
         try:
             send(s.initiate())
             while snap is None:
@@ -126,6 +143,7 @@ class LinkDevice:
                         assert ev.resumed == resume, "expected a %s handshake" % ("resumed" if resume else "full")
                         self.ticket = (ev.ticket_id, ev.ticket_secret)
                     elif isinstance(ev, Requests):
+                        revoked += len(ev.revoked)
                         if not ev.items:
                             if ev.more:
                                 continue  # in clear: "work waits", it follows PROOF
@@ -133,6 +151,7 @@ class LinkDevice:
                         send(out + s.send(Ack([i["request_id"] for i in ev.items])))
                         out = b""
                         snap = c.close(sock)
+                        snap["revocation_bytes"] = 40 * revoked  # gateway/link/delivery.py TAG_SIZE
                         # handled (not counted): answered, so the next wake does not redeliver it
                         asyncio.run(self.backend.answered(self.link_id, [DeviceAnswer(i["request_id"], 0, b"{}")
                                                                          for i in ev.items]))
@@ -271,6 +290,43 @@ def median_row(snaps: list[dict]) -> dict:
     return out
 
 
+def edhoc_section(med: dict, efull: list[dict], esaved: list[dict]) -> dict:
+    """Print our wakes beside EDHOC + OSCORE; return the figures, ratios and goals for RESULT."""
+    for name, snaps in (("EDHOC + OSCORE", efull), ("OSCORE on saved context", esaved)):
+        if len({(x["payload_bytes"], x["rtts"]) for x in snaps}) != 1:
+            print(f"note: {name}: bytes or RTT varied between wakes (medians shown)")
+    theirs = {"edhoc_oscore_full": {k: statistics.median(x[k] for x in efull)
+                                    for k in ("sent", "received", "payload_bytes", "wire_bytes_est", "rtts")},
+              "oscore_saved": {k: statistics.median(x[k] for x in esaved)
+                               for k in ("sent", "received", "payload_bytes", "wire_bytes_est", "rtts")}}
+    pairs = [("link_full_enc", "edhoc_oscore_full", "full, encrypted, X25519 FS"),
+             ("link_full_enc_nofs", "edhoc_oscore_full", "full, encrypted, no FS"),
+             ("link_full", "edhoc_oscore_full", "full, in clear, X25519 FS"),
+             ("link_full_nofs", "edhoc_oscore_full", "full, in clear, no FS"),
+             ("link_resumed_enc", "oscore_saved", "resumed, encrypted"),
+             ("link_resumed", "oscore_saved", "resumed, in clear")]
+    out, ratios, goals = [], {}, {}
+    for ours, peer, label in pairs:
+        o, t = med[ours], theirs[peer]
+        r = o["payload_bytes"] / t["payload_bytes"]
+        ratios[ours] = round(r, 3)
+        goals[ours] = {"bytes_le_1x": r <= 1.0, "rtts_le_theirs": o["rtts"] <= t["rtts"]}
+        out.append([f"{label} vs {'EDHOC+OSCORE' if peer.startswith('edhoc') else 'OSCORE saved ctx'}",
+                    int(o["payload_bytes"]), int(t["payload_bytes"]), f"{r:.3f}",
+                    f"{int(o['wire_bytes_est'])} / {int(t['wire_bytes_est'])}", f"{int(o['rtts'])} vs {int(t['rtts'])}",
+                    "yes" if goals[ours]["bytes_le_1x"] else "NO", "yes" if goals[ours]["rtts_le_theirs"] else "NO"])
+    e = efull[0]
+    print()
+    print(f"EDHOC + OSCORE over CoAP/UDP (lakers-python, aiocoap; method 3, suite 2, kid references): EDHOC "
+          f"message_1/2/3 {e['edhoc_messages']['message_1']}/{e['edhoc_messages']['message_2']}/"
+          f"{e['edhoc_messages']['message_3']} B; datagrams full {e['flights']}, saved context {esaved[0]['flights']}")
+    print(table(["ours vs theirs (same request)", "ours B", "theirs B", "ratio", "wire B est (ours/theirs)", "RTT",
+                 "bytes <= 1x", "RTT <= theirs"], out))
+    print("(bytes above TCP for us, above UDP for CoAP; wire est adds IPv4+TCP 52 B a segment for us, IPv4+UDP 28 B a "
+          "datagram for CoAP; our RTT counts TCP's connect; theirs omits the sleeping server's own wake-up signal)")
+    return {"rows": theirs, "edhoc_message_bytes": e["edhoc_messages"], "ratios_payload": ratios, "goals": goals}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5, help="wakes per row (medians are reported)")
@@ -283,8 +339,8 @@ def main() -> None:
     thread = LinkServerThread(LinkServer(backend, "127.0.0.1", 0))
     server = thread.start()
     try:
-        rows: dict[str, list[dict]] = {"link_full_enc": [], "link_full": [], "link_full_nofs": [],
-                                       "link_resumed": [], "link_resumed_enc": []}
+        rows: dict[str, list[dict]] = {"link_full_enc": [], "link_full_enc_nofs": [], "link_full": [],
+                                       "link_full_nofs": [], "link_resumed": [], "link_resumed_enc": []}
         item = None
         for _ in range(a.reps):
             dev = LinkDevice(backend)
@@ -300,15 +356,20 @@ def main() -> None:
             rows["link_full_enc"].append(dev3.wake(server.address, resume=False, fs=True))
             dev3.queue()
             rows["link_resumed_enc"].append(dev3.wake(server.address, resume=True, fs=True))
+            dev4 = LinkDevice(backend, encrypt=True)
+            dev4.queue()
+            rows["link_full_enc_nofs"].append(dev4.wake(server.address, resume=False, fs=False))
     finally:
         thread.stop()
     payload = wire.encode("DeviceRequest", item)  # the same application bytes over MQTT
     mfull, mres, version, topic_len = mqtt_rows(a.reps, payload, workdir)
     rows["mqtt_tls_full"], rows["mqtt_tls_resumed"] = mfull, mres
     tls = mfull[0]["tls"]
+    efull, esaved = edhoc_peer.run(a.reps, payload, workdir) if edhoc_peer else ([], [])
 
     med = {k: median_row(v) for k, v in rows.items()}
     labels = {"link_full_enc": "edgistry link, full, encrypted (X25519 FS, 0.5-RTT)",
+              "link_full_enc_nofs": "edgistry link, full, encrypted (no X25519, 0.5-RTT)",
               "link_full": "edgistry link, full, in clear (X25519 FS)",
               "link_full_nofs": "edgistry link, full, in clear (no X25519)",
               "link_resumed": "edgistry link, resumed (ticket), in clear",
@@ -316,8 +377,8 @@ def main() -> None:
               "mqtt_tls_full": "MQTT 3.1.1 + TLS 1.3, full TLS handshake",
               "mqtt_tls_resumed": "MQTT 3.1.1 + TLS 1.3, TLS resumption (PSK)"}
     out = []
-    for k in ("link_full_enc", "link_full", "link_full_nofs", "link_resumed", "link_resumed_enc", "mqtt_tls_full",
-              "mqtt_tls_resumed"):
+    for k in ("link_full_enc", "link_full_enc_nofs", "link_full", "link_full_nofs", "link_resumed", "link_resumed_enc",
+              "mqtt_tls_full", "mqtt_tls_resumed"):
         r = med[k]
         out.append([labels[k], int(r["sent"]), int(r["received"]), int(r["payload_bytes"]), int(r["segments"]),
                     int(r["wire_bytes_est"]), int(r["rtts"]), r["ms"], r["flights"]])
@@ -365,6 +426,9 @@ def main() -> None:
          "yes" if checks["bytes_resumed_le_third"] else "NO", "yes" if checks["rtt_resumed_fewer"] else "NO"],
     ]
     print(table(["link / MQTT+TLS", "payload ratio", "wire ratio est", "RTT", "bytes <= 1/3", "fewer RTT"], summary))
+    edhoc = edhoc_section(med, efull, esaved) if efull else None
+    if not efull:
+        print(NO_EDHOC)
     figures = {k: {"sent": int(v["sent"]), "received": int(v["received"]), "payload_bytes": int(v["payload_bytes"]),
                    "segments": int(v["segments"]), "wire_bytes_est": int(v["wire_bytes_est"]), "rtts": int(v["rtts"]),
                    "ms": v["ms"]} for k, v in med.items()}
@@ -373,7 +437,10 @@ def main() -> None:
             print(f"note: {k}: bytes or RTT varied between wakes (medians shown)")
     print(f"\n({time.monotonic() - t0:.1f} s)")
     print(result_line({"bench": "wake", "reps": a.reps, "tls": tls, "broker": version,
-                       "request_bytes": len(payload), "rows": figures, "ratios": ratios, "targets_met": checks}))
+                       "request_bytes": len(payload), "rows": figures, "ratios": ratios, "targets_met": checks,
+                       "revocation_bytes": {k: max(s.get("revocation_bytes", 0) for s in v) for k, v in rows.items()
+                                            if k.startswith("link")},
+                       "edhoc_oscore": edhoc}))
     if not a.keep:
         import shutil
         shutil.rmtree(workdir, ignore_errors=True)

@@ -137,6 +137,16 @@ def engine(tmp_path_factory):
         print("\ndocker test timings (s):", json.dumps(TIMINGS, indent=1))
 
 
+def _has_device(rpc_url: str, owner_handle: str) -> bool:
+    """Whether the node's registry holds the device (by its pseudonym, the owner handle's hex)."""
+    from edgistry.chain import call
+    from edgistry.proto import registry_pb2 as pb
+
+    query = pb.DeviceQuery(pseudonym=bytes.fromhex(owner_handle.removeprefix("dev-"))).SerializeToString()
+    return call(rpc_url, "abci_query", path="/device", data=query.hex(), height="0", prove=False)["response"].get(
+        "code", 0) == 0
+
+
 def cli_ok(*args: str) -> str:
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     assert result.exit_code == 0, f"edgistry {' '.join(args)} -> {result.exit_code}:\n{result.output}"
@@ -257,10 +267,12 @@ def test_compose_v2_cluster_survives_a_node_and_forwards(engine: Engine, tmp_pat
         # gateway3's certificate from the registry by its id (its published port is not the endpoint
         # the registry holds, gateway3:26670), read from two validators that must agree
         gateway3 = gateway_id_for(nodes[3].gateway_pubkey)
-        answer = json.loads(cli_ok("invoke", paired["owner_handle"], "actuator.get", "--gateway",
-                                   nodes[3].grpc_endpoint, "--tls-from-registry", nodes[0].rpc_url,
-                                   "--tls-from-registry", nodes[1].rpc_url, "--gateway-id", gateway3,
-                                   "--token", paired["app_token_file"], "--timeout", "30", "--json"))
+        invoke = ("invoke", paired["owner_handle"], "actuator.get", "--gateway", nodes[3].grpc_endpoint,
+                  "--tls-from-registry", nodes[0].rpc_url, "--tls-from-registry", nodes[1].rpc_url,
+                  "--gateway-id", gateway3, "--token", paired["app_token_file"], "--timeout", "30", "--json")
+        # pair returns once node0 committed the registration; gateway3 asks node3, which may be a block behind
+        wait_until(lambda: _has_device(nodes[3].rpc_url, paired["owner_handle"]), 30, "node3 holds the device")
+        answer = json.loads(cli_ok(*invoke))
         assert answer["state"] == "DONE" and answer["payload"]["on"] is False, answer
         _timed("v2: pair at gateway0, invoke through gateway3", started)
 

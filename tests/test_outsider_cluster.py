@@ -73,6 +73,13 @@ def seal_state(url: str) -> pb.SealState:
     return pb.SealState.FromString(base64.b64decode(res.get("value") or ""))
 
 
+def gateway_record(url: str, gateway_id: str) -> pb.GatewayRecord:
+    import base64
+
+    res = call(url, "abci_query", path="/gateway", data=gateway_id.encode().hex(), height="0", prove=False)["response"]
+    return pb.GatewayRecord.FromString(base64.b64decode(res.get("value") or ""))
+
+
 def rpc_of(url: str):
     return lambda method, **params: call(url, method, timeout=10.0, **params)
 
@@ -106,6 +113,9 @@ def test_outsider_of_four_validators_and_a_state_synced_node_learns_nothing(clus
     newcomer = load_localnet(cluster)[4]
     wait_until(lambda: any(w.epoch == epoch and w.gateway_id == newcomer_id(newcomer)
                            for w in seal_state(newcomer.rpc_url).wraps), 60, "a wrap for node4's gateway")
+    # its gateway publishes its TLS certificate in a tx of its own, which pairing checks against
+    wait_until(lambda: gateway_record(newcomer.rpc_url, newcomer_id(newcomer)).tls_cert, 60,
+               "node4's TLS certificate in the registry")
     rows = opened_with(newcomer, newcomer.rpc_url)
     assert {s["type"] for r in rows for s in r.get("services", [])} == {"hygromk7q", "sirenxb4v"}
     paired4, known4 = pair(newcomer, tmp_path / "dev4", ("lumenqz8w",), -22.9068, -43.1729, 5, 1)

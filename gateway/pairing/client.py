@@ -59,6 +59,9 @@ async def check_registered(offer: gw.PairOffer, rpc_url: str) -> None:
     record = pb.GatewayRecord.FromString(res.value)
     if record.pubkey != offer.gateway_pubkey:
         raise PairError(f"gateway {offer.gateway_id} presents a key the registry does not hold for it")
+    if not record.tls_cert:
+        raise PairError(f"gateway {offer.gateway_id} has not published its TLS certificate in the registry yet "
+                        "(a gateway does so a block or two after it starts): try again shortly")
     if record.tls_cert != offer.tls_cert:
         raise PairError(f"gateway {offer.gateway_id} presents a TLS certificate the registry does not hold for it")
 

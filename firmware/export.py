@@ -130,6 +130,24 @@ def write_package(lib: Path, mpy: bool = True, optimize: bool = True) -> list[Pa
     return written
 
 
+FREEZE_MANIFEST = """\
+# Freeze the Edgistry device package into a MicroPython firmware build: its bytecode then
+# stays in flash instead of the heap (benchmarks/device_heap.py: a wake fits in 96 KiB only
+# so). Build, e.g. for an ESP32:  make -C ports/esp32 BOARD=ESP32_GENERIC FROZEN_MANIFEST=$(pwd)/manifest.py
+include("$(PORT_DIR)/boards/manifest.py")
+package("edgistry", base_path="{base}")
+"""
+
+
+def write_freeze(out: Path) -> Path:
+    """The package as .py sources plus a manifest.py for a frozen firmware build."""
+    src = out / "src"
+    write_package(src, mpy=False)
+    manifest = out / "manifest.py"
+    manifest.write_text(FREEZE_MANIFEST.format(base=src.resolve()))
+    return manifest
+
+
 def board_config(home: DeviceHome) -> dict:
     pairing = home.paired()
     manifest = home.manifest()
@@ -143,11 +161,16 @@ def board_config(home: DeviceHome) -> dict:
                          for s in manifest.get("services", [])]}
 
 
-def export(home: DeviceHome, out: Path, mpy: bool = True) -> dict:
-    """Write the board directory; a summary (files and .mpy bytes)."""
+def export(home: DeviceHome, out: Path, mpy: bool = True, freeze: Path | None = None) -> dict:
+    """Write the board directory; a summary (files and .mpy bytes). With ``freeze``, the
+    package goes there for a firmware build instead of into ``out/lib``."""
     config = board_config(home)  # HomeError when not paired
     out.mkdir(parents=True, exist_ok=True)
-    files = write_package(out / "lib", mpy=mpy)
+    if freeze is not None:
+        write_freeze(freeze)
+        files = []
+    else:
+        files = write_package(out / "lib", mpy=mpy)
     (out / "main.py").write_text(MAIN_PY)
     secret = out / "secret"
     secret.write_bytes(home.secret())
@@ -155,4 +178,5 @@ def export(home: DeviceHome, out: Path, mpy: bool = True) -> dict:
     (out / "device.json").write_text(json.dumps(config, indent=1) + "\n")
     os.chmod(out / "device.json", 0o600)
     return {"out": str(out), "modules": len(files), "package_bytes": sum(f.stat().st_size for f in files),
-            "format": "mpy" if mpy else "py", "gateway": config["gateway"]}
+            "format": "frozen" if freeze is not None else "mpy" if mpy else "py",
+            "gateway": config["gateway"], "freeze_manifest": str(freeze / "manifest.py") if freeze else None}

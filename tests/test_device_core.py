@@ -164,3 +164,9 @@ def test_export_writes_a_board_folder_and_needs_a_pairing(tmp_path: Path) -> Non
     assert "edgistry/firmware/device/dev_core.mpy" in mods and "edgistry/firmware/link/link_device.mpy" in mods
     assert not any("gateway" in m or "mint" in m or m.endswith(".py") for m in mods)
     assert all((out / "lib" / m).stat().st_size < 64 for m in mods if m.endswith("__init__.mpy"))
+    fw = tmp_path / "fw"
+    res = runner.invoke(main, ["device", "export", "--home", str(home), "--out", str(tmp_path / "b2"),
+                               "--freeze", str(fw)])
+    assert res.exit_code == 0, res.output
+    assert f'package("edgistry", base_path="{(fw / "src").resolve()}")' in (fw / "manifest.py").read_text()
+    assert (fw / "src/edgistry/firmware/device/dev_core.py").exists() and not (tmp_path / "b2" / "lib").exists()

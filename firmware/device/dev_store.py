@@ -16,6 +16,7 @@ anything but this device; a CRC would catch tearing alone.
 Reads are bounded (``max_bytes``) so a corrupt length cannot exhaust a small heap.
 """
 
+import hashlib
 import json
 
 try:
@@ -31,6 +32,27 @@ MAX_SLOT_BYTES = 32768  # a board's state: tens of entries and revocations, well
 
 def _u32(n):
     return n.to_bytes(4, "big")
+
+
+def _mac(key, head, body):
+    """HMAC-SHA256(key, head | body) fed in pieces: no concatenated copy of the state,
+    which may reach tens of KB (MAX_SLOT_BYTES) on a heap not much larger. ``key``: 32 bytes."""
+    k = key + bytes(64 - len(key))
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in k))
+    inner.update(head)
+    inner.update(body)
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in k))
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def _text_buffer(text):
+    """JSON text as something files and hashes take: MicroPython's str has the buffer
+    protocol (its UTF-8 bytes, no copy); CPython needs the encoded bytes."""
+    try:
+        return memoryview(text)
+    except TypeError:
+        return text.encode()
 
 
 def _sync(fh):
@@ -70,7 +92,7 @@ class SlotStore:
                 mac = fh.read(MAC_SIZE)
         except OSError:
             return None
-        if len(body) != n or not equal(mac, hmac_sha256(self.key, head + body)):
+        if len(body) != n or not equal(mac, _mac(self.key, head, body)):
             return None
         return int.from_bytes(head[4:8], "big"), body
 
@@ -86,7 +108,7 @@ class SlotStore:
         return json.loads(best[2])
 
     def save(self, value):
-        body = json.dumps(value).encode()
+        body = _text_buffer(json.dumps(value))
         if len(body) > self.max_bytes:
             raise ValueError("device state too large for its slot")
         if self.current < 0 and self.counter == 0:
@@ -97,6 +119,6 @@ class SlotStore:
         with open(self.paths[target], "wb") as fh:
             fh.write(head)
             fh.write(body)
-            fh.write(hmac_sha256(self.key, head + body))
+            fh.write(_mac(self.key, head, body))
             _sync(fh)
         self.current, self.counter = target, counter

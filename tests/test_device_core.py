@@ -75,6 +75,14 @@ async def test_twin_changes_are_applied_once_and_reported(tmp_path: Path) -> Non
         assert dev2.state.twin["desired"] == {"period": "30"}
         rep3 = await dev2.wake_with_fallback()  # nothing new: nothing applied, nothing pending
         assert rep3.twin_applied == 3 and not dev2.state.twin["pending"]
+        dev2.state.report_twin("temp", "21.5")  # the device's own state, sent at its next wake
+        dev2.state.report_twin("fw", '"1.2"')
+        dev2.state.save()
+        await device(home).wake_with_fallback()
+        reported = model.view(twin)["reported"]
+        assert reported["temp"]["value"] == b"21.5" and reported["fw"]["value"] == b'"1.2"'
+        again = device(home)
+        assert again.state.twin["reported"] == {} and not again.state.twin["pending"]
     finally:
         await srv.close()
 
@@ -170,3 +178,16 @@ def test_export_writes_a_board_folder_and_needs_a_pairing(tmp_path: Path) -> Non
     assert res.exit_code == 0, res.output
     assert f'package("edgistry", base_path="{(fw / "src").resolve()}")' in (fw / "manifest.py").read_text()
     assert (fw / "src/edgistry/firmware/device/dev_core.py").exists() and not (tmp_path / "b2" / "lib").exists()
+
+
+def test_a_report_changed_in_flight_is_sent_again(tmp_path: Path) -> None:
+    """An ACK clears the reported properties only if none changed after that report left."""
+    s = DevState(SlotStore(str(tmp_path), KEY))
+    s.report_twin("a", "1")
+    sent_at = s.twin["rv"]
+    assert [p["key"] for p in s.twin_report()["reported"]] == ["a"]
+    s.report_twin("b", "2")  # changed while the report was in flight
+    s.twin_acked(sent_at)
+    assert s.twin["pending"] and sorted(s.twin["reported"]) == ["a", "b"]
+    s.twin_acked(s.twin["rv"])
+    assert not s.twin["pending"] and s.twin["reported"] == {}

@@ -121,6 +121,7 @@ class Wake:
         self.frames_sent = 0        # RESPONSES frames sent
         self.frames_acked = 0
         self.twin_frame = 0         # the frame number carrying the pending twin report (0: none)
+        self.twin_rv = 0            # the reported-change count that report carried
         self.skew_ms = 0            # gateway clock - our clock
         self.out = bytearray()
         self.flight_t0 = 0
@@ -187,7 +188,7 @@ class Wake:
             self.frames_acked += 1
             st.acked(list(event.ids))
             if self.twin_frame and self.frames_acked >= self.twin_frame:
-                st.twin["pending"] = False
+                st.twin_acked(self.twin_rv)
                 self.twin_frame = 0
             st.save()
             rep.delivered += len(event.ids)
@@ -299,3 +300,4 @@ class Wake:
         self.frames_sent += 1
         if twin is not None:
             self.twin_frame = self.frames_sent
+            self.twin_rv = self.st.twin["rv"]

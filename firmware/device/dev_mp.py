@@ -93,6 +93,11 @@ class Board:
         self.state.max_revoked = MAX_BOARD_REVOKED
         self.failures = 0
 
+    def report(self, key, value):
+        """Set a reported twin property (None removes it); sent at the next wake."""
+        self.state.report_twin(key, None if value is None else json.dumps(value))
+        self.state.save()
+
     # -- one wake --
 
     def wake(self):

@@ -69,7 +69,10 @@ class DevState:
         self.entries = {}
         self.revoked = []           # [revocation hash hex, expiry s], oldest first
         self.revoked_dropped = 0    # unexpired entries dropped because the list was full
-        self.twin = {"applied": 0, "desired": {}, "pending": False}
+        # desired: what was applied (key -> JSON text); reported: our own properties changed
+        # since the gateway last ACKed a report (key -> JSON text, None: removed); rv counts
+        # those changes, so an ACK clears only what the acknowledged report carried
+        self.twin = {"applied": 0, "desired": {}, "pending": False, "reported": {}, "rv": 0}
         self.load()
 
     def load(self):
@@ -84,7 +87,11 @@ class DevState:
         # an older state held raw tag hex: those entries are dropped (the gateway pushes hashes again)
         self.revoked = [e for e in data.get("revoked") or [] if isinstance(e, list)]
         self.revoked_dropped = data.get("revoked_dropped", 0)
-        self.twin = data.get("twin") or self.twin
+        twin = data.get("twin")
+        if twin:
+            twin.setdefault("reported", {})
+            twin.setdefault("rv", 0)
+            self.twin = twin
 
     def to_dict(self):
         return {"version": STATE_VERSION, "ticket": self.ticket,
@@ -161,8 +168,26 @@ class DevState:
             tw["pending"] = True
         return new
 
+    def report_twin(self, key, value_json):
+        """Change one reported property (``value_json``: compact JSON text, None removes
+        it); it goes to the gateway in the next RESPONSES, until a report is ACKed."""
+        tw = self.twin
+        tw["reported"][key] = value_json
+        tw["rv"] += 1
+        tw["pending"] = True
+
     def twin_report(self):
-        return {"applied": self.twin["applied"], "reported": [], "replace": False}
+        rep = self.twin["reported"]
+        return {"applied": self.twin["applied"], "replace": False,
+                "reported": [{"key": k, "value": rep[k].encode() if rep[k] is not None else b"",
+                              "version": 0} for k in sorted(rep)]}
+
+    def twin_acked(self, rv):
+        """The report sent at change count ``rv`` is stored at the gateway."""
+        tw = self.twin
+        if tw["rv"] == rv:  # nothing changed since: all of it arrived
+            tw["reported"] = {}
+            tw["pending"] = False
 
     # -- the request/response store --
 

@@ -120,3 +120,35 @@ async def _run(device: Device, once: bool) -> None:
         except (NotImplementedError, RuntimeError):
             pass
     await device.run(once=once, stop=stop)
+
+
+@device_group.command("export")
+@home_option
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Directory to write (copy its contents to the board's flash).")
+@click.option("--source", is_flag=True, help="Ship .py sources instead of .mpy (no mpy-cross needed; "
+              "a board then compiles them at import, which costs heap).")
+@click.option("--freeze", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Write the package to DIR as sources with a manifest.py for a frozen firmware "
+                   "build (bytecode in flash, not in the heap) instead of OUT/lib.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def export_cmd(home: Path, out: Path, source: bool, freeze: Path | None, as_json: bool) -> None:
+    """Write what to copy to a board: main.py, the device package as .mpy, secret, config."""
+    from .export import ExportError, export
+
+    try:
+        summary = export(DeviceHome(home), out, mpy=not source, freeze=freeze)
+    except (HomeError, ExportError) as exc:
+        raise UserError(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    if freeze is not None:
+        click.echo(f"board directory {out}: main.py, device.json, secret; the package for a frozen "
+                   f"firmware build: {summary['freeze_manifest']}")
+    else:
+        click.echo(f"board directory {out}: main.py, device.json, secret, lib/ "
+                   f"({summary['modules']} {summary['format']} modules, {summary['package_bytes']} bytes)")
+    click.echo(f"  gateway link {summary['gateway']}")
+    click.echo("next: copy it to the board (e.g. `mpremote cp -r . :`), or try it here: "
+               f"cd {out} && micropython main.py")

@@ -42,6 +42,18 @@ def test_fallback_hmac_matches_stdlib_on_random_inputs() -> None:
         assert cap_crypto.hmac_sha256_pure(key, msg) == hmac.new(key, msg, "sha256").digest()
 
 
+def test_fallback_hmac_pad_cache_follows_the_key() -> None:
+    """Repeated, alternating and mutated keys all give the stdlib's HMAC: the padded-key
+    cache (kept for the link keystream) never answers for another key."""
+    k1, k2 = os.urandom(32), os.urandom(32)
+    for key in (k1, k1, k2, k1, bytes(k1), k2):
+        assert cap_crypto.hmac_sha256_pure(key, b"m") == hmac.new(bytes(key), b"m", "sha256").digest()
+    mutable = bytearray(k1)
+    cap_crypto.hmac_sha256_pure(mutable, b"m")
+    mutable[0] ^= 1
+    assert cap_crypto.hmac_sha256_pure(mutable, b"m") == hmac.new(bytes(mutable), b"m", "sha256").digest()
+
+
 def test_fallback_compare() -> None:
     """The XOR-accumulate comparison agrees with ==."""
     a = os.urandom(32)

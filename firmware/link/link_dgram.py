@@ -27,12 +27,11 @@ caplets core.
 try:
     from . import link_crypto as lc
     from . import link_wire as wire
-    from ..caplets import cap_codec, cap_caps
+    from .link_errors import LinkError
 except (ImportError, ValueError):
     import link_crypto as lc
     import link_wire as wire
-    import cap_codec
-    import cap_caps
+    from link_errors import LinkError
 
 WAKE = 0x01
 WAKE_FS = 0x02
@@ -61,7 +60,7 @@ class DgramError(Exception):
     """A datagram that must be dropped (``reason``: a short word for logs and metrics)."""
 
     def __init__(self, reason, detail=""):
-        Exception.__init__(self, reason, detail)
+        super().__init__(reason, detail)
         self.reason = reason
         self.detail = detail
 
@@ -97,7 +96,16 @@ def mac8(key, data):
 
 
 def link_key(root_token):
-    """K_link: the tag of root + Encryption(DGRAM_KEY_NONCE) (what either side can derive)."""
+    """K_link: the tag of root + Encryption(DGRAM_KEY_NONCE) (what either side can derive).
+
+    The token codec is imported here, not at the top: a device computes K_link
+    once (at pairing, or its first wake) and keeps it in its state, so its wakes
+    never load the codec (about 40 KB of heap on a 64-bit port)."""
+    try:
+        from ..caplets import cap_codec, cap_caps
+    except (ImportError, ValueError):
+        import cap_codec
+        import cap_caps
     root = cap_codec.decode(root_token)
     nonce = (DGRAM_KEY_NONCE + bytes(16))[:16]
     frame = cap_codec.make_frame([cap_caps.Encryption(nonce)] + list(root.frames[0].constraints))
@@ -203,11 +211,19 @@ def seal_resync(link_k, wake_mac, ctr_high):
 
 # ---- the device ---------------------------------------------------------------------
 
+def _requests(pt, pos):
+    try:
+        return wire.decode("Requests", pt, pos)
+    except LinkError as exc:  # authenticated yet malformed: a gateway bug, still dropped
+        raise DgramError("malformed", str(exc))
+
+
 class DgramDevice:
     """The device's side (sans-I/O): build datagrams, take replies.
 
     ``state`` is the dict to keep durably across sleeps (the caller persists it
-    after each datagram is built and *before* sending it): ``ctr`` (full wakes),
+    after each datagram is built and *before* sending it): ``lk`` (K_link,
+    computed from ``root_token`` once when missing), ``ctr`` (full wakes),
     and the context ``kid``, ``master``, ``seq`` after a full wake. ``rand(n)``:
     random bytes; ``x25519``: a provider (link_crypto.x25519()) or None.
 
@@ -236,7 +252,10 @@ class DgramDevice:
 
     def _link_key(self):
         if self._lk is None:
-            self._lk = link_key(self._root)
+            lk = self.state.get("lk")
+            if lk is None:
+                lk = self.state["lk"] = link_key(self._root)
+            self._lk = lk
         return self._lk
 
     def _ctx_keys(self):
@@ -300,7 +319,7 @@ class DgramDevice:
                 continue
             self._await = [s for s in self._await if s > seq]
             self.last_reply = seq
-            msg = wire.decode("Requests", pt)
+            msg = _requests(pt, 0)
             self.more = msg["more"]
             return msg
         raise DgramError("bad_mac", "reply to nothing we sent")
@@ -325,7 +344,7 @@ class DgramDevice:
         keys = context_keys(master)
         pt = open_reply(keys, 0, dg, hlen)
         kid, pos = get_uv(pt, 0, len(pt))
-        msg = wire.decode("Requests", pt, pos)
+        msg = _requests(pt, pos)
         self._wake = None
         self.forward_secret = shared is not None
         self.state["kid"] = kid

@@ -303,3 +303,86 @@ async def test_counter_resync_and_lost_context(mem) -> None:
     log = await run(c.wake, d.handle)
     assert log.full and backend.answers[rid].status == 0
     c.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_gateway_serves_the_datagram_link_across_kill9(tmp_path) -> None:
+    """`edgistry up` serves UDP on the link port: pair, invoke while asleep, a full wake over
+    UDP answers it; the gateway is killed -9 and restarted: the saved context survived (a
+    one-round-trip wake works); /metrics shows the datagram link; unpaired, the device gets nothing."""
+    import json
+    import urllib.request
+    import ssl
+    from click.testing import CliRunner
+    from edgistry.cli import main
+    from gateway_helpers import make_device_home, node_home, wait_file
+    from proc_helpers import edgistry, kill9, stop, wait_for_port
+
+    def cli(*args: str) -> tuple[int, str]:
+        r = CliRunner().invoke(main, list(args), catch_exceptions=False)
+        return r.exit_code, r.stdout if r.exit_code == 0 else r.output
+
+    cfg, ports = node_home(tmp_path / "node")
+
+    def up(log: str):
+        p = edgistry("up", "--home", str(cfg.home), log=tmp_path / log)
+        wait_for_port(ports["grpc"], proc=p)
+        return p
+
+    proc = up("up.log")
+    try:
+        home = make_device_home(tmp_path / "dev")
+        code, out = cli("pair", "--device", str(home.path), "--gateway", cfg.grpc_listen, "--code",
+                        wait_file(cfg.home / "commission.code"), "--json")
+        assert code == 0, out
+        paired = json.loads(out)
+        via = ["--gateway", cfg.grpc_listen, "--pin", str(cfg.tls_cert_path), "--token", paired["app_token_file"]]
+        host, _, port = paired["link_endpoint"].rpartition(":")
+        secret = home.secret()
+        state: dict = {"ctr": 0}
+        last = [None]
+
+        def handle(msg: dict) -> list[dict]:
+            out = []
+            for it in msg["items"]:
+                last[0] = check_request(it, secret, int(time.time()), last[0])
+                out.append({"request_id": it["request_id"], "status": 0, "payload": b'{"t":21}'})
+            return out
+
+        def wake(full: bool = False):
+            c = DgramClient(home.root_token(), home.link_id(), (host, int(port)), state, x25519(), timeout=1.0)
+            try:
+                return c.wake(handle, full)
+            finally:
+                c.close()
+
+        rid = cli("invoke", paired["owner_handle"], "sensor.info", "--async", *via)[1].strip()
+        log = wake()
+        assert log.full and log.forward_secret and [i["request_id"].hex() for i in log.delivered] == [rid]
+        code, out = cli("result", rid, *via, "--json")
+        assert code == 0 and json.loads(out)["state"] == "DONE", out
+
+        kill9(proc)
+        proc = up("up2.log")
+        rid2 = cli("invoke", paired["owner_handle"], "sensor.info", "--async", *via)[1].strip()
+        log = wake()
+        assert not log.full and log.rtts == 2 and [i["request_id"].hex() for i in log.delivered] == [rid2]
+        code, out = cli("result", rid2, *via, "--json")
+        assert code == 0 and json.loads(out)["state"] == "DONE", out
+
+        ctx = ssl.create_default_context(cafile=str(cfg.tls_cert_path))
+        req = urllib.request.Request(f"https://127.0.0.1:{ports['http']}/metrics", headers={
+            "Authorization": "Bearer " + (cfg.home / "keys" / "operator.secret").read_text().strip()})
+        with urllib.request.urlopen(req, timeout=5, context=ctx) as resp:
+            metrics = resp.read().decode()
+        assert 'edgistry_link_dgram_wakes_total{kind="saved"} 1.0' in metrics, metrics
+        assert 'edgistry_link_dgram_datagrams_total{direction="in"}' in metrics
+
+        code, out = cli("pair", "--device", str(home.path), "--gateway", cfg.grpc_listen, "--unpair")
+        assert code == 0, out
+        with pytest.raises(TimeoutError):
+            DgramClient(home.root_token(), home.link_id(), (host, int(port)), state, None, timeout=0.3,
+                        retries=1).wake(handle)
+    finally:
+        stop(proc)

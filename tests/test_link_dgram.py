@@ -305,6 +305,40 @@ async def test_counter_resync_and_lost_context(mem) -> None:
     c.close()
 
 
+async def test_batches_beyond_one_datagram_go_in_numbered_turns(mem) -> None:
+    """20 queued requests (about 3 KB) and 300-byte answers: several replies (each
+    saying ``more``) and several DATA, every datagram within MAX_DATAGRAM, all answered."""
+    srv, backend = mem
+    d = pair(backend)
+    rids = [queue(backend, d) for _ in range(20)]
+
+    def handle(msg):
+        return [dict(r, payload=b"x" * 300) for r in d.handle(msg)]
+    c = d.client(srv)
+    log = await run(c.wake, handle)
+    assert sorted(i["request_id"] for i in log.delivered) == sorted(rids)
+    assert all(backend.answers[r].status == 0 and len(backend.answers[r].payload) == 300 for r in rids)
+    assert max(n for _, n in log.flights) <= dg.MAX_DATAGRAM
+    assert sum(1 for dirn, _ in log.flights if dirn == "<-") >= 3
+    c.close()
+
+
+async def test_a_device_requiring_forward_secrecy_refuses_a_gateway_without_it() -> None:
+    backend = MemoryBackend(SECRET)
+    srv = DgramServer(backend, "127.0.0.1", 0, forward_secrecy=False)
+    await srv.start()
+    try:
+        d = pair(backend)
+        dev = dg.DgramDevice(d.root, d.link_id, d.state, os.urandom, x25519(), require_fs=True)
+        got = await run(raw_exchange, srv.address, dev.wake(True))
+        assert got and got[0][0] == dg.WELCOME
+        with pytest.raises(dg.DgramError) as err:
+            dev.receive(got[0])
+        assert err.value.reason == "downgrade" and not dev.has_context()
+    finally:
+        await srv.close()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_gateway_serves_the_datagram_link_across_kill9(tmp_path) -> None:

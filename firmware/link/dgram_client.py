@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import link_dgram as dg
+from . import link_wire as wire
 
 Handler = Callable[[dict], list]  # Requests dict -> DeviceResponse dicts
 
@@ -122,18 +123,47 @@ class DgramClient:
             if msg is None:
                 raise RuntimeError("gateway kept resynchronising")
             log.forward_secret = self.dev.forward_secret
+        pending: list[dict] = []  # answers not sent yet: one datagram's worth goes with each ACK
         while True:
             log.delivered += msg["items"]
             log.revoked += msg["revoked"]
-            answers = handle(msg)
-            responses = {"items": answers} if answers else None
-            if not responses and not msg["more"]:
+            chunks = split_answers(pending + handle(msg))
+            first = chunks.pop(0) if chunks else None
+            pending = [a for c in chunks for a in c["items"]]
+            if first is None and not msg["more"]:
                 if log.first_ack < 0:
                     log.first_ack = len(log.flights)
                 self._send(self.dev.ack(None), log)  # nothing to wait for
                 return log
             if log.first_ack < 0:
                 log.first_ack = len(log.flights)
-            msg = self._exchange(lambda: self.dev.ack(responses), log)
+            # every reply is acknowledged by the next DATA, which carries the next answers
+            msg = self._exchange(lambda: self.dev.ack(first), log)
             if msg is None:
                 raise RuntimeError("unexpected resync")
+
+
+# A DATA datagram's overhead around its Responses: type, kid and seq (<= 5 B each), ack
+# reference, tag; what is left of MAX_DATAGRAM for the answers.
+ANSWER_BUDGET = dg.MAX_DATAGRAM - 32
+
+
+def split_answers(answers: list[dict]) -> list[dict]:
+    """Responses dicts that each fit one datagram; an answer too large for any is
+    replaced by status 4 ("too large for the datagram link")."""
+    out: list[dict] = []
+    items: list[dict] = []
+    size = 0
+    for a in answers:
+        n = wire.field_size(len(wire.encode("DeviceResponse", a)))
+        if n > ANSWER_BUDGET:
+            a = {"request_id": a["request_id"], "status": 4, "error": "answer too large for the datagram link"}
+            n = wire.field_size(len(wire.encode("DeviceResponse", a)))
+        if items and size + n > ANSWER_BUDGET:
+            out.append({"items": items})
+            items, size = [], 0
+        items.append(a)
+        size += n
+    if items:
+        out.append({"items": items})
+    return out

@@ -225,7 +225,8 @@ class DgramDevice:
     after each datagram is built and *before* sending it): ``lk`` (K_link,
     computed from ``root_token`` once when missing), ``ctr`` (full wakes),
     and the context ``kid``, ``master``, ``seq`` after a full wake. ``rand(n)``:
-    random bytes; ``x25519``: a provider (link_crypto.x25519()) or None.
+    random bytes; ``x25519``: a provider (link_crypto.x25519()) or None;
+    ``require_fs``: refuse a WELCOME without the gateway's X25519 key.
 
     ``wake(full)`` gives the wake datagram; ``receive(dg)`` returns the decoded
     Requests dict of a reply (or None for a RESYNC, after which wake(True)
@@ -233,8 +234,9 @@ class DgramDevice:
     Responses dict) and ``send(responses)`` sends answers without an ack.
     """
 
-    def __init__(self, root_token, link_id, state=None, rand=None, x25519=None):
+    def __init__(self, root_token, link_id, state=None, rand=None, x25519=None, require_fs=False):
         self.link_id = link_id
+        self._require_fs = require_fs
         self._root = root_token
         self._lk = None
         self._rand = rand
@@ -331,6 +333,8 @@ class DgramDevice:
         hlen = 1
         x_g = None
         shared = None
+        if t == WELCOME and priv is not None and self._require_fs:
+            raise DgramError("downgrade", "gateway declined forward secrecy")
         if t == WELCOME_FS:
             if priv is None:
                 raise DgramError("malformed", "x25519 key we did not ask for")

@@ -250,8 +250,10 @@ class DgramServer(asyncio.DatagramProtocol):
         t = self.backend.ticket(_lid(link_id))
         if t is not None:
             kid, _ = dg.get_uv(t.resumption_secret, 0, len(t.resumption_secret))
-            self._kids.add(kid)
-            return kid
+            held = self.backend.ticket(_cid(kid))
+            if held is None or held.link_id == link_id:  # (not handed on while this link was unpaired)
+                self._kids.add(kid)
+                return kid
         # Small ids first (one byte below 128): probe at random, widen when crowded.
         for lo, hi, tries in ((0, 128, 8), (128, 1 << 14, 16), (1 << 14, 1 << 21, 64), (1 << 21, 1 << 35, 64)):
             for _ in range(tries):

@@ -339,6 +339,30 @@ async def test_a_device_requiring_forward_secrecy_refuses_a_gateway_without_it()
         await srv.close()
 
 
+async def test_twin_changes_travel_and_the_report_is_stored(mem) -> None:
+    """Desired changes ride in the reply; the device's report (applied version, reported
+    properties) rides with its ACK and is stored before the gateway's reply."""
+    from edgistry.gateway.twins import model
+    srv, backend = mem
+    d = pair(backend)
+    twin = backend.twins[d.link_id] = model.Twin()
+    model.set_desired(twin, [model.Change("mode", b'"eco"')], [], int(time.time() * 1000))
+    seen = []
+
+    def handle(msg):
+        if not msg["twin"]:
+            return []  # nothing new: no report (each report is answered)
+        seen.extend(msg["twin"])
+        top = max(c["version"] for c in msg["twin"])
+        return {"items": [], "twin": {"applied": top, "reported": [{"key": "temp", "value": b"20"}]}}
+    c = d.client(srv)
+    await run(c.wake, handle)
+    assert [(x["key"], x["value"]) for x in seen] == [("mode", b'"eco"')]
+    assert twin.applied == seen[0]["version"] and model.view(twin)["reported"]["temp"]["value"] == b"20"
+    assert backend.twin_delta(d.link_id) == ([], [])
+    c.close()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_gateway_serves_the_datagram_link_across_kill9(tmp_path) -> None:

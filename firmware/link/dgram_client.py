@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from . import link_dgram as dg
 from . import link_wire as wire
 
-Handler = Callable[[dict], list]  # Requests dict -> DeviceResponse dicts
+Handler = Callable[[dict], "list | dict"]  # Requests dict -> DeviceResponse dicts, or a Responses dict
 
 
 @dataclass
@@ -127,7 +127,11 @@ class DgramClient:
         while True:
             log.delivered += msg["items"]
             log.revoked += msg["revoked"]
-            chunks = split_answers(pending + handle(msg))
+            res = handle(msg)  # answers, or a Responses dict (answers and a twin report)
+            items, twin = (res.get("items", []), res.get("twin")) if isinstance(res, dict) else (res, None)
+            chunks = split_answers(pending + list(items))
+            if twin is not None:  # the report rides with the first answers (or alone)
+                (chunks[0] if chunks else chunks.append({"items": []}) or chunks[0])["twin"] = twin
             first = chunks.pop(0) if chunks else None
             pending = [a for c in chunks for a in c["items"]]
             if first is None and not msg["more"]:

@@ -189,9 +189,19 @@ class DgramServer(asyncio.DatagramProtocol):
         if len(data) > dg.MAX_DATAGRAM or len(data) < 1 + dg.TAG:
             m.drops["malformed"] += 1
             return
+        if m.datagrams_in % 1024 == 0:
+            self._sweep(time.monotonic())
         task = asyncio.get_running_loop().create_task(self._handle(bytes(data), addr))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _sweep(self, now: float) -> None:
+        """Forget the in-memory state of links idle for DELIVERY_IDLE_S (their wake is
+        over: what was not acknowledged goes again on the next one)."""
+        idle = [k for k, st in self._links.items() if now - st.touched > DELIVERY_IDLE_S and not st.lock.locked()]
+        for k in idle:
+            del self._links[k]
+            self._resynced.pop(k, None)
 
     def _send(self, data: bytes, addr) -> None:
         if self.transport is None:
@@ -293,6 +303,8 @@ class DgramServer(asyncio.DatagramProtocol):
             master = dg.context_master(lk, shared, data, x_g)
             ctx = Context(link_id, kid, master, shared is not None, ctr, 0, dg.context_keys(master))
             self.metrics.wakes["full_fs" if shared is not None else "full"] += 1
+            log.debug("%s: full wake from %s (kid %d%s)", link_id.hex()[:8], addr, kid,
+                      ", forward secret" if shared is not None else "")
             st.delivery, st.replies, st.queued = Delivery(FRAME_BUDGET), {}, []
             now_ms = self.now_ms()
             self.backend.contact(link_id, now_ms, None)

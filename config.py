@@ -88,6 +88,9 @@ class Limits:
     # device link connections (handshakes included): per source address and in total
     link_per_source: int = 256
     link_total: int = 8192
+    # datagram link: datagrams a second (and burst) per source address, checked before any crypto
+    link_dgram_rate: float = 20.0
+    link_dgram_burst: int = 40
     # commissioning attempts (Begin and Complete), per source and in total; the
     # total does not apply to loopback, so the owner can pair from the node itself
     # (an owner pairing a batch of devices: 15 at once, then one a second; a guesser
@@ -112,6 +115,7 @@ class NodeConfig:
     rpc_url: str = "http://" + DEFAULT_RPC_LISTEN  # where clients reach the chain
     grpc_listen: str = DEFAULT_GRPC_LISTEN
     link_listen: str = DEFAULT_LINK_LISTEN
+    link_udp: bool = True  # also serve the datagram link (UDP) on link_listen's port number
     http_listen: str = DEFAULT_HTTP_LISTEN
     peer_listen: str = DEFAULT_PEER_LISTEN
     insecure: bool = False  # the gateway serves plaintext (development only; logged loudly)

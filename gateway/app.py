@@ -55,6 +55,7 @@ from .discovery.sealbox import load_seal_key
 from .api.convert import from_pb, to_request
 from .api.grpc_server import GRACE_S, start_grpc, start_peer_grpc
 from .link.server import LinkMetrics, LinkServer
+from .link.dgram_server import DgramMetrics, DgramServer
 from .admission import Admission, ConnectionCaps
 from .api.admission_grpc import service_hook
 from .errors import GatewayError
@@ -144,6 +145,7 @@ class Gateway:
         self.service: GatewayService | None = None
         self.twins: TwinService | None = None
         self.link: LinkServer | None = None
+        self.dgram: DgramServer | None = None
         self.code: CommissionCode | None = None
         self._grpc = None
         self._peer_grpc = None
@@ -195,6 +197,17 @@ class Gateway:
                                caps=ConnectionCaps(cfg.limits.link_per_source, cfg.limits.link_total))
         await self.link.start()
         self.ports["link"] = self.link.port
+        if cfg.link_udp:  # the datagram link: same port number, UDP, same backend (queues, tickets store)
+            dgram = DgramServer(self.link.backend, host, self.link.port, metrics=DgramMetrics(),
+                                rate=cfg.limits.link_dgram_rate, burst=cfg.limits.link_dgram_burst)
+            try:
+                await dgram.start()
+                self.dgram = dgram
+                self.ports["link_udp"] = dgram.port
+                self.metrics.watch_dgram(dgram.metrics.snapshot)
+            except OSError as exc:
+                log.error("datagram link not started: udp %s:%d: %s (set link_udp = false to silence)",
+                          host, self.link.port, exc)
         self.service.on_queued = self.link.notify
         self.metrics.watch_link(self._link_snapshot)
         self.twins = TwinService(self.store, self.gateway_id, self.secret, revoked, on_changed=self.link.notify,
@@ -286,6 +299,9 @@ class Gateway:
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
+        if self.dgram is not None:
+            await self.dgram.close()
+            self.dgram = None
         if self.link is not None:
             await self.link.close()
             self.link = None

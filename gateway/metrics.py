@@ -50,6 +50,38 @@ class _LinkCollector:
         return [open_, sessions, hs, rej]
 
 
+class _DgramCollector:
+    """The datagram link's counters (gateway/link/dgram_server.py DgramMetrics), read at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], dict]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self):
+        s = self._snapshot()
+        dgrams = CounterMetricFamily("edgistry_link_dgram_datagrams", "Datagram link datagrams",
+                                     labels=["direction"])
+        dgrams.add_metric(["in"], s.get("datagrams_in", 0))
+        dgrams.add_metric(["out"], s.get("datagrams_out", 0))
+        nbytes = CounterMetricFamily("edgistry_link_dgram_bytes", "Datagram link bytes above UDP",
+                                     labels=["direction"])
+        nbytes.add_metric(["in"], s.get("bytes_in", 0))
+        nbytes.add_metric(["out"], s.get("bytes_out", 0))
+        wakes = CounterMetricFamily("edgistry_link_dgram_wakes", "Datagram link wakes", labels=["kind"])
+        for kind in ("full", "full_fs", "saved"):
+            wakes.add_metric([kind], s.get("wakes", {}).get(kind, 0))
+        drops = CounterMetricFamily("edgistry_link_dgram_drops", "Datagram link datagrams dropped, by reason",
+                                    labels=["reason"])
+        for reason, n in sorted(s.get("drops", {}).items()):
+            drops.add_metric([reason], n)
+        resyncs = CounterMetricFamily("edgistry_link_dgram_resyncs", "RESYNC answers to stale wake counters")
+        resyncs.add_metric([], s.get("resyncs", 0))
+        reqs = CounterMetricFamily("edgistry_link_dgram_requests", "Requests sent over the datagram link")
+        reqs.add_metric([], s.get("requests_sent", 0))
+        resp = CounterMetricFamily("edgistry_link_dgram_responses", "Responses received over the datagram link")
+        resp.add_metric([], s.get("responses_received", 0))
+        return [dgrams, nbytes, wakes, drops, resyncs, reqs, resp]
+
+
 class _AdmissionCollector:
     """Admission control (gateway/admission.py) read at scrape time: no cost per call."""
 
@@ -115,6 +147,9 @@ class GatewayMetrics:
 
     def watch_link(self, snapshot: Callable[[], dict]) -> None:
         self.registry.register(_LinkCollector(snapshot))
+
+    def watch_dgram(self, snapshot: Callable[[], dict]) -> None:
+        self.registry.register(_DgramCollector(snapshot))
 
     def watch_admission(self, snapshot: Callable[[], dict]) -> None:
         self.registry.register(_AdmissionCollector(snapshot))

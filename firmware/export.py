@@ -5,7 +5,7 @@ The board directory it writes::
     main.py        the device program: platform check, services, the duty cycle
     secret         the device secret (raw bytes)
     device.json    link id, root and identity tokens (hex), gateway link endpoint,
-                   duty cycle, encryption, the demo services the manifest names
+                   duty cycle, encryption, link (tcp or udp), the demo services the manifest names
     lib/edgistry/...   the device package as .mpy (mpy-cross), with light __init__ files:
                    caplets (verification, not minting), link (device side only), device
 
@@ -32,8 +32,8 @@ PACKAGE_ROOT = HERE.parent  # the edgistry package (the repository root)
 BOARD_MODULES: dict[str, tuple[str, ...]] = {
     "caplets": ("cap_caps", "cap_codec", "cap_cons", "cap_crypto", "cap_errors", "cap_h3",
                 "cap_verify", "cap_wire"),
-    "link": ("link_crypto", "link_device", "link_errors", "link_session", "link_wire"),
-    "device": ("dev_boot", "dev_core", "dev_demo", "dev_mp", "dev_services", "dev_state",
+    "link": ("link_crypto", "link_device", "link_dgram", "link_errors", "link_session", "link_wire"),
+    "device": ("dev_boot", "dev_core", "dev_demo", "dev_dgram", "dev_mp", "dev_services", "dev_state",
                "dev_store"),
 }
 
@@ -156,6 +156,7 @@ def board_config(home: DeviceHome) -> dict:
             "identity_token": pairing.identity_token.hex(), "gateway": f"{host}:{pairing.port}",
             "duty_cycle_s": int(manifest.get("duty_cycle_s", 0) or 0),
             "encrypt": bool(manifest.get("encrypt", False)),
+            "link": manifest.get("link") or "tcp",
             "services": [{"type": s["type"],
                           "methods": [m["name"] if isinstance(m, dict) else m for m in s.get("methods", [])]}
                          for s in manifest.get("services", [])]}

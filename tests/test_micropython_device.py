@@ -100,6 +100,7 @@ def test_board_pairs_wakes_answers_resumes_and_survives_crashes(tmp_path):
         code, text = device_cli("export", "--home", str(dev), "--out", str(out), "--json")
         assert code == 0, text
         assert json.loads(text)["format"] == "mpy" and not list(out.rglob("*.py"))[1:]  # main.py only
+        assert not list(out.rglob("*dgram*"))  # a TCP board does not carry the datagram link
 
         conn = ("--gateway", cfg.grpc_listen, "--pin", pin)
 

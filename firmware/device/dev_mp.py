@@ -96,6 +96,8 @@ class Board:
         self.state.max_acked = MAX_BOARD_ENTRIES
         self.state.max_revoked = MAX_BOARD_REVOKED
         self.failures = 0
+        self.udp_retries = None     # datagrams sent again per turn (None: dev_dgram's default)
+        self.udp_timeout_ms = None  # the first wait for a reply, doubled per retry (likewise)
 
     def report(self, key, value):
         """Set a reported twin property (None removes it); sent at the next wake."""
@@ -162,10 +164,10 @@ class Board:
         """One wake over the datagram link (dev_dgram.py); a Report, or WakeFailed.
         Imported here so a TCP board never loads the datagram modules."""
         try:
-            from .dev_dgram import DgramWake, load_context, RECV_SIZE
+            from .dev_dgram import DgramWake, load_context, RECV_SIZE, DGRAM_RETRIES, REPLY_TIMEOUT_MS
             from ..link.link_dgram import DgramDevice
         except (ImportError, ValueError):
-            from dev_dgram import DgramWake, load_context, RECV_SIZE
+            from dev_dgram import DgramWake, load_context, RECV_SIZE, DGRAM_RETRIES, REPLY_TIMEOUT_MS
             from link_dgram import DgramDevice
         dev = DgramDevice(self.root_token, self.link_id, load_context(self.state.dgram), os.urandom)
         sock = None
@@ -191,7 +193,10 @@ class Board:
                         time.sleep(0.05)
 
             w = DgramWake(self.state, self.services, dev, self.secret, unix_ms, ticks_ms,
-                          self.duty_cycle_s, sock.send, recv, log=self.log, on_twin=self.on_twin)
+                          self.duty_cycle_s, sock.send, recv,
+                          DGRAM_RETRIES if self.udp_retries is None else self.udp_retries,
+                          REPLY_TIMEOUT_MS if self.udp_timeout_ms is None else self.udp_timeout_ms,
+                          log=self.log, on_twin=self.on_twin)
             try:
                 return w.run()
             except OSError as exc:

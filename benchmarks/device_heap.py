@@ -240,6 +240,9 @@ def main() -> None:
                 loads.append(os.getloadavg()[0])
                 print(f"round {r + 1} {fmt}: min heap {kib} KiB, after import {stats[0]} B, "
                       f"after wake {stats[1]} B (load {loads[-1]:.2f})", flush=True)
+        udp_wakes = dict(rig.dgram.metrics.wakes)  # the UDP side did wake over the datagram link
+        if not udp_wakes.get("full"):
+            raise RuntimeError("the UDP side never woke over the datagram link")
     finally:
         rig.close()
     sizes = mpy_sizes(boards["mpy-udp"] / "lib")
@@ -255,7 +258,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     print("RESULT " + json.dumps({
         "benchmark": "device_heap", "word_bits": 64 if word64 else 32, "rounds": args.rounds,
-        "heap": out, "mpy_bytes": sizes, "budget_heap_kib": BUDGET_KIB, "budget_mpy_bytes": 40 * 1024,
+        "heap": out, "udp_wakes": udp_wakes, "mpy_bytes": sizes, "budget_heap_kib": BUDGET_KIB, "budget_mpy_bytes": 40 * 1024,
         "heap_budget_met_best_side": mpy_heap <= BUDGET_KIB, "mpy_budget_met": sizes["total_tcp_board"] <= 40 * 1024,
         "load": summary(loads)}))
 

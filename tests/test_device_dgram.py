@@ -12,15 +12,17 @@ import socket
 import time
 from pathlib import Path
 
-from runtime_helpers import GATEWAY_SECRET, Queue, make_home
+from runtime_helpers import GATEWAY_SECRET, SERVICES, Queue, device, make_home, repoint
 
 from edgistry.firmware import export as ex
+from edgistry.firmware.caplets import api as cl
 from edgistry.firmware.device.dev_boot import ticks_ms, unix_ms
 from edgistry.firmware.device.dev_dgram import DgramWake, load_context
 from edgistry.firmware.device.dev_mp import Board
 from edgistry.firmware.device.dev_services import Services
 from edgistry.firmware.device.dev_state import DevState
 from edgistry.firmware.device.dev_store import SlotStore
+from edgistry.firmware.link.link_device import OK, REVOKED
 from edgistry.firmware.link.link_dgram import DgramDevice
 from edgistry.gateway.link.backend import MemoryBackend
 from edgistry.gateway.link.dgram_server import DgramServer
@@ -154,3 +156,50 @@ async def test_lost_datagrams_are_sent_again_and_a_lost_context_means_a_full_wak
         sock.close()
     finally:
         await srv.close()
+
+
+async def test_cpython_device_over_udp_revocations_backoff_and_gateway_restart(tmp_path: Path) -> None:
+    """`edgistry device run`'s Device with link udp: a forward-secret full wake enforcing a
+    pushed revocation, then a saved-context wake; while the gateway is down, wakes fail and
+    back off; a restarted gateway (same store) is woken on the same context."""
+    backend = MemoryBackend(GATEWAY_SECRET)
+    srv = await serve(backend)
+    home = make_home(tmp_path / "d", backend, srv.port, manifest=dict(SERVICES, link="udp"))
+    q = Queue(backend, home)
+    other = cl.derive(home.root_token(), [cl.Service("sensor", ["*"])])
+    backend.revoked[home.link_id()] = [cl.revocation_hash(q.app.tag)]
+    r1, r2 = q.add("sensor", "info"), q.add("sensor", "info", token=other)
+    sleeps: list[float] = []
+    stop = asyncio.Event()
+    restarted: list[DgramServer] = []
+
+    async def fake_sleep(s: float) -> None:
+        sleeps.append(s)
+        if len(sleeps) == 3:  # the gateway comes back on another port, same store
+            restarted.append(await serve(backend))
+            repoint(home, restarted[0].port)
+        if len(sleeps) == 4:
+            stop.set()
+        await asyncio.sleep(0)
+
+    dev = device(home, sleep=fake_sleep, udp_timeout_ms=50, udp_retries=1, backoff_base=1.0, backoff_cap=8.0)
+    try:
+        first = await dev.wake_with_fallback()
+        assert not first.resumed and first.forward_secret and first.revoked == 1
+        assert backend.answers[r1].status == REVOKED and backend.answers[r2].status == OK
+        assert not backend.revoked[home.link_id()]  # the reply carrying it was acknowledged
+        r3, r3b = q.add("sensor", "read"), q.add("sensor", "read", token=other)
+        second = await dev.wake_with_fallback()  # the revocation is kept: not pushed again
+        assert second.resumed and second.revoked == 0
+        assert backend.answers[r3].status == REVOKED and backend.answers[r3b].status == OK
+        await srv.close()
+        r4 = q.add("sensor", "read", token=other)
+        await asyncio.wait_for(dev.run(stop=stop), 30)
+        assert all(0 <= s <= 8.0 for s in sleeps[:3]) and sleeps[3] == 7, sleeps
+        assert backend.answers[r4].status == OK and dev.failures == 0
+        # the saved context outlived both the outage (each failed wake also tried two full
+        # WAKEs, spending counters 2-7, never answered) and the gateway's restart
+        assert dict(restarted[0].metrics.wakes) == {"saved": 1} and dev.state.dgram["ctr"] == 7
+    finally:
+        for s in restarted:
+            await s.close()

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ..device import dev_core
 from ..device.dev_core import Report, Wake, WakeFailed
-from ..device.dev_dgram import RECV_SIZE, DgramWake, load_context
+from ..device.dev_dgram import DGRAM_RETRIES, RECV_SIZE, REPLY_TIMEOUT_MS, DgramWake, load_context
 from ..link.link_dgram import DgramDevice
 from ..link.link_crypto import x25519
 from ..link.link_device import DeviceSession
@@ -75,7 +75,8 @@ class Device:
                  open_connection: OpenConnection = asyncio.open_connection,
                  wake_timeout: float = WAKE_TIMEOUT_S, backoff_base: float = BACKOFF_BASE_S,
                  backoff_cap: float = BACKOFF_CAP_S, forward_secrecy: bool = True,
-                 linger_s: float = 0.0) -> None:
+                 linger_s: float = 0.0, udp_timeout_ms: int = REPLY_TIMEOUT_MS,
+                 udp_retries: int = DGRAM_RETRIES) -> None:
         self.home = home if isinstance(home, DeviceHome) else DeviceHome(home)
         self.secret = self.home.secret()
         self.root_token = self.home.root_token()
@@ -93,6 +94,8 @@ class Device:
         self.backoff_cap = backoff_cap
         self.x25519 = x25519() if forward_secrecy else None
         self.linger_s = linger_s
+        self.udp_timeout_ms = udp_timeout_ms  # UDP: the first wait for a reply, doubled per resend
+        self.udp_retries = udp_retries
         self.duty_cycle_s = int(self.manifest.get("duty_cycle_s", 0) or 0)
         self.require_encrypt = bool(self.manifest.get("encrypt", False))
         self.link = self.manifest.get("link") or "tcp"
@@ -240,7 +243,7 @@ class Device:
 
             w = DgramWake(self.state, self.registry, dev, self.secret, self.now_ms,
                           lambda: int(time.monotonic() * 1000), self.duty_cycle_s, sock.send, recv,
-                          log=log.warning)
+                          self.udp_retries, self.udp_timeout_ms, log=log.warning)
             return w.run()
         except OSError as exc:
             raise WakeFailed(f"udp link to {pairing.host}:{pairing.port} failed: {exc}") from exc

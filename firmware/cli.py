@@ -58,14 +58,18 @@ def _parse_location(text: str | None) -> dict | None:
               help="Seconds asleep between wakes.")
 @click.option("--encrypt/--no-encrypt", default=True, show_default=True,
               help="Encrypt link payloads (also lets a full handshake carry the first requests: 2 round trips).")
+@click.option("--link", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True,
+              help="How the device wakes: the TCP link, or the datagram link (UDP, same port number; "
+                   "fewer bytes and round trips, answers up to one datagram; docs/DEVICE.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def init_cmd(home: Path, services: tuple[str, ...], location: str | None, duty_cycle: int,
-             encrypt: bool, as_json: bool) -> None:
+             encrypt: bool, link: str, as_json: bool) -> None:
     """Create a device home: secret (0600), root token, link id, manifest."""
     loc = _parse_location(location)
     dev_home = DeviceHome(home)
     try:
         manifest = demo_manifest(home, [_parse_service(spec) for spec in services], duty_cycle, encrypt, loc)
+        manifest["link"] = link
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     try:
@@ -75,7 +79,7 @@ def init_cmd(home: Path, services: tuple[str, ...], location: str | None, duty_c
     summary = {"home": str(home), "link_id": dev_home.link_id().hex(),
                "services": {s["type"]: [m["name"] for m in s["methods"]]
                             for s in manifest["services"]},
-               "duty_cycle_s": duty_cycle, "encrypt": encrypt, "location": loc,
+               "duty_cycle_s": duty_cycle, "encrypt": encrypt, "link": link, "location": loc,
                "root_token": str(dev_home.root_path), "paired": False}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -85,6 +89,7 @@ def init_cmd(home: Path, services: tuple[str, ...], location: str | None, duty_c
     for kind, names in summary["services"].items():
         click.echo(f"  service     {kind}: {', '.join(names)}")
     click.echo(f"  duty cycle  {duty_cycle} s{', encrypted link' if encrypt else ''}")
+    click.echo(f"  link        {link}")
     click.echo(f"next: edgistry pair --device {home} --gateway HOST:PORT --code CODE")
     click.echo("      (CODE: the gateway's one-time commissioning code, printed when it starts and kept in "
                "<gateway home>/commission.code)")

@@ -5,7 +5,7 @@ The board directory it writes::
     main.py        the device program: platform check, services, the duty cycle
     secret         the device secret (raw bytes)
     device.json    link id, root and identity tokens (hex), gateway link endpoint,
-                   duty cycle, encryption, the demo services the manifest names
+                   duty cycle, encryption, link (tcp or udp), the demo services the manifest names
     lib/edgistry/...   the device package as .mpy (mpy-cross), with light __init__ files:
                    caplets (verification, not minting), link (device side only), device
 
@@ -32,10 +32,12 @@ PACKAGE_ROOT = HERE.parent  # the edgistry package (the repository root)
 BOARD_MODULES: dict[str, tuple[str, ...]] = {
     "caplets": ("cap_caps", "cap_codec", "cap_cons", "cap_crypto", "cap_errors", "cap_h3",
                 "cap_verify", "cap_wire"),
-    "link": ("link_crypto", "link_device", "link_errors", "link_session", "link_wire"),
-    "device": ("dev_boot", "dev_core", "dev_demo", "dev_mp", "dev_services", "dev_state",
+    "link": ("link_crypto", "link_device", "link_dgram", "link_errors", "link_session", "link_wire"),
+    "device": ("dev_boot", "dev_core", "dev_demo", "dev_dgram", "dev_mp", "dev_services", "dev_state",
                "dev_store"),
 }
+# only a board that wakes over the datagram link loads these (dev_mp imports them at the wake)
+UDP_MODULES = ("link_dgram", "dev_dgram")
 
 MAIN_PY = '''\
 # The Edgistry device program (written by `edgistry device export`).
@@ -98,8 +100,9 @@ def compile_module(src: Path, dest: Path, optimize: bool = True) -> None:
         raise ExportError(f"mpy-cross {src}: {result.stderr.strip()}")
 
 
-def write_package(lib: Path, mpy: bool = True, optimize: bool = True) -> list[Path]:
-    """The device package under ``lib/edgistry``: .mpy (or .py sources), light __init__ files."""
+def write_package(lib: Path, mpy: bool = True, optimize: bool = True, udp: bool = True) -> list[Path]:
+    """The device package under ``lib/edgistry``: .mpy (or .py sources), light __init__ files;
+    without ``udp``, not the datagram link's modules (a TCP board's flash keeps 6-7 KB)."""
     written = []
     ext = ".mpy" if mpy else ".py"
     inits = [PACKAGE_ROOT / "__init__.py", HERE / "__init__.py"]
@@ -110,6 +113,8 @@ def write_package(lib: Path, mpy: bool = True, optimize: bool = True) -> list[Pa
         inits.append(HERE / sub / "__init__.py")
         pairs.append((HERE / sub / "__init__.py", pkg / "firmware" / sub / ("__init__" + ext)))
         for name in names:
+            if not udp and name in UDP_MODULES:
+                continue
             pairs.append((HERE / sub / (name + ".py"), pkg / "firmware" / sub / (name + ext)))
     for src, dest in pairs:
         if src in inits:  # an __init__ is only a docstring: ship it empty
@@ -156,6 +161,7 @@ def board_config(home: DeviceHome) -> dict:
             "identity_token": pairing.identity_token.hex(), "gateway": f"{host}:{pairing.port}",
             "duty_cycle_s": int(manifest.get("duty_cycle_s", 0) or 0),
             "encrypt": bool(manifest.get("encrypt", False)),
+            "link": manifest.get("link") or "tcp",
             "services": [{"type": s["type"],
                           "methods": [m["name"] if isinstance(m, dict) else m for m in s.get("methods", [])]}
                          for s in manifest.get("services", [])]}
@@ -170,7 +176,7 @@ def export(home: DeviceHome, out: Path, mpy: bool = True, freeze: Path | None = 
         write_freeze(freeze)
         files = []
     else:
-        files = write_package(out / "lib", mpy=mpy)
+        files = write_package(out / "lib", mpy=mpy, udp=config["link"] == "udp")
     (out / "main.py").write_text(MAIN_PY)
     secret = out / "secret"
     secret.write_bytes(home.secret())

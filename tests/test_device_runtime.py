@@ -216,6 +216,7 @@ def test_device_init_cli(tmp_path: Path) -> None:
     assert cl.root(h.secret()).to_bytes() == h.root_token() and out["link_id"] == h.link_id().hex()
     m = h.manifest()
     assert m["duty_cycle_s"] == 30 and m["encrypt"] and m["location"] == {"lat": 34.41, "lon": -119.85}
+    assert m["link"] == out["link"] == "tcp"  # the default link
     try:
         from edgistry.gateway.manifest import Manifest
     except ImportError:
@@ -228,11 +229,24 @@ def test_device_init_cli(tmp_path: Path) -> None:
     (["--service", "toaster"], 1, "unknown service type"),
     (["--service", "sensor:fly"], 1, "no method"),
     (["--service", "sensor", "--location", "north"], 2, "LAT,LON"),
+    (["--service", "sensor", "--link", "sctp"], 2, "'tcp', 'udp'"),
 ])
 def test_device_init_errors(tmp_path: Path, args, code, msg) -> None:
     """Bad service types, methods and locations are refused with a clear message."""
     res = CliRunner().invoke(main, ["device", "init", "--home", str(tmp_path / "d"), *args])
     assert res.exit_code == code and msg in res.output
+
+
+def test_device_run_refuses_an_unknown_link(tmp_path: Path) -> None:
+    """A manifest edited to an unknown link is refused at start, naming the choices."""
+    runner = CliRunner()
+    assert runner.invoke(main, ["device", "init", "--home", str(tmp_path / "d"), "--service", "sensor",
+                                "--link", "udp"]).exit_code == 0
+    h = DeviceHome(tmp_path / "d")
+    assert h.manifest()["link"] == "udp"
+    h.manifest_path.write_text(json.dumps(dict(h.manifest(), link="quic")))
+    res = runner.invoke(main, ["device", "run", "--home", str(tmp_path / "d"), "--once"])
+    assert res.exit_code == 1 and "link is one of tcp, udp" in res.output, res.output
 
 
 def test_device_run_needs_pairing(tmp_path: Path) -> None:

@@ -100,6 +100,7 @@ def test_board_pairs_wakes_answers_resumes_and_survives_crashes(tmp_path):
         code, text = device_cli("export", "--home", str(dev), "--out", str(out), "--json")
         assert code == 0, text
         assert json.loads(text)["format"] == "mpy" and not list(out.rglob("*.py"))[1:]  # main.py only
+        assert not list(out.rglob("*dgram*"))  # a TCP board does not carry the datagram link
 
         conn = ("--gateway", cfg.grpc_listen, "--pin", pin)
 
@@ -150,4 +151,127 @@ def test_board_pairs_wakes_answers_resumes_and_survives_crashes(tmp_path):
     finally:
         if proc is not None and proc.poll() is None:
             kill9(proc)
+        stop(up)
+
+
+# ---- the datagram link (UDP): `edgistry device init --link udp` ----
+
+def paired_udp_device(tmp_path: Path, cfg) -> tuple[Path, dict]:
+    """A device home made with ``--link udp`` and paired over the CLI; (home, pairing summary)."""
+    dev = tmp_path / "dev"
+    code, text = device_cli("init", "--home", str(dev), "--service", "sensor", "--service", "actuator",
+                            "--location", "46.52,6.57", "--duty-cycle", "1", "--link", "udp", "--json")
+    assert code == 0 and json.loads(text)["link"] == "udp", text
+    code, text = cli("pair", "--device", str(dev), "--gateway", cfg.grpc_listen, "--code",
+                     wait_file(cfg.home / "commission.code"), "--json")
+    assert code == 0, text
+    return dev, json.loads(text)
+
+
+def owner_token(tmp_path: Path, dev: Path) -> str:
+    owner = tmp_path / "owner.token"
+    owner.write_text(cl.to_text(cl.derive(cl.load((dev / "root.token").read_text()),
+                                          [cl.Service("actuator", ["*"])])))
+    return str(owner)
+
+
+def invoker(cfg, paired: dict, log: Path):
+    conn = ("--gateway", cfg.grpc_listen, "--pin", paired["tls_pin_file"])
+
+    def invoke(method: str, *extra: str, token: str = paired["app_token_file"]) -> dict:
+        code, text = cli("invoke", paired["owner_handle"], method, "--timeout", "30", *conn, "--token", token,
+                         "--json", *extra)
+        assert code == 0, text + (log.read_text()[-3000:] if log.exists() else "")
+        return json.loads(text)
+
+    def submit(method: str, arg: str, token: str) -> str:
+        code, text = cli("invoke", paired["owner_handle"], method, "--arg", arg, "--async", *conn, "--token",
+                         token, "--json")
+        assert code == 0, text
+        return json.loads(text)["request_id"]
+
+    def result(rid: str, token: str) -> dict:
+        code, text = cli("result", rid, "--wait", "30", *conn, "--token", token, "--json")
+        return json.JSONDecoder().raw_decode(text[text.index("{"):])[0]
+
+    return invoke, submit, result
+
+
+def test_board_over_udp_pairs_wakes_answers_and_wakes_on_the_saved_context(tmp_path):
+    """--link udp -> export -> micropython wakes fully (WAKE/WELCOME), answers invokes over UDP,
+    wakes again on the saved context (counter 1, sequence rising, kept in the A/B slots); kill -9
+    during a toggle: INTERRUPTED over UDP too, and the toggle ran once."""
+    cfg, ports = node_home(tmp_path / "node")
+    up = edgistry("up", "--home", str(cfg.home), log=tmp_path / "up.log")
+    log = tmp_path / "board.log"
+    proc = None
+    try:
+        wait_for_port(ports["grpc"], proc=up)
+        dev, paired = paired_udp_device(tmp_path, cfg)
+        out = tmp_path / "board"
+        code, text = device_cli("export", "--home", str(dev), "--out", str(out), "--json")
+        assert code == 0, text
+        assert json.loads((out / "device.json").read_text())["link"] == "udp"
+        assert (out / "lib/edgistry/firmware/device/dev_dgram.mpy").exists()
+        invoke, submit, result = invoker(cfg, paired, log)
+        owner = owner_token(tmp_path, dev)
+
+        proc = board(out, log)
+        reading = invoke("sensor.read", "--arg", '{"settle_s": 0}')
+        assert reading["state"] == "DONE" and "temperature_c" in reading["payload"], reading
+        wait_until(lambda: "wake resumed (encrypted) over udp" in log.read_text(), 20, "a saved-context wake", log)
+        text = log.read_text()
+        assert "wake full handshake (encrypted) over udp" in text, text[-3000:]
+        assert "wake failed" not in text, text[-3000:]
+        assert invoke("actuator.set", "--arg", '{"on": true}', token=owner)["payload"]["on"] is True
+        ctx = board_state(out)["dgram"]
+        assert ctx["ctr"] == 1 and ctx["seq"] >= 3 and ctx["master"], ctx  # one full wake, then saved ones
+
+        # a mutating, non-idempotent request cut short runs at most once: INTERRUPTED
+        before = json.loads((out / "actuator.json").read_text())["changes"]
+        rid = submit("actuator.toggle", '{"hold_s": 4}', owner)
+        wait_until(lambda: board_state(out).get("entries", {}).get(rid, {}).get("state") == "running",
+                   20, "the toggle to start", log)
+        kill9(proc)
+        assert json.loads((out / "actuator.json").read_text())["changes"] == before + 1
+        proc = board(out, log)
+        res = result(rid, owner)
+        assert res["state"] == "FAILED" and "interrupted" in res["error"], res
+        assert res.get("device_status") == INTERRUPTED, res
+        time.sleep(2.5)
+        assert json.loads((out / "actuator.json").read_text())["changes"] == before + 1
+        assert board_state(out)["entries"][rid]["state"] == "acked"
+        assert board_state(out)["dgram"]["ctr"] == 1  # the restart went on with the saved context
+    finally:
+        if proc is not None and proc.poll() is None:
+            kill9(proc)
+        stop(up)
+
+
+def test_cpython_device_over_udp_pairs_wakes_answers_and_wakes_on_the_saved_context(tmp_path):
+    """The same over UDP with `edgistry device run` (CPython, the same wake core): full wake,
+    an invoke answered, later wakes on the saved context kept in state.json."""
+    cfg, ports = node_home(tmp_path / "node")
+    up = edgistry("up", "--home", str(cfg.home), log=tmp_path / "up.log")
+    log = tmp_path / "device.log"
+    proc = None
+    try:
+        wait_for_port(ports["grpc"], proc=up)
+        dev, paired = paired_udp_device(tmp_path, cfg)
+        invoke, _, _ = invoker(cfg, paired, log)
+        proc = edgistry("device", "run", "--home", str(dev), log=log)
+        reading = invoke("sensor.read", "--arg", '{"settle_s": 0}')
+        assert reading["state"] == "DONE" and "temperature_c" in reading["payload"], reading
+        state = lambda: json.loads((dev / "state.json").read_text())  # noqa: E731
+        wait_until(lambda: state()["dgram"].get("seq", 0) >= 4, 20, "saved-context wakes", log)
+        ctx = state()["dgram"]
+        assert ctx["ctr"] == 1 and ctx["master"], ctx
+        assert invoke("actuator.set", "--arg", '{"on": false}', token=owner_token(tmp_path, dev))["payload"]["on"] is False
+        assert state()["dgram"]["ctr"] == 1
+        text = log.read_text()
+        assert "wake failed" not in text, text[-3000:]
+        assert "wake done (full over udp" in text and "wake done (resumed over udp)" in text, text[-3000:]
+    finally:
+        if proc is not None:
+            stop(proc)
         stop(up)

@@ -196,19 +196,31 @@ class Wake:
             raise WakeFailed("gateway error %d: %s" % (event.code, event.reason), event.code)
 
     def on_requests(self, event):
+        ack, again = self.absorb(event.items, event.more, event.revoked, event.twin,
+                                 event.gateway_now_ms)
+        if ack:
+            self.out += self.session.send(Ack(ack))
+        done = self.run_pending()
+        self.send_responses(again + done)
+
+    def absorb(self, items, more, revoked, twin, gateway_now_ms):
+        """Take one batch of work (either link): clock skew, revocations, twin,
+        then each request stored durably. Returns (ids to acknowledge, ids
+        already answered whose stored answers go again); requests beyond the
+        store's bound are neither stored nor in the first list."""
         st, rep = self.st, self.report
         self.got_requests = True
-        self.more = event.more
-        if event.gateway_now_ms:
-            self.skew_ms = event.gateway_now_ms - self.now_ms()
-        if event.revoked:  # pruned by the gateway's clock: a board's may be unset
-            st.revoke(list(event.revoked), (self.now_ms() + self.skew_ms) // 1000)
-            rep.revoked += len(event.revoked)
-        if event.twin:
-            st.apply_twin(event.twin, self.on_twin)
+        self.more = more
+        if gateway_now_ms:
+            self.skew_ms = gateway_now_ms - self.now_ms()
+        if revoked:  # pruned by the gateway's clock: a board's may be unset
+            st.revoke(list(revoked), (self.now_ms() + self.skew_ms) // 1000)
+            rep.revoked += len(revoked)
+        if twin:
+            st.apply_twin(twin, self.on_twin)
         now = self.now_ms()
         ack, again = [], []
-        for item in event.items:
+        for item in items:
             rep.received += 1
             rid = hexs(item["request_id"])
             entry = st.entries.get(rid)
@@ -221,10 +233,7 @@ class Wake:
                 rep.deduplicated += 1
             ack.append(item["request_id"])
         st.save()  # stored durably before the ACK says so
-        if ack:
-            self.out += self.session.send(Ack(ack))
-        done = self.run_pending()
-        self.send_responses(again + done)
+        return ack, again
 
     def run_pending(self):
         """Run stored requests (and ones a crash interrupted) in sequence order."""

@@ -1,7 +1,8 @@
 """The device program's MicroPython port: blocking sockets, ``select.poll``, ``time.sleep``.
 
-It runs the portable core (dev_core.Wake) over one TCP connection per wake
-and sleeps between wakes with ``time.sleep`` (a board may swap in
+It runs the portable core (dev_core.Wake) over one TCP connection per wake,
+or, with ``"link": "udp"`` in device.json, dev_dgram.DgramWake over one UDP
+socket (same host and port number), and sleeps between wakes with ``time.sleep`` (a board may swap in
 ``machine.deepsleep``: the state is on flash, so the next boot resumes where
 this one stopped). It also runs on CPython, which is how the tests drive it
 beside the real Unix port.
@@ -11,7 +12,7 @@ The board's directory (``edgistry device export`` writes it)::
     secret         the device secret (raw bytes)
     device.json    {"version": 1, "link_id", "root_token", "identity_token" (hex),
                     "gateway": "HOST:PORT" (the gateway's device link), "duty_cycle_s",
-                    "encrypt"}
+                    "encrypt", "link": "tcp" | "udp" (default tcp)}
     state.a/.b     durable state, two alternating slots (dev_store.py)
 
 Forward secrecy: a board has no X25519 here, so its HELLO carries no key and the
@@ -87,11 +88,16 @@ class Board:
         self.port = int(port)
         self.duty_cycle_s = int(cfg.get("duty_cycle_s") or 0)
         self.encrypt = bool(cfg.get("encrypt"))
+        self.link = cfg.get("link") or "tcp"
+        if self.link not in ("tcp", "udp"):
+            raise ValueError("device.json: link is tcp or udp, not %r" % (self.link,))
         self.state = DevState(SlotStore(root, self.secret))
         self.state.max_entries = MAX_BOARD_ENTRIES
         self.state.max_acked = MAX_BOARD_ENTRIES
         self.state.max_revoked = MAX_BOARD_REVOKED
         self.failures = 0
+        self.udp_retries = None     # datagrams sent again per turn (None: dev_dgram's default)
+        self.udp_timeout_ms = None  # the first wait for a reply, doubled per retry (likewise)
 
     def report(self, key, value):
         """Set a reported twin property (None removes it); sent at the next wake."""
@@ -102,6 +108,8 @@ class Board:
 
     def wake(self):
         """Connect, run one session to BYE; a Report, or WakeFailed."""
+        if self.link == "udp":
+            return self.wake_udp()
         ticket = self.state.take_ticket(unix_ms())
         if ticket is not None:
             self.state.save()  # a ticket is spent once sent, whatever happens next
@@ -152,6 +160,51 @@ class Board:
             if sock is not None:
                 sock.close()
 
+    def wake_udp(self):
+        """One wake over the datagram link (dev_dgram.py); a Report, or WakeFailed.
+        Imported here so a TCP board never loads the datagram modules."""
+        try:
+            from .dev_dgram import DgramWake, load_context, RECV_SIZE, DGRAM_RETRIES, REPLY_TIMEOUT_MS
+            from ..link.link_dgram import DgramDevice
+        except (ImportError, ValueError):
+            from dev_dgram import DgramWake, load_context, RECV_SIZE, DGRAM_RETRIES, REPLY_TIMEOUT_MS
+            from link_dgram import DgramDevice
+        dev = DgramDevice(self.root_token, self.link_id, load_context(self.state.dgram), os.urandom)
+        sock = None
+        try:
+            try:
+                addr = socket.getaddrinfo(self.host, self.port)[0][-1]
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.connect(addr)
+            except OSError as exc:
+                raise WakeFailed("cannot reach %s:%d over udp: %s" % (self.host, self.port, exc))
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+
+            def recv(timeout_ms):
+                start = ticks_ms()
+                while True:
+                    left = timeout_ms - ticks_diff(ticks_ms(), start)
+                    if left <= 0 or not poller.poll(left):
+                        return None
+                    try:
+                        return sock.recv(RECV_SIZE)
+                    except OSError:  # ICMP port unreachable: nobody listens (yet)
+                        time.sleep(0.05)
+
+            w = DgramWake(self.state, self.services, dev, self.secret, unix_ms, ticks_ms,
+                          self.duty_cycle_s, sock.send, recv,
+                          DGRAM_RETRIES if self.udp_retries is None else self.udp_retries,
+                          REPLY_TIMEOUT_MS if self.udp_timeout_ms is None else self.udp_timeout_ms,
+                          log=self.log, on_twin=self.on_twin)
+            try:
+                return w.run()
+            except OSError as exc:
+                raise WakeFailed("udp link to %s:%d failed: %s" % (self.host, self.port, exc))
+        finally:
+            if sock is not None:
+                sock.close()
+
     def wake_with_fallback(self):
         """One wake; a refused ticket gets one immediate full-handshake retry."""
         try:
@@ -172,10 +225,11 @@ class Board:
                 r = self.wake_with_fallback()
                 self.failures = 0
                 done += 1
-                self.log("wake %s%s: %d received, %d run, %d deduplicated, %d interrupted, "
+                self.log("wake %s%s%s: %d received, %d run, %d deduplicated, %d interrupted, "
                          "%d delivered, twin %d; sleeping %d s"
                          % ("resumed" if r.resumed else "full handshake",
-                            " (encrypted)" if r.encrypted else "", r.received, r.executed,
+                            " (encrypted)" if r.encrypted else "",
+                            " over udp" if self.link == "udp" else "", r.received, r.executed,
                             r.deduplicated, r.interrupted, r.delivered, r.twin_applied, r.sleep_s))
                 if wakes and done >= wakes:
                     return r

@@ -1,6 +1,6 @@
 """The device's durable state, portable (MicroPython and CPython).
 
-What it holds: the resumption ticket, the last request sequence accepted, the
+What it holds: the resumption ticket (TCP link), the datagram context (UDP link), the last request sequence accepted, the
 revocations pushed by the gateway (revocation hashes of tags with their
 expiries), the twin (the highest desired version applied, the values, whether
 the gateway still has to hear of it) and the request/response store that makes
@@ -73,6 +73,9 @@ class DevState:
         # since the gateway last ACKed a report (key -> JSON text, None: removed); rv counts
         # those changes, so an ACK clears only what the acknowledged report carried
         self.twin = {"applied": 0, "desired": {}, "pending": False, "reported": {}, "rv": 0}
+        # the datagram link's saved context (dev_dgram.py): wake counter, K_link, context id,
+        # master secret and sequence; bytes as base64. Saved before each datagram leaves.
+        self.dgram = {}
         self.load()
 
     def load(self):
@@ -87,6 +90,7 @@ class DevState:
         # an older state held raw tag hex: those entries are dropped (the gateway pushes hashes again)
         self.revoked = [e for e in data.get("revoked") or [] if isinstance(e, list)]
         self.revoked_dropped = data.get("revoked_dropped", 0)
+        self.dgram = data.get("dgram") or {}
         twin = data.get("twin")
         if twin:
             twin.setdefault("reported", {})
@@ -97,7 +101,7 @@ class DevState:
         return {"version": STATE_VERSION, "ticket": self.ticket,
                 "last_sequence": self.last_sequence, "entries": self.entries,
                 "revoked": self.revoked, "revoked_dropped": self.revoked_dropped,
-                "twin": self.twin}
+                "twin": self.twin, "dgram": self.dgram}
 
     def save(self):
         self.backend.save(self.to_dict())

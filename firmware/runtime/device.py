@@ -16,6 +16,11 @@ secrecy) and the state in ``<home>/state.json`` (firmware/runtime/state.py).
 A ticket the gateway refuses (unknown after a gateway restart, expired, used)
 costs one immediate retry with a full handshake, not a backoff.
 
+With ``"link": "udp"`` in the manifest (``edgistry device init --link udp``)
+a wake goes over the datagram link instead: the portable dev_dgram.DgramWake
+over a blocking UDP socket, run in a worker thread (its waits are bounded by
+its retries), with the context kept in the same state file.
+
 Clock, sleep, randomness and the network (``open_connection``) are
 parameters, so tests run without real sleeps or sockets.
 """
@@ -26,12 +31,15 @@ import asyncio
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..device import dev_core
 from ..device.dev_core import Report, Wake, WakeFailed
+from ..device.dev_dgram import DGRAM_RETRIES, RECV_SIZE, REPLY_TIMEOUT_MS, DgramWake, load_context
+from ..link.link_dgram import DgramDevice
 from ..link.link_crypto import x25519
 from ..link.link_device import DeviceSession
 from ..link.link_errors import E_AUTH, E_TICKET
@@ -46,6 +54,8 @@ BACKOFF_BASE_S = float(dev_core.BACKOFF_BASE_S)
 BACKOFF_CAP_S = float(dev_core.BACKOFF_CAP_S)
 BACKOFF_MIN_CAP_S = float(dev_core.BACKOFF_MIN_CAP_S)
 READ_SIZE = 16384
+
+LINKS = ("tcp", "udp")
 
 WakeReport = Report
 
@@ -65,7 +75,8 @@ class Device:
                  open_connection: OpenConnection = asyncio.open_connection,
                  wake_timeout: float = WAKE_TIMEOUT_S, backoff_base: float = BACKOFF_BASE_S,
                  backoff_cap: float = BACKOFF_CAP_S, forward_secrecy: bool = True,
-                 linger_s: float = 0.0) -> None:
+                 linger_s: float = 0.0, udp_timeout_ms: int = REPLY_TIMEOUT_MS,
+                 udp_retries: int = DGRAM_RETRIES) -> None:
         self.home = home if isinstance(home, DeviceHome) else DeviceHome(home)
         self.secret = self.home.secret()
         self.root_token = self.home.root_token()
@@ -83,8 +94,13 @@ class Device:
         self.backoff_cap = backoff_cap
         self.x25519 = x25519() if forward_secrecy else None
         self.linger_s = linger_s
+        self.udp_timeout_ms = udp_timeout_ms  # UDP: the first wait for a reply, doubled per resend
+        self.udp_retries = udp_retries
         self.duty_cycle_s = int(self.manifest.get("duty_cycle_s", 0) or 0)
         self.require_encrypt = bool(self.manifest.get("encrypt", False))
+        self.link = self.manifest.get("link") or "tcp"
+        if self.link not in LINKS:
+            raise ValueError(f"{self.home.manifest_path}: link is one of {', '.join(LINKS)}, not {self.link!r}")
         self.failures = 0
 
     def now_ms(self) -> int:
@@ -100,8 +116,10 @@ class Device:
                 report = await self.wake_with_fallback()
                 self.failures = 0
                 delay: float = report.sleep_s
-                log.info("wake done: %d received, %d run, %d deduplicated, %d delivered; "
-                         "sleeping %d s", report.received, report.executed, report.deduplicated,
+                log.info("wake done (%s over %s%s): %d received, %d run, %d deduplicated, %d delivered; "
+                         "sleeping %d s", "resumed" if report.resumed else "full",
+                         self.link, ", forward secret" if report.forward_secret else "",
+                         report.received, report.executed, report.deduplicated,
                          report.delivered, report.sleep_s)
             except WakeFailed as exc:
                 if once:
@@ -143,6 +161,8 @@ class Device:
     async def wake(self) -> WakeReport:
         """Connect, run one session to BYE; raises WakeFailed."""
         pairing = self.home.paired()
+        if self.link == "udp":  # bounded by its retries; a thread cannot be cancelled anyway
+            return await asyncio.to_thread(self._wake_udp, pairing)
         try:
             return await asyncio.wait_for(self._wake(pairing), self.wake_timeout)
         except asyncio.TimeoutError as exc:
@@ -196,3 +216,36 @@ class Device:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             except (asyncio.TimeoutError, ConnectionError, OSError):
                 pass
+
+    def _wake_udp(self, pairing: Pairing) -> WakeReport:
+        """One wake over the datagram link (blocking; runs in a worker thread)."""
+        dev = DgramDevice(self.root_token, self.link_id, load_context(self.state.dgram), self.randbytes,
+                          self.x25519)
+        try:
+            family, kind, proto, _, addr = socket.getaddrinfo(pairing.host, pairing.port, type=socket.SOCK_DGRAM)[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            raise WakeFailed(f"cannot reach {pairing.host}:{pairing.port} over udp: {exc}") from exc
+        try:
+            sock.connect(addr)
+
+            def recv(timeout_ms: int) -> bytes | None:
+                deadline = time.monotonic() + timeout_ms / 1000
+                while (left := deadline - time.monotonic()) > 0:
+                    sock.settimeout(left)
+                    try:
+                        return sock.recv(RECV_SIZE)
+                    except (TimeoutError, socket.timeout):
+                        return None
+                    except ConnectionRefusedError:  # ICMP port unreachable: nobody listens (yet)
+                        time.sleep(min(left, 0.05))
+                return None
+
+            w = DgramWake(self.state, self.registry, dev, self.secret, self.now_ms,
+                          lambda: int(time.monotonic() * 1000), self.duty_cycle_s, sock.send, recv,
+                          self.udp_retries, self.udp_timeout_ms, log=log.warning)
+            return w.run()
+        except OSError as exc:
+            raise WakeFailed(f"udp link to {pairing.host}:{pairing.port} failed: {exc}") from exc
+        finally:
+            sock.close()

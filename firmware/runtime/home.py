@@ -15,6 +15,7 @@ Layout of ``<home>/``::
 there)::
 
     {"version": 1, "link_id": "<hex>", "duty_cycle_s": 10, "encrypt": false,
+     "link": "tcp" | "udp",   # how the device wakes (absent: tcp); udp: the datagram link
      "location": {"lat": 34.41, "lon": -119.85} | null,
      "services": [{"type": "sensor",
                    "methods": [{"name": "read", "cache_max_age_s": 5, "mutating": false},

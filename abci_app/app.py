@@ -34,6 +34,7 @@ from . import ed25519_rule, keys, snapshots
 from .lthash import LtHash
 from .codes import Code, TxError
 from .genesis import Genesis, GenesisError, read_ed25519_v2_height
+from .batch import time_dependent
 from .handlers import prune_revocations
 from .overlay import Overlay
 from .queries import answer_query
@@ -305,7 +306,7 @@ class RegistryApp:
             return
         nonce_key = keys.nonce(tx.signer)
         reads = None
-        if not view.scanned and tx.kind not in TIME_DEPENDENT:
+        if not view.scanned and tx.kind not in TIME_DEPENDENT and not (tx.kind == "batch" and time_dependent(tx.msg)):
             view.reads.discard(nonce_key)
             reads = frozenset(view.reads)
         checked.remember(raw, CheckedTx(nonce_key, tx.nonce, reads, view.writes, result.outcome.data))

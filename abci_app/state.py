@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 
 from . import keys
 from .codes import CODESPACE, Code, TxError
+from .batch import apply_batch
 from .handlers import HANDLERS, Outcome, TxContext
 from .overlay import Overlay
 from .revocation_rule import check_form, read_revocation_hash_height
 from .txs import DecodedTx, VerifiedCache, decode_tx, verify_signature
 from ..proto import abci_pb2 as abci
+
+TX_HANDLERS = {**HANDLERS, "batch": apply_batch}  # a batch runs the same handlers, one per operation
 
 
 @dataclass(slots=True)
@@ -97,7 +100,7 @@ def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int,
     scratch = kv.child()
     ctx = TxContext(scratch, height, time_s, tx.signer, is_admin, gid)
     try:
-        outcome = HANDLERS[tx.kind](ctx, tx.msg)
+        outcome = TX_HANDLERS[tx.kind](ctx, tx.msg)
     except TxError as err:
         return TxResult(err.code, err.log)
     scratch.merge_into_parent()

@@ -1,0 +1,239 @@
+"""The gateway's registry submitter: its registry operations go to the chain as batch txs.
+
+Theory of operation. Callers hand in one registry message at a time
+(:meth:`RegistrySubmitter.submit`) and await its own committed outcome. The
+submitter collects what arrives within ``window_s`` of the first pending
+operation into one ``Batch`` (abci_app/batch.py): signed once, one nonce. A
+batch is cut early when it reaches ``max_ops`` or ``max_bytes``. Revocations are
+never held back: a ``RevokeToken`` sends the pending batch (with it) at once.
+
+Several batches may be in flight (``max_in_flight``), but they are *sent* one
+after another: ``broadcast_tx_sync`` returns after the node's CheckTx, so the
+next batch (the next nonce) reaches the mempool after the previous one, and the
+chain's "nonce above the last one" rule never refuses a batch for arriving out
+of order. A batch the node refuses at CheckTx fails all its operations with that
+code (a stale nonce, e.g. after another sender used the key, is resynchronised
+and the batch sent once more).
+
+Commits are learnt by one follower that polls the node (``status``, then
+``block`` for every new height; ``block_results`` only for heights holding one
+of its txs), so the same code serves CometBFT and the embedded node without
+a websocket or a tx indexer. Each operation's future is resolved from its
+entry in the tx's ``BatchResult``: code 0 -> :class:`OpCommitted`, otherwise
+:class:`~edgistry.chain.TxRejected` with the operation's own code and log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.message import Message
+
+from ..abci_app.batch import BATCH_OP_EVENT, op_of
+from ..abci_app.codes import Code
+from ..abci_app.txs import MAX_BATCH_OPS, MAX_TX_BYTES
+from ..chain import ChainClient, ChainError, TxRejected
+from ..proto import registry_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 0.02  # short next to a block (0.5-1 s): collects a burst without delaying a lone write much
+POLL_S = 0.02  # the follower's period while txs are in flight (idle: no polling)
+MAX_IN_FLIGHT = 4  # batches sent but not yet committed
+COMMIT_TIMEOUT_S = 60.0  # a sent batch not seen committed by then fails its operations
+BATCH_OVERHEAD = 256  # SignedTx + TxBody framing around the operations (signature, key, chain id, nonce)
+URGENT = frozenset({"revoke_token"})  # kinds that are never held back for a window
+
+
+@dataclass(frozen=True)
+class OpCommitted:
+    """One operation applied in a committed block."""
+
+    height: int
+    data: bytes
+    tx_hash: str
+
+
+@dataclass
+class _Pending:
+    op: pb.BatchOp
+    size: int
+    future: asyncio.Future
+
+
+@dataclass
+class _InFlight:
+    ops: list[_Pending]
+    sent_at: float
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class RegistrySubmitter:
+    """Coalesces one signer's registry operations into batch txs; see the module docstring."""
+
+    def __init__(self, chain: ChainClient, key: Ed25519PrivateKey, window_s: float = WINDOW_S,
+                 max_ops: int = MAX_BATCH_OPS, max_bytes: int = MAX_TX_BYTES - BATCH_OVERHEAD,
+                 max_in_flight: int = MAX_IN_FLIGHT, poll_s: float = POLL_S,
+                 commit_timeout_s: float = COMMIT_TIMEOUT_S) -> None:
+        self.chain, self.key = chain, key
+        self.window_s, self.max_ops, self.max_bytes, self.poll_s = window_s, max_ops, max_bytes, poll_s
+        self.commit_timeout_s = commit_timeout_s
+        self._pending: list[_Pending] = []
+        self._pending_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._send_lock = asyncio.Lock()  # one broadcast at a time: nonce order in the mempool
+        self._waiting: dict[str, _InFlight] = {}  # tx hash (upper hex) -> batch
+        self._seen_height = 0
+        self._follower: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.stats = {"batches": 0, "ops": 0, "max_ops": 0}
+
+    # ---- the caller's side ----
+
+    async def submit(self, msg: Message) -> OpCommitted:
+        """Queue ``msg`` for the next batch and wait for its own committed outcome."""
+        op = op_of(msg)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        size = op.ByteSize() + 4  # + the field tag and length of the repeated entry
+        if self._pending and (len(self._pending) >= self.max_ops or self._pending_bytes + size > self.max_bytes):
+            self._flush()  # this one would not fit: the batch so far goes now
+        self._pending.append(_Pending(op, size, fut))
+        self._pending_bytes += size
+        if op.WhichOneof("op") in URGENT or len(self._pending) >= self.max_ops:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._flush)
+        return await fut
+
+    async def close(self) -> None:
+        """Send what is pending and wait for every batch in flight to settle."""
+        self._flush()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+
+    # ---- sending ----
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        ops, self._pending, self._pending_bytes = self._pending, [], 0
+        task = asyncio.get_running_loop().create_task(self._send(ops))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, ops: list[_Pending]) -> None:
+        async with self._slots:
+            try:
+                entry = await self._broadcast(ops)
+            except ChainError as exc:
+                _fail(ops, exc)
+                return
+            try:
+                await asyncio.wait_for(entry.done.wait(), self.commit_timeout_s)
+            except asyncio.TimeoutError:
+                _fail(ops, ChainError(f"batch not committed within {self.commit_timeout_s:.0f} s"))
+
+    async def _broadcast(self, ops: list[_Pending]) -> _InFlight:
+        batch = pb.Batch(ops=[p.op for p in ops])
+        signer = self.key.public_key().public_bytes_raw()
+        async with self._send_lock:
+            if not self._waiting:  # the follower starts from here: our tx cannot be in an earlier block
+                self._seen_height = int((await self.chain.status())["sync_info"]["latest_block_height"])
+            for attempt in range(2):
+                tx = await self.chain.sign(self.key, batch)
+                try:
+                    res = await self.chain.call("broadcast_tx_sync", tx=base64.b64encode(tx).decode())
+                    code, why = int(res.get("code", 0)), res.get("log", "")
+                except TxRejected as err:  # CometBFT v1.x reports a CheckTx refusal as an RPC error
+                    code, why = err.code, err.log
+                if code in (Code.STALE_NONCE, Code.NONCE_REUSED) and attempt == 0:
+                    self.chain.forget_nonce(signer)  # another sender used the key: resynchronise, once
+                    continue
+                if code:
+                    raise TxRejected("CheckTx", code, why)
+                break
+            entry = _InFlight(ops, time.monotonic())
+            self._waiting[hashlib.sha256(tx).hexdigest().upper()] = entry
+            self.stats["batches"] += 1
+            self.stats["ops"] += len(ops)
+            self.stats["max_ops"] = max(self.stats["max_ops"], len(ops))
+            if self._follower is None or self._follower.done():
+                self._follower = asyncio.get_running_loop().create_task(self._follow())
+        return entry
+
+    # ---- following commits ----
+
+    async def _follow(self) -> None:
+        while self._waiting:
+            try:
+                top = int((await self.chain.status())["sync_info"]["latest_block_height"])
+                while self._seen_height < top and self._waiting:
+                    await self._read_height(self._seen_height + 1)
+                    self._seen_height += 1
+            except ChainError as exc:
+                log.info("registry submitter: cannot follow the chain yet: %s", exc)
+            self._expire()
+            if self._waiting:
+                await asyncio.sleep(self.poll_s)
+
+    async def _read_height(self, height: int) -> None:
+        block = (await self.chain.call("block", height=str(height)))["block"]
+        hashes = [hashlib.sha256(base64.b64decode(t)).hexdigest().upper() for t in block["data"]["txs"] or []]
+        mine = [(i, h) for i, h in enumerate(hashes) if h in self._waiting]
+        if not mine:
+            return
+        results = (await self.chain.call("block_results", height=str(height))).get("txs_results") or []
+        for index, tx_hash in mine:
+            entry = self._waiting.pop(tx_hash)
+            _settle(entry, results[index], height, tx_hash)
+            entry.done.set()
+
+    def _expire(self) -> None:
+        old = time.monotonic() - self.commit_timeout_s
+        for tx_hash, entry in list(self._waiting.items()):
+            if entry.sent_at < old:
+                del self._waiting[tx_hash]
+                entry.done.set()  # _send fails the operations still open
+
+
+def _settle(entry: _InFlight, result: dict, height: int, tx_hash: str) -> None:
+    """Resolve each operation of a committed batch from the tx's result."""
+    code = int(result.get("code", 0))
+    if code:
+        _fail(entry.ops, TxRejected("FinalizeBlock", code, result.get("log", "")))
+        return
+    outcome = pb.BatchResult.FromString(base64.b64decode(result.get("data") or ""))
+    logs: dict[int, str] = {}
+    for ev in result.get("events") or []:
+        if ev.get("type") == BATCH_OP_EVENT:
+            attrs = {a.get("key"): a.get("value") for a in ev.get("attributes") or []}
+            if attrs.get("log"):
+                logs[int(attrs["index"])] = attrs["log"]
+    for i, pending in enumerate(entry.ops):
+        if pending.future.done():
+            continue
+        if i >= len(outcome.codes):
+            pending.future.set_exception(ChainError(f"batch result lacks operation {i}"))
+        elif outcome.codes[i]:
+            pending.future.set_exception(TxRejected("FinalizeBlock", outcome.codes[i], logs.get(i, "")))
+        else:
+            pending.future.set_result(OpCommitted(height, outcome.data[i], tx_hash))
+
+
+def _fail(ops: list[_Pending], exc: Exception) -> None:
+    for pending in ops:
+        if not pending.future.done():
+            pending.future.set_exception(exc)

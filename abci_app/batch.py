@@ -13,14 +13,20 @@ any tx). Inside, every operation is an independent little tx:
   with the same signer role, in a child overlay merged only when it succeeds;
 * one that fails leaves nothing behind and does not stop the others;
 * its outcome is recorded in order: the tx's data is a ``BatchResult`` (a code
-  and the operation's own data per operation), and its events are the
-  operation's own events (so followers read a batch exactly as single txs)
-  followed by one ``batch_op`` event (index, op kind, code, and the log on failure).
+  and the operation's own data per operation); the events open with one
+  ``batch`` event (ops, failed, and ``codes``: every operation's code, in
+  order, comma-separated), then each operation's own events as a single tx of
+  its kind would emit them (followers read a batch as they read single txs),
+  and a ``batch_op`` event (index, op kind, code, log) where an operation
+  failed. A node's tx indexer writes every event attribute, so the codes of
+  successful operations travel in one attribute, not one event each.
 
 Operations run in the order they are listed, so the outcome is a function of
-the state and the bytes only (determinism). The tx itself succeeds (code 0)
-once it authenticates: its nonce is consumed whatever its operations do, as for
-any authenticated tx. Bounds on the whole tx are stateless and reject it whole
+the state and the bytes only (determinism). They run in FinalizeBlock only:
+CheckTx admits a batch on its bounds, signature and nonce (``state.execute_tx``
+with ``batch_ops=False``), since no operation's outcome can keep it out of a
+block. The tx itself succeeds (code 0) once it authenticates: its nonce is
+consumed whatever its operations do, as for any authenticated tx. Bounds on the whole tx are stateless and reject it whole
 (``txs._check_batch``): at most MAX_BATCH_OPS operations, and MAX_TX_BYTES for
 the encoding.
 """
@@ -38,9 +44,8 @@ from ..proto import registry_pb2 as pb
 BATCH_OP_EVENT = "batch_op"
 BATCH_EVENT = "batch"
 MAX_OP_LOG = 200  # a failed operation's log in its event: enough to read, bounded per op
-TIME_DEPENDENT_OPS = frozenset({"revoke_token", "report_liveness"})  # compare against block time
 
-__all__ = ["MAX_BATCH_OPS", "BATCH_OP_KINDS", "apply_batch", "time_dependent", "op_of", "batch_of"]
+__all__ = ["MAX_BATCH_OPS", "BATCH_OP_KINDS", "apply_batch", "op_of", "batch_of"]
 
 
 def op_of(msg: Message) -> pb.BatchOp:
@@ -55,11 +60,6 @@ def op_of(msg: Message) -> pb.BatchOp:
 
 def batch_of(msgs: list[Message]) -> pb.Batch:
     return pb.Batch(ops=[op_of(m) for m in msgs])
-
-
-def time_dependent(msg: pb.Batch) -> bool:
-    """True when some operation's verdict depends on block time (a recheck must re-run it)."""
-    return any(op.WhichOneof("op") in TIME_DEPENDENT_OPS for op in msg.ops)
 
 
 def _run_op(ctx: TxContext, op: pb.BatchOp, activation: int | None) -> tuple[str, Outcome]:
@@ -98,6 +98,6 @@ def apply_batch(ctx: TxContext, msg: pb.Batch) -> Outcome:
         result.codes.append(0)
         result.data.append(outcome.data)
         events.extend(outcome.events)
-        events.append(event(BATCH_OP_EVENT, index=str(index), op=kind, code="0"))
-    summary = event(BATCH_EVENT, ops=str(len(msg.ops)), failed=str(failed))
+    codes = ",".join(map(str, result.codes))
+    summary = event(BATCH_EVENT, ops=str(len(msg.ops)), failed=str(failed), codes=codes)
     return Outcome(result.SerializeToString(deterministic=True), [summary, *events])

@@ -74,14 +74,17 @@ def authenticate(kv: Overlay, tx: DecodedTx, chain_id: str, rule: int | None) ->
 
 def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int, rule: int | None,
                verified: VerifiedCache | None = None, remember: bool = False,
-               decode: Callable[[bytes], DecodedTx] = decode_tx) -> TxResult:
+               decode: Callable[[bytes], DecodedTx] = decode_tx, batch_ops: bool = True) -> TxResult:
     """Run one transaction; its writes land in ``kv`` only if it authenticates.
 
     ``rule`` is the Ed25519 acceptance rule of the block (``ed25519_rule``);
     None skips the signature (a recheck). With ``verified``, a tx whose bytes
     this node already verified under that same rule skips it too
     (``remember``: CheckTx keeps entries and adds newly verified txs;
-    FinalizeBlock consumes them).
+    FinalizeBlock consumes them). ``batch_ops`` False (CheckTx) admits an
+    authenticated batch without running its operations: their failures are
+    per-operation results that never keep the batch out of a block, so running
+    them before the block would only double every validator's work.
     """
     try:
         tx = decode(raw)
@@ -97,6 +100,8 @@ def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int,
     except TxError as err:
         return TxResult(err.code, err.log)
     kv.put(keys.nonce(tx.signer), keys.be64(tx.nonce))
+    if tx.kind == "batch" and not batch_ops:
+        return TxResult(Code.OK, "", Outcome(), tx)  # admitted: its operations' codes are results, not refusals
     scratch = kv.child()
     ctx = TxContext(scratch, height, time_s, tx.signer, is_admin, gid)
     try:

@@ -10,7 +10,8 @@ signed by one gateway key with nonces 1, 2, 3, ... in order:
 * 1 RevokeToken      -- a new tag hash, expiring in an hour
 
 (the first batch's updates, liveness and unregistration target its own
-registrations, which precede them in the batch). Every operation is valid when
+registrations, which precede them in the batch; it unregisters another one of
+them than later batches do, so that batch 2 finds its target). Every operation is valid when
 its batch runs after the previous one, so a committed operation with code 0 is a
 registry write, and the benchmark counts only those.
 """
@@ -56,7 +57,8 @@ def batch_ops(k: int, j: int, now: int) -> list[pb.BatchOp]:
                 for i, p in enumerate(regs)]
         ops += [op_of(sealed_device(pb.UpdateDevice, old[i], _fields(k, j * 100 + u * 5 + i, 1))) for i in (0, 1)]
         ops.append(op_of(pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=old[2], last_seen=bucket)])))
-        ops.append(op_of(pb.UnregisterDevice(pseudonym=old[3])))
+        # batch 1 targets its own registrations: it unregisters the 5th, so batch 2 can unregister the 4th
+        ops.append(op_of(pb.UnregisterDevice(pseudonym=old[3] if j > 1 else old[4])))
         ops.append(op_of(pb.RevokeToken(tag_hash=revocation_hash(hashlib.sha256(f"t{k}/{j}/{u}".encode()).digest()),
                                         expires_at=now + 3600)))
     return ops

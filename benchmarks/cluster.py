@@ -168,6 +168,18 @@ class LoadRun:
             raise RuntimeError(f"{method}: {msg['error']}")
         return msg["result"]
 
+    async def _block_results(self, session: aiohttp.ClientSession, height: int) -> dict:
+        """block_results of ``height``: CometBFT stores the block before the app's results, so a
+        height that `status` already reports may need a moment more."""
+        for _ in range(250):
+            try:
+                return await self._rpc(session, self.poll_url, "block_results", height=str(height))
+            except RuntimeError as exc:
+                if "could not find results" not in str(exc):
+                    raise
+                await asyncio.sleep(POLL_S)
+        raise RuntimeError(f"no block_results for height {height}")
+
     async def _submitter(self, session: aiohttp.ClientSession, k: int) -> None:
         url = self.urls[k % len(self.urls)]
         for tx in self.loads[k]:
@@ -215,7 +227,7 @@ class LoadRun:
                         self.latencies.append(seen - sent_at)
                         counted.append(index)
                 if self.count_ops and counted:
-                    results = (await self._rpc(session, self.poll_url, "block_results", height=str(h)))
+                    results = await self._block_results(session, h)
                     for index in counted:
                         res = (results.get("txs_results") or [])[index]
                         if int(res.get("code", 0)):
@@ -320,8 +332,8 @@ def run_cluster(kind: str, binary: str, directory: Path, args, consensus: Consen
     return RunResult(kind, args.duration, load.committed, load.committed / args.duration,
                      percentile(load.latencies, 50) * 1000, percentile(load.latencies, 99) * 1000,
                      load.blocks, load.max_block, load.rejected, load.lost, load.exhausted, tx_bytes,
-                     percentile(load.rtts, 50) * 1000, cpu, load.latencies, ops_ok, load.ops_failed,
-                     ops_ok / args.duration)
+                     percentile(load.rtts, 50) * 1000, cpu, latencies=load.latencies, ops_committed=ops_ok,
+                     ops_failed=load.ops_failed, ops_per_s=ops_ok / args.duration)
 
 
 # ---- etcd: a 3-member cluster and concurrent Put clients, in loader processes ----
@@ -361,7 +373,7 @@ def run_etcd(directory: Path, args, value_size: int) -> RunResult:
     cpu = {"etcd": round(members1 - members0, 2), "loadgen": round(sum(o["cpu_s"] for o in outs), 2)}
     return RunResult("etcd", args.duration, writes, writes / args.duration, percentile(lat, 50) * 1000,
                      percentile(lat, 99) * 1000, 0, 0, sum(o["errors"] for o in outs), 0, False, value_size,
-                     0.0, cpu, [], writes, 0, writes / args.duration)
+                     0.0, cpu, ops_committed=writes, ops_per_s=writes / args.duration)
 
 
 def etcd_load_main(spec_json: str) -> int:

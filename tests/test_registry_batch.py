@@ -64,10 +64,12 @@ def test_mixed_good_and_bad_operations_each_get_their_own_code(world):
     result = _result(res)
     assert list(result.codes) == [int(c) for c in want]
     assert result.data[0] == P1 and result.data[1] == b"" and result.data[8] == P3
-    events = _op_events(res)
-    assert [int(e["code"]) for e in events] == [int(c) for c in want]
-    assert [e["index"] for e in events] == [str(i) for i in range(len(ops))]
-    assert all(("log" in e) == (int(e["code"]) != 0) for e in events)
+    summary = {a.key: a.value for a in res.events[0].attributes}
+    assert res.events[0].type == "batch"
+    assert summary == {"ops": "9", "failed": "5", "codes": ",".join(str(int(c)) for c in want)}
+    failures = _op_events(res)  # one per failed operation, with its log
+    assert [(int(e["index"]), int(e["code"])) for e in failures] == [(i, c) for i, c in enumerate(want) if c]
+    assert all(e["log"] for e in failures) and failures[0]["op"] == "register_device"
     types = [ev.type for ev in res.events]
     assert types.count("device_registered") == 2 and types.count("token_revoked") == 1  # followers read these
     assert _device(driver, P1).last_seen == T0 // 300 * 300 and _device(driver, P3) is not None
@@ -183,17 +185,22 @@ def test_two_apps_fed_the_same_blocks_agree(tmp_path):
     assert runs[0] == runs[1]
     assert len({h for h, _ in runs[0]}) == len(blocks)  # every block changed the state
     codes = [list(pb.BatchResult.FromString(abci.ExecTxResult.FromString(r).data).codes)
-             for _, results in runs[0][:3] for r in results if abci.ExecTxResult.FromString(r).events
-             and abci.ExecTxResult.FromString(r).events[0].type == "batch"]
+             for _, results in runs[0][:3] for r in results
+             if abci.ExecTxResult.FromString(r).events[0].type == "batch"]
     assert codes == [[0, 0, Code.DEVICE_NOT_FOUND], [Code.NOT_DEVICE_OWNER, 0, 0], [0, 0, 0], [0]]
 
 
-def test_recheck_reruns_time_dependent_batches(world):
-    """A pending batch with a revocation is rechecked in full: expired by the new block time, it fails."""
+def test_check_tx_admits_on_signature_and_nonce_and_the_block_decides_each_operation(world):
+    """CheckTx (and RECHECK) admit a batch without running its operations; FinalizeBlock runs
+    them with the block's time: a revocation expired by then fails alone."""
     a, app, driver = world
-    tx = a.tx(a.gw1, batch_of([pb.RevokeToken(tag_hash=revocation_hash(b"r" * 32), expires_at=T0 + 8)]))
+    tx = a.tx(a.gw1, batch_of([pb.RevokeToken(tag_hash=revocation_hash(b"r" * 32), expires_at=T0 + 8),
+                               pb.UnregisterDevice(pseudonym=P2)]))
     assert app.check_tx(abci.RequestCheckTx(tx=tx)).code == 0
+    assert [k for k in app._check.writes if not k.startswith(b"n/")] == []  # only the nonce is staged
     driver.block([], dt=20)
-    assert app.check_tx(abci.RequestCheckTx(tx=tx, type=abci.RECHECK)).code == 0  # the tx is still valid...
+    assert app.check_tx(abci.RequestCheckTx(tx=tx, type=abci.RECHECK)).code == 0
     res = driver.block([tx]).tx_results[0]
-    assert list(_result(res).codes) == [Code.ALREADY_EXPIRED]  # ...but its operation fails on its own
+    assert list(_result(res).codes) == [Code.ALREADY_EXPIRED, Code.DEVICE_NOT_FOUND]
+    replay = app.check_tx(abci.RequestCheckTx(tx=tx))
+    assert replay.code == Code.NONCE_REUSED

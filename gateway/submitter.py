@@ -4,11 +4,13 @@ Theory of operation. Callers hand in one registry message at a time
 (:meth:`RegistrySubmitter.submit`) and await its own committed outcome. The
 submitter collects what arrives within ``window_s`` of the first pending
 operation into one ``Batch`` (abci_app/batch.py): signed once, one nonce. A
-batch is cut early when it reaches ``max_ops`` or ``max_bytes``. Revocations are
-never held back: a ``RevokeToken`` sends the pending batch (with it) at once.
+batch is cut early when it reaches ``max_ops`` or ``max_bytes``. At most
+``max_in_flight`` batches await their block; while that many do, new operations
+wait and the next batch grows, so a busy gateway sends fewer, fuller batches
+instead of queueing tiny ones. Revocations are never held back: a pending
+``RevokeToken`` sends its batch at once, whatever is in flight.
 
-Several batches may be in flight (``max_in_flight``), but they are *sent* one
-after another: ``broadcast_tx_sync`` returns after the node's CheckTx, so the
+Batches are *sent* one after another, by one loop: ``broadcast_tx_sync`` returns after the node's CheckTx, so the
 next batch (the next nonce) reaches the mempool after the previous one, and the
 chain's "nonce above the last one" rule never refuses a batch for arriving out
 of order. A batch the node refuses at CheckTx fails all its operations with that
@@ -84,11 +86,14 @@ class RegistrySubmitter:
         self.chain, self.key = chain, key
         self.window_s, self.max_ops, self.max_bytes, self.poll_s = window_s, max_ops, max_bytes, poll_s
         self.commit_timeout_s = commit_timeout_s
+        self.max_in_flight = max_in_flight
         self._pending: list[_Pending] = []
-        self._pending_bytes = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._send_lock = asyncio.Lock()  # one broadcast at a time: nonce order in the mempool
+        self._first_at = 0.0  # loop time of the oldest pending operation's window
+        self._urgent = 0  # pending revocations
+        self._in_flight = 0
+        self._closing = False
+        self._wake = asyncio.Event()  # something to look at: an operation, a settled batch, close()
+        self._sender: asyncio.Task | None = None
         self._waiting: dict[str, _InFlight] = {}  # tx hash (upper hex) -> batch
         self._seen_height = 0
         self._follower: asyncio.Task | None = None
@@ -100,78 +105,117 @@ class RegistrySubmitter:
     async def submit(self, msg: Message) -> OpCommitted:
         """Queue ``msg`` for the next batch and wait for its own committed outcome."""
         op = op_of(msg)
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        size = op.ByteSize() + 4  # + the field tag and length of the repeated entry
-        if self._pending and (len(self._pending) >= self.max_ops or self._pending_bytes + size > self.max_bytes):
-            self._flush()  # this one would not fit: the batch so far goes now
-        self._pending.append(_Pending(op, size, fut))
-        self._pending_bytes += size
-        if op.WhichOneof("op") in URGENT or len(self._pending) >= self.max_ops:
-            self._flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._flush)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        if not self._pending:
+            self._first_at = loop.time()
+        self._pending.append(_Pending(op, op.ByteSize() + 4, fut))  # + the repeated field's tag and length
+        if op.WhichOneof("op") in URGENT:
+            self._urgent += 1
+        if self._sender is None or self._sender.done():
+            self._sender = loop.create_task(self._send_loop())
+        self._wake.set()
         return await fut
 
     async def close(self) -> None:
-        """Send what is pending and wait for every batch in flight to settle."""
-        self._flush()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Send what is pending at once and wait for every batch in flight to settle."""
+        self._closing = True
+        self._wake.set()
+        while self._sender is not None and not self._sender.done() or self._tasks:
+            await asyncio.gather(*([self._sender] if self._sender else []), *list(self._tasks),
+                                 return_exceptions=True)
+        self._closing = False
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)
 
-    # ---- sending ----
+    # ---- sending: one loop, so batches reach the node in nonce order ----
 
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._pending:
-            return
-        ops, self._pending, self._pending_bytes = self._pending, [], 0
-        task = asyncio.get_running_loop().create_task(self._send(ops))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, ops: list[_Pending]) -> None:
-        async with self._slots:
+    async def _send_loop(self) -> None:
+        """Cut and send batches while operations are pending. A batch goes when its
+        window has passed (or it is full, or the submitter closes) and fewer than
+        ``max_in_flight`` batches await their block; while all are in flight, later
+        operations wait and the next batch grows instead. A pending revocation
+        sends at once, in flight or not."""
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            self._wake.clear()
+            if not self._urgent and not self._closing:
+                wait = self._first_at + self.window_s - loop.time()
+                if wait > 0 and not self._full():
+                    await _wait(self._wake, wait)
+                    continue
+                if self._in_flight >= self.max_in_flight:
+                    await self._wake.wait()  # a batch settled, more came, or a revocation
+                    continue
+            ops = self._cut()
+            self._in_flight += 1
             try:
                 entry = await self._broadcast(ops)
             except ChainError as exc:
+                self._in_flight -= 1
                 _fail(ops, exc)
-                return
-            try:
-                await asyncio.wait_for(entry.done.wait(), self.commit_timeout_s)
-            except asyncio.TimeoutError:
-                _fail(ops, ChainError(f"batch not committed within {self.commit_timeout_s:.0f} s"))
+                continue
+            task = loop.create_task(self._await_commit(entry))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _full(self) -> bool:
+        return len(self._pending) >= self.max_ops or sum(p.size for p in self._pending) >= self.max_bytes
+
+    def _cut(self) -> list[_Pending]:
+        """The oldest pending operations that fit one batch (at least one)."""
+        size, n = 0, 0
+        for p in self._pending[: self.max_ops]:
+            if n and size + p.size > self.max_bytes:
+                break
+            size += p.size
+            n += 1
+        ops, self._pending = self._pending[:n], self._pending[n:]
+        self._urgent -= sum(1 for p in ops if p.op.WhichOneof("op") in URGENT)
+        if self._pending:
+            self._first_at = asyncio.get_running_loop().time()  # the rest waits a window of its own
+        return ops
+
+    async def _await_commit(self, entry: _InFlight) -> None:
+        try:
+            await asyncio.wait_for(entry.done.wait(), self.commit_timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._in_flight -= 1
+            self._wake.set()
+        # settled operations keep their outcome; any left open (expired) fail
+        _fail(entry.ops, ChainError(f"batch not seen committed within {self.commit_timeout_s:.0f} s"))
 
     async def _broadcast(self, ops: list[_Pending]) -> _InFlight:
         batch = pb.Batch(ops=[p.op for p in ops])
         signer = self.key.public_key().public_bytes_raw()
-        async with self._send_lock:
-            if not self._waiting:  # the follower starts from here: our tx cannot be in an earlier block
-                self._seen_height = int((await self.chain.status())["sync_info"]["latest_block_height"])
-            for attempt in range(2):
-                tx = await self.chain.sign(self.key, batch)
-                try:
-                    res = await self.chain.call("broadcast_tx_sync", tx=base64.b64encode(tx).decode())
-                    code, why = int(res.get("code", 0)), res.get("log", "")
-                except TxRejected as err:  # CometBFT v1.x reports a CheckTx refusal as an RPC error
-                    code, why = err.code, err.log
-                if code in (Code.STALE_NONCE, Code.NONCE_REUSED) and attempt == 0:
-                    self.chain.forget_nonce(signer)  # another sender used the key: resynchronise, once
-                    continue
-                if code:
-                    raise TxRejected("CheckTx", code, why)
-                break
-            entry = _InFlight(ops, time.monotonic())
-            self._waiting[hashlib.sha256(tx).hexdigest().upper()] = entry
-            self.stats["batches"] += 1
-            self.stats["ops"] += len(ops)
-            self.stats["max_ops"] = max(self.stats["max_ops"], len(ops))
-            if self._follower is None or self._follower.done():
-                self._follower = asyncio.get_running_loop().create_task(self._follow())
+        # only the send loop broadcasts: one at a time, so batches reach the mempool in nonce order
+        if self._follower is None or self._follower.done():
+            # a new follower starts from here (our tx cannot be in an earlier block); a running
+            # one is never moved: it reads every height after its own last one
+            self._seen_height = int((await self.chain.status())["sync_info"]["latest_block_height"])
+        for attempt in range(2):
+            tx = await self.chain.sign(self.key, batch)
+            try:
+                res = await self.chain.call("broadcast_tx_sync", tx=base64.b64encode(tx).decode())
+                code, why = int(res.get("code", 0)), res.get("log", "")
+            except TxRejected as err:  # CometBFT v1.x reports a CheckTx refusal as an RPC error
+                code, why = err.code, err.log
+            if code in (Code.STALE_NONCE, Code.NONCE_REUSED) and attempt == 0:
+                self.chain.forget_nonce(signer)  # another sender used the key: resynchronise, once
+                continue
+            if code:
+                raise TxRejected("CheckTx", code, why)
+            break
+        entry = _InFlight(ops, time.monotonic())
+        self._waiting[hashlib.sha256(tx).hexdigest().upper()] = entry
+        self.stats["batches"] += 1
+        self.stats["ops"] += len(ops)
+        self.stats["max_ops"] = max(self.stats["max_ops"], len(ops))
+        if self._follower is None or self._follower.done():
+            self._follower = asyncio.get_running_loop().create_task(self._follow())
         return entry
 
     # ---- following commits ----
@@ -181,10 +225,13 @@ class RegistrySubmitter:
             try:
                 top = int((await self.chain.status())["sync_info"]["latest_block_height"])
                 while self._seen_height < top and self._waiting:
-                    await self._read_height(self._seen_height + 1)
-                    self._seen_height += 1
+                    height = self._seen_height + 1
+                    await self._read_height(height)
+                    self._seen_height = height
             except ChainError as exc:
                 log.info("registry submitter: cannot follow the chain yet: %s", exc)
+            except (KeyError, IndexError, TypeError, ValueError) as exc:  # an answer of an unexpected shape
+                log.warning("registry submitter: unreadable block or results: %r", exc)
             self._expire()
             if self._waiting:
                 await asyncio.sleep(self.poll_s)
@@ -207,6 +254,13 @@ class RegistrySubmitter:
             if entry.sent_at < old:
                 del self._waiting[tx_hash]
                 entry.done.set()  # _send fails the operations still open
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
 
 
 def _settle(entry: _InFlight, result: dict, height: int, tx_hash: str) -> None:

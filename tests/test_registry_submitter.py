@@ -5,8 +5,8 @@ its own committed outcome, and revocations are never held back for a window."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import random
 import time
 from pathlib import Path
 
@@ -109,6 +109,43 @@ async def test_several_batches_in_flight_keep_nonce_order(node):
         done = await sub.submit(pb.UnregisterDevice(pseudonym=devices[2].pseudonym))
         await sub.close()
         assert done.height > 0
+
+
+async def test_a_sparse_stream_with_idle_gaps_settles_every_operation(node):
+    """Operations arriving one by one, with gaps longer and shorter than a block, all settle:
+    the follower stops when idle and starts again without skipping a height."""
+    url, key = node
+    rng = random.Random(7)
+    async with ChainClient(url) as chain:
+        sub = RegistrySubmitter(chain, key, window_s=0.005)
+        tasks = []
+        for i in range(40):
+            tasks.append(asyncio.ensure_future(sub.submit(_device(700 + i))))
+            await asyncio.sleep(rng.choice((0.0, 0.01, 0.05, 0.2, 0.45)))
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        await sub.close()
+    assert all(r.height > 0 for r in results) and sub.stats["ops"] == 40
+
+
+async def test_while_batches_are_in_flight_the_next_one_grows(node):
+    """With one batch in flight, a steady stream goes out as a few growing batches, not one tx per
+    window; a revocation does not wait for the batch in flight."""
+    url, key = node
+    async with ChainClient(url) as chain:
+        sub = RegistrySubmitter(chain, key, window_s=0.001, max_in_flight=1)
+        tasks = []
+        for i in range(40):
+            tasks.append(asyncio.ensure_future(sub.submit(_device(800 + i))))
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        revoked = await sub.submit(pb.RevokeToken(tag_hash=revocation_hash(os.urandom(32)),
+                                                  expires_at=int(time.time()) + 3600))
+        took = time.monotonic() - t0
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        await sub.close()
+    assert all(r.height > 0 for r in results)
+    assert sub.stats["batches"] <= 12 and sub.stats["max_ops"] >= 4, sub.stats
+    assert revoked.height <= max(r.height for r in results) + 1 and took < 3.0
 
 
 async def test_a_revocation_is_not_held_back(node):

@@ -17,10 +17,13 @@ of order. A batch the node refuses at CheckTx fails all its operations with that
 code (a stale nonce, e.g. after another sender used the key, is resynchronised
 and the batch sent once more).
 
-Commits are learnt by one follower that polls the node (``status``, then
-``block`` for every new height; ``block_results`` only for heights holding one
-of its txs), so the same code serves CometBFT and the embedded node without
-a websocket or a tx indexer. Each operation's future is resolved from its
+Commits are learnt by one follower, running while batches wait: it subscribes
+to CometBFT's NewBlock events over the RPC websocket (each event carries the
+block's txs and results, so the caller learns its outcome as soon as
+``broadcast_tx_commit`` would have told it), and falls back to polling
+(``status``, ``block`` for every new height, ``block_results`` for heights
+holding one of its txs) where there is no websocket (the embedded node) or it
+failed. Heights are read in order, none skipped. Each operation's future is resolved from its
 entry in the tx's ``BatchResult``: code 0 -> :class:`OpCommitted`, otherwise
 :class:`~edgistry.chain.TxRejected` with the operation's own code and log.
 """
@@ -30,10 +33,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 
+import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import Message
 
@@ -50,6 +55,7 @@ POLL_S = 0.02  # the follower's period while txs are in flight (idle: no polling
 MAX_IN_FLIGHT = 4  # batches sent but not yet committed
 COMMIT_TIMEOUT_S = 60.0  # a sent batch not seen committed by then fails its operations
 BATCH_OVERHEAD = 256  # SignedTx + TxBody framing around the operations (signature, key, chain id, nonce)
+WS_QUIET_S = 1.0  # no NewBlock event for this long: poll once, in case one was missed
 URGENT = frozenset({"revoke_token"})  # kinds that are never held back for a window
 
 
@@ -97,8 +103,10 @@ class RegistrySubmitter:
         self._waiting: dict[str, _InFlight] = {}  # tx hash (upper hex) -> batch
         self._seen_height = 0
         self._follower: asyncio.Task | None = None
+        self._ws_session: aiohttp.ClientSession | None = None
+        self._ws_usable: bool | None = None  # None: not tried yet; False: the node has no websocket
         self._tasks: set[asyncio.Task] = set()
-        self.stats = {"batches": 0, "ops": 0, "max_ops": 0}
+        self.stats = {"batches": 0, "ops": 0, "max_ops": 0, "ws_blocks": 0, "polled_blocks": 0}
 
     # ---- the caller's side ----
 
@@ -128,6 +136,9 @@ class RegistrySubmitter:
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)
+        if self._ws_session is not None:
+            await self._ws_session.close()
+            self._ws_session = None
 
     # ---- sending: one loop, so batches reach the node in nonce order ----
 
@@ -221,13 +232,56 @@ class RegistrySubmitter:
     # ---- following commits ----
 
     async def _follow(self) -> None:
+        """Learn commits while batches wait: pushed NewBlock events over CometBFT's
+        websocket (each carries the block and its results: no polling, no extra
+        calls), else, or after a websocket failure, polling."""
+        if self._ws_usable is not False:
+            try:
+                await self._follow_ws()
+                return
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError) as exc:
+                if self._ws_usable is None:  # never worked (the embedded node has no websocket): poll from now on
+                    self._ws_usable = False
+                log.info("registry submitter: following by polling (%r)", exc)
+        await self._follow_poll()
+
+    async def _follow_ws(self) -> None:
+        if self._ws_session is None:
+            self._ws_session = aiohttp.ClientSession()
+        url = self.chain.url.replace("http", "ws", 1) + "/websocket"
+        async with self._ws_session.ws_connect(url, max_msg_size=0, heartbeat=10.0) as ws:
+            await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "subscribe",
+                                "params": {"query": "tm.event='NewBlock'"}})
+            await self._catch_up()  # blocks committed before the subscription took effect
+            while self._waiting:
+                try:
+                    msg = await ws.receive(timeout=WS_QUIET_S)
+                except asyncio.TimeoutError:  # no block for a while: make sure none was missed
+                    self._expire()
+                    await self._catch_up()
+                    continue
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    raise ConnectionError(f"websocket {msg.type.name}")
+                event = json.loads(msg.data).get("result", {}).get("data") or {}
+                value = event.get("value") if event.get("type", "").endswith("NewBlock") else None
+                if value is None:
+                    continue  # the subscription's acknowledgement
+                self._ws_usable = True
+                self.stats["ws_blocks"] += 1
+                block = value["block"]
+                height = int(block["header"]["height"])
+                if height > self._seen_height + 1:
+                    await self._catch_up(height - 1)
+                if height == self._seen_height + 1:
+                    results = value["result_finalize_block"].get("tx_results") or []
+                    await self._settle_block(height, block["data"]["txs"] or [], results)
+                    self._seen_height = height
+                self._expire()
+
+    async def _follow_poll(self) -> None:
         while self._waiting:
             try:
-                top = int((await self.chain.status())["sync_info"]["latest_block_height"])
-                while self._seen_height < top and self._waiting:
-                    height = self._seen_height + 1
-                    await self._read_height(height)
-                    self._seen_height = height
+                await self._catch_up()
             except ChainError as exc:
                 log.info("registry submitter: cannot follow the chain yet: %s", exc)
             except (KeyError, IndexError, TypeError, ValueError) as exc:  # an answer of an unexpected shape
@@ -236,13 +290,26 @@ class RegistrySubmitter:
             if self._waiting:
                 await asyncio.sleep(self.poll_s)
 
-    async def _read_height(self, height: int) -> None:
-        block = (await self.chain.call("block", height=str(height)))["block"]
-        hashes = [hashlib.sha256(base64.b64decode(t)).hexdigest().upper() for t in block["data"]["txs"] or []]
+    async def _catch_up(self, top: int | None = None) -> None:
+        """Read every height after the last one seen, up to ``top`` (the node's latest)."""
+        if top is None:
+            top = int((await self.chain.status())["sync_info"]["latest_block_height"])
+        while self._seen_height < top and self._waiting:
+            height = self._seen_height + 1
+            block = (await self.chain.call("block", height=str(height)))["block"]
+            self.stats["polled_blocks"] += 1
+            await self._settle_block(height, block["data"]["txs"] or [], None)
+            self._seen_height = height
+
+    async def _settle_block(self, height: int, txs: list[str], results: list[dict] | None) -> None:
+        """Settle the batches of ours among ``txs`` (base64) of block ``height``; ``results``
+        (its tx results) are fetched only when a batch of ours is there and they were not given."""
+        hashes = [hashlib.sha256(base64.b64decode(t)).hexdigest().upper() for t in txs]
         mine = [(i, h) for i, h in enumerate(hashes) if h in self._waiting]
         if not mine:
             return
-        results = (await self.chain.call("block_results", height=str(height))).get("txs_results") or []
+        if results is None:
+            results = (await self.chain.call("block_results", height=str(height))).get("txs_results") or []
         for index, tx_hash in mine:
             entry = self._waiting.pop(tx_hash)
             _settle(entry, results[index], height, tx_hash)

@@ -85,6 +85,7 @@ async def test_a_burst_becomes_few_batches_with_per_operation_outcomes(node):
                    and r.log for r in missing)
         assert isinstance(results[59], TxRejected) and results[59].code == Code.DEVICE_EXISTS
         assert sub.stats["ops"] == 60 and sub.stats["batches"] <= 3, sub.stats
+        assert sub.stats["ws_blocks"] > 0  # CometBFT pushed the blocks (NewBlock over the websocket)
         listed = {d.pseudonym for d in await chain.devices()}
         assert {d.pseudonym for d in devices} <= listed
 
@@ -113,11 +114,13 @@ async def test_several_batches_in_flight_keep_nonce_order(node):
 
 async def test_a_sparse_stream_with_idle_gaps_settles_every_operation(node):
     """Operations arriving one by one, with gaps longer and shorter than a block, all settle:
-    the follower stops when idle and starts again without skipping a height."""
+    the follower stops when idle and starts again without skipping a height (here by
+    polling, as against a node without a websocket)."""
     url, key = node
     rng = random.Random(7)
     async with ChainClient(url) as chain:
         sub = RegistrySubmitter(chain, key, window_s=0.005)
+        sub._ws_usable = False  # the embedded node's case
         tasks = []
         for i in range(40):
             tasks.append(asyncio.ensure_future(sub.submit(_device(700 + i))))
@@ -125,6 +128,7 @@ async def test_a_sparse_stream_with_idle_gaps_settles_every_operation(node):
         results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
         await sub.close()
     assert all(r.height > 0 for r in results) and sub.stats["ops"] == 40
+    assert sub.stats["polled_blocks"] > 0 and sub.stats["ws_blocks"] == 0
 
 
 async def test_while_batches_are_in_flight_the_next_one_grows(node):

@@ -55,6 +55,7 @@ POLL_S = 0.02  # the follower's period while txs are in flight (idle: no polling
 MAX_IN_FLIGHT = 4  # batches sent but not yet committed
 COMMIT_TIMEOUT_S = 60.0  # a sent batch not seen committed by then fails its operations
 BATCH_OVERHEAD = 256  # SignedTx + TxBody framing around the operations (signature, key, chain id, nonce)
+CLOSE_GRACE_S = 5.0  # close() waits this long for batches in flight
 WS_QUIET_S = 1.0  # no NewBlock event for this long: poll once, in case one was missed
 URGENT = frozenset({"revoke_token"})  # kinds that are never held back for a window
 
@@ -125,14 +126,29 @@ class RegistrySubmitter:
         self._wake.set()
         return await fut
 
-    async def close(self) -> None:
-        """Send what is pending at once and wait for every batch in flight to settle."""
+    async def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
+        """Send what is pending at once and wait up to ``grace_s`` for the batches in flight
+        to settle; operations still open then fail (the caller is shutting down: a node
+        that stopped first must not hold it up)."""
         self._closing = True
         self._wake.set()
-        while self._sender is not None and not self._sender.done() or self._tasks:
-            await asyncio.gather(*([self._sender] if self._sender else []), *list(self._tasks),
-                                 return_exceptions=True)
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while (self._sender is not None and not self._sender.done()) or self._tasks:
+            left = deadline - asyncio.get_running_loop().time()
+            busy = ([self._sender] if self._sender is not None and not self._sender.done() else []) + list(self._tasks)
+            if left <= 0:
+                for task in busy:
+                    task.cancel()
+                await asyncio.gather(*busy, return_exceptions=True)
+                break
+            await asyncio.wait(busy, timeout=left)
         self._closing = False
+        closed = ChainError("the registry submitter closed before the batch was seen committed")
+        for entry in self._waiting.values():
+            _fail(entry.ops, closed)
+        self._waiting.clear()
+        _fail(self._pending, closed)
+        self._pending, self._urgent, self._in_flight = [], 0, 0
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)

@@ -183,6 +183,13 @@ class RegistrySubmitter:
                 self._in_flight -= 1
                 _fail(ops, exc)
                 continue
+            except BaseException as exc:  # cancelled by close(), or a bug: no caller may wait forever
+                self._in_flight -= 1
+                _fail(ops, ChainError(f"the batch was not sent: {exc!r}"))
+                if not isinstance(exc, Exception):
+                    raise
+                log.exception("registry submitter: sending a batch failed")
+                continue
             task = loop.create_task(self._await_commit(entry))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -11,11 +11,18 @@ instead of queueing tiny ones. Revocations are never held back: a pending
 ``RevokeToken`` sends its batch at once, whatever is in flight.
 
 Batches are *sent* one after another, by one loop: ``broadcast_tx_sync`` returns after the node's CheckTx, so the
-next batch (the next nonce) reaches the mempool after the previous one, and the
-chain's "nonce above the last one" rule never refuses a batch for arriving out
-of order. A batch the node refuses at CheckTx fails all its operations with that
+next batch (the next nonce) reaches its node's mempool after the previous one,
+and that node's "nonce above the last one" check never refuses a batch for
+arriving out of order. A batch the node refuses at CheckTx fails all its operations with that
 code (a stale nonce, e.g. after another sender used the key, is resynchronised
 and the batch sent once more).
+
+Gossip does not keep one sender's order on every node, so a batch can still be
+overtaken: a later nonce committed first makes it invalid for ever. The
+follower notices (a committed batch of ours with a higher nonce, or the batch
+refused in its block for a stale nonce) and puts the overtaken batch's
+operations back at the front of the queue, to go in a new batch; the old bytes
+can never apply, so nothing is applied twice and nothing is lost.
 
 Commits are learnt by one follower, running while batches wait: it subscribes
 to CometBFT's NewBlock events over the RPC websocket (each event carries the
@@ -23,8 +30,8 @@ block's txs and results, so the caller learns its outcome as soon as
 ``broadcast_tx_commit`` would have told it), and falls back to polling
 (``status``, ``block`` for every new height, ``block_results`` for heights
 holding one of its txs) where there is no websocket (the embedded node) or it
-failed. Heights are read in order, none skipped. Each operation's future is resolved from its
-entry in the tx's ``BatchResult``: code 0 -> :class:`OpCommitted`, otherwise
+failed. Heights are read in order, none skipped. Each operation's future is
+resolved from its entry in the tx's ``BatchResult``: code 0 -> :class:`OpCommitted`, otherwise
 :class:`~edgistry.chain.TxRejected` with the operation's own code and log.
 """
 
@@ -80,7 +87,9 @@ class _Pending:
 class _InFlight:
     ops: list[_Pending]
     sent_at: float
+    nonce: int
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    resent: bool = False  # its operations went back to the queue (a later nonce committed first)
 
 
 class RegistrySubmitter:
@@ -107,7 +116,8 @@ class RegistrySubmitter:
         self._ws_session: aiohttp.ClientSession | None = None
         self._ws_usable: bool | None = None  # None: not tried yet; False: the node has no websocket
         self._tasks: set[asyncio.Task] = set()
-        self.stats = {"batches": 0, "ops": 0, "max_ops": 0, "ws_blocks": 0, "polled_blocks": 0}
+        self.stats = {"batches": 0, "ops": 0, "max_ops": 0, "ws_blocks": 0, "polled_blocks": 0,
+                      "resent_ops": 0}
 
     # ---- the caller's side ----
 
@@ -219,6 +229,8 @@ class RegistrySubmitter:
         finally:
             self._in_flight -= 1
             self._wake.set()
+        if entry.resent:
+            return
         # settled operations keep their outcome; any left open (expired) fail
         _fail(entry.ops, ChainError(f"batch not seen committed within {self.commit_timeout_s:.0f} s"))
 
@@ -243,7 +255,7 @@ class RegistrySubmitter:
             if code:
                 raise TxRejected("CheckTx", code, why)
             break
-        entry = _InFlight(ops, time.monotonic())
+        entry = _InFlight(ops, time.monotonic(), pb.TxBody.FromString(pb.SignedTx.FromString(tx).body).nonce)
         self._waiting[hashlib.sha256(tx).hexdigest().upper()] = entry
         self.stats["batches"] += 1
         self.stats["ops"] += len(ops)
@@ -333,10 +345,41 @@ class RegistrySubmitter:
             return
         if results is None:
             results = (await self.chain.call("block_results", height=str(height))).get("txs_results") or []
+        committed = 0
         for index, tx_hash in mine:
+            if int(results[index].get("code", 0)) in (Code.STALE_NONCE, Code.NONCE_REUSED):
+                continue  # in the block after a later batch of ours: resent below, as if overtaken
             entry = self._waiting.pop(tx_hash)
             _settle(entry, results[index], height, tx_hash)
             entry.done.set()
+            committed = max(committed, entry.nonce)
+        self._resend_overtaken(committed)
+
+    def _resend_overtaken(self, committed: int) -> None:
+        """Batches of ours with a nonce below one just committed can never commit (the
+        chain takes only higher nonces): a node received them after a later batch (gossip
+        does not keep one sender's order across peers) or dropped them. Their operations go
+        back to the front of the queue, to travel in a new batch under a new nonce; the old
+        bytes stay invalid for ever, so nothing is applied twice."""
+        overtaken = [(h, e) for h, e in self._waiting.items() if e.nonce < committed]
+        if not overtaken:
+            return
+        ops = []
+        for tx_hash, entry in overtaken:
+            del self._waiting[tx_hash]
+            entry.resent = True
+            ops += [p for p in entry.ops if not p.future.done()]
+            entry.done.set()
+        self.stats["resent_ops"] += len(ops)
+        log.info("registry submitter: %d batch(es) overtaken by a later nonce; %d operation(s) sent again",
+                 len(overtaken), len(ops))
+        loop = asyncio.get_running_loop()
+        self._pending[:0] = ops
+        self._urgent += sum(1 for p in ops if p.op.WhichOneof("op") in URGENT)
+        self._first_at = loop.time() - self.window_s  # their window has long passed
+        if self._sender is None or self._sender.done():
+            self._sender = loop.create_task(self._send_loop())
+        self._wake.set()
 
     def _expire(self) -> None:
         old = time.monotonic() - self.commit_timeout_s

@@ -152,6 +152,31 @@ async def test_while_batches_are_in_flight_the_next_one_grows(node):
     assert revoked.height <= max(r.height for r in results) + 1 and took < 3.0
 
 
+async def test_a_batch_overtaken_by_a_later_nonce_is_sent_again(node):
+    """A batch the node never got (as if dropped, or overtaken in gossip) is invalid once a
+    later batch commits: its operations go out again in a new batch and succeed once."""
+    url, key = node
+    async with ChainClient(url) as chain:
+        real_call, dropped = chain.call, []
+
+        async def lossy_call(method, **params):
+            if method == "broadcast_tx_sync" and not dropped:
+                dropped.append(params["tx"])  # swallowed: the node never sees this batch
+                return {"code": 0, "log": ""}
+            return await real_call(method, **params)
+
+        chain.call = lossy_call
+        sub = RegistrySubmitter(chain, key, window_s=0.001)
+        first = asyncio.ensure_future(sub.submit(_device(600)))
+        await asyncio.sleep(0.3)
+        assert dropped and not first.done()
+        second = await asyncio.wait_for(sub.submit(_device(601)), 30)
+        again = await asyncio.wait_for(first, 30)
+        await sub.close()
+    assert sub.stats["resent_ops"] == 1 and sub.stats["batches"] == 3
+    assert again.height >= second.height and again.tx_hash != second.tx_hash
+
+
 async def test_a_revocation_is_not_held_back(node):
     """With a 10 s window, a revocation (and what waits with it) commits in well under the window."""
     url, key = node

@@ -165,6 +165,10 @@ class ChainClient:
         self._last_nonce[signer] = nonce
         return nonce
 
+    def forget_nonce(self, signer: bytes) -> None:
+        """Read the signer's committed nonce again before the next signature (after a stale one)."""
+        self._last_nonce.pop(signer, None)
+
     async def sign(self, key: Ed25519PrivateKey, msg: Message) -> bytes:
         signer = key.public_key().public_bytes_raw()
         return txs.sign_tx(key, await self.chain_id(), await self.next_nonce(signer), msg)
@@ -189,7 +193,7 @@ class ChainClient:
             except TxRejected as err:
                 if err.code not in (Code.STALE_NONCE, Code.NONCE_REUSED) or attempt == retries:
                     raise
-                self._last_nonce.pop(signer, None)
+                self.forget_nonce(signer)
         raise AssertionError("unreachable")
 
 

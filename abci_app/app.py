@@ -8,7 +8,9 @@ the process dies before Commit the staged block is simply lost: Info reports
 the last committed height and CometBFT replays the block. CheckTx runs every
 tx against a separate check overlay (committed state plus the mempool's
 effects), reset at Commit so the RECHECK pass sees the new state; a recheck
-whose reads the block did not touch is a nonce lookup (``recheck.py``). The
+whose reads the block did not touch is a nonce lookup (``recheck.py``). A
+batch tx is admitted on its signature and nonce alone: its operations run only
+in FinalizeBlock (``batch.py``), where each fails or succeeds on its own. The
 proposal and vote methods never touch committed state.
 
 Signatures: every block height has one Ed25519 acceptance rule
@@ -276,7 +278,7 @@ class RegistryApp:
         view = TrackingOverlay(self._check)
         result = execute_tx(view, raw, self.chain_id, height, self._block_time,
                             None if recheck and not reverify else rule,
-                            verified=self.verified, remember=True, decode=self.decoded.decode)
+                            verified=self.verified, remember=True, decode=self.decoded.decode, batch_ops=False)
         self._check.writes.update(view.writes)  # an authenticated tx consumed its nonce even if it failed
         self._note_checked(raw, result, view, recheck)
         return result.to_check()

@@ -18,7 +18,8 @@ class Code(IntEnum):
     TX_TOO_LARGE = 2
     BAD_SIGNATURE = 3
     INVALID_FIELD = 4  # a field out of range or badly formed
-    NO_MESSAGE = 5  # TxBody carries no message
+    NO_MESSAGE = 5  # TxBody (or a batch operation) carries no message
+    BATCH_TOO_LARGE = 6  # a batch beyond MAX_BATCH_OPS operations
     # -- stateful --
     WRONG_CHAIN = 10
     UNKNOWN_SIGNER = 11

@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 
 from . import keys
 from .codes import CODESPACE, Code, TxError
+from .batch import apply_batch
 from .handlers import HANDLERS, Outcome, TxContext
 from .overlay import Overlay
 from .revocation_rule import check_form, read_revocation_hash_height
 from .txs import DecodedTx, VerifiedCache, decode_tx, verify_signature
 from ..proto import abci_pb2 as abci
+
+TX_HANDLERS = {**HANDLERS, "batch": apply_batch}  # a batch runs the same handlers, one per operation
 
 
 @dataclass(slots=True)
@@ -71,14 +74,17 @@ def authenticate(kv: Overlay, tx: DecodedTx, chain_id: str, rule: int | None) ->
 
 def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int, rule: int | None,
                verified: VerifiedCache | None = None, remember: bool = False,
-               decode: Callable[[bytes], DecodedTx] = decode_tx) -> TxResult:
+               decode: Callable[[bytes], DecodedTx] = decode_tx, batch_ops: bool = True) -> TxResult:
     """Run one transaction; its writes land in ``kv`` only if it authenticates.
 
     ``rule`` is the Ed25519 acceptance rule of the block (``ed25519_rule``);
     None skips the signature (a recheck). With ``verified``, a tx whose bytes
     this node already verified under that same rule skips it too
     (``remember``: CheckTx keeps entries and adds newly verified txs;
-    FinalizeBlock consumes them).
+    FinalizeBlock consumes them). ``batch_ops`` False (CheckTx) admits an
+    authenticated batch without running its operations: their failures are
+    per-operation results that never keep the batch out of a block, so running
+    them before the block would only double every validator's work.
     """
     try:
         tx = decode(raw)
@@ -94,10 +100,12 @@ def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int,
     except TxError as err:
         return TxResult(err.code, err.log)
     kv.put(keys.nonce(tx.signer), keys.be64(tx.nonce))
+    if tx.kind == "batch" and not batch_ops:
+        return TxResult(Code.OK, "", Outcome(), tx)  # admitted: its operations' codes are results, not refusals
     scratch = kv.child()
     ctx = TxContext(scratch, height, time_s, tx.signer, is_admin, gid)
     try:
-        outcome = HANDLERS[tx.kind](ctx, tx.msg)
+        outcome = TX_HANDLERS[tx.kind](ctx, tx.msg)
     except TxError as err:
         return TxResult(err.code, err.log)
     scratch.merge_into_parent()

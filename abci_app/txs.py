@@ -36,10 +36,13 @@ MAX_LIVENESS_ENTRIES = 1000
 MAX_K = 10_000
 MAX_DUTY_CYCLE_S = 7 * 24 * 3600
 LIVENESS_GRANULARITY_S = 300  # liveness is coarse on purpose: 5-minute buckets
+MAX_BATCH_OPS = 256  # one gateway's window of operations; the encoding is bounded by MAX_TX_BYTES too
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):([0-9]{1,5})$")
 
 MESSAGE_NAMES = tuple(f.name for f in pb.TxBody.DESCRIPTOR.oneofs_by_name["msg"].fields)
+# the kinds a Batch may carry: message full name -> BatchOp field name (abci_app/batch.py)
+BATCH_OP_KINDS = {f.message_type.full_name: f.name for f in pb.BatchOp.DESCRIPTOR.oneofs_by_name["op"].fields}
 
 
 @dataclass(slots=True)  # not frozen: frozen dataclass construction is slow on the hot path
@@ -333,6 +336,14 @@ def _check_remove_gateway(msg: pb.RemoveGateway) -> None:
         raise _bad("gateway_id must be 32 hex characters")
 
 
+def _check_batch(msg: pb.Batch) -> None:
+    """Only the batch's bounds: each operation is validated alone when it runs
+    (abci_app/batch.py), so one malformed operation does not fail the others."""
+    if not 0 < len(msg.ops) <= MAX_BATCH_OPS:
+        raise TxError(Code.BATCH_TOO_LARGE if msg.ops else Code.INVALID_FIELD,
+                      f"a batch holds 1..{MAX_BATCH_OPS} operations, not {len(msg.ops)}")
+
+
 VALIDATORS = {
     "register_gateway": _check_register_gateway,
     "update_gateway": _check_update_gateway,
@@ -346,5 +357,6 @@ VALIDATORS = {
     "set_seal_key": sealing.check_set_seal_key,
     "put_data_key": sealing.check_put_data_key,
     "set_gateway_tls": _check_set_gateway_tls,
+    "batch": _check_batch,
 }
 assert set(VALIDATORS) == set(MESSAGE_NAMES), "every tx message needs a stateless check"

@@ -55,6 +55,7 @@ import aiohttp
 import h3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from batch_load import UNIT, UNITS_PER_BATCH, batch_load, mix_statement
 from bench_util import open_bench_epoch, sealed_device, wait_for_port
 from edgistry.config import load_ed25519_pem
 from edgistry.abci_app import txs as registry_txs
@@ -71,10 +72,12 @@ CHAIN = "edg-bench"
 POLL_S = 0.02
 LOST_AFTER_S = 20.0  # a tx not committed this long after broadcast counts as lost (slot freed)
 ABCI_CLI_ENV = "EDGISTRY_ABCI_CLI"
-APPS = ("kvstore", "registry", "null", "kvstore-go-socket")
+APPS = ("kvstore", "registry", "registry-batch", "etcd", "null", "kvstore-go-socket")
 DESCRIPTION = {
     "kvstore": "CometBFT's kvstore, in process (--proxy_app kvstore)",
     "registry": "edgistry node over the ABCI socket (Ed25519-signed RegisterDevice txs)",
+    "registry-batch": "edgistry node, batch txs of registry operations (one signature per batch; mix below)",
+    "etcd": "3-member etcd cluster (Debian etcd-server, default fsync durability), concurrent Put clients",
     "null": "Python null app on abci_app/server.py: accepts every tx, no work (Python socket ceiling)",
     "kvstore-go-socket": "CometBFT's Go kvstore over the ABCI socket (abci-cli kvstore, persists to goleveldb)",
 }
@@ -96,6 +99,9 @@ class RunResult:
     tx_bytes: int
     sync_rtt_p50_ms: float = 0.0  # broadcast_tx_sync round trip (the node's CheckTx included)
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds used in the run, by role
+    ops_committed: int = 0  # registry operations applied (code 0) or etcd Puts acknowledged; = committed otherwise
+    ops_failed: int = 0  # batch operations committed with a non-zero code
+    ops_per_s: float = 0.0
     latencies: list[float] = field(default_factory=list, repr=False)
 
 
@@ -138,7 +144,7 @@ class LoadRun:
     """S closed-loop submitters (window W each) and one block poller."""
 
     def __init__(self, urls: list[str], poll_url: str, loads: list[list[bytes]], window: int,
-                 duration: float, warmup: float, cpu_probe=dict) -> None:
+                 duration: float, warmup: float, cpu_probe=dict, count_ops: bool = False) -> None:
         self.urls, self.poll_url, self.loads = urls, poll_url, loads
         self.window, self.duration, self.warmup = window, duration, warmup
         self.sent: dict[str, tuple[float, int]] = {}
@@ -146,6 +152,8 @@ class LoadRun:
         self.latencies: list[float] = []
         self.rtts: list[float] = []  # broadcast_tx_sync round trips (CheckTx included)
         self.committed = self.rejected = self.lost = self.blocks = self.max_block = 0
+        self.count_ops = count_ops  # batch txs: read block_results and count operations by their codes
+        self.ops_ok = self.ops_failed = 0
         self.exhausted = False
         self.cpu_probe = cpu_probe  # called at the start and at the end of the measured window
         self.cpu_start: dict[str, float] | None = None
@@ -159,6 +167,18 @@ class LoadRun:
         if "error" in msg:
             raise RuntimeError(f"{method}: {msg['error']}")
         return msg["result"]
+
+    async def _block_results(self, session: aiohttp.ClientSession, height: int) -> dict:
+        """block_results of ``height``: CometBFT stores the block before the app's results, so a
+        height that `status` already reports may need a moment more."""
+        for _ in range(250):
+            try:
+                return await self._rpc(session, self.poll_url, "block_results", height=str(height))
+            except RuntimeError as exc:
+                if "could not find results" not in str(exc):
+                    raise
+                await asyncio.sleep(POLL_S)
+        raise RuntimeError(f"no block_results for height {height}")
 
     async def _submitter(self, session: aiohttp.ClientSession, k: int) -> None:
         url = self.urls[k % len(self.urls)]
@@ -195,7 +215,8 @@ class LoadRun:
                 if measured:
                     self.blocks += 1
                     self.max_block = max(self.max_block, len(txs))
-                for b64 in txs:
+                counted = []
+                for index, b64 in enumerate(txs):
                     entry = self.sent.pop(tx_key(base64.b64decode(b64)), None)
                     if entry is None:
                         continue
@@ -204,6 +225,17 @@ class LoadRun:
                     if measured and seen <= self.t_end:
                         self.committed += 1
                         self.latencies.append(seen - sent_at)
+                        counted.append(index)
+                if self.count_ops and counted:
+                    results = await self._block_results(session, h)
+                    for index in counted:
+                        res = (results.get("txs_results") or [])[index]
+                        if int(res.get("code", 0)):
+                            continue
+                        codes = pb.BatchResult.FromString(base64.b64decode(res.get("data") or "")).codes
+                        failed = sum(1 for c in codes if c)
+                        self.ops_ok += len(codes) - failed
+                        self.ops_failed += failed
             last = top
             self._reap()
         end = self.cpu_probe()
@@ -273,7 +305,7 @@ def run_cluster(kind: str, binary: str, directory: Path, args, consensus: Consen
     launcher = Launcher(directory)
     try:
         for node in nodes:
-            if kind == "registry":
+            if kind in ("registry", "registry-batch"):
                 ops.start_node(launcher, node, binary, gateway=False)
             elif kind == "kvstore":
                 launcher.start(ops.proc_name(node, "cmt"),
@@ -286,19 +318,72 @@ def run_cluster(kind: str, binary: str, directory: Path, args, consensus: Consen
                                                    str(node.root / "abci-cli-kvstore"), "--log_level", "error"],
                                   binary)
         ops.wait_agreement(nodes, 2, 120, launcher=launcher)
-        if kind == "registry":  # device txs are sealed under a data key epoch 1 (no gateway runs to open one)
+        if kind in ("registry", "registry-batch"):  # device txs are sealed under data key epoch 1 (no gateway)
             open_bench_epoch(nodes[0].rpc_url, load_ed25519_pem(nodes[0].edgistry_home / "keys" / "admin.pem"))
-        load = LoadRun([n.rpc_url for n in nodes], nodes[0].rpc_url, loads, args.window, args.duration, args.warmup,
-                       cpu_probe=lambda: cpu_by_role(launcher))
+        window = args.batch_window if kind == "registry-batch" else args.window
+        load = LoadRun([n.rpc_url for n in nodes], nodes[0].rpc_url, loads, window, args.duration, args.warmup,
+                       cpu_probe=lambda: cpu_by_role(launcher), count_ops=kind == "registry-batch")
         asyncio.run(load.run())
         cpu = load.cpu_used
     finally:
         ops.down(directory)
     tx_bytes = round(statistics.mean(len(tx) for tx in loads[0][:100]))
+    ops_ok = load.ops_ok if kind == "registry-batch" else load.committed
     return RunResult(kind, args.duration, load.committed, load.committed / args.duration,
                      percentile(load.latencies, 50) * 1000, percentile(load.latencies, 99) * 1000,
                      load.blocks, load.max_block, load.rejected, load.lost, load.exhausted, tx_bytes,
-                     percentile(load.rtts, 50) * 1000, cpu, load.latencies)
+                     percentile(load.rtts, 50) * 1000, cpu, latencies=load.latencies, ops_committed=ops_ok,
+                     ops_failed=load.ops_failed, ops_per_s=ops_ok / args.duration)
+
+
+# ---- etcd: a 3-member cluster and concurrent Put clients, in loader processes ----
+
+
+def run_etcd(directory: Path, args, value_size: int) -> RunResult:
+    """A fresh 3-member etcd cluster; ``--etcd-procs`` loader processes of ``--etcd-clients``
+    concurrent writers each; CPU of members and loaders over the measured window."""
+    from etcd_kv import EtcdCluster
+
+    directory.mkdir(parents=True, exist_ok=True)
+    cluster = EtcdCluster(directory, args.etcd_port, members=3)
+    loaders: list = []
+    try:
+        cluster.start()
+        cluster.wait_ready()
+        spec = {"endpoints": cluster.endpoints, "clients": args.etcd_clients, "value_size": value_size,
+                "warmup": args.warmup, "duration": args.duration}
+        import subprocess
+
+        for i in range(args.etcd_procs):
+            loaders.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--etcd-load",
+                                             json.dumps({**spec, "tag": f"p{i}"})], stdout=subprocess.PIPE))
+        time.sleep(args.warmup)
+        members0 = sum(_cpu_seconds(pid) for pid in cluster.pids)
+        time.sleep(args.duration)
+        members1 = sum(_cpu_seconds(pid) for pid in cluster.pids)
+        outs = [json.loads(p.communicate(timeout=120)[0].decode().strip().splitlines()[-1]) for p in loaders]
+    finally:
+        for p in loaders:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+        cluster.stop()
+    lat = [x for o in outs for x in o["lat"]]
+    writes = sum(o["writes"] for o in outs)
+    cpu = {"etcd": round(members1 - members0, 2), "loadgen": round(sum(o["cpu_s"] for o in outs), 2)}
+    return RunResult("etcd", args.duration, writes, writes / args.duration, percentile(lat, 50) * 1000,
+                     percentile(lat, 99) * 1000, 0, 0, sum(o["errors"] for o in outs), 0, False, value_size,
+                     0.0, cpu, ops_committed=writes, ops_per_s=writes / args.duration)
+
+
+def etcd_load_main(spec_json: str) -> int:
+    from etcd_kv import put_load
+
+    spec = json.loads(spec_json)
+    out = asyncio.run(put_load(spec["endpoints"], spec["clients"], spec["value_size"], spec["warmup"],
+                               spec["duration"], spec["tag"]))
+    print(json.dumps(out))
+    return 0
 
 
 # ---- the null app: a Python socket app that does nothing ----
@@ -394,6 +479,10 @@ def settings_statement(consensus: ConsensusSettings) -> dict[str, dict]:
     return out
 
 
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    return (min(values), statistics.median(values), max(values)) if values else (0.0, 0.0, 0.0)
+
+
 def median_result(runs: list[RunResult]) -> RunResult:
     """The run with the median throughput (its own latencies and CPU figures)."""
     ordered = sorted(runs, key=lambda r: r.tx_per_s)
@@ -403,6 +492,8 @@ def median_result(runs: list[RunResult]) -> RunResult:
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--serve-null":  # one node's null app (started by this benchmark)
         return serve_null(sys.argv[2])
+    if len(sys.argv) == 3 and sys.argv[1] == "--etcd-load":  # one etcd loader process (started by this benchmark)
+        return etcd_load_main(sys.argv[2])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per app")
@@ -419,6 +510,12 @@ def main() -> int:
     parser.add_argument("--apps", default=",".join(APPS), help=f"rows to run, in order (of {', '.join(APPS)})")
     parser.add_argument("--only", choices=APPS, default=None, help="run one row (same as --apps NAME)")
     parser.add_argument("--rounds", type=int, default=1, help="run every row this many times, interleaved; medians")
+    parser.add_argument("--batch-submitters", type=int, default=16, help="registry-batch: gateway keys sending batches")
+    parser.add_argument("--batch-window", type=int, default=4, help="registry-batch: batches in flight per submitter")
+    parser.add_argument("--batches-per-submitter", type=int, default=150)
+    parser.add_argument("--etcd-port", type=int, default=22000, help="etcd: first of 6 loopback ports")
+    parser.add_argument("--etcd-procs", type=int, default=2, help="etcd: loader processes")
+    parser.add_argument("--etcd-clients", type=int, default=128, help="etcd: concurrent writers per loader process")
     args = parser.parse_args()
 
     binary = find_cometbft()
@@ -438,8 +535,9 @@ def main() -> int:
 
     consensus = ConsensusSettings(timeout_commit=args.timeout_commit)
     keys = [Ed25519PrivateKey.generate() for _ in range(args.submitters)]
+    batch_keys = [Ed25519PrivateKey.generate() for _ in range(args.batch_submitters)]
     extra = [GatewaySpec(k.public_key().public_bytes_raw(), f"127.0.0.1:{40000 + i}", f"load{i}")
-             for i, k in enumerate(keys)]
+             for i, k in enumerate(keys + batch_keys)]
     t0 = time.perf_counter()
     registry_txs_ = registry_load(keys, args.per_submitter) if "registry" in apps else []
     if registry_txs_:
@@ -447,6 +545,12 @@ def main() -> int:
               file=sys.stderr)
     size = len(registry_txs_[0][0]) if registry_txs_ else len(registry_load(keys[:1], 1)[0][0])
     kv_txs = kvstore_load(args.submitters, args.per_submitter, size)
+    batch_txs = []
+    if "registry-batch" in apps:
+        t0 = time.perf_counter()
+        batch_txs = batch_load(batch_keys, args.batches_per_submitter, CHAIN)
+        print(f"pre-signed {args.batch_submitters * args.batches_per_submitter} batch txs "
+              f"({UNITS_PER_BATCH * UNIT} ops each) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
     runs: dict[str, list[RunResult]] = {a: [] for a in apps}
     with tempfile.TemporaryDirectory(prefix="edg-bench-") as tmp:
@@ -454,11 +558,15 @@ def main() -> int:
             for kind in apps:
                 label = f" (round {rnd + 1}/{args.rounds})" if args.rounds > 1 else ""
                 print(f"running {kind} for {args.warmup:.0f}+{args.duration:.0f} s{label} ...", file=sys.stderr)
-                loads = registry_txs_ if kind == "registry" else kv_txs
+                if kind == "etcd":
+                    runs[kind].append(run_etcd(Path(tmp) / f"etcd-{rnd}", args, size))
+                    continue
+                loads = {"registry": registry_txs_, "registry-batch": batch_txs}.get(kind, kv_txs)
                 runs[kind].append(run_cluster(kind, binary, Path(tmp) / f"{kind}-{rnd}", args, consensus, loads,
                                               extra, abci_cli))
     results = [median_result(runs[a]) for a in apps]
     in_flight = args.submitters * args.window
+    batch_in_flight = args.batch_submitters * args.batch_window
     by = {r.app: r for r in results}
     base = by.get("kvstore")
     ratio = {r.app: r.tx_per_s / base.tx_per_s for r in results if base is not None and base.tx_per_s}
@@ -481,7 +589,9 @@ def main() -> int:
         print(f"{r.app:<18} {r.tx_bytes:>8} {r.committed:>10} {r.tx_per_s:>8.1f} {rel:>10} {r.p50_ms:>7.0f} "
               f"{r.p99_ms:>7.0f} {r.blocks:>6} {r.max_block_txs:>11} {r.rejected:>8} {r.lost:>5} "
               f"{r.sync_rtt_p50_ms:>11.1f}" + ("  (ran out of pre-built txs)" if r.exhausted else "")
-              + ("  (load-capped: a block held every tx in flight)" if r.max_block_txs >= in_flight else ""))
+              + ("  (load-capped: a block held every tx in flight)"
+                 if r.app != "etcd" and r.max_block_txs >= (batch_in_flight if r.app == "registry-batch" else in_flight)
+                 else ""))
     if args.rounds > 1:
         for a in apps:
             print(f"  {a:<18} tx/s by round: " + ", ".join(f"{r.tx_per_s:.0f}" for r in runs[a]))
@@ -493,6 +603,28 @@ def main() -> int:
                                             for role, sec in r.cpu_s.items()) + f"  total {total:.1f} s")
     if "registry" in ratio:
         print(f"registry / kvstore = {ratio['registry']:.2f} (target >= 0.8)")
+    print("\ncommitted writes/s (registry-batch: registry operations applied with code 0; etcd: Puts acknowledged; "
+          "kvstore and registry: txs), min/median/max over rounds, and the load generator's CPU per write:")
+    if "registry-batch" in apps:
+        print(f"  registry-batch: {args.batch_submitters} gateway keys x {args.batch_window} batches in flight, "
+              + mix_statement())
+    if "etcd" in apps:
+        print(f"  etcd: {args.etcd_procs} loader processes x {args.etcd_clients} concurrent Put clients, values of "
+              f"{size} bytes, 3 members on this machine")
+    spread = {a: _spread([r.ops_per_s for r in runs[a]]) for a in apps}
+    for a in apps:
+        lo, mid, hi = spread[a]
+        r = by[a]
+        print(f"  {a:<18} {lo:>8.0f} / {mid:>8.0f} / {hi:>8.0f} writes/s   loadgen CPU "
+              f"{r.cpu_s.get('loadgen', 0.0):.1f} s ({1e3 * r.cpu_s.get('loadgen', 0.0) / max(r.ops_committed, 1):.3f}"
+              f" ms/write)" + (f"   ops failed {r.ops_failed}" if a == "registry-batch" else ""))
+    goals = {}
+    if "registry-batch" in apps:
+        for other in ("etcd", "kvstore"):
+            if other in apps and spread[other][1]:
+                goals[other] = round(spread["registry-batch"][1] / spread[other][1], 3)
+                print(f"registry-batch ops/s / {other} writes/s = {goals[other]:.2f} (goal >= 1.0: "
+                      f"{'met' if goals[other] >= 1.0 else 'missed'})")
     result = {
         "nodes": args.nodes, "submitters": args.submitters, "window": args.window, "duration_s": args.duration,
         "rounds": args.rounds, "in_flight": in_flight, "settings": settings,
@@ -501,6 +633,9 @@ def main() -> int:
         "ratios_vs_kvstore": {a: round(v, 3) for a, v in ratio.items()},
         "skipped": skipped,
         "tx_per_s_by_round": {a: [round(r.tx_per_s, 1) for r in runs[a]] for a in apps},
+        "writes_per_s_by_round": {a: [round(r.ops_per_s, 1) for r in runs[a]] for a in apps},
+        "writes_per_s_min_median_max": {a: [round(v, 1) for v in spread[a]] for a in apps},
+        "batch_goal_ratios": goals, "batch_mix": mix_statement() if "registry-batch" in apps else None,
         **{r.app: {k: (round(v, 1) if isinstance(v, float) else v) for k, v in asdict(r).items()
                    if k not in ("latencies", "app", "duration_s")} for r in results},
     }

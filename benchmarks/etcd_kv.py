@@ -3,7 +3,10 @@
 The few etcdserverpb / mvccpb messages the discovery benchmark needs are
 declared here as descriptors with etcd's own field numbers (api/etcdserverpb/
 rpc.proto, api/mvccpb/kv.proto), so no etcd Python package or extra binary is
-needed. Also: start and stop a throwaway etcd 3.4 server on loopback.
+needed. Also: start and stop a throwaway etcd 3.4 server on loopback, or a
+3-member cluster (:class:`EtcdCluster`, default durability: every write fsynced
+by a quorum before it is acknowledged), and drive it with concurrent Puts
+(:func:`put_load`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ _cls = {n: message_factory.GetMessageClass(_pool.FindMessageTypeByName("etcdserv
                   "TxnResponse")}
 RangeRequest, RangeResponse = _cls["RangeRequest"], _cls["RangeResponse"]
 PutRequest, RequestOp, TxnRequest, TxnResponse = _cls["PutRequest"], _cls["RequestOp"], _cls["TxnRequest"], _cls["TxnResponse"]
+PutResponse = _cls["PutResponse"]
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -145,3 +149,120 @@ class EtcdServer:
                     return
             time.sleep(0.1)
         raise TimeoutError("etcd did not start")
+
+
+class EtcdCluster:
+    """``members`` etcd processes on loopback forming one cluster, with etcd's default
+    durability (no --unsafe-no-fsync: a write is acknowledged once a quorum fsynced
+    it). Started and stopped by pid; ports ``base_port + 2*i`` (client) and ``+1`` (peer)."""
+
+    def __init__(self, workdir: Path, base_port: int, members: int = 3) -> None:
+        self.binary = shutil.which("etcd") or "/usr/bin/etcd"
+        self.workdir, self.base_port, self.members = workdir, base_port, members
+        self.procs: list[subprocess.Popen] = []
+
+    def _urls(self, i: int) -> tuple[str, str]:
+        return f"http://127.0.0.1:{self.base_port + 2 * i}", f"http://127.0.0.1:{self.base_port + 2 * i + 1}"
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [f"127.0.0.1:{self.base_port + 2 * i}" for i in range(self.members)]
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def start(self) -> None:
+        initial = ",".join(f"m{i}={self._urls(i)[1]}" for i in range(self.members))
+        for i in range(self.members):
+            cu, pu = self._urls(i)
+            args = [self.binary, "--name", f"m{i}", "--data-dir", str(self.workdir / f"m{i}"),
+                    "--listen-client-urls", cu, "--advertise-client-urls", cu,
+                    "--listen-peer-urls", pu, "--initial-advertise-peer-urls", pu,
+                    "--initial-cluster", initial, "--initial-cluster-state", "new",
+                    "--initial-cluster-token", f"bench-{self.base_port}", "--log-level", "error",
+                    "--logger", "zap"]
+            with open(self.workdir / f"m{i}.log", "ab") as log:
+                self.procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                                   start_new_session=True))
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until a Put through every member succeeds (a leader is elected and all are serving)."""
+        import asyncio
+
+        async def probe() -> None:
+            for ep in self.endpoints:
+                async with grpc.aio.insecure_channel(ep) as ch:
+                    put = ch.unary_unary("/etcdserverpb.KV/Put", request_serializer=PutRequest.SerializeToString,
+                                         response_deserializer=PutResponse.FromString)
+                    await put(PutRequest(key=b"probe", value=b"1"), timeout=2)
+
+        deadline = time.monotonic() + timeout
+        while True:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"etcd member exited ({p.returncode}); see {self.workdir}")
+            try:
+                asyncio.run(probe())
+                return
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("etcd cluster did not become ready")
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                with suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGKILL)
+                p.wait(5)
+        self.procs = []
+
+
+async def put_load(endpoints: list[str], clients: int, value_size: int, warmup: float, duration: float,
+                   tag: str) -> dict:
+    """``clients`` concurrent closed-loop writers (one Put in flight each, unique keys), spread
+    over one channel per 16 clients round-robin on ``endpoints``; counts Puts acknowledged in
+    the measured window and their latencies, and this process's CPU over that window."""
+    import asyncio
+
+    value = os.urandom(value_size // 2).hex().encode()[:value_size]
+    channels = [grpc.aio.insecure_channel(endpoints[i % len(endpoints)]) for i in range((clients + 15) // 16)]
+    puts = [ch.unary_unary("/etcdserverpb.KV/Put", request_serializer=PutRequest.SerializeToString,
+                           response_deserializer=PutResponse.FromString) for ch in channels]
+    start = time.monotonic()
+    t_measure, t_end = start + warmup, start + warmup + duration
+    lat: list[float] = []
+    errors = 0
+    cpu0: list[float] = []
+
+    async def writer(c: int) -> None:
+        nonlocal errors
+        put, n = puts[c % len(puts)], 0
+        while True:
+            t0 = time.monotonic()
+            if t0 >= t_end:
+                return
+            if t0 >= t_measure and not cpu0:
+                cpu0.append(time.process_time())
+            try:
+                await put(PutRequest(key=f"{tag}/{c}/{n}".encode(), value=value), timeout=10)
+            except grpc.RpcError:
+                errors += 1
+                continue
+            t1 = time.monotonic()
+            n += 1
+            if t_measure <= t0 and t1 <= t_end:
+                lat.append(t1 - t0)
+
+    await asyncio.gather(*(writer(c) for c in range(clients)))
+    cpu = time.process_time() - (cpu0[0] if cpu0 else 0.0)
+    for ch in channels:
+        await ch.close()
+    return {"writes": len(lat), "errors": errors, "cpu_s": round(cpu, 2), "lat": lat}

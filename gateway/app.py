@@ -49,6 +49,7 @@ from ..firmware.caplets.revocation import RevocationSet
 from .tokens.revocations import DEFAULT_MAX_SILENCE_S, LiveRevocations
 from .link.store_backend import StoreLinkBackend
 from ..chain import ChainClient, ChainError, TxRejected
+from .submitter import RegistrySubmitter
 from .pairing.commissioner import Commissioner
 from .discovery.keeper import PATIENCE_S, SealKeeper
 from .discovery.sealbox import load_seal_key
@@ -127,6 +128,8 @@ class Gateway:
         self.secret = (cfg.keys_dir / "gateway.secret").read_bytes()
         self.gateway_id = gateway_id_for(public_bytes(self.key))
         self.chain = ChainClient(rpc_url or cfg.rpc_url)
+        # registry writes of this gateway go out as batch txs (revocations at once): gateway/submitter.py
+        self.submitter = RegistrySubmitter(self.chain, self.key)
         self.metrics = GatewayMetrics()
         self.admission = Admission(cfg.limits)
         self.health = Health(on_fault=lambda cause: self.metrics.faults.labels(cause).inc())
@@ -225,7 +228,7 @@ class Gateway:
                                                               self.grpc_endpoint, keeper=self.keeper)
         commissioner = Commissioner(self.store, offers, self.code, self.chain, self.key,
                                     self.secret, self.link_endpoint, self.metrics, keeper=self.keeper,
-                                    replica=self.replica)
+                                    replica=self.replica, submitter=self.submitter)
         self.keeper.reseal = commissioner.reseal
         self.service.resolvers.append(dg.handle_resolver(self.discovery, self.secret, revoked=revoked))  # handles
         self.replica.on_revocations, self.replica.on_heard = self.apply_revocations, revoked.heard
@@ -307,6 +310,7 @@ class Gateway:
             self.link = None
         if self._peer is not None:
             await self._peer.close()
+        await self.submitter.close()
         await self.chain.close()
         if self.store is not None:
             self.store.close()
@@ -401,7 +405,7 @@ class Gateway:
         if not due:
             return 0
         msg = pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=ps, last_seen=bucket) for _, ps, bucket in due])
-        await self.chain.submit(self.key, msg)
+        await self.submitter.submit(msg)
         await self.store.liveness_reported(due)
         self.chain_ok_at = time.time()
         return len(due)
@@ -514,12 +518,12 @@ class Gateway:
 
     async def _publish(self, rec: pb.GatewayRecord) -> None:
         if rec.endpoint != self.grpc_endpoint:
-            await self.chain.submit(self.key, pb.UpdateGateway(endpoint=self.grpc_endpoint, operator=rec.operator))
+            await self.submitter.submit(pb.UpdateGateway(endpoint=self.grpc_endpoint, operator=rec.operator))
             log.info("registry endpoint updated to %s", self.grpc_endpoint)
         want = self.tls_record()
         if (rec.tls_cert, rec.tls_cert_signature, rec.peer_endpoint) != \
                 (want.cert, want.cert_signature, want.peer_endpoint):
-            await self.chain.submit(self.key, want)
+            await self.submitter.submit(want)
             log.info("registry TLS certificate and peer endpoint %s published", self.peer_endpoint)
 
 

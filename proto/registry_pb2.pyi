@@ -17,7 +17,7 @@ class SignedTx(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., signer: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class TxBody(_message.Message):
-    __slots__ = ("chain_id", "nonce", "register_gateway", "update_gateway", "remove_gateway", "register_device", "update_device", "unregister_device", "revoke_token", "report_liveness", "set_validator", "set_seal_key", "put_data_key", "set_gateway_tls")
+    __slots__ = ("chain_id", "nonce", "register_gateway", "update_gateway", "remove_gateway", "register_device", "update_device", "unregister_device", "revoke_token", "report_liveness", "set_validator", "set_seal_key", "put_data_key", "set_gateway_tls", "batch")
     CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     REGISTER_GATEWAY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class TxBody(_message.Message):
     SET_SEAL_KEY_FIELD_NUMBER: _ClassVar[int]
     PUT_DATA_KEY_FIELD_NUMBER: _ClassVar[int]
     SET_GATEWAY_TLS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     chain_id: str
     nonce: int
     register_gateway: RegisterGateway
@@ -46,7 +47,42 @@ class TxBody(_message.Message):
     set_seal_key: SetSealKey
     put_data_key: PutDataKey
     set_gateway_tls: SetGatewayTls
-    def __init__(self, chain_id: _Optional[str] = ..., nonce: _Optional[int] = ..., register_gateway: _Optional[_Union[RegisterGateway, _Mapping]] = ..., update_gateway: _Optional[_Union[UpdateGateway, _Mapping]] = ..., remove_gateway: _Optional[_Union[RemoveGateway, _Mapping]] = ..., register_device: _Optional[_Union[RegisterDevice, _Mapping]] = ..., update_device: _Optional[_Union[UpdateDevice, _Mapping]] = ..., unregister_device: _Optional[_Union[UnregisterDevice, _Mapping]] = ..., revoke_token: _Optional[_Union[RevokeToken, _Mapping]] = ..., report_liveness: _Optional[_Union[ReportLiveness, _Mapping]] = ..., set_validator: _Optional[_Union[SetValidator, _Mapping]] = ..., set_seal_key: _Optional[_Union[SetSealKey, _Mapping]] = ..., put_data_key: _Optional[_Union[PutDataKey, _Mapping]] = ..., set_gateway_tls: _Optional[_Union[SetGatewayTls, _Mapping]] = ...) -> None: ...
+    batch: Batch
+    def __init__(self, chain_id: _Optional[str] = ..., nonce: _Optional[int] = ..., register_gateway: _Optional[_Union[RegisterGateway, _Mapping]] = ..., update_gateway: _Optional[_Union[UpdateGateway, _Mapping]] = ..., remove_gateway: _Optional[_Union[RemoveGateway, _Mapping]] = ..., register_device: _Optional[_Union[RegisterDevice, _Mapping]] = ..., update_device: _Optional[_Union[UpdateDevice, _Mapping]] = ..., unregister_device: _Optional[_Union[UnregisterDevice, _Mapping]] = ..., revoke_token: _Optional[_Union[RevokeToken, _Mapping]] = ..., report_liveness: _Optional[_Union[ReportLiveness, _Mapping]] = ..., set_validator: _Optional[_Union[SetValidator, _Mapping]] = ..., set_seal_key: _Optional[_Union[SetSealKey, _Mapping]] = ..., put_data_key: _Optional[_Union[PutDataKey, _Mapping]] = ..., set_gateway_tls: _Optional[_Union[SetGatewayTls, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
+
+class BatchOp(_message.Message):
+    __slots__ = ("update_gateway", "register_device", "update_device", "unregister_device", "revoke_token", "report_liveness", "set_seal_key", "set_gateway_tls")
+    UPDATE_GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    UNREGISTER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REPORT_LIVENESS_FIELD_NUMBER: _ClassVar[int]
+    SET_SEAL_KEY_FIELD_NUMBER: _ClassVar[int]
+    SET_GATEWAY_TLS_FIELD_NUMBER: _ClassVar[int]
+    update_gateway: UpdateGateway
+    register_device: RegisterDevice
+    update_device: UpdateDevice
+    unregister_device: UnregisterDevice
+    revoke_token: RevokeToken
+    report_liveness: ReportLiveness
+    set_seal_key: SetSealKey
+    set_gateway_tls: SetGatewayTls
+    def __init__(self, update_gateway: _Optional[_Union[UpdateGateway, _Mapping]] = ..., register_device: _Optional[_Union[RegisterDevice, _Mapping]] = ..., update_device: _Optional[_Union[UpdateDevice, _Mapping]] = ..., unregister_device: _Optional[_Union[UnregisterDevice, _Mapping]] = ..., revoke_token: _Optional[_Union[RevokeToken, _Mapping]] = ..., report_liveness: _Optional[_Union[ReportLiveness, _Mapping]] = ..., set_seal_key: _Optional[_Union[SetSealKey, _Mapping]] = ..., set_gateway_tls: _Optional[_Union[SetGatewayTls, _Mapping]] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("ops",)
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    ops: _containers.RepeatedCompositeFieldContainer[BatchOp]
+    def __init__(self, ops: _Optional[_Iterable[_Union[BatchOp, _Mapping]]] = ...) -> None: ...
+
+class BatchResult(_message.Message):
+    __slots__ = ("codes", "data")
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    codes: _containers.RepeatedScalarFieldContainer[int]
+    data: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, codes: _Optional[_Iterable[int]] = ..., data: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RegisterGateway(_message.Message):
     __slots__ = ("pubkey", "endpoint", "operator")

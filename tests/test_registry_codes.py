@@ -44,6 +44,8 @@ CASES = {
     Code.BAD_SIGNATURE: (lambda a: [], lambda a: _flip_sig(a.tx(a.gw1, pb.UpdateGateway(endpoint="h:1")))),
     Code.INVALID_FIELD: (lambda a: [], lambda a: a.tx(a.gw1, pb.UpdateGateway(endpoint="no port"))),
     Code.NO_MESSAGE: (lambda a: [], lambda a: _sign_raw_body(a.gw1, pb.TxBody(chain_id=CHAIN, nonce=9).SerializeToString())),
+    Code.BATCH_TOO_LARGE: (lambda a: [], lambda a: a.tx(a.gw1, pb.Batch(ops=[
+        pb.BatchOp(unregister_device=pb.UnregisterDevice(pseudonym=P1))] * (txs.MAX_BATCH_OPS + 1)))),
     Code.WRONG_CHAIN: (lambda a: [], lambda a: a.tx(a.gw1, pb.UpdateGateway(endpoint="h:1"), chain="other")),
     Code.UNKNOWN_SIGNER: (lambda a: [], lambda a: a.tx(a.stranger, pb.UpdateGateway(endpoint="h:1"))),
     Code.STALE_NONCE: (lambda a: [a.tx(a.gw1, pb.UpdateGateway(endpoint="h:1"), nonce=50)],

@@ -45,8 +45,10 @@ LINK_ID_LEN = 16
 class Commissioner:
     def __init__(self, store: GatewayStore, offers: Offers, code: CommissionCode, chain: ChainClient,
                  key: Ed25519PrivateKey, secret: bytes, link_endpoint: str,
-                 metrics: GatewayMetrics | None = None, clock=None, keeper=None, replica=None) -> None:
+                 metrics: GatewayMetrics | None = None, clock=None, keeper=None, replica=None,
+                 submitter=None) -> None:
         self.store, self.offers, self.code, self.chain = store, offers, code, chain
+        self.submitter = submitter  # gateway/submitter.py: device txs ride in the gateway's batches
         self.keeper = keeper  # discovery.keeper.SealKeeper: the data key devices are sealed under
         self.replica = replica  # discovery.replica.ReplicaFollower: tells whether discovery shows the device
         self.key, self.secret, self.link_endpoint = key, secret, link_endpoint
@@ -204,6 +206,8 @@ class Commissioner:
                 pb.UnregisterDevice: "unregister_device"}[type(msg)]
         try:
             VALIDATORS[kind](msg)  # the chain's own stateless check, before broadcasting
+            if self.submitter is not None:
+                return (await self.submitter.submit(msg)).height
             return (await self.chain.submit(self.key, msg)).height
         except TxError as exc:
             raise BadRequest(f"the registry would refuse the device: {exc}") from exc

@@ -335,6 +335,7 @@ def _revoke_on_chain(tokens: list, home: str, rpc: str | None, wait_all: bool, t
     from ...config import HomeError, NodeConfig, load_ed25519_pem
     from ...chain import ChainClient, ChainError
     from ...proto import registry_pb2 as pb
+    from ..submitter import RegistrySubmitter
     from ..tls import Pin, PinError
     from .revoke_wait import InForceTimeout, wait_in_force
 
@@ -346,12 +347,15 @@ def _revoke_on_chain(tokens: list, home: str, rpc: str | None, wait_all: bool, t
 
     async def submit() -> None:
         async with ChainClient(rpc or cfg.rpc_url) as chain:
-            height = 0
-            for token in tokens:
-                expires = token.expires_at if token.expires_at is not None else CHAIN_FOREVER
-                done = await chain.submit(key, pb.RevokeToken(tag_hash=revocation_hash(token.tag),
-                                                              expires_at=int(expires)))
-                height = max(height, done.height)
+            submitter = RegistrySubmitter(chain, key)  # revocations are sent at once, never held for a window
+            try:
+                done = await asyncio.gather(*(submitter.submit(pb.RevokeToken(
+                    tag_hash=revocation_hash(token.tag),
+                    expires_at=int(token.expires_at if token.expires_at is not None else CHAIN_FOREVER)))
+                    for token in tokens))
+            finally:
+                await submitter.close()
+            height = max(d.height for d in done)
             click.echo(f"committed at height {height}")
             pin = None if cfg.insecure else Pin.from_file(cfg.tls_cert_path)
             where = await wait_in_force(chain, cfg.grpc_listen, height, wait_all, timeout, pin)

@@ -1,0 +1,103 @@
+"""Batched registry operations: one signed tx carrying a gateway's operations of a short window.
+
+Theory of operation. A gateway has many small registry writes (devices paired,
+re-sealed, unregistered, liveness buckets, revocations). Signing, gossiping,
+checking and ordering each as its own tx costs every validator one Ed25519
+verification, one nonce and one mempool entry per write. A ``Batch`` carries up
+to :data:`MAX_BATCH_OPS` of them under one signature and one nonce
+(authentication, chain id and the nonce rule are ``state.execute_tx``'s, as for
+any tx). Inside, every operation is an independent little tx:
+
+* it is validated alone (the same stateless check a tx of its kind gets, plus
+  the revocation form of the block height) and then applied by the same handler,
+  with the same signer role, in a child overlay merged only when it succeeds;
+* one that fails leaves nothing behind and does not stop the others;
+* its outcome is recorded in order: the tx's data is a ``BatchResult`` (a code
+  and the operation's own data per operation); the events open with one
+  ``batch`` event (ops, failed, and ``codes``: every operation's code, in
+  order, comma-separated), then each operation's own events as a single tx of
+  its kind would emit them (followers read a batch as they read single txs),
+  and a ``batch_op`` event (index, op kind, code, log) where an operation
+  failed. A node's tx indexer writes every event attribute, so the codes of
+  successful operations travel in one attribute, not one event each.
+
+Operations run in the order they are listed, so the outcome is a function of
+the state and the bytes only (determinism). They run in FinalizeBlock only:
+CheckTx admits a batch on its bounds, signature and nonce (``state.execute_tx``
+with ``batch_ops=False``), since no operation's outcome can keep it out of a
+block. The tx itself succeeds (code 0) once it authenticates: its nonce is
+consumed whatever its operations do, as for any authenticated tx. Bounds on the whole tx are stateless and reject it whole
+(``txs._check_batch``): at most MAX_BATCH_OPS operations, and MAX_TX_BYTES for
+the encoding.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+
+from .codes import Code, TxError
+from .handlers import HANDLERS, Outcome, TxContext, event
+from .revocation_rule import check_form, read_revocation_hash_height
+from .txs import BATCH_OP_KINDS, MAX_BATCH_OPS, VALIDATORS
+from ..proto import registry_pb2 as pb
+
+BATCH_OP_EVENT = "batch_op"
+BATCH_EVENT = "batch"
+MAX_OP_LOG = 200  # a failed operation's log in its event: enough to read, bounded per op
+
+__all__ = ["MAX_BATCH_OPS", "BATCH_OP_KINDS", "apply_batch", "op_of", "batch_of"]
+
+
+def op_of(msg: Message) -> pb.BatchOp:
+    """A BatchOp carrying ``msg`` (one of the registry messages a batch may hold)."""
+    kind = BATCH_OP_KINDS.get(msg.DESCRIPTOR.full_name)
+    if kind is None:
+        raise TypeError(f"{type(msg).__name__} cannot travel in a batch")
+    op = pb.BatchOp()
+    getattr(op, kind).CopyFrom(msg)
+    return op
+
+
+def batch_of(msgs: list[Message]) -> pb.Batch:
+    return pb.Batch(ops=[op_of(m) for m in msgs])
+
+
+def _run_op(ctx: TxContext, op: pb.BatchOp, activation: int | None) -> tuple[str, Outcome]:
+    kind = op.WhichOneof("op")
+    if kind is None:
+        raise TxError(Code.NO_MESSAGE, "the operation carries no message")
+    msg = getattr(op, kind)
+    VALIDATORS[kind](msg)  # the stateless check a tx of this kind gets
+    if kind == "revoke_token":
+        check_form(msg, ctx.height, activation)
+    scratch = ctx.kv.child()
+    outcome = HANDLERS[kind](TxContext(scratch, ctx.height, ctx.time_s, ctx.signer, ctx.is_admin, ctx.gateway_id),
+                             msg)
+    if outcome.validator_updates:  # no batchable kind makes them; a batch must never smuggle one in
+        raise TxError(Code.UNAUTHORIZED, f"{kind} cannot change validators inside a batch")
+    scratch.merge_into_parent()
+    return kind, outcome
+
+
+def apply_batch(ctx: TxContext, msg: pb.Batch) -> Outcome:
+    """Apply every operation on its own, in order; see the module docstring."""
+    result = pb.BatchResult()
+    events = []
+    failed = 0
+    activation = read_revocation_hash_height(ctx.kv)
+    for index, op in enumerate(msg.ops):
+        try:
+            kind, outcome = _run_op(ctx, op, activation)
+        except TxError as err:
+            failed += 1
+            result.codes.append(int(err.code))
+            result.data.append(b"")
+            events.append(event(BATCH_OP_EVENT, index=str(index), op=op.WhichOneof("op") or "",
+                                code=str(int(err.code)), log=err.log[:MAX_OP_LOG]))
+            continue
+        result.codes.append(0)
+        result.data.append(outcome.data)
+        events.extend(outcome.events)
+    codes = ",".join(map(str, result.codes))
+    summary = event(BATCH_EVENT, ops=str(len(msg.ops)), failed=str(failed), codes=codes)
+    return Outcome(result.SerializeToString(deterministic=True), [summary, *events])

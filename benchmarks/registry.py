@@ -11,6 +11,14 @@ Run: python benchmarks/registry.py [--block-txs N] [--blocks N] [--sizes 100000,
    and cryptography/OpenSSL (the v1 rule). The cost per operation is
    FinalizeBlock + Commit (the fsync'd LMDB transaction) per tx. Target:
    <= 1.5x the libsodium floor.
+   Batched row, interleaved with it in the same repetitions: blocks of signed
+   Batch txs, each of ``--batch-ops`` RegisterDevice operations built like the
+   single txs (sealed fields as the gateway writes them), also unseen by the
+   node. Two ratios with different units, never to be read as one another:
+   per operation (FinalizeBlock + Commit per operation / libsodium verify of
+   one single RegisterDevice tx, i.e. per signature of the single-tx row) and
+   per signed tx (FinalizeBlock + Commit per Batch tx / libsodium verify of
+   that Batch tx's one signature, over its ~64 KiB body).
 2. CheckTx rate, same floors.
 3. Registry query latency with N registered devices (100k and 1M): device
    lookups and "devices of type T in cell C" pages. Target: cost growing no
@@ -38,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from edgistry.abci_app import txs
 from edgistry.abci_app.app import RegistryApp
+from edgistry.abci_app.batch import batch_of
 from edgistry.abci_app.genesis import Genesis, GatewaySpec
 from edgistry.abci_app.handlers import put_device
 from edgistry.abci_app.overlay import Overlay
@@ -73,8 +82,27 @@ def fresh_app(tmp: Path, name: str, gateways: list[Ed25519PrivateKey]) -> Regist
     return app
 
 
+def batch_blocks(rng: random.Random, gateways: list[Ed25519PrivateKey], blocks: int, block_batches: int,
+                 batch_ops: int) -> list[list[bytes]]:
+    """Blocks of signed Batch txs of ``batch_ops`` new-device operations each (one gateway per batch)."""
+    nonces = {pub(g): 0 for g in gateways}
+    out = []
+    for _ in range(blocks):
+        block = []
+        for _ in range(block_batches):
+            g = rng.choice(gateways)
+            nonces[pub(g)] += 1
+            tx = txs.sign_tx(g, CHAIN, nonces[pub(g)],
+                             batch_of([device(rng, rng.randbytes(16)) for _ in range(batch_ops)]))
+            assert len(tx) <= txs.MAX_TX_BYTES, f"{batch_ops} sealed operations make {len(tx)} bytes: use fewer"
+            block.append(tx)
+        out.append(block)
+    return out
+
+
 def bench_finalize(tmp: Path, block_txs: int, blocks: int, reps: int = 3,
-                   clock: Callable[[], float] = time.perf_counter) -> dict:
+                   clock: Callable[[], float] = time.perf_counter,
+                   batch_ops: int = 60, block_batches: int = 8) -> dict:
     """Execution costs per tx, best of ``reps`` interleaved repetitions. ``clock``:
     time.perf_counter (wall, the default) or time.process_time (this process's CPU
     time: steadier on a shared machine, but blind to Commit's fsync wait)."""
@@ -91,6 +119,8 @@ def bench_finalize(tmp: Path, block_txs: int, blocks: int, reps: int = 3,
         all_blocks.append(block)
     decoded = [[pb.SignedTx.FromString(t) for t in b] for b in all_blocks]
     keys = {k: Ed25519PublicKey.from_public_bytes(k) for k in nonces}
+    b_blocks = batch_blocks(rng, gateways, blocks, block_batches, batch_ops) if batch_ops else []
+    b_decoded = [[pb.SignedTx.FromString(t) for t in b] for b in b_blocks]
 
     def floor_openssl() -> float:
         t0 = clock()
@@ -99,14 +129,14 @@ def bench_finalize(tmp: Path, block_txs: int, blocks: int, reps: int = 3,
                 keys[t.signer].verify(t.signature, txs.SIGN_DOMAIN + t.body)
         return clock() - t0
 
-    def floor_sodium() -> float:
+    def floor_sodium(decoded: list[list[pb.SignedTx]] = decoded) -> float:
         t0 = clock()
         for block in decoded:
             for t in block:
                 crypto_sign_open(t.signature + txs.SIGN_DOMAIN + t.body, t.signer)
         return clock() - t0
 
-    def finalize(app: RegistryApp) -> tuple[float, float]:
+    def finalize(app: RegistryApp, all_blocks: list[list[bytes]] = all_blocks) -> tuple[float, float]:
         fin = 0.0
         t_commit = 0.0
         for i, block in enumerate(all_blocks):
@@ -115,12 +145,14 @@ def bench_finalize(tmp: Path, block_txs: int, blocks: int, reps: int = 3,
             resp = app.finalize_block(req)
             fin += clock() - t0
             assert all(r.code == 0 for r in resp.tx_results), resp.tx_results[0].log
+            if all_blocks is b_blocks:  # every operation of every batch wrote its device
+                assert all(c == 0 for r in resp.tx_results for c in pb.BatchResult.FromString(r.data).codes)
             t0 = clock()
             app.commit(abci.RequestCommit())
             t_commit += clock() - t0
         return fin, t_commit
 
-    def check(app: RegistryApp) -> float:
+    def check(app: RegistryApp, all_blocks: list[list[bytes]] = all_blocks) -> float:
         t0 = clock()
         for block in all_blocks:
             for tx in block:
@@ -129,6 +161,7 @@ def bench_finalize(tmp: Path, block_txs: int, blocks: int, reps: int = 3,
 
     n = block_txs * blocks
     sodium, openssl, fins, commits, ops, checks = [], [], [], [], [], []
+    b_sodium, b_fins, b_commits, b_ops, b_checks = [], [], [], [], []
     for rep in range(reps):  # interleave the measurements so machine noise hits every side
         sodium.append(floor_sodium())
         openssl.append(floor_openssl())
@@ -141,8 +174,39 @@ def bench_finalize(tmp: Path, block_txs: int, blocks: int, reps: int = 3,
         app = fresh_app(tmp, f"chk{rep}", gateways)
         checks.append(check(app))
         app.close()
+        if b_blocks:
+            b_sodium.append(floor_sodium(b_decoded))
+            app = fresh_app(tmp, f"bfin{rep}", gateways)
+            f, c = finalize(app, b_blocks)
+            b_fins.append(f)
+            b_commits.append(c)
+            b_ops.append(f + c)
+            app.close()
+            app = fresh_app(tmp, f"bchk{rep}", gateways)
+            b_checks.append(check(app, b_blocks))
+            app.close()
     us = lambda xs: round(1e6 * min(xs) / n, 2)  # noqa: E731  best of the reps, per tx
     fl = min(sodium)
+    batched = {}
+    if b_blocks:
+        n_ops = batch_ops * block_batches * blocks
+        n_txs = block_batches * blocks
+        per = lambda xs, k: round(1e6 * min(xs) / k, 2)  # noqa: E731
+        sig_floor = fl / n  # libsodium verify of one single RegisterDevice tx: the single row's floor per signature
+        batched = {
+            "ops": n_ops, "ops_per_batch": batch_ops, "batches_per_block": block_batches, "signed_txs": n_txs,
+            "batch_tx_bytes_max": max(len(t) for b in b_blocks for t in b),
+            "finalize_us_per_op": per(b_fins, n_ops), "commit_us_per_op": per(b_commits, n_ops),
+            "finalize_commit_us_per_op": per(b_ops, n_ops),
+            "finalize_commit_us_per_signed_tx": per(b_ops, n_txs),
+            "checktx_us_per_signed_tx": per(b_checks, n_txs),
+            "libsodium_floor_us_per_batch_signature": per(b_sodium, n_txs),
+            # unit: (FinalizeBlock + Commit per operation) / (libsodium verify per signature of the single-tx row)
+            "per_op_vs_libsodium_floor_per_signature": round(min(b_ops) / n_ops / sig_floor, 3),
+            # unit: (FinalizeBlock + Commit per Batch tx) / (libsodium verify of that tx's one signature)
+            "per_signed_tx_vs_libsodium_floor_same_tx": round(min(b_ops) / min(b_sodium), 3),
+            "commit_ms_per_block": round(1000 * min(b_commits) / blocks, 2),
+        }
     return {
         "txs": n, "block_txs": block_txs, "reps": reps,
         "libsodium_floor_us": us(sodium), "openssl_floor_us": us(openssl),
@@ -152,6 +216,7 @@ def bench_finalize(tmp: Path, block_txs: int, blocks: int, reps: int = 3,
         "finalize_vs_libsodium_floor": round(min(fins) / fl, 3),
         "checktx_vs_libsodium_floor": round(min(checks) / fl, 3),
         "op_vs_openssl_floor": round(min(ops) / min(openssl), 3),
+        "batched": batched,
     }
 
 
@@ -212,13 +277,16 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--sizes", default="100000,1000000", help='registry sizes for the query part ("": none)')
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of the execution part")
+    parser.add_argument("--batch-ops", type=int, default=60,
+                        help="RegisterDevice operations per Batch tx (60 sealed ones fit MAX_TX_BYTES; 0: no batched row)")
+    parser.add_argument("--block-batches", type=int, default=8, help="Batch txs per block of the batched row")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall time, or this process's CPU time (steadier on a busy machine; no fsync wait)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         clock = time.perf_counter if args.clock == "wall" else time.process_time
-        fin = bench_finalize(tmp, args.block_txs, args.blocks, args.reps, clock)
+        fin = bench_finalize(tmp, args.block_txs, args.blocks, args.reps, clock, args.batch_ops, args.block_batches)
         fin["clock"] = args.clock
         print(f"== Block execution: the same signed RegisterDevice txs, best of {args.reps} "
               f"({args.clock} time, us per tx) ==")
@@ -230,6 +298,23 @@ def main() -> None:
         for label, key in rows:
             print(f"{label:40} {fin[key]:>9.2f} {fin[key] / fin['libsodium_floor_us']:>19.2f}x")
         print(f"Commit: {fin['commit_ms_per_block']} ms per {args.block_txs}-tx block (fsync'd LMDB txn)")
+        b = fin["batched"]
+        if b:
+            floor = fin["libsodium_floor_us"]
+            print(f"\n== Batched: blocks of {b['batches_per_block']} Batch txs x {b['ops_per_batch']} RegisterDevice "
+                  f"operations (up to {b['batch_tx_bytes_max']} B each), same reps ({args.clock} time) ==")
+            print(f"{'what':46} {'us':>9} {'ratio':>8}  unit of the ratio")
+            print(f"{'FinalizeBlock per operation':46} {b['finalize_us_per_op']:>9.2f}")
+            print(f"{'Commit per operation':46} {b['commit_us_per_op']:>9.2f}")
+            print(f"{'FinalizeBlock + Commit per operation':46} {b['finalize_commit_us_per_op']:>9.2f} "
+                  f"{b['per_op_vs_libsodium_floor_per_signature']:>7.2f}x  per OPERATION / libsodium verify per "
+                  f"SIGNATURE of a single tx ({floor:.2f} us)")
+            print(f"{'libsodium verify of one Batch tx (floor)':46} {b['libsodium_floor_us_per_batch_signature']:>9.2f}")
+            print(f"{'FinalizeBlock + Commit per signed Batch tx':46} {b['finalize_commit_us_per_signed_tx']:>9.2f} "
+                  f"{b['per_signed_tx_vs_libsodium_floor_same_tx']:>7.2f}x  per SIGNED TX / libsodium verify of "
+                  f"that tx's one signature")
+            print(f"{'CheckTx per signed Batch tx':46} {b['checktx_us_per_signed_tx']:>9.2f}")
+            print(f"Commit: {b['commit_ms_per_block']} ms per block of {b['batches_per_block'] * b['ops_per_batch']} operations")
         scale = []
         for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
             t0 = time.perf_counter()

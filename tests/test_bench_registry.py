@@ -1,0 +1,49 @@
+"""The registry benchmark's batched row counts what it claims: every operation of every
+Batch tx writes its device, the batch is the largest that fits a tx, and the two ratios
+keep their units (per operation vs per signature; per signed tx vs that tx's signature)."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+
+def test_batched_row_units_and_counts(tmp_path):
+    import registry
+
+    r = registry.bench_finalize(tmp_path, block_txs=5, blocks=1, reps=1, batch_ops=60, block_batches=2)
+    b = r["batched"]
+    assert (b["ops"], b["signed_txs"]) == (120, 2)
+    # per operation, over the single-tx row's floor per signature (rounding of the us figures aside)
+    assert b["per_op_vs_libsodium_floor_per_signature"] == pytest.approx(
+        b["finalize_commit_us_per_op"] / r["libsodium_floor_us"], rel=0.01)
+    # per signed tx, over the floor of that tx's one signature
+    assert b["per_signed_tx_vs_libsodium_floor_same_tx"] == pytest.approx(
+        b["finalize_commit_us_per_signed_tx"] / b["libsodium_floor_us_per_batch_signature"], rel=0.01)
+    assert b["finalize_commit_us_per_signed_tx"] == pytest.approx(60 * b["finalize_commit_us_per_op"], rel=0.01)
+
+
+def test_batch_size_is_the_largest_that_fits(tmp_path):
+    """60 sealed RegisterDevice operations fit MAX_TX_BYTES, 61 do not (the benchmark refuses them)."""
+    import registry
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    keys = [Ed25519PrivateKey.generate()]
+    assert registry.batch_blocks(random.Random(1), keys, 1, 1, 60)
+    with pytest.raises(AssertionError, match="use fewer"):
+        registry.batch_blocks(random.Random(1), keys, 1, 1, 61)
+
+
+def test_batched_row_fails_when_an_operation_fails(tmp_path, monkeypatch):
+    """Duplicate pseudonyms inside a batch: the second registration fails, and the row refuses to count it."""
+    import registry
+
+    real = registry.device
+    monkeypatch.setattr(registry, "device", lambda rng, pseudonym, res=7: real(rng, b"\x07" * 16, res))
+    with pytest.raises(AssertionError, match="batch operation codes"):
+        registry.bench_finalize(tmp_path, block_txs=1, blocks=1, reps=1, batch_ops=3, block_batches=1)

@@ -1,6 +1,7 @@
 """Registry benchmarks: block execution and CheckTx against the Ed25519 floor; query scaling.
 
-Run: python benchmarks/registry.py [--block-txs N] [--blocks N] [--sizes 100000,1000000]
+Run: python benchmarks/registry.py [--block-txs N] [--blocks N] [--batch-ops 60] [--block-batches 8]
+     [--clock wall|cpu] [--sizes 100000,1000000]
 (``--sizes ""`` skips the query part)
 
 1. Block execution for blocks of signed RegisterDevice txs that this node has

@@ -274,7 +274,10 @@ async def handle_uri(methods: dict[str, Method], name: str, query: Iterable[tupl
 
 def not_found(path: str) -> Reply:
     """A path that names no method: CometBFT's router answers a plain-text 404."""
-    log.warning("rpc %s: 404, no such endpoint", path[:80])
+    if path == "/websocket":  # CometBFT's event stream; clients that try it here fall back to polling
+        log.info("rpc /websocket: 404, the embedded node serves no event stream")
+    else:
+        log.warning("rpc %s: 404, no such endpoint", path[:80])
     return Reply(404, b"404 page not found\n", "text/plain; charset=utf-8")
 
 

@@ -126,6 +126,17 @@ def _strings(value: Any) -> Iterable[str]:
             yield from _strings(v)
 
 
+DEVICE_OPS = ("register_device", "update_device")
+
+
+def device_ops(body: pb.TxBody) -> int:
+    """How many device registrations or updates a tx carries: itself, or the operations of a
+    batch (gateways send theirs in batches: the outsider reads every one)."""
+    if body.WhichOneof("msg") == "batch":
+        return sum(op.WhichOneof("op") in DEVICE_OPS for op in body.batch.ops)
+    return int(body.WhichOneof("msg") in DEVICE_OPS)
+
+
 def _query(rpc: Rpc, corpus: Corpus, path: str, data: bytes, height: int) -> dict:
     res = rpc("abci_query", path=path, data=data.hex(), height=str(height), prove=False)["response"]
     corpus.add_json("abci_query", f"abci_query {path} @{height}", res)
@@ -170,7 +181,7 @@ def read_everything(rpc: Rpc, corpus: Corpus, probe: Iterable[tuple[str, int]] =
             for raw in block["block"]["data"].get("txs") or []:
                 counts["txs"] += 1
                 body = pb.TxBody.FromString(pb.SignedTx.FromString(base64.b64decode(raw)).body)
-                counts["register_device_txs"] += body.WhichOneof("msg") in ("register_device", "update_device")
+                counts["register_device_txs"] += device_ops(body)
         corpus.add_json("block_results", f"block_results {h}", rpc("block_results", height=str(h)))
         for rec in _all_devices(rpc, corpus, "/devices", pb.DeviceQuery(limit=1000), h):
             _query(rpc, corpus, "/device", pb.DeviceQuery(pseudonym=rec.pseudonym).SerializeToString(), h)
@@ -233,7 +244,7 @@ def read_block_store(path: Path, corpus: Corpus) -> dict[str, int]:
                 corpus.add(f"stored block {h}", raw)
                 counts["txs"] += 1
                 body = pb.TxBody.FromString(pb.SignedTx.FromString(raw).body)
-                counts["register_device_txs"] += body.WhichOneof("msg") in ("register_device", "update_device")
+                counts["register_device_txs"] += device_ops(body)
             if block.results is not None:
                 corpus.add(f"stored results {h}", block.results.SerializeToString())
     finally:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ...firmware.caplets import api as cl
-from ...firmware.caplets import cap_crypto
+from ...firmware.caplets import cap_codec, cap_crypto, cap_wire
 from ...firmware.caplets.cap_verify import check_derivation
 from ...firmware.link.link_gateway import identity_name
 from ..errors import Unauthorized
@@ -269,6 +269,77 @@ def request_token(root_token: bytes, service: str, method: str, args: bytes, seq
                   chain: tuple[bytes, ...] = ()) -> bytes:
     """The leaf the device verifies on its own: service, method, args digest,
     sequence, and (``authorised_by``) the revocation hashes of the client
-    token's chain, so the device refuses it once any of them is revoked."""
+    token's chain, so the device refuses it once any of them is revoked.
+
+    Minted on every enqueue, so for the usual parent (a device's plain root
+    token) the bytes are put together directly: the root's part of the
+    encoding and the chain's ``authorised_by`` entry are remembered, and only
+    the request entry and one HMAC are new. The result is byte for byte what
+    :func:`request_token_reference` (the CAPLets library's derivation) gives;
+    anything else takes that path."""
+    head = _root_head(root_token)
+    if head is None:
+        return request_token_reference(root_token, service, method, args, sequence, chain)
+    prefix, tag = head
+    frame = cl.Request(service, method, cl.request_digest(args), sequence).raw + _authorised_by(chain)
+    if len(frame) > cap_codec.MAX_FRAME_SIZE:  # the library refuses it: let it say why
+        return request_token_reference(root_token, service, method, args, sequence, chain)
+    out = bytearray(prefix)
+    cap_wire.put_varint(out, len(frame))
+    out += frame
+    out += cap_crypto.hmac_sha256(tag, frame)
+    return bytes(out)
+
+
+def request_token_reference(root_token: bytes, service: str, method: str, args: bytes, sequence: int,
+                            chain: tuple[bytes, ...] = ()) -> bytes:
+    """:func:`request_token` by the CAPLets library's derivation (the reference)."""
     constraints = [cl.AuthorisedBy(chain[:cl.cap_cons.MAX_AUTHORISED_BY])] if chain else []
     return cl.request_token(cl.load(root_token), service, method, args, sequence, constraints).to_bytes()
+
+
+MINT_CACHE_SIZE = 4096  # device roots / client chains remembered for minting (cleared when full)
+_root_heads: dict[bytes, tuple[bytes, bytes] | None] = {}
+_authorised_by_raw: dict[tuple[bytes, ...], bytes] = {}
+
+
+def _root_head(root_token: bytes) -> tuple[bytes, bytes] | None:
+    """(the encoding of a two-frame token up to its second frame, the root tag)
+    for a plain root token (one frame: the ROOT capability alone), whose
+    derivation to a request needs no check; None for anything else."""
+    try:
+        return _root_heads[root_token]
+    except KeyError:
+        pass
+    head = None
+    try:
+        root = cl.load(root_token)
+        frame = root.frames[0]
+        plain = (len(root) == 1 and not frame.constraints and len(frame.capabilities) == 1
+                 and isinstance(frame.capabilities[0], cl.Root))
+    except (cl.TokenError, ValueError):
+        plain = False
+    if plain:
+        out = bytearray((cap_codec.VERSION,))
+        cap_wire.put_varint(out, 2)
+        cap_wire.put_varint(out, len(frame.raw))
+        out += frame.raw
+        head = (bytes(out), root.tag)
+    if len(_root_heads) >= MINT_CACHE_SIZE:
+        _root_heads.clear()
+    _root_heads[bytes(root_token)] = head
+    return head
+
+
+def _authorised_by(chain: tuple[bytes, ...]) -> bytes:
+    """The ``authorised_by`` entry's bytes for a chain (b"" for none); a client
+    sends the same token on every call, so its chain repeats."""
+    if not chain:
+        return b""
+    raw = _authorised_by_raw.get(chain)
+    if raw is None:
+        raw = cl.AuthorisedBy(chain[:cl.cap_cons.MAX_AUTHORISED_BY]).raw
+        if len(_authorised_by_raw) >= MINT_CACHE_SIZE:
+            _authorised_by_raw.clear()
+        _authorised_by_raw[chain] = raw
+    return raw

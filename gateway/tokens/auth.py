@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ...firmware.caplets import api as cl
-from ...firmware.caplets import cap_codec, cap_crypto, cap_wire
+from ...firmware.caplets import cap_caps, cap_codec, cap_crypto, cap_wire
 from ...firmware.caplets.cap_verify import check_derivation
 from ...firmware.link.link_gateway import identity_name
 from ..errors import Unauthorized
@@ -280,14 +280,23 @@ def request_token(root_token: bytes, service: str, method: str, args: bytes, seq
     head = _root_head(root_token)
     if head is None:
         return request_token_reference(root_token, service, method, args, sequence, chain)
-    prefix, tag = head
-    frame = cl.Request(service, method, cl.request_digest(args), sequence).raw + _authorised_by(chain)
+    prefix, inner, outer = head
+    payload = bytearray(_request_names(service, method))  # the Request entry's payload, as cap_caps builds it
+    payload += cl.request_digest(args)
+    cap_wire.put_varint(payload, sequence)
+    entry = bytearray((cap_caps.REQUEST,))
+    cap_wire.put_bytes(entry, payload)
+    frame = bytes(entry) + _authorised_by(chain)
     if len(frame) > cap_codec.MAX_FRAME_SIZE:  # the library refuses it: let it say why
         return request_token_reference(root_token, service, method, args, sequence, chain)
     out = bytearray(prefix)
     cap_wire.put_varint(out, len(frame))
     out += frame
-    out += cap_crypto.hmac_sha256(tag, frame)
+    mac = inner.copy()  # HMAC-SHA256(root tag, frame) from the key's padded states (RFC 2104)
+    mac.update(frame)
+    tag = outer.copy()
+    tag.update(mac.digest())
+    out += tag.digest()
     return bytes(out)
 
 
@@ -299,12 +308,14 @@ def request_token_reference(root_token: bytes, service: str, method: str, args: 
 
 
 MINT_CACHE_SIZE = 4096  # device roots / client chains remembered for minting (cleared when full)
-_root_heads: dict[bytes, tuple[bytes, bytes] | None] = {}
+_root_heads: dict[bytes, tuple[bytes, "hashlib._Hash", "hashlib._Hash"] | None] = {}
 _authorised_by_raw: dict[tuple[bytes, ...], bytes] = {}
+_request_names_raw: dict[tuple[str, str], bytes] = {}
 
 
-def _root_head(root_token: bytes) -> tuple[bytes, bytes] | None:
-    """(the encoding of a two-frame token up to its second frame, the root tag)
+def _root_head(root_token: bytes) -> tuple[bytes, "hashlib._Hash", "hashlib._Hash"] | None:
+    """(the encoding of a two-frame token up to its second frame, and HMAC's
+    inner and outer SHA-256 states keyed by the root tag)
     for a plain root token (one frame: the ROOT capability alone), whose
     derivation to a request needs no check; None for anything else."""
     try:
@@ -324,11 +335,29 @@ def _root_head(root_token: bytes) -> tuple[bytes, bytes] | None:
         cap_wire.put_varint(out, 2)
         cap_wire.put_varint(out, len(frame.raw))
         out += frame.raw
-        head = (bytes(out), root.tag)
+        key = root.tag.ljust(64, b"\0")  # a 32-byte tag: within SHA-256's block, used as is
+        head = (bytes(out), hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key)))
     if len(_root_heads) >= MINT_CACHE_SIZE:
         _root_heads.clear()
     _root_heads[bytes(root_token)] = head
     return head
+
+
+def _request_names(service: str, method: str) -> bytes:
+    """The start of a Request entry's payload (service type and method); the
+    library's constructor checks the names once, with its own errors."""
+    key = (service, method)
+    raw = _request_names_raw.get(key)
+    if raw is None:
+        cl.Request(service, method, bytes(cap_caps.DIGEST_SIZE), 0)  # raises ValueError for names it refuses
+        out = bytearray()
+        cap_wire.put_str(out, service)
+        cap_wire.put_str(out, method)
+        raw = bytes(out)
+        if len(_request_names_raw) >= MINT_CACHE_SIZE:
+            _request_names_raw.clear()
+        _request_names_raw[key] = raw
+    return raw
 
 
 def _authorised_by(chain: tuple[bytes, ...]) -> bytes:

@@ -20,12 +20,15 @@ constraints (expiry, gateway), and ``permits(service, method)``. Leaf tokens
 A client presents the same token on every call, so a token that passed is
 remembered (keyed by its exact bytes and the keys it was checked with) with
 its chain tags: a later call skips decoding and the HMAC chain but re-checks
-revocation, the leaf's constraints (expiry, gateway) and the rights. Any
-failure there re-runs the full check, so errors read the same either way.
+revocation, the leaf's constraints (expiry, gateway) and the rights (a
+token's rights never change, so each (service, method) it was found to allow
+is remembered with it). Any failure there re-runs the full check, so errors
+read the same either way.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass
@@ -49,7 +52,7 @@ class Authorised:
     # with it keeps, so a revocation of any of them stops the request
     chain: tuple[bytes, ...] = ()
 
-    @property
+    @functools.cached_property  # a remembered token's answer is shared by its calls (immutable otherwise)
     def issuer(self) -> bytes:
         """Whom rate limits count this call against: :func:`issuer_key` of the chain's first hash."""
         return issuer_key(self.chain[0] if self.chain else b"")
@@ -100,9 +103,14 @@ class _Verified(NamedTuple):
     origin: str
     token: cl.Token
     chain: tuple[bytes, ...]  # revocation hashes of every tag of the chain from the origin's key
+    answer: Authorised  # what a call it passes gets (immutable, so one object serves every call)
+    # (service, method, mutating) the token's rights were found to allow: a pure function of
+    # the token, so asked once each (bounded by RIGHTS_REMEMBERED)
+    rights: set[tuple[str, str, bool]]
 
 
 VERIFIED_CACHE_SIZE = 4096  # distinct client tokens remembered (bounded: cleared when full)
+RIGHTS_REMEMBERED = 64  # per token: (service, method) answers kept (cleared when full)
 _verified: dict[tuple[bytes, bytes, bytes], _Verified] = {}
 _issuers: dict[bytes, bytes] = {}  # token bytes that passed here -> issuer_key (same bound)
 
@@ -125,16 +133,17 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
     key = (bytes(raw), root_token or b"", gateway_secret)
     hit = _verified.get(key)
     if hit is not None and _still_valid(hit, service, method, gateway_id, revoked, now, check_permits, mutating):
-        return Authorised(hit.origin, hit.token, hit.chain)
+        return hit.answer
     result = _authorise(raw, service, method, root_token, gateway_secret, gateway_id, revoked, now,
                         check_permits, mutating)
     chain = hit.chain if hit is not None else chain_hashes(result, root_token, gateway_secret)
+    answer = Authorised(result.origin, result.token, chain)
     if hit is None:
         if len(_verified) >= VERIFIED_CACHE_SIZE:
             _verified.clear()
-        _verified[key] = _Verified(result.origin, result.token, chain)
-        remember_issuer(raw, issuer_key(chain[0] if chain else b""))
-    return Authorised(result.origin, result.token, chain)
+        _verified[key] = _Verified(result.origin, result.token, chain, answer, set())
+        remember_issuer(raw, answer.issuer)
+    return answer
 
 
 def remember_issuer(raw: bytes, issuer: bytes) -> None:
@@ -161,8 +170,12 @@ def _still_valid(hit: _Verified, service: str, method: str, gateway_id: str, rev
         return False
     try:
         cl.check_constraints(hit.token, cl.Context(now=now, gateway=gateway_id, revoked=revoked))
-        if check_permits and not (not mutating and _resource_read(hit.token, service, method)):
-            cl.permits(hit.token, service, method)
+        if check_permits and (service, method, mutating) not in hit.rights:
+            if not (not mutating and _resource_read(hit.token, service, method)):
+                cl.permits(hit.token, service, method)
+            if len(hit.rights) >= RIGHTS_REMEMBERED:
+                hit.rights.clear()
+            hit.rights.add((service, method, mutating))
     except cl.TokenError:
         return False
     return True

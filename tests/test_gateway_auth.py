@@ -138,3 +138,16 @@ def test_request_tokens_are_byte_for_byte_the_librarys(service, method, args, se
             assert got == want
             tok = cl.load(got)
             assert tok.request.sequence == seq and tok.tag == want[-32:]
+
+
+@pytest.mark.parametrize("seq", [0, 1, 127, 128, 16383, 16384, 2**41 + 5, 2**63, 2**64 - 1, 2**64, -1])
+def test_request_token_sequences_encode_as_the_librarys(seq):
+    """Every sequence width (and the out-of-range ones, refused alike) mints the library's bytes."""
+    root = cl.root(cl.new_secret()).to_bytes()
+    try:
+        want = auth.request_token_reference(root, "sensor", "read", b"{}", seq, (b"h" * 32,))
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            auth.request_token(root, "sensor", "read", b"{}", seq, (b"h" * 32,))
+        return
+    assert auth.request_token(root, "sensor", "read", b"{}", seq, (b"h" * 32,)) == want

@@ -294,22 +294,31 @@ def request_token(root_token: bytes, service: str, method: str, args: bytes, seq
     if head is None:
         return request_token_reference(root_token, service, method, args, sequence, chain)
     prefix, inner, outer = head
-    payload = bytearray(_request_names(service, method))  # the Request entry's payload, as cap_caps builds it
-    payload += cl.request_digest(args)
-    cap_wire.put_varint(payload, sequence)
-    entry = bytearray((cap_caps.REQUEST,))
-    cap_wire.put_bytes(entry, payload)
-    frame = bytes(entry) + _authorised_by(chain)
-    if len(frame) > cap_codec.MAX_FRAME_SIZE:  # the library refuses it: let it say why
+    # the Request entry (code, length, payload) as cap_caps builds it, then authorised_by
+    payload = _request_names(service, method) + cl.request_digest(args) + _varint(sequence)
+    frame = _REQUEST_CODE + _varint(len(payload)) + payload + _authorised_by(chain)
+    if len(frame) > cap_codec.MAX_FRAME_SIZE or not 0 <= sequence < 1 << 64:  # the library refuses it: let it say why
         return request_token_reference(root_token, service, method, args, sequence, chain)
-    out = bytearray(prefix)
-    cap_wire.put_varint(out, len(frame))
-    out += frame
     mac = inner.copy()  # HMAC-SHA256(root tag, frame) from the key's padded states (RFC 2104)
     mac.update(frame)
     tag = outer.copy()
     tag.update(mac.digest())
-    out += tag.digest()
+    return b"".join((prefix, _varint(len(frame)), frame, tag.digest()))
+
+
+_REQUEST_CODE = bytes((cap_caps.REQUEST,))
+_SMALL_VARINTS = [bytes((i,)) for i in range(0x80)]
+
+
+def _varint(value: int) -> bytes:
+    """cap_wire.put_varint's bytes for 0 <= value (the caller checks the upper bound)."""
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
     return bytes(out)
 
 

@@ -311,7 +311,13 @@ class GatewayService:
         commit = [self._enqueue(batch.items, urgent=True)] if batch.items else []
         hits = [self.store.put_finished(rec) for rec in batch.hits]  # so GetResult works for them
         others = [self.submit(calls[i]) for i in batch.elsewhere]
-        done = await asyncio.gather(*commit, *hits, *others, return_exceptions=True)
+        if len(commit) == 1 and not hits and not others:  # the usual batch: no task, no gather
+            try:
+                done = [await commit[0]]
+            except Exception as exc:  # noqa: BLE001 - as gather(return_exceptions=True) would hand it back
+                done = [exc]
+        else:
+            done = await asyncio.gather(*commit, *hits, *others, return_exceptions=True)
         committed = done[0] if commit else []
         if isinstance(committed, BaseException):  # the commit failed: none of its items is queued
             committed = [committed] * len(batch.staged)

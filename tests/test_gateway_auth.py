@@ -125,7 +125,7 @@ def test_request_tokens_are_byte_for_byte_the_librarys(service, method, args, se
     refusals), for a plain root and for a parent that is no plain root."""
     root = cl.root(cl.new_secret())
     chain = tuple(bytes([i]) * 32 for i in range(hashes + (2 if hashes == 16 else 0)))
-    parents = [root.to_bytes(), cl.derive(root, [cl.Service("sensor", ["read"])]).to_bytes()]
+    parents = [root.to_bytes(), cl.derive(root, [cl.Service("sensor", ["read"])]).to_bytes(), root]
     for parent in parents:
         for _ in range(2):  # the second time from the remembered root and chain
             try:

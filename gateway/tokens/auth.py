@@ -290,7 +290,7 @@ def request_token(root_token: bytes, service: str, method: str, args: bytes, seq
     the request entry and one HMAC are new. The result is byte for byte what
     :func:`request_token_reference` (the CAPLets library's derivation) gives;
     anything else takes that path."""
-    head = _root_head(root_token)
+    head = _root_head(root_token) if type(root_token) is bytes else None  # (tests also pass a Token)
     if head is None:
         return request_token_reference(root_token, service, method, args, sequence, chain)
     prefix, inner, outer = head

@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,12 +100,14 @@ def main() -> None:
     secret = os.urandom(32)
     devs = [inv.SimDevice(i) for i in range(a.devices)]
     procs: list[subprocess.Popen] = []
+    workdirs: list[Path] = []
     ports = []
     out = [{"msg_per_s": [], "gw_cpu_us": [], "gw_writer_cpu_us": []} for _ in range(2)]
     load0 = os.getloadavg()[0]
     try:
         for tree in (a.base, a.new):
             workdir = Path(tempfile.mkdtemp(prefix="edgistry-enqueue-"))
+            workdirs.append(workdir)
             devices_file = workdir / "devices.json"
             devices_file.write_text(json.dumps({"gateway_secret": secret.hex(), "devices": [
                 {"link_id": d.link_id.hex(), "root": d.root.hex()} for d in devs]}))
@@ -120,6 +123,8 @@ def main() -> None:
                 proc.wait(10)
             except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
                 stop_pid(proc)
+        for workdir in workdirs:
+            shutil.rmtree(workdir, ignore_errors=True)
     summary = {}
     print(f"enqueue phase, {a.devices} devices x {a.per_device}, SubmitBatch of {a.batch}, {a.reps} reps per side, "
           f"load {load0:.2f} -> {os.getloadavg()[0]:.2f}")

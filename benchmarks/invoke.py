@@ -765,6 +765,9 @@ def main() -> None:
                     help="requests per SubmitBatch call in the throughput phase (1: unary Submit calls)")
     ap.add_argument("--wake-concurrency", type=int, default=32, help="devices awake at once in the drain phase")
     ap.add_argument("--latency-s", type=float, default=20.0, help="open-loop latency phase length")
+    ap.add_argument("--latency-rate", type=float, default=0.0,
+                    help="open-loop submits/s (default: half the measured peak); fix it to compare two trees "
+                         "at the same offered load")
     ap.add_argument("--rounds", type=int, default=3,
                     help="throughput rounds, gateway and mosquitto alternating; the median round is reported")
     ap.add_argument("--no-x25519", action="store_true", help="devices without forward secrecy")
@@ -826,7 +829,7 @@ def main() -> None:
         if rabbit is not None:
             rabbit_version = rabbit.version()
             rabbit.stop()
-        half = g["rate"] / 2
+        half = a.latency_rate or g["rate"] / 2
         lat = asyncio.run(gateway_latency(gw, devs, half, a.per_device, a.latency_s, xp, rng, a.submit_window,
                                           a.batch))
     finally:

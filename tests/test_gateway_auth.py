@@ -110,3 +110,44 @@ def test_forged_and_malformed_tokens_are_never_remembered(device):
     assert "wrong origin or forged" in error_of(lambda: check(bytes(forged), root))
     assert "malformed" in error_of(lambda: check(b"\x00garbage", root))
     assert not auth._verified
+
+
+@pytest.mark.parametrize("service,method,args,seq,hashes", [
+    ("sensor", "read", b'{"unit":"C"}', 1_700_000_000_123, 0),
+    ("sensor", "read", b"", 1, 1),
+    ("valve", "set", b"x" * 16384, 2**63 - 1, 3),
+    ("s" * 200, "m" * 200, b"{}", 5, 16),  # more hashes than a request frame may hold: the first 16
+    ("s" * 300, "m" * 300, b"{}", 5, 16),  # too large a frame: both paths refuse it alike
+    ("sensör", "lesen", b"[]", 99, 2),
+])
+def test_request_tokens_are_byte_for_byte_the_librarys(service, method, args, seq, hashes):
+    """The minting fast path gives exactly the CAPLets library's request token (and its
+    refusals), for a plain root and for a parent that is no plain root."""
+    root = cl.root(cl.new_secret())
+    chain = tuple(bytes([i]) * 32 for i in range(hashes + (2 if hashes == 16 else 0)))
+    parents = [root.to_bytes(), cl.derive(root, [cl.Service("sensor", ["read"])]).to_bytes(), root]
+    for parent in parents:
+        for _ in range(2):  # the second time from the remembered root and chain
+            try:
+                want = auth.request_token_reference(parent, service, method, args, seq, chain)
+            except (cl.TokenError, ValueError) as exc:
+                with pytest.raises(type(exc)):
+                    auth.request_token(parent, service, method, args, seq, chain)
+                continue
+            got = auth.request_token(parent, service, method, args, seq, chain)
+            assert got == want
+            tok = cl.load(got)
+            assert tok.request.sequence == seq and tok.tag == want[-32:]
+
+
+@pytest.mark.parametrize("seq", [0, 1, 127, 128, 16383, 16384, 2**41 + 5, 2**63, 2**64 - 1, 2**64, -1])
+def test_request_token_sequences_encode_as_the_librarys(seq):
+    """Every sequence width (and the out-of-range ones, refused alike) mints the library's bytes."""
+    root = cl.root(cl.new_secret()).to_bytes()
+    try:
+        want = auth.request_token_reference(root, "sensor", "read", b"{}", seq, (b"h" * 32,))
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            auth.request_token(root, "sensor", "read", b"{}", seq, (b"h" * 32,))
+        return
+    assert auth.request_token(root, "sensor", "read", b"{}", seq, (b"h" * 32,)) == want

@@ -27,6 +27,15 @@ def to_pb(res: Result) -> gw.Result:
                      from_cache=res.from_cache, device_status=res.device_status)
 
 
+def result_fields(res: Result) -> dict:
+    """A result as the fields of a ``gw.Result``: a message built from nested
+    dicts is made in one pass, where a ``gw.Result`` handed to its parent
+    message is built and then copied (a batch's answers are many)."""
+    return {"request_id": res.request_id, "state": res.state, "payload": res.payload, "error": res.error,
+            "expected_at_ms": res.expected_at_ms, "expires_at_ms": res.expires_at_ms,
+            "from_cache": res.from_cache, "device_status": res.device_status}
+
+
 def from_pb(msg: gw.Result) -> Result:
     return Result(msg.request_id, msg.state, msg.payload, msg.error, msg.expected_at_ms, msg.expires_at_ms,
                   msg.from_cache, msg.device_status)

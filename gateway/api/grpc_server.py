@@ -30,7 +30,7 @@ from ..errors import BadRequest, GatewayError, grpc_code, retry_after_ms
 from ..metrics import GatewayMetrics
 from .admission_grpc import RETRY_AFTER_KEY, AdmissionInterceptor, server_options
 from .peer import ForwardChecker, presented_cert
-from .convert import to_call, to_pb
+from .convert import result_fields, to_call, to_pb
 from .service import GatewayService, Result
 from ...proto import gateway_pb2 as gw
 from ...proto import gateway_pb2_grpc as gw_grpc
@@ -42,12 +42,13 @@ GRACE_S = 5.0  # in-flight calls get this long at shutdown
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.so_reuseport", 0),)
 
 
-def _item(res: Result | GatewayError) -> gw.BatchItem:
+def _item(res: Result | GatewayError) -> dict:
+    """A ``gw.BatchItem``'s fields (SubmitBatchResponse builds the items from them)."""
     if isinstance(res, GatewayError):
         wait = retry_after_ms(res)
         hint = f" (retry after {wait} ms)" if wait is not None and "retry" not in str(res) else ""
-        return gw.BatchItem(code=grpc_code(res).value[0], error=str(res) + hint)
-    return gw.BatchItem(result=to_pb(res))
+        return {"code": grpc_code(res).value[0], "error": str(res) + hint}
+    return {"result": result_fields(res)}
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: GatewayError) -> None:

@@ -306,12 +306,19 @@ class GatewayService:
         now = self.clock()
         t0 = time.perf_counter() if self.probe is not None else 0.0
         batch = _Batch([None] * len(calls))
-        for i, call in enumerate(calls):
-            self._stage_item(batch, i, call, now)
+        with self.store.snapshot() as view:  # one read transaction for the batch's device lookups
+            for i, call in enumerate(calls):
+                self._stage_item(batch, i, call, now, view)
         commit = [self._enqueue(batch.items, urgent=True)] if batch.items else []
         hits = [self.store.put_finished(rec) for rec in batch.hits]  # so GetResult works for them
         others = [self.submit(calls[i]) for i in batch.elsewhere]
-        done = await asyncio.gather(*commit, *hits, *others, return_exceptions=True)
+        if len(commit) == 1 and not hits and not others:  # the usual batch: no task, no gather
+            try:
+                done = [await commit[0]]
+            except Exception as exc:  # noqa: BLE001 - as gather(return_exceptions=True) would hand it back
+                done = [exc]
+        else:
+            done = await asyncio.gather(*commit, *hits, *others, return_exceptions=True)
         committed = done[0] if commit else []
         if isinstance(committed, BaseException):  # the commit failed: none of its items is queued
             committed = [committed] * len(batch.staged)
@@ -327,12 +334,13 @@ class GatewayService:
             raise batch.failure
         return batch.out
 
-    def _stage_item(self, batch: _Batch, i: int, call: Call, now: int) -> None:
+    def _stage_item(self, batch: _Batch, i: int, call: Call, now: int, view=None) -> None:
         """Check item ``i`` of a batch and stage it for the next group commit
-        (or answer it: a refusal, a cached read; or leave it to submit())."""
+        (or answer it: a refusal, a cached read; or leave it to submit()).
+        ``view``: the batch's read transaction (GatewayStore.snapshot)."""
         try:
             call.attested = False  # as _locate: never taken from the client's request
-            dev = self.store.device_by_pseudonym(self._pseudonym(call))
+            dev = self.store.device_by_pseudonym(self._pseudonym(call), view)
             if dev is None:
                 batch.elsewhere.append(i)
                 return
@@ -354,6 +362,7 @@ class GatewayService:
     def _settle(self, batch: _Batch, committed: list, others: list, now: int) -> None:
         """Answer every item from its commit (or submit()) outcome; a queued item
         is counted and announced even when the call fails as a whole."""
+        queued = 0
         for i, (dev, _, _), res in zip(batch.staged, batch.items, committed):
             if isinstance(res, GatewayError):
                 self.metrics.rejections.labels(res.reason).inc()
@@ -362,7 +371,10 @@ class GatewayService:
                 self._stale(dev, res)
                 batch.failure = batch.failure or res
             else:
-                batch.out[i] = self._queued(dev, *res, now)
+                batch.out[i] = self._queued(dev, *res, now, counted=True)
+                queued += res[1]
+        if queued:
+            self._queued_total.inc(queued)  # one update for the batch (the counter takes a lock)
         for i, res in zip(batch.elsewhere, others):
             if isinstance(res, BaseException) and not isinstance(res, GatewayError):
                 batch.failure = batch.failure or res
@@ -452,10 +464,12 @@ class GatewayService:
             log.error("request sequence for device %s was behind the store: %s", dev.pseudonym.hex(), exc)
             self._last_seq[dev.link_id] = max(self._last_seq.get(dev.link_id, 0), exc.last)
 
-    def _queued(self, dev: Device, rec: RequestRecord, new: bool, now: int) -> Result:
-        """The answer for an enqueued (or, by its id, already known) request."""
+    def _queued(self, dev: Device, rec: RequestRecord, new: bool, now: int, counted: bool = False) -> Result:
+        """The answer for an enqueued (or, by its id, already known) request
+        (``counted``: the caller counts it in the metrics)."""
         if new:
-            self._queued_total.inc()
+            if not counted:
+                self._queued_total.inc()
             if self.on_queued is not None:
                 self.on_queued(dev.link_id)
         return _result(rec, self.expected_at(dev, now) if rec.st.active else rec.done_ms)
@@ -710,6 +724,10 @@ class GatewayService:
 
 def _merged(*chains: tuple[bytes, ...]) -> tuple[bytes, ...]:
     """Chains of hashes as one, in order, without repeats (at most 16: a full chain)."""
+    if len(chains) == 2 and not chains[1]:  # a client's call: its token's chain alone, usually as it is
+        chain = chains[0]
+        if type(chain) is tuple and len(chain) <= 16 and len(set(chain)) == len(chain):
+            return chain
     return tuple(dict.fromkeys(h for c in chains for h in c))[:16]
 
 

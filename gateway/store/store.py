@@ -203,10 +203,18 @@ class GatewayStore:
             raw = txn.get(keys.device(link_id))
         return self._device_of(raw) if raw is not None else None
 
-    def device_by_pseudonym(self, pseudonym: bytes) -> Device | None:
-        with self.env.begin() as txn:
-            link = txn.get(keys.pseudonym(pseudonym))
-            raw = txn.get(keys.device(link)) if link is not None else None
+    def snapshot(self):
+        """A read transaction for several reads in one step of the loop (use it
+        as a context manager; never hold it across an await)."""
+        return self.env.begin()
+
+    def device_by_pseudonym(self, pseudonym: bytes, txn=None) -> Device | None:
+        """The device paired under ``pseudonym``; read in ``txn`` (:meth:`snapshot`) when given."""
+        if txn is None:
+            with self.env.begin() as txn:
+                return self.device_by_pseudonym(pseudonym, txn)
+        link = txn.get(keys.pseudonym(pseudonym))
+        raw = txn.get(keys.device(link)) if link is not None else None
         return self._device_of(raw) if raw is not None else None
 
     def _device_of(self, raw: bytes) -> Device:

@@ -20,19 +20,22 @@ constraints (expiry, gateway), and ``permits(service, method)``. Leaf tokens
 A client presents the same token on every call, so a token that passed is
 remembered (keyed by its exact bytes and the keys it was checked with) with
 its chain tags: a later call skips decoding and the HMAC chain but re-checks
-revocation, the leaf's constraints (expiry, gateway) and the rights. Any
-failure there re-runs the full check, so errors read the same either way.
+revocation, the leaf's constraints (expiry, gateway) and the rights (a
+token's rights never change, so each (service, method) it was found to allow
+is remembered with it). Any failure there re-runs the full check, so errors
+read the same either way.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from ...firmware.caplets import api as cl
-from ...firmware.caplets import cap_crypto
+from ...firmware.caplets import cap_caps, cap_codec, cap_crypto, cap_wire
 from ...firmware.caplets.cap_verify import check_derivation
 from ...firmware.link.link_gateway import identity_name
 from ..errors import Unauthorized
@@ -49,7 +52,7 @@ class Authorised:
     # with it keeps, so a revocation of any of them stops the request
     chain: tuple[bytes, ...] = ()
 
-    @property
+    @functools.cached_property  # a remembered token's answer is shared by its calls (immutable otherwise)
     def issuer(self) -> bytes:
         """Whom rate limits count this call against: :func:`issuer_key` of the chain's first hash."""
         return issuer_key(self.chain[0] if self.chain else b"")
@@ -100,9 +103,14 @@ class _Verified(NamedTuple):
     origin: str
     token: cl.Token
     chain: tuple[bytes, ...]  # revocation hashes of every tag of the chain from the origin's key
+    answer: Authorised  # what a call it passes gets (immutable, so one object serves every call)
+    # (service, method, mutating) the token's rights were found to allow: a pure function of
+    # the token, so asked once each (bounded by RIGHTS_REMEMBERED)
+    rights: set[tuple[str, str, bool]]
 
 
 VERIFIED_CACHE_SIZE = 4096  # distinct client tokens remembered (bounded: cleared when full)
+RIGHTS_REMEMBERED = 64  # per token: (service, method) answers kept (cleared when full)
 _verified: dict[tuple[bytes, bytes, bytes], _Verified] = {}
 _issuers: dict[bytes, bytes] = {}  # token bytes that passed here -> issuer_key (same bound)
 
@@ -125,16 +133,17 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
     key = (bytes(raw), root_token or b"", gateway_secret)
     hit = _verified.get(key)
     if hit is not None and _still_valid(hit, service, method, gateway_id, revoked, now, check_permits, mutating):
-        return Authorised(hit.origin, hit.token, hit.chain)
+        return hit.answer
     result = _authorise(raw, service, method, root_token, gateway_secret, gateway_id, revoked, now,
                         check_permits, mutating)
     chain = hit.chain if hit is not None else chain_hashes(result, root_token, gateway_secret)
+    answer = Authorised(result.origin, result.token, chain)
     if hit is None:
         if len(_verified) >= VERIFIED_CACHE_SIZE:
             _verified.clear()
-        _verified[key] = _Verified(result.origin, result.token, chain)
-        remember_issuer(raw, issuer_key(chain[0] if chain else b""))
-    return Authorised(result.origin, result.token, chain)
+        _verified[key] = _Verified(result.origin, result.token, chain, answer, set())
+        remember_issuer(raw, answer.issuer)
+    return answer
 
 
 def remember_issuer(raw: bytes, issuer: bytes) -> None:
@@ -161,8 +170,12 @@ def _still_valid(hit: _Verified, service: str, method: str, gateway_id: str, rev
         return False
     try:
         cl.check_constraints(hit.token, cl.Context(now=now, gateway=gateway_id, revoked=revoked))
-        if check_permits and not (not mutating and _resource_read(hit.token, service, method)):
-            cl.permits(hit.token, service, method)
+        if check_permits and (service, method, mutating) not in hit.rights:
+            if not (not mutating and _resource_read(hit.token, service, method)):
+                cl.permits(hit.token, service, method)
+            if len(hit.rights) >= RIGHTS_REMEMBERED:
+                hit.rights.clear()
+            hit.rights.add((service, method, mutating))
     except cl.TokenError:
         return False
     return True
@@ -269,6 +282,115 @@ def request_token(root_token: bytes, service: str, method: str, args: bytes, seq
                   chain: tuple[bytes, ...] = ()) -> bytes:
     """The leaf the device verifies on its own: service, method, args digest,
     sequence, and (``authorised_by``) the revocation hashes of the client
-    token's chain, so the device refuses it once any of them is revoked."""
+    token's chain, so the device refuses it once any of them is revoked.
+
+    Minted on every enqueue, so for the usual parent (a device's plain root
+    token) the bytes are put together directly: the root's part of the
+    encoding and the chain's ``authorised_by`` entry are remembered, and only
+    the request entry and one HMAC are new. The result is byte for byte what
+    :func:`request_token_reference` (the CAPLets library's derivation) gives;
+    anything else takes that path."""
+    head = _root_head(root_token) if type(root_token) is bytes else None  # (tests also pass a Token)
+    if head is None:
+        return request_token_reference(root_token, service, method, args, sequence, chain)
+    prefix, inner, outer = head
+    # the Request entry (code, length, payload) as cap_caps builds it, then authorised_by
+    payload = _request_names(service, method) + cl.request_digest(args) + _varint(sequence)
+    frame = _REQUEST_CODE + _varint(len(payload)) + payload + _authorised_by(chain)
+    if len(frame) > cap_codec.MAX_FRAME_SIZE or not 0 <= sequence < 1 << 64:  # the library refuses it: let it say why
+        return request_token_reference(root_token, service, method, args, sequence, chain)
+    mac = inner.copy()  # HMAC-SHA256(root tag, frame) from the key's padded states (RFC 2104)
+    mac.update(frame)
+    tag = outer.copy()
+    tag.update(mac.digest())
+    return b"".join((prefix, _varint(len(frame)), frame, tag.digest()))
+
+
+_REQUEST_CODE = bytes((cap_caps.REQUEST,))
+_SMALL_VARINTS = [bytes((i,)) for i in range(0x80)]
+
+
+def _varint(value: int) -> bytes:
+    """cap_wire.put_varint's bytes for 0 <= value (the caller checks the upper bound)."""
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def request_token_reference(root_token: bytes, service: str, method: str, args: bytes, sequence: int,
+                            chain: tuple[bytes, ...] = ()) -> bytes:
+    """:func:`request_token` by the CAPLets library's derivation (the reference)."""
     constraints = [cl.AuthorisedBy(chain[:cl.cap_cons.MAX_AUTHORISED_BY])] if chain else []
     return cl.request_token(cl.load(root_token), service, method, args, sequence, constraints).to_bytes()
+
+
+MINT_CACHE_SIZE = 4096  # device roots / client chains remembered for minting (cleared when full)
+_root_heads: dict[bytes, tuple[bytes, "hashlib._Hash", "hashlib._Hash"] | None] = {}
+_authorised_by_raw: dict[tuple[bytes, ...], bytes] = {}
+_request_names_raw: dict[tuple[str, str], bytes] = {}
+
+
+def _root_head(root_token: bytes) -> tuple[bytes, "hashlib._Hash", "hashlib._Hash"] | None:
+    """(the encoding of a two-frame token up to its second frame, and HMAC's
+    inner and outer SHA-256 states keyed by the root tag)
+    for a plain root token (one frame: the ROOT capability alone), whose
+    derivation to a request needs no check; None for anything else."""
+    try:
+        return _root_heads[root_token]
+    except KeyError:
+        pass
+    head = None
+    try:
+        root = cl.load(root_token)
+        frame = root.frames[0]
+        plain = (len(root) == 1 and not frame.constraints and len(frame.capabilities) == 1
+                 and isinstance(frame.capabilities[0], cl.Root))
+    except (cl.TokenError, ValueError):
+        plain = False
+    if plain:
+        out = bytearray((cap_codec.VERSION,))
+        cap_wire.put_varint(out, 2)
+        cap_wire.put_varint(out, len(frame.raw))
+        out += frame.raw
+        key = root.tag.ljust(64, b"\0")  # a 32-byte tag: within SHA-256's block, used as is
+        head = (bytes(out), hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key)))
+    if len(_root_heads) >= MINT_CACHE_SIZE:
+        _root_heads.clear()
+    _root_heads[bytes(root_token)] = head
+    return head
+
+
+def _request_names(service: str, method: str) -> bytes:
+    """The start of a Request entry's payload (service type and method); the
+    library's constructor checks the names once, with its own errors."""
+    key = (service, method)
+    raw = _request_names_raw.get(key)
+    if raw is None:
+        cl.Request(service, method, bytes(cap_caps.DIGEST_SIZE), 0)  # raises ValueError for names it refuses
+        out = bytearray()
+        cap_wire.put_str(out, service)
+        cap_wire.put_str(out, method)
+        raw = bytes(out)
+        if len(_request_names_raw) >= MINT_CACHE_SIZE:
+            _request_names_raw.clear()
+        _request_names_raw[key] = raw
+    return raw
+
+
+def _authorised_by(chain: tuple[bytes, ...]) -> bytes:
+    """The ``authorised_by`` entry's bytes for a chain (b"" for none); a client
+    sends the same token on every call, so its chain repeats."""
+    if not chain:
+        return b""
+    raw = _authorised_by_raw.get(chain)
+    if raw is None:
+        raw = cl.AuthorisedBy(chain[:cl.cap_cons.MAX_AUTHORISED_BY]).raw
+        if len(_authorised_by_raw) >= MINT_CACHE_SIZE:
+            _authorised_by_raw.clear()
+        _authorised_by_raw[chain] = raw
+    return raw

@@ -41,17 +41,16 @@ try:
 except ImportError as exc:  # the bench extra: lakers-python, aiocoap
     sys.exit(f"EDHOC + OSCORE peer unavailable: {exc} (pip install 'edgistry[bench]')")
 from bench_util import result_line, table  # noqa: E402
+from wake import queue_read  # noqa: E402
 
 from edgistry.firmware.caplets import api as cl  # noqa: E402
 from edgistry.firmware.link import link_wire as wire  # noqa: E402
 from edgistry.firmware.link.dgram_client import DgramClient  # noqa: E402
 from edgistry.firmware.link.link_crypto import x25519  # noqa: E402
-from edgistry.gateway.link.backend import DeviceAnswer, MemoryBackend, PairedDevice, QueuedRequest  # noqa: E402
+from edgistry.gateway.link.backend import DeviceAnswer, MemoryBackend, PairedDevice  # noqa: E402
 from edgistry.gateway.link.dgram_server import DgramServer  # noqa: E402
 from edgistry.gateway.link.server import LinkServerThread  # noqa: E402
-from edgistry.gateway.tokens import auth  # noqa: E402
 
-ARGS = b'{"unit":"C"}'  # as benchmarks/wake.py: a 145-byte DeviceRequest
 ROWS = ("ours_full_fs", "ours_full_nofs", "ours_saved", "edhoc_oscore_full", "oscore_saved")
 
 
@@ -67,12 +66,7 @@ class Device:
 
     def queue(self) -> dict:
         self.seq += 1
-        rid = os.urandom(16)
-        tok = auth.request_token(self.root, "sensor", "read", ARGS, self.seq)
-        req = QueuedRequest(rid, "sensor", "read", ARGS, tok, int(time.time() * 1000) + 600_000)
-        self.backend.queues.setdefault(self.link_id, []).append(req)
-        return {"request_id": rid, "service": req.service, "method": req.method, "args": req.args,
-                "request_token": req.request_token, "expires_at_ms": req.expires_at_ms}
+        return queue_read(self.backend, self.root, self.link_id, self.seq)
 
     def wake(self, full: bool, fs: bool) -> dict:
         c = DgramClient(self.root, self.link_id, self.addr, self.state, x25519() if fs else None, timeout=2.0)

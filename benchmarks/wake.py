@@ -87,6 +87,17 @@ ARGS = b'{"unit":"C"}'
 
 # ---- our link ----------------------------------------------------------------------
 
+def queue_read(backend, root: bytes, link_id: bytes, seq: int) -> dict:
+    """Queue one sensor.read with a real request token in a MemoryBackend, as the
+    gateway does; return the request as the link carries it."""
+    rid = os.urandom(16)
+    tok = auth.request_token(root, "sensor", "read", ARGS, seq)
+    req = QueuedRequest(rid, "sensor", "read", ARGS, tok, int(time.time() * 1000) + 600_000)
+    backend.queues.setdefault(link_id, []).append(req)
+    return {"request_id": rid, "service": req.service, "method": req.method, "args": req.args,
+            "request_token": req.request_token, "expires_at_ms": req.expires_at_ms}
+
+
 class LinkDevice:
     def __init__(self, backend: MemoryBackend, encrypt: bool = False) -> None:
         self.secret = cl.new_secret()
@@ -101,12 +112,7 @@ class LinkDevice:
     def queue(self) -> dict:
         """Queue one request with a real request token, as the gateway does; return its wire item."""
         self.seq += 1
-        rid = os.urandom(16)
-        tok = auth.request_token(self.root, "sensor", "read", ARGS, self.seq)
-        req = QueuedRequest(rid, "sensor", "read", ARGS, tok, int(time.time() * 1000) + 600_000)
-        self.backend.queues.setdefault(self.link_id, []).append(req)
-        return {"request_id": rid, "service": req.service, "method": req.method, "args": req.args,
-                "request_token": req.request_token, "expires_at_ms": req.expires_at_ms}
+        return queue_read(self.backend, self.root, self.link_id, self.seq)
 
     def wake(self, addr: tuple[str, int], resume: bool, fs: bool) -> dict:
         s = DeviceSession(self.secret, self.root, self.link_id, self.identity, os.urandom,

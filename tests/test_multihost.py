@@ -129,7 +129,10 @@ def partition_halves(run: Multihost, history: History, hold_s: float) -> None:
     after = run.heights()
     seen = [i for i in before if before[i] is not None and after[i] is not None]
     assert len(seen) >= NODES - 1, f"node RPCs do not answer: {before} -> {after}"
-    assert all(after[i] == before[i] for i in seen), f"the chain moved while split 2|2: {before} -> {after}"
+    # a node that lagged when the split came may still fetch blocks its half already holds,
+    # so the chain moved only if some node passes the highest block committed before it
+    top = max(before[i] for i in seen)
+    assert all(after[i] <= top for i in seen), f"the chain moved while split 2|2: {before} -> {after}"
     history.fault("heal")
     run.net.heal()
     run.wait_height(range(NODES), max(h for h in after.values() if h is not None) + 2, 120,

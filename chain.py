@@ -45,6 +45,17 @@ class TxRejected(ChainError):
         self.stage, self.code, self.log = stage, code, log
 
 
+class CommitTimeout(ChainError):
+    """CheckTx took the tx but no block did within the node's commit timeout.
+
+    It may still commit, or it never will: the node evicts a pending tx that a
+    block made invalid (a recheck fails), and ``broadcast_tx_commit`` does not
+    notice. Read the state before deciding to send again.
+    """
+
+
+COMMIT_TIMED_OUT = "timed out waiting for tx to be included in a block"  # CometBFT's (and the embedded node's) words
+
 # CometBFT v1.x answers a CheckTx rejection in broadcast_tx_sync/commit with a
 # JSON-RPC error (-32603) instead of v0.38's result with a non-zero code:
 #   "broadcast error on transaction validation: tx HASH is invalid: code=2, data=, log='...', codespace='...'"
@@ -85,6 +96,7 @@ class ChainClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._last_nonce: dict[bytes, int] = {}
+        self._senders: dict[bytes, asyncio.Lock] = {}
         self._chain_id: str | None = None
 
     async def __aenter__(self) -> ChainClient:
@@ -165,6 +177,22 @@ class ChainClient:
         self._last_nonce[signer] = nonce
         return nonce
 
+    def sender(self, signer: bytes) -> asyncio.Lock:
+        """Held from signing a tx of ``signer`` until it is safe to sign the next one.
+
+        The chain takes a signer's nonces only rising, so a tx with a higher nonce
+        committed first leaves a lower one pending invalid for ever: the node evicts it
+        at recheck, and a ``broadcast_tx_commit`` waiting for it times out. Two senders
+        sharing a key in one process (a gateway's batch submitter and its seal keeper)
+        therefore take turns: :meth:`submit` holds this until its tx is committed, the
+        submitter while it signs and hands a batch to the node (it re-queues its own
+        overtaken batches).
+        """
+        lock = self._senders.get(signer)
+        if lock is None:
+            lock = self._senders[signer] = asyncio.Lock()
+        return lock
+
     def forget_nonce(self, signer: bytes) -> None:
         """Read the signer's committed nonce again before the next signature (after a stale one)."""
         self._last_nonce.pop(signer, None)
@@ -175,7 +203,14 @@ class ChainClient:
 
     async def broadcast_commit(self, tx: bytes) -> Committed:
         """Submit and wait for the block; raises TxRejected on any failure code."""
-        res = await self.call("broadcast_tx_commit", tx=base64.b64encode(tx).decode())
+        try:
+            res = await self.call("broadcast_tx_commit", tx=base64.b64encode(tx).decode())
+        except TxRejected:
+            raise
+        except ChainError as exc:
+            if COMMIT_TIMED_OUT in str(exc):
+                raise CommitTimeout(f"the tx passed CheckTx but was not seen in a block: {exc}") from exc
+            raise
         check, result = res["check_tx"], res["tx_result"]
         if check["code"]:
             raise TxRejected("CheckTx", check["code"], check.get("log", ""))
@@ -189,7 +224,8 @@ class ChainClient:
         signer = key.public_key().public_bytes_raw()
         for attempt in range(retries + 1):
             try:
-                return await self.broadcast_commit(await self.sign(key, msg))
+                async with self.sender(signer):
+                    return await self.broadcast_commit(await self.sign(key, msg))
             except TxRejected as err:
                 if err.code not in (Code.STALE_NONCE, Code.NONCE_REUSED) or attempt == retries:
                     raise

@@ -127,8 +127,10 @@ class EmbeddedNode:
 
     def __init__(self, app: RegistryApp, block_dir: Path, genesis: dict, *,
                  block_interval_s: float = 0.2, empty_block_interval_s: float = 30.0,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns,
+                 commit_timeout_s: float = TIMEOUT_BROADCAST_TX_COMMIT_S) -> None:
         self.app = app
+        self.commit_timeout_s = commit_timeout_s  # broadcast_tx_commit's wait for the block
         self.blocks = BlockStore(block_dir)
         self.genesis = genesis
         self.chain_id: str = genesis["chain_id"]
@@ -191,12 +193,12 @@ class EmbeddedNode:
             self._wake.set()
         return resp
 
-    async def wait_for_tx(self, h: bytes, timeout: float = TIMEOUT_BROADCAST_TX_COMMIT_S) -> tuple[int, abci.ExecTxResult]:
+    async def wait_for_tx(self, h: bytes, timeout: float | None = None) -> tuple[int, abci.ExecTxResult]:
         fut = asyncio.get_running_loop().create_future()
         waiting = self._waiters.setdefault(h, [])
         waiting.append(fut)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await asyncio.wait_for(fut, self.commit_timeout_s if timeout is None else timeout)
         finally:  # a timed-out or cancelled waiter must not linger
             if fut in waiting:
                 waiting.remove(fut)

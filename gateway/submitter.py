@@ -243,12 +243,14 @@ class RegistrySubmitter:
             # one is never moved: it reads every height after its own last one
             self._seen_height = int((await self.chain.status())["sync_info"]["latest_block_height"])
         for attempt in range(2):
-            tx = await self.chain.sign(self.key, batch)
-            try:
-                res = await self.chain.call("broadcast_tx_sync", tx=base64.b64encode(tx).decode())
-                code, why = int(res.get("code", 0)), res.get("log", "")
-            except TxRejected as err:  # CometBFT v1.x reports a CheckTx refusal as an RPC error
-                code, why = err.code, err.log
+            # not while another sender of this key waits for a lower nonce to commit (ChainClient.sender)
+            async with self.chain.sender(signer):
+                tx = await self.chain.sign(self.key, batch)
+                try:
+                    res = await self.chain.call("broadcast_tx_sync", tx=base64.b64encode(tx).decode())
+                    code, why = int(res.get("code", 0)), res.get("log", "")
+                except TxRejected as err:  # CometBFT v1.x reports a CheckTx refusal as an RPC error
+                    code, why = err.code, err.log
             if code in (Code.STALE_NONCE, Code.NONCE_REUSED) and attempt == 0:
                 self.chain.forget_nonce(signer)  # another sender used the key: resynchronise, once
                 continue

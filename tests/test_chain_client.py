@@ -8,7 +8,7 @@ import pytest
 from aiohttp import web
 
 from edgistry.abci_app.codes import Code
-from edgistry.chain import ChainClient, ChainError, TxRejected, call, rejection_of
+from edgistry.chain import ChainClient, ChainError, CommitTimeout, TxRejected, call, rejection_of
 from proc_helpers import free_port
 
 # recorded from a real v1.0.1 node (kvstore rejects an empty tx with code 2)
@@ -80,3 +80,28 @@ async def test_sync_call_raises_tx_rejected_for_a_v1_rejection(fake_v1_node):
         await asyncio.to_thread(call, fake_v1_node, "broadcast_tx_sync", tx="dHg=")
     assert caught.value.code == Code.UNKNOWN_SIGNER
     assert caught.value.log == "signer abc is neither an admin nor a gateway"
+
+
+@pytest.fixture
+async def node_that_never_commits():
+    """A JSON-RPC endpoint answering broadcast_tx_commit as a v0.38 node whose tx left the pool unseen."""
+    async def post(request: web.Request) -> web.Response:
+        msg = await request.json()
+        return web.json_response({"jsonrpc": "2.0", "id": msg["id"], "error": {
+            "code": -32603, "message": "Internal error", "data": "timed out waiting for tx to be included in a block"}})
+
+    runner = web.AppRunner(web.Application())
+    runner.app.router.add_post("/", post)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_a_commit_timeout_is_its_own_error(node_that_never_commits):
+    """CheckTx passed but no block took the tx: CommitTimeout (a ChainError), not a rejection."""
+    async with ChainClient(node_that_never_commits) as chain:
+        with pytest.raises(CommitTimeout) as caught:
+            await chain.broadcast_commit(b"tx")
+    assert isinstance(caught.value, ChainError) and not isinstance(caught.value, TxRejected)

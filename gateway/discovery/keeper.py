@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ...abci_app.codes import Code
-from ...chain import ChainClient, TxRejected
+from ...chain import ChainClient, CommitTimeout, TxRejected
 from ...proto import registry_pb2 as pb
 from . import sealbox
 from .sealbox import Keyring
@@ -130,7 +130,13 @@ class SealKeeper:
         return ""
 
     async def _submit(self, msg: pb.PutDataKey) -> bool:
-        """Submit; False when another gateway won the race (the chain refused ours)."""
+        """Submit; False when another gateway won the race (the chain refused ours).
+
+        A race lost after CheckTx shows as a commit timeout: the winner's block made our
+        pending tx invalid and the node dropped it at recheck. The next step reads the
+        state again either way (a late commit of ours is in /seal, wrapped to us), so
+        nothing is lost by stepping on.
+        """
         try:
             await self.chain.submit(self.key, msg)
             return True
@@ -139,6 +145,9 @@ class SealKeeper:
                 log.info("data key tx lost a race: %s", exc.log)
                 return False
             raise
+        except CommitTimeout as exc:
+            log.info("data key tx not committed (lost a race after CheckTx?): %s", exc)
+            return False
 
     async def ready(self, timeout: float = 30.0, poll_s: float = 0.2) -> Keyring:
         """Step until this gateway holds the current data key (pairing needs it); raises TimeoutError."""

@@ -92,6 +92,7 @@ class RegistryApp:
         self._block_time = self._last_block_time()  # of the last committed block: CheckTx's clock
         self.checked = CheckedTxs()  # what CheckTx learnt about accepted txs: cheap rechecks
         self.stats = {"check": 0, "recheck": 0}
+        self._info_logged = False
         self.verified = VerifiedCache()  # signatures checked in CheckTx are not checked again
         self.decoded = DecodeCache()  # one decode per tx across CheckTx, proposals and FinalizeBlock
         self.snapshots = snapshots.SnapshotManager(
@@ -142,7 +143,10 @@ class RegistryApp:
         return abci.ResponseEcho(message=req.message)
 
     def info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
-        log.info("Info from CometBFT %s (ABCI %s): at height %d", req.version, req.abci_version, self.height)
+        # the handshake's Info is worth a line; every RPC abci_info call (pollers) is one too
+        log.log(logging.DEBUG if self._info_logged else logging.INFO,
+                "Info from CometBFT %s (ABCI %s): at height %d", req.version, req.abci_version, self.height)
+        self._info_logged = True
         return abci.ResponseInfo(
             data="edgistry registry",
             version=__version__,

@@ -31,7 +31,9 @@ measured window, divided by the window. Registry txs are pre-signed by S
 gateway keys that are in genesis (one key per submitter, nonces 1, 2, 3, ... in
 order), so signing is not measured; the other rows get ``key=value`` txs of
 the same size. With ``--rounds N`` every row runs N times, interleaved, and
-the table shows medians. CPU seconds by role (cometbft, app, load generator)
+the table shows medians. ``--p2p-rate BYTES`` lifts CometBFT's per-connection
+p2p send and receive limit (default 5 MB/s) on every CometBFT row alike; etcd has
+no such limiter. CPU seconds by role (cometbft, app, load generator)
 are read from /proc over the measured window. Ends with one ``RESULT {json}``
 line.
 """
@@ -48,11 +50,13 @@ import statistics
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
 import h3
+import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from batch_load import UNIT, UNITS_PER_BATCH, batch_load, mix_statement
@@ -298,10 +302,22 @@ def _start_socket_app(launcher: Launcher, node, argv: list[str], binary: str) ->
     launcher.start(ops.proc_name(node, "cmt"), [binary, "start", "--home", str(node.cometbft_home)])
 
 
+def set_p2p_rate(config_path: Path, rate: int) -> None:
+    """Raise one node's p2p send_rate and recv_rate (bytes/s per peer connection). CometBFT's
+    default, 5 MB/s, is set for the Internet; in a LAN or one machine it, not CPU, bounds how fast
+    megabyte blocks and the mempool's gossip of large txs move."""
+    config = tomllib.loads(config_path.read_text())
+    config["p2p"]["send_rate"] = config["p2p"]["recv_rate"] = rate
+    config_path.write_text(tomli_w.dumps(config))
+
+
 def run_cluster(kind: str, binary: str, directory: Path, args, consensus: ConsensusSettings,
                 loads: list[list[bytes]], extra_gateways: list[GatewaySpec], abci_cli: str | None) -> RunResult:
     nodes = generate_localnet(directory, args.nodes, CHAIN, base_port=args.base_port, consensus=consensus,
                               log_level="error", extra_gateways=extra_gateways)
+    if args.p2p_rate:
+        for node in nodes:
+            set_p2p_rate(node.cometbft_home / "config" / "config.toml", args.p2p_rate)
     launcher = Launcher(directory)
     try:
         for node in nodes:
@@ -463,9 +479,11 @@ def serve_null(address: str) -> int:
 # ---- the whole run ----
 
 
-def settings_statement(consensus: ConsensusSettings) -> dict[str, dict]:
+def settings_statement(consensus: ConsensusSettings, p2p_rate: int = 0) -> dict[str, dict]:
     """The CometBFT settings every row shares that bear on throughput (from the generated config)."""
     cfg = config_toml(moniker="x", proxy_app="x", rpc_laddr="x", p2p_laddr="x", consensus=consensus)
+    if p2p_rate:
+        cfg["p2p"]["send_rate"] = cfg["p2p"]["recv_rate"] = p2p_rate
     pick = {
         "consensus": ("timeout_propose", "timeout_prevote", "timeout_precommit", "timeout_commit",
                       "create_empty_blocks"),
@@ -513,6 +531,8 @@ def main() -> int:
     parser.add_argument("--batch-submitters", type=int, default=16, help="registry-batch: gateway keys sending batches")
     parser.add_argument("--batch-window", type=int, default=4, help="registry-batch: batches in flight per submitter")
     parser.add_argument("--batches-per-submitter", type=int, default=150)
+    parser.add_argument("--p2p-rate", type=int, default=0,
+                        help="p2p send_rate and recv_rate in bytes/s for every CometBFT row (0: CometBFT's default)")
     parser.add_argument("--etcd-port", type=int, default=22000, help="etcd: first of 6 loopback ports")
     parser.add_argument("--etcd-procs", type=int, default=2, help="etcd: loader processes")
     parser.add_argument("--etcd-clients", type=int, default=128, help="etcd: concurrent writers per loader process")
@@ -571,7 +591,7 @@ def main() -> int:
     base = by.get("kvstore")
     ratio = {r.app: r.tx_per_s / base.tx_per_s for r in results if base is not None and base.tx_per_s}
 
-    settings = settings_statement(consensus)
+    settings = settings_statement(consensus, args.p2p_rate)
     print(f"\n{args.nodes} validators on 127.0.0.1, CometBFT {binary}; {args.submitters} submitters x window "
           f"{args.window} (broadcast_tx_sync + block polling); {args.duration:.0f} s measured after "
           f"{args.warmup:.0f} s warm-up" + (f"; medians of {args.rounds} interleaved rounds" if args.rounds > 1 else ""))

@@ -47,3 +47,25 @@ def test_batched_row_fails_when_an_operation_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "device", lambda rng, pseudonym, res=7: real(rng, b"\x07" * 16, res))
     with pytest.raises(AssertionError, match="batch operation codes"):
         registry.bench_finalize(tmp_path, block_txs=1, blocks=1, reps=1, batch_ops=3, block_batches=1)
+
+
+def test_cluster_p2p_rate_reaches_the_config_and_the_statement(tmp_path):
+    """--p2p-rate rewrites a generated node's config.toml and is named in the printed settings."""
+    import tomllib
+
+    import cluster
+    from edgistry.cluster.localnet import generate_localnet
+
+    [node] = generate_localnet(tmp_path, 1, "edg-rate", base_port=30000, consensus=cluster.ConsensusSettings.fast())
+    path = node.cometbft_home / "config" / "config.toml"
+    before = tomllib.loads(path.read_text())
+    default = before["p2p"]["send_rate"]
+    cluster.set_p2p_rate(path, 52_428_800)
+    after = tomllib.loads(path.read_text())
+    assert after["p2p"]["send_rate"] == after["p2p"]["recv_rate"] == 52_428_800 != default
+    for config in (before, after):
+        del config["p2p"]["send_rate"], config["p2p"]["recv_rate"]
+    assert after == before  # nothing else changed
+    stated = cluster.settings_statement(cluster.ConsensusSettings.fast(), 52_428_800)["p2p"]
+    assert stated["send_rate"] == stated["recv_rate"] == 52_428_800
+    assert cluster.settings_statement(cluster.ConsensusSettings.fast())["p2p"]["send_rate"] == default

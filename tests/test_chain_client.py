@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from aiohttp import web
@@ -48,21 +49,29 @@ def test_other_errors_are_not_rejections(error):
     assert rejection_of(error) is None
 
 
-@pytest.fixture
-async def fake_v1_node():
-    """A JSON-RPC endpoint that answers every broadcast as a v1.x node rejecting the tx."""
+@contextlib.asynccontextmanager
+async def node_answering(error: dict):
+    """A JSON-RPC endpoint on loopback that answers every call with ``error``; yields its URL."""
     async def post(request: web.Request) -> web.Response:
         msg = await request.json()
-        return web.json_response({"jsonrpc": "2.0", "id": msg["id"],
-                                  "error": v1_error(Code.UNKNOWN_SIGNER, "signer abc is neither an admin nor a gateway")})
+        return web.json_response({"jsonrpc": "2.0", "id": msg["id"], "error": error})
 
     runner = web.AppRunner(web.Application())
     runner.app.router.add_post("/", post)
     await runner.setup()
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def fake_v1_node():
+    """Answers every broadcast as a v1.x node rejecting the tx."""
+    async with node_answering(v1_error(Code.UNKNOWN_SIGNER, "signer abc is neither an admin nor a gateway")) as url:
+        yield url
 
 
 async def test_chain_client_raises_tx_rejected_for_a_v1_rejection(fake_v1_node):
@@ -84,19 +93,10 @@ async def test_sync_call_raises_tx_rejected_for_a_v1_rejection(fake_v1_node):
 
 @pytest.fixture
 async def node_that_never_commits():
-    """A JSON-RPC endpoint answering broadcast_tx_commit as a v0.38 node whose tx left the pool unseen."""
-    async def post(request: web.Request) -> web.Response:
-        msg = await request.json()
-        return web.json_response({"jsonrpc": "2.0", "id": msg["id"], "error": {
-            "code": -32603, "message": "Internal error", "data": "timed out waiting for tx to be included in a block"}})
-
-    runner = web.AppRunner(web.Application())
-    runner.app.router.add_post("/", post)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    """Answers broadcast_tx_commit as a v0.38 node whose tx left the pool unseen (CometBFT's words)."""
+    async with node_answering({"code": -32603, "message": "Internal error",
+                               "data": "timed out waiting for tx to be included in a block"}) as url:
+        yield url
 
 
 async def test_a_commit_timeout_is_its_own_error(node_that_never_commits):

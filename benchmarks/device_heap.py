@@ -181,8 +181,8 @@ def mpy_sizes(lib: Path) -> dict:
     sizes = {sub: sum(f.stat().st_size for f in (pkg / sub).glob("*.mpy")) for sub in ex.BOARD_MODULES}
     demo = (pkg / "device" / "dev_demo.mpy").stat().st_size
     total = sum(f.stat().st_size for f in lib.rglob("*.mpy"))
-    udp = sum((pkg / sub / name).stat().st_size for sub, name in (("link", "link_dgram.mpy"),
-                                                                     ("device", "dev_dgram.mpy")))
+    udp = sum((pkg / sub / (name + ".mpy")).stat().st_size
+              for sub, names in ex.BOARD_MODULES.items() for name in names if name in ex.UDP_MODULES)
     return {"total": total, "device_program": sizes["device"] - demo, "demo_services": demo,
             "caplets": sizes["caplets"], "link": sizes["link"], "udp_modules": udp}
 

@@ -607,7 +607,7 @@ def finish_waker(proc, timeout: float) -> dict:
 async def run_waker(path: Path, no_x25519: bool) -> None:
     """--waker: the devices of the latency phase, waking on their schedule; prints
     one JSON line (errors, the devices' last tickets)."""
-    from edgistry.firmware.link.link_crypto import x25519
+    from edgistry.firmware.link.x25519 import x25519
     spec = json.loads(path.read_text())
     devs = {d["i"]: SimDevice.from_json(d) for d in spec["devices"]}
     xp = None if no_x25519 else x25519()
@@ -784,7 +784,7 @@ def main() -> None:
         asyncio.run(serve(Path(a.serve[0]), Path(a.serve[1]), Path(a.serve[2])))
         return
 
-    from edgistry.firmware.link.link_crypto import x25519
+    from edgistry.firmware.link.x25519 import x25519
     from edgistry.gateway.tokens.auth import identity_token
 
     t_start = time.monotonic()

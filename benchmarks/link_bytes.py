@@ -46,7 +46,7 @@ from wake import queue_read  # noqa: E402
 from edgistry.firmware.caplets import api as cl  # noqa: E402
 from edgistry.firmware.link import link_wire as wire  # noqa: E402
 from edgistry.firmware.link.dgram_client import DgramClient  # noqa: E402
-from edgistry.firmware.link.link_crypto import x25519  # noqa: E402
+from edgistry.firmware.link.x25519 import x25519  # noqa: E402
 from edgistry.gateway.link.backend import DeviceAnswer, MemoryBackend, PairedDevice  # noqa: E402
 from edgistry.gateway.link.dgram_server import DgramServer  # noqa: E402
 from edgistry.gateway.link.server import LinkServerThread  # noqa: E402

@@ -74,7 +74,7 @@ from bench_util import Counter, Mosquitto, result_line, table  # noqa: E402
 from edgistry.firmware.caplets import api as cl  # noqa: E402
 from edgistry.firmware.link.link_session import CLOSED, NEED_DATA, Ack, Bye, Established, Requests
 from edgistry.firmware.link.link_device import DeviceSession
-from edgistry.firmware.link.link_crypto import x25519
+from edgistry.firmware.link.x25519 import x25519
 from edgistry.firmware.link import link_wire as wire
 from edgistry.gateway.tokens import auth
 from edgistry.gateway.link.backend import DeviceAnswer, MemoryBackend, PairedDevice, QueuedRequest

@@ -33,11 +33,11 @@ BOARD_MODULES: dict[str, tuple[str, ...]] = {
     "caplets": ("cap_caps", "cap_codec", "cap_cons", "cap_crypto", "cap_errors", "cap_h3",
                 "cap_verify", "cap_wire"),
     "link": ("link_crypto", "link_device", "link_dgram", "link_errors", "link_session", "link_wire"),
-    "device": ("dev_boot", "dev_core", "dev_demo", "dev_dgram", "dev_mp", "dev_services", "dev_state",
-               "dev_store"),
+    "device": ("dev_boot", "dev_core", "dev_demo", "dev_dgram", "dev_mp", "dev_mp_udp", "dev_services",
+               "dev_state", "dev_store"),
 }
 # only a board that wakes over the datagram link loads these (dev_mp imports them at the wake)
-UDP_MODULES = ("link_dgram", "dev_dgram")
+UDP_MODULES = ("link_dgram", "dev_dgram", "dev_mp_udp")
 
 MAIN_PY = '''\
 # The Edgistry device program (written by `edgistry device export`).

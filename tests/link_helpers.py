@@ -12,7 +12,7 @@ from edgistry.firmware.link.link_session import CLOSED, NEED_DATA
 from edgistry.firmware.link.link_device import DeviceSession
 from edgistry.firmware.link.link_gateway import GatewaySession, identity_name
 from edgistry.firmware.link.link_errors import LinkError
-from edgistry.firmware.link.link_crypto import x25519
+from edgistry.firmware.link.x25519 import x25519
 
 GATEWAY_SECRET = bytes(range(100, 132))
 

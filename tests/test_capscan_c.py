@@ -28,7 +28,7 @@ from proc_helpers import (import_accelerator, require_accelerator, run_tests_on_
                           run_tests_without)
 
 from edgistry.firmware.caplets import api as cl
-from edgistry.firmware.caplets import cap_caps, cap_codec, cap_cons, cap_verify, cap_wire
+from edgistry.firmware.caplets import cap_caps, cap_codec, cap_cons, cap_fast, cap_token, cap_verify, cap_wire
 
 NAME = "edgistry.firmware.caplets._capscan"
 _capscan = import_accelerator(NAME)
@@ -111,7 +111,7 @@ def assert_same_frame(raw: bytes, hint=None) -> tuple:
     pure = outcome(cap_codec.scan_frame, raw, hint)
     agree(_capscan.scan_frame(raw, hint), pure)
     agree(_capscan.scan_frame(raw), pure)  # the hint only saves work
-    assert outcome(cold, cap_codec.frame_record, raw, hint) == pure
+    assert outcome(cold, cap_token.frame_record, raw, hint) == pure
     return pure
 
 
@@ -242,7 +242,7 @@ def frame_chains(draw) -> list[bytes]:
 
 
 def token_bytes(frames: list[bytes]) -> bytes:
-    return cap_codec.encode_body(frames) + cap_verify.compute_tag(SECRET, frames)
+    return cap_token.encode_body(frames) + cap_verify.compute_tag(SECRET, frames)
 
 
 # ---- the differential properties -----------------------------------------------------
@@ -260,8 +260,8 @@ def test_valid_chains_scan_the_same(frames: list[bytes]) -> None:
         assert assert_same_frame(raw, prev)[0] == "ok"
         prev = cap_codec.scan_frame(raw, prev)
     # decode_body goes through the same switch
-    assert outcome(cap_codec.decode_body, data[:-32]) == on_pure_path(
-        outcome, cap_codec.decode_body, data[:-32])
+    assert outcome(cap_token.decode_body, data[:-32]) == on_pure_path(
+        outcome, cap_token.decode_body, data[:-32])
 
 
 @st.composite
@@ -488,9 +488,9 @@ def test_each_rule_is_handed_back_to_the_reference(frame: bytes, message: str | 
         assert kind == "ok", got
     else:
         assert kind == "MalformedToken" and message in got, got
-    assert_same_split(cap_codec.encode_body([frame]) + bytes(32))
+    assert_same_split(cap_token.encode_body([frame]) + bytes(32))
     # the same frame after a valid one (the hint path), in a token
-    assert_same_split(cap_codec.encode_body([ROOT + cl.Endpoint("x").raw, frame]) + bytes(32))
+    assert_same_split(cap_token.encode_body([ROOT + cl.Endpoint("x").raw, frame]) + bytes(32))
 
 
 TOKENS = [  # (bytes scanned whole as a body, expected message or None)
@@ -533,7 +533,7 @@ def test_cache_is_cap_codecs_and_bounded() -> None:
     """The C split caches the records it returns in cap_codec's own cache and
     clears it when full, as the reference does."""
     frames = [ROOT] + [ROOT + cl.Endpoint("e%d" % i).raw for i in range(5)]
-    body = cap_codec.encode_body(frames)
+    body = cap_token.encode_body(frames)
     size = cap_codec.FRAME_CACHE_SIZE
     cap_codec.clear_cache()
     try:
@@ -541,7 +541,7 @@ def test_cache_is_cap_codecs_and_bounded() -> None:
         assert cap_codec._cache == dict(zip(slices, recs))
         cap_codec.clear_cache()
         for i in range(size + 2):
-            one = cap_codec.encode_body([ROOT + cl.Endpoint("f%d" % i).raw])
+            one = cap_token.encode_body([ROOT + cl.Endpoint("f%d" % i).raw])
             assert _capscan.split(one, len(one)) is not None
             assert len(cap_codec._cache) == i % size + 1
     finally:
@@ -563,7 +563,7 @@ class _Dict(dict):
 def test_odd_arguments_are_handed_back() -> None:
     """Only exact bytes and an exact int within them are read; anything else is
     handed back to the reference (None), and a wrong argument count is a TypeError."""
-    body = cap_codec.encode_body([ROOT, ROOT + cl.Endpoint("x").raw])
+    body = cap_token.encode_body([ROOT, ROOT + cl.Endpoint("x").raw])
     assert cold(_capscan.split, body, len(body)) is not None
     for data, end in [(bytearray(body), len(body)), (memoryview(body), len(body)),
                       (_Bytes(body), len(body)), (body, _Int(len(body))), (body, True),
@@ -575,7 +575,7 @@ def test_odd_arguments_are_handed_back() -> None:
     for call, args in [(_capscan.split, (body,)), (_capscan.split, (body, 1, 2)),
                        (_capscan.scan_frame, ()), (_capscan.scan_frame, (ROOT, None, None)),
                        (_capscan.init, ()), (_capscan.init, ({}, 1)),
-                       (_capscan.init, (_Dict(cap_codec._c_format()),))]:
+                       (_capscan.init, (_Dict(cap_fast.c_format()),))]:
         with pytest.raises(TypeError):
             call(*args)
     # a hint of the wrong shape is ignored (it only ever saves work)
@@ -589,19 +589,19 @@ def test_odd_arguments_are_handed_back() -> None:
 @contextmanager
 def c_format(**changes):
     """_capscan re-initialised with cap_codec's format changed so, and restored."""
-    spec = dict(cap_codec._c_format(), **changes)
+    spec = dict(cap_fast.c_format(), **changes)
     _capscan.init(spec)
     try:
         yield spec
     finally:
-        _capscan.init(cap_codec._c_format())
+        _capscan.init(cap_fast.c_format())
         cap_codec.clear_cache()
 
 
 def test_the_format_names_every_entry_the_reference_scans() -> None:
     """cap_codec's table for C has a layout for exactly the entry codes the
     reference scanners know, and hands over cap_codec's own constants."""
-    spec = cap_codec._c_format()
+    spec = cap_fast.c_format()
     assert set(spec["entries"]) == set(cap_caps.SCANNERS) | set(cap_cons.SCANNERS)
     assert spec["root_record"] is cap_codec._ROOT_REC and spec["cache"] is cap_codec._cache
     assert (spec["version"], spec["max_frames"], spec["max_frame_size"], spec["max_entries"]) \
@@ -615,10 +615,10 @@ FIVE = ROOT + cl.Endpoint("a").raw + cl.Endpoint("b").raw + cl.Gateway("g").raw 
 def test_the_format_is_the_one_init_was_given() -> None:
     """C reads nothing of the format on its own: narrower limits, another version
     or a changed layout given at init() change what it accepts."""
-    token = cap_codec.encode_body([ROOT, NONCE_24])
+    token = cap_token.encode_body([ROOT, NONCE_24])
     assert cold(_capscan.split, token, len(token)) is not None
     assert _capscan.scan_frame(FIVE) is not None
-    entries = dict(cap_codec._c_format()["entries"])
+    entries = dict(cap_fast.c_format()["entries"])
     with c_format(entries={**entries, cl.Encryption.code: (("r", 16, 20),)}):
         assert cold(_capscan.split, token, len(token)) is None
     with c_format(version=2):
@@ -637,7 +637,7 @@ def test_the_format_is_the_one_init_was_given() -> None:
 
 def broken_formats() -> list[tuple[str, dict]]:
     """cap_codec's format with one part broken, early or late in what init() reads."""
-    good = cap_codec._c_format()
+    good = cap_fast.c_format()
     entries = good["entries"]
     window = cl.SequenceWindow.code
     cases = {
@@ -684,7 +684,7 @@ def traced_growth(fn, times: int = 25) -> int:
 def test_init_is_all_or_nothing_and_leaks_nothing() -> None:
     """A format refused in any part raises, leaves the previous format working,
     and keeps no reference or memory; an accepted one releases the one before."""
-    token = cap_codec.encode_body([ROOT, NONCE_24])
+    token = cap_token.encode_body([ROOT, NONCE_24])
     want = typed(cold(_capscan.split, token, len(token)))
     for name, spec in broken_formats():
         held = [v for v in spec.values() if not isinstance(v, int)]
@@ -701,11 +701,11 @@ def test_init_is_all_or_nothing_and_leaks_nothing() -> None:
 
     table = 40 * 1024  # about what one compiled format takes
     assert traced_growth(refuse_all) < table
-    assert traced_growth(lambda: _capscan.init(cap_codec._c_format())) < table
-    check = cap_codec._c_format()["is_valid_cell"]
+    assert traced_growth(lambda: _capscan.init(cap_fast.c_format())) < table
+    check = cap_fast.c_format()["is_valid_cell"]
     fresh = dict(cache={}, root_record=tuple(list(cap_codec._ROOT_REC)),
                  is_valid_cell=lambda cell: check(cell))
-    spec = dict(cap_codec._c_format(), **fresh)
+    spec = dict(cap_fast.c_format(), **fresh)
     counts = {k: sys.getrefcount(v) for k, v in fresh.items()}
     _capscan.init(spec)
     try:
@@ -713,7 +713,7 @@ def test_init_is_all_or_nothing_and_leaks_nothing() -> None:
             {k: c + 1 for k, c in counts.items()}
         assert _capscan.scan_frame(ROOT) is fresh["root_record"]
     finally:
-        _capscan.init(cap_codec._c_format())
+        _capscan.init(cap_fast.c_format())
     assert {k: sys.getrefcount(v) for k, v in fresh.items()} == counts
 
 
@@ -721,13 +721,13 @@ def test_the_region_check_is_the_references_and_runs_safely() -> None:
     """The cell check is the is_valid_cell init() was given: its errors come
     out, an answer other than True is handed back, and it cannot swap the
     format under the scan that called it."""
-    body = cap_codec.encode_body([entry(4, OK_CELL)])
+    body = cap_token.encode_body([entry(4, OK_CELL)])
 
     def boom(cell):
         raise ZeroDivisionError(cell)
 
     def reinit(cell):
-        _capscan.init(cap_codec._c_format())
+        _capscan.init(cap_fast.c_format())
         return True
 
     assert cold(_capscan.split, body, len(body)) is not None

@@ -22,7 +22,7 @@ import pytest
 from edgistry.firmware.caplets import api as cl
 from edgistry.firmware.link import link_dgram as dg
 from edgistry.firmware.link.dgram_client import DgramClient
-from edgistry.firmware.link.link_crypto import x25519
+from edgistry.firmware.link.x25519 import x25519
 from edgistry.firmware.link.link_device import check_request
 from edgistry.gateway.link.backend import DeviceAnswer, MemoryBackend, PairedDevice, QueuedRequest
 from edgistry.gateway.link.dgram_server import DgramServer

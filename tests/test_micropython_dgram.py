@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 
 from edgistry.firmware.caplets import api as cl
+from edgistry.firmware.export import BOARD_MODULES
 from edgistry.firmware.link import link_dgram as dg
 from edgistry.firmware.link import link_wire as wire
 
-CAPLETS = sorted(Path(cl.__file__).parent.glob("cap_*.py"))
+CAPLETS = [Path(cl.__file__).parent / f"{name}.py" for name in BOARD_MODULES["caplets"]]
 LINK = [Path(dg.__file__).parent / n for n in ("link_dgram.py", "link_crypto.py", "link_wire.py", "link_errors.py")]
 # what a waking device loads: the link modules, and of the caplets only the crypto and varints
 MODULES = [p for p in CAPLETS if p.name in ("cap_crypto.py", "cap_wire.py", "cap_errors.py")] + LINK

@@ -23,11 +23,12 @@ from pathlib import Path
 from link_helpers import Dev, DetRand, Keys, gateway
 
 from edgistry.firmware.caplets import api as cl
+from edgistry.firmware.export import BOARD_MODULES
 from edgistry.firmware.link import api as link
 from edgistry.firmware.link.link_session import Requests
 from edgistry.firmware.link import link_crypto as lc, link_device, link_session
 
-CAPLETS = sorted(Path(cl.__file__).parent.glob("cap_*.py"))
+CAPLETS = [Path(cl.__file__).parent / f"{name}.py" for name in BOARD_MODULES["caplets"]]
 LINK = sorted(Path(link.__file__).parent.glob("link_*.py"))
 MODULES = CAPLETS + LINK
 NOW = 1_700_000_000

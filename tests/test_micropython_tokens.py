@@ -13,9 +13,10 @@ from pathlib import Path
 import h3
 
 from edgistry.firmware.caplets import api as cl
-from edgistry.firmware.caplets import cap_codec, cap_verify
+from edgistry.firmware.export import BOARD_MODULES
+from edgistry.firmware.caplets import cap_token, cap_verify
 
-CORE = sorted((Path(cl.__file__).parent).glob("cap_*.py"))
+CORE = [Path(cl.__file__).parent / f"{name}.py" for name in BOARD_MODULES["caplets"]]
 SECRET = bytes(range(32))
 OTHER = bytes(range(1, 33))
 NOW = 1_700_000_000
@@ -25,13 +26,13 @@ CLIENT_HASH = bytes([7]) * 32  # a revocation hash of some client token's tag
 
 def forge(secret: bytes, frames_entries: list[list]) -> bytes:
     """A token with any frames and a correct tag (bypassing derive's checks)."""
-    frames = [cap_codec.make_frame(e) for e in frames_entries]
-    return cap_codec.Token(frames, cap_verify.compute_tag(secret, frames)).to_bytes()
+    frames = [cap_token.make_frame(e) for e in frames_entries]
+    return cap_token.Token(frames, cap_verify.compute_tag(secret, frames)).to_bytes()
 
 
 def raw_token(secret: bytes, frame_bytes: list[bytes]) -> bytes:
     """A token from raw frame bytes (possibly malformed) with a correct tag."""
-    body = cap_codec.encode_body(frame_bytes)
+    body = cap_token.encode_body(frame_bytes)
     return body + cap_verify.compute_tag(secret, frame_bytes)
 
 
@@ -68,9 +69,9 @@ def cases() -> list[tuple[str, bytes, bytes, dict]]:
         ("extended", b + b"\x00", SECRET, ctx),
         ("empty", b"", SECRET, {}),
         ("bad_version", b"\x02" + b[1:], SECRET, ctx),
-        ("frame_removed", cap_codec.Token(req.frames[:2] + req.frames[3:], req.tag).to_bytes(),
+        ("frame_removed", cap_token.Token(req.frames[:2] + req.frames[3:], req.tag).to_bytes(),
          SECRET, ctx),
-        ("frames_swapped", cap_codec.Token((req.frames[0], req.frames[2], req.frames[1],
+        ("frames_swapped", cap_token.Token((req.frames[0], req.frames[2], req.frames[1],
                                             req.frames[3]), req.tag).to_bytes(), SECRET, ctx),
         ("widened_methods", forge(SECRET, [[cl.Root()], [cl.Service("t", ["a"])],
                                            [cl.Service("t", ["a", "b"])]]), SECRET, {}),

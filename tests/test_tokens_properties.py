@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgistry.firmware.caplets import api as cl
-from edgistry.firmware.caplets import cap_codec, cap_crypto, cap_verify
+from edgistry.firmware.caplets import cap_crypto, cap_token, cap_verify
 
 SECRET = b"property-test-secret-32-bytes..."
 NOW = 1_700_000_000
@@ -81,7 +81,7 @@ def rejected(data: bytes) -> bool:
 
 
 def with_frames(frames, tag: bytes) -> bytes:
-    return cap_codec.encode_body(frames) + tag
+    return cap_token.encode_body(frames) + tag
 
 
 # ---- tampering is rejected -------------------------------------------------
@@ -240,7 +240,7 @@ def test_request_and_encryption_tokens_cannot_be_derived(
     with pytest.raises(cl.InvalidDerivation):
         cl.derive(leaf, caps or None)
     for extra in (caps or [cl.Root()]) + [leaf.capabilities[0]]:
-        frame = cap_codec.make_frame([extra] + list(leaf.constraints))
+        frame = cap_token.make_frame([extra] + list(leaf.constraints))
         forged = with_frames(leaf.frames + (frame,),
                              cap_crypto.hmac_sha256(leaf.tag, frame.raw))
         with pytest.raises(cl.InvalidDerivation):
@@ -258,7 +258,7 @@ def test_round_trips_are_exact(token: cl.Token) -> None:
     assert again == token and again.to_bytes() == raw
     assert cl.from_text(cl.to_text(token)).to_bytes() == raw
     assert [f.raw for f in again.frames] == [f.raw for f in token.frames]
-    assert cap_codec.decode_body(token.body) == token.frames
+    assert cap_token.decode_body(token.body) == token.frames
 
 
 @settings(FAST, max_examples=300)

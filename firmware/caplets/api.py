@@ -2,15 +2,16 @@
 
 Two layers:
 
-* the verification core (``cap_*`` modules), pure and MicroPython-compatible:
-  ``cap_codec`` (binary format, theory of operation), ``cap_caps``
-  (entry codes, capabilities, subset relation), ``cap_cons`` (constraints),
-  ``cap_verify`` (verification),
-  ``cap_crypto``, ``cap_h3``, ``cap_wire``, ``cap_errors``. On a device copy
-  these files as top-level modules; they import each other either way.
-* the CPython API: ``mint`` (root, derive, request and encryption tokens,
-  flatten, text form), ``revocation``, ``replay`` and the ``edgistry token``
-  CLI (``cli``).
+* the verification core, pure and MicroPython-compatible, on value tuples
+  and frame records (no object per entry): ``cap_codec`` (binary format,
+  theory of operation), ``cap_caps`` (entry codes, subset relation),
+  ``cap_cons`` (constraints), ``cap_verify`` (verification), ``cap_crypto``,
+  ``cap_h3``, ``cap_wire``, ``cap_errors``. A board ships these alone
+  (``edgistry device export``); copied flat, they import each other too.
+* the CPython API: ``cap_entries`` (entries as objects), ``cap_token``
+  (tokens and frames as objects), ``cap_fast`` (the C scanner's loader),
+  ``mint`` (root, derive, request and encryption tokens, flatten, text form),
+  ``revocation``, ``replay`` and the ``edgistry token`` CLI.
 
 Typical use::
 
@@ -21,20 +22,17 @@ Typical use::
     verify(req, secret, endpoint=..., last_sequence=...)   # raises or returns
 """
 
-from . import (cap_caps, cap_codec, cap_cons, cap_crypto, cap_errors, cap_h3,  # submodules too
-               cap_verify, cap_wire, replay, revocation)
-from .cap_codec import (
-    MAX_ENTRIES, MAX_FRAME_SIZE, MAX_FRAMES, MAX_TOKEN_SIZE, Frame, Token, decode, decode_body,
-    encode_body, make_frame,
-)
+from . import (cap_caps, cap_codec, cap_cons, cap_crypto, cap_entries, cap_errors, cap_h3,  # submodules too
+               cap_token, cap_verify, cap_wire, replay, revocation)
+from .cap_codec import MAX_ENTRIES, MAX_FRAME_SIZE, MAX_FRAMES, MAX_TOKEN_SIZE
+from .cap_token import Frame, Token, check_chain, check_derivation, decode, decode_body, encode_body, make_frame
 from .cap_errors import (
     BadTag, ClockDrift, ConstraintFailed, InvalidDerivation, MalformedToken, NotPermitted,
     Replayed, Revoked, TokenError,
 )
-from .cap_caps import (
-    ADMIN, INVOKE, READ, WRITE, Encryption, Identity, Region, Request, Resource, Root, Service,
-)
-from .cap_cons import (
+from .cap_caps import ADMIN, INVOKE, READ, WRITE
+from .cap_entries import (
+    Encryption, Identity, Region, Request, Resource, Root, Service,
     AuthorisedBy, BoundTo, Endpoint, ExpiresAt, Gateway, NotBefore, RequireIdentity, SequenceWindow,
     UnknownConstraint,
 )
@@ -51,7 +49,8 @@ from .replay import SequenceVerifier
 from .revocation import RevocationSet, RevocationSource
 
 __all__ = [
-    "cap_caps", "cap_codec", "cap_cons", "cap_crypto", "cap_errors", "cap_h3", "cap_verify", "cap_wire",
+    "cap_caps", "cap_codec", "cap_cons", "cap_crypto", "cap_entries", "cap_errors", "cap_h3", "cap_token",
+    "cap_verify", "cap_wire",
     "replay", "revocation",
     "ADMIN", "INVOKE", "READ", "WRITE", "MAX_ENTRIES", "MAX_FRAME_SIZE", "MAX_FRAMES",
     "MAX_TOKEN_SIZE", "AuthorisedBy", "BadTag", "BoundTo", "ClockDrift", "ConstraintFailed", "Context",
@@ -59,7 +58,8 @@ __all__ = [
     "InvalidDerivation", "MalformedToken", "NotBefore", "NotPermitted", "Region",
     "Replayed", "Request", "RequireIdentity", "Resource", "RevocationSet",
     "RevocationSource", "Revoked", "Root", "SequenceVerifier", "SequenceWindow", "Service",
-    "Token", "TokenError", "UnknownConstraint", "authenticate", "chain_tags", "check_constraints", "check_revoked",
+    "Token", "TokenError", "UnknownConstraint", "authenticate", "chain_tags", "check_chain", "check_constraints", "check_derivation",
+    "check_revoked",
     "compute_tag", "decode", "decode_body", "derive", "encode_body", "encryption_tag",
     "encryption_token", "flatten", "from_text", "load", "make_frame", "mint",
     "new_secret", "parse_time", "permits", "request_digest", "request_token", "revocation_hash", "root",

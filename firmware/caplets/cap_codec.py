@@ -32,12 +32,14 @@ otherwise. A frame usually starts its constraints with the previous frame's
 constraint run verbatim; the scanner then reuses the previous record's
 (already validated) constraint values for those identical bytes instead of
 parsing them again, and the verifier checks carry-over by one byte comparison.
-``Frame`` and entry objects are built from the records only when asked for.
+A board works on the records alone (this module and cap_verify); the object
+forms (``Frame``, entry objects, a ``Token`` that lists them) are the CPython
+API in ``cap_token`` and ``cap_entries``, built from the records when asked for.
 
 On CPython an optional C accelerator (``_capscan.c``, built at install when a
 compiler is present) does the same scan for well-formed input: it takes the
-format (entry layouts, limits, the constant root record) from ``_c_format``
-below at import, gives equal records, and answers None for anything else, so
+format (entry layouts, limits, the constant root record) from ``cap_fast``
+at import, gives equal records, and answers None for anything else, so
 ``scan_frame`` and ``_split`` run on that input and raise their own error.
 They stay the reference, and the only path on MicroPython (a differential
 test holds the two together). ``FAST_SCAN`` is None when the accelerator is
@@ -48,20 +50,23 @@ import sys
 
 try:
     from .cap_errors import MalformedToken
-    from .cap_wire import put_varint, get_varint
+    from .cap_wire import get_varint
     from .cap_caps import (
-        SCANNERS as _CAP_SCANNERS, CAP_NAMES, ROOT, REQUEST, ENCRYPTION, EXPIRES_AT,
-        cap_from_value,
+        SCANNERS as _CAP_SCANNERS, CAP_NAMES, ROOT, REQUEST, ENCRYPTION, EXPIRES_AT, entry_bytes,
     )
-    from .cap_cons import SCANNERS as _CON_SCANNERS, scan_unknown, con_from_value
+    from .cap_cons import SCANNERS as _CON_SCANNERS, scan_unknown
     from .cap_crypto import TAG_SIZE
 except ImportError:
     from cap_errors import MalformedToken
-    from cap_wire import put_varint, get_varint
+    from cap_wire import get_varint
     from cap_caps import (SCANNERS as _CAP_SCANNERS, CAP_NAMES, ROOT, REQUEST, ENCRYPTION,
-                          EXPIRES_AT, cap_from_value)
-    from cap_cons import SCANNERS as _CON_SCANNERS, scan_unknown, con_from_value
+                          EXPIRES_AT, entry_bytes)
+    from cap_cons import SCANNERS as _CON_SCANNERS, scan_unknown
     from cap_crypto import TAG_SIZE
+try:  # CPython: the C accelerator's loader (not shipped to a board)
+    from .cap_fast import load_scanner
+except ImportError:
+    load_scanner = None
 
 VERSION = 0x01
 # One HMAC per frame: 16 bounds verification to 16 HMACs on a microcontroller;
@@ -84,72 +89,11 @@ _ROOT_VALUE = (ROOT, _ROOT_FRAME)
 # the record scan_frame returns for _ROOT_FRAME (records are never mutated)
 _ROOT_REC = ((_ROOT_VALUE,), (), b"", False)
 
-
-def _c_format():
-    """The token format as the C scanner takes it at ``init()``: with it, this
-    module and cap_caps / cap_cons stay the one place that defines tokens.
-
-    ``entries`` gives each entry code's payload as its fields in order (the
-    scanners of cap_caps and cap_cons read the same), each a kind:
-
-    ``"u"``  varint (minimal, below 2**64) -> int
-    ``"s"``  length-prefixed UTF-8 string -> str; ``"t"`` the same, non-empty;
-             ``"n"`` non-empty and not the wildcard (one method)
-    ``"m"``  method set: a count, then that many non-empty strings, strictly
-             increasing, the wildcard only alone -> tuple of str
-    ``"h"``  varint that ``is_valid_cell`` accepts -> int
-    ``"w"``  two varints, low < high -> int, int
-    ``("d", n)``       exactly n bytes -> bytes
-    ``("r", lo, hi)``  the rest of the payload, lo to hi bytes -> bytes
-
-    Every capability code below ``constraint_bit`` without a layout is
-    unknown (not well-formed); every constraint code without one is kept
-    with its payload (``unknown_constraint``, cap_cons.scan_unknown).
-    """
-    try:
-        from . import cap_caps as c
-        from . import cap_h3
-    except ImportError:
-        import cap_caps as c
-        import cap_h3
-    return {
-        "version": VERSION, "max_frames": MAX_FRAMES, "max_frame_size": MAX_FRAME_SIZE,
-        "max_entries": MAX_ENTRIES, "constraint_bit": c.CONSTRAINT_BIT,
-        "leaves": (c.REQUEST, c.ENCRYPTION),
-        "entries": {
-            c.ROOT: (),
-            c.SERVICE: ("t", "m"),
-            c.RESOURCE: ("s", "u"),
-            c.REGION: ("h",),
-            c.IDENTITY: ("t",),
-            c.REQUEST: ("t", "n", ("d", c.DIGEST_SIZE), "u"),
-            c.ENCRYPTION: (("r", c.NONCE_MIN, c.NONCE_MAX),),
-            c.EXPIRES_AT: ("u",),
-            c.NOT_BEFORE: ("u",),
-            c.ENDPOINT: ("t",),
-            c.GATEWAY: ("t",),
-            c.REQUIRE_IDENTITY: ("t",),
-            c.BOUND_TO: (("r", c.DIGEST_SIZE, c.DIGEST_SIZE),),
-            c.SEQUENCE_WINDOW: ("w",),
-            c.AUTHORISED_BY: (("r", c.DIGEST_SIZE, c.DIGEST_SIZE * 16),),
-        },
-        "unknown_constraint": (("r", 0, MAX_FRAME_SIZE),),
-        "wildcard": c.WILDCARD,
-        "is_valid_cell": cap_h3.is_valid_cell,
-        "root_frame": _ROOT_FRAME, "root_record": _ROOT_REC,
-        "cache": _cache, "cache_size": FRAME_CACHE_SIZE,
-    }
-
-
 # The C scanner when it was built (CPython only); the module-level switch
 # tests set to None to force the pure-Python scan. It answers None for
 # anything but a well-formed token, and the reference then runs (and raises).
-try:
-    from . import _capscan as FAST_SCAN
-except ImportError:  # MicroPython, or installed without a C compiler
-    FAST_SCAN = None
-if FAST_SCAN is not None:
-    FAST_SCAN.init(_c_format())
+FAST_SCAN = None if load_scanner is None else load_scanner(
+    VERSION, MAX_FRAMES, MAX_FRAME_SIZE, MAX_ENTRIES, _ROOT_FRAME, _ROOT_REC, _cache, FRAME_CACHE_SIZE)
 
 
 def clear_cache():
@@ -236,180 +180,6 @@ def scan_frame(raw, hint=None):
     return (caps, cons, run, leaf)
 
 
-def frame_record(raw, hint=None):
-    """The record of a frame's bytes, from the cache when it was seen before."""
-    rec = _cache.get(raw)
-    if rec is None:
-        fast = FAST_SCAN
-        if fast is not None:
-            rec = fast.scan_frame(raw, hint)
-        if rec is None:
-            rec = scan_frame(raw, hint)
-        if FRAME_CACHE_SIZE:
-            if len(_cache) >= FRAME_CACHE_SIZE:
-                _cache.clear()  # crude but bounded; refills with the hot frames
-            _cache[raw] = rec
-    return rec
-
-
-class Frame:
-    """One immutable frame: capabilities and constraints, with its bytes."""
-
-    __slots__ = ("_raw", "_rec", "_caps", "_constraints")
-
-    def __init__(self, raw, rec):
-        s = object.__setattr__
-        s(self, "_raw", raw)
-        s(self, "_rec", rec)
-        s(self, "_caps", None)
-        s(self, "_constraints", None)
-
-    def __setattr__(self, name, value):
-        raise AttributeError("frames are immutable")
-
-    raw = property(lambda self: self._raw)
-    is_leaf = property(lambda self: self._rec[3])
-
-    @property
-    def capabilities(self):
-        caps = self._caps
-        if caps is None:
-            caps = tuple([cap_from_value(t) for t in self._rec[0]])
-            object.__setattr__(self, "_caps", caps)
-        return caps
-
-    @property
-    def constraints(self):
-        cons = self._constraints
-        if cons is None:
-            cons = tuple([con_from_value(t) for t in self._rec[1]])
-            object.__setattr__(self, "_constraints", cons)
-        return cons
-
-    def __eq__(self, other):
-        return isinstance(other, Frame) and self._raw == other._raw
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
-    def __hash__(self):
-        return hash(self._raw)
-
-    def __repr__(self):
-        return "Frame(%r, %r)" % (list(self.capabilities), list(self.constraints))
-
-
-def parse_frame(raw):
-    """Parse a frame's bytes (the entries, without the length prefix)."""
-    if not isinstance(raw, bytes):
-        raw = bytes(raw)
-    return Frame(raw, frame_record(raw))
-
-
-def make_frame(entries):
-    """A frame from capability and constraint objects, in the given order."""
-    return parse_frame(b"".join([e.raw for e in entries]))
-
-
-class Token:
-    """An immutable token: frames (root first, leaf last) and the tag.
-
-    ``slices`` (frame bytes) and ``recs`` (frame records) are what the
-    verifier uses; ``frames`` (Frame objects) are built from them on demand.
-    Every public attribute is a read-only property (and there is no instance
-    dict), so a token cannot be changed: derive a new one.
-    """
-
-    __slots__ = ("_frames", "_tag", "_raw", "_slices", "_recs")
-
-    def __init__(self, frames, tag, raw=None, slices=None, recs=None):
-        if slices is None:  # built by the API: check; decode() has checked already
-            frames = tuple(frames)
-            if not frames or len(frames) > MAX_FRAMES:
-                raise ValueError("a token has 1..%d frames" % MAX_FRAMES)
-            tag = bytes(tag)
-            if len(tag) != TAG_SIZE:
-                raise ValueError("a tag is %d bytes" % TAG_SIZE)
-            slices = tuple([f._raw for f in frames])
-            recs = tuple([f._rec for f in frames])
-            if raw is None:
-                raw = encode_body(slices) + tag
-        self._frames = frames
-        self._tag = tag
-        self._raw = raw
-        self._slices = slices
-        self._recs = recs
-
-    @property
-    def frames(self):
-        frames = self._frames
-        if frames is None:
-            frames = tuple([Frame(s, r) for s, r in zip(self._slices, self._recs)])
-            self._frames = frames
-        return frames
-
-    tag = property(lambda self: self._tag)
-    leaf = property(lambda self: self.frames[-1])
-    capabilities = property(lambda self: self.frames[-1].capabilities)
-    constraints = property(lambda self: self.frames[-1].constraints)
-
-    def to_bytes(self):
-        """The token's binary encoding."""
-        return self._raw
-
-    @property
-    def body(self):
-        """The token without its tag (what the key exchange sends)."""
-        return self._raw[:-TAG_SIZE]
-
-    @property
-    def request(self):
-        """The leaf's request capability, or None."""
-        if self._recs[-1][0][0][0] != REQUEST:
-            return None
-        return self.frames[-1].capabilities[0]
-
-    @property
-    def expires_at(self):
-        """Earliest expiry (Unix seconds) among the leaf's constraints, or None."""
-        best = None
-        for c in self._recs[-1][1]:
-            if c[0] == EXPIRES_AT and (best is None or c[2] < best):
-                best = c[2]
-        return best
-
-    def __eq__(self, other):
-        return isinstance(other, Token) and self._raw == other._raw
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
-    def __hash__(self):
-        return hash(self._raw)
-
-    def __len__(self):
-        return len(self._slices)
-
-    def __repr__(self):
-        return "Token(%d frames, tag=%s...)" % (len(self._slices), _hex(self._tag[:4]))
-
-
-def _hex(data):
-    return "".join(["%02x" % b for b in data])
-
-
-def encode_body(frames):
-    """Version, frame count and length-prefixed frames (no tag)."""
-    out = bytearray()
-    out.append(VERSION)
-    put_varint(out, len(frames))
-    for f in frames:
-        raw = f.raw if isinstance(f, Frame) else f
-        put_varint(out, len(raw))
-        out.extend(raw)
-    return bytes(out)
-
-
 def _frames(data, end):
     """``_split`` by the C scanner when present (same results)."""
     fast = FAST_SCAN
@@ -461,8 +231,46 @@ def _split(data, end):
     return slices, recs
 
 
-def decode(data):
-    """Decode a token from bytes; raise MalformedToken if not well-formed."""
+class Token:
+    """A decoded token as the verifier sees it: the frames' bytes (``_slices``),
+    their records (``_recs``), the tag and the token's bytes. Read-only by
+    convention; ``cap_token.Token`` (the CPython API) adds the frames as objects."""
+
+    __slots__ = ("_tag", "_raw", "_slices", "_recs")
+
+    def __init__(self, tag, raw, slices, recs):
+        self._tag = tag
+        self._raw = raw
+        self._slices = slices
+        self._recs = recs
+
+    tag = property(lambda self: self._tag)
+
+    def to_bytes(self):
+        """The token's binary encoding."""
+        return self._raw
+
+    @property
+    def body(self):
+        """The token without its tag (what the key exchange sends)."""
+        return self._raw[:-TAG_SIZE]
+
+    @property
+    def expires_at(self):
+        """Earliest expiry (Unix seconds) among the leaf's constraints, or None."""
+        best = None
+        for c in self._recs[-1][1]:
+            if c[0] == EXPIRES_AT and (best is None or c[2] < best):
+                best = c[2]
+        return best
+
+    def __len__(self):
+        return len(self._slices)
+
+
+def split_token(data):
+    """Validate ``data`` as a token: ``(bytes, frame bytes, frame records)``; raise
+    MalformedToken if not well-formed."""
     if not isinstance(data, bytes):
         if not isinstance(data, (bytearray, memoryview)):
             raise MalformedToken("a token is bytes")
@@ -474,14 +282,28 @@ def decode(data):
     fast = FAST_SCAN  # (_frames inlined: this is the cold verification path)
     got = None if fast is None else fast.split(data, end)
     slices, recs = _split(data, end) if got is None else got
-    return Token(None, data[end:], data, slices, recs)
+    return data, slices, recs
 
 
-def decode_body(data):
-    """Decode a token body (no tag) into its frames."""
+def decode(data):
+    """Decode a token from bytes; raise MalformedToken if not well-formed."""
+    data, slices, recs = split_token(data)
+    return Token(data[-TAG_SIZE:], data, slices, recs)
+
+
+def split_body(data):
+    """Validate a token body (no tag): ``(frame bytes, frame records)``."""
     if not isinstance(data, bytes):
         data = bytes(data)
     if len(data) > MAX_TOKEN_SIZE:
         raise MalformedToken("body larger than %d bytes" % MAX_TOKEN_SIZE)
-    slices, recs = _frames(data, len(data))
-    return tuple([Frame(s, r) for s, r in zip(slices, recs)])
+    return _frames(data, len(data))
+
+
+def encryption_frame(root, nonce):
+    """The frame deriving an encryption token from the device root token ``root``
+    (decoded, one frame): Encryption(nonce) and the root frame's constraints,
+    verbatim, validated as any frame."""
+    frame = entry_bytes(ENCRYPTION, nonce) + b"".join([c[1] for c in root._recs[0][1]])
+    scan_frame(frame)
+    return frame

@@ -25,7 +25,7 @@ try:
     from .cap_errors import (
         TokenError, BadTag, InvalidDerivation, ConstraintFailed, Revoked, Replayed, NotPermitted,
     )
-    from .cap_codec import Token, decode, decode_body
+    from .cap_codec import Token, decode, split_body
     from .cap_caps import (
         ROOT, SERVICE, IDENTITY, REQUEST, ENCRYPTION, EXPIRES_AT, NOT_BEFORE, ENDPOINT, GATEWAY,
         REQUIRE_IDENTITY, BOUND_TO, SEQUENCE_WINDOW, AUTHORISED_BY, WILDCARD, CAP_NAMES, within,
@@ -34,7 +34,7 @@ except ImportError:
     import cap_crypto
     from cap_errors import (TokenError, BadTag, InvalidDerivation, ConstraintFailed,
                             Revoked, Replayed, NotPermitted)
-    from cap_codec import Token, decode, decode_body
+    from cap_codec import Token, decode, split_body
     from cap_caps import (ROOT, SERVICE, IDENTITY, REQUEST, ENCRYPTION, EXPIRES_AT,
                           NOT_BEFORE, ENDPOINT, GATEWAY, REQUIRE_IDENTITY, BOUND_TO,
                           SEQUENCE_WINDOW, AUTHORISED_BY, WILDCARD, CAP_NAMES, within)
@@ -72,7 +72,7 @@ _EMPTY = Context()
 
 
 def chain_tags(secret, frames):
-    """All chain tags: ``[tag_0, ..., tag_n]`` for frames (Frame or bytes)."""
+    """All chain tags: ``[tag_0, ..., tag_n]`` for frames (bytes, or objects with ``raw``)."""
     tags = []
     tag = secret
     for f in frames:
@@ -118,17 +118,6 @@ def check_pair(prev, new, index):
             raise InvalidDerivation(
                 "frame %d: %s is not within any capability of frame %d"
                 % (index, CAP_NAMES[cap[0]], index - 1), index)
-
-
-def check_derivation(prev, new, index):
-    """Raise InvalidDerivation unless Frame ``new`` (at ``index``) may follow ``prev``."""
-    check_pair(prev._rec, new._rec, index)
-
-
-def check_chain(frames):
-    """Check every adjacent pair of frames."""
-    for i in range(1, len(frames)):
-        check_pair(frames[i - 1]._rec, frames[i]._rec, i)
 
 
 def _fail(constraint, why):
@@ -306,11 +295,13 @@ def encryption_tag(secret, body, ctx=None):
     leaf is an encryption capability, check its derivations (and, with a
     context, revocation and constraints) and recompute its tag, the shared
     secret of the exchange. Raises a TokenError subclass otherwise."""
-    frames = decode_body(body)
-    check_chain(frames)
-    if frames[-1]._rec[0][0][0] != ENCRYPTION:
+    slices, recs = split_body(body)
+    for i in range(1, len(recs)):
+        check_pair(recs[i - 1], recs[i], i)
+    if recs[-1][0][0][0] != ENCRYPTION:
         raise NotPermitted("not an encryption token")
-    tags = chain_tags(secret, frames)
+    tags = chain_tags(secret, slices)
     if ctx is not None:
-        verify(Token(frames, tags[-1]), secret, ctx)
+        body = bytes(body)
+        verify(Token(tags[-1], body + tags[-1], slices, recs), secret, ctx)
     return tags[-1]

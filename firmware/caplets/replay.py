@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
-from .cap_codec import Token
+from .cap_token import Token
 from .cap_errors import ClockDrift, NotPermitted
 from .cap_verify import Context
 from .cap_verify import verify as _core_verify

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from .cap_codec import Token
+from .cap_token import Token
 from .cap_crypto import revocation_hash
 
 FILE_VERSION = 2

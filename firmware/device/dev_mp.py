@@ -108,8 +108,12 @@ class Board:
 
     def wake(self):
         """Connect, run one session to BYE; a Report, or WakeFailed."""
-        if self.link == "udp":
-            return self.wake_udp()
+        if self.link == "udp":  # imported here: a TCP board does not ship the datagram modules
+            try:
+                from .dev_mp_udp import wake_udp
+            except (ImportError, ValueError):
+                from dev_mp_udp import wake_udp
+            return wake_udp(self)
         ticket = self.state.take_ticket(unix_ms())
         if ticket is not None:
             self.state.save()  # a ticket is spent once sent, whatever happens next
@@ -156,51 +160,6 @@ class Board:
             failed = WakeFailed("link to %s:%d failed: %s" % (self.host, self.port, exc))
             failed.resumed_with_ticket = ticket is not None
             raise failed
-        finally:
-            if sock is not None:
-                sock.close()
-
-    def wake_udp(self):
-        """One wake over the datagram link (dev_dgram.py); a Report, or WakeFailed.
-        Imported here so a TCP board never loads the datagram modules."""
-        try:
-            from .dev_dgram import DgramWake, load_context, RECV_SIZE, DGRAM_RETRIES, REPLY_TIMEOUT_MS
-            from ..link.link_dgram import DgramDevice
-        except (ImportError, ValueError):
-            from dev_dgram import DgramWake, load_context, RECV_SIZE, DGRAM_RETRIES, REPLY_TIMEOUT_MS
-            from link_dgram import DgramDevice
-        dev = DgramDevice(self.root_token, self.link_id, load_context(self.state.dgram), os.urandom)
-        sock = None
-        try:
-            try:
-                addr = socket.getaddrinfo(self.host, self.port)[0][-1]
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sock.connect(addr)
-            except OSError as exc:
-                raise WakeFailed("cannot reach %s:%d over udp: %s" % (self.host, self.port, exc))
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-
-            def recv(timeout_ms):
-                start = ticks_ms()
-                while True:
-                    left = timeout_ms - ticks_diff(ticks_ms(), start)
-                    if left <= 0 or not poller.poll(left):
-                        return None
-                    try:
-                        return sock.recv(RECV_SIZE)
-                    except OSError:  # ICMP port unreachable: nobody listens (yet)
-                        time.sleep(0.05)
-
-            w = DgramWake(self.state, self.services, dev, self.secret, unix_ms, ticks_ms,
-                          self.duty_cycle_s, sock.send, recv,
-                          DGRAM_RETRIES if self.udp_retries is None else self.udp_retries,
-                          REPLY_TIMEOUT_MS if self.udp_timeout_ms is None else self.udp_timeout_ms,
-                          log=self.log, on_twin=self.on_twin)
-            try:
-                return w.run()
-            except OSError as exc:
-                raise WakeFailed("udp link to %s:%d failed: %s" % (self.host, self.port, exc))
         finally:
             if sock is not None:
                 sock.close()

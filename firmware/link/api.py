@@ -24,7 +24,7 @@ Typical device use::
 """
 
 from . import link_crypto, link_device, link_errors, link_gateway, link_session, link_wire  # submodules as attributes too
-from .link_crypto import x25519
+from .x25519 import x25519
 from .link_device import (
     BAD_ARGUMENTS, EXPIRED, OK, SERVICE_ERROR, TOKEN_REFUSED, UNKNOWN_METHOD, DeviceSession,
     check_request, request_sequence,

@@ -10,8 +10,8 @@ beyond ``hashlib.sha256``:
   ``i = 0, 1, ...`` (HMAC as a PRF in counter mode). Each (key, seq) pair is
   used once, so the keystream never repeats; bodies are encrypted, then MACed.
 
-X25519 is optional: ``x25519()`` returns a provider when the ``cryptography``
-package imports (CPython), else None; the handshake then runs without it.
+X25519 is optional: the sessions take a provider or None (``link/x25519.py``,
+CPython only, wraps ``cryptography``); the handshake then runs without it.
 """
 
 try:
@@ -124,34 +124,3 @@ def crypt_pure(key, seq, data):
     if not data:
         return b""
     return xor_pure(data, _keystream(key, seq, len(data)))
-
-
-class _X25519:
-    """X25519 via the ``cryptography`` package (CPython only)."""
-
-    def __init__(self, priv_cls, pub_cls, encoding, fmt):
-        self._priv = priv_cls
-        self._pub = pub_cls
-        self._raw = (encoding.Raw, fmt.Raw)
-
-    def keypair(self):
-        """A fresh ephemeral key: (private object, 32-byte public key)."""
-        priv = self._priv.generate()
-        return priv, priv.public_key().public_bytes(*self._raw)
-
-    def shared(self, priv, peer_public):
-        """The shared secret; raises ValueError for a bad or low-order key."""
-        if len(peer_public) != 32:
-            raise ValueError("an X25519 public key is 32 bytes")
-        return priv.exchange(self._pub.from_public_bytes(peer_public))
-
-
-def x25519():
-    """An X25519 provider, or None where ``cryptography`` is unavailable."""
-    try:
-        from cryptography.hazmat.primitives.asymmetric.x25519 import (X25519PrivateKey,
-                                                                      X25519PublicKey)
-        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-    except ImportError:
-        return None
-    return _X25519(X25519PrivateKey, X25519PublicKey, Encoding, PublicFormat)

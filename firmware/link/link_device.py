@@ -88,7 +88,7 @@ class DeviceSession(Session):
     ``secret``: the device secret; ``root_token``: its root token (bytes);
     ``identity_token``: the token the gateway issued at pairing; ``rand(n)``:
     n random bytes; ``ticket``: ``(ticket_id, ticket_secret)`` to resume, or
-    None; ``x25519``: a provider (link_crypto.x25519()) or None;
+    None; ``x25519``: a provider (x25519.x25519(), CPython) or None;
     ``require_encrypt`` / ``require_forward_secrecy``: refuse a gateway that
     does not agree to them.
     """
@@ -155,8 +155,8 @@ class DeviceSession(Session):
     def _on_challenge(self, msg, body):
         enc = msg["enc_token_body"]
         try:
-            frames = cap_codec.decode_body(enc)
-            if len(frames) != 2 or frames[0].raw != self._root_frame:
+            slices = cap_codec.split_body(enc)[0]
+            if len(slices) != 2 or slices[0] != self._root_frame:
                 raise NotPermitted("not root + one encryption frame of this device")
             tag = cap_verify.encryption_tag(self._secret, enc)
         except TokenError as exc:

@@ -102,14 +102,12 @@ def link_key(root_token):
     once (at pairing, or its first wake) and keeps it in its state, so its wakes
     never load the codec (about 40 KB of heap on a 64-bit port)."""
     try:
-        from ..caplets import cap_codec, cap_caps
+        from ..caplets import cap_codec
     except (ImportError, ValueError):
         import cap_codec
-        import cap_caps
     root = cap_codec.decode(root_token)
     nonce = (DGRAM_KEY_NONCE + bytes(16))[:16]
-    frame = cap_codec.make_frame([cap_caps.Encryption(nonce)] + list(root.frames[0].constraints))
-    return lc.hmac_sha256(root.tag, frame.raw)
+    return lc.hmac_sha256(root.tag, cap_codec.encryption_frame(root, nonce))
 
 
 def context_master(link_k, shared, wake_dgram, x_g):
@@ -225,7 +223,7 @@ class DgramDevice:
     after each datagram is built and *before* sending it): ``lk`` (K_link,
     computed from ``root_token`` once when missing), ``ctr`` (full wakes),
     and the context ``kid``, ``master``, ``seq`` after a full wake. ``rand(n)``:
-    random bytes; ``x25519``: a provider (link_crypto.x25519()) or None;
+    random bytes; ``x25519``: a provider (x25519.x25519(), CPython) or None;
     ``require_fs``: refuse a WELCOME without the gateway's X25519 key.
 
     ``wake(full)`` gives the wake datagram; ``receive(dg)`` returns the decoded

@@ -44,7 +44,7 @@ try:
         VERSION, NONCE_SIZE, LINK_ID_SIZE, TICKET_ID_SIZE, DEVICE_LABEL, GATEWAY_LABEL,
         RESUMED_LABEL, accept_mac, resume_mac,
     )
-    from ..caplets import cap_verify, cap_codec, cap_caps
+    from ..caplets import cap_verify, cap_codec, cap_caps, cap_token
     from ..caplets.cap_errors import TokenError
 except (ImportError, ValueError):
     import link_wire as wire
@@ -57,6 +57,7 @@ except (ImportError, ValueError):
     import cap_verify
     import cap_codec
     import cap_caps
+    import cap_token
     from cap_errors import TokenError
 
 AWAIT_HELLO = "AWAIT_HELLO"
@@ -74,9 +75,9 @@ def encryption_body(root_token, nonce):
     root = cap_codec.decode(root_token)
     if len(root._slices) != 1:
         raise ValueError("a device root token has one frame")
-    frame = cap_codec.make_frame([cap_caps.Encryption(nonce)] + list(root.frames[0].constraints))
-    body = cap_codec.encode_body([root._slices[0], frame.raw])
-    return body, lc.hmac_sha256(root.tag, frame.raw)
+    frame = cap_codec.encryption_frame(root, nonce)
+    body = cap_token.encode_body([root._slices[0], frame])
+    return body, lc.hmac_sha256(root.tag, frame)
 
 
 class GatewaySession(Session):

@@ -40,7 +40,7 @@ from ..device import dev_core
 from ..device.dev_core import Report, Wake, WakeFailed
 from ..device.dev_dgram import DGRAM_RETRIES, RECV_SIZE, REPLY_TIMEOUT_MS, DgramWake, load_context
 from ..link.link_dgram import DgramDevice
-from ..link.link_crypto import x25519
+from ..link.x25519 import x25519
 from ..link.link_device import DeviceSession
 from ..link.link_errors import E_AUTH, E_TICKET
 from .home import DeviceHome, Pairing

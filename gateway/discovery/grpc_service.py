@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
-from ...firmware.caplets.cap_codec import Token
+from ...firmware.caplets.cap_token import Token
 from ...firmware.caplets.cap_errors import TokenError
 from ...firmware.caplets.mint import from_text
 from ..tokens.app_tokens import AppClient, authenticate

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from ...firmware.link import link_dgram as dg
 from ...firmware.link import link_wire as wire
-from ...firmware.link.link_crypto import x25519
+from ...firmware.link.x25519 import x25519
 from ...firmware.link.link_session import Requests
 from .backend import DeviceAnswer, LinkBackend, Ticket
 from .delivery import Backlog, Decision, Delivery

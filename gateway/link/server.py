@@ -45,7 +45,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from ...firmware.link.link_crypto import x25519
+from ...firmware.link.x25519 import x25519
 from ...firmware.link.link_errors import LinkError, RemoteProtocolError
 from ...firmware.link.link_gateway import GatewaySession
 from ...firmware.link.link_session import (

@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ...firmware.caplets.cap_caps import READ, Identity, Region, Resource, Service
-from ...firmware.caplets.cap_cons import ExpiresAt
-from ...firmware.caplets.cap_codec import Token
+from ...firmware.caplets.cap_caps import READ
+from ...firmware.caplets.cap_entries import ExpiresAt, Identity, Region, Resource, Service
+from ...firmware.caplets.cap_token import Token
 from ...firmware.caplets.cap_errors import TokenError
 from ...firmware.caplets.cap_verify import chain_tags
 from ...firmware.caplets.mint import mint, verify

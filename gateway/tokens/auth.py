@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 from ...firmware.caplets import api as cl
 from ...firmware.caplets import cap_caps, cap_codec, cap_crypto, cap_wire
-from ...firmware.caplets.cap_verify import check_derivation
+from ...firmware.caplets.cap_token import check_derivation
 from ...firmware.link.link_gateway import identity_name
 from ..errors import Unauthorized
 

@@ -18,10 +18,10 @@ import click
 from ...clikit import UserError
 
 from ...firmware.caplets import cap_h3
-from ...firmware.caplets.cap_codec import Token, decode
+from ...firmware.caplets.cap_token import Token, decode
 from ...firmware.caplets.cap_errors import MalformedToken, TokenError
-from ...firmware.caplets.cap_caps import RIGHT_LETTERS, Entry, Identity, Region, Resource, Service
-from ...firmware.caplets.cap_cons import (
+from ...firmware.caplets.cap_entries import RIGHT_LETTERS, Entry, Identity, Region, Resource, Service
+from ...firmware.caplets.cap_entries import (
     BoundTo, Endpoint, ExpiresAt, Gateway, NotBefore, RequireIdentity, SequenceWindow,
 )
 from ...firmware.caplets.cap_verify import Context, permits

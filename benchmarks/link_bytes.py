@@ -49,6 +49,7 @@ from edgistry.firmware.link.dgram_client import DgramClient  # noqa: E402
 from edgistry.firmware.link.x25519 import x25519  # noqa: E402
 from edgistry.gateway.link.backend import DeviceAnswer, MemoryBackend, PairedDevice  # noqa: E402
 from edgistry.gateway.link.dgram_server import DgramServer  # noqa: E402
+from edgistry.gateway.link import frame_sizes  # noqa: E402
 from edgistry.gateway.link.server import LinkServerThread  # noqa: E402
 
 ROWS = ("ours_full_fs", "ours_full_nofs", "ours_saved", "edhoc_oscore_full", "oscore_saved")
@@ -79,7 +80,7 @@ class Device:
         upto = log.flights[:log.first_ack + 1]
         sent = sum(n for d, n in upto if d == "->")
         received = sum(n for d, n in upto if d == "<-")
-        revocation_bytes = sum(wire.tag_size(t) for t in log.revoked)
+        revocation_bytes = sum(frame_sizes.tag_size(t) for t in log.revoked)
         # answered out of band (not counted), so the next wake does not carry it again
         for it in log.delivered:
             self.backend.answers[it["request_id"]] = DeviceAnswer(it["request_id"], 0, b"{}")

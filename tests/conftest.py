@@ -21,8 +21,9 @@ class MicroPython:
         self.node = node
 
     def run(self, script: str, modules: list[Path] = (), timeout: float = 120) -> str:
-        """Run ``script`` with ``modules`` copied unchanged onto MicroPython's
-        sys.path; return stdout, or fail the test with stderr."""
+        """Run ``script`` with ``modules`` (files, or package folders copied as trees)
+        copied unchanged onto MicroPython's sys.path; return stdout, or fail the
+        test with stderr."""
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
             fh.write(script)
         script_file = Path(fh.name)

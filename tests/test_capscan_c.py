@@ -34,6 +34,13 @@ NAME = "edgistry.firmware.caplets._capscan"
 _capscan = import_accelerator(NAME)
 
 
+def varint(value: int) -> bytes:
+    """The varint encoding of ``value`` (the core's writer, cap_wire.put_varint)."""
+    out = bytearray()
+    cap_wire.put_varint(out, value)
+    return bytes(out)
+
+
 @pytest.fixture(autouse=True)
 def _accelerator_built() -> None:
     require_accelerator(_capscan, NAME)
@@ -69,11 +76,11 @@ def outcome(fn, *args):
 
 def cold(fn, *args):
     """``fn(*args)`` from an empty frame cache, leaving it empty."""
-    cap_codec.clear_cache()
+    cap_token.clear_cache()
     try:
         return fn(*args)
     finally:
-        cap_codec.clear_cache()
+        cap_token.clear_cache()
 
 
 def agree(got, pure: tuple) -> None:
@@ -88,11 +95,11 @@ def agree(got, pure: tuple) -> None:
 
 def c_split_twice(data: bytes, end: int) -> tuple:
     """The C split from a cold cache, then again with the frames it cached."""
-    cap_codec.clear_cache()
+    cap_token.clear_cache()
     try:
         return _capscan.split(data, end), _capscan.split(data, end)
     finally:
-        cap_codec.clear_cache()
+        cap_token.clear_cache()
 
 
 def assert_same_split(data: bytes, end: int | None = None) -> tuple:
@@ -117,13 +124,13 @@ def assert_same_frame(raw: bytes, hint=None) -> tuple:
 
 def verdict(data: bytes, **ctx) -> tuple[str, str]:
     """verify()'s verdict and message, from cold caches."""
-    cap_codec.clear_cache()
+    cap_token.clear_cache()
     try:
         cap_verify.verify(data, SECRET, cl.Context(**ctx))
     except cl.TokenError as exc:
         return (type(exc).__name__, str(exc))
     finally:
-        cap_codec.clear_cache()
+        cap_token.clear_cache()
     return ("ok", "")
 
 
@@ -135,12 +142,12 @@ def assert_same_verdict(data: bytes, **ctx) -> None:
 def on_pure_path(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` with the C scanner switched off (cold caches)."""
     cap_codec.FAST_SCAN = None
-    cap_codec.clear_cache()
+    cap_token.clear_cache()
     try:
         return fn(*args, **kwargs)
     finally:
         cap_codec.FAST_SCAN = _capscan
-        cap_codec.clear_cache()
+        cap_token.clear_cache()
 
 
 def test_the_c_scanner_is_the_default() -> None:
@@ -353,16 +360,16 @@ def entry(code: int, payload: bytes) -> bytes:
 def s(text: str | bytes) -> bytes:
     """A length-prefixed string field."""
     raw = text.encode() if isinstance(text, str) else text
-    return cap_wire.varint(len(raw)) + raw
+    return varint(len(raw)) + raw
 
 
 def service(stype, methods, count=None) -> bytes:
     count = len(methods) if count is None else count
-    return entry(2, s(stype) + cap_wire.varint(count) + b"".join(s(m) for m in methods))
+    return entry(2, s(stype) + varint(count) + b"".join(s(m) for m in methods))
 
 
 ROOT = cl.Root().raw
-OK_CELL = cap_wire.varint(BASE_CELL)
+OK_CELL = varint(BASE_CELL)
 DIGEST = bytes(32)
 
 FRAMES = [  # (frame bytes, expected message or None when valid)
@@ -535,17 +542,17 @@ def test_cache_is_cap_codecs_and_bounded() -> None:
     frames = [ROOT] + [ROOT + cl.Endpoint("e%d" % i).raw for i in range(5)]
     body = cap_token.encode_body(frames)
     size = cap_codec.FRAME_CACHE_SIZE
-    cap_codec.clear_cache()
+    cap_token.clear_cache()
     try:
         slices, recs = _capscan.split(body, len(body))
         assert cap_codec._cache == dict(zip(slices, recs))
-        cap_codec.clear_cache()
+        cap_token.clear_cache()
         for i in range(size + 2):
             one = cap_token.encode_body([ROOT + cl.Endpoint("f%d" % i).raw])
             assert _capscan.split(one, len(one)) is not None
             assert len(cap_codec._cache) == i % size + 1
     finally:
-        cap_codec.clear_cache()
+        cap_token.clear_cache()
 
 
 class _Bytes(bytes):
@@ -595,7 +602,7 @@ def c_format(**changes):
         yield spec
     finally:
         _capscan.init(cap_fast.c_format())
-        cap_codec.clear_cache()
+        cap_token.clear_cache()
 
 
 def test_the_format_names_every_entry_the_reference_scans() -> None:

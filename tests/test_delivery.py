@@ -18,6 +18,7 @@ from edgistry.firmware.link.link_gateway import GatewaySession
 from edgistry.firmware.link.link_session import OPEN, Requests
 from edgistry.firmware.runtime.state import DeviceState
 from edgistry.gateway.link.backend import MemoryBackend, QueuedRequest
+from edgistry.gateway.link import frame_sizes as fs
 from edgistry.gateway.link.delivery import TOO_LARGE, Backlog, Decision, Delivery, request_item
 from runtime_helpers import GATEWAY_SECRET, Queue, device, make_home, start_server
 
@@ -37,8 +38,8 @@ def tag(n: int) -> bytes:
 
 def cost(*reqs: QueuedRequest, tags: tuple[bytes, ...] = ()) -> int:
     """The frame carrying exactly these requests and tags, as the delivery sizes it."""
-    parts = sum(wire.item_size(request_item(r)) for r in reqs) + sum(map(wire.tag_size, tags))
-    return wire.requests_frame_size(parts, NOW)
+    parts = sum(fs.item_size(request_item(r)) for r in reqs) + sum(map(fs.tag_size, tags))
+    return fs.requests_frame_size(parts, NOW)
 
 
 def ids(frame: Requests) -> list[int]:
@@ -272,7 +273,7 @@ def test_memory_backend_sizes_requests_as_the_delivery_does() -> None:
     r = req(1, 123)
     assert {k: v for k, v in vars(r).items() if k != "chain"} == request_item(r)
     backend = MemoryBackend(GATEWAY_SECRET, queues={b"L": [req(1, 100), req(2, 100), req(3, 100)]})
-    two = sum(wire.item_size(request_item(x)) for x in (req(1, 100), req(2, 100)))
+    two = sum(fs.item_size(request_item(x)) for x in (req(1, 100), req(2, 100)))
     assert backend.pending(b"L", two) == ([req(1, 100), req(2, 100)], True)
     assert backend.pending(b"L", two - 1) == ([req(1, 100)], True)
 

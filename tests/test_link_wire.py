@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from edgistry.firmware.link import link_wire as wire
 from edgistry.firmware.link.link_errors import DecodeError, FrameTooLarge
+from edgistry.firmware.link.link_crypto import MAC_SIZE
+from edgistry.gateway.link import frame_sizes as fs
 from edgistry.proto import link_pb2 as pb
 
 U32 = st.integers(0, 2**32 - 1)
@@ -104,7 +106,7 @@ def test_frame_reader_partial_and_oversized() -> None:
         r.feed(data[i:i + 7])
         while (f := r.next_frame()) is not None:
             got.append(f)
-    assert [f["seq"] for f in got] == [1, 300, 5000] and r.buffered() == 0
+    assert [f["seq"] for f in got] == [1, 300, 5000] and not r._buf
     big = bytearray()
     wire.put_uvarint(big, wire.MAX_LINK_FRAME + 1)
     r = wire.FrameReader()
@@ -127,13 +129,13 @@ def test_requests_frame_size_is_the_frame_at_its_widest(items, tags, now_ms, big
     with ``more`` set at the widest sequence number, and never below the frame at any other."""
     if items:
         items[0]["args"] = bytes(big)  # push the body length across varint boundaries
-    parts = sum(map(wire.item_size, items)) + sum(map(wire.tag_size, tags))
+    parts = sum(map(fs.item_size, items)) + sum(map(fs.tag_size, tags))
     body = wire.encode("Requests", {"items": items, "more": True, "revoked": tags, "gateway_now_ms": now_ms})
     for seq, exact in ((2**64 - 1, True), (1, False)):
-        framed = wire.encode_frame(wire.REQUESTS, seq, body, bytes(wire.FRAME_MAC_SIZE))
+        framed = wire.encode_frame(wire.REQUESTS, seq, body, bytes(MAC_SIZE))
         length, start = wire.get_uvarint(framed, 0, len(framed))
         assert length == len(framed) - start
-        predicted = wire.requests_frame_size(parts, now_ms)
+        predicted = fs.requests_frame_size(parts, now_ms)
         assert predicted == length if exact else predicted >= length
 
 

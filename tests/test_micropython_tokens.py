@@ -1,8 +1,8 @@
 """The verification core runs unchanged under MicroPython and agrees with CPython.
 
 Tokens (valid and invalid in many ways) are made with the CPython library;
-the core modules are copied as-is into the MicroPython WebAssembly port, which
-verifies each token; the verdicts (error class names) must be identical.
+the core modules, as ``edgistry device export`` ships them to a board, go
+unchanged into the MicroPython WebAssembly port, which verifies each token; the verdicts (error class names) must be identical.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import h3
 
+from board_helpers import board_lib
+
 from edgistry.firmware.caplets import api as cl
-from edgistry.firmware.export import BOARD_MODULES
 from edgistry.firmware.caplets import cap_token, cap_verify
 
-CORE = [Path(cl.__file__).parent / f"{name}.py" for name in BOARD_MODULES["caplets"]]
 SECRET = bytes(range(32))
 OTHER = bytes(range(1, 33))
 NOW = 1_700_000_000
@@ -136,9 +136,9 @@ def cpython_verdict(token: bytes, secret: bytes, fields: dict) -> str:
 
 SCRIPT = r'''
 import binascii
-from cap_verify import verify, Context, encryption_tag, permits
-from cap_errors import TokenError
-import cap_crypto
+from edgistry.firmware.caplets.cap_verify import verify, Context, encryption_tag
+from edgistry.firmware.caplets.cap_errors import TokenError
+from edgistry.firmware.caplets import cap_crypto
 print("hmac.digest present:", cap_crypto.FAST_DIGEST is not None)
 print("compare_digest present:", cap_crypto.FAST_COMPARE is not None)
 h = binascii.unhexlify
@@ -171,7 +171,7 @@ def _hexify(fields: dict) -> dict:
     return out
 
 
-def test_micropython_verdicts_match_cpython(micropython) -> None:
+def test_micropython_verdicts_match_cpython(micropython, tmp_path: Path) -> None:
     """Every case gets the same verdict from the core on MicroPython as on CPython."""
     all_cases = cases()
     expected = {name: cpython_verdict(tok, sec, f) for name, tok, sec, f in all_cases}
@@ -182,7 +182,7 @@ def test_micropython_verdicts_match_cpython(micropython) -> None:
     literal = [(n, t.hex(), s.hex(), _hexify(f)) for n, t, s, f in all_cases]
     script = (f"CASES = {literal!r}\nSECRET = {SECRET.hex()!r}\nENC_BODY = {enc.body.hex()!r}\n"
               + SCRIPT)
-    out = micropython.run(script, CORE)
+    out = micropython.run(script, [board_lib(tmp_path) / "edgistry"])
     lines = out.splitlines()
     # MicroPython's environment: its hmac lacks digest/compare_digest, so the
     # core's own HMAC and comparison are what ran there

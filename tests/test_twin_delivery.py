@@ -14,6 +14,7 @@ from edgistry.gateway.client.twins import Twin as SdkTwin
 from edgistry.gateway.client.twins import changes_of
 from edgistry.gateway.client.errors import ConfigError
 from edgistry.gateway.link.backend import MemoryBackend, QueuedRequest
+from edgistry.gateway.link import frame_sizes as fs
 from edgistry.gateway.link.delivery import Backlog, Delivery
 from edgistry.gateway.twins import model
 from edgistry.gateway.twins.cli import parse_property
@@ -54,7 +55,7 @@ def test_a_delta_larger_than_a_frame_is_cut_in_version_order():
     assert [f.more for f in out.frames] == [True] * (len(out.frames) - 1) + [False]
     for f in out.frames:
         body = wire.encode("Requests", f.to_msg())
-        assert wire.frame_size(wire.REQUESTS, len(body)) <= 300
+        assert fs.frame_size(wire.REQUESTS, len(body)) <= 300
 
 
 def test_in_clear_nothing_of_the_twin_leaves_before_proof_but_more_says_it_waits():

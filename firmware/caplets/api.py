@@ -7,7 +7,7 @@ Two layers:
   theory of operation), ``cap_caps`` (entry codes, subset relation),
   ``cap_cons`` (constraints), ``cap_verify`` (verification), ``cap_crypto``,
   ``cap_h3``, ``cap_wire``, ``cap_errors``. A board ships these alone
-  (``edgistry device export``); copied flat, they import each other too.
+  (``edgistry device export``), in the package tree.
 * the CPython API: ``cap_entries`` (entries as objects), ``cap_token``
   (tokens and frames as objects), ``cap_fast`` (the C scanner's loader),
   ``mint`` (root, derive, request and encryption tokens, flatten, text form),
@@ -25,9 +25,12 @@ Typical use::
 from . import (cap_caps, cap_codec, cap_cons, cap_crypto, cap_entries, cap_errors, cap_h3,  # submodules too
                cap_token, cap_verify, cap_wire, replay, revocation)
 from .cap_codec import MAX_ENTRIES, MAX_FRAME_SIZE, MAX_FRAMES, MAX_TOKEN_SIZE
-from .cap_token import Frame, Token, check_chain, check_derivation, decode, decode_body, encode_body, make_frame
+from .cap_token import (
+    Frame, Token, authenticate, check_chain, check_constraints, check_derivation, decode, decode_body,
+    encode_body, make_frame, permits,
+)
 from .cap_errors import (
-    BadTag, ClockDrift, ConstraintFailed, InvalidDerivation, MalformedToken, NotPermitted,
+    BadTag, ConstraintFailed, InvalidDerivation, MalformedToken, NotPermitted,
     Replayed, Revoked, TokenError,
 )
 from .cap_caps import ADMIN, INVOKE, READ, WRITE
@@ -36,16 +39,13 @@ from .cap_entries import (
     AuthorisedBy, BoundTo, Endpoint, ExpiresAt, Gateway, NotBefore, RequireIdentity, SequenceWindow,
     UnknownConstraint,
 )
-from .cap_verify import (
-    Context, authenticate, chain_tags, check_constraints, check_revoked, compute_tag, encryption_tag,
-    permits,
-)
+from .cap_verify import Context, chain_tags, check_revoked, compute_tag, encryption_tag
 from .cap_crypto import revocation_hash
 from .mint import (
     derive, encryption_token, flatten, from_text, load, mint, new_secret, parse_time,
     request_digest, request_token, root, sequence_now, to_text, verify,
 )
-from .replay import SequenceVerifier
+from .replay import ClockDrift, SequenceVerifier
 from .revocation import RevocationSet, RevocationSource
 
 __all__ = [

@@ -32,14 +32,9 @@ ENCRYPTION     any capability except REQUEST and ENCRYPTION
 Nothing is within a REQUEST or an ENCRYPTION capability: those are leaves.
 """
 
-try:
-    from .cap_errors import MalformedToken
-    from .cap_wire import put_bytes, get_varint, get_str
-    from . import cap_h3
-except ImportError:
-    from cap_errors import MalformedToken
-    from cap_wire import put_bytes, get_varint, get_str
-    import cap_h3
+from .cap_errors import MalformedToken
+from .cap_wire import put_bytes, get_varint, get_str
+from . import cap_h3
 
 # capability codes
 ROOT = 0x01

@@ -48,21 +48,13 @@ absent, or set so by tests.
 
 import sys
 
-try:
-    from .cap_errors import MalformedToken
-    from .cap_wire import get_varint
-    from .cap_caps import (
-        SCANNERS as _CAP_SCANNERS, CAP_NAMES, ROOT, REQUEST, ENCRYPTION, EXPIRES_AT, entry_bytes,
-    )
-    from .cap_cons import SCANNERS as _CON_SCANNERS, scan_unknown
-    from .cap_crypto import TAG_SIZE
-except ImportError:
-    from cap_errors import MalformedToken
-    from cap_wire import get_varint
-    from cap_caps import (SCANNERS as _CAP_SCANNERS, CAP_NAMES, ROOT, REQUEST, ENCRYPTION,
-                          EXPIRES_AT, entry_bytes)
-    from cap_cons import SCANNERS as _CON_SCANNERS, scan_unknown
-    from cap_crypto import TAG_SIZE
+from .cap_errors import MalformedToken
+from .cap_wire import get_varint
+from .cap_caps import (
+    SCANNERS as _CAP_SCANNERS, CAP_NAMES, ROOT, REQUEST, ENCRYPTION, EXPIRES_AT, entry_bytes,
+)
+from .cap_cons import SCANNERS as _CON_SCANNERS, scan_unknown
+from .cap_crypto import TAG_SIZE
 try:  # CPython: the C accelerator's loader (not shipped to a board)
     from .cap_fast import load_scanner
 except ImportError:
@@ -94,11 +86,6 @@ _ROOT_REC = ((_ROOT_VALUE,), (), b"", False)
 # anything but a well-formed token, and the reference then runs (and raises).
 FAST_SCAN = None if load_scanner is None else load_scanner(
     VERSION, MAX_FRAMES, MAX_FRAME_SIZE, MAX_ENTRIES, _ROOT_FRAME, _ROOT_REC, _cache, FRAME_CACHE_SIZE)
-
-
-def clear_cache():
-    """Forget every cached frame record (the next decode is a cold one)."""
-    _cache.clear()
 
 
 def scan_frame(raw, hint=None):

@@ -12,18 +12,12 @@ As for capabilities, the scanners here validate a payload into the value tuple
 API (``cap_entries``), built from those tuples.
 """
 
-try:
-    from .cap_errors import MalformedToken
-    from .cap_wire import get_varint, get_str
-    from .cap_caps import (
-        DIGEST_SIZE, EXPIRES_AT, NOT_BEFORE, ENDPOINT, GATEWAY, REQUIRE_IDENTITY, BOUND_TO,
-        SEQUENCE_WINDOW, AUTHORISED_BY,
-    )
-except ImportError:
-    from cap_errors import MalformedToken
-    from cap_wire import get_varint, get_str
-    from cap_caps import (DIGEST_SIZE, EXPIRES_AT, NOT_BEFORE, ENDPOINT, GATEWAY,
-                          REQUIRE_IDENTITY, BOUND_TO, SEQUENCE_WINDOW, AUTHORISED_BY)
+from .cap_errors import MalformedToken
+from .cap_wire import get_varint, get_str
+from .cap_caps import (
+    DIGEST_SIZE, EXPIRES_AT, NOT_BEFORE, ENDPOINT, GATEWAY, REQUIRE_IDENTITY, BOUND_TO,
+    SEQUENCE_WINDOW, AUTHORISED_BY,
+)
 
 
 MAX_AUTHORISED_BY = 16

@@ -22,10 +22,15 @@ from .cap_caps import (
     REQUIRE_IDENTITY, SEQUENCE_WINDOW,
 )
 from .cap_cons import MAX_AUTHORISED_BY
-from .cap_wire import put_str, put_varint
+from .cap_wire import put_bytes, put_varint
 from . import cap_h3
 
 RIGHT_LETTERS = (("r", READ), ("w", WRITE), ("x", INVOKE), ("a", ADMIN))
+
+
+def put_str(out, text):
+    """Append a length-prefixed UTF-8 string (the core reads it: ``cap_wire.get_str``)."""
+    put_bytes(out, text.encode("utf-8"))
 
 
 def hexstr(data):

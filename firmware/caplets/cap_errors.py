@@ -56,17 +56,5 @@ class Replayed(TokenError):
         self.last_sequence = last_sequence
 
 
-class ClockDrift(Replayed):
-    """The request's sequence (a timestamp) is too far from the verifier's clock.
-
-    ``current_sequence`` is the verifier's own current sequence, so an honest
-    client whose clock drifted can resynchronise and retry.
-    """
-
-    def __init__(self, message, sequence=None, current_sequence=None):
-        super().__init__(message, sequence)
-        self.current_sequence = current_sequence
-
-
 class NotPermitted(TokenError):
     """The token is authentic and valid but does not grant the asked operation."""

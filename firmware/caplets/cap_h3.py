@@ -13,11 +13,6 @@ MAX_RES = 15
 _PENTAGONS = (4, 14, 24, 38, 49, 58, 63, 72, 83, 97, 107, 117)
 
 
-def resolution(cell):
-    """Resolution (0-15) of a cell index."""
-    return (cell >> 52) & 0xF
-
-
 def is_valid_cell(cell):
     """True when ``cell`` is a well-formed H3 cell index."""
     if cell < 0 or cell >> 64 or cell >> 63:

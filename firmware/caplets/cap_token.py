@@ -5,16 +5,19 @@ a token's frame bytes and frame *records* and is all a board ships. Here a
 token's frames are ``Frame`` objects listing entry objects (``cap_entries``),
 built from the records on demand, plus what minting and showing tokens need:
 ``make_frame`` / ``parse_frame``, ``encode_body`` and the derivation checks on
-frames. ``Token`` here is the core's token with those object views; the core
-accepts it wherever it takes a token.
+frames, and the verification steps a gateway runs apart from ``verify``
+(``authenticate``, ``check_constraints``, ``permits``). ``Token`` here is the
+core's token with those object views; the core accepts it wherever it takes a
+token.
 """
 
-from . import cap_codec
-from .cap_caps import REQUEST
+from . import cap_codec, cap_verify
+from .cap_caps import REQUEST, ROOT, SERVICE, WILDCARD
 from .cap_codec import MAX_FRAMES, VERSION
-from .cap_crypto import TAG_SIZE
+from .cap_crypto import TAG_SIZE, equal
 from .cap_entries import cap_from_value, con_from_value
-from .cap_verify import check_pair
+from .cap_errors import BadTag, NotPermitted
+from .cap_verify import check_pair, compute_tag
 from .cap_wire import put_varint
 
 
@@ -186,3 +189,46 @@ def check_chain(frames):
     for i in range(1, len(frames)):
         check_pair(frames[i - 1]._rec, frames[i]._rec, i)
 
+
+# ---- the verification steps a gateway runs apart --------------------------------------
+
+def authenticate(token, secret):
+    """Steps 1-3 only (decode, tag chain, derivations): the token is genuine
+    and well derived. Constraints are not checked. Returns the Token."""
+    if not isinstance(token, cap_codec.Token):
+        token = decode(token)
+    if not equal(compute_tag(secret, token._slices), token._tag):
+        raise BadTag("tag does not match the chain from this origin's secret")
+    recs = token._recs
+    for i in range(1, len(recs)):
+        check_pair(recs[i - 1], recs[i], i)
+    return token
+
+
+def check_constraints(token, ctx, secret=None):
+    """Step 5 alone: the leaf's constraints in ``ctx``, for a token already
+    verified (a verifier that remembers verified tokens re-checks only this,
+    revocation and rights on each use). ``secret``: the origin's, needed only
+    by REQUIRE_IDENTITY."""
+    if token._recs[-1][1]:
+        cap_verify._check_constraints(token, ctx, secret)
+
+
+def permits(token, service, method):
+    """Raise NotPermitted unless the leaf of ``token`` (already verified)
+    grants calling ``method`` of ``service``."""
+    for cap in token._recs[-1][0]:
+        code = cap[0]
+        if code == ROOT:
+            return
+        if code == SERVICE and cap[2] == service and (
+                cap[3][0] == WILDCARD or method in cap[3]):
+            return
+        if code == REQUEST and cap[2] == service and cap[3] == method:
+            return
+    raise NotPermitted("token does not grant %s:%s" % (service, method))
+
+
+def clear_cache():
+    """Forget every cached frame record (the next decode is a cold one)."""
+    cap_codec._cache.clear()

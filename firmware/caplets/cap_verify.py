@@ -20,24 +20,15 @@ It is stateless and reentrant: all state (clock, endpoint, revocations, the
 last accepted sequence) comes in through the :class:`Context`.
 """
 
-try:
-    from . import cap_crypto
-    from .cap_errors import (
-        TokenError, BadTag, InvalidDerivation, ConstraintFailed, Revoked, Replayed, NotPermitted,
-    )
-    from .cap_codec import Token, decode, split_body
-    from .cap_caps import (
-        ROOT, SERVICE, IDENTITY, REQUEST, ENCRYPTION, EXPIRES_AT, NOT_BEFORE, ENDPOINT, GATEWAY,
-        REQUIRE_IDENTITY, BOUND_TO, SEQUENCE_WINDOW, AUTHORISED_BY, WILDCARD, CAP_NAMES, within,
-    )
-except ImportError:
-    import cap_crypto
-    from cap_errors import (TokenError, BadTag, InvalidDerivation, ConstraintFailed,
-                            Revoked, Replayed, NotPermitted)
-    from cap_codec import Token, decode, split_body
-    from cap_caps import (ROOT, SERVICE, IDENTITY, REQUEST, ENCRYPTION, EXPIRES_AT,
-                          NOT_BEFORE, ENDPOINT, GATEWAY, REQUIRE_IDENTITY, BOUND_TO,
-                          SEQUENCE_WINDOW, AUTHORISED_BY, WILDCARD, CAP_NAMES, within)
+from . import cap_crypto
+from .cap_errors import (
+    TokenError, BadTag, InvalidDerivation, ConstraintFailed, Revoked, Replayed, NotPermitted,
+)
+from .cap_codec import Token, decode, split_body
+from .cap_caps import (
+    IDENTITY, REQUEST, ENCRYPTION, EXPIRES_AT, NOT_BEFORE, ENDPOINT, GATEWAY,
+    REQUIRE_IDENTITY, BOUND_TO, SEQUENCE_WINDOW, AUTHORISED_BY, CAP_NAMES, within,
+)
 
 
 class Context:
@@ -124,15 +115,6 @@ def _fail(constraint, why):
     raise ConstraintFailed("%s: %s" % (constraint, why), constraint)
 
 
-def check_constraints(token, ctx, secret=None):
-    """Step 5 alone: the leaf's constraints in ``ctx``, for a token already
-    verified (a verifier that remembers verified tokens re-checks only this,
-    revocation and rights on each use). ``secret``: the origin's, needed only
-    by REQUIRE_IDENTITY."""
-    if token._recs[-1][1]:
-        _check_constraints(token, ctx, secret)
-
-
 def _check_constraints(token, ctx, secret):
     leaf = token._recs[-1]
     cap = leaf[0][0]
@@ -199,19 +181,6 @@ def _identity_presented(identity, token, ctx, secret, seq):
     return False
 
 
-def authenticate(token, secret):
-    """Steps 1-3 only (decode, tag chain, derivations): the token is genuine
-    and well derived. Constraints are not checked. Returns the Token."""
-    if not isinstance(token, Token):
-        token = decode(token)
-    if not cap_crypto.equal(compute_tag(secret, token._slices), token._tag):
-        raise BadTag("tag does not match the chain from this origin's secret")
-    recs = token._recs
-    for i in range(1, len(recs)):
-        check_pair(recs[i - 1], recs[i], i)
-    return token
-
-
 def verify(token, secret, ctx=None):
     """Verify ``token`` (bytes or Token) for the origin holding ``secret``.
 
@@ -273,21 +242,6 @@ def check_revoked(tags, leaf, revoked):
                 h = hs[i:i + 32]
                 if h in revoked:
                     raise Revoked("the token that authorised this request is revoked", h)
-
-
-def permits(token, service, method):
-    """Raise NotPermitted unless the leaf of ``token`` (already verified)
-    grants calling ``method`` of ``service``."""
-    for cap in token._recs[-1][0]:
-        code = cap[0]
-        if code == ROOT:
-            return
-        if code == SERVICE and cap[2] == service and (
-                cap[3][0] == WILDCARD or method in cap[3]):
-            return
-        if code == REQUEST and cap[2] == service and cap[3] == method:
-            return
-    raise NotPermitted("token does not grant %s:%s" % (service, method))
 
 
 def encryption_tag(secret, body, ctx=None):

@@ -5,10 +5,7 @@ minimal: a value has exactly one encoding, so a token's bytes and its meaning
 correspond one to one (no malleability around the tags).
 """
 
-try:
-    from .cap_errors import MalformedToken
-except ImportError:
-    from cap_errors import MalformedToken
+from .cap_errors import MalformedToken
 
 _U64 = 1 << 64
 
@@ -21,13 +18,6 @@ def put_varint(out, value):
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
-
-
-def varint(value):
-    """The varint encoding of ``value`` as bytes."""
-    out = bytearray()
-    put_varint(out, value)
-    return bytes(out)
 
 
 def get_varint(buf, pos, end):
@@ -75,11 +65,6 @@ def get_bytes(buf, pos, end):
     if stop > end:
         raise MalformedToken("truncated field")
     return bytes(buf[pos:stop]), stop
-
-
-def put_str(out, text):
-    """Append a length-prefixed UTF-8 string."""
-    put_bytes(out, text.encode("utf-8"))
 
 
 def get_str(buf, pos, end):

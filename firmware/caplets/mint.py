@@ -16,11 +16,11 @@ import time
 from collections.abc import Iterable
 
 from .cap_codec import MAX_FRAMES
-from .cap_token import Token, check_derivation, decode, make_frame
+from .cap_token import Token, authenticate, check_derivation, decode, make_frame
 from .cap_crypto import hmac_sha256, sha256
 from .cap_errors import InvalidDerivation, MalformedToken
 from .cap_entries import Encryption, Entry, Request, Root
-from .cap_verify import Context, authenticate
+from .cap_verify import Context
 from .cap_verify import verify as _core_verify
 
 MIN_SECRET_SIZE = 16  # 128 bits: below that a secret can be searched for

@@ -17,13 +17,25 @@ import time
 from collections.abc import Callable, Hashable
 
 from .cap_token import Token
-from .cap_errors import ClockDrift, NotPermitted
+from .cap_errors import NotPermitted, Replayed
 from .cap_verify import Context
 from .cap_verify import verify as _core_verify
 from .mint import TokenLike, load
 
 DEFAULT_MAX_DRIFT_MS = 30_000  # tolerate 30 s of client clock error
 PRUNE_EVERY = 1024  # prune stale clients after this many new keys
+
+
+class ClockDrift(Replayed):
+    """The request's sequence (a timestamp) is too far from the verifier's clock.
+
+    ``current_sequence`` is the verifier's own current sequence, so an honest
+    client whose clock drifted can resynchronise and retry.
+    """
+
+    def __init__(self, message, sequence=None, current_sequence=None):
+        super().__init__(message, sequence)
+        self.current_sequence = current_sequence
 
 
 class SequenceVerifier:

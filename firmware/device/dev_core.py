@@ -29,24 +29,14 @@ trips; a service that runs longer than ``EAGER_FLUSH_MS`` first has what is
 queued sent through ``flush`` (PROOF must not wait past the gateway's deadline).
 """
 
-try:
-    from ..link.link_session import NEED_DATA, CLOSED, Established, Requests, Ack, Error, Bye, Responses
-    from ..link.link_device import (EXPIRED, REVOKED, TOKEN_REFUSED, INTERRUPTED,
-                                    check_request, request_sequence)
-    from ..link.link_errors import LinkError
-    from ..link.link_wire import MAX_LINK_FRAME
-    from ..caplets.cap_errors import Revoked, TokenError
-    from .dev_state import STORED, RUNNING, DONE, ACKED, hexs
-    from .dev_services import Call
-except (ImportError, ValueError):
-    from link_session import NEED_DATA, CLOSED, Established, Requests, Ack, Error, Bye, Responses
-    from link_device import (EXPIRED, REVOKED, TOKEN_REFUSED, INTERRUPTED,
-                             check_request, request_sequence)
-    from link_errors import LinkError
-    from link_wire import MAX_LINK_FRAME
-    from cap_errors import Revoked, TokenError
-    from dev_state import STORED, RUNNING, DONE, ACKED, hexs
-    from dev_services import Call
+from ..link.link_session import NEED_DATA, CLOSED, Established, Requests, Ack, Error, Bye, Responses
+from ..link.link_device import (EXPIRED, REVOKED, TOKEN_REFUSED, INTERRUPTED,
+                                check_request, request_sequence)
+from ..link.link_errors import LinkError
+from ..link.link_wire import MAX_LINK_FRAME
+from ..caplets.cap_errors import Revoked, TokenError
+from .dev_state import STORED, RUNNING, DONE, ACKED, hexs
+from .dev_services import Call
 
 RESPONSE_BATCH_BYTES = MAX_LINK_FRAME - 4096
 EAGER_FLUSH_MS = 50

@@ -15,10 +15,7 @@ import hashlib
 import json
 import time
 
-try:
-    from .dev_services import BadArguments
-except (ImportError, ValueError):
-    from dev_services import BadArguments
+from .dev_services import BadArguments
 
 MAX_WAIT_S = 10
 

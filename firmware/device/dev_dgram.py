@@ -32,18 +32,11 @@ The port gives ``send(bytes)`` and ``recv(timeout_ms) -> bytes | None``
 same on CPython).
 """
 
-try:
-    from ..link import link_dgram as dg
-    from ..link import link_wire as wire
-    from .dev_boot import ticks_diff
-    from .dev_core import Wake, WakeFailed
-    from .dev_state import DONE, b64, unb64
-except (ImportError, ValueError):
-    import link_dgram as dg
-    import link_wire as wire
-    from dev_boot import ticks_diff
-    from dev_core import Wake, WakeFailed
-    from dev_state import DONE, b64, unb64
+from ..link import link_dgram as dg
+from ..link import link_wire as wire
+from .dev_boot import ticks_diff
+from .dev_core import Wake, WakeFailed
+from .dev_state import DONE, b64, unb64
 
 REPLY_TIMEOUT_MS = 1000   # first wait for a reply; doubled each retry (1 + 2 + 4 + 8 s at most)
 DGRAM_RETRIES = 3         # datagrams sent again per turn before the turn fails

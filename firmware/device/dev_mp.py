@@ -30,20 +30,12 @@ import select
 import socket
 import time
 
-try:
-    from .dev_boot import check_platform, unix_ms, ticks_ms, ticks_diff
-    from .dev_core import Wake, WakeFailed, backoff_delay, READ_SIZE, WAKE_TIMEOUT_S
-    from .dev_state import DevState, unhex
-    from .dev_store import SlotStore
-    from ..link.link_device import DeviceSession
-    from ..link.link_errors import E_AUTH, E_TICKET
-except (ImportError, ValueError):
-    from dev_boot import check_platform, unix_ms, ticks_ms, ticks_diff
-    from dev_core import Wake, WakeFailed, backoff_delay, READ_SIZE, WAKE_TIMEOUT_S
-    from dev_state import DevState, unhex
-    from dev_store import SlotStore
-    from link_device import DeviceSession
-    from link_errors import E_AUTH, E_TICKET
+from .dev_boot import check_platform, unix_ms, ticks_ms, ticks_diff
+from .dev_core import Wake, WakeFailed, backoff_delay, READ_SIZE, WAKE_TIMEOUT_S
+from .dev_state import DevState, unhex
+from .dev_store import SlotStore
+from ..link.link_device import DeviceSession
+from ..link.link_errors import E_AUTH, E_TICKET
 
 MAX_CONFIG_BYTES = 4096
 MAX_BOARD_ENTRIES = 32   # open requests a board stores; more wait at the gateway
@@ -109,10 +101,7 @@ class Board:
     def wake(self):
         """Connect, run one session to BYE; a Report, or WakeFailed."""
         if self.link == "udp":  # imported here: a TCP board does not ship the datagram modules
-            try:
-                from .dev_mp_udp import wake_udp
-            except (ImportError, ValueError):
-                from dev_mp_udp import wake_udp
+            from .dev_mp_udp import wake_udp
             return wake_udp(self)
         ticket = self.state.take_ticket(unix_ms())
         if ticket is not None:

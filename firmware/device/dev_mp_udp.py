@@ -10,16 +10,10 @@ import select
 import socket
 import time
 
-try:
-    from .dev_boot import unix_ms, ticks_ms, ticks_diff
-    from .dev_core import WakeFailed
-    from .dev_dgram import DgramWake, load_context, RECV_SIZE, DGRAM_RETRIES, REPLY_TIMEOUT_MS
-    from ..link.link_dgram import DgramDevice
-except (ImportError, ValueError):
-    from dev_boot import unix_ms, ticks_ms, ticks_diff
-    from dev_core import WakeFailed
-    from dev_dgram import DgramWake, load_context, RECV_SIZE, DGRAM_RETRIES, REPLY_TIMEOUT_MS
-    from link_dgram import DgramDevice
+from .dev_boot import unix_ms, ticks_ms, ticks_diff
+from .dev_core import WakeFailed
+from .dev_dgram import DgramWake, load_context, RECV_SIZE, DGRAM_RETRIES, REPLY_TIMEOUT_MS
+from ..link.link_dgram import DgramDevice
 
 
 def wake_udp(board):

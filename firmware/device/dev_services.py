@@ -20,10 +20,7 @@ On a board::
 
 import json
 
-try:
-    from ..link.link_device import BAD_ARGUMENTS, OK, SERVICE_ERROR, UNKNOWN_METHOD
-except (ImportError, ValueError):
-    from link_device import BAD_ARGUMENTS, OK, SERVICE_ERROR, UNKNOWN_METHOD
+from ..link.link_device import BAD_ARGUMENTS, OK, SERVICE_ERROR, UNKNOWN_METHOD
 
 
 class BadArguments(ValueError):
@@ -45,10 +42,6 @@ class Method:
         self.mutating = mutating
         self.cache_max_age_s = cache_max_age_s
         self.idempotent = idempotent
-
-    def manifest(self):
-        return {"name": self.name, "mutating": self.mutating,
-                "cache_max_age_s": self.cache_max_age_s}
 
 
 def dumps(value):
@@ -77,10 +70,6 @@ class Services:
 
     def method(self, service, name):
         return self.services.get(service, {}).get(name)
-
-    def manifest_services(self):
-        return [{"type": t, "methods": [m.manifest() for m in ms.values()]}
-                for t, ms in self.services.items()]
 
     def call(self, service, name, args, call):
         """Run a method: (status, JSON payload bytes, error text)."""

@@ -19,10 +19,7 @@ Reads are bounded (``max_bytes``) so a corrupt length cannot exhaust a small hea
 import hashlib
 import json
 
-try:
-    from ..caplets.cap_crypto import hmac_sha256, equal
-except (ImportError, ValueError):
-    from cap_crypto import hmac_sha256, equal
+from ..caplets.cap_crypto import hmac_sha256, equal
 
 MAGIC = b"EDS1"
 HEADER = 12

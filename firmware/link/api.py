@@ -1,11 +1,12 @@
 """The device link (docs/LINK_PROTOCOL.md): a sans-I/O core that runs unchanged
 on CPython and MicroPython.
 
-Modules (copy them as top-level modules onto a device, beside the caplets
-``cap_*`` core; they import each other either way):
+Modules (``edgistry device export`` ships a board the device side, beside the
+caplets core, in the package tree; they import each other relatively):
 
 * ``link_wire``: protobuf-wire codec for proto/link.proto, framing, MAX_LINK_FRAME
-* ``link_crypto``: HKDF-SHA256, frame MACs, the HMAC keystream cipher, optional X25519
+* ``link_crypto``: HKDF-SHA256, frame MACs, the HMAC keystream cipher
+* ``x25519``: the X25519 provider from ``cryptography`` (CPython only; forward secrecy)
 * ``link_errors``: LinkError > RemoteProtocolError / LocalProtocolError, wire codes
 * ``link_session``: events and the shared session machinery (transition-table walk)
 * ``link_device``: DeviceSession and check_request (request-token verification)
@@ -32,9 +33,9 @@ from .link_device import (
 from .link_errors import (
     DecodeError, FrameTooLarge, LinkError, LocalProtocolError, RemoteProtocolError,
 )
-from .link_gateway import GatewaySession, encryption_body, identity_name
+from .link_gateway import Challenged, GatewaySession, encryption_body, identity_name
 from .link_session import (
-    CLOSED, NEED_DATA, Ack, Bye, Challenged, Error, Established, Requests, Responses,
+    CLOSED, NEED_DATA, Ack, Bye, Error, Established, Requests, Responses,
 )
 from .link_wire import MAX_LINK_FRAME, FrameReader, decode, encode, encode_frame
 

@@ -14,10 +14,7 @@ X25519 is optional: the sessions take a provider or None (``link/x25519.py``,
 CPython only, wraps ``cryptography``); the handshake then runs without it.
 """
 
-try:
-    from ..caplets import cap_crypto
-except (ImportError, ValueError):
-    import cap_crypto
+from ..caplets import cap_crypto
 
 hmac_sha256 = cap_crypto.hmac_sha256
 equal = cap_crypto.equal
@@ -117,10 +114,3 @@ def crypt(key, seq, data):
         except MemoryError:  # a small heap: the byte loop needs less at once
             pass
     return xor_pure(data, stream)
-
-
-def crypt_pure(key, seq, data):
-    """:func:`crypt` on the byte loop alone (tests compare the two paths)."""
-    if not data:
-        return b""
-    return xor_pure(data, _keystream(key, seq, len(data)))

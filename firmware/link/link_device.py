@@ -29,22 +29,12 @@ be a request leaf for exactly this service, method and argument digest, carry
 a sequence above the last one accepted, and derive from no revoked tag.
 """
 
-try:
-    from . import link_wire as wire
-    from . import link_crypto as lc
-    from .link_errors import RemoteProtocolError, LocalProtocolError
-    from .link_session import Session, Established, OPEN, CLOSED_STATE, ERROR_STATE
-    from ..caplets import cap_verify, cap_codec, cap_caps
-    from ..caplets.cap_errors import TokenError, NotPermitted
-except (ImportError, ValueError):
-    import link_wire as wire
-    import link_crypto as lc
-    from link_errors import RemoteProtocolError, LocalProtocolError
-    from link_session import Session, Established, OPEN, CLOSED_STATE, ERROR_STATE
-    import cap_verify
-    import cap_codec
-    import cap_caps
-    from cap_errors import TokenError, NotPermitted
+from . import link_wire as wire
+from . import link_crypto as lc
+from .link_errors import RemoteProtocolError, LocalProtocolError
+from .link_session import Session, Established, OPEN, CLOSED_STATE, ERROR_STATE
+from ..caplets import cap_verify, cap_codec, cap_caps
+from ..caplets.cap_errors import TokenError, NotPermitted
 
 VERSION = 1
 NONCE_SIZE = 16

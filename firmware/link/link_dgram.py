@@ -19,19 +19,14 @@ Frames (``uv`` = unsigned varint, ``mac`` = HMAC-SHA256 truncated to 8 bytes)::
     WELCOME 82|83  [x25519_g(32) when 83] enc(uv(kid) || Requests)    mac(k_mac_g2d)
     RESYNC  84     uv(ctr_high)                                        mac(K_link)
 
-No MicroPython-unfriendly constructs (typing, dataclasses, __future__): this
-file is copied flat onto devices next to link_crypto, link_wire and the
-caplets core.
+No MicroPython-unfriendly constructs (typing, dataclasses, __future__): a UDP
+board ships this module (``edgistry device export``) beside link_crypto,
+link_wire and the caplets core.
 """
 
-try:
-    from . import link_crypto as lc
-    from . import link_wire as wire
-    from .link_errors import LinkError
-except (ImportError, ValueError):
-    import link_crypto as lc
-    import link_wire as wire
-    from link_errors import LinkError
+from . import link_crypto as lc
+from . import link_wire as wire
+from .link_errors import LinkError
 
 WAKE = 0x01
 WAKE_FS = 0x02
@@ -101,10 +96,7 @@ def link_key(root_token):
     The token codec is imported here, not at the top: a device computes K_link
     once (at pairing, or its first wake) and keeps it in its state, so its wakes
     never load the codec (about 40 KB of heap on a 64-bit port)."""
-    try:
-        from ..caplets import cap_codec
-    except (ImportError, ValueError):
-        import cap_codec
+    from ..caplets import cap_codec
     root = cap_codec.decode(root_token)
     nonce = (DGRAM_KEY_NONCE + bytes(16))[:16]
     return lc.hmac_sha256(root.tag, cap_codec.encryption_frame(root, nonce))

@@ -34,31 +34,18 @@ The session reaches its stores through ``keys``, any object with::
 so it stays pure; gateway/link/server.py adapts a LinkBackend to it.
 """
 
-try:
-    from . import link_wire as wire
-    from . import link_crypto as lc
-    from .link_errors import RemoteProtocolError
-    from .link_errors import LocalProtocolError
-    from .link_session import Session, Challenged, Established, OPEN, CLOSED_STATE, ERROR_STATE
-    from .link_device import (
-        VERSION, NONCE_SIZE, LINK_ID_SIZE, TICKET_ID_SIZE, DEVICE_LABEL, GATEWAY_LABEL,
-        RESUMED_LABEL, accept_mac, resume_mac,
-    )
-    from ..caplets import cap_verify, cap_codec, cap_caps, cap_token
-    from ..caplets.cap_errors import TokenError
-except (ImportError, ValueError):
-    import link_wire as wire
-    import link_crypto as lc
-    from link_errors import RemoteProtocolError
-    from link_errors import LocalProtocolError
-    from link_session import Session, Challenged, Established, OPEN, CLOSED_STATE, ERROR_STATE
-    from link_device import (VERSION, NONCE_SIZE, LINK_ID_SIZE, TICKET_ID_SIZE, DEVICE_LABEL,
-                             GATEWAY_LABEL, RESUMED_LABEL, accept_mac, resume_mac)
-    import cap_verify
-    import cap_codec
-    import cap_caps
-    import cap_token
-    from cap_errors import TokenError
+from . import link_wire as wire
+from . import link_crypto as lc
+from .link_errors import RemoteProtocolError
+from .link_errors import LocalProtocolError
+from .link_session import (Session, Established, Responses, Bye, OPEN, CLOSED_STATE, ERROR_STATE,
+                           TERMINAL)
+from .link_device import (
+    VERSION, NONCE_SIZE, LINK_ID_SIZE, TICKET_ID_SIZE, DEVICE_LABEL, GATEWAY_LABEL,
+    RESUMED_LABEL, accept_mac, resume_mac,
+)
+from ..caplets import cap_verify, cap_codec, cap_caps, cap_token
+from ..caplets.cap_errors import TokenError
 
 AWAIT_HELLO = "AWAIT_HELLO"
 AWAIT_PROOF = "AWAIT_PROOF"
@@ -78,6 +65,24 @@ def encryption_body(root_token, nonce):
     frame = cap_codec.encryption_frame(root, nonce)
     body = cap_token.encode_body([root._slices[0], frame])
     return body, lc.hmac_sha256(root.tag, frame)
+
+
+class Challenged:
+    """The gateway's event: HELLO verified, CHALLENGE and ACCEPT are queued, and the
+    session may send REQUESTS before the device has proved anything (0.5-RTT
+    data, docs/LINK_PROTOCOL.md). With ``encrypt`` they may carry work (only
+    the device can decrypt them); without, only an empty REQUESTS whose
+    ``more`` says whether work waits (GatewaySession.send enforces it). The
+    device is NOT authenticated yet: nothing sent now counts as delivered, and
+    nothing is received before :class:`Established` (PROOF verified)."""
+
+    def __init__(self, link_id, encrypt, forward_secret=False):
+        self.link_id = link_id
+        self.encrypt = encrypt
+        self.forward_secret = forward_secret
+
+    def __repr__(self):
+        return "Challenged(encrypt=%r, forward_secret=%r)" % (self.encrypt, self.forward_secret)
 
 
 class GatewaySession(Session):
@@ -222,3 +227,17 @@ class GatewaySession(Session):
         self._install((k[0], k[1], k[2], k[3]), self._encrypt)
         self.resumed = resumed
         return Established(self.link_id, resumed, self._encrypt, self.forward_secret)
+
+    def fail(self, reason, detail=""):
+        """End the session locally (timeout, shutdown): returns the ERROR frame
+        to send (empty when already terminal)."""
+        if self.state in TERMINAL:
+            return b""
+        self._fail(RemoteProtocolError(reason, detail))
+        return self.data_to_send()
+
+    def _on_responses(self, msg, body):
+        return Responses.from_msg(msg)
+
+    def _on_bye(self, msg, body):
+        return Bye.from_msg(msg)

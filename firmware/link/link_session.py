@@ -30,14 +30,9 @@ same flight as CHALLENGE, so it can send 0.5-RTT REQUESTS) and its receiving
 direction only once PROOF verifies (``established`` is then True).
 """
 
-try:
-    from . import link_wire as wire
-    from . import link_crypto as lc
-    from .link_errors import LinkError, RemoteProtocolError, LocalProtocolError, PUBLIC
-except ImportError:
-    import link_wire as wire
-    import link_crypto as lc
-    from link_errors import LinkError, RemoteProtocolError, LocalProtocolError, PUBLIC
+from . import link_wire as wire
+from . import link_crypto as lc
+from .link_errors import LinkError, RemoteProtocolError, LocalProtocolError, PUBLIC
 
 
 class _Sentinel:
@@ -77,24 +72,6 @@ class Established:
     def __repr__(self):
         return "Established(resumed=%r, encrypt=%r, forward_secret=%r)" % (
             self.resumed, self.encrypt, self.forward_secret)
-
-
-class Challenged:
-    """Gateway only: HELLO verified, CHALLENGE and ACCEPT are queued, and the
-    session may send REQUESTS before the device has proved anything (0.5-RTT
-    data, docs/LINK_PROTOCOL.md). With ``encrypt`` they may carry work (only
-    the device can decrypt them); without, only an empty REQUESTS whose
-    ``more`` says whether work waits (GatewaySession.send enforces it). The
-    device is NOT authenticated yet: nothing sent now counts as delivered, and
-    nothing is received before :class:`Established` (PROOF verified)."""
-
-    def __init__(self, link_id, encrypt, forward_secret=False):
-        self.link_id = link_id
-        self.encrypt = encrypt
-        self.forward_secret = forward_secret
-
-    def __repr__(self):
-        return "Challenged(encrypt=%r, forward_secret=%r)" % (self.encrypt, self.forward_secret)
 
 
 class Requests:
@@ -283,14 +260,6 @@ class Session:
         self.state = nxt
         return data
 
-    def fail(self, reason, detail=""):
-        """End the session locally (timeout, shutdown): returns the ERROR frame
-        to send (empty when already terminal)."""
-        if self.state in TERMINAL:
-            return b""
-        self._fail(RemoteProtocolError(reason, detail))
-        return self.data_to_send()
-
     # -- internals --
 
     def _fail(self, exc):
@@ -380,14 +349,8 @@ class Session:
     def _on_requests(self, msg, body):
         return Requests.from_msg(msg)
 
-    def _on_responses(self, msg, body):
-        return Responses.from_msg(msg)
-
     def _on_ack(self, msg, body):
         return Ack.from_msg(msg)
-
-    def _on_bye(self, msg, body):
-        return Bye.from_msg(msg)
 
     def _on_error(self, msg, body):
         return Error.from_msg(msg)

@@ -24,14 +24,8 @@ length above ``MAX_LINK_FRAME`` is rejected as soon as the prefix is read,
 before any of the body is buffered.
 """
 
-try:
-    from ..caplets.cap_wire import put_varint
-except (ImportError, ValueError):
-    from cap_wire import put_varint
-try:
-    from .link_errors import DecodeError, FrameTooLarge
-except ImportError:
-    from link_errors import DecodeError, FrameTooLarge
+from ..caplets.cap_wire import put_varint
+from .link_errors import DecodeError, FrameTooLarge
 
 # 64 KiB: a batch of requests fits in one frame, and a device's receive
 # buffer stays bounded. Larger batches go out in several REQUESTS frames.
@@ -296,17 +290,9 @@ def decode(name, data, start=0, end=None):
 
 
 # ---- sizes ---------------------------------------------------------------------
-# How many bytes a frame will take before it is built, for a sender that fills
-# frames up to MAX_LINK_FRAME (the gateway's REQUESTS batches). Protobuf sizes
-# add up field by field, so a batch is sized one entry at a time: item_size()
-# and tag_size() are what one DeviceRequest or one revoked tag adds to a
-# Requests body, requests_frame_size() the frame around them. Every field
-# number involved is below 16 (one-byte keys). tests/test_link_wire.py holds
-# these to encode_frame byte for byte.
-
-FRAME_MAC_SIZE = 16  # link_crypto.MAC_SIZE: a data frame's MAC is HMAC-SHA256[:16]
-_WIDEST_SEQ = 10     # LinkFrame.seq is a uint64: a varint of at most 10 bytes
-
+# How many bytes a field will take before it is built, for a sender that fills
+# frames up to a bound: a device batching its RESPONSES (dev_dgram), the
+# gateway sizing its REQUESTS (gateway/link/frame_sizes.py builds on these).
 
 def uvarint_size(n):
     """Bytes of ``n`` (>= 0) as a varint."""
@@ -320,34 +306,6 @@ def uvarint_size(n):
 def field_size(data_len):
     """Bytes a length-delimited field carrying ``data_len`` bytes takes in its message."""
     return 1 + uvarint_size(data_len) + data_len
-
-
-def frame_size(ftype, body_len):
-    """The most bytes a data-phase LinkFrame of type ``ftype`` around a body of
-    ``body_len`` bytes takes: what MAX_LINK_FRAME bounds (the length prefix
-    comes on top). The sequence number counts at its widest; encryption keeps
-    the body's length."""
-    return (1 + uvarint_size(ftype)) + (1 + _WIDEST_SEQ) + field_size(body_len) + field_size(FRAME_MAC_SIZE)
-
-
-def item_size(item):
-    """Bytes one DeviceRequest dict adds to a Requests body."""
-    return field_size(len(encode("DeviceRequest", item)))
-
-
-def tag_size(tag):
-    """Bytes one revoked tag adds to a Requests body."""
-    return field_size(len(tag))
-
-
-def requests_frame_size(parts, gateway_now_ms):
-    """The most bytes a REQUESTS frame takes whose items and revoked tags add
-    ``parts`` bytes (a sum of item_size and tag_size), with ``more`` set and
-    this gateway clock."""
-    body = parts + 2  # more = true: key + one byte
-    if gateway_now_ms:
-        body += 1 + uvarint_size(gateway_now_ms & (_U64 - 1))  # int64: negatives take 10 bytes
-    return frame_size(REQUESTS, body)
 
 
 # ---- framing -------------------------------------------------------------------
@@ -374,10 +332,6 @@ class FrameReader:
         """Add received bytes."""
         if data:
             self._buf = self._buf + bytes(data)
-
-    def buffered(self):
-        """How many bytes wait to form a frame."""
-        return len(self._buf)
 
     def next_frame(self):
         """The next complete frame as a dict, or None when more bytes are needed.

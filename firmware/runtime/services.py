@@ -40,7 +40,13 @@ from .home import write_json
 
 class ServiceRegistry(Services):
     """Service type -> method name -> Method: the portable core's services table
-    (firmware/device/dev_services.py), the same one a board declares."""
+    (firmware/device/dev_services.py), the same one a board declares, plus what
+    only the CPython side writes: the manifest's service list."""
+
+    def manifest_services(self) -> list[dict]:
+        return [{"type": t, "methods": [{"name": m.name, "mutating": m.mutating,
+                                         "cache_max_age_s": m.cache_max_age_s} for m in ms.values()]}
+                for t, ms in self.services.items()]
 
 
 MethodSpec = Method

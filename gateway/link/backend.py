@@ -31,8 +31,8 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ...firmware.link import link_wire as wire
 from ..probe import LINK_BACKEND, Probe
+from . import frame_sizes as fs
 from ..twins import model
 from ..twins.model import Twin
 
@@ -164,7 +164,7 @@ class MemoryBackend:
         out, size = [], 0
         waiting = [r for r in self.queues.get(link_id, []) if r.request_id not in self.answers]
         for req in waiting:
-            cost = wire.item_size({k: v for k, v in vars(req).items() if k != "chain"})  # DeviceRequest fields
+            cost = fs.item_size({k: v for k, v in vars(req).items() if k != "chain"})  # DeviceRequest fields
             if out and size + cost > max_bytes:
                 return out, True
             out.append(req)

@@ -21,7 +21,7 @@ One :class:`Delivery` per device connection. Each trigger is one method::
     woken()               new work queued while the device is connected
 
 A batch is what fits in one REQUESTS frame of at most ``frame_budget`` bytes,
-sized by link_wire.requests_frame_size (the one frame-size computation).
+sized by frame_sizes.requests_frame_size (the one frame-size computation).
 Revoked tags go first, all of a wake's, in as many frames as they need, each
 frame but the last saying ``more``: the device runs a frame's requests as soon
 as it reads it, so a revocation must never arrive behind the work it stops.
@@ -75,6 +75,7 @@ from ...firmware.link.link_device import BAD_ARGUMENTS, REVOKED
 from ...firmware.link.link_session import Requests
 from ...firmware.link.link_wire import MAX_LINK_FRAME
 from .backend import DeviceAnswer, QueuedRequest
+from . import frame_sizes as fs
 
 TOO_LARGE = "request too large for the link"
 REVOKED_ERROR = "refused: the token that made this request (or one it derives from) was revoked"
@@ -138,12 +139,12 @@ class Delivery:
     """The delivery state of one device connection (see the module docstring)."""
 
     def __init__(self, frame_budget: int = MAX_LINK_FRAME) -> None:
-        smallest = wire.requests_frame_size(wire.tag_size(bytes(TAG_SIZE)), _WIDEST_CLOCK)
+        smallest = fs.requests_frame_size(fs.tag_size(bytes(TAG_SIZE)), _WIDEST_CLOCK)
         if not smallest <= frame_budget <= MAX_LINK_FRAME:
             raise ValueError(f"frame budget {frame_budget} outside {smallest}..{MAX_LINK_FRAME}")
         self.frame_budget = frame_budget
         # what backend.pending() is asked for: the request bytes one frame holds
-        self.queue_bytes = frame_budget - wire.requests_frame_size(0, _WIDEST_CLOCK)
+        self.queue_bytes = frame_budget - fs.requests_frame_size(0, _WIDEST_CLOCK)
         self.sent: set[bytes] = set()       # request ids sent on this connection
         self.refused: set[bytes] = set()    # ids refused as too large (answered once)
         self.delivered: set[bytes] = set()  # ids the device acknowledged
@@ -246,13 +247,13 @@ class Delivery:
         requests, and whether requests or twin changes that fit were left for a
         later batch. Order: tags, then twin changes, then requests."""
         budget = self.frame_budget
-        size = wire.requests_frame_size  # (parts, clock) -> frame bytes
+        size = fs.requests_frame_size  # (parts, clock) -> frame bytes
         frames: list[tuple[list[bytes], list[dict], list[dict]]] = []
         tags: list[bytes] = []
         changes: list[dict] = []
         parts = 0
         for tag in revoked:
-            cost = wire.tag_size(tag)
+            cost = fs.tag_size(tag)
             if tags and size(parts + cost, now_ms) > budget:
                 frames.append((tags, [], []))
                 tags, parts = [], 0
@@ -270,7 +271,7 @@ class Delivery:
         trimmed = False
         for r in fresh:
             item = request_item(r)
-            cost = wire.item_size(item)
+            cost = fs.item_size(item)
             if size(cost, now_ms) > budget:
                 refused.append(r)  # not even alone in a frame: never deliverable
                 continue

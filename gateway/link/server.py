@@ -47,9 +47,9 @@ from collections.abc import Callable
 
 from ...firmware.link.x25519 import x25519
 from ...firmware.link.link_errors import LinkError, RemoteProtocolError
-from ...firmware.link.link_gateway import GatewaySession
+from ...firmware.link.link_gateway import Challenged, GatewaySession
 from ...firmware.link.link_session import (
-    CLOSED, NEED_DATA, Ack, Bye, Challenged, Error, Established, Responses,
+    CLOSED, NEED_DATA, Ack, Bye, Error, Established, Responses,
 )
 from ...firmware.link.link_wire import MAX_LINK_FRAME
 from ..admission import ConnectionCaps, source_key

@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 from ...firmware.caplets import api as cl
 from ...firmware.caplets import cap_caps, cap_codec, cap_crypto, cap_wire
+from ...firmware.caplets.cap_entries import put_str
 from ...firmware.caplets.cap_token import check_derivation
 from ...firmware.link.link_gateway import identity_name
 from ..errors import Unauthorized
@@ -373,8 +374,8 @@ def _request_names(service: str, method: str) -> bytes:
     if raw is None:
         cl.Request(service, method, bytes(cap_caps.DIGEST_SIZE), 0)  # raises ValueError for names it refuses
         out = bytearray()
-        cap_wire.put_str(out, service)
-        cap_wire.put_str(out, method)
+        put_str(out, service)
+        put_str(out, method)
         raw = bytes(out)
         if len(_request_names_raw) >= MINT_CACHE_SIZE:
             _request_names_raw.clear()

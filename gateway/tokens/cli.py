@@ -24,7 +24,8 @@ from ...firmware.caplets.cap_entries import RIGHT_LETTERS, Entry, Identity, Regi
 from ...firmware.caplets.cap_entries import (
     BoundTo, Endpoint, ExpiresAt, Gateway, NotBefore, RequireIdentity, SequenceWindow,
 )
-from ...firmware.caplets.cap_verify import Context, permits
+from ...firmware.caplets.cap_token import permits
+from ...firmware.caplets.cap_verify import Context
 from ...firmware.caplets.cap_verify import verify as core_verify
 from ...firmware.caplets.mint import (
     MIN_SECRET_SIZE, derive, from_text, new_secret, parse_time, request_token, root, to_text,

@@ -1,13 +1,14 @@
 // Run a Python script under the MicroPython WebAssembly port.
 //
-//   node run.mjs SCRIPT.py [MODULE.py ...]
+//   node run.mjs SCRIPT.py [MODULE.py | PACKAGE_DIR ...]
 //
 // Each MODULE.py is copied unchanged into MicroPython's in-memory filesystem
-// under /lib (on sys.path), so the script can `import` it exactly as firmware
-// would. The script's stdout and stderr are passed through; the exit status is
+// under /lib (on sys.path); a PACKAGE_DIR is copied there as a tree (e.g. the
+// `edgistry` package `edgistry device export` writes for a board), so the
+// script can `import` exactly as firmware would. The script's stdout and stderr are passed through; the exit status is
 // 1 when the script raised (the traceback goes to stderr), 0 otherwise.
-import { readFileSync } from "node:fs";
-import { basename } from "node:path";
+import { readFileSync, readdirSync, statSync } from "node:fs";
+import { basename, join } from "node:path";
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
 
 const [script, ...modules] = process.argv.slice(2);
@@ -21,8 +22,16 @@ const mp = await loadMicroPython({
   stderr: (line) => process.stderr.write(line + "\n"),
 });
 try { mp.FS.mkdir("/lib"); } catch (e) { /* already there */ }
+function copyIn(path, dest) {
+  if (statSync(path).isDirectory()) {
+    try { mp.FS.mkdir(dest); } catch (e) { /* already there */ }
+    for (const name of readdirSync(path)) copyIn(join(path, name), dest + "/" + name);
+  } else {
+    mp.FS.writeFile(dest, readFileSync(path));
+  }
+}
 for (const path of modules) {
-  mp.FS.writeFile("/lib/" + basename(path), readFileSync(path));
+  copyIn(path, "/lib/" + basename(path));
 }
 try {
   mp.runPython("import sys\nif '/lib' not in sys.path: sys.path.append('/lib')\n");

@@ -75,16 +75,13 @@ if "lib" not in sys.path:
     sys.path.append("lib")
 from edgistry.firmware.device import dev_boot
 dev_boot.check_platform()
-import json
 from edgistry.firmware.device import dev_demo, dev_mp
 from edgistry.firmware.device.dev_services import Services
 gc.collect()
 imported = gc.mem_alloc()
-with open("device.json") as fh:
-    spec = json.loads(fh.read(4096)).get("services", [])
 services = Services()
 board = dev_mp.Board(".", services, log=lambda t: None)
-dev_demo.demo_services(services, ".", board.link_id, spec)
+dev_demo.demo_services(services, ".", board.link_id, board.config.get("services", []))
 r = board.wake()
 gc.collect()
 print("PROBE", imported, gc.mem_alloc(), r.executed, r.delivered, int(r.resumed), sys.maxsize > 2**32)

@@ -52,8 +52,6 @@ from edgistry.firmware.device import dev_boot
 
 dev_boot.check_platform()  # arbitrary-precision integers, or a clear message
 
-import json
-
 from edgistry.firmware.device import dev_demo, dev_mp
 from edgistry.firmware.device.dev_services import Services
 
@@ -63,14 +61,11 @@ WAKES = int(sys.argv[1]) if len(sys.argv) > 1 else 0  # 0: forever
 # Board Wi-Fi: connect before the first wake, e.g. on ESP32 / Pico W:
 #   import network; w = network.WLAN(network.STA_IF); w.active(True); w.connect(SSID, KEY)
 
-with open(ROOT + "/device.json") as fh:
-    spec = json.loads(fh.read(4096)).get("services", [])
-
 services = Services()
 # Services are plain functions, e.g.:
 #   services.register("relay", "set", lambda args, call: relay(args["on"]), mutating=True)
 board = dev_mp.Board(ROOT, services)
-dev_demo.demo_services(services, ROOT, board.link_id, spec)
+dev_demo.demo_services(services, ROOT, board.link_id, board.config.get("services", []))
 board.run(WAKES)
 '''
 

@@ -44,7 +44,7 @@ WAKE_TIMEOUT_S = 20
 BACKOFF_BASE_S = 1
 BACKOFF_CAP_S = 300
 BACKOFF_MIN_CAP_S = 10
-READ_SIZE = 4096  # bytes per socket read: bounded, whatever the gateway sends
+READ_SIZE = 1024  # bytes per socket read: bounded, whatever the gateway sends
 
 
 def backoff_delay(failures, duty_cycle_s, rand01, base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S):

@@ -43,10 +43,15 @@ MAX_BOARD_REVOKED = 64
 
 
 def _read_file(path, limit):
-    with open(path, "rb") as fh:
-        data = fh.read(limit + 1)
-    if len(data) > limit:
+    """The file's bytes, refused beyond ``limit``; read at its own size, so the heap
+    gives one block of that size, not of the limit."""
+    size = os.stat(path)[6]
+    if size > limit:
         raise ValueError(path + " is larger than expected")
+    with open(path, "rb") as fh:
+        data = fh.read(size)
+    if len(data) != size:
+        raise ValueError(path + " changed while read")
     return data
 
 
@@ -69,6 +74,7 @@ class Board:
         self.log = log
         self.secret = _read_file(root + "/secret", 64)
         cfg = json.loads(_read_file(root + "/device.json", MAX_CONFIG_BYTES))
+        self.config = cfg  # device.json as read (main.py takes the demo services' spec from it)
         if cfg.get("require_forward_secrecy"):
             raise ValueError("this board has no X25519: it cannot give the forward secrecy "
                              "device.json requires (docs/DEVICE.md)")
@@ -110,7 +116,7 @@ class Board:
                                 os.urandom, ticket=ticket, require_encrypt=self.encrypt)
         w = Wake(self.state, self.services, session, self.secret, unix_ms, ticks_ms,
                  self.duty_cycle_s, log=self.log, on_twin=self.on_twin)
-        sock = None
+        sock = send = None
         try:
             try:
                 addr = socket.getaddrinfo(self.host, self.port)[0][-1]
@@ -118,11 +124,13 @@ class Board:
                 sock.connect(addr)
             except OSError as exc:
                 raise WakeFailed("cannot reach %s:%d: %s" % (self.host, self.port, exc))
-            w._flush = sock.sendall
+            # a blocking socket's stream write sends it all where a port has no sendall
+            send = getattr(sock, "sendall", None) or sock.write
+            w._flush = send
             poller = select.poll()
             poller.register(sock, select.POLLIN)
             start = ticks_ms()
-            sock.sendall(w.start())
+            send(w.start())
             while True:
                 left = WAKE_TIMEOUT_S * 1000 - ticks_diff(ticks_ms(), start)
                 if left <= 0 or not poller.poll(left):
@@ -133,15 +141,15 @@ class Board:
                 done = w.feed(data)
                 out = w.take()
                 if out:
-                    sock.sendall(out)
+                    send(out)
                 if done:
                     return w.report
         except WakeFailed as exc:
             exc.resumed_with_ticket = ticket is not None
             try:
                 out = w.take()
-                if out and sock is not None:
-                    sock.sendall(out)
+                if out and send is not None:
+                    send(out)
             except OSError:
                 pass
             raise

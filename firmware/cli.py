@@ -136,13 +136,17 @@ async def _run(device: Device, once: bool) -> None:
 @click.option("--freeze", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Write the package to DIR as sources with a manifest.py for a frozen firmware "
                    "build (bytecode in flash, not in the heap) instead of OUT/lib.")
+@click.option("--romfs", is_flag=True,
+              help="Write the package as a ROMFS image (OUT/edgistry.romfs) instead of OUT/lib, for a "
+                   "board whose firmware has a ROMFS partition: `mpremote romfs deploy "
+                   "edgistry.romfs`; its bytecode then runs in place from flash (needs mpremote).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def export_cmd(home: Path, out: Path, source: bool, freeze: Path | None, as_json: bool) -> None:
+def export_cmd(home: Path, out: Path, source: bool, freeze: Path | None, romfs: bool, as_json: bool) -> None:
     """Write what to copy to a board: main.py, the device package as .mpy, secret, config."""
     from .export import ExportError, export
 
     try:
-        summary = export(DeviceHome(home), out, mpy=not source, freeze=freeze)
+        summary = export(DeviceHome(home), out, mpy=not source, freeze=freeze, romfs=romfs)
     except (HomeError, ExportError) as exc:
         raise UserError(str(exc)) from exc
     if as_json:
@@ -151,6 +155,10 @@ def export_cmd(home: Path, out: Path, source: bool, freeze: Path | None, as_json
     if freeze is not None:
         click.echo(f"board directory {out}: main.py, device.json, secret; the package for a frozen "
                    f"firmware build: {summary['freeze_manifest']}")
+    elif romfs:
+        click.echo(f"board directory {out}: main.py, device.json, secret, edgistry.romfs "
+                   f"({summary['package_bytes']} bytes): `mpremote romfs deploy {out}/edgistry.romfs`, "
+                   "then copy the rest (without edgistry.romfs)")
     else:
         click.echo(f"board directory {out}: main.py, device.json, secret, lib/ "
                    f"({summary['modules']} {summary['format']} modules, {summary['package_bytes']} bytes)")

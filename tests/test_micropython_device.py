@@ -156,12 +156,12 @@ def test_board_pairs_wakes_answers_resumes_and_survives_crashes(tmp_path):
 
 # ---- the datagram link (UDP): `edgistry device init --link udp` ----
 
-def paired_udp_device(tmp_path: Path, cfg) -> tuple[Path, dict]:
-    """A device home made with ``--link udp`` and paired over the CLI; (home, pairing summary)."""
+def paired_udp_device(tmp_path: Path, cfg, link: str = "udp") -> tuple[Path, dict]:
+    """A device home made with ``--link LINK`` and paired over the CLI; (home, pairing summary)."""
     dev = tmp_path / "dev"
     code, text = device_cli("init", "--home", str(dev), "--service", "sensor", "--service", "actuator",
-                            "--location", "46.52,6.57", "--duty-cycle", "1", "--link", "udp", "--json")
-    assert code == 0 and json.loads(text)["link"] == "udp", text
+                            "--location", "46.52,6.57", "--duty-cycle", "1", "--link", link, "--json")
+    assert code == 0 and json.loads(text)["link"] == link, text
     code, text = cli("pair", "--device", str(dev), "--gateway", cfg.grpc_listen, "--code",
                      wait_file(cfg.home / "commission.code"), "--json")
     assert code == 0, text
@@ -275,3 +275,34 @@ def test_cpython_device_over_udp_pairs_wakes_answers_and_wakes_on_the_saved_cont
         if proc is not None:
             stop(proc)
         stop(up)
+
+
+def test_board_from_a_romfs_image_wakes_and_answers(tmp_path):
+    """export --romfs -> a folder with the package only as edgistry.romfs (no lib/); on the Unix
+    port (no ROM partition) main.py mounts it from memory, as a board's firmware mounts its ROMFS
+    partition; the board imports from the image, wakes, answers an invoke and resumes."""
+    cfg, ports = node_home(tmp_path / "node")
+    up = edgistry("up", "--home", str(cfg.home), log=tmp_path / "up.log")
+    log = tmp_path / "board.log"
+    proc = None
+    try:
+        wait_for_port(ports["grpc"], proc=up)
+        dev, paired = paired_udp_device(tmp_path, cfg, link="tcp")
+        out = tmp_path / "board"
+        code, text = device_cli("export", "--home", str(dev), "--out", str(out), "--romfs", "--json")
+        assert code == 0, text
+        summary = json.loads(text)
+        image = out / "edgistry.romfs"
+        assert summary["format"] == "romfs" and summary["package_bytes"] == image.stat().st_size
+        assert not (out / "lib").exists() and image.read_bytes()[:2] == b"\xd2\xcd"  # ROMFS magic
+        invoke, _, _ = invoker(cfg, paired, log)
+        proc = board(out, log)
+        reading = invoke("sensor.read", "--arg", '{"settle_s": 0}')
+        assert reading["state"] == "DONE" and "temperature_c" in reading["payload"], reading
+        wait_until(lambda: "wake resumed" in log.read_text(), 20, "a resumed wake", log)
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    finally:
+        if proc is not None and proc.poll() is None:
+            kill9(proc)
+        stop(up)
+

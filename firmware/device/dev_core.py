@@ -186,8 +186,12 @@ class Wake:
             raise WakeFailed("gateway error %d: %s" % (event.code, event.reason), event.code)
 
     def on_requests(self, event):
-        ack, again = self.absorb(event.items, event.more, event.revoked, event.twin,
+        # the batch is stored durably by absorb(); the frame's copy need not stay on the
+        # heap while the requests run (a board's heap is the budget)
+        items, event.items = event.items, ()
+        ack, again = self.absorb(items, event.more, event.revoked, event.twin,
                                  event.gateway_now_ms)
+        items = None
         if ack:
             self.out += self.session.send(Ack(ack))
         done = self.run_pending()

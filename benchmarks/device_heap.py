@@ -73,8 +73,8 @@ MANIFEST = {"services": [{"type": "sensor", "methods": ["read", "info"]},
 CALLS = [("sensor", "read", b""), ("sensor", "info", b""), ("actuator", "get", b""),
          ("actuator", "set", b'{"on": true}')]
 
-PROBE = '''\
-import sys, gc
+PROBE = ex.GC_SETUP + '''\
+import sys
 if "lib" not in sys.path:
     sys.path.append("lib")
 ''' + ex.BOOT_IMPORT + '''\

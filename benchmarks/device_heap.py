@@ -85,7 +85,7 @@ gc.collect()
 imported = gc.mem_alloc()
 services = Services()
 board = dev_mp.Board(".", services, log=lambda t: None)
-dev_demo.demo_services(services, ".", board.link_id, board.config.get("services", []))
+dev_demo.demo_services(services, ".", board.link_id, board.services_spec)
 r = board.wake()
 gc.collect()
 print("PROBE", imported, gc.mem_alloc(), r.executed, r.delivered, int(r.resumed), sys.maxsize > 2**32,

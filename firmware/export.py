@@ -49,7 +49,7 @@ UDP_MODULES = ("link_dgram", "dev_dgram", "dev_mp_udp")
 # A small heap fragments when garbage piles up between collections: a .mpy import and a
 # wake interleave long-lived objects with short-lived ones, and a later 1-2 KB allocation
 # finds no hole. Collecting every 4 KB allocated keeps the heap packed from the start
-# (benchmarks/device_heap.py: 95-98 -> 84-85 KiB on a 32-bit build) for about a third more
+# (benchmarks/device_heap.py: 95-98 -> 86 KiB on a 32-bit build) for about a third more
 # time in a wake's Python. Shared by main.py and the benchmark's probe.
 GC_SETUP = '''\
 import gc
@@ -68,15 +68,23 @@ try:
     from edgistry.firmware.device import dev_boot
 except ImportError:
     import os
-    import vfs
     try:
         _size = os.stat("edgistry.romfs")[6]
     except OSError:
         raise ImportError("no edgistry package here: copy lib/ or deploy edgistry.romfs")
+    try:
+        import vfs
+        _rom = vfs.VfsRom
+    except (ImportError, AttributeError):
+        raise ImportError("edgistry.romfs needs firmware with ROMFS (MicroPython 1.25+): "
+                          "deploy it with mpremote romfs deploy, or export without --romfs")
     _image = bytearray(_size)
     with open("edgistry.romfs", "rb") as _fh:
         _fh.readinto(_image)
-    vfs.mount(vfs.VfsRom(_image), "/rom")
+    try:
+        vfs.mount(_rom(_image), "/rom")
+    except OSError:
+        raise ImportError("/rom is mounted but holds no edgistry package: deploy edgistry.romfs to it")
     sys.path.insert(0, "/rom")
     from edgistry.firmware.device import dev_boot
 '''
@@ -106,7 +114,7 @@ services = Services()
 # Services are plain functions, e.g.:
 #   services.register("relay", "set", lambda args, call: relay(args["on"]), mutating=True)
 board = dev_mp.Board(ROOT, services)
-dev_demo.demo_services(services, ROOT, board.link_id, board.config.get("services", []))
+dev_demo.demo_services(services, ROOT, board.link_id, board.services_spec)
 board.run(WAKES)
 '''
 
@@ -226,9 +234,17 @@ def export(home: DeviceHome, out: Path, mpy: bool = True, freeze: Path | None = 
     ``out/edgistry.romfs`` (deployed to the board's ROMFS partition, not copied to its files)."""
     if freeze is not None and romfs:
         raise ExportError("--freeze and --romfs are two ways to keep the package in flash: choose one")
+    if romfs and not mpy:
+        raise ExportError("a ROMFS image holds .mpy bytecode: --source does not apply to --romfs")
     config = board_config(home)  # HomeError when not paired
     udp = config["link"] == "udp"
     out.mkdir(parents=True, exist_ok=True)
+    # one package per folder: a stale lib/ would be imported before a new image (and an old
+    # image would shadow nothing but confuse whoever deploys the folder)
+    if romfs or freeze is not None:
+        shutil.rmtree(out / "lib", ignore_errors=True)
+    if not romfs:
+        (out / "edgistry.romfs").unlink(missing_ok=True)
     files: list[Path] = []
     if freeze is not None:
         write_freeze(freeze)

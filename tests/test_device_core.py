@@ -188,6 +188,16 @@ def test_export_writes_a_board_folder_and_needs_a_pairing(tmp_path: Path) -> Non
     res = runner.invoke(main, ["device", "export", "--home", str(home), "--out", str(tmp_path / "b3"),
                                "--freeze", str(fw), "--romfs"])
     assert res.exit_code == 1 and "choose one" in res.output
+    res = runner.invoke(main, ["device", "export", "--home", str(home), "--out", str(tmp_path / "b3"),
+                               "--romfs", "--source"])
+    assert res.exit_code == 1 and "--source does not apply" in res.output
+    # one package per folder: --romfs over a .mpy export removes lib/, and the reverse the image
+    res = runner.invoke(main, ["device", "export", "--home", str(home), "--out", str(out), "--romfs"])
+    assert res.exit_code == 0, res.output
+    assert (out / "edgistry.romfs").stat().st_size > 10_000 and not (out / "lib").exists()
+    res = runner.invoke(main, ["device", "export", "--home", str(home), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "lib").is_dir() and not (out / "edgistry.romfs").exists()
 
 
 def test_a_report_changed_in_flight_is_sent_again(tmp_path: Path) -> None:

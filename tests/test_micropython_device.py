@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,37 @@ def board_state(out: Path) -> dict:
     return SlotStore(str(out), (out / "secret").read_bytes()).load() or {}
 
 
+class Devices:
+    """The device processes a test starts, stopped at its end (by pid)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def add(self, proc: subprocess.Popen) -> subprocess.Popen:
+        self.procs.append(proc)
+        return proc
+
+
+@contextmanager
+def running_gateway(tmp_path: Path):
+    """`edgistry up` on a fresh node home, ready for pairing: yields (config, Devices); at the
+    end every device process is killed, then the node stopped."""
+    cfg, ports = node_home(tmp_path / "node")
+    up = edgistry("up", "--home", str(cfg.home), log=tmp_path / "up.log")
+    devices = Devices()
+    try:
+        wait_for_port(ports["grpc"], proc=up)
+        yield cfg, devices
+    finally:
+        try:
+            for proc in devices.procs:
+                if proc.poll() is None:
+                    with suppress(ProcessLookupError, subprocess.TimeoutExpired):
+                        kill9(proc)
+        finally:
+            stop(up)
+
+
 def wait_until(cond, timeout: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -79,12 +111,8 @@ def test_board_pairs_wakes_answers_resumes_and_survives_crashes(tmp_path):
     """pair (CLI) -> export -> micropython wakes with a full handshake, answers an invoke,
     resumes with its ticket; kill -9 during a read: the read is answered after the restart;
     kill -9 during a toggle: INTERRUPTED, and the toggle ran once."""
-    cfg, ports = node_home(tmp_path / "node")
-    up = edgistry("up", "--home", str(cfg.home), log=tmp_path / "up.log")
     log = tmp_path / "board.log"
-    proc = None
-    try:
-        wait_for_port(ports["grpc"], proc=up)
+    with running_gateway(tmp_path) as (cfg, devices):
         dev, out = tmp_path / "dev", tmp_path / "board"
         code, text = device_cli("init", "--home", str(dev), "--service", "sensor", "--service", "actuator",
                                 "--location", "46.52,6.57", "--duty-cycle", "1")
@@ -118,7 +146,7 @@ def test_board_pairs_wakes_answers_resumes_and_survives_crashes(tmp_path):
             code, text = cli("result", rid, "--wait", "30", *conn, "--token", token, "--json")
             return json.JSONDecoder().raw_decode(text[text.index("{"):])[0]  # FAILED: an error line follows
 
-        proc = board(out, log)
+        proc = devices.add(board(out, log))
         reading = invoke("sensor.read", "--arg", '{"settle_s": 0}')
         assert reading["state"] == "DONE" and "temperature_c" in reading["payload"], reading
         assert invoke("actuator.set", "--arg", '{"on": true}', token=str(owner))["payload"]["on"] is True
@@ -130,7 +158,7 @@ def test_board_pairs_wakes_answers_resumes_and_survives_crashes(tmp_path):
         wait_until(lambda: board_state(out).get("entries", {}).get(rid, {}).get("state") == "running",
                    20, "the read to start", log)
         kill9(proc)
-        proc = board(out, log)
+        proc = devices.add(board(out, log))
         res = result(rid, app)
         assert res["state"] == "DONE" and "temperature_c" in res["payload"], res
 
@@ -141,17 +169,13 @@ def test_board_pairs_wakes_answers_resumes_and_survives_crashes(tmp_path):
                    20, "the toggle to start", log)
         kill9(proc)
         assert json.loads((out / "actuator.json").read_text())["changes"] == before + 1
-        proc = board(out, log)
+        proc = devices.add(board(out, log))
         res = result(rid, str(owner))
         assert res["state"] == "FAILED" and "interrupted" in res["error"], res
         assert res.get("device_status") == INTERRUPTED, res
         time.sleep(2.5)  # more wakes: nothing runs it again
         assert json.loads((out / "actuator.json").read_text())["changes"] == before + 1
         assert board_state(out)["entries"][rid]["state"] == "acked"
-    finally:
-        if proc is not None and proc.poll() is None:
-            kill9(proc)
-        stop(up)
 
 
 # ---- the datagram link (UDP): `edgistry device init --link udp` ----
@@ -201,12 +225,8 @@ def test_board_over_udp_pairs_wakes_answers_and_wakes_on_the_saved_context(tmp_p
     """--link udp -> export -> micropython wakes fully (WAKE/WELCOME), answers invokes over UDP,
     wakes again on the saved context (counter 1, sequence rising, kept in the A/B slots); kill -9
     during a toggle: INTERRUPTED over UDP too, and the toggle ran once."""
-    cfg, ports = node_home(tmp_path / "node")
-    up = edgistry("up", "--home", str(cfg.home), log=tmp_path / "up.log")
     log = tmp_path / "board.log"
-    proc = None
-    try:
-        wait_for_port(ports["grpc"], proc=up)
+    with running_gateway(tmp_path) as (cfg, devices):
         dev, paired = paired_udp_device(tmp_path, cfg)
         out = tmp_path / "board"
         code, text = device_cli("export", "--home", str(dev), "--out", str(out), "--json")
@@ -216,7 +236,7 @@ def test_board_over_udp_pairs_wakes_answers_and_wakes_on_the_saved_context(tmp_p
         invoke, submit, result = invoker(cfg, paired, log)
         owner = owner_token(tmp_path, dev)
 
-        proc = board(out, log)
+        proc = devices.add(board(out, log))
         reading = invoke("sensor.read", "--arg", '{"settle_s": 0}')
         assert reading["state"] == "DONE" and "temperature_c" in reading["payload"], reading
         wait_until(lambda: "wake resumed (encrypted) over udp" in log.read_text(), 20, "a saved-context wake", log)
@@ -234,7 +254,7 @@ def test_board_over_udp_pairs_wakes_answers_and_wakes_on_the_saved_context(tmp_p
                    20, "the toggle to start", log)
         kill9(proc)
         assert json.loads((out / "actuator.json").read_text())["changes"] == before + 1
-        proc = board(out, log)
+        proc = devices.add(board(out, log))
         res = result(rid, owner)
         assert res["state"] == "FAILED" and "interrupted" in res["error"], res
         assert res.get("device_status") == INTERRUPTED, res
@@ -242,24 +262,16 @@ def test_board_over_udp_pairs_wakes_answers_and_wakes_on_the_saved_context(tmp_p
         assert json.loads((out / "actuator.json").read_text())["changes"] == before + 1
         assert board_state(out)["entries"][rid]["state"] == "acked"
         assert board_state(out)["dgram"]["ctr"] == 1  # the restart went on with the saved context
-    finally:
-        if proc is not None and proc.poll() is None:
-            kill9(proc)
-        stop(up)
 
 
 def test_cpython_device_over_udp_pairs_wakes_answers_and_wakes_on_the_saved_context(tmp_path):
     """The same over UDP with `edgistry device run` (CPython, the same wake core): full wake,
     an invoke answered, later wakes on the saved context kept in state.json."""
-    cfg, ports = node_home(tmp_path / "node")
-    up = edgistry("up", "--home", str(cfg.home), log=tmp_path / "up.log")
     log = tmp_path / "device.log"
-    proc = None
-    try:
-        wait_for_port(ports["grpc"], proc=up)
+    with running_gateway(tmp_path) as (cfg, devices):
         dev, paired = paired_udp_device(tmp_path, cfg)
         invoke, _, _ = invoker(cfg, paired, log)
-        proc = edgistry("device", "run", "--home", str(dev), log=log)
+        devices.add(edgistry("device", "run", "--home", str(dev), log=log))
         reading = invoke("sensor.read", "--arg", '{"settle_s": 0}')
         assert reading["state"] == "DONE" and "temperature_c" in reading["payload"], reading
         state = lambda: json.loads((dev / "state.json").read_text())  # noqa: E731
@@ -271,22 +283,14 @@ def test_cpython_device_over_udp_pairs_wakes_answers_and_wakes_on_the_saved_cont
         text = log.read_text()
         assert "wake failed" not in text, text[-3000:]
         assert "wake done (full over udp" in text and "wake done (resumed over udp)" in text, text[-3000:]
-    finally:
-        if proc is not None:
-            stop(proc)
-        stop(up)
 
 
 def test_board_from_a_romfs_image_wakes_and_answers(tmp_path):
     """export --romfs -> a folder with the package only as edgistry.romfs (no lib/); on the Unix
     port (no ROM partition) main.py mounts it from memory, as a board's firmware mounts its ROMFS
     partition; the board imports from the image, wakes, answers an invoke and resumes."""
-    cfg, ports = node_home(tmp_path / "node")
-    up = edgistry("up", "--home", str(cfg.home), log=tmp_path / "up.log")
     log = tmp_path / "board.log"
-    proc = None
-    try:
-        wait_for_port(ports["grpc"], proc=up)
+    with running_gateway(tmp_path) as (cfg, devices):
         dev, paired = paired_udp_device(tmp_path, cfg, link="tcp")
         out = tmp_path / "board"
         code, text = device_cli("export", "--home", str(dev), "--out", str(out), "--romfs", "--json")
@@ -296,13 +300,9 @@ def test_board_from_a_romfs_image_wakes_and_answers(tmp_path):
         assert summary["format"] == "romfs" and summary["package_bytes"] == image.stat().st_size
         assert not (out / "lib").exists() and image.read_bytes()[:2] == b"\xd2\xcd"  # ROMFS magic
         invoke, _, _ = invoker(cfg, paired, log)
-        proc = board(out, log)
+        devices.add(board(out, log))
         reading = invoke("sensor.read", "--arg", '{"settle_s": 0}')
         assert reading["state"] == "DONE" and "temperature_c" in reading["payload"], reading
         wait_until(lambda: "wake resumed" in log.read_text(), 20, "a resumed wake", log)
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
-    finally:
-        if proc is not None and proc.poll() is None:
-            kill9(proc)
-        stop(up)
 

@@ -227,3 +227,21 @@ def test_replay_verifier_requires_request_tokens_and_prunes() -> None:
         sv.verify(cl.request_token(_app(), "t", "m", b"", int(clock.t * 1000) + i), SECRET,
                   client=("late", i))
     assert len(sv._last) < 2060
+
+
+def test_a_token_is_its_bytes_whichever_layer_decoded_it() -> None:
+    """The core's decode (what cap_verify returns for bytes) and the API's give equal tokens
+    with equal hashes, and the API takes the core's token back with its object views."""
+    from edgistry.firmware.caplets import cap_codec, cap_verify
+
+    secret = cl.new_secret()
+    tok = cl.derive(cl.root(secret), [cl.Service("thermo", ["read"])])
+    core = cap_verify.verify(tok.to_bytes(), secret)
+    assert type(core) is cap_codec.Token and core == tok and tok == core and hash(core) == hash(tok)
+    assert core in {tok} and tok in {core} and core == cap_codec.decode(tok.to_bytes())
+    assert core != cap_codec.decode(cl.root(secret).to_bytes())
+    again = cl.load(core)
+    assert again.capabilities == tok.capabilities and cl.to_text(core) == cl.to_text(tok)
+    assert cl.derive(core, [cl.Service("thermo", ["read"])]).frames[:2] == tok.frames
+    with pytest.raises(ValueError):
+        cap_codec.encryption_frame(cap_codec.decode(cl.root(secret).to_bytes()), b"short")

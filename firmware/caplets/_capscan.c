@@ -13,7 +13,7 @@
  * answers None exactly where the reference raises and an equal record (same
  * tuple shapes and types) everywhere else.
  *
- * The format is not written here: init() takes it from cap_codec._c_format()
+ * The format is not written here: init() takes it from cap_fast.c_format()
  * (the version, the limits, the constraint bit, the leaf codes, the payload
  * layout of every entry code as a short tuple of field kinds, the wildcard
  * method, cap_h3.is_valid_cell, the constant root frame and its record, and
@@ -34,7 +34,7 @@
 #include <stdint.h>
 #include <string.h>
 
-/* The field kinds an entry layout is made of (cap_codec._c_format explains
+/* The field kinds an entry layout is made of (cap_fast.c_format explains
  * them; each gives one value of the entry's value tuple, the window two). */
 enum kind {
     K_UINT = 'u',     /* varint -> int */
@@ -775,7 +775,7 @@ format_clear(format_t *f)
 
 PyDoc_STRVAR(init_doc,
 "init(spec)\n\n"
-"Take the token format from cap_codec._c_format() (at cap_codec's import).\n"
+"Take the token format from cap_fast.c_format() (at cap_codec's import).\n"
 "All or nothing: a spec refused in any part leaves the previous format.");
 
 static PyObject *

@@ -254,6 +254,16 @@ class Token:
     def __len__(self):
         return len(self._slices)
 
+    # a token is its bytes: equal and hashed alike whichever class decoded it
+    def __eq__(self, other):
+        return isinstance(other, Token) and self._raw == other._raw
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash(self._raw)
+
 
 def split_token(data):
     """Validate ``data`` as a token: ``(bytes, frame bytes, frame records)``; raise
@@ -290,7 +300,10 @@ def split_body(data):
 def encryption_frame(root, nonce):
     """The frame deriving an encryption token from the device root token ``root``
     (decoded, one frame): Encryption(nonce) and the root frame's constraints,
-    verbatim, validated as any frame."""
+    verbatim, validated as any frame. A nonce outside 16..32 bytes is a ValueError (the
+    caller's mistake, as the API's Encryption says), not a malformed token."""
+    if not 16 <= len(nonce) <= 32:
+        raise ValueError("nonce must be 16 to 32 bytes")
     frame = entry_bytes(ENCRYPTION, nonce) + b"".join([c[1] for c in root._recs[0][1]])
     scan_frame(frame)
     return frame

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Iterable
 
+from . import cap_codec
 from .cap_codec import MAX_FRAMES
 from .cap_token import Token, authenticate, check_derivation, decode, make_frame
 from .cap_crypto import hmac_sha256, sha256
@@ -131,7 +132,7 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 def to_text(token: Token | bytes) -> str:
     """The text form: unpadded base64url of the binary encoding."""
-    raw = token.to_bytes() if isinstance(token, Token) else token
+    raw = token.to_bytes() if isinstance(token, cap_codec.Token) else token
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
@@ -153,6 +154,8 @@ def load(value: TokenLike) -> Token:
     """A Token from a Token, its bytes or its text form."""
     if isinstance(value, Token):
         return value
+    if isinstance(value, cap_codec.Token):  # the core's (cap_verify.verify of bytes): add the object views
+        return Token(None, value._tag, value._raw, value._slices, value._recs)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return decode(bytes(value))
     if isinstance(value, str):

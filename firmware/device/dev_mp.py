@@ -74,7 +74,7 @@ class Board:
         self.log = log
         self.secret = _read_file(root + "/secret", 64)
         cfg = json.loads(_read_file(root + "/device.json", MAX_CONFIG_BYTES))
-        self.config = cfg  # device.json as read (main.py takes the demo services' spec from it)
+        self.services_spec = cfg.get("services") or []  # device.json's demo services (main.py)
         if cfg.get("require_forward_secrecy"):
             raise ValueError("this board has no X25519: it cannot give the forward secrecy "
                              "device.json requires (docs/DEVICE.md)")

@@ -98,12 +98,20 @@ def rabbit(tmp_path):
 @pytest.mark.timeout(120)
 def test_rabbitmq_confirmed_messages_survive_kill9_and_drain(rabbit):
     """Confirmed persistent messages to durable queues survive the broker's SIGKILL (a crash of
-    the broker, not of the OS): after a restart every one reaches its device's wake, acked by hand."""
+    the broker, not of the OS): after a restart every one reaches its device's wake, acked by hand.
+
+    The queues exist from before a clean restart, as a device's queue exists from its pairing.
+    RabbitMQ 3.10.8 can lose the record of a durable queue declared moments before a SIGKILL,
+    and with it the queue's confirmed messages (seen in 3 of about 80 crash-restarts on two busy
+    cores: the last of three queues, declared ~0.1 s before; its name was already in Mnesia's
+    log on disk, yet the restarted node recovered two queues). That is a property of the
+    peer's metadata store, not of message confirms, so it is kept out of what this test claims."""
     import rabbit_peer
 
     n, per = 3, 4
     order = [i for i in range(n) for _ in range(per)]
     asyncio.run(rabbit_peer.declare_queues(rabbit.url, n))
+    rabbit.restart()
     asyncio.run(rabbit_peer.publish_all(rabbit.url, order, PAYLOAD, window=4))
     rabbit.kill()
     rabbit.start()

@@ -18,8 +18,9 @@ any tx). Inside, every operation is an independent little tx:
   order, comma-separated), then each operation's own events as a single tx of
   its kind would emit them (followers read a batch as they read single txs),
   and a ``batch_op`` event (index, op kind, code, log) where an operation
-  failed. A node's tx indexer writes every event attribute, so the codes of
-  successful operations travel in one attribute, not one event each.
+  failed. The codes of successful operations travel in one attribute, not one
+  event each, and none of these events is indexed (handlers.SEARCHABLE_EVENTS):
+  followers read them from block results by height.
 
 Operations run in the order they are listed, so the outcome is a function of
 the state and the bytes only (determinism). They run in FinalizeBlock only:

@@ -43,8 +43,22 @@ class Outcome:
     validator_updates: list[abci.ValidatorUpdate] = field(default_factory=list)
 
 
+# Event kinds whose attributes CometBFT's tx indexer makes searchable (``tx_search
+# "token_revoked.tag_hash='...'"``): the rare ones an operator audits. Device
+# lifecycle, liveness and batch bookkeeping are the registry's bulk (every
+# operation of every batch); gateways read them from block results height by
+# height and never search them, while indexing costs every node one key-value
+# write per attribute. They stay in the block results, just unindexed; the flag
+# is no part of consensus (CometBFT's results hash covers code, data and gas).
+SEARCHABLE_EVENTS = frozenset({
+    "gateway_registered", "gateway_updated", "gateway_tls_set", "gateway_removed",
+    "token_revoked", "seal_key_set", "data_key", "validator_set",
+})
+
+
 def event(kind: str, **attrs: str) -> Event:
-    """An indexed event; attributes in keyword order (callers keep it fixed)."""
+    """An event; attributes in keyword order (callers keep it fixed). Indexed
+    when its kind is in :data:`SEARCHABLE_EVENTS`."""
     return kind, tuple(attrs.items())
 
 

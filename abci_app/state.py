@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from . import keys
 from .codes import CODESPACE, Code, TxError
 from .batch import apply_batch
-from .handlers import HANDLERS, Outcome, TxContext
+from .handlers import HANDLERS, SEARCHABLE_EVENTS, Outcome, TxContext
 from .overlay import Overlay
 from .revocation_rule import check_form, read_revocation_hash_height
 from .txs import DecodedTx, VerifiedCache, decode_tx, verify_signature
@@ -39,8 +39,9 @@ class TxResult:
             out.log, out.codespace = self.log, CODESPACE
         for kind, attrs in self.outcome.events:
             ev = out.events.add(type=kind)
+            index = kind in SEARCHABLE_EVENTS
             for key, value in attrs:
-                ev.attributes.add(key=key, value=value, index=True)
+                ev.attributes.add(key=key, value=value, index=index)
 
     def to_check(self) -> abci.ResponseCheckTx:
         """The CheckTx answer: code, data and, on failure, log. No events: CometBFT

@@ -33,7 +33,8 @@ order), so signing is not measured; the other rows get ``key=value`` txs of
 the same size. With ``--rounds N`` every row runs N times, interleaved, and
 the table shows medians. ``--p2p-rate BYTES`` lifts CometBFT's per-connection
 p2p send and receive limit (default 5 MB/s) on every CometBFT row alike; etcd has
-no such limiter. CPU seconds by role (cometbft, app, load generator)
+no such limiter. ``--p2p-packet BYTES`` sets ``p2p.max_packet_msg_payload_size``
+(default 1024) the same way. CPU seconds by role (cometbft, app, load generator)
 are read from /proc over the measured window. Ends with one ``RESULT {json}``
 line.
 """
@@ -65,8 +66,8 @@ from edgistry.config import load_ed25519_pem
 from edgistry.abci_app import txs as registry_txs
 from edgistry.abci_app.genesis import GatewaySpec
 from edgistry.cluster import ops
-from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
-from edgistry.cluster.cometbft_files import ConsensusSettings, config_toml
+from edgistry.cluster.cometbft import HOW_TO_GET, cometbft_version, find_cometbft
+from edgistry.cluster.cometbft_files import CONFIG_VERSION, ConsensusSettings, config_toml, default_consensus_params
 from edgistry.cluster.launcher import Launcher
 from edgistry.cluster.localnet import generate_localnet
 from edgistry.proto import abci_pb2 as abci
@@ -302,22 +303,27 @@ def _start_socket_app(launcher: Launcher, node, argv: list[str], binary: str) ->
     launcher.start(ops.proc_name(node, "cmt"), [binary, "start", "--home", str(node.cometbft_home)])
 
 
-def set_p2p_rate(config_path: Path, rate: int) -> None:
-    """Raise one node's p2p send_rate and recv_rate (bytes/s per peer connection). CometBFT's
-    default, 5 MB/s, is set for the Internet; in a LAN or one machine it, not CPU, bounds how fast
-    megabyte blocks and the mempool's gossip of large txs move."""
+def set_p2p(config_path: Path, rate: int, packet: int) -> None:
+    """Raise one node's p2p send_rate and recv_rate (bytes/s per peer connection) and its
+    packet payload size, where given. CometBFT's default rate, 5 MB/s, is set for the
+    Internet; in a LAN or one machine it, not CPU, bounds how fast megabyte blocks and the
+    mempool's gossip of large txs move. The packet size (default 1 KiB) is here to be
+    measured (16 KiB gained nothing: docs/STATUS.md); every node of a network needs the same."""
     config = tomllib.loads(config_path.read_text())
-    config["p2p"]["send_rate"] = config["p2p"]["recv_rate"] = rate
+    if rate:
+        config["p2p"]["send_rate"] = config["p2p"]["recv_rate"] = rate
+    if packet:
+        config["p2p"]["max_packet_msg_payload_size"] = packet
     config_path.write_text(tomli_w.dumps(config))
 
 
 def run_cluster(kind: str, binary: str, directory: Path, args, consensus: ConsensusSettings,
                 loads: list[list[bytes]], extra_gateways: list[GatewaySpec], abci_cli: str | None) -> RunResult:
     nodes = generate_localnet(directory, args.nodes, CHAIN, base_port=args.base_port, consensus=consensus,
-                              log_level="error", extra_gateways=extra_gateways)
-    if args.p2p_rate:
+                              log_level="error", extra_gateways=extra_gateways, cometbft_version=args.cometbft_version)
+    if args.p2p_rate or args.p2p_packet:
         for node in nodes:
-            set_p2p_rate(node.cometbft_home / "config" / "config.toml", args.p2p_rate)
+            set_p2p(node.cometbft_home / "config" / "config.toml", args.p2p_rate, args.p2p_packet)
     launcher = Launcher(directory)
     try:
         for node in nodes:
@@ -479,11 +485,14 @@ def serve_null(address: str) -> int:
 # ---- the whole run ----
 
 
-def settings_statement(consensus: ConsensusSettings, p2p_rate: int = 0) -> dict[str, dict]:
+def settings_statement(consensus: ConsensusSettings, p2p_rate: int = 0,
+                       version: str = CONFIG_VERSION, p2p_packet: int = 0) -> dict[str, dict]:
     """The CometBFT settings every row shares that bear on throughput (from the generated config)."""
-    cfg = config_toml(moniker="x", proxy_app="x", rpc_laddr="x", p2p_laddr="x", consensus=consensus)
+    cfg = config_toml(moniker="x", proxy_app="x", rpc_laddr="x", p2p_laddr="x", consensus=consensus, version=version)
     if p2p_rate:
         cfg["p2p"]["send_rate"] = cfg["p2p"]["recv_rate"] = p2p_rate
+    if p2p_packet:
+        cfg["p2p"]["max_packet_msg_payload_size"] = p2p_packet
     pick = {
         "consensus": ("timeout_propose", "timeout_prevote", "timeout_precommit", "timeout_commit",
                       "create_empty_blocks"),
@@ -493,7 +502,8 @@ def settings_statement(consensus: ConsensusSettings, p2p_rate: int = 0) -> dict[
         "storage": ("discard_abci_responses",),
     }
     out = {section: {k: cfg[section][k] for k in names} for section, names in pick.items()}
-    out["genesis"] = {"block.max_bytes": 22020096, "validators": 4}
+    out["genesis"] = {"block.max_bytes": int(default_consensus_params(version)["block"]["max_bytes"]),
+                      "validators": 4}
     return out
 
 
@@ -533,6 +543,8 @@ def main() -> int:
     parser.add_argument("--batches-per-submitter", type=int, default=150)
     parser.add_argument("--p2p-rate", type=int, default=0,
                         help="p2p send_rate and recv_rate in bytes/s for every CometBFT row (0: CometBFT's default)")
+    parser.add_argument("--p2p-packet", type=int, default=0,
+                        help="p2p max_packet_msg_payload_size for every CometBFT row (0: CometBFT's default)")
     parser.add_argument("--etcd-port", type=int, default=22000, help="etcd: first of 6 loopback ports")
     parser.add_argument("--etcd-procs", type=int, default=2, help="etcd: loader processes")
     parser.add_argument("--etcd-clients", type=int, default=128, help="etcd: concurrent writers per loader process")
@@ -542,6 +554,8 @@ def main() -> int:
     if binary is None:
         print(HOW_TO_GET, file=sys.stderr)
         return 1
+    # config.toml and genesis take the shapes of the release that runs them (v0.38 or v1.x)
+    args.cometbft_version = cometbft_version(binary)
     apps = [args.only] if args.only else [a.strip() for a in args.apps.split(",") if a.strip()]
     unknown = [a for a in apps if a not in APPS]
     if unknown:
@@ -591,12 +605,12 @@ def main() -> int:
     base = by.get("kvstore")
     ratio = {r.app: r.tx_per_s / base.tx_per_s for r in results if base is not None and base.tx_per_s}
 
-    settings = settings_statement(consensus, args.p2p_rate)
+    settings = settings_statement(consensus, args.p2p_rate, args.cometbft_version, args.p2p_packet)
     print(f"\n{args.nodes} validators on 127.0.0.1, CometBFT {binary}; {args.submitters} submitters x window "
           f"{args.window} (broadcast_tx_sync + block polling); {args.duration:.0f} s measured after "
           f"{args.warmup:.0f} s warm-up" + (f"; medians of {args.rounds} interleaved rounds" if args.rounds > 1 else ""))
-    print("every row runs the same generated CometBFT config (defaults of `cometbft init` v0.38 except ports, peers, "
-          "timeouts):")
+    print("every row runs the same generated CometBFT config (defaults of `cometbft init` "
+          f"v{args.cometbft_version} except ports, peers, timeouts):")
     for section, values in settings.items():
         print(f"  [{section}] " + ", ".join(f"{k}={v}" for k, v in values.items()))
     for a in APPS:

@@ -49,8 +49,9 @@ def test_batched_row_fails_when_an_operation_fails(tmp_path, monkeypatch):
         registry.bench_finalize(tmp_path, block_txs=1, blocks=1, reps=1, batch_ops=3, block_batches=1)
 
 
-def test_cluster_p2p_rate_reaches_the_config_and_the_statement(tmp_path):
-    """--p2p-rate rewrites a generated node's config.toml and is named in the printed settings."""
+def test_cluster_p2p_settings_reach_the_config_and_the_statement(tmp_path):
+    """--p2p-rate and --p2p-packet rewrite a generated node's config.toml and are named in the
+    printed settings; each alone leaves the other at CometBFT's default."""
     import tomllib
 
     import cluster
@@ -59,13 +60,20 @@ def test_cluster_p2p_rate_reaches_the_config_and_the_statement(tmp_path):
     [node] = generate_localnet(tmp_path, 1, "edg-rate", base_port=30000, consensus=cluster.ConsensusSettings.fast())
     path = node.cometbft_home / "config" / "config.toml"
     before = tomllib.loads(path.read_text())
-    default = before["p2p"]["send_rate"]
-    cluster.set_p2p_rate(path, 52_428_800)
+    default, default_packet = before["p2p"]["send_rate"], before["p2p"]["max_packet_msg_payload_size"]
+    cluster.set_p2p(path, 52_428_800, 0)
     after = tomllib.loads(path.read_text())
     assert after["p2p"]["send_rate"] == after["p2p"]["recv_rate"] == 52_428_800 != default
-    for config in (before, after):
-        del config["p2p"]["send_rate"], config["p2p"]["recv_rate"]
-    assert after == before  # nothing else changed
-    stated = cluster.settings_statement(cluster.ConsensusSettings.fast(), 52_428_800)["p2p"]
+    assert after["p2p"]["max_packet_msg_payload_size"] == default_packet
+    cluster.set_p2p(path, 0, 16_384)
+    last = tomllib.loads(path.read_text())
+    assert last["p2p"]["max_packet_msg_payload_size"] == 16_384 != default_packet
+    assert last["p2p"]["send_rate"] == 52_428_800
+    for config in (before, last):
+        del config["p2p"]["send_rate"], config["p2p"]["recv_rate"], config["p2p"]["max_packet_msg_payload_size"]
+    assert last == before  # nothing else changed
+    stated = cluster.settings_statement(cluster.ConsensusSettings.fast(), 52_428_800, p2p_packet=16_384)["p2p"]
     assert stated["send_rate"] == stated["recv_rate"] == 52_428_800
-    assert cluster.settings_statement(cluster.ConsensusSettings.fast())["p2p"]["send_rate"] == default
+    assert stated["max_packet_msg_payload_size"] == 16_384
+    plain = cluster.settings_statement(cluster.ConsensusSettings.fast())["p2p"]
+    assert plain["send_rate"] == default and plain["max_packet_msg_payload_size"] == default_packet

@@ -72,6 +72,10 @@ def test_mixed_good_and_bad_operations_each_get_their_own_code(world):
     assert all(e["log"] for e in failures) and failures[0]["op"] == "register_device"
     types = [ev.type for ev in res.events]
     assert types.count("device_registered") == 2 and types.count("token_revoked") == 1  # followers read these
+    # only the auditable kind is searchable; device and batch bookkeeping stay unindexed
+    indexed = {ev.type for ev in res.events for attr in ev.attributes if attr.index}
+    assert indexed == {"token_revoked"}
+    assert all(attr.index for ev in res.events if ev.type == "token_revoked" for attr in ev.attributes)
     assert _device(driver, P1).last_seen == T0 // 300 * 300 and _device(driver, P3) is not None
     assert _device(driver, P2) is None
     revoked = pb.RevocationList.FromString(driver.query("/revocations").value).revocations

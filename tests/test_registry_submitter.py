@@ -203,3 +203,38 @@ async def test_a_batch_refused_at_check_tx_fails_every_operation(node):
         await sub.close()
     assert all(isinstance(r, TxRejected) and r.code == Code.UNKNOWN_SIGNER and r.stage == "CheckTx"
                for r in results), results
+
+
+async def test_the_node_indexes_revocations_for_search_but_not_device_bulk(node):
+    """CometBFT's tx indexer makes a revocation searchable by its tag hash; the same batch's
+    device registration is in the block results but not searchable (handlers.SEARCHABLE_EVENTS)."""
+    url, key = node
+    tag_hash = revocation_hash(os.urandom(32))
+    device = _device(600)
+    async with ChainClient(url) as chain:
+        sub = RegistrySubmitter(chain, key, window_s=0.2)
+        registered, revoked = await asyncio.gather(
+            sub.submit(device), sub.submit(pb.RevokeToken(tag_hash=tag_hash, expires_at=int(time.time()) + 3600)))
+        await sub.close()
+        assert registered.tx_hash == revoked.tx_hash  # one batch
+
+        async def search(query: str) -> dict:
+            return await chain.call("tx_search", query=query, prove=False, page="1", per_page="10",
+                                    order_by="asc")
+
+        deadline = time.monotonic() + 20  # the indexer runs just behind the commit
+        while True:
+            found = await search(f"token_revoked.tag_hash='{tag_hash.hex()}'")
+            if int(found["total_count"]) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert int(found["total_count"]) == 1
+        assert found["txs"][0]["hash"].lower() == revoked.tx_hash.lower()
+        assert int(found["txs"][0]["height"]) == revoked.height
+        # the same tx, indexed in the same step: its device event was not made searchable
+        unfound = await search(f"device_registered.pseudonym='{device.pseudonym.hex()}'")
+        assert int(unfound["total_count"]) == 0
+        by_hash = await search(f"tx.hash='{revoked.tx_hash.upper()}'")
+        assert int(by_hash["total_count"]) == 1  # lookups by hash still work
+        events = [ev for ev in found["txs"][0]["tx_result"]["events"] if ev["type"] == "device_registered"]
+        assert [a["value"] for a in events[0]["attributes"] if a["key"] == "pseudonym"] == [device.pseudonym.hex()]

@@ -208,3 +208,15 @@ def test_check_tx_admits_on_signature_and_nonce_and_the_block_decides_each_opera
     assert list(_result(res).codes) == [Code.ALREADY_EXPIRED, Code.DEVICE_NOT_FOUND]
     replay = app.check_tx(abci.RequestCheckTx(tx=tx))
     assert replay.code == Code.NONCE_REUSED
+
+
+def test_every_searchable_event_kind_is_one_a_handler_emits():
+    """A misspelt kind in SEARCHABLE_EVENTS would silently leave that event unindexed."""
+    import inspect
+    import re
+
+    from edgistry.abci_app import handlers
+
+    emitted = set(re.findall(r'\bevent\("([a-z_]+)"', inspect.getsource(handlers)))
+    assert handlers.SEARCHABLE_EVENTS <= emitted, handlers.SEARCHABLE_EVENTS - emitted
+    assert "device_registered" in emitted and "device_registered" not in handlers.SEARCHABLE_EVENTS

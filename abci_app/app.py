@@ -9,9 +9,12 @@ the last committed height and CometBFT replays the block. CheckTx runs every
 tx against a separate check overlay (committed state plus the mempool's
 effects), reset at Commit so the RECHECK pass sees the new state; a recheck
 whose reads the block did not touch is a nonce lookup (``recheck.py``). A
-batch tx is admitted on its signature and nonce alone: its operations run only
-in FinalizeBlock (``batch.py``), where each fails or succeeds on its own. The
-proposal and vote methods never touch committed state.
+batch tx is admitted on its signature, nonce and admissibility (nothing in it
+that may never be on chain: ``batch.check_admissible``, which the proposal
+methods apply to every tx as well); its operations run only in FinalizeBlock
+(``batch.py``), where each fails or succeeds on its own. The proposal and vote
+methods never write committed state (they read the revocation hash activation
+height from it).
 
 Signatures: every block height has one Ed25519 acceptance rule
 (``ed25519_rule.rule_version``: v1 below the genesis activation height, v2
@@ -36,10 +39,12 @@ from . import ed25519_rule, keys, snapshots
 from .lthash import LtHash
 from .codes import Code, TxError
 from .genesis import Genesis, GenesisError, read_ed25519_v2_height
+from .batch import check_admissible
 from .handlers import prune_revocations
 from .overlay import Overlay
 from .queries import answer_query
 from .recheck import TIME_DEPENDENT, CheckedTx, CheckedTxs, TrackingOverlay
+from .revocation_rule import hashes_required, read_revocation_hash_height
 from .state import TxResult, execute_tx
 from .store import DEFAULT_RETAIN_HEIGHTS, Store
 from .txs import MAX_TX_BYTES, DecodeCache, DecodedTx, VerifiedCache, verify_signature
@@ -182,14 +187,18 @@ class RegistryApp:
 
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
         """Keep mempool order; drop txs that can never be valid at this height (undecodable,
-        or a signature the height's rule rejects); respect max_tx_bytes."""
+        not admissible: batch.check_admissible, or a signature the height's rule rejects);
+        respect max_tx_bytes."""
         out, total = [], 0
-        rule = self.rule_at(self.next_height)
+        height = self.next_height
+        rule = self.rule_at(height)
+        activation = read_revocation_hash_height(self.store)
         for tx in req.txs:
             if total + len(tx) > req.max_tx_bytes:
                 break
             try:
                 decoded = self.decoded.decode(tx)
+                check_admissible(decoded, height, activation)
             except TxError:
                 continue
             if not self._signature_ok(tx, decoded, rule):
@@ -199,11 +208,16 @@ class RegistryApp:
         return abci.ResponsePrepareProposal(txs=out)
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
-        """Accept exactly what an honest PrepareProposal could produce."""
-        rule = self.rule_at(self.next_height)
+        """Accept exactly what an honest PrepareProposal could produce: a block that
+        would put on chain what may never be there (batch.check_admissible) is refused
+        before anyone commits its bytes."""
+        height = self.next_height
+        rule = self.rule_at(height)
+        activation = read_revocation_hash_height(self.store)
         for tx in req.txs:
             try:
                 decoded = self.decoded.decode(tx)
+                check_admissible(decoded, height, activation)
             except TxError as err:
                 log.warning("rejecting proposal at height %d: %s", req.height, err)
                 return abci.ResponseProcessProposal(status=REJECT)
@@ -273,7 +287,11 @@ class RegistryApp:
         height = self.next_height
         rule = self.rule_at(height)
         reverify = recheck and rule != self.rule_at(height - 1)
-        if recheck and not reverify:
+        # the first block that takes only revocation hashes: what was admitted with
+        # a raw tag inside a batch must leave the mempool, so run every recheck in full
+        activation = read_revocation_hash_height(self._check)
+        reform = recheck and hashes_required(height, activation) != hashes_required(height - 1, activation)
+        if recheck and not reverify and not reform:
             short = self._recheck_unchanged(raw)
             if short is not None:
                 return short

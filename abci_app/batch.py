@@ -24,9 +24,21 @@ any tx). Inside, every operation is an independent little tx:
 
 Operations run in the order they are listed, so the outcome is a function of
 the state and the bytes only (determinism). They run in FinalizeBlock only:
-CheckTx admits a batch on its bounds, signature and nonce (``state.execute_tx``
-with ``batch_ops=False``), since no operation's outcome can keep it out of a
-block. The tx itself succeeds (code 0) once it authenticates: its nonce is
+CheckTx admits a batch on its bounds, signature, nonce and admissibility
+(``state.execute_tx`` with ``batch_ops=False``), since no operation's outcome
+can keep it out of a block.
+
+Admissibility (:func:`check_admissible`): what must never reach a block at all,
+because a block's bytes are public for ever once committed, whatever the
+operation's result code says. A device's sealed fields in clear, and a raw
+revocation tag where the height takes only hashes. A single tx of those kinds
+fails its own checks (validate_basic, the revocation form) before it can be
+admitted; a batch holding one such operation is refused whole by CheckTx,
+left out by PrepareProposal and makes ProcessProposal reject the block. Only
+those checks: an operation that is malformed in any other way still fails
+alone when it runs. FinalizeBlock does not refuse such a batch (a block that a
+byzantine majority did commit replays to the same results as before); its
+offending operations fail there with their own codes. The tx itself succeeds (code 0) once it authenticates: its nonce is
 consumed whatever its operations do, as for any authenticated tx. Bounds on the whole tx are stateless and reject it whole
 (``txs._check_batch``): at most MAX_BATCH_OPS operations, and MAX_TX_BYTES for
 the encoding.
@@ -38,15 +50,16 @@ from google.protobuf.message import Message
 
 from .codes import Code, TxError
 from .handlers import HANDLERS, Outcome, TxContext, event
-from .revocation_rule import check_form, read_revocation_hash_height
-from .txs import BATCH_OP_KINDS, MAX_BATCH_OPS, VALIDATORS
+from .revocation_rule import check_form, check_no_raw_tag, read_revocation_hash_height
+from .sealing import check_no_cleartext
+from .txs import BATCH_OP_KINDS, MAX_BATCH_OPS, VALIDATORS, DecodedTx
 from ..proto import registry_pb2 as pb
 
 BATCH_OP_EVENT = "batch_op"
 BATCH_EVENT = "batch"
 MAX_OP_LOG = 200  # a failed operation's log in its event: enough to read, bounded per op
 
-__all__ = ["MAX_BATCH_OPS", "BATCH_OP_KINDS", "apply_batch", "op_of", "batch_of"]
+__all__ = ["MAX_BATCH_OPS", "BATCH_OP_KINDS", "apply_batch", "batch_of", "check_admissible", "op_of"]
 
 
 def op_of(msg: Message) -> pb.BatchOp:
@@ -61,6 +74,24 @@ def op_of(msg: Message) -> pb.BatchOp:
 
 def batch_of(msgs: list[Message]) -> pb.Batch:
     return pb.Batch(ops=[op_of(m) for m in msgs])
+
+
+def check_admissible(tx: DecodedTx, height: int, activation: int | None) -> None:
+    """Raise TxError when ``tx`` may not enter block ``height`` (revocation hash
+    activation ``activation``): a raw tag, or in a batch a device's fields in
+    clear. See the module docstring; a pure function of the bytes and the height."""
+    if tx.kind == "revoke_token":
+        check_no_raw_tag(tx.msg, height, activation)
+    elif tx.kind == "batch":
+        for index, op in enumerate(tx.msg.ops):
+            kind = op.WhichOneof("op")
+            try:
+                if kind == "revoke_token":
+                    check_no_raw_tag(op.revoke_token, height, activation)
+                elif kind == "register_device" or kind == "update_device":
+                    check_no_cleartext(getattr(op, kind))
+            except TxError as err:
+                raise TxError(err.code, f"batch operation {index} ({kind}): {err.log}") from None
 
 
 def _run_op(ctx: TxContext, op: pb.BatchOp, activation: int | None) -> tuple[str, Outcome]:

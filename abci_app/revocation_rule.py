@@ -56,12 +56,19 @@ def hashes_required(height: int, activation: int | None) -> bool:
     return activation is not None and height >= activation
 
 
+def check_no_raw_tag(msg: pb.RevokeToken, height: int, activation: int | None) -> None:
+    """Raise TxError when ``msg`` carries a raw tag and block ``height`` takes only hashes:
+    the part of :func:`check_form` that keeps a tag's bytes out of every block (the
+    proposal checks and a batch's admission run it; see batch.check_admissible)."""
+    if msg.tag and hashes_required(height, activation):
+        raise TxError(Code.INVALID_FIELD, "a raw tag is never put on chain (it derives children of the "
+                                          "token): send tag_hash, the tag's revocation hash")
+
+
 def check_form(msg: pb.RevokeToken, height: int, activation: int | None) -> None:
     """Raise TxError unless ``msg`` has the form block ``height`` accepts."""
     if hashes_required(height, activation):
-        if msg.tag:
-            raise TxError(Code.INVALID_FIELD, "a raw tag is never put on chain (it derives children of the "
-                                              "token): send tag_hash, the tag's revocation hash")
+        check_no_raw_tag(msg, height, activation)
         if len(msg.tag_hash) != TAG_SIZE:
             raise TxError(Code.INVALID_FIELD, "tag_hash is 32 bytes")
         if msg.expires_at <= 0:

@@ -64,13 +64,20 @@ def check_sealed(sealed: pb.Sealed) -> None:
                    f"not {len(sealed.ciphertext)}")
 
 
+def check_no_cleartext(msg: Message) -> None:
+    """RegisterDevice/UpdateDevice: none of the sealed fields in clear (the part of
+    :func:`check_sealed_device` that keeps them out of every block; a batch's
+    admission runs it on each operation: batch.check_admissible)."""
+    if msg.services or msg.cell or msg.HasField("policy") or msg.duty_cycle_s:
+        raise _bad("a device's services, cell, policy and duty cycle go on chain sealed only "
+                   "(docs/REGISTRY_PRIVACY.md), never in clear")
+
+
 def check_sealed_device(msg: Message) -> None:
     """RegisterDevice/UpdateDevice: a pseudonym and a sealed blob, nothing in clear."""
     if len(msg.pseudonym) != keys.PSEUDONYM_LEN:
         raise _bad(f"pseudonym must be {keys.PSEUDONYM_LEN} bytes")
-    if msg.services or msg.cell or msg.HasField("policy") or msg.duty_cycle_s:
-        raise _bad("a device's services, cell, policy and duty cycle go on chain sealed only "
-                   "(docs/REGISTRY_PRIVACY.md), never in clear")
+    check_no_cleartext(msg)
     if not msg.HasField("sealed"):
         raise _bad("a device registration needs its sealed fields")
     check_sealed(msg.sealed)

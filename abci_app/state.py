@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from . import keys
 from .codes import CODESPACE, Code, TxError
-from .batch import apply_batch
+from .batch import apply_batch, check_admissible
 from .handlers import HANDLERS, SEARCHABLE_EVENTS, Outcome, TxContext
 from .overlay import Overlay
 from .revocation_rule import check_form, read_revocation_hash_height
@@ -83,14 +83,17 @@ def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int,
     this node already verified under that same rule skips it too
     (``remember``: CheckTx keeps entries and adds newly verified txs;
     FinalizeBlock consumes them). ``batch_ops`` False (CheckTx) admits an
-    authenticated batch without running its operations: their failures are
-    per-operation results that never keep the batch out of a block, so running
-    them before the block would only double every validator's work.
+    authenticated, admissible batch (batch.check_admissible) without running its
+    operations: their failures are per-operation results that never keep the
+    batch out of a block, so running them before the block would only double
+    every validator's work.
     """
     try:
         tx = decode(raw)
         if tx.kind == "revoke_token":  # the form the height takes, before the nonce (revocation_rule)
             check_form(tx.msg, height, read_revocation_hash_height(kv))
+        elif tx.kind == "batch" and not batch_ops:  # nothing that may never be on chain, before the nonce
+            check_admissible(tx, height, read_revocation_hash_height(kv))
         check = rule
         if rule is not None and verified is not None:
             known = verified.has(raw, rule) if remember else verified.take(raw, rule)

@@ -13,7 +13,7 @@ from edgistry.abci_app.codes import Code
 from edgistry.abci_app.revocation_rule import revocation_hash
 from edgistry.proto import abci_pb2 as abci
 from edgistry.proto import registry_pb2 as pb
-from registry_helpers import T0, Actors, Driver, device_msg
+from registry_helpers import T0, Actors, Driver, device_fields, device_msg
 
 P1, P2, P3 = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
 
@@ -208,6 +208,88 @@ def test_check_tx_admits_on_signature_and_nonce_and_the_block_decides_each_opera
     assert list(_result(res).codes) == [Code.ALREADY_EXPIRED, Code.DEVICE_NOT_FOUND]
     replay = app.check_tx(abci.RequestCheckTx(tx=tx))
     assert replay.code == Code.NONCE_REUSED
+
+
+RAW_TAG = b"S" * 32  # a CAPLets tag: it derives children of its token, so it is never published
+
+
+def _leaky_device(ps: bytes, cls=pb.RegisterDevice):
+    """Sealed as a gateway seals it, plus the same fields in clear."""
+    msg = device_msg(ps, cls=cls)
+    f = device_fields()
+    msg.services.extend(f.services)
+    msg.cell = f.cell
+    return msg
+
+
+FORBIDDEN = {
+    "register_in_clear": lambda: _leaky_device(P2),
+    "update_in_clear": lambda: _leaky_device(P1, pb.UpdateDevice),
+    "raw_tag": lambda: pb.RevokeToken(tag=RAW_TAG, expires_at=T0 + 10_000),
+}
+
+
+def _proposal(app: RegistryApp, txs_: list[bytes]) -> int:
+    return app.process_proposal(abci.RequestProcessProposal(txs=txs_, height=app.height + 1)).status
+
+
+def _prepared(app: RegistryApp, txs_: list[bytes]) -> list[bytes]:
+    return list(app.prepare_proposal(abci.RequestPrepareProposal(max_tx_bytes=1 << 22, txs=txs_,
+                                                                 height=app.height + 1)).txs)
+
+
+@pytest.mark.parametrize("what", sorted(FORBIDDEN))
+def test_a_batch_holding_what_may_never_be_on_chain_never_reaches_a_block(world, what):
+    """A block's bytes are public for ever, whatever an operation's code says: a batch with
+    one device op carrying its fields in clear, or a raw revocation tag, is refused whole by
+    CheckTx (before its nonce), dropped by PrepareProposal and makes ProcessProposal reject
+    the block, as a single tx of that kind is."""
+    a, app, driver = world
+    driver.block([a.tx(a.gw1, device_msg(P1))])
+    clean = a.tx(a.gw2, batch_of([device_msg(P3)]))
+    bad = a.tx(a.gw1, batch_of([pb.UnregisterDevice(pseudonym=P3), FORBIDDEN[what]()]), nonce=2)
+    check = app.check_tx(abci.RequestCheckTx(tx=bad))
+    assert check.code == Code.INVALID_FIELD and check.log.startswith("batch operation 1 ("), check.log
+    assert _prepared(app, [clean, bad]) == [clean]
+    assert _proposal(app, [clean, bad]) == abci.ResponseProcessProposal.REJECT
+    assert _proposal(app, [clean]) == abci.ResponseProcessProposal.ACCEPT
+    # the nonce was not consumed: the gateway's next batch takes it
+    assert app.check_tx(abci.RequestCheckTx(tx=a.tx(a.gw1, batch_of([device_msg(P2)]), nonce=2))).code == 0
+    # a block committed by a byzantine majority anyway replays as before: the op fails alone
+    res = driver.block([bad]).tx_results[0]
+    assert res.code == 0 and list(_result(res).codes) == [Code.DEVICE_NOT_FOUND, Code.INVALID_FIELD]
+
+
+def test_a_single_raw_tag_revocation_never_reaches_a_block(world):
+    """CheckTx refused it already; a proposer who includes it anyway is rejected."""
+    a, app, driver = world
+    driver.block([])
+    bad = a.tx(a.gw1, pb.RevokeToken(tag=RAW_TAG, expires_at=T0 + 10_000))
+    good = a.tx(a.gw2, pb.RevokeToken(tag_hash=revocation_hash(RAW_TAG), expires_at=T0 + 10_000))
+    assert app.check_tx(abci.RequestCheckTx(tx=bad)).code == Code.INVALID_FIELD
+    assert _prepared(app, [bad, good]) == [good]
+    assert _proposal(app, [good, bad]) == abci.ResponseProcessProposal.REJECT
+    assert _proposal(app, [good]) == abci.ResponseProcessProposal.ACCEPT
+
+
+def test_below_the_revocation_activation_a_batch_may_carry_a_tag_and_leaves_the_mempool_at_it(tmp_path):
+    """An older chain's rule: below the activation height a raw tag is allowed, in a batch
+    too. The RECHECK before the first hash-only block runs in full and evicts it."""
+    a = Actors()
+    genesis = a.genesis()
+    genesis.revocation_hash_height = 3
+    app = RegistryApp(tmp_path / "reg")
+    driver = Driver(app, genesis)
+    driver.block([])  # height 1; the next is 2, below the activation
+    tx = a.tx(a.gw1, batch_of([pb.RevokeToken(tag=RAW_TAG, expires_at=T0 + 10_000)]))
+    assert app.check_tx(abci.RequestCheckTx(tx=tx)).code == 0
+    assert _prepared(app, [tx]) == [tx]
+    driver.block([])  # height 2: the next block takes only hashes
+    recheck = app.check_tx(abci.RequestCheckTx(tx=tx, type=abci.RECHECK))
+    assert recheck.code == Code.INVALID_FIELD and "raw tag" in recheck.log
+    assert _prepared(app, [tx]) == []
+    assert _proposal(app, [tx]) == abci.ResponseProcessProposal.REJECT
+    app.close()
 
 
 def test_every_searchable_event_kind_is_one_a_handler_emits():

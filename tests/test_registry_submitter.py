@@ -25,7 +25,8 @@ from edgistry.cluster.cometbft_files import ConsensusSettings
 from edgistry.config import NodeConfig, load_ed25519_pem
 from edgistry.gateway.submitter import RegistrySubmitter
 from edgistry.proto import registry_pb2 as pb
-from registry_helpers import device_msg, open_test_epoch
+from edgistry.abci_app.batch import batch_of
+from registry_helpers import device_fields, device_msg, open_test_epoch
 
 BINARY = find_cometbft()
 pytestmark = [pytest.mark.cometbft, pytest.mark.slow, pytest.mark.skipif(BINARY is None, reason=HOW_TO_GET)]
@@ -203,6 +204,31 @@ async def test_a_batch_refused_at_check_tx_fails_every_operation(node):
         await sub.close()
     assert all(isinstance(r, TxRejected) and r.code == Code.UNKNOWN_SIGNER and r.stage == "CheckTx"
                for r in results), results
+
+
+async def test_a_device_operation_in_clear_never_reaches_the_chain(node):
+    """Device fields in clear: the submitter refuses that operation alone (its batch-mate
+    commits), and a hand-signed batch holding it is refused whole by the node's CheckTx."""
+    url, key = node
+    leaky = _device(700)
+    fields = device_fields()
+    leaky.services.extend(fields.services)
+    leaky.cell = fields.cell
+    good, mate = _device(701), _device(702)
+    async with ChainClient(url) as chain:
+        sub = RegistrySubmitter(chain, key, window_s=0.05)
+        ok, refused = await asyncio.gather(sub.submit(good), sub.submit(leaky), return_exceptions=True)
+        await sub.close()
+        assert getattr(ok, "height", 0) > 0, ok
+        assert isinstance(refused, TxRejected) and refused.stage == "submit", refused
+        assert refused.code == Code.INVALID_FIELD
+        async with chain.sender(key.public_key().public_bytes_raw()):
+            tx = await chain.sign(key, batch_of([mate, leaky]))
+            with pytest.raises(TxRejected) as err:
+                await chain.broadcast_commit(tx)
+        assert err.value.code == Code.INVALID_FIELD and "batch operation 1" in err.value.log, err.value
+        listed = {d.pseudonym for d in await chain.devices()}
+        assert good.pseudonym in listed and not {mate.pseudonym, leaky.pseudonym} & listed
 
 
 async def test_the_node_indexes_revocations_for_search_but_not_device_bulk(node):

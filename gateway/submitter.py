@@ -19,9 +19,10 @@ and the batch sent once more).
 
 Gossip does not keep one sender's order on every node, so a batch can still be
 overtaken: a later nonce committed first makes it invalid for ever. The
-follower notices (a committed batch of ours with a higher nonce, or the batch
-refused in its block for a stale nonce) and puts the overtaken batch's
-operations back at the front of the queue, to go in a new batch; the old bytes
+follower notices (a committed batch of ours with a higher nonce; or a tx of the same
+key that another sender made, or the batch refused in its block for its nonce: then
+the key's committed nonce at that height, read from the node, decides) and puts the
+overtaken batch's operations back at the front of the queue, to go in a new batch; the old bytes
 can never apply, so nothing is applied twice and nothing is lost.
 
 Commits are learnt by one follower, running while batches wait: it subscribes
@@ -47,10 +48,11 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from ..abci_app.batch import BATCH_OP_EVENT, op_of
-from ..abci_app.codes import Code
+from ..abci_app.codes import Code, TxError
+from ..abci_app.sealing import check_no_cleartext
 from ..abci_app.txs import MAX_BATCH_OPS, MAX_TX_BYTES
 from ..chain import ChainClient, ChainError, TxRejected
 from ..proto import registry_pb2 as pb
@@ -122,8 +124,17 @@ class RegistrySubmitter:
     # ---- the caller's side ----
 
     async def submit(self, msg: Message) -> OpCommitted:
-        """Queue ``msg`` for the next batch and wait for its own committed outcome."""
+        """Queue ``msg`` for the next batch and wait for its own committed outcome.
+
+        A device operation with fields in clear is refused here, alone: the chain
+        refuses a whole batch that holds one (abci_app.batch.check_admissible), which
+        would fail every other operation sent with it."""
         op = op_of(msg)
+        if op.WhichOneof("op") in ("register_device", "update_device"):
+            try:
+                check_no_cleartext(msg)
+            except TxError as err:
+                raise TxRejected("submit", err.code, err.log) from None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         if not self._pending:
@@ -340,27 +351,66 @@ class RegistrySubmitter:
 
     async def _settle_block(self, height: int, txs: list[str], results: list[dict] | None) -> None:
         """Settle the batches of ours among ``txs`` (base64) of block ``height``; ``results``
-        (its tx results) are fetched only when a batch of ours is there and they were not given."""
-        hashes = [hashlib.sha256(base64.b64decode(t)).hexdigest().upper() for t in txs]
+        (its tx results) are fetched only when a batch of ours is there and they were not given.
+
+        Another sender of this key (the seal keeper, ``token revoke --chain``, a second
+        gateway process) moves its nonce too: when its tx is in the block, or a batch of
+        ours came back refused for its nonce, the key's committed nonce at this height
+        says which of our batches can never commit, and those are sent again."""
+        raws = [base64.b64decode(t) for t in txs]
+        hashes = [hashlib.sha256(raw).hexdigest().upper() for raw in raws]
         mine = [(i, h) for i, h in enumerate(hashes) if h in self._waiting]
-        if not mine:
+        moved = self._waiting and self._other_sender_in(raws, hashes)
+        if not mine and not moved:
             return
-        if results is None:
+        if mine and results is None:
             results = (await self.chain.call("block_results", height=str(height))).get("txs_results") or []
         committed = 0
         for index, tx_hash in mine:
             if int(results[index].get("code", 0)) in (Code.STALE_NONCE, Code.NONCE_REUSED):
-                continue  # in the block after a later batch of ours: resent below, as if overtaken
+                moved = True  # it never ran, and its bytes never will: resent below
+                continue
             entry = self._waiting.pop(tx_hash)
             _settle(entry, results[index], height, tx_hash)
             entry.done.set()
             committed = max(committed, entry.nonce)
+        if moved:
+            committed = max(committed, await self._committed_nonce(height) + 1)
         self._resend_overtaken(committed)
 
+    def _other_sender_in(self, raws: list[bytes], hashes: list[str]) -> bool:
+        """Whether a tx of this key that this submitter did not send is among ``raws``."""
+        signer = self.key.public_key().public_bytes_raw()
+        for raw, tx_hash in zip(raws, hashes):
+            if tx_hash in self._waiting:
+                continue
+            try:
+                if pb.SignedTx.FromString(raw).signer == signer:
+                    return True
+            except DecodeError:
+                continue  # not a registry tx: nobody's
+        return False
+
+    async def _committed_nonce(self, height: int) -> int:
+        """This key's last nonce as of block ``height`` (0 when the node cannot say: then
+        the batches it would have freed wait for their commit timeout, as before)."""
+        signer = self.key.public_key().public_bytes_raw()
+        self.chain.forget_nonce(signer)  # the next batch signs above what the other sender used
+        try:
+            res = await self.chain.query("/nonce", signer, height=height)
+        except ChainError as exc:
+            log.warning("registry submitter: cannot read the key's nonce at height %d: %s", height, exc)
+            return 0
+        if res.code:
+            log.warning("registry submitter: cannot read the key's nonce at height %d: %s", height, res.log)
+            return 0
+        return int.from_bytes(res.value or b"\0", "big")
+
     def _resend_overtaken(self, committed: int) -> None:
-        """Batches of ours with a nonce below one just committed can never commit (the
-        chain takes only higher nonces): a node received them after a later batch (gossip
-        does not keep one sender's order across peers) or dropped them. Their operations go
+        """Batches of ours with a nonce below ``committed`` can never commit (the chain
+        takes only higher nonces): a node received them after a later batch (gossip
+        does not keep one sender's order across peers), after another sender's tx of
+        this key, or dropped them. Their operations go
         back to the front of the queue, to travel in a new batch under a new nonce; the old
         bytes stay invalid for ever, so nothing is applied twice."""
         overtaken = [(h, e) for h, e in self._waiting.items() if e.nonce < committed]

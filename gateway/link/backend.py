@@ -26,6 +26,7 @@ The contract has three kinds of method:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
@@ -70,6 +71,27 @@ class Ticket:
     link_id: bytes
     resumption_secret: bytes
     expires_at_ms: int
+    # root_fingerprint() of the root token the device was paired with when this was
+    # issued: a link id unpaired and paired again under another root (another device,
+    # or a new home) must not be resumable with what the old one held. b"": a record
+    # from before the field, taken as it was.
+    root_fp: bytes = b""
+
+
+ROOT_FP_DOMAIN = b"edgistry/link/root-fingerprint/v1\0"
+
+
+def root_fingerprint(root_token: bytes) -> bytes:
+    """What a ticket records of the pairing it belongs to (16 bytes of a domain-separated
+    SHA-256 of the root token: the root itself never goes into a ticket record)."""
+    return hashlib.sha256(ROOT_FP_DOMAIN + root_token).digest()[:16]
+
+
+def issued_for(ticket: Ticket, device: PairedDevice | None) -> bool:
+    """Whether ``ticket`` belongs to ``device`` as paired now (same link, same root)."""
+    if device is None or device.link_id != ticket.link_id:
+        return False
+    return not ticket.root_fp or ticket.root_fp == root_fingerprint(device.root_token)
 
 
 class LinkBackend(Protocol):
@@ -83,7 +105,7 @@ class LinkBackend(Protocol):
 
     def ticket(self, ticket_id: bytes) -> Ticket | None:
         """The resumption ticket with this id (unexpired, of a device still
-        paired), or None. Does not spend it: single use is enforced by the link
+        paired, under the root it was issued for: :func:`issued_for`), or None. Does not spend it: single use is enforced by the link
         server, and made durable by :meth:`rotate_ticket` before it answers."""
 
     def pending(self, link_id: bytes, max_bytes: int) -> tuple[list[QueuedRequest], bool]:
@@ -158,7 +180,10 @@ class MemoryBackend:
         return self.devices.get(link_id)
 
     def ticket(self, ticket_id: bytes) -> Ticket | None:
-        return self.tickets.get(ticket_id)
+        ticket = self.tickets.get(ticket_id)
+        if ticket is None or not issued_for(ticket, self.devices.get(ticket.link_id)):
+            return None
+        return ticket
 
     def pending(self, link_id: bytes, max_bytes: int) -> tuple[list[QueuedRequest], bool]:
         out, size = [], 0

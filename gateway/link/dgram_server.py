@@ -12,8 +12,10 @@ Rules this adapter keeps:
   the only answer to an authenticated but stale WAKE is a RESYNC, smaller than
   the WAKE. Every source address has a token bucket (``rate``/``burst``)
   checked before any crypto; over it, datagrams are dropped and counted.
-* **Replay.** A WAKE's counter must exceed the last one stored for the link,
-  a DATA's sequence the last one seen on its context. The gateway answers
+* **Replay.** A WAKE's counter must exceed the last one stored for the link
+  (kept in the link's own record, so it outlives the context id being handed
+  to another device while this one was unpaired), a DATA's sequence the last
+  one seen on its context. The gateway answers
   sequence ``n`` only once that ``n`` is durable (so a replay after a crash
   can never make it encrypt a second, different reply under the same
   keystream).
@@ -25,7 +27,11 @@ Rules this adapter keeps:
 
 The context state lives in the backend's ticket store (records named
 ``dgC``+kid and ``dgL``+link id, never confused with 16-byte ticket ids), so
-it is as durable as tickets are and goes when the device is unpaired.
+it is as durable as tickets are, and like a ticket it is bound to the root the
+device was paired with (``Ticket.root_fp``): unpaired, it is gone; paired
+again under the same root, the link's counter floor comes back with it; under
+another root, nothing made before is usable (a context record from before the
+binding is not used at all: the device's next full wake makes a new one).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from ...firmware.link import link_dgram as dg
 from ...firmware.link import link_wire as wire
 from ...firmware.link.x25519 import x25519
 from ...firmware.link.link_session import Requests
-from .backend import DeviceAnswer, LinkBackend, Ticket
+from .backend import DeviceAnswer, LinkBackend, Ticket, root_fingerprint
 from .delivery import Backlog, Decision, Delivery
 
 log = logging.getLogger("edgistry.gateway.link.dgram")
@@ -103,15 +109,16 @@ class Context:
     ctr_high: int
     seq_high: int
     keys: tuple = ()
+    root_fp: bytes = b""  # the pairing it was made under (backend.root_fingerprint)
 
     def pack(self) -> bytes:
         return self.master + bytes([1 if self.fs else 0]) + dg.uv(self.ctr_high) + dg.uv(self.seq_high)
 
     @classmethod
-    def unpack(cls, link_id: bytes, kid: int, blob: bytes) -> Context:
+    def unpack(cls, link_id: bytes, kid: int, blob: bytes, root_fp: bytes) -> Context:
         ctr, pos = dg.get_uv(blob, 33, len(blob))
         seq, _ = dg.get_uv(blob, pos, len(blob))
-        return cls(link_id, kid, blob[:32], bool(blob[32]), ctr, seq)
+        return cls(link_id, kid, blob[:32], bool(blob[32]), ctr, seq, root_fp=root_fp)
 
 
 def _cid(kid: int) -> bytes:
@@ -148,7 +155,7 @@ class DgramServer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._contexts: dict[int, Context] = {}
         self._links: dict[bytes, _Link] = {}
-        self._link_keys: dict[bytes, tuple[bytes, bytes]] = {}  # link id -> (root token, K_link)
+        self._link_keys: dict[bytes, tuple[bytes, bytes, bytes]] = {}  # link id -> (root, K_link, root_fp)
         self._kids: set[int] = set()  # kids handed out or being handed out in this process
         self._tasks: set[asyncio.Task] = set()
         self.resync_every_s = 1.0
@@ -232,66 +239,80 @@ class DgramServer(asyncio.DatagramProtocol):
         st.touched = time.monotonic()
         return st
 
-    def _key(self, link_id: bytes) -> bytes:
+    def _key(self, link_id: bytes) -> tuple[bytes, bytes]:
+        """(K_link, root fingerprint) of the device paired under ``link_id`` now."""
         dev = self.backend.device_for_link(link_id)
         if dev is None:
             raise dg.DgramError("unknown_link")
         cached = self._link_keys.get(link_id)
         if cached is None or cached[0] != dev.root_token:  # re-paired: another root
-            cached = self._link_keys[link_id] = (dev.root_token, dg.link_key(dev.root_token))
-        return cached[1]
+            cached = self._link_keys[link_id] = (dev.root_token, dg.link_key(dev.root_token),
+                                                 root_fingerprint(dev.root_token))
+        return cached[1], cached[2]
 
     def _load_context(self, kid: int) -> Context | None:
         ctx = self._contexts.get(kid)
-        t = self.backend.ticket(_cid(kid))  # None also once the device is unpaired
-        if t is None:
+        # None also once the device is unpaired, or paired again under another root
+        t = self.backend.ticket(_cid(kid))
+        if t is None or not t.root_fp:  # (no root binding: made before it, never used again)
             self._contexts.pop(kid, None)
             return None
-        if ctx is None or ctx.link_id != t.link_id:
-            ctx = Context.unpack(t.link_id, kid, t.resumption_secret)
+        if ctx is None or ctx.link_id != t.link_id or ctx.root_fp != t.root_fp:
+            ctx = Context.unpack(t.link_id, kid, t.resumption_secret, t.root_fp)
             self._contexts[kid] = ctx
         return ctx
 
     async def _save(self, ctx: Context) -> None:
-        await self.backend.rotate_ticket(None, _cid(ctx.kid),
-                                         Ticket(ctx.link_id, ctx.pack(), self.now_ms() + CONTEXT_TTL_MS))
+        await self.backend.rotate_ticket(None, _cid(ctx.kid), Ticket(ctx.link_id, ctx.pack(),
+                                                                     self.now_ms() + CONTEXT_TTL_MS, ctx.root_fp))
 
-    async def _kid_for(self, link_id: bytes) -> int:
+    async def _save_link(self, link_id: bytes, kid: int, ctr_high: int, root_fp: bytes) -> None:
+        """The link's own record: its context id and the highest WAKE counter taken."""
+        await self.backend.rotate_ticket(None, _lid(link_id), Ticket(link_id, dg.uv(kid) + dg.uv(ctr_high),
+                                                                     self.now_ms() + CONTEXT_TTL_MS, root_fp))
+
+    async def _kid_for(self, link_id: bytes, root_fp: bytes) -> tuple[int, int]:
+        """The link's context id and its WAKE counter floor (0 when it has none yet)."""
         t = self.backend.ticket(_lid(link_id))
+        floor = 0
         if t is not None:
-            kid, _ = dg.get_uv(t.resumption_secret, 0, len(t.resumption_secret))
+            blob = t.resumption_secret
+            kid, pos = dg.get_uv(blob, 0, len(blob))
+            if pos < len(blob):  # (records from before the floor moved here hold the id alone)
+                floor, _ = dg.get_uv(blob, pos, len(blob))
             held = self.backend.ticket(_cid(kid))
             if held is None or held.link_id == link_id:  # (not handed on while this link was unpaired)
                 self._kids.add(kid)
-                return kid
+                return kid, floor
         # Small ids first (one byte below 128): probe at random, widen when crowded.
         for lo, hi, tries in ((0, 128, 8), (128, 1 << 14, 16), (1 << 14, 1 << 21, 64), (1 << 21, 1 << 35, 64)):
             for _ in range(tries):
                 kid = lo + int.from_bytes(os.urandom(5), "big") % (hi - lo)
                 if kid not in self._kids and self.backend.ticket(_cid(kid)) is None:
                     self._kids.add(kid)
-                    await self.backend.rotate_ticket(None, _lid(link_id),
-                                                     Ticket(link_id, dg.uv(kid), self.now_ms() + CONTEXT_TTL_MS))
-                    return kid
+                    await self._save_link(link_id, kid, floor, root_fp)
+                    return kid, floor
         raise dg.DgramError("internal", "no free context id")
 
     # ---- WAKE: a full wake, new context ----
 
     async def _on_wake(self, data: bytes, addr) -> None:
         link_id, ctr, x_d, head, mac = dg.open_wake(data)
-        lk = self._key(link_id)
+        lk, root_fp = self._key(link_id)
         if not dg.check_wake_mac(lk, head, mac):
             raise dg.DgramError("bad_mac", "wake")
         st = self._link(link_id)
         async with st.lock:
-            kid = await self._kid_for(link_id)
+            kid, floor = await self._kid_for(link_id, root_fp)
             old = self._load_context(kid)
-            if old is not None and ctr <= old.ctr_high:
+            if old is not None and old.link_id == link_id:
+                floor = max(floor, old.ctr_high)
+            if ctr <= floor:
                 now = time.monotonic()
                 if now - self._resynced.get(link_id, -1e9) >= self.resync_every_s:
                     self._resynced[link_id] = now
                     self.metrics.resyncs += 1
-                    self._send(dg.seal_resync(lk, mac, old.ctr_high), addr)  # smaller than the WAKE
+                    self._send(dg.seal_resync(lk, mac, floor), addr)  # smaller than the WAKE
                 raise dg.DgramError("replayed", "wake counter not above the last")
             x_g = shared = None
             if x_d is not None and self.x is not None:
@@ -301,7 +322,7 @@ class DgramServer(asyncio.DatagramProtocol):
                 except ValueError as exc:
                     raise dg.DgramError("bad_key", str(exc))
             master = dg.context_master(lk, shared, data, x_g)
-            ctx = Context(link_id, kid, master, shared is not None, ctr, 0, dg.context_keys(master))
+            ctx = Context(link_id, kid, master, shared is not None, ctr, 0, dg.context_keys(master), root_fp)
             self.metrics.wakes["full_fs" if shared is not None else "full"] += 1
             log.debug("%s: full wake from %s (kid %d%s)", link_id.hex()[:8], addr, kid,
                       ", forward secret" if shared is not None else "")
@@ -309,7 +330,7 @@ class DgramServer(asyncio.DatagramProtocol):
             now_ms = self.now_ms()
             self.backend.contact(link_id, now_ms, None)
             decision = st.delivery.established(True, self._backlog(link_id, st.delivery), now_ms)
-            writes = [self._save(ctx)] + self._act(link_id, decision)
+            writes = [self._save(ctx), self._save_link(link_id, kid, ctr, root_fp)] + self._act(link_id, decision)
             self._queue(st, decision)
             frame, ids_cursor = self._next(st)
             await asyncio.gather(*writes)

@@ -54,7 +54,7 @@ from ...firmware.link.link_session import (
 from ...firmware.link.link_wire import MAX_LINK_FRAME
 from ..admission import ConnectionCaps, source_key
 from ..errors import GatewayError
-from .backend import DeviceAnswer, LinkBackend, Ticket
+from .backend import DeviceAnswer, LinkBackend, Ticket, root_fingerprint
 from ..probe import LINK_CONNECTION, LINK_ESTABLISHED_TO_REQUESTS, Probe
 from .delivery import Backlog, Decision, Delivery
 
@@ -105,17 +105,26 @@ class _ConnKeys:
         self.backend = server.backend
         self.spent: bytes | None = None
         self.new: tuple[bytes, Ticket] | None = None
+        self.root: bytes | None = None  # the root of the device this session authenticated against
 
     def identity_secret(self) -> bytes:
         return self.backend.identity_secret()
 
     def device(self, link_id: bytes) -> tuple[bytes, bool] | None:
         dev = self.backend.device_for_link(link_id)
-        return None if dev is None else (dev.root_token, dev.encrypt)
+        if dev is None:
+            return None
+        self.root = dev.root_token
+        return dev.root_token, dev.encrypt
 
     def store_ticket(self, ticket_id: bytes, link_id: bytes, secret: bytes,
                      expires_at_ms: int) -> None:
-        self.new = (ticket_id, Ticket(link_id, secret, expires_at_ms))
+        # bound to the root the session was made with: a re-pairing under another root voids it
+        root = self.root
+        if root is None:
+            dev = self.backend.device_for_link(link_id)
+            root = dev.root_token if dev is not None else b""
+        self.new = (ticket_id, Ticket(link_id, secret, expires_at_ms, root_fingerprint(root)))  # b"": matches none
 
     def take_ticket(self, ticket_id: bytes) -> tuple[bytes, bytes, int] | None:
         spending = self.server.spending

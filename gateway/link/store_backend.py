@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Container
 
-from .backend import DeviceAnswer, PairedDevice, QueuedRequest, Ticket
+from .backend import DeviceAnswer, PairedDevice, QueuedRequest, Ticket, issued_for
 from ..metrics import GatewayMetrics
 from ..store.store import GatewayStore, State
 from ..twins import model
@@ -45,8 +45,8 @@ class StoreLinkBackend:
 
     def ticket(self, ticket_id: bytes) -> Ticket | None:
         ticket = self.store.ticket(ticket_id, self.clock())
-        if ticket is not None and self.store.device(ticket.link_id) is None:
-            return None  # unpaired since the ticket was issued
+        if ticket is None or not issued_for(ticket, self.device_for_link(ticket.link_id)):
+            return None  # unpaired since the ticket was issued, or paired again under another root
         return ticket
 
     def pending(self, link_id: bytes, max_bytes: int) -> tuple[list[QueuedRequest], bool]:

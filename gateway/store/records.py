@@ -163,7 +163,10 @@ class Contact(_Record):
 
 
 def dump_ticket(ticket: Ticket) -> bytes:
-    return RECORD_FORMAT + _PACK([ticket.link_id, ticket.resumption_secret, ticket.expires_at_ms])
+    fields = [ticket.link_id, ticket.resumption_secret, ticket.expires_at_ms]
+    if ticket.root_fp:  # records from before the field have three
+        fields.append(ticket.root_fp)
+    return RECORD_FORMAT + _PACK(fields)
 
 
 def load_ticket(raw: bytes) -> Ticket:

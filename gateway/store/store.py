@@ -178,7 +178,8 @@ class GatewayStore:
 
     async def rotate_ticket(self, spent: bytes | None, ticket_id: bytes | None, ticket: Ticket | None) -> None:
         """Delete ticket ``spent`` and store ``ticket`` in one transaction (either may be None)."""
-        plain = [ticket.link_id, ticket.resumption_secret, ticket.expires_at_ms] if ticket is not None else None
+        plain = ([ticket.link_id, ticket.resumption_secret, ticket.expires_at_ms, ticket.root_fp]
+                 if ticket is not None else None)
         await self.write("rotate_ticket", spent, ticket_id, plain)
 
     async def purge_tickets(self, now_ms: int) -> int:

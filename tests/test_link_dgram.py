@@ -25,7 +25,7 @@ from edgistry.firmware.link.dgram_client import DgramClient
 from edgistry.firmware.link.x25519 import x25519
 from edgistry.firmware.link.link_device import check_request
 from edgistry.gateway.link.backend import DeviceAnswer, MemoryBackend, PairedDevice, QueuedRequest
-from edgistry.gateway.link.dgram_server import DgramServer
+from edgistry.gateway.link.dgram_server import DgramServer, RateLimiter
 from edgistry.gateway.tokens import auth
 
 SECRET = os.urandom(32)
@@ -228,6 +228,22 @@ async def test_floods_are_rate_limited_per_source() -> None:
         assert srv.metrics.drops["unknown_link"] <= 15
     finally:
         await srv.close()
+
+
+def test_senders_cycling_through_sources_share_one_bucket() -> None:
+    """More sources than the table holds would each start with a full bucket: a source the
+    table does not hold passes the shared newcomers' bucket first, so together they are
+    bounded; sources already tracked do not pay for them."""
+    lim = RateLimiter(rate=5, burst=10, size=64, new_rate=10, new_burst=20)
+    assert lim.allow("known", 0.0)
+    admitted = sum(lim.allow(f"10.0.{i // 256}.{i % 256}", 0.0) for i in range(1000))
+    assert admitted == 19  # the shared burst, less the one "known" took
+    assert all(lim.allow("known", 0.0) for _ in range(5))  # tracked: its own bucket
+    assert sum(lim.allow(f"10.1.0.{i}", 1.0) for i in range(100)) == 10  # the shared rate over a second
+    assert all(lim.allow(f"10.1.0.{i}", 1.0) for i in range(10))  # admitted ones are tracked now
+    assert sum(lim.allow("flood", 2.0) for _ in range(100)) == 10  # one source: its own burst
+    small = RateLimiter(rate=5, burst=10, size=2, new_rate=0.001, new_burst=3)
+    assert [small.allow(s, 0.0) for s in "abca"] == [True, True, True, False]  # "a" was evicted by "c"
 
 
 async def test_revocation_pushed_acknowledged_and_enforced(mem) -> None:

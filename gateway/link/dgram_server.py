@@ -10,8 +10,13 @@ Rules this adapter keeps:
 
 * **No amplification.** A datagram gets no answer until its MAC checks out;
   the only answer to an authenticated but stale WAKE is a RESYNC, smaller than
-  the WAKE. Every source address has a token bucket (``rate``/``burst``)
-  checked before any crypto; over it, datagrams are dropped and counted.
+  the WAKE. Every source (an IPv4 address, an IPv6 /64: admission.source_key)
+  has a token bucket (``rate``/``burst``) checked before any crypto; over it,
+  datagrams are dropped and counted. The table of buckets is bounded, so a
+  sender cycling through more sources than it holds would start afresh each
+  time: a source the table does not hold is admitted only through one shared
+  bucket (``new_rate``/``new_burst``), which bounds the datagrams of such
+  senders all together.
 * **Replay.** A WAKE's counter must exceed the last one stored for the link
   (kept in the link's own record, so it outlives the context id being handed
   to another device while this one was unpaired), a DATA's sequence the last
@@ -47,6 +52,7 @@ from ...firmware.link import link_dgram as dg
 from ...firmware.link import link_wire as wire
 from ...firmware.link.x25519 import x25519
 from ...firmware.link.link_session import Requests
+from ..admission import source_key
 from .backend import DeviceAnswer, LinkBackend, Ticket, root_fingerprint
 from .delivery import Backlog, Decision, Delivery
 
@@ -56,7 +62,9 @@ CONTEXT_TTL_MS = 10 * 365 * 24 * 3600 * 1000  # a context lives until the next f
 FRAME_BUDGET = dg.MAX_DATAGRAM - 24  # LinkFrame overhead Delivery sizes with >= our header + tag - 24
 RATE_PER_S = 20.0
 BURST = 40
-SOURCES_TRACKED = 4096
+SOURCES_TRACKED = 16384  # ~2 MB of buckets at most
+NEW_SOURCES_PER_S = 2000.0  # first datagrams of sources not in the table, all together
+NEW_SOURCES_BURST = 4000
 DELIVERY_IDLE_S = 60.0
 
 
@@ -82,14 +90,28 @@ class DgramMetrics:
 
 
 class RateLimiter:
-    """Token buckets per source address (bounded table, least recently seen evicted)."""
+    """Token buckets per source (bounded table, least recently seen evicted), and one
+    shared bucket a source not in the table passes first (a pure core: ``now`` is given)."""
 
-    def __init__(self, rate: float = RATE_PER_S, burst: int = BURST, size: int = SOURCES_TRACKED) -> None:
+    def __init__(self, rate: float = RATE_PER_S, burst: int = BURST, size: int = SOURCES_TRACKED,
+                 new_rate: float = NEW_SOURCES_PER_S, new_burst: int = NEW_SOURCES_BURST) -> None:
         self.rate, self.burst, self.size = rate, burst, size
+        self.new_rate, self.new_burst = new_rate, new_burst
         self._b: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._new = (float(new_burst), None)  # (tokens, last) of the shared bucket
 
     def allow(self, source: str, now: float) -> bool:
-        tokens, last = self._b.pop(source, (float(self.burst), now))
+        held = self._b.pop(source, None)
+        if held is None:  # unknown (or evicted): one token of the shared bucket first
+            tokens, last = self._new
+            tokens = float(self.new_burst) if last is None else min(float(self.new_burst),
+                                                                     tokens + (now - last) * self.new_rate)
+            if tokens < 1.0:
+                self._new = (tokens, now)
+                return False  # not tracked: its own bucket starts only once it got in
+            self._new = (tokens - 1.0, now)
+            held = (float(self.burst), now)
+        tokens, last = held
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
         ok = tokens >= 1.0
         self._b[source] = (tokens - 1.0 if ok else tokens, now)
@@ -190,7 +212,7 @@ class DgramServer(asyncio.DatagramProtocol):
         m = self.metrics
         m.datagrams_in += 1
         m.bytes_in += len(data)
-        if not self.limiter.allow(addr[0], time.monotonic()):
+        if not self.limiter.allow(source_key(addr[0]), time.monotonic()):
             m.drops["rate_limited"] += 1
             return
         if len(data) > dg.MAX_DATAGRAM or len(data) < 1 + dg.TAG:

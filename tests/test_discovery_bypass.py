@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edgistry.firmware.caplets import api as cl
-from edgistry.gateway.api.service import Call, GatewayService, Result, owner_handle
+from edgistry.gateway.api.service import Call, GatewayService, HandleGrant, Result, owner_handle
 from edgistry.gateway.errors import Unauthorized
 from edgistry.gateway.store.store import GatewayStore, State
 from edgistry.gateway.tokens import auth
@@ -63,7 +63,7 @@ async def test_a_pseudonym_call_is_forwarded_without_attestation(forwarding):
     await service.invoke(Call(ps.hex(), "read", token=app, service="sensor"))
     assert [c.attested for c in forwarder.calls] == [False, False]
     assert all(c.target == owner_handle(ps) for c in forwarder.calls)
-    service.resolvers.append(lambda target, token: ps if target == "handle-7" else None)
+    service.resolvers.append(lambda target, token: HandleGrant(ps, "sensor", lambda *a: True) if target == "handle-7" else None)
     await service.submit(Call("handle-7", "read", token=app, service="sensor"))
     await service.invoke(Call(owner_handle(ps), "read", token=app, service="sensor"), attested=True)  # invoke-any
     assert [c.attested for c in forwarder.calls[2:]] == [True, True]

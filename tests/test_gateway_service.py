@@ -14,7 +14,7 @@ from edgistry.gateway.tokens import auth
 from edgistry.gateway.link.store_backend import StoreLinkBackend
 from edgistry.gateway.errors import BadRequest, InvokeTimeout, NotFound, QueueFull, Unauthorized
 from edgistry.gateway.link.backend import DeviceAnswer
-from edgistry.gateway.api.service import Call, GatewayService, Settings, owner_handle
+from edgistry.gateway.api.service import Call, GatewayService, HandleGrant, Settings, owner_handle
 from edgistry.gateway.store.store import Device, GatewayStore, State, new_id
 from gateway_helpers import count_enqueue_ops
 
@@ -303,13 +303,17 @@ async def test_gateway_app_tokens_read_through_resource_rights(env):
     """A gateway-origin application token with READ on /svc reads through a discovery handle (never by
     pseudonym), and never writes."""
     store, service, dev, secret, app = env
-    service.resolvers.append(lambda target, token: dev.pseudonym if target == "handle-1" else None)
+    grants = {"handle-1": "sensor", "handle-2": "valve"}
+    service.resolvers.append(lambda target, token: HandleGrant(dev.pseudonym, grants[target], lambda *a: True)
+                             if target in grants else None)
     reader = cl.mint(GATEWAY_SECRET, [cl.Identity("app-1"), cl.Resource("/svc", cl.READ)])
     res = await service.submit(Call("handle-1", "info", token=reader.to_bytes(), service="sensor"))
     assert res.state == State.QUEUED
     with pytest.raises(Unauthorized, match="pseudonym"):
         await service.submit(call(dev, "info", reader, service="sensor"))
-    with pytest.raises(Unauthorized, match="permit"):
+    with pytest.raises(Unauthorized, match="permit"):  # a write needs a device token, handle or not
+        await service.submit(Call("handle-2", "set", token=reader.to_bytes(), service="valve"))
+    with pytest.raises(Unauthorized, match="discovery handle reaches only"):  # a handle is for one service
         await service.submit(Call("handle-1", "set", token=reader.to_bytes(), service="valve"))
     narrow = cl.mint(GATEWAY_SECRET, [cl.Identity("app-2"), cl.Resource("/svc/valve", cl.READ)])
     with pytest.raises(Unauthorized):

@@ -88,6 +88,21 @@ class Call:
     revocation_height: int = 0  # a forwarding gateway's revocation height: served once ours reaches it
 
 
+@dataclass(frozen=True)
+class HandleGrant:
+    """What a discovery handle resolved to (GatewayService.resolvers): the device, the
+    one service type it was found for, and the verified client's rights. A read through a
+    handle needs no device token (it is vouched for), so these bound it: that service
+    only, and only methods the client's token may invoke."""
+
+    pseudonym: bytes
+    service_type: str
+    may_invoke: Callable[[str, str, bool], bool]  # (service type, method, mutating) -> allowed
+
+
+HANDLE_SCOPE = "a discovery handle reaches only the service it was found for, and what the token may invoke there"
+
+
 @dataclass
 class Result:
     request_id: str
@@ -173,7 +188,7 @@ class GatewayService:
     on_queued: Callable[[bytes], object] | None = None  # link server: push to a device connected now
     # discovery handles resolve here, at the gateway that issued them
     # (target, client token) -> pseudonym: discovery handles open only with the client's token
-    resolvers: list[Callable[[str, bytes], bytes | None]] = field(default_factory=list)
+    resolvers: list[Callable[[str, bytes], HandleGrant | None]] = field(default_factory=list)
     watch_recheck_s: float = 5.0  # a watch re-reads its request (and re-checks its token) this often
     probe: Probe | None = None  # stage timings for benchmarks (gateway/probe.py)
     catch_up_s: float = 3.0  # how long a forward waits for this gateway's revocations to catch up
@@ -213,10 +228,17 @@ class GatewayService:
     def _pseudonym(self, call: Call) -> bytes:
         target = call.target
         for resolve in self.resolvers:
-            found = resolve(target, call.token)
-            if found is not None:
-                call.attested = True  # the resolver authenticated the client with this gateway's secret
-                return found
+            grant = resolve(target, call.token)
+            if grant is not None:
+                # the resolver authenticated the client with this gateway's secret; it is
+                # vouched for within the handle's service and its token's read rights (one
+                # answer for any other service, so a handle probes nothing else of the device)
+                if call.service not in ("", grant.service_type) or not grant.may_invoke(
+                        grant.service_type, call.method, False):
+                    raise Unauthorized(HANDLE_SCOPE)
+                call.service = grant.service_type
+                call.attested = True
+                return grant.pseudonym
         text = target[len(OWNER_HANDLE_PREFIX):] if target.startswith(OWNER_HANDLE_PREFIX) else target
         try:
             ps = bytes.fromhex(text)

@@ -24,6 +24,7 @@ import grpc
 from ...firmware.caplets.cap_token import Token
 from ...firmware.caplets.cap_errors import TokenError
 from ...firmware.caplets.mint import from_text
+from ..api.service import HandleGrant
 from ..tokens.app_tokens import AppClient, authenticate
 from .core import DiscoveryService, Filters, Latency, Target, WatchSession
 from ..errors import Unavailable, BadRequest, GatewayError, grpc_code
@@ -204,19 +205,21 @@ class DiscoveryServicer(dgrpc.DiscoveryServicer):
 
 
 def handle_resolver(service: DiscoveryService, secret: bytes, clock: Callable[[], float] = time.time,
-                    revoked: object = None) -> Callable[[str, bytes], bytes | None]:
-    """For GatewayService.resolvers: (target, client token) -> pseudonym, or None when the
-    target is not a valid discovery handle of this client (the caller then reports NotFound).
-    A revoked token resolves nothing; a stale revocation list raises Unavailable."""
+                    revoked: object = None) -> Callable[[str, bytes], HandleGrant | None]:
+    """For GatewayService.resolvers: (target, client token) -> the handle's grant (device,
+    service type, the client's rights), or None when the target is not a valid discovery
+    handle of this client (the caller then reports NotFound). A revoked token resolves
+    nothing; a stale revocation list raises Unavailable."""
 
-    def resolve(target: str, token: bytes) -> bytes | None:
+    def resolve(target: str, token: bytes) -> HandleGrant | None:
         try:
             client = authenticate(_token(token), secret, now=int(clock()), revoked=revoked)
-            return service.resolve(client, target, int(clock() * 1000)).pseudonym
+            found = service.resolve(client, target, int(clock() * 1000))
         except Unavailable:
             raise
         except GatewayError:
             return None
+        return HandleGrant(found.pseudonym, found.service_type, client.may_invoke)
 
     return resolve
 

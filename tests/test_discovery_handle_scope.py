@@ -95,3 +95,32 @@ def _request_ids(store: GatewayStore) -> list[bytes]:
     from edgistry.gateway.store import keys
     with store.env.begin() as txn:
         return [k[len(keys.REQUEST):] for k, _ in txn.cursor() if k.startswith(keys.REQUEST)]
+
+
+async def test_a_handle_answer_carries_no_wake_time_of_the_device(world) -> None:
+    """A device's expected wake (its last contact to the millisecond) would tell the devices
+    of a group apart and link handles across answers and clients: through a handle it is
+    never given, in Submit, GetResult, WatchResult nor Invoke's timeout; its owner gets it."""
+    w, store, service = world
+    token = mint_app_token(w.secret, "app")
+    text = cl.to_text(token).encode()
+    now = service.clock()
+    for dev in [store.device_by_pseudonym(e.pseudonym) for e in w.index.entries.values()]:
+        store.note_contact(dev.link_id, now - 1234, 600)
+    seen = set()
+    for h in _handles(w, token):
+        res = await service.submit(Call(h, "read", token=text))
+        assert res.state == State.QUEUED and res.expected_at_ms == 0
+        assert (await service.get_result(res.request_id, text)).expected_at_ms == 0
+        async for update in service.watch(res.request_id, text):
+            seen.add(update.expected_at_ms)
+            break
+        with pytest.raises(Exception) as late:
+            await service.invoke(Call(h, "status", token=text, timeout_ms=50))
+        assert "expected about" not in str(late.value) and "stays queued" in str(late.value)
+    assert seen == {0}
+    owner = next(iter(w.index.entries.values())).pseudonym
+    dev = store.device_by_pseudonym(owner)
+    owned = cl.derive(cl.load(dev.root_token), [cl.Service("sensor", ["*"])])
+    res = await service.submit(Call(owner.hex(), "read", token=owned.to_bytes()))
+    assert res.expected_at_ms == now - 1234 + 600_000

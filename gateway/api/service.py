@@ -269,6 +269,16 @@ class GatewayService:
             raise NotFound("the device is not paired with this gateway")
         return dev
 
+    def _expected(self, dev: Device | None, rec: RequestRecord, now: int) -> int:
+        """``expected_at`` for an answer about ``rec`` while it is active, else 0. Not for a
+        read vouched for by discovery or a peer (``rec.attested``): its client holds no
+        device token, and the device's own wake schedule (its last contact to the
+        millisecond) would tell one device from the others of its group, and so link
+        handles that are meant to be unlinkable. Such a client has the group's latency."""
+        if dev is None or not rec.st.active or rec.attested:
+            return 0
+        return self.expected_at(dev, now)
+
     def expected_at(self, dev: Device, now: int) -> int:
         """When the device should next be able to answer (duty cycle, last contact)."""
         c = self.store.last_contact(dev.link_id)
@@ -494,7 +504,7 @@ class GatewayService:
                 self._queued_total.inc()
             if self.on_queued is not None:
                 self.on_queued(dev.link_id)
-        return _result(rec, self.expected_at(dev, now) if rec.st.active else rec.done_ms)
+        return _result(rec, self._expected(dev, rec, now) if rec.st.active else rec.done_ms)
 
     async def _enqueue(self, items: list[tuple[Device, RequestRecord, tuple[bytes, ...]]], urgent: bool = False
                        ) -> list[tuple[RequestRecord, bool] | Exception]:
@@ -574,10 +584,11 @@ class GatewayService:
                 return _result(rec)
             left = deadline - time.monotonic()
             if left <= 0:
-                when = time.strftime("%H:%M:%S", time.localtime(first.expected_at_ms / 1000))
+                when = (" (device expected about %s)" % time.strftime("%H:%M:%S", time.localtime(
+                    first.expected_at_ms / 1000))) if first.expected_at_ms else ""
                 raise InvokeTimeout(
-                    f"no answer within {timeout:g} s; request {first.request_id} stays queued (device expected "
-                    f"about {when}); fetch it later with `edgistry result {first.request_id}`", first.request_id)
+                    f"no answer within {timeout:g} s; request {first.request_id} stays queued{when}; "
+                    f"fetch it later with `edgistry result {first.request_id}`", first.request_id)
             await self._next_change(rid, min(left, 5.0))  # re-read at least every 5 s
 
     def _owned(self, request_id: str, token: bytes, owner_may_read: bool = False) -> RequestRecord:
@@ -710,8 +721,7 @@ class GatewayService:
         rec = self._owned(request_id, token, owner_may_read=True)
         if rec.forwarded_to:
             return await self.forwarder.call(rec.forwarded_to, "result", request_id=request_id, token=token)
-        dev = self.store.device(rec.link_id)
-        return _result(rec, self.expected_at(dev, self.clock()) if dev is not None and rec.st.active else 0)
+        return _result(rec, self._expected(self.store.device(rec.link_id), rec, self.clock()))
 
     async def cancel(self, request_id: str, token: bytes) -> Result:
         rec = self._owned(request_id, token)
@@ -737,8 +747,7 @@ class GatewayService:
                 self._token_still_good(rec, token)
             if last is None or rec.state != last:
                 last = rec.state
-                dev = self.store.device(rec.link_id)
-                yield _result(rec, self.expected_at(dev, self.clock()) if dev is not None and rec.st.active else 0)
+                yield _result(rec, self._expected(self.store.device(rec.link_id), rec, self.clock()))
             if not rec.st.active:
                 return
             await self._next_change(rec.request_id, self.watch_recheck_s)

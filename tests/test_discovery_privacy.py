@@ -312,6 +312,30 @@ def test_timing_does_not_reveal_hidden_devices():
     assert unpadded[-1] < padded[-1] - 0.1, (padded, unpadded)
 
 
+def test_timing_does_not_count_withheld_devices():
+    """The same 30 disclosed devices with 0 or 400 withheld beside them in the region cost the
+    same: the client sees the disclosed ones, so work that grew with the rest would count
+    the withheld (padding to min(candidates, page) did, up to the page size)."""
+    rng = random.Random(11)
+    shown = [entry(rng, 30.0, 30.0, k=3) for _ in range(30)]
+    withheld = [entry(rng, 30.0, 30.0, k=1000) for _ in range(400)]
+    w_few, w_many = World(shown), World(shown + withheld)
+    region = Region.disk(30.0, 30.0, 1)
+    cf, cm = w_few.client(), w_many.client()
+    assert len(w_few.all_pages(cf, region)) == len(w_many.all_pages(cm, region)) == 30
+
+    def probe() -> float:
+        return statistics.median(
+            _median_us(lambda: w_many.service.discover(cm, "sensor", region, now_ms=NOW_MS), 40)
+            / _median_us(lambda: w_few.service.discover(cf, "sensor", region, now_ms=NOW_MS), 40)
+            for _ in range(15))
+
+    ratios = [probe()]
+    while not 0.85 < ratios[-1] < 1.15 and len(ratios) < 3:  # a noisy machine skews one probe, a leak every one
+        ratios.append(probe())
+    assert 0.85 < ratios[-1] < 1.15, ratios
+
+
 # ---- geometry: boundaries, pentagons, antimeridian ----
 
 
@@ -418,3 +442,6 @@ def test_watch_never_shows_a_group_below_k():
     events = session.step(NOW_MS)
     assert [e[0] for e in events] == ["leave"] * 3  # the one removed, and the two now below k
     assert not session.shown
+    for _, info in events:  # the handles of devices now withheld reach nothing any more
+        with pytest.raises(NotFound):
+            w.service.resolve(client, info.handle, NOW_MS)

@@ -12,10 +12,10 @@ Rules every answer follows (see :mod:`replica_index` for how groups form):
   as large as its members' k and labelled with its slowest class and oldest
   contact, so a filter can drop whole buckets but never single a device out;
 * handles are freshly sealed for every answer (see :mod:`handles`), the order of
-  an answer is random, and each page mints as many handles (real or dummy) as
-  ``min(candidates, page size)``, where the candidate count covers every device
-  whose disclosure cell (or, when withheld, base cell) meets the region. A hidden
-  device thus costs exactly what a disclosed one costs.
+  an answer is random, and each page mints the page size's worth of handles (real,
+  then dummies). The client sees the disclosed ones, so any work that grew with
+  the devices the region holds beyond them (even one dummy per withheld device)
+  would count the withheld devices in the answer's time.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class DiscoveryService:
         self.index, self.codec = index, codec
         self.gateway_id, self.endpoint = gateway_id, endpoint
         self.rng = rng or random.SystemRandom()
-        self.pad = True  # mint dummy handles up to min(candidates, page): only tests turn it off
+        self.pad = True  # mint dummy handles up to the page size: only tests turn it off
 
     # ---- shared ----
 
@@ -249,12 +249,12 @@ class DiscoveryService:
                 pos += 1
         expires = now_ms + HANDLE_TTL_MS
         cid, mint = client.client_id, self.codec.mint
-        n_mint = max(len(picked), min(plan.candidates, page_size)) if self.pad else len(picked)
+        n_mint = page_size if self.pad else len(picked)  # (picked never exceeds the page size)
         nonces = os.urandom(NONCE_LEN * n_mint)  # one system call per answer
         out = [HandleInfo(mint(cid, p, cell, stype, expires, nonces[i * NONCE_LEN:(i + 1) * NONCE_LEN]), cell, lab,
                           self.endpoint, expires)
                for i, (p, cell, lab) in enumerate(picked)]
-        for i in range(len(out), n_mint):  # padding: the same work whether candidates are disclosed or hidden
+        for i in range(len(out), n_mint):  # padding: the same work however many are withheld
             out.append(HandleInfo(mint(cid, _DUMMY_PSEUDONYM, 0, stype, expires,
                                        nonces[i * NONCE_LEN:(i + 1) * NONCE_LEN]), 0, Latency.ANY, "", expires))
         self.rng.shuffle(out)
@@ -266,13 +266,15 @@ class DiscoveryService:
 
     def resolve(self, client: AppClient, handle: str, now_ms: int) -> Target:
         """The device behind a handle this gateway gave this client; NotFound otherwise
-        (forged, expired, another client's or another gateway's: one error for all)."""
+        (forged, expired, another client's or another gateway's, or a device no longer
+        disclosed for that type: its group fell below k, or it left; one error for all)."""
         try:
             claims = self.codec.open(client.client_id, handle, now_ms)
         except BadHandle as exc:
             raise NotFound("no such handle") from exc
         entry = self.index.entries.get(claims.pseudonym)
-        if entry is None or entry.service(claims.service_type) is None:
+        if (entry is None or entry.service(claims.service_type) is None
+                or self.index.disclosure_cell(claims.service_type, claims.pseudonym) is None):
             raise NotFound("no such handle")
         return Target(entry.pseudonym, entry.gateway_id, self.index.gateways.get(entry.gateway_id, ""),
                       claims.service_type, claims.cell)

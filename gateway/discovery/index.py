@@ -383,7 +383,7 @@ class RegistryIndex:
         return True
 
     def disclosure_cell(self, stype: str, pseudonym: bytes) -> int | None:
-        """Where (if anywhere) a device of ``stype`` is disclosed: for tests and audits."""
+        """Where (if anywhere) a device of ``stype`` is disclosed (None: withheld)."""
         ti = self.types.get(stype)
         return None if ti is None else ti.disclosure.get(pseudonym)
 

@@ -62,6 +62,23 @@ def test_revoking_any_tag_of_the_chain_refuses_a_remembered_token(device, which)
     assert again == first and "revoked" in again.lower()
 
 
+def test_a_hash_the_token_names_in_authorised_by_refuses_it_once_revoked_remembered_or_not(device):
+    """A delegator may bind a token to another credential (``authorised_by``): revoking that
+    one stops it, as the full check reads it, also once the token was remembered, and the
+    hash is among those a queued request of it is stopped by."""
+    root, app = device
+    other = cl.revocation_hash(b"x" * 32)  # the credential this token was handed on under
+    child = cl.derive(app, None, [cl.AuthorisedBy([other])]).to_bytes()
+    revoked = cl.RevocationSet()
+    revoked.revoke(cl.revocation_hash(b"unrelated" * 4))
+    granted = check(child, root, revoked)
+    assert other in granted.chain
+    revoked.revoke(other)
+    remembered = error_of(lambda: check(child, root, revoked))
+    auth._verified.clear()
+    assert error_of(lambda: check(child, root, revoked)) == remembered and "revoked" in remembered.lower()
+
+
 def _revoked(tag: bytes) -> cl.RevocationSet:
     r = cl.RevocationSet()
     r.revoke(cl.revocation_hash(tag))

@@ -155,13 +155,16 @@ def remember_issuer(raw: bytes, issuer: bytes) -> None:
 
 
 def chain_hashes(result: Authorised, root_token: bytes | None, gateway_secret: bytes) -> tuple[bytes, ...]:
-    """The revocation hashes of every tag of an authorised token's chain."""
+    """The revocation hashes a revocation of any of which stops an authorised token: every
+    tag of its chain, and those its leaf names in ``authorised_by`` (as the full check,
+    cap_verify.check_revoked, reads them; constraints carry over to the leaf)."""
     if result.origin == "device":
         root = cl.load(root_token)
         tags = [root.tag, *cl.chain_tags(root.tag, result.token.frames[1:])]
     else:
         tags = cl.chain_tags(gateway_secret, result.token.frames)
-    return tuple(cap_crypto.revocation_hash(t) for t in tags)
+    named = [h for c in result.token.frames[-1].constraints if isinstance(c, cl.AuthorisedBy) for h in c.hashes]
+    return tuple(cap_crypto.revocation_hash(t) for t in tags) + tuple(named)
 
 
 def _still_valid(hit: _Verified, service: str, method: str, gateway_id: str, revoked: cl.RevocationSet | None,

@@ -79,6 +79,17 @@ def test_a_hash_the_token_names_in_authorised_by_refuses_it_once_revoked_remembe
     assert error_of(lambda: check(child, root, revoked)) == remembered and "revoked" in remembered.lower()
 
 
+def test_long_tokens_are_verified_every_time_not_remembered(device):
+    """Children derived offline with many frames are not pinned in memory; they still work."""
+    root, app = device
+    long = app
+    while len(long.to_bytes()) <= auth.REMEMBER_MAX_BYTES:
+        long = cl.derive(long, None, [cl.AuthorisedBy([bytes([len(long.frames), i]) * 16 for i in range(8)])])
+    assert check(long.to_bytes(), root).origin == "device"
+    assert check(app.to_bytes(), root).origin == "device"
+    assert len(auth._verified) == 1 and auth.known_issuer(long.to_bytes()) is None
+
+
 def _revoked(tag: bytes) -> cl.RevocationSet:
     r = cl.RevocationSet()
     r.revoke(cl.revocation_hash(tag))

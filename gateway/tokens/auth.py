@@ -111,6 +111,11 @@ class _Verified(NamedTuple):
 
 
 VERIFIED_CACHE_SIZE = 4096  # distinct client tokens remembered (bounded: cleared when full)
+# Longer tokens are verified in full on every call, never remembered: a parsed token costs
+# several times its bytes, and anyone holding one can derive long children offline, so
+# remembering any size would let one client pin ~70 MB (4096 of 2.3 KB). Tokens as gateways
+# and owners mint them are a few hundred bytes.
+REMEMBER_MAX_BYTES = 1024
 RIGHTS_REMEMBERED = 64  # per token: (service, method) answers kept (cleared when full)
 _verified: dict[tuple[bytes, bytes, bytes], _Verified] = {}
 _issuers: dict[bytes, bytes] = {}  # token bytes that passed here -> issuer_key (same bound)
@@ -139,7 +144,7 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
                         check_permits, mutating)
     chain = hit.chain if hit is not None else chain_hashes(result, root_token, gateway_secret)
     answer = Authorised(result.origin, result.token, chain)
-    if hit is None:
+    if hit is None and len(raw) <= REMEMBER_MAX_BYTES:
         if len(_verified) >= VERIFIED_CACHE_SIZE:
             _verified.clear()
         _verified[key] = _Verified(result.origin, result.token, chain, answer, set())

@@ -41,6 +41,7 @@ WAITING = frozenset({
     "/edgistry.gateway.v1.Gateway/Invoke", "/edgistry.gateway.v1.Gateway/WatchResult",
     "/edgistry.gateway.v1.Peer/Forward", "/edgistry.gateway.v1.Peer/ForwardWatch",
     "/edgistry.discovery.v1.Discovery/InvokeAny", "/edgistry.discovery.v1.Discovery/Watch",
+    "/edgistry.twin.v1.Twins/WatchTwin",
 })
 BATCH = "/edgistry.gateway.v1.Gateway/SubmitBatch"
 # calls the service charges to the client's issuer: a client over its rate is refused before them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -10,12 +11,14 @@ import time
 import pytest
 from edgistry.cluster.home import gateway_key
 from edgistry.config import NodeConfig
-from edgistry.chain import ChainClient
+from edgistry.chain import ChainClient, ChainError
 from edgistry.abci_app.txs import gateway_id_for
 from edgistry.gateway.discovery.keeper import SealKeeper
 from edgistry.gateway.discovery.replica import ReplicaFollower
 from edgistry.gateway.discovery.index import RegistryIndex, entry_from_record
 from edgistry.gateway.discovery.sealbox import load_seal_key
+from edgistry.gateway.errors import Unavailable
+from edgistry.gateway.tokens.revocations import LiveRevocations
 from edgistry.proto import registry_pb2 as pb
 from proc_helpers import edgistry, free_port, stop, wait_for_port
 from registry_helpers import cell_at
@@ -178,3 +181,37 @@ async def test_discover_end_to_end_through_up(node, tmp_path):
         await asyncio.sleep(0.1)
     assert len(rows) == 3, res.output
     assert {r["cell"] for r in rows} == {f"{cell_at(-33.86, 151.21, 7):x}"}
+
+
+class _HeightOnlyChain:
+    """A node that answers its height but never its blocks (timeouts, dropped calls)."""
+
+    latest = 5
+
+    async def height(self) -> int:
+        return self.latest
+
+    async def call(self, method, **params):
+        raise ChainError("cannot reach the node RPC: timeout")
+
+
+async def test_revocations_go_stale_while_the_follower_cannot_apply_the_chains_heights():
+    """Hearing the node's height is not hearing its revocations: until every height up to it
+    is applied the revocation set ages, and the gateway fails closed past its bound."""
+    revoked = LiveRevocations(max_silence_s=0.3)
+    follower = ReplicaFollower(_HeightOnlyChain(), max_backoff_s=0.05, poll_s=0.01)
+    follower.loaded, follower.index.height = True, 1
+    follower.on_heard = revoked.heard
+    revoked.heard()
+    task = asyncio.create_task(follower.run())
+    try:
+        deadline = time.monotonic() + 5
+        while not revoked.stale and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert revoked.stale and follower.index.height == 1
+        with pytest.raises(Unavailable):
+            revoked.check_fresh()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

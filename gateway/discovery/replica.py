@@ -192,12 +192,14 @@ class ReplicaFollower:
                 self.on_heard()
             return 1
         latest = await self.chain.height()
-        if self.on_heard is not None:
-            self.on_heard()
         applied = 0
         for h in range(self.index.height + 1, latest + 1):
             await self.apply_height(h)
             applied += 1
+        # heard only once every height up to the chain's latest is applied: a node that
+        # answers its height but not its blocks must not keep revocations counting as fresh
+        if self.on_heard is not None:
+            self.on_heard()
         if applied:
             await self._notify()
         return applied

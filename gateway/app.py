@@ -183,7 +183,7 @@ class Gateway:
         settings = Settings(max_queue_depth=int(o.get("max_queue_depth", Settings.max_queue_depth)),
                             default_ttl_s=int(o.get("default_ttl_s", Settings.default_ttl_s)),
                             max_batch=int(o.get("max_batch", Settings.max_batch)))
-        directory = Directory(self.chain)
+        directory = self.directory = Directory(self.chain)
         self._peer = PeerClient(self.key, self.gateway_id, directory, self.metrics, tls=self.tls,
                                 allow_plaintext=self.insecure)
         self.service = GatewayService(self.store, self.gateway_id, self.secret, self.metrics, revoked, settings,
@@ -464,6 +464,9 @@ class Gateway:
         return self._gateways_changed(await self.chain.gateways())
 
     def _gateways_changed(self, records: list[pb.GatewayRecord]) -> bool:
+        # forwards are checked against the registry afresh: a removed or re-keyed gateway is
+        # refused from now on, not once its cached record ages out
+        self.directory.forget_gateways()
         changed = self.peer_roots.update(records)
         if changed:
             log.info("peer port trusts %d gateway certificate(s)", len(self.peer_roots.certs))

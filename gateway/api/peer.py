@@ -131,6 +131,11 @@ class Directory:
         """Read the gateway's record afresh next time (it may have moved or rotated its certificate)."""
         self._cache.pop(("gateway", gateway_id), None)
 
+    def forget_gateways(self) -> None:
+        """Read every gateway's record afresh next time (the registry's set of gateways changed)."""
+        for key in [k for k in self._cache if k[0] == "gateway"]:
+            del self._cache[key]
+
 
 def presented_cert(auth_context: dict[str, list[bytes]]) -> bytes | None:
     """The client certificate (DER) of a call's TLS connection, None without one."""

@@ -12,7 +12,7 @@ import pytest
 from edgistry.firmware.caplets import api as cl
 from edgistry.gateway.tokens import auth
 from edgistry.gateway.link.store_backend import StoreLinkBackend
-from edgistry.gateway.errors import BadRequest, InvokeTimeout, NotFound, QueueFull, Unauthorized
+from edgistry.gateway.errors import BadRequest, Conflict, InvokeTimeout, NotFound, QueueFull, Unauthorized
 from edgistry.gateway.link.backend import DeviceAnswer
 from edgistry.gateway.api.service import Call, GatewayService, HandleGrant, Settings, owner_handle
 from edgistry.gateway.store.store import Device, GatewayStore, State, new_id
@@ -374,3 +374,31 @@ async def test_request_sequences_rise_durably_and_a_stale_one_is_refused_then_ca
         seen = check_request({"request_token": i.request_token, "service": i.service, "method": i.method,
                               "args": i.args}, secret, now_s=int(time.time()), last_sequence=seen)
     assert len(items) == 3 and seen == last + 101
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_a_cached_answer_never_takes_over_another_requests_id(env, batched):
+    """A cacheable read submitted under a request id already on record (another client's
+    queued write) is refused with Conflict; the record, its queue place and its owner's
+    access stay as they were. The same read again under its own id is answered as before."""
+    store, service, dev, secret, app = env
+    owner = cl.derive(cl.load(dev.root_token), [cl.Service("valve", ["*"])])
+    rid = new_id().hex()
+    queued = await service.submit(call(dev, "set", owner, service="valve", args=b'{"open": true}', request_id=rid))
+    first = await service.submit(call(dev, "read", app, service="sensor"))
+    await answer(store, dev)  # the read is answered: the next one is a cache hit
+    taking = call(dev, "read", app, service="sensor", request_id=rid)
+    if batched:
+        (refused,) = await service.submit_many([taking])
+        assert isinstance(refused, Conflict)
+    else:
+        with pytest.raises(Conflict):
+            await service.submit(taking)
+    rec = store.get(bytes.fromhex(rid))
+    assert (rec.service, rec.method, rec.from_cache, rec.payload) == ("valve", "set", False, b'{"t": 21}')
+    assert (await service.get_result(rid, owner.to_bytes())).request_id == queued.request_id
+    again = new_id().hex()
+    hit = await service.submit(call(dev, "read", app, service="sensor", request_id=again))
+    assert hit.state == State.DONE and (await service.submit(call(dev, "read", app, service="sensor",
+                                                                 request_id=again))).state == State.DONE
+    assert first.request_id != rid

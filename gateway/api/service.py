@@ -170,7 +170,7 @@ class _Batch:
     out: list
     staged: list[int] = field(default_factory=list)
     items: list[tuple[Device, RequestRecord, tuple[bytes, ...]]] = field(default_factory=list)
-    hits: list[RequestRecord] = field(default_factory=list)
+    hits: list[tuple[int, RequestRecord]] = field(default_factory=list)  # (position, cached answer)
     elsewhere: list[int] = field(default_factory=list)
     failure: BaseException | None = None
 
@@ -342,7 +342,7 @@ class GatewayService:
             for i, call in enumerate(calls):
                 self._stage_item(batch, i, call, now, view)
         commit = [self._enqueue(batch.items, urgent=True)] if batch.items else []
-        hits = [self.store.put_finished(rec) for rec in batch.hits]  # so GetResult works for them
+        hits = [self.store.put_finished(rec) for _, rec in batch.hits]  # so GetResult works for them
         others = [self.submit(calls[i]) for i in batch.elsewhere]
         if len(commit) == 1 and not hits and not others:  # the usual batch: no task, no gather
             try:
@@ -354,8 +354,11 @@ class GatewayService:
         committed = done[0] if commit else []
         if isinstance(committed, BaseException):  # the commit failed: none of its items is queued
             committed = [committed] * len(batch.staged)
-        for res in done[len(commit):len(commit) + len(hits)]:
-            if isinstance(res, BaseException):
+        for (i, _), res in zip(batch.hits, done[len(commit):len(commit) + len(hits)]):
+            if isinstance(res, GatewayError):  # its own item's refusal (a request id in use)
+                self.metrics.rejections.labels(res.reason).inc()
+                batch.out[i] = res
+            elif isinstance(res, BaseException):
                 batch.failure = batch.failure or res
         self._settle(batch, committed, done[len(commit) + len(hits):], now)
         if self.probe is not None:  # each local item waits as long as the batch (submit() times the others)
@@ -386,7 +389,7 @@ class GatewayService:
             return
         if rec.from_cache:
             batch.out[i] = _result(rec, now)
-            batch.hits.append(rec)
+            batch.hits.append((i, rec))
         else:
             batch.staged.append(i)
             batch.items.append((dev, rec, call.chain))

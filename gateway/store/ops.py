@@ -194,8 +194,17 @@ def token_chain(kv: KV, digest: bytes) -> tuple[bytes, ...]:
 def put_finished(ctx: Ctx, raw: bytes, chain: list[bytes] | None = None) -> Outcome:
     """Store a request that is finished already (a cache hit, a forwarding stub).
     A forwarding stub with ``chain`` is filed under its token, so a revocation
-    learnt here cancels it at the gateway that holds it."""
+    learnt here cancels it at the gateway that holds it. A request id already on
+    record is never overwritten: the same call again (same token, device, service
+    and method) leaves it as it is; another call under that id is a Conflict."""
     rec = RequestRecord.load(raw)
+    old = ctx.kv.get(keys.request(rec.request_id))
+    if old is not None:
+        prev = RequestRecord.load(old)
+        if (prev.link_id, prev.service, prev.method, prev.token_digest) != \
+                (rec.link_id, rec.service, rec.method, rec.token_digest):
+            raise Conflict("request id already used for a different call")
+        return None, []
     ctx.kv.put(keys.request(rec.request_id), raw)
     ctx.kv.put(keys.purge(rec.done_ms + ctx.retention_ms, rec.request_id), b"")
     if rec.forwarded_to and chain:

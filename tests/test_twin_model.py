@@ -54,6 +54,23 @@ def test_compare_and_set_refuses_a_stale_version_and_writes_nothing():
     assert model.view(t)["desired"]["mode"]["version"] == v2
 
 
+def test_deletions_waiting_for_the_device_are_bounded_and_deleting_nothing_writes_nothing():
+    """A writer cannot grow a sleeping device's twin without bound through deletions:
+    deleting a key the desired state does not hold writes nothing, and the deletions the
+    device has not applied yet count against their own cap."""
+    t = Twin()
+    for batch in range(100):  # keys never set
+        sets(t, *[(f"k{batch}_{i}", None, None) for i in range(32)])
+    assert t.desired == {} and model.delta(t, 0)[0] == []
+    for cycle in range(2):  # set 16 keys, delete them: their deletions wait for the device
+        sets(t, *[(f"c{cycle}_{i}", b"1", None) for i in range(16)])
+        sets(t, *[(f"c{cycle}_{i}", None, None) for i in range(16)])
+    sets(t, *[(f"d{i}", b"1", None) for i in range(32)])  # live keys keep their own cap
+    with pytest.raises(BadRequest, match="deletions the device has not applied yet"):
+        sets(t, ("d0", None, None))
+    assert len(model.delta(t, 0)[0]) == 64
+
+
 def test_a_deleted_key_reads_as_absent_and_can_be_created_again_with_version_zero():
     """Deleting makes the key invisible (version 0), and the deletion itself is part of the delta."""
     t = Twin()

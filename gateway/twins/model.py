@@ -27,7 +27,10 @@ is pruned when the device reports.
 
 Sizes are bounded so a device can hold its twin in a small heap: at most
 ``MAX_KEYS`` keys of at most ``MAX_KEY_BYTES``, and ``MAX_STATE_BYTES`` of keys
-and JSON values, for the desired and for the reported state alike.
+and JSON values, for the desired and for the reported state alike. Deletions the
+device has not applied yet are bounded the same way, apart (they wait in the
+record and travel in the next delta); deleting a key the desired state does not
+hold writes nothing.
 """
 
 from __future__ import annotations
@@ -159,6 +162,10 @@ def _check_size(what: str, props: dict[str, bytes]) -> None:
     if size > MAX_STATE_BYTES:
         raise BadRequest(f"the {what} state would be {size} bytes of keys and JSON values, at most "
                          f"{MAX_STATE_BYTES} (a device holds its twin in a small heap)")
+    gone = [k for k, v in props.items() if v == DELETED]
+    if len(gone) > MAX_KEYS or sum(len(k.encode()) for k in gone) > MAX_STATE_BYTES:
+        raise BadRequest(f"the {what} state would hold {len(gone)} deletions the device has not applied yet, "
+                         f"at most {MAX_KEYS} keys ({MAX_STATE_BYTES} bytes): they go when it wakes")
 
 
 def set_desired(twin: Twin, changes: list[Change], chain: Iterable[bytes], now_ms: int) -> list[tuple[str, int]]:
@@ -174,12 +181,17 @@ def set_desired(twin: Twin, changes: list[Change], chain: Iterable[bytes], now_m
     if stale:
         key, want, have = stale[0]
         raise VersionConflict(f"twin key {key!r} is at version {have}, not {want}: read the twin again and retry")
+    # deleting what the desired state does not hold (absent, or deleted already) writes nothing
+    noop = {c.key for c in changes if c.value is None and visible_version(twin, c.key) == 0}
     after = {k: e[-1][VALUE] for k, e in twin.desired.items() if e}
-    after.update({c.key: DELETED if c.value is None else c.value for c in changes})
+    after.update({c.key: DELETED if c.value is None else c.value for c in changes if c.key not in noop})
     _check_size("desired", after)
     chain = list(chain)
     out = []
     for c in changes:
+        if c.key in noop:
+            out.append((c.key, 0))
+            continue
         entries = twin.desired.setdefault(c.key, [])
         v = next_version(twin, now_ms)
         entries.append([DELETED if c.value is None else c.value, v, chain, now_ms])

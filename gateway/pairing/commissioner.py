@@ -16,6 +16,7 @@ yet, from this gateway's discovery index (visibility.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -55,6 +56,10 @@ class Commissioner:
         self.gateway_id = offers.gateway_id
         self.metrics = metrics or GatewayMetrics()
         self.clock = clock or (lambda: int(time.time() * 1000))
+        # One pairing or unpairing at a time, the code checked inside: the one-time code is
+        # rotated only after the chain has the device, so concurrent attempts with one code
+        # (or for one link id) would otherwise all pass their checks before any of them ends.
+        self._one_at_a_time = asyncio.Lock()
 
     def begin(self, msg: gw.PairBegin) -> gw.PairOffer:
         return self.offers.begin(msg)
@@ -62,7 +67,8 @@ class Commissioner:
     async def complete(self, msg: gw.PairComplete) -> gw.PairSealed:
         payload, key = self.offers.open(msg)
         try:
-            result = await (self._unpair(payload) if payload.unpair else self._pair(payload))
+            async with self._one_at_a_time:
+                result = await (self._unpair(payload) if payload.unpair else self._pair(payload))
         except Exception as exc:
             self.metrics.pairings.labels(type(exc).__name__).inc()
             raise

@@ -167,7 +167,8 @@ class TwinService:
             access, _ = self._authorise(token, dev)
             if not (access.read_desired or access.read_reported):
                 raise Unauthorized("token grants no twin access")
-            if self.store.device(dev.link_id) is None:
+            now = self.store.device(dev.link_id)
+            if now is None or now.root_token != dev.root_token:  # (its link id paired again: another device)
                 raise NotFound("the device was unpaired")
             view = self._view(dev, target, access)
             if view.state != last:

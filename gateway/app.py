@@ -96,8 +96,12 @@ def host_port(text: str) -> tuple[str, int]:
 class PeerForwarder:
     """The service's view of other gateways (service.Forwarder) over PeerClient."""
 
-    def __init__(self, client: PeerClient, directory: Directory) -> None:
+    def __init__(self, client: PeerClient, directory: Directory,
+                 revocation_height: Callable[[], int] = lambda: 0) -> None:
         self.client, self.directory = client, directory
+        # this gateway's revocation height, sent with result, cancel and watch forwards as
+        # invoke and submit carry theirs: the holder answers once its own revocations reach it
+        self.revocation_height = revocation_height
 
     async def owner_of(self, pseudonym: bytes) -> str | None:
         rec = await self.directory.device(pseudonym)
@@ -109,12 +113,13 @@ class PeerForwarder:
             timeout = (call.timeout_ms / 1000 if call.timeout_ms else 30.0) + FORWARD_SLACK_S
             res = await self.client.forward(gateway_id, kind, request=to_request(call), timeout=timeout)
         else:
-            res = await self.client.forward(gateway_id, kind,
-                                            result=gw.ResultRequest(request_id=request_id, token=token))
+            res = await self.client.forward(gateway_id, kind, result=gw.ResultRequest(
+                request_id=request_id, token=token, revocation_height=self.revocation_height()))
         return from_pb(res)
 
     async def watch(self, gateway_id: str, request_id: str, token: bytes) -> AsyncIterator[Result]:
-        async for msg in self.client.watch(gateway_id, gw.ResultRequest(request_id=request_id, token=token)):
+        req = gw.ResultRequest(request_id=request_id, token=token, revocation_height=self.revocation_height())
+        async for msg in self.client.watch(gateway_id, req):
             yield from_pb(msg)
 
 
@@ -187,7 +192,7 @@ class Gateway:
         self._peer = PeerClient(self.key, self.gateway_id, directory, self.metrics, tls=self.tls,
                                 allow_plaintext=self.insecure)
         self.service = GatewayService(self.store, self.gateway_id, self.secret, self.metrics, revoked, settings,
-                                      PeerForwarder(self._peer, directory))
+                                      PeerForwarder(self._peer, directory, lambda: revoked.height))
         self.service.admit = service_hook(self.admission)
         self.metrics.watch_queues(self.store.depths)
         self.metrics.watch_admission(self._admission_snapshot)

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gistry/proto/gateway.proto\x12\x13\x65\x64gistry.gateway.v1\"\xd7\x01\n\rInvokeRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x01(\x0c\x12\r\n\x05token\x18\x04 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\x12\r\n\x05ttl_s\x18\x06 \x01(\r\x12\x0f\n\x07service\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x10\n\x08\x61ttested\x18\t \x01(\x08\x12\x14\n\x0c\x63hain_hashes\x18\n \x03(\x0c\x12\x19\n\x11revocation_height\x18\x0b \x01(\x03\"\xc8\x01\n\x06Result\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.edgistry.gateway.v1.RequestState\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x16\n\x0e\x65xpected_at_ms\x18\x05 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x06 \x01(\x03\x12\x12\n\nfrom_cache\x18\x07 \x01(\x08\x12\x15\n\rdevice_status\x18\x08 \x01(\r\"J\n\x12SubmitBatchRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".edgistry.gateway.v1.InvokeRequest\"U\n\tBatchItem\x12+\n\x06result\x18\x01 \x01(\x0b\x32\x1b.edgistry.gateway.v1.Result\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"D\n\x13SubmitBatchResponse\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.edgistry.gateway.v1.BatchItem\"2\n\rResultRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\"\"\n\tPairBegin\x12\x15\n\rclient_x25519\x18\x01 \x01(\x0c\"\xb3\x01\n\tPairOffer\x12\x16\n\x0egateway_x25519\x18\x01 \x01(\x0c\x12\x16\n\x0egateway_pubkey\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x12\n\ngateway_id\x18\x04 \x01(\t\x12\x0f\n\x07session\x18\x05 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x06 \x01(\t\x12\x10\n\x08tls_cert\x18\x07 \x01(\x0c\x12\x1a\n\x12tls_cert_signature\x18\x08 \x01(\x0c\"B\n\x0cPairComplete\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\xab\x01\n\x0bPairPayload\x12\x12\n\nroot_token\x18\x01 \x01(\x0c\x12\x10\n\x08manifest\x18\x02 \x01(\x0c\x12\x0c\n\x04\x63\x65ll\x18\x03 \x01(\x04\x12\x12\n\nresolution\x18\x04 \x01(\r\x12\t\n\x01k\x18\x05 \x01(\r\x12\x0f\n\x07\x65ncrypt\x18\x06 \x01(\x08\x12\x0f\n\x07link_id\x18\x07 \x01(\x0c\x12\x17\n\x0f\x63ommission_code\x18\x08 \x01(\t\x12\x0e\n\x06unpair\x18\t \x01(\x08\"\xfa\x01\n\nPairResult\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\x12\x16\n\x0eidentity_token\x18\x02 \x01(\x0c\x12\x11\n\tapp_token\x18\x03 \x01(\x0c\x12\x14\n\x0cowner_handle\x18\x04 \x01(\t\x12\x15\n\rlink_endpoint\x18\x05 \x01(\t\x12\x12\n\ngateway_id\x18\x06 \x01(\t\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x0c\n\x04\x63\x65ll\x18\x08 \x01(\x04\x12\x17\n\x0f\x64iscovery_known\x18\t \x01(\x08\x12\x36\n\tdiscovery\x18\n \x03(\x0b\x32#.edgistry.gateway.v1.PairVisibility\">\n\x0ePairVisibility\x12\x14\n\x0cservice_type\x18\x01 \x01(\t\x12\x16\n\x0e\x64isclosed_cell\x18\x02 \x01(\x04\"/\n\nPairSealed\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"\x0f\n\rStatusRequest\"l\n\rGatewayStatus\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x19\n\x11revocation_height\x18\x02 \x01(\x03\x12\x17\n\x0f\x63hain_silent_ms\x18\x03 \x01(\x03\x12\x13\n\x0b\x66\x61il_closed\x18\x04 \x01(\x08\"\xba\x01\n\tForwarded\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".edgistry.gateway.v1.InvokeRequest\x12\x0f\n\x07\x66rom_id\x18\x02 \x01(\t\x12\x12\n\nsent_at_ms\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x0c\n\x04\x63\x61ll\x18\x05 \x01(\t\x12\x32\n\x06result\x18\x06 \x01(\x0b\x32\".edgistry.gateway.v1.ResultRequest*{\n\x0cRequestState\x12\x11\n\rSTATE_UNKNOWN\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\r\n\tDELIVERED\x10\x02\x12\x08\n\x04\x44ONE\x10\x03\x12\x0b\n\x07\x45XPIRED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\n\n\x06\x46\x41ILED\x10\x06\x12\x0b\n\x07REVOKED\x10\x07\x32\xbe\x04\n\x07Gateway\x12P\n\x06Status\x12\".edgistry.gateway.v1.StatusRequest\x1a\".edgistry.gateway.v1.GatewayStatus\x12I\n\x06Invoke\x12\".edgistry.gateway.v1.InvokeRequest\x1a\x1b.edgistry.gateway.v1.Result\x12I\n\x06Submit\x12\".edgistry.gateway.v1.InvokeRequest\x1a\x1b.edgistry.gateway.v1.Result\x12`\n\x0bSubmitBatch\x12\'.edgistry.gateway.v1.SubmitBatchRequest\x1a(.edgistry.gateway.v1.SubmitBatchResponse\x12L\n\tGetResult\x12\".edgistry.gateway.v1.ResultRequest\x1a\x1b.edgistry.gateway.v1.Result\x12P\n\x0bWatchResult\x12\".edgistry.gateway.v1.ResultRequest\x1a\x1b.edgistry.gateway.v1.Result0\x01\x12I\n\x06\x43\x61ncel\x12\".edgistry.gateway.v1.ResultRequest\x1a\x1b.edgistry.gateway.v1.Result2\xa8\x01\n\rCommissioning\x12G\n\x05\x42\x65gin\x12\x1e.edgistry.gateway.v1.PairBegin\x1a\x1e.edgistry.gateway.v1.PairOffer\x12N\n\x08\x43omplete\x12!.edgistry.gateway.v1.PairComplete\x1a\x1f.edgistry.gateway.v1.PairSealed2\x9d\x01\n\x04Peer\x12\x46\n\x07\x46orward\x12\x1e.edgistry.gateway.v1.Forwarded\x1a\x1b.edgistry.gateway.v1.Result\x12M\n\x0c\x46orwardWatch\x12\x1e.edgistry.gateway.v1.Forwarded\x1a\x1b.edgistry.gateway.v1.Result0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gistry/proto/gateway.proto\x12\x13\x65\x64gistry.gateway.v1\"\xd7\x01\n\rInvokeRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x01(\x0c\x12\r\n\x05token\x18\x04 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\x12\r\n\x05ttl_s\x18\x06 \x01(\r\x12\x0f\n\x07service\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x10\n\x08\x61ttested\x18\t \x01(\x08\x12\x14\n\x0c\x63hain_hashes\x18\n \x03(\x0c\x12\x19\n\x11revocation_height\x18\x0b \x01(\x03\"\xc8\x01\n\x06Result\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.edgistry.gateway.v1.RequestState\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x16\n\x0e\x65xpected_at_ms\x18\x05 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x06 \x01(\x03\x12\x12\n\nfrom_cache\x18\x07 \x01(\x08\x12\x15\n\rdevice_status\x18\x08 \x01(\r\"J\n\x12SubmitBatchRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".edgistry.gateway.v1.InvokeRequest\"U\n\tBatchItem\x12+\n\x06result\x18\x01 \x01(\x0b\x32\x1b.edgistry.gateway.v1.Result\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"D\n\x13SubmitBatchResponse\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.edgistry.gateway.v1.BatchItem\"M\n\rResultRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x19\n\x11revocation_height\x18\x03 \x01(\x03\"\"\n\tPairBegin\x12\x15\n\rclient_x25519\x18\x01 \x01(\x0c\"\xb3\x01\n\tPairOffer\x12\x16\n\x0egateway_x25519\x18\x01 \x01(\x0c\x12\x16\n\x0egateway_pubkey\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x12\n\ngateway_id\x18\x04 \x01(\t\x12\x0f\n\x07session\x18\x05 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x06 \x01(\t\x12\x10\n\x08tls_cert\x18\x07 \x01(\x0c\x12\x1a\n\x12tls_cert_signature\x18\x08 \x01(\x0c\"B\n\x0cPairComplete\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\xab\x01\n\x0bPairPayload\x12\x12\n\nroot_token\x18\x01 \x01(\x0c\x12\x10\n\x08manifest\x18\x02 \x01(\x0c\x12\x0c\n\x04\x63\x65ll\x18\x03 \x01(\x04\x12\x12\n\nresolution\x18\x04 \x01(\r\x12\t\n\x01k\x18\x05 \x01(\r\x12\x0f\n\x07\x65ncrypt\x18\x06 \x01(\x08\x12\x0f\n\x07link_id\x18\x07 \x01(\x0c\x12\x17\n\x0f\x63ommission_code\x18\x08 \x01(\t\x12\x0e\n\x06unpair\x18\t \x01(\x08\"\xfa\x01\n\nPairResult\x12\x11\n\tpseudonym\x18\x01 \x01(\x0c\x12\x16\n\x0eidentity_token\x18\x02 \x01(\x0c\x12\x11\n\tapp_token\x18\x03 \x01(\x0c\x12\x14\n\x0cowner_handle\x18\x04 \x01(\t\x12\x15\n\rlink_endpoint\x18\x05 \x01(\t\x12\x12\n\ngateway_id\x18\x06 \x01(\t\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x0c\n\x04\x63\x65ll\x18\x08 \x01(\x04\x12\x17\n\x0f\x64iscovery_known\x18\t \x01(\x08\x12\x36\n\tdiscovery\x18\n \x03(\x0b\x32#.edgistry.gateway.v1.PairVisibility\">\n\x0ePairVisibility\x12\x14\n\x0cservice_type\x18\x01 \x01(\t\x12\x16\n\x0e\x64isclosed_cell\x18\x02 \x01(\x04\"/\n\nPairSealed\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"\x0f\n\rStatusRequest\"l\n\rGatewayStatus\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x19\n\x11revocation_height\x18\x02 \x01(\x03\x12\x17\n\x0f\x63hain_silent_ms\x18\x03 \x01(\x03\x12\x13\n\x0b\x66\x61il_closed\x18\x04 \x01(\x08\"\xba\x01\n\tForwarded\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".edgistry.gateway.v1.InvokeRequest\x12\x0f\n\x07\x66rom_id\x18\x02 \x01(\t\x12\x12\n\nsent_at_ms\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x0c\n\x04\x63\x61ll\x18\x05 \x01(\t\x12\x32\n\x06result\x18\x06 \x01(\x0b\x32\".edgistry.gateway.v1.ResultRequest*{\n\x0cRequestState\x12\x11\n\rSTATE_UNKNOWN\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\r\n\tDELIVERED\x10\x02\x12\x08\n\x04\x44ONE\x10\x03\x12\x0b\n\x07\x45XPIRED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\n\n\x06\x46\x41ILED\x10\x06\x12\x0b\n\x07REVOKED\x10\x07\x32\xbe\x04\n\x07Gateway\x12P\n\x06Status\x12\".edgistry.gateway.v1.StatusRequest\x1a\".edgistry.gateway.v1.GatewayStatus\x12I\n\x06Invoke\x12\".edgistry.gateway.v1.InvokeRequest\x1a\x1b.edgistry.gateway.v1.Result\x12I\n\x06Submit\x12\".edgistry.gateway.v1.InvokeRequest\x1a\x1b.edgistry.gateway.v1.Result\x12`\n\x0bSubmitBatch\x12\'.edgistry.gateway.v1.SubmitBatchRequest\x1a(.edgistry.gateway.v1.SubmitBatchResponse\x12L\n\tGetResult\x12\".edgistry.gateway.v1.ResultRequest\x1a\x1b.edgistry.gateway.v1.Result\x12P\n\x0bWatchResult\x12\".edgistry.gateway.v1.ResultRequest\x1a\x1b.edgistry.gateway.v1.Result0\x01\x12I\n\x06\x43\x61ncel\x12\".edgistry.gateway.v1.ResultRequest\x1a\x1b.edgistry.gateway.v1.Result2\xa8\x01\n\rCommissioning\x12G\n\x05\x42\x65gin\x12\x1e.edgistry.gateway.v1.PairBegin\x1a\x1e.edgistry.gateway.v1.PairOffer\x12N\n\x08\x43omplete\x12!.edgistry.gateway.v1.PairComplete\x1a\x1f.edgistry.gateway.v1.PairSealed2\x9d\x01\n\x04Peer\x12\x46\n\x07\x46orward\x12\x1e.edgistry.gateway.v1.Forwarded\x1a\x1b.edgistry.gateway.v1.Result\x12M\n\x0c\x46orwardWatch\x12\x1e.edgistry.gateway.v1.Forwarded\x1a\x1b.edgistry.gateway.v1.Result0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgistry.proto.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTSTATE']._serialized_start=1901
-  _globals['_REQUESTSTATE']._serialized_end=2024
+  _globals['_REQUESTSTATE']._serialized_start=1928
+  _globals['_REQUESTSTATE']._serialized_end=2051
   _globals['_INVOKEREQUEST']._serialized_start=54
   _globals['_INVOKEREQUEST']._serialized_end=269
   _globals['_RESULT']._serialized_start=272
@@ -44,31 +44,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITBATCHRESPONSE']._serialized_start=637
   _globals['_SUBMITBATCHRESPONSE']._serialized_end=705
   _globals['_RESULTREQUEST']._serialized_start=707
-  _globals['_RESULTREQUEST']._serialized_end=757
-  _globals['_PAIRBEGIN']._serialized_start=759
-  _globals['_PAIRBEGIN']._serialized_end=793
-  _globals['_PAIROFFER']._serialized_start=796
-  _globals['_PAIROFFER']._serialized_end=975
-  _globals['_PAIRCOMPLETE']._serialized_start=977
-  _globals['_PAIRCOMPLETE']._serialized_end=1043
-  _globals['_PAIRPAYLOAD']._serialized_start=1046
-  _globals['_PAIRPAYLOAD']._serialized_end=1217
-  _globals['_PAIRRESULT']._serialized_start=1220
-  _globals['_PAIRRESULT']._serialized_end=1470
-  _globals['_PAIRVISIBILITY']._serialized_start=1472
-  _globals['_PAIRVISIBILITY']._serialized_end=1534
-  _globals['_PAIRSEALED']._serialized_start=1536
-  _globals['_PAIRSEALED']._serialized_end=1583
-  _globals['_STATUSREQUEST']._serialized_start=1585
-  _globals['_STATUSREQUEST']._serialized_end=1600
-  _globals['_GATEWAYSTATUS']._serialized_start=1602
-  _globals['_GATEWAYSTATUS']._serialized_end=1710
-  _globals['_FORWARDED']._serialized_start=1713
-  _globals['_FORWARDED']._serialized_end=1899
-  _globals['_GATEWAY']._serialized_start=2027
-  _globals['_GATEWAY']._serialized_end=2601
-  _globals['_COMMISSIONING']._serialized_start=2604
-  _globals['_COMMISSIONING']._serialized_end=2772
-  _globals['_PEER']._serialized_start=2775
-  _globals['_PEER']._serialized_end=2932
+  _globals['_RESULTREQUEST']._serialized_end=784
+  _globals['_PAIRBEGIN']._serialized_start=786
+  _globals['_PAIRBEGIN']._serialized_end=820
+  _globals['_PAIROFFER']._serialized_start=823
+  _globals['_PAIROFFER']._serialized_end=1002
+  _globals['_PAIRCOMPLETE']._serialized_start=1004
+  _globals['_PAIRCOMPLETE']._serialized_end=1070
+  _globals['_PAIRPAYLOAD']._serialized_start=1073
+  _globals['_PAIRPAYLOAD']._serialized_end=1244
+  _globals['_PAIRRESULT']._serialized_start=1247
+  _globals['_PAIRRESULT']._serialized_end=1497
+  _globals['_PAIRVISIBILITY']._serialized_start=1499
+  _globals['_PAIRVISIBILITY']._serialized_end=1561
+  _globals['_PAIRSEALED']._serialized_start=1563
+  _globals['_PAIRSEALED']._serialized_end=1610
+  _globals['_STATUSREQUEST']._serialized_start=1612
+  _globals['_STATUSREQUEST']._serialized_end=1627
+  _globals['_GATEWAYSTATUS']._serialized_start=1629
+  _globals['_GATEWAYSTATUS']._serialized_end=1737
+  _globals['_FORWARDED']._serialized_start=1740
+  _globals['_FORWARDED']._serialized_end=1926
+  _globals['_GATEWAY']._serialized_start=2054
+  _globals['_GATEWAY']._serialized_end=2628
+  _globals['_COMMISSIONING']._serialized_start=2631
+  _globals['_COMMISSIONING']._serialized_end=2799
+  _globals['_PEER']._serialized_start=2802
+  _globals['_PEER']._serialized_end=2959
 # @@protoc_insertion_point(module_scope)

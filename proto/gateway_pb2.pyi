@@ -95,12 +95,14 @@ class SubmitBatchResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[BatchItem, _Mapping]]] = ...) -> None: ...
 
 class ResultRequest(_message.Message):
-    __slots__ = ("request_id", "token")
+    __slots__ = ("request_id", "token", "revocation_height")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     token: bytes
-    def __init__(self, request_id: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...
+    revocation_height: int
+    def __init__(self, request_id: _Optional[str] = ..., token: _Optional[bytes] = ..., revocation_height: _Optional[int] = ...) -> None: ...
 
 class PairBegin(_message.Message):
     __slots__ = ("client_x25519",)

@@ -144,7 +144,8 @@ class PeerServicer(gw_grpc.PeerServicer):
                                                        via=request.from_id)
             else:
                 res = await self.service.serve_forward(request.call, request_id=request.result.request_id,
-                                                       token=request.result.token, via=request.from_id)
+                                                       token=request.result.token, via=request.from_id,
+                                                       revocation_height=request.result.revocation_height)
             return to_pb(res)
         except GatewayError as err:
             await _abort(context, err)
@@ -154,7 +155,8 @@ class PeerServicer(gw_grpc.PeerServicer):
             await self._checked(request, context)
             if request.call != "watch":
                 raise BadRequest("ForwardWatch carries a watch call")
-            async for res in self.service.watch(request.result.request_id, request.result.token):
+            async for res in self.service.serve_forward_watch(request.result.request_id, request.result.token,
+                                                             request.result.revocation_height):
                 yield to_pb(res)
         except GatewayError as err:
             await _abort(context, err)

@@ -553,13 +553,17 @@ class GatewayService:
         return res
 
     async def serve_forward(self, kind: str, call: Call | None = None, request_id: str = "",
-                            token: bytes = b"", via: str = "") -> Result:
+                            token: bytes = b"", via: str = "", revocation_height: int = 0) -> Result:
         """A peer gateway's call (signature already checked; ``via``: its id):
-        local devices only, never re-forwarded."""
+        local devices only, never re-forwarded. Served once the revocations in force
+        here reach the forwarding gateway's height (the call's, or ``revocation_height``
+        for result, cancel and revoke)."""
         try:
             if call is not None:
                 call.via = via
                 await self._caught_up(call.revocation_height)
+            else:
+                await self._caught_up(revocation_height)
             if kind == "submit":
                 return await self._submit_local(self._local(call), call)
             if kind == "invoke":
@@ -731,6 +735,13 @@ class GatewayService:
         if rec.forwarded_to:
             return await self.forwarder.call(rec.forwarded_to, "cancel", request_id=request_id, token=token)
         return _result(await self.store.cancel(rec.request_id, self.clock()))
+
+    async def serve_forward_watch(self, request_id: str, token: bytes,
+                                  revocation_height: int = 0) -> AsyncIterator[Result]:
+        """A peer gateway's watch: once the revocations in force here reach its height."""
+        await self._caught_up(revocation_height)
+        async for res in self.watch(request_id, token):
+            yield res
 
     async def watch(self, request_id: str, token: bytes) -> AsyncIterator[Result]:
         """The current state, then every change, until a terminal state.

@@ -236,6 +236,8 @@ class Gateway:
                                     replica=self.replica, submitter=self.submitter)
         self.keeper.reseal = commissioner.reseal
         self.service.resolvers.append(dg.handle_resolver(self.discovery, self.secret, revoked=revoked))  # handles
+        index = self.discovery.index
+        self.service.disclosed = lambda ps, stype: index.disclosure_cell(stype, ps) is not None
         self.replica.on_revocations, self.replica.on_heard = self.apply_revocations, revoked.heard
         self.replica.on_gateways = self._gateways_changed  # a peer registered or rotated: trusted at once
         self.replica.poll_s = float(o.get("chain_poll_s", CHAIN_POLL_S))

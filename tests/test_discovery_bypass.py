@@ -94,6 +94,36 @@ async def test_the_owner_gateway_refuses_its_own_app_token_on_an_unattested_forw
         store.close()
 
 
+async def test_a_peers_word_reaches_only_devices_discovery_discloses(tmp_path):
+    """A registered peer's attested forward needs no client token the holder can check, so it
+    is bounded by what discovery discloses: a withheld device (or another service of it) is
+    refused, a disclosed one reads; writes need the owner's token whatever the peer says."""
+    from edgistry.gateway.api.service import PEER_SCOPE
+    from edgistry.gateway.store.store import Device, new_id
+
+    store = GatewayStore(tmp_path / "gw")
+    try:
+        service = GatewayService(store, "gw-b", GATEWAY_SECRET)
+        root = cl.root(cl.new_secret())
+        manifest = {"duty_cycle_s": 5, "services": [{"type": "sensor", "methods": ["read"]},
+                                                    {"type": "camera", "methods": ["snapshot"]}]}
+        dev = Device(new_id(), auth.pseudonym_for(root.to_bytes()), root.to_bytes(), manifest, 0, 7, 1)
+        await store.put_device(dev)
+        shown = {(dev.pseudonym, "sensor")}
+        service.disclosed = lambda ps, stype: (ps, stype) in shown
+        fwd = lambda method, stype: Call(owner_handle(dev.pseudonym), method, token=b"",  # noqa: E731
+                                         service=stype, attested=True, request_id=new_id().hex())
+        assert (await service.serve_forward("submit", fwd("read", "sensor"), via="gw-a")).state == State.QUEUED
+        with pytest.raises(Unauthorized, match=PEER_SCOPE):
+            await service.serve_forward("submit", fwd("snapshot", "camera"), via="gw-a")
+        shown.clear()  # its group fell below k
+        with pytest.raises(Unauthorized, match=PEER_SCOPE):
+            await service.serve_forward("submit", fwd("read", "sensor"), via="gw-a")
+        assert store.depth(dev.link_id) == 1
+    finally:
+        store.close()
+
+
 # ---- end to end: two gateways on one embedded chain ----
 
 

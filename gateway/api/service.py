@@ -100,6 +100,7 @@ class HandleGrant:
     may_invoke: Callable[[str, str, bool], bool]  # (service type, method, mutating) -> allowed
 
 
+PEER_SCOPE = "a peer gateway vouches for reads only of devices discovery discloses for that service"
 HANDLE_SCOPE = "a discovery handle reaches only the service it was found for, and what the token may invoke there"
 
 
@@ -189,6 +190,9 @@ class GatewayService:
     # discovery handles resolve here, at the gateway that issued them
     # (target, client token) -> pseudonym: discovery handles open only with the client's token
     resolvers: list[Callable[[str, bytes], HandleGrant | None]] = field(default_factory=list)
+    # (pseudonym, service type) -> whether discovery discloses that device for that type:
+    # a registered peer vouches for reads only within what discovery shows (None: not wired)
+    disclosed: Callable[[bytes, str], bool] | None = None
     watch_recheck_s: float = 5.0  # a watch re-reads its request (and re-checks its token) this often
     probe: Probe | None = None  # stage timings for benchmarks (gateway/probe.py)
     catch_up_s: float = 3.0  # how long a forward waits for this gateway's revocations to catch up
@@ -444,6 +448,10 @@ class GatewayService:
             raise
         # A read vouched for by discovery or by a registered peer's signed forward
         # needs no device token; everything else is authorised here.
+        if call.attested and not method.mutating and call.via and self.disclosed is not None \
+                and not self.disclosed(dev.pseudonym, service):
+            # a peer's word reaches what a client could find through discovery, and no further
+            raise Unauthorized(PEER_SCOPE)
         if not (call.attested and not method.mutating):
             t0 = time.perf_counter() if self.probe is not None else 0.0
             granted = auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,

@@ -165,6 +165,9 @@ class Gateway:
         self.ports: dict[str, int] = {}
         self.chain_ok_at = 0.0
         self._local_stamp = 0  # mtime of the local revocation list last applied
+        # revocations in the token set whose other steps (requests, twins, notice log) a
+        # failure interrupted: done again with the next call, since the set no longer says "new"
+        self._unsettled: list[tuple[bytes, int]] = []
 
     # ---- lifecycle ----
 
@@ -429,11 +432,14 @@ class Gateway:
             records = records + [(h, e if e is not None else NEVER_EXPIRES_S)
                                  for h, e in RevocationSet.load(self.revocation_file).records()]
         new = [(h, e) for h, e in records if self.revoked.revoke(h, e)]
-        if new:
-            ended = await self.service.revoked_now([h for h, _ in new])
-            await self.twins.revoked_now([h for h, _ in new])  # undelivered twin changes under them withdrawn
-            await self.store.add_revocations(new)
-            log.info("height %d: %d revocation(s) in force, %d request(s) ended REVOKED", height, len(new), ended)
+        todo = self._unsettled + new
+        if todo:
+            self._unsettled = todo  # every step is idempotent: a retry does them all again
+            ended = await self.service.revoked_now([h for h, _ in todo])
+            await self.twins.revoked_now([h for h, _ in todo])  # undelivered twin changes under them withdrawn
+            await self.store.add_revocations(todo)
+            self._unsettled = []
+            log.info("height %d: %d revocation(s) in force, %d request(s) ended REVOKED", height, len(todo), ended)
         self.revoked.height = max(self.revoked.height, height)
         self.chain_ok_at = time.time()
         return len(new)

@@ -289,8 +289,7 @@ class RegistryApp:
         reverify = recheck and rule != self.rule_at(height - 1)
         # the first block that takes only revocation hashes: what was admitted with
         # a raw tag inside a batch must leave the mempool, so run every recheck in full
-        activation = read_revocation_hash_height(self._check)
-        reform = recheck and hashes_required(height, activation) != hashes_required(height - 1, activation)
+        reform = recheck and self._revocation_form_changes(height)
         if recheck and not reverify and not reform:
             short = self._recheck_unchanged(raw)
             if short is not None:
@@ -304,6 +303,11 @@ class RegistryApp:
         self._check.writes.update(view.writes)  # an authenticated tx consumed its nonce even if it failed
         self._note_checked(raw, result, view, recheck)
         return result.to_check()
+
+    def _revocation_form_changes(self, height: int) -> bool:
+        """Whether block ``height`` is the first that takes only revocation hashes."""
+        activation = read_revocation_hash_height(self._check)
+        return hashes_required(height, activation) != hashes_required(height - 1, activation)
 
     def _recheck_unchanged(self, raw: bytes) -> abci.ResponseCheckTx | None:
         """The short recheck (recheck.py): the remembered verdict when nothing the

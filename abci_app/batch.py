@@ -38,7 +38,9 @@ left out by PrepareProposal and makes ProcessProposal reject the block. Only
 those checks: an operation that is malformed in any other way still fails
 alone when it runs. FinalizeBlock does not refuse such a batch (a block that a
 byzantine majority did commit replays to the same results as before); its
-offending operations fail there with their own codes. The tx itself succeeds (code 0) once it authenticates: its nonce is
+offending operations fail there with their own codes.
+
+The tx itself succeeds (code 0) once it authenticates: its nonce is
 consumed whatever its operations do, as for any authenticated tx. Bounds on the whole tx are stateless and reject it whole
 (``txs._check_batch``): at most MAX_BATCH_OPS operations, and MAX_TX_BYTES for
 the encoding.

@@ -63,7 +63,8 @@ async def test_a_pseudonym_call_is_forwarded_without_attestation(forwarding):
     await service.invoke(Call(ps.hex(), "read", token=app, service="sensor"))
     assert [c.attested for c in forwarder.calls] == [False, False]
     assert all(c.target == owner_handle(ps) for c in forwarder.calls)
-    service.resolvers.append(lambda target, token: HandleGrant(ps, "sensor", lambda *a: True) if target == "handle-7" else None)
+    service.resolvers.append(lambda target, token: HandleGrant(ps, "sensor", lambda *a: True)
+                             if target == "handle-7" else None)
     await service.submit(Call("handle-7", "read", token=app, service="sensor"))
     await service.invoke(Call(owner_handle(ps), "read", token=app, service="sensor"), attested=True)  # invoke-any
     assert [c.attested for c in forwarder.calls[2:]] == [True, True]

@@ -8,7 +8,6 @@ import asyncio
 import os
 import random
 import time
-from pathlib import Path
 
 import h3
 import pytest

@@ -105,7 +105,8 @@ class LinkBackend(Protocol):
 
     def ticket(self, ticket_id: bytes) -> Ticket | None:
         """The resumption ticket with this id (unexpired, of a device still
-        paired, under the root it was issued for: :func:`issued_for`), or None. Does not spend it: single use is enforced by the link
+        paired, under the root it was issued for: :func:`issued_for`), or None.
+        Does not spend it: single use is enforced by the link
         server, and made durable by :meth:`rotate_ticket` before it answers."""
 
     def pending(self, link_id: bytes, max_bytes: int) -> tuple[list[QueuedRequest], bool]:

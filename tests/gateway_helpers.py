@@ -164,3 +164,15 @@ def count_enqueue_ops(store) -> list[int]:
 
     store.enqueue = counting
     return commits
+
+
+async def pair_device(store, manifest: dict, duty_cycle_s: int = 5):
+    """A new device (a fresh root) paired in ``store``: (its Device record, its root token)."""
+    from edgistry.gateway.store.store import Device, new_id
+    from edgistry.gateway.tokens import auth
+
+    root = cl.root(cl.new_secret())
+    dev = Device(new_id(), auth.pseudonym_for(root.to_bytes()), root.to_bytes(), manifest, 0, 7, 1,
+                 duty_cycle_s=duty_cycle_s)
+    await store.put_device(dev)
+    return dev, root

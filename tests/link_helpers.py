@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -116,3 +117,19 @@ def handshake(d: DeviceSession, g: GatewaySession) -> tuple[list, list, list[byt
         if not data:
             break
     return dev_ev, gw_ev, wire_d
+
+
+def raw_exchange(addr, data: bytes, wait: float = 0.3) -> list[bytes]:
+    """Send one datagram from a fresh UDP socket; every answer within ``wait`` seconds."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(data, addr)
+        s.settimeout(wait)
+        out = []
+        while True:
+            try:
+                out.append(s.recv(65536))
+            except (TimeoutError, socket.timeout):
+                return out
+    finally:
+        s.close()

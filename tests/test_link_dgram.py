@@ -27,6 +27,7 @@ from edgistry.firmware.link.link_device import check_request
 from edgistry.gateway.link.backend import DeviceAnswer, MemoryBackend, PairedDevice, QueuedRequest
 from edgistry.gateway.link.dgram_server import DgramServer, RateLimiter
 from edgistry.gateway.tokens import auth
+from link_helpers import raw_exchange
 
 SECRET = os.urandom(32)
 
@@ -157,21 +158,6 @@ async def test_sizes_one_request(mem) -> None:
     w, _, a = [n for _, n in log.flights]
     assert w == 11 and a == 11  # type, kid, seq, tag
     c.close()
-
-
-def raw_exchange(addr, data: bytes, wait: float = 0.3) -> list[bytes]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.sendto(data, addr)
-        s.settimeout(wait)
-        out = []
-        while True:
-            try:
-                out.append(s.recv(65536))
-            except (TimeoutError, socket.timeout):
-                return out
-    finally:
-        s.close()
 
 
 async def test_replays_are_refused_and_get_nothing_larger(mem) -> None:

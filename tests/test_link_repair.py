@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -27,26 +26,11 @@ from edgistry.gateway.link.dgram_server import DgramServer, _lid
 from edgistry.gateway.link.store_backend import StoreLinkBackend
 from edgistry.gateway.store.store import Device as StoredDevice
 from edgistry.gateway.store.store import GatewayStore, RequestRecord, State, new_id
+from link_helpers import raw_exchange as exchange
 from runtime_helpers import GATEWAY_SECRET, device, make_home, start_server
 
 pytestmark = pytest.mark.timeout(60)
 MANIFEST = {"services": [{"type": "sensor", "methods": ["read"]}]}
-
-
-def exchange(addr, data: bytes, wait: float = 0.3) -> list[bytes]:
-    """Send one datagram from a fresh socket; every answer within ``wait``."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.sendto(data, addr)
-        s.settimeout(wait)
-        out = []
-        while True:
-            try:
-                out.append(s.recv(65536))
-            except (TimeoutError, socket.timeout):
-                return out
-    finally:
-        s.close()
 
 
 class Paired:

@@ -17,10 +17,10 @@ from edgistry.gateway.api.convert import to_call, to_pb
 from edgistry.gateway.api.service import Call, GatewayService, owner_handle
 from edgistry.gateway.app import PeerForwarder
 from edgistry.gateway.errors import Unauthorized, Unavailable
-from edgistry.gateway.store.store import Device, GatewayStore, State, new_id
-from edgistry.gateway.tokens import auth
+from edgistry.gateway.store.store import GatewayStore, State
 from edgistry.gateway.tokens.revocations import LiveRevocations
 from edgistry.proto import gateway_pb2 as gw
+from gateway_helpers import pair_device
 
 pytestmark = pytest.mark.timeout(30)
 MANIFEST = {"duty_cycle_s": 5, "services": [{"type": "sensor", "methods": ["info"]}]}
@@ -59,9 +59,7 @@ async def two(tmp_path):
     forwarder = PeerForwarder(PeerWire(b, "gw-a"), None, lambda: a_revoked.height)
     forwarder.owner_of = lambda ps: _owner(b, ps)
     a = GatewayService(sa, "gw-a", b"a" * 32, revoked=a_revoked, forwarder=forwarder)
-    root = cl.root(cl.new_secret())
-    dev = Device(new_id(), auth.pseudonym_for(root.to_bytes()), root.to_bytes(), MANIFEST, 0, 7, 1, duty_cycle_s=5)
-    await sb.put_device(dev)
+    dev, root = await pair_device(sb, MANIFEST)
     yield a, b, dev, root
     sa.close()
     sb.close()

@@ -14,9 +14,9 @@ from edgistry.gateway.api.service import Call, GatewayService, Result, owner_han
 from edgistry.gateway.errors import NotFound, Unauthorized, Unavailable
 from edgistry.gateway.link.delivery import Backlog, Delivery
 from edgistry.gateway.link.store_backend import StoreLinkBackend
-from edgistry.gateway.store.store import Device, GatewayStore, State, new_id
-from edgistry.gateway.tokens import auth
+from edgistry.gateway.store.store import GatewayStore, State, new_id
 from edgistry.gateway.tokens.revocations import LiveRevocations
+from gateway_helpers import pair_device
 
 MANIFEST = {"duty_cycle_s": 5, "services": [
     {"type": "sensor", "methods": [{"name": "read", "cache_max_age_s": 30}, "info"]},
@@ -48,9 +48,7 @@ async def two(tmp_path):
     sa, sb = GatewayStore(tmp_path / "a"), GatewayStore(tmp_path / "b")
     b = GatewayService(sb, "gw-b", SECRET_B)
     a = GatewayService(sa, "gw-a", SECRET_A, forwarder=Loopback(b, "gw-a"))
-    root = cl.root(cl.new_secret())
-    dev = Device(new_id(), auth.pseudonym_for(root.to_bytes()), root.to_bytes(), MANIFEST, 0, 7, 1, duty_cycle_s=5)
-    await sb.put_device(dev)
+    dev, root = await pair_device(sb, MANIFEST)
     yield a, b, dev, root
     sa.close()
     sb.close()

@@ -30,12 +30,13 @@ queued sent through ``flush`` (PROOF must not wait past the gateway's deadline).
 """
 
 from ..link.link_session import NEED_DATA, CLOSED, Established, Requests, Ack, Error, Bye, Responses
-from ..link.link_device import (EXPIRED, REVOKED, TOKEN_REFUSED, INTERRUPTED,
+from ..link.link_device import (BAD_ARGUMENTS, EXPIRED, REVOKED, TOKEN_REFUSED, INTERRUPTED,
                                 check_request, request_sequence)
 from ..link.link_errors import LinkError
 from ..link.link_wire import MAX_LINK_FRAME
 from ..caplets.cap_errors import Revoked, TokenError
 from .dev_state import STORED, RUNNING, DONE, ACKED, hexs
+from .dev_store import StateTooLarge
 from .dev_services import Call
 
 RESPONSE_BATCH_BYTES = MAX_LINK_FRAME - 4096
@@ -45,6 +46,7 @@ BACKOFF_BASE_S = 1
 BACKOFF_CAP_S = 300
 BACKOFF_MIN_CAP_S = 10
 READ_SIZE = 1024  # bytes per socket read: bounded, whatever the gateway sends
+TOO_LARGE_HERE = "request too large for this device's storage"
 
 
 def backoff_delay(failures, duty_cycle_s, rand01, base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S):
@@ -213,7 +215,7 @@ class Wake:
         if twin:
             st.apply_twin(twin, self.on_twin)
         now = self.now_ms()
-        ack, again = [], []
+        ack, again, fresh = [], [], []
         for item in items:
             rep.received += 1
             rid = hexs(item["request_id"])
@@ -222,12 +224,32 @@ class Wake:
                 if st.open_count() >= st.max_entries:
                     continue  # not stored, not ACKed: the gateway keeps it for later
                 st.store_request(item, request_sequence(item), now)
+                fresh.append((len(item["args"]) + len(item["request_token"]), rid))
             elif entry["state"] in (DONE, ACKED):
                 again.append(rid)
                 rep.deduplicated += 1
             ack.append(item["request_id"])
-        st.save()  # stored durably before the ACK says so
+        again += self._save_fitting(fresh)  # stored durably before the ACK says so
         return ack, again
+
+    def _save_fitting(self, fresh):
+        """Save the state; when the requests just stored do not fit the device's slot, the
+        largest of them are answered "too large" (their arguments dropped) until it does:
+        a request is refused, never the device stopped (it would meet the same requests at
+        every wake). ``fresh``: (size, id) of this batch's new requests. Returns the ids
+        answered so (their answers go with this wake's)."""
+        fresh = sorted(fresh)
+        refused = []
+        while True:
+            try:
+                self.st.save()
+                return refused
+            except StateTooLarge:
+                if not fresh:
+                    raise WakeFailed("device state too large for its slot")
+                rid = fresh.pop()[1]
+                self.st.finish(rid, BAD_ARGUMENTS, error=TOO_LARGE_HERE)
+                refused.append(rid)
 
     def run_pending(self):
         """Run stored requests (and ones a crash interrupted) in sequence order."""

@@ -24,6 +24,10 @@ from ..caplets.cap_crypto import hmac_sha256, equal
 MAGIC = b"EDS1"
 HEADER = 12
 MAC_SIZE = 32
+class StateTooLarge(ValueError):
+    """The state would not fit its slot (nothing was written)."""
+
+
 MAX_SLOT_BYTES = 32768  # a board's state: tens of entries and revocations, well below this
 
 
@@ -107,7 +111,7 @@ class SlotStore:
     def save(self, value):
         body = _text_buffer(json.dumps(value))
         if len(body) > self.max_bytes:
-            raise ValueError("device state too large for its slot")
+            raise StateTooLarge("device state too large for its slot")
         if self.current < 0 and self.counter == 0:
             self.load()
         counter = self.counter + 1

@@ -402,3 +402,19 @@ async def test_a_cached_answer_never_takes_over_another_requests_id(env, batched
     assert hit.state == State.DONE and (await service.submit(call(dev, "read", app, service="sensor",
                                                                  request_id=again))).state == State.DONE
     assert first.request_id != rid
+
+
+async def test_a_request_never_outlives_the_token_that_asked(env):
+    """The request token a device gets carries no expiry, and a device forgets a revocation
+    once the revoked token would have expired: so a request ends when its client token does,
+    whatever TTL it asked for, and is not handed to the device after that."""
+    store, service, dev, secret, app = env
+    now_s = service.clock() // 1000
+    short = cl.derive(app, None, [cl.ExpiresAt(now_s + 60)])
+    res = await service.submit(call(dev, "read", short, service="sensor", ttl_s=3600))
+    assert res.expires_at_ms == (now_s + 60) * 1000
+    lasting = await service.submit(call(dev, "read", app, service="sensor", ttl_s=3600))
+    assert lasting.expires_at_ms > (now_s + 3500) * 1000
+    later = StoreLinkBackend(store, GATEWAY_SECRET, clock=lambda: (now_s + 61) * 1000)
+    pending, _ = later.pending(dev.link_id, 1 << 16)
+    assert [q.request_id.hex() for q in pending] == [lasting.request_id]

@@ -452,10 +452,12 @@ class GatewayService:
                 and not self.disclosed(dev.pseudonym, service):
             # a peer's word reaches what a client could find through discovery, and no further
             raise Unauthorized(PEER_SCOPE)
+        token_expiry_ms = 0  # when the client token expires (0: never, or not known here)
         if not (call.attested and not method.mutating):
             t0 = time.perf_counter() if self.probe is not None else 0.0
             granted = auth.authorise(call.token, service, method.name, dev.root_token, self.secret, self.gateway_id,
                                      self.revoked, now // 1000, mutating=method.mutating)
+            token_expiry_ms = _expiry_ms(granted.token)
             call.chain = _merged(granted.chain, call.chain)
             issuer = granted.issuer
             if self.probe is not None:
@@ -480,8 +482,13 @@ class GatewayService:
         ttl = call.ttl_s or self.settings.default_ttl_s
         if not 0 < ttl <= self.settings.max_ttl_s:
             raise BadRequest(f"ttl_s must be 1..{self.settings.max_ttl_s}")
+        expires = now + ttl * 1000
+        if token_expiry_ms:
+            # never outlive the token that asked: its request token carries no expiry, and a
+            # device forgets a revocation once the revoked token would have expired anyway
+            expires = min(expires, token_expiry_ms)
         rec = RequestRecord(rid, dev.link_id, service, method.name, args, b"", auth.token_digest(call.token),
-                            State.QUEUED, now, now + ttl * 1000, attested=bool(call.attested and not method.mutating),
+                            State.QUEUED, now, expires, attested=bool(call.attested and not method.mutating),
                             via=call.via)
         if method.cache_max_age_s and not method.mutating:
             hit = self.store.cached(dev.link_id, service, method.name, args, now)
@@ -773,6 +780,12 @@ class GatewayService:
             if not rec.st.active:
                 return
             await self._next_change(rec.request_id, self.watch_recheck_s)
+
+
+def _expiry_ms(token: cl.Token) -> int:
+    """The token's expiry (its leaf carries every constraint of the chain) in ms; 0: none."""
+    ends = [c.value for c in token.frames[-1].constraints if isinstance(c, cl.ExpiresAt)]
+    return min(ends) * 1000 if ends else 0
 
 
 def _merged(*chains: tuple[bytes, ...]) -> tuple[bytes, ...]:

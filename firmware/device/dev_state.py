@@ -159,7 +159,11 @@ class DevState:
         for c in sorted(changes, key=lambda c: c["version"]):
             if c["version"] <= tw["applied"]:
                 continue
-            value = c["value"].decode() if c["value"] else None
+            try:
+                value = c["value"].decode() if c["value"] else None
+            except UnicodeError:  # not JSON text (a buggy gateway): passed over, never the wake stopped
+                tw["applied"] = c["version"]
+                continue
             if value is None:
                 tw["desired"].pop(c["key"], None)
             else:

@@ -225,7 +225,10 @@ def _check_id(raw: Any) -> Any:
     if raw is None or isinstance(raw, str) or (isinstance(raw, int) and not isinstance(raw, bool)):
         return raw
     if isinstance(raw, float):
-        return int(raw)
+        try:
+            return int(raw)
+        except (OverflowError, ValueError):  # 1e400, Infinity, NaN: not an id
+            raise ValueError(f"json-rpc ID ({json.dumps(raw)[:40]}) is not a finite number") from None
     raise ValueError(f"json-rpc ID ({json.dumps(raw)[:40]}) is of unknown type")
 
 

@@ -76,8 +76,10 @@ def test_credentials_bearer_sessions_expiry_and_lockout():
     now = [1000.0]
     a = auth.OperatorAuth("s" * 64, clock=lambda: now[0])
     assert a.check_bearer("Bearer " + "s" * 64) and a.check_bearer("bearer " + "s" * 64)
-    for bad in (None, "", "Basic " + "s" * 64, "Bearer " + "s" * 63, "Bearer " + "s" * 65, "Bearer"):
+    for bad in (None, "", "Basic " + "s" * 64, "Bearer " + "s" * 63, "Bearer " + "s" * 65, "Bearer",
+                "Bearer \udcff" + "s" * 63):  # bytes that are not UTF-8, as aiohttp hands them over
         assert not a.check_bearer(bad)
+    assert not a.check_session("\udcfe" * 10)
     sid = a.new_session()
     assert a.check_session(sid) and not a.check_session(sid[:-1] + "x") and not a.check_session(None)
     now[0] += auth.SESSION_TTL_S + 1

@@ -64,7 +64,8 @@ class OperatorAuth:
 
     def check_secret(self, given: str) -> bool:
         """Whether ``given`` is the operator secret (constant time)."""
-        return hmac.compare_digest(given.strip().encode(), self._secret)
+        # headers arrive decoded with surrogate escapes: bytes that are not UTF-8 compare, unequal
+        return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._secret)
 
     def check_bearer(self, header: str | None) -> bool:
         if not header:
@@ -86,7 +87,7 @@ class OperatorAuth:
             return False
         expiry = None
         for known, t in self._sessions.items():  # compare every id in constant time, not a dict lookup
-            if hmac.compare_digest(known.encode(), sid.encode()):
+            if hmac.compare_digest(known.encode(), sid.encode("utf-8", "surrogateescape")):
                 expiry = t
         return expiry is not None and expiry > self.clock()
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from board_helpers import board_dir
 from runtime_helpers import GATEWAY_SECRET, Queue, device, make_home, start_server
 
 from edgistry.firmware import export as ex
@@ -96,10 +97,7 @@ def test_the_micropython_port_runs_a_wake_on_cpython(tmp_path: Path) -> None:
     srv = server.start()
     try:
         home = make_home(tmp_path / "d", backend, srv.port, encrypt=True)
-        board = tmp_path / "board"
-        board.mkdir()
-        (board / "secret").write_bytes(home.secret())
-        (board / "device.json").write_text(json.dumps(ex.board_config(home)))
+        board = board_dir(tmp_path, home)
         svc = Services()
         calls = []
         svc.register("sensor", "read", lambda args, call: calls.append(call.request_id) or {"n": len(calls)})

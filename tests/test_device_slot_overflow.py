@@ -7,27 +7,17 @@ against the real link server."""
 import json
 from pathlib import Path
 
-from runtime_helpers import GATEWAY_SECRET, Queue, make_home
+from runtime_helpers import Queue
 
-from edgistry.firmware import export as ex
+from board_helpers import board_on_link
 from edgistry.firmware.device.dev_core import TOO_LARGE_HERE
 from edgistry.firmware.link.link_device import BAD_ARGUMENTS
 from edgistry.firmware.device.dev_mp import Board
 from edgistry.firmware.device.dev_services import Services
-from edgistry.gateway.link.backend import MemoryBackend
-from edgistry.gateway.link.server import LinkServer, LinkServerThread
 
 
 def test_requests_too_large_for_the_boards_state_are_refused_and_the_board_goes_on(tmp_path: Path) -> None:
-    backend = MemoryBackend(GATEWAY_SECRET)
-    server = LinkServerThread(LinkServer(backend, port=0))
-    srv = server.start()
-    try:
-        home = make_home(tmp_path / "d", backend, srv.port, encrypt=True)
-        board = tmp_path / "board"
-        board.mkdir()
-        (board / "secret").write_bytes(home.secret())
-        (board / "device.json").write_text(json.dumps(ex.board_config(home)))
+    with board_on_link(tmp_path) as (backend, home, board):
         svc = Services()
         svc.register("sensor", "read", lambda args, call: {"ok": 1})
         q = Queue(backend, home)
@@ -45,5 +35,3 @@ def test_requests_too_large_for_the_boards_state_are_refused_and_the_board_goes_
         assert all(a is not None for a in answers.values())  # every request answered, none left to stop it
         again = Board(str(board), svc, log=logs.append).run(wakes=1, sleep=lambda s: None)  # a reboot
         assert again.received == 0
-    finally:
-        server.stop()

@@ -69,6 +69,10 @@ def test_deletions_waiting_for_the_device_are_bounded_and_deleting_nothing_write
     with pytest.raises(BadRequest, match="deletions the device has not applied yet"):
         sets(t, ("d0", None, None))
     assert len(model.delta(t, 0)[0]) == 64
+    # a device's report may remove more keys than that at once: they never wait
+    model.report(t, 0, [(f"r{i}", b"1") for i in range(32)], False, NOW)
+    model.report(t, 0, [(f"r{i}", b"null") for i in range(32)] + [(f"x{i}", b"null") for i in range(8)], False, NOW)
+    assert t.report_error == "" and t.reported == {}
 
 
 def test_a_deleted_key_reads_as_absent_and_can_be_created_again_with_version_zero():

@@ -162,10 +162,6 @@ def _check_size(what: str, props: dict[str, bytes]) -> None:
     if size > MAX_STATE_BYTES:
         raise BadRequest(f"the {what} state would be {size} bytes of keys and JSON values, at most "
                          f"{MAX_STATE_BYTES} (a device holds its twin in a small heap)")
-    gone = [k for k, v in props.items() if v == DELETED]
-    if len(gone) > MAX_KEYS or sum(len(k.encode()) for k in gone) > MAX_STATE_BYTES:
-        raise BadRequest(f"the {what} state would hold {len(gone)} deletions the device has not applied yet, "
-                         f"at most {MAX_KEYS} keys ({MAX_STATE_BYTES} bytes): they go when it wakes")
 
 
 def set_desired(twin: Twin, changes: list[Change], chain: Iterable[bytes], now_ms: int) -> list[tuple[str, int]]:
@@ -186,6 +182,12 @@ def set_desired(twin: Twin, changes: list[Change], chain: Iterable[bytes], now_m
     after = {k: e[-1][VALUE] for k, e in twin.desired.items() if e}
     after.update({c.key: DELETED if c.value is None else c.value for c in changes if c.key not in noop})
     _check_size("desired", after)
+    # deletions wait in the record until the device applies them: bounded apart (a
+    # report's deletions take effect at once and never wait, so only the desired side)
+    gone = [k for k, v in after.items() if v == DELETED]
+    if len(gone) > MAX_KEYS or sum(len(k.encode()) for k in gone) > MAX_STATE_BYTES:
+        raise BadRequest(f"the desired state would hold {len(gone)} deletions the device has not applied yet, "
+                         f"at most {MAX_KEYS} keys ({MAX_STATE_BYTES} bytes): they go when it wakes")
     chain = list(chain)
     out = []
     for c in changes:

@@ -157,7 +157,11 @@ async def test_another_senders_tx_leaves_a_batch_that_can_still_commit_alone(tmp
     register = asyncio.ensure_future(sub.submit(device_msg(b"\x06" * 16)))
     batch = await _next_sent(rpc, 0)
     assert rpc.block([keeper])[0]["code"] == 0
-    await asyncio.sleep(0.1)  # the follower reads that block and the key's nonce
+    for _ in range(500):  # until the follower has read that block (and the key's nonce)
+        if sub._seen_height >= app.height:
+            break
+        await asyncio.sleep(0.01)
+    assert sub._seen_height >= app.height and sub.stats["resent_ops"] == 0
     assert rpc.block([batch])[0]["code"] == 0
     done = await asyncio.wait_for(register, 10)
     assert done.data == b"\x06" * 16

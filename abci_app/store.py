@@ -211,17 +211,16 @@ class HeightReader:
         return self._txn.get(key, db=self._store._state)
 
     def scan(self, prefix: bytes, start_after: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs under ``prefix`` after ``start_after`` as they were at this
+        height, in key order, read lazily: a page of n items costs the keys up to its
+        last one, not all the history under the prefix."""
         latest = _scan(self._txn.cursor(db=self._store._state), prefix, start_after)
         if self._latest:
             yield from latest
             return
         # Keys changed since this height may have been deleted from `state`:
         # take them from history too, then resolve every key at the height.
-        changed = set()
-        for k, _ in _scan(self._txn.cursor(db=self._store._hist), prefix, b""):
-            if from_be64(k[-8:]) > self.height and k[:-8] > start_after:
-                changed.add(k[:-8])
-        keys = heapq.merge((k for k, _ in latest), sorted(changed))
+        keys = heapq.merge((k for k, _ in latest), self._changed_since(prefix, start_after))
         last = None
         for key in keys:
             if key == last:
@@ -230,6 +229,23 @@ class HeightReader:
             value = self.get(key)
             if value is not None:
                 yield key, value
+
+    def _changed_since(self, prefix: bytes, start_after: bytes) -> Iterator[bytes]:
+        """Keys under ``prefix`` after ``start_after`` with a history entry above this
+        height (changed since), in key order, each once.
+
+        History keys are ``key || be64(h)``: one key's entries are adjacent and the keys
+        come in order as long as no key under the prefix is a proper prefix of another
+        (every prefix of keys.py ends in fixed-size ids). Were that ever broken, keys
+        would come out of order, and that raises rather than answering wrongly."""
+        height, last = self.height, None
+        for k, _ in _scan(self._txn.cursor(db=self._store._hist), prefix, start_after):
+            key = k[:-8]
+            if key != last and key > start_after and from_be64(k[-8:]) > height:
+                if last is not None and key < last:
+                    raise StoreError(f"keys under {prefix!r} are not prefix-free: no ordered scan at a past height")
+                last = key
+                yield key
 
 
 def _scan(cursor: lmdb.Cursor, prefix: bytes, start_after: bytes) -> Iterator[tuple[bytes, bytes]]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edgistry.abci_app.keys import be64
 from edgistry.abci_app.store import Store, StoreError
@@ -75,4 +79,78 @@ def test_pruning_reads_the_older_per_key_change_format(tmp_path):
         assert txn.get(be64(2) + b"k", db=store._changes) is None
     with store.reader(3) as r:
         assert r.get(b"k") == b"3"
+    store.close()
+
+
+KEYS = [b"d/" + bytes([i]) * 4 for i in range(12)] + [b"e/zzzz"]  # one length under d/, a neighbour prefix
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.dictionaries(st.sampled_from(KEYS), st.one_of(st.none(), st.binary(min_size=1, max_size=3)),
+                                max_size=6), min_size=1, max_size=8),
+       st.integers(min_value=1, max_value=5))
+def test_scans_at_past_heights_match_a_model_page_by_page(tmp_path_factory, blocks, page):
+    """Every retained height lists what it held under the prefix, whole and page by page."""
+    store = Store(tmp_path_factory.mktemp("s"), retain_heights=5)
+    model: dict[bytes, bytes] = {}
+    states = {}
+    for height, writes in enumerate(blocks, start=1):
+        _commit(store, height, writes)
+        for k, v in writes.items():
+            if v is None:
+                model.pop(k, None)
+            else:
+                model[k] = v
+        states[height] = dict(model)
+    for height in range(store.oldest_height, store.height + 1):
+        want = sorted((k, v) for k, v in states[height].items() if k.startswith(b"d/"))
+        with store.reader(height) as r:
+            assert list(r.scan(b"d/")) == want, height
+            got, after = [], b""
+            while True:  # pages chained by their last key, as the list queries do
+                items = list(itertools.islice(r.scan(b"d/", after), page))
+                got += items
+                if len(items) < page:
+                    break
+                after = items[-1][0]
+            assert got == want, (height, page)
+    store.close()
+
+
+def test_a_page_at_a_past_height_reads_only_the_history_it_needs(tmp_path, monkeypatch):
+    """A one-item page at an old height reads a few history entries, not every version under
+    the prefix (before, each page walked all of it: 136-245 ms with 50k devices rewritten 6 times)."""
+    from edgistry.abci_app import store as store_mod
+
+    store = Store(tmp_path / "s", retain_heights=100)
+    keys = [b"d/" + i.to_bytes(4, "big") for i in range(2000)]
+    for height in range(1, 8):  # every key rewritten at each height: 6 versions in history
+        _commit(store, height, {k: b"v%d" % height for k in keys})
+    read = {"hist": 0}
+    real_scan = store_mod._scan
+
+    def counting_scan(cursor, prefix, start_after):
+        for item in real_scan(cursor, prefix, start_after):
+            if len(item[0]) == len(keys[0]) + 8:
+                read["hist"] += 1
+            yield item
+    monkeypatch.setattr(store_mod, "_scan", counting_scan)
+    with store.reader(2) as r:
+        first = next(r.scan(b"d/"))
+        assert first == (keys[0], b"v2")
+        page = list(itertools.islice(r.scan(b"d/", keys[999]), 3))
+        assert page == [(k, b"v2") for k in keys[1000:1003]]
+    assert read["hist"] < 40, read  # all of it is 12,000 entries
+    store.close()
+
+
+def test_a_key_schema_that_is_not_prefix_free_is_refused_not_misread(tmp_path):
+    """Keys where one is a proper prefix of another come out of history out of order:
+    the scan at a past height raises rather than listing them wrongly."""
+    store = Store(tmp_path / "s")
+    _commit(store, 1, {b"p/a": b"1", b"p/a\x00\x00\x00\x00\x00\x00\x00\x00\x09": b"2"})
+    _commit(store, 2, {b"p/a": b"3", b"p/a\x00\x00\x00\x00\x00\x00\x00\x00\x09": b"4"})
+    _commit(store, 3, {b"p/a": b"5", b"p/a\x00\x00\x00\x00\x00\x00\x00\x00\x09": b"6"})
+    with store.reader(1) as r, pytest.raises(StoreError, match="prefix-free"):
+        list(r.scan(b"p/"))
     store.close()

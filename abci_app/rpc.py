@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..http_guard import ConnectionGuard
 from .embedded import Block, EmbeddedNode, MempoolFull, NodeHalted, TxInCache, tx_hash
 from .handlers import ed25519_key_of
 from .jsonrpc import (
@@ -310,8 +311,11 @@ async def _read_body(request: web.Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(node: EmbeddedNode, moniker: str = "embedded") -> web.Application:
-    """The aiohttp application serving the embedded node's RPC."""
+def create_app(node: EmbeddedNode, moniker: str = "embedded",
+               guard: ConnectionGuard | None = None) -> web.Application:
+    """The aiohttp application serving the embedded node's RPC. With ``guard``,
+    serve it through a :class:`http_guard.GuardedSite` of that guard (deadlines
+    on heads and bodies, caps on connections)."""
     methods = methods_of(RpcHandlers(node, moniker))
 
     def page(request: web.Request) -> str:
@@ -332,7 +336,8 @@ def create_app(node: EmbeddedNode, moniker: str = "embedded") -> web.Application
     async def unknown(request: web.Request) -> web.Response:
         return _response(not_found(request.path))
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES + 1)
+    app = web.Application(client_max_size=MAX_BODY_BYTES + 1,
+                          middlewares=[guard.middleware] if guard is not None else [])
     app.router.add_post("/", post_root)
     app.router.add_get("/", get_root)
     app.router.add_route("*", "/{method:[A-Za-z0-9_]+}", uri)

@@ -27,6 +27,7 @@ from ..clikit import wait_for_signal
 from ..config import HomeError, NodeConfig, is_private_listen
 from ..gateway.cli import code_line
 from ..gc_policy import freeze_startup_objects, tune_gc_for_node
+from ..http_guard import ConnectionGuard, GuardedSite
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,12 @@ async def _run_embedded(cfg: NodeConfig, app: RegistryApp, announce: Callable[[s
                         block_interval_s=cfg.block_interval_ms / 1000,
                         empty_block_interval_s=cfg.empty_block_interval_s)
     node.start()
-    runner = web.AppRunner(create_app(node, cfg.moniker), access_log=None)
+    guard = ConnectionGuard()
+    runner = web.AppRunner(create_app(node, cfg.moniker, guard), access_log=None)
     await runner.setup()
     host, port = _host_port(cfg.rpc_listen)
     try:
-        await web.TCPSite(runner, host, port, reuse_port=False).start()  # the port is ours alone
+        await GuardedSite(runner, host, port, guard, reuse_port=False).start()  # the port is ours alone
     except OSError as exc:
         await node.stop()
         await runner.cleanup()

@@ -74,6 +74,7 @@ from .tls import ensure_identity, server_credentials
 from .twins import grpc_service as twin_grpc
 from .twins.service import TwinService
 from ..gc_policy import freeze_startup_objects
+from ..http_guard import ConnectionGuard, GuardedSite
 from ..proto import gateway_pb2 as gw
 from ..proto import registry_pb2 as pb
 
@@ -159,6 +160,7 @@ class Gateway:
         self._peer_grpc = None
         self._registration_checked = asyncio.Event()
         self._http: web.AppRunner | None = None
+        self.http_guard: ConnectionGuard | None = None  # the HTTP port's caps and deadlines
         self._tasks: list[asyncio.Task] = []
         self._peer: PeerClient | None = None
         self.keeper: SealKeeper | None = None
@@ -269,12 +271,13 @@ class Gateway:
             None if self.insecure else self.peer_roots.credentials())
         host, port = host_port(cfg.http_listen)
         quiet_http_garbage()  # a gRPC client or a scanner on the HTTP port: one warning line
-        self._http = web.AppRunner(self._http_app(), access_log=None)
+        self.http_guard = ConnectionGuard()
+        self._http = web.AppRunner(self._http_app(self.http_guard), access_log=None)
         await self._http.setup()
         ssl_context = None if self.insecure else self.tls.ssl_server_context(cfg.tls_cert_path, cfg.tls_key_path)
-        site = web.TCPSite(self._http, host, port, ssl_context=ssl_context, reuse_port=False)
+        site = GuardedSite(self._http, host, port, self.http_guard, ssl_context=ssl_context, reuse_port=False)
         await site.start()
-        self.ports["http"] = site._server.sockets[0].getsockname()[1]
+        self.ports["http"] = site.port
 
         interval = lambda name, default: float(o.get(name, default))  # noqa: E731
         self._tasks += [asyncio.create_task(coro, name=name) for name, coro in (
@@ -356,8 +359,8 @@ class Gateway:
 
     # ---- HTTP ----
 
-    def _http_app(self) -> web.Application:
-        app = web.Application()
+    def _http_app(self, guard: ConnectionGuard) -> web.Application:
+        app = web.Application(middlewares=[guard.middleware])
 
         async def healthz(request: web.Request) -> web.Response:
             started = self.store is not None and self.link is not None

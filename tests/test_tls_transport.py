@@ -165,6 +165,39 @@ def test_http_port_speaks_tls_only(node):
         urllib.request.urlopen(f"https://127.0.0.1:{node.ports['http']}/healthz", context=untrusted, timeout=5)
 
 
+async def test_http_and_rpc_ports_cut_silent_and_half_sent_connections(node):
+    """The gateway's HTTPS port and the node's RPC port close a connection that never
+    finishes its TLS handshake or its request head within the 10 s deadline, where
+    aiohttp alone held it for about an hour; a well-formed request is still answered."""
+    context = ssl.create_default_context(cafile=str(node.cfg.tls_cert_path))
+    http_port, rpc_port = node.ports["http"], int(node.cfg.rpc_listen.rsplit(":", 1)[1])
+
+    async def held_for(reader: asyncio.StreamReader) -> float | None:
+        t0 = time.monotonic()
+        try:
+            while await asyncio.wait_for(reader.read(4096), 20 - (time.monotonic() - t0)):
+                pass
+        except (ConnectionError, ssl.SSLError):
+            pass
+        except asyncio.TimeoutError:
+            return None
+        return time.monotonic() - t0
+
+    no_handshake = await asyncio.open_connection("127.0.0.1", http_port)
+    half_https = await asyncio.open_connection("127.0.0.1", http_port, ssl=context, server_hostname="127.0.0.1")
+    half_https[1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    half_rpc = await asyncio.open_connection("127.0.0.1", rpc_port)
+    half_rpc[1].write(b"POST / HTTP/1.1\r\nHost: x\r\n")
+    ok_r, ok_w = await asyncio.open_connection("127.0.0.1", rpc_port)
+    body = b'{"jsonrpc":"2.0","id":1,"method":"health"}'
+    ok_w.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    held = await asyncio.gather(*(held_for(r) for r, _ in (no_handshake, half_https, half_rpc)))
+    assert all(t is not None and 9 < t < 14 for t in held), held
+    assert b"200 OK" in await asyncio.wait_for(ok_r.read(4096), 5)
+    for _, w in (no_handshake, half_https, half_rpc, (ok_r, ok_w)):
+        w.close()
+
+
 # ---- the peer port's handler ----
 
 

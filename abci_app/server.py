@@ -11,7 +11,11 @@ Each connection is an asyncio protocol: every burst of bytes the socket
 delivers is answered in full (all whole frames, Flush included) and the
 responses leave in one write, so a pipelined run of CheckTx and its Flushes
 costs one send, not one per Flush. While the transport's write buffer is
-above its high-water mark the connection stops reading (backpressure).
+above its high-water mark the connection stops reading (backpressure). A burst
+is answered :data:`OUT_BURST` bytes of responses at a time: a few KB of small
+queries with large answers would otherwise queue hundreds of MB of replies
+before backpressure could act; the rest of the burst waits, unread input
+included, until the transport has drained.
 Requests are read without building the ``Request`` wrapper: a frame is one
 oneof field, so its tag names the method and the field's bytes parse
 straight into the method's message; responses are wrapped the same way, by
@@ -62,6 +66,7 @@ from ..proto import abci_pb2 as abci
 log = logging.getLogger(__name__)
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024  # stop reading a connection whose answers are not being taken
+OUT_BURST = 1024 * 1024  # answer at most about this many bytes before checking the transport again
 # CometBFT's four connections, four more after it restarts while the old ones
 # linger, and room for a tool or two.
 MAX_CONNECTIONS = 32
@@ -197,6 +202,9 @@ class _Connection(asyncio.Protocol):
         self.last_active = self.loop.time()
         self.buffered = 0  # bytes of partial frames held, as counted in server.buffered
         self.dropped = False
+        self._writing_paused = False  # the transport's buffer is above its high-water mark
+        self._backlog = False  # whole frames may wait unanswered (reading is paused meanwhile)
+        self._scheduled = False  # an _answer is due on the next loop turn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -213,14 +221,24 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.dropped:
             return
-        decoder, app, out = self.decoder, self.server.app, []
-        decoder.receive_data(data)
+        self.decoder.receive_data(data)
         self.last_active = self.loop.time()
+        self._answer()
+
+    def _answer(self) -> None:
+        """Answer the whole frames received, up to OUT_BURST bytes of responses; when
+        more wait, stop reading and go on once the transport can take more."""
+        self._scheduled = False
+        if self.dropped or self.transport.is_closing():
+            return
+        decoder, app, out, size = self.decoder, self.server.app, [], 0
         try:
-            while (frame := decoder.next_frame()) is not None:
+            while size < OUT_BURST and (frame := decoder.next_frame()) is not None:
                 if not self.consensus and _is_consensus(frame):
                     self.consensus = True
-                out.append(answer_frame(app, frame))
+                answer = answer_frame(app, frame)
+                out.append(answer)
+                size += len(answer)
                 self.requests += 1
         except FramingError as exc:
             log.error("ABCI connection %s sent a bad frame (%s); closing that connection", self.peer, exc)
@@ -236,8 +254,22 @@ class _Connection(asyncio.Protocol):
             return
         if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if size >= OUT_BURST:  # more may wait: read nothing new until they are answered
+            self._backlog = True
+            self.transport.pause_reading()
+            if not self._writing_paused:
+                self._continue()
+        elif self._backlog:
+            self._backlog = False
+            if not self._writing_paused:
+                self.transport.resume_reading()
         if self._account() > 0:
             self.server._shed()
+
+    def _continue(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._answer)  # next turn: other connections get theirs between
 
     def _account(self) -> int:
         """Bring the server's buffered total up to date; the change, in bytes."""
@@ -254,10 +286,16 @@ class _Connection(asyncio.Protocol):
         self.transport.abort()
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if not self.transport.is_closing():
+        self._writing_paused = False
+        if self.transport.is_closing():
+            return
+        if self._backlog:
+            self._continue()
+        else:
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:

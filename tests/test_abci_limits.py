@@ -157,6 +157,51 @@ async def test_buffered_bytes_stay_within_budget_and_a_big_finalize_block_gets_t
     await comet.close()
 
 
+async def test_a_burst_of_small_queries_with_large_answers_is_answered_as_the_reader_takes_them(served):
+    """Hundreds of 20-byte queries whose answers are pages of ~100 devices, in one write,
+    by a client that does not read: the server keeps at most a few MiB of replies queued
+    (it answered them all at once before, ~40 MiB here and ~300 MiB from 36 KB of queries),
+    and once the client reads, every answer arrives, in order."""
+    app, server, addr = served
+    actors = Actors()
+    comet = await CometLike.connect(addr)
+    await comet.start(actors)
+    fin = await comet.block(1, [actors.tx(actors.gw1, device_msg(os.urandom(16))) for _ in range(100)])
+    assert all(r.code == 0 for r in fin.tx_results)
+    one = abci.Request(query=abci.RequestQuery(path="/devices")).SerializeToString()
+    n = 400
+    host, port = addr.removeprefix("tcp://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port), limit=64 * MiB)
+    writer.write((encode_uvarint(len(one)) + one) * n)
+    await writer.drain()
+    peak = 0
+    for _ in range(30):
+        await asyncio.sleep(0.02)
+        peak = max([peak] + [c.transport.get_write_buffer_size() for c in server._connections
+                             if c.transport is not None and not c.transport.is_closing()])
+    assert peak <= server_module.WRITE_HIGH_WATER + 2 * server_module.OUT_BURST, peak
+    sizes = []
+    while len(sizes) < n:  # now read: all n answers, each a whole page, in order
+        length = await _read_uvarint(reader)
+        resp = abci.Response.FromString(await asyncio.wait_for(reader.readexactly(length), 10))
+        assert resp.WhichOneof("value") == "query" and resp.query.code == 0
+        sizes.append(length)
+    assert min(sizes) > 90_000 and len(set(sizes)) == 1
+    assert (await comet.query.call("echo", abci.RequestEcho(message="x"))).message == "x"
+    writer.close()
+    await comet.close()
+
+
+async def _read_uvarint(reader: asyncio.StreamReader) -> int:
+    shift = value = 0
+    while True:
+        b = (await asyncio.wait_for(reader.readexactly(1), 10))[0]
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value
+        shift += 7
+
+
 @pytest.mark.parametrize("served", [8], indirect=True)
 async def test_cometbft_restart_replaces_its_lingering_connections(served, monkeypatch):
     """CometBFT restarting twice without its old sockets closing: the second restart's four

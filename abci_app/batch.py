@@ -52,7 +52,7 @@ from google.protobuf.message import Message
 
 from .codes import Code, TxError
 from .handlers import HANDLERS, Outcome, TxContext, event
-from .revocation_rule import check_form, check_no_raw_tag, read_revocation_hash_height
+from .revocation_rule import check_form, check_no_raw_tag, hashes_required, read_revocation_hash_height
 from .sealing import check_no_cleartext
 from .txs import BATCH_OP_KINDS, MAX_BATCH_OPS, VALIDATORS, DecodedTx
 from ..proto import registry_pb2 as pb
@@ -81,7 +81,12 @@ def batch_of(msgs: list[Message]) -> pb.Batch:
 def check_admissible(tx: DecodedTx, height: int, activation: int | None) -> None:
     """Raise TxError when ``tx`` may not enter block ``height`` (revocation hash
     activation ``activation``): a raw tag, or in a batch a device's fields in
-    clear. See the module docstring; a pure function of the bytes and the height."""
+    clear. See the module docstring; a pure function of the bytes and the height,
+    so a pass is remembered on ``tx`` (the decode cache hands CheckTx and both
+    proposal checks the same object for the same bytes)."""
+    form = 1 if hashes_required(height, activation) else 0
+    if tx.admitted >= form:
+        return
     if tx.kind == "revoke_token":
         check_no_raw_tag(tx.msg, height, activation)
     elif tx.kind == "batch":
@@ -94,6 +99,7 @@ def check_admissible(tx: DecodedTx, height: int, activation: int | None) -> None
                     check_no_cleartext(getattr(op, kind))
             except TxError as err:
                 raise TxError(err.code, f"batch operation {index} ({kind}): {err.log}") from None
+    tx.admitted = form
 
 
 def _run_op(ctx: TxContext, op: pb.BatchOp, activation: int | None) -> tuple[str, Outcome]:

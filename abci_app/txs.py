@@ -56,6 +56,10 @@ class DecodedTx:
     nonce: int
     kind: str  # the TxBody.msg oneof field name, e.g. "register_device"
     msg: Message
+    # batch.check_admissible's verdict, remembered (a pure function of the bytes and the
+    # height's revocation form): -1 not yet passed, 0 passed where raw tags are taken,
+    # 1 passed where only hashes are (which also passes where raw tags are taken)
+    admitted: int = -1
 
 
 def gateway_id_for(pubkey: bytes) -> str:

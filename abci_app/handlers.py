@@ -86,6 +86,25 @@ def load_device(kv: Overlay, pseudonym: bytes) -> pb.DeviceRecord:
     return record
 
 
+# ---- indexes: derived from primary records ----
+
+
+def index_entries(key: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
+    """The index entries the handlers below keep for the primary record ``key`` ->
+    ``value`` (none for most). A restored snapshot's indexes are rebuilt with this
+    rather than taken from the peer; tests hold it to what the handlers write.
+    Raises DecodeError on a record that does not parse."""
+    if key.startswith(keys.GATEWAY):
+        return [(keys.gateway_by_key(pb.GatewayRecord.FromString(value).pubkey), key[len(keys.GATEWAY):])]
+    if key.startswith(keys.DEVICE):
+        record = pb.DeviceRecord.FromString(value)
+        return [(keys.device_by_gateway(record.gateway_id, key[len(keys.DEVICE):]), b"")]
+    if key.startswith(keys.REVOCATION):
+        record = pb.RevocationRecord.FromString(value)
+        return [(keys.revocation_by_expiry(record.expires_at, key[len(keys.REVOCATION):]), b"")]
+    return []
+
+
 # ---- gateways ----
 
 

@@ -4,9 +4,29 @@ Format 1: the committed state at a height as ``uvarint(len key) key
 uvarint(len value) value`` records in key order, cut into chunks of at most
 ``CHUNK_BYTES``. The snapshot's metadata is the concatenated SHA-256 of every
 chunk and its hash is SHA-256 of the metadata, so two nodes at the same
-height produce byte-identical snapshots. A restoring node checks each chunk
-against the metadata and, at the end, recomputes the app hash from the
-records and compares it with the light-client-verified one it was offered.
+height produce byte-identical snapshots.
+
+Restoring. Snapshots and chunks come from peers, who may lie; only the app hash
+(verified by CometBFT's light client) is trusted, and the app hash is an LtHash:
+a sum over the primary records. So a restoring node takes from a snapshot
+exactly what that sum covers, and checks what the sum cannot:
+
+* keys strictly increasing across the whole snapshot (one record per key: a
+  record repeated 2^16 times adds nothing to a 16-bit LtHash, so repeats would
+  let a peer add keys or change values under the trusted hash), non-empty and
+  within LMDB's key limit;
+* primary (hashed) records are kept and summed; the indexes derived from them
+  (``gk/``, ``dg/``, ``rx/``) are ignored and rebuilt from the records
+  (``handlers.index_entries``), since nothing checks a peer's; the last block
+  time (``x/block_time``, 8 bytes) is kept, as CheckTx alone reads it; any other
+  key refuses the snapshot;
+* chunks are applied in order as they arrive, each checked against the metadata,
+  decoded and written to the store in its own transaction, so memory holds one
+  chunk; the store gets the snapshot's height only when the sum matches
+  (``Store.finish_restore``), and anything refused is dropped.
+
+A chunk that does not decode refuses the snapshot (CometBFT then tries another)
+rather than raising, which would stop the node.
 """
 
 from __future__ import annotations
@@ -17,9 +37,12 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from . import keys
+from .handlers import index_entries
 from .lthash import LtHash
-from .framing import decode_uvarint, encode_uvarint
+from .framing import FramingError, decode_uvarint, encode_uvarint
 from .store import Store
 from ..proto import abci_pb2 as abci
 
@@ -30,6 +53,9 @@ CHUNK_BYTES = 4 * 1024 * 1024  # CometBFT requires < 16 MB per chunk
 # Peers discover snapshots every few seconds and then fetch chunks from the one
 # they chose: keep enough that a chosen snapshot outlives a join (see README).
 KEEP_SNAPSHOTS = 4
+MAX_CHUNKS = 1 << 20  # 4 TiB of state: an offer above it is refused
+MAX_KEY_BYTES = 511  # LMDB's key size limit
+DERIVED_PREFIXES = (keys.GATEWAY_BY_KEY, keys.DEVICE_BY_GATEWAY, keys.REVOCATION_BY_EXPIRY)
 Offer = abci.ResponseOfferSnapshot
 Apply = abci.ResponseApplySnapshotChunk
 
@@ -112,46 +138,77 @@ class SnapshotManager:
             return b""
         return path.read_bytes()
 
-    # ---- restoring ----
+    # ---- restoring (see the module notes) ----
     def offer(self, snap: abci.Snapshot, app_hash: bytes) -> int:
         if snap.format != FORMAT:
             return Offer.REJECT_FORMAT
-        if snap.chunks == 0 or len(snap.metadata) != 32 * snap.chunks or hashlib.sha256(snap.metadata).digest() != snap.hash:
+        if not 0 < snap.chunks <= MAX_CHUNKS or len(snap.metadata) != 32 * snap.chunks \
+                or hashlib.sha256(snap.metadata).digest() != snap.hash or snap.height < 1:
             return Offer.REJECT
         if self.store.height:
             return Offer.ABORT  # state sync only into an empty node
-        self._restore = {"snap": snap, "app_hash": app_hash, "chunks": {}}
+        self.store.begin_restore(snap.height)  # drops what an earlier offer left
+        self._restore = _Restore(snap, app_hash)
         self.restored = False
         return Offer.ACCEPT
 
     def apply_chunk(self, index: int, chunk: bytes) -> int:
-        if self._restore is None:
+        r = self._restore
+        if r is None:
             return Apply.ABORT
-        snap = self._restore["snap"]
-        if index >= snap.chunks:
-            return Apply.REJECT_SNAPSHOT
-        if hashlib.sha256(chunk).digest() != snap.metadata[32 * index : 32 * index + 32]:
+        if index != r.next:  # CometBFT applies chunks in order
+            return self._refuse(f"chunk {index} where chunk {r.next} was due")
+        if hashlib.sha256(chunk).digest() != r.snap.metadata[32 * index : 32 * index + 32]:
             return Apply.RETRY
-        self._restore["chunks"][index] = chunk
-        if len(self._restore["chunks"]) < snap.chunks:
-            return Apply.ACCEPT
-        return self._finish()
-
-    def _finish(self) -> int:
-        restore, self._restore = self._restore, None
-        assert restore is not None
         try:
-            items = [kv for i in range(restore["snap"].chunks) for kv in decode_records(restore["chunks"][i])]
-        except ValueError:
-            return Apply.REJECT_SNAPSHOT
-        acc = LtHash()
-        for key, value in items:
-            if keys.is_hashed(key):
-                acc.add(key, value)
-        if acc.digest() != restore["app_hash"]:
-            log.error("snapshot at height %d does not match the verified app hash", restore["snap"].height)
-            return Apply.REJECT_SNAPSHOT
-        self.store.restore(restore["snap"].height, iter(items), restore["app_hash"], acc.to_bytes())
+            writes = r.take(chunk)
+        except (ValueError, FramingError, DecodeError) as exc:
+            return self._refuse(f"chunk {index}: {exc}")
+        self.store.restore_records(writes)
+        r.next += 1
+        if r.next < r.snap.chunks:
+            return Apply.ACCEPT
+        if r.acc.digest() != r.app_hash:
+            return self._refuse("its records do not sum to the verified app hash")
+        self._restore = None
+        self.store.finish_restore(r.snap.height, r.app_hash, r.acc.to_bytes())
         self.restored = True
-        log.info("restored snapshot at height %d", restore["snap"].height)
+        log.info("restored snapshot at height %d", r.snap.height)
         return Apply.ACCEPT
+
+    def _refuse(self, why: str) -> int:
+        r, self._restore = self._restore, None
+        log.error("snapshot at height %d refused: %s", r.snap.height if r else 0, why)
+        self.store.abort_restore()
+        return Apply.REJECT_SNAPSHOT
+
+
+class _Restore:
+    """What a restore under way has checked so far."""
+
+    def __init__(self, snap: abci.Snapshot, app_hash: bytes) -> None:
+        self.snap, self.app_hash = snap, app_hash
+        self.next = 0  # the chunk due
+        self.last_key = b""  # keys strictly increase across chunks
+        self.acc = LtHash()
+
+    def take(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
+        """One chunk's records checked and summed; the writes they make (derived indexes included)."""
+        writes = []
+        for key, value in decode_records(chunk):
+            if key <= self.last_key:
+                raise ValueError("keys are not strictly increasing")
+            if len(key) > MAX_KEY_BYTES:
+                raise ValueError(f"a key of {len(key)} bytes")
+            self.last_key = key
+            if keys.is_hashed(key):
+                self.acc.add(key, value)
+                writes.append((key, value))
+                writes += index_entries(key, value)
+            elif key == keys.BLOCK_TIME:
+                if len(value) != 8:
+                    raise ValueError("the block time is not 8 bytes")
+                writes.append((key, value))
+            elif not key.startswith(DERIVED_PREFIXES):
+                raise ValueError(f"a key outside the registry's state ({key[:16]!r})")
+        return writes

@@ -18,9 +18,17 @@ Sub-databases:
     changes  be64(h) -> packed keys            which keys changed at h (pruning): each key
              as be16(len) || key. (Stores written before this format hold
              be64(h) || key -> b"" per key; pruning reads both.)
-    meta     b"height", b"app_hash", b"lthash", b"ah/" || be64(h) -> app hash
+    meta     b"height", b"app_hash", b"lthash", b"ah/" || be64(h) -> app hash;
+             b"floor" -> be64(h): restored from a snapshot at h (no history below);
+             b"restoring" -> be64(h) while a restore is under way
 
 History is kept for ``retain_heights`` heights; older heights cannot be queried.
+
+A restore (state sync) writes the snapshot's records chunk by chunk while the
+store is at height 0 and marked ``restoring``; only :meth:`Store.finish_restore`
+gives it a height. A store opened with the mark still set holds a restore that
+never finished: its records are dropped, so a half-restored state is never
+served or built upon.
 """
 
 from __future__ import annotations
@@ -66,10 +74,16 @@ class Store:
         self._meta = self.env.open_db(b"meta")
         self.retain_heights = retain_heights
         with self.env.begin() as txn:
+            unfinished = txn.get(b"restoring", db=self._meta) is not None
+        if unfinished:
+            self._clear()
+        with self.env.begin() as txn:
             height = txn.get(b"height", db=self._meta)
             self.height = from_be64(height) if height else 0
             self.app_hash = txn.get(b"app_hash", db=self._meta) or b""
             self.lthash = txn.get(b"lthash", db=self._meta) or b""
+            floor = txn.get(b"floor", db=self._meta)
+            self.floor = from_be64(floor) if floor else 0
         self._rtxn = self.env.begin(buffers=False)
 
     def close(self) -> None:
@@ -98,7 +112,7 @@ class Store:
 
     @property
     def oldest_height(self) -> int:
-        return max(1, self.height - self.retain_heights + 1) if self.height else 0
+        return max(1, self.floor, self.height - self.retain_heights + 1) if self.height else 0
 
     def app_hash_at(self, height: int) -> bytes | None:
         return self._rtxn.get(b"ah/" + be64(height), db=self._meta)
@@ -158,21 +172,53 @@ class Store:
             if not cursor.delete():
                 break
 
-    def restore(self, height: int, items: Iterator[tuple[bytes, bytes]], app_hash: bytes, lthash: bytes) -> None:
-        """Replace the whole state with ``items`` at ``height`` (state sync)."""
+    # ---- restoring a snapshot (state sync) ----
+
+    def begin_restore(self, height: int) -> None:
+        """Start restoring the state of ``height`` into this empty store (see the module notes)."""
+        if self.height:
+            raise StoreError(f"restore into a store at height {self.height}")
+        self._clear()
         with self.env.begin(write=True) as txn:
-            for db in (self._state, self._hist, self._changes, self._meta):
-                txn.drop(db, delete=False)
+            txn.put(b"restoring", be64(height), db=self._meta)
+
+    def restore_records(self, items: Iterator[tuple[bytes, bytes]]) -> None:
+        """Write some of the restored records (one chunk's) in one transaction."""
+        with self.env.begin(write=True) as txn:
+            cursor = txn.cursor(db=self._state)
             for key, value in items:
-                txn.put(key, value, db=self._state)
-            h = be64(height)
+                cursor.put(key, value)
+
+    def finish_restore(self, height: int, app_hash: bytes, lthash: bytes) -> None:
+        """The restored records are the state of ``height``: give the store that height."""
+        h = be64(height)
+        with self.env.begin(write=True) as txn:
+            if txn.get(b"restoring", db=self._meta) != h:
+                raise StoreError(f"no restore of height {height} under way")
+            txn.delete(b"restoring", db=self._meta)
             txn.put(b"height", h, db=self._meta)
             txn.put(b"app_hash", app_hash, db=self._meta)
             txn.put(b"lthash", lthash, db=self._meta)
             txn.put(b"ah/" + h, app_hash, db=self._meta)
-        self.height, self.app_hash, self.lthash = height, app_hash, lthash
+            txn.put(b"floor", h, db=self._meta)
+        self.height, self.app_hash, self.lthash, self.floor = height, app_hash, lthash, height
         self._rtxn.abort()
         self._rtxn = self.env.begin(buffers=False)
+
+    def abort_restore(self) -> None:
+        """Drop whatever a restore wrote (it failed, or another snapshot is tried)."""
+        if self.height:
+            raise StoreError(f"abort_restore on a store at height {self.height}")
+        self._clear()
+
+    def _clear(self) -> None:
+        with self.env.begin(write=True) as txn:
+            for db in (self._state, self._hist, self._changes, self._meta):
+                txn.drop(db, delete=False)
+        self.height, self.app_hash, self.lthash, self.floor = 0, b"", b"", 0
+        if hasattr(self, "_rtxn"):
+            self._rtxn.abort()
+            self._rtxn = self.env.begin(buffers=False)
 
 
 def _pack_keys(keys: Iterator[bytes]) -> bytes:

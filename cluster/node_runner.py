@@ -124,9 +124,9 @@ def ready_lines(cfg: NodeConfig, gateway, demo: bool) -> str:
         "try discovery (an application token first):",
         f"  edgistry token app --home {cfg.home} --name my-app > app.token",
         f"  edgistry discover sensor --near {near} --gateway {grpc_addr} --token app.token {gateway.pin_flag}",
-        f"pair a device: edgistry pair --device DEVICE_HOME --gateway {grpc_addr} --code {gateway.code.code}"
+        f"pair a device: edgistry pair --device DEVICE_HOME --gateway {grpc_addr} --code @{gateway.code.path}"
         + (" --insecure" if gateway.insecure else ""),
-        f"  (the code is one-time; the current one is always in {gateway.code.path})",
+        "  (the code is one-time: @FILE reads the current one)",
     ])
 
 

@@ -90,7 +90,7 @@ def init_cmd(home: Path, services: tuple[str, ...], location: str | None, duty_c
         click.echo(f"  service     {kind}: {', '.join(names)}")
     click.echo(f"  duty cycle  {duty_cycle} s{', encrypted link' if encrypt else ''}")
     click.echo(f"  link        {link}")
-    click.echo(f"next: edgistry pair --device {home} --gateway HOST:PORT --code CODE")
+    click.echo(f"next: edgistry pair --device {home} --gateway HOST:PORT --code @GATEWAY_HOME/commission.code")
     click.echo("      (CODE: the gateway's one-time commissioning code, printed when it starts and kept in "
                "<gateway home>/commission.code)")
 

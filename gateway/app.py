@@ -64,7 +64,7 @@ from .health import Health
 from .quiet import quiet_http_garbage
 from .metrics import GatewayMetrics
 from .watchdog import LoopLag, watch_chain
-from .pairing.channel import CommissionCode, Offers
+from .pairing.channel import CommissionCode, Offers, code_announcement
 from .api.peer import Directory, ForwardChecker, PeerClient, PeerRoots
 from .api.service import Call, GatewayService, Result, Settings
 from .status import mount as mount_status
@@ -298,7 +298,7 @@ class Gateway:
         if not self.insecure:
             self.announce(f"TLS certificate {cfg.tls_cert_path} (SHA-256 {self.tls.pin.sha256}): clients pin it "
                           f"with --pin FILE or from the registry")
-        self.announce(f"commissioning code: {self.code.code} (one-time; also in {self.code.path})")
+        self.announce(code_announcement(self.code.code, self.code.path, first=True))
 
     async def stop(self) -> None:
         stuck = await cancel_and_wait(self._tasks)

@@ -13,8 +13,11 @@ from ..config import HomeError, NodeConfig
 
 
 def code_line(code: str, path: Path) -> str:
-    """How a running gateway announces a new commissioning code (a plain line)."""
-    return f"next commissioning code: {code} (one-time; also in {path})"
+    """How a running gateway announces a new commissioning code (a plain line; the code
+    itself only on a terminal: pairing.channel.code_announcement)."""
+    from .pairing.channel import code_announcement
+
+    return code_announcement(code, path)
 
 
 STOP_HINT = "stop with Ctrl-C (or SIGTERM)"

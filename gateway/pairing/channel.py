@@ -28,6 +28,7 @@ import hmac
 import logging
 import os
 import secrets
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -86,6 +87,16 @@ def new_code() -> str:
     return "-".join(raw[i:i + CODE_GROUP_LEN] for i in range(0, CODE_GROUPS * CODE_GROUP_LEN, CODE_GROUP_LEN))
 
 
+def code_announcement(code: str, path: Path, first: bool = False) -> str:
+    """The line a gateway prints for a new commissioning code. The code itself only when
+    stdout is a terminal: printed into a log file or a journal it would be kept and read
+    by others (a cluster's logs), and it pairs any device; the file is its owner's (0600)."""
+    what = "commissioning code" if first else "next commissioning code"
+    if sys.stdout.isatty():
+        return f"{what}: {code} (one-time; also in {path})"
+    return f"{what}: in {path} (one-time; shown only on a terminal)"
+
+
 class CommissionCode:
     """The current one-time code, kept in a 0600 file in the gateway's home."""
 
@@ -109,7 +120,7 @@ class CommissionCode:
             if self.on_rotate is not None:
                 self.on_rotate(self.code)
             else:
-                log.info("next commissioning code: %s (also in %s)", self.code, self.path)
+                log.info("next commissioning code in %s", self.path)  # never the code: logs are kept
         return self.code
 
     def check(self, given: str) -> None:

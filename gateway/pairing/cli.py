@@ -12,7 +12,21 @@ from ..client.cliglue import GatewayAddress
 from .client import DEFAULT_K, DEFAULT_RESOLUTION, PairError, pair_device
 from .visibility import advice
 
-CODE_HINT = "the gateway prints its one-time commissioning code at start (also in <gateway home>/commission.code)"
+CODE_HINT = ("the gateway's one-time code is in <gateway home>/commission.code (shown at start on a terminal): "
+             "give --code @FILE to read it, - for standard input, or EDGISTRY_PAIR_CODE; a code on the command "
+             "line is visible to every local user in the process list")
+
+
+def read_code(value: str) -> str:
+    """--code: the code itself, @FILE (the gateway's commission.code) or - (standard input)."""
+    try:
+        if value == "-":
+            return click.get_text_stream("stdin").readline().strip()
+        if value.startswith("@"):
+            return Path(value[1:]).expanduser().read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read the commissioning code from {value[1:] or 'standard input'}: {exc}") from exc
+    return value.strip()
 
 
 @click.command("pair")
@@ -24,7 +38,8 @@ CODE_HINT = "the gateway prints its one-time commissioning code at start (also i
               help="H3 resolution at which the device may be found.")
 @click.option("--k", type=click.IntRange(1, 10_000), default=DEFAULT_K, show_default=True,
               help="Minimum anonymity set: devices of its type sharing a cell before any is disclosed.")
-@click.option("--code", default=None, help=f"The gateway's one-time commissioning code ({CODE_HINT}).")
+@click.option("--code", default=None, metavar="CODE|@FILE|-",
+              help=f"The gateway's one-time commissioning code ({CODE_HINT}).")
 @click.option("--unpair", is_flag=True, help="Unpair the device from this gateway instead.")
 @click.option("--expect-gateway", default=None, help="Refuse unless the gateway has this id.")
 @click.option("--rpc", default=None, metavar="URL",
@@ -45,8 +60,9 @@ def pair_cmd(device_home: Path, gateway: str, resolution: int, k: int, code: str
     whether discovery shows the device yet (the gateway tells: only gateways can read
     service types and cells on chain).
     """
+    code = read_code(code) if code else code
     if not unpair and not code:
-        raise UserError(f"give --code CODE: {CODE_HINT}")
+        raise UserError(f"give --code: {CODE_HINT}")
     pinned = None
     if pin:
         from ..client.errors import ConfigError

@@ -109,10 +109,14 @@ class Launcher:
         """Start ``argv`` in a new session, logging to ``logs/NAME.log``; record its pid."""
         if self.alive(name):
             raise RuntimeError(f"{name} is already running (pid {self.pid(name)})")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # the logs are the processes' stdout: private to the user, like the homes they run
+        for d in (self.run_dir, self.log_dir):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
         log = self.log_path(name)
-        with open(log, "ab") as out:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "ab") as out:
             out.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(argv)}\n".encode())
             out.flush()
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

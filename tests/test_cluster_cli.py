@@ -51,6 +51,30 @@ def test_launcher_records_signals_and_stops_by_pid(tmp_path: Path):
         first.kill("sleeper")
 
 
+def test_launcher_logs_are_private(tmp_path: Path):
+    """A process's log holds what it prints (a gateway's announcements among them): the log
+    and its directory are the user's alone, also when the directory existed world-readable,
+    and a symlink planted at a log's path is not followed."""
+    import stat
+
+    launcher = Launcher(tmp_path)
+    launcher.log_dir.mkdir(parents=True, mode=0o755)
+    os.chmod(launcher.log_dir, 0o755)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("")
+    launcher.log_path("planted").symlink_to(elsewhere)
+    rec = launcher.start("sleeper", SLEEP)
+    try:
+        for path in (launcher.log_dir, launcher.run_dir, launcher.log_path("sleeper")):
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, (path, oct(path.stat().st_mode))
+        with pytest.raises(OSError):
+            launcher.start("planted", SLEEP)
+        assert elsewhere.read_text() == ""
+    finally:
+        launcher.kill("sleeper")
+        assert rec.pid > 0
+
+
 def test_launcher_ignores_a_recycled_pid(tmp_path: Path):
     """A record whose pid now belongs to another process (different start time) is not
     running, and stopping it signals nothing."""

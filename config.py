@@ -18,10 +18,12 @@ Layout of a home directory::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import os
 import secrets
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,8 @@ from pathlib import Path
 import tomli_w
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .firmware.runtime.home import own_dir
 
 DEFAULT_CHAIN_ID = "edgistry-local"
 DEFAULT_ABCI_LISTEN = "tcp://127.0.0.1:26658"
@@ -209,13 +213,30 @@ def is_private_listen(address: str) -> bool:
         return False
 
 
+def private_dir(path: Path, mode: int = 0o700) -> None:
+    """Make ``path`` or check the one there: this user's, closed to others' writes
+    (firmware.runtime.home.own_dir); a HomeError says what is wrong."""
+    try:
+        own_dir(path, mode)
+    except PermissionError as exc:
+        raise HomeError(str(exc)) from exc
+
+
 def write_secret_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file readable by its owner only (0600 from creation)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
+    """Write ``data`` as a new file readable by its owner only: 0600 from creation, in a
+    directory of this user, replacing whatever was at ``path`` (a file or a symlink
+    planted there is never written through)."""
+    private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def write_ed25519_pem(path: Path, key: Ed25519PrivateKey) -> None:

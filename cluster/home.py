@@ -24,7 +24,7 @@ from ..gateway.tls import ensure_identity
 from .cometbft import HOW_TO_GET, cometbft_init, find_cometbft
 from ..gateway.discovery.sealbox import load_seal_key
 from ..config import (
-    DEFAULT_CHAIN_ID, HomeError, NodeConfig, load_ed25519_pem, new_ed25519_pem, new_secret,
+    DEFAULT_CHAIN_ID, HomeError, NodeConfig, load_ed25519_pem, new_ed25519_pem, new_secret, private_dir,
     public_bytes, write_ed25519_pem,
 )
 
@@ -49,7 +49,8 @@ def prepare_home(home: Path, chain_id: str | None = None, moniker: str = "node0"
         raise HomeError(f"{home} is already initialised (config.toml exists)")
     if chain_id is not None and not CHAIN_ID_RE.match(chain_id):
         raise HomeError(f"chain id {chain_id!r} must be 1-50 characters of A-Z a-z 0-9 . _ -")
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home, 0o755)  # ours, and no one else's to write: a home someone else made is refused
+    private_dir(home / "keys")
     cfg = NodeConfig(home=home, chain_id=chain_id or DEFAULT_CHAIN_ID, moniker=moniker)
     if admin is None:
         admin = new_ed25519_pem(cfg.keys_dir / "admin.pem")

@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .runtime.home import DeviceHome
+from .runtime.home import DeviceHome, atomic_write, own_dir
 
 HERE = Path(__file__).resolve().parent
 PACKAGE_ROOT = HERE.parent  # the edgistry package (the repository root)
@@ -238,7 +238,10 @@ def export(home: DeviceHome, out: Path, mpy: bool = True, freeze: Path | None = 
         raise ExportError("a ROMFS image holds .mpy bytecode: --source does not apply to --romfs")
     config = board_config(home)  # HomeError when not paired
     udp = config["link"] == "udp"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        own_dir(out)  # it receives the device's secret and tokens
+    except PermissionError as exc:
+        raise ExportError(str(exc)) from exc
     # one package per folder: a stale lib/ would be imported before a new image (and an old
     # image would shadow nothing but confuse whoever deploys the folder)
     if romfs or freeze is not None:
@@ -256,10 +259,8 @@ def export(home: DeviceHome, out: Path, mpy: bool = True, freeze: Path | None = 
         files = write_package(out / "lib", mpy=mpy, udp=udp)
         fmt, package_bytes = ("mpy" if mpy else "py"), sum(f.stat().st_size for f in files)
     (out / "main.py").write_text(MAIN_PY)
-    secret = out / "secret"
-    secret.write_bytes(home.secret())
-    os.chmod(secret, 0o600)
-    (out / "device.json").write_text(json.dumps(config, indent=1) + "\n")
-    os.chmod(out / "device.json", 0o600)
+    # 0600 from creation, and a new file in place of whatever was there (never written through)
+    atomic_write(out / "secret", home.secret(), 0o600)
+    atomic_write(out / "device.json", (json.dumps(config, indent=1) + "\n").encode(), 0o600)
     return {"out": str(out), "modules": len(files), "package_bytes": package_bytes, "format": fmt,
             "gateway": config["gateway"], "freeze_manifest": str(freeze / "manifest.py") if freeze else None}

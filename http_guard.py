@@ -8,11 +8,14 @@ clients exhaust a process limited to 1,024 files. This module closes that gap
 from outside aiohttp, without touching its parser:
 
 * a protocol wrapper around each of aiohttp's per-connection handlers counts
-  connections (in all and per source address) and refuses the ones over a cap
-  by closing them at once;
+  connections (in all and per source: an IPv4 address, or an IPv6 /64, which one
+  customer typically holds whole) and refuses the ones over a cap by closing them
+  at once. It does so when the TCP connection is accepted: with TLS, the site
+  listens in plain TCP and the wrapper starts TLS itself once it has admitted the
+  connection, so sockets still in (or never starting) their handshake count too;
 * it runs one timer per connection, for the phase the connection is in:
-  ``head``: from accept (or from the first byte after an answered request)
-  until a request head is complete, ``head_timeout_s``;
+  ``head``: from accept (TLS handshake included) or from the first byte after an
+  answered request, until a request head is complete, ``head_timeout_s``;
   ``body``: from the head until the body is complete, ``body_timeout_s``;
   ``idle``: from an answered request until the next one starts, ``idle_timeout_s``
   (longer than aiohttp's client keep-alive of 15 s, so a client's reused
@@ -30,6 +33,8 @@ site; :class:`GuardStats` counts what was refused and what timed out.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +47,7 @@ IDLE_TIMEOUT_S = 30.0
 MAX_CONNECTIONS = 512
 MAX_PER_SOURCE = 64
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
+EARLY_BYTES = 1 << 20  # decrypted bytes held between a TLS handshake and aiohttp taking the connection
 
 
 @dataclass
@@ -84,8 +90,10 @@ class ConnectionGuard:
         finally:
             conn.answered()
 
-    def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
-        return lambda: _Guarded(self, inner())
+    def factory(self, inner: Callable[[], asyncio.Protocol],
+                tls: ssl.SSLContext | None = None) -> Callable[[], asyncio.Protocol]:
+        """Protocols for a plain TCP listener; with ``tls``, each starts TLS once admitted."""
+        return lambda: _Guarded(self, inner(), tls)
 
     # -- bookkeeping for _Guarded --
 
@@ -96,7 +104,6 @@ class ConnectionGuard:
             return False
         self.stats.open += 1
         per[source] = per.get(source, 0) + 1
-        self._by_transport[conn.transport] = conn
         return True
 
     def _release(self, conn: _Guarded, source: str) -> None:
@@ -106,42 +113,102 @@ class ConnectionGuard:
             self._per_source[source] = left
         else:
             self._per_source.pop(source, None)
-        self._by_transport.pop(conn.transport, None)
+        if conn.transport is not None:
+            self._by_transport.pop(conn.transport, None)
+
+
+def source_of(peer: Any) -> str:
+    """The unit the per-source cap counts: an IPv4 address (also IPv4-mapped IPv6), an
+    IPv6 /64, or the peer as given (a unix socket)."""
+    host = peer[0] if isinstance(peer, tuple) and peer else peer
+    try:
+        addr = ipaddress.ip_address(str(host).split("%", 1)[0])
+    except ValueError:
+        return str(host)
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr)
 
 
 class _Guarded(asyncio.Protocol):
     """One connection: aiohttp's handler inside, a phase timer outside."""
 
-    def __init__(self, guard: ConnectionGuard, inner: Any) -> None:
-        self.guard, self.inner = guard, inner
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, guard: ConnectionGuard, inner: Any, tls: ssl.SSLContext | None = None) -> None:
+        self.guard, self.inner, self.tls = guard, inner, tls
+        self.raw: asyncio.Transport | None = None  # the TCP connection
+        self.transport: asyncio.Transport | None = None  # what aiohttp talks to (TLS over raw, or raw)
         self.source = ""
         self.admitted = False
         self.phase = "head"
         self._timer: asyncio.TimerHandle | None = None
         self._body_done = True
         self._early_data = False  # bytes after the body, while the handler runs: a pipelined head
+        self._inner_connected = False
+        self._tls_task: asyncio.Future | None = None
+        # what TLS decrypted between its handshake and _ready (start_tls returns a loop turn
+        # after the handshake, and a client's request may come with its last flight)
+        self._early: list[bytes] = []
+        self._early_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.source = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self.raw = transport  # type: ignore[assignment]
+        self.source = source_of(transport.get_extra_info("peername"))
         if not self.guard._admit(self, self.source):
             transport.abort()
             return
         self.admitted = True
-        self._arm("head", self.guard.limits.head_timeout_s)
+        self._arm("head", self.guard.limits.head_timeout_s)  # the TLS handshake counts against it
+        if self.tls is None:
+            self._ready(self.raw)
+        else:
+            self._tls_task = asyncio.ensure_future(self._start_tls())
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(self.raw, self, self.tls, server_side=True,
+                                       ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, RuntimeError):
+            tls = None
+        if tls is None or not self.admitted:
+            if self.raw is not None:
+                self.raw.abort()
+            self._release()  # connection_lost may not follow a failed handshake
+            return
+        self._ready(tls)
+
+    def _ready(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.guard._by_transport[transport] = self
+        self._inner_connected = True
         self.inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
+        if self._early_eof and not transport.is_closing() and not self.inner.eof_received():
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        if self._inner_connected:
+            self._inner_connected = False
+            self.inner.connection_lost(exc)
+
+    def _release(self) -> None:
         if not self.admitted:
             return
         self.admitted = False
         self._cancel()
         self.guard._release(self, self.source)
-        self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if not self._inner_connected:  # TLS is up, _ready is a loop turn away: keep it for then
+            self._early.append(data)
+            if sum(map(len, self._early)) > EARLY_BYTES and self.raw is not None:
+                self.raw.abort()
+            return
         if self.phase == "idle":  # the next request starts: its head has a deadline
             self._arm("head", self.guard.limits.head_timeout_s)
         elif self.phase == "handler" and self._body_done:
@@ -149,13 +216,18 @@ class _Guarded(asyncio.Protocol):
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if not self._inner_connected:
+            self._early_eof = True
+            return True  # keep the transport open until _ready hands the EOF on
         return self.inner.eof_received()
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        if self._inner_connected:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if self._inner_connected:
+            self.inner.resume_writing()
 
     # -- phases, told by the middleware and the payload --
 
@@ -198,10 +270,11 @@ class _Guarded(asyncio.Protocol):
 
     def _expired(self, phase: str) -> None:
         self._timer = None
-        if not self.admitted or self.phase != phase or self.transport is None:
+        if not self.admitted or self.phase != phase or self.raw is None:
             return
         self.guard.stats.timed_out[phase] += 1
-        self.transport.abort()  # connection_lost follows and releases the slot
+        (self.transport or self.raw).abort()
+        self._release()  # at once: connection_lost may not follow a handshake cut short
 
 
 class GuardedSite(web.TCPSite):
@@ -217,10 +290,10 @@ class GuardedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
-        tls = {"ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_S} if self._ssl_context is not None else {}
+        # plain TCP: each connection is admitted (counted, capped) before its TLS handshake
         self._server = await loop.create_server(
-            self.guard.factory(server), self._host, self._port, ssl=self._ssl_context,
-            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port, **tls)
+            self.guard.factory(server, self._ssl_context), self._host, self._port,
+            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
     @property

@@ -11,7 +11,7 @@ import time
 import pytest
 from aiohttp import web
 
-from edgistry.http_guard import ConnectionGuard, GuardedSite, GuardLimits
+from edgistry.http_guard import ConnectionGuard, GuardedSite, GuardLimits, source_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -19,7 +19,7 @@ LIMITS = GuardLimits(head_timeout_s=0.4, body_timeout_s=0.4, idle_timeout_s=0.6,
                      max_per_source=4)
 
 
-async def serve(limits: GuardLimits = LIMITS):
+async def serve(limits: GuardLimits = LIMITS, tls=None):
     guard = ConnectionGuard(limits)
     app = web.Application(middlewares=[guard.middleware])
 
@@ -38,7 +38,7 @@ async def serve(limits: GuardLimits = LIMITS):
     app.router.add_post("/echo", echo)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
     await runner.setup()
-    site = GuardedSite(runner, "127.0.0.1", 0, guard)
+    site = GuardedSite(runner, "127.0.0.1", 0, guard, ssl_context=tls)
     await site.start()
     return guard, runner, site.port
 
@@ -150,3 +150,50 @@ def test_connections_over_the_caps_are_closed_at_once_and_the_rest_served():
         finally:
             await runner.cleanup()
     asyncio.run(main())
+
+
+def test_tls_connections_count_from_accept_not_from_the_handshake(tmp_path):
+    """On a TLS site, sockets that never start (or finish) their handshake count against the
+    caps from the moment they are accepted: a flood of silent connections from one source
+    is refused beyond its share (before, none was counted and one source could take every
+    file descriptor), and the silent ones go at the head deadline; a TLS client is served."""
+    import ssl
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edgistry.gateway.tls import ensure_identity
+
+    identity = ensure_identity(tmp_path / "tls.key", tmp_path / "tls.pem", Ed25519PrivateKey.generate())
+    server_ctx = identity.ssl_server_context(tmp_path / "tls.pem", tmp_path / "tls.key")
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "tls.pem"))
+
+    async def main():
+        guard, runner, port = await serve(LIMITS, tls=server_ctx)
+        try:
+            silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+            await asyncio.sleep(0.1)
+            assert guard.stats.open == 4
+            extra = await asyncio.open_connection("127.0.0.1", port)
+            t = await closed_after(extra[0], 2.0)
+            assert t is not None and t < 0.3, t
+            assert guard.stats.refused == 1
+            times = await asyncio.gather(*(closed_after(r, 3.0) for r, _ in silent))
+            assert all(t is not None and t < 1.5 for t in times), times
+            assert guard.stats.timed_out["head"] == 4 and guard.stats.open == 0
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname="127.0.0.1")
+            w.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await response(r)).endswith(b"hello")
+            for _, wr in [*silent, extra, (r, w)]:
+                wr.close()
+        finally:
+            await runner.cleanup()
+    asyncio.run(main())
+
+
+def test_a_source_is_an_ipv4_address_or_an_ipv6_slash_64():
+    """One customer usually holds a whole IPv6 /64: its addresses share one per-source cap."""
+    assert source_of(("2001:db8:1:2::1", 5, 0, 0)) == source_of(("2001:db8:1:2:ffff::9", 6, 0, 0)) == "2001:db8:1:2::/64"
+    assert source_of(("2001:db8:1:3::1", 5, 0, 0)) != source_of(("2001:db8:1:2::1", 5, 0, 0))
+    assert source_of(("::ffff:192.0.2.7", 5, 0, 0)) == source_of(("192.0.2.7", 5)) == "192.0.2.7"
+    assert source_of(("192.0.2.7", 5)) != source_of(("192.0.2.8", 5))
+    assert source_of("/run/x.sock") == "/run/x.sock"

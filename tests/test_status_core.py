@@ -95,6 +95,27 @@ def test_credentials_bearer_sessions_expiry_and_lockout():
     assert not a.locked_out("10.0.0.1")
 
 
+def test_a_rotated_operator_secret_replaces_the_old_one_and_ends_sessions(tmp_path):
+    """Writing a new secret to the file is how an operator rotates it: from the next check
+    only the new one passes and every session (so every open event stream) has ended; an
+    unreadable file lets nobody in. Before, the old secret and its sessions lived until a
+    restart."""
+    import os
+
+    a = auth.OperatorAuth.from_keys(tmp_path)
+    old = (tmp_path / auth.SECRET_FILE).read_text().strip()
+    sid = a.new_session()
+    assert a.check_bearer("Bearer " + old) and a.check_session(sid)
+    new = "n" * 64
+    path = tmp_path / auth.SECRET_FILE
+    path.write_text(new + "\n")
+    os.utime(path, ns=(1, 1))  # a different mtime even within the file system's clock tick
+    assert not a.check_bearer("Bearer " + old) and not a.check_session(sid)
+    assert a.check_bearer("Bearer " + new)
+    path.unlink()
+    assert not a.check_bearer("Bearer " + new) and not a.check_bearer("Bearer ")
+
+
 def test_recent_errors_keep_the_last_warnings_on_one_line():
     """The handler keeps WARNING and above, newest last, bounded, messages flattened."""
     import logging

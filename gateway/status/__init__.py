@@ -10,11 +10,12 @@ one call the gateway's assembly makes.
 from __future__ import annotations
 
 
-def mount(app, gateway) -> None:
+def mount(app, gateway):
     """Guard the gateway's aiohttp ``app`` and add the status page. Options from the node
     config's ``[gateway]`` table: ``status_interval_s`` (how often live views look for
-    changes, default 1), ``status_tiles`` (a map tile URL template with {z}/{x}/{y})."""
-    from .auth import OperatorAuth, load_or_create_secret
+    changes, default 1), ``status_tiles`` (a map tile URL template with {z}/{x}/{y}).
+    Returns the OperatorAuth that guards it."""
+    from .auth import OperatorAuth
     from .routes import install
     from .snapshot import RecentErrors, StatusSource
 
@@ -25,5 +26,7 @@ def mount(app, gateway) -> None:
 
     app.on_cleanup.append(detach)
     opts = gateway.opts
-    install(app, OperatorAuth(load_or_create_secret(gateway.cfg.keys_dir)), StatusSource(gateway, errors),
+    operator = OperatorAuth.from_keys(gateway.cfg.keys_dir)
+    install(app, operator, StatusSource(gateway, errors),
             interval_s=float(opts.get("status_interval_s", 1.0)), tiles=str(opts.get("status_tiles", "")))
+    return operator  # /healthz shows fault reasons to the operator alone

@@ -361,11 +361,15 @@ class Gateway:
 
     def _http_app(self, guard: ConnectionGuard) -> web.Application:
         app = web.Application(middlewares=[guard.middleware])
+        operator = None  # the status page's OperatorAuth, set below
 
         async def healthz(request: web.Request) -> web.Response:
             started = self.store is not None and self.link is not None
             ok = started and self.health.ok
             faults = self.health.report()
+            if operator is None or not operator.check_bearer(request.headers.get("Authorization")):
+                # a fault's reason names internals (the node RPC's URL, store errors): operators only
+                faults = [{"cause": f["cause"], "for_s": f["for_s"]} for f in faults]
             status = "ok" if ok else ("starting" if not started else
                                       "unhealthy: " + ", ".join(f["cause"] for f in faults))
             # no device count: /healthz is public, and a count moving would show a pairing
@@ -380,7 +384,7 @@ class Gateway:
 
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/metrics", metrics)
-        mount_status(app, self)  # the operators' page; guards everything here but /healthz
+        operator = mount_status(app, self)  # the operators' page; guards everything here but /healthz
         return app
 
     # ---- background loops ----

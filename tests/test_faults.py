@@ -71,9 +71,11 @@ class Gw:
         self.acked.append(res.request_id)
         return res
 
-    async def health(self) -> tuple[int, dict]:
+    async def health(self, operator: bool = False) -> tuple[int, dict]:
+        headers = {"Authorization": "Bearer " + self.operator_secret()} if operator else {}
         async with aiohttp.ClientSession() as s:
-            async with s.get(f"https://127.0.0.1:{self.g.ports['http']}/healthz", ssl=self.ssl) as resp:
+            async with s.get(f"https://127.0.0.1:{self.g.ports['http']}/healthz", ssl=self.ssl,
+                             headers=headers) as resp:
                 return resp.status, await resp.json()
 
     def operator_secret(self) -> str:
@@ -256,6 +258,8 @@ async def test_stopped_chain_node_is_named_discovery_answers_stale_and_it_recove
                 break
             await asyncio.sleep(0.5)
         assert status == 503 and [f["cause"] for f in body["faults"]] == ["chain_unreachable"]
+        assert "reason" not in body["faults"][0]  # public: the cause, never internals such as the RPC URL
+        status, body = await g.health(operator=True)
         assert "chain node does not answer" in body["faults"][0]["reason"]
         assert 'edgistry_faults_total{cause="chain_unreachable"} 1.0' in await g.metrics()
         call = disco.Discover(req, timeout=10)

@@ -130,3 +130,57 @@ def test_recent_errors_keep_the_last_warnings_on_one_line():
     finally:
         h.detach("edgistry.test.status")
     assert [r["message"] for r in h.records] == [f"line {i} second line" for i in (2, 3, 4)]
+
+
+def test_an_event_stream_whose_reader_stopped_reading_frees_its_slot(monkeypatch):
+    """An operator's stream that takes no update for STREAM_WRITE_S is cut, so a reader
+    that stalls (or a script that opened streams and never reads them) cannot hold the
+    stream slots for ever; before, its write waited with no end."""
+    import asyncio
+    import os
+    import socket
+
+    from aiohttp import web
+
+    from edgistry.gateway.status import routes
+
+    monkeypatch.setattr(routes, "MAX_STREAMS", 1)
+    monkeypatch.setattr(routes, "STREAM_WRITE_S", 0.5)
+
+    class Source:  # a snapshot that changes every time and is large: the socket buffers fill fast
+        async def snapshot(self):
+            return {"blob": os.urandom(256 * 1024).hex()}
+
+    async def main():
+        app = web.Application()
+        secret = "s" * 64
+        routes.install(app, auth.OperatorAuth(secret), Source(), interval_s=0.01)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        ask = f"GET /status/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\r\n".encode()
+        try:
+            stalled = socket.socket()
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.connect(("127.0.0.1", port))
+            stalled.sendall(ask)  # and never reads
+            await asyncio.sleep(0.3)
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(ask)
+            assert b" 503 " in (await asyncio.wait_for(r.readline(), 5))  # the one slot is taken
+            w.close()
+            for _ in range(50):  # within a few STREAM_WRITE_S the stalled stream is cut and its slot free
+                await asyncio.sleep(0.2)
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.write(ask)
+                line = await asyncio.wait_for(r.readline(), 5)
+                w.close()
+                if b" 200 " in line:
+                    break
+            assert b" 200 " in line, line
+            stalled.close()
+        finally:
+            await runner.cleanup()
+    asyncio.run(main())

@@ -40,6 +40,7 @@ from .snapshot import StatusSource
 PUBLIC = frozenset({"/healthz", "/status/login"})
 PING_S = 15.0
 MAX_STREAMS = 32  # event streams open at once (each costs a snapshot per interval)
+STREAM_WRITE_S = 30.0  # a stream whose reader takes no update for this long ends (and frees its slot)
 
 
 def _headers(tiles: str = "") -> dict[str, str]:
@@ -105,13 +106,16 @@ def install(app: web.Application, auth: OperatorAuth, source: StatusSource, inte
             while _authorised(auth, request):
                 body = json.dumps(await source.snapshot(), separators=(",", ":"))
                 if body != sent:
-                    await resp.write(b"data: " + body.encode() + b"\n\n")
+                    await asyncio.wait_for(resp.write(b"data: " + body.encode() + b"\n\n"), STREAM_WRITE_S)
                     sent, quiet = body, 0.0
                 elif quiet >= PING_S:
-                    await resp.write(b": ping\n\n")
+                    await asyncio.wait_for(resp.write(b": ping\n\n"), STREAM_WRITE_S)
                     quiet = 0.0
                 await asyncio.sleep(interval_s)
                 quiet += interval_s
+        except asyncio.TimeoutError:  # a reader that stopped reading: its slot goes to someone else
+            if request.transport is not None:
+                request.transport.abort()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

@@ -405,12 +405,13 @@ class Gateway:
                 log.exception("background step %s failed", getattr(step, "__name__", step))
 
     async def _sweep(self) -> None:
-        """Dead-letter expired requests, forget old response slots and tickets (one group
-        commit); drop expired revocations; apply the local revocation list if it changed."""
+        """Forget old response slots and tickets, then dead-letter expired requests (in steps
+        that fit a full map: GatewayStore.sweep_expired); drop expired revocations; apply
+        the local revocation list if it changed."""
         now = int(time.time() * 1000)
         self.revoked.prune(now / 1000)
-        expired, _, _ = await asyncio.gather(self.store.expire_due(now), self.store.purge_finished(now),
-                                             self.store.purge_tickets(now))
+        await asyncio.gather(self.store.purge_finished(now), self.store.purge_tickets(now))
+        expired = await self.store.sweep_expired(now)
         if expired:
             self.metrics.expired.inc(len(expired))
             log.info("dead-lettered %d expired request(s)", len(expired))

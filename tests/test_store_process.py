@@ -347,3 +347,61 @@ async def test_an_urgent_write_is_handed_over_at_once_and_in_order(tmp_path):
         assert store.depth(dev.link_id) == 4
     finally:
         store.close()
+
+
+async def test_a_write_that_does_not_fit_fails_alone_not_its_group(tmp_path):
+    """The map nearly full: a large batch that does not fit and a small enqueue from another
+    client land in one group commit. The large one fails with MapFull; the small one is
+    committed (before, the whole group failed, and the small one with it on every retry)."""
+    from edgistry.gateway.errors import MapFull
+
+    store = GatewayStore(tmp_path / "gw", map_size=1 << 20)
+    try:
+        dev = await device(store)
+        try:
+            while True:  # fill until a 4 KB request no longer fits
+                await store.enqueue([item(dev, depth=10**9, args=b'{"a":"' + b"x" * 4000 + b'"}')])
+        except MapFull:
+            pass
+        big = store.enqueue([item(dev, depth=10**9, args=b'{"a":"' + b"y" * 16_000 + b'"}') for _ in range(8)])
+        small = store.enqueue([item(dev, depth=10**9)])
+        big_out, small_out = await asyncio.gather(big, small, return_exceptions=True)
+        assert isinstance(big_out, MapFull) or all(isinstance(o, MapFull) for o in big_out), big_out
+        assert not isinstance(small_out, Exception) and not isinstance(small_out[0], Exception), small_out
+    finally:
+        store.close()
+
+
+async def test_a_full_map_of_expired_requests_drains_by_itself(tmp_path):
+    """The map filled with small requests that then expire: dead-lettering them needs new
+    pages before old ones are free, so a sweep step of EXPIRE_LIMIT fails with MapFull every
+    time (the gateway stayed full for good). sweep_expired halves the step until it fits;
+    the queue drains and new requests are taken again."""
+    from edgistry.gateway.errors import MapFull
+
+    store = GatewayStore(tmp_path / "gw", map_size=1 << 20)
+    try:
+        dev = await device(store)
+        queued = 0
+        try:
+            while True:
+                out = await store.enqueue([item(dev, depth=10**9, args=b'{"a":"' + b"x" * 60 + b'"}')
+                                           for _ in range(20)])
+                queued += sum(1 for o in out if not isinstance(o, Exception))
+        except MapFull:
+            pass
+        later = NOW + 120_000  # every TTL has passed
+        with pytest.raises(MapFull):
+            await store.expire_due(later)  # one step of EXPIRE_LIMIT does not fit
+        expired = 0
+        for _ in range(200):
+            expired += len(await store.sweep_expired(later))
+            if expired == queued:
+                break
+        assert expired == queued and store.depth(dev.link_id) == 0
+        for _ in range(5):  # dead letters are purged after the retention period
+            await store.purge_finished(later + store.retention_ms + 1)
+        out = await store.enqueue([item(dev)])
+        assert not isinstance(out[0], Exception), out
+    finally:
+        store.close()

@@ -54,6 +54,10 @@ def commit_group(env: lmdb.Environment, retention_ms: int, messages: list[list])
                         with env.begin(write=True, parent=txn) as nested:
                             result, changed = ops.apply(ops.Ctx(LmdbKV(nested), retention_ms), name, args)
                         out.append([True, [result, changed]])
+                    except lmdb.MapFullError as exc:
+                        # this operation alone did not fit (its nested transaction is rolled back
+                        # and the group's stays usable): the others in the group still commit
+                        out.append([False, storage_fault(exc, env) or exc])
                     except lmdb.Error:
                         raise  # the transaction is unusable: the whole group fails
                     except Exception as exc:  # noqa: BLE001 - this operation only (rolled back)

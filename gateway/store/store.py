@@ -39,7 +39,7 @@ from .kv import DEFAULT_MAP_SIZE, LmdbKV, open_env
 from .ops import EXPIRE_LIMIT, PURGE_LIMIT, token_chain
 from .records import CacheEntry, Contact, Device, RequestRecord, State, load_ticket, new_id
 from .writer import Writer, WriterDied
-from ..errors import StorageFull, StoreIOFailed
+from ..errors import MapFull, StorageFull, StoreIOFailed
 from ..twins.model import Twin
 from ..link.backend import DeviceAnswer, QueuedRequest, Ticket
 
@@ -66,6 +66,7 @@ class GatewayStore:
         self._contacts: dict[bytes, tuple[int, int | None]] = {}  # hints: link -> (last_ms, sleep_s)
         self._dirty: dict[bytes, float] = {}  # hints not sent to the writer yet: link -> monotonic time noted
         self._open = True
+        self._expire_step = EXPIRE_LIMIT  # requests one sweep step dead-letters (see sweep_expired)
         # faults in force (cause -> reason) and who hears of each change (cause, reason; None: all cleared)
         self.faults: dict[str, str] = {}
         self.fault_listeners: list[Callable[[str | None, str], None]] = []
@@ -158,6 +159,22 @@ class GatewayStore:
     async def expire_due(self, now_ms: int, limit: int = EXPIRE_LIMIT) -> list[RequestRecord]:
         """Dead-letter active requests whose TTL passed; return them (clients are told)."""
         return [RequestRecord.load(raw) for raw in await self.write("expire_due", now_ms, limit)]
+
+    async def sweep_expired(self, now_ms: int) -> list[RequestRecord]:
+        """:meth:`expire_due` in steps small enough to fit a full map. Dead-lettering
+        rewrites records before their old pages are free, so with the map full a step of
+        EXPIRE_LIMIT fails every time and nothing ever frees room: on MapFull the step
+        halves (down to one request) and, once steps succeed, grows back."""
+        while True:
+            try:
+                expired = await self.expire_due(now_ms, self._expire_step)
+            except MapFull:
+                if self._expire_step == 1:
+                    raise
+                self._expire_step = max(1, self._expire_step // 2)
+                continue
+            self._expire_step = min(EXPIRE_LIMIT, self._expire_step * 2)
+            return expired
 
     async def purge_finished(self, now_ms: int, limit: int = PURGE_LIMIT) -> int:
         """Forget response slots older than the retention period."""

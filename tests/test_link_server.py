@@ -449,3 +449,25 @@ async def test_a_lone_ack_does_not_hold_up_the_link_and_its_write_still_lands(gw
                 break
             await asyncio.sleep(0.02)
     assert "disk on fire" in caplog.text and rid2 not in backend.acked
+
+
+async def test_an_unknown_ticket_costs_no_write_and_leaves_nothing_behind(tmp_path) -> None:
+    """Anyone can send RESUME with a made-up ticket id: the gateway looks it up and falls
+    back to a full handshake, with no fsync'd deletion to make and no id kept in memory (each
+    one used to cost a rotate_ticket write, and an id stayed for ever when that write failed).
+    A real ticket is still held against reuse until its deletion is durable."""
+    from edgistry.gateway.link.server import LinkServer, _ConnKeys
+    from edgistry.gateway.link.backend import Ticket, root_fingerprint
+
+    backend = MemoryBackend(GATEWAY_SECRET)
+    srv = LinkServer(backend, port=0)
+    home = make_home(tmp_path / "d", backend, 1)
+    keys = _ConnKeys(srv)
+    for _ in range(20):
+        assert keys.take_ticket(os.urandom(16)) is None
+    assert keys.spent is None and srv.spending == set() and backend.commits == 0
+    tid, link = os.urandom(16), home.link_id()
+    await backend.rotate_ticket(None, tid, Ticket(link, b"s" * 32, 2**62, root_fingerprint(home.root_token())))
+    assert keys.take_ticket(tid) == (link, b"s" * 32, 2**62)
+    assert keys.spent == tid and srv.spending == {tid}
+    assert _ConnKeys(srv).take_ticket(tid) is None  # presented on another connection meanwhile

@@ -130,10 +130,12 @@ class _ConnKeys:
         spending = self.server.spending
         if ticket_id in spending:
             return None  # presented on another connection a moment ago
+        t = self.backend.ticket(ticket_id)
+        if t is None:
+            return None  # nothing to spend: an unknown id costs no write (anyone can send one)
         spending.add(ticket_id)
         self.spent = ticket_id
-        t = self.backend.ticket(ticket_id)
-        return None if t is None else (t.link_id, t.resumption_secret, t.expires_at_ms)
+        return t.link_id, t.resumption_secret, t.expires_at_ms
 
 
 class _Closed(Exception):

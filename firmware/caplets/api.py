@@ -42,7 +42,7 @@ from .cap_entries import (
 from .cap_verify import Context, chain_tags, check_revoked, compute_tag, encryption_tag
 from .cap_crypto import revocation_hash
 from .mint import (
-    derive, encryption_token, flatten, from_text, load, mint, new_secret, parse_time,
+    MAX_TOKEN_TEXT, derive, encryption_token, flatten, from_text, load, mint, new_secret, parse_time,
     request_digest, request_token, root, sequence_now, to_text, verify,
 )
 from .replay import ClockDrift, SequenceVerifier
@@ -53,7 +53,7 @@ __all__ = [
     "cap_verify", "cap_wire",
     "replay", "revocation",
     "ADMIN", "INVOKE", "READ", "WRITE", "MAX_ENTRIES", "MAX_FRAME_SIZE", "MAX_FRAMES",
-    "MAX_TOKEN_SIZE", "AuthorisedBy", "BadTag", "BoundTo", "ClockDrift", "ConstraintFailed", "Context",
+    "MAX_TOKEN_SIZE", "MAX_TOKEN_TEXT", "AuthorisedBy", "BadTag", "BoundTo", "ClockDrift", "ConstraintFailed", "Context",
     "Encryption", "Endpoint", "ExpiresAt", "Frame", "Gateway", "Identity",
     "InvalidDerivation", "MalformedToken", "NotBefore", "NotPermitted", "Region",
     "Replayed", "Request", "RequireIdentity", "Resource", "RevocationSet",

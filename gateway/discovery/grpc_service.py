@@ -23,7 +23,7 @@ from typing import Protocol
 import grpc
 from ...firmware.caplets.cap_token import Token
 from ...firmware.caplets.cap_errors import TokenError
-from ...firmware.caplets.mint import from_text
+from ...firmware.caplets.mint import MAX_TOKEN_TEXT, from_text
 from ..api.service import HandleGrant
 from ..tokens.app_tokens import AppClient, authenticate
 from .core import DiscoveryService, Filters, Latency, Target, WatchSession
@@ -109,6 +109,8 @@ def filters_of(msg: dpb.Filters) -> Filters:
 
 def _token(raw: bytes) -> bytes | Token:
     """Tokens arrive as binary or as their text form (what `--token FILE` holds)."""
+    if len(raw) > MAX_TOKEN_TEXT:
+        return raw[:MAX_TOKEN_TEXT + 1]  # refused as it is verified, without decoding 4 MB of text first
     try:
         return from_text(raw.decode("ascii"))
     except (UnicodeDecodeError, TokenError):

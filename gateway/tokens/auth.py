@@ -135,6 +135,8 @@ def authorise(raw: bytes, service: str, method: str, root_token: bytes | None, g
 
     ``check_permits=False`` checks only that the token is valid for the device
     (used before telling a caller that a method does not exist)."""
+    if len(raw) > MAX_TOKEN_INPUT:  # before hashing it as a cache key, or anything else
+        raise Unauthorized(f"malformed token: longer than {MAX_TOKEN_INPUT} bytes")
     now = int(time.time()) if now is None else now
     key = (bytes(raw), root_token or b"", gateway_secret)
     hit = _verified.get(key)
@@ -190,12 +192,19 @@ def _still_valid(hit: _Verified, service: str, method: str, gateway_id: str, rev
     return True
 
 
+# The most a client's token can take as sent, binary or text (MAX_TOKEN_TEXT): anything
+# longer is refused before it is decoded.
+MAX_TOKEN_INPUT = cl.MAX_TOKEN_TEXT
+
+
 def _authorise(raw: bytes, service: str, method: str, root_token: bytes | None, gateway_secret: bytes,
                gateway_id: str, revoked: cl.RevocationSet | None, now: int,
                check_permits: bool, mutating: bool) -> Authorised:
     """The full check (decode, HMAC chain, derivations, revocation, constraints, rights)."""
     if not raw:
         raise Unauthorized("no token: pass the application token printed by `edgistry pair` (--token FILE)")
+    if len(raw) > MAX_TOKEN_INPUT:
+        raise Unauthorized(f"malformed token: longer than {MAX_TOKEN_INPUT} bytes")
     try:
         token = cl.load(raw)
     except cl.TokenError as exc:
@@ -253,6 +262,8 @@ def leaf_hash(raw: bytes) -> tuple[bytes, ...]:
 
 def _parse(raw: bytes) -> cl.Token:
     """A token from its binary or text form (as clients send either)."""
+    if len(raw) > MAX_TOKEN_INPUT:
+        raise cl.MalformedToken(f"longer than {MAX_TOKEN_INPUT} bytes")
     try:
         return cl.load(raw)
     except cl.TokenError:

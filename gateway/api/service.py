@@ -471,6 +471,9 @@ class GatewayService:
             issuer = auth.issuer_key((own or call.chain or (b"",))[0])
             if own:  # our own token, its tags recomputed: an over-rate client is then refused early
                 auth.remember_issuer(call.token, issuer)
+            # the request ends when the token does, whoever vouched for it (read unverified from a
+            # peer's token: it can only shorten the request's life)
+            token_expiry_ms = auth.expiry_ms(call.token)
         if self.admit is not None:  # rate limits of the verified client and of the device
             self.admit(issuer, dev.link_id)
         args = call.args or b""
@@ -618,10 +621,11 @@ class GatewayService:
 
         Here, where the device is paired, the token is checked again as on a call
         (revocation, expiry, gateway; not the method's right): a revoked or expired
-        token can neither read nor cancel what it asked for. Not checked here: a
-        forwarding stub's (the device's gateway checks it), an invoke-any request's
-        (made on the forwarding gateway's word, which checked the client), and a
-        request of a device since unpaired (its answer is that failure)."""
+        token can neither read nor cancel what it asked for; so is this gateway's own token
+        behind a discovery handle's call. A peer's client's token (a forwarded, vouched-for
+        read) is checked against what this gateway can know of it: its leaf's revocation
+        and its expiry. Not checked here: a forwarding stub's (the device's gateway checks
+        it) and a request of a device since unpaired (its answer is that failure)."""
         self.revoked_fresh()
         rec = self.store.get(_request_id(request_id, required=True))
         if rec is None:
@@ -657,13 +661,23 @@ class GatewayService:
 
     def _token_still_good(self, rec: RequestRecord, token: bytes) -> None:
         """The re-check of :meth:`_owned` (raises Unauthorized)."""
+        now = self.clock()
         if rec.forwarded_to:  # the holder checks it again; what this gateway knows is refused here
             self._check_chain(auth.own_chain(token, self.secret) or auth.leaf_hash(token))
-        elif not rec.attested:
-            dev = self.store.device(rec.link_id)
-            if dev is not None:
-                auth.authorise(token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
-                               self.clock() // 1000, check_permits=False)
+            return
+        own = auth.own_chain(token, self.secret) if rec.attested else ()
+        if rec.attested and not own:
+            # a peer's client (its gateway vouched for it): this gateway knows the leaf's hash
+            # and the token's expiry, not its chain; the holder filed the chain with the request
+            self._check_chain(auth.leaf_hash(token))
+            expiry = auth.expiry_ms(token)
+            if expiry and expiry <= now:
+                raise Unauthorized("token refused: Expired: the token the request was made with has expired")
+            return
+        dev = self.store.device(rec.link_id)
+        if dev is not None:  # a device's token, or this gateway's own (a discovery handle's call)
+            auth.authorise(token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
+                           now // 1000, check_permits=False)
 
     async def _remember_forward(self, call: Call, owner: str, res: Result) -> None:
         now = self.clock()

@@ -251,6 +251,16 @@ def own_chain(raw: bytes, gateway_secret: bytes) -> tuple[bytes, ...]:
     return tuple(cap_crypto.revocation_hash(t) for t in tags)
 
 
+def expiry_ms(raw: bytes) -> int:
+    """When a token expires (its leaf carries every constraint of its chain), in ms; 0: never,
+    or no token. Read, not verified: use it only to shorten what the token may do."""
+    try:
+        ends = [c.value for c in _parse(raw).frames[-1].constraints if isinstance(c, cl.ExpiresAt)]
+    except (cl.TokenError, ValueError):
+        return 0
+    return min(ends) * 1000 if ends else 0
+
+
 def leaf_hash(raw: bytes) -> tuple[bytes, ...]:
     """The revocation hash of a token's own tag (all a gateway that is not its
     origin can compute of its chain); () for bytes that are no token."""

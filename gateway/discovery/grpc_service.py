@@ -15,6 +15,7 @@ process with ``DiscoveryService.resolve`` (the Resolve RPC only checks a handle)
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from ...proto import discovery_pb2_grpc as dgrpc
 from ...proto import gateway_pb2 as gpb
 
 WATCH_TICK_S = 60.0  # re-evaluate a watch at least this often (latency classes age)
+WATCH_TOKEN_S = 5.0  # check a watch's token again at least this often (revocation, expiry)
 
 
 class PeerForward(Protocol):
@@ -189,11 +191,15 @@ class DiscoveryServicer(dgrpc.DiscoveryServicer):
         return anonymous(result)
 
     async def Watch(self, request: dpb.WatchRequest, context) -> AsyncIterator[dpb.WatchEvent]:
+        """Events as the index changes, and at least every ``watch_tick_s``; the token is
+        checked again before each step and at least every WATCH_TOKEN_S, so a watch ends
+        (Unauthorized) soon after its token is revoked or expires."""
         try:
             client = self._client(request.token)
             session = WatchSession(self.service, client, request.service_type, region_of(request.region),
                                    filters_of(request.filters))
             index = self.service.index
+            loop = asyncio.get_running_loop()
             while True:
                 version = index.version
                 for kind, info in session.step(self._now_ms()):
@@ -201,7 +207,13 @@ class DiscoveryServicer(dgrpc.DiscoveryServicer):
                     yield dpb.WatchEvent(kind=k, handle=_handle_pb(info), height=index.height)
                 if self.follower is None:
                     return
-                await self.follower.wait_changed(version, timeout=self.watch_tick_s)
+                step_at = loop.time() + self.watch_tick_s
+                while True:
+                    left = step_at - loop.time()
+                    if left <= 0 or await self.follower.wait_changed(version, min(left, WATCH_TOKEN_S)) != version:
+                        break
+                    self._client(request.token)  # revoked or expired meanwhile: the watch ends here
+                self._client(request.token)
         except GatewayError as err:
             await self._fail(context, err)
 

@@ -240,3 +240,36 @@ def test_app_tokens_reach_devices_only_through_discovery_across_gateways(tmp_pat
         if proc_b is not None:
             stop(proc_b)
         stop(proc_a)
+
+
+async def test_a_gateway_token_learns_nothing_of_a_devices_methods_by_pseudonym(tmp_path):
+    """Pseudonyms are public on chain and a device's services are sealed: a gateway
+    application token, narrowed any way its holder likes, calling a device by pseudonym gets
+    one and the same answer for every (service, method), present or not. Before, a method
+    the device has answered "does not permit" and a missing one another error, which listed
+    the device's services and methods."""
+    from edgistry.gateway.store.store import Device, new_id
+
+    secret = b"g" * 32
+    store = GatewayStore(tmp_path / "gw")
+    try:
+        svc = GatewayService(store, "gw-a", secret)
+        root = cl.root(cl.new_secret())
+        manifest = {"duty_cycle_s": 5, "services": [{"type": "camera", "methods": ["snapshot"]},
+                                                    {"type": "door-lock", "methods": [
+                                                        {"name": "unlock", "mutating": True}]}]}
+        dev = Device(new_id(), auth.pseudonym_for(root.to_bytes()), root.to_bytes(), manifest, 0, 7, 1)
+        await store.put_device(dev)
+        app = mint_app_token(secret, "anon-client")
+        narrowed = cl.derive(app, [cl.Resource("/svc/zzz", cl.READ)])
+        answers = set()
+        for token in (app, narrowed):
+            for stype, method in (("camera", "snapshot"), ("camera", "stream"), ("door-lock", "unlock"),
+                                  ("door-lock", "lock"), ("thermostat", "read")):
+                with pytest.raises(Unauthorized) as info:
+                    await svc.submit(Call(owner_handle(dev.pseudonym), method, token=token.to_bytes(),
+                                          service=stype))
+                answers.add(str(info.value))
+        assert len(answers) == 1, answers
+    finally:
+        store.close()

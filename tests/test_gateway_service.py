@@ -57,7 +57,8 @@ async def answer(store, dev, payload=b'{"t": 21}', status=0):
     (lambda secret, root, app: app, "permit"),  # read-only token, mutating method
     (lambda secret, root, app: cl.Token(app.frames, bytes(32)), "origin"),  # forged tag
     (lambda secret, root, app: cl.request_token(root, "valve", "set", b"", 1), "request"),  # a captured leaf
-    (lambda secret, root, app: cl.mint(GATEWAY_SECRET, [cl.Identity("link:00")]), "permit"),  # identity token
+    # a gateway token by pseudonym: refused for its origin before any right is looked at
+    (lambda secret, root, app: cl.mint(GATEWAY_SECRET, [cl.Identity("link:00")]), "pseudonym"),
     (lambda secret, root, app: cl.derive(root, [cl.Service("valve", ["*"])], [cl.ExpiresAt(1)]), "Constraint"),
     (lambda secret, root, app: cl.derive(root, [cl.Service("valve", ["*"])], [cl.Gateway("gw-b")]), "Constraint"),
     (lambda secret, root, app: b"\x01garbage", "malformed"),

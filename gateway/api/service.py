@@ -438,13 +438,21 @@ class GatewayService:
         else the QUEUED record to enqueue (:meth:`_enqueue` mints its token)."""
         manifest = dev.parsed_manifest
         self.revoked_fresh()
+        if not call.attested:
+            # A call by pseudonym: the token must come from the device's root, and that is
+            # settled before anything depends on the device's methods. A gateway token
+            # (narrowed as its holder likes) that got "not permitted" for a method the device
+            # has and another answer for one it lacks would list the device's sealed
+            # services by pseudonym. (Cached: the check below re-verifies nothing.)
+            granted = auth.authorise(call.token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
+                                     now // 1000, check_permits=False)
+            if granted.origin != "device":
+                raise Unauthorized(PSEUDONYM_NEEDS_DEVICE_TOKEN)
         try:
             service, method = manifest.resolve(call.service, call.method)
         except (NotFound, BadRequest):  # only a valid token holder may learn which methods exist
-            granted = auth.authorise(call.token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
-                                     now // 1000, check_permits=False)
-            if granted.origin != "device" and not call.attested:
-                raise Unauthorized(PSEUDONYM_NEEDS_DEVICE_TOKEN) from None
+            auth.authorise(call.token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
+                           now // 1000, check_permits=False)
             raise
         # A read vouched for by discovery or by a registered peer's signed forward
         # needs no device token; everything else is authorised here.

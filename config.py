@@ -23,6 +23,7 @@ import dataclasses
 import ipaddress
 import os
 import secrets
+import stat
 import tempfile
 import tomllib
 from dataclasses import dataclass, field
@@ -32,7 +33,6 @@ import tomli_w
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .firmware.runtime.home import own_dir
 
 DEFAULT_CHAIN_ID = "edgistry-local"
 DEFAULT_ABCI_LISTEN = "tcp://127.0.0.1:26658"
@@ -213,9 +213,22 @@ def is_private_listen(address: str) -> bool:
         return False
 
 
+def own_dir(path: Path, mode: int = 0o700) -> None:
+    """Make ``path`` (with ``mode``) or check the one there: a directory, not a symlink,
+    of this user, that no one else may write to. Secrets go into it by replacing files,
+    so whoever else could write to it could swap or plant them; a directory someone
+    else made beforehand (e.g. in a shared /tmp) is refused, never adopted."""
+    path = Path(path)
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise PermissionError(f"{path} must be a directory of this user that others cannot write to "
+                              f"(it is {'not a directory' if not stat.S_ISDIR(st.st_mode) else oct(st.st_mode & 0o777)}"
+                              f", owner uid {st.st_uid})")
+
+
 def private_dir(path: Path, mode: int = 0o700) -> None:
-    """Make ``path`` or check the one there: this user's, closed to others' writes
-    (firmware.runtime.home.own_dir); a HomeError says what is wrong."""
+    """:func:`own_dir`, with a HomeError saying what is wrong."""
     try:
         own_dir(path, mode)
     except PermissionError as exc:

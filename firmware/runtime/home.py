@@ -41,7 +41,6 @@ import binascii
 import json
 import os
 import re
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,20 +56,6 @@ _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
 class HomeError(Exception):
     """The device home is missing, incomplete or malformed (a user-fixable error)."""
-
-
-def own_dir(path: Path, mode: int = 0o700) -> None:
-    """Make ``path`` (with ``mode``) or check the one there: a directory, not a symlink,
-    of this user, that no one else may write to. Secrets go into it by replacing files,
-    so whoever else could write to it could swap or plant them; a directory someone
-    else made beforehand (e.g. in a shared /tmp) is refused, never adopted."""
-    path = Path(path)
-    path.mkdir(mode=mode, parents=True, exist_ok=True)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise PermissionError(f"{path} must be a directory of this user that others cannot write to "
-                              f"(it is {'not a directory' if not stat.S_ISDIR(st.st_mode) else oct(st.st_mode & 0o777)}"
-                              f", owner uid {st.st_uid})")
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -350,24 +350,22 @@ async def test_an_urgent_write_is_handed_over_at_once_and_in_order(tmp_path):
 
 
 async def test_a_write_that_does_not_fit_fails_alone_not_its_group(tmp_path):
-    """The map nearly full: a large batch that does not fit and a small enqueue from another
-    client land in one group commit. The large one fails with MapFull; the small one is
-    committed (before, the whole group failed, and the small one with it on every retry)."""
+    """A batch that does not fit the map and a small enqueue from another client, started
+    in one loop turn, share one group commit. The large one fails with MapFull; the small
+    one is committed (before, the whole group failed, the small one with it, on every retry)."""
     from edgistry.gateway.errors import MapFull
 
     store = GatewayStore(tmp_path / "gw", map_size=1 << 20)
     try:
         dev = await device(store)
-        try:
-            while True:  # fill until a 4 KB request no longer fits
-                await store.enqueue([item(dev, depth=10**9, args=b'{"a":"' + b"x" * 4000 + b'"}')])
-        except MapFull:
-            pass
-        big = store.enqueue([item(dev, depth=10**9, args=b'{"a":"' + b"y" * 16_000 + b'"}') for _ in range(8)])
+        commits = store.writer.commits
+        big = store.enqueue([item(dev, depth=10**9, args=b'{"a":"' + b"y" * (2 << 20) + b'"}')])
         small = store.enqueue([item(dev, depth=10**9)])
         big_out, small_out = await asyncio.gather(big, small, return_exceptions=True)
+        assert store.writer.commits == commits + 1  # one group
         assert isinstance(big_out, MapFull) or all(isinstance(o, MapFull) for o in big_out), big_out
         assert not isinstance(small_out, Exception) and not isinstance(small_out[0], Exception), small_out
+        assert store.depth(dev.link_id) == 1
     finally:
         store.close()
 

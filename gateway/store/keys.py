@@ -20,6 +20,8 @@ Primary records::
 Per-device counters::
 
     n/<link16>                        be64                           queue depth (active requests)
+    ni/<link16><hash32>               be64                           of those, the ones of one client: its
+                                                                     token chain's first hash (its issuer)
     s/<link16>                        be64                           last request sequence (only rises)
     vc/<link16>                       be64                           last log position the device was told
 
@@ -49,6 +51,7 @@ DEVICE = b"d/"
 PSEUDONYM = b"p/"
 QUEUE = b"q/"
 DEPTH = b"n/"
+CLIENT_DEPTH = b"ni/"
 LAST_SEQ = b"s/"
 REQUEST = b"r/"
 EXPIRY = b"x/"
@@ -69,7 +72,7 @@ REVLOG_LAST = META + b"revlog"
 
 # what an unpaired device leaves behind: every per-device prefix but its requests
 # (they stay readable as CANCELLED until purged)
-PER_DEVICE = (CACHE, DEPTH, LAST_SEQ, CONTACT, REVCURSOR)
+PER_DEVICE = (CACHE, DEPTH, CLIENT_DEPTH, LAST_SEQ, CONTACT, REVCURSOR)
 
 _BE64 = struct.Struct(">Q")
 
@@ -108,6 +111,10 @@ def queue(link_id: bytes, seq: int | None = None) -> bytes:
 
 def depth(link_id: bytes) -> bytes:
     return DEPTH + link_id
+
+
+def client_depth(link_id: bytes, issuer: bytes) -> bytes:
+    return CLIENT_DEPTH + link_id + issuer
 
 
 def last_seq(link_id: bytes) -> bytes:

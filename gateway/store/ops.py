@@ -26,6 +26,8 @@ from ..errors import (
 )
 from ..link.backend import Ticket
 from ..manifest import Manifest
+from ...firmware.caplets.cap_crypto import revocation_hash
+from ...firmware.caplets.mint import load as load_token
 from ...firmware.link.link_device import REVOKED
 
 DEVICE_EXPIRED_STATUS = 5  # docs/LINK_PROTOCOL.md: "expired before it ran"
@@ -138,6 +140,12 @@ def _enqueue_one(kv: KV, rec: RequestRecord, raw: bytes, max_depth: int, chain: 
     if depth >= max_depth:
         raise QueueFull(f"the device's queue is full ({depth} of {max_depth} requests waiting); "
                         "retry after it wakes")
+    # from the hashes filed for the token (what _finish reads back), or this call's
+    issuer = _client(kv, link, list(token_chain(kv, rec.token_digest)) or chain)
+    mine = keys.int_of(kv.get(keys.client_depth(link, issuer))) if issuer else 0
+    if issuer and mine >= client_share(max_depth):
+        raise QueueFull(f"this client's share of the device's queue is full ({mine} of {max_depth} requests "
+                        "waiting are its own); retry after the device wakes")
     last = keys.int_of(kv.get(keys.last_seq(link)))
     if rec.seq <= last:
         raise StaleSequence(f"sequence {rec.seq} is not above the device's last ({last}): refused, "
@@ -146,11 +154,48 @@ def _enqueue_one(kv: KV, rec: RequestRecord, raw: bytes, max_depth: int, chain: 
         raise ValueError(f"only a QUEUED request can be enqueued, not {rec.st.name}")
     kv.put(keys.last_seq(link), keys.be64(rec.seq))
     kv.put(keys.depth(link), keys.be64(depth + 1))
+    if issuer:
+        kv.put(keys.client_depth(link, issuer), keys.be64(mine + 1))
     kv.put(keys.queue(link, rec.seq), rec.request_id)
     kv.put(keys.expiry(rec.expires_at_ms, rec.request_id), b"")
     kv.put(keys.request(rec.request_id), raw)
     _index_token(kv, rec, chain)
     return None
+
+
+def client_share(max_depth: int) -> int:
+    """The most of a device's queue one client may hold: three quarters, so that one client
+    (whatever it derives from its token: derived tokens keep its chain's first hash) cannot
+    keep the device's other clients, its owner among them, out of the queue until it wakes."""
+    return max(1, max_depth - max_depth // 4)
+
+
+def _client(kv: KV, link: bytes, chain: list[bytes]) -> bytes:
+    """Whom a request counts against in its device's queue: the first tag of its token's
+    chain that its holder could not have made. For a gateway's token, the gateway's first
+    tag (its issuer); for a token from the device's root, the first derivation from the
+    root (the owner's grant to that client), or the root's own for the root itself. A
+    holder can derive children offline, never a new such tag. b"": no chain, not counted."""
+    hashes = [h for h in chain if len(h) == 32]
+    if not hashes:
+        return b""
+    if len(hashes) > 1:
+        raw = kv.get(keys.device(link))
+        if raw is not None and hashes[0] == _root_hash(Device.load(raw).root_token):
+            return hashes[1]
+    return hashes[0]
+
+
+_ROOT_HASHES: dict[bytes, bytes] = {}  # root token -> revocation hash of its tag (bounded)
+
+
+def _root_hash(root_token: bytes) -> bytes:
+    h = _ROOT_HASHES.get(root_token)
+    if h is None:
+        if len(_ROOT_HASHES) >= 4096:
+            _ROOT_HASHES.clear()
+        h = _ROOT_HASHES[root_token] = revocation_hash(load_token(root_token).tag)
+    return h
 
 
 def _index_token(kv: KV, rec: RequestRecord, chain: list[bytes]) -> None:
@@ -270,6 +315,13 @@ def _finish(ctx: Ctx, rec: RequestRecord) -> bytes:
     kv, link = ctx.kv, rec.link_id
     kv.delete(keys.queue(link, rec.seq))
     kv.delete(keys.expiry(rec.expires_at_ms, rec.request_id))
+    issuer = _client(kv, link, list(token_chain(kv, rec.token_digest)))  # filed with it (_index_token)
+    if issuer:
+        left = keys.int_of(kv.get(keys.client_depth(link, issuer))) - 1
+        if left > 0:
+            kv.put(keys.client_depth(link, issuer), keys.be64(left))
+        else:
+            kv.delete(keys.client_depth(link, issuer))
     _unindex_token(kv, rec)
     kv.put(keys.depth(link), keys.be64(max(keys.int_of(kv.get(keys.depth(link))) - 1, 0)))
     raw = rec.dump()

@@ -68,7 +68,7 @@ class GuardStats:
 
 class ConnectionGuard:
     """The caps, timers and counters of one listening site. Build the
-    application with :attr:`middleware`, then listen with :func:`start_site`."""
+    application with :attr:`middleware`, then listen with a :class:`GuardedSite`."""
 
     def __init__(self, limits: GuardLimits | None = None) -> None:
         self.limits = limits or GuardLimits()

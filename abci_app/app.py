@@ -65,9 +65,18 @@ _SELF_TESTED = False
 
 
 def _self_test_once() -> None:
-    """The Ed25519 rules' self-test, once per process (before the first app serves)."""
+    """The Ed25519 rules' self-test, and the protobuf backend, once per process (before the
+    first app serves). Decoding must behave alike on every node: protobuf's pure-Python
+    backend raises where upb refuses (a string field that is not UTF-8), so a node on it
+    could stop where the others answer a code."""
     global _SELF_TESTED
     if not _SELF_TESTED:
+        from google.protobuf.internal import api_implementation
+
+        if api_implementation.Type() != "upb":
+            raise FatalAppError(f"refusing to start: protobuf runs its {api_implementation.Type()!r} backend, "
+                                "not upb (unset PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION; install a protobuf "
+                                "wheel built for this platform)")
         try:
             ed25519_rule.self_test()
         except RuntimeError as exc:
@@ -185,6 +194,14 @@ class RegistryApp:
                  genesis.ed25519_v2_height if genesis.ed25519_v2_height is not None else "never")
         return abci.ResponseInitChain(app_hash=app_hash)
 
+    def _committed_or_genesis(self) -> Overlay | Store:
+        """What the next block is checked against: the committed state, or before block 1
+        (nothing committed yet) the genesis InitChain staged, where revocation_hash_height
+        and the rest of the chain's rules are."""
+        if self.height == 0 and self._block is not None:
+            return self._block
+        return self.store
+
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
         """Keep mempool order; drop txs that can never be valid at this height (undecodable,
         not admissible: batch.check_admissible, or a signature the height's rule rejects);
@@ -192,7 +209,7 @@ class RegistryApp:
         out, total = [], 0
         height = self.next_height
         rule = self.rule_at(height)
-        activation = read_revocation_hash_height(self.store)
+        activation = read_revocation_hash_height(self._committed_or_genesis())
         for tx in req.txs:
             if total + len(tx) > req.max_tx_bytes:
                 break
@@ -213,7 +230,7 @@ class RegistryApp:
         before anyone commits its bytes."""
         height = self.next_height
         rule = self.rule_at(height)
-        activation = read_revocation_hash_height(self.store)
+        activation = read_revocation_hash_height(self._committed_or_genesis())
         for tx in req.txs:
             try:
                 decoded = self.decoded.decode(tx)

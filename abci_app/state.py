@@ -57,7 +57,7 @@ def authenticate(kv: Overlay, tx: DecodedTx, chain_id: str, rule: int | None) ->
     """Check chain, signer, signature (under acceptance rule ``rule``; None: not
     checked) and nonce; return (is_admin, gateway_id)."""
     if tx.chain_id != chain_id:
-        raise TxError(Code.WRONG_CHAIN, f"tx is for chain {tx.chain_id!r}, this is {chain_id!r}")
+        raise TxError(Code.WRONG_CHAIN, f"tx is for chain {tx.chain_id!a}, this is {chain_id!a}")
     is_admin = kv.get(keys.admin(tx.signer)) is not None
     gid = kv.get(keys.gateway_by_key(tx.signer))
     if not is_admin and gid is None:

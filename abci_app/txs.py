@@ -90,8 +90,11 @@ def _parse_canonical(cls: type[Message], raw: bytes, what: str) -> Message:
     msg = cls()
     try:
         msg.ParseFromString(raw)
-    except DecodeError as exc:
-        raise TxError(Code.MALFORMED_TX, f"{what} does not decode: {exc}") from exc
+    except (DecodeError, UnicodeDecodeError, ValueError) as exc:
+        # a fixed text: the library's own (and which exception it raises, e.g. for a string
+        # field that is not UTF-8) differs between protobuf backends and versions, and a
+        # result's log must be the same on every node
+        raise TxError(Code.MALFORMED_TX, f"{what} does not decode") from exc
     msg.DiscardUnknownFields()  # recursive; re-encoding must then give the same bytes
     if msg.SerializeToString(deterministic=True) != raw:
         raise TxError(Code.MALFORMED_TX, f"{what} is not canonically encoded (unknown fields?)")
@@ -199,7 +202,7 @@ def _bad(log: str) -> TxError:
 def _check_endpoint(endpoint: str) -> None:
     m = HOSTPORT_RE.match(endpoint)
     if len(endpoint) > MAX_ENDPOINT or not m or not 0 < int(m.group(2)) < 65536:
-        raise _bad(f"endpoint {endpoint[:64]!r} is not HOST:PORT")
+        raise _bad(f"endpoint {endpoint[:64]!a} is not HOST:PORT")
 
 
 def _check_operator(operator: str) -> None:
@@ -231,12 +234,12 @@ def _service_verdict(raw: bytes) -> tuple[str, str | None]:
     kind = svc.type
     names = [m.name for m in svc.methods]
     if not _name_ok(kind):
-        return kind, f"service type {kind[:64]!r} is malformed"
+        return kind, f"service type {kind[:64]!a} is malformed"
     if not 0 < len(names) <= MAX_METHODS or len(set(names)) != len(names):
         return kind, f"service {kind} needs 1..{MAX_METHODS} distinct methods"
     for name in names:
         if not _name_ok(name):
-            return kind, f"service {kind} has a malformed method name {name[:64]!r}"
+            return kind, f"service {kind!a} has a malformed method name {name[:64]!a}"
     return kind, None
 
 

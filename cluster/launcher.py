@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -53,6 +54,17 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19])  # field 22 of stat(5); fields here start at field 3
 
 
+def _runs(pid: int, argv: list[str]) -> bool:
+    """Whether ``pid`` is a process of this user running ``argv`` (as recorded when started)."""
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+            return False
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().split(b"\0")[:-1] == [os.fsencode(a) for a in argv]
+    except OSError:
+        return False
+
+
 class Launcher:
     """Processes of one cluster directory, known by name and recorded pid."""
 
@@ -67,8 +79,16 @@ class Launcher:
         return self.run_dir / f"{name}.json"
 
     def record(self, name: str) -> ProcRecord | None:
+        """The record of ``name``: only one this user wrote (its own file, in its own
+        directory, not writable by others). Whoever could plant a record could have a
+        process of ours signalled in its name."""
+        path = self._record_path(name)
         try:
-            return ProcRecord(**json.loads(self._record_path(name).read_text()))
+            for p in (self.run_dir, path):
+                st = os.lstat(p)
+                if st.st_uid != os.geteuid() or st.st_mode & 0o022 or stat.S_ISLNK(st.st_mode):
+                    return None
+            return ProcRecord(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             return None
 
@@ -92,7 +112,9 @@ class Launcher:
             return None
         self._reap(rec.pid)
         ticks = start_ticks(rec.pid)
-        return rec.pid if ticks is not None and ticks == rec.start_ticks else None
+        if ticks is None or ticks != rec.start_ticks or not _runs(rec.pid, rec.argv):
+            return None
+        return rec.pid
 
     def alive(self, name: str) -> bool:
         return self.pid(name) is not None

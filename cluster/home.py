@@ -36,12 +36,14 @@ def now_rfc3339() -> str:
 
 
 def prepare_home(home: Path, chain_id: str | None = None, moniker: str = "node0",
-                 admin: Ed25519PrivateKey | None = None) -> tuple[NodeConfig, Ed25519PrivateKey, Ed25519PrivateKey]:
+                 admin: Ed25519PrivateKey | None = None,
+                 keep_admin: bool = True) -> tuple[NodeConfig, Ed25519PrivateKey, Ed25519PrivateKey]:
     """Create a home directory and its keys (0600); write neither config.toml nor genesis.
 
     Returns the (unsaved) config, the admin key and the gateway key (its TLS
-    key and certificate are written beside it). ``admin``
-    given, that key becomes keys/admin.pem (a cluster shares one admin);
+    key and certificate are written beside it). ``admin`` given, that key
+    becomes keys/admin.pem (a cluster shares one admin) unless ``keep_admin`` is
+    False (the cluster's other homes: only the admin machine's keeps it);
     otherwise a new one is made. Callers finish the home with ``cfg.save()``.
     """
     home = home.expanduser().resolve()
@@ -54,7 +56,7 @@ def prepare_home(home: Path, chain_id: str | None = None, moniker: str = "node0"
     cfg = NodeConfig(home=home, chain_id=chain_id or DEFAULT_CHAIN_ID, moniker=moniker)
     if admin is None:
         admin = new_ed25519_pem(cfg.keys_dir / "admin.pem")
-    else:
+    elif keep_admin:
         write_ed25519_pem(cfg.keys_dir / "admin.pem", admin)
     gateway = new_ed25519_pem(cfg.keys_dir / "gateway.pem")
     new_secret(cfg.keys_dir / "gateway.secret")

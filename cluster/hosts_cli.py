@@ -33,6 +33,10 @@ def _describe(node) -> str:
              (f"  open inbound TCP {p.p2p} (p2p), {p.grpc} (gateway gRPC), {p.link} (device link); "
               f"to operators and clients as needed: {p.rpc} (RPC), {p.http} (gateway HTTP)"),
              *(f"  run: {line}" for line in _run_lines(node))]
+    if (node.edgistry_home / "keys" / "admin.pem").exists():
+        lines.insert(1, f"  it holds the cluster's admin key ({node.edgistry_home / 'keys' / 'admin.pem'}), which no "
+                        "running node needs: leave it out unless that machine administers the cluster "
+                        "(rsync -a --exclude edgistry/keys/admin.pem ...)")
     return "\n".join(lines)
 
 

@@ -124,7 +124,7 @@ def _register_gateway(layouts: list[NodeLayout], node: NodeLayout) -> None:
     from ..proto import registry_pb2 as pb
 
     url = _any_rpc(layouts)
-    admin = load_ed25519_pem(node.edgistry_home / "keys" / "admin.pem")
+    admin = load_ed25519_pem(layouts[0].edgistry_home / "keys" / "admin.pem")  # the admin machine's node0
     msg = pb.RegisterGateway(pubkey=node.gateway_pubkey, endpoint=node.grpc_endpoint, operator=node.moniker)
 
     async def go() -> None:

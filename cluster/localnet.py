@@ -11,7 +11,7 @@
     DIR/node{i}/edgistry/                  an Edgistry node home (keys 0600, config.toml)
 
 Every node is a validator of power 10. The genesis app_state names one admin
-key, shared by the cluster and written to every home as keys/admin.pem, and
+key, shared by the cluster and written to node0's home only as keys/admin.pem, and
 registers every node's gateway (its key, its gRPC endpoint, operator node{i},
 its TLS certificate and peer endpoint).
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -51,7 +52,9 @@ from .cometbft_files import (
     node_key_json, priv_validator_key_json, priv_validator_state_json, render_config,
 )
 from ..gateway.tls import ensure_identity
-from ..config import DEFAULT_CHAIN_ID, HomeError, NodeConfig, load_ed25519_pem, public_bytes, write_secret_file
+from ..config import (
+    DEFAULT_CHAIN_ID, HomeError, NodeConfig, load_ed25519_pem, own_dir, public_bytes, write_secret_file,
+)
 
 HOST = "127.0.0.1"  # where a one-machine localnet listens and is reached
 WILDCARD = "0.0.0.0"
@@ -59,7 +62,7 @@ DEFAULT_BASE_PORT = 26600
 PORTS_PER_NODE = 10
 MANIFEST = "localnet.json"
 MAX_NODES = 100
-ABCI_SOCKET = "abci.sock"  # in the node directory, for nodes reached from other machines
+ABCI_SOCKET = "abci/abci.sock"  # in a 0700 folder of the node directory, for nodes reached from other machines
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with its terminating NUL
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
@@ -223,7 +226,10 @@ def generate_localnet(directory: Path, nodes: int, chain_id: str = DEFAULT_CHAIN
     for i in range(nodes):
         if (directory / f"node{i}").exists():
             raise LocalnetError(f"{directory / f'node{i}'} already exists")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:  # this user's, closed to others' writes: it holds the keys, run records and logs
+        own_dir(directory, 0o755)
+    except PermissionError as exc:
+        raise LocalnetError(str(exc)) from exc
 
     admin = Ed25519PrivateKey.generate()
     layouts: list[NodeLayout] = []
@@ -362,7 +368,9 @@ def _make_node(directory: Path, index: int, chain_id: str, ports: NodePorts, adm
     validator_key, node_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     validator_pub = validator_key.public_key().public_bytes_raw()
     try:
-        cfg, _, gateway = prepare_home(root / "edgistry", chain_id, moniker, admin=admin)
+        # the admin key stays on node0 (the admin machine's): no running node needs it, and
+        # every other home (and its gateway) would otherwise hold the key to the whole chain
+        cfg, _, gateway = prepare_home(root / "edgistry", chain_id, moniker, admin=admin, keep_admin=index == 0)
     except HomeError as exc:
         raise LocalnetError(str(exc)) from exc
     layout = NodeLayout(
@@ -373,6 +381,10 @@ def _make_node(directory: Path, index: int, chain_id: str, ports: NodePorts, adm
     )
     for sub in ("config", "data"):
         (root / "cometbft" / sub).mkdir(mode=0o700, parents=True)
+    # whoever reaches ABCI can feed the registry blocks: its socket is the user's alone,
+    # whatever the umask would have made of the socket file
+    (root / "abci").mkdir(mode=0o700, exist_ok=True)
+    os.chmod(root / "abci", 0o700)
     write_secret_file(root / "cometbft" / "config" / "node_key.json", _json_bytes(node_key_json(node_key)))
 
     cfg.abci_listen = layout.proxy_app

@@ -58,7 +58,7 @@ def test_abci_stays_on_the_machine(net):
     """A node reached from other machines meets its app on a unix socket in its directory."""
     _, layouts = net
     for node in layouts:
-        sock = f"unix://{node.root / 'abci.sock'}"
+        sock = f"unix://{node.root / 'abci' / 'abci.sock'}"
         assert _cometbft(node)["proxy_app"] == sock == NodeConfig.load(node.edgistry_home).abci_listen
         assert endpoints(node)["abci"] == sock and endpoints(node)["grpc"] == node.grpc_endpoint
 
@@ -79,7 +79,7 @@ def test_v1_files_bind_and_advertise_too(tmp_path: Path):
     conf = _cometbft(node)
     assert conf["version"].startswith("1.") and conf["p2p"]["laddr"] == f"tcp://127.0.0.1:{BASE}"
     assert conf["p2p"]["external_address"] == f"10.40.0.1:{BASE}"
-    assert conf["proxy_app"] == f"unix://{node.root / 'abci.sock'}"
+    assert conf["proxy_app"] == f"unix://{node.root / 'abci' / 'abci.sock'}"
 
 
 def test_loopback_stays_the_default(tmp_path: Path):

@@ -10,7 +10,11 @@ genesis, per-node homes), rewrites what differs inside containers, and writes::
     DIR/image/wheels/*.whl        the installed Edgistry and its dependencies (see wheels.py)
     DIR/node{i}/abci/             the ABCI unix socket, shared by node i's app and cometbft only
 
-Per node, three containers, all running as the user who generated the files (keys are 0600):
+Per node, three containers, all running as the user who generated the files (keys are 0600),
+with no capabilities and no way to gain privileges (``cap_drop: [ALL]``,
+``no-new-privileges``). The cluster's admin key is in node0's home only, and hidden from
+node0's app and gateway by an empty read-only file mounted over it: no running node needs
+it, and a gateway taken over would otherwise hold the key to the whole chain.
 
 * ``abci{i}``: ``edgistry node`` (the registry app), with NO network at all
   (``network_mode: none``). CometBFT reaches it through the unix socket
@@ -137,6 +141,10 @@ def published_ports(node: NodeLayout) -> list[tuple[str, int, int, str]]:
     ]
 
 
+NO_ADMIN_KEY = ".no-admin-key"  # an empty file mounted read-only over keys/admin.pem
+HARDENING = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"]}
+
+
 def services(layouts: list[NodeLayout], project: ContainerProject) -> dict[str, Any]:
     """The compose services of every node (abci{i}, node{i}, gateway{i}); the Docker runtime
     creates its containers from the same dictionaries."""
@@ -148,6 +156,9 @@ def services(layouts: list[NodeLayout], project: ContainerProject) -> dict[str, 
         for service, host, container, _ in published_ports(node):
             ports.setdefault(service, []).append(f"{PUBLISH}:{host}:{container}")
         abci_volume = f"./{node.moniker}/abci:{ABCI_DIR}"
+        home = [f"./{node.moniker}/edgistry:/edgistry"]
+        if (node.edgistry_home / "keys" / "admin.pem").exists():
+            home.append(f"./{NO_ADMIN_KEY}:/edgistry/keys/admin.pem:ro")
         out[f"abci{i}"] = {
             "image": project.edgistry_image,
             "build": build,
@@ -155,7 +166,8 @@ def services(layouts: list[NodeLayout], project: ContainerProject) -> dict[str, 
             "init": True,
             "network_mode": "none",  # the app needs no network: CometBFT speaks to it over the socket
             "command": ["node", "--home", "/edgistry", "--listen", ABCI_SOCKET],
-            "volumes": [f"./{node.moniker}/edgistry:/edgistry", abci_volume],
+            "volumes": [*home, abci_volume],
+            **HARDENING,
             "labels": _labels(project, f"abci{i}"),
             "healthcheck": {
                 "test": ["CMD", "python", "-c",
@@ -171,6 +183,7 @@ def services(layouts: list[NodeLayout], project: ContainerProject) -> dict[str, 
             "entrypoint": ["cometbft"],  # the image's entrypoint would run `cometbft init` on a fresh volume
             "command": ["start", "--home", "/cometbft", "--proxy_app", ABCI_SOCKET],
             "volumes": [f"./{node.moniker}/cometbft:/cometbft", abci_volume],
+            **HARDENING,
             "ports": ports[node.moniker],
             "labels": _labels(project, node.moniker),
             "depends_on": {f"abci{i}": {"condition": "service_healthy"}},
@@ -187,7 +200,8 @@ def services(layouts: list[NodeLayout], project: ContainerProject) -> dict[str, 
                 "user": project.user,
                 "init": True,
                 "command": ["gateway", "--home", "/edgistry"],
-                "volumes": [f"./{node.moniker}/edgistry:/edgistry"],
+                "volumes": list(home),
+                **HARDENING,
                 "ports": ports[f"gateway{i}"],
                 "labels": _labels(project, f"gateway{i}"),
                 "depends_on": {node.moniker: {"condition": "service_healthy"}},
@@ -292,6 +306,9 @@ def write_project(directory: Path, nodes: int, chain_id: str | None = None, snap
     (image_dir / "Dockerfile").write_text(DOCKERFILE.format(
         version=wheels.version, base=project.base_image, label=LABEL_WHEELS, digest=project.wheels_digest))
     project.save(directory)
+    mask = directory / NO_ADMIN_KEY
+    mask.write_bytes(b"")
+    os.chmod(mask, 0o444)
     write_compose_file(directory, layouts, project)
     return project
 

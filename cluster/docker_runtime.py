@@ -116,10 +116,11 @@ class Runtime:
             "user": spec["user"], "init": bool(spec.get("init")), "name": f"{self.project.name}-{service}",
             "labels": dict(spec["labels"]), "restart_policy": {"Name": spec["restart"]},
             "volumes": {}, "ports": {}, "detach": True,
+            "cap_drop": list(spec.get("cap_drop", [])), "security_opt": list(spec.get("security_opt", [])),
         }
         for volume in spec["volumes"]:
-            source, target = volume.rsplit(":", 1)
-            kw["volumes"][str((self.directory / source).resolve())] = {"bind": target, "mode": "rw"}
+            source, target, *mode = volume.split(":")
+            kw["volumes"][str((self.directory / source).resolve())] = {"bind": target, "mode": mode[0] if mode else "rw"}
         for port in spec.get("ports", []):
             address, host, container = port.rsplit(":", 2)
             kw["ports"][f"{container}/tcp"] = (address, int(host))

@@ -51,6 +51,34 @@ def test_launcher_records_signals_and_stops_by_pid(tmp_path: Path):
         first.kill("sleeper")
 
 
+def test_launcher_signals_only_a_process_its_own_record_describes(tmp_path: Path):
+    """A record names a process to signal. One planted in the run folder (another user's
+    file, or a folder others can write to) or naming a process that runs something else
+    (a recycled pid, or a process of ours picked by start time) is never acted on."""
+    import json
+    import subprocess
+
+    launcher = Launcher(tmp_path)
+    rec = launcher.start("sleeper", SLEEP)
+    other = subprocess.Popen(["sleep", "30"])  # ours, not the launcher's
+    try:
+        planted = dict(json.loads(launcher._record_path("sleeper").read_text()), name="planted", pid=other.pid,
+                       start_ticks=start_ticks(other.pid))
+        launcher._record_path("planted").write_text(json.dumps(planted))
+        view = Launcher(tmp_path)  # as `cluster status` and `down` see it: by the records
+        assert view.pid("planted") is None  # its argv is not what runs there
+        assert view.stop("planted") == "not running" and other.poll() is None
+        assert view.pid("sleeper") == rec.pid
+        os.chmod(launcher.run_dir, 0o777)  # others could have written any record in it
+        assert view.pid("sleeper") is None
+        os.chmod(launcher.run_dir, 0o700)
+        assert view.pid("sleeper") == rec.pid
+    finally:
+        other.kill()
+        other.wait()
+        launcher.kill("sleeper")
+
+
 def test_launcher_logs_are_private(tmp_path: Path):
     """A process's log holds what it prints (a gateway's announcements among them): the log
     and its directory are the user's alone, also when the directory existed world-readable,
@@ -179,8 +207,12 @@ def test_compose_ports_volumes_healthchecks(compose):
     for name, svc in services.items():
         assert svc["healthcheck"]["test"][0] == "CMD" and svc["healthcheck"]["retries"] > 0, name
         assert svc["restart"] == "unless-stopped" and svc["init"] is True, name
+        assert svc["cap_drop"] == ["ALL"] and svc["security_opt"] == ["no-new-privileges:true"], name
         for volume in svc["volumes"]:
-            source, target = volume.split(":")
+            source, target, *mode = volume.split(":")
+            if target == "/edgistry/keys/admin.pem":  # the admin key hidden under an empty read-only file
+                assert name in ("abci0", "gateway0") and mode == ["ro"] and (directory / source).read_bytes() == b""
+                continue
             assert (directory / source).is_dir() and target in ("/edgistry", "/cometbft", "/abci"), volume
         for port in svc.get("ports", []):
             address, host, _ = port.split(":")
@@ -299,8 +331,9 @@ def test_docker_runtime_creates_what_compose_describes(compose):
         assert (kw["image"], kw["command"], kw["user"]) == (svc["image"], svc["command"], svc["user"])
         assert kw["entrypoint"] == svc.get("entrypoint") and kw["labels"] == svc["labels"]
         assert kw["restart_policy"] == {"Name": "unless-stopped"} and kw["init"] is True
-        assert kw["volumes"] == {str(directory / v.split(":")[0][2:]): {"bind": v.split(":")[1], "mode": "rw"}
-                                 for v in svc["volumes"]}
+        assert kw["volumes"] == {str(directory / v.split(":")[0][2:]): {
+            "bind": v.split(":")[1], "mode": (v.split(":")[2:] or ["rw"])[0]} for v in svc["volumes"]}
+        assert kw["cap_drop"] == ["ALL"] and kw["security_opt"] == ["no-new-privileges:true"]
         assert kw["ports"] == {f"{p.split(':')[2]}/tcp": ("127.0.0.1", int(p.split(":")[1]))
                                for p in svc.get("ports", [])}
         assert kw["healthcheck"]["interval"] == 2_000_000_000 and kw["healthcheck"]["test"] == svc["healthcheck"]["test"]

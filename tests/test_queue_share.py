@@ -14,8 +14,9 @@ from edgistry.gateway.errors import GatewayError, QueueFull
 from edgistry.gateway.link.backend import DeviceAnswer
 from edgistry.gateway.link.store_backend import StoreLinkBackend
 from edgistry.gateway.store.ops import client_share
-from edgistry.gateway.store.store import Device, GatewayStore, new_id
+from edgistry.gateway.store.store import GatewayStore
 from edgistry.gateway.tokens import auth
+from gateway_helpers import pair_device
 
 MANIFEST = {"duty_cycle_s": 300, "services": [{"type": "sensor", "methods": ["info"]},
                                               {"type": "valve", "methods": [{"name": "set", "mutating": True}]}]}
@@ -26,9 +27,7 @@ GS = b"g" * 32
 async def world(tmp_path: Path):
     store = GatewayStore(tmp_path / "gw")
     svc = GatewayService(store, "gw-a", GS)
-    root = cl.root(cl.new_secret())
-    dev = Device(new_id(), auth.pseudonym_for(root.to_bytes()), root.to_bytes(), MANIFEST, 0, 7, 1, duty_cycle_s=300)
-    await store.put_device(dev)
+    dev, root = await pair_device(store, MANIFEST, duty_cycle_s=300)
     yield svc, store, dev, root
     store.close()
 

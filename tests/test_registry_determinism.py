@@ -16,18 +16,10 @@ from edgistry.abci_app.codes import Code
 from edgistry.proto import abci_pb2 as abci
 from edgistry.proto import registry_pb2 as pb
 from registry_helpers import T0, Actors, Driver, pub
+from test_registry_batch import world  # noqa: F401 - the fixture: an app with genesis, and its driver
 
 NEW_IN_UNICODE_15 = "\U0001fae8"  # printable for Python 3.12's repr(), escaped by 3.11's
 ACCENT = "\u00e9"  # printable for every version's repr(): kept as it is, so not ASCII
-
-
-@pytest.fixture
-def world(tmp_path):
-    actors = Actors()
-    app = RegistryApp(tmp_path / "reg")
-    driver = Driver(app, actors.genesis())
-    yield actors, app, driver
-    app.close()
 
 
 def test_logs_quote_client_strings_in_ascii(world):

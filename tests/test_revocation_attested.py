@@ -15,8 +15,9 @@ from edgistry.gateway.api.service import Call, GatewayService, HandleGrant
 from edgistry.gateway.errors import Unauthorized
 from edgistry.gateway.link.backend import DeviceAnswer
 from edgistry.gateway.link.store_backend import StoreLinkBackend
-from edgistry.gateway.store.store import Device, GatewayStore, new_id
+from edgistry.gateway.store.store import Device, GatewayStore
 from edgistry.gateway.tokens import auth
+from gateway_helpers import pair_device
 
 MANIFEST = {"duty_cycle_s": 5, "services": [{"type": "sensor", "methods": ["info"]}]}
 GS = b"g" * 32
@@ -26,9 +27,7 @@ GS = b"g" * 32
 async def world(tmp_path: Path):
     store = GatewayStore(tmp_path / "gw")
     svc = GatewayService(store, "gw-a", GS)
-    root = cl.root(cl.new_secret())
-    dev = Device(new_id(), auth.pseudonym_for(root.to_bytes()), root.to_bytes(), MANIFEST, 0, 7, 1, duty_cycle_s=5)
-    await store.put_device(dev)
+    dev, _ = await pair_device(store, MANIFEST)
 
     def resolve(target, token):  # as discovery's handle resolver: a revoked token finds nothing new
         if target != "handle-1" or any(h in svc.revoked for h in auth.own_chain(token, GS)):

@@ -47,6 +47,7 @@ from cluster_helpers import (
     summary_app_hash,
     wait_until,
 )
+from edgistry.abci_app.txs import gateway_id_for
 from edgistry.cli import main
 from edgistry.cluster import ops
 from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
@@ -143,7 +144,8 @@ def make_device(procs: Procs, tmp_path: Path, name: str, node: NodeLayout) -> De
 def discover(via: NodeLayout, token_file: Path) -> list[dict]:
     # the gateway's certificate as the registry holds it, read from that node's own RPC
     out = cli_ok("discover", "sensor", "--near", NEAR, "--radius-km", "2", "--gateway", via.grpc_endpoint,
-                 "--tls-from-registry", via.rpc_url, "--token", str(token_file), "--json")
+                 "--tls-from-registry", via.rpc_url, "--gateway-id", gateway_id_for(via.gateway_pubkey),
+                 "--token", str(token_file), "--json")
     return json.loads(out)
 
 

@@ -68,8 +68,10 @@ def wait_registered(cfg: NodeConfig, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            pin_from_registry(cfg.rpc_url, endpoint=cfg.grpc_listen)
-            return
+            pin = Pin.from_file(cfg.tls_cert_path)
+            if pin_from_registry(cfg.rpc_url, gateway_id=pin.gateway_id) == pin:
+                return
+            raise PinMismatch("not the certificate the gateway serves yet")
         except PinMismatch:
             if time.monotonic() > deadline:
                 raise
@@ -84,15 +86,23 @@ def reaches(node: Node, **tls) -> None:
 
 
 def test_pins_from_agreeing_registry_nodes(node):
-    """The registry's record, found by the gateway's address or id, read from nodes that agree,
-    is the gateway's own certificate; clients made with it reach the gateway."""
+    """The registry's record of the gateway named by its id, read from nodes that agree, is the
+    gateway's own certificate; clients made with it reach the gateway. Without an id there is
+    no pin from the registry at all (a record found by address could be invented on the way)."""
     rpc = node.cfg.rpc_url
-    assert pin_from_registry([rpc, rpc], endpoint=node.cfg.grpc_listen) == node.pin
-    assert pin_from_registry(rpc, gateway_id=node.pin.gateway_id) == node.pin
-    reaches(node, tls_from_registry=[rpc, rpc])
+    gid = node.pin.gateway_id
+    assert pin_from_registry([rpc, rpc], gateway_id=gid) == node.pin
+    reaches(node, tls_from_registry=[rpc, rpc], gateway_id=gid)
     reaches(node, pin=node.cfg.tls_cert_path)
-    with pytest.raises(PinMismatch, match="no gateway in the registry"):
-        pin_from_registry(rpc, endpoint="127.0.0.1:9")
+    with pytest.raises(ConfigError, match="needs the gateway's id"):
+        pin_from_registry(rpc)
+    with pytest.raises(ConfigError, match="needs the gateway's id"):
+        reaches(node, tls_from_registry=rpc)
+    res = cli("result", RID, "--gateway", node.cfg.grpc_listen, "--token", str(node.token),
+              "--tls-from-registry", rpc)
+    assert res.exit_code == 2 and "--gateway-id" in res.output
+    with pytest.raises(PinMismatch, match="holds no gateway"):
+        pin_from_registry(rpc, gateway_id="00" * 16)
 
 
 def test_a_node_serving_an_old_record_is_outvoted(node, tmp_path):
@@ -106,18 +116,20 @@ def test_a_node_serving_an_old_record_is_outvoted(node, tmp_path):
     liar = LyingRegistry([stale])
     try:
         with pytest.raises(PinMismatch, match="disagree"):
-            pin_from_registry([node.cfg.rpc_url, liar.url], endpoint=node.cfg.grpc_listen)
+            pin_from_registry([node.cfg.rpc_url, liar.url], gateway_id=node.pin.gateway_id)
         res = cli("result", RID, "--gateway", node.cfg.grpc_listen, "--token", str(node.token),
-                  "--tls-from-registry", node.cfg.rpc_url, "--tls-from-registry", liar.url)
+                  "--tls-from-registry", node.cfg.rpc_url, "--tls-from-registry", liar.url,
+                  "--gateway-id", node.pin.gateway_id)
         assert res.exit_code == 1 and "disagree" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     finally:
         liar.close()
 
 
 def test_a_lone_lying_node_cannot_divert_a_token(node, tmp_path):
-    """Trusting one node that lies: a forged binding is refused outright, and a self-consistent
-    record of the liar's own gateway only pins a certificate the real gateway does not have, so
-    the handshake fails and the token never leaves."""
+    """Trusting one node that lies: a forged binding of the named gateway is refused outright,
+    and a self-consistent record of the liar's own gateway is never taken for it, since the
+    gateway is named by its id (the hash of its key). Finding the gateway by its address used
+    to take such a record, and a liar that also answered for the address got the token."""
     forged = pb.GatewayRecord()
     forged.CopyFrom(node.record)
     attacker = FakePeer.make(tmp_path, "attacker")
@@ -132,10 +144,10 @@ def test_a_lone_lying_node_cannot_divert_a_token(node, tmp_path):
                 with pytest.raises(ConfigError, match=expect):
                     pin_from_registry(liar.url, gateway_id=gid)
                 continue
-            assert pin_from_registry(liar.url, endpoint=node.cfg.grpc_listen).gateway_id == attacker.gateway_id
-            with pytest.raises(Unavailable, match="certificate is not trusted"):
-                with Client(node.cfg.grpc_listen, token=node.token, tls_from_registry=liar.url, timeout=5) as c:
-                    c.result(RID)
+            with pytest.raises(PinMismatch):  # the liar holds no record under the real gateway's id
+                pin_from_registry(liar.url, gateway_id=node.pin.gateway_id)
+            with pytest.raises(ConfigError, match="needs the gateway's id"):
+                Client(node.cfg.grpc_listen, token=node.token, tls_from_registry=liar.url, timeout=5)
         finally:
             liar.close()
 

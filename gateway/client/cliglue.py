@@ -80,7 +80,9 @@ def pin_options(func: Callable) -> Callable:
                      help="Pin the certificate the registry holds for the gateway; repeat for several nodes, "
                           "which must all agree."),
         click.option("--gateway-id", default=None, metavar="ID",
-                     help="With --tls-from-registry: the gateway's id (default: the one advertising --gateway)."),
+                     envvar="EDGISTRY_GATEWAY_ID",
+                     help="With --tls-from-registry (and needed by it): the gateway's id, as `edgistry gateway "
+                          "info` or `edgistry pair` prints it."),
     ]):
         func = option(func)
     return func
@@ -113,6 +115,9 @@ def tls_settings(target: str, pin: str | None, registry_rpcs: tuple[str, ...] = 
         raise click.UsageError("--tls-server-name goes with --tls-root")
     if gateway_id and not registry_rpcs:
         raise click.UsageError("--gateway-id goes with --tls-from-registry")
+    if registry_rpcs and not gateway_id:
+        raise click.UsageError("--tls-from-registry needs --gateway-id ID (`edgistry gateway info` and `edgistry "
+                               "pair` print it): a record found by address could be made up on the way")
     try:
         tls = TLS.from_file(tls_root, tls_server_name) if tls_root else None
         return choose_tls(parse_target(target), tls=tls, pin=pin, tls_from_registry=registry_rpcs or None,

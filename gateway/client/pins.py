@@ -2,12 +2,15 @@
 
 * a file: the gateway's ``keys/tls.crt``, the ``gateway.pem`` that ``edgistry pair``
   writes into the device home, or a copy of either (:func:`pin_from_file`);
-* the registry (:func:`pin_from_registry`): the gateway's record, read from one or
-  more nodes' RPC. One node means trusting that node. With several, every one
-  must hold the same record (read again at a common height if they disagree):
-  a lying node is caught unless all of them lie. The record's key must be its
-  id's and must have signed the certificate, so a node cannot pass another
-  gateway's certificate off as this one's.
+* the registry (:func:`pin_from_registry`): the record of the gateway named by its
+  id, read from one or more nodes' RPC. One node means trusting that node. With
+  several, every one must hold the same record (read again at a common height if
+  they disagree): a lying node is caught unless all of them lie. The record's key
+  must be its id's (the id is a hash of the key) and must have signed the
+  certificate, so no one can pass another certificate off as this gateway's.
+  Never by endpoint: the node RPC is plain HTTP, and a record found by endpoint can
+  be one that a node, or anyone on the way to it, made up (an id of its own, a key
+  and certificate of its own, all consistent) for a gateway it then answers for.
 
 There is no public CA: gRPC gets the pinned certificate as its only root and
 the gateway's name (``<id>.gateway.edgistry``) as the name to check.
@@ -23,7 +26,7 @@ from ...chain import ChainError, call
 from ...proto import registry_pb2 as pb
 from ..tls import Pin, PinError, fingerprint
 from .errors import ConfigError
-from .transport import TLS, Target, parse_target
+from .transport import TLS, Target
 
 REGISTRY_TIMEOUT_S = 10.0
 
@@ -50,57 +53,44 @@ def _query(rpc: str, path: str, data: bytes, height: int, timeout: float) -> tup
             res.get("log", ""))
 
 
-def _record(rpc: str, gateway_id: str | None, endpoint: Target | None, height: int,
-            timeout: float) -> tuple[pb.GatewayRecord, int]:
-    """The gateway's record at ``rpc`` (by id, else the one advertising ``endpoint``) and its height."""
-    if gateway_id:
-        code, value, at, log = _query(rpc, "/gateway", gateway_id.encode(), height, timeout)
-        if code:
-            raise PinMismatch(f"the registry at {rpc} holds no gateway {gateway_id} ({log})")
-        return pb.GatewayRecord.FromString(value), at
-    code, value, at, log = _query(rpc, "/gateways", b"", height, timeout)
+def _record(rpc: str, gateway_id: str, height: int, timeout: float) -> tuple[pb.GatewayRecord, int]:
+    """The record of gateway ``gateway_id`` at ``rpc``, and its height."""
+    code, value, at, log = _query(rpc, "/gateway", gateway_id.encode(), height, timeout)
     if code:
-        raise PinMismatch(f"cannot list gateways at {rpc}: {log}")
-    found = [g for g in pb.GatewayList.FromString(value).gateways if _same(g.endpoint, endpoint)]
-    if len(found) != 1:
-        what = "no gateway" if not found else f"{len(found)} gateways"
-        raise PinMismatch(f"{what} in the registry at {rpc} advertise{'s' if not found else ''} {endpoint}: "
-                          "name the gateway by its id (gateway_id= / --gateway-id)")
-    return found[0], at
-
-
-def _same(endpoint: str, target: Target | None) -> bool:
-    try:
-        return target is not None and parse_target(endpoint) == target
-    except ConfigError:
-        return False
+        raise PinMismatch(f"the registry at {rpc} holds no gateway {gateway_id} ({log})")
+    rec = pb.GatewayRecord.FromString(value)
+    if rec.id != gateway_id:
+        raise PinMismatch(f"the registry at {rpc} answered gateway {rec.id[:16]} for {gateway_id}")
+    return rec, at
 
 
 def _key(rec: pb.GatewayRecord) -> tuple[str, bytes, bytes, bytes]:
     return rec.id, rec.pubkey, rec.tls_cert, rec.tls_cert_signature
 
 
-def pin_from_registry(rpcs: str | Sequence[str], *, gateway_id: str | None = None,
-                      endpoint: str | Target | None = None, timeout: float = REGISTRY_TIMEOUT_S) -> Pin:
-    """The pin of a gateway from the registry at every node of ``rpcs`` (all must agree).
+NEEDS_ID = ("pinning from the registry needs the gateway's id (gateway_id= / --gateway-id; `edgistry gateway "
+            "info` and `edgistry pair` print it): a record found by endpoint could be one a node, or anyone on "
+            "the way to it, made up for a gateway of its own")
 
-    The gateway is named by ``gateway_id``, else found as the one record whose
-    endpoint is ``endpoint``. Raises :class:`PinMismatch` when a node cannot be
-    read, holds no such gateway or disagrees with another, and :class:`ConfigError`
-    when the record's certificate is not bound to its key."""
+
+def pin_from_registry(rpcs: str | Sequence[str], *, gateway_id: str | None = None,
+                      timeout: float = REGISTRY_TIMEOUT_S) -> Pin:
+    """The pin of gateway ``gateway_id`` from the registry at every node of ``rpcs`` (all
+    must agree). Raises :class:`PinMismatch` when a node cannot be read, holds no such
+    gateway or disagrees with another, and :class:`ConfigError` when no id is given or
+    the record's certificate is not bound to its key (or its key to the id)."""
     urls = [rpcs] if isinstance(rpcs, str) else list(rpcs)
     if not urls:
         raise ConfigError("give at least one registry RPC URL")
-    if not gateway_id and endpoint is None:
-        raise ConfigError("name the gateway: gateway_id= or its endpoint")
-    target = parse_target(endpoint) if isinstance(endpoint, str) else endpoint
-    answers = [_record(url, gateway_id, target, 0, timeout) for url in urls]
+    if not gateway_id:
+        raise ConfigError(NEEDS_ID)
+    answers = [_record(url, gateway_id, 0, timeout) for url in urls]
     if len({_key(rec) for rec, _ in answers}) > 1:  # a record may have changed between reads: ask at one height
         ids = sorted({rec.id for rec, _ in answers})
         common = min(at for _, at in answers)
         if len(ids) == 1:
             try:
-                answers = [_record(url, ids[0], None, common, timeout) for url in urls]
+                answers = [_record(url, ids[0], common, timeout) for url in urls]
             except PinMismatch:
                 pass  # not there at that height on some node: still a disagreement
         if len({_key(rec) for rec, _ in answers}) > 1:
@@ -117,7 +107,7 @@ def pin_from_registry(rpcs: str | Sequence[str], *, gateway_id: str | None = Non
 
 
 NO_TLS = ("gateways speak TLS: pin the gateway's certificate (pin='gateway.pem': its keys/tls.crt or the "
-          "gateway.pem `edgistry pair` writes; or tls_from_registry='http://NODE:26657'), or give tls=TLS(...); "
+          "gateway.pem `edgistry pair` writes; or tls_from_registry='http://NODE:26657' with gateway_id='ID'), or give tls=TLS(...); "
           "insecure=True speaks plaintext to a gateway run with --insecure (tokens to loopback only)")
 
 
@@ -134,7 +124,7 @@ def choose_tls(target: Target, *, tls: TLS | None = None, pin: str | os.PathLike
     if pin:
         return TLS.pinned(pin if isinstance(pin, Pin) else pin_from_file(pin))
     if tls_from_registry:
-        return TLS.pinned(pin_from_registry(tls_from_registry, gateway_id=gateway_id, endpoint=target))
+        return TLS.pinned(pin_from_registry(tls_from_registry, gateway_id=gateway_id))
     if tls is None and not insecure:
         raise ConfigError(NO_TLS)
     return tls

@@ -307,3 +307,80 @@ def test_arguments_and_method_names():
     assert split_method("sensor.read") == ("sensor", "read")
     assert split_method("read", "sensor") == ("sensor", "read")
     assert Call("h", "m").token is None
+
+
+def test_invoke_any_is_not_retried_but_a_discover_is():
+    """An invoke-any carries no request id and may reach a method the token may write: a
+    retry after UNAVAILABLE could run it twice (the gateway may have run it before the answer
+    was lost), so the SDK does not retry it; an idempotent call still is."""
+    from concurrent import futures
+
+    import grpc
+
+    from edgistry.client import Client, RetryPolicy, Unavailable
+    from edgistry.proto import discovery_pb2_grpc as dgrpc
+
+    calls = {"InvokeAny": 0, "Discover": 0}
+
+    class Flaky(dgrpc.DiscoveryServicer):
+        def InvokeAny(self, request, context):  # noqa: N802 (gRPC's name)
+            calls["InvokeAny"] += 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "gateway restarting")
+
+        def Discover(self, request, context):  # noqa: N802
+            calls["Discover"] += 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "gateway restarting")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    dgrpc.add_DiscoveryServicer_to_server(Flaky(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        from edgistry.firmware.caplets import api as cl
+
+        token = cl.mint(b"g" * 32, [cl.Identity("app")]).to_bytes()
+        with Client(f"127.0.0.1:{port}", token=token, insecure=True,
+                    retry=RetryPolicy(attempts=3, initial_s=0.01, max_s=0.02)) as client:
+            with pytest.raises(Unavailable):
+                client.invoke_any("valve", "open", near=(1.0, 1.0), timeout=2)
+            with pytest.raises(Unavailable):
+                next(client.discover("valve", near=(1.0, 1.0), timeout=2))
+        assert calls == {"InvokeAny": 1, "Discover": 3}
+    finally:
+        server.stop(0)
+
+
+def test_discovery_stops_when_a_gateway_repeats_a_page_token():
+    """A gateway answering Discover with a page token it gave before would keep a client
+    paging, and `discover --all` collecting handles, for ever: the SDK stops with an error."""
+    from concurrent import futures
+
+    import grpc
+
+    from edgistry.client import Client, RemoteError
+    from edgistry.firmware.caplets import api as cl
+    from edgistry.proto import discovery_pb2 as dpb
+    from edgistry.proto import discovery_pb2_grpc as dgrpc
+
+    served = []
+
+    class Endless(dgrpc.DiscoveryServicer):
+        def Discover(self, request, context):  # noqa: N802 (gRPC's name)
+            served.append(request.page_token)
+            return dpb.DiscoverResponse(handles=[dpb.Handle(handle="h%d" % len(served), cell=0x87283082fffffff)],
+                                        next_page_token="again" if served[-1] else "first")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    dgrpc.add_DiscoveryServicer_to_server(Endless(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        token = cl.mint(b"g" * 32, [cl.Identity("app")]).to_bytes()
+        with Client(f"127.0.0.1:{port}", token=token, insecure=True) as client:
+            pages = client.discover("sensor", near=(1.0, 1.0), timeout=2)
+            with pytest.raises(RemoteError, match="page token it gave before"):
+                for _ in pages:
+                    pass
+        assert served == ["", "first", "again"]
+    finally:
+        server.stop(0)

@@ -94,6 +94,16 @@ def filters_of(max_latency: Latency | str | None, seen_within_s: int) -> dpb.Fil
     return Filters(max_latency or Latency.ANY, int(seen_within_s)).to_pb()
 
 
+def next_page(token: str, seen: set[str], target: str) -> str:
+    """A Discover answer's next page token, refused when it came before: a gateway that
+    repeats one would keep a client paging (and collecting handles) for ever."""
+    if token in seen:
+        raise RemoteError(f"the gateway at {target} answered a page token it gave before: stopped paging",
+                          target=target)
+    seen.add(token)
+    return token
+
+
 class ClientBase:
     """Settings and request building shared by both clients."""
 

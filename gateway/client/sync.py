@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from . import retry as retries
-from .base import INVOKE_SLACK_S, MAX_BATCH, STUBS, ClientBase, NearLike
+from .base import INVOKE_SLACK_S, MAX_BATCH, STUBS, ClientBase, NearLike, next_page
 from .errors import DeadlineExceeded, RemoteError, Unavailable, from_rpc_error, watch_timeout
 from .models import Call, Handle, Latency, Page, Resolved, Result, WatchEvent
 from .tokens import TokenLike
@@ -87,14 +87,14 @@ class Client(TwinMethods, ClientBase):
                  token: TokenLike | None = None) -> Iterator[Page]:
         """Pages of handles to devices offering ``service_type`` in a region (fetched as you iterate)."""
         req = self._discover_req(service_type, near, radius_km, max_latency, seen_within_s, page_size, token)
-        pages = 0
+        pages, seen = 0, set()
         while True:
             resp = self.unary("discovery", "Discover", req, timeout=timeout)
             pages += 1
             yield Page(tuple(Handle.from_pb(h) for h in resp.handles), resp.next_page_token)
             if not resp.next_page_token or (max_pages is not None and pages >= max_pages):
                 return
-            req.page_token = resp.next_page_token
+            req.page_token = next_page(resp.next_page_token, seen, self.target)
 
     def resolve(self, handle: str | Handle, *, timeout: float | None = None,
                 token: TokenLike | None = None) -> Resolved:
@@ -135,11 +135,15 @@ class Client(TwinMethods, ClientBase):
                    radius_km: float = 1.0, max_latency: Latency | str | None = None, seen_within_s: int = 0,
                    timeout: float | None = None, ttl_s: int = 0, token: TokenLike | None = None) -> Result:
         """Let the Edgistry pick a device of ``service_type`` near a place and call ``method`` on it.
-        Only read-only methods can be reached this way, so a retry repeats at most a read."""
+        Not retried on its own: it carries no request id, and a method the token was granted
+        write rights to may be reached this way too (retry it yourself when it was a read)."""
         wait = self.timeout if timeout is None else timeout
         req = self._any_req(service_type, method, args, near, radius_km, max_latency, seen_within_s, wait, ttl_s,
                             token)
-        return Result.from_pb(self.unary("discovery", "InvokeAny", req, timeout=wait, slack=INVOKE_SLACK_S))
+        # not retried: an invoke-any carries no request id, and a token granted a mutating
+        # method may invoke it this way, so a retry could run it twice (on another device, even)
+        return Result.from_pb(self.unary("discovery", "InvokeAny", req, timeout=wait, slack=INVOKE_SLACK_S,
+                                            idempotent=False))
 
     # ---- requests to one device ----
 

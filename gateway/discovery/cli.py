@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ...clikit import Progress, echo_json
+from ...clikit import Progress, UserError, echo_json
 from ..client.cliglue import Connection, Position, connection_options, mapped, show, timed_out
 from ..client.errors import DeadlineExceeded
 from ..client.models import Latency
@@ -30,6 +30,9 @@ def run_invoke_any(conn: Connection, stype: str, near: tuple[float, float], radi
     show(res, as_json)
 
 
+MAX_ALL_HANDLES = 100_000  # what --all collects at most
+
+
 @click.command("discover")
 @click.argument("stype", metavar="TYPE")
 @click.option("--near", type=Position(), required=True, help="Centre of the region.")
@@ -50,6 +53,8 @@ def discover_cmd(stype: str, near: tuple[float, float], radius_km: float, max_la
         for page in client.discover(stype, near, radius_km, max_latency=max_latency, seen_within_s=seen_within,
                                     page_size=page_size, max_pages=None if all_pages else 1):
             handles.extend(page)
+            if len(handles) > MAX_ALL_HANDLES:  # a gateway that pages for ever: the region is never this full
+                raise UserError(f"more than {MAX_ALL_HANDLES} handles: narrow the region, or page without --all")
     if as_json:
         echo_json([h.to_dict() for h in handles])
         return

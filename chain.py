@@ -264,14 +264,30 @@ class RpcFailed(ChainError):
     """The node answered with a JSON-RPC error."""
 
 
+MAX_ANSWER_BYTES = 64 << 20  # a node's answer larger than this is refused (blocks of 4-8 MiB fit)
+_READ_CHUNK = 64 << 10
+
+
 def call(url: str, method: str, timeout: float = TIMEOUT, **params: Any) -> Any:
-    """One JSON-RPC call; its ``result``."""
+    """One JSON-RPC call; its ``result``. ``timeout`` bounds the whole call, and the answer
+    is at most MAX_ANSWER_BYTES: urllib's timeout bounds each socket read only, so a node (or
+    anyone on the way to it) dripping a byte a second, or sending without end, held the caller
+    as long as it liked."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
     req = urllib.request.Request(url.rstrip("/") + "/", body, {"Content-Type": "application/json"})
+    deadline = time.monotonic() + timeout
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            msg = json.loads(resp.read())
-    except (OSError, ValueError) as exc:  # URLError, refused, timeouts, bad JSON
+            chunks, size = [], 0
+            while chunk := resp.read1(_READ_CHUNK):
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise ValueError(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no whole answer within {timeout:g} s")
+                chunks.append(chunk)
+            msg = json.loads(b"".join(chunks))
+    except (OSError, ValueError) as exc:  # URLError, refused, timeouts, bad JSON, too large
         raise NodeUnreachable(f"{method} at {url}: {exc}") from exc
     if "error" in msg:
         raise rejection_of(msg["error"]) or RpcFailed(f"{method} at {url}: {msg['error']}")

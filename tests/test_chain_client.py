@@ -105,3 +105,43 @@ async def test_a_commit_timeout_is_its_own_error(node_that_never_commits):
         with pytest.raises(CommitTimeout) as caught:
             await chain.broadcast_commit(b"tx")
     assert isinstance(caught.value, ChainError) and not isinstance(caught.value, TxRejected)
+
+
+@pytest.mark.parametrize("how", ["drip", "endless"])
+def test_a_node_answer_is_bounded_in_time_and_size(how, monkeypatch):
+    """A node RPC (or anyone on its plain-HTTP path) that sends its answer a byte a second,
+    or without end, no longer holds the caller past its timeout or grows its memory."""
+    import socket
+    import threading
+    import time as _time
+
+    from edgistry import chain as chain_module
+
+    monkeypatch.setattr(chain_module, "MAX_ANSWER_BYTES", 1 << 20)
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    stop = threading.Event()
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{")
+        try:
+            while not stop.is_set():
+                if how == "drip":
+                    _time.sleep(0.2)
+                    conn.sendall(b" ")
+                else:
+                    conn.sendall(b" " * 65536)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with pytest.raises(chain_module.NodeUnreachable, match="within 1 s" if how == "drip" else "larger than"):
+            chain_module.call(f"http://127.0.0.1:{port}", "status", timeout=1.0)
+    finally:
+        stop.set()
+        srv.close()

@@ -53,7 +53,7 @@ from google.protobuf.message import Message
 from .codes import Code, TxError
 from .handlers import HANDLERS, Outcome, TxContext, event
 from .revocation_rule import check_form, check_no_raw_tag, hashes_required, read_revocation_hash_height
-from .sealing import check_no_cleartext
+from .sealing import check_no_cleartext, check_seal_key_admissible
 from .txs import BATCH_OP_KINDS, MAX_BATCH_OPS, VALIDATORS, DecodedTx
 from ..proto import registry_pb2 as pb
 
@@ -89,6 +89,8 @@ def check_admissible(tx: DecodedTx, height: int, activation: int | None) -> None
         return
     if tx.kind == "revoke_token":
         check_no_raw_tag(tx.msg, height, activation)
+    elif tx.kind == "set_seal_key":
+        check_seal_key_admissible(tx.msg)
     elif tx.kind == "batch":
         for index, op in enumerate(tx.msg.ops):
             kind = op.WhichOneof("op")
@@ -97,6 +99,8 @@ def check_admissible(tx: DecodedTx, height: int, activation: int | None) -> None
                     check_no_raw_tag(op.revoke_token, height, activation)
                 elif kind == "register_device" or kind == "update_device":
                     check_no_cleartext(getattr(op, kind))
+                elif kind == "set_seal_key":
+                    check_seal_key_admissible(op.set_seal_key)
             except TxError as err:
                 raise TxError(err.code, f"batch operation {index} ({kind}): {err.log}") from None
     tx.admitted = form

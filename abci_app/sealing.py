@@ -99,6 +99,31 @@ def check_set_seal_key(msg: pb.SetSealKey) -> None:
         raise _bad(f"a seal key is a {X25519_LEN}-byte X25519 public key")
 
 
+# X25519 public keys of small order (libsodium's blocklist, bit 255 masked): a shared secret
+# with one is all zeros, and every keeper's wrap to it fails, so none could open or grant.
+_SMALL_ORDER_X25519 = frozenset(bytes.fromhex(h) for h in (
+    "00" * 32,
+    "01" + "00" * 31,
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+    "ec" + "ff" * 30 + "7f",
+    "ed" + "ff" * 30 + "7f",
+    "ee" + "ff" * 30 + "7f",
+))
+
+
+def small_order_seal_key(key: bytes) -> bool:
+    return len(key) == X25519_LEN and key[:31] + bytes([key[31] & 0x7F]) in _SMALL_ORDER_X25519
+
+
+def check_seal_key_admissible(msg: pb.SetSealKey) -> None:
+    """Raise TxError for a seal key of small order (batch.check_admissible runs it: CheckTx
+    and the proposal checks refuse it; FinalizeBlock does not, so committed blocks replay alike,
+    and an epoch needs no wrap for such a key should a byzantine block let one in)."""
+    if small_order_seal_key(msg.x25519_pubkey):
+        raise _bad("a seal key of small order (every wrap to it would fail): not an X25519 key of a gateway")
+
+
 def check_put_data_key(msg: pb.PutDataKey) -> None:
     if msg.epoch < 1:
         raise _bad("epoch must be >= 1")
@@ -138,11 +163,12 @@ def _gateway(kv: Overlay, gateway_id: str) -> pb.GatewayRecord | None:
 
 
 def _sealing_gateways(kv: Overlay) -> set[str]:
-    """Ids of the gateways that have registered a seal key."""
+    """Ids of the gateways that have registered a seal key a data key can be wrapped to (one
+    of small order cannot be: no opening could ever cover it, so it is not required)."""
     out = set()
     for _, raw in kv.scan(keys.GATEWAY):
         record = pb.GatewayRecord.FromString(raw)
-        if record.seal_pubkey:
+        if record.seal_pubkey and not small_order_seal_key(record.seal_pubkey):
             out.add(record.id)
     return out
 

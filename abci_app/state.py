@@ -92,7 +92,7 @@ def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int,
         tx = decode(raw)
         if tx.kind == "revoke_token":  # the form the height takes, before the nonce (revocation_rule)
             check_form(tx.msg, height, read_revocation_hash_height(kv))
-        elif tx.kind == "batch" and not batch_ops:  # nothing that may never be on chain, before the nonce
+        elif tx.kind in ("batch", "set_seal_key") and not batch_ops:  # nothing that may never be on chain
             check_admissible(tx, height, read_revocation_hash_height(kv))
         check = rule
         if rule is not None and verified is not None:

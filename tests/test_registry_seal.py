@@ -120,7 +120,8 @@ def test_removing_a_key_holder_drops_its_wraps_and_makes_rotation_due(env):
     state = seal_state(d)
     assert state.rotation_due and {w.gateway_id for w in state.wraps} == {a.gw1_id}
     ring = sealbox.Keyring.from_state(state, a.gw1_id, a.seal1)
-    assert ring.rotation_due and ring.ready
+    # gw1 still holds the epoch, but seals nothing under it: the removed gateway may hold it too
+    assert ring.rotation_due and ring.current in ring.keys and not ring.ready
     assert codes(d.block([open_epoch(a, 2, bytes([9]) * 32, {a.gw1_id: a.seal1}, a.admin)])) == [0]
     state = seal_state(d)
     assert not state.rotation_due and state.current_epoch == 2 and state.epochs[-1].opened_by == "admin"
@@ -155,3 +156,29 @@ def test_genesis_exports_and_imports_the_seal_state(env, tmp_path):
         assert test_keyring().open_record(rec).services[0].type == "sensor"
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("key", [bytes(32), bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+                                 b"\xec" + b"\xff" * 30 + b"\xff"])  # p - 1 with bit 255 set
+def test_a_seal_key_of_small_order_never_reaches_a_block_and_blocks_no_epoch(env, key):
+    """Every wrap to a seal key of small order fails, so one let in stopped every keeper from
+    opening or granting (a due rotation never came). CheckTx refuses it, alone or in a
+    batch; PrepareProposal drops it and ProcessProposal rejects its block. Should a byzantine
+    block commit one anyway, an epoch needs no wrap for it, and keepers pass it over."""
+    from edgistry.abci_app.batch import batch_of
+    from edgistry.gateway.discovery.keeper import _wraps
+    from edgistry.proto import abci_pb2 as abci
+
+    a, app, d = env
+    single = a.tx(a.gw2, pb.SetSealKey(x25519_pubkey=key))
+    batched = a.tx(a.gw2, batch_of([pb.SetSealKey(x25519_pubkey=key)]), nonce=a.nonces[pub(a.gw2)] + 1)
+    for tx in (single, batched):
+        assert app.check_tx(abci.RequestCheckTx(tx=tx)).code == Code.INVALID_FIELD
+        assert list(app.prepare_proposal(abci.RequestPrepareProposal(max_tx_bytes=1 << 20, txs=[tx],
+                                                                     height=app.height + 1)).txs) == []
+        assert app.process_proposal(abci.RequestProcessProposal(txs=[tx], height=app.height + 1)).status == \
+            abci.ResponseProcessProposal.REJECT
+    assert codes(d.block([single])) == [0]  # FinalizeBlock as before: a byzantine block replays alike
+    assert _wraps(bytes([5]) * 32, 2, [(a.gw1_id, xpub(a.seal1)), (a.gw2_id, key)])[0].gateway_id == a.gw1_id
+    assert len(_wraps(bytes([5]) * 32, 2, [(a.gw1_id, xpub(a.seal1)), (a.gw2_id, key)])) == 1
+    assert codes(d.block([open_epoch(a, 2, bytes([5]) * 32, {a.gw1_id: a.seal1})])) == [0]

@@ -106,8 +106,7 @@ class SealKeeper:
     async def _open(self, ring: Keyring, gateways: dict[str, pb.GatewayRecord]) -> str:
         epoch = ring.current + 1
         key = sealbox.new_data_key()
-        wraps = [sealbox.wrap_key(key, epoch, gid, g.seal_pubkey) for gid, g in sorted(gateways.items())
-                 if g.seal_pubkey]
+        wraps = _wraps(key, epoch, [(gid, g.seal_pubkey) for gid, g in sorted(gateways.items()) if g.seal_pubkey])
         msg = pb.PutDataKey(epoch=epoch, key_check=sealbox.key_check(key), wraps=wraps)
         if not await self._submit(msg):
             return ""
@@ -123,7 +122,9 @@ class SealKeeper:
             lacking = [gid for gid, g in sorted(gateways.items()) if g.seal_pubkey and (epoch, gid) not in held]
             if not lacking:
                 continue
-            wraps = [sealbox.wrap_key(ring.keys[epoch], epoch, gid, gateways[gid].seal_pubkey) for gid in lacking]
+            wraps = _wraps(ring.keys[epoch], epoch, [(gid, gateways[gid].seal_pubkey) for gid in lacking])
+            if not wraps:
+                continue
             if await self._submit(pb.PutDataKey(epoch=epoch, wraps=wraps)):
                 log.info("granted epoch %d to %s", epoch, ", ".join(lacking))
                 return f"granted {epoch}"
@@ -161,3 +162,16 @@ class SealKeeper:
             if self.clock() >= deadline:
                 raise TimeoutError(f"no data key for epoch {self.ring.current} was granted to this gateway")
             await asyncio.sleep(poll_s)
+
+
+def _wraps(key: bytes, epoch: int, holders: list[tuple[str, bytes]]) -> list[pb.KeyWrap]:
+    """The data key wrapped to each (gateway id, seal key); a key no wrap can be made to (one
+    of small order that a byzantine block let in) is passed over with a warning, so one bad
+    seal key cannot stop the keeper from opening or granting to everyone else."""
+    out = []
+    for gid, seal_pubkey in holders:
+        try:
+            out.append(sealbox.wrap_key(key, epoch, gid, seal_pubkey))
+        except ValueError as exc:
+            log.warning("no data key wrap for gateway %s (its seal key: %s)", gid, exc)
+    return out

@@ -155,8 +155,10 @@ class Keyring:
 
     @property
     def ready(self) -> bool:
-        """True when this gateway can seal under the current epoch."""
-        return self.current in self.keys
+        """True when this gateway can seal under the current epoch, and that epoch is not
+        due to be replaced: a holder was removed, and what is sealed now must wait for the
+        next epoch (the removed gateway may still hold this one's key)."""
+        return self.current in self.keys and not self.rotation_due
 
     def seal(self, pseudonym: bytes, fields: pb.DeviceFields) -> pb.Sealed:
         if not self.ready:

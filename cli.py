@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 
 import click
+
+from .textsafe import SafeLogFormatter, SafeStream
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
@@ -53,5 +56,13 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="edgistry")
 def main(verbose: int) -> None:
     """Edgistry: a distributed edge registry for the Internet of Things."""
+    # what the CLI prints includes remote strings (answers, errors, registry records): none
+    # may drive the terminal (textsafe)
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if not isinstance(stream, SafeStream):
+            setattr(sys, name, SafeStream(stream))
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeLogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])

@@ -3,6 +3,8 @@ addresses and the clear-text guard, token sources, and the values' JSON shape.""
 
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 import pytest
 from hypothesis import given
@@ -309,14 +311,28 @@ def test_arguments_and_method_names():
     assert Call("h", "m").token is None
 
 
+@contextlib.contextmanager
+def fake_discovery(servicer):
+    """A Client (plaintext, loopback) of a gRPC discovery server running ``servicer``."""
+    from concurrent import futures
+
+    from edgistry.firmware.caplets import api as cl
+    from edgistry.proto import discovery_pb2_grpc as dgrpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    dgrpc.add_DiscoveryServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", cl.mint(b"g" * 32, [cl.Identity("app")]).to_bytes()
+    finally:
+        server.stop(0)
+
+
 def test_invoke_any_is_not_retried_but_a_discover_is():
     """An invoke-any carries no request id and may reach a method the token may write: a
     retry after UNAVAILABLE could run it twice (the gateway may have run it before the answer
     was lost), so the SDK does not retry it; an idempotent call still is."""
-    from concurrent import futures
-
-    import grpc
-
     from edgistry.client import Client, RetryPolicy, Unavailable
     from edgistry.proto import discovery_pb2_grpc as dgrpc
 
@@ -331,34 +347,20 @@ def test_invoke_any_is_not_retried_but_a_discover_is():
             calls["Discover"] += 1
             context.abort(grpc.StatusCode.UNAVAILABLE, "gateway restarting")
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    dgrpc.add_DiscoveryServicer_to_server(Flaky(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        from edgistry.firmware.caplets import api as cl
-
-        token = cl.mint(b"g" * 32, [cl.Identity("app")]).to_bytes()
-        with Client(f"127.0.0.1:{port}", token=token, insecure=True,
+    with fake_discovery(Flaky()) as (target, token):
+        with Client(target, token=token, insecure=True,
                     retry=RetryPolicy(attempts=3, initial_s=0.01, max_s=0.02)) as client:
             with pytest.raises(Unavailable):
                 client.invoke_any("valve", "open", near=(1.0, 1.0), timeout=2)
             with pytest.raises(Unavailable):
                 next(client.discover("valve", near=(1.0, 1.0), timeout=2))
-        assert calls == {"InvokeAny": 1, "Discover": 3}
-    finally:
-        server.stop(0)
+    assert calls == {"InvokeAny": 1, "Discover": 3}
 
 
 def test_discovery_stops_when_a_gateway_repeats_a_page_token():
     """A gateway answering Discover with a page token it gave before would keep a client
     paging, and `discover --all` collecting handles, for ever: the SDK stops with an error."""
-    from concurrent import futures
-
-    import grpc
-
     from edgistry.client import Client, RemoteError
-    from edgistry.firmware.caplets import api as cl
     from edgistry.proto import discovery_pb2 as dpb
     from edgistry.proto import discovery_pb2_grpc as dgrpc
 
@@ -370,17 +372,9 @@ def test_discovery_stops_when_a_gateway_repeats_a_page_token():
             return dpb.DiscoverResponse(handles=[dpb.Handle(handle="h%d" % len(served), cell=0x87283082fffffff)],
                                         next_page_token="again" if served[-1] else "first")
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    dgrpc.add_DiscoveryServicer_to_server(Endless(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        token = cl.mint(b"g" * 32, [cl.Identity("app")]).to_bytes()
-        with Client(f"127.0.0.1:{port}", token=token, insecure=True) as client:
-            pages = client.discover("sensor", near=(1.0, 1.0), timeout=2)
+    with fake_discovery(Endless()) as (target, token):
+        with Client(target, token=token, insecure=True) as client:
             with pytest.raises(RemoteError, match="page token it gave before"):
-                for _ in pages:
+                for _ in client.discover("sensor", near=(1.0, 1.0), timeout=2):
                     pass
-        assert served == ["", "first", "again"]
-    finally:
-        server.stop(0)
+    assert served == ["", "first", "again"]

@@ -55,14 +55,22 @@ def start_ticks(pid: int) -> int | None:
 
 
 def _runs(pid: int, argv: list[str]) -> bool:
-    """Whether ``pid`` is a process of this user running ``argv`` (as recorded when started)."""
+    """Whether ``pid`` is a process of this user running ``argv`` (as recorded when started).
+    A wrapper that execs its command (``ip netns exec``, ``setpriv``) leaves only the command
+    in /proc, and a script leaves its interpreter in front: the command lines must agree on
+    their tails, the program's own name aside."""
     try:
         if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
             return False
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().split(b"\0")[:-1] == [os.fsencode(a) for a in argv]
+            running = fh.read().split(b"\0")[:-1]
     except OSError:
         return False
+    recorded = [os.fsencode(a) for a in argv]
+    n = min(len(running), len(recorded)) - 1
+    if n < 1:  # no arguments on one side: the program names must agree
+        return bool(running) and bool(recorded) and os.path.basename(running[0]) == os.path.basename(recorded[-1])
+    return running[-n:] == recorded[-n:]
 
 
 class Launcher:

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -73,10 +74,20 @@ def test_launcher_signals_only_a_process_its_own_record_describes(tmp_path: Path
         assert view.pid("sleeper") is None
         os.chmod(launcher.run_dir, 0o700)
         assert view.pid("sleeper") == rec.pid
+        # a wrapper that execs its command (as `ip netns exec` does) leaves only the command
+        # in /proc: still the recorded process, still stopped by `cluster down`
+        wrapped = launcher.start("wrapped", ["env", *SLEEP])
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{wrapped.pid}/cmdline").read_bytes().startswith(b"env\0"):  # until env has exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert view.pid("wrapped") == wrapped.pid
+        assert view.stop("wrapped", timeout=5).startswith("stopped")
     finally:
         other.kill()
         other.wait()
         launcher.kill("sleeper")
+        launcher.kill("wrapped")
 
 
 def test_launcher_logs_are_private(tmp_path: Path):

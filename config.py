@@ -18,7 +18,6 @@ Layout of a home directory::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -32,7 +31,6 @@ from pathlib import Path
 import tomli_w
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 
 DEFAULT_CHAIN_ID = "edgistry-local"
 DEFAULT_ABCI_LISTEN = "tcp://127.0.0.1:26658"
@@ -235,21 +233,36 @@ def private_dir(path: Path, mode: int = 0o700) -> None:
         raise HomeError(str(exc)) from exc
 
 
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` durably: temp file, fsync, rename, fsync dir."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def write_secret_file(path: Path, data: bytes) -> None:
     """Write ``data`` as a new file readable by its owner only: 0600 from creation, in a
     directory of this user, replacing whatever was at ``path`` (a file or a symlink
     planted there is never written through)."""
     private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data, 0o600)
 
 
 def write_ed25519_pem(path: Path, key: Ed25519PrivateKey) -> None:

@@ -30,8 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..config import own_dir
-from .runtime.home import DeviceHome, atomic_write
+from ..config import atomic_write, own_dir
+from .runtime.home import DeviceHome
 
 HERE = Path(__file__).resolve().parent
 PACKAGE_ROOT = HERE.parent  # the edgistry package (the repository root)

@@ -41,10 +41,10 @@ import binascii
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...config import atomic_write
 from ..caplets.mint import new_secret, root, to_text
 from ..caplets.mint import load as load_token
 
@@ -56,30 +56,6 @@ _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
 class HomeError(Exception):
     """The device home is missing, incomplete or malformed (a user-fixable error)."""
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` durably: temp file, fsync, rename, fsync dir."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def write_json(path: Path, value: object, mode: int = 0o644) -> None:

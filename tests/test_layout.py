@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "aiotasks": set(),
     "http_guard": set(),
     "textsafe": set(),
-    "clikit": {"config", "textsafe"},
+    "clikit": {"config"},
     "__init__": set(),
     "firmware": {"clikit", "config"},
     "abci_app": {"proto", "config", "clikit", "gc_policy", "aiotasks", "http_guard", "__init__"},

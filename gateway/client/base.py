@@ -112,7 +112,7 @@ class ClientBase:
                  gateway_id: str | None = None, insecure: bool = False, timeout: float = DEFAULT_TIMEOUT_S,
                  retry: RetryPolicy = RetryPolicy()) -> None:
         where = target if isinstance(target, Target) else parse_target(target)
-        self.transport = Transport.of(where, choose_tls(where, tls=tls, pin=pin, tls_from_registry=tls_from_registry,
+        self.transport = Transport.of(where, choose_tls(tls=tls, pin=pin, tls_from_registry=tls_from_registry,
                                                         gateway_id=gateway_id, insecure=insecure), insecure)
         self.token = None if token is None else load_token(token)  # read now: a bad file fails here
         self.timeout = timeout

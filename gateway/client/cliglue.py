@@ -120,7 +120,7 @@ def tls_settings(target: str, pin: str | None, registry_rpcs: tuple[str, ...] = 
                                "pair` print it): a record found by address could be made up on the way")
     try:
         tls = TLS.from_file(tls_root, tls_server_name) if tls_root else None
-        return choose_tls(parse_target(target), tls=tls, pin=pin, tls_from_registry=registry_rpcs or None,
+        return choose_tls(tls=tls, pin=pin, tls_from_registry=registry_rpcs or None,
                           gateway_id=gateway_id, insecure=insecure)
     except ConfigError as exc:
         if str(exc) == NO_TLS:

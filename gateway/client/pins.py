@@ -26,7 +26,7 @@ from ...chain import ChainError, call
 from ...proto import registry_pb2 as pb
 from ..tls import Pin, PinError, fingerprint
 from .errors import ConfigError
-from .transport import TLS, Target
+from .transport import TLS
 
 REGISTRY_TIMEOUT_S = 10.0
 
@@ -107,11 +107,12 @@ def pin_from_registry(rpcs: str | Sequence[str], *, gateway_id: str | None = Non
 
 
 NO_TLS = ("gateways speak TLS: pin the gateway's certificate (pin='gateway.pem': its keys/tls.crt or the "
-          "gateway.pem `edgistry pair` writes; or tls_from_registry='http://NODE:26657' with gateway_id='ID'), or give tls=TLS(...); "
+          "gateway.pem `edgistry pair` writes; or tls_from_registry='http://NODE:26657' with gateway_id='ID'), "
+          "or give tls=TLS(...); "
           "insecure=True speaks plaintext to a gateway run with --insecure (tokens to loopback only)")
 
 
-def choose_tls(target: Target, *, tls: TLS | None = None, pin: str | os.PathLike | Pin | None = None,
+def choose_tls(*, tls: TLS | None = None, pin: str | os.PathLike | Pin | None = None,
                tls_from_registry: str | Sequence[str] | None = None, gateway_id: str | None = None,
                insecure: bool = False) -> TLS | None:
     """The TLS setting of a client from its options: at most one source; none only with ``insecure``."""

@@ -73,9 +73,8 @@ class Store:
         self._changes = self.env.open_db(b"changes")
         self._meta = self.env.open_db(b"meta")
         self.retain_heights = retain_heights
-        with self.env.begin() as txn:
-            unfinished = txn.get(b"restoring", db=self._meta) is not None
-        if unfinished:
+        self._rtxn = self.env.begin(buffers=False)
+        if self._rtxn.get(b"restoring", db=self._meta) is not None:
             self._clear()
         with self.env.begin() as txn:
             height = txn.get(b"height", db=self._meta)
@@ -84,7 +83,6 @@ class Store:
             self.lthash = txn.get(b"lthash", db=self._meta) or b""
             floor = txn.get(b"floor", db=self._meta)
             self.floor = from_be64(floor) if floor else 0
-        self._rtxn = self.env.begin(buffers=False)
 
     def close(self) -> None:
         self._rtxn.abort()
@@ -216,9 +214,8 @@ class Store:
             for db in (self._state, self._hist, self._changes, self._meta):
                 txn.drop(db, delete=False)
         self.height, self.app_hash, self.lthash, self.floor = 0, b"", b"", 0
-        if hasattr(self, "_rtxn"):
-            self._rtxn.abort()
-            self._rtxn = self.env.begin(buffers=False)
+        self._rtxn.abort()
+        self._rtxn = self.env.begin(buffers=False)
 
 
 def _pack_keys(keys: Iterator[bytes]) -> bytes:

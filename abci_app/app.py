@@ -35,8 +35,8 @@ import logging
 from pathlib import Path
 
 from .. import __version__
-from . import ed25519_rule, keys, snapshots
-from .lthash import LtHash
+from . import ed25519_rule, keys, lthash, snapshots
+from .lthash import LtHash, hashed_records, read_lthash_v2_height, version_at
 from .codes import Code, TxError
 from .genesis import Genesis, GenesisError, read_ed25519_v2_height
 from .batch import check_admissible
@@ -65,7 +65,7 @@ _SELF_TESTED = False
 
 
 def _self_test_once() -> None:
-    """The Ed25519 rules' self-test, and the protobuf backend, once per process (before the
+    """The Ed25519 rules' and BLAKE3's self-tests, and the protobuf backend, once per process (before the
     first app serves). Decoding must behave alike on every node: protobuf's pure-Python
     backend raises where upb refuses (a string field that is not UTF-8), so a node on it
     could stop where the others answer a code."""
@@ -81,6 +81,10 @@ def _self_test_once() -> None:
             ed25519_rule.self_test()
         except RuntimeError as exc:
             raise FatalAppError(f"refusing to start: {exc}; reinstall the pinned PyNaCl and cryptography") from exc
+        try:
+            lthash.self_test()
+        except RuntimeError as exc:
+            raise FatalAppError(f"refusing to start: {exc}; reinstall the pinned blake3") from exc
         _SELF_TESTED = True
 
 
@@ -98,7 +102,7 @@ class RegistryApp:
         self.store = Store(store_dir, retain_heights)
         self.chain_id = (self.store.get(keys.meta("chain_id")) or b"").decode()
         self.ed25519_v2_height = read_ed25519_v2_height(self.store)
-        self._acc = LtHash.from_bytes(self.store.lthash)
+        self._acc = self._committed_acc()
         self._block: Overlay | None = None  # staged by InitChain/FinalizeBlock
         self._staged: tuple[int, bytes, LtHash] | None = None  # (height, app_hash, acc)
         self._genesis_height = 0
@@ -122,6 +126,11 @@ class RegistryApp:
 
     def close(self) -> None:
         self.store.close()
+
+    def _committed_acc(self) -> LtHash:
+        """The committed state's sum, as the version its height takes."""
+        self.lthash_v2_height = read_lthash_v2_height(self.store)
+        return LtHash.from_bytes(self.store.lthash, version_at(self.store.height, self.lthash_v2_height))
 
     @property
     def height(self) -> int:
@@ -183,9 +192,12 @@ class RegistryApp:
             raise FatalAppError(f"invalid genesis: {exc}") from exc
         self.chain_id = req.chain_id
         self.ed25519_v2_height = genesis.ed25519_v2_height
+        self.lthash_v2_height = genesis.lthash_v2_height
         self._block = Overlay(self.store)
         self._genesis_height = max(req.initial_height, 1)
         genesis.init(self._block, req.chain_id, list(req.validators), self._genesis_height)
+        # the state before the first block is that of the height below it
+        self._acc = LtHash(version=version_at(self._genesis_height - 1, self.lthash_v2_height))
         app_hash = self._block.fold_hash(self._acc, self.store).digest()
         self._check = Overlay(self._block)  # txs may reach the mempool before block 1
         self.checked.reset()
@@ -271,6 +283,10 @@ class RegistryApp:
                                 decode=self.decoded.decode_last)
             result.fill(resp.tx_results.add())
             resp.validator_updates.extend(result.outcome.validator_updates)
+        version = version_at(req.height, self.lthash_v2_height)
+        if self._acc.version != version:  # the first block under a new sum: every record once
+            log.info("block %d: the app hash changes to LtHash v%d; re-hashing the state", req.height, version)
+            self._acc = LtHash.rehash(hashed_records(self.store), version)
         acc = block.fold_hash(self._acc, self.store)
         resp.app_hash = acc.digest()
         self._staged = (req.height, resp.app_hash, acc)
@@ -375,7 +391,7 @@ class RegistryApp:
         if result == abci.ResponseApplySnapshotChunk.ACCEPT and self.snapshots.restored:
             self.chain_id = (self.store.get(keys.meta("chain_id")) or b"").decode()
             self.ed25519_v2_height = read_ed25519_v2_height(self.store)
-            self._acc = LtHash.from_bytes(self.store.lthash)
+            self._acc = self._committed_acc()
             self._check = Overlay(self.store)
             self._block_time = self._last_block_time()
             self.checked.reset()

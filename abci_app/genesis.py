@@ -10,7 +10,8 @@ It travels as the ``app_state`` object of CometBFT's genesis.json::
      "seal": <SealState as protobuf JSON, optional: epochs and wraps>,
      "revocations": [{"tag_hash": "<hex>", "expires_at": <unix s>}, ...],
      "ed25519_v2_height": 1,
-     "revocation_hash_height": 1}
+     "revocation_hash_height": 1,
+     "lthash_v2_height": 1}
 
 Devices and revocations in genesis are for exports and bulk loads; normally
 they arrive through transactions. Device fields are sealed as on chain, so a
@@ -35,6 +36,13 @@ such older chains unchanged.
 revocation names only a tag's hash (``revocation_rule``); below it, or without
 the key, raw tags as before. New chains have it from height 1
 (``keys.REVOCATION_HASH_HEIGHT``, written only when set).
+
+``lthash_v2_height`` is the first block whose app hash is the v2 LtHash sum
+(``lthash``: BLAKE3 instead of SHAKE-128 to expand a record); that block
+re-hashes the whole committed state once. New chains have it from height 1
+(the app hash InitChain returns stays v1 when block 1 is the chain's first);
+absent means never, so older chains keep their app hashes at every height
+(``keys.LTHASH_V2_HEIGHT``, written only when set).
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from google.protobuf import json_format
 from . import keys, sealing, txs
 from .codes import TxError
 from .handlers import ed25519_key_of, put_device, put_gateway, set_gateway_tls
+from .lthash import read_lthash_v2_height
 from .overlay import Overlay, Reader
 from .revocation_rule import DEFAULT_REVOCATION_HASH_HEIGHT, read_revocation_hash_height, revocation_hash
 from ..proto import abci_pb2 as abci
@@ -55,6 +64,7 @@ from ..proto import registry_pb2 as pb
 
 
 DEFAULT_ED25519_V2_HEIGHT = 1  # new chains verify with v2 from their first block
+DEFAULT_LTHASH_V2_HEIGHT = 1  # new chains' app hashes are v2 sums from their first block
 _MAX_HEIGHT = 2**63 - 1  # CometBFT heights are int64
 
 
@@ -105,6 +115,7 @@ class Genesis:
     ed25519_v2_height: int | None = DEFAULT_ED25519_V2_HEIGHT  # None: v1 at every height
     revocations: list[pb.RevocationRecord] = field(default_factory=list)  # tag_hash + expires_at
     revocation_hash_height: int | None = DEFAULT_REVOCATION_HASH_HEIGHT  # None: raw tags at every height
+    lthash_v2_height: int | None = DEFAULT_LTHASH_V2_HEIGHT  # None: v1 sums at every height
 
     # ---- JSON ----
     def to_json(self) -> dict[str, Any]:
@@ -122,6 +133,8 @@ class Genesis:
                                   for r in self.revocations]
         if self.revocation_hash_height is not None:
             out["revocation_hash_height"] = self.revocation_hash_height
+        if self.lthash_v2_height is not None:
+            out["lthash_v2_height"] = self.lthash_v2_height
         return out
 
     @classmethod
@@ -138,7 +151,8 @@ class Genesis:
         except (KeyError, TypeError, ValueError, AttributeError, json_format.ParseError) as exc:
             raise GenesisError(f"malformed app_state: {exc}") from exc
         genesis = cls(admins, gateways, devices, seal, data.get("ed25519_v2_height"),  # absent: never
-                      revocations, data.get("revocation_hash_height"))  # absent: never
+                      revocations, data.get("revocation_hash_height"),  # absent: never
+                      data.get("lthash_v2_height"))  # absent: never
         genesis.validate()
         return genesis
 
@@ -146,7 +160,7 @@ class Genesis:
     def from_bytes(cls, raw: bytes) -> Genesis:
         if not raw.strip():
             # an empty app_state names no activation height
-            return cls(ed25519_v2_height=None, revocation_hash_height=None)
+            return cls(ed25519_v2_height=None, revocation_hash_height=None, lthash_v2_height=None)
         try:
             return cls.from_json(json.loads(raw))
         except json.JSONDecodeError as exc:
@@ -157,9 +171,10 @@ class Genesis:
         h = self.ed25519_v2_height
         if h is not None and (type(h) is not int or not 1 <= h <= _MAX_HEIGHT):
             raise GenesisError(f"ed25519_v2_height must be a whole number 1..{_MAX_HEIGHT}, not {h!r}")
-        h = self.revocation_hash_height
-        if h is not None and (type(h) is not int or not 1 <= h <= _MAX_HEIGHT):
-            raise GenesisError(f"revocation_hash_height must be a whole number 1..{_MAX_HEIGHT}, not {h!r}")
+        for name in ("revocation_hash_height", "lthash_v2_height"):
+            h = getattr(self, name)
+            if h is not None and (type(h) is not int or not 1 <= h <= _MAX_HEIGHT):
+                raise GenesisError(f"{name} must be a whole number 1..{_MAX_HEIGHT}, not {h!r}")
         for r in self.revocations:
             if len(r.tag_hash) != 32 or r.tag or type(r.expires_at) is not int or r.expires_at <= 0:
                 raise GenesisError("a revocation is a 32-byte tag_hash and a positive expires_at")
@@ -217,6 +232,8 @@ class Genesis:
             kv.put(keys.ED25519_V2_HEIGHT, keys.be64(self.ed25519_v2_height))
         if self.revocation_hash_height is not None:
             kv.put(keys.REVOCATION_HASH_HEIGHT, keys.be64(self.revocation_hash_height))
+        if self.lthash_v2_height is not None:
+            kv.put(keys.LTHASH_V2_HEIGHT, keys.be64(self.lthash_v2_height))
         for r in self.revocations:
             kv.put(keys.revocation(r.tag_hash), r.SerializeToString(deterministic=True))
             kv.put(keys.revocation_by_expiry(r.expires_at, r.tag_hash), b"")
@@ -253,7 +270,8 @@ class Genesis:
     def export(cls, reader: Reader) -> Genesis:
         genesis = cls(admins=[k[len(keys.ADMIN):] for k, _ in reader.scan(keys.ADMIN)],
                       ed25519_v2_height=read_ed25519_v2_height(reader),
-                      revocation_hash_height=read_revocation_hash_height(reader))
+                      revocation_hash_height=read_revocation_hash_height(reader),
+                      lthash_v2_height=read_lthash_v2_height(reader))
         if genesis.revocation_hash_height is None and any(True for _ in reader.scan(keys.REVOCATION)):
             genesis.revocation_hash_height = DEFAULT_REVOCATION_HASH_HEIGHT  # its tags leave as hashes
         for _, raw in reader.scan(keys.REVOCATION):

@@ -47,6 +47,7 @@ DEVICE_BY_GATEWAY = b"dg/"
 REVOCATION_BY_EXPIRY = b"rx/"
 ED25519_V2_HEIGHT = META + b"ed25519_v2_height"  # from genesis; see ed25519_rule
 REVOCATION_HASH_HEIGHT = META + b"revocation_hash_height"  # from genesis; see revocation_rule
+LTHASH_V2_HEIGHT = META + b"lthash_v2_height"  # from genesis; see lthash
 BLOCK_TIME = b"x/block_time"  # last block time (be64 seconds); derived, not hashed
 
 HASHED_PREFIXES = (META, ADMIN, GATEWAY, DEVICE, REVOCATION, NONCE, VALIDATOR, DATA_KEY, WRAP)

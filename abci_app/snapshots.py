@@ -1,10 +1,14 @@
 """State-sync snapshots of the registry through the ABCI snapshot methods.
 
-Format 1: the committed state at a height as ``uvarint(len key) key
+Formats 1 and 2: the committed state at a height as ``uvarint(len key) key
 uvarint(len value) value`` records in key order, cut into chunks of at most
 ``CHUNK_BYTES``. The snapshot's metadata is the concatenated SHA-256 of every
 chunk and its hash is SHA-256 of the metadata, so two nodes at the same
-height produce byte-identical snapshots.
+height produce byte-identical snapshots. The format is the version of the
+LtHash sum that the height's app hash is (``lthash.version_at``), so the
+restoring node sums the records the same way: a peer that names the other one
+gets a sum that does not match, and a restore whose records put the height
+under the other version is refused.
 
 Restoring. Snapshots and chunks come from peers, who may lie; only the app hash
 (verified by CometBFT's light client) is trusted, and the app hash is an LtHash:
@@ -41,14 +45,14 @@ from google.protobuf.message import DecodeError
 
 from . import keys
 from .handlers import index_entries
-from .lthash import LtHash
+from .lthash import V1, V2, LtHash, read_lthash_v2_height, version_at
 from .framing import FramingError, decode_uvarint, encode_uvarint
 from .store import Store
 from ..proto import abci_pb2 as abci
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMATS = (V1, V2)  # format = the LtHash version of the height's app hash
 CHUNK_BYTES = 4 * 1024 * 1024  # CometBFT requires < 16 MB per chunk
 # Peers discover snapshots every few seconds and then fetch chunks from the one
 # they chose: keep enough that a chosen snapshot outlives a join (see README).
@@ -109,11 +113,12 @@ class SnapshotManager:
         tmp.mkdir(parents=True)
         hashes = []
         with self.store.reader(0) as reader:
+            fmt = version_at(height, read_lthash_v2_height(reader))
             for i, chunk in enumerate(encode_records(reader.scan(b""))):
                 (tmp / f"chunk-{i}").write_bytes(chunk)
                 hashes.append(hashlib.sha256(chunk).digest())
         metadata = b"".join(hashes)
-        snap = abci.Snapshot(height=height, format=FORMAT, chunks=len(hashes),
+        snap = abci.Snapshot(height=height, format=fmt, chunks=len(hashes),
                              hash=hashlib.sha256(metadata).digest(), metadata=metadata)
         (tmp / "snapshot.pb").write_bytes(snap.SerializeToString(deterministic=True))
         shutil.rmtree(target, ignore_errors=True)
@@ -133,14 +138,16 @@ class SnapshotManager:
                 for h in sorted(self._heights(), reverse=True)]
 
     def load_chunk(self, height: int, fmt: int, index: int) -> bytes:
+        """A chunk of our snapshot at ``height``, if it is of format ``fmt`` (else nothing)."""
         path = self.dir / str(height) / f"chunk-{index}"
-        if fmt != FORMAT or not path.exists():
+        meta = self.dir / str(height) / "snapshot.pb"
+        if not path.exists() or not meta.exists() or abci.Snapshot.FromString(meta.read_bytes()).format != fmt:
             return b""
         return path.read_bytes()
 
     # ---- restoring (see the module notes) ----
     def offer(self, snap: abci.Snapshot, app_hash: bytes) -> int:
-        if snap.format != FORMAT:
+        if snap.format not in FORMATS:
             return Offer.REJECT_FORMAT
         if not 0 < snap.chunks <= MAX_CHUNKS or len(snap.metadata) != 32 * snap.chunks \
                 or hashlib.sha256(snap.metadata).digest() != snap.hash or snap.height < 1:
@@ -170,6 +177,8 @@ class SnapshotManager:
             return Apply.ACCEPT
         if r.acc.digest() != r.app_hash:
             return self._refuse("its records do not sum to the verified app hash")
+        if version_at(r.snap.height, r.lthash_v2_height) != r.acc.version:
+            return self._refuse(f"format {r.snap.format} is not the LtHash version of height {r.snap.height}")
         self._restore = None
         self.store.finish_restore(r.snap.height, r.app_hash, r.acc.to_bytes())
         self.restored = True
@@ -190,7 +199,8 @@ class _Restore:
         self.snap, self.app_hash = snap, app_hash
         self.next = 0  # the chunk due
         self.last_key = b""  # keys strictly increase across chunks
-        self.acc = LtHash()
+        self.acc = LtHash(version=snap.format)
+        self.lthash_v2_height: int | None = None  # as the restored state records it
 
     def take(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
         """One chunk's records checked and summed; the writes they make (derived indexes included)."""
@@ -202,6 +212,10 @@ class _Restore:
                 raise ValueError(f"a key of {len(key)} bytes")
             self.last_key = key
             if keys.is_hashed(key):
+                if key == keys.LTHASH_V2_HEIGHT:
+                    if len(value) != 8:
+                        raise ValueError("the LtHash activation height is not 8 bytes")
+                    self.lthash_v2_height = keys.from_be64(value)
                 self.acc.add(key, value)
                 writes.append((key, value))
                 writes += index_entries(key, value)

@@ -131,6 +131,7 @@ def test_app_hashes_of_a_fixed_chain_are_pinned(tmp_path):
                                 epochs=[pb.DataKeyEpoch(epoch=1, key_check=sealbox.key_check(TEST_DATA_KEY))])
     genesis.ed25519_v2_height = None  # as in every genesis written before the v2 rule
     genesis.revocation_hash_height = None  # ... and before revocations went on chain as hashes
+    genesis.lthash_v2_height = None  # ... and before app hashes were BLAKE3 sums
     blocks = [
         [a.tx(a.gw1, device_msg(b"A" * 16)), a.tx(a.gw2, device_msg(b"B" * 16, types=("valve", "cam")))],
         [a.tx(a.gw1, device_msg(b"A" * 16, cell_at(10, 10, 5), ("cam",), res=5, cls=pb.UpdateDevice)),

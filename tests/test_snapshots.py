@@ -142,7 +142,7 @@ def test_offer_checks(two_nodes, tmp_path: Path, change: str, expected: int):
     target = RegistryApp(tmp_path / "fresh" / "registry")
     try:
         if change == "format":
-            snap.format = 2
+            snap.format = 3
         elif change == "metadata":
             snap.metadata = snap.metadata[:-1] + bytes([snap.metadata[-1] ^ 1])
         elif change == "hash":
@@ -159,8 +159,10 @@ def test_offer_checks(two_nodes, tmp_path: Path, change: str, expected: int):
 # ---- a peer that lies: only the app hash is trusted ----
 
 
-def _crafted(records: list[tuple[bytes, bytes]], height: int, chunk_bytes: int = 1024) -> tuple[abci.Snapshot, list[bytes]]:
-    """A snapshot a peer could serve: the given records in format 1, with matching metadata."""
+def _crafted(records: list[tuple[bytes, bytes]], height: int, chunk_bytes: int = 1024,
+             fmt: int = 2) -> tuple[abci.Snapshot, list[bytes]]:
+    """A snapshot a peer could serve: the given records in format ``fmt`` (2: a new chain's
+    v2 sums), with matching metadata."""
     import hashlib
 
     from edgistry.abci_app.framing import encode_uvarint
@@ -174,7 +176,7 @@ def _crafted(records: list[tuple[bytes, bytes]], height: int, chunk_bytes: int =
     if buf or not chunks:
         chunks.append(bytes(buf))
     meta = b"".join(hashlib.sha256(c).digest() for c in chunks)
-    return abci.Snapshot(height=height, format=1, chunks=len(chunks), hash=hashlib.sha256(meta).digest(),
+    return abci.Snapshot(height=height, format=fmt, chunks=len(chunks), hash=hashlib.sha256(meta).digest(),
                          metadata=meta), chunks
 
 
@@ -274,7 +276,7 @@ def test_malformed_chunks_refuse_the_snapshot_without_raising(two_nodes, tmp_pat
             chunks[0] = b"\xff" * 11 + chunks[0]
             import hashlib
             meta = b"".join(hashlib.sha256(c).digest() for c in chunks)
-            crafted = abci.Snapshot(height=snap.height, format=1, chunks=len(chunks),
+            crafted = abci.Snapshot(height=snap.height, format=snap.format, chunks=len(chunks),
                                     hash=hashlib.sha256(meta).digest(), metadata=meta)
         results = _sync(fresh, crafted, chunks, a.app_hash)
         assert results[-1] == Apply.REJECT_SNAPSHOT, results

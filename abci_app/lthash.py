@@ -87,12 +87,21 @@ BLAKE3_VECTORS = {
 
 
 def self_test() -> None:
-    """Raise RuntimeError unless the BLAKE3 library gives the published outputs: an app
-    hash that moved with a dependency would split the chain."""
+    """Raise RuntimeError unless the BLAKE3 library gives the published outputs and the C
+    lane arithmetic (when built) the reference's sums: an app hash that moved with a
+    dependency or a build would split the chain."""
     data = bytes(i % 251 for i in range(max(BLAKE3_VECTORS)))
     for n, want in BLAKE3_VECTORS.items():
         if blake3(data[:n]).hexdigest(len(want) // 2) != want:
             raise RuntimeError(f"BLAKE3 of the published {n}-byte input is not the published output")
+    if LtHash is not PyLtHash:  # the C lane arithmetic against the reference, adds and removes
+        for version in _XOF:
+            fast, ref = LtHash(version=version), PyLtHash(version=version)
+            for i in range(40):
+                for acc in (fast, ref):
+                    (acc.remove if i % 3 == 2 else acc.add)(data[:i % 7], data[i:i + 2 * i])
+            if fast.to_bytes() != ref.to_bytes():
+                raise RuntimeError("the C LtHash lane arithmetic disagrees with the Python reference")
 
 
 class _Reader(Protocol):  # overlay.Reader, which imports this module
@@ -113,26 +122,59 @@ def hashed_records(reader: _Reader) -> Iterator[tuple[bytes, bytes]]:
         yield from reader.scan(prefix)
 
 
+def expand(key: bytes, value: bytes, version: int = V1) -> bytes:
+    """The 2048 bytes of lanes (little-endian) of one record under ``version``."""
+    return _XOF[version](_DOMAIN[version] + len(key).to_bytes(4, "big") + key + value)
+
+
 def element(key: bytes, value: bytes, version: int = V1) -> tuple[int, int]:
     """The lane vector of one record, split into (even lanes, odd lanes in place)."""
-    raw = _XOF[version](_DOMAIN[version] + len(key).to_bytes(4, "big") + key + value)
-    v = int.from_bytes(raw, "little")
+    v = int.from_bytes(expand(key, value, version), "little")
     return v & _MASK, v & _ODD_MASK
 
 
-class LtHash:
-    """A mutable LtHash16 accumulator."""
+def _check_version(version: int) -> None:
+    if version not in _XOF:
+        raise ValueError(f"no LtHash16 version {version!r}")
+
+
+class _Sum:
+    """What both forms of the accumulator share: building one from records, the app hash."""
+
+    __slots__ = ()
+    version: int
+
+    def add(self, key: bytes, value: bytes) -> None:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        raise NotImplementedError
+
+    @classmethod
+    def rehash(cls, records: Iterable[tuple[bytes, bytes]], version: int):
+        """The sum of ``records`` (each key once) under ``version``: a change of version."""
+        acc = cls(version=version)
+        for key, value in records:
+            acc.add(key, value)
+        return acc
+
+    def digest(self) -> bytes:
+        """The 32-byte app hash of this sum."""
+        return hashlib.sha256(_APP_HASH_DOMAIN[self.version] + self.to_bytes()).digest()
+
+
+class PyLtHash(_Sum):
+    """A mutable LtHash16 accumulator in pure Python: the reference."""
 
     __slots__ = ("even", "odd", "pending", "version")
 
     def __init__(self, even: int = 0, odd: int = 0, version: int = V1) -> None:
-        if version not in _XOF:
-            raise ValueError(f"no LtHash16 version {version!r}")
+        _check_version(version)
         self.even, self.odd, self.pending = even, odd, 0  # odd: lanes in place (see the module notes)
         self.version = version
 
-    def copy(self) -> LtHash:
-        other = LtHash(self.even, self.odd, self.version)
+    def copy(self) -> PyLtHash:
+        other = PyLtHash(self.even, self.odd, self.version)
         other.pending = self.pending
         return other
 
@@ -164,7 +206,7 @@ class LtHash:
         return (self.even | self.odd).to_bytes(NBYTES, "little")
 
     @classmethod
-    def from_bytes(cls, data: bytes, version: int = V1) -> LtHash:
+    def from_bytes(cls, data: bytes, version: int = V1) -> PyLtHash:
         """A stored sum; ``version`` is not in the bytes: the height says it (``version_at``)."""
         if not data:
             return cls(version=version)
@@ -173,14 +215,43 @@ class LtHash:
         v = int.from_bytes(data, "little")
         return cls(v & _MASK, v & _ODD_MASK, version)
 
-    @classmethod
-    def rehash(cls, records: Iterable[tuple[bytes, bytes]], version: int) -> LtHash:
-        """The sum of ``records`` (each key once) under ``version``: a change of version."""
-        acc = cls(version=version)
-        for key, value in records:
-            acc.add(key, value)
-        return acc
 
-    def digest(self) -> bytes:
-        """The 32-byte app hash of this sum."""
-        return hashlib.sha256(_APP_HASH_DOMAIN[self.version] + self.to_bytes()).digest()
+# The C lane arithmetic when the install built it (abci_app/_lthash.c); PyLtHash otherwise.
+try:
+    from ._lthash import fold as _fold
+except ImportError:  # installed without a C compiler
+    _fold = None
+
+
+class FastLtHash(_Sum):
+    """The same accumulator over a bytearray of little-endian lanes (the bytes ``to_bytes``
+    gives), each element folded in by the C accelerator: no big integers."""
+
+    __slots__ = ("lanes", "version")
+
+    def __init__(self, lanes: bytes | bytearray = b"", version: int = V1) -> None:
+        _check_version(version)
+        self.lanes = bytearray(lanes) if lanes else bytearray(NBYTES)
+        self.version = version
+
+    def copy(self) -> FastLtHash:
+        return FastLtHash(self.lanes, self.version)
+
+    def add(self, key: bytes, value: bytes) -> None:
+        _fold(self.lanes, expand(key, value, self.version), False)
+
+    def remove(self, key: bytes, value: bytes) -> None:
+        _fold(self.lanes, expand(key, value, self.version), True)
+
+    def to_bytes(self) -> bytes:
+        return bytes(self.lanes)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, version: int = V1) -> FastLtHash:
+        """A stored sum; ``version`` is not in the bytes: the height says it (``version_at``)."""
+        if data and len(data) != NBYTES:
+            raise ValueError(f"an LtHash16 state is {NBYTES} bytes, got {len(data)}")
+        return cls(data, version)
+
+
+LtHash = FastLtHash if _fold is not None else PyLtHash

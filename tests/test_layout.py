@@ -205,4 +205,5 @@ def test_wheel_contains_exactly_the_package(tmp_path):
     assert modules == expected
     others = sorted(n for n in names if not n.startswith("edgistry-") and not n.endswith(".py"))
     assert all(n.endswith((".pyi", ".proto", ".so")) for n in others), others
-    assert {n.rsplit("/", 1)[1].split(".")[0] for n in others if n.endswith(".so")} <= {"_capscan", "_linkwire"}
+    accelerators = {n.rsplit("/", 1)[1].split(".")[0] for n in others if n.endswith(".so")}
+    assert accelerators <= {"_capscan", "_linkwire", "_lthash"}

@@ -69,3 +69,18 @@ def test_digest_is_pinned_across_implementations():
         acc.add(k, v + b"!")
     assert acc.digest().hex() == "0b98473b1357e3127ef9d79420353d6ed4c3d965f1099ad1f3aa5a5259f36bb8"
     assert LtHash.from_bytes(mid).digest().hex() == "411e934b5382b6505aef9d3225f56b5ed4daef5e4286fc7a88d23ec99d79d8ab"
+
+
+def test_the_accelerator_is_used_exactly_when_it_imports():
+    """The C lane arithmetic when the install built it, the Python reference otherwise
+    (tests/test_lthash_c.py runs this module once more with it unbuilt)."""
+    import importlib
+
+    from edgistry.abci_app.lthash import FastLtHash, PyLtHash
+
+    try:
+        importlib.import_module("edgistry.abci_app._lthash")
+        built = True
+    except ImportError:
+        built = False
+    assert LtHash is (FastLtHash if built else PyLtHash)

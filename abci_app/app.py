@@ -282,7 +282,8 @@ class RegistryApp:
             result = execute_tx(block, raw, self.chain_id, req.height, time_s, rule, verified=self.verified,
                                 decode=self.decoded.decode_last)
             result.fill(resp.tx_results.add())
-            resp.validator_updates.extend(result.outcome.validator_updates)
+            if result.outcome.validator_updates:
+                resp.validator_updates.extend(result.outcome.validator_updates)
         version = version_at(req.height, self.lthash_v2_height)
         if self._acc.version != version:  # the first block under a new sum: every record once
             log.info("block %d: the app hash changes to LtHash v%d; re-hashing the state", req.height, version)

@@ -196,8 +196,8 @@ def apply_register_device(ctx: TxContext, msg: pb.RegisterDevice) -> Outcome:
         where = "this gateway (use update)" if owner == gid else f"gateway {owner}"
         raise TxError(Code.DEVICE_EXISTS, f"device {msg.pseudonym.hex()} is already registered by {where}")
     sealing.require_current_epoch(ctx.kv, msg.sealed)
-    record = pb.DeviceRecord(pseudonym=msg.pseudonym, gateway_id=gid, sealed=msg.sealed,
-                             registered_height=ctx.height)
+    record = pb.DeviceRecord(pseudonym=msg.pseudonym, gateway_id=gid, registered_height=ctx.height)
+    record.sealed.CopyFrom(msg.sealed)  # cheaper than passing it to the constructor
     put_device(ctx.kv, record)
     return Outcome(msg.pseudonym, [event("device_registered", pseudonym=msg.pseudonym.hex(), gateway_id=gid)])
 

@@ -33,15 +33,18 @@ class TxResult:
 
     def fill(self, out: abci.ExecTxResult | abci.ResponseCheckTx) -> None:
         """Write this result into a (freshly added) protobuf result in place."""
-        out.code = int(self.code)
-        out.data = self.outcome.data
-        if self.code:
-            out.log, out.codespace = self.log, CODESPACE
+        if self.code:  # a fresh result's fields are their defaults: set only what differs
+            out.code, out.log, out.codespace = int(self.code), self.log, CODESPACE
+        if self.outcome.data:
+            out.data = self.outcome.data
         for kind, attrs in self.outcome.events:
-            ev = out.events.add(type=kind)
-            index = kind in SEARCHABLE_EVENTS
-            for key, value in attrs:
-                ev.attributes.add(key=key, value=value, index=index)
+            add = out.events.add(type=kind).attributes.add
+            if kind in SEARCHABLE_EVENTS:
+                for key, value in attrs:
+                    add(key=key, value=value, index=True)
+            else:
+                for key, value in attrs:
+                    add(key=key, value=value)
 
     def to_check(self) -> abci.ResponseCheckTx:
         """The CheckTx answer: code, data and, on failure, log. No events: CometBFT

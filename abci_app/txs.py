@@ -101,16 +101,58 @@ def _parse_canonical(cls: type[Message], raw: bytes, what: str) -> Message:
     return msg
 
 
+# The tail of every well-formed SignedTx: field 2 (signer, 32 bytes), field 3 (signature, 64).
+_SIGNER_TAG, _SIGNATURE_TAG = b"\x12\x20", b"\x1a\x40"
+_TAIL = 2 + 32 + 2 + 64
+
+
+def _split_signed(raw: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(body, signer, signature) when ``raw`` is exactly the canonical encoding of a SignedTx
+    with a non-empty body, a 32-byte signer and a 64-byte signature: the one form the full
+    decode accepts, recognised without building a message. None for anything else, which
+    then takes the full decode and gets its verdict and its error."""
+    n = len(raw)
+    if n < 1 + 2 + _TAIL or raw[0] != 0x0A:
+        return None
+    # field 1's length is a minimal varint of 1 to 3 bytes (a body is below MAX_TX_BYTES)
+    for width, low, high in ((1, 1, 0x7F), (2, 0x80, 0x3FFF), (3, 0x4000, 0x1FFFFF)):
+        size = n - 1 - width - _TAIL
+        if low <= size <= high:
+            break
+    else:
+        return None
+    if raw[1 : 1 + width] != _uvarint(size):
+        return None
+    end = 1 + width + size
+    if raw[end : end + 2] != _SIGNER_TAG or raw[end + 34 : end + 36] != _SIGNATURE_TAG:
+        return None
+    return raw[1 + width : end], raw[end + 2 : end + 34], raw[end + 36 :]
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def decode_tx(raw: bytes) -> DecodedTx:
     """Decode and validate a transaction statelessly (validate_basic)."""
     if len(raw) > MAX_TX_BYTES:
         raise TxError(Code.TX_TOO_LARGE, f"tx of {len(raw)} bytes exceeds {MAX_TX_BYTES}")
-    tx = _parse_canonical(pb.SignedTx, raw, "SignedTx")
-    if len(tx.signer) != 32:
-        raise TxError(Code.MALFORMED_TX, "signer must be a 32-byte Ed25519 public key")
-    if len(tx.signature) != 64:
-        raise TxError(Code.MALFORMED_TX, "signature must be 64 bytes")
-    body = _parse_canonical(pb.TxBody, tx.body, "TxBody")
+    split = _split_signed(raw)
+    if split is not None:
+        raw_body, signer, signature = split
+    else:
+        tx = _parse_canonical(pb.SignedTx, raw, "SignedTx")
+        if len(tx.signer) != 32:
+            raise TxError(Code.MALFORMED_TX, "signer must be a 32-byte Ed25519 public key")
+        if len(tx.signature) != 64:
+            raise TxError(Code.MALFORMED_TX, "signature must be 64 bytes")
+        raw_body, signer, signature = tx.body, tx.signer, tx.signature
+    body = _parse_canonical(pb.TxBody, raw_body, "TxBody")
     kind = body.WhichOneof("msg")
     if kind is None:
         raise TxError(Code.NO_MESSAGE, "the tx carries no message")
@@ -120,7 +162,7 @@ def decode_tx(raw: bytes) -> DecodedTx:
         raise TxError(Code.INVALID_FIELD, "nonce must be positive")
     msg = getattr(body, kind)
     VALIDATORS[kind](msg)
-    return DecodedTx(tx.body, tx.signer, tx.signature, body.chain_id, body.nonce, kind, msg)
+    return DecodedTx(raw_body, signer, signature, body.chain_id, body.nonce, kind, msg)
 
 
 class DecodeCache:

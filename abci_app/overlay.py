@@ -64,8 +64,9 @@ class Overlay:
     def fold_hash(self, acc: LtHash, committed: Reader) -> LtHash:
         """A copy of ``acc`` (the hash of ``committed``) updated with this overlay's net changes."""
         acc = acc.copy()
+        hashed = keys.HASHED_PREFIXES
         for key, new in self.writes.items():
-            if not keys.is_hashed(key):
+            if not key.startswith(hashed):  # keys.is_hashed, inlined: once per written key
                 continue
             old = committed.get(key)
             if old == new:

@@ -91,7 +91,7 @@ class Store:
     # ---- reads of the latest committed state (hot path of block execution) ----
 
     def get(self, key: bytes) -> bytes | None:
-        return self._rtxn.get(key, db=self._state)
+        return self._rtxn.get(key, None, self._state)  # positional: no keyword parsing per read
 
     def scan(self, prefix: bytes, start_after: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """Latest committed (key, value) pairs under ``prefix`` in key order."""
@@ -132,11 +132,11 @@ class Store:
             for key in sorted(writes):
                 value = writes[key]
                 if value is None:
-                    old = txn.pop(key, db=state)
+                    old = txn.pop(key, state)  # positional arguments: no keyword parsing per key
                     if old is None:
                         continue  # deleting nothing changes nothing
                 else:
-                    old = txn.replace(key, value, db=state)
+                    old = txn.replace(key, value, state)
                     if old == value:
                         continue  # skip writes that change nothing (no history)
                 if history:

@@ -121,21 +121,18 @@ def _split_signed(raw: bytes) -> tuple[bytes, bytes, bytes] | None:
             break
     else:
         return None
-    if raw[1 : 1 + width] != _uvarint(size):
+    if width == 1:
+        minimal = raw[1] == size
+    elif width == 2:
+        minimal = raw[1] == size & 0x7F | 0x80 and raw[2] == size >> 7
+    else:
+        minimal = raw[1] == size & 0x7F | 0x80 and raw[2] == (size >> 7) & 0x7F | 0x80 and raw[3] == size >> 14
+    if not minimal:
         return None
     end = 1 + width + size
     if raw[end : end + 2] != _SIGNER_TAG or raw[end + 34 : end + 36] != _SIGNATURE_TAG:
         return None
     return raw[1 + width : end], raw[end + 2 : end + 34], raw[end + 36 :]
-
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def decode_tx(raw: bytes) -> DecodedTx:

@@ -15,6 +15,15 @@ from edgistry.proto import registry_pb2 as pb
 KEY = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32)
 
 
+def uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def outcome(raw: bytes) -> tuple:
     try:
         d = txs.decode_tx(raw)
@@ -62,7 +71,7 @@ def test_a_sealed_registration_takes_the_shortcut(monkeypatch):
 def variants(raw: bytes) -> list[bytes]:
     """Non-canonical and broken neighbours of a canonical tx: each must fail or succeed alike."""
     tx = pb.SignedTx.FromString(raw)
-    field = lambda tag, data: bytes([tag]) + txs._uvarint(len(data)) + data  # noqa: E731
+    field = lambda tag, data: bytes([tag]) + uvarint(len(data)) + data  # noqa: E731
     body, signer, sig = field(0x0A, tx.body), field(0x12, tx.signer), field(0x1A, tx.signature)
     long_len = bytes([0x0A]) + bytes([len(tx.body) & 0x7F | 0x80, len(tx.body) >> 7 | 0x80, 0]) + tx.body
     return [
@@ -107,3 +116,21 @@ def test_any_bytes_get_the_full_decodes_verdict(data):
     with _pytest.MonkeyPatch.context() as mp:
         fast, full = both(raw, mp)
     assert fast == full
+
+
+@pytest.mark.parametrize("size", [1, 0x7F, 0x80, 0x3FFF, 0x4000, 0x4001, 60_000])
+def test_the_split_reads_every_length_width_and_only_minimal_ones(size, monkeypatch):
+    """Bodies whose length takes 1, 2 or 3 varint bytes split as protobuf reads them, and
+    the same length padded to a longer varint is left to the full decode (which refuses it)."""
+    body, signer, sig = bytes([size % 251]) * size, b"\x05" * 32, b"\x06" * 64
+    tail = b"\x12\x20" + signer + b"\x1a\x40" + sig
+    raw = b"\x0a" + uvarint(size) + body + tail
+    tx = pb.SignedTx.FromString(raw)
+    assert txs._split_signed(raw) == (tx.body, tx.signer, tx.signature) == (body, signer, sig)
+    padded = bytearray(uvarint(size))
+    padded[-1] |= 0x80
+    padded.append(0)  # the same number, one byte longer
+    for raw in (b"\x0a" + bytes(padded) + body + tail,):
+        assert txs._split_signed(raw) is None
+        fast, full = both(raw, monkeypatch)
+        assert fast == full and fast[0] == "error"

@@ -114,6 +114,9 @@ def test_a_chain_without_the_key_keeps_v1_and_one_with_it_changes_whole(tmp_path
     new, _ = _chain(tmp_path, "at3", actors, ACTIVATION, blocks)
     try:
         assert old.lthash_v2_height is None and new.lthash_v2_height == ACTIVATION
+        # an export keeps each chain's rule
+        assert Genesis.export(old.store).lthash_v2_height is None
+        assert Genesis.export(new.store).lthash_v2_height == ACTIVATION
         assert [kv for kv in hashed_records(new.store) if kv[0] != keys.LTHASH_V2_HEIGHT] \
             == list(hashed_records(old.store))
     finally:

@@ -21,7 +21,10 @@ element and for the app hash, so a v1 sum can never pass for a v2 one. A sum
 changes version only whole: the first height under v2 re-hashes every record
 (``rehash``), once.
 
-Representation: lanes are packed into two Python ints, even lanes and odd
+Two forms of the accumulator hold the same sum. ``FastLtHash`` keeps the lanes
+as the bytes themselves and folds each element in with the C accelerator
+(``_lthash.c``); ``PyLtHash`` is the reference, used where no C compiler built
+it. In PyLtHash lanes are packed into two Python ints, even lanes and odd
 lanes, each lane in a 32-bit slot. A slot holds 16 bits of lane plus 16 bits
 of headroom, so up to 2**16 - 1 additions can be summed without carrying into
 the neighbour; the sum is reduced mod 2**16 per lane only when it is read

@@ -100,14 +100,10 @@ class RegistryApp:
                  snapshot_keep: int = snapshots.KEEP_SNAPSHOTS) -> None:
         _self_test_once()
         self.store = Store(store_dir, retain_heights)
-        self.chain_id = (self.store.get(keys.meta("chain_id")) or b"").decode()
-        self.ed25519_v2_height = read_ed25519_v2_height(self.store)
-        self._acc = self._committed_acc()
+        self._adopt_committed()
         self._block: Overlay | None = None  # staged by InitChain/FinalizeBlock
         self._staged: tuple[int, bytes, LtHash] | None = None  # (height, app_hash, acc)
         self._genesis_height = 0
-        self._check = Overlay(self.store)
-        self._block_time = self._last_block_time()  # of the last committed block: CheckTx's clock
         self.checked = CheckedTxs()  # what CheckTx learnt about accepted txs: cheap rechecks
         self.stats = {"check": 0, "recheck": 0}
         self._info_logged = False
@@ -127,10 +123,16 @@ class RegistryApp:
     def close(self) -> None:
         self.store.close()
 
-    def _committed_acc(self) -> LtHash:
-        """The committed state's sum, as the version its height takes."""
+    def _adopt_committed(self) -> None:
+        """Take the chain's settings and sum from the committed state (at start, and once a
+        snapshot is restored): its rules' activation heights, the sum as the version its
+        height takes, and CheckTx's view and clock."""
+        self.chain_id = (self.store.get(keys.meta("chain_id")) or b"").decode()
+        self.ed25519_v2_height = read_ed25519_v2_height(self.store)
         self.lthash_v2_height = read_lthash_v2_height(self.store)
-        return LtHash.from_bytes(self.store.lthash, version_at(self.store.height, self.lthash_v2_height))
+        self._acc = LtHash.from_bytes(self.store.lthash, version_at(self.store.height, self.lthash_v2_height))
+        self._check = Overlay(self.store)
+        self._block_time = self._last_block_time()  # of the last committed block: CheckTx's clock
 
     @property
     def height(self) -> int:
@@ -390,10 +392,6 @@ class RegistryApp:
     def apply_snapshot_chunk(self, req: abci.RequestApplySnapshotChunk) -> abci.ResponseApplySnapshotChunk:
         result = self.snapshots.apply_chunk(req.index, req.chunk)
         if result == abci.ResponseApplySnapshotChunk.ACCEPT and self.snapshots.restored:
-            self.chain_id = (self.store.get(keys.meta("chain_id")) or b"").decode()
-            self.ed25519_v2_height = read_ed25519_v2_height(self.store)
-            self._acc = self._committed_acc()
-            self._check = Overlay(self.store)
-            self._block_time = self._last_block_time()
+            self._adopt_committed()
             self.checked.reset()
         return abci.ResponseApplySnapshotChunk(result=result)

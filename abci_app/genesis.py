@@ -168,10 +168,7 @@ class Genesis:
 
     # ---- validate / init / export ----
     def validate(self) -> None:
-        h = self.ed25519_v2_height
-        if h is not None and (type(h) is not int or not 1 <= h <= _MAX_HEIGHT):
-            raise GenesisError(f"ed25519_v2_height must be a whole number 1..{_MAX_HEIGHT}, not {h!r}")
-        for name in ("revocation_hash_height", "lthash_v2_height"):
+        for name in ("ed25519_v2_height", "revocation_hash_height", "lthash_v2_height"):
             h = getattr(self, name)
             if h is not None and (type(h) is not int or not 1 <= h <= _MAX_HEIGHT):
                 raise GenesisError(f"{name} must be a whole number 1..{_MAX_HEIGHT}, not {h!r}")

@@ -165,6 +165,21 @@ class ChainClient:
                 return out
             q.start_after = page.next
 
+    async def manifests(self, gateway_id: str = "", height: int = 0) -> list[pb.ManifestRecord]:
+        """All pages of the sealed manifest catalogs (one gateway's, or every gateway's)."""
+        q = pb.DeviceQuery(gateway_id=gateway_id, limit=1000)
+        out: list[pb.ManifestRecord] = []
+        while True:
+            page = await self.query_msg("/manifests", pb.ManifestList, q.SerializeToString(), height)
+            out.extend(page.manifests)
+            if not page.next:
+                return out
+            q.start_after = page.next
+
+    async def manifest_ref_height(self) -> int:
+        """The genesis height from which devices name a catalog slot (0: never)."""
+        return (await self.query_msg("/summary", pb.NodeSummary)).manifest_ref_height
+
     # ---- writes ----
 
     async def next_nonce(self, signer: bytes) -> int:

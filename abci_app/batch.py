@@ -53,7 +53,7 @@ from google.protobuf.message import Message
 from .codes import Code, TxError
 from .handlers import HANDLERS, Outcome, TxContext, event
 from .revocation_rule import check_form, check_no_raw_tag, hashes_required, read_revocation_hash_height
-from .sealing import check_no_cleartext, check_seal_key_admissible
+from .sealing import check_device_size, check_no_cleartext, check_seal_key_admissible, read_manifest_ref_height
 from .txs import BATCH_OP_KINDS, MAX_BATCH_OPS, VALIDATORS, DecodedTx
 from ..proto import registry_pb2 as pb
 
@@ -106,7 +106,8 @@ def check_admissible(tx: DecodedTx, height: int, activation: int | None) -> None
     tx.admitted = form
 
 
-def _run_op(ctx: TxContext, op: pb.BatchOp, activation: int | None) -> tuple[str, Outcome]:
+def _run_op(ctx: TxContext, op: pb.BatchOp, activation: int | None,
+            refs_activation: int | None) -> tuple[str, Outcome]:
     kind = op.WhichOneof("op")
     if kind is None:
         raise TxError(Code.NO_MESSAGE, "the operation carries no message")
@@ -114,6 +115,8 @@ def _run_op(ctx: TxContext, op: pb.BatchOp, activation: int | None) -> tuple[str
     VALIDATORS[kind](msg)  # the stateless check a tx of this kind gets
     if kind == "revoke_token":
         check_form(msg, ctx.height, activation)
+    elif kind == "register_device" or kind == "update_device":
+        check_device_size(msg.sealed, ctx.height, refs_activation)
     scratch = ctx.kv.child()
     outcome = HANDLERS[kind](TxContext(scratch, ctx.height, ctx.time_s, ctx.signer, ctx.is_admin, ctx.gateway_id),
                              msg)
@@ -129,9 +132,10 @@ def apply_batch(ctx: TxContext, msg: pb.Batch) -> Outcome:
     events = []
     failed = 0
     activation = read_revocation_hash_height(ctx.kv)
+    refs_activation = read_manifest_ref_height(ctx.kv)
     for index, op in enumerate(msg.ops):
         try:
-            kind, outcome = _run_op(ctx, op, activation)
+            kind, outcome = _run_op(ctx, op, activation, refs_activation)
         except TxError as err:
             failed += 1
             result.codes.append(int(err.code))

@@ -11,7 +11,9 @@ It travels as the ``app_state`` object of CometBFT's genesis.json::
      "revocations": [{"tag_hash": "<hex>", "expires_at": <unix s>}, ...],
      "ed25519_v2_height": 1,
      "revocation_hash_height": 1,
-     "lthash_v2_height": 1}
+     "lthash_v2_height": 1,
+     "manifest_ref_height": 1,
+     "manifests": [<ManifestRecord as protobuf JSON: gateway_id, slot, sealed>, ...]}
 
 Devices and revocations in genesis are for exports and bulk loads; normally
 they arrive through transactions. Device fields are sealed as on chain, so a
@@ -43,6 +45,12 @@ re-hashes the whole committed state once. New chains have it from height 1
 (the app hash InitChain returns stays v1 when block 1 is the chain's first);
 absent means never, so older chains keep their app hashes at every height
 (``keys.LTHASH_V2_HEIGHT``, written only when set).
+
+``manifest_ref_height`` is the first block whose device registrations name a
+slot of their gateway's sealed manifest catalog instead of carrying their
+services (abci_app/sealing.py); new chains have it from height 1, absent means
+never (``keys.MANIFEST_REF_HEIGHT``, written only when set). An export carries
+the catalogs (``manifests``) beside the devices that name them.
 """
 
 from __future__ import annotations
@@ -65,6 +73,8 @@ from ..proto import registry_pb2 as pb
 
 DEFAULT_ED25519_V2_HEIGHT = 1  # new chains verify with v2 from their first block
 DEFAULT_LTHASH_V2_HEIGHT = 1  # new chains' app hashes are v2 sums from their first block
+DEFAULT_MANIFEST_REF_HEIGHT = 1  # new chains' devices name a catalog slot from their first block
+ACTIVATION_HEIGHTS = ("ed25519_v2_height", "revocation_hash_height", "lthash_v2_height", "manifest_ref_height")
 _MAX_HEIGHT = 2**63 - 1  # CometBFT heights are int64
 
 
@@ -116,6 +126,8 @@ class Genesis:
     revocations: list[pb.RevocationRecord] = field(default_factory=list)  # tag_hash + expires_at
     revocation_hash_height: int | None = DEFAULT_REVOCATION_HASH_HEIGHT  # None: raw tags at every height
     lthash_v2_height: int | None = DEFAULT_LTHASH_V2_HEIGHT  # None: v1 sums at every height
+    manifest_ref_height: int | None = DEFAULT_MANIFEST_REF_HEIGHT  # None: services inline at every height
+    manifests: list[pb.ManifestRecord] = field(default_factory=list)
 
     # ---- JSON ----
     def to_json(self) -> dict[str, Any]:
@@ -135,6 +147,10 @@ class Genesis:
             out["revocation_hash_height"] = self.revocation_hash_height
         if self.lthash_v2_height is not None:
             out["lthash_v2_height"] = self.lthash_v2_height
+        if self.manifest_ref_height is not None:
+            out["manifest_ref_height"] = self.manifest_ref_height
+        if self.manifests:
+            out["manifests"] = [json_format.MessageToDict(m) for m in self.manifests]
         return out
 
     @classmethod
@@ -148,11 +164,13 @@ class Genesis:
             seal = json_format.ParseDict(data.get("seal", {}), pb.SealState())
             revocations = [pb.RevocationRecord(tag_hash=bytes.fromhex(r["tag_hash"]), expires_at=r["expires_at"])
                            for r in data.get("revocations", [])]
+            manifests = [json_format.ParseDict(m, pb.ManifestRecord()) for m in data.get("manifests", [])]
         except (KeyError, TypeError, ValueError, AttributeError, json_format.ParseError) as exc:
             raise GenesisError(f"malformed app_state: {exc}") from exc
         genesis = cls(admins, gateways, devices, seal, data.get("ed25519_v2_height"),  # absent: never
                       revocations, data.get("revocation_hash_height"),  # absent: never
-                      data.get("lthash_v2_height"))  # absent: never
+                      data.get("lthash_v2_height"),  # absent: never
+                      data.get("manifest_ref_height"), manifests)  # absent: never
         genesis.validate()
         return genesis
 
@@ -160,7 +178,8 @@ class Genesis:
     def from_bytes(cls, raw: bytes) -> Genesis:
         if not raw.strip():
             # an empty app_state names no activation height
-            return cls(ed25519_v2_height=None, revocation_hash_height=None, lthash_v2_height=None)
+            return cls(ed25519_v2_height=None, revocation_hash_height=None, lthash_v2_height=None,
+                       manifest_ref_height=None)
         try:
             return cls.from_json(json.loads(raw))
         except json.JSONDecodeError as exc:
@@ -168,7 +187,7 @@ class Genesis:
 
     # ---- validate / init / export ----
     def validate(self) -> None:
-        for name in ("ed25519_v2_height", "revocation_hash_height", "lthash_v2_height"):
+        for name in ACTIVATION_HEIGHTS:
             h = getattr(self, name)
             if h is not None and (type(h) is not int or not 1 <= h <= _MAX_HEIGHT):
                 raise GenesisError(f"{name} must be a whole number 1..{_MAX_HEIGHT}, not {h!r}")
@@ -209,6 +228,23 @@ class Genesis:
             raise GenesisError("duplicate gateway key")
         if len({d.pseudonym for d in self.devices}) != len(self.devices):
             raise GenesisError("duplicate device pseudonym")
+        self._validate_manifests(ids)
+
+    def _validate_manifests(self, gateway_ids: set[str]) -> None:
+        if self.manifests and self.manifest_ref_height is None:
+            raise GenesisError("manifests need a manifest_ref_height")
+        epochs = {e.epoch for e in self.seal.epochs}
+        for m in self.manifests:
+            try:
+                sealing.check_put_manifest(pb.PutManifest(slot=m.slot, sealed=m.sealed))
+            except TxError as exc:
+                raise GenesisError(f"manifest {m.gateway_id}/{m.slot}: {exc.log}") from exc
+            if m.gateway_id not in gateway_ids:
+                raise GenesisError(f"a manifest names unknown gateway {m.gateway_id}")
+            if m.sealed.epoch not in epochs:
+                raise GenesisError(f"manifest {m.gateway_id}/{m.slot} is sealed under an epoch the genesis lacks")
+        if len({(m.gateway_id, m.slot) for m in self.manifests}) != len(self.manifests):
+            raise GenesisError("duplicate manifest slot")
 
     def _validate_seal(self, gateway_ids: set[str]) -> None:
         epochs = [e.epoch for e in self.seal.epochs]
@@ -231,6 +267,8 @@ class Genesis:
             kv.put(keys.REVOCATION_HASH_HEIGHT, keys.be64(self.revocation_hash_height))
         if self.lthash_v2_height is not None:
             kv.put(keys.LTHASH_V2_HEIGHT, keys.be64(self.lthash_v2_height))
+        if self.manifest_ref_height is not None:
+            kv.put(keys.MANIFEST_REF_HEIGHT, keys.be64(self.manifest_ref_height))
         for r in self.revocations:
             kv.put(keys.revocation(r.tag_hash), r.SerializeToString(deterministic=True))
             kv.put(keys.revocation_by_expiry(r.expires_at, r.tag_hash), b"")
@@ -257,6 +295,11 @@ class Genesis:
             record.CopyFrom(d)
             record.registered_height = height
             put_device(kv, record)
+        for m in self.manifests:
+            record = pb.ManifestRecord()
+            record.CopyFrom(m)
+            record.height = height
+            kv.put(keys.manifest(m.gateway_id, m.slot), record.SerializeToString(deterministic=True))
         for v in validators:  # v0.38 sends pub_key, v1.x pub_key_bytes + pub_key_type
             key = ed25519_key_of(v)
             if key is not None and v.power > 0:
@@ -268,7 +311,8 @@ class Genesis:
         genesis = cls(admins=[k[len(keys.ADMIN):] for k, _ in reader.scan(keys.ADMIN)],
                       ed25519_v2_height=read_ed25519_v2_height(reader),
                       revocation_hash_height=read_revocation_hash_height(reader),
-                      lthash_v2_height=read_lthash_v2_height(reader))
+                      lthash_v2_height=read_lthash_v2_height(reader),
+                      manifest_ref_height=sealing.read_manifest_ref_height(reader))
         if genesis.revocation_hash_height is None and any(True for _ in reader.scan(keys.REVOCATION)):
             genesis.revocation_hash_height = DEFAULT_REVOCATION_HASH_HEIGHT  # its tags leave as hashes
         for _, raw in reader.scan(keys.REVOCATION):
@@ -283,6 +327,8 @@ class Genesis:
                                                 peer_endpoint=g.peer_endpoint))
         for _, raw in reader.scan(keys.DEVICE):
             genesis.devices.append(pb.DeviceRecord.FromString(raw))
+        for _, raw in reader.scan(keys.MANIFEST):
+            genesis.manifests.append(pb.ManifestRecord.FromString(raw))
         genesis.seal = sealing.seal_state(reader)
         return genesis
 

@@ -172,6 +172,7 @@ def apply_remove_gateway(ctx: TxContext, msg: pb.RemoveGateway) -> Outcome:
     ctx.kv.delete(keys.gateway(msg.gateway_id))
     ctx.kv.delete(keys.gateway_by_key(record.pubkey))
     sealing.on_gateway_removed(ctx.kv, msg.gateway_id)
+    sealing.drop_manifests(ctx.kv, msg.gateway_id)
     return Outcome(msg.gateway_id.encode(), [event("gateway_removed", gateway_id=msg.gateway_id)])
 
 
@@ -288,6 +289,12 @@ def apply_set_seal_key(ctx: TxContext, msg: pb.SetSealKey) -> Outcome:
     return Outcome(gid.encode(), [event("seal_key_set", gateway_id=gid)] if changed else [])
 
 
+def apply_put_manifest(ctx: TxContext, msg: pb.PutManifest) -> Outcome:
+    gid = _require_gateway(ctx)
+    sealing.put_manifest(ctx.kv, ctx.height, gid, msg)
+    return Outcome(b"", [event("manifest_put", gateway_id=gid, slot=str(msg.slot))])
+
+
 def apply_put_data_key(ctx: TxContext, msg: pb.PutDataKey) -> Outcome:
     if ctx.gateway_id is None and not ctx.is_admin:
         raise TxError(Code.UNAUTHORIZED, "only gateways and admins handle data keys")
@@ -348,4 +355,5 @@ HANDLERS: dict[str, Handler] = {
     "set_seal_key": apply_set_seal_key,
     "put_data_key": apply_put_data_key,
     "set_gateway_tls": apply_set_gateway_tls,
+    "put_manifest": apply_put_manifest,
 }

@@ -14,6 +14,8 @@ Primary records (hashed into the app hash):
     k/<be32 epoch>              DataKeyEpoch   (sealed registry: abci_app/sealing.py)
     w/<be32 epoch><gateway_id>  KeyWrap        (a data key wrapped to one gateway)
     m/seal_epoch, m/seal_rotate the current epoch (be32); b"1" while a rotation is due
+    c/<gateway_id><be32 slot>   ManifestRecord (a slot of a gateway's sealed catalog)
+    m/manifest_ref_height       -> be64 (absent: never): devices name a catalog slot from it on
 
 Indexes (derived from primary records; not hashed, rebuilt with them):
 
@@ -40,6 +42,7 @@ NONCE = b"n/"
 VALIDATOR = b"v/"
 DATA_KEY = b"k/"
 WRAP = b"w/"
+MANIFEST = b"c/"
 SEAL_EPOCH = META + b"seal_epoch"
 SEAL_ROTATE = META + b"seal_rotate"
 GATEWAY_BY_KEY = b"gk/"
@@ -48,9 +51,10 @@ REVOCATION_BY_EXPIRY = b"rx/"
 ED25519_V2_HEIGHT = META + b"ed25519_v2_height"  # from genesis; see ed25519_rule
 REVOCATION_HASH_HEIGHT = META + b"revocation_hash_height"  # from genesis; see revocation_rule
 LTHASH_V2_HEIGHT = META + b"lthash_v2_height"  # from genesis; see lthash
+MANIFEST_REF_HEIGHT = META + b"manifest_ref_height"  # from genesis; see sealing
 BLOCK_TIME = b"x/block_time"  # last block time (be64 seconds); derived, not hashed
 
-HASHED_PREFIXES = (META, ADMIN, GATEWAY, DEVICE, REVOCATION, NONCE, VALIDATOR, DATA_KEY, WRAP)
+HASHED_PREFIXES = (META, ADMIN, GATEWAY, DEVICE, REVOCATION, NONCE, VALIDATOR, DATA_KEY, WRAP, MANIFEST)
 
 PSEUDONYM_LEN = 16
 GATEWAY_ID_LEN = 32  # hex of the first 16 bytes of sha256(pubkey)
@@ -113,6 +117,11 @@ def device(pseudonym: bytes) -> bytes:
 
 def device_by_gateway(gateway_id: str, pseudonym: bytes = b"") -> bytes:
     return DEVICE_BY_GATEWAY + gateway_id.encode() + pseudonym
+
+
+def manifest(gateway_id: str, slot: int | None = None) -> bytes:
+    """A catalog slot's key; without ``slot``, the prefix of the gateway's whole catalog."""
+    return MANIFEST + gateway_id.encode() + (b"" if slot is None else _BE32.pack(slot))
 
 
 def revocation(tag: bytes) -> bytes:

@@ -15,6 +15,8 @@ path                   data                            value
 /nonce                 32-byte signer key              be64 last nonce
 /admins, /validators   -                               KeyList
 /seal                  -                               SealState (epochs, wraps)
+/manifests             DeviceQuery (paging; gateway_id  ManifestList (sealed catalog slots)
+                       optional: one gateway's)
 =====================  ==============================  ====================
 
 ``height`` 0 means the latest committed height; the answer's ``height`` says
@@ -81,6 +83,15 @@ def _devices_via_index(r: HeightReader, prefix: bytes, q: pb.DeviceQuery) -> pb.
 def q_devices_by_cell(r: HeightReader, data: bytes) -> Message:
     raise QueryError(Code.MOVED_TO_GATEWAYS, "services and cells are sealed on chain: ask a gateway's discovery "
                                              "(edgistry discover TYPE --near LAT,LON --gateway HOST:PORT)")
+
+
+def q_manifests(r: HeightReader, data: bytes) -> Message:
+    q = _parse(pb.DeviceQuery, data)
+    if q.gateway_id and len(q.gateway_id) != keys.GATEWAY_ID_LEN:
+        raise QueryError(Code.BAD_QUERY, "gateway_id must be 32 hex characters")
+    prefix = keys.manifest(q.gateway_id) if q.gateway_id else keys.MANIFEST
+    page, nxt = _take(r.scan(prefix, _cursor(prefix, q)), _page(q))
+    return pb.ManifestList(manifests=[pb.ManifestRecord.FromString(v) for _, v in page], next=nxt)
 
 
 def q_seal(r: HeightReader, data: bytes) -> Message:
@@ -152,6 +163,7 @@ def q_summary(r: HeightReader, data: bytes, store: Store, chain_id: str) -> Mess
         gateways=sum(1 for _ in r.scan(keys.GATEWAY)),
         chain_id=chain_id,
         oldest_height=store.oldest_height,
+        manifest_ref_height=sealing.read_manifest_ref_height(r) or 0,
     )
 
 
@@ -168,6 +180,7 @@ PATHS: dict[str, Callable[[HeightReader, bytes], Message | bytes]] = {
     "/admins": q_admins,
     "/validators": q_validators,
     "/seal": q_seal,
+    "/manifests": q_manifests,
 }
 
 

@@ -19,8 +19,18 @@ Theory of operation (docs/REGISTRY_PRIVACY.md has the whole design):
   sealed before stay readable to whoever held the old keys: rotation protects
   what is written afterwards.
 
-What cannot be checked here: that a ciphertext decrypts, or that a wrap holds
-the right key (``key_check`` lets the recipient notice a bad one).
+* manifests by reference (from the genesis ``manifest_ref_height`` on): a
+  gateway keeps a catalog of the distinct service lists its devices offer, one
+  sealed slot each (``PutManifest``, padded to ``SEALED_PLAIN_SIZES`` as a
+  device's fields were before), and a device's sealed fields name their slot
+  instead of carrying the services. From that height every device's blob is
+  exactly ``DEVICE_REF_SIZE`` bytes, so its size says nothing at all, and the
+  bulk of the registry's bytes (the services) is written once per kind of
+  device, not once per device.
+
+What cannot be checked here: that a ciphertext decrypts, that a wrap holds
+the right key (``key_check`` lets the recipient notice a bad one), or that a
+device's slot holds a manifest.
 """
 
 from __future__ import annotations
@@ -42,6 +52,13 @@ X25519_LEN = 32
 # manifest the registry accepts (16 services x 32 methods).
 SEALED_PLAIN_SIZES = (1024, 32 * 1024)
 SEALED_SIZES = tuple(n + AEAD_TAG for n in SEALED_PLAIN_SIZES)
+# From manifest_ref_height a device's sealed fields are its cell, policy, duty cycle and
+# catalog slot (~30 bytes encoded at most), padded to this one size; room is left for a
+# few more small fields.
+DEVICE_REF_PLAIN_SIZE = 64
+DEVICE_REF_SIZE = DEVICE_REF_PLAIN_SIZE + AEAD_TAG
+DEVICE_SIZES = (DEVICE_REF_SIZE, *SEALED_SIZES)  # what a device blob may be at some height
+MAX_MANIFEST_SLOTS = 256  # catalog slots per gateway: distinct kinds of device it can register
 WRAP_CIPHERTEXT_LEN = DATA_KEY_LEN + AEAD_TAG
 MAX_WRAPS = 1000  # gateways per PutDataKey
 ADMIN_OPENER = "admin"
@@ -54,13 +71,15 @@ def _bad(log: str) -> TxError:
 # ---- stateless checks (validate_basic) ----
 
 
-def check_sealed(sealed: pb.Sealed) -> None:
+def check_sealed(sealed: pb.Sealed, sizes: tuple[int, ...] = DEVICE_SIZES) -> None:
+    """Epoch, nonce and a padded size of ``sizes``; a device's size also depends on the height
+    (:func:`require_device_size`, in its handler)."""
     if sealed.epoch < 1:
         raise _bad("a sealed field needs an epoch >= 1")
     if len(sealed.nonce) != NONCE_LEN:
         raise _bad(f"a sealed field's nonce is {NONCE_LEN} bytes")
-    if len(sealed.ciphertext) not in SEALED_SIZES:
-        raise _bad(f"a sealed field is {' or '.join(map(str, SEALED_SIZES))} bytes (padded), "
+    if len(sealed.ciphertext) not in sizes:
+        raise _bad(f"a sealed field is {' or '.join(map(str, sizes))} bytes (padded), "
                    f"not {len(sealed.ciphertext)}")
 
 
@@ -81,6 +100,14 @@ def check_sealed_device(msg: Message) -> None:
     if not msg.HasField("sealed"):
         raise _bad("a device registration needs its sealed fields")
     check_sealed(msg.sealed)
+
+
+def check_put_manifest(msg: pb.PutManifest) -> None:
+    if not 0 <= msg.slot < MAX_MANIFEST_SLOTS:
+        raise _bad(f"a catalog slot is 0..{MAX_MANIFEST_SLOTS - 1}, not {msg.slot}")
+    if not msg.HasField("sealed"):
+        raise _bad("a manifest goes on chain sealed")
+    check_sealed(msg.sealed, SEALED_SIZES)
 
 
 def check_wrap(wrap: pb.KeyWrap) -> None:
@@ -155,6 +182,49 @@ def require_current_epoch(kv: Overlay, sealed: pb.Sealed) -> None:
         raise TxError(Code.NO_DATA_KEY, "the registry has no data key yet (a gateway opens epoch 1)")
     if sealed.epoch != now:
         raise TxError(Code.STALE_EPOCH, f"sealed under epoch {sealed.epoch}; the current epoch is {now}")
+
+
+def read_manifest_ref_height(reader) -> int | None:
+    """The genesis activation height of manifests by reference (None: never)."""
+    raw = reader.get(keys.MANIFEST_REF_HEIGHT)
+    return keys.from_be64(raw) if raw else None
+
+
+def refs_required(height: int, activation: int | None) -> bool:
+    return activation is not None and height >= activation
+
+
+def check_device_size(sealed: pb.Sealed, height: int, activation: int | None) -> None:
+    """From manifest_ref_height (``activation``) on a device's blob is the one small size;
+    before it, one of the padded sizes that held the services. Run before the nonce, as the
+    stateless check that refused other sizes before this rule was, so older blocks replay
+    alike (same code, same state)."""
+    size = len(sealed.ciphertext)
+    if refs_required(height, activation):
+        if size != DEVICE_REF_SIZE:
+            raise _bad(f"from this height a device's sealed fields are {DEVICE_REF_SIZE} bytes, naming "
+                       f"its manifest's catalog slot (docs/REGISTRY_PRIVACY.md), not {size}")
+    elif size not in SEALED_SIZES:
+        raise _bad(f"a sealed field is {' or '.join(map(str, SEALED_SIZES))} bytes (padded), not {size}")
+
+
+def put_manifest(kv: Overlay, height: int, gateway_id: str, msg: pb.PutManifest) -> None:
+    """Write one slot of the gateway's catalog (under the current epoch, from the activation on)."""
+    if not refs_required(height, read_manifest_ref_height(kv)):
+        raise TxError(Code.INVALID_FIELD, "manifests by reference start at the genesis manifest_ref_height; "
+                                          "not at this height")
+    require_current_epoch(kv, msg.sealed)
+    record = pb.ManifestRecord(gateway_id=gateway_id, slot=msg.slot, height=height)
+    record.sealed.CopyFrom(msg.sealed)
+    kv.put(keys.manifest(gateway_id, msg.slot), record.SerializeToString(deterministic=True))
+
+
+def drop_manifests(kv: Overlay, gateway_id: str) -> int:
+    """Delete a gateway's whole catalog (it is being removed); returns how many slots."""
+    gone = [k for k, _ in kv.scan(keys.manifest(gateway_id))]
+    for key in gone:
+        kv.delete(key)
+    return len(gone)
 
 
 def _gateway(kv: Overlay, gateway_id: str) -> pb.GatewayRecord | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import keys
+from . import keys, sealing
 from .codes import CODESPACE, Code, TxError
 from .batch import apply_batch, check_admissible
 from .handlers import HANDLERS, SEARCHABLE_EVENTS, Outcome, TxContext
@@ -95,6 +95,8 @@ def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int,
         tx = decode(raw)
         if tx.kind == "revoke_token":  # the form the height takes, before the nonce (revocation_rule)
             check_form(tx.msg, height, read_revocation_hash_height(kv))
+        elif tx.kind == "register_device" or tx.kind == "update_device":  # the size the height takes
+            sealing.check_device_size(tx.msg.sealed, height, sealing.read_manifest_ref_height(kv))
         elif tx.kind in ("batch", "set_seal_key") and not batch_ops:  # nothing that may never be on chain
             check_admissible(tx, height, read_revocation_hash_height(kv))
         check = rule

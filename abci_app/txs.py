@@ -283,12 +283,24 @@ def _service_verdict(raw: bytes) -> tuple[str, str | None]:
 
 
 def check_device_plaintext(msg: Message) -> None:
-    """The fields a gateway seals (services, cell, policy, duty cycle), checked in clear.
+    """The fields a gateway seals (services or a manifest's catalog slot, cell, policy,
+    duty cycle), checked in clear.
 
     The chain sees them only sealed (sealing.check_sealed_device), so the
     sealing gateway runs this before it seals: the same rules as ever, applied
-    where the plaintext is."""
-    services = msg.services
+    where the plaintext is. A device that names a catalog slot (``manifest``,
+    from manifest_ref_height) carries no services: its manifest's are checked
+    when the manifest is sealed (:func:`check_services`)."""
+    if getattr(msg, "manifest", 0):
+        if msg.services:
+            raise _bad("a device that names its manifest's catalog slot carries no services itself")
+    else:
+        check_services(msg.services)
+    check_placement(msg)
+
+
+def check_services(services) -> None:
+    """A device's (or a catalog slot's) service list: 1..MAX_SERVICES, each well formed, no type twice."""
     if not 0 < len(services) <= MAX_SERVICES:
         raise _bad(f"a device offers 1..{MAX_SERVICES} services")
     verdicts = [_service_verdict(svc.SerializeToString(deterministic=True)) for svc in services]
@@ -297,6 +309,10 @@ def check_device_plaintext(msg: Message) -> None:
     for _, problem in verdicts:
         if problem is not None:
             raise _bad(problem)
+
+
+def check_placement(msg: Message) -> None:
+    """Policy, cell and duty cycle of a device's fields."""
     policy = msg.policy
     if not msg.HasField("policy") or not 0 <= policy.resolution <= 15 or not 1 <= policy.k <= MAX_K:
         raise _bad(f"policy needs resolution 0..15 and k 1..{MAX_K}")
@@ -404,5 +420,6 @@ VALIDATORS = {
     "put_data_key": sealing.check_put_data_key,
     "set_gateway_tls": _check_set_gateway_tls,
     "batch": _check_batch,
+    "put_manifest": sealing.check_put_manifest,
 }
 assert set(VALIDATORS) == set(MESSAGE_NAMES), "every tx message needs a stateless check"

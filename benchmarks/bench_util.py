@@ -235,15 +235,36 @@ def bench_seal_state():
     return pb.SealState(current_epoch=1, epochs=[pb.DataKeyEpoch(epoch=1, key_check=sealbox.key_check(BENCH_DATA_KEY))])
 
 
-def sealed_device(cls, pseudonym: bytes, fields):
+def sealed_device(cls, pseudonym: bytes, fields, slot: int | None = 0):
     """A RegisterDevice/UpdateDevice with ``fields`` (DeviceFields) sealed under BENCH_DATA_KEY, epoch 1
-    (the nonce derived from the pseudonym: a benchmark's txs are the same bytes every run)."""
+    (the nonce derived from the pseudonym: a benchmark's txs are the same bytes every run). With
+    ``slot`` (the default, the form of chains with manifests by reference) the services are
+    replaced by that catalog slot; None keeps them inline."""
     import hashlib
 
     from edgistry.gateway.discovery import sealbox
+    from edgistry.proto import registry_pb2 as pb
 
+    if slot is not None and fields.services:
+        ref = pb.DeviceFields(cell=fields.cell, duty_cycle_s=fields.duty_cycle_s, manifest=slot + 1)
+        ref.policy.CopyFrom(fields.policy)
+        fields = ref
     nonce = hashlib.sha256(pseudonym).digest()[:12]
     return cls(pseudonym=pseudonym, sealed=sealbox.seal_fields(BENCH_DATA_KEY, 1, pseudonym, fields, nonce=nonce))
+
+
+def sealed_manifest(gateway_id: str, slot: int, services, salt: bytes = b""):
+    """A PutManifest of ``services`` (none: a free slot, as a cover write) for ``gateway_id``'s
+    catalog, sealed under BENCH_DATA_KEY, epoch 1 (nonce derived from the arguments)."""
+    import hashlib
+
+    from edgistry.gateway.discovery import sealbox
+    from edgistry.proto import registry_pb2 as pb
+
+    nonce = hashlib.sha256(gateway_id.encode() + bytes([slot]) + salt).digest()[:12]
+    manifest = pb.Manifest(services=list(services))
+    return pb.PutManifest(slot=slot, sealed=sealbox.seal_manifest(BENCH_DATA_KEY, 1, gateway_id, slot, manifest,
+                                                                  nonce=nonce))
 
 
 def open_bench_epoch(url: str, admin) -> None:

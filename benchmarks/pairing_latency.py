@@ -41,8 +41,9 @@ from pathlib import Path
 
 import h3
 
-from bench_util import open_bench_epoch, sealed_device
+from bench_util import BENCH_DATA_KEY, open_bench_epoch, sealed_device
 from edgistry.abci_app.revocation_rule import revocation_hash
+from edgistry.abci_app.txs import gateway_id_for
 from edgistry.chain import ChainClient
 from edgistry.cluster import ops
 from edgistry.cluster.cometbft import HOW_TO_GET, find_cometbft
@@ -50,6 +51,8 @@ from edgistry.cluster.cometbft_files import ConsensusSettings
 from edgistry.cluster.launcher import Launcher
 from edgistry.cluster.localnet import generate_localnet
 from edgistry.config import load_ed25519_pem
+from edgistry.gateway.discovery import sealbox
+from edgistry.gateway.discovery.catalog import ManifestCatalog
 from edgistry.gateway.submitter import RegistrySubmitter
 from edgistry.proto import registry_pb2 as pb
 
@@ -78,6 +81,10 @@ async def measure(url: str, keys: list, samples: int, rounds: int, background: f
     before_key, after_key, bg_key = keys
     async with ChainClient(url) as before, ChainClient(url) as after_chain, ChainClient(url) as bg_chain:
         submitter = RegistrySubmitter(after_chain, after_key)
+        # the gateway's catalog schedule: cover slot writes ride with device operations, one per gap
+        gid = gateway_id_for(after_key.public_key().public_bytes_raw())
+        submitter.use_catalog(ManifestCatalog(),
+                              lambda slot, m: sealbox.seal_manifest(BENCH_DATA_KEY, 1, gid, slot, m))
         stop = asyncio.Event()
         bg_errors = {"before": 0, "after": 0}
 

@@ -151,7 +151,7 @@ def ls_cmd(what: str, home: Path | None, rpc: str | None, height: int, service: 
     async def go() -> tuple[list, object]:
         async with ChainClient(url) as chain:
             if what == "gateways":
-                return await chain.gateways(height), None
+                return await chain.gateways(height), (None, {})
             ring = await _keyring(chain, home) if home is not None else None
             if (service or inside) and ring is None:
                 raise UserError("services and cells are sealed on chain: filtering by them needs --home of a "
@@ -160,11 +160,12 @@ def ls_cmd(what: str, home: Path | None, rpc: str | None, height: int, service: 
                 found = await chain.devices("/devices/by_gateway", pb.DeviceQuery(gateway_id=gateway_id), height)
             else:
                 found = await chain.devices("/devices", None, height)
-            return found, ring
+            catalogs = _catalogs(await chain.manifests(gateway_id, height), ring) if ring is not None else {}
+            return found, (ring, catalogs)
 
-    records, ring = _run(go())
+    records, (ring, catalogs) = _run(go())
     if what == "devices":
-        records = [_opened(r, ring) for r in records]
+        records = [_opened(r, ring, catalogs) for r in records]
         if service or inside:
             records = [r for r in records if r.services and _matches(r, service, inside)]
     if as_json:
@@ -202,14 +203,28 @@ async def _keyring(chain, home: Path):
     return ring if ring.keys else None
 
 
-def _opened(record, ring):
-    """The record with its sealed fields opened when ``ring`` holds their epoch; else as on chain."""
+def _catalogs(manifests, ring) -> dict:
+    """The catalog slots ``ring`` opens: (gateway id, slot) -> services."""
+    from ..gateway.discovery.sealbox import SealError
+
+    out = {}
+    for record in manifests:
+        try:
+            out[(record.gateway_id, record.slot)] = list(ring.open_manifest(record).services)
+        except SealError:
+            continue
+    return out
+
+
+def _opened(record, ring, catalogs=None):
+    """The record with its sealed fields opened when ``ring`` holds their epoch (services from
+    its gateway's catalog when it names a slot); else as on chain."""
     from ..gateway.discovery.sealbox import SealError
 
     if ring is None:
         return record
     try:
-        return ring.open_record(record)
+        return ring.open_record(record, catalogs)
     except SealError:
         return record
 

@@ -52,6 +52,7 @@ from ..chain import ChainClient, ChainError, TxRejected
 from .submitter import RegistrySubmitter
 from .pairing.commissioner import Commissioner
 from .discovery.keeper import PATIENCE_S, SealKeeper
+from .discovery.catalog import ManifestCatalog
 from .discovery.sealbox import load_seal_key
 from .api.convert import from_pb, to_request
 from .api.grpc_server import GRACE_S, start_grpc, start_peer_grpc
@@ -230,6 +231,9 @@ class Gateway:
         # the sealed registry: this gateway's X25519 seal key and the data keys wrapped to it
         self.keeper = SealKeeper(self.chain, self.key, self.gateway_id, load_seal_key(cfg.keys_dir, create=True),
                                  patience_s=float(o.get("seal_patience_s", PATIENCE_S)))
+        # the catalog of its devices' manifests: its slot writes ride in the submitter's batches
+        keeper, gid = self.keeper, self.gateway_id
+        self.submitter.use_catalog(ManifestCatalog(), lambda slot, m: keeper.ring.seal_manifest(gid, slot, m))
         offers = Offers(self.key, cfg.chain_id, tls=None if self.insecure else (self.tls.cert_der, self.tls.signature))
         # discovery, its replica of the registry, invoke-any
         from .discovery import grpc_service as dg

@@ -25,6 +25,11 @@ the key's committed nonce at that height, read from the node, decides) and puts 
 overtaken batch's operations back at the front of the queue, to go in a new batch; the old bytes
 can never apply, so nothing is applied twice and nothing is lost.
 
+Manifests by reference (gateway/discovery/catalog.py): with a catalog, a batch
+that carries a device operation may also carry one ``PutManifest`` (a slot
+write), first, at most one per the catalog's gap; a device whose kind waits for
+its slot is held back until the batch that writes it (bounded by ``HOLD_MAX_S``).
+
 Commits are learnt by one follower, running while batches wait: it subscribes
 to CometBFT's NewBlock events over the RPC websocket (each event carries the
 block's txs and results, so the caller learns its outcome as soon as
@@ -56,6 +61,7 @@ from ..abci_app.sealing import check_no_cleartext
 from ..abci_app.txs import MAX_BATCH_OPS, MAX_TX_BYTES
 from ..chain import ChainClient, ChainError, TxRejected
 from ..proto import registry_pb2 as pb
+from .discovery.catalog import ManifestCatalog, Sealer
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,8 @@ BATCH_OVERHEAD = 256  # SignedTx + TxBody framing around the operations (signatu
 CLOSE_GRACE_S = 5.0  # close() waits this long for batches in flight
 WS_QUIET_S = 1.0  # no NewBlock event for this long: poll once, in case one was missed
 URGENT = frozenset({"revoke_token"})  # kinds that are never held back for a window
+DEVICE_OPS = frozenset({"register_device", "update_device"})  # the ops a catalog slot write may ride with
+HOLD_MAX_S = 30.0  # a device held for its catalog slot's write fails after this long (no data key)
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,8 @@ class _Pending:
     op: pb.BatchOp
     size: int
     future: asyncio.Future
+    slot: int | None = None  # the catalog slot whose write this device operation must follow
+    since: float = 0.0  # loop time it was submitted
 
 
 @dataclass
@@ -120,11 +130,19 @@ class RegistrySubmitter:
         self._tasks: set[asyncio.Task] = set()
         self.stats = {"batches": 0, "ops": 0, "max_ops": 0, "ws_blocks": 0, "polled_blocks": 0,
                       "resent_ops": 0}
+        self.catalog: ManifestCatalog | None = None  # set by use_catalog
+        self._seal_manifest: Sealer | None = None
+
+    def use_catalog(self, catalog: ManifestCatalog, seal: Sealer) -> None:
+        """Let batches carry ``catalog``'s slot writes, sealed by ``seal`` (the current epoch)."""
+        self.catalog, self._seal_manifest = catalog, seal
 
     # ---- the caller's side ----
 
-    async def submit(self, msg: Message) -> OpCommitted:
+    async def submit(self, msg: Message, slot: int | None = None) -> OpCommitted:
         """Queue ``msg`` for the next batch and wait for its own committed outcome.
+        ``slot``: a device operation naming a catalog slot whose write still waits for a batch
+        (:meth:`ManifestCatalog.ref` said held); it travels after that write.
 
         A device operation with fields in clear is refused here, alone: the chain
         refuses a whole batch that holds one (abci_app.batch.check_admissible), which
@@ -139,7 +157,7 @@ class RegistrySubmitter:
         fut: asyncio.Future = loop.create_future()
         if not self._pending:
             self._first_at = loop.time()
-        self._pending.append(_Pending(op, op.ByteSize() + 4, fut))  # + the repeated field's tag and length
+        self._pending.append(_Pending(op, op.ByteSize() + 4, fut, slot, loop.time()))  # + the field's tag and length
         if op.WhichOneof("op") in URGENT:
             self._urgent += 1
         if self._sender is None or self._sender.done():
@@ -197,6 +215,9 @@ class RegistrySubmitter:
                     await self._wake.wait()  # a batch settled, more came, or a revocation
                     continue
             ops = self._cut()
+            if not ops:  # every pending operation waits for its catalog slot's write
+                await _wait(self._wake, max(0.01, self.catalog.wait_s(loop.time()) if self.catalog else 0.01))
+                continue
             self._in_flight += 1
             try:
                 entry = await self._broadcast(ops)
@@ -219,18 +240,69 @@ class RegistrySubmitter:
         return len(self._pending) >= self.max_ops or sum(p.size for p in self._pending) >= self.max_bytes
 
     def _cut(self) -> list[_Pending]:
-        """The oldest pending operations that fit one batch (at least one)."""
-        size, n = 0, 0
-        for p in self._pending[: self.max_ops]:
-            if n and size + p.size > self.max_bytes:
+        """The oldest pending operations that fit one batch (none when all wait for their
+        catalog slot's write), led by a slot write when the catalog allows one."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        ops: list[_Pending] = []
+        size = 0
+        put = self._slot_write(now)
+        if put is not None:
+            ops.append(put)
+            size = put.size
+        kept: list[_Pending] = []
+        for i, p in enumerate(self._pending):
+            if len(ops) >= self.max_ops or (ops and size + p.size > self.max_bytes):
+                kept += self._pending[i:]
                 break
+            if p.slot is not None and self.catalog is not None and self.catalog.held(p.slot):
+                if now - p.since > HOLD_MAX_S:
+                    _fail([p], ChainError(f"catalog slot {p.slot} was not written within {HOLD_MAX_S:.0f} s "
+                                          "(does this gateway hold the current data key?)"))
+                else:
+                    kept.append(p)
+                continue
+            ops.append(p)
             size += p.size
-            n += 1
-        ops, self._pending = self._pending[:n], self._pending[n:]
+        if put is not None and len(ops) == 1:  # nothing rode with the write: it goes with the next batch
+            self._unput(put)
+            ops = []
+        self._pending = kept
         self._urgent -= sum(1 for p in ops if p.op.WhichOneof("op") in URGENT)
         if self._pending:
-            self._first_at = asyncio.get_running_loop().time()  # the rest waits a window of its own
+            self._first_at = now  # the rest waits a window of its own
         return ops
+
+    def _slot_write(self, now: float) -> _Pending | None:
+        """A catalog slot write for the batch being cut: one a held device waits for, else a
+        cover riding with a device operation; None when the batch would carry neither."""
+        catalog = self.catalog
+        if catalog is None or self._seal_manifest is None:
+            return None
+        window = self._pending[: self.max_ops]
+        riders = [p.slot for p in window if p.slot is not None and catalog.held(p.slot)]
+        if not riders and not any(p.op.WhichOneof("op") in DEVICE_OPS for p in window):
+            return None
+        try:
+            taken = catalog.take_put(now, self._seal_manifest, riders)
+        except Exception as exc:  # noqa: BLE001 - no current key: devices wait (bounded), nothing is written
+            log.info("registry submitter: no catalog slot write now: %s", exc)
+            return None
+        if taken is None:
+            return None
+        msg, key = taken
+        op = op_of(msg)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: None if f.cancelled() else catalog.settled(
+            msg.slot, key, f.exception() is None))
+        return _Pending(op, op.ByteSize() + 4, fut, None, now)
+
+    def _unput(self, put: _Pending) -> None:
+        """Take back a slot write whose batch ended up carrying nothing else."""
+        assert self.catalog is not None
+        slot = put.op.put_manifest.slot
+        self.catalog.untake(slot, self.catalog.sent.get(slot, b""))
+        put.future.cancel()
 
     async def _await_commit(self, entry: _InFlight) -> None:
         try:

@@ -17,7 +17,7 @@ class SignedTx(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., signer: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class TxBody(_message.Message):
-    __slots__ = ("chain_id", "nonce", "register_gateway", "update_gateway", "remove_gateway", "register_device", "update_device", "unregister_device", "revoke_token", "report_liveness", "set_validator", "set_seal_key", "put_data_key", "set_gateway_tls", "batch")
+    __slots__ = ("chain_id", "nonce", "register_gateway", "update_gateway", "remove_gateway", "register_device", "update_device", "unregister_device", "revoke_token", "report_liveness", "set_validator", "set_seal_key", "put_data_key", "set_gateway_tls", "batch", "put_manifest")
     CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     REGISTER_GATEWAY_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class TxBody(_message.Message):
     PUT_DATA_KEY_FIELD_NUMBER: _ClassVar[int]
     SET_GATEWAY_TLS_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    PUT_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     chain_id: str
     nonce: int
     register_gateway: RegisterGateway
@@ -48,10 +49,11 @@ class TxBody(_message.Message):
     put_data_key: PutDataKey
     set_gateway_tls: SetGatewayTls
     batch: Batch
-    def __init__(self, chain_id: _Optional[str] = ..., nonce: _Optional[int] = ..., register_gateway: _Optional[_Union[RegisterGateway, _Mapping]] = ..., update_gateway: _Optional[_Union[UpdateGateway, _Mapping]] = ..., remove_gateway: _Optional[_Union[RemoveGateway, _Mapping]] = ..., register_device: _Optional[_Union[RegisterDevice, _Mapping]] = ..., update_device: _Optional[_Union[UpdateDevice, _Mapping]] = ..., unregister_device: _Optional[_Union[UnregisterDevice, _Mapping]] = ..., revoke_token: _Optional[_Union[RevokeToken, _Mapping]] = ..., report_liveness: _Optional[_Union[ReportLiveness, _Mapping]] = ..., set_validator: _Optional[_Union[SetValidator, _Mapping]] = ..., set_seal_key: _Optional[_Union[SetSealKey, _Mapping]] = ..., put_data_key: _Optional[_Union[PutDataKey, _Mapping]] = ..., set_gateway_tls: _Optional[_Union[SetGatewayTls, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
+    put_manifest: PutManifest
+    def __init__(self, chain_id: _Optional[str] = ..., nonce: _Optional[int] = ..., register_gateway: _Optional[_Union[RegisterGateway, _Mapping]] = ..., update_gateway: _Optional[_Union[UpdateGateway, _Mapping]] = ..., remove_gateway: _Optional[_Union[RemoveGateway, _Mapping]] = ..., register_device: _Optional[_Union[RegisterDevice, _Mapping]] = ..., update_device: _Optional[_Union[UpdateDevice, _Mapping]] = ..., unregister_device: _Optional[_Union[UnregisterDevice, _Mapping]] = ..., revoke_token: _Optional[_Union[RevokeToken, _Mapping]] = ..., report_liveness: _Optional[_Union[ReportLiveness, _Mapping]] = ..., set_validator: _Optional[_Union[SetValidator, _Mapping]] = ..., set_seal_key: _Optional[_Union[SetSealKey, _Mapping]] = ..., put_data_key: _Optional[_Union[PutDataKey, _Mapping]] = ..., set_gateway_tls: _Optional[_Union[SetGatewayTls, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., put_manifest: _Optional[_Union[PutManifest, _Mapping]] = ...) -> None: ...
 
 class BatchOp(_message.Message):
-    __slots__ = ("update_gateway", "register_device", "update_device", "unregister_device", "revoke_token", "report_liveness", "set_seal_key", "set_gateway_tls")
+    __slots__ = ("update_gateway", "register_device", "update_device", "unregister_device", "revoke_token", "report_liveness", "set_seal_key", "set_gateway_tls", "put_manifest")
     UPDATE_GATEWAY_FIELD_NUMBER: _ClassVar[int]
     REGISTER_DEVICE_FIELD_NUMBER: _ClassVar[int]
     UPDATE_DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +62,7 @@ class BatchOp(_message.Message):
     REPORT_LIVENESS_FIELD_NUMBER: _ClassVar[int]
     SET_SEAL_KEY_FIELD_NUMBER: _ClassVar[int]
     SET_GATEWAY_TLS_FIELD_NUMBER: _ClassVar[int]
+    PUT_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     update_gateway: UpdateGateway
     register_device: RegisterDevice
     update_device: UpdateDevice
@@ -68,7 +71,8 @@ class BatchOp(_message.Message):
     report_liveness: ReportLiveness
     set_seal_key: SetSealKey
     set_gateway_tls: SetGatewayTls
-    def __init__(self, update_gateway: _Optional[_Union[UpdateGateway, _Mapping]] = ..., register_device: _Optional[_Union[RegisterDevice, _Mapping]] = ..., update_device: _Optional[_Union[UpdateDevice, _Mapping]] = ..., unregister_device: _Optional[_Union[UnregisterDevice, _Mapping]] = ..., revoke_token: _Optional[_Union[RevokeToken, _Mapping]] = ..., report_liveness: _Optional[_Union[ReportLiveness, _Mapping]] = ..., set_seal_key: _Optional[_Union[SetSealKey, _Mapping]] = ..., set_gateway_tls: _Optional[_Union[SetGatewayTls, _Mapping]] = ...) -> None: ...
+    put_manifest: PutManifest
+    def __init__(self, update_gateway: _Optional[_Union[UpdateGateway, _Mapping]] = ..., register_device: _Optional[_Union[RegisterDevice, _Mapping]] = ..., update_device: _Optional[_Union[UpdateDevice, _Mapping]] = ..., unregister_device: _Optional[_Union[UnregisterDevice, _Mapping]] = ..., revoke_token: _Optional[_Union[RevokeToken, _Mapping]] = ..., report_liveness: _Optional[_Union[ReportLiveness, _Mapping]] = ..., set_seal_key: _Optional[_Union[SetSealKey, _Mapping]] = ..., set_gateway_tls: _Optional[_Union[SetGatewayTls, _Mapping]] = ..., put_manifest: _Optional[_Union[PutManifest, _Mapping]] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("ops",)
@@ -225,16 +229,52 @@ class Sealed(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class DeviceFields(_message.Message):
-    __slots__ = ("services", "cell", "policy", "duty_cycle_s")
+    __slots__ = ("services", "cell", "policy", "duty_cycle_s", "manifest")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     CELL_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     DUTY_CYCLE_S_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceDescriptor]
     cell: int
     policy: PrivacyPolicy
     duty_cycle_s: int
-    def __init__(self, services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ..., cell: _Optional[int] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., duty_cycle_s: _Optional[int] = ...) -> None: ...
+    manifest: int
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ..., cell: _Optional[int] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., duty_cycle_s: _Optional[int] = ..., manifest: _Optional[int] = ...) -> None: ...
+
+class PutManifest(_message.Message):
+    __slots__ = ("slot", "sealed")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    sealed: Sealed
+    def __init__(self, slot: _Optional[int] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ...) -> None: ...
+
+class Manifest(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceDescriptor]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceDescriptor, _Mapping]]] = ...) -> None: ...
+
+class ManifestRecord(_message.Message):
+    __slots__ = ("gateway_id", "slot", "sealed", "height")
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    slot: int
+    sealed: Sealed
+    height: int
+    def __init__(self, gateway_id: _Optional[str] = ..., slot: _Optional[int] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ..., height: _Optional[int] = ...) -> None: ...
+
+class ManifestList(_message.Message):
+    __slots__ = ("manifests", "next")
+    MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    manifests: _containers.RepeatedCompositeFieldContainer[ManifestRecord]
+    next: bytes
+    def __init__(self, manifests: _Optional[_Iterable[_Union[ManifestRecord, _Mapping]]] = ..., next: _Optional[bytes] = ...) -> None: ...
 
 class KeyWrap(_message.Message):
     __slots__ = ("gateway_id", "epoch", "ephemeral", "nonce", "ciphertext")
@@ -367,18 +407,20 @@ class RevocationList(_message.Message):
     def __init__(self, revocations: _Optional[_Iterable[_Union[RevocationRecord, _Mapping]]] = ..., next: _Optional[bytes] = ...) -> None: ...
 
 class NodeSummary(_message.Message):
-    __slots__ = ("height", "app_hash", "gateways", "chain_id", "oldest_height")
+    __slots__ = ("height", "app_hash", "gateways", "chain_id", "oldest_height", "manifest_ref_height")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     APP_HASH_FIELD_NUMBER: _ClassVar[int]
     GATEWAYS_FIELD_NUMBER: _ClassVar[int]
     CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
     OLDEST_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_REF_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     height: int
     app_hash: bytes
     gateways: int
     chain_id: str
     oldest_height: int
-    def __init__(self, height: _Optional[int] = ..., app_hash: _Optional[bytes] = ..., gateways: _Optional[int] = ..., chain_id: _Optional[str] = ..., oldest_height: _Optional[int] = ...) -> None: ...
+    manifest_ref_height: int
+    def __init__(self, height: _Optional[int] = ..., app_hash: _Optional[bytes] = ..., gateways: _Optional[int] = ..., chain_id: _Optional[str] = ..., oldest_height: _Optional[int] = ..., manifest_ref_height: _Optional[int] = ...) -> None: ...
 
 class KeyList(_message.Message):
     __slots__ = ("keys",)

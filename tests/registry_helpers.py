@@ -43,12 +43,33 @@ def device_fields(cell: int | None = None, types: tuple[str, ...] = ("sensor",),
     )
 
 
+def slot_for(types: tuple[str, ...]) -> int:
+    """The catalog slot tests give a service list: fixed per list, so equal calls give equal bytes."""
+    return hashlib.sha256(",".join(types).encode()).digest()[0] % 32
+
+
 def device_msg(pseudonym: bytes, cell: int | None = None, types: tuple[str, ...] = ("sensor",),
-               res: int = 6, k: int = 2, cls=pb.RegisterDevice, key: bytes = TEST_DATA_KEY, epoch: int = 1):
-    """A device tx with its fields sealed (a nonce derived from its contents: equal calls, equal bytes)."""
+               res: int = 6, k: int = 2, cls=pb.RegisterDevice, key: bytes = TEST_DATA_KEY, epoch: int = 1,
+               inline: bool = False):
+    """A device tx with its fields sealed (a nonce derived from its contents: equal calls, equal bytes).
+    By default its fields name catalog slot :func:`slot_for` ``(types)`` (the chain's form from its
+    manifest_ref_height; :func:`manifest_msg` writes that slot); ``inline``: the services inside,
+    the form of chains without manifests by reference."""
     fields = device_fields(cell, types, res, k)
+    if not inline:
+        del fields.services[:]
+        fields.manifest = slot_for(types) + 1
     nonce = hashlib.sha256(pseudonym + fields.SerializeToString(deterministic=True) + bytes([epoch])).digest()[:12]
     return cls(pseudonym=pseudonym, sealed=sealbox.seal_fields(key, epoch, pseudonym, fields, nonce=nonce))
+
+
+def manifest_msg(gateway_id: str, types: tuple[str, ...] = ("sensor",), key: bytes = TEST_DATA_KEY,
+                 epoch: int = 1, slot: int | None = None) -> pb.PutManifest:
+    """The catalog slot write that :func:`device_msg` ``(types=types)`` names, for the signing gateway."""
+    slot = slot_for(types) if slot is None else slot
+    manifest = pb.Manifest(services=device_fields(types=types).services)
+    nonce = hashlib.sha256(gateway_id.encode() + bytes([slot, epoch])).digest()[:12]
+    return pb.PutManifest(slot=slot, sealed=sealbox.seal_manifest(key, epoch, gateway_id, slot, manifest, nonce=nonce))
 
 
 def open_test_epoch(url: str, admin: Ed25519PrivateKey) -> None:
@@ -63,6 +84,19 @@ def open_test_epoch(url: str, admin: Ed25519PrivateKey) -> None:
             await chain.submit(admin, pb.PutDataKey(epoch=1, key_check=sealbox.key_check(TEST_DATA_KEY)))
 
     asyncio.run(go())
+
+
+def catalogs_of(manifests, ring: sealbox.Keyring | None = None) -> sealbox.Catalogs:
+    """The catalog slots ``ring`` (default: the test key's) opens, as a replica keeps them."""
+    ring = ring or test_keyring()
+    return {(m.gateway_id, m.slot): list(ring.open_manifest(m).services) for m in manifests}
+
+
+def driver_catalogs(driver, height: int = 0) -> sealbox.Catalogs:
+    """Every catalog slot on an in-process chain at ``height``, opened with the test key."""
+    resp = driver.query("/manifests", pb.DeviceQuery(limit=1000).SerializeToString(), height)
+    assert resp.code == 0, resp.log
+    return catalogs_of(pb.ManifestList.FromString(resp.value).manifests)
 
 
 def test_keyring(key: bytes = TEST_DATA_KEY, epoch: int = 1) -> sealbox.Keyring:

@@ -38,11 +38,16 @@ class CometLike:
     async def connect(cls, addr: str) -> CometLike:
         return cls([await AbciClient.connect(addr) for _ in range(4)])
 
-    async def start(self, actors: Actors) -> None:
+    async def start(self, actors: Actors, refs: bool = True) -> None:
+        """InitChain with the actors' genesis; ``refs`` False: a chain whose devices carry their
+        services inline (1 KiB records, no manifests by reference)."""
         await self.query.call("info", abci.RequestInfo())
         await self.snapshot.call("list_snapshots", abci.RequestListSnapshots())
+        genesis = actors.genesis()
+        if not refs:
+            genesis.manifest_ref_height = None
         await self.consensus.call("init_chain", abci.RequestInitChain(
-            chain_id=CHAIN, initial_height=1, app_state_bytes=json.dumps(actors.genesis().to_json()).encode()))
+            chain_id=CHAIN, initial_height=1, app_state_bytes=json.dumps(genesis.to_json()).encode()))
 
     async def use_all(self, actors: Actors, height: int) -> None:
         """One call on each connection, and a block on the consensus one."""
@@ -165,8 +170,8 @@ async def test_a_burst_of_small_queries_with_large_answers_is_answered_as_the_re
     app, server, addr = served
     actors = Actors()
     comet = await CometLike.connect(addr)
-    await comet.start(actors)
-    fin = await comet.block(1, [actors.tx(actors.gw1, device_msg(os.urandom(16))) for _ in range(100)])
+    await comet.start(actors, refs=False)  # 1 KiB device records: pages of ~100 KB
+    fin = await comet.block(1, [actors.tx(actors.gw1, device_msg(os.urandom(16), inline=True)) for _ in range(100)])
     assert all(r.code == 0 for r in fin.tx_results)
     one = abci.Request(query=abci.RequestQuery(path="/devices")).SerializeToString()
     n = 400

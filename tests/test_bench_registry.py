@@ -28,15 +28,17 @@ def test_batched_row_units_and_counts(tmp_path):
     assert b["finalize_commit_us_per_signed_tx"] == pytest.approx(60 * b["finalize_commit_us_per_op"], rel=0.01)
 
 
-def test_batch_size_is_the_largest_that_fits(tmp_path):
-    """60 sealed RegisterDevice operations fit MAX_TX_BYTES, 61 do not (the benchmark refuses them)."""
+def test_batch_size_is_bounded_by_the_tx_size(tmp_path, monkeypatch):
+    """A batch as large as the registry allows (MAX_BATCH_OPS devices naming their catalog slot)
+    fits MAX_TX_BYTES; one over the byte bound is refused by the benchmark, not sent."""
     import registry
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     keys = [Ed25519PrivateKey.generate()]
-    assert registry.batch_blocks(random.Random(1), keys, 1, 1, 60)
+    assert registry.batch_blocks(random.Random(1), keys, 1, 1, registry.txs.MAX_BATCH_OPS)
+    monkeypatch.setattr(registry.txs, "MAX_TX_BYTES", 4096)
     with pytest.raises(AssertionError, match="use fewer"):
-        registry.batch_blocks(random.Random(1), keys, 1, 1, 61)
+        registry.batch_blocks(random.Random(1), keys, 1, 1, 60)
 
 
 def test_batched_row_fails_when_an_operation_fails(tmp_path, monkeypatch):

@@ -132,10 +132,13 @@ def test_app_hashes_of_a_fixed_chain_are_pinned(tmp_path):
     genesis.ed25519_v2_height = None  # as in every genesis written before the v2 rule
     genesis.revocation_hash_height = None  # ... and before revocations went on chain as hashes
     genesis.lthash_v2_height = None  # ... and before app hashes were BLAKE3 sums
+    genesis.manifest_ref_height = None  # ... and before devices named a catalog slot (services inline)
     blocks = [
-        [a.tx(a.gw1, device_msg(b"A" * 16)), a.tx(a.gw2, device_msg(b"B" * 16, types=("valve", "cam")))],
-        [a.tx(a.gw1, device_msg(b"A" * 16, cell_at(10, 10, 5), ("cam",), res=5, cls=pb.UpdateDevice)),
-         a.tx(a.gw2, pb.RevokeToken(tag=b"t" * 32, expires_at=T0 + 10000)), a.tx(a.stranger, device_msg(b"C" * 16))],
+        [a.tx(a.gw1, device_msg(b"A" * 16, inline=True)),
+         a.tx(a.gw2, device_msg(b"B" * 16, types=("valve", "cam"), inline=True))],
+        [a.tx(a.gw1, device_msg(b"A" * 16, cell_at(10, 10, 5), ("cam",), res=5, cls=pb.UpdateDevice, inline=True)),
+         a.tx(a.gw2, pb.RevokeToken(tag=b"t" * 32, expires_at=T0 + 10000)),
+         a.tx(a.stranger, device_msg(b"C" * 16, inline=True))],
         [a.tx(a.gw1, pb.ReportLiveness(entries=[pb.LivenessEntry(pseudonym=b"A" * 16, last_seen=(T0 // 300) * 300)])),
          a.tx(a.admin, pb.RegisterGateway(pubkey=pub(key(5)), endpoint="10.0.0.1:1", operator="x"))],
         [a.tx(a.gw2, pb.UnregisterDevice(pseudonym=b"B" * 16))],

@@ -140,10 +140,11 @@ def test_bounds(world):
     assert app.check_tx(abci.RequestCheckTx(tx=over)).code == Code.BATCH_TOO_LARGE
     empty = a.tx(a.gw1, pb.Batch())
     assert app.check_tx(abci.RequestCheckTx(tx=empty)).code == Code.INVALID_FIELD
-    big = device_msg(P1)
+    big = device_msg(P1, inline=True)  # the largest operation: a device with its services inline (1 KiB)
     n = txs.MAX_TX_BYTES // len(op_of(big).SerializeToString()) + 1
     assert n <= txs.MAX_BATCH_OPS  # the byte bound is what stops this one
-    huge = a.tx(a.gw1, pb.Batch(ops=[op_of(device_msg(bytes([i % 256, i // 256]) * 8)) for i in range(n)]))
+    huge = a.tx(a.gw1, pb.Batch(ops=[op_of(device_msg(bytes([i % 256, i // 256]) * 8, inline=True))
+                                     for i in range(n)]))
     assert len(huge) > txs.MAX_TX_BYTES
     assert app.check_tx(abci.RequestCheckTx(tx=huge)).code == Code.TX_TOO_LARGE
     assert driver.block([huge]).tx_results[0].code == Code.TX_TOO_LARGE

@@ -12,7 +12,8 @@ from edgistry.abci_app.codes import Code
 from edgistry.abci_app.genesis import Genesis
 from edgistry.gateway.discovery import sealbox
 from edgistry.proto import registry_pb2 as pb
-from registry_helpers import TEST_DATA_KEY, Actors, Driver, cell_at, device_fields, device_msg, pub, test_keyring
+from registry_helpers import (TEST_DATA_KEY, Actors, Driver, cell_at, device_fields, device_msg, driver_catalogs,
+                              manifest_msg, pub, test_keyring)
 
 
 @pytest.fixture
@@ -59,15 +60,26 @@ def test_cleartext_device_fields_are_refused(env):
 
 
 def test_sealed_size_does_not_depend_on_the_number_of_services(env):
-    """One service or sixteen: the sealed blob has the same length."""
+    """One service or sixteen: a device's blob has the same length (one size, naming a slot), and
+    so has a catalog slot's (one padded size, the largest manifest in the second); devices with
+    their services inline (chains without manifests by reference) pad the same way."""
     one = device_msg(b"B" * 16, types=("sensor",))
     many = device_msg(b"C" * 16, types=tuple(f"svc{i}" for i in range(16)))
-    assert len(one.sealed.ciphertext) == len(many.sealed.ciphertext) == sealing.SEALED_SIZES[0]
+    assert len(one.sealed.ciphertext) == len(many.sealed.ciphertext) == sealing.DEVICE_REF_SIZE
+    slot_one = manifest_msg("a" * 32, ("sensor",))
+    slot_many = manifest_msg("a" * 32, tuple(f"svc{i}" for i in range(16)))
+    assert len(slot_one.sealed.ciphertext) == len(slot_many.sealed.ciphertext) == sealing.SEALED_SIZES[0]
+    free = sealbox.seal_manifest(TEST_DATA_KEY, 1, "a" * 32, 3, pb.Manifest())
+    assert len(free.ciphertext) == sealing.SEALED_SIZES[0]  # a free (cover) slot looks the same
+    inline = device_msg(b"B" * 16, types=tuple(f"svc{i}" for i in range(16)), inline=True)
+    assert len(inline.sealed.ciphertext) == sealing.SEALED_SIZES[0]
     huge = pb.DeviceFields(services=[pb.ServiceDescriptor(type=f"t{i:02d}" + "x" * 40, methods=[
         pb.ServiceMethod(name=f"m{j:02d}" + "y" * 40) for j in range(32)]) for i in range(16)],
         cell=cell_at(1, 1, 6), policy=pb.PrivacyPolicy(resolution=6, k=2))
     blob = sealbox.seal_fields(TEST_DATA_KEY, 1, b"D" * 16, huge)
     assert len(blob.ciphertext) == sealing.SEALED_SIZES[1]
+    slot = sealbox.seal_manifest(TEST_DATA_KEY, 1, "a" * 32, 0, pb.Manifest(services=huge.services))
+    assert len(slot.ciphertext) == sealing.SEALED_SIZES[1]
     assert sealbox.open_fields(TEST_DATA_KEY, b"D" * 16, blob) == huge
 
 
@@ -142,18 +154,19 @@ def test_a_garbled_wrap_is_not_taken_into_the_keyring(env):
 def test_genesis_exports_and_imports_the_seal_state(env, tmp_path):
     """Export then init gives the same app hash, sealed devices, epochs and wraps included."""
     a, app, d = env
-    assert codes(d.block([a.tx(a.gw1, device_msg(b"H" * 16))])) == [0]
+    assert codes(d.block([a.tx(a.gw1, manifest_msg(a.gw1_id)), a.tx(a.gw1, device_msg(b"H" * 16))])) == [0, 0]
     with app.store.reader() as r:
         exported = Genesis.export(r)
     again = Genesis.from_json(exported.to_json())
     assert again.seal == exported.seal and again.devices == exported.devices
+    assert again.manifests == exported.manifests and len(again.manifests) == 1
     other = RegistryApp(tmp_path / "other")
     try:
         d2 = Driver(other, again)
         d2.block([])
         assert seal_state(d2) == seal_state(d)
         rec = pb.DeviceRecord.FromString(d2.query("/device", pb.DeviceQuery(pseudonym=b"H" * 16).SerializeToString()).value)
-        assert test_keyring().open_record(rec).services[0].type == "sensor"
+        assert test_keyring().open_record(rec, driver_catalogs(d2)).services[0].type == "sensor"
     finally:
         other.close()
 

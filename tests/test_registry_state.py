@@ -7,7 +7,7 @@ import json
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from edgistry.abci_app import keys, txs
+from edgistry.abci_app import keys, sealing, txs
 from edgistry.abci_app.lthash import V2, LtHash, version_at
 from edgistry.abci_app.app import RegistryApp
 from edgistry.abci_app.codes import Code
@@ -15,7 +15,8 @@ from edgistry.abci_app.genesis import Genesis, GenesisError
 from edgistry.proto import abci_pb2 as abci
 from edgistry.proto import registry_pb2 as pb
 from edgistry.gateway.discovery.sealbox import SealError
-from registry_helpers import CHAIN, T0, Actors, Driver, cell_at, device_fields, device_msg, pub, test_keyring
+from registry_helpers import (CHAIN, T0, Actors, Driver, cell_at, device_fields, device_msg, driver_catalogs,
+                              manifest_msg, pub, test_keyring)
 
 
 @pytest.fixture
@@ -42,11 +43,14 @@ def test_device_fields_rest_sealed_and_only_the_data_key_opens_them(env):
     """A registered device's record holds its pseudonym and a sealed blob; the data key opens the fields."""
     a, app, d = env
     cell = cell_at(48.85, 2.35, 7)
-    ok(d.block([a.tx(a.gw1, device_msg(b"A" * 16, cell, ("sensor", "valve"), res=7))]))
+    ok(d.block([a.tx(a.gw1, manifest_msg(a.gw1_id, ("sensor", "valve"))),
+                a.tx(a.gw1, device_msg(b"A" * 16, cell, ("sensor", "valve"), res=7))]))
     rec = device_at(d, b"A" * 16)
     assert not rec.services and rec.cell == 0 and not rec.HasField("policy") and rec.duty_cycle_s == 0
-    assert rec.sealed.epoch == 1 and len(rec.sealed.ciphertext) == 1024 + 16
-    opened = test_keyring().open_record(rec)
+    assert rec.sealed.epoch == 1 and len(rec.sealed.ciphertext) == sealing.DEVICE_REF_SIZE == 64 + 16
+    with pytest.raises(SealError):  # it names a catalog slot: without the catalog, no services
+        test_keyring().open_record(rec)
+    opened = test_keyring().open_record(rec, driver_catalogs(d))
     assert [s.type for s in opened.services] == ["sensor", "valve"] and opened.cell == cell
     assert opened.policy.resolution == 7 and opened.duty_cycle_s == 30
     with pytest.raises(SealError):
@@ -59,9 +63,10 @@ def test_update_reseals_and_unregister_removes_every_key(env):
     """Updating a device replaces its sealed fields; unregistering drops every key that names it."""
     a, app, d = env
     berlin, paris = cell_at(52.52, 13.40, 6), cell_at(48.85, 2.35, 6)
-    ok(d.block([a.tx(a.gw1, device_msg(b"B" * 16, berlin))]))
+    ok(d.block([a.tx(a.gw1, manifest_msg(a.gw1_id)), a.tx(a.gw1, manifest_msg(a.gw1_id, ("camera",))),
+                a.tx(a.gw1, device_msg(b"B" * 16, berlin))]))
     ok(d.block([a.tx(a.gw1, device_msg(b"B" * 16, paris, ("camera",), cls=pb.UpdateDevice))]))
-    opened = test_keyring().open_record(device_at(d, b"B" * 16))
+    opened = test_keyring().open_record(device_at(d, b"B" * 16), driver_catalogs(d))
     assert opened.cell == paris and [s.type for s in opened.services] == ["camera"]
     ok(d.block([a.tx(a.gw1, pb.UnregisterDevice(pseudonym=b"B" * 16))]))
     with app.store.reader() as r:
@@ -73,11 +78,11 @@ def test_queries_at_past_heights_see_past_state(env):
     """Reads at a height return that height's state, including later-deleted records."""
     a, app, d = env
     cell = cell_at(52.52, 13.40, 6)
-    ok(d.block([a.tx(a.gw1, device_msg(b"C" * 16, cell))]))
+    ok(d.block([a.tx(a.gw1, manifest_msg(a.gw1_id)), a.tx(a.gw1, device_msg(b"C" * 16, cell))]))
     h_registered = app.height
     ok(d.block([a.tx(a.gw1, pb.UnregisterDevice(pseudonym=b"C" * 16))]))
     assert device_at(d, b"C" * 16) is None
-    assert test_keyring().open_record(device_at(d, b"C" * 16, h_registered)).cell == cell
+    assert test_keyring().open_record(device_at(d, b"C" * 16, h_registered), driver_catalogs(d)).cell == cell
     assert device_at(d, b"C" * 16, h_registered - 1) is None
     resp = d.query("/device", pb.DeviceQuery(pseudonym=b"C" * 16).SerializeToString(), h_registered)
     assert resp.code == 0 and resp.height == h_registered

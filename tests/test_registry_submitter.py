@@ -263,3 +263,93 @@ async def test_the_node_indexes_revocations_for_search_but_not_device_bulk(node)
         assert int(by_hash["total_count"]) == 1  # lookups by hash still work
         events = [ev for ev in found["txs"][0]["tx_result"]["events"] if ev["type"] == "device_registered"]
         assert [a["value"] for a in events[0]["attributes"] if a["key"] == "pseudonym"] == [device.pseudonym.hex()]
+
+
+async def _committed_batches(chain: ChainClient, first: int, last: int) -> list[list[str]]:
+    """The op kinds of every batch tx of heights first..last, in order."""
+    import base64
+
+    out = []
+    for h in range(first, last + 1):
+        block = await chain.call("block", height=str(h))
+        for raw in block["block"]["data"]["txs"] or []:
+            body = pb.TxBody.FromString(pb.SignedTx.FromString(base64.b64decode(raw)).body)
+            if body.WhichOneof("msg") == "batch":
+                out.append([op.WhichOneof("op") for op in body.batch.ops])
+    return out
+
+
+def _catalog_submitter(chain: ChainClient, key, gap_s: float, **kw):
+    from edgistry.abci_app.txs import gateway_id_for
+    from edgistry.gateway.discovery import sealbox
+    from edgistry.gateway.discovery.catalog import ManifestCatalog
+    from registry_helpers import TEST_DATA_KEY
+
+    gid = gateway_id_for(key.public_key().public_bytes_raw())
+    sub = RegistrySubmitter(chain, key, **kw)
+    catalog = ManifestCatalog(put_gap_s=gap_s)
+    sub.use_catalog(catalog, lambda slot, m: sealbox.seal_manifest(TEST_DATA_KEY, 1, gid, slot, m))
+    return sub, catalog, gid
+
+
+async def test_a_new_kind_rides_right_after_its_catalog_slot_write(node):
+    """A device whose kind has no slot waits for the batch that writes it and follows it there;
+    the slot is on chain, opens to the kind's services, and the device resolves through it."""
+    from registry_helpers import catalogs_of, test_keyring
+
+    url, key = node
+    async with ChainClient(url) as chain:
+        sub, catalog, gid = _catalog_submitter(chain, key, gap_s=0.5, window_s=0.01)
+        await catalog_loaded(chain, catalog, gid)
+        kind = device_fields(types=("humidity", "fan")).services
+        slot, held = catalog.ref(kind)
+        assert held
+        start = await chain.height()
+        msg = device_msg(os.urandom(16), types=("humidity", "fan"))
+        fields = test_keyring().open(msg.pseudonym, msg.sealed)
+        fields.manifest = slot + 1  # the helper's slot choice is not the catalog's: re-seal with the catalog's
+        from edgistry.gateway.discovery import sealbox
+        from registry_helpers import TEST_DATA_KEY
+        msg.sealed.CopyFrom(sealbox.seal_fields(TEST_DATA_KEY, 1, msg.pseudonym, fields))
+        done = await asyncio.wait_for(sub.submit(msg, slot), 30)
+        await sub.close()
+        batches = await _committed_batches(chain, start + 1, done.height)
+        assert ["put_manifest", "register_device"] in batches, batches
+        assert catalog.committed[slot] and not catalog.waiting and catalog.puts["new"] == 1
+        cats = catalogs_of(await chain.manifests(gid))
+        assert [s.type for s in cats[(gid, slot)]] == ["humidity", "fan"]
+        record = pb.DeviceRecord.FromString((await chain.query(
+            "/device", pb.DeviceQuery(pseudonym=msg.pseudonym).SerializeToString())).value)
+        assert [s.type for s in test_keyring().open_record(record, cats).services] == ["humidity", "fan"]
+
+
+async def catalog_loaded(chain: ChainClient, catalog, gid: str) -> None:
+    from edgistry.gateway.discovery.catalog import load_catalog
+    from registry_helpers import test_keyring
+
+    await load_catalog(catalog, chain, test_keyring(), gid)
+
+
+async def test_slot_writes_ride_only_with_device_operations_at_most_one_per_gap(node):
+    """A steady stream of known-kind devices for ~2.5 s: slot writes (covers) come at most one
+    per gap, each in a batch that holds a device; a revocation alone carries none."""
+    url, key = node
+    async with ChainClient(url) as chain:
+        sub, catalog, gid = _catalog_submitter(chain, key, gap_s=1.0, window_s=0.01, max_in_flight=8)
+        await catalog_loaded(chain, catalog, gid)
+        start = await chain.height()
+        lone = await sub.submit(pb.RevokeToken(tag_hash=revocation_hash(os.urandom(32)), expires_at=2**40))
+        tasks = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.5:
+            tasks.append(asyncio.ensure_future(sub.submit(_device(int((time.monotonic() - t0) * 1000)))))
+            await asyncio.sleep(0.05)
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        await sub.close()
+        batches = await _committed_batches(chain, start + 1, max(r.height for r in results))
+    assert all(r.height > 0 for r in results) and lone.height > 0
+    with_put = [b for b in batches if "put_manifest" in b]
+    assert 1 <= len(with_put) <= 4, batches  # 2.5 s at one per 0.5..1.5 s gap
+    assert all(b[0] == "put_manifest" and b.count("put_manifest") == 1 and "register_device" in b for b in with_put)
+    assert ["revoke_token"] in batches  # the lone revocation: no write rode with it
+    assert catalog.puts["cover"] == len(with_put) and catalog.puts["new"] == 0

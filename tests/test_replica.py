@@ -23,6 +23,7 @@ from edgistry.proto import registry_pb2 as pb
 from proc_helpers import edgistry, free_port, stop, wait_for_port
 from registry_helpers import cell_at
 from registry_helpers import device_msg as _sealed_msg
+from registry_helpers import manifest_msg
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
@@ -59,10 +60,19 @@ def device_msg(keeper: SealKeeper, *args, **kw):
     return _sealed_msg(*args, key=ring.keys[ring.current], epoch=ring.current, **kw)
 
 
+async def put_manifests(chain: ChainClient, key, keeper: SealKeeper, *kinds: tuple[str, ...]) -> None:
+    """Write the catalog slots that device_msg's devices of ``kinds`` name (as the node's gateway)."""
+    ring, gid = keeper.ring, gateway_id_for(key.public_key().public_bytes_raw())
+    for types in kinds:
+        await chain.submit(key, manifest_msg(gid, types, key=ring.keys[ring.current], epoch=ring.current))
+
+
 async def _settled(chain: ChainClient, index: RegistryIndex, keeper: SealKeeper) -> None:
     """The index equals a fresh read (opened with the data key) of the registry at the index's height."""
-    records = [keeper.ring.open_record(r) for r in await chain.devices("/devices", pb.DeviceQuery(limit=1000),
-                                                                       index.height)]
+    catalogs = {(m.gateway_id, m.slot): list(keeper.ring.open_manifest(m).services)
+                for m in await chain.manifests("", index.height)}
+    records = [keeper.ring.open_record(r, catalogs)
+               for r in await chain.devices("/devices", pb.DeviceQuery(limit=1000), index.height)]
     assert {r.pseudonym: entry_from_record(r) for r in records} == index.entries
     fresh = RegistryIndex()
     fresh.load(entry_from_record(r) for r in records)
@@ -77,6 +87,7 @@ async def test_load_then_follow_device_events(node):
     ps = [os.urandom(16) for _ in range(8)]
     async with ChainClient(url) as chain:
         keeper = await keeper_of(chain, home)
+        await put_manifests(chain, key, keeper, ("sensor",), ("sensor", "valve"))
         for p in ps[:5]:
             await chain.submit(key, device_msg(keeper, p, cell_at(52.52, 13.40, 7), res=7, k=2))
         follower = ReplicaFollower(chain, keeper=keeper)
@@ -111,6 +122,7 @@ async def test_run_loop_follows_and_notifies_watchers(node):
     key = gateway_key(NodeConfig.load(home))
     async with ChainClient(url) as chain:
         keeper = await keeper_of(chain, home)
+        await put_manifests(chain, key, keeper, ("sensor",), ("sensor", "valve"))
         follower = ReplicaFollower(chain, keeper=keeper, poll_s=0.05)
         task = asyncio.ensure_future(follower.run())
         try:
@@ -140,6 +152,7 @@ async def test_pairing_waits_for_the_polling_replica_to_reach_a_commit(node):
     key = gateway_key(NodeConfig.load(home))
     async with ChainClient(url) as chain:
         keeper = await keeper_of(chain, home)
+        await put_manifests(chain, key, keeper, ("sensor",), ("sensor", "valve"))
         follower = ReplicaFollower(chain, keeper=keeper, poll_s=1.0)
         task = asyncio.ensure_future(follower.run())
         try:
@@ -162,6 +175,7 @@ async def test_discover_end_to_end_through_up(node, tmp_path):
     key = gateway_key(NodeConfig.load(home))
     async with ChainClient(url) as chain:
         keeper = await keeper_of(chain, home)
+        await put_manifests(chain, key, keeper, ("sensor",), ("sensor", "valve"))
         for _ in range(3):
             await chain.submit(key, device_msg(keeper, os.urandom(16), cell_at(-33.86, 151.21, 7), res=7, k=3))
     runner = CliRunner()
@@ -215,3 +229,43 @@ async def test_revocations_go_stale_while_the_follower_cannot_apply_the_chains_h
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_slot_rewrite_moves_the_devices_naming_it_and_a_cover_moves_none(node):
+    """A catalog slot written anew with other services re-resolves its devices at that height; a
+    cover write (same services, fresh nonce) changes no device and re-reads none."""
+    from edgistry.gateway.discovery import sealbox
+    from registry_helpers import device_fields, slot_for
+
+    url, home, _ = node
+    key = gateway_key(NodeConfig.load(home))
+    gid = gateway_id_for(key.public_key().public_bytes_raw())
+    cell = cell_at(59.33, 18.07, 7)
+    async with ChainClient(url) as chain:
+        keeper = await keeper_of(chain, home)
+        ring = keeper.ring
+        data_key, epoch, slot = ring.keys[ring.current], ring.current, slot_for(("dial",))
+
+        def slot_write(*types: str) -> pb.PutManifest:
+            manifest = pb.Manifest(services=device_fields(types=types).services)
+            return pb.PutManifest(slot=slot, sealed=sealbox.seal_manifest(data_key, epoch, gid, slot, manifest))
+
+        await chain.submit(key, slot_write("dial"))
+        p = os.urandom(16)
+        await chain.submit(key, device_msg(keeper, p, cell, types=("dial",), res=7, k=1))
+        follower = ReplicaFollower(chain, keeper=keeper)
+        await follower.load()
+        assert follower.index.disclosure_cell("dial", p) == cell
+
+        async def moved_by(msg) -> int:
+            height = (await chain.submit(key, msg)).height
+            moved = 0
+            for h in range(follower.index.height + 1, height + 1):
+                moved += await follower.apply_height(h)
+            return moved
+
+        assert await moved_by(slot_write("dial")) == 0  # a cover: nothing to re-read
+        assert follower.index.disclosure_cell("dial", p) == cell
+        assert await moved_by(slot_write("knob")) >= 1
+        assert follower.index.disclosure_cell("knob", p) == cell and follower.index.disclosure_cell("dial", p) is None
+        await _settled(chain, follower.index, keeper)

@@ -23,6 +23,12 @@ Theory of operation: a small state loop over the gateway's own node.
   this gateway cannot open yet (an epoch not granted to it) is left out and
   counted in ``unreadable``; when the keyring gains or loses a key (its
   ``version`` moves, e.g. after a ``data_key`` event) the loop goes back to LOAD.
+* MANIFESTS BY REFERENCE: a device may name a slot of its gateway's sealed
+  catalog instead of carrying its services (discovery/catalog.py). LOAD reads
+  every catalog at H and opens it; a ``manifest_put`` event re-reads that
+  gateway's catalog at h, before the height's devices, and when a slot's
+  services changed, the devices that name it are re-read too (a cover write,
+  same services under a fresh nonce, changes nothing here).
 
 Clock, sleep and randomness are parameters so tests run without real waits.
 """
@@ -37,7 +43,8 @@ from collections.abc import Awaitable, Callable
 
 from ...chain import ChainClient, ChainError
 from .index import DeviceEntry, RegistryIndex, entry_from_record
-from .sealbox import Keyring, SealError
+from .catalog import manifest_key
+from .sealbox import Catalogs, Keyring, SealError, resolve
 from ...proto import registry_pb2 as pb
 
 __all__ = ["DeviceEntry", "RegistryIndex", "ReplicaFollower"]
@@ -49,6 +56,7 @@ DEVICE_EVENTS = {"device_registered", "device_updated", "device_unregistered", "
 GATEWAY_EVENTS = {"gateway_registered", "gateway_updated", "gateway_removed", "gateway_tls_set"}
 REVOKED_EVENT = "token_revoked"
 SEAL_EVENTS = {"data_key", "seal_key_set"}
+MANIFEST_EVENT = "manifest_put"
 RevocationRecords = list[tuple[bytes, int]]  # (revocation hash, expiry s)
 
 
@@ -92,6 +100,8 @@ class ReplicaFollower:
         self.keeper = keeper  # keeper.SealKeeper (or StaticKeys): .ring, .version, refresh()
         self._ring_version = -1
         self.unreadable: set[bytes] = set()  # pseudonyms whose sealed fields this gateway cannot open
+        self.catalogs: Catalogs = {}  # (gateway id, slot) -> services: every gateway's catalog, opened
+        self._named_by: dict[tuple[str, int], set[bytes]] = {}  # catalog slot -> pseudonyms naming it
         # the gateway's revocation hooks (app.py); None: devices only
         self.on_revocations: Callable[[RevocationRecords, int, bool], Awaitable[None]] | None = None
         self.on_heard: Callable[[], None] | None = None
@@ -103,7 +113,10 @@ class ReplicaFollower:
         try:
             if self.keeper is None:
                 raise SealError("no keyring")
-            entry = entry_from_record(self.keeper.ring.open_record(record))
+            fields = self.keeper.ring.open(record.pseudonym, record.sealed)
+            if fields.manifest:
+                self._named_by.setdefault((record.gateway_id, fields.manifest - 1), set()).add(record.pseudonym)
+            entry = entry_from_record(resolve(record, fields, self.catalogs))
         except SealError:
             self.unreadable.add(record.pseudonym)
             return None
@@ -114,6 +127,26 @@ class ReplicaFollower:
 
     async def _all_devices(self, height: int) -> list[pb.DeviceRecord]:
         return await self.chain.devices("/devices", pb.DeviceQuery(limit=PAGE), height)
+
+    async def _catalog(self, height: int, gateway_id: str = "") -> set[tuple[str, int]]:
+        """Read (one gateway's or every) catalog at ``height``; returns the slots whose services changed."""
+        opened: Catalogs = {}
+        for record in await self.chain.manifests(gateway_id, height):
+            try:
+                if self.keeper is None:
+                    raise SealError("no keyring")
+                services = list(self.keeper.ring.open_manifest(record).services)
+            except SealError:
+                continue  # under an epoch not held here: its devices stay unreadable
+            if services:
+                opened[(record.gateway_id, record.slot)] = services
+        old = {ref: v for ref, v in self.catalogs.items() if not gateway_id or ref[0] == gateway_id}
+        changed = {ref for ref in old.keys() | opened.keys()
+                   if ref not in old or ref not in opened or manifest_key(old[ref]) != manifest_key(opened[ref])}
+        for ref in old.keys() - opened.keys():
+            del self.catalogs[ref]
+        self.catalogs.update(opened)
+        return changed
 
     async def _gateways(self, height: int) -> None:
         records = await self.chain.gateways(height)
@@ -127,6 +160,9 @@ class ReplicaFollower:
             await self.keeper.refresh()
             self._ring_version = self.keeper.version
         height = await self.chain.height()
+        self.catalogs.clear()
+        self._named_by.clear()
+        await self._catalog(height)
         records = await self._all_devices(height)
         await self._gateways(height)
         if self.on_revocations is not None:
@@ -159,6 +195,7 @@ class ReplicaFollower:
         events += res.get("finalize_block_events") or []
         changed: dict[bytes, str] = {}
         revoked: RevocationRecords = []
+        catalogs: set[str] = set()
         for ev in events:
             kind = ev.get("type", "")
             attrs = {a.get("key"): a.get("value") for a in ev.get("attributes") or []}
@@ -168,10 +205,16 @@ class ReplicaFollower:
                     revoked.append(rec)
             elif kind in DEVICE_EVENTS and attrs.get("pseudonym"):
                 changed[bytes.fromhex(attrs["pseudonym"])] = kind
+            elif kind == MANIFEST_EVENT and attrs.get("gateway_id"):
+                catalogs.add(attrs["gateway_id"])
             elif kind in GATEWAY_EVENTS:
                 await self._gateways(height)
             if kind in SEAL_EVENTS and self.keeper is not None:
                 await self.keeper.refresh()  # a new epoch or grant: the next step reloads if keys changed
+        for gid in sorted(catalogs):  # before the devices: a device may name a slot written in this block
+            for ref in await self._catalog(height, gid):
+                for ps in self._named_by.get(ref, ()):
+                    changed.setdefault(ps, MANIFEST_EVENT)
         for ps, kind in changed.items():
             q = await self.chain.query("/device", pb.DeviceQuery(pseudonym=ps).SerializeToString(), height)
             entry = self._entry(pb.DeviceRecord.FromString(q.value)) if q.code == 0 else None

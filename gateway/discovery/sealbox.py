@@ -7,6 +7,13 @@
   length says nothing about how many services a device offers. The AAD binds
   the blob to its pseudonym and epoch: a blob copied onto another record does
   not open.
+* From the chain's ``manifest_ref_height`` on, a device's fields name a slot of
+  its gateway's *catalog* (``DeviceFields.manifest`` = 1 + slot) instead of
+  carrying services, and are padded to the one small
+  :data:`~edgistry.abci_app.sealing.DEVICE_REF_PLAIN_SIZE`. Each slot holds a
+  sealed :class:`~edgistry.proto.registry_pb2.Manifest`, padded like a
+  device's fields were; its AAD binds gateway, slot and epoch, so a slot's blob
+  copied to another slot or gateway does not open.
 * A data key travels on chain only *wrapped* to each gateway's X25519 seal key:
   an ephemeral X25519 key agreement, HKDF-SHA256 (salt: both public keys;
   info: domain, recipient gateway id, epoch) and ChaCha20-Poly1305.
@@ -35,14 +42,19 @@ from google.protobuf.message import DecodeError
 
 from ...abci_app import sealing as rules
 from ...abci_app.codes import TxError
-from ...abci_app.txs import check_device_plaintext
+from ...abci_app.txs import check_device_plaintext, check_services
 from ...config import HomeError, write_secret_file
 from ...proto import registry_pb2 as pb
 
 DEVICE_AAD = b"edgistry/device-fields/v1\0"
+MANIFEST_AAD = b"edgistry/manifest/v1\0"
 WRAP_INFO = b"edgistry/datakey-wrap/v1\0"
 CHECK_LABEL = b"edgistry/datakey-check/v1"
 _LEN = struct.Struct(">H")
+
+
+# (gateway id, slot) -> that slot's services, opened (a free slot is absent or empty)
+Catalogs = dict[tuple[str, int], list]
 
 
 class SealError(Exception):
@@ -65,13 +77,13 @@ def _device_aad(pseudonym: bytes, epoch: int) -> bytes:
     return DEVICE_AAD + pseudonym + struct.pack(">I", epoch)
 
 
-def pad(body: bytes) -> bytes:
-    """``be16(len) || body || zeros`` to the smallest sealed size that holds it."""
-    for size in rules.SEALED_PLAIN_SIZES:
+def pad(body: bytes, sizes: tuple[int, ...] = rules.SEALED_PLAIN_SIZES) -> bytes:
+    """``be16(len) || body || zeros`` to the smallest of ``sizes`` that holds it."""
+    for size in sizes:
         if len(body) + _LEN.size <= size:
             return _LEN.pack(len(body)) + body + bytes(size - _LEN.size - len(body))
     raise TooLarge(f"the device's description is {len(body)} bytes; at most "
-                   f"{rules.SEALED_PLAIN_SIZES[-1] - _LEN.size} fit the registry")
+                   f"{sizes[-1] - _LEN.size} fit the registry")
 
 
 def unpad(plain: bytes) -> bytes:
@@ -89,9 +101,39 @@ def seal_fields(key: bytes, epoch: int, pseudonym: bytes, fields: pb.DeviceField
     except TxError as err:
         raise ValueError(err.log) from err
     nonce = os.urandom(rules.NONCE_LEN) if nonce is None else nonce
-    plain = pad(fields.SerializeToString(deterministic=True))
+    sizes = (rules.DEVICE_REF_PLAIN_SIZE,) if fields.manifest else rules.SEALED_PLAIN_SIZES
+    plain = pad(fields.SerializeToString(deterministic=True), sizes)
     ct = ChaCha20Poly1305(key).encrypt(nonce, plain, _device_aad(pseudonym, epoch))
     return pb.Sealed(epoch=epoch, nonce=nonce, ciphertext=ct)
+
+
+def _manifest_aad(gateway_id: str, slot: int, epoch: int) -> bytes:
+    return MANIFEST_AAD + gateway_id.encode() + struct.pack(">II", slot, epoch)
+
+
+def seal_manifest(key: bytes, epoch: int, gateway_id: str, slot: int, manifest: pb.Manifest,
+                  nonce: bytes | None = None) -> pb.Sealed:
+    """Seal one catalog slot (no services: a free slot, padded the same)."""
+    if manifest.services:
+        try:
+            check_services(manifest.services)
+        except TxError as err:
+            raise ValueError(err.log) from err
+    nonce = os.urandom(rules.NONCE_LEN) if nonce is None else nonce
+    plain = pad(manifest.SerializeToString(deterministic=True))
+    ct = ChaCha20Poly1305(key).encrypt(nonce, plain, _manifest_aad(gateway_id, slot, epoch))
+    return pb.Sealed(epoch=epoch, nonce=nonce, ciphertext=ct)
+
+
+def open_manifest(key: bytes, record: pb.ManifestRecord) -> pb.Manifest:
+    sealed = record.sealed
+    try:
+        plain = ChaCha20Poly1305(key).decrypt(sealed.nonce, sealed.ciphertext,
+                                              _manifest_aad(record.gateway_id, record.slot, sealed.epoch))
+        return pb.Manifest.FromString(unpad(plain))
+    except (InvalidTag, ValueError, DecodeError, struct.error) as exc:
+        raise SealError(f"catalog slot {record.slot} of {record.gateway_id} does not open under epoch "
+                        f"{sealed.epoch}") from exc
 
 
 def open_fields(key: bytes, pseudonym: bytes, sealed: pb.Sealed) -> pb.DeviceFields:
@@ -171,15 +213,39 @@ class Keyring:
             raise SealError(f"no data key for epoch {sealed.epoch}")
         return open_fields(key, pseudonym, sealed)
 
-    def open_record(self, record: pb.DeviceRecord) -> pb.DeviceRecord:
-        """A copy of ``record`` with its sealed fields opened into the clear fields."""
-        fields = self.open(record.pseudonym, record.sealed)
-        out = pb.DeviceRecord()
-        out.CopyFrom(record)
-        out.services.extend(fields.services)
-        out.cell, out.duty_cycle_s = fields.cell, fields.duty_cycle_s
-        out.policy.CopyFrom(fields.policy)
-        return out
+    def seal_manifest(self, gateway_id: str, slot: int, manifest: pb.Manifest) -> pb.Sealed:
+        if not self.ready:
+            raise SealError(f"this gateway does not hold the current data key (epoch {self.current})")
+        return seal_manifest(self.keys[self.current], self.current, gateway_id, slot, manifest)
+
+    def open_manifest(self, record: pb.ManifestRecord) -> pb.Manifest:
+        key = self.keys.get(record.sealed.epoch)
+        if key is None:
+            raise SealError(f"no data key for epoch {record.sealed.epoch}")
+        return open_manifest(key, record)
+
+    def open_record(self, record: pb.DeviceRecord, catalog: Catalogs | None = None) -> pb.DeviceRecord:
+        """A copy of ``record`` with its sealed fields opened into the clear fields; a device
+        that names a catalog slot takes its services from ``catalog``."""
+        return resolve(record, self.open(record.pseudonym, record.sealed), catalog)
+
+
+def resolve(record: pb.DeviceRecord, fields: pb.DeviceFields, catalog: Catalogs | None) -> pb.DeviceRecord:
+    """A copy of ``record`` with its opened ``fields`` in the clear fields, services from its
+    catalog slot when it names one (SealError when that slot is unknown or free here)."""
+    services = fields.services
+    if fields.manifest:
+        found = catalog.get((record.gateway_id, fields.manifest - 1)) if catalog is not None else None
+        if not found:
+            raise SealError(f"device {record.pseudonym.hex()} names catalog slot {fields.manifest - 1} of "
+                            f"{record.gateway_id}, which is not readable here")
+        services = found
+    out = pb.DeviceRecord()
+    out.CopyFrom(record)
+    out.services.extend(services)
+    out.cell, out.duty_cycle_s = fields.cell, fields.duty_cycle_s
+    out.policy.CopyFrom(fields.policy)
+    return out
 
 
 # ---- the gateway's seal key on disk ----

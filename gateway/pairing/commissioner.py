@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ...abci_app.codes import Code, TxError
 from ...abci_app.txs import VALIDATORS
+from ...abci_app.txs import check_services
+from ..discovery.catalog import CatalogFull, load_catalog
 from ..discovery.sealbox import Keyring, SealError, TooLarge
 from ...firmware.caplets import api as cl
 from ..tokens import auth
@@ -60,6 +62,7 @@ class Commissioner:
         # rotated only after the chain has the device, so concurrent attempts with one code
         # (or for one link id) would otherwise all pass their checks before any of them ends.
         self._one_at_a_time = asyncio.Lock()
+        self._refs_from: int | None = None  # the chain's manifest_ref_height (0: never), read once
 
     def begin(self, msg: gw.PairBegin) -> gw.PairOffer:
         return self.offers.begin(msg)
@@ -160,18 +163,52 @@ class Commissioner:
         except ChainError as exc:
             raise Unavailable(f"the registry is unreachable: {exc}") from exc
 
+    async def _by_reference(self, ring: Keyring, fields: pb.DeviceFields) -> tuple[pb.DeviceFields, int | None]:
+        """``fields`` as the chain takes them now: from its manifest_ref_height, the services
+        replaced by their catalog slot (and the slot, while its write waits for a batch)."""
+        if self._refs_from is None:
+            try:
+                self._refs_from = await self.chain.manifest_ref_height()
+            except ChainError as exc:
+                raise Unavailable(f"the registry is unreachable: {exc}") from exc
+        if not self._refs_from or await self.chain.height() + 1 < self._refs_from:
+            return fields, None
+        catalog = self.submitter.catalog if self.submitter is not None else None
+        if catalog is None:
+            raise Unavailable("this gateway has no catalog of manifests: it cannot register devices on this chain")
+        if not catalog.loaded:
+            try:
+                await load_catalog(catalog, self.chain, ring, self.gateway_id)
+            except ChainError as exc:
+                raise Unavailable(f"the registry is unreachable: {exc}") from exc
+        try:
+            check_services(fields.services)
+            slot, held = catalog.ref(fields.services)
+        except TxError as exc:
+            raise BadRequest(f"the registry would refuse the device: {exc.log}") from exc
+        except CatalogFull as exc:
+            raise Unavailable(str(exc)) from exc
+        out = pb.DeviceFields(cell=fields.cell, duty_cycle_s=fields.duty_cycle_s, manifest=slot + 1)
+        out.policy.CopyFrom(fields.policy)
+        return out, slot if held else None
+
+    async def _sealed(self, cls, ring: Keyring, pseudonym: bytes, fields: pb.DeviceFields):
+        """The device message with ``fields`` sealed, and the catalog slot it must follow."""
+        fields, slot = await self._by_reference(ring, fields)
+        try:
+            return cls(pseudonym=pseudonym, sealed=ring.seal(pseudonym, fields)), slot
+        except (ValueError, TooLarge) as exc:
+            raise BadRequest(f"the registry would refuse the device: {exc}") from exc
+        except SealError as exc:
+            raise Unavailable(str(exc)) from exc
+
     async def _submit_sealed(self, cls, pseudonym: bytes, fields: pb.DeviceFields) -> int:
         """Seal ``fields`` under the current epoch and submit; once more if an epoch opened meanwhile."""
         for attempt in range(2):
             ring = await self._ring(refresh=attempt > 0)
+            msg, slot = await self._sealed(cls, ring, pseudonym, fields)
             try:
-                sealed = ring.seal(pseudonym, fields)
-            except (ValueError, TooLarge) as exc:
-                raise BadRequest(f"the registry would refuse the device: {exc}") from exc
-            except SealError as exc:
-                raise Unavailable(str(exc)) from exc
-            try:
-                return await self._submit(cls(pseudonym=pseudonym, sealed=sealed))
+                return await self._submit(msg, slot)
             except Unavailable as exc:
                 stale = isinstance(exc.__cause__, TxRejected) and exc.__cause__.code == Code.STALE_EPOCH
                 if not stale or attempt:
@@ -193,8 +230,7 @@ class Commissioner:
                 log.warning("device %s is on chain for this gateway but not in its store: not re-sealed",
                             rec.pseudonym.hex())
                 continue
-            await self._submit(pb.UpdateDevice(pseudonym=rec.pseudonym, sealed=ring.seal(rec.pseudonym,
-                                                                                          device_fields(dev))))
+            await self._submit(*await self._sealed(pb.UpdateDevice, ring, rec.pseudonym, device_fields(dev)))
             moved += 1
         return moved
 
@@ -207,13 +243,13 @@ class Commissioner:
             raise Unavailable(f"the registry is unreachable: {exc}") from exc
         return pb.DeviceRecord.FromString(res.value) if res.code == 0 else None
 
-    async def _submit(self, msg) -> int:
+    async def _submit(self, msg, slot: int | None = None) -> int:
         kind = {pb.RegisterDevice: "register_device", pb.UpdateDevice: "update_device",
                 pb.UnregisterDevice: "unregister_device"}[type(msg)]
         try:
             VALIDATORS[kind](msg)  # the chain's own stateless check, before broadcasting
             if self.submitter is not None:
-                return (await self.submitter.submit(msg)).height
+                return (await self.submitter.submit(msg, slot)).height
             return (await self.chain.submit(self.key, msg)).height
         except TxError as exc:
             raise BadRequest(f"the registry would refuse the device: {exc}") from exc

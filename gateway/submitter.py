@@ -321,9 +321,10 @@ class RegistrySubmitter:
         batch = pb.Batch(ops=[p.op for p in ops])
         signer = self.key.public_key().public_bytes_raw()
         # only the send loop broadcasts: one at a time, so batches reach the mempool in nonce order
-        if self._follower is None or self._follower.done():
+        if (self._follower is None or self._follower.done()) and not self._waiting:
             # a new follower starts from here (our tx cannot be in an earlier block); a running
-            # one is never moved: it reads every height after its own last one
+            # one is never moved: it reads every height after its own last one, and neither is
+            # one that stopped with batches still waiting (theirs may be in any later block)
             self._seen_height = int((await self.chain.status())["sync_info"]["latest_block_height"])
         for attempt in range(2):
             # not while another sender of this key waits for a lower nonce to commit (ChainClient.sender)
@@ -359,6 +360,8 @@ class RegistrySubmitter:
             try:
                 await self._follow_ws()
                 return
+            except ChainError as exc:  # a read beside the events failed (e.g. results not stored yet)
+                log.info("registry submitter: following by polling for now (%s)", exc)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError) as exc:
                 if self._ws_usable is None:  # never worked (the embedded node has no websocket): poll from now on
                     self._ws_usable = False

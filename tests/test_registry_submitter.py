@@ -353,3 +353,26 @@ async def test_slot_writes_ride_only_with_device_operations_at_most_one_per_gap(
     assert all(b[0] == "put_manifest" and b.count("put_manifest") == 1 and "register_device" in b for b in with_put)
     assert ["revoke_token"] in batches  # the lone revocation: no write rode with it
     assert catalog.puts["cover"] == len(with_put) and catalog.puts["new"] == 0
+
+
+async def test_a_failed_read_beside_the_events_falls_back_to_polling_and_loses_nothing(node):
+    """A node may answer a NewBlock's neighbours before it stored their results ("could not
+    find results for height"): the follower then polls on from the last height it saw, and
+    every operation settles with its own outcome instead of timing out."""
+    from edgistry.chain import ChainError
+
+    url, key = node
+    async with ChainClient(url) as chain:
+        sub = RegistrySubmitter(chain, key, window_s=0.01, commit_timeout_s=20)
+        failures = []
+
+        async def broken_ws() -> None:
+            failures.append(1)
+            raise ChainError("block_results: Internal error: could not find results for height #1")
+
+        sub._follow_ws = broken_ws
+        t0 = time.monotonic()
+        results = await asyncio.wait_for(asyncio.gather(*(sub.submit(_device(900 + i)) for i in range(12))), 30)
+        await sub.close()
+    assert failures and all(r.height > 0 for r in results) and sub.stats["polled_blocks"] > 0
+    assert time.monotonic() - t0 < 15  # settled by polling, not by the commit timeout

@@ -167,7 +167,7 @@ class ChainClient:
 
     async def manifests(self, gateway_id: str = "", height: int = 0) -> list[pb.ManifestRecord]:
         """All pages of the sealed manifest catalogs (one gateway's, or every gateway's)."""
-        q = pb.DeviceQuery(gateway_id=gateway_id, limit=1000)
+        q = pb.DeviceQuery(gateway_id=gateway_id, limit=64)  # slots of up to 32 KiB: small pages
         out: list[pb.ManifestRecord] = []
         while True:
             page = await self.query_msg("/manifests", pb.ManifestList, q.SerializeToString(), height)
@@ -175,6 +175,16 @@ class ChainClient:
             if not page.next:
                 return out
             q.start_after = page.next
+
+    async def manifest(self, gateway_id: str, slot: int, height: int = 0) -> pb.ManifestRecord | None:
+        """One catalog slot (None: never written)."""
+        res = await self.query("/manifest", pb.DeviceQuery(gateway_id=gateway_id, slot=slot).SerializeToString(),
+                               height)
+        if res.code == Code.NOT_FOUND:
+            return None
+        if res.code != 0:
+            raise ChainError(f"query /manifest failed: {res.log} (code {res.code})")
+        return pb.ManifestRecord.FromString(res.value)
 
     async def manifest_ref_height(self) -> int:
         """The genesis height from which devices name a catalog slot (0: never)."""

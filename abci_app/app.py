@@ -36,6 +36,7 @@ from pathlib import Path
 
 from .. import __version__
 from . import ed25519_rule, keys, lthash, snapshots
+from .sealing import read_manifest_ref_height, refs_required
 from .lthash import LtHash, hashed_records, read_lthash_v2_height, version_at
 from .codes import Code, TxError
 from .genesis import Genesis, GenesisError, read_ed25519_v2_height
@@ -224,12 +225,13 @@ class RegistryApp:
         height = self.next_height
         rule = self.rule_at(height)
         activation = read_revocation_hash_height(self._committed_or_genesis())
+        refs = read_manifest_ref_height(self._committed_or_genesis())
         for tx in req.txs:
             if total + len(tx) > req.max_tx_bytes:
                 break
             try:
                 decoded = self.decoded.decode(tx)
-                check_admissible(decoded, height, activation)
+                check_admissible(decoded, height, activation, refs)
             except TxError:
                 continue
             if not self._signature_ok(tx, decoded, rule):
@@ -245,10 +247,11 @@ class RegistryApp:
         height = self.next_height
         rule = self.rule_at(height)
         activation = read_revocation_hash_height(self._committed_or_genesis())
+        refs = read_manifest_ref_height(self._committed_or_genesis())
         for tx in req.txs:
             try:
                 decoded = self.decoded.decode(tx)
-                check_admissible(decoded, height, activation)
+                check_admissible(decoded, height, activation, refs)
             except TxError as err:
                 log.warning("rejecting proposal at height %d: %s", req.height, err)
                 return abci.ResponseProcessProposal(status=REJECT)
@@ -323,9 +326,9 @@ class RegistryApp:
         height = self.next_height
         rule = self.rule_at(height)
         reverify = recheck and rule != self.rule_at(height - 1)
-        # the first block that takes only revocation hashes: what was admitted with
-        # a raw tag inside a batch must leave the mempool, so run every recheck in full
-        reform = recheck and self._revocation_form_changes(height)
+        # the first block that takes only revocation hashes, or devices only by reference:
+        # what was admitted in the old form must leave the mempool, so run every recheck in full
+        reform = recheck and self._form_changes(height)
         if recheck and not reverify and not reform:
             short = self._recheck_unchanged(raw)
             if short is not None:
@@ -340,10 +343,13 @@ class RegistryApp:
         self._note_checked(raw, result, view, recheck)
         return result.to_check()
 
-    def _revocation_form_changes(self, height: int) -> bool:
-        """Whether block ``height`` is the first that takes only revocation hashes."""
+    def _form_changes(self, height: int) -> bool:
+        """Whether block ``height`` is the first that takes only revocation hashes, or the first
+        whose devices name a catalog slot."""
         activation = read_revocation_hash_height(self._check)
-        return hashes_required(height, activation) != hashes_required(height - 1, activation)
+        refs = read_manifest_ref_height(self._check)
+        return (hashes_required(height, activation) != hashes_required(height - 1, activation)
+                or refs_required(height, refs) != refs_required(height - 1, refs))
 
     def _recheck_unchanged(self, raw: bytes) -> abci.ResponseCheckTx | None:
         """The short recheck (recheck.py): the remembered verdict when nothing the

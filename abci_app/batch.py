@@ -53,7 +53,8 @@ from google.protobuf.message import Message
 from .codes import Code, TxError
 from .handlers import HANDLERS, Outcome, TxContext, event
 from .revocation_rule import check_form, check_no_raw_tag, hashes_required, read_revocation_hash_height
-from .sealing import check_device_size, check_no_cleartext, check_seal_key_admissible, read_manifest_ref_height
+from .sealing import (check_device_size, check_no_cleartext, check_refs_known, check_seal_key_admissible,
+                      read_manifest_ref_height)
 from .txs import BATCH_OP_KINDS, MAX_BATCH_OPS, VALIDATORS, DecodedTx
 from ..proto import registry_pb2 as pb
 
@@ -78,15 +79,19 @@ def batch_of(msgs: list[Message]) -> pb.Batch:
     return pb.Batch(ops=[op_of(m) for m in msgs])
 
 
-def check_admissible(tx: DecodedTx, height: int, activation: int | None) -> None:
+def check_admissible(tx: DecodedTx, height: int, activation: int | None,
+                     refs_activation: int | None = None) -> None:
     """Raise TxError when ``tx`` may not enter block ``height`` (revocation hash
-    activation ``activation``): a raw tag, or in a batch a device's fields in
-    clear. See the module docstring; a pure function of the bytes and the height,
-    so a pass is remembered on ``tx`` (the decode cache hands CheckTx and both
-    proposal checks the same object for the same bytes)."""
+    activation ``activation``, manifests by reference from ``refs_activation``): a raw
+    tag, in a batch a device's fields in clear, or a PutManifest below its height. See
+    the module docstring; a pure function of the bytes and the height, so a pass is
+    remembered on ``tx`` (the decode cache hands CheckTx and both proposal checks the
+    same object for the same bytes; a PutManifest passes only from its height on, and
+    heights only grow)."""
     form = 1 if hashes_required(height, activation) else 0
     if tx.admitted >= form:
         return
+    check_refs_known(tx.kind, tx.msg, height, refs_activation)
     if tx.kind == "revoke_token":
         check_no_raw_tag(tx.msg, height, activation)
     elif tx.kind == "set_seal_key":

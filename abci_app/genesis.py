@@ -218,6 +218,8 @@ class Genesis:
                                         duty_cycle_s=d.duty_cycle_s,
                                         sealed=d.sealed if d.HasField("sealed") else None)
                 txs.VALIDATORS["register_device"](msg)
+                if self.manifest_ref_height is None:  # no height ever takes the small size
+                    sealing.check_device_size(d.sealed, 0, None)
                 if d.gateway_id not in ids:
                     raise GenesisError(f"device {d.pseudonym.hex()} names unknown gateway {d.gateway_id}")
                 if d.sealed.epoch not in epochs:

@@ -17,6 +17,7 @@ path                   data                            value
 /seal                  -                               SealState (epochs, wraps)
 /manifests             DeviceQuery (paging; gateway_id  ManifestList (sealed catalog slots)
                        optional: one gateway's)
+/manifest              DeviceQuery(gateway_id, slot)   ManifestRecord
 =====================  ==============================  ====================
 
 ``height`` 0 means the latest committed height; the answer's ``height`` says
@@ -92,6 +93,13 @@ def q_manifests(r: HeightReader, data: bytes) -> Message:
     prefix = keys.manifest(q.gateway_id) if q.gateway_id else keys.MANIFEST
     page, nxt = _take(r.scan(prefix, _cursor(prefix, q)), _page(q))
     return pb.ManifestList(manifests=[pb.ManifestRecord.FromString(v) for _, v in page], next=nxt)
+
+
+def q_manifest(r: HeightReader, data: bytes) -> Message:
+    q = _parse(pb.DeviceQuery, data)
+    if len(q.gateway_id) != keys.GATEWAY_ID_LEN:
+        raise QueryError(Code.BAD_QUERY, "gateway_id must be 32 hex characters")
+    return _record(r, keys.manifest(q.gateway_id, q.slot), pb.ManifestRecord, f"catalog slot {q.slot}")
 
 
 def q_seal(r: HeightReader, data: bytes) -> Message:
@@ -181,6 +189,7 @@ PATHS: dict[str, Callable[[HeightReader, bytes], Message | bytes]] = {
     "/validators": q_validators,
     "/seal": q_seal,
     "/manifests": q_manifests,
+    "/manifest": q_manifest,
 }
 
 

@@ -58,7 +58,9 @@ SEALED_SIZES = tuple(n + AEAD_TAG for n in SEALED_PLAIN_SIZES)
 DEVICE_REF_PLAIN_SIZE = 64
 DEVICE_REF_SIZE = DEVICE_REF_PLAIN_SIZE + AEAD_TAG
 DEVICE_SIZES = (DEVICE_REF_SIZE, *SEALED_SIZES)  # what a device blob may be at some height
-MAX_MANIFEST_SLOTS = 256  # catalog slots per gateway: distinct kinds of device it can register
+# Catalog slots per gateway: the distinct kinds of device it can register. Its covers roam all
+# of them from the start (a catalog that grew on demand would date the kind that made it grow).
+MAX_MANIFEST_SLOTS = 64
 WRAP_CIPHERTEXT_LEN = DATA_KEY_LEN + AEAD_TAG
 MAX_WRAPS = 1000  # gateways per PutDataKey
 ADMIN_OPENER = "admin"
@@ -206,6 +208,18 @@ def check_device_size(sealed: pb.Sealed, height: int, activation: int | None) ->
                        f"its manifest's catalog slot (docs/REGISTRY_PRIVACY.md), not {size}")
     elif size not in SEALED_SIZES:
         raise _bad(f"a sealed field is {' or '.join(map(str, SEALED_SIZES))} bytes (padded), not {size}")
+
+
+def check_refs_known(kind: str, msg: Message, height: int, activation: int | None) -> None:
+    """Below manifest_ref_height a PutManifest, alone or in a batch, is what it was before this
+    rule existed: a tx that does not decode (``MALFORMED_TX``, before the nonce, and refused
+    by the proposal checks), so older chains replay alike and mixed versions agree."""
+    if refs_required(height, activation):
+        return
+    if kind == "put_manifest" or (kind == "batch" and any(op.WhichOneof("op") == "put_manifest"
+                                                          for op in msg.ops)):
+        raise TxError(Code.MALFORMED_TX, "PutManifest is not a message of this chain below its genesis "
+                                         "manifest_ref_height")
 
 
 def put_manifest(kv: Overlay, height: int, gateway_id: str, msg: pb.PutManifest) -> None:

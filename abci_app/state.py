@@ -97,8 +97,10 @@ def execute_tx(kv: Overlay, raw: bytes, chain_id: str, height: int, time_s: int,
             check_form(tx.msg, height, read_revocation_hash_height(kv))
         elif tx.kind == "register_device" or tx.kind == "update_device":  # the size the height takes
             sealing.check_device_size(tx.msg.sealed, height, sealing.read_manifest_ref_height(kv))
-        elif tx.kind in ("batch", "set_seal_key") and not batch_ops:  # nothing that may never be on chain
-            check_admissible(tx, height, read_revocation_hash_height(kv))
+        elif tx.kind in ("batch", "set_seal_key", "put_manifest") and not batch_ops:  # never on chain
+            check_admissible(tx, height, read_revocation_hash_height(kv), sealing.read_manifest_ref_height(kv))
+        elif tx.kind == "put_manifest" or tx.kind == "batch":  # not a message of this chain below its height
+            sealing.check_refs_known(tx.kind, tx.msg, height, sealing.read_manifest_ref_height(kv))
         check = rule
         if rule is not None and verified is not None:
             known = verified.has(raw, rule) if remember else verified.take(raw, rule)

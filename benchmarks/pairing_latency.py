@@ -83,8 +83,9 @@ async def measure(url: str, keys: list, samples: int, rounds: int, background: f
         submitter = RegistrySubmitter(after_chain, after_key)
         # the gateway's catalog schedule: cover slot writes ride with device operations, one per gap
         gid = gateway_id_for(after_key.public_key().public_bytes_raw())
-        submitter.use_catalog(ManifestCatalog(),
-                              lambda slot, m: sealbox.seal_manifest(BENCH_DATA_KEY, 1, gid, slot, m))
+        catalog = ManifestCatalog()
+        catalog.load({})  # a new chain: no slot written yet
+        submitter.use_catalog(catalog, lambda slot, m: sealbox.seal_manifest(BENCH_DATA_KEY, 1, gid, slot, m))
         stop = asyncio.Event()
         bg_errors = {"before": 0, "after": 0}
 

@@ -27,8 +27,9 @@ can never apply, so nothing is applied twice and nothing is lost.
 
 Manifests by reference (gateway/discovery/catalog.py): with a catalog, a batch
 that carries a device operation may also carry one ``PutManifest`` (a slot
-write), first, at most one per the catalog's gap; a device whose kind waits for
-its slot is held back until the batch that writes it (bounded by ``HOLD_MAX_S``).
+write), first, at most one per the catalog's gap; a device whose kind has no slot
+on chain yet is held back until its slot's write commits, the first of them riding
+in the write's own batch (it fails when no slot could be written for ``HOLD_MAX_S``).
 
 Commits are learnt by one follower, running while batches wait: it subscribes
 to CometBFT's NewBlock events over the RPC websocket (each event carries the
@@ -74,7 +75,7 @@ CLOSE_GRACE_S = 5.0  # close() waits this long for batches in flight
 WS_QUIET_S = 1.0  # no NewBlock event for this long: poll once, in case one was missed
 URGENT = frozenset({"revoke_token"})  # kinds that are never held back for a window
 DEVICE_OPS = frozenset({"register_device", "update_device"})  # the ops a catalog slot write may ride with
-HOLD_MAX_S = 30.0  # a device held for its catalog slot's write fails after this long (no data key)
+HOLD_MAX_S = 30.0  # a device held for its slot's write fails when no slot was written for this long
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class RegistrySubmitter:
                       "resent_ops": 0}
         self.catalog: ManifestCatalog | None = None  # set by use_catalog
         self._seal_manifest: Sealer | None = None
+        self._seal_failing = False  # sealing a slot write failed last time (logged once)
 
     def use_catalog(self, catalog: ManifestCatalog, seal: Sealer) -> None:
         """Let batches carry ``catalog``'s slot writes, sealed by ``seal`` (the current epoch)."""
@@ -216,7 +218,7 @@ class RegistrySubmitter:
                     continue
             ops = self._cut()
             if not ops:  # every pending operation waits for its catalog slot's write
-                await _wait(self._wake, max(0.01, self.catalog.wait_s(loop.time()) if self.catalog else 0.01))
+                await _wait(self._wake, max(0.05, self.catalog.wait_s(loop.time()) if self.catalog else 0.05))
                 continue
             self._in_flight += 1
             try:
@@ -242,31 +244,34 @@ class RegistrySubmitter:
     def _cut(self) -> list[_Pending]:
         """The oldest pending operations that fit one batch (none when all wait for their
         catalog slot's write), led by a slot write when the catalog allows one."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = asyncio.get_running_loop().time()
         ops: list[_Pending] = []
         size = 0
         put = self._slot_write(now)
+        riding = set()  # slots whose write is in this batch: their devices may follow it here
         if put is not None:
             ops.append(put)
             size = put.size
+            riding.add(put.op.put_manifest.slot)
         kept: list[_Pending] = []
         for i, p in enumerate(self._pending):
             if len(ops) >= self.max_ops or (ops and size + p.size > self.max_bytes):
                 kept += self._pending[i:]
                 break
-            if p.slot is not None and self.catalog is not None and self.catalog.held(p.slot):
-                if now - p.since > HOLD_MAX_S:
-                    _fail([p], ChainError(f"catalog slot {p.slot} was not written within {HOLD_MAX_S:.0f} s "
-                                          "(does this gateway hold the current data key?)"))
+            if p.op.WhichOneof("op") == "put_manifest":  # a write sent again (its batch was overtaken)
+                riding.add(p.op.put_manifest.slot)
+            elif p.slot is not None and p.slot not in riding and self.catalog is not None and self.catalog.held(p.slot):
+                if now - max(p.since, self.catalog.last_put_at) > HOLD_MAX_S:
+                    _fail([p], ChainError(f"no catalog slot could be written for {HOLD_MAX_S:.0f} s "
+                                          f"(slot {p.slot}; does this gateway hold the current data key?)"))
                 else:
                     kept.append(p)
                 continue
             ops.append(p)
             size += p.size
-        if put is not None and len(ops) == 1:  # nothing rode with the write: it goes with the next batch
-            self._unput(put)
-            ops = []
+        if put is not None and not any(p.op.WhichOneof("op") in DEVICE_OPS for p in ops[1:]):
+            self._unput(put)  # no device rode with it: the write waits for a batch that has one
+            ops = ops[1:]
         self._pending = kept
         self._urgent -= sum(1 for p in ops if p.op.WhichOneof("op") in URGENT)
         if self._pending:
@@ -275,19 +280,26 @@ class RegistrySubmitter:
 
     def _slot_write(self, now: float) -> _Pending | None:
         """A catalog slot write for the batch being cut: one a held device waits for, else a
-        cover riding with a device operation; None when the batch would carry neither."""
+        cover riding with a device operation; None when the batch would carry neither, when
+        it already holds a write (sent again), or before the catalog knows the chain's view."""
         catalog = self.catalog
-        if catalog is None or self._seal_manifest is None:
+        if catalog is None or self._seal_manifest is None or not catalog.loaded:
             return None
-        window = self._pending[: self.max_ops]
-        riders = [p.slot for p in window if p.slot is not None and catalog.held(p.slot)]
-        if not riders and not any(p.op.WhichOneof("op") in DEVICE_OPS for p in window):
+        window = self._pending[: self.max_ops - 1]  # the write takes one of the batch's places
+        kinds = [p.op.WhichOneof("op") for p in window]
+        if "put_manifest" in kinds:
+            return None
+        riders = [p.slot for p in window if p.slot is not None and p.slot in catalog.waiting]
+        if not riders and not any(k in DEVICE_OPS for k in kinds):
             return None
         try:
             taken = catalog.take_put(now, self._seal_manifest, riders)
         except Exception as exc:  # noqa: BLE001 - no current key: devices wait (bounded), nothing is written
-            log.info("registry submitter: no catalog slot write now: %s", exc)
+            if not self._seal_failing:
+                log.info("registry submitter: no catalog slot write while %s", exc)
+            self._seal_failing = True
             return None
+        self._seal_failing = False
         if taken is None:
             return None
         msg, key = taken
@@ -298,7 +310,7 @@ class RegistrySubmitter:
         return _Pending(op, op.ByteSize() + 4, fut, None, now)
 
     def _unput(self, put: _Pending) -> None:
-        """Take back a slot write whose batch ended up carrying nothing else."""
+        """Take back a slot write whose batch ended up carrying no device operation."""
         assert self.catalog is not None
         slot = put.op.put_manifest.slot
         self.catalog.untake(slot, self.catalog.sent.get(slot, b""))

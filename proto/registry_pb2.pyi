@@ -369,20 +369,22 @@ class ValidatorRecord(_message.Message):
     def __init__(self, pubkey: _Optional[bytes] = ..., power: _Optional[int] = ...) -> None: ...
 
 class DeviceQuery(_message.Message):
-    __slots__ = ("service_type", "cell", "gateway_id", "pseudonym", "start_after", "limit")
+    __slots__ = ("service_type", "cell", "gateway_id", "pseudonym", "start_after", "limit", "slot")
     SERVICE_TYPE_FIELD_NUMBER: _ClassVar[int]
     CELL_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
     START_AFTER_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
     service_type: str
     cell: int
     gateway_id: str
     pseudonym: bytes
     start_after: bytes
     limit: int
-    def __init__(self, service_type: _Optional[str] = ..., cell: _Optional[int] = ..., gateway_id: _Optional[str] = ..., pseudonym: _Optional[bytes] = ..., start_after: _Optional[bytes] = ..., limit: _Optional[int] = ...) -> None: ...
+    slot: int
+    def __init__(self, service_type: _Optional[str] = ..., cell: _Optional[int] = ..., gateway_id: _Optional[str] = ..., pseudonym: _Optional[bytes] = ..., start_after: _Optional[bytes] = ..., limit: _Optional[int] = ..., slot: _Optional[int] = ...) -> None: ...
 
 class GatewayList(_message.Message):
     __slots__ = ("gateways",)

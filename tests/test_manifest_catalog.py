@@ -32,7 +32,7 @@ def test_one_slot_per_kind_and_a_new_kind_waits_for_its_write():
     assert c.ref(services("meter")) == (slot, True)  # a second device of the kind waits for the same write
     put, key = c.take_put(10.0, seal, riders=[slot])
     assert put.slot == slot and pb.Manifest.FromString(put.sealed.ciphertext).services == services("meter")
-    assert not c.held(slot) and c.ref(services("meter")) == (slot, False)  # sent: later devices ride after it
+    assert c.held(slot) and c.ref(services("meter")) == (slot, True)  # sent: later devices wait for its commit
     c.settled(slot, key, True)
     assert c.committed[slot] == manifest_key(services("meter")) and c.ref(services("meter")) == (slot, False)
     other, held = c.ref(services("meter", "valve"))
@@ -94,7 +94,7 @@ def test_untaken_write_is_as_if_never_taken():
 
 
 def test_covers_rewrite_what_the_slot_holds_and_skip_unreadable_slots():
-    c = catalog(span=4, put_gap_s=0.0)
+    c = catalog(slots=4, put_gap_s=0.0)
     c.load({0: manifest_key(services("meter")), 1: None, 2: b""})
     seen = {}
     for t in range(200):
@@ -107,14 +107,32 @@ def test_covers_rewrite_what_the_slot_holds_and_skip_unreadable_slots():
     assert new == 2 or new == 3  # free slots only: never the unreadable one, never a kind's
 
 
-def test_the_catalog_grows_by_its_span_and_stops_at_the_chains_bound():
-    c = catalog(span=2, put_gap_s=0.0)
-    slots = {c.ref(services(f"k{i}"))[0] for i in range(5)}
-    assert len(slots) == 5 and c.capacity == 6 and max(slots) < 6
-    big = catalog(span=64)
-    big.load({s: manifest_key(services(f"k{s}")) for s in range(MAX_MANIFEST_SLOTS)})
+def test_the_catalog_spans_every_slot_from_the_start_and_refuses_one_kind_too_many():
+    """Covers and new kinds roam all MAX_MANIFEST_SLOTS slots at once: a catalog that grew on
+    demand would date, by its first write past the old span, the kind that made it grow."""
+    c = catalog(put_gap_s=0.0)
+    seen = set()
+    for t in range(2000):
+        put, key = c.take_put(float(t), seal)
+        c.settled(put.slot, key, True)
+        seen.add(put.slot)
+    assert seen == set(range(MAX_MANIFEST_SLOTS))
+    full = catalog()
+    full.load({s: manifest_key(services(f"k{s}")) for s in range(MAX_MANIFEST_SLOTS)})
     with pytest.raises(CatalogFull):
-        big.ref(services("one-more"))
+        full.ref(services("one-more"))
+
+
+def test_a_cover_in_flight_holds_nothing_and_a_new_kind_in_flight_holds_its_devices():
+    c = catalog(put_gap_s=0.0)
+    c.load({5: manifest_key(services("meter"))})
+    put, key = c.take_put(1.0, seal, riders=[])
+    assert not c.held(put.slot)  # a cover: what it writes is on chain already
+    new, _ = c.ref(services("valve"))
+    put, key = c.take_put(2.0, seal, riders=[new])
+    assert put.slot == new and c.held(new)
+    c.settled(new, key, True)
+    assert not c.held(new)
 
 
 def test_new_kinds_take_random_free_slots():

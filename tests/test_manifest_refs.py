@@ -127,17 +127,30 @@ def test_removing_a_gateway_drops_its_catalog(env):
 
 
 def test_a_chain_without_the_activation_keeps_the_inline_form(tmp_path):
-    """A genesis without manifest_ref_height (older chains): inline blobs as ever, no slot
-    writes, no small size; its app hash is what the code before this rule computed."""
+    """A genesis without manifest_ref_height (older chains): inline blobs as ever, no small size,
+    and a PutManifest, alone or in a batch, is what it was before the message existed: a tx
+    that does not decode (MALFORMED_TX before its nonce, dropped and refused by the proposal
+    checks), so the state and app hash stay as the code before this rule left them."""
+    from edgistry.proto import abci_pb2 as abci
+
     a, app, d = make(tmp_path, activation=None)
     try:
         assert codes(d.block([a.tx(a.gw1, device_msg(b"A" * 16, inline=True))])) == [0]
         before = nonce_of(app, a.gw1)
         assert codes(d.block([a.tx(a.gw1, device_msg(b"B" * 16))])) == [Code.INVALID_FIELD]
         assert nonce_of(app, a.gw1) == before
-        resp = d.block([a.tx(a.gw1, manifest_msg(a.gw1_id))])
-        assert codes(resp) == [Code.INVALID_FIELD] and "manifest_ref_height" in resp.tx_results[0].log
-        assert manifests(d) == []
+        put = a.tx(a.gw1, manifest_msg(a.gw1_id))
+        mixed = a.tx(a.gw1, batch_of([manifest_msg(a.gw1_id), device_msg(b"C" * 16, inline=True)]))
+        for raw in (put, mixed):
+            assert app.check_tx(abci.RequestCheckTx(tx=raw)).code == Code.MALFORMED_TX
+            height = app.height + 1
+            prep = app.prepare_proposal(abci.RequestPrepareProposal(max_tx_bytes=1 << 22, txs=[raw], height=height))
+            assert list(prep.txs) == []
+            assert app.process_proposal(abci.RequestProcessProposal(txs=[raw], height=height)).status == 2  # REJECT
+        hash_before = d.block([]).app_hash
+        resp = d.block([put, mixed])  # a byzantine block holding them anyway
+        assert codes(resp) == [Code.MALFORMED_TX] * 2 and resp.app_hash == hash_before
+        assert nonce_of(app, a.gw1) == before and manifests(d) == []
         with app.store.reader() as r:
             assert r.get(keys.MANIFEST_REF_HEIGHT) is None
     finally:
@@ -149,7 +162,7 @@ def test_the_form_changes_at_the_activation_height(tmp_path):
     try:
         assert codes(d.block([a.tx(a.gw1, device_msg(b"A" * 16, inline=True))])) == [0]  # height 1
         assert codes(d.block([a.tx(a.gw1, manifest_msg(a.gw1_id)),
-                              a.tx(a.gw1, device_msg(b"B" * 16))])) == [Code.INVALID_FIELD] * 2  # height 2
+                              a.tx(a.gw1, device_msg(b"B" * 16))])) == [Code.MALFORMED_TX, Code.INVALID_FIELD]
         assert app.height == 2
         assert codes(d.block([a.tx(a.gw1, device_msg(b"C" * 16, inline=True)), a.tx(a.gw1, manifest_msg(a.gw1_id)),
                               a.tx(a.gw1, device_msg(b"D" * 16))])) == [Code.INVALID_FIELD, 0, 0]  # height 3
@@ -191,6 +204,9 @@ def test_genesis_carries_catalogs_and_checks_them(tmp_path):
         (dict(manifests=good.manifests * 2), "duplicate"),
         (dict(manifests=[pb.ManifestRecord(gateway_id=a.gw1_id, slot=999, sealed=m.sealed)]), "slot"),
         (dict(manifest_ref_height=0), "manifest_ref_height"),
+        (dict(manifests=[], manifest_ref_height=None,
+              devices=[pb.DeviceRecord(pseudonym=b"A" * 16, gateway_id=a.gw1_id,
+                                       sealed=device_msg(b"A" * 16).sealed)]), "80"),  # no height takes it
     ):
         g = a.genesis()
         g.manifests = good.manifests

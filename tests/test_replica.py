@@ -269,3 +269,26 @@ async def test_a_slot_rewrite_moves_the_devices_naming_it_and_a_cover_moves_none
         assert await moved_by(slot_write("knob")) >= 1
         assert follower.index.disclosure_cell("knob", p) == cell and follower.index.disclosure_cell("dial", p) is None
         await _settled(chain, follower.index, keeper)
+
+
+async def test_a_load_that_fails_midway_leaves_the_replica_to_load_again(node):
+    """A LOAD whose reads fail part way (here the catalogs) raises and leaves the replica not
+    loaded, so the run loop loads again; it never follows on with half a snapshot."""
+    url, home, _ = node
+    async with ChainClient(url) as chain:
+        keeper = await keeper_of(chain, home)
+        follower = ReplicaFollower(chain, keeper=keeper)
+        await follower.load()
+        before = dict(follower.catalogs)
+        assert follower.loaded and before
+
+        async def gone(*args, **kwargs):
+            raise ChainError("the node went away")
+
+        chain.manifests = gone
+        with pytest.raises(ChainError):
+            await follower.load()
+        assert not follower.loaded and follower.catalogs == before
+        del chain.manifests  # the class's method again
+        await follower.load()
+        assert follower.loaded and follower.catalogs == before

@@ -4,31 +4,36 @@ Theory of operation (docs/REGISTRY_PRIVACY.md, "Manifests by reference"). From
 the chain's ``manifest_ref_height`` on, a device's sealed fields name a slot
 of its gateway's catalog instead of carrying its services, so a registration
 is a small fixed-size blob and the services (most of the bytes) go on chain
-once per kind of device. What a reader of the chain must not learn from the
-catalog is *when a new kind of device appears*: a slot written right before a
-registration would say "this device is the first of its kind here". So slot
-writes (``PutManifest``) follow a schedule that does not look at kinds:
+once per kind of device, not once per device. What a reader of the chain must
+not learn from the catalog is *when a new kind of device appears*: a slot
+written right before a registration would say "this device is the first of
+its kind here". So slot writes (``PutManifest``) follow a schedule that does
+not look at kinds:
 
-* a write travels only inside a batch that carries a device operation, and
-  at most one per *gap* (drawn anew after each write, uniformly between half
-  and one and a half ``put_gap_s``): whether a batch holds one depends on time
-  and on device activity, never on what the devices offer;
-* a batch that may hold a write takes the oldest new kind waiting for a slot;
-  with none waiting it re-seals a slot chosen at random (its current content,
-  fresh nonce, current epoch): a *cover* write, indistinguishable on chain;
-* a new kind takes a free slot chosen at random, and a device of that kind
-  waits (held in the submitter) until the batch that writes its slot, where
-  it travels right after the write. It waits at most one gap, and only while
-  the gateway registers devices faster than one batch per gap. (Then its write
-  comes at the gap's end rather than with the next device: the gap's random
-  length, and blocks of about the gap's length, blur that to a chain reader);
-* the catalog spans ``slots`` slots and grows by as many when none is free
-  (a reader learns that the gateway has more kinds than the span: one step of
-  a coarse count, as the two padded sizes of a manifest give one bit).
+* a write travels only inside a batch that carries a device operation, first,
+  and at most one per *gap* (drawn anew after each write, uniformly between
+  half and one and a half ``put_gap_s``): whether a batch holds one depends on
+  time and on device activity, never on what the devices offer;
+* a batch that may hold a write takes the oldest new kind that a device in it
+  waits for; with none it re-seals a slot chosen at random among all
+  ``MAX_MANIFEST_SLOTS`` (its current content, or a free slot's empty
+  manifest; fresh nonce, current epoch): a *cover* write, indistinguishable on
+  chain, which also moves slots to the current epoch after a rotation;
+* a new kind takes a free slot chosen at random among the same slots, and its
+  devices wait (held in the submitter) until its write has committed, the
+  first of them riding in the write's own batch. A new kind waits one gap for
+  each new kind ahead of it, and only while the gateway's batches come faster
+  than one per gap.
 
-Cover writes also move slots to the current epoch after a rotation. Slots are
-never freed: a kind whose devices are gone keeps its slot (at most
-``MAX_MANIFEST_SLOTS``). This module is pure: the submitter asks it for the next
+What remains for a reader of the chain: under a steady trickle of
+registrations a write comes at the end of its gap with one device rather than
+with the next device to arrive, which hints that the device waited for it (the
+gap's random length, and blocks about as long as the gap, blur that); and a
+slot's padded size class (1 KiB or 32 KiB) changes when a kind over ~1 KiB
+takes it, which tells when such a large kind appeared. Slots are never freed:
+a gateway offers at most ``MAX_MANIFEST_SLOTS`` kinds. One process per gateway
+key keeps the catalog (a restarted one reads it back from the chain at its
+first registration). This module is pure: the submitter asks it for the next
 write (:meth:`ManifestCatalog.take_put`) and reports the outcome; the
 commissioner asks for a device's slot (:meth:`ManifestCatalog.ref`).
 """
@@ -41,8 +46,7 @@ from collections.abc import Callable, Iterable
 from ...abci_app.sealing import MAX_MANIFEST_SLOTS
 from ...proto import registry_pb2 as pb
 
-SPAN = 32  # slots a catalog spans at first, and its step when it grows
-PUT_GAP_S = 1.0  # at most one slot write per this long, whatever the load
+PUT_GAP_S = 1.0  # at most one slot write per this long (on average), whatever the load
 
 Sealer = Callable[[int, pb.Manifest], pb.Sealed]  # (slot, manifest) -> sealed under the current epoch
 
@@ -59,15 +63,14 @@ class CatalogFull(Exception):
 class ManifestCatalog:
     """One gateway's slots: what the chain holds, what is sent, what waits; see the module docstring."""
 
-    def __init__(self, *, span: int = SPAN, put_gap_s: float = PUT_GAP_S,
+    def __init__(self, *, slots: int = MAX_MANIFEST_SLOTS, put_gap_s: float = PUT_GAP_S,
                  rng: random.Random | None = None) -> None:
-        self.span, self.put_gap_s = span, put_gap_s
+        self.capacity, self.put_gap_s = slots, put_gap_s
         self.rng = rng or random.SystemRandom()  # slot choices must not be predictable
-        self.capacity = span
         # slot -> manifest key on chain (b"": a free slot written; None: a slot this gateway cannot
         # open, e.g. sealed under an epoch it never held: never reused, never covered)
         self.committed: dict[int, bytes | None] = {}
-        self.loaded = False
+        self.loaded = False  # load() ran: the chain's view is known (no write before it)
         self.sent: dict[int, bytes] = {}  # slot -> key in a batch not yet settled
         self.waiting: dict[int, bytes] = {}  # slot -> a new kind's key, not yet in any batch (oldest first)
         self.last_put_at = float("-inf")
@@ -79,39 +82,33 @@ class ManifestCatalog:
 
     def load(self, slots: dict[int, bytes | None]) -> None:
         """What the chain holds for this gateway (slot -> manifest key; b"": free; None: unreadable)."""
-        self.committed = dict(slots)
+        self.committed = {s: k for s, k in slots.items() if s < self.capacity}
         self.loaded = True
-        while self.capacity < MAX_MANIFEST_SLOTS and any(s >= self.capacity for s in slots):
-            self.capacity += self.span
-        self.capacity = min(self.capacity, MAX_MANIFEST_SLOTS)
 
     # ---- the commissioner's side ----
 
     def ref(self, services: Iterable[pb.ServiceDescriptor]) -> tuple[int, bool]:
-        """(slot, held) for a device offering ``services``: held is True while the slot's
-        manifest is not yet in a batch (the device must travel after it)."""
+        """(slot, held) for a device offering ``services``: held is True until the slot's
+        manifest has committed (the device must not reach a block before it)."""
         key = manifest_key(services)
-        for table, held in ((self.committed, False), (self.sent, False), (self.waiting, True)):
+        for table in (self.sent, self.waiting, self.committed):
             for slot, content in table.items():
                 if content == key:
-                    return slot, held
+                    return slot, self.held(slot)
         slot = self._free_slot()
         self.waiting[slot] = key
         return slot, True
 
     def held(self, slot: int) -> bool:
-        """True while ``slot``'s new manifest waits for a batch."""
-        return slot in self.waiting
+        """True while ``slot``'s new manifest waits for a batch or for its commit."""
+        return slot in self.waiting or (slot in self.sent and self.sent[slot] != self.committed.get(slot, b""))
 
     def _free_slot(self) -> int:
-        while True:
-            busy = {s for s, k in self.committed.items() if k != b""} | set(self.sent) | set(self.waiting)
-            free = [s for s in range(self.capacity) if s not in busy]
-            if free:
-                return self.rng.choice(free)
-            if self.capacity >= MAX_MANIFEST_SLOTS:
-                raise CatalogFull(f"all {MAX_MANIFEST_SLOTS} catalog slots of this gateway hold a kind of device")
-            self.capacity = min(MAX_MANIFEST_SLOTS, self.capacity + self.span)
+        busy = {s for s, k in self.committed.items() if k != b""} | set(self.sent) | set(self.waiting)
+        free = [s for s in range(self.capacity) if s not in busy]
+        if not free:
+            raise CatalogFull(f"all {self.capacity} catalog slots of this gateway hold a kind of device")
+        return self.rng.choice(free)
 
     # ---- the submitter's side ----
 

@@ -25,10 +25,10 @@ Theory of operation: a small state loop over the gateway's own node.
   ``version`` moves, e.g. after a ``data_key`` event) the loop goes back to LOAD.
 * MANIFESTS BY REFERENCE: a device may name a slot of its gateway's sealed
   catalog instead of carrying its services (discovery/catalog.py). LOAD reads
-  every catalog at H and opens it; a ``manifest_put`` event re-reads that
-  gateway's catalog at h, before the height's devices, and when a slot's
-  services changed, the devices that name it are re-read too (a cover write,
-  same services under a fresh nonce, changes nothing here).
+  every catalog at H and opens it; a ``manifest_put`` event re-reads that one
+  slot at h, before the height's devices, and when its services changed, the
+  devices that name it are re-read too (a cover write, same services under a
+  fresh nonce, changes nothing here). A removed gateway's catalog is dropped.
 
 Clock, sleep and randomness are parameters so tests run without real waits.
 """
@@ -128,46 +128,57 @@ class ReplicaFollower:
     async def _all_devices(self, height: int) -> list[pb.DeviceRecord]:
         return await self.chain.devices("/devices", pb.DeviceQuery(limit=PAGE), height)
 
-    async def _catalog(self, height: int, gateway_id: str = "") -> set[tuple[str, int]]:
-        """Read (one gateway's or every) catalog at ``height``; returns the slots whose services changed."""
+    def _opened_slot(self, record: pb.ManifestRecord) -> list | None:
+        """A slot's services, opened (None: free, or sealed under an epoch not held here)."""
+        try:
+            if self.keeper is None:
+                raise SealError("no keyring")
+            return list(self.keeper.ring.open_manifest(record).services) or None
+        except SealError:
+            return None  # its devices stay unreadable here
+
+    async def _all_catalogs(self, height: int) -> Catalogs:
         opened: Catalogs = {}
-        for record in await self.chain.manifests(gateway_id, height):
-            try:
-                if self.keeper is None:
-                    raise SealError("no keyring")
-                services = list(self.keeper.ring.open_manifest(record).services)
-            except SealError:
-                continue  # under an epoch not held here: its devices stay unreadable
+        for record in await self.chain.manifests("", height):
+            services = self._opened_slot(record)
             if services:
                 opened[(record.gateway_id, record.slot)] = services
-        old = {ref: v for ref, v in self.catalogs.items() if not gateway_id or ref[0] == gateway_id}
-        changed = {ref for ref in old.keys() | opened.keys()
-                   if ref not in old or ref not in opened or manifest_key(old[ref]) != manifest_key(opened[ref])}
-        for ref in old.keys() - opened.keys():
-            del self.catalogs[ref]
-        self.catalogs.update(opened)
-        return changed
+        return opened
+
+    async def _slot(self, height: int, ref: tuple[str, int]) -> bool:
+        """Read one catalog slot at ``height``; True when its services changed here."""
+        record = await self.chain.manifest(ref[0], ref[1], height)
+        services = self._opened_slot(record) if record is not None else None
+        old = self.catalogs.get(ref)
+        if services:
+            self.catalogs[ref] = services
+        else:
+            self.catalogs.pop(ref, None)
+        return (old is None) != (services is None) or (old is not None and services is not None
+                                                      and manifest_key(old) != manifest_key(services))
 
     async def _gateways(self, height: int) -> None:
         records = await self.chain.gateways(height)
         self.index.gateways = {g.id: g.endpoint for g in records}
+        for ref in [r for r in self.catalogs if r[0] not in self.index.gateways]:
+            del self.catalogs[ref]  # a removed gateway's catalog went with it
         if self.on_gateways is not None:
             self.on_gateways(records)
 
     async def load(self) -> int:
         """LOAD: a consistent snapshot at the latest height; returns that height."""
+        self.loaded = False  # until the whole snapshot is read: a failure here reloads, never half-loads
         if self.keeper is not None:
             await self.keeper.refresh()
             self._ring_version = self.keeper.version
         height = await self.chain.height()
-        self.catalogs.clear()
-        self._named_by.clear()
-        await self._catalog(height)
+        catalogs = await self._all_catalogs(height)
         records = await self._all_devices(height)
         await self._gateways(height)
         if self.on_revocations is not None:
             await self.on_revocations(await self._all_revocations(height), height, True)
         self.unreadable.clear()
+        self.catalogs, self._named_by = catalogs, {}
         entries = [e for e in map(self._entry, records) if e is not None]
         self.index.load(entries, height)
         self.loaded = True
@@ -195,7 +206,7 @@ class ReplicaFollower:
         events += res.get("finalize_block_events") or []
         changed: dict[bytes, str] = {}
         revoked: RevocationRecords = []
-        catalogs: set[str] = set()
+        slots: set[tuple[str, int]] = set()
         for ev in events:
             kind = ev.get("type", "")
             attrs = {a.get("key"): a.get("value") for a in ev.get("attributes") or []}
@@ -205,14 +216,17 @@ class ReplicaFollower:
                     revoked.append(rec)
             elif kind in DEVICE_EVENTS and attrs.get("pseudonym"):
                 changed[bytes.fromhex(attrs["pseudonym"])] = kind
-            elif kind == MANIFEST_EVENT and attrs.get("gateway_id"):
-                catalogs.add(attrs["gateway_id"])
+            elif kind == MANIFEST_EVENT and attrs.get("gateway_id") and (attrs.get("slot") or "").isdigit():
+                slots.add((attrs["gateway_id"], int(attrs["slot"])))
             elif kind in GATEWAY_EVENTS:
+                if kind == "gateway_removed":  # its catalog went with it (even if re-registered in the block)
+                    for ref in [r for r in self.catalogs if r[0] == attrs.get("gateway_id")]:
+                        del self.catalogs[ref]
                 await self._gateways(height)
             if kind in SEAL_EVENTS and self.keeper is not None:
                 await self.keeper.refresh()  # a new epoch or grant: the next step reloads if keys changed
-        for gid in sorted(catalogs):  # before the devices: a device may name a slot written in this block
-            for ref in await self._catalog(height, gid):
+        for ref in sorted(slots):  # before the devices: a device may name a slot written in this block
+            if await self._slot(height, ref):
                 for ps in self._named_by.get(ref, ()):
                     changed.setdefault(ps, MANIFEST_EVENT)
         for ps, kind in changed.items():

@@ -171,8 +171,8 @@ class Commissioner:
                 self._refs_from = await self.chain.manifest_ref_height()
             except ChainError as exc:
                 raise Unavailable(f"the registry is unreachable: {exc}") from exc
-        if not self._refs_from or await self.chain.height() + 1 < self._refs_from:
-            return fields, None
+        if not self._refs_from or (self._refs_from > 1 and await self.chain.height() + 1 < self._refs_from):
+            return fields, None  # a chain without manifests by reference, or not yet at its height
         catalog = self.submitter.catalog if self.submitter is not None else None
         if catalog is None:
             raise Unavailable("this gateway has no catalog of manifests: it cannot register devices on this chain")

@@ -143,8 +143,9 @@ class RegistrySubmitter:
 
     async def submit(self, msg: Message, slot: int | None = None) -> OpCommitted:
         """Queue ``msg`` for the next batch and wait for its own committed outcome.
-        ``slot``: a device operation naming a catalog slot whose write still waits for a batch
-        (:meth:`ManifestCatalog.ref` said held); it travels after that write.
+        ``slot``: a device operation naming a catalog slot whose write has not committed
+        (:meth:`ManifestCatalog.ref` said held); it is held until then, or rides in the
+        write's own batch right after it.
 
         A device operation with fields in clear is refused here, alone: the chain
         refuses a whole batch that holds one (abci_app.batch.check_admissible), which
@@ -260,7 +261,8 @@ class RegistrySubmitter:
                 break
             if p.op.WhichOneof("op") == "put_manifest":  # a write sent again (its batch was overtaken)
                 riding.add(p.op.put_manifest.slot)
-            elif p.slot is not None and p.slot not in riding and self.catalog is not None and self.catalog.held(p.slot):
+            elif (p.slot is not None and p.slot not in riding and self.catalog is not None
+                  and self.catalog.held(p.slot)):  # its kind's write has not committed yet
                 if now - max(p.since, self.catalog.last_put_at) > HOLD_MAX_S:
                     _fail([p], ChainError(f"no catalog slot could be written for {HOLD_MAX_S:.0f} s "
                                           f"(slot {p.slot}; does this gateway hold the current data key?)"))

@@ -24,8 +24,7 @@ import h3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ...abci_app.codes import Code, TxError
-from ...abci_app.txs import VALIDATORS
-from ...abci_app.txs import check_services
+from ...abci_app.txs import VALIDATORS, check_services
 from ..discovery.catalog import CatalogFull, load_catalog
 from ..discovery.sealbox import Keyring, SealError, TooLarge
 from ...firmware.caplets import api as cl
@@ -165,7 +164,7 @@ class Commissioner:
 
     async def _by_reference(self, ring: Keyring, fields: pb.DeviceFields) -> tuple[pb.DeviceFields, int | None]:
         """``fields`` as the chain takes them now: from its manifest_ref_height, the services
-        replaced by their catalog slot (and the slot, while its write waits for a batch)."""
+        replaced by their catalog slot (and the slot, while its write has not committed)."""
         if self._refs_from is None:
             try:
                 self._refs_from = await self.chain.manifest_ref_height()

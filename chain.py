@@ -151,30 +151,29 @@ class ChainClient:
     async def gateways(self, height: int = 0) -> list[pb.GatewayRecord]:
         return list((await self.query_msg("/gateways", pb.GatewayList, height=height)).gateways)
 
-    async def devices(self, path: str = "/devices", query: pb.DeviceQuery | None = None,
-                      height: int = 0) -> list[pb.DeviceRecord]:
-        """All pages of a device listing."""
+    async def pages(self, path: str, cls: type[Message], items: str, query: pb.DeviceQuery | None = None,
+                    height: int = 0) -> list:
+        """Every item (field ``items`` of ``cls``) of a paged listing, following its ``next`` cursors."""
         q = pb.DeviceQuery()
         if query is not None:
             q.CopyFrom(query)
-        out: list[pb.DeviceRecord] = []
+        out: list = []
         while True:
-            page = await self.query_msg(path, pb.DeviceList, q.SerializeToString(), height)
-            out.extend(page.devices)
+            page = await self.query_msg(path, cls, q.SerializeToString(), height)
+            out.extend(getattr(page, items))
             if not page.next:
                 return out
             q.start_after = page.next
 
+    async def devices(self, path: str = "/devices", query: pb.DeviceQuery | None = None,
+                      height: int = 0) -> list[pb.DeviceRecord]:
+        """All pages of a device listing."""
+        return await self.pages(path, pb.DeviceList, "devices", query, height)
+
     async def manifests(self, gateway_id: str = "", height: int = 0) -> list[pb.ManifestRecord]:
         """All pages of the sealed manifest catalogs (one gateway's, or every gateway's)."""
         q = pb.DeviceQuery(gateway_id=gateway_id, limit=64)  # slots of up to 32 KiB: small pages
-        out: list[pb.ManifestRecord] = []
-        while True:
-            page = await self.query_msg("/manifests", pb.ManifestList, q.SerializeToString(), height)
-            out.extend(page.manifests)
-            if not page.next:
-                return out
-            q.start_after = page.next
+        return await self.pages("/manifests", pb.ManifestList, "manifests", q, height)
 
     async def manifest(self, gateway_id: str, slot: int, height: int = 0) -> pb.ManifestRecord | None:
         """One catalog slot (None: never written)."""

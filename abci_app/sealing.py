@@ -223,10 +223,8 @@ def check_refs_known(kind: str, msg: Message, height: int, activation: int | Non
 
 
 def put_manifest(kv: Overlay, height: int, gateway_id: str, msg: pb.PutManifest) -> None:
-    """Write one slot of the gateway's catalog (under the current epoch, from the activation on)."""
-    if not refs_required(height, read_manifest_ref_height(kv)):
-        raise TxError(Code.INVALID_FIELD, "manifests by reference start at the genesis manifest_ref_height; "
-                                          "not at this height")
+    """Write one slot of the gateway's catalog, under the current epoch. Below manifest_ref_height
+    it never gets here: :func:`check_refs_known` refuses the tx (or its batch) before the nonce."""
     require_current_epoch(kv, msg.sealed)
     record = pb.ManifestRecord(gateway_id=gateway_id, slot=msg.slot, height=height)
     record.sealed.CopyFrom(msg.sealed)

@@ -160,7 +160,7 @@ def ls_cmd(what: str, home: Path | None, rpc: str | None, height: int, service: 
                 found = await chain.devices("/devices/by_gateway", pb.DeviceQuery(gateway_id=gateway_id), height)
             else:
                 found = await chain.devices("/devices", None, height)
-            catalogs = _catalogs(await chain.manifests(gateway_id, height), ring) if ring is not None else {}
+            catalogs = ring.open_catalogs(await chain.manifests(gateway_id, height)) if ring is not None else {}
             return found, (ring, catalogs)
 
     records, (ring, catalogs) = _run(go())
@@ -201,19 +201,6 @@ async def _keyring(chain, home: Path):
     state = await chain.query_msg("/seal", pb.SealState)
     ring = Keyring.from_state(state, gateway_id_for(public_bytes(gateway_key(cfg))), seal)
     return ring if ring.keys else None
-
-
-def _catalogs(manifests, ring) -> dict:
-    """The catalog slots ``ring`` opens: (gateway id, slot) -> services."""
-    from ..gateway.discovery.sealbox import SealError
-
-    out = {}
-    for record in manifests:
-        try:
-            out[(record.gateway_id, record.slot)] = list(ring.open_manifest(record).services)
-        except SealError:
-            continue
-    return out
 
 
 def _opened(record, ring, catalogs=None):

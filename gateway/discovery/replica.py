@@ -128,27 +128,16 @@ class ReplicaFollower:
     async def _all_devices(self, height: int) -> list[pb.DeviceRecord]:
         return await self.chain.devices("/devices", pb.DeviceQuery(limit=PAGE), height)
 
-    def _opened_slot(self, record: pb.ManifestRecord) -> list | None:
-        """A slot's services, opened (None: free, or sealed under an epoch not held here)."""
-        try:
-            if self.keeper is None:
-                raise SealError("no keyring")
-            return list(self.keeper.ring.open_manifest(record).services) or None
-        except SealError:
-            return None  # its devices stay unreadable here
-
     async def _all_catalogs(self, height: int) -> Catalogs:
-        opened: Catalogs = {}
-        for record in await self.chain.manifests("", height):
-            services = self._opened_slot(record)
-            if services:
-                opened[(record.gateway_id, record.slot)] = services
-        return opened
+        """Every catalog slot at ``height`` this gateway opens (others: their devices stay unreadable)."""
+        records = await self.chain.manifests("", height)
+        return self.keeper.ring.open_catalogs(records) if self.keeper is not None else {}
 
     async def _slot(self, height: int, ref: tuple[str, int]) -> bool:
         """Read one catalog slot at ``height``; True when its services changed here."""
         record = await self.chain.manifest(ref[0], ref[1], height)
-        services = self._opened_slot(record) if record is not None else None
+        services = (self.keeper.ring.slot_services(record)
+                    if record is not None and self.keeper is not None else None)
         old = self.catalogs.get(ref)
         if services:
             self.catalogs[ref] = services
@@ -190,14 +179,9 @@ class ReplicaFollower:
     async def _all_revocations(self, height: int) -> RevocationRecords:
         from ...firmware.caplets.cap_crypto import revocation_hash
 
-        out: RevocationRecords = []
-        q = pb.DeviceQuery(limit=PAGE)
-        while True:
-            page = await self.chain.query_msg("/revocations", pb.RevocationList, q.SerializeToString(), height)
-            out += [(r.tag_hash or revocation_hash(r.tag), r.expires_at) for r in page.revocations]
-            if not page.next:
-                return out
-            q.start_after = page.next
+        records = await self.chain.pages("/revocations", pb.RevocationList, "revocations",
+                                         pb.DeviceQuery(limit=PAGE), height)
+        return [(r.tag_hash or revocation_hash(r.tag), r.expires_at) for r in records]
 
     async def apply_height(self, height: int) -> int:
         """FOLLOW one height: apply its device and gateway events; returns devices changed."""

@@ -224,6 +224,18 @@ class Keyring:
             raise SealError(f"no data key for epoch {record.sealed.epoch}")
         return open_manifest(key, record)
 
+    def slot_services(self, record: pb.ManifestRecord) -> list | None:
+        """A catalog slot's services (None: a free slot, or one sealed under an epoch not held)."""
+        try:
+            return list(self.open_manifest(record).services) or None
+        except SealError:
+            return None
+
+    def open_catalogs(self, records: list[pb.ManifestRecord]) -> Catalogs:
+        """The slots of ``records`` this keyring opens to services, as discovery resolves them."""
+        opened = ((r, self.slot_services(r)) for r in records)
+        return {(r.gateway_id, r.slot): services for r, services in opened if services}
+
     def open_record(self, record: pb.DeviceRecord, catalog: Catalogs | None = None) -> pb.DeviceRecord:
         """A copy of ``record`` with its sealed fields opened into the clear fields; a device
         that names a catalog slot takes its services from ``catalog``."""

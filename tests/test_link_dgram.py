@@ -144,6 +144,90 @@ async def test_full_then_saved_wake_over_the_store(tmp_path, fs) -> None:
         store.close()
 
 
+class _Tap:
+    """A device socket that keeps a copy of every datagram sent."""
+
+    def __init__(self, sock: socket.socket, sent: list[bytes]) -> None:
+        self._s, self._sent = sock, sent
+
+    def send(self, data: bytes) -> int:
+        self._sent.append(bytes(data))
+        return self._s.send(data)
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+
+async def test_a_wake_costs_two_commits_and_replays_stay_refused_after_a_restart(tmp_path) -> None:
+    """Over the store: a saved-context wake with a request costs two group commits (the
+    wake's sequence before its reply; then what the ACK records, the answer and the
+    sequence together), and the bare ACK ending it writes nothing. A gateway started
+    again on the same store still refuses every datagram of that wake that got a reply;
+    the unsaved bare ACK gets nothing either, and the device wakes on as before."""
+    from edgistry.gateway.link.store_backend import StoreLinkBackend
+    from edgistry.gateway.store.store import Device as StoredDevice
+    from edgistry.gateway.store.store import GatewayStore, RequestRecord, State, new_id
+
+    store = GatewayStore(tmp_path / "gw")
+    srv = DgramServer(StoreLinkBackend(store, SECRET), "127.0.0.1", 0)
+    await srv.start()
+    try:
+        d = Dev()
+        await store.put_device(StoredDevice(d.link_id, new_id(), d.root,
+                                            {"services": [{"type": "sensor", "methods": ["read"]}]}, 0, 7, 1))
+        app = cl.derive(cl.load(d.root), [cl.Service("sensor", ["*"])])
+
+        async def enqueue() -> bytes:
+            seq = max(int(time.time() * 1000), store.last_sequence(d.link_id) + 1)
+            rec = RequestRecord(new_id(), d.link_id, "sensor", "read", b"{}",
+                                cl.request_token(app, "sensor", "read", b"{}", seq).to_bytes(), b"d" * 32,
+                                State.QUEUED, 0, 2**62, seq=seq)
+            return (await store.enqueue([(rec, 10)]))[0][0].request_id
+
+        async def settled(n_in: int) -> None:  # the server has handled every datagram sent so far
+            for _ in range(200):
+                if srv.metrics.datagrams_in >= n_in and not srv._tasks:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError("datagrams not handled")
+
+        c = d.client(srv, fs=True)
+        first = await run(c.wake, d.handle)  # the full wake: a context
+        out = sum(1 for way, _ in first.flights if way == "->")
+        await settled(out)
+        sent: list[bytes] = []
+        c.sock = _Tap(c.sock, sent)
+        rid = await enqueue()
+        before = store.writer.commits
+        log = await run(c.wake, d.handle)
+        assert [i["request_id"] for i in log.delivered] == [rid] and not log.full
+        assert len(sent) == 3  # the wake, the ACK with the answer, the bare ACK ending the wake
+        await settled(out + len(sent))
+        await asyncio.sleep(0.2)  # (a write the bare ACK started would have landed by now)
+        assert store.writer.commits - before == 2
+        assert store.get(rid).st == State.DONE
+        c.close()
+    finally:
+        await srv.close()
+
+    again = DgramServer(StoreLinkBackend(store, SECRET), "127.0.0.1", 0)  # a restart: memory gone
+    await again.start()
+    try:
+        for data in sent:
+            assert await run(raw_exchange, again.address, data, 0.2) == []
+        assert again.metrics.drops["replayed"] == 2  # the two that got replies
+        assert again.metrics.datagrams_out == 0 and store.get(rid).st == State.DONE
+        rid2 = await enqueue()
+        c = d.client(again)
+        log = await run(c.wake, d.handle)
+        assert not log.full and [i["request_id"] for i in log.delivered] == [rid2]
+        assert store.get(rid2).st == State.DONE
+        c.close()
+    finally:
+        await again.close()
+        store.close()
+
+
 async def test_sizes_one_request(mem) -> None:
     """The byte budget the protocol is built for: one 145-byte-class request."""
     srv, backend = mem

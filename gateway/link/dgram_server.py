@@ -23,12 +23,17 @@ Rules this adapter keeps:
   one seen on its context. The gateway answers
   sequence ``n`` only once that ``n`` is durable (so a replay after a crash
   can never make it encrypt a second, different reply under the same
-  keystream).
+  keystream). A DATA that gets no reply and records nothing (the bare ACK
+  that ends a wake) writes nothing: its sequence protects no keystream, and
+  the next DATA that gets a reply stores a higher one first.
 * **At-least-once.** A reply's requests count as delivered only when the
   device's DATA acknowledges that reply; answers are stored before the reply
   that acknowledges them (any reply to a DATA carrying answers says: stored).
 * One datagram of a link at a time (a per-link lock): durable writes of one
-  datagram finish before the next of that link is looked at.
+  datagram finish before the next of that link is looked at. A DATA's writes
+  (what its ACK records, its twin report, its answers, its sequence) are
+  started together, so they share one group commit: a wake with answers costs
+  two commits, as on the TCP link.
 
 The context state lives in the backend's ticket store (records named
 ``dgC``+kid and ``dgL``+link id, never confused with 16-byte ticket ids), so
@@ -392,6 +397,7 @@ class DgramServer(asyncio.DatagramProtocol):
                 if cursor:
                     writes.append(b.revocations_sent(link_id, cursor))
             decision: Decision | None = None
+            saved = False
             must_reply = False
             if not back and msg is None or st.delivery is None:  # a wake on the saved context
                 if not back and msg is None:
@@ -408,9 +414,11 @@ class DgramServer(asyncio.DatagramProtocol):
                     t = msg["twin"]
                     writes.append(b.twin_report(link_id, t["applied"],
                                                 [(c["key"], c["value"]) for c in t["reported"]], t["replace"]))
-                await asyncio.gather(*writes)
+                # one transaction: what the ACK recorded, the twin report, the answers and the
+                # sequence (a reply follows); the next batch is read once they are stored
+                *_, stored = await asyncio.gather(*writes, self._save(ctx), b.answered(link_id, answers))
                 writes = []
-                stored = await b.answered(link_id, answers)
+                saved = True
                 if decision is None:
                     decision = st.delivery.answered(stored, self._backlog(link_id, st.delivery), now_ms)
             if decision is not None:
@@ -425,7 +433,11 @@ class DgramServer(asyncio.DatagramProtocol):
             frame = None
             if must_reply:
                 frame, st.replies[seq] = self._next(st)
-            writes.append(self._save(ctx))  # the sequence is durable before any reply to it
+                if not saved:
+                    writes.append(self._save(ctx))  # the sequence is durable before any reply to it
+            elif writes:
+                writes.append(self._save(ctx))  # rides in the same transaction
+            # else nothing to write: see "Replay" in the module docstring
             await asyncio.gather(*writes)
             if frame is not None:
                 self._send(dg.seal_reply(ctx.keys, seq, self._encode(frame, clock=False)), addr)

@@ -189,8 +189,9 @@ async def test_disk_full_is_resource_exhausted_then_recovers(tmp_path, chain):
 
 
 async def test_map_full_is_resource_exhausted_and_clears_as_old_requests_go(tmp_path, chain):
-    """A full LMDB map (tiny map_size): RESOURCE_EXHAUSTED naming the map, /healthz 503 map_full;
-    once the short-lived requests expire and are purged, writes succeed and health returns."""
+    """A full LMDB map (tiny map_size; new requests stop at the reserve kept for the queued
+    ones): RESOURCE_EXHAUSTED naming the map, /healthz 503 map_full; once the short-lived
+    requests expire and are purged, writes succeed and health returns."""
     rpc_url, _ = chain
     g = await start_gateway(tmp_path / "node", rpc_url, store_map_size=1 << 20, result_retention_s=0.5,
                             sweep_interval_s=0.3, max_queue_depth=100_000)
@@ -203,7 +204,7 @@ async def test_map_full_is_resource_exhausted_and_clears_as_old_requests_go(tmp_
                 err = exc
                 break
         assert err is not None, "the map never filled"
-        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "map is full" in err.details()
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "map is nearly full" in err.details()
         status, body = await g.health()
         assert status == 503 and "map_full" in [f["cause"] for f in body["faults"]]
         assert 'edgistry_faults_total{cause="map_full"} 1.0' in await g.metrics()

@@ -371,10 +371,11 @@ async def test_a_write_that_does_not_fit_fails_alone_not_its_group(tmp_path):
 
 
 async def test_a_full_map_of_expired_requests_drains_by_itself(tmp_path):
-    """The map filled with small requests that then expire: dead-lettering them needs new
-    pages before old ones are free, so a sweep step of EXPIRE_LIMIT fails with MapFull every
-    time (the gateway stayed full for good). sweep_expired halves the step until it fits;
-    the queue drains and new requests are taken again."""
+    """The map filled with small requests (up to the reserve kept for work already
+    accepted) that then expire: dead-lettering them needs new pages before old ones are
+    free, so a sweep step of EXPIRE_LIMIT fails with MapFull every time (the gateway
+    stayed full for good). sweep_expired halves the step until it fits; the queue
+    drains and new requests are taken again."""
     from edgistry.gateway.errors import MapFull
 
     store = GatewayStore(tmp_path / "gw", map_size=1 << 20)
@@ -401,5 +402,37 @@ async def test_a_full_map_of_expired_requests_drains_by_itself(tmp_path):
             await store.purge_finished(later + store.retention_ms + 1)
         out = await store.enqueue([item(dev)])
         assert not isinstance(out[0], Exception), out
+    finally:
+        store.close()
+
+
+async def test_at_the_reserve_new_requests_wait_and_queued_ones_still_finish(tmp_path):
+    """New requests stop at the store's reserve (MapFull naming it) while the map still
+    has room, because LMDB copies every page a write touches: what is queued is still
+    delivered, answered and cancelled, a revocation is still logged, and a request the
+    device answered is readable with its answer."""
+    from edgistry.gateway.errors import MapFull
+
+    store = GatewayStore(tmp_path / "gw", map_size=1 << 20)
+    try:
+        dev = await device(store)
+        queued: list[RequestRecord] = []
+        with pytest.raises(MapFull, match="nearly full"):
+            for _ in range(1000):
+                out = await store.enqueue([item(dev, depth=10**9, args=b'{"a":"' + b"x" * 60 + b'"}')
+                                           for _ in range(20)])
+                queued += [o[0] for o in out if not isinstance(o, Exception)]
+        assert len(queued) > 500
+        assert await store.add_revocations([(os.urandom(32), NOW // 1000 + 3600)]) == 1
+        answered = queued[:300]
+        for i in range(0, len(answered), 10):  # a device's flights: a few answers per commit
+            ids = [r.request_id for r in answered[i:i + 10]]
+            assert await store.delivered(dev.link_id, ids) == ids
+            _, finished = await store.answered(dev.link_id, [DeviceAnswer(r, 0, b'{"t":21.5}') for r in ids],
+                                               NOW + 1)
+            assert finished == [(r, State.DONE) for r in ids]
+        assert (await store.cancel(queued[300].request_id, NOW + 2)).state == State.CANCELLED
+        assert store.depth(dev.link_id) == len(queued) - 301
+        assert store.get(answered[-1].request_id).payload == b'{"t":21.5}'
     finally:
         store.close()

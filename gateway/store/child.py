@@ -34,7 +34,7 @@ import lmdb
 
 from ..errors import DiskFull, MapFull, StoreIOFailed
 from . import ops, wire
-from .kv import LmdbKV, open_env
+from .kv import LmdbKV, open_env, reserve_check
 
 log = logging.getLogger("edgistry.gateway.store")
 
@@ -45,6 +45,7 @@ def commit_group(env: lmdb.Environment, retention_ms: int, messages: list[list])
     """Run every message's operations in one transaction (nested per
     operation); return their outcomes per message (wire.py's form)."""
     outcomes: list[list] = [[] for _ in messages]
+    map_size = env.info()["map_size"]
     try:
         with env.begin(write=True) as txn:
             for batch, out in zip(messages, outcomes):
@@ -52,7 +53,8 @@ def commit_group(env: lmdb.Environment, retention_ms: int, messages: list[list])
                     try:
                         name, args = op
                         with env.begin(write=True, parent=txn) as nested:
-                            result, changed = ops.apply(ops.Ctx(LmdbKV(nested), retention_ms), name, args)
+                            ctx = ops.Ctx(LmdbKV(nested), retention_ms, reserve_check(map_size, nested))
+                            result, changed = ops.apply(ctx, name, args)
                         out.append([True, [result, changed]])
                     except lmdb.MapFullError as exc:
                         # this operation alone did not fit (its nested transaction is rolled back

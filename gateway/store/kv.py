@@ -9,13 +9,15 @@ prefix scan. The writer process gives it an LMDB write transaction
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 import lmdb
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space; LMDB only uses what it writes
+RESERVE_SHARE = 16  # 1/16 of the map is kept for work already accepted (see reserve_check)
+RESERVE_MIN_PAGES = 64
 
 
 class KV(Protocol):
@@ -64,6 +66,39 @@ def open_env(path: Path | str, map_size: int = DEFAULT_MAP_SIZE, readonly: bool 
             lmdb.open(str(path), **opts).close()
         return lmdb.open(str(path), readonly=True, **opts)
     return lmdb.open(str(path), sync=True, metasync=True, **opts)
+
+
+def reserve_check(map_size: int, txn) -> Callable[[], str | None]:
+    """A check that new work may still take room in the map: None while more than
+    the reserve (1/``RESERVE_SHARE`` of the map, at least ``RESERVE_MIN_PAGES``) is
+    free, else why not.
+
+    Why a reserve: every write in LMDB copies the pages it touches before the old
+    ones are free (copy on write), so answering, expiring, cancelling or revoking a
+    queued request needs free pages too. Were new requests to fill the map to the
+    last page, the requests already queued could not finish and the map would
+    never drain. So new requests stop at the reserve and the rest of it is theirs.
+    The free count is the map less the main tree's pages (branch, leaf, overflow,
+    as ``txn`` sees them) and the two meta pages; pages in LMDB's free list count
+    as free (they are, once no reader holds them), which the reserve's size absorbs."""
+    psize = txn.stat()["psize"]
+    total = map_size // psize
+    reserve = max(RESERVE_MIN_PAGES, total // RESERVE_SHARE)
+
+    def short_of_room() -> str | None:
+        st = txn.stat()
+        used = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"] + 2
+        if total - used > reserve:
+            return None
+        return (f"the store's LMDB map is nearly full ({used} of {total} pages in use; the last {reserve} are "
+                "kept so that queued requests can still be answered, expire or be revoked): no new requests "
+                "until old ones are purged, or raise store_map_size")
+    return short_of_room
+
+
+def room_unlimited() -> str | None:
+    """The check for a KV without a map (MemoryKV, reads): always room."""
+    return None
 
 
 class MemoryKV:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import keys, twin_ops
-from .kv import KV
+from .kv import KV, room_unlimited
 from .records import CacheEntry, Contact, Device, RequestRecord, State, dump_ticket, load_ticket
 from ..errors import (
     BadRequest, Conflict, DiskFull, GatewayError, MapFull, StoreIOFailed, NotFound, Precondition, QueueFull, Unavailable,
@@ -59,6 +59,9 @@ ERRORS: tuple[type[BaseException], ...] = (
 class Ctx:
     kv: KV
     retention_ms: int  # a finished request's response slot is kept this long
+    # None while new work may take room in the store, else why not (kv.reserve_check):
+    # checked by the operations that add requests, never by those that finish them
+    short_of_room: Callable[[], str | None] = room_unlimited
 
 
 Outcome = tuple[object, list[bytes]]  # (result, ids of the requests changed)
@@ -108,7 +111,9 @@ def enqueue(ctx: Ctx, items: list[list]) -> Outcome:
     the service chose, and the revocation hashes of its client token's chain. Per item: None (queued as given), the stored record of a
     known request id (the same call again: idempotent), or the error refusing
     it (Conflict, NotFound, QueueFull, StaleSequence); a refused item writes
-    nothing, the others still go in."""
+    nothing, the others still go in. With the store at its reserve the whole
+    operation is refused (MapFull)."""
+    _room_for_new_work(ctx)
     out: list = []
     changed = []
     for raw, max_depth, *chain in items:
@@ -161,6 +166,12 @@ def _enqueue_one(kv: KV, rec: RequestRecord, raw: bytes, max_depth: int, chain: 
     kv.put(keys.request(rec.request_id), raw)
     _index_token(kv, rec, chain)
     return None
+
+
+def _room_for_new_work(ctx: Ctx) -> None:
+    why = ctx.short_of_room()
+    if why is not None:
+        raise MapFull(why)
 
 
 def client_share(max_depth: int) -> int:
@@ -241,7 +252,9 @@ def put_finished(ctx: Ctx, raw: bytes, chain: list[bytes] | None = None) -> Outc
     A forwarding stub with ``chain`` is filed under its token, so a revocation
     learnt here cancels it at the gateway that holds it. A request id already on
     record is never overwritten: the same call again (same token, device, service
-    and method) leaves it as it is; another call under that id is a Conflict."""
+    and method) leaves it as it is; another call under that id is a Conflict.
+    Refused (MapFull) with the store at its reserve, as an enqueue is."""
+    _room_for_new_work(ctx)
     rec = RequestRecord.load(raw)
     old = ctx.kv.get(keys.request(rec.request_id))
     if old is not None:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from . import keys
-from .kv import DEFAULT_MAP_SIZE, LmdbKV, open_env
+from .kv import DEFAULT_MAP_SIZE, LmdbKV, open_env, reserve_check
 from .ops import EXPIRE_LIMIT, PURGE_LIMIT, token_chain
 from .records import CacheEntry, Contact, Device, RequestRecord, State, load_ticket, new_id
 from .writer import Writer, WriterDied
@@ -105,12 +105,21 @@ class GatewayStore:
         except (StorageFull, StoreIOFailed, WriterDied) as exc:  # a fault of the store, not of this write
             self._fault(exc.reason, str(exc))
             raise
-        if self.faults:  # a commit went through: whatever kept the store from writing is gone
+        if self.faults and self._writable_again():  # a commit went through: what kept the store from writing is gone
             self._fault(None, "")
         for rid in changed:
             for fn in self.listeners:
                 fn(rid)
         return result
+
+    def _writable_again(self) -> bool:
+        """After a commit went through: do the faults in force end? A full map ends only
+        once new requests fit again (below the reserve, kv.reserve_check): the commits of
+        the requests it let finish go through while new ones are still refused."""
+        if MapFull.reason not in self.faults:
+            return True
+        with self.env.begin() as txn:
+            return reserve_check(self.env.info()["map_size"], txn)() is None
 
     async def put_device(self, dev: Device) -> None:
         """Pair (or re-pair) a device."""

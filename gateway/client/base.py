@@ -20,6 +20,7 @@ from .errors import ConfigError, RemoteError, TokenFileError, from_status
 from .models import Call, Filters, Handle, Latency, Region, Result
 from .retry import RetryPolicy
 from .tokens import TokenLike, load_token
+from ..ids import time_ordered_id
 from ..tls import Pin
 from .pins import choose_tls
 from .transport import TLS, Target, Transport, parse_target
@@ -47,8 +48,10 @@ def _ms(seconds: float) -> int:
 
 
 def new_request_id() -> str:
-    """A fresh client-chosen request id (32 hex): retries of a call that carries it are idempotent."""
-    return os.urandom(16).hex()
+    """A fresh client-chosen request id (32 hex): retries of a call that carries it are
+    idempotent. The clock comes first, as in the gateway's own ids (ids.py: the store
+    keys requests by id, and ids that rise with time make cheaper commits)."""
+    return time_ordered_id().hex()
 
 
 def encode_args(args: Any) -> bytes:

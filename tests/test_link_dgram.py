@@ -100,29 +100,39 @@ async def run(fn, *a, **kw):
     return await asyncio.to_thread(fn, *a, **kw)
 
 
-@pytest.mark.parametrize("fs", [True, False])
-async def test_full_then_saved_wake_over_the_store(tmp_path, fs) -> None:
-    """Full wake (FS on/off) then a saved-context wake: each request is delivered once,
-    answered, and its answer is in the store when the device hears back."""
+async def _over_store(path):
+    """A GatewayStore at ``path``, a DgramServer over it (started), a device paired in it,
+    and a coroutine function that queues one request for the device as the service would
+    (a rising sequence, the request token) and gives its id."""
     from edgistry.gateway.link.store_backend import StoreLinkBackend
     from edgistry.gateway.store.store import Device as StoredDevice
     from edgistry.gateway.store.store import GatewayStore, RequestRecord, State, new_id
 
-    store = GatewayStore(tmp_path / "gw")
+    store = GatewayStore(path / "gw")
     srv = DgramServer(StoreLinkBackend(store, SECRET), "127.0.0.1", 0)
     await srv.start()
+    d = Dev()
+    await store.put_device(StoredDevice(d.link_id, new_id(), d.root,
+                                        {"services": [{"type": "sensor", "methods": ["read"]}]}, 0, 7, 1))
+    app = cl.derive(cl.load(d.root), [cl.Service("sensor", ["*"])])
+
+    async def enqueue() -> bytes:
+        seq = max(int(time.time() * 1000), store.last_sequence(d.link_id) + 1)
+        rec = RequestRecord(new_id(), d.link_id, "sensor", "read", b"{}",
+                            cl.request_token(app, "sensor", "read", b"{}", seq).to_bytes(), b"d" * 32,
+                            State.QUEUED, 0, 2**62, seq=seq)
+        return (await store.enqueue([(rec, 10)]))[0][0].request_id
+    return store, srv, d, enqueue
+
+
+@pytest.mark.parametrize("fs", [True, False])
+async def test_full_then_saved_wake_over_the_store(tmp_path, fs) -> None:
+    """Full wake (FS on/off) then a saved-context wake: each request is delivered once,
+    answered, and its answer is in the store when the device hears back."""
+    from edgistry.gateway.store.store import State
+
+    store, srv, d, enqueue = await _over_store(tmp_path)
     try:
-        d = Dev()
-        await store.put_device(StoredDevice(d.link_id, new_id(), d.root, {"services": [{"type": "sensor", "methods": ["read"]}]}, 0, 7, 1))
-        app = cl.derive(cl.load(d.root), [cl.Service("sensor", ["*"])])
-
-        async def enqueue() -> bytes:
-            seq = max(int(time.time() * 1000), store.last_sequence(d.link_id) + 1)
-            rec = RequestRecord(new_id(), d.link_id, "sensor", "read", b"{}",
-                                cl.request_token(app, "sensor", "read", b"{}", seq).to_bytes(), b"d" * 32,
-                                State.QUEUED, 0, 2**62, seq=seq)
-            return (await store.enqueue([(rec, 10)]))[0][0].request_id
-
         c = d.client(srv, fs=fs)
         rid = await enqueue()
         log = await run(c.wake, d.handle)
@@ -165,25 +175,10 @@ async def test_a_wake_costs_two_commits_and_replays_stay_refused_after_a_restart
     again on the same store still refuses every datagram of that wake that got a reply;
     the unsaved bare ACK gets nothing either, and the device wakes on as before."""
     from edgistry.gateway.link.store_backend import StoreLinkBackend
-    from edgistry.gateway.store.store import Device as StoredDevice
-    from edgistry.gateway.store.store import GatewayStore, RequestRecord, State, new_id
+    from edgistry.gateway.store.store import State
 
-    store = GatewayStore(tmp_path / "gw")
-    srv = DgramServer(StoreLinkBackend(store, SECRET), "127.0.0.1", 0)
-    await srv.start()
+    store, srv, d, enqueue = await _over_store(tmp_path)
     try:
-        d = Dev()
-        await store.put_device(StoredDevice(d.link_id, new_id(), d.root,
-                                            {"services": [{"type": "sensor", "methods": ["read"]}]}, 0, 7, 1))
-        app = cl.derive(cl.load(d.root), [cl.Service("sensor", ["*"])])
-
-        async def enqueue() -> bytes:
-            seq = max(int(time.time() * 1000), store.last_sequence(d.link_id) + 1)
-            rec = RequestRecord(new_id(), d.link_id, "sensor", "read", b"{}",
-                                cl.request_token(app, "sensor", "read", b"{}", seq).to_bytes(), b"d" * 32,
-                                State.QUEUED, 0, 2**62, seq=seq)
-            return (await store.enqueue([(rec, 10)]))[0][0].request_id
-
         async def settled(n_in: int) -> None:  # the server has handled every datagram sent so far
             for _ in range(200):
                 if srv.metrics.datagrams_in >= n_in and not srv._tasks:

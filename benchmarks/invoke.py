@@ -966,6 +966,8 @@ def main() -> None:
             broker.stop()
         if rabbit is not None:
             rabbit.stop()
+        if not a.keep:  # also when the run failed: nothing left in the temp dir
+            shutil.rmtree(workdir, ignore_errors=True)
 
     ratio = g["rate"] / mqr["rate"]
     print(f"queued invokes to {a.devices} sleeping devices x {a.per_device} messages = {g['messages']} messages "
@@ -1104,8 +1106,6 @@ def main() -> None:
         "targets_met": checks}))
     if a.keep:
         print(f"kept {workdir}", file=sys.stderr)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -170,10 +170,25 @@ class Launcher:
             return False
         return True
 
+    def _exists(self, name: str) -> bool:
+        """Whether the process started as ``name`` still exists, exiting included: its pid
+        with the recorded start tick, not yet a zombie. ``alive`` is stricter (the command
+        line must match, so a recycled pid is never signalled), and a process that is
+        exiting has already lost its command line; waiting on ``alive`` would call it gone
+        while it still holds its ports and files."""
+        child = self._children.get(name)
+        if child is not None:
+            return child.poll() is None
+        rec = self.record(name)
+        if rec is None:
+            return False
+        self._reap(rec.pid)
+        return start_ticks(rec.pid) == rec.start_ticks
+
     def wait_exit(self, name: str, timeout: float) -> bool:
         """True once ``name`` is no longer running; False if it still runs after ``timeout``."""
         deadline = time.monotonic() + timeout
-        while self.alive(name):
+        while self._exists(name):
             if time.monotonic() > deadline:
                 return False
             time.sleep(POLL)

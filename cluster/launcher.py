@@ -116,16 +116,18 @@ class Launcher:
         if child is not None:
             return child.pid if child.poll() is None else None
         rec = self.record(name)
-        if rec is None:
-            return None
-        self._reap(rec.pid)
-        ticks = start_ticks(rec.pid)
-        if ticks is None or ticks != rec.start_ticks or not _runs(rec.pid, rec.argv):
+        if rec is None or not self._started(rec) or not _runs(rec.pid, rec.argv):
             return None
         return rec.pid
 
     def alive(self, name: str) -> bool:
         return self.pid(name) is not None
+
+    def _started(self, rec: ProcRecord) -> bool:
+        """Whether the process ``rec`` records still exists (its pid with the recorded start
+        tick, not a zombie), whatever it runs now."""
+        self._reap(rec.pid)
+        return start_ticks(rec.pid) == rec.start_ticks
 
     @staticmethod
     def _reap(pid: int) -> None:
@@ -180,10 +182,7 @@ class Launcher:
         if child is not None:
             return child.poll() is None
         rec = self.record(name)
-        if rec is None:
-            return False
-        self._reap(rec.pid)
-        return start_ticks(rec.pid) == rec.start_ticks
+        return rec is not None and self._started(rec)
 
     def wait_exit(self, name: str, timeout: float) -> bool:
         """True once ``name`` is no longer running; False if it still runs after ``timeout``."""

@@ -81,12 +81,10 @@ def reserve_check(map_size: int, txn) -> Callable[[], str | None]:
     The free count is the map less the main tree's pages (branch, leaf, overflow,
     as ``txn`` sees them) and the two meta pages; pages in LMDB's free list count
     as free (they are, once no reader holds them), which the reserve's size absorbs."""
-    psize = txn.stat()["psize"]
-    total = map_size // psize
-    reserve = max(RESERVE_MIN_PAGES, total // RESERVE_SHARE)
-
-    def short_of_room() -> str | None:
+    def short_of_room() -> str | None:  # only the operations that add requests call it
         st = txn.stat()
+        total = map_size // st["psize"]
+        reserve = max(RESERVE_MIN_PAGES, total // RESERVE_SHARE)
         used = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"] + 2
         if total - used > reserve:
             return None
